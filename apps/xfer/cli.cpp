@@ -1,0 +1,126 @@
+#include "xfer/cli.h"
+
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/runtime.h"
+#include "xfer/core/version.h"
+
+namespace xfer::cli {
+
+void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& skip) {
+  for (auto& f : fields.all()) {
+    if (std::find(skip.begin(), skip.end(), f.name) != skip.end()) continue;
+    std::string help = f.help;
+    if (!f.choices.empty()) {
+      std::string valid;
+      for (const auto& c : f.choices) valid += (valid.empty() ? "" : "|") + c;
+      help += " {" + valid + "}";
+    }
+    CLI::Option* opt = nullptr;
+    std::visit(
+        [&](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, bool>) {
+            const std::string name = f.flag().substr(2);
+            opt = app.add_flag("--" + name + ",!--no-" + name, *p, help + (*p ? " (default: on)" : " (default: off)"));
+          } else {
+            opt = app.add_option(f.flag(), *p, help)->capture_default_str();
+            opt->type_name(std::is_same_v<T, std::string> ? "TEXT" : std::is_same_v<T, double> ? "FLOAT" : "INT");
+          }
+        },
+        f.target);
+    if (!f.group.empty()) opt->group(f.group);
+  }
+}
+
+std::string find_flag(const std::vector<std::string>& args, const std::string& flag) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) return args[i + 1];
+    if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
+  }
+  return "";
+}
+
+std::string subcommand_of(const std::vector<std::string>& args) {
+  for (const auto& a : args)
+    if (!a.empty() && a[0] != '-') return a;
+  return "";
+}
+
+namespace {
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+}  // namespace
+
+int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  CLI::App app{"xfer: transfer learning with auxiliary data, on LibTorch.\n\n"
+               "Fine-tune a source-pretrained network on a small target task while still drawing on the\n"
+               "source data or model (XMixup, SMILE, Smooth Transfer, Domain Adaptive Transfer, GradMix\n"
+               "and their baselines), all on one trainer.",
+               "xfer"};
+  app.require_subcommand(1);
+  // A flag given twice takes the last value, so an override can be appended to a long command.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.footer(
+      "Start here:\n"
+      "  xfer demo                      the embedded Fashion-MNIST task, every method, a results table\n"
+      "  xfer data fmnist:classes=2,4,6,7,9:per_class=10 --png grid.png\n"
+      "  xfer pretrain --source fmnist:classes=0,1,3,5,8 --out runs/source\n"
+      "  xfer finetune --method l2 --init runs/source --target fmnist:classes=2,4,6,7,9:per_class=10\n"
+      "Run `xfer COMMAND --help` for the options of a command.");
+  bool quiet = false, verbose = false;
+  app.add_flag("-q,--quiet", quiet, "only errors on stderr");
+  app.add_flag("-v,--verbose", verbose, "more detail on stderr");
+  app.set_version_flag("--version", std::string("xfer ") + kVersion);
+
+  std::vector<std::unique_ptr<Command>> commands;
+  commands.push_back(make_demo_command());
+  commands.push_back(make_pretrain_command());
+  commands.push_back(make_finetune_command());
+  commands.push_back(make_eval_command());
+  commands.push_back(make_methods_command());
+  commands.push_back(make_data_command());
+
+  try {
+    for (auto& c : commands) c->add(app, args);
+    std::vector<std::string> reversed(args.rbegin(), args.rend());
+    app.parse(reversed);
+    set_verbosity(quiet ? 0 : verbose ? 2 : 1);
+    for (auto& c : commands)
+      if (c->app && c->app->parsed()) c->run(out);
+    return 0;
+  } catch (const CLI::CallForHelp&) {
+    const CLI::App* sub = &app;
+    for (auto& c : commands)
+      if (c->app && c->app->parsed()) sub = c->app;
+    out << sub->help();
+    return 0;
+  } catch (const CLI::CallForVersion&) {
+    out << "xfer " << kVersion << "\n";
+    return 0;
+  } catch (const CLI::CallForAllHelp&) {
+    out << app.help("", CLI::AppFormatMode::All);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    err << "error: " << first_line(e.what()) << "\n";
+    err << "run `xfer " << (app.get_subcommands().empty() ? "" : app.get_subcommands()[0]->get_name() + " ")
+        << "--help` for the valid options\n";
+    return 2;
+  } catch (const BadInput& e) {
+    err << "error: " << e.what() << "\n";
+    return 2;
+  } catch (const NumericalError& e) {
+    err << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    err << "error: " << first_line(e.what_without_backtrace()) << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    err << "error: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace xfer::cli

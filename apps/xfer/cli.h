@@ -1,0 +1,48 @@
+#pragma once
+/// The xfer command line. Each subcommand is a class that registers its options and runs by calling
+/// the library, so tests can drive the whole CLI in-process (as mlpack's bindings do).
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace xfer {
+class Fields;
+}
+
+namespace xfer::cli {
+
+/// Runs `xfer ARGS...` (args exclude the program name). Returns the exit code: 0 success, 2 bad input
+/// (one clear line on `err`), 1 any other failure.
+int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
+
+class Command {
+ public:
+  virtual ~Command() = default;
+  /// Registers the subcommand on `app`. `args` are the raw arguments, for commands whose options
+  /// depend on other options (finetune adds the options of its --method).
+  virtual void add(CLI::App& app, const std::vector<std::string>& args) = 0;
+  virtual void run(std::ostream& out) = 0;
+  CLI::App* app = nullptr;
+};
+
+std::unique_ptr<Command> make_pretrain_command();
+std::unique_ptr<Command> make_finetune_command();
+std::unique_ptr<Command> make_eval_command();
+std::unique_ptr<Command> make_methods_command();
+std::unique_ptr<Command> make_data_command();
+std::unique_ptr<Command> make_demo_command();
+
+/// Registers every field as a flag: --name VALUE, and --name / --no-name for booleans. Fields whose
+/// names are in `skip` are left out.
+void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& skip = {});
+/// The subcommand named in raw arguments (the first argument that is not a flag), or "".
+std::string subcommand_of(const std::vector<std::string>& args);
+/// The value of `--flag VALUE` or `--flag=VALUE` in raw arguments, or "" if absent.
+std::string find_flag(const std::vector<std::string>& args, const std::string& flag);
+
+}  // namespace xfer::cli

@@ -1,0 +1,87 @@
+/// `xfer eval`: test a trained model on a dataset spec.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "xfer/cli.h"
+#include "xfer/core/error.h"
+#include "xfer/core/runtime.h"
+#include "xfer/data/spec.h"
+#include "xfer/report/table.h"
+#include "xfer/train/checkpoint.h"
+#include "xfer/train/run.h"
+#include "xfer/train/trainer.h"
+
+namespace xfer::cli {
+namespace {
+
+class EvalCommand : public Command {
+ public:
+  void add(CLI::App& parent, const std::vector<std::string>&) override {
+    app = parent.add_subcommand("eval", "Evaluate a trained model on a dataset spec: top-1, mean per-class "
+                                        "accuracy, per-class accuracy and the confusion matrix");
+    app->add_option("--model", model_, "a run directory or a checkpoint file")->required();
+    app->add_option("--data", data_, "dataset spec to evaluate on")->required();
+    app->add_option("--split", split_, "which split of the spec: test, val or train")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"test", "val", "train"}));
+    app->add_option("--head", head_, "the head to evaluate (default: target if present, else the only head)");
+    app->add_option("--seed", seed_, "seed for specs without seed=")->capture_default_str();
+    app->add_option("--threads", threads_, "CPU threads (0 = all cores)")->capture_default_str();
+    app->add_option("--device", device_, "cpu, cuda or cuda:N")->capture_default_str();
+    app->add_flag("--json", json_, "print the evaluation as JSON");
+    app->footer(cat("Example:\n  xfer eval --model runs/ft --data fmnist:classes=2,4,6,7,9\n\n", spec_help()));
+  }
+
+  void run(std::ostream& out) override {
+    set_threads(threads_);
+    CheckpointReader ck(resolve_checkpoint(model_));
+    Model model = ck.read_model();
+    model->to(parse_device(device_));
+    std::string head = head_;
+    if (head.empty()) head = model->has_head("target") || model->arch().heads.empty() ? "target" : model->arch().heads[0].name;
+    const Task task = load_task(data_, seed_);
+    const TensorDataset& data = split_ == "test" ? task.test : split_ == "val" ? task.val : task.train;
+    XFER_CHECK(data.size() > 0, "the ", split_, " split of '", data_, "' is empty");
+    const std::string why = model->arch().mismatch(
+        Arch{model->arch().backbone, data.channels(), data.height(), data.width(), {}, {}}, false);
+    XFER_CHECK(why.empty(), model_, ": ", why);
+    const Evaluation ev = evaluate(model, data, head);
+    if (json_) {
+      nlohmann::json j = ev.to_json();
+      j["model"] = ck.path();
+      j["data"] = data_;
+      j["split"] = split_;
+      j["head"] = head;
+      out << j.dump(2) << "\n";
+      return;
+    }
+    out << "Model " << ck.path() << ", head '" << head << "', " << data_ << " (" << split_ << ", " << ev.count
+        << " examples)\n\n";
+    out << "top-1 " << fixed(100 * ev.top1, 2) << "%, mean per-class accuracy " << fixed(100 * ev.mean_class, 2)
+        << "%\n\n";
+    std::vector<std::string> header = {"true \\ predicted"};
+    for (const auto& n : data.class_names) header.push_back(n);
+    header.push_back("accuracy");
+    Table t(header);
+    for (size_t c = 1; c < header.size(); ++c) t.align_right(c);
+    for (size_t r = 0; r < ev.confusion.size(); ++r) {
+      std::vector<std::string> row = {data.class_names[r]};
+      for (int64_t v : ev.confusion[r]) row.push_back(std::to_string(v));
+      row.push_back(std::isnan(ev.per_class[r]) ? "-" : fixed(100 * ev.per_class[r], 1) + "%");
+      t.add_row(row);
+    }
+    out << t.markdown();
+  }
+
+ private:
+  std::string model_, data_, split_ = "test", head_, device_ = "cpu";
+  uint64_t seed_ = 0;
+  int threads_ = 0;
+  bool json_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_eval_command() { return std::make_unique<EvalCommand>(); }
+
+}  // namespace xfer::cli

@@ -1,0 +1,112 @@
+/// `xfer pretrain` and `xfer finetune`: the two training subcommands, which share their options.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "xfer/cli.h"
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/registry.h"
+#include "xfer/report/table.h"
+#include "xfer/train/run.h"
+
+namespace xfer::cli {
+namespace {
+
+/// A short human summary of result.json.
+void print_summary(std::ostream& out, const nlohmann::json& r) {
+  Table t({"metric", "value"});
+  t.align_right(1);
+  auto pct = [](const nlohmann::json& v) { return v.is_number() ? fixed(100 * v.get<double>(), 2) + "%" : "-"; };
+  t.add_row({"test top-1", pct(r.value("test_top1", nlohmann::json()))});
+  t.add_row({"test mean per-class accuracy", pct(r.value("test_mean_class", nlohmann::json()))});
+  t.add_row({"best validation top-1", pct(r.value("best_val_top1", nlohmann::json()))});
+  t.add_row({"tested model", cat(r.value("selected", ""), " (step ", r.value("selected_step", 0), ")")});
+  t.add_row({"time per step", fixed(r.value("step_ms", 0.0), 2) + " ms"});
+  t.add_row({"samples/s", fixed(r.value("samples_per_s", 0.0), 0)});
+  out << t.markdown();
+}
+
+class TrainCommand : public Command {
+ public:
+  explicit TrainCommand(bool pretrain) : pretrain_(pretrain) {}
+
+  void add(CLI::App& parent, const std::vector<std::string>& args) override {
+    if (pretrain_) {
+      app = parent.add_subcommand("pretrain", "Train a backbone and a source head on a source dataset spec");
+      app->footer(cat("Example:\n  xfer pretrain --source fmnist:classes=0,1,3,5,8:val=200 --iterations 2000 "
+                      "--schedule cosine --lr 0.05 --out runs/source\n\n",
+                      spec_help()));
+    } else {
+      app = parent.add_subcommand("finetune", "Fine-tune on a target dataset spec with a transfer method");
+      app->footer(cat("Examples:\n"
+                      "  xfer finetune --method l2 --init runs/source --target fmnist:classes=2,4,6,7,9:per_class=10\n"
+                      "  xfer finetune --method scratch --target fmnist:classes=2,4,6,7,9:per_class=10:val=20 --json\n"
+                      "Run `xfer methods` for the methods; `xfer finetune --method NAME --help` shows NAME's options.\n\n",
+                      spec_help()));
+    }
+    // The method decides which method options exist, and a config file sets defaults, so both are read
+    // before the real parse. A --method flag wins over the file's method; the file's method options
+    // apply only to its own method.
+    const bool chosen = subcommand_of(args) == app->get_name();
+    const std::string config = chosen ? find_flag(args, "--config") : "";
+    const nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
+    const std::string flag_method = chosen ? find_flag(args, "--method") : "";
+    const std::string file_method = file.contains("method") && file["method"].is_string() ? file["method"].get<std::string>() : "";
+    if (!pretrain_) {
+      opts_.method = !flag_method.empty() ? flag_method : !file_method.empty() ? file_method : opts_.method;
+      method_ = methods().get(opts_.method).make_config();
+    }
+    if (!config.empty()) {
+      const bool same_method = file_method.empty() || file_method == opts_.method;
+      read_config(file, opts_, same_method ? method_.get() : nullptr, config);
+      if (!pretrain_) opts_.method = !flag_method.empty() ? flag_method : opts_.method;
+    }
+
+    app->add_option("--config", config_path_, "read options from a JSON file (e.g. a run's config.json); flags "
+                                              "given on the command line win")
+        ->group("Run");
+    app->add_flag("--json", json_, "print result.json on stdout when done")->group("Run");
+    Fields fields;
+    opts_.fields(fields);
+    add_fields(*app, fields, pretrain_ ? std::vector<std::string>{"target", "init", "method"} : std::vector<std::string>{});
+    if (method_) {
+      Fields mf;
+      method_->fields(mf);
+      for (auto& f : mf.all()) f.group = cat("Method options (", opts_.method, ")");
+      add_fields(*app, mf);
+    }
+  }
+
+  void run(std::ostream& out) override {
+    Fields fields;
+    opts_.fields(fields);
+    fields.validate();
+    const nlohmann::json result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
+    if (result.contains("stopped_at")) {
+      out << "Stopped at step " << result["stopped_at"] << "; continue with the same command and --resume\n";
+      return;
+    }
+    if (json_) {
+      out << result.dump(2) << "\n";
+    } else {
+      print_summary(out, result);
+      out << "Outputs in " << result.value("out", "") << "/\n";
+    }
+  }
+
+ private:
+  bool pretrain_;
+  RunOptions opts_;
+  std::unique_ptr<MethodConfig> method_;
+  std::string config_path_;
+  bool json_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_pretrain_command() { return std::make_unique<TrainCommand>(true); }
+std::unique_ptr<Command> make_finetune_command() { return std::make_unique<TrainCommand>(false); }
+
+}  // namespace xfer::cli

@@ -1,0 +1,101 @@
+#pragma once
+/// Fields: the named, typed, validated view of an options struct.
+///
+/// Options structs are the library API; each one lists its fields once, in a `fields(Fields&)` member:
+///
+///   void fields(Fields& f) {
+///     f.add("alpha", alpha, "Beta(alpha, 1) shape of the mixing weight").positive();
+///     f.add("label_space", label_space, "how labels are mixed").choices({"joint", "two-heads"});
+///   }
+///
+/// From that one list, the CLI registers flags (`--alpha`, `--label-space`, `--no-flag` for booleans),
+/// `--config file.json` and `config.json` read and write the values, the search sets any numeric field
+/// by name, and `validate()` checks every constraint with a message that names the flag and echoes
+/// the value. Field names are snake_case; the flag is the name with '-' for '_'.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace xfer {
+
+class Fields {
+ public:
+  using Target = std::variant<double*, int64_t*, bool*, std::string*>;
+
+  struct Field {
+    std::string name;
+    std::string help;
+    Target target;
+    std::optional<double> min, max;  // numeric bounds
+    bool min_open = false, max_open = false;
+    std::vector<std::string> choices;  // strings: the valid values, when non-empty
+    std::string group;                 // heading in --help
+
+    std::string flag() const;             // "--label-space"
+    std::string type_name() const;        // "float", "int", "bool", "string"
+    std::string value_text() const;       // the current value as text
+    bool is_numeric() const;
+  };
+
+  /// Returned by `add` to attach constraints.
+  class Ref {
+   public:
+    Ref(Fields* owner, size_t index) : owner_(owner), index_(index) {}
+    Ref& positive();                         // > 0
+    Ref& non_negative();                     // >= 0
+    Ref& at_least(double v);                 // >= v
+    Ref& in_range(double lo, double hi);     // lo <= x <= hi
+    Ref& in_open_range(double lo, double hi);// lo < x < hi
+    Ref& choices(std::vector<std::string> valid);
+
+   private:
+    Field& field();
+    Fields* owner_;
+    size_t index_;
+  };
+
+  Ref add(const std::string& name, double& v, const std::string& help);
+  Ref add(const std::string& name, int64_t& v, const std::string& help);
+  Ref add(const std::string& name, bool& v, const std::string& help);
+  Ref add(const std::string& name, std::string& v, const std::string& help);
+
+  /// Fields added from now on are listed under `heading` in --help.
+  void group(const std::string& heading) { group_ = heading; }
+
+  const std::vector<Field>& all() const { return fields_; }
+  std::vector<Field>& all() { return fields_; }
+  Field* find(const std::string& name);  // accepts "label-space" or "label_space"; nullptr if absent
+  bool has(const std::string& name) { return find(name) != nullptr; }
+
+  /// Parses `text` into the named field and validates it. Unknown names list the valid ones.
+  void set(const std::string& name, const std::string& text);
+  /// Reads every key of a JSON object into the fields; unknown keys are errors naming `where`.
+  void read_json(const nlohmann::json& obj, const std::string& where);
+  nlohmann::json to_json() const;
+  /// Checks every constraint; throws BadInput naming the flag and value.
+  void validate() const;
+  /// Names of all fields, comma-separated, for error messages.
+  std::string names() const;
+
+ private:
+  Ref push(Field f);
+  std::vector<Field> fields_;
+  std::string group_;
+};
+
+/// Checks one field's constraints (used by Fields::validate and by the CLI after parsing).
+void validate_field(const Fields::Field& f);
+
+/// Collects an options struct's fields and validates them: `check_options(opts)`.
+template <class Options>
+void check_options(Options& opts) {
+  Fields f;
+  opts.fields(f);
+  f.validate();
+}
+
+}  // namespace xfer

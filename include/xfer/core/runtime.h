@@ -1,0 +1,46 @@
+#pragma once
+/// Process-wide runtime: threads, log lines, a progress bar, a monotonic clock.
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace xfer {
+
+/// Number of cores this process may use (affinity-aware).
+int available_cores();
+/// Sets LibTorch's intra-op threads; 0 means all available cores. Returns the number set.
+int set_threads(int threads);
+
+/// Verbosity of log lines on stderr: 0 quiet (errors only), 1 normal, 2 verbose.
+void set_verbosity(int level);
+int verbosity();
+/// A log line on stderr (shown at verbosity >= 1).
+void log_info(const std::string& line);
+/// A warning on stderr, always shown.
+void log_warn(const std::string& line);
+
+/// Seconds since an arbitrary fixed point (steady clock).
+double now_seconds();
+
+/// A progress bar on a terminal (stderr), plain lines otherwise.
+///
+/// On a TTY it redraws one line: `label [#####-----] 120/300  loss 0.532  12.3 it/s  ETA 0:15`.
+/// Elsewhere it prints the same fields as a plain line every `line_every` updates, so logs stay readable.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, int64_t line_every);
+  ~Progress();
+  /// Reports that `done` of `total` items are finished; `status` is shown after the bar.
+  void update(int64_t done, const std::string& status);
+  /// Prints a message above the bar (the bar is redrawn on the next update).
+  void message(const std::string& line);
+  void finish();
+
+ private:
+  std::string label_;
+  int64_t total_, line_every_, start_done_ = -1;
+  double start_time_ = 0, last_draw_ = 0;
+  bool tty_, open_ = false;
+};
+
+}  // namespace xfer

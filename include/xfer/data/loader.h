@@ -1,0 +1,121 @@
+#pragma once
+/// Batches: samplers, batch augmentation and a prefetching, infinite, resumable batch stream.
+///
+/// A stream's batch b is a pure function of (seed, b): the sampler picks the indices, the augmentation
+/// draws its crops and flips from a generator seeded by (seed, b). Resuming a run only needs each
+/// stream's position. The next batch is assembled on a worker thread while the current step runs.
+#include <cstdint>
+#include <future>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "xfer/data/dataset.h"
+
+namespace xfer {
+
+class Fields;
+
+struct LoaderOptions {
+  int64_t batch_size = 64;
+  int64_t crop_pad = 2;  // random crop after zero-padding this many pixels per side; 0 turns it off
+  bool flip = true;      // random horizontal flip
+  bool prefetch = true;  // assemble the next batch on a worker thread
+
+  void fields(Fields& f);
+};
+
+struct Batch {
+  torch::Tensor x;      // float (B, C, H, W), normalised
+  torch::Tensor y;      // int64 (B)
+  torch::Tensor index;  // int64 (B): positions in the stream's dataset
+};
+
+/// Chooses the dataset indices of each batch. Must be a pure function of the batch number, so that a
+/// stream can be resumed or replayed from its position alone.
+class Sampler {
+ public:
+  virtual ~Sampler() = default;
+  virtual std::vector<int64_t> indices(int64_t batch, int64_t batch_size) = 0;
+};
+
+/// Epochs of seeded permutations, read back to back: batch b holds samples [b*B, (b+1)*B) of the
+/// infinite sequence perm(epoch 0), perm(epoch 1), ... A batch larger than the dataset spans epochs.
+class ShuffleSampler : public Sampler {
+ public:
+  ShuffleSampler(int64_t size, uint64_t seed);
+  std::vector<int64_t> indices(int64_t batch, int64_t batch_size) override;
+
+ private:
+  const std::vector<int64_t>& permutation(int64_t epoch);
+  int64_t size_;
+  uint64_t seed_;
+  std::map<int64_t, std::vector<int64_t>> cache_;  // the last epochs used
+};
+
+/// uint8 images -> normalised float input, with optional random crop (zero padding) and flip.
+class InputTransform {
+ public:
+  explicit InputTransform(Normalization norm, int64_t crop_pad = 0, bool flip = false);
+  /// Transforms images[indices[i]] for each i. `seed` drives the crops and flips.
+  torch::Tensor operator()(const torch::Tensor& images, const std::vector<int64_t>& indices, uint64_t seed) const;
+  /// The evaluation transform of a whole tensor of images: normalisation only.
+  torch::Tensor normalise(const torch::Tensor& images) const;
+
+ private:
+  Normalization norm_;
+  int64_t crop_pad_;
+  bool flip_;
+  std::vector<std::vector<float>> lut_;  // per channel: byte value -> normalised float
+};
+
+/// An infinite stream of batches over one dataset.
+class BatchStream {
+ public:
+  BatchStream(TensorDataset data, const Normalization& norm, LoaderOptions opts, uint64_t seed,
+              std::unique_ptr<Sampler> sampler = nullptr, torch::Device device = torch::kCPU);
+  ~BatchStream();
+  BatchStream(const BatchStream&) = delete;
+  BatchStream& operator=(const BatchStream&) = delete;
+
+  Batch next();
+  /// Batches handed out so far.
+  int64_t position() const { return position_; }
+  /// Continues from `position` (after a resume).
+  void seek(int64_t position);
+  const TensorDataset& dataset() const { return data_; }
+  const LoaderOptions& options() const { return opts_; }
+
+ private:
+  Batch make(int64_t b);
+  void launch(int64_t b);
+
+  TensorDataset data_;
+  LoaderOptions opts_;
+  uint64_t seed_;
+  std::unique_ptr<Sampler> sampler_;
+  InputTransform transform_;
+  torch::Device device_;
+  int64_t position_ = 0;
+  std::future<Batch> pending_;
+  int64_t pending_for_ = -1;
+};
+
+/// The named batch streams of a run ("target", "source", ...). Methods draw from them by name.
+class Batches {
+ public:
+  void add(const std::string& name, std::unique_ptr<BatchStream> stream);
+  bool has(const std::string& name) const { return streams_.count(name) > 0; }
+  BatchStream& stream(const std::string& name);
+  Batch next(const std::string& name = "target") { return stream(name).next(); }
+  std::map<std::string, int64_t> positions() const;
+  void seek(const std::map<std::string, int64_t>& positions);
+
+ private:
+  std::map<std::string, std::unique_ptr<BatchStream>> streams_;
+};
+
+}  // namespace xfer

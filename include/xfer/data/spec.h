@@ -1,0 +1,67 @@
+#pragma once
+/// Dataset specs: one string describes a task, e.g. `fmnist:classes=2,4,6,7,9:per_class=10:seed=0`.
+///
+///   SPEC    := SOURCE { ':' KEY '=' VALUE }
+///   SOURCE  := fmnist                          Fashion-MNIST (Debian package dataset-fashion-mnist)
+///            | idx                             any IDX files (give dir= or the four *_images/_labels keys)
+///
+///   classes=2,4,6 | 0-4 | 0-2,7   class subset, relabelled 0..k-1 in the order given (default: all)
+///   per_class=N        few-shot: N training examples per class, drawn by the seed (default: all)
+///   val=N | val=F      held-out validation examples per class carved from the training file, a count
+///                      or a fraction 0<F<1 of each class (default: 0, no validation split)
+///   test=file|rest|none  the test split: the test file (default), the training-file examples this
+///                      spec does not use, or none
+///   test_per_class=N   cap the test split at N examples per class, drawn by the seed
+///   part=I/N           keep only the I-th of N disjoint slices of each class's training examples
+///                      (fixed by index order, independent of the seed), for disjoint source/target sets
+///   shift=S[+S...]     domain shifts applied to every split: rotK (rotate K degrees), invert,
+///                      noiseS (gaussian noise, std S in [0,1] pixel units); composed left to right
+///   seed=S             the sampling seed (default: the run's --seed)
+///   dir=PATH           directory of the IDX files (fmnist: /usr/share/datasets/fashion-mnist)
+///   train_images= train_labels= test_images= test_labels=   explicit IDX paths (idx only)
+///   names=a,b,c        class names (idx only; default "0", "1", ...)
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xfer/data/dataset.h"
+
+namespace xfer {
+
+struct DatasetSpec {
+  std::string text;
+  std::string source;  // "fmnist" or "idx"
+  std::vector<int64_t> classes;
+  std::optional<int64_t> per_class;
+  int64_t val_count = 0;    // per class, when val_fraction is 0
+  double val_fraction = 0;  // 0 < f < 1, or 0 for a count
+  std::string test = "file";
+  std::optional<int64_t> test_per_class;
+  int64_t part_index = 0, part_count = 1;
+  std::vector<std::string> shifts;  // normalised, e.g. {"rot90", "invert", "noise0.2"}
+  std::optional<uint64_t> seed;
+  std::string dir, train_images, train_labels, test_images, test_labels;
+  std::vector<std::string> names;
+
+  /// Parses a spec; BadInput naming the bad key or value and listing the valid keys.
+  static DatasetSpec parse(const std::string& text);
+};
+
+/// The text of the help section on specs (shared by --help and the README).
+const char* spec_help();
+
+/// Loads the splits of a spec. `run_seed` is used when the spec gives no seed=.
+Task load_task(const DatasetSpec& spec, uint64_t run_seed);
+Task load_task(const std::string& spec, uint64_t run_seed);
+
+/// Applies a normalised list of shifts to uint8 images (N, C, H, W). `seed` drives the noise; each
+/// image's noise depends only on (seed, its index in `ids`), so a shifted image is the same whichever
+/// split it lands in.
+torch::Tensor apply_shifts(const torch::Tensor& images, const std::vector<std::string>& shifts, uint64_t seed,
+                           const torch::Tensor& ids);
+
+/// Fashion-MNIST's class names, indexed by label.
+const std::vector<std::string>& fmnist_class_names();
+
+}  // namespace xfer

@@ -1,0 +1,82 @@
+#pragma once
+/// The Method interface: what a transfer-learning method adds to the one training loop.
+///
+/// A method never owns the loop: the Trainer does (optimizer, schedule, checkpoints, evaluation,
+/// logging). Most methods implement only `loss`. Hooks, in the order the Trainer calls them:
+///
+///   setup            once, before training: copy the source model, build teachers, add batch streams
+///   param_groups     once: which parameters train, with which lr multipliers and weight decay
+///   per step:        compute_gradients (default: loss, then backward, then after_backward)
+///                    -> optimizer step -> after_step (EMA teachers, head re-initialisation)
+///   save / load      method state, checkpointed with the run so --resume is exact
+///
+/// Loss weights and schedules must be pure functions of ctx.step (no hidden counters).
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Generator.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+
+#include "xfer/data/dataset.h"
+#include "xfer/data/loader.h"
+#include "xfer/models/model.h"
+#include "xfer/train/optim.h"
+
+namespace xfer {
+
+/// What a method may use while setting up.
+struct SetupContext {
+  const Task& task;           // the task trained on (its train split feeds the "target" stream)
+  const Task* source;         // --source data, or nullptr when none was given
+  Model pretrained;           // the --init model, a frozen copy (empty holder when there is none)
+  Batches& batches;           // the trainer has added "target"; methods may add streams ("source", ...)
+  const LoaderOptions& loader;
+  uint64_t seed;              // the run seed; derive stream seeds with derive_seed(seed, "name")
+  torch::Device device;
+  std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
+  int64_t total_steps;
+};
+
+/// What a method sees at each step.
+struct StepContext {
+  Batches& batches;
+  Model& model;
+  int64_t step;         // 0-based
+  int64_t total_steps;
+  at::Generator& rng;   // the method's own stream, checkpointed
+  const std::string& head;
+};
+
+/// A method's loss: the total to minimise and its named parts, which are logged.
+struct LossTerms {
+  torch::Tensor total;
+  std::map<std::string, torch::Tensor> parts;
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual void setup(Model& model, SetupContext& ctx) {}
+  /// Default: the backbone, and the heads at --head-lr-mult.
+  virtual std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult);
+  virtual LossTerms loss(StepContext& ctx) = 0;
+  /// Fills the parameters' gradients for this step and returns the loss. The default computes `loss`,
+  /// stops with a NumericalError if it is not finite, runs backward, then `after_backward`. A method
+  /// that needs several backward passes (GradMix: one per source) overrides this.
+  virtual LossTerms compute_gradients(StepContext& ctx);
+  virtual void after_backward(StepContext& ctx) {}
+  virtual void after_step(StepContext& ctx) {}
+  virtual void save(torch::serialize::OutputArchive& out) const {}
+  virtual void load(torch::serialize::InputArchive& in) {}
+};
+
+/// Mean cross-entropy of logits (N, K) against int64 labels (N).
+torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
+/// Throws NumericalError naming the step and the non-finite parts if the total loss is NaN or infinite.
+void check_finite(const LossTerms& terms, int64_t step);
+
+}  // namespace xfer

@@ -1,0 +1,69 @@
+#pragma once
+/// The method registry: every method by name, with its options and what it needs.
+///
+/// Built-in methods are registered in `register_builtin_methods` (explicitly: static self-registration
+/// is dropped by static linking). An unknown name throws and lists the valid ones.
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "xfer/core/fields.h"
+#include "xfer/methods/method.h"
+
+namespace xfer {
+
+/// A method's options before it is built: bound to CLI flags, JSON and search parameters via `fields`.
+class MethodConfig {
+ public:
+  virtual ~MethodConfig() = default;
+  virtual void fields(Fields& f) = 0;
+  /// Validates the options and builds the method.
+  virtual std::unique_ptr<Method> build() = 0;
+};
+
+/// A MethodConfig for a method class `M` constructible from `typename M::Options` (which has `fields`).
+template <class M>
+class OptionsConfig : public MethodConfig {
+ public:
+  void fields(Fields& f) override { options.fields(f); }
+  std::unique_ptr<Method> build() override {
+    check_options(options);
+    return std::make_unique<M>(options);
+  }
+  typename M::Options options;
+};
+
+struct MethodInfo {
+  std::string name;
+  std::string summary;  // one line
+  std::string paper;    // citation, "" for plain baselines
+  bool needs_init = false;    // fine-tunes a pretrained model: --init required
+  bool allows_init = true;    // false: trains from random init, --init is an error
+  bool needs_source = false;  // draws on source data: --source required
+  /// The demo always runs `core` methods (scratch, l2 and each paper's own method); the rest run when
+  /// they fit in its time budget.
+  bool core = false;
+  /// Expected time per step relative to l2 (co-training ~2), used to fit the demo in its budget.
+  double relative_cost = 1.0;
+  std::function<std::unique_ptr<MethodConfig>()> make_config;
+};
+
+class MethodRegistry {
+ public:
+  void add(MethodInfo info);
+  /// BadInput listing the registered names if `name` is unknown.
+  const MethodInfo& get(const std::string& name) const;
+  bool has(const std::string& name) const;
+  const std::vector<MethodInfo>& all() const { return methods_; }
+  std::string names() const;
+
+ private:
+  std::vector<MethodInfo> methods_;
+};
+
+/// The process-wide registry, holding the built-in methods.
+MethodRegistry& methods();
+void register_builtin_methods(MethodRegistry& registry);
+
+}  // namespace xfer

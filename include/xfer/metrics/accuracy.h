@@ -1,0 +1,35 @@
+#pragma once
+/// Classification metrics from a confusion matrix.
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+#include <torch/types.h>
+
+namespace xfer {
+
+/// confusion[t][p] counts examples of true class t predicted as p.
+struct Evaluation {
+  int64_t count = 0;
+  double top1 = 0;        // fraction correct
+  double mean_class = 0;  // mean over classes present of the per-class accuracy
+  std::vector<double> per_class;               // accuracy per class (NaN for classes absent)
+  std::vector<std::vector<int64_t>> confusion;
+
+  nlohmann::json to_json() const;
+};
+
+/// Accumulates predictions into a confusion matrix.
+class ConfusionMatrix {
+ public:
+  explicit ConfusionMatrix(int64_t classes);
+  /// `predicted` and `target`: int64 (N) on any device.
+  void add(const torch::Tensor& predicted, const torch::Tensor& target);
+  Evaluation evaluation() const;
+
+ private:
+  int64_t classes_;
+  torch::Tensor counts_;  // int64 (classes * classes) on the CPU
+};
+
+}  // namespace xfer

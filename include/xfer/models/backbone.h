@@ -1,0 +1,110 @@
+#pragma once
+/// Backbones: networks that map an image batch to a pooled feature vector g(x).
+///
+/// A backbone is a stem followed by named stages ("layer1", "layer2", ...) and global average pooling.
+/// `forward_features` returns the pooled features and every stage's feature map, and lets a hook
+/// replace a stage's output (manifold mixup mixes there; feature-map regularizers read there).
+///
+/// Backbone specs: NAME[:key=value]...
+///   cnn4[:width=16]                          4 conv+BN+ReLU stages (pool after 1 and 2), for 28x28 inputs;
+///                                            channels w, 2w, 4w, 4w; features 4w
+///   resnet20[:width=16]                      CIFAR ResNet-20: 3 stages of 3 basic blocks; features 4w
+///   resnet18[:width=64][:stem=imagenet|cifar]  torchvision ResNet-18 (same parameter names); features 8w.
+///                                            stem=cifar: 3x3 stride-1 stem without max-pool, for small images
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/batchnorm.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
+
+namespace xfer {
+
+/// Pooled features and the output of every stage, in order.
+struct Features {
+  torch::Tensor pooled;                                      // (N, feature_dim)
+  std::vector<std::pair<std::string, torch::Tensor>> maps;  // stage name -> (N, C, H, W)
+  /// The map of a stage; BadInput naming the valid stages if absent.
+  const torch::Tensor& map(const std::string& stage) const;
+};
+
+/// Called with each stage's output; returns the tensor the next stage receives.
+using StageHook = std::function<torch::Tensor(const std::string& stage, const torch::Tensor& out)>;
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  /// Pooled features g(x), shape (N, feature_dim()).
+  torch::Tensor forward(const torch::Tensor& x) { return forward_features(x).pooled; }
+  Features forward_features(const torch::Tensor& x, const StageHook& hook = nullptr);
+
+  int64_t feature_dim() const { return feature_dim_; }
+  const std::vector<std::string>& stage_names() const { return stage_names_; }
+  /// The normalised spec this backbone was built from, e.g. "cnn4:width=16".
+  const std::string& spec() const { return spec_; }
+
+ protected:
+  virtual torch::Tensor stem(const torch::Tensor& x) = 0;
+  virtual torch::Tensor stage(size_t index, const torch::Tensor& x) = 0;
+
+  std::string spec_;
+  std::vector<std::string> stage_names_;
+  int64_t feature_dim_ = 0;
+};
+
+using Backbone = std::shared_ptr<BackboneImpl>;
+
+/// Builds a backbone from its spec for `in_channels` input channels; BadInput lists the valid names.
+Backbone make_backbone(const std::string& spec, int64_t in_channels);
+/// The spec with defaults filled in ("cnn4" -> "cnn4:width=16"), so equal architectures compare equal.
+std::string normalise_backbone_spec(const std::string& spec);
+/// The names of the available backbones, for help texts.
+const char* backbone_help();
+
+/// Conv-BN-ReLU stages for small images.
+class Cnn4Impl : public BackboneImpl {
+ public:
+  Cnn4Impl(int64_t in_channels, int64_t width);
+
+ protected:
+  torch::Tensor stem(const torch::Tensor& x) override { return x; }
+  torch::Tensor stage(size_t index, const torch::Tensor& x) override;
+
+ private:
+  std::vector<torch::nn::Sequential> blocks_;
+};
+
+/// The basic residual block of ResNet-18/20 (torchvision names: conv1 bn1 conv2 bn2 downsample).
+class BasicBlockImpl : public torch::nn::Module {
+ public:
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+/// ResNets of basic blocks: ResNet-20 (CIFAR) and ResNet-18 (torchvision layout and names).
+class ResNetImpl : public BackboneImpl {
+ public:
+  /// `blocks` per stage, `widths` per stage; `imagenet_stem`: 7x7 stride-2 conv + 3x3 max-pool.
+  ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_t> blocks, std::vector<int64_t> widths,
+             bool imagenet_stem);
+
+ protected:
+  torch::Tensor stem(const torch::Tensor& x) override;
+  torch::Tensor stage(size_t index, const torch::Tensor& x) override;
+
+ private:
+  torch::nn::Conv2d conv1{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr};
+  bool imagenet_stem_;
+  std::vector<torch::nn::Sequential> layers_;
+};
+
+}  // namespace xfer

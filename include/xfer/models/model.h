@@ -1,0 +1,71 @@
+#pragma once
+/// Model = backbone + named linear heads ("target", "source", ...), plus what it expects as input.
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "xfer/data/dataset.h"
+#include "xfer/models/backbone.h"
+
+namespace xfer {
+
+struct HeadInfo {
+  std::string name;
+  std::vector<std::string> class_names;
+};
+
+/// Everything needed to rebuild a model and feed it: stored in every checkpoint, compared on load.
+struct Arch {
+  std::string backbone;  // normalised backbone spec
+  int64_t in_channels = 1;
+  int64_t height = 0, width = 0;
+  Normalization input;  // the normalisation the model was trained with
+  std::vector<HeadInfo> heads;
+
+  nlohmann::json to_json() const;
+  static Arch from_json(const nlohmann::json& j);
+  /// Why a checkpoint of `saved` cannot be loaded into this architecture (empty if it can). Heads are
+  /// compared only when `with_heads`.
+  std::string mismatch(const Arch& saved, bool with_heads) const;
+  const HeadInfo* head(const std::string& name) const;
+};
+
+class ModelImpl : public torch::nn::Module {
+ public:
+  explicit ModelImpl(const Arch& arch);
+
+  /// Logits of `head` for a batch of normalised images.
+  torch::Tensor forward(const torch::Tensor& x, const std::string& head = "target");
+  torch::nn::Linear head(const std::string& name);
+  bool has_head(const std::string& name) const;
+  /// Adds a freshly initialised linear head (the global generator drives its init).
+  void add_head(const HeadInfo& info);
+  void remove_head(const std::string& name);
+
+  const Arch& arch() const { return arch_; }
+  Backbone backbone;
+
+  /// Parameters of the backbone, and of all heads.
+  std::vector<torch::Tensor> backbone_parameters() const;
+  std::vector<torch::Tensor> head_parameters() const;
+
+ private:
+  Arch arch_;
+  std::shared_ptr<torch::nn::Module> heads_;  // a plain container: its children are the heads, by name
+};
+TORCH_MODULE(Model);
+
+/// A deep copy with the same weights, buffers and train/eval mode.
+Model clone_model(const Model& model);
+/// Copies the values of every parameter and buffer whose name starts with `prefix` from `src` into
+/// `dst`. Names and shapes must match; BadInput lists the first mismatches.
+void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std::string& prefix = "");
+/// Sets requires_grad=false on every parameter (frozen teachers).
+void freeze(torch::nn::Module& module);
+
+}  // namespace xfer

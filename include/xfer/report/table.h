@@ -1,0 +1,34 @@
+#pragma once
+/// Tables people can paste into a paper: GitHub Markdown (aligned for terminals too) and CSV.
+#include <string>
+#include <vector>
+
+namespace xfer {
+
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header);
+  void add_row(std::vector<std::string> row);
+  /// Right-aligns a column (numbers).
+  void align_right(size_t column);
+  std::string markdown() const;
+  std::string csv() const;
+  size_t rows() const { return rows_.size(); }
+
+ private:
+  std::vector<std::string> header_;
+  std::vector<std::vector<std::string>> rows_;
+  std::vector<bool> right_;
+};
+
+struct MeanStd {
+  double mean = 0, std = 0;  // std: sample standard deviation (n-1), 0 for one value
+  size_t n = 0;
+};
+MeanStd mean_std(const std::vector<double>& values);
+/// "72.3 ± 1.1" for fractions scaled by `scale` (100: percentages), or "72.3" for a single value.
+std::string format_mean_std(const MeanStd& m, double scale = 100.0, int precision = 1);
+/// A fixed-point number.
+std::string fixed(double value, int precision);
+
+}  // namespace xfer

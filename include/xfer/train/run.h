@@ -1,0 +1,55 @@
+#pragma once
+/// A run: task + model + method + trainer, with its outputs in one directory.
+///
+///   DIR/config.json    the resolved configuration (re-run it with `--config DIR/config.json`)
+///   DIR/metrics.jsonl  one line per logging step and per validation
+///   DIR/result.json    method, specs, seed, test top-1, mean per-class accuracy, best validation and its
+///                      step, iterations, train seconds, samples/s
+///   DIR/checkpoints/   last.pt (everything to resume) and best.pt (best on validation)
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "xfer/data/loader.h"
+#include "xfer/methods/registry.h"
+#include "xfer/train/trainer.h"
+
+namespace xfer {
+
+class Fields;
+
+struct RunOptions {
+  std::string target;     // dataset spec trained on by finetune
+  std::string source;     // dataset spec: pre-training data, or source data for methods that use it
+  std::string init;       // pretrained model: a run directory or a checkpoint file
+  std::string backbone;   // "" = the --init model's, else cnn4
+  std::string method = "l2";
+  int64_t seed = 0;
+  int64_t threads = 0;    // 0 = all cores
+  std::string device = "cpu";
+  std::string out;        // "" = runs/<command>-<method>-<time>
+  bool resume = false;
+  bool overwrite = false;
+  TrainerOptions trainer;
+  LoaderOptions loader;
+
+  void fields(Fields& f);
+};
+
+/// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns result.json.
+nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json.
+nlohmann::json run_pretrain(RunOptions opts);
+
+/// The resolved configuration as written to config.json.
+nlohmann::json config_json(const std::string& command, RunOptions& opts, MethodConfig* method_config);
+/// Reads a config.json (or a user's config file) into the options: keys are run fields plus an optional
+/// "method_options" object; "command" and "xfer_version" are ignored.
+void read_config(const nlohmann::json& config, RunOptions& opts, MethodConfig* method_config,
+                 const std::string& where);
+
+/// Parses "cpu", "cuda" or "cuda:N"; BadInput if CUDA is not available in this LibTorch.
+torch::Device parse_device(const std::string& text);
+
+}  // namespace xfer

@@ -1,0 +1,65 @@
+#pragma once
+/// The Trainer: the one training loop every method runs in.
+///
+/// Per step: lr from the schedule (a pure function of the step) -> method.compute_gradients ->
+/// optimizer step -> method.after_step. Every `log_every` steps a line goes to metrics.jsonl and the
+/// progress bar; every `eval_every` steps the validation split is evaluated and the best model is kept
+/// as checkpoints/best.pt; every `checkpoint_every` steps checkpoints/last.pt holds everything needed to
+/// continue bit for bit: model, optimizer, method state, the method's RNG, batch-stream positions and
+/// the best-so-far record. At the end the selected model (best on validation, or last) is tested.
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "xfer/data/dataset.h"
+#include "xfer/data/loader.h"
+#include "xfer/methods/method.h"
+#include "xfer/metrics/accuracy.h"
+#include "xfer/models/model.h"
+#include "xfer/train/optim.h"
+#include "xfer/train/schedule.h"
+
+namespace xfer {
+
+class Fields;
+
+struct TrainerOptions {
+  int64_t iterations = 300;
+  OptimizerOptions optim;
+  ScheduleOptions schedule;
+  double head_lr_mult = 1.0;     // learning-rate multiplier of the heads
+  int64_t eval_every = 0;        // 0: iterations / 10
+  int64_t checkpoint_every = 0;  // 0: the same as eval_every
+  int64_t log_every = 10;
+  int64_t eval_batch = 500;
+  std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
+  int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
+
+  void fields(Fields& f);
+};
+
+/// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches.
+Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);
+
+class Trainer {
+ public:
+  /// `out_dir` receives metrics.jsonl and checkpoints/; it must exist.
+  Trainer(TrainerOptions opts, std::string out_dir);
+
+  /// Trains and tests. With `resume`, continues from out_dir/checkpoints/last.pt. `meta` is stored in
+  /// every checkpoint (method name, specs). Returns the training part of result.json; with
+  /// `stop_after`, a run that stops early returns {"stopped_at": step} after checkpointing.
+  nlohmann::json fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
+                     uint64_t seed, bool resume, const nlohmann::json& meta = {});
+
+  const TrainerOptions& options() const { return opts_; }
+  std::string last_checkpoint() const;
+  std::string best_checkpoint() const;
+
+ private:
+  TrainerOptions opts_;
+  std::string out_dir_;
+};
+
+}  // namespace xfer

@@ -1,0 +1,110 @@
+#include "xfer/core/runtime.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include <ATen/Parallel.h>
+
+#include "xfer/core/error.h"
+
+namespace xfer {
+namespace {
+std::atomic<int> g_verbosity{1};
+
+std::string clock_text(double seconds) {
+  if (!(seconds >= 0) || seconds > 360000) return "--:--";
+  const int64_t s = static_cast<int64_t>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                  static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  return buf;
+}
+}  // namespace
+
+int available_cores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  const unsigned hc = std::thread::hardware_concurrency();
+  return hc > 0 ? static_cast<int>(hc) : 1;
+}
+
+int set_threads(int threads) {
+  XFER_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
+  const int n = threads == 0 ? available_cores() : threads;
+  at::set_num_threads(n);
+  return n;
+}
+
+void set_verbosity(int level) { g_verbosity = level; }
+int verbosity() { return g_verbosity; }
+
+void log_info(const std::string& line) {
+  if (g_verbosity >= 1) std::cerr << line << std::endl;
+}
+
+void log_warn(const std::string& line) { std::cerr << "warning: " << line << std::endl; }
+
+double now_seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+Progress::Progress(std::string label, int64_t total, int64_t line_every)
+    : label_(std::move(label)),
+      total_(total),
+      line_every_(std::max<int64_t>(line_every, 1)),
+      tty_(::isatty(STDERR_FILENO) == 1) {}
+
+Progress::~Progress() { finish(); }
+
+void Progress::update(int64_t done, const std::string& status) {
+  if (g_verbosity < 1) return;
+  const double t = now_seconds();
+  if (start_done_ < 0) {
+    start_done_ = done;
+    start_time_ = t;
+  }
+  const double elapsed = t - start_time_;
+  const double rate = elapsed > 0 ? static_cast<double>(done - start_done_) / elapsed : 0.0;
+  const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : -1;
+  char rate_buf[32];
+  std::snprintf(rate_buf, sizeof rate_buf, "%.1f it/s", rate);
+  const std::string tail = cat(done, "/", total_, "  ", status, "  ", rate_buf, "  ETA ", clock_text(eta));
+  if (tty_) {
+    if (done != total_ && t - last_draw_ < 0.1) return;  // redraw at most 10 times a second
+    last_draw_ = t;
+    const int width = 24;
+    const int filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
+    std::string bar(filled, '#');
+    bar.resize(width, '-');
+    std::cerr << "\r\033[K" << label_ << " [" << bar << "] " << tail << std::flush;
+    open_ = true;
+  } else if (done % line_every_ == 0 || done == total_) {
+    std::cerr << label_ << " " << tail << std::endl;
+  }
+}
+
+void Progress::message(const std::string& line) {
+  if (g_verbosity < 1) return;
+  if (tty_ && open_) std::cerr << "\r\033[K";
+  std::cerr << line << std::endl;
+  open_ = false;
+}
+
+void Progress::finish() {
+  if (tty_ && open_) std::cerr << std::endl;
+  open_ = false;
+}
+
+}  // namespace xfer

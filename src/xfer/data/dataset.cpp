@@ -1,0 +1,39 @@
+#include "xfer/data/dataset.h"
+
+#include <torch/torch.h>
+
+namespace xfer {
+
+std::vector<int64_t> TensorDataset::class_counts() const {
+  std::vector<int64_t> counts(num_classes(), 0);
+  if (size() == 0) return counts;
+  const torch::Tensor bins = torch::bincount(labels, {}, num_classes());
+  for (int64_t c = 0; c < num_classes(); ++c) counts[c] = bins[c].item<int64_t>();
+  return counts;
+}
+
+TensorDataset TensorDataset::subset(const torch::Tensor& indices) const {
+  return {images.index_select(0, indices), labels.index_select(0, indices), class_names};
+}
+
+std::vector<std::vector<int64_t>> TensorDataset::indices_by_class() const {
+  std::vector<std::vector<int64_t>> out(num_classes());
+  const torch::Tensor y = labels.contiguous();
+  const int64_t* p = y.data_ptr<int64_t>();
+  for (int64_t i = 0; i < size(); ++i) out[p[i]].push_back(i);
+  return out;
+}
+
+Normalization compute_normalization(const torch::Tensor& images_uint8) {
+  const torch::Tensor x = images_uint8.to(torch::kFloat64).div_(255.0);
+  const torch::Tensor mean = x.mean({0, 2, 3});
+  const torch::Tensor std = x.std({0, 2, 3}, /*unbiased=*/false).clamp_min(1e-6);
+  Normalization n;
+  for (int64_t c = 0; c < mean.size(0); ++c) {
+    n.mean.push_back(mean[c].item<double>());
+    n.std.push_back(std[c].item<double>());
+  }
+  return n;
+}
+
+}  // namespace xfer

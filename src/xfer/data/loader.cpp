@@ -1,0 +1,181 @@
+#include "xfer/data/loader.h"
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/rng.h"
+
+namespace xfer {
+
+void LoaderOptions::fields(Fields& f) {
+  f.add("batch_size", batch_size, "examples per batch").at_least(1);
+  f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off)").non_negative();
+  f.add("flip", flip, "random horizontal flip augmentation");
+  f.add("prefetch", prefetch, "assemble the next batch on a worker thread");
+}
+
+ShuffleSampler::ShuffleSampler(int64_t size, uint64_t seed) : size_(size), seed_(seed) {
+  XFER_CHECK(size > 0, "cannot sample batches from an empty dataset");
+}
+
+const std::vector<int64_t>& ShuffleSampler::permutation(int64_t epoch) {
+  auto it = cache_.find(epoch);
+  if (it != cache_.end()) return it->second;
+  if (cache_.size() >= 4) cache_.erase(cache_.begin());
+  std::vector<int64_t> perm(size_);
+  for (int64_t i = 0; i < size_; ++i) perm[i] = i;
+  shuffle_in_place(perm, derive_seed(seed_, static_cast<uint64_t>(epoch)));
+  return cache_.emplace(epoch, std::move(perm)).first->second;
+}
+
+std::vector<int64_t> ShuffleSampler::indices(int64_t batch, int64_t batch_size) {
+  std::vector<int64_t> out(batch_size);
+  for (int64_t i = 0; i < batch_size; ++i) {
+    const int64_t k = batch * batch_size + i;
+    out[i] = permutation(k / size_)[k % size_];
+  }
+  return out;
+}
+
+InputTransform::InputTransform(Normalization norm, int64_t crop_pad, bool flip)
+    : norm_(std::move(norm)), crop_pad_(crop_pad), flip_(flip) {
+  XFER_CHECK(!norm_.mean.empty() && norm_.mean.size() == norm_.std.size(), "normalisation needs a mean and ",
+             "std per channel");
+  for (size_t c = 0; c < norm_.mean.size(); ++c) {
+    std::vector<float> lut(256);
+    for (int v = 0; v < 256; ++v) lut[v] = static_cast<float>((v / 255.0 - norm_.mean[c]) / norm_.std[c]);
+    lut_.push_back(std::move(lut));
+  }
+}
+
+torch::Tensor InputTransform::operator()(const torch::Tensor& images, const std::vector<int64_t>& indices,
+                                         uint64_t seed) const {
+  const int64_t n = static_cast<int64_t>(indices.size());
+  const int64_t C = images.size(1), H = images.size(2), W = images.size(3);
+  XFER_CHECK(C == static_cast<int64_t>(lut_.size()), "images have ", C, " channels but the model expects ",
+             lut_.size());
+  torch::Tensor out = torch::empty({n, C, H, W}, torch::kFloat32);
+  const uint8_t* src = images.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  std::mt19937_64 engine(seed);
+  const int64_t plane = H * W;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t dy = 0, dx = 0;
+    bool mirror = false;
+    if (crop_pad_ > 0) {
+      dy = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
+      dx = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
+    }
+    if (flip_) mirror = (engine() >> 63) != 0;
+    const uint8_t* img = src + indices[i] * C * plane;
+    float* o = dst + i * C * plane;
+    for (int64_t c = 0; c < C; ++c) {
+      const float* lut = lut_[c].data();
+      const float pad_value = lut[0];
+      for (int64_t y = 0; y < H; ++y) {
+        const int64_t sy = y + dy;
+        float* row = o + c * plane + y * W;
+        if (sy < 0 || sy >= H) {
+          std::fill(row, row + W, pad_value);
+          continue;
+        }
+        const uint8_t* srow = img + c * plane + sy * W;
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t sx = (mirror ? W - 1 - x : x) + dx;
+          row[x] = (sx < 0 || sx >= W) ? pad_value : lut[srow[sx]];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+torch::Tensor InputTransform::normalise(const torch::Tensor& images) const {
+  std::vector<int64_t> all(images.size(0));
+  for (int64_t i = 0; i < images.size(0); ++i) all[i] = i;
+  return InputTransform(norm_)(images.contiguous(), all, 0);
+}
+
+BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOptions opts, uint64_t seed,
+                         std::unique_ptr<Sampler> sampler, torch::Device device)
+    : data_(std::move(data)),
+      opts_(opts),
+      seed_(seed),
+      sampler_(sampler ? std::move(sampler) : std::make_unique<ShuffleSampler>(data_.size(), derive_seed(seed, "order"))),
+      transform_(norm, opts.crop_pad, opts.flip),
+      device_(device) {
+  check_options(opts_);
+  XFER_CHECK(data_.size() > 0, "cannot draw batches from an empty dataset");
+  data_.images = data_.images.contiguous();
+  data_.labels = data_.labels.contiguous();
+}
+
+BatchStream::~BatchStream() {
+  if (pending_.valid()) pending_.wait();
+}
+
+Batch BatchStream::make(int64_t b) {
+  const std::vector<int64_t> idx = sampler_->indices(b, opts_.batch_size);
+  Batch batch;
+  batch.x = transform_(data_.images, idx, derive_seed(seed_, static_cast<uint64_t>(b)));
+  batch.index = torch::tensor(idx, torch::kInt64);
+  batch.y = torch::empty({static_cast<int64_t>(idx.size())}, torch::kInt64);
+  const int64_t* labels = data_.labels.data_ptr<int64_t>();
+  int64_t* y = batch.y.data_ptr<int64_t>();
+  for (size_t i = 0; i < idx.size(); ++i) y[i] = labels[idx[i]];
+  return batch;
+}
+
+void BatchStream::launch(int64_t b) {
+  pending_for_ = b;
+  pending_ = std::async(std::launch::async, [this, b] { return make(b); });
+}
+
+Batch BatchStream::next() {
+  Batch batch;
+  if (pending_.valid() && pending_for_ == position_) {
+    batch = pending_.get();
+  } else {
+    if (pending_.valid()) pending_.wait();
+    batch = make(position_);
+  }
+  ++position_;
+  if (opts_.prefetch) launch(position_);
+  if (device_ != torch::kCPU) {
+    batch.x = batch.x.to(device_, /*non_blocking=*/false);
+    batch.y = batch.y.to(device_);
+  }
+  return batch;
+}
+
+void BatchStream::seek(int64_t position) {
+  XFER_CHECK(position >= 0, "batch stream position must be >= 0, got ", position);
+  if (pending_.valid()) pending_.wait();
+  pending_ = {};
+  pending_for_ = -1;
+  position_ = position;
+}
+
+void Batches::add(const std::string& name, std::unique_ptr<BatchStream> stream) {
+  streams_[name] = std::move(stream);
+}
+
+BatchStream& Batches::stream(const std::string& name) {
+  auto it = streams_.find(name);
+  XFER_CHECK(it != streams_.end(), "no batch stream named '", name, "' in this run");
+  return *it->second;
+}
+
+std::map<std::string, int64_t> Batches::positions() const {
+  std::map<std::string, int64_t> out;
+  for (const auto& [name, s] : streams_) out[name] = s->position();
+  return out;
+}
+
+void Batches::seek(const std::map<std::string, int64_t>& positions) {
+  for (const auto& [name, pos] : positions)
+    if (has(name)) stream(name).seek(pos);
+}
+
+}  // namespace xfer

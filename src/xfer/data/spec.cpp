@@ -1,0 +1,389 @@
+#include "xfer/data/spec.h"
+
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/rng.h"
+#include "xfer/data/idx.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
+constexpr const char* kValidKeys =
+    "classes, per_class, val, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
+    "test_images, test_labels, names";
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (true) {
+    const size_t pos = s.find(sep, start);
+    out.push_back(s.substr(start, pos - start));
+    if (pos == std::string::npos) return out;
+    start = pos + 1;
+  }
+}
+
+int64_t parse_count(const std::string& spec, const std::string& key, const std::string& v, int64_t min) {
+  size_t used = 0;
+  int64_t n = -1;
+  try {
+    n = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  XFER_CHECK(used == v.size() && !v.empty(), "dataset spec '", spec, "': ", key,
+             " expects an integer, got '", v, "'");
+  XFER_CHECK(n >= min, "dataset spec '", spec, "': ", key, " must be >= ", min, ", got ", n);
+  return n;
+}
+
+double parse_real(const std::string& spec, const std::string& key, const std::string& v) {
+  size_t used = 0;
+  double x = NAN;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  XFER_CHECK(used == v.size() && !v.empty() && std::isfinite(x), "dataset spec '", spec, "': ", key,
+             " expects a number, got '", v, "'");
+  return x;
+}
+
+std::string normalise_shift(const std::string& spec, const std::string& s) {
+  if (s == "invert") return s;
+  if (s.rfind("rot", 0) == 0) {
+    parse_real(spec, "shift rot", s.substr(3));
+    return s;
+  }
+  if (s.rfind("noise", 0) == 0) {
+    const double sd = parse_real(spec, "shift noise", s.substr(5));
+    XFER_CHECK(sd >= 0 && sd <= 1, "dataset spec '", spec, "': noise std must be in [0, 1], got ", sd);
+    return s;
+  }
+  throw BadInput(cat("dataset spec '", spec, "': unknown shift '", s,
+                     "'; valid shifts: rotK (degrees), invert, noiseS (std in [0,1]), joined with +"));
+}
+
+/// One IDX image file + label file, decoded once per process.
+struct RawSplit {
+  torch::Tensor images;  // uint8 (N, C, H, W)
+  torch::Tensor labels;  // int64 (N)
+};
+
+torch::Tensor images_nchw(const IdxArray& a, const std::string& path) {
+  XFER_CHECK(a.data.scalar_type() == torch::kUInt8, path, ": images must be unsigned bytes (IDX type 0x08)");
+  if (a.data.dim() == 3) return a.data.unsqueeze(1);
+  XFER_CHECK(a.data.dim() == 4, path, ": images must have 3 (N,H,W) or 4 dimensions, got ", a.data.dim());
+  const int64_t last = a.data.size(3);
+  if (last == 1 || last == 3 || last == 4) return a.data.permute({0, 3, 1, 2}).contiguous();
+  return a.data;
+}
+
+RawSplit load_raw(const std::string& images_path, const std::string& labels_path) {
+  static std::mutex mutex;
+  static std::map<std::pair<std::string, std::string>, RawSplit> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_pair(images_path, labels_path);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  const IdxArray img = read_idx(images_path);
+  const IdxArray lab = read_idx(labels_path);
+  XFER_CHECK(lab.data.dim() == 1, labels_path, ": labels must have 1 dimension, got ", lab.data.dim());
+  XFER_CHECK(!lab.data.is_floating_point(), labels_path, ": labels must be integers, got ",
+             lab.data.scalar_type());
+  RawSplit raw{images_nchw(img, images_path), lab.data.to(torch::kInt64)};
+  XFER_CHECK(raw.images.size(0) == raw.labels.size(0), images_path, " holds ", raw.images.size(0),
+             " images but ", labels_path, " holds ", raw.labels.size(0), " labels");
+  if (raw.labels.numel() > 0)
+    XFER_CHECK(raw.labels.min().item<int64_t>() >= 0, labels_path, ": negative label ",
+               raw.labels.min().item<int64_t>());
+  cache.emplace(key, raw);
+  return raw;
+}
+
+std::string find_idx(const std::string& dir, const std::string& stem) {
+  for (const std::string& name : {stem, stem + ".gz"})
+    if (fs::exists(fs::path(dir) / name)) return (fs::path(dir) / name).string();
+  return (fs::path(dir) / (stem + ".gz")).string();
+}
+
+void check_exists(const DatasetSpec& spec, const std::string& path) {
+  if (fs::exists(path)) return;
+  if (spec.source == "fmnist")
+    throw BadInput(cat("Fashion-MNIST file not found: ", path,
+                       "; install Debian's package with `apt-get install dataset-fashion-mnist` "
+                       "(scripts/setup.sh does), or point dir= at the IDX files"));
+  throw BadInput(cat("dataset spec '", spec.text, "': file not found: ", path));
+}
+
+}  // namespace
+
+const std::vector<std::string>& fmnist_class_names() {
+  static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                                 "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  return names;
+}
+
+DatasetSpec DatasetSpec::parse(const std::string& text) {
+  DatasetSpec s;
+  s.text = text;
+  const auto parts = split(text, ':');
+  s.source = parts[0];
+  XFER_CHECK(s.source == "fmnist" || s.source == "idx", "dataset spec '", text, "': unknown dataset '",
+             s.source, "'; valid: fmnist, idx (see `xfer data --help`)");
+  std::set<std::string> seen;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    XFER_CHECK(eq != std::string::npos && eq > 0, "dataset spec '", text, "': expected key=value, got '",
+               parts[i], "'");
+    const std::string key = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
+    XFER_CHECK(seen.insert(key).second, "dataset spec '", text, "': key '", key, "' given twice");
+    XFER_CHECK(!v.empty(), "dataset spec '", text, "': ", key, " has an empty value");
+    if (key == "classes") {
+      for (const auto& tok : split(v, ',')) {
+        const size_t dash = tok.find('-', 1);
+        if (dash == std::string::npos) {
+          s.classes.push_back(parse_count(text, "classes", tok, 0));
+        } else {
+          const int64_t lo = parse_count(text, "classes", tok.substr(0, dash), 0);
+          const int64_t hi = parse_count(text, "classes", tok.substr(dash + 1), 0);
+          XFER_CHECK(lo <= hi, "dataset spec '", text, "': empty class range '", tok, "'");
+          for (int64_t c = lo; c <= hi; ++c) s.classes.push_back(c);
+        }
+      }
+      std::set<int64_t> uniq(s.classes.begin(), s.classes.end());
+      XFER_CHECK(uniq.size() == s.classes.size(), "dataset spec '", text, "': a class is listed twice in '",
+                 v, "'");
+    } else if (key == "per_class") {
+      s.per_class = parse_count(text, key, v, 1);
+    } else if (key == "val") {
+      const double x = parse_real(text, key, v);
+      if (x > 0 && x < 1) {
+        s.val_fraction = x;
+      } else {
+        s.val_count = parse_count(text, key, v, 0);
+      }
+    } else if (key == "test") {
+      XFER_CHECK(v == "file" || v == "rest" || v == "none", "dataset spec '", text,
+                 "': test must be file, rest or none, got '", v, "'");
+      s.test = v;
+    } else if (key == "test_per_class") {
+      s.test_per_class = parse_count(text, key, v, 1);
+    } else if (key == "part") {
+      const auto ab = split(v, '/');
+      XFER_CHECK(ab.size() == 2, "dataset spec '", text, "': part expects I/N, got '", v, "'");
+      s.part_index = parse_count(text, "part index", ab[0], 0);
+      s.part_count = parse_count(text, "part count", ab[1], 1);
+      XFER_CHECK(s.part_index < s.part_count, "dataset spec '", text, "': part ", v,
+                 " needs I < N (I counts from 0)");
+    } else if (key == "shift") {
+      for (const auto& sh : split(v, '+')) s.shifts.push_back(normalise_shift(text, sh));
+    } else if (key == "seed") {
+      s.seed = static_cast<uint64_t>(parse_count(text, key, v, 0));
+    } else if (key == "dir") {
+      s.dir = v;
+    } else if (key == "train_images" || key == "train_labels" || key == "test_images" || key == "test_labels") {
+      XFER_CHECK(s.source == "idx", "dataset spec '", text, "': ", key, " is only for idx datasets");
+      (key == "train_images"   ? s.train_images
+       : key == "train_labels" ? s.train_labels
+       : key == "test_images"  ? s.test_images
+                               : s.test_labels) = v;
+    } else if (key == "names") {
+      XFER_CHECK(s.source == "idx", "dataset spec '", text, "': names is only for idx datasets");
+      s.names = split(v, ',');
+    } else {
+      throw BadInput(cat("dataset spec '", text, "': unknown key '", key, "'; valid keys: ", kValidKeys));
+    }
+  }
+  if (s.source == "idx")
+    XFER_CHECK(!s.dir.empty() || (!s.train_images.empty() && !s.train_labels.empty()), "dataset spec '", text,
+               "': idx needs dir=PATH or train_images= and train_labels=");
+  return s;
+}
+
+const char* spec_help() {
+  return R"(Dataset specs: SOURCE[:key=value]...   e.g. fmnist:classes=2,4,6,7,9:per_class=10:seed=0
+  SOURCE  fmnist (Fashion-MNIST from Debian's dataset-fashion-mnist) | idx (your IDX files: dir=PATH)
+  classes=2,4,6 | 0-4     class subset, relabelled 0..k-1 in the order given (default all)
+  per_class=N             few-shot: N training examples per class, drawn by the seed (default all)
+  val=N | val=0.1         validation examples per class held out from the training file (default 0)
+  test=file|rest|none     test split: the test file (default), unused training examples, or none
+  test_per_class=N        cap the test split per class
+  part=I/N                the I-th of N disjoint slices of each class (for disjoint source/target sets)
+  shift=rot30+invert+noise0.2   domain shifts: rotate K degrees, invert, gaussian noise (std in [0,1])
+  seed=S                  sampling seed (default: --seed)
+  dir=PATH                IDX directory; idx also takes train_images= train_labels= test_images=
+                          test_labels= (paths) and names=a,b,c
+)";
+}
+
+torch::Tensor apply_shifts(const torch::Tensor& images, const std::vector<std::string>& shifts, uint64_t seed,
+                           const torch::Tensor& ids) {
+  if (shifts.empty() || images.size(0) == 0) return images;
+  torch::Tensor x = images.to(torch::kFloat32);
+  for (const auto& s : shifts) {
+    if (s == "invert") {
+      x = 255.0f - x;
+    } else if (s.rfind("rot", 0) == 0) {
+      const double deg = std::stod(s.substr(3));
+      const double turns = deg / 90.0;
+      if (std::abs(turns - std::round(turns)) < 1e-12) {
+        const int64_t k = static_cast<int64_t>(std::llround(turns));
+        x = torch::rot90(x, -k, {2, 3}).contiguous();  // clockwise for positive degrees, like k turns
+      } else {
+        const double r = deg * M_PI / 180.0;
+        const float c = static_cast<float>(std::cos(r)), sn = static_cast<float>(std::sin(r));
+        const torch::Tensor theta =
+            torch::tensor({c, -sn, 0.0f, sn, c, 0.0f}).view({1, 2, 3}).expand({x.size(0), 2, 3});
+        const torch::Tensor grid = torch::nn::functional::affine_grid(theta, x.sizes().vec(), false);
+        x = torch::nn::functional::grid_sample(
+            x, grid, torch::nn::functional::GridSampleFuncOptions().mode(torch::kBilinear).align_corners(false));
+      }
+    } else {  // noise
+      const double sd = std::stod(s.substr(5)) * 255.0;
+      const torch::Tensor id = ids.contiguous();
+      const int64_t* p = id.data_ptr<int64_t>();
+      for (int64_t i = 0; i < x.size(0); ++i) {
+        auto gen = make_generator(derive_seed(seed, static_cast<uint64_t>(p[i])));
+        x[i].add_(torch::randn(x[i].sizes(), gen) * sd);
+      }
+    }
+  }
+  return x.round_().clamp_(0, 255).to(torch::kUInt8);
+}
+
+Task load_task(const std::string& spec, uint64_t run_seed) { return load_task(DatasetSpec::parse(spec), run_seed); }
+
+Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
+  const uint64_t seed = spec.seed.value_or(run_seed);
+  const std::string dir = !spec.dir.empty() ? spec.dir : spec.source == "fmnist" ? kFmnistDir : "";
+  const std::string train_images =
+      !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");
+  const std::string train_labels =
+      !spec.train_labels.empty() ? spec.train_labels : find_idx(dir, "train-labels-idx1-ubyte");
+  check_exists(spec, train_images);
+  check_exists(spec, train_labels);
+  const RawSplit train_raw = load_raw(train_images, train_labels);
+
+  RawSplit test_raw;
+  if (spec.test == "file") {
+    const bool explicit_test = !spec.test_images.empty() || !spec.test_labels.empty();
+    XFER_CHECK(!explicit_test || (!spec.test_images.empty() && !spec.test_labels.empty()), "dataset spec '",
+               spec.text, "': give both test_images= and test_labels=");
+    XFER_CHECK(explicit_test || !dir.empty(), "dataset spec '", spec.text,
+               "': no test files; give test_images= and test_labels=, or test=rest or test=none");
+    const std::string ti = explicit_test ? spec.test_images : find_idx(dir, "t10k-images-idx3-ubyte");
+    const std::string tl = explicit_test ? spec.test_labels : find_idx(dir, "t10k-labels-idx1-ubyte");
+    check_exists(spec, ti);
+    check_exists(spec, tl);
+    test_raw = load_raw(ti, tl);
+    XFER_CHECK(test_raw.images.sizes().slice(1) == train_raw.images.sizes().slice(1), "dataset spec '",
+               spec.text, "': test images have shape ", test_raw.images.sizes().slice(1),
+               " but training images have ", train_raw.images.sizes().slice(1));
+  }
+
+  // The label space of the files.
+  int64_t file_classes = 0;
+  std::vector<std::string> file_names;
+  if (spec.source == "fmnist") {
+    file_names = fmnist_class_names();
+    file_classes = static_cast<int64_t>(file_names.size());
+  } else {
+    file_classes = train_raw.labels.numel() > 0 ? train_raw.labels.max().item<int64_t>() + 1 : 0;
+    if (!spec.names.empty()) {
+      XFER_CHECK(static_cast<int64_t>(spec.names.size()) >= file_classes, "dataset spec '", spec.text,
+                 "': names lists ", spec.names.size(), " classes but the labels go up to ", file_classes - 1);
+      file_classes = static_cast<int64_t>(spec.names.size());
+      file_names = spec.names;
+    } else {
+      for (int64_t c = 0; c < file_classes; ++c) file_names.push_back(std::to_string(c));
+    }
+  }
+  XFER_CHECK(train_raw.labels.numel() == 0 || train_raw.labels.max().item<int64_t>() < file_classes,
+             train_labels, ": label ", train_raw.labels.max().item<int64_t>(), " is out of range for ",
+             file_classes, " classes");
+  std::vector<int64_t> classes = spec.classes;
+  if (classes.empty())
+    for (int64_t c = 0; c < file_classes; ++c) classes.push_back(c);
+  for (int64_t c : classes)
+    XFER_CHECK(c < file_classes, "dataset spec '", spec.text, "': unknown class ", c, "; ", spec.source,
+               " has classes 0-", file_classes - 1);
+
+  const TensorDataset train_all{train_raw.images, train_raw.labels, file_names};
+  const auto train_by_class = train_all.indices_by_class();
+  std::vector<std::vector<int64_t>> test_by_class(file_classes);
+  if (spec.test == "file") test_by_class = TensorDataset{test_raw.images, test_raw.labels, file_names}.indices_by_class();
+
+  std::vector<int64_t> tr_idx, tr_lab, va_idx, va_lab, te_idx, te_lab;
+  std::vector<std::string> names;
+  for (size_t j = 0; j < classes.size(); ++j) {
+    const int64_t c = classes[j];
+    const std::string cname = cat("class ", c, " (", file_names[c], ")");
+    names.push_back(file_names[c]);
+    const auto& all = train_by_class[c];
+    const size_t lo = all.size() * spec.part_index / spec.part_count;
+    const size_t hi = all.size() * (spec.part_index + 1) / spec.part_count;
+    std::vector<int64_t> pool(all.begin() + lo, all.begin() + hi);
+    shuffle_in_place(pool, derive_seed(seed, "split/" + std::to_string(c)));
+    const int64_t n = static_cast<int64_t>(pool.size());
+    const int64_t n_val =
+        spec.val_fraction > 0 ? static_cast<int64_t>(std::llround(spec.val_fraction * n)) : spec.val_count;
+    XFER_CHECK(n_val < n, "dataset spec '", spec.text, "': val=", n_val, " leaves no training examples for ",
+               cname, ", which has ", n, " in the training file", spec.part_count > 1 ? " part" : "");
+    const int64_t rest = n - n_val;
+    const int64_t n_train = spec.per_class.value_or(rest);
+    XFER_CHECK(n_train <= rest, "dataset spec '", spec.text, "': per_class=", n_train, " but ", cname,
+               " has only ", rest, " training examples", n_val > 0 ? cat(" after val=", n_val) : std::string());
+    for (int64_t i = 0; i < n_val; ++i) va_idx.push_back(pool[i]), va_lab.push_back(static_cast<int64_t>(j));
+    for (int64_t i = n_val; i < n_val + n_train; ++i)
+      tr_idx.push_back(pool[i]), tr_lab.push_back(static_cast<int64_t>(j));
+
+    std::vector<int64_t> test_pool;
+    if (spec.test == "file") test_pool = test_by_class[c];
+    if (spec.test == "rest") test_pool.assign(pool.begin() + n_val + n_train, pool.end());
+    if (spec.test_per_class && static_cast<int64_t>(test_pool.size()) > *spec.test_per_class) {
+      shuffle_in_place(test_pool, derive_seed(seed, "test/" + std::to_string(c)));
+      test_pool.resize(*spec.test_per_class);
+    }
+    XFER_CHECK(spec.test == "none" || !test_pool.empty(), "dataset spec '", spec.text, "': the test split has no ",
+               "examples of ", cname, spec.test == "rest" ? " (every training example is used; try test=file)" : "");
+    for (int64_t i : test_pool) te_idx.push_back(i), te_lab.push_back(static_cast<int64_t>(j));
+  }
+
+  const uint64_t shift_seed = derive_seed(seed, "shift");
+  const int64_t test_id_offset = train_raw.images.size(0);
+  auto build = [&](const RawSplit& raw, const std::vector<int64_t>& idx, const std::vector<int64_t>& lab,
+                   int64_t id_offset) {
+    const torch::Tensor index = torch::tensor(idx, torch::kInt64);
+    TensorDataset d;
+    d.class_names = names;
+    if (idx.empty()) {
+      d.images = torch::empty({0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)},
+                              torch::kUInt8);
+      d.labels = torch::empty({0}, torch::kInt64);
+      return d;
+    }
+    d.images = apply_shifts(raw.images.index_select(0, index), spec.shifts, shift_seed, index + id_offset);
+    d.labels = torch::tensor(lab, torch::kInt64);
+    return d;
+  };
+  Task task;
+  task.spec = spec.text;
+  task.train = build(train_raw, tr_idx, tr_lab, 0);
+  task.val = build(train_raw, va_idx, va_lab, 0);
+  task.test = spec.test == "file" ? build(test_raw, te_idx, te_lab, test_id_offset) : build(train_raw, te_idx, te_lab, 0);
+  XFER_CHECK(task.train.size() > 0, "dataset spec '", spec.text, "': the training split is empty");
+  return task;
+}
+
+}  // namespace xfer

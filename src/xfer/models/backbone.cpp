@@ -1,0 +1,219 @@
+#include "xfer/models/backbone.h"
+
+#include <map>
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+
+namespace xfer {
+namespace F = torch::nn::functional;
+namespace {
+
+struct BackboneSpec {
+  std::string name;
+  std::map<std::string, std::string> options;
+};
+
+BackboneSpec parse_spec(const std::string& text) {
+  BackboneSpec s;
+  size_t start = 0;
+  bool first = true;
+  while (start <= text.size()) {
+    const size_t end = std::min(text.find(':', start), text.size());
+    const std::string part = text.substr(start, end - start);
+    if (first) {
+      s.name = part;
+      first = false;
+    } else {
+      const size_t eq = part.find('=');
+      XFER_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < part.size(), "backbone '", text,
+                 "': expected key=value, got '", part, "'");
+      s.options[part.substr(0, eq)] = part.substr(eq + 1);
+    }
+    start = end + 1;
+  }
+  return s;
+}
+
+int64_t int_option(const BackboneSpec& s, const std::string& text, const std::string& key, int64_t def) {
+  auto it = s.options.find(key);
+  if (it == s.options.end()) return def;
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(it->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  XFER_CHECK(used == it->second.size() && v >= 1 && v <= 4096, "backbone '", text, "': ", key,
+             " must be an integer in [1, 4096], got '", it->second, "'");
+  return v;
+}
+
+void check_keys(const BackboneSpec& s, const std::string& text, const std::vector<std::string>& valid) {
+  for (const auto& [k, v] : s.options) {
+    bool ok = false;
+    std::string list;
+    for (const auto& name : valid) {
+      ok = ok || name == k;
+      list += (list.empty() ? "" : ", ") + name;
+    }
+    XFER_CHECK(ok, "backbone '", text, "': unknown option '", k, "'; ", s.name, " takes: ", list);
+  }
+}
+
+torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, k).stride(stride).padding(pad).bias(false));
+}
+
+/// torchvision's ResNet init: He-normal (fan_out) convolutions, BN weight 1 and bias 0.
+void init_weights(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& m : module.modules(/*include_self=*/false)) {
+    if (auto* c = m->as<torch::nn::Conv2d>()) {
+      torch::nn::init::kaiming_normal_(c->weight, 0.0, torch::kFanOut, torch::kReLU);
+    } else if (auto* b = m->as<torch::nn::BatchNorm2d>()) {
+      b->weight.fill_(1.0);
+      b->bias.zero_();
+    }
+  }
+}
+
+}  // namespace
+
+const torch::Tensor& Features::map(const std::string& stage) const {
+  std::string valid;
+  for (const auto& [name, t] : maps) {
+    if (name == stage) return t;
+    valid += (valid.empty() ? "" : ", ") + name;
+  }
+  throw BadInput(cat("the backbone has no stage '", stage, "'; stages: ", valid));
+}
+
+Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook& hook) {
+  Features f;
+  torch::Tensor h = stem(x);
+  for (size_t i = 0; i < stage_names_.size(); ++i) {
+    h = stage(i, h);
+    if (hook) h = hook(stage_names_[i], h);
+    f.maps.emplace_back(stage_names_[i], h);
+  }
+  f.pooled = h.mean({2, 3});
+  return f;
+}
+
+Cnn4Impl::Cnn4Impl(int64_t in_channels, int64_t width) {
+  spec_ = cat("cnn4:width=", width);
+  const int64_t ch[] = {width, 2 * width, 4 * width, 4 * width};
+  int64_t in = in_channels;
+  for (int i = 0; i < 4; ++i) {
+    torch::nn::Sequential block(conv(in, ch[i], 3, 1, 1), torch::nn::BatchNorm2d(ch[i]),
+                                torch::nn::ReLU(torch::nn::ReLUOptions().inplace(true)));
+    if (i < 2) block->push_back(torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(2)));
+    const std::string name = cat("layer", i + 1);
+    blocks_.push_back(register_module(name, block));
+    stage_names_.push_back(name);
+    in = ch[i];
+  }
+  feature_dim_ = ch[3];
+  init_weights(*this);
+}
+
+torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) { return blocks_[index]->forward(x); }
+
+BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
+    : conv1(register_module("conv1", conv(in, out, 3, stride, 1))),
+      conv2(register_module("conv2", conv(out, out, 3, 1, 1))),
+      bn1(register_module("bn1", torch::nn::BatchNorm2d(out))),
+      bn2(register_module("bn2", torch::nn::BatchNorm2d(out))) {
+  if (stride != 1 || in != out)
+    downsample = register_module("downsample", torch::nn::Sequential(conv(in, out, 1, stride, 0),
+                                                                     torch::nn::BatchNorm2d(out)));
+}
+
+torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = torch::relu(bn1(conv1(x)));
+  h = bn2(conv2(h));
+  h += downsample ? downsample->forward(x) : x;
+  return torch::relu_(h);
+}
+
+ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_t> blocks,
+                       std::vector<int64_t> widths, bool imagenet_stem)
+    : imagenet_stem_(imagenet_stem) {
+  spec_ = std::move(spec);
+  conv1 = register_module("conv1", imagenet_stem ? conv(in_channels, widths[0], 7, 2, 3)
+                                                 : conv(in_channels, widths[0], 3, 1, 1));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(widths[0]));
+  int64_t in = widths[0];
+  for (size_t s = 0; s < blocks.size(); ++s) {
+    torch::nn::Sequential layer;
+    for (int64_t b = 0; b < blocks[s]; ++b) {
+      const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
+      layer->push_back(BasicBlock(in, widths[s], stride));
+      in = widths[s];
+    }
+    const std::string name = cat("layer", s + 1);
+    layers_.push_back(register_module(name, layer));
+    stage_names_.push_back(name);
+  }
+  feature_dim_ = in;
+  init_weights(*this);
+}
+
+torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
+  torch::Tensor h = torch::relu(bn1(conv1(x)));
+  if (imagenet_stem_) h = F::max_pool2d(h, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
+  return h;
+}
+
+torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) { return layers_[index]->forward(x); }
+
+const char* backbone_help() {
+  return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar]";
+}
+
+namespace {
+/// A parsed and defaulted backbone spec.
+struct Resolved {
+  std::string name, stem, spec;
+  int64_t width = 0;
+};
+
+Resolved resolve(const std::string& text) {
+  const BackboneSpec s = parse_spec(text);
+  Resolved r;
+  r.name = s.name;
+  if (s.name == "cnn4" || s.name == "resnet20") {
+    check_keys(s, text, {"width"});
+    r.width = int_option(s, text, "width", 16);
+    r.spec = cat(s.name, ":width=", r.width);
+  } else if (s.name == "resnet18") {
+    check_keys(s, text, {"width", "stem"});
+    r.width = int_option(s, text, "width", 64);
+    r.stem = s.options.count("stem") ? s.options.at("stem") : "imagenet";
+    XFER_CHECK(r.stem == "imagenet" || r.stem == "cifar", "backbone '", text,
+               "': stem must be imagenet or cifar, got '", r.stem, "'");
+    r.spec = cat("resnet18:width=", r.width, ":stem=", r.stem);
+  } else {
+    throw BadInput(cat("unknown backbone '", s.name, "'; valid: ", backbone_help()));
+  }
+  return r;
+}
+}  // namespace
+
+std::string normalise_backbone_spec(const std::string& text) { return resolve(text).spec; }
+
+Backbone make_backbone(const std::string& text, int64_t in_channels) {
+  XFER_CHECK(in_channels >= 1, "backbone input channels must be >= 1, got ", in_channels);
+  const Resolved r = resolve(text);
+  const int64_t w = r.width;
+  if (r.name == "cnn4") return std::make_shared<Cnn4Impl>(in_channels, w);
+  if (r.name == "resnet20") return std::make_shared<ResNetImpl>(r.spec, in_channels, std::vector<int64_t>{3, 3, 3},
+                                                               std::vector<int64_t>{w, 2 * w, 4 * w}, false);
+  return std::make_shared<ResNetImpl>(r.spec, in_channels, std::vector<int64_t>{2, 2, 2, 2},
+                                      std::vector<int64_t>{w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet");
+}
+
+}  // namespace xfer

@@ -1,0 +1,251 @@
+#include "xfer/train/demo.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/core/rng.h"
+#include "xfer/core/runtime.h"
+#include "xfer/core/version.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/registry.h"
+#include "xfer/report/table.h"
+#include "xfer/train/run.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+std::vector<int64_t> parse_sizes(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(tok, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    XFER_CHECK(used == tok.size() && !tok.empty() && v >= 1, "--sizes expects positive integers like 10,50, got '",
+               text, "'");
+    out.push_back(v);
+  }
+  XFER_CHECK(!out.empty(), "--sizes is empty");
+  return out;
+}
+
+std::string default_cache() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return (fs::path(xdg) / "xfer").string();
+  if (const char* home = std::getenv("HOME"); home && *home) return (fs::path(home) / ".cache" / "xfer").string();
+  return ".cache/xfer";
+}
+
+/// The source model, pre-trained once per configuration and kept in the cache.
+std::string pretrained_source(const DemoOptions& opts, std::ostream& out) {
+  RunOptions p;
+  p.source = opts.source;
+  p.backbone = opts.backbone;
+  p.threads = opts.threads;
+  p.trainer.iterations = opts.pretrain_iterations;
+  p.trainer.optim.lr = 0.05;
+  p.trainer.schedule.schedule = "cosine";
+  p.trainer.schedule.warmup = 0.02;
+  p.loader.batch_size = 128;
+  const nlohmann::json key = config_json("pretrain", p, nullptr);
+  const std::string hash = cat(std::hex, derive_seed(0, key.dump()));
+  const std::string dir = (fs::path(opts.cache.empty() ? default_cache() : opts.cache) / ("source-" + hash)).string();
+  if (fs::exists(fs::path(dir) / "result.json") && fs::exists(fs::path(dir) / "checkpoints" / "best.pt")) {
+    const auto r = read_json_file((fs::path(dir) / "result.json").string());
+    out << "Source model: cached in " << dir << " (test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1)
+        << "%)\n";
+    return dir;
+  }
+  out << "Pre-training the source model on " << opts.source << " (" << opts.pretrain_iterations
+      << " steps, cached afterwards in " << dir << ") ..." << std::endl;
+  p.out = dir;
+  p.overwrite = true;
+  const double t0 = now_seconds();
+  const auto r = run_pretrain(p);
+  out << "Source model: test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1) << "% in "
+      << fixed(now_seconds() - t0, 0) << " s\n";
+  return dir;
+}
+
+/// Which methods to run, and which were left out for time.
+std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seconds_per_l2_run, int64_t runs,
+                                            double seconds_left, std::vector<std::string>& skipped) {
+  std::vector<const MethodInfo*> all, core;
+  for (const auto& m : methods().all()) {
+    all.push_back(&m);
+    if (m.core) core.push_back(&m);
+  }
+  if (opts.methods == "all") return all;
+  if (opts.methods == "core") return core;
+  if (opts.methods == "auto") {
+    double estimate = 0;
+    for (const auto* m : all) estimate += m->relative_cost * seconds_per_l2_run * static_cast<double>(runs);
+    if (estimate <= seconds_left) return all;
+    for (const auto* m : all)
+      if (!m->core) skipped.push_back(m->name);
+    return core;
+  }
+  std::vector<const MethodInfo*> chosen;
+  std::stringstream ss(opts.methods);
+  std::string name;
+  while (std::getline(ss, name, ',')) chosen.push_back(&methods().get(name));
+  XFER_CHECK(!chosen.empty(), "--methods is empty");
+  return chosen;
+}
+
+}  // namespace
+
+void DemoOptions::fields(Fields& f) {
+  f.add("source", source, "source dataset spec to pre-train on");
+  f.add("target", target, "target dataset spec (per_class= comes from --sizes)");
+  f.add("sizes", sizes, "labelled examples per target class, comma-separated");
+  f.add("seeds", seeds, "seeds per method and size").at_least(1);
+  f.add("methods", methods, "auto (all registered methods if they fit in --budget, else scratch, l2 and each "
+                            "paper's method), all, core, or a comma-separated list");
+  f.add("backbone", backbone, "backbone of the source model");
+  f.add("iterations", iterations, "fine-tuning steps per run").at_least(1);
+  f.add("pretrain_iterations", pretrain_iterations, "source pre-training steps").at_least(1);
+  f.add("budget", budget, "minutes the demo aims to finish in (decides what --methods auto runs)").positive();
+  f.add("out", out, "output directory");
+  f.add("cache", cache, "cache of pre-trained source models (default $XDG_CACHE_HOME/xfer or ~/.cache/xfer)");
+  f.add("threads", threads, "CPU threads (0 = all cores)").non_negative();
+}
+
+nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
+  check_options(const_cast<DemoOptions&>(opts));
+  const double start = now_seconds();
+  const std::vector<int64_t> sizes = parse_sizes(opts.sizes);
+  DatasetSpec::parse(opts.source);
+  DatasetSpec::parse(opts.target);
+  std::vector<std::string> skipped;
+  pick_methods(opts, 0, 0, 0, skipped);  // an unknown method name fails here, before any training
+  skipped.clear();
+  make_dirs(opts.out);
+
+  const std::string source_dir = pretrained_source(opts, out);
+  const int64_t runs_per_method = static_cast<int64_t>(sizes.size()) * opts.seeds;
+  const int saved_verbosity = verbosity();
+
+  struct Cell {
+    std::vector<double> top1, mean_class, step_ms;
+  };
+  std::map<std::string, std::map<int64_t, Cell>> cells;
+  Table runs_table({"method", "per_class", "seed", "test_top1", "test_mean_class", "step_ms", "out"});
+  nlohmann::json runs_json = nlohmann::json::array();
+
+  auto run_one = [&](const MethodInfo& info, int64_t size, int64_t seed, int64_t index, int64_t count) {
+    RunOptions r;
+    r.method = info.name;
+    r.target = cat(opts.target, ":per_class=", size);
+    if (info.needs_source) r.source = opts.source;
+    if (info.allows_init) r.init = source_dir;
+    if (!info.allows_init) r.backbone = opts.backbone;
+    r.seed = seed;
+    r.threads = opts.threads;
+    r.trainer.iterations = opts.iterations;
+    r.out = (fs::path(opts.out) / info.name / cat("n", size, "-s", seed)).string();
+    r.overwrite = true;
+    auto config = info.make_config();
+    set_verbosity(0);
+    const double t0 = now_seconds();
+    nlohmann::json res;
+    try {
+      res = run_finetune(r, *config);
+    } catch (...) {
+      set_verbosity(saved_verbosity);
+      throw;
+    }
+    set_verbosity(saved_verbosity);
+    const double secs = now_seconds() - t0;
+    Cell& c = cells[info.name][size];
+    c.top1.push_back(res.value("test_top1", 0.0));
+    c.mean_class.push_back(res.value("test_mean_class", 0.0));
+    c.step_ms.push_back(res.value("step_ms", 0.0));
+    runs_table.add_row({info.name, std::to_string(size), std::to_string(seed), fixed(res.value("test_top1", 0.0), 4),
+                        fixed(res.value("test_mean_class", 0.0), 4), fixed(res.value("step_ms", 0.0), 2), r.out});
+    runs_json.push_back(res);
+    out << "[" << index << "/" << count << "] " << info.name << ", " << size << "/class, seed " << seed
+        << ": test top-1 " << fixed(100 * res.value("test_top1", 0.0), 1) << "% (" << fixed(secs, 1) << " s)"
+        << std::endl;
+    return secs;
+  };
+
+  // l2 first: its time per run sizes the rest of the demo.
+  const MethodInfo& l2 = methods().get("l2");
+  const double first = run_one(l2, sizes[0], 0, 1, runs_per_method);
+  const double left = opts.budget * 60 - (now_seconds() - start);
+  const auto chosen = pick_methods(opts, first, runs_per_method, left, skipped);
+  int64_t total = 0, index = 1;
+  for (const auto* m : chosen) total += runs_per_method;
+  if (std::find(chosen.begin(), chosen.end(), &l2) == chosen.end()) total += 1;
+  out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds << " seeds ("
+      << total << " runs, " << opts.iterations << " steps each)" << std::endl;
+  for (const auto* m : chosen)
+    for (int64_t size : sizes)
+      for (int64_t seed = 0; seed < opts.seeds; ++seed)
+        if (!(m == &l2 && size == sizes[0] && seed == 0)) run_one(*m, size, seed, ++index, total);
+
+  // The table: test top-1 per size, and time per step relative to l2.
+  std::vector<std::string> header = {"method"};
+  for (int64_t s : sizes) header.push_back(cat(s, "/class"));
+  header.push_back("time/step vs l2");
+  Table table(header);
+  for (size_t c = 1; c < header.size(); ++c) table.align_right(c);
+  auto mean_step = [&](const std::string& name) {
+    std::vector<double> all;
+    for (const auto& [size, cell] : cells[name]) all.insert(all.end(), cell.step_ms.begin(), cell.step_ms.end());
+    return mean_std(all).mean;
+  };
+  const double l2_step = mean_step("l2");
+  nlohmann::json summary = nlohmann::json::array();
+  for (const auto* m : chosen) {
+    std::vector<std::string> row = {m->name};
+    nlohmann::json entry = {{"method", m->name}};
+    for (int64_t s : sizes) {
+      const MeanStd ms = mean_std(cells[m->name][s].top1);
+      row.push_back(format_mean_std(ms));
+      entry[cat("top1_", s)] = {{"mean", ms.mean}, {"std", ms.std}, {"n", ms.n}};
+    }
+    const double ratio = l2_step > 0 ? mean_step(m->name) / l2_step : 0;
+    row.push_back(fixed(ratio, 2) + "x");
+    entry["step_vs_l2"] = ratio;
+    table.add_row(row);
+    summary.push_back(entry);
+  }
+
+  std::ostringstream md;
+  md << "Fashion-MNIST transfer: source " << opts.source << " -> target " << opts.target << "\n"
+     << "Test top-1 (%), mean ± std over " << opts.seeds << " seeds; backbone " << opts.backbone << ", "
+     << opts.iterations << " fine-tuning steps; time per step relative to l2 (same process)\n\n"
+     << table.markdown();
+  if (!skipped.empty()) {
+    std::string names;
+    for (const auto& s : skipped) names += (names.empty() ? "" : ",") + s;
+    md << "\nNot run, to stay within --budget " << opts.budget << " min: " << names
+       << ".\nRun them with: xfer demo --methods " << names << "   (or --methods all)\n";
+  }
+  out << "\n" << md.str();
+  const double elapsed = now_seconds() - start;
+  out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << opts.out << "/\n";
+
+  write_file_atomic((fs::path(opts.out) / "table.md").string(), md.str());
+  write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs_table.csv());
+  nlohmann::json demo = {{"xfer_version", kVersion}, {"source_model", source_dir}, {"summary", summary},
+                         {"runs", runs_json},        {"skipped", skipped},        {"seconds", elapsed}};
+  write_json_file((fs::path(opts.out) / "demo.json").string(), demo);
+  return demo;
+}
+
+}  // namespace xfer

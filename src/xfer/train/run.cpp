@@ -1,0 +1,234 @@
+#include "xfer/train/run.h"
+
+#include <ctime>
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/core/rng.h"
+#include "xfer/core/runtime.h"
+#include "xfer/core/version.h"
+#include "xfer/data/spec.h"
+#include "xfer/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+/// Options that may differ between a run and its resumption.
+bool ignored_on_resume(const std::string& key) {
+  return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
+         key == "out" || key == "xfer_version" || key == "stop_after";
+}
+
+std::string default_out(const std::string& command, const std::string& method) {
+  const std::time_t t = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&t));
+  return (fs::path("runs") / cat(command, "-", method, "-", stamp)).string();
+}
+
+/// Creates the output directory, or checks that resuming / reusing it is what the user asked for.
+void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool resume, bool overwrite) {
+  const fs::path config_path = fs::path(out) / "config.json";
+  const bool exists = fs::exists(config_path);
+  if (resume) {
+    XFER_CHECK(exists, "--resume: ", out, " holds no run (no config.json)");
+    XFER_CHECK(fs::exists(fs::path(out) / "checkpoints" / "last.pt"), "--resume: ", out,
+               " has no checkpoints/last.pt to resume from");
+    const nlohmann::json saved = read_json_file(config_path.string());
+    for (const auto& [key, value] : config.items()) {
+      if (ignored_on_resume(key)) continue;
+      const nlohmann::json before = saved.contains(key) ? saved[key] : nlohmann::json(nullptr);
+      XFER_CHECK(before == value, "--resume: ", key, " is ", value.dump(), " now but ", before.dump(),
+                 " in the run being resumed (", config_path.string(), ")");
+    }
+    return;
+  }
+  XFER_CHECK(!exists || overwrite, out, " already holds a run; pass --resume to continue it, --overwrite to ",
+             "replace it, or choose another --out");
+  if (exists) {
+    fs::remove_all(fs::path(out) / "checkpoints");
+    fs::remove(fs::path(out) / "result.json");
+    fs::remove(fs::path(out) / "metrics.jsonl");
+  }
+  make_dirs(out);
+}
+
+nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
+  const int threads = set_threads(static_cast<int>(opts.threads));
+  const torch::Device device = parse_device(opts.device);
+  const bool pretraining = command == "pretrain";
+  const std::string head = pretraining ? "source" : "target";
+  const std::string& spec = pretraining ? opts.source : opts.target;
+  XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
+             " (for example fmnist:classes=2,4,6,7,9:per_class=10)");
+  if (opts.out.empty()) opts.out = default_out(command, opts.method);
+
+  // The pretrained model, frozen.
+  XFER_CHECK(!(info.needs_init && opts.init.empty()), "method ", info.name,
+             " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
+  XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
+             " trains from random initialisation; drop --init ", opts.init);
+  Model pretrained{nullptr};
+  if (!opts.init.empty()) {
+    pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
+    freeze(*pretrained);
+    pretrained->eval();
+    pretrained->to(device);
+  }
+  const std::string backbone = normalise_backbone_spec(
+      !opts.backbone.empty() ? opts.backbone : pretrained ? pretrained->arch().backbone : "cnn4");
+  opts.backbone = backbone;
+
+  const Task task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  std::unique_ptr<Task> source;
+  XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
+             " draws on source data: pass --source SPEC");
+  if (!pretraining && !opts.source.empty())
+    source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
+
+  Arch arch;
+  arch.backbone = backbone;
+  arch.in_channels = task.train.channels();
+  arch.height = task.train.height();
+  arch.width = task.train.width();
+  arch.input = pretrained ? pretrained->arch().input : compute_normalization(task.train.images);
+  arch.heads = {{head, task.class_names()}};
+  if (pretrained) {
+    const std::string why = arch.mismatch(pretrained->arch(), /*with_heads=*/false);
+    XFER_CHECK(why.empty(), "--init ", opts.init, ": ", why);
+  }
+  seed_global(derive_seed(static_cast<uint64_t>(opts.seed), "init"));
+  Model model(arch);
+  if (pretrained) copy_state(*pretrained, *model, "backbone.");
+  model->to(device);
+
+  const nlohmann::json cfg = config_json(command, opts, &config);
+  prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
+  if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
+
+  Batches batches;
+  batches.add("target", std::make_unique<BatchStream>(task.train, arch.input, opts.loader,
+                                                      derive_seed(static_cast<uint64_t>(opts.seed), "target"),
+                                                      nullptr, device));
+  std::unique_ptr<Method> method = config.build();
+  SetupContext ctx{task,   source.get(), pretrained, batches, opts.loader, static_cast<uint64_t>(opts.seed),
+                   device, head,         opts.trainer.iterations};
+  method->setup(model, ctx);
+
+  log_info(cat(command, " ", info.name, " on ", spec, ": ", task.train.size(), " training examples, ",
+               task.val.size(), " validation, ", task.test.size(), " test; backbone ", backbone, "; ", threads,
+               " threads; output in ", opts.out));
+  Trainer trainer(opts.trainer, opts.out);
+  const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
+  nlohmann::json fit = trainer.fit(model, *method, batches, task, head, static_cast<uint64_t>(opts.seed),
+                                   opts.resume, meta);
+
+  if (fit.contains("stopped_at")) return fit;  // not finished: no result.json yet
+
+  nlohmann::json result = {{"command", command},
+                           {"out", opts.out},
+                           {"method", info.name},
+                           {"target", opts.target},
+                           {"source", opts.source},
+                           {"init", opts.init},
+                           {"backbone", backbone},
+                           {"seed", opts.seed},
+                           {"threads", threads},
+                           {"xfer_version", kVersion},
+                           {"train_size", task.train.size()},
+                           {"val_size", task.val.size()},
+                           {"test_size", task.test.size()},
+                           {"classes", task.class_names()}};
+  result.update(fit);
+  write_json_file((fs::path(opts.out) / "result.json").string(), result);
+  return result;
+}
+
+}  // namespace
+
+void RunOptions::fields(Fields& f) {
+  f.group("Data and model");
+  f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10");
+  f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8");
+  f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, or a checkpoint file");
+  f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"));
+  f.add("method", method, "training method (see `xfer methods`)");
+  f.group("Run");
+  f.add("seed", seed, "random seed (init, batches, few-shot draws without seed=)").non_negative();
+  f.add("threads", threads, "CPU threads (0 = all cores)").non_negative();
+  f.add("device", device, "cpu, cuda or cuda:N");
+  f.add("out", out, "output directory (default runs/<command>-<method>-<time>)");
+  f.add("resume", resume, "continue the run in --out from its last checkpoint");
+  f.add("overwrite", overwrite, "replace a finished or interrupted run in --out");
+  f.group("Training");
+  trainer.fields(f);
+  f.group("Batches");
+  loader.fields(f);
+}
+
+torch::Device parse_device(const std::string& text) {
+  if (text == "cpu") return torch::kCPU;
+  if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
+    XFER_CHECK(torch::cuda::is_available(), "--device ", text,
+               ": CUDA is not available in this LibTorch build (Debian's libtorch-dev is CPU-only; build "
+               "against a CUDA LibTorch, see the README)");
+    try {
+      return torch::Device(text);
+    } catch (const c10::Error&) {
+      throw BadInput(cat("--device: cannot parse '", text, "'"));
+    }
+  }
+  throw BadInput(cat("--device must be cpu, cuda or cuda:N, got '", text, "'"));
+}
+
+nlohmann::json config_json(const std::string& command, RunOptions& opts, MethodConfig* method_config) {
+  Fields f;
+  opts.fields(f);
+  nlohmann::json j = {{"command", command}, {"xfer_version", kVersion}};
+  j.update(f.to_json());
+  if (method_config) {
+    Fields mf;
+    method_config->fields(mf);
+    j["method_options"] = mf.to_json();
+  }
+  return j;
+}
+
+void read_config(const nlohmann::json& config, RunOptions& opts, MethodConfig* method_config,
+                 const std::string& where) {
+  XFER_CHECK(config.is_object(), where, " must hold a JSON object");
+  nlohmann::json run_part = config;
+  run_part.erase("command");
+  run_part.erase("xfer_version");
+  run_part.erase("method_options");
+  Fields f;
+  opts.fields(f);
+  f.read_json(run_part, where);
+  if (config.contains("method_options") && method_config) {
+    Fields mf;
+    method_config->fields(mf);
+    mf.read_json(config["method_options"], where + " method_options");
+  }
+}
+
+nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config) {
+  const MethodInfo& info = methods().get(opts.method);
+  return run("finetune", std::move(opts), info, method_config);
+}
+
+nlohmann::json run_pretrain(RunOptions opts) {
+  opts.method = "scratch";
+  opts.target.clear();
+  XFER_CHECK(opts.init.empty(), "pretrain trains from random initialisation; drop --init ", opts.init);
+  const MethodInfo& info = methods().get("scratch");
+  auto config = info.make_config();
+  return run("pretrain", std::move(opts), info, *config);
+}
+
+}  // namespace xfer

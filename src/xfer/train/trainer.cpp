@@ -1,0 +1,264 @@
+#include "xfer/train/trainer.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/core/rng.h"
+#include "xfer/core/runtime.h"
+#include "xfer/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+/// metrics.jsonl: one JSON object per line, appended and flushed as training goes.
+class MetricsLog {
+ public:
+  /// Opens `path`; when resuming at `step`, drops lines written after that step by the interrupted run.
+  MetricsLog(const std::string& path, int64_t resume_step) {
+    if (resume_step > 0 && fs::exists(path)) {
+      std::istringstream in(read_file(path));
+      std::string kept, line;
+      while (std::getline(in, line)) {
+        const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        if (!j.is_discarded() && j.contains("step") && j["step"].get<int64_t>() <= resume_step) kept += line + "\n";
+      }
+      write_file_atomic(path, kept);
+    }
+    out_.open(path, resume_step > 0 ? std::ios::app : std::ios::trunc);
+    XFER_CHECK(out_.good(), "cannot write ", path);
+  }
+  void write(const nlohmann::json& line) { out_ << line.dump() << '\n' << std::flush; }
+
+ private:
+  std::ofstream out_;
+};
+
+std::string percent(double fraction) {
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << 100.0 * fraction << "%";
+  return os.str();
+}
+
+}  // namespace
+
+void TrainerOptions::fields(Fields& f) {
+  f.add("iterations", iterations, "training steps").at_least(1);
+  optim.fields(f);
+  schedule.fields(f);
+  f.add("head_lr_mult", head_lr_mult, "learning-rate multiplier of the heads").non_negative();
+  f.add("eval_every", eval_every, "steps between validation evaluations (0: iterations/10)").non_negative();
+  f.add("checkpoint_every", checkpoint_every, "steps between checkpoints (0: as --eval-every)").non_negative();
+  f.add("log_every", log_every, "steps between metrics.jsonl lines").at_least(1);
+  f.add("eval_batch", eval_batch, "batch size for evaluation").at_least(1);
+  f.add("select", select, "the model tested at the end: best (on validation), last, or auto (best if the task "
+                          "has a validation split)")
+      .choices({"auto", "best", "last"});
+  f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
+                                  "later with --resume (0: run to the end)")
+      .non_negative();
+}
+
+Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size) {
+  XFER_CHECK(batch_size >= 1, "evaluation batch size must be >= 1, got ", batch_size);
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const InputTransform transform(model->arch().input);
+  const torch::Device device = model->backbone->parameters().front().device();
+  const auto* info = model->arch().head(head);
+  XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
+  XFER_CHECK(static_cast<int64_t>(info->class_names.size()) == data.num_classes(), "the model's '", head,
+             "' head has ", info->class_names.size(), " classes, the data has ", data.num_classes());
+  ConfusionMatrix confusion(data.num_classes());
+  for (int64_t start = 0; start < data.size(); start += batch_size) {
+    const int64_t end = std::min(start + batch_size, data.size());
+    const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
+    confusion.add(model->forward(x, head).argmax(1), data.labels.slice(0, start, end));
+  }
+  model->train(was_training);
+  return confusion.evaluation();
+}
+
+Trainer::Trainer(TrainerOptions opts, std::string out_dir) : opts_(std::move(opts)), out_dir_(std::move(out_dir)) {
+  check_options(opts_);
+}
+
+std::string Trainer::last_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "last.pt").string(); }
+std::string Trainer::best_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "best.pt").string(); }
+
+nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
+                            uint64_t seed, bool resume, const nlohmann::json& meta) {
+  const int64_t total = opts_.iterations;
+  const int64_t eval_every = opts_.eval_every > 0 ? opts_.eval_every : std::max<int64_t>(1, total / 10);
+  const int64_t ckpt_every = opts_.checkpoint_every > 0 ? opts_.checkpoint_every : eval_every;
+  const bool has_val = task.val.size() > 0;
+  const bool select_best = opts_.select == "best" || (opts_.select == "auto" && has_val);
+  XFER_CHECK(!(opts_.select == "best" && !has_val), "--select best needs a validation split; add val=N to the ",
+             "dataset spec");
+
+  std::vector<ParamGroup> groups;
+  for (auto& g : method.param_groups(model, opts_.head_lr_mult)) {
+    std::vector<torch::Tensor> trainable;
+    for (auto& p : g.params)
+      if (p.requires_grad()) trainable.push_back(p);
+    g.params = std::move(trainable);
+    if (!g.params.empty()) groups.push_back(std::move(g));
+  }
+  auto optimizer = make_optimizer(opts_.optim, groups);
+  at::Generator rng = make_generator(derive_seed(seed, "method"));
+
+  int64_t start = 0, best_step = -1;
+  double best_val = -1;
+  if (resume) {
+    CheckpointReader ck(last_checkpoint());
+    const Model saved = ck.read_model();
+    const std::string why = model->arch().mismatch(saved->arch(), /*with_heads=*/true);
+    XFER_CHECK(why.empty(), ck.path(), ": cannot resume: ", why);
+    copy_state(*saved, *model);
+    torch::serialize::InputArchive opt_in, method_in;
+    ck.read("optimizer", opt_in);
+    optimizer->load(opt_in);
+    ck.read("method", method_in);
+    method.load(method_in);
+    rng.set_state(ck.read_tensor("rng"));
+    const auto& m = ck.meta();
+    start = m.at("step").get<int64_t>();
+    best_val = m.at("best_val").get<double>();
+    best_step = m.at("best_step").get<int64_t>();
+    batches.seek(m.at("positions").get<std::map<std::string, int64_t>>());
+    XFER_CHECK(start <= total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ", total);
+    log_info(cat("resuming at step ", start, " from ", ck.path()));
+  }
+
+  make_dirs((fs::path(out_dir_) / "checkpoints").string());
+  MetricsLog metrics((fs::path(out_dir_) / "metrics.jsonl").string(), start);
+  int64_t last_saved = resume ? start : -1;
+
+  auto save_last = [&](int64_t step) {
+    nlohmann::json m = meta;
+    m["kind"] = "train";
+    m["step"] = step;
+    m["iterations"] = total;
+    m["best_val"] = best_val;
+    m["best_step"] = best_step;
+    m["positions"] = batches.positions();
+    CheckpointWriter w(m);
+    w.write_model(model);
+    torch::serialize::OutputArchive opt_out, method_out;
+    optimizer->save(opt_out);
+    w.write("optimizer", opt_out);
+    method.save(method_out);
+    w.write("method", method_out);
+    w.write("rng", rng.get_state());
+    w.commit(last_checkpoint());
+    last_saved = step;
+  };
+
+  const int64_t batch_size = batches.stream("target").options().batch_size;
+  Progress progress(head == "source" ? "pretrain" : "train", total, opts_.log_every * 10);
+  double step_seconds = 0, window_loss = 0;
+  int64_t window_steps = 0;
+  std::map<std::string, double> window_parts;
+  std::string val_text;
+  const double fit_start = now_seconds();
+  model->train();
+
+  for (int64_t step = start; step < total; ++step) {
+    const double lr = opts_.optim.lr * lr_factor(opts_.schedule, step, total);
+    set_learning_rates(*optimizer, groups, lr);
+    StepContext ctx{batches, model, step, total, rng, head};
+    const double t0 = now_seconds();
+    LossTerms terms;
+    try {
+      optimizer->zero_grad();
+      terms = method.compute_gradients(ctx);
+      check_finite(terms, step);
+    } catch (const NumericalError& e) {
+      progress.finish();
+      throw NumericalError(cat(e.what(), "; ",
+                               last_saved >= 0 ? cat("the last good checkpoint is ", last_checkpoint(), " (step ",
+                                                     last_saved, ")")
+                                               : std::string("no checkpoint was written yet")));
+    }
+    optimizer->step();
+    method.after_step(ctx);
+    step_seconds += now_seconds() - t0;
+
+    const int64_t done = step + 1;
+    window_loss += terms.total.item<double>();
+    for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
+    ++window_steps;
+    if (has_val && (done % eval_every == 0 || done == total)) {
+      const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
+      metrics.write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
+      val_text = "  val " + percent(ev.top1);
+      if (ev.top1 > best_val) {
+        best_val = ev.top1;
+        best_step = done;
+        nlohmann::json m = meta;
+        m["kind"] = "model";
+        m["step"] = done;
+        m["val_top1"] = ev.top1;
+        CheckpointWriter w(m);
+        w.write_model(model);
+        w.commit(best_checkpoint());
+      }
+    }
+    if (done % opts_.log_every == 0 || done == total) {
+      nlohmann::json line = {{"step", done}, {"lr", lr}, {"loss", window_loss / window_steps}};
+      for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
+      line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
+      line["elapsed_s"] = now_seconds() - fit_start;
+      metrics.write(line);
+      progress.update(done, cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text));
+      window_loss = 0;
+      window_steps = 0;
+      window_parts.clear();
+    }
+    const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
+    if (done % ckpt_every == 0 || done == total || stopping) save_last(done);
+    if (stopping) {
+      progress.finish();
+      log_info(cat("stopped after ", done - start, " steps at step ", done, "; continue with --resume"));
+      return {{"stopped_at", done}};
+    }
+  }
+  progress.finish();
+
+  // Test the selected model.
+  Model tested = model;
+  int64_t selected_step = total;
+  if (select_best && best_step >= 0) {
+    tested = clone_model(model);
+    copy_state(*CheckpointReader(best_checkpoint()).read_model(), *tested);
+    selected_step = best_step;
+  }
+  nlohmann::json result = {{"iterations", total},
+                           {"selected", select_best ? "best" : "last"},
+                           {"selected_step", selected_step},
+                           {"best_val_top1", best_step >= 0 ? nlohmann::json(best_val) : nlohmann::json(nullptr)},
+                           {"best_val_step", best_step >= 0 ? nlohmann::json(best_step) : nlohmann::json(nullptr)},
+                           {"train_seconds", step_seconds},
+                           {"step_ms", total > start ? 1000.0 * step_seconds / (total - start) : 0.0},
+                           {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0}};
+  if (task.test.size() > 0) {
+    const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);
+    result["test_top1"] = ev.top1;
+    result["test_mean_class"] = ev.mean_class;
+    result["test"] = ev.to_json();
+  }
+  return result;
+}
+
+}  // namespace xfer

@@ -1,0 +1,53 @@
+#include "support.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "xfer/core/io.h"
+#include "xfer/data/idx.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer::test {
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "xfer-test-XXXXXX").string();
+  char* p = mkdtemp(tmpl.data());
+  if (!p) throw std::runtime_error("mkdtemp failed");
+  path_ = p;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+std::string write_tiny_idx(const std::string& dir, int classes, int per_class, int test_per_class) {
+  auto make = [&](int per, int salt) {
+    const int n = classes * per;
+    torch::Tensor images = torch::zeros({n, 8, 8}, torch::kUInt8);
+    torch::Tensor labels = torch::zeros({n}, torch::kUInt8);
+    for (int i = 0; i < n; ++i) {
+      const int c = i % classes;  // interleaved classes, like real files
+      labels[i] = c;
+      images[i][0][0] = c;               // the class
+      images[i][0][1] = i / classes;     // the index within the class
+      images[i][0][2] = salt;            // train (1) or test (2)
+      images[i].slice(0, 2, 8).fill_(static_cast<uint8_t>(40 * c + 10));  // a class-dependent pattern
+    }
+    return std::make_pair(images, labels);
+  };
+  const auto [tri, trl] = make(per_class, 1);
+  const auto [tei, tel] = make(test_per_class, 2);
+  write_file_atomic(dir + "/train-images-idx3-ubyte", encode_idx(tri));
+  write_file_atomic(dir + "/train-labels-idx1-ubyte", encode_idx(trl));
+  write_file_atomic(dir + "/t10k-images-idx3-ubyte", encode_idx(tei));
+  write_file_atomic(dir + "/t10k-labels-idx1-ubyte", encode_idx(tel));
+  return "idx:dir=" + dir;
+}
+
+bool have_fmnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+}  // namespace xfer::test

@@ -1,0 +1,47 @@
+#pragma once
+/// Helpers shared by the tests: temporary directories, tiny IDX datasets, Fashion-MNIST availability.
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+
+namespace xfer::test {
+
+/// A fresh directory under /tmp, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+/// Writes a small IDX dataset (train and test files) into `dir`: `classes` classes, `per_class`
+/// examples each, 1x8x8 images whose pixels encode (class, index), so tests can check which example
+/// landed where. Returns the spec text `idx:dir=DIR`.
+std::string write_tiny_idx(const std::string& dir, int classes, int per_class, int test_per_class);
+
+/// Whether Debian's Fashion-MNIST is installed; tests that need it are skipped with a note otherwise.
+bool have_fmnist();
+#define XFER_REQUIRE_FMNIST() \
+  if (!::xfer::test::have_fmnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh)"
+
+/// Expects `fn` to throw BadInput whose message contains every piece of `expected`.
+template <class Fn>
+void expect_bad_input(Fn&& fn, const std::vector<std::string>& expected) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected BadInput";
+  } catch (const BadInput& e) {
+    for (const auto& piece : expected)
+      EXPECT_NE(std::string(e.what()).find(piece), std::string::npos) << "message: " << e.what() << "\nmissing: " << piece;
+  }
+}
+
+}  // namespace xfer::test

@@ -1,0 +1,39 @@
+#include "support.h"
+#include "xfer/core/fields.h"
+#include "xfer/train/schedule.h"
+
+namespace xfer {
+namespace {
+
+TEST(Schedule, StepDropsByGammaAtTwoThirds) {
+  ScheduleOptions s;  // step, milestone 2/3, gamma 0.1
+  EXPECT_EQ(lr_factor(s, 0, 300), 1.0);
+  EXPECT_EQ(lr_factor(s, 199, 300), 1.0);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 200, 300), 0.1);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 299, 300), 0.1);
+}
+
+TEST(Schedule, CosineWithLinearWarmup) {
+  ScheduleOptions s;
+  s.schedule = "cosine";
+  s.warmup = 0.1;  // 10 of 100 steps
+  EXPECT_DOUBLE_EQ(lr_factor(s, 0, 100), 0.1);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 4, 100), 0.5);
+  EXPECT_DOUBLE_EQ(lr_factor(s, 10, 100), 1.0);
+  EXPECT_NEAR(lr_factor(s, 55, 100), 0.5, 1e-12);  // halfway through the 90 cosine steps
+  EXPECT_NEAR(lr_factor(s, 99, 100), 0.5 * (1 + std::cos(M_PI * 89.0 / 90.0)), 1e-12);
+}
+
+TEST(Schedule, ConstantAndValidation) {
+  ScheduleOptions s;
+  s.schedule = "constant";
+  EXPECT_EQ(lr_factor(s, 77, 100), 1.0);
+  s.schedule = "linear";
+  test::expect_bad_input([&] { check_options(s); }, {"--schedule must be one of constant, step, cosine; got 'linear'"});
+  s.schedule = "step";
+  s.milestone = 1.0;
+  test::expect_bad_input([&] { check_options(s); }, {"--milestone must be < 1, got 1"});
+}
+
+}  // namespace
+}  // namespace xfer

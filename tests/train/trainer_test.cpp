@@ -1,0 +1,196 @@
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "xfer/core/io.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/finetune.h"
+#include "xfer/train/checkpoint.h"
+#include "xfer/train/run.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+RunOptions tiny_run(const std::string& spec, const std::string& out) {
+  RunOptions o;
+  o.method = "scratch";
+  o.target = spec;
+  o.backbone = "cnn4:width=4";
+  o.threads = 1;
+  o.out = out;
+  o.trainer.iterations = 20;
+  o.trainer.eval_every = 5;
+  o.trainer.log_every = 2;
+  o.loader.batch_size = 8;
+  return o;
+}
+
+nlohmann::json finetune(const RunOptions& o) {
+  auto config = methods().get(o.method).make_config();
+  return run_finetune(o, *config);
+}
+
+std::map<std::string, torch::Tensor> weights_of(const std::string& checkpoint) {
+  std::map<std::string, torch::Tensor> out;
+  const Model m = CheckpointReader(checkpoint).read_model();
+  for (const auto& p : m->named_parameters()) out[p.key()] = p.value();
+  for (const auto& b : m->named_buffers()) out[b.key()] = b.value();
+  return out;
+}
+
+TEST(Trainer, ResumeIsBitExact) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4) + ":val=3";
+  RunOptions straight = tiny_run(spec, dir.file("straight"));
+  straight.trainer.optim.nesterov = true;  // momentum buffers must survive the resume
+  const nlohmann::json a = finetune(straight);
+
+  RunOptions split = straight;
+  split.out = dir.file("split");
+  split.trainer.stop_after = 10;
+  const nlohmann::json stopped = finetune(split);
+  EXPECT_EQ(stopped["stopped_at"], 10);
+  EXPECT_FALSE(fs::exists(dir.file("split/result.json")));
+  split.resume = true;
+  const nlohmann::json b = finetune(split);
+
+  const auto wa = weights_of(dir.file("straight/checkpoints/last.pt"));
+  const auto wb = weights_of(dir.file("split/checkpoints/last.pt"));
+  ASSERT_EQ(wa.size(), wb.size());
+  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name << " differs after resume";
+  EXPECT_EQ(a["test_top1"], b["test_top1"]);
+  EXPECT_EQ(a["best_val_step"], b["best_val_step"]);
+  // The resumed metrics.jsonl has each step once.
+  std::ifstream in(dir.file("split/metrics.jsonl"));
+  std::string line;
+  std::vector<int64_t> steps;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) steps.push_back(j["step"].get<int64_t>());
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{2, 4, 6, 8, 10, 12, 14, 16, 18, 20}));
+}
+
+TEST(Trainer, ResumeRefusesAChangedConfiguration) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 2, 10, 2);
+  RunOptions o = tiny_run(spec, dir.file("run"));
+  o.trainer.stop_after = 4;
+  finetune(o);
+  o.resume = true;
+  o.trainer.optim.lr = 0.5;
+  test::expect_bad_input([&] { finetune(o); }, {"--resume: lr is 0.5 now but 0.01"});
+  o.resume = false;
+  test::expect_bad_input([&] { finetune(o); }, {"already holds a run", "--resume", "--overwrite"});
+}
+
+TEST(Trainer, WritesOutputsAndSelectsBestOnValidation) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4) + ":val=4";
+  const nlohmann::json r = finetune(tiny_run(spec, dir.file("run")));
+  for (const char* f : {"config.json", "metrics.jsonl", "result.json", "checkpoints/last.pt", "checkpoints/best.pt"})
+    EXPECT_TRUE(fs::exists(dir.file("run/") + f)) << f;
+  EXPECT_EQ(r["selected"], "best");
+  EXPECT_EQ(r["selected_step"], r["best_val_step"]);
+  EXPECT_EQ(CheckpointReader(dir.file("run/checkpoints/best.pt")).meta()["step"], r["best_val_step"]);
+  const nlohmann::json saved = read_json_file(dir.file("run/result.json"));
+  EXPECT_EQ(saved["test_top1"], r["test_top1"]);
+  EXPECT_EQ(saved["method"], "scratch");
+  EXPECT_EQ(saved["test"]["count"], 12);
+  const nlohmann::json config = read_json_file(dir.file("run/config.json"));
+  EXPECT_EQ(config["backbone"], "cnn4:width=4");
+  EXPECT_EQ(config["iterations"], 20);
+}
+
+/// A method whose loss turns NaN at a chosen step.
+class NanAt : public CrossEntropyMethod {
+ public:
+  explicit NanAt(int64_t step) : step_(step) {}
+  LossTerms loss(StepContext& ctx) override {
+    LossTerms t = CrossEntropyMethod::loss(ctx);
+    if (ctx.step == step_) t.total = t.total * std::nan("");
+    return t;
+  }
+
+ private:
+  int64_t step_;
+};
+
+TEST(Trainer, NanLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
+  test::TempDir dir;
+  const Task task = load_task(test::write_tiny_idx(dir.path(), 2, 10, 2), 0);
+  Arch arch{"cnn4:width=4", 1, 8, 8, {{0.2}, {0.3}}, {{"target", task.class_names()}}};
+  Model model(arch);
+  Batches batches;
+  batches.add("target", std::make_unique<BatchStream>(task.train, arch.input, LoaderOptions(), 1));
+  TrainerOptions opts;
+  opts.iterations = 20;
+  opts.checkpoint_every = 5;
+  NanAt method(7);
+  try {
+    Trainer(opts, dir.path()).fit(model, method, batches, task, "target", 0, false);
+    FAIL() << "expected NumericalError";
+  } catch (const NumericalError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the loss is nan at step 7"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("last.pt (step 5)"), std::string::npos) << msg;
+  }
+  EXPECT_EQ(CheckpointReader(dir.file("checkpoints/last.pt")).meta()["step"], 5);
+}
+
+TEST(Trainer, FineTuningFromASourceModelBeatsChanceByAWideMargin) {
+  XFER_REQUIRE_FMNIST();
+  test::TempDir dir;
+  RunOptions pre = tiny_run("", dir.file("source"));
+  pre.source = "fmnist:classes=0,1,3,5,8:per_class=300:test=none";
+  pre.backbone = "cnn4:width=8";
+  pre.trainer.iterations = 80;
+  pre.trainer.optim.lr = 0.05;
+  pre.loader.batch_size = 64;
+  run_pretrain(pre);
+
+  RunOptions ft = tiny_run("fmnist:classes=2,7:per_class=10:test_per_class=300", dir.file("ft"));
+  ft.method = "l2";
+  ft.backbone.clear();  // the --init model's
+  ft.init = dir.file("source");
+  ft.trainer.iterations = 40;
+  ft.loader.batch_size = 16;
+  const nlohmann::json r = finetune(ft);
+  EXPECT_EQ(r["backbone"], "cnn4:width=8");
+  EXPECT_GT(r["test_top1"].get<double>(), 0.85) << "chance is 0.5";
+}
+
+TEST(Trainer, MethodsAndInitMustAgree) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 2, 10, 2);
+  RunOptions o = tiny_run(spec, dir.file("run"));
+  o.method = "l2";
+  test::expect_bad_input([&] { finetune(o); }, {"method l2 fine-tunes a pretrained model: pass --init"});
+  o.method = "scratch";
+  o.init = dir.path();
+  test::expect_bad_input([&] { finetune(o); }, {"method scratch trains from random initialisation; drop --init"});
+  EXPECT_FALSE(fs::exists(dir.file("run"))) << "nothing is written for a run that cannot start";
+}
+
+TEST(Trainer, InitFromAnotherArchitectureSaysWhatDiffers) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 2, 10, 2);
+  RunOptions pre = tiny_run("", dir.file("source"));
+  pre.source = spec;
+  pre.backbone = "resnet20:width=4";
+  pre.trainer.iterations = 2;
+  run_pretrain(pre);
+  RunOptions ft = tiny_run(spec, dir.file("ft"));
+  ft.method = "l2";
+  ft.init = dir.file("source");
+  ft.backbone = "cnn4:width=4";
+  test::expect_bad_input([&] { finetune(ft); },
+                         {"--init", "the checkpoint's backbone is resnet20:width=4, this run uses cnn4:width=4"});
+}
+
+}  // namespace
+}  // namespace xfer
