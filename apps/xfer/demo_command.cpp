@@ -11,11 +11,12 @@ namespace {
 class DemoCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>&) override {
-    app = parent.add_subcommand(
-        "demo",
-        "Pre-train on Fashion-MNIST's T-shirt/Trouser/Dress/Sandal/Bag, then fine-tune every method on "
-        "Pullover/Coat/Shirt/Sneaker/Ankle boot with 10 and 50 labels per class over 3 seeds, and print a "
-        "mean ± std table of test top-1 with each method's time per step relative to l2");
+    app = parent.add_subcommand("demo", "Run every method on the embedded Fashion-MNIST transfer task and "
+                                        "print a results table");
+    app->description(
+        "Pre-train on Fashion-MNIST's T-shirt/Trouser/Dress/Sandal/Bag (cached), then fine-tune every method\n"
+        "on Pullover/Coat/Shirt/Sneaker/Ankle boot with 10 and 50 labels per class over 3 seeds, and print\n"
+        "a mean ± std table of test top-1 with each method's time per step relative to l2.");
     Fields f;
     opts_.fields(f);
     add_fields(*app, f);

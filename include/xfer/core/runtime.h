@@ -11,6 +11,12 @@ int available_cores();
 /// Sets LibTorch's intra-op threads; 0 means all available cores. Returns the number set.
 int set_threads(int threads);
 
+/// Keeps freed tensor memory in the process instead of returning it to the OS after every step.
+/// glibc serves allocations above 128 KiB (every activation of a batch) with fresh mmap pages, so each
+/// training step page-faults its activations in again; a 32 MiB mmap threshold and a 256 MiB trim
+/// threshold remove that (~15-20% of a small CNN's step on CPU). Idempotent.
+void tune_allocator();
+
 /// Verbosity of log lines on stderr: 0 quiet (errors only), 1 normal, 2 verbose.
 void set_verbosity(int level);
 int verbosity();

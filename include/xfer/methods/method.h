@@ -65,8 +65,8 @@ class Method {
   virtual std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult);
   virtual LossTerms loss(StepContext& ctx) = 0;
   /// Fills the parameters' gradients for this step and returns the loss. The default computes `loss`,
-  /// stops with a NumericalError if it is not finite, runs backward, then `after_backward`. A method
-  /// that needs several backward passes (GradMix: one per source) overrides this.
+  /// runs backward, then `after_backward`. A method that needs several backward passes (GradMix: one
+  /// per source) overrides this. The Trainer stops with a NumericalError if the loss is not finite.
   virtual LossTerms compute_gradients(StepContext& ctx);
   virtual void after_backward(StepContext& ctx) {}
   virtual void after_step(StepContext& ctx) {}

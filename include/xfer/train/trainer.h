@@ -39,6 +39,12 @@ struct TrainerOptions {
   void fields(Fields& f);
 };
 
+/// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
+/// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
+/// step the optimizer, then `after_step`.
+LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
+                        double lr, StepContext& ctx);
+
 /// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches.
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);
 

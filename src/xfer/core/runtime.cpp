@@ -1,5 +1,6 @@
 #include "xfer/core/runtime.h"
 
+#include <malloc.h>
 #include <sched.h>
 #include <unistd.h>
 
@@ -44,6 +45,15 @@ int set_threads(int threads) {
   const int n = threads == 0 ? available_cores() : threads;
   at::set_num_threads(n);
   return n;
+}
+
+void tune_allocator() {
+  static const bool done = [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);  // the largest glibc accepts on 64-bit
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    return true;
+  }();
+  (void)done;
 }
 
 void set_verbosity(int level) { g_verbosity = level; }

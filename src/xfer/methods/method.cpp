@@ -16,7 +16,6 @@ std::vector<ParamGroup> Method::param_groups(Model& model, double head_lr_mult) 
 
 LossTerms Method::compute_gradients(StepContext& ctx) {
   LossTerms terms = loss(ctx);
-  check_finite(terms, ctx.step);
   terms.total.backward();
   after_backward(ctx);
   return terms;

@@ -14,6 +14,7 @@
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
+#include "xfer/models/backbone.h"
 #include "xfer/report/table.h"
 #include "xfer/train/run.h"
 
@@ -172,11 +173,11 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
     Cell& c = cells[info.name][size];
     c.top1.push_back(res.value("test_top1", 0.0));
     c.mean_class.push_back(res.value("test_mean_class", 0.0));
-    c.step_ms.push_back(res.value("step_ms", 0.0));
+    c.step_ms.push_back(res.value("step_ms_median", 0.0));
     runs_table.add_row({info.name, std::to_string(size), std::to_string(seed), fixed(res.value("test_top1", 0.0), 4),
                         fixed(res.value("test_mean_class", 0.0), 4), fixed(res.value("step_ms", 0.0), 2), r.out});
     runs_json.push_back(res);
-    out << "[" << index << "/" << count << "] " << info.name << ", " << size << "/class, seed " << seed
+    out << "[" << index << (count > 0 ? cat("/", count) : std::string()) << "] " << info.name << ", " << size << "/class, seed " << seed
         << ": test top-1 " << fixed(100 * res.value("test_top1", 0.0), 1) << "% (" << fixed(secs, 1) << " s)"
         << std::endl;
     return secs;
@@ -184,17 +185,18 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
 
   // l2 first: its time per run sizes the rest of the demo.
   const MethodInfo& l2 = methods().get("l2");
-  const double first = run_one(l2, sizes[0], 0, 1, runs_per_method);
+  out << "Fine-tuning; the first l2 run sizes the demo to --budget " << opts.budget << " min" << std::endl;
+  const double first = run_one(l2, sizes[0], 0, 1, 0);
   const double left = opts.budget * 60 - (now_seconds() - start);
   const auto chosen = pick_methods(opts, first, runs_per_method, left, skipped);
-  int64_t total = 0, index = 1;
-  for (const auto* m : chosen) total += runs_per_method;
+  int64_t total = static_cast<int64_t>(chosen.size()) * runs_per_method, index = 1;
   if (std::find(chosen.begin(), chosen.end(), &l2) == chosen.end()) total += 1;
   out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds << " seeds ("
       << total << " runs, " << opts.iterations << " steps each)" << std::endl;
-  for (const auto* m : chosen)
-    for (int64_t size : sizes)
-      for (int64_t seed = 0; seed < opts.seeds; ++seed)
+  // Methods run back to back for each (size, seed), so drifts in machine load hit them alike.
+  for (int64_t size : sizes)
+    for (int64_t seed = 0; seed < opts.seeds; ++seed)
+      for (const auto* m : chosen)
         if (!(m == &l2 && size == sizes[0] && seed == 0)) run_one(*m, size, seed, ++index, total);
 
   // The table: test top-1 per size, and time per step relative to l2.
@@ -227,7 +229,8 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
 
   std::ostringstream md;
   md << "Fashion-MNIST transfer: source " << opts.source << " -> target " << opts.target << "\n"
-     << "Test top-1 (%), mean ± std over " << opts.seeds << " seeds; backbone " << opts.backbone << ", "
+     << "Test top-1 (%), mean ± std over " << opts.seeds << " seeds; backbone "
+     << normalise_backbone_spec(opts.backbone) << ", "
      << opts.iterations << " fine-tuning steps; time per step relative to l2 (same process)\n\n"
      << table.markdown();
   if (!skipped.empty()) {
@@ -238,7 +241,7 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   }
   out << "\n" << md.str();
   const double elapsed = now_seconds() - start;
-  out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << opts.out << "/\n";
+  out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << (fs::path(opts.out) / "").string() << "\n";
 
   write_file_atomic((fs::path(opts.out) / "table.md").string(), md.str());
   write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs_table.csv());

@@ -61,6 +61,7 @@ void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool 
 
 nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
   const int threads = set_threads(static_cast<int>(opts.threads));
+  tune_allocator();
   const torch::Device device = parse_device(opts.device);
   const bool pretraining = command == "pretrain";
   const std::string head = pretraining ? "source" : "target";

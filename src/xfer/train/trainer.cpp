@@ -1,5 +1,6 @@
 #include "xfer/train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -42,6 +43,13 @@ class MetricsLog {
   std::ofstream out_;
 };
 
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 std::string percent(double fraction) {
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -67,6 +75,17 @@ void TrainerOptions::fields(Fields& f) {
   f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
                                   "later with --resume (0: run to the end)")
       .non_negative();
+}
+
+LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
+                        double lr, StepContext& ctx) {
+  set_learning_rates(optimizer, groups, lr);
+  optimizer.zero_grad();
+  LossTerms terms = method.compute_gradients(ctx);
+  check_finite(terms, ctx.step);
+  optimizer.step();
+  method.after_step(ctx);
+  return terms;
 }
 
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size) {
@@ -168,6 +187,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   const int64_t batch_size = batches.stream("target").options().batch_size;
   Progress progress(head == "source" ? "pretrain" : "train", total, opts_.log_every * 10);
   double step_seconds = 0, window_loss = 0;
+  std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
+  step_times.reserve(static_cast<size_t>(total - start));
   int64_t window_steps = 0;
   std::map<std::string, double> window_parts;
   std::string val_text;
@@ -176,14 +197,11 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
 
   for (int64_t step = start; step < total; ++step) {
     const double lr = opts_.optim.lr * lr_factor(opts_.schedule, step, total);
-    set_learning_rates(*optimizer, groups, lr);
     StepContext ctx{batches, model, step, total, rng, head};
     const double t0 = now_seconds();
     LossTerms terms;
     try {
-      optimizer->zero_grad();
-      terms = method.compute_gradients(ctx);
-      check_finite(terms, step);
+      terms = training_step(method, *optimizer, groups, lr, ctx);
     } catch (const NumericalError& e) {
       progress.finish();
       throw NumericalError(cat(e.what(), "; ",
@@ -191,9 +209,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                                                      last_saved, ")")
                                                : std::string("no checkpoint was written yet")));
     }
-    optimizer->step();
-    method.after_step(ctx);
-    step_seconds += now_seconds() - t0;
+    step_times.push_back(now_seconds() - t0);
+    step_seconds += step_times.back();
 
     const int64_t done = step + 1;
     window_loss += terms.total.item<double>();
@@ -251,6 +268,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                            {"best_val_step", best_step >= 0 ? nlohmann::json(best_step) : nlohmann::json(nullptr)},
                            {"train_seconds", step_seconds},
                            {"step_ms", total > start ? 1000.0 * step_seconds / (total - start) : 0.0},
+                           {"step_ms_median", 1000.0 * median(step_times)},
                            {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0}};
   if (task.test.size() > 0) {
     const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);

@@ -1,0 +1,160 @@
+// Training-step throughput of xfer, for bench/compare.sh.
+//
+//   xfer_bench bare    [--backbone cnn4] [--batch 64] [--threads 2] [--steps 200]
+//       the bare l2 step on one fixed batch of Fashion-MNIST images: forward, cross-entropy, backward, SGD (momentum 0.9,
+//       weight decay 1e-4), exactly what bench/python/l2_step.py does
+//   xfer_bench overhead [same flags]
+//       the Trainer's end-to-end step (training_step: the loader with augmentation and prefetch, the
+//       method, the optimizer) against the bare step, interleaved in blocks in one process;
+//       --prefetch 0 and --augment 0 switch those loader features off
+// Each prints one JSON line; times are medians of single steps (robust to setup and to noise).
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "xfer/core/rng.h"
+#include "xfer/core/runtime.h"
+#include "xfer/data/idx.h"
+#include "xfer/methods/registry.h"
+#include "xfer/models/model.h"
+#include "xfer/train/optim.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/finetune.h"
+#include "xfer/train/trainer.h"
+
+namespace {
+
+struct Args {
+  std::string mode = "bare", backbone = "cnn4";
+  int64_t batch = 64, threads = 2, steps = 200, warmup = 20, prefetch = 1, augment = 1;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  if (argc > 1) a.mode = argv[1];
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--backbone") a.backbone = v;
+    else if (k == "--batch") a.batch = std::stoll(v);
+    else if (k == "--threads") a.threads = std::stoll(v);
+    else if (k == "--steps") a.steps = std::stoll(v);
+    else if (k == "--warmup") a.warmup = std::stoll(v);
+    else if (k == "--prefetch") a.prefetch = std::stoll(v);
+    else if (k == "--augment") a.augment = std::stoll(v);
+    else throw std::invalid_argument("unknown flag " + k);
+  }
+  if (a.mode != "bare" && a.mode != "overhead") throw std::invalid_argument("mode must be bare or overhead");
+  return a;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double bare(const Args& a) {
+  xfer::Arch arch{a.backbone, 1, 28, 28, {{0.286}, {0.353}}, {{"target", {"0", "1", "2", "3", "4"}}}};
+  xfer::Model model(arch);
+  model->train();
+  std::vector<xfer::ParamGroup> groups = {{"all", model->parameters(), 1.0, std::nullopt}};
+  xfer::OptimizerOptions o;  // sgd, lr 0.01, momentum 0.9, weight decay 1e-4
+  auto opt = xfer::make_optimizer(o, groups);
+  // The same fixed batch as bench/python/l2_step.py: the first training images of Fashion-MNIST.
+  // Real images matter: their constant backgrounds make steps faster than random inputs do.
+  const xfer::IdxArray images = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+  const xfer::IdxArray labels = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
+  const torch::Tensor x =
+      ((images.data.slice(0, 0, a.batch).unsqueeze(1).to(torch::kFloat32) / 255.0 - 0.2860) / 0.3530).contiguous();
+  const torch::Tensor y = labels.data.slice(0, 0, a.batch).to(torch::kInt64) % 5;
+  auto step = [&] {
+    opt->zero_grad();
+    torch::nn::functional::cross_entropy(model->forward(x), y).backward();
+    opt->step();
+  };
+  for (int64_t i = 0; i < a.warmup; ++i) step();
+  std::vector<double> times;
+  for (int64_t i = 0; i < a.steps; ++i) {
+    const double t0 = xfer::now_seconds();
+    step();
+    times.push_back(xfer::now_seconds() - t0);
+  }
+  return median(times);
+}
+
+/// The end-to-end step against the bare step, measured in one process on one model: blocks of bare
+/// steps (one fixed batch) alternate with blocks of the Trainer's own step (training_step, drawing
+/// augmented batches from the prefetching loader), so machine noise hits both alike.
+std::pair<double, double> overhead(const Args& a) {
+  const xfer::Task task = xfer::load_task("fmnist:classes=2,4,6,7,9:per_class=100:test=none", 0);
+  xfer::Arch arch{a.backbone, 1, 28, 28, {{0.286}, {0.353}}, {{"target", task.class_names()}}};
+  xfer::Model model(arch);
+  model->train();
+  xfer::CrossEntropyMethod method;
+  const auto groups = method.param_groups(model, 1.0);
+  auto opt = xfer::make_optimizer(xfer::OptimizerOptions(), groups);
+  xfer::LoaderOptions loader;
+  loader.batch_size = a.batch;
+  loader.prefetch = a.prefetch != 0;
+  if (!a.augment) {
+    loader.crop_pad = 0;
+    loader.flip = false;
+  }
+  xfer::Batches batches;
+  batches.add("target", std::make_unique<xfer::BatchStream>(task.train, arch.input, loader, 1));
+  const xfer::Batch fixed = batches.stream("target").next();
+  at::Generator rng = xfer::make_generator(0);
+  const std::string head = "target";
+  std::vector<double> bare_times, e2e_times;
+  const int64_t block = 20;
+  for (int64_t done = 0; done < a.warmup + a.steps; done += block) {
+    const bool timed = done >= a.warmup;
+    for (int64_t i = 0; i < block; ++i) {
+      const double t0 = xfer::now_seconds();
+      opt->zero_grad();
+      torch::nn::functional::cross_entropy(model->forward(fixed.x), fixed.y).backward();
+      opt->step();
+      if (timed) bare_times.push_back(xfer::now_seconds() - t0);
+    }
+    for (int64_t i = 0; i < block; ++i) {
+      xfer::StepContext ctx{batches, model, done + i, a.warmup + a.steps, rng, head};
+      const double t0 = xfer::now_seconds();
+      xfer::training_step(method, *opt, groups, 0.01, ctx);
+      if (timed) e2e_times.push_back(xfer::now_seconds() - t0);
+    }
+  }
+  return {median(bare_times), median(e2e_times)};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    xfer::set_verbosity(0);
+    xfer::set_threads(static_cast<int>(a.threads));
+    xfer::tune_allocator();
+    xfer::seed_global(0);
+    nlohmann::json j = {{"mode", a.mode}, {"impl", "xfer"},      {"backbone", a.backbone},
+                        {"batch", a.batch}, {"threads", a.threads}, {"steps", a.steps}};
+    if (a.mode == "bare") {
+      const double secs = bare(a);
+      j["step_ms"] = 1000 * secs;
+      j["samples_per_s"] = a.batch / secs;
+    } else {
+      const auto [bare_secs, e2e_secs] = overhead(a);
+      j["bare_step_ms"] = 1000 * bare_secs;
+      j["e2e_step_ms"] = 1000 * e2e_secs;
+      j["ratio"] = e2e_secs / bare_secs;
+    }
+    std::cout << j.dump() << std::endl;
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "xfer_bench: " << e.what() << "\n";
+    return 2;
+  }
+}
