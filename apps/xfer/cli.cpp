@@ -24,8 +24,11 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
         [&](auto* p) {
           using T = std::remove_pointer_t<decltype(p)>;
           if constexpr (std::is_same_v<T, bool>) {
-            const std::string name = f.flag().substr(2);
-            opt = app.add_flag("--" + name + ",!--no-" + name, *p, help + (*p ? " (default: on)" : " (default: off)"));
+            // --name turns it on, --no-name (not listed separately) turns it off.
+            opt = app.add_flag_callback(f.flag(), [p] { *p = true; },
+                                        help + (*p ? " (default: on; --no-" : " (default: off; --no-") +
+                                            f.flag().substr(2) + " turns it off)");
+            app.add_flag_callback("--no-" + f.flag().substr(2), [p] { *p = false; })->group("");
           } else {
             opt = app.add_option(f.flag(), *p, help)->capture_default_str();
             opt->type_name(std::is_same_v<T, std::string> ? "TEXT" : std::is_same_v<T, double> ? "FLOAT" : "INT");

@@ -64,13 +64,13 @@ class TrainCommand : public Command {
       if (!pretrain_) opts_.method = !flag_method.empty() ? flag_method : opts_.method;
     }
 
+    Fields fields;
+    opts_.fields(fields);
+    add_fields(*app, fields, pretrain_ ? std::vector<std::string>{"target", "init", "method"} : std::vector<std::string>{});
     app->add_option("--config", config_path_, "read options from a JSON file (e.g. a run's config.json); flags "
                                               "given on the command line win")
         ->group("Run");
     app->add_flag("--json", json_, "print result.json on stdout when done")->group("Run");
-    Fields fields;
-    opts_.fields(fields);
-    add_fields(*app, fields, pretrain_ ? std::vector<std::string>{"target", "init", "method"} : std::vector<std::string>{});
     if (method_) {
       Fields mf;
       method_->fields(mf);

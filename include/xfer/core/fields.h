@@ -29,7 +29,7 @@ class Fields {
   struct Field {
     std::string name;
     std::string help;
-    Target target;
+    Target target = static_cast<double*>(nullptr);
     std::optional<double> min, max;  // numeric bounds
     bool min_open = false, max_open = false;
     std::vector<std::string> choices;  // strings: the valid values, when non-empty
@@ -82,7 +82,7 @@ class Fields {
   std::string names() const;
 
  private:
-  Ref push(Field f);
+  Ref push(const std::string& name, const std::string& help, Target target);
   std::vector<Field> fields_;
   std::string group_;
 };

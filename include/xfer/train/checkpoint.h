@@ -37,7 +37,8 @@ class CheckpointWriter {
 
 class CheckpointReader {
  public:
-  explicit CheckpointReader(const std::string& path);
+  /// Tensors are loaded onto `device` (the model's, when resuming on a GPU).
+  explicit CheckpointReader(const std::string& path, torch::Device device = torch::kCPU);
   const std::string& path() const { return path_; }
   const nlohmann::json& meta() const { return meta_; }
   Arch arch() const { return Arch::from_json(meta_.at("arch")); }
@@ -50,6 +51,7 @@ class CheckpointReader {
 
  private:
   std::string path_;
+  torch::Device device_;
   nlohmann::json meta_;
   torch::serialize::InputArchive archive_;
 };

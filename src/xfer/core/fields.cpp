@@ -108,24 +108,20 @@ Fields::Ref& Fields::Ref::choices(std::vector<std::string> valid) {
   return *this;
 }
 
-Fields::Ref Fields::push(Field f) {
+Fields::Ref Fields::push(const std::string& name, const std::string& help, Target target) {
+  Field f;
+  f.name = name;
+  f.help = help;
+  f.target = target;
   f.group = group_;
   fields_.push_back(std::move(f));
   return Ref(this, fields_.size() - 1);
 }
 
-Fields::Ref Fields::add(const std::string& name, double& v, const std::string& help) {
-  return push(Field{name, help, &v});
-}
-Fields::Ref Fields::add(const std::string& name, int64_t& v, const std::string& help) {
-  return push(Field{name, help, &v});
-}
-Fields::Ref Fields::add(const std::string& name, bool& v, const std::string& help) {
-  return push(Field{name, help, &v});
-}
-Fields::Ref Fields::add(const std::string& name, std::string& v, const std::string& help) {
-  return push(Field{name, help, &v});
-}
+Fields::Ref Fields::add(const std::string& name, double& v, const std::string& help) { return push(name, help, &v); }
+Fields::Ref Fields::add(const std::string& name, int64_t& v, const std::string& help) { return push(name, help, &v); }
+Fields::Ref Fields::add(const std::string& name, bool& v, const std::string& help) { return push(name, help, &v); }
+Fields::Ref Fields::add(const std::string& name, std::string& v, const std::string& help) { return push(name, help, &v); }
 
 Fields::Field* Fields::find(const std::string& name) {
   const std::string key = snake(name);

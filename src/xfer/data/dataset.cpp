@@ -27,7 +27,8 @@ std::vector<std::vector<int64_t>> TensorDataset::indices_by_class() const {
 Normalization compute_normalization(const torch::Tensor& images_uint8) {
   const torch::Tensor x = images_uint8.to(torch::kFloat64).div_(255.0);
   const torch::Tensor mean = x.mean({0, 2, 3});
-  const torch::Tensor std = x.std({0, 2, 3}, /*unbiased=*/false).clamp_min(1e-6);
+  // Population std, written out: Tensor::std(dims, unbiased) is deprecated in LibTorch 2.x.
+  const torch::Tensor std = (x - mean.view({1, -1, 1, 1})).pow(2).mean({0, 2, 3}).sqrt().clamp_min(1e-6);
   Normalization n;
   for (int64_t c = 0; c < mean.size(0); ++c) {
     n.mean.push_back(mean[c].item<double>());

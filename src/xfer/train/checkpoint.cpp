@@ -66,7 +66,7 @@ void CheckpointWriter::commit(const std::string& path) {
   write_file_atomic(path, file);
 }
 
-CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
+CheckpointReader::CheckpointReader(const std::string& path, torch::Device device) : path_(path), device_(device) {
   const std::string file = read_file(path);
   XFER_CHECK(file.size() >= kHeader && std::memcmp(file.data(), kMagic, sizeof kMagic) == 0, path,
              ": not an xfer checkpoint (bad magic bytes)");
@@ -79,7 +79,7 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
   const auto crc = get<uint32_t>(file, 20);
   XFER_CHECK(crc32_of(file.substr(kHeader)) == crc, path, ": corrupt checkpoint (checksum mismatch)");
   try {
-    archive_.load_from(file.data() + kHeader, size);
+    archive_.load_from(file.data() + kHeader, size, device_);
     c10::IValue meta;
     archive_.read("meta", meta);
     meta_ = nlohmann::json::parse(meta.toStringRef());
@@ -91,6 +91,7 @@ CheckpointReader::CheckpointReader(const std::string& path) : path_(path) {
 
 Model CheckpointReader::read_model() {
   Model model(arch());
+  model->to(device_);
   torch::serialize::InputArchive nested;
   read("model", nested);
   try {

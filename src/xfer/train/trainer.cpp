@@ -140,7 +140,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   int64_t start = 0, best_step = -1;
   double best_val = -1;
   if (resume) {
-    CheckpointReader ck(last_checkpoint());
+    CheckpointReader ck(last_checkpoint(), model->backbone->parameters().front().device());
     const Model saved = ck.read_model();
     const std::string why = model->arch().mismatch(saved->arch(), /*with_heads=*/true);
     XFER_CHECK(why.empty(), ck.path(), ": cannot resume: ", why);
@@ -150,7 +150,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     optimizer->load(opt_in);
     ck.read("method", method_in);
     method.load(method_in);
-    rng.set_state(ck.read_tensor("rng"));
+    rng.set_state(ck.read_tensor("rng").to(torch::kCPU));
     const auto& m = ck.meta();
     start = m.at("step").get<int64_t>();
     best_val = m.at("best_val").get<double>();
