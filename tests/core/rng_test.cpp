@@ -45,5 +45,24 @@ TEST(Rng, BetaSampleMeanMatches) {
   EXPECT_NEAR(sum / n, 4.0 / 5.0, 0.005);
 }
 
+TEST(Rng, TorchGeneratorDrawsAreSeededAndMatchTheirDistributions) {
+  at::Generator g = make_generator(5), h = make_generator(5);
+  const torch::Tensor a = sample_beta(g, 4.0, 1.0, 20000);
+  EXPECT_TRUE(torch::equal(a, sample_beta(h, 4.0, 1.0, 20000)));  // same seed, same bits
+  EXPECT_NEAR(a.mean().item<double>(), 4.0 / 5.0, 0.005);
+  EXPECT_GE(a.min().item<double>(), 0.0);
+  EXPECT_LE(a.max().item<double>(), 1.0);
+  // Beta(0.2, 0.2) piles up near 0 and 1 but keeps mean 1/2.
+  EXPECT_NEAR(sample_beta(g, 0.2, 0.2, 20000).mean().item<double>(), 0.5, 0.01);
+  const torch::Tensor p = sample_permutation(g, 50);
+  EXPECT_TRUE(torch::equal(std::get<0>(p.sort()), torch::arange(50)));
+  std::vector<int> counts(4, 0);
+  for (int i = 0; i < 4000; ++i) ++counts[sample_index(g, 4)];
+  for (int c : counts) EXPECT_NEAR(c, 1000, 120);
+  const double u = sample_uniform(g);
+  EXPECT_TRUE(u >= 0 && u < 1);
+  test::expect_bad_input([&] { sample_beta(g, 0.0, 1.0, 1); }, {"a=0"});
+}
+
 }  // namespace
 }  // namespace xfer

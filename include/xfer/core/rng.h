@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <ATen/core/Generator.h>
+#include <torch/types.h>
 
 namespace xfer {
 
@@ -34,5 +35,19 @@ void shuffle_in_place(std::vector<int64_t>& values, uint64_t seed);
 
 /// Samples from Beta(a, b) with a std engine (via two gammas), for mixing weights.
 double sample_beta(std::mt19937_64& engine, double a, double b);
+
+// Draws from a torch generator: methods use the Trainer's checkpointed `StepContext::rng`, so their
+// randomness resumes exactly. All return CPU values.
+
+/// n draws from Beta(a, b), float64 (n), as Ga / (Ga + Gb) with two standard gammas.
+torch::Tensor sample_beta(at::Generator& gen, double a, double b, int64_t n);
+/// One draw from Beta(a, b).
+double sample_beta(at::Generator& gen, double a, double b);
+/// One draw from U[0, 1).
+double sample_uniform(at::Generator& gen);
+/// A uniform integer in [0, n).
+int64_t sample_index(at::Generator& gen, int64_t n);
+/// A random permutation of 0..n-1, int64 (n).
+torch::Tensor sample_permutation(at::Generator& gen, int64_t n);
 
 }  // namespace xfer

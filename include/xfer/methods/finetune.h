@@ -8,6 +8,7 @@
 /// Both are the same loss; they differ in the initialisation, which the registry records.
 #include "xfer/core/fields.h"
 #include "xfer/methods/method.h"
+#include "xfer/methods/registry.h"
 
 namespace xfer {
 
@@ -19,5 +20,8 @@ class CrossEntropyMethod : public Method {
   explicit CrossEntropyMethod(const Options& = {}) {}
   LossTerms loss(StepContext& ctx) override;
 };
+
+/// Registers scratch and l2.
+void register_finetune_methods(MethodRegistry& registry);
 
 }  // namespace xfer

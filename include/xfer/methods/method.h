@@ -23,6 +23,7 @@
 
 #include "xfer/data/dataset.h"
 #include "xfer/data/loader.h"
+#include "xfer/methods/losses.h"
 #include "xfer/models/model.h"
 #include "xfer/train/optim.h"
 
@@ -39,6 +40,16 @@ struct SetupContext {
   torch::Device device;
   std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
   int64_t total_steps;
+
+  /// Adds the batch stream `name` over `data`, normalised as `model` expects, seeded by (seed, name).
+  /// `batch_size` 0 means the run's --batch-size; `sampler` nullptr means seeded epoch shuffles. BadInput
+  /// if the images' shape differs from the model's input.
+  void add_stream(const std::string& name, const TensorDataset& data, const Model& model,
+                  std::unique_ptr<Sampler> sampler = nullptr, int64_t batch_size = 0);
+  /// The --source data, or BadInput telling `method` to pass --source.
+  const Task& require_source(const std::string& method) const;
+  /// The --init model, or BadInput telling `method` to pass --init.
+  const Model& require_pretrained(const std::string& method) const;
 };
 
 /// What a method sees at each step.
@@ -55,6 +66,8 @@ struct StepContext {
 struct LossTerms {
   torch::Tensor total;
   std::map<std::string, torch::Tensor> parts;
+  /// Multiplies this step's learning rate (GradMix's adaptive learning rate); 1 for most methods.
+  double lr_scale = 1.0;
 };
 
 class Method {
@@ -74,8 +87,6 @@ class Method {
   virtual void load(torch::serialize::InputArchive& in) {}
 };
 
-/// Mean cross-entropy of logits (N, K) against int64 labels (N).
-torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
 /// Throws NumericalError naming the step and the non-finite parts if the total loss is NaN or infinite.
 void check_finite(const LossTerms& terms, int64_t step);
 

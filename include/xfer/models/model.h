@@ -17,6 +17,10 @@ namespace xfer {
 struct HeadInfo {
   std::string name;
   std::vector<std::string> class_names;
+  /// Predictions use only the first `predict_classes` classes (0: all). XMixup's joint head covers the
+  /// target classes and then the paired source classes, but predicts only target classes.
+  int64_t predict_classes = 0;
+  int64_t predicted() const { return predict_classes > 0 ? predict_classes : static_cast<int64_t>(class_names.size()); }
 };
 
 /// Everything needed to rebuild a model and feed it: stored in every checkpoint, compared on load.
@@ -41,7 +45,7 @@ class ModelImpl : public torch::nn::Module {
 
   /// Logits of `head` for a batch of normalised images.
   torch::Tensor forward(const torch::Tensor& x, const std::string& head = "target");
-  torch::nn::Linear head(const std::string& name);
+  torch::nn::Linear head(const std::string& name) const;
   bool has_head(const std::string& name) const;
   /// Adds a freshly initialised linear head (the global generator drives its init).
   void add_head(const HeadInfo& info);
@@ -65,6 +69,9 @@ Model clone_model(const Model& model);
 /// Copies the values of every parameter and buffer whose name starts with `prefix` from `src` into
 /// `dst`. Names and shapes must match; BadInput lists the first mismatches.
 void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std::string& prefix = "");
+/// Adds to `to` a head named `as` (default: `name`) holding a copy of `from`'s head `name`: its classes
+/// and weights. SMILE's auxiliary head, Co-Tuning's and XMixup's source heads start this way.
+void copy_head(const Model& from, const std::string& name, Model& to, const std::string& as = "");
 /// Sets requires_grad=false on every parameter (frozen teachers).
 void freeze(torch::nn::Module& module);
 

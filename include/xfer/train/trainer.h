@@ -41,7 +41,7 @@ struct TrainerOptions {
 
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
 /// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
-/// step the optimizer, then `after_step`.
+/// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
                         double lr, StepContext& ctx);
 

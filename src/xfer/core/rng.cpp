@@ -3,6 +3,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include "xfer/core/error.h"
+
 namespace xfer {
 
 uint64_t mix64(uint64_t x) {
@@ -50,5 +52,29 @@ double sample_beta(std::mt19937_64& engine, double a, double b) {
   if (x + y == 0.0) return std::uniform_real_distribution<double>(0, 1)(engine) < a / (a + b) ? 1.0 : 0.0;
   return x / (x + y);
 }
+
+torch::Tensor sample_beta(at::Generator& gen, double a, double b, int64_t n) {
+  XFER_CHECK(a > 0 && b > 0, "Beta parameters must be > 0, got a=", a, " b=", b);
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  const torch::Tensor x = at::_standard_gamma(torch::full({n}, a, opts), gen);
+  const torch::Tensor y = at::_standard_gamma(torch::full({n}, b, opts), gen);
+  const torch::Tensor sum = x + y;
+  // Both gammas underflow to 0 only for tiny shapes; fall to the mean's side by a uniform draw then.
+  const torch::Tensor fallback = (torch::rand({n}, gen, opts) < a / (a + b)).to(torch::kFloat64);
+  return torch::where(sum > 0, x / sum.clamp_min(1e-300), fallback);
+}
+
+double sample_beta(at::Generator& gen, double a, double b) { return sample_beta(gen, a, b, 1).item<double>(); }
+
+double sample_uniform(at::Generator& gen) {
+  return torch::rand({1}, gen, torch::TensorOptions().dtype(torch::kFloat64)).item<double>();
+}
+
+int64_t sample_index(at::Generator& gen, int64_t n) {
+  XFER_CHECK(n >= 1, "cannot draw an index from an empty range");
+  return torch::randint(n, {1}, gen, torch::kInt64).item<int64_t>();
+}
+
+torch::Tensor sample_permutation(at::Generator& gen, int64_t n) { return torch::randperm(n, gen, torch::kInt64); }
 
 }  // namespace xfer

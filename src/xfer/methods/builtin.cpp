@@ -1,25 +1,12 @@
-/// The one place where built-in methods are registered.
+/// The one place where built-in methods are registered: each family registers its own methods, in the
+/// order `xfer methods` lists them.
 #include "xfer/methods/finetune.h"
 #include "xfer/methods/registry.h"
 
 namespace xfer {
 
 void register_builtin_methods(MethodRegistry& r) {
-  MethodInfo scratch;
-  scratch.name = "scratch";
-  scratch.summary = "train on the target only, from random initialisation";
-  scratch.allows_init = false;
-  scratch.core = true;
-  scratch.make_config = [] { return std::make_unique<OptionsConfig<CrossEntropyMethod>>(); };
-  r.add(scratch);
-
-  MethodInfo l2;
-  l2.name = "l2";
-  l2.summary = "fine-tune the pretrained model with a new target head and weight decay";
-  l2.needs_init = true;
-  l2.core = true;
-  l2.make_config = [] { return std::make_unique<OptionsConfig<CrossEntropyMethod>>(); };
-  r.add(l2);
+  register_finetune_methods(r);
 }
 
 }  // namespace xfer

@@ -10,4 +10,22 @@ LossTerms CrossEntropyMethod::loss(StepContext& ctx) {
   return {ce, {{"ce", ce.detach()}}};
 }
 
+void register_finetune_methods(MethodRegistry& r) {
+  MethodInfo scratch;
+  scratch.name = "scratch";
+  scratch.summary = "train on the target only, from random initialisation";
+  scratch.allows_init = false;
+  scratch.core = true;
+  scratch.make_config = [] { return std::make_unique<OptionsConfig<CrossEntropyMethod>>(); };
+  r.add(scratch);
+
+  MethodInfo l2;
+  l2.name = "l2";
+  l2.summary = "fine-tune the pretrained model with a new target head and weight decay";
+  l2.needs_init = true;
+  l2.core = true;
+  l2.make_config = [] { return std::make_unique<OptionsConfig<CrossEntropyMethod>>(); };
+  r.add(l2);
+}
+
 }  // namespace xfer

@@ -5,9 +5,34 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/core/rng.h"
 #include "xfer/methods/registry.h"
 
 namespace xfer {
+
+void SetupContext::add_stream(const std::string& name, const TensorDataset& data, const Model& model,
+                              std::unique_ptr<Sampler> sampler, int64_t batch_size) {
+  const Arch& arch = model->arch();
+  XFER_CHECK(data.size() > 0, "the '", name, "' data is empty");
+  XFER_CHECK(data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
+             "the '", name, "' images are ", data.channels(), "x", data.height(), "x", data.width(),
+             " but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
+  LoaderOptions opts = loader;
+  if (batch_size > 0) opts.batch_size = batch_size;
+  batches.add(name, std::make_unique<BatchStream>(data, arch.input, opts, derive_seed(seed, name), std::move(sampler),
+                                                  device));
+}
+
+const Task& SetupContext::require_source(const std::string& method) const {
+  XFER_CHECK(source != nullptr, "method ", method, " draws on source data: pass --source SPEC");
+  return *source;
+}
+
+const Model& SetupContext::require_pretrained(const std::string& method) const {
+  XFER_CHECK(static_cast<bool>(pretrained), "method ", method,
+             " needs the source model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
+  return pretrained;
+}
 
 std::vector<ParamGroup> Method::param_groups(Model& model, double head_lr_mult) {
   return {{"backbone", model->backbone_parameters(), 1.0, std::nullopt},
@@ -19,10 +44,6 @@ LossTerms Method::compute_gradients(StepContext& ctx) {
   terms.total.backward();
   after_backward(ctx);
   return terms;
-}
-
-torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
-  return torch::nn::functional::cross_entropy(logits, labels);
 }
 
 void check_finite(const LossTerms& terms, int64_t step) {

@@ -9,7 +9,10 @@ namespace xfer {
 
 nlohmann::json Arch::to_json() const {
   nlohmann::json heads_json = nlohmann::json::array();
-  for (const auto& h : heads) heads_json.push_back({{"name", h.name}, {"classes", h.class_names}});
+  for (const auto& h : heads) {
+    heads_json.push_back({{"name", h.name}, {"classes", h.class_names}});
+    if (h.predict_classes > 0) heads_json.back()["predict_classes"] = h.predict_classes;
+  }
   return {{"backbone", backbone},
           {"in_channels", in_channels},
           {"height", height},
@@ -29,7 +32,8 @@ Arch Arch::from_json(const nlohmann::json& j) {
     a.input.mean = j.at("input_mean").get<std::vector<double>>();
     a.input.std = j.at("input_std").get<std::vector<double>>();
     for (const auto& h : j.at("heads"))
-      a.heads.push_back({h.at("name").get<std::string>(), h.at("classes").get<std::vector<std::string>>()});
+      a.heads.push_back({h.at("name").get<std::string>(), h.at("classes").get<std::vector<std::string>>(),
+                         h.value("predict_classes", int64_t{0})});
     return a;
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(cat("malformed model architecture record: ", e.what()));
@@ -73,7 +77,7 @@ torch::Tensor ModelImpl::forward(const torch::Tensor& x, const std::string& name
 
 bool ModelImpl::has_head(const std::string& name) const { return heads_->named_children().contains(name); }
 
-torch::nn::Linear ModelImpl::head(const std::string& name) {
+torch::nn::Linear ModelImpl::head(const std::string& name) const {
   if (!has_head(name)) {
     std::string valid;
     for (const auto& h : arch_.heads) valid += (valid.empty() ? "" : ", ") + h.name;
@@ -84,9 +88,12 @@ torch::nn::Linear ModelImpl::head(const std::string& name) {
 
 void ModelImpl::add_head(const HeadInfo& info) {
   XFER_CHECK(!info.class_names.empty(), "head '", info.name, "' needs at least one class");
+  XFER_CHECK(info.predict_classes >= 0 && info.predict_classes <= static_cast<int64_t>(info.class_names.size()),
+             "head '", info.name, "' predicts ", info.predict_classes, " of its ", info.class_names.size(), " classes");
   XFER_CHECK(!has_head(info.name), "the model already has a '", info.name, "' head");
-  heads_->register_module(info.name, torch::nn::Linear(backbone->feature_dim(),
-                                                       static_cast<int64_t>(info.class_names.size())));
+  torch::nn::Linear head(backbone->feature_dim(), static_cast<int64_t>(info.class_names.size()));
+  head->to(backbone->parameters().front().device());
+  heads_->register_module(info.name, head);
   arch_.heads.push_back(info);
 }
 
@@ -139,6 +146,20 @@ Model clone_model(const Model& model) {
   copy_state(*model, *copy);
   copy->train(model->is_training());
   return copy;
+}
+
+void copy_head(const Model& from, const std::string& name, Model& to, const std::string& as) {
+  const HeadInfo* info = from->arch().head(name);
+  XFER_CHECK(info != nullptr, "the source model has no '", name, "' head");
+  XFER_CHECK(from->backbone->feature_dim() == to->backbone->feature_dim(), "cannot copy head '", name,
+             "': feature dimensions differ (", from->backbone->feature_dim(), " vs ", to->backbone->feature_dim(), ")");
+  HeadInfo copy = *info;
+  copy.name = as.empty() ? name : as;
+  to->add_head(copy);
+  torch::NoGradGuard no_grad;
+  const torch::nn::Linear src = from->head(name), dst = to->head(copy.name);
+  dst->weight.copy_(src->weight);
+  dst->bias.copy_(src->bias);
 }
 
 void freeze(torch::nn::Module& module) {

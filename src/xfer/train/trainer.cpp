@@ -83,6 +83,7 @@ LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, cons
   optimizer.zero_grad();
   LossTerms terms = method.compute_gradients(ctx);
   check_finite(terms, ctx.step);
+  if (terms.lr_scale != 1.0) set_learning_rates(optimizer, groups, lr * terms.lr_scale);
   optimizer.step();
   method.after_step(ctx);
   return terms;
@@ -97,13 +98,16 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   const torch::Device device = model->backbone->parameters().front().device();
   const auto* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
-  XFER_CHECK(static_cast<int64_t>(info->class_names.size()) == data.num_classes(), "the model's '", head,
-             "' head has ", info->class_names.size(), " classes, the data has ", data.num_classes());
-  ConfusionMatrix confusion(data.num_classes());
+  // A head may predict only its first classes (XMixup's joint head: the target classes, then the paired
+  // source classes).
+  const int64_t k = info->predicted();
+  XFER_CHECK(k == data.num_classes(), "the model's '", head, "' head has ", k, " classes, the data has ",
+             data.num_classes());
+  ConfusionMatrix confusion(k);
   for (int64_t start = 0; start < data.size(); start += batch_size) {
     const int64_t end = std::min(start + batch_size, data.size());
     const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
-    confusion.add(model->forward(x, head).argmax(1), data.labels.slice(0, start, end));
+    confusion.add(model->forward(x, head).slice(1, 0, k).argmax(1), data.labels.slice(0, start, end));
   }
   model->train(was_training);
   return confusion.evaluation();

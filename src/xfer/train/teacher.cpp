@@ -1,0 +1,51 @@
+#include "xfer/train/teacher.h"
+
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+
+namespace xfer {
+
+Teacher::Teacher(const Model& source) : model_(clone_model(source)) {
+  freeze(*model_);
+  model_->eval();
+}
+
+Features Teacher::features(const torch::Tensor& x) {
+  XFER_CHECK(defined(), "the teacher network was not set up");
+  torch::NoGradGuard no_grad;
+  return model_->backbone->forward_features(x);
+}
+
+torch::Tensor Teacher::logits(const torch::Tensor& pooled, const std::string& head) {
+  torch::NoGradGuard no_grad;
+  return model_->head(head)->forward(pooled);
+}
+
+void Teacher::ema_update(const Model& student, double decay) {
+  XFER_CHECK(decay >= 0 && decay <= 1, "the teacher's EMA decay must be in [0, 1], got ", decay);
+  const std::string why = model_->arch().mismatch(student->arch(), /*with_heads=*/false);
+  XFER_CHECK(why.empty(), "teacher and student differ: ", why);
+  torch::NoGradGuard no_grad;
+  const auto mine = model_->backbone->named_parameters();
+  const auto theirs = student->backbone->named_parameters();
+  for (const auto& p : mine) {
+    const torch::Tensor* s = theirs.find(p.key());
+    XFER_CHECK(s != nullptr && s->sizes() == p.value().sizes(), "teacher and student differ at ", p.key());
+    p.value().mul_(decay).add_(*s, 1.0 - decay);
+  }
+}
+
+void Teacher::save(torch::serialize::OutputArchive& out, const std::string& key) const {
+  torch::serialize::OutputArchive nested;
+  model_->save(nested);
+  out.write(key, nested);
+}
+
+void Teacher::load(torch::serialize::InputArchive& in, const std::string& key) {
+  torch::serialize::InputArchive nested;
+  XFER_CHECK(in.try_read(key, nested), "the checkpoint holds no '", key, "' teacher");
+  model_->load(nested);
+}
+
+}  // namespace xfer
