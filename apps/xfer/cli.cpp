@@ -82,6 +82,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_demo_command());
   commands.push_back(make_pretrain_command());
   commands.push_back(make_finetune_command());
+  commands.push_back(make_select_command());
   commands.push_back(make_eval_command());
   commands.push_back(make_methods_command());
   commands.push_back(make_data_command());

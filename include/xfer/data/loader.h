@@ -56,6 +56,11 @@ class ShuffleSampler : public Sampler {
   std::map<int64_t, std::vector<int64_t>> cache_;  // the last epochs used
 };
 
+/// The sampler a BatchStream seeded with `stream_seed` uses when given none: seeded epoch shuffles. A
+/// second one built with the same arguments replays that stream's indices batch for batch, without
+/// sharing state with it (XMixup's auxiliary stream pairs each of its slots with a target slot).
+std::unique_ptr<Sampler> default_sampler(int64_t size, uint64_t stream_seed);
+
 /// uint8 images -> normalised float input, with optional random crop (zero padding) and flip.
 class InputTransform {
  public:

@@ -26,6 +26,7 @@
 #include "xfer/methods/losses.h"
 #include "xfer/models/model.h"
 #include "xfer/train/optim.h"
+#include "xfer/train/schedule.h"
 
 namespace xfer {
 
@@ -34,12 +35,14 @@ struct SetupContext {
   const Task& task;           // the task trained on (its train split feeds the "target" stream)
   const Task* source;         // --source data, or nullptr when none was given
   Model pretrained;           // the --init model, a frozen copy (empty holder when there is none)
-  Batches& batches;           // the trainer has added "target"; methods may add streams ("source", ...)
+  Batches& batches;           // the trainer has added "target", seeded by derive_seed(seed, "target") like
+                              // add_stream's streams; methods may add streams ("source", ...)
   const LoaderOptions& loader;
   uint64_t seed;              // the run seed; derive stream seeds with derive_seed(seed, "name")
   torch::Device device;
   std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
   int64_t total_steps;
+  ScheduleOptions schedule;   // the run's learning-rate schedule (seqtrain restarts it in each phase)
 
   /// Adds the batch stream `name` over `data`, normalised as `model` expects, seeded by (seed, name).
   /// `batch_size` 0 means the run's --batch-size; `sampler` nullptr means seeded epoch shuffles. BadInput

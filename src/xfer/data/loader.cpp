@@ -38,6 +38,10 @@ std::vector<int64_t> ShuffleSampler::indices(int64_t batch, int64_t batch_size) 
   return out;
 }
 
+std::unique_ptr<Sampler> default_sampler(int64_t size, uint64_t stream_seed) {
+  return std::make_unique<ShuffleSampler>(size, derive_seed(stream_seed, "order"));
+}
+
 InputTransform::InputTransform(Normalization norm, int64_t crop_pad, bool flip)
     : norm_(std::move(norm)), crop_pad_(crop_pad), flip_(flip) {
   XFER_CHECK(!norm_.mean.empty() && norm_.mean.size() == norm_.std.size(), "normalisation needs a mean and ",
@@ -102,7 +106,7 @@ BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOp
     : data_(std::move(data)),
       opts_(opts),
       seed_(seed),
-      sampler_(sampler ? std::move(sampler) : std::make_unique<ShuffleSampler>(data_.size(), derive_seed(seed, "order"))),
+      sampler_(sampler ? std::move(sampler) : default_sampler(data_.size(), seed)),
       transform_(norm, opts.crop_pad, opts.flip),
       device_(device) {
   check_options(opts_);

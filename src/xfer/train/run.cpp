@@ -118,8 +118,8 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                                                       derive_seed(static_cast<uint64_t>(opts.seed), "target"),
                                                       nullptr, device));
   std::unique_ptr<Method> method = config.build();
-  SetupContext ctx{task,   source.get(), pretrained, batches, opts.loader, static_cast<uint64_t>(opts.seed),
-                   device, head,         opts.trainer.iterations};
+  SetupContext ctx{task,   source.get(), pretrained, batches,      opts.loader, static_cast<uint64_t>(opts.seed),
+                   device, head,         opts.trainer.iterations, opts.trainer.schedule};
   method->setup(model, ctx);
 
   log_info(cat(command, " ", info.name, " on ", spec, ": ", task.train.size(), " training examples, ",
