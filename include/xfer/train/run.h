@@ -7,6 +7,8 @@
 ///                      step, iterations, train seconds, samples/s
 ///   DIR/checkpoints/   last.pt (everything to resume) and best.pt (best on validation)
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -36,6 +38,29 @@ struct RunOptions {
 
   void fields(Fields& f);
 };
+
+/// Everything a run trains with, built from its options: the task (and source data), the frozen --init
+/// model, the model to train (initialised from it), the batch streams, and the method, set up.
+struct PreparedRun {
+  std::string command, head;  // head: "target" (finetune) or "source" (pretrain)
+  RunOptions opts;            // resolved: backbone filled in
+  const MethodInfo* info = nullptr;
+  Task task;
+  std::unique_ptr<Task> source;
+  Model pretrained{nullptr};
+  Model model{nullptr};
+  Batches batches;
+  std::unique_ptr<Method> method;
+  torch::Device device = torch::kCPU;
+  int threads = 1;
+};
+
+/// Builds a run of `command` ("finetune" or "pretrain"). `when_valid`, if given, receives the resolved
+/// configuration once every input is validated and the method is set up (the run creates its output
+/// directory there, so bad input leaves no files behind).
+std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& opts, const MethodInfo& info,
+                                         MethodConfig& config,
+                                         const std::function<void(const nlohmann::json&)>& when_valid = nullptr);
 
 /// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns result.json.
 nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
