@@ -104,7 +104,7 @@ LossTerms CutMixMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
   if (sample_uniform(ctx.rng) >= opts_.prob) {
     const torch::Tensor ce = cross_entropy(ctx.model->forward(b.x, ctx.head), b.y);
-    return {ce, {{"ce", ce.detach()}}};
+    return {ce, {{"ce", ce.detach()}, {"mixed", torch::zeros({})}}};
   }
   const int64_t h = b.x.size(2), w = b.x.size(3);
   MixupDraw d = draw_mixup(ctx.rng, b.x.size(0), opts_.alpha, /*fold=*/false);
@@ -112,7 +112,9 @@ LossTerms CutMixMethod::loss(StepContext& ctx) {
   const CutMixBox box = cutmix_box(h, w, d.lambda, cy, cx);
   d.lambda = cutmix_lambda(box, h, w);
   const torch::Tensor l = mixup_loss(ctx.model->forward(cutmix_images(b.x, d.perm, box), ctx.head), b.y, d);
-  return {l, {{"cutmix_ce", l.detach()}}};
+  // Both branches log the same parts, so their averages over a logging window mean something: the
+  // step's loss, and the fraction of batches that were cut and mixed.
+  return {l, {{"ce", l.detach()}, {"mixed", torch::ones({})}}};
 }
 
 void register_mixup_methods(MethodRegistry& r) {
