@@ -12,6 +12,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
+#include "xfer/methods/datl.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -86,7 +87,12 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
       !opts.backbone.empty() ? opts.backbone : pretrained ? pretrained->arch().backbone : "cnn4");
   opts.backbone = backbone;
 
-  const Task task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  Task task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
+  XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
+             "of `xfer pretrain`");
+  const SampledSource sampled = sample_source(task.train, opts.sampling, static_cast<uint64_t>(opts.seed));
+  task.train = sampled.data;
   std::unique_ptr<Task> source;
   XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
              " draws on source data: pass --source SPEC");
@@ -117,7 +123,9 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
   batches.add("target", std::make_unique<BatchStream>(task.train, arch.input, opts.loader,
                                                       derive_seed(static_cast<uint64_t>(opts.seed), "target"),
                                                       nullptr, device));
-  std::unique_ptr<Method> method = config.build();
+  std::unique_ptr<Method> method = sampled.loss_weights.empty()
+                                       ? config.build()
+                                       : std::make_unique<ImportanceWeightedCrossEntropy>(sampled.loss_weights);
   SetupContext ctx{task,   source.get(), pretrained, batches, opts.loader, static_cast<uint64_t>(opts.seed),
                    device, head,         opts.trainer.iterations};
   method->setup(model, ctx);
@@ -146,6 +154,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"val_size", task.val.size()},
                            {"test_size", task.test.size()},
                            {"classes", task.class_names()}};
+  if (!sampled.summary.is_null()) result["sampling"] = sampled.summary;
   result.update(fit);
   write_json_file((fs::path(opts.out) / "result.json").string(), result);
   return result;
@@ -171,6 +180,8 @@ void RunOptions::fields(Fields& f) {
   trainer.fields(f);
   f.group("Batches");
   loader.fields(f);
+  f.group("Pre-training data (Domain Adaptive Transfer Learning)");
+  sampling.fields(f);
 }
 
 torch::Device parse_device(const std::string& text) {
