@@ -15,6 +15,7 @@
 
 #include "xfer/data/loader.h"
 #include "xfer/methods/registry.h"
+#include "xfer/source/importance.h"
 #include "xfer/train/trainer.h"
 
 namespace xfer {
@@ -35,6 +36,7 @@ struct RunOptions {
   bool overwrite = false;
   TrainerOptions trainer;
   LoaderOptions loader;
+  PretrainSampling sampling;  // pretrain only: importance weights (Domain Adaptive Transfer Learning)
 
   void fields(Fields& f);
 };
@@ -53,6 +55,7 @@ struct PreparedRun {
   std::unique_ptr<Method> method;
   torch::Device device = torch::kCPU;
   int threads = 1;
+  nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
 };
 
 /// Builds a run of `command` ("finetune" or "pretrain"). `when_valid`, if given, receives the resolved
@@ -64,7 +67,9 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
 
 /// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns result.json.
 nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
-/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json.
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json. With
+/// opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
+/// result.json then holds "sampling": the matcher, the size and the number of unique examples.
 nlohmann::json run_pretrain(RunOptions opts);
 
 /// The resolved configuration as written to config.json.

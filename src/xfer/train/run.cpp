@@ -12,6 +12,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
+#include "xfer/methods/datl.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -91,6 +92,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"val_size", r.task.val.size()},
                            {"test_size", r.task.test.size()},
                            {"classes", r.task.class_names()}};
+  if (!r.sampling.is_null()) result["sampling"] = r.sampling;
   result.update(fit);
   write_json_file((fs::path(opts.out) / "result.json").string(), result);
   return result;
@@ -116,6 +118,8 @@ void RunOptions::fields(Fields& f) {
   trainer.fields(f);
   f.group("Batches");
   loader.fields(f);
+  f.group("Pre-training data (Domain Adaptive Transfer Learning)");
+  sampling.fields(f);
 }
 
 torch::Device parse_device(const std::string& text) {
@@ -196,6 +200,12 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
       !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
 
   r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
+  XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
+             "of `xfer pretrain`");
+  SampledSource sampled = sample_source(r.task.train, opts.sampling, static_cast<uint64_t>(opts.seed));
+  r.task.train = sampled.data;
+  r.sampling = sampled.summary;
   XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
              " draws on source data: pass --source SPEC");
   if (!pretraining && !opts.source.empty())
@@ -220,7 +230,9 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   r.batches.add("target", std::make_unique<BatchStream>(r.task.train, arch.input, opts.loader,
                                                         derive_seed(static_cast<uint64_t>(opts.seed), "target"),
                                                         nullptr, r.device));
-  r.method = config.build();
+  r.method = sampled.loss_weights.empty()
+                 ? config.build()
+                 : std::make_unique<ImportanceWeightedCrossEntropy>(sampled.loss_weights);
   SetupContext ctx{r.task,   r.source.get(), r.pretrained, r.batches, opts.loader, static_cast<uint64_t>(opts.seed),
                    r.device, r.head,         opts.trainer.iterations};
   r.method->setup(r.model, ctx);
