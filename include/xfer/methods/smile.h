@@ -89,6 +89,7 @@ class SmileMethod : public Method {
  private:
   Options opts_;
   Teacher teacher_;
+  bool channels_last_ = false;  // the teacher runs in channels-last layout (on the CPU)
 };
 
 /// Registers smile.
