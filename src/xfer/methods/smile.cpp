@@ -65,8 +65,8 @@ void SmileMethod::Options::fields(Fields& f) {
   f.add("gamma_fc", gamma_fc, "weight of L_FC, the aux head's mixup loss against the teacher's source-class "
                               "probabilities")
       .non_negative();
-  f.add("fe", fe, "use L_FE (--no-fe: the 'w/o L_FE' ablation)");
-  f.add("fc", fc, "use L_FC and the aux head (--no-fc: the 'w/o L_FC' ablation)");
+  f.add("fe", fe, "use L_FE (off: the paper's 'w/o L_FE' ablation)");
+  f.add("fc", fc, "use L_FC and the aux head (off: the paper's 'w/o L_FC' ablation)");
   f.add("fe_form", fe_form, "L_FE as the authors' code (Frobenius norm of the batch's maps over h*w) or as the "
                             "paper's Eq. 5 (squared distance of pooled features, batch mean)")
       .choices({"code", "paper"});
