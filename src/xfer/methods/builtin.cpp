@@ -4,6 +4,7 @@
 #include "xfer/methods/mixup.h"
 #include "xfer/methods/registry.h"
 #include "xfer/methods/regularization.h"
+#include "xfer/methods/smile.h"
 
 namespace xfer {
 
@@ -11,6 +12,7 @@ void register_builtin_methods(MethodRegistry& r) {
   register_finetune_methods(r);
   register_regularization_methods(r);
   register_mixup_methods(r);
+  register_smile_methods(r);
 }
 
 }  // namespace xfer
