@@ -85,6 +85,8 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_eval_command());
   commands.push_back(make_methods_command());
   commands.push_back(make_data_command());
+  commands.push_back(make_gradmix_pseudo_command());
+  commands.push_back(make_gradmix_weights_command());
 
   try {
     for (auto& c : commands) c->add(app, args);

@@ -36,6 +36,8 @@ std::unique_ptr<Command> make_eval_command();
 std::unique_ptr<Command> make_methods_command();
 std::unique_ptr<Command> make_data_command();
 std::unique_ptr<Command> make_demo_command();
+std::unique_ptr<Command> make_gradmix_pseudo_command();
+std::unique_ptr<Command> make_gradmix_weights_command();
 
 /// Registers every field as a flag: --name VALUE, and --name / --no-name for booleans. Fields whose
 /// names are in `skip` are left out.
