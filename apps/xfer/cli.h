@@ -38,6 +38,8 @@ std::unique_ptr<Command> make_methods_command();
 std::unique_ptr<Command> make_data_command();
 std::unique_ptr<Command> make_demo_command();
 std::unique_ptr<Command> make_select_command();
+std::unique_ptr<Command> make_gradmix_pseudo_command();
+std::unique_ptr<Command> make_gradmix_weights_command();
 std::unique_ptr<Command> make_bench_command();
 std::unique_ptr<Command> make_report_command();
 std::unique_ptr<Command> make_weights_command();

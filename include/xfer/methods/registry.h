@@ -46,6 +46,9 @@ struct MethodInfo {
   bool core = false;
   /// Expected time per step relative to l2 (co-training ~2), used to fit the demo in its budget.
   double relative_cost = 1.0;
+  /// Non-empty when the demo's task does not fit the method (GradMix needs labelled sources, one sharing
+  /// the target's classes): the demo skips it and prints this command, which runs it on a task that fits.
+  std::string demo_command;
   std::function<std::unique_ptr<MethodConfig>()> make_config;
 };
 

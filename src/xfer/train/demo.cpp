@@ -43,11 +43,19 @@ std::vector<int64_t> parse_sizes(const std::string& text) {
   return out;
 }
 
-/// Which methods to run, and which were left out for time.
+/// Which methods to run, which were left out for time, and which do not fit the demo's task (`elsewhere`:
+/// they have a `demo_command`).
 std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seconds_per_l2_run, int64_t runs,
-                                            double seconds_left, std::vector<std::string>& skipped) {
+                                            double seconds_left, std::vector<std::string>& skipped,
+                                            std::vector<const MethodInfo*>& elsewhere) {
   std::vector<const MethodInfo*> all, core;
+  elsewhere.clear();
+  const bool listed = opts.methods != "all" && opts.methods != "core" && opts.methods != "auto";
   for (const auto& m : methods().all()) {
+    if (!m.demo_command.empty()) {
+      if (!listed && (m.core || opts.methods != "core")) elsewhere.push_back(&m);
+      continue;
+    }
     all.push_back(&m);
     if (m.core) core.push_back(&m);
   }
@@ -64,8 +72,14 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
   std::vector<const MethodInfo*> chosen;
   std::stringstream ss(opts.methods);
   std::string name;
-  while (std::getline(ss, name, ',')) chosen.push_back(&methods().get(name));
-  XFER_CHECK(!chosen.empty(), "--methods is empty");
+  while (std::getline(ss, name, ',')) {
+    const MethodInfo& m = methods().get(name);
+    if (m.demo_command.empty())
+      chosen.push_back(&m);
+    else
+      elsewhere.push_back(&m);
+  }
+  XFER_CHECK(!chosen.empty() || !elsewhere.empty(), "--methods is empty");
   return chosen;
 }
 
@@ -94,7 +108,8 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   DatasetSpec::parse(opts.source);
   DatasetSpec::parse(opts.target);
   std::vector<std::string> skipped;
-  pick_methods(opts, 0, 0, 0, skipped);  // an unknown method name fails here, before any training
+  std::vector<const MethodInfo*> elsewhere;
+  pick_methods(opts, 0, 0, 0, skipped, elsewhere);  // an unknown method name fails here, before any training
   skipped.clear();
   make_dirs(opts.out);
 
@@ -153,7 +168,7 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   out << "Fine-tuning; the first l2 run sizes the demo to --budget " << opts.budget << " min" << std::endl;
   const double first = run_one(l2, sizes[0], 0, 1, 0);
   const double left = opts.budget * 60 - (now_seconds() - start);
-  const auto chosen = pick_methods(opts, first, runs_per_method, left, skipped);
+  const auto chosen = pick_methods(opts, first, runs_per_method, left, skipped, elsewhere);
   int64_t total = static_cast<int64_t>(chosen.size()) * runs_per_method, index = 1;
   if (std::find(chosen.begin(), chosen.end(), &l2) == chosen.end()) total += 1;
   out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds << " seeds ("
@@ -204,6 +219,10 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
     md << "\nNot run, to stay within --budget " << opts.budget << " min: " << names
        << ".\nRun them with: xfer demo --methods " << names << "   (or --methods all)\n";
   }
+  if (!elsewhere.empty()) {
+    md << "\nNot run: this task does not fit them. Run each on a task that does:\n";
+    for (const auto* m : elsewhere) md << "  " << m->name << ": " << m->demo_command << "\n";
+  }
   out << "\n" << md.str();
   const double elapsed = now_seconds() - start;
   out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << (fs::path(opts.out) / "").string() << "\n";
@@ -212,6 +231,7 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs_table.csv());
   nlohmann::json demo = {{"xfer_version", kVersion}, {"source_model", source_dir}, {"summary", summary},
                          {"runs", runs_json},        {"skipped", skipped},        {"seconds", elapsed}};
+  for (const auto* m : elsewhere) demo["not_fitting"].push_back(m->name);
   write_json_file((fs::path(opts.out) / "demo.json").string(), demo);
   return demo;
 }

@@ -1,0 +1,133 @@
+#pragma once
+/// GradMix (Xu, Zhang, Wang, Hoi, WACV 2020, "GradMix: Multi-source Transfer across Domains and Tasks")
+/// and the baselines of its Table 1.
+///
+/// Setting: labelled sources S_1..S_k (`--sources "SPEC;SPEC"`, each with its own label space), a small
+/// labelled target set V (the --target spec's train split), the target's hyper-validation set (its
+/// val split: the Trainer selects and reports on it), and unlabelled target images U (`--unlabelled`:
+/// by default the target spec's unused training images). A source whose class names equal the target's
+/// (same names, same order) shares the "target" head; every other source i gets its own head "s<i>"
+/// (a copy of the --init model's "source" head when that has the same classes, else fresh).
+///
+/// `gradmix`, per step (section 3.3, 3.4):
+///   g_i = grad of CE on a batch of S_i, for every shared parameter (the backbone)       one backward each
+///   g_V = grad of CE on a batch of V (head "target")                                     one backward
+///   per layer l:  w^l = argmax_{w>=0} cossim(sum_i w_i g_i^l, g_V^l), normalised to sum 1  (Eq. 6, 7; SLSQP)
+///   backbone grad^l = sum_i w_i^l g_i^l;  each head: the gradient of its own source(s)
+///   rho = sum_l cossim(sum_i w_i^l g_i^l, g_V^l);  lr *= eta = 1/(1+exp(-(beta rho - gamma)))  (Eq. 8-10)
+/// A layer is a module owning parameters (a convolution, a batch norm, a linear layer: the paper's
+/// "layer with parameter theta^l"); `--layers tensor` weighs each parameter tensor and `--layers global`
+/// uses one weight per source for the whole backbone (Eq. 4). When SLSQP fails on a layer, that layer
+/// keeps its previous weights and the step's `slsqp_failures` counts it; the run never stops for it.
+/// The weights are method state (checkpointed) and logged per layer as `w/LAYER/s<i>`. When several
+/// sources share the target head (S_u, or two labelled sources with the target's classes), the target
+/// head is mixed among them in the same way (`w/head/s<i>`; not part of rho, which sums layers 1..L-1).
+///
+/// `gradmix-sgd`: one weight per source by learning to reweight (Ren et al. 2018): w_i ∝ max(g_V.g_i, 0)
+/// over the whole backbone (see `reweight_by_meta_gradient`), then the same update and adaptive lr.
+/// Baselines: `source-only` (backbone grad = sum_i g_i, Eq. 1), `target-only` (CE on V only) and
+/// `finetune` (source-only, then CE on V from `--switch-at` of the run on, at `--finetune-lr-scale`; the
+/// phase is a pure function of the step).
+///
+/// Unlabelled target data (sections 3.5, 3.6), for gradmix and gradmix-sgd:
+///   --pseudo FILE   ensemble probabilities written by `xfer gradmix-pseudo`; hard labels (all models agree,
+///                   each above --pseudo-threshold) or soft labels (their mean, KL loss) form one more
+///                   source S_u on the target head, mixed like the others; V is enlarged to --enlarge-v
+///                   per class with hard-labelled images.
+///   --ssl vat|mixmatch  adds VAT or MixMatch on U (methods/semi.h) to the mixed gradient, unmixed.
+#include <string>
+#include <vector>
+
+#include "xfer/core/fields.h"
+#include "xfer/methods/method.h"
+#include "xfer/methods/registry.h"
+
+namespace xfer {
+
+class GradMixMethod : public Method {
+ public:
+  enum class Mode { gradmix, sgd, source_only, target_only, finetune };
+
+  struct Options {
+    Mode mode = Mode::gradmix;  // set by the registry entry, not a flag
+    std::string sources;        // "SPEC;SPEC;..."; empty: --source
+    std::string shared_sources = "auto";  // "auto" (same class names as the target) or indices "0,2"
+    int64_t v_batch = 0;        // V batch size; 0: min(|V|, --batch-size)
+    // gradmix, gradmix-sgd
+    bool adalr = true;
+    double beta = 10, gamma = 1;
+    std::string layers = "module";  // module | tensor | global
+    std::string unlabelled = "rest";  // "rest" (the target spec's unused training images) or a spec
+    std::string ssl = "none";         // none | vat | mixmatch
+    double vat_epsilon = 2.0, vat_xi = 1e-6, vat_weight = 1.0;
+    double mixmatch_weight = 10, mixmatch_rampup = 0.4, mixmatch_t = 0.5, mixmatch_alpha = 0.75;
+    int64_t mixmatch_k = 2;
+    std::string pseudo;               // ensemble file of `xfer gradmix-pseudo`
+    std::string pseudo_mode = "hard";  // hard | soft
+    double pseudo_threshold = 0.8;
+    int64_t enlarge_v = 100;          // per class, with hard labels (0: off)
+    // finetune
+    double switch_at = 0.5, finetune_lr_scale = 0.1;
+
+    void fields(Fields& f);
+    /// Cross-field checks (fields() checks each value alone).
+    void check() const;
+  };
+
+  explicit GradMixMethod(Options options);
+  static const char* mode_name(Mode mode);
+
+  void setup(Model& model, SetupContext& ctx) override;
+  /// CE on a V batch (target-only, and gradmix-finetune's second phase).
+  LossTerms loss(StepContext& ctx) override;
+  LossTerms compute_gradients(StepContext& ctx) override;
+  void save(torch::serialize::OutputArchive& out) const override;
+  void load(torch::serialize::InputArchive& in) override;
+
+  /// The mixing layers (short module names, "all" for --layers global) and their current weights
+  /// (one row per layer, one weight per source, the pseudo-labelled source last).
+  const std::vector<std::string>& layer_names() const { return layer_names_; }
+  const std::vector<std::vector<double>>& weights() const { return weights_; }
+  /// The sources' names, "s0", "s1", ..., and "pseudo".
+  std::vector<std::string> source_names() const;
+  int64_t solver_failures() const { return failures_; }
+  /// Seconds spent computing the layers' inner products and solving for the weights, since setup.
+  double solver_seconds() const { return solver_seconds_; }
+
+ private:
+  struct Source {
+    std::string name;    // "s0", ..., "pseudo"
+    std::string stream;  // batch stream
+    std::string head;    // "target" or "s<i>"
+    torch::Tensor soft;  // soft pseudo-labels (N, K) indexed by the stream's positions; undefined: hard labels
+  };
+  LossTerms mixed_step(StepContext& ctx);
+  LossTerms target_step(StepContext& ctx, double lr_scale);
+  /// The --ssl term on a U batch (MixMatch also mixes in the V batch `v`).
+  torch::Tensor ssl_loss(StepContext& ctx, const Batch& v, std::map<std::string, torch::Tensor>& parts);
+
+  Options opts_;
+  std::vector<Source> sources_;
+  std::vector<torch::Tensor> shared_;              // backbone parameters that train
+  std::vector<std::vector<size_t>> layers_;        // indices into shared_, per layer
+  std::vector<std::string> layer_names_;
+  std::vector<std::vector<double>> weights_;       // per layer, per source
+  std::vector<double> head_weights_;               // per source: its weight on the target head (0: other head)
+  int64_t failures_ = 0;
+  double solver_seconds_ = 0;
+  int64_t classes_ = 0;
+  TensorDataset unlabelled_;                        // U, for --ssl
+  uint64_t aug_seed_ = 0;                           // MixMatch's extra augmentations
+  int64_t crop_pad_ = 0;
+  bool flip_ = false;
+};
+
+/// U for `--unlabelled OPTION`: "rest" gives the training images of the target spec that neither V nor its
+/// val split uses (the spec needs per_class=N); anything else is a spec whose train split is taken, labels
+/// ignored. Shared by the method and `xfer gradmix-pseudo`.
+TensorDataset unlabelled_target_images(const std::string& option, const Task& target, uint64_t seed);
+
+/// Registers gradmix, gradmix-sgd, source-only, target-only and finetune.
+void register_gradmix_methods(MethodRegistry& registry);
+
+}  // namespace xfer
