@@ -2,11 +2,13 @@
 /// order `xfer methods` lists them.
 #include "xfer/methods/finetune.h"
 #include "xfer/methods/registry.h"
+#include "xfer/methods/smooth.h"
 
 namespace xfer {
 
 void register_builtin_methods(MethodRegistry& r) {
   register_finetune_methods(r);
+  register_smooth_methods(r);
 }
 
 }  // namespace xfer
