@@ -8,7 +8,10 @@ function(xfer_add_test_suite name)
   target_link_libraries(${name} PRIVATE xfer_cli GTest::gtest)
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   target_precompile_headers(${name} REUSE_FROM xfer)
-  target_compile_definitions(${name} PRIVATE XFER_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  # Tests that start real `xfer` processes (benchmark suites) run the CLI binary built beside them.
+  target_compile_definitions(${name} PRIVATE XFER_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+                             XFER_BINARY="$<TARGET_FILE:xfer_bin>")
+  add_dependencies(${name} xfer_bin)
   gtest_discover_tests(${name}
     WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}
     PROPERTIES TIMEOUT 300

@@ -35,10 +35,14 @@ class Command {
 std::unique_ptr<Command> make_pretrain_command();
 std::unique_ptr<Command> make_finetune_command();
 std::unique_ptr<Command> make_eval_command();
+std::unique_ptr<Command> make_analyze_command();
 std::unique_ptr<Command> make_methods_command();
 std::unique_ptr<Command> make_data_command();
 std::unique_ptr<Command> make_demo_command();
 std::unique_ptr<Command> make_search_command();
+std::unique_ptr<Command> make_bench_command();
+std::unique_ptr<Command> make_report_command();
+std::unique_ptr<Command> make_weights_command();
 
 /// Registers every field as a flag: --name VALUE, and --name / --no-name for booleans. Fields whose
 /// names are in `skip` are left out.

@@ -55,7 +55,9 @@ TEST(Teacher, EmaReachesTheClosedFormAndSkipsHeadsAndBnStatistics) {
   EXPECT_TRUE(torch::allclose(teacher.model()->backbone->parameters()[0], dn * t0 + (1 - dn) * s, 1e-5, 1e-6));
   EXPECT_TRUE(torch::equal(teacher.model()->head("source")->weight, head0));
   for (const auto& b : teacher.model()->backbone->named_buffers()) {
-    if (b.key().find("running_var") != std::string::npos) EXPECT_FALSE(torch::all(b.value() == 3).item<bool>());
+    if (b.key().find("running_var") != std::string::npos) {
+      EXPECT_FALSE(torch::all(b.value() == 3).item<bool>());
+    }
   }
 }
 

@@ -7,12 +7,15 @@
 ///                      step, iterations, train seconds, samples/s
 ///   DIR/checkpoints/   last.pt (everything to resume) and best.pt (best on validation)
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "xfer/data/loader.h"
 #include "xfer/methods/registry.h"
+#include "xfer/source/importance.h"
 #include "xfer/train/trainer.h"
 
 namespace xfer {
@@ -33,13 +36,40 @@ struct RunOptions {
   bool overwrite = false;
   TrainerOptions trainer;
   LoaderOptions loader;
+  PretrainSampling sampling;  // pretrain only: importance weights (Domain Adaptive Transfer Learning)
 
   void fields(Fields& f);
 };
 
+/// Everything a run trains with, built from its options: the task (and source data), the frozen --init
+/// model, the model to train (initialised from it), the batch streams, and the method, set up.
+struct PreparedRun {
+  std::string command, head;  // head: "target" (finetune) or "source" (pretrain)
+  RunOptions opts;            // resolved: backbone filled in
+  const MethodInfo* info = nullptr;
+  Task task;
+  std::unique_ptr<Task> source;
+  Model pretrained{nullptr};
+  Model model{nullptr};
+  Batches batches;
+  std::unique_ptr<Method> method;
+  torch::Device device = torch::kCPU;
+  int threads = 1;
+  nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
+};
+
+/// Builds a run of `command` ("finetune" or "pretrain"). `when_valid`, if given, receives the resolved
+/// configuration once every input is validated and the method is set up (the run creates its output
+/// directory there, so bad input leaves no files behind).
+std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& opts, const MethodInfo& info,
+                                         MethodConfig& config,
+                                         const std::function<void(const nlohmann::json&)>& when_valid = nullptr);
+
 /// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns result.json.
 nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
-/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json.
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json. With
+/// opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
+/// result.json then holds "sampling": the matcher, the size and the number of unique examples.
 nlohmann::json run_pretrain(RunOptions opts);
 
 /// The resolved configuration as written to config.json.

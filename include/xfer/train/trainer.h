@@ -39,6 +39,9 @@ struct TrainerOptions {
   void fields(Fields& f);
 };
 
+/// The method's parameter groups with frozen parameters dropped, and empty groups with them.
+std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult);
+
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
 /// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
 /// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.

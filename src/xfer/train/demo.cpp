@@ -1,6 +1,5 @@
 #include "xfer/train/demo.h"
 
-#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -16,6 +15,7 @@
 #include "xfer/methods/registry.h"
 #include "xfer/models/backbone.h"
 #include "xfer/report/table.h"
+#include "xfer/train/pretrained.h"
 #include "xfer/train/run.h"
 
 namespace fs = std::filesystem;
@@ -41,43 +41,6 @@ std::vector<int64_t> parse_sizes(const std::string& text) {
   }
   XFER_CHECK(!out.empty(), "--sizes is empty");
   return out;
-}
-
-std::string default_cache() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return (fs::path(xdg) / "xfer").string();
-  if (const char* home = std::getenv("HOME"); home && *home) return (fs::path(home) / ".cache" / "xfer").string();
-  return ".cache/xfer";
-}
-
-/// The source model, pre-trained once per configuration and kept in the cache.
-std::string pretrained_source(const DemoOptions& opts, std::ostream& out) {
-  RunOptions p;
-  p.source = opts.source;
-  p.backbone = opts.backbone;
-  p.threads = opts.threads;
-  p.trainer.iterations = opts.pretrain_iterations;
-  p.trainer.optim.lr = 0.05;
-  p.trainer.schedule.schedule = "cosine";
-  p.trainer.schedule.warmup = 0.02;
-  p.loader.batch_size = 128;
-  const nlohmann::json key = config_json("pretrain", p, nullptr);
-  const std::string hash = cat(std::hex, derive_seed(0, key.dump()));
-  const std::string dir = (fs::path(opts.cache.empty() ? default_cache() : opts.cache) / ("source-" + hash)).string();
-  if (fs::exists(fs::path(dir) / "result.json") && fs::exists(fs::path(dir) / "checkpoints" / "best.pt")) {
-    const auto r = read_json_file((fs::path(dir) / "result.json").string());
-    out << "Source model: cached in " << dir << " (test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1)
-        << "%)\n";
-    return dir;
-  }
-  out << "Pre-training the source model on " << opts.source << " (" << opts.pretrain_iterations
-      << " steps, cached afterwards in " << dir << ") ..." << std::endl;
-  p.out = dir;
-  p.overwrite = true;
-  const double t0 = now_seconds();
-  const auto r = run_pretrain(p);
-  out << "Source model: test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1) << "% in "
-      << fixed(now_seconds() - t0, 0) << " s\n";
-  return dir;
 }
 
 /// Which methods to run, and which were left out for time.
@@ -135,7 +98,9 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   skipped.clear();
   make_dirs(opts.out);
 
-  const std::string source_dir = pretrained_source(opts, out);
+  RunOptions pretrain = source_pretrain_options(opts.source, opts.backbone, opts.pretrain_iterations);
+  pretrain.threads = opts.threads;
+  const std::string source_dir = cached_pretrain(pretrain, opts.cache, out);
   const int64_t runs_per_method = static_cast<int64_t>(sizes.size()) * opts.seeds;
   const int saved_verbosity = verbosity();
 

@@ -12,6 +12,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
+#include "xfer/methods/datl.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -60,74 +61,19 @@ void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool 
 }
 
 nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
-  const int threads = set_threads(static_cast<int>(opts.threads));
-  tune_allocator();
-  const torch::Device device = parse_device(opts.device);
-  const bool pretraining = command == "pretrain";
-  const std::string head = pretraining ? "source" : "target";
-  const std::string& spec = pretraining ? opts.source : opts.target;
-  XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
-             " (for example fmnist:classes=2,4,6,7,9:per_class=10)");
   if (opts.out.empty()) opts.out = default_out(command, opts.method);
-
-  // The pretrained model, frozen.
-  XFER_CHECK(!(info.needs_init && opts.init.empty()), "method ", info.name,
-             " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
-  XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
-             " trains from random initialisation; drop --init ", opts.init);
-  Model pretrained{nullptr};
-  if (!opts.init.empty()) {
-    pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
-    freeze(*pretrained);
-    pretrained->eval();
-    pretrained->to(device);
-  }
-  const std::string backbone = normalise_backbone_spec(
-      !opts.backbone.empty() ? opts.backbone : pretrained ? pretrained->arch().backbone : "cnn4");
-  opts.backbone = backbone;
-
-  const Task task = load_task(spec, static_cast<uint64_t>(opts.seed));
-  std::unique_ptr<Task> source;
-  XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
-             " draws on source data: pass --source SPEC");
-  if (!pretraining && !opts.source.empty())
-    source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
-
-  Arch arch;
-  arch.backbone = backbone;
-  arch.in_channels = task.train.channels();
-  arch.height = task.train.height();
-  arch.width = task.train.width();
-  arch.input = pretrained ? pretrained->arch().input : compute_normalization(task.train.images);
-  arch.heads = {{head, task.class_names()}};
-  if (pretrained) {
-    const std::string why = arch.mismatch(pretrained->arch(), /*with_heads=*/false);
-    XFER_CHECK(why.empty(), "--init ", opts.init, ": ", why);
-  }
-  seed_global(derive_seed(static_cast<uint64_t>(opts.seed), "init"));
-  Model model(arch);
-  if (pretrained) copy_state(*pretrained, *model, "backbone.");
-  model->to(device);
-
-  const nlohmann::json cfg = config_json(command, opts, &config);
-  prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
-  if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
-
-  Batches batches;
-  batches.add("target", std::make_unique<BatchStream>(task.train, arch.input, opts.loader,
-                                                      derive_seed(static_cast<uint64_t>(opts.seed), "target"),
-                                                      nullptr, device));
-  std::unique_ptr<Method> method = config.build();
-  SetupContext ctx{task,   source.get(), pretrained, batches, opts.loader, static_cast<uint64_t>(opts.seed),
-                   device, head,         opts.trainer.iterations};
-  method->setup(model, ctx);
-
-  log_info(cat(command, " ", info.name, " on ", spec, ": ", task.train.size(), " training examples, ",
-               task.val.size(), " validation, ", task.test.size(), " test; backbone ", backbone, "; ", threads,
-               " threads; output in ", opts.out));
+  const auto prepared = prepare_run(command, opts, info, config, [&](const nlohmann::json& cfg) {
+    prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
+    if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
+  });
+  PreparedRun& r = *prepared;
+  const std::string& spec = r.task.spec;
+  log_info(cat(command, " ", info.name, " on ", spec, ": ", r.task.train.size(), " training examples, ",
+               r.task.val.size(), " validation, ", r.task.test.size(), " test; backbone ", r.opts.backbone, "; ",
+               r.threads, " threads; output in ", opts.out));
   Trainer trainer(opts.trainer, opts.out);
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
-  nlohmann::json fit = trainer.fit(model, *method, batches, task, head, static_cast<uint64_t>(opts.seed),
+  nlohmann::json fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
                                    opts.resume, meta);
 
   if (fit.contains("stopped_at")) return fit;  // not finished: no result.json yet
@@ -138,14 +84,15 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"target", opts.target},
                            {"source", opts.source},
                            {"init", opts.init},
-                           {"backbone", backbone},
+                           {"backbone", r.opts.backbone},
                            {"seed", opts.seed},
-                           {"threads", threads},
+                           {"threads", r.threads},
                            {"xfer_version", kVersion},
-                           {"train_size", task.train.size()},
-                           {"val_size", task.val.size()},
-                           {"test_size", task.test.size()},
-                           {"classes", task.class_names()}};
+                           {"train_size", r.task.train.size()},
+                           {"val_size", r.task.val.size()},
+                           {"test_size", r.task.test.size()},
+                           {"classes", r.task.class_names()}};
+  if (!r.sampling.is_null()) result["sampling"] = r.sampling;
   result.update(fit);
   write_json_file((fs::path(opts.out) / "result.json").string(), result);
   return result;
@@ -171,6 +118,8 @@ void RunOptions::fields(Fields& f) {
   trainer.fields(f);
   f.group("Batches");
   loader.fields(f);
+  f.group("Pre-training data (Domain Adaptive Transfer Learning)");
+  sampling.fields(f);
 }
 
 torch::Device parse_device(const std::string& text) {
@@ -216,6 +165,79 @@ void read_config(const nlohmann::json& config, RunOptions& opts, MethodConfig* m
     method_config->fields(mf);
     mf.read_json(config["method_options"], where + " method_options");
   }
+}
+
+std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& options,
+                                         const MethodInfo& info, MethodConfig& config,
+                                         const std::function<void(const nlohmann::json&)>& when_valid) {
+  auto prepared = std::make_unique<PreparedRun>();
+  PreparedRun& r = *prepared;
+  r.opts = options;
+  RunOptions& opts = r.opts;
+  r.info = &info;
+  r.command = command;
+  r.threads = set_threads(static_cast<int>(opts.threads));
+  tune_allocator();
+  r.device = parse_device(opts.device);
+  const bool pretraining = command == "pretrain";
+  r.head = pretraining ? "source" : "target";
+  const std::string& spec = pretraining ? opts.source : opts.target;
+  XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
+             " (for example fmnist:classes=2,4,6,7,9:per_class=10)");
+
+  // The pretrained model, frozen.
+  XFER_CHECK(!(info.needs_init && opts.init.empty()), "method ", info.name,
+             " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
+  XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
+             " trains from random initialisation; drop --init ", opts.init);
+  if (!opts.init.empty()) {
+    r.pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
+    freeze(*r.pretrained);
+    r.pretrained->eval();
+    r.pretrained->to(r.device);
+  }
+  opts.backbone = normalise_backbone_spec(
+      !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
+
+  r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
+  XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
+             "of `xfer pretrain`");
+  SampledSource sampled = sample_source(r.task.train, opts.sampling, static_cast<uint64_t>(opts.seed));
+  r.task.train = sampled.data;
+  r.sampling = sampled.summary;
+  XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
+             " draws on source data: pass --source SPEC");
+  if (!pretraining && !opts.source.empty())
+    r.source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
+
+  Arch arch;
+  arch.backbone = opts.backbone;
+  arch.in_channels = r.task.train.channels();
+  arch.height = r.task.train.height();
+  arch.width = r.task.train.width();
+  arch.input = r.pretrained ? r.pretrained->arch().input : compute_normalization(r.task.train.images);
+  arch.heads = {{r.head, r.task.class_names()}};
+  if (r.pretrained) {
+    const std::string why = arch.mismatch(r.pretrained->arch(), /*with_heads=*/false);
+    XFER_CHECK(why.empty(), "--init ", opts.init, ": ", why);
+  }
+  seed_global(derive_seed(static_cast<uint64_t>(opts.seed), "init"));
+  r.model = Model(arch);
+  if (r.pretrained) copy_state(*r.pretrained, *r.model, "backbone.");
+  r.model->to(r.device);
+
+  r.batches.add("target", std::make_unique<BatchStream>(r.task.train, arch.input, opts.loader,
+                                                        derive_seed(static_cast<uint64_t>(opts.seed), "target"),
+                                                        nullptr, r.device));
+  r.method = sampled.loss_weights.empty()
+                 ? config.build()
+                 : std::make_unique<ImportanceWeightedCrossEntropy>(sampled.loss_weights);
+  SetupContext ctx{r.task,   r.source.get(), r.pretrained, r.batches, opts.loader, static_cast<uint64_t>(opts.seed),
+                   r.device, r.head,         opts.trainer.iterations};
+  r.method->setup(r.model, ctx);
+  if (when_valid) when_valid(config_json(command, opts, &config));
+  return prepared;
 }
 
 nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config) {

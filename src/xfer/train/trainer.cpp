@@ -77,6 +77,18 @@ void TrainerOptions::fields(Fields& f) {
       .non_negative();
 }
 
+std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
+  std::vector<ParamGroup> groups;
+  for (auto& g : method.param_groups(model, head_lr_mult)) {
+    std::vector<torch::Tensor> trainable;
+    for (auto& p : g.params)
+      if (p.requires_grad()) trainable.push_back(p);
+    g.params = std::move(trainable);
+    if (!g.params.empty()) groups.push_back(std::move(g));
+  }
+  return groups;
+}
+
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
                         double lr, StepContext& ctx) {
   set_learning_rates(optimizer, groups, lr);
@@ -130,14 +142,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   XFER_CHECK(!(opts_.select == "best" && !has_val), "--select best needs a validation split; add val=N to the ",
              "dataset spec");
 
-  std::vector<ParamGroup> groups;
-  for (auto& g : method.param_groups(model, opts_.head_lr_mult)) {
-    std::vector<torch::Tensor> trainable;
-    for (auto& p : g.params)
-      if (p.requires_grad()) trainable.push_back(p);
-    g.params = std::move(trainable);
-    if (!g.params.empty()) groups.push_back(std::move(g));
-  }
+  const std::vector<ParamGroup> groups = trainable_param_groups(method, model, opts_.head_lr_mult);
   auto optimizer = make_optimizer(opts_.optim, groups);
   at::Generator rng = make_generator(derive_seed(seed, "method"));
 

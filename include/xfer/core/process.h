@@ -1,0 +1,29 @@
+#pragma once
+/// Child processes: fresh processes of a binary (never fork() of a process whose torch thread pools are
+/// running), with their output in files. Used by `xfer bench` (one process per run).
+#include <sys/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace xfer {
+
+/// The path of the running executable.
+std::string self_executable();
+
+/// Starts `argv[0]` with `argv`, stdout and stderr appended to the given files ("" keeps the parent's),
+/// with `env` added to the parent's environment. BadInput naming the program if it cannot start.
+pid_t spawn_process(const std::vector<std::string>& argv, const std::string& stdout_path,
+                    const std::string& stderr_path, const std::map<std::string, std::string>& env = {});
+
+struct ExitStatus {
+  pid_t pid = -1;
+  int code = 0;    // exit code, or 128 + signal for a killed process
+  int signal = 0;  // the signal that killed it, 0 if it exited
+  bool ok() const { return code == 0; }
+};
+/// Waits for any child (pid -1) or one child; retries on EINTR.
+ExitStatus wait_process(pid_t pid = -1);
+
+}  // namespace xfer

@@ -1,0 +1,90 @@
+#pragma once
+/// Benchmark suites: methods x tasks x seeds, each run an independent `xfer finetune` process, gathered
+/// into paper-style tables (`xfer bench`).
+///
+/// A suite is a JSON file, `bench/suites/NAME.json` or any path:
+///
+///   {
+///     "description": "what it reproduces",
+///     "pretrain": {"source": SPEC, "backbone": "cnn4", "iterations": 2000},  // the source model (cached);
+///                                   // any `xfer pretrain` option; null: no source model
+///     "run": {"iterations": 300},   // `xfer finetune` options for every run
+///     "seeds": 3,                   // or a list: [0, 1, 2]
+///     "tasks": [{"name": "10/class", "target": SPEC, "source": SPEC, "run": {...}}, ...],
+///     "methods": ["l2", "core", "all",
+///                 {"label": "xmixup, random aux", "method": "xmixup", "options": {"aux": "random"},
+///                  "run": {...}, "pretrain": {...}, "optional": true}],
+///     "timing": {"task": "10/class", "steps": 60}   // or false
+///   }
+///
+/// Options merge left to right: the suite's "run", the task's, the method entry's. A method that draws on
+/// source data gets the task's "source" (default: the pre-training source). A method that fine-tunes gets
+/// the source model; a method entry's "pretrain" is merged over the suite's (a different source model).
+/// "all" and "core" expand to the registered methods. An unknown method is refused before anything runs,
+/// unless its entry says "optional": true (then it is skipped with a note: a method not built yet).
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "xfer/report/summary.h"
+
+namespace xfer {
+
+class Fields;
+
+struct SuiteMethod {
+  std::string label;  // shown in tables; unique in the suite
+  std::string method;
+  nlohmann::json options = nlohmann::json::object();  // method options
+  nlohmann::json run = nlohmann::json::object();      // finetune options
+  nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
+};
+
+struct SuiteTask {
+  std::string name, target, source;
+  nlohmann::json run = nlohmann::json::object();
+};
+
+struct Suite {
+  std::string name, description;
+  nlohmann::json pretrain;  // null: no source model
+  nlohmann::json run = nlohmann::json::object();
+  std::vector<int64_t> seeds;
+  std::vector<SuiteTask> tasks;
+  std::vector<SuiteMethod> methods;
+  std::vector<std::string> notes;  // methods skipped, and why
+  bool timing = true;
+  std::string timing_task;  // default: the first task
+  int64_t timing_steps = 60;
+};
+
+/// Parses and validates a suite: every method, option, task spec and name is checked here, so a bad
+/// entry is refused, by name, before any run starts.
+Suite parse_suite(const nlohmann::json& json, const std::string& name);
+/// Loads `name_or_path`: a JSON file, or the name of a built-in suite in bench/suites/.
+Suite load_suite(const std::string& name_or_path);
+/// The built-in suites: name and description.
+std::vector<std::pair<std::string, std::string>> builtin_suites();
+
+struct BenchOptions {
+  std::string suite = "quick";
+  std::string out;          // "" = runs/bench-NAME
+  int64_t jobs = 1;         // runs at a time
+  int64_t threads = 0;      // threads per run; 0 = cores / jobs
+  std::string cache;        // source models; "" = the default cache
+  bool timing = true;       // measure time per step relative to l2 in one process (timing.md)
+  std::string executable;   // the xfer binary that runs each run; "" = this process's executable
+
+  void fields(Fields& f);
+};
+
+/// Runs a suite: pre-trains (or reuses) the source models, runs every method x task x seed as its own
+/// process, `jobs` at a time, skipping runs already finished with the same request, and writes
+/// results.csv, table.md, timing.md and bench.json to the output directory. A failed run does not stop
+/// the suite; its cell says why. Returns bench.json.
+nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out);
+
+}  // namespace xfer

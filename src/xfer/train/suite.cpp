@@ -1,0 +1,521 @@
+#include "xfer/train/suite.h"
+
+#include <algorithm>
+#include <cctype>
+#include <deque>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/core/process.h"
+#include "xfer/core/runtime.h"
+#include "xfer/core/version.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/registry.h"
+#include "xfer/report/table.h"
+#include "xfer/train/pretrained.h"
+#include "xfer/train/run.h"
+#include "xfer/train/timing.h"
+
+#ifndef XFER_SUITE_DIR
+#define XFER_SUITE_DIR "bench/suites"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+/// Object keys must be among `valid`; names the first stray one.
+void suite_check_keys(const nlohmann::json& obj, const std::vector<std::string>& valid, const std::string& where) {
+  XFER_CHECK(obj.is_object(), where, " must be a JSON object, got ", obj.dump());
+  for (const auto& [key, value] : obj.items()) {
+    std::string list;
+    bool ok = false;
+    for (const auto& v : valid) {
+      ok = ok || v == key;
+      list += (list.empty() ? "" : ", ") + v;
+    }
+    XFER_CHECK(ok, where, ": unknown key '", key, "'; valid keys: ", list);
+  }
+}
+
+std::string suite_string(const nlohmann::json& obj, const std::string& key, const std::string& where, bool required) {
+  if (!obj.contains(key)) {
+    XFER_CHECK(!required, where, " needs \"", key, "\"");
+    return "";
+  }
+  XFER_CHECK(obj[key].is_string() && !obj[key].get<std::string>().empty(), where, ".", key,
+             " must be a non-empty string, got ", obj[key].dump());
+  return obj[key].get<std::string>();
+}
+
+nlohmann::json suite_object(const nlohmann::json& obj, const std::string& key, const std::string& where) {
+  if (!obj.contains(key) || obj[key].is_null()) return nlohmann::json::object();
+  XFER_CHECK(obj[key].is_object(), where, ".", key, " must be a JSON object, got ", obj[key].dump());
+  return obj[key];
+}
+
+/// `a` with `b`'s keys laid over it.
+nlohmann::json merged(nlohmann::json a, const nlohmann::json& b) {
+  if (a.is_null()) a = nlohmann::json::object();
+  if (!b.is_null()) a.update(b);
+  return a;
+}
+
+/// The pre-training options of a source model: the demo's recipe, then `json`'s options.
+RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string& where) {
+  RunOptions p = source_pretrain_options("", "cnn4", 2000);
+  Fields f;
+  p.fields(f);
+  f.read_json(json, where);
+  XFER_CHECK(!p.source.empty(), where, " needs \"source\": the dataset spec the source model is trained on");
+  return p;
+}
+
+/// A file-system-friendly name: letters, digits, '-', '_' and '.'; the rest becomes '_'.
+std::string slug(const std::string& s) {
+  std::string out;
+  for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.') ? c : '_';
+  return out;
+}
+
+/// One run of a suite, fully resolved before anything starts.
+struct RunRequest {
+  std::string task, label, dir;
+  int64_t seed = 0;
+  nlohmann::json config;   // what `xfer finetune --config` reads
+  nlohmann::json pretrain; // null, or the source model's options (as JSON)
+};
+
+std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const std::string& cache) {
+  std::vector<RunRequest> plan;
+  for (const auto& t : s.tasks)
+    for (const auto& m : s.methods)
+      for (int64_t seed : s.seeds) {
+        const std::string where = cat("suite ", s.name, ", method '", m.label, "' on task '", t.name, "'");
+        const MethodInfo& info = methods().get(m.method);
+        RunOptions r;
+        Fields f;
+        r.fields(f);
+        f.read_json(merged(merged(s.run, t.run), m.run), where + " (run options)");
+        r.method = m.method;
+        r.target = t.target;
+        r.seed = seed;
+        const nlohmann::json pretrain =
+            m.pretrain.is_object() ? merged(s.pretrain, m.pretrain) : m.pretrain.is_null() ? s.pretrain : nlohmann::json();
+        if (info.needs_source && r.source.empty()) {
+          r.source = !t.source.empty() ? t.source
+                     : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
+                                            : "";
+          XFER_CHECK(!r.source.empty(), where, ": method ", m.method, " draws on source data; give the task a ",
+                     "\"source\" or the suite a \"pretrain\"");
+        }
+        RunRequest q;
+        if (info.allows_init && r.init.empty() && pretrain.is_object()) {
+          const RunOptions p = suite_pretrain_options(pretrain, where + " (pretrain)");
+          r.init = cached_pretrain_dir(p, cache);
+          q.pretrain = pretrain;
+        }
+        if (!info.allows_init && r.backbone.empty() && pretrain.is_object())
+          r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
+        XFER_CHECK(!(info.needs_init && r.init.empty()), where, ": method ", m.method,
+                   " fine-tunes a source model; give the suite a \"pretrain\" block or the run an \"init\"");
+        auto config = info.make_config();
+        Fields mf;
+        config->fields(mf);
+        mf.read_json(m.options.is_null() ? nlohmann::json::object() : m.options, where + " (method options)");
+        q.task = t.name;
+        q.label = m.label;
+        q.seed = seed;
+        q.dir = (fs::path(out) / "runs" / slug(t.name) / slug(m.label) / cat("seed", seed)).string();
+        r.out = q.dir;
+        q.config = config_json("finetune", r, config.get());
+        q.config.erase("out");
+        q.config.erase("threads");
+        q.config.erase("overwrite");
+        q.config.erase("resume");
+        plan.push_back(std::move(q));
+      }
+  return plan;
+}
+
+/// The first line starting with "error: " in a run's log, or its last line.
+std::string run_error(const std::string& log_path, const ExitStatus& status) {
+  if (status.signal) return cat("killed by signal ", status.signal);
+  std::string last;
+  if (fs::exists(log_path)) {
+    std::istringstream in(read_file(log_path));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("error: ", 0) == 0) return line.substr(7);
+      if (!line.empty()) last = line;
+    }
+  }
+  return last.empty() ? cat("exit code ", status.code) : last;
+}
+
+RunRecord record_of(const RunRequest& q) {
+  RunRecord rec;
+  rec.task = q.task;
+  rec.method = q.label;
+  rec.seed = q.seed;
+  rec.dir = q.dir;
+  const fs::path result = fs::path(q.dir) / "result.json";
+  if (!fs::exists(result)) return rec;
+  const nlohmann::json r = read_json_file(result.string());
+  rec.ok = true;
+  rec.test_top1 = r.value("test_top1", 0.0);
+  rec.test_mean_class = r.value("test_mean_class", 0.0);
+  rec.best_val_top1 = r.value("best_val_top1", nlohmann::json()).is_number() ? r["best_val_top1"].get<double>() : -1;
+  rec.step_ms = r.value("step_ms_median", 0.0);
+  return rec;
+}
+
+/// Whether the run in q.dir finished with exactly this request.
+bool already_done(const RunRequest& q) {
+  const fs::path dir(q.dir);
+  if (!fs::exists(dir / "result.json") || !fs::exists(dir / "request.json")) return false;
+  try {
+    return read_json_file((dir / "request.json").string()) == q.config;
+  } catch (const BadInput&) {
+    return false;
+  }
+}
+
+/// timing.md: each method's time per step on one task, relative to l2, measured in this process.
+std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, const std::string& cache,
+                           std::ostream& out) {
+  const std::string task = s.timing_task.empty() ? s.tasks.front().name : s.timing_task;
+  std::vector<const RunRequest*> chosen;
+  for (const auto& q : plan)
+    if (q.task == task && q.seed == s.seeds.front()) chosen.push_back(&q);
+  // l2 is the reference; time it even when the suite does not list it, if it can run here.
+  RunRequest reference;
+  const bool has_l2 = std::any_of(chosen.begin(), chosen.end(), [](const RunRequest* q) { return q->config["method"] == "l2"; });
+  if (!has_l2 && !chosen.empty() && s.pretrain.is_object()) {
+    const RunRequest& any = *chosen.front();
+    reference = any;
+    reference.label = "l2 (reference)";
+    reference.config["method"] = "l2";
+    reference.config["method_options"] = nlohmann::json::object();
+    reference.config["init"] = cached_pretrain_dir(suite_pretrain_options(s.pretrain, "timing"), cache);
+    chosen.insert(chosen.begin(), &reference);
+  }
+  std::vector<std::unique_ptr<PreparedRun>> prepared;
+  std::vector<std::unique_ptr<MethodConfig>> configs;
+  std::vector<PreparedRun*> runs;
+  std::vector<std::string> labels;
+  for (const RunRequest* q : chosen) {
+    try {
+      const MethodInfo& info = methods().get(q->config["method"].get<std::string>());
+      RunOptions r;
+      auto config = info.make_config();
+      read_config(q->config, r, config.get(), "timing request");
+      r.threads = 0;
+      r.out.clear();
+      prepared.push_back(prepare_run("finetune", r, info, *config));
+      configs.push_back(std::move(config));
+      runs.push_back(prepared.back().get());
+      labels.push_back(q->label);
+    } catch (const std::exception& e) {
+      out << "timing: skipped " << q->label << ": " << e.what() << "\n";
+    }
+  }
+  if (runs.empty()) return "No method could be timed.\n";
+  out << "Timing " << runs.size() << " methods on task '" << task << "' in this process ..." << std::endl;
+  StepTimingOptions t;
+  t.steps = s.timing_steps;
+  const std::vector<double> ms = interleaved_step_ms(runs, t);
+  size_t ref = 0;
+  for (size_t i = 0; i < labels.size(); ++i)
+    if (runs[i]->info->name == "l2") {
+      ref = i;
+      break;
+    }
+  Table table({"method", "ms/step", cat("vs ", labels[ref])});
+  table.align_right(1);
+  table.align_right(2);
+  for (size_t i = 0; i < runs.size(); ++i)
+    table.add_row({labels[i], fixed(ms[i], 2), fixed(ms[i] / ms[ref], 2) + "x"});
+  return cat("Time per training step on task '", task, "' (", s.timing_steps, " steps each, interleaved in blocks ",
+             "of ", t.block, " in one process, median; ", runs.front()->threads, " threads)\n\n", table.markdown());
+}
+
+}  // namespace
+
+void BenchOptions::fields(Fields& f) {
+  f.add("suite", suite, "a built-in suite (see --list) or a suite JSON file");
+  f.add("out", out, "output directory (default runs/bench-SUITE)");
+  f.add("jobs", jobs, "runs at a time, each its own process").at_least(1);
+  f.add("threads", threads, "CPU threads per run (0 = cores / jobs)").non_negative();
+  f.add("cache", cache, "cache of pre-trained source models (default $XDG_CACHE_HOME/xfer or ~/.cache/xfer)");
+  f.add("timing", timing, "measure each method's time per step relative to l2 in one process (timing.md)");
+  f.add("executable", executable, "the xfer binary that runs each run (default: this one)");
+}
+
+Suite parse_suite(const nlohmann::json& j, const std::string& name) {
+  const std::string where = "suite " + name;
+  suite_check_keys(j, {"description", "pretrain", "run", "seeds", "tasks", "methods", "timing"}, where);
+  Suite s;
+  s.name = name;
+  s.description = j.value("description", "");
+  if (j.contains("pretrain") && !j["pretrain"].is_null()) {
+    s.pretrain = suite_object(j, "pretrain", where);
+    suite_pretrain_options(s.pretrain, where + ".pretrain");
+  }
+  s.run = suite_object(j, "run", where);
+  {
+    RunOptions r;
+    Fields f;
+    r.fields(f);
+    f.read_json(s.run, where + ".run");
+  }
+  const nlohmann::json seeds = j.value("seeds", nlohmann::json(1));
+  if (seeds.is_number_integer()) {
+    XFER_CHECK(seeds.get<int64_t>() >= 1, where, ".seeds must be >= 1, got ", seeds.dump());
+    for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) s.seeds.push_back(i);
+  } else {
+    XFER_CHECK(seeds.is_array() && !seeds.empty(), where, ".seeds must be a count or a non-empty list, got ",
+               seeds.dump());
+    for (const auto& v : seeds) {
+      XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, where, ".seeds: expected non-negative integers, got ",
+                 v.dump());
+      s.seeds.push_back(v.get<int64_t>());
+    }
+  }
+
+  XFER_CHECK(j.contains("tasks") && j["tasks"].is_array() && !j["tasks"].empty(), where,
+             " needs \"tasks\": a non-empty list");
+  std::set<std::string> task_names;
+  for (size_t i = 0; i < j["tasks"].size(); ++i) {
+    const auto& t = j["tasks"][i];
+    const std::string tw = cat(where, ".tasks[", i, "]");
+    suite_check_keys(t, {"name", "target", "source", "run"}, tw);
+    SuiteTask task;
+    task.target = suite_string(t, "target", tw, true);
+    task.name = t.contains("name") ? suite_string(t, "name", tw, true) : task.target;
+    task.source = suite_string(t, "source", tw, false);
+    task.run = suite_object(t, "run", tw);
+    try {
+      DatasetSpec::parse(task.target);
+      if (!task.source.empty()) DatasetSpec::parse(task.source);
+    } catch (const BadInput& e) {
+      throw BadInput(cat(tw, " ('", task.name, "'): ", e.what()));
+    }
+    XFER_CHECK(task_names.insert(task.name).second, where, ": two tasks are named '", task.name, "'");
+    s.tasks.push_back(std::move(task));
+  }
+
+  XFER_CHECK(j.contains("methods") && j["methods"].is_array() && !j["methods"].empty(), where,
+             " needs \"methods\": a non-empty list");
+  std::set<std::string> labels;
+  auto add = [&](SuiteMethod m, const std::string& mw) {
+    XFER_CHECK(labels.insert(m.label).second, mw, ": the label '", m.label, "' is used twice");
+    s.methods.push_back(std::move(m));
+  };
+  for (size_t i = 0; i < j["methods"].size(); ++i) {
+    const auto& m = j["methods"][i];
+    const std::string mw = cat(where, ".methods[", i, "]");
+    if (m.is_string() && (m == "all" || m == "core")) {
+      for (const auto& info : methods().all())
+        if ((m == "all" || info.core) && !labels.count(info.name)) {
+          SuiteMethod entry;
+          entry.label = entry.method = info.name;
+          add(std::move(entry), mw);
+        }
+      continue;
+    }
+    SuiteMethod entry;
+    bool optional = false;
+    if (m.is_string()) {
+      entry.method = entry.label = m.get<std::string>();
+    } else {
+      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "optional"}, mw);
+      entry.method = suite_string(m, "method", mw, true);
+      entry.label = m.contains("label") ? suite_string(m, "label", mw, true) : entry.method;
+      entry.options = suite_object(m, "options", mw);
+      entry.run = suite_object(m, "run", mw);
+      if (m.contains("pretrain") && !m["pretrain"].is_null()) entry.pretrain = suite_object(m, "pretrain", mw);
+      optional = m.value("optional", false);
+    }
+    if (!methods().has(entry.method)) {
+      XFER_CHECK(optional, mw, ": unknown method '", entry.method, "'; valid methods: ", methods().names());
+      s.notes.push_back(cat("'", entry.label, "' skipped: method ", entry.method, " is not in this build"));
+      continue;
+    }
+    add(std::move(entry), mw);
+  }
+  XFER_CHECK(!s.methods.empty(), where, ": none of its methods is in this build");
+
+  if (j.contains("timing")) {
+    const auto& t = j["timing"];
+    if (t.is_boolean()) {
+      s.timing = t.get<bool>();
+    } else {
+      suite_check_keys(t, {"task", "steps"}, where + ".timing");
+      s.timing_task = suite_string(t, "task", where + ".timing", false);
+      XFER_CHECK(s.timing_task.empty() || task_names.count(s.timing_task), where, ".timing.task: no task named '",
+                 s.timing_task, "'");
+      s.timing_steps = t.value("steps", int64_t{60});
+      XFER_CHECK(s.timing_steps >= 1, where, ".timing.steps must be >= 1, got ", s.timing_steps);
+    }
+  }
+  // Every run's options are checked now, not when its turn comes.
+  plan_runs(s, "runs/check", "");
+  return s;
+}
+
+Suite load_suite(const std::string& name_or_path) {
+  fs::path path(name_or_path);
+  if (!fs::exists(path)) {
+    for (const fs::path& dir : {fs::path("bench/suites"), fs::path(XFER_SUITE_DIR)})
+      if (fs::exists(dir / (name_or_path + ".json"))) {
+        path = dir / (name_or_path + ".json");
+        break;
+      }
+  }
+  if (!fs::exists(path)) {
+    std::string names;
+    for (const auto& [n, d] : builtin_suites()) names += (names.empty() ? "" : ", ") + n;
+    throw BadInput(cat("no suite '", name_or_path, "': not a file, nor a built-in suite (", names, ")"));
+  }
+  return parse_suite(read_json_file(path.string()), path.stem().string());
+}
+
+std::vector<std::pair<std::string, std::string>> builtin_suites() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const fs::path& dir : {fs::path(XFER_SUITE_DIR), fs::path("bench/suites")}) {
+    if (!fs::is_directory(dir)) continue;
+    std::vector<fs::path> files;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".json") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      std::string description;
+      try {
+        description = read_json_file(f.string()).value("description", "");
+      } catch (const BadInput& e) {
+        description = cat("(unreadable: ", e.what(), ")");
+      }
+      out.emplace_back(f.stem().string(), description);
+    }
+    if (!out.empty()) break;
+  }
+  return out;
+}
+
+nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
+  check_options(const_cast<BenchOptions&>(opts));
+  const Suite suite = load_suite(opts.suite);
+  const std::string dir = opts.out.empty() ? (fs::path("runs") / ("bench-" + suite.name)).string() : opts.out;
+  const std::vector<RunRequest> plan = plan_runs(suite, dir, opts.cache);
+  const std::string exe = opts.executable.empty() ? self_executable() : opts.executable;
+  const int64_t threads =
+      opts.threads > 0 ? opts.threads : std::max<int64_t>(1, available_cores() / std::max<int64_t>(1, opts.jobs));
+  make_dirs(dir);
+  const double start = now_seconds();
+  out << "Suite " << suite.name << ": " << suite.description << "\n"
+      << plan.size() << " runs (" << suite.methods.size() << " methods x " << suite.tasks.size() << " tasks x "
+      << suite.seeds.size() << " seeds), " << opts.jobs << " at a time with " << threads << " threads each; output in "
+      << dir << "\n";
+  for (const auto& n : suite.notes) out << "note: " << n << "\n";
+
+  // Source models first, in this process, one per distinct recipe.
+  std::set<std::string> pretrained;
+  for (const auto& q : plan)
+    if (q.pretrain.is_object() && pretrained.insert(q.pretrain.dump()).second) {
+      RunOptions p = suite_pretrain_options(q.pretrain, "pretrain");
+      p.threads = 0;
+      cached_pretrain(p, opts.cache, out);
+    }
+
+  std::vector<RunRecord> records(plan.size());
+  std::deque<size_t> pending;
+  int64_t skipped = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (already_done(plan[i])) {
+      records[i] = record_of(plan[i]);
+      ++skipped;
+    } else {
+      pending.push_back(i);
+    }
+  }
+  if (skipped) out << skipped << " runs already finished with the same options: skipped\n";
+  std::map<pid_t, size_t> running;
+  Progress progress("bench", static_cast<int64_t>(plan.size()), 1);
+  int64_t finished = skipped;
+  while (!pending.empty() || !running.empty()) {
+    while (!pending.empty() && static_cast<int64_t>(running.size()) < opts.jobs) {
+      const size_t i = pending.front();
+      pending.pop_front();
+      const RunRequest& q = plan[i];
+      make_dirs(q.dir);
+      fs::remove(fs::path(q.dir) / "result.json");
+      write_json_file((fs::path(q.dir) / "request.json").string(), q.config);
+      const std::string log = (fs::path(q.dir) / "run.log").string();
+      fs::remove(log);
+      running[spawn_process({exe, "finetune", "--config", (fs::path(q.dir) / "request.json").string(), "--out", q.dir,
+                             "--overwrite", "--threads", std::to_string(threads)},
+                            log, log)] = i;
+    }
+    const ExitStatus st = wait_process();
+    auto it = running.find(st.pid);
+    if (it == running.end()) continue;
+    const size_t i = it->second;
+    running.erase(it);
+    records[i] = record_of(plan[i]);
+    if (!st.ok() || !records[i].ok) {
+      records[i].ok = false;
+      records[i].error = run_error((fs::path(plan[i].dir) / "run.log").string(), st);
+    }
+    ++finished;
+    const RunRecord& r = records[i];
+    progress.message(cat(r.method, " on ", r.task, ", seed ", r.seed, ": ",
+                         r.ok ? cat("test top-1 ", fixed(100 * r.test_top1, 1), "%") : "FAILED: " + r.error));
+    progress.update(finished, "");
+  }
+  progress.finish();
+
+  std::vector<std::string> task_names, labels;
+  for (const auto& t : suite.tasks) task_names.push_back(t.name);
+  for (const auto& m : suite.methods) labels.push_back(m.label);
+  std::ostringstream md;
+  md << "# " << suite.name << "\n\n" << suite.description << "\n\nTest top-1 (%), mean ± std over "
+     << suite.seeds.size() << " seeds; best per column in bold.\n\n"
+     << summary_table(records, task_names, labels, "test_top1") << "\nMean per-class accuracy (%).\n\n"
+     << summary_table(records, task_names, labels, "test_mean_class");
+  for (const auto& n : suite.notes) md << "\nNote: " << n << "\n";
+  write_file_atomic((fs::path(dir) / "results.csv").string(), records_csv(records));
+  write_file_atomic((fs::path(dir) / "table.md").string(), md.str());
+  out << "\n" << md.str();
+
+  std::string timing;
+  if (opts.timing && suite.timing) {
+    timing = measure_timing(suite, plan, opts.cache, out);
+    write_file_atomic((fs::path(dir) / "timing.md").string(), timing);
+    out << "\n" << timing;
+  }
+  int64_t failed = 0;
+  nlohmann::json runs = nlohmann::json::array();
+  for (const auto& r : records) {
+    failed += r.ok ? 0 : 1;
+    runs.push_back({{"task", r.task}, {"method", r.method}, {"seed", r.seed}, {"ok", r.ok}, {"error", r.error},
+                    {"test_top1", r.test_top1}, {"test_mean_class", r.test_mean_class}, {"dir", r.dir}});
+  }
+  const nlohmann::json bench = {{"suite", suite.name}, {"description", suite.description},
+                                {"xfer_version", kVersion}, {"tasks", task_names},
+                                {"methods", labels}, {"seeds", suite.seeds},
+                                {"notes", suite.notes}, {"runs", runs},
+                                {"failed", failed}, {"seconds", now_seconds() - start}};
+  write_json_file((fs::path(dir) / "bench.json").string(), bench);
+  out << "\nDone in " << fixed((now_seconds() - start) / 60, 1) << " min" << (failed ? cat(", ", failed, " runs failed") : "")
+      << ". Tables in " << (fs::path(dir) / "table.md").string() << "\n";
+  return bench;
+}
+
+}  // namespace xfer

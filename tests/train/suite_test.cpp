@@ -1,0 +1,116 @@
+// Benchmark suites: parsing and its errors, the runs as processes, resume skips, failed-run marking.
+#include <filesystem>
+#include <sstream>
+
+#include "support.h"
+#include "xfer/core/io.h"
+#include "xfer/train/suite.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+/// A tiny suite on tiny IDX data `spec`: scratch and l2, 1 task, 2 seeds, a few steps.
+nlohmann::json suite_with_spec(const std::string& spec) {
+  std::string text = R"JSON({
+    "description": "tiny",
+    "pretrain": {"source": "SPEC", "backbone": "cnn4:width=4", "iterations": 6, "batch_size": 8},
+    "run": {"iterations": 6, "batch_size": 8, "eval_every": 3},
+    "seeds": 2,
+    "tasks": [{"name": "tiny", "target": "SPEC:per_class=4"}],
+    "methods": ["scratch", {"label": "l2 (ft)", "method": "l2"}],
+    "timing": {"steps": 3}
+  })JSON";
+  for (size_t p; (p = text.find("SPEC")) != std::string::npos;) text.replace(p, 4, spec);
+  return nlohmann::json::parse(text);
+}
+
+TEST(Suite, ParsesAndRefusesBadEntriesByName) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 12, 3);
+  const Suite s = parse_suite(suite_with_spec(spec), "tiny");
+  EXPECT_EQ(s.seeds, (std::vector<int64_t>{0, 1}));
+  ASSERT_EQ(s.methods.size(), 2u);
+  EXPECT_EQ(s.methods[1].label, "l2 (ft)");
+  EXPECT_EQ(s.methods[1].method, "l2");
+
+  auto bad = [&](const std::function<void(nlohmann::json&)>& edit, const std::vector<std::string>& pieces) {
+    nlohmann::json j = suite_with_spec(spec);
+    edit(j);
+    test::expect_bad_input([&] { parse_suite(j, "tiny"); }, pieces);
+  };
+  bad([](auto& j) { j["methods"].push_back("no_such_method"); }, {"methods[2]", "unknown method 'no_such_method'"});
+  bad([](auto& j) { j["tasks"][0]["target"] = "fmnist:clases=1"; }, {"tasks[0]", "clases"});
+  bad([](auto& j) { j["tasks"].push_back({{"name", "tiny"}, {"target", "fmnist"}}); }, {"two tasks are named 'tiny'"});
+  bad([](auto& j) { j["methods"][1]["options"] = {{"alpha", 1}}; }, {"method 'l2 (ft)'", "unknown key 'alpha'"});
+  bad([](auto& j) { j["run"]["iterations"] = 0; }, {"--iterations must be >= 1, got 0"});
+  bad([](auto& j) { j["seeds"] = 0; }, {"seeds must be >= 1"});
+  bad([](auto& j) { j["colour"] = "red"; }, {"unknown key 'colour'"});
+  bad([](auto& j) { j.erase("pretrain"); }, {"method l2 fine-tunes a source model"});
+  bad([](auto& j) { j["methods"].push_back({{"method", "scratch"}}); }, {"the label 'scratch' is used twice"});
+  bad([](auto& j) { j["timing"] = {{"task", "nope"}}; }, {"no task named 'nope'"});
+  // An optional method that is not built is skipped with a note instead.
+  nlohmann::json j = suite_with_spec(spec);
+  j["methods"].push_back({{"method", "future_method"}, {"optional", true}});
+  const Suite opt = parse_suite(j, "tiny");
+  EXPECT_EQ(opt.methods.size(), 2u);
+  ASSERT_EQ(opt.notes.size(), 1u);
+  EXPECT_NE(opt.notes[0].find("future_method"), std::string::npos);
+  // Files that are not JSON are refused with the parser's position.
+  write_file_atomic(dir.file("broken.json"), "{\"tasks\": [");
+  test::expect_bad_input([&] { load_suite(dir.file("broken.json")); }, {"broken.json"});
+  test::expect_bad_input([&] { load_suite("no_such_suite"); }, {"no suite 'no_such_suite'", "quick"});
+}
+
+TEST(Suite, RunsEachRunAsAProcessSkipsFinishedRunsAndMarksFailures) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 12, 3);
+  nlohmann::json j = suite_with_spec(spec);
+  // A third method whose runs fail: its --init does not exist.
+  j["methods"].push_back({{"label", "broken"}, {"method", "l2"}, {"run", {{"init", dir.file("missing")}}}});
+  write_json_file(dir.file("tiny.json"), j);
+  BenchOptions o;
+  o.suite = dir.file("tiny.json");
+  o.out = dir.file("bench");
+  o.cache = dir.file("cache");
+  o.jobs = 2;
+  o.threads = 1;
+  o.executable = XFER_BINARY;
+  std::ostringstream log;
+  const nlohmann::json b = run_bench(o, log);
+  EXPECT_EQ(b["runs"].size(), 6u);
+  EXPECT_EQ(b["failed"], 2);
+  for (const auto& r : b["runs"]) {
+    if (r["method"] == "broken") {
+      EXPECT_FALSE(r["ok"].get<bool>());
+      EXPECT_NE(r["error"].get<std::string>().find("missing"), std::string::npos) << r.dump();
+    } else {
+      EXPECT_TRUE(r["ok"].get<bool>()) << r.dump() << log.str();
+      EXPECT_TRUE(fs::exists(fs::path(r["dir"].get<std::string>()) / "result.json"));
+    }
+  }
+  const std::string table = read_file(dir.file("bench/table.md"));
+  EXPECT_NE(table.find("| broken "), std::string::npos);
+  EXPECT_NE(table.find("failed: "), std::string::npos) << table;
+  EXPECT_NE(read_file(dir.file("bench/timing.md")).find("| l2 (ft) "), std::string::npos);
+  EXPECT_EQ(read_file(dir.file("bench/results.csv")).find("task,method,seed,status"), 0u);
+
+  // Re-running skips the finished runs (their results stay as they were) and retries the failed ones.
+  const auto stamp = fs::last_write_time(dir.file("bench/runs/tiny/scratch/seed1/result.json"));
+  std::ostringstream again;
+  o.timing = false;
+  const nlohmann::json b2 = run_bench(o, again);
+  EXPECT_NE(again.str().find("4 runs already finished"), std::string::npos) << again.str();
+  EXPECT_EQ(fs::last_write_time(dir.file("bench/runs/tiny/scratch/seed1/result.json")), stamp);
+  EXPECT_EQ(b2["failed"], 2);
+  // A changed option re-runs what it changes.
+  j["run"]["iterations"] = 4;
+  write_json_file(dir.file("tiny.json"), j);
+  std::ostringstream changed;
+  run_bench(o, changed);
+  EXPECT_EQ(changed.str().find("already finished"), std::string::npos) << changed.str();
+}
+
+}  // namespace
+}  // namespace xfer
