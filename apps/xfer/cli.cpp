@@ -5,8 +5,11 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
+#include "xfer/core/io.h"
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
+#include "xfer/methods/registry.h"
+#include "xfer/train/run.h"
 
 namespace xfer::cli {
 
@@ -45,6 +48,27 @@ std::string find_flag(const std::vector<std::string>& args, const std::string& f
     if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
   }
   return "";
+}
+
+std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command, const std::vector<std::string>& args,
+                                                     RunOptions& opts, bool with_method) {
+  const bool chosen = subcommand_of(args) == command;
+  const std::string config = chosen ? find_flag(args, "--config") : "";
+  const nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
+  const std::string flag_method = chosen ? find_flag(args, "--method") : "";
+  const std::string file_method =
+      file.contains("method") && file["method"].is_string() ? file["method"].get<std::string>() : "";
+  std::unique_ptr<MethodConfig> method;
+  if (with_method) {
+    opts.method = !flag_method.empty() ? flag_method : !file_method.empty() ? file_method : opts.method;
+    method = methods().get(opts.method).make_config();
+  }
+  if (!config.empty()) {
+    const bool same_method = file_method.empty() || file_method == opts.method;
+    read_config(file, opts, same_method ? method.get() : nullptr, config);
+    if (with_method) opts.method = !flag_method.empty() ? flag_method : opts.method;
+  }
+  return method;
 }
 
 std::string subcommand_of(const std::vector<std::string>& args) {
@@ -89,6 +113,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_data_command());
   commands.push_back(make_gradmix_pseudo_command());
   commands.push_back(make_gradmix_weights_command());
+  commands.push_back(make_search_command());
   commands.push_back(make_bench_command());
   commands.push_back(make_report_command());
   commands.push_back(make_weights_command());

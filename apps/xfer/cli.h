@@ -12,6 +12,8 @@ class App;
 
 namespace xfer {
 class Fields;
+class MethodConfig;
+struct RunOptions;
 }
 
 namespace xfer::cli {
@@ -40,6 +42,7 @@ std::unique_ptr<Command> make_demo_command();
 std::unique_ptr<Command> make_select_command();
 std::unique_ptr<Command> make_gradmix_pseudo_command();
 std::unique_ptr<Command> make_gradmix_weights_command();
+std::unique_ptr<Command> make_search_command();
 std::unique_ptr<Command> make_bench_command();
 std::unique_ptr<Command> make_report_command();
 std::unique_ptr<Command> make_weights_command();
@@ -47,6 +50,13 @@ std::unique_ptr<Command> make_weights_command();
 /// Registers every field as a flag: --name VALUE, and --name / --no-name for booleans. Fields whose
 /// names are in `skip` are left out.
 void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& skip = {});
+/// Reads `--method` and `--config FILE` from the raw arguments before the real parse, for subcommand
+/// `command` (nothing when another subcommand was chosen): the method decides which method options
+/// exist, and the file sets defaults. A --method flag wins over the file's method; the file's method
+/// options apply only to its own method. With `with_method`, sets opts.method and returns the method's
+/// options (with the file's values); otherwise returns nullptr.
+std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command, const std::vector<std::string>& args,
+                                                     RunOptions& opts, bool with_method);
 /// The subcommand named in raw arguments (the first argument that is not a flag), or "".
 std::string subcommand_of(const std::vector<std::string>& args);
 /// The value of `--flag VALUE` or `--flag=VALUE` in raw arguments, or "" if absent.

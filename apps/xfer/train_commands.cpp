@@ -46,23 +46,7 @@ class TrainCommand : public Command {
                       "Run `xfer methods` for the methods; `xfer finetune --method NAME --help` shows NAME's options.\n\n",
                       spec_help()));
     }
-    // The method decides which method options exist, and a config file sets defaults, so both are read
-    // before the real parse. A --method flag wins over the file's method; the file's method options
-    // apply only to its own method.
-    const bool chosen = subcommand_of(args) == app->get_name();
-    const std::string config = chosen ? find_flag(args, "--config") : "";
-    const nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
-    const std::string flag_method = chosen ? find_flag(args, "--method") : "";
-    const std::string file_method = file.contains("method") && file["method"].is_string() ? file["method"].get<std::string>() : "";
-    if (!pretrain_) {
-      opts_.method = !flag_method.empty() ? flag_method : !file_method.empty() ? file_method : opts_.method;
-      method_ = methods().get(opts_.method).make_config();
-    }
-    if (!config.empty()) {
-      const bool same_method = file_method.empty() || file_method == opts_.method;
-      read_config(file, opts_, same_method ? method_.get() : nullptr, config);
-      if (!pretrain_) opts_.method = !flag_method.empty() ? flag_method : opts_.method;
-    }
+    method_ = read_method_and_config(app->get_name(), args, opts_, !pretrain_);
 
     Fields fields;
     opts_.fields(fields);

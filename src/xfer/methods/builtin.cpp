@@ -5,6 +5,7 @@
 #include "xfer/methods/mixup.h"
 #include "xfer/methods/registry.h"
 #include "xfer/methods/xmixup.h"
+#include "xfer/methods/smooth.h"
 #include "xfer/methods/regularization.h"
 #include "xfer/methods/smile.h"
 
@@ -14,6 +15,7 @@ void register_builtin_methods(MethodRegistry& r) {
   register_finetune_methods(r);
   register_xmixup_methods(r);
   register_gradmix_methods(r);
+  register_smooth_methods(r);
   register_regularization_methods(r);
   register_mixup_methods(r);
   register_smile_methods(r);

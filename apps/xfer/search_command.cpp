@@ -1,0 +1,157 @@
+/// `xfer search`: tunes options of a run against validation accuracy, in a study shared by workers.
+#include <algorithm>
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "xfer/cli.h"
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/core/runtime.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/registry.h"
+#include "xfer/methods/smooth.h"
+#include "xfer/report/plot.h"
+#include "xfer/report/table.h"
+#include "xfer/search/search.h"
+#include "xfer/train/run.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer::cli {
+namespace {
+
+/// schedules.png: lambda(t) of the best smooth trials, as the paper's Fig. 2.
+void plot_smooth_schedules(Study& study, const RunObjective& objective, const SearchOptions& opts, std::ostream& out) {
+  std::vector<TrialRecord> done;
+  for (auto& t : study.trials())
+    if (t.state == "COMPLETE" && t.value) done.push_back(t);
+  if (done.empty()) return;
+  std::stable_sort(done.begin(), done.end(), [](const TrialRecord& a, const TrialRecord& b) { return *a.value > *b.value; });
+  done.resize(std::min<size_t>(done.size(), static_cast<size_t>(opts.plot_top)));
+  std::vector<SmoothSchedule> schedules;
+  for (const auto& t : done) {
+    SmoothSchedule s;
+    Fields f;
+    s.options.fields(f);
+    f.read_json(objective.method_options(t.params), "smooth options");
+    s.total_steps = objective.run_options(t.params).trainer.iterations;
+    const fs::path result = fs::path(t.run_dir) / "result.json";
+    if (fs::exists(result)) s.selected_step = read_json_file(result.string()).value("selected_step", int64_t{-1});
+    s.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1), "%: ", study.info().space.values_text(t.params));
+    schedules.push_back(std::move(s));
+  }
+  const std::string path = (fs::path(opts.out) / "schedules.png").string();
+  if (write_plot(path, smooth_schedule_plot(schedules, cat("lambda(t) of the best ", schedules.size(), " trials"))))
+    out << "Schedules of the best " << schedules.size() << " trials: " << path << "\n";
+  else
+    out << "schedules.png skipped: install gnuplot-nox\n";
+}
+
+class SearchCommand : public Command {
+ public:
+  void add(CLI::App& parent, const std::vector<std::string>& args) override {
+    app = parent.add_subcommand("search", "Tune any options of a run or its method against validation accuracy "
+                                          "(TPE or random search), in a crash-safe study shared by parallel workers");
+    args_ = args;
+    method_ = read_method_and_config(app->get_name(), args, run_, /*with_method=*/true);
+    Fields rf;
+    run_.fields(rf);
+    add_fields(*app, rf, {"out", "resume", "overwrite", "stop_after"});
+    Fields sf;
+    search_.fields(sf);
+    for (auto& f : sf.all()) f.group = "Search";
+    add_fields(*app, sf);
+    app->add_option("--param", params_,
+                    "a parameter to search: NAME=lin:LO:HI, log:LO:HI, int:LO:HI, logint:LO:HI or cat:A,B,C "
+                    "(repeat the flag for each parameter; NAME is any run or method option)")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->group("Search");
+    app->add_option("--config", config_path_, "read the fixed options from a JSON file (e.g. a run's config.json); "
+                                              "flags given on the command line win")
+        ->group("Run");
+    app->add_flag("--json", json_, "print best.json on stdout when done")->group("Run");
+    // Internal: a worker process started by --workers N runs trials and leaves the report to its parent.
+    app->add_flag("--worker", worker_)->group("");
+    app->add_option("--worker-exe", exe_)->group("");
+    Fields mf;
+    method_->fields(mf);
+    for (auto& f : mf.all()) f.group = cat("Method options (", run_.method, ")");
+    add_fields(*app, mf);
+    app->footer(
+        "Each trial is a run of `xfer finetune` with the fixed options given here and the searched ones set on\n"
+        "top; its objective is the run's best validation top-1, so --target needs a validation split (val=N).\n"
+        "Re-running the same command resumes the study; --workers N runs N processes on the same study.\n\n"
+        "Example (Smooth Transfer Learning's schedule, as in the paper):\n"
+        "  xfer search --method smooth --source fmnist:classes=0,1,3,5,8 \\\n"
+        "      --target fmnist:classes=2,4,6,7,9:per_class=50:val=20 --backbone cnn4 --iterations 600 \\\n"
+        "      --schedule cosine --warmup 0.025 --lr 0.05 --select best \\\n"
+        "      --param tau=log:1:1000 --param t0=lin:-300:300 --param alpha=lin:-6:6 --trials 16 --out runs/search");
+  }
+
+  void run(std::ostream& out) override {
+    Fields rf, mf;
+    run_.fields(rf);
+    rf.validate();
+    search_.validate();
+    method_->fields(mf);
+    mf.validate();
+    XFER_CHECK(!search_.out.empty(), "xfer search needs --out DIR (the study, the trials' runs and the reports)");
+    const SearchSpace space = SearchSpace::parse(params_);
+    if (search_.workers > 1 && run_.threads == 0)
+      run_.threads = std::max(1, available_cores() / static_cast<int>(search_.workers));
+    RunObjective objective(run_, mf.to_json(), space);
+    objective.check();
+    make_dirs(search_.out);
+    StudyInfo info;
+    info.name = search_.study;
+    info.space = space;
+    info.sampler = search_.sampler;
+    info.seed = static_cast<uint64_t>(run_.seed);
+    info.config = objective.config();
+    Study study(search_.storage_path(), info, search_.busy_timeout);
+    auto sampler = make_param_sampler(search_.sampler, search_.tpe());
+    const Objective fn = [&objective](const ParamValues& p, const TrialRecord& r) { return objective(p, r); };
+    if (worker_) {
+      run_worker(study, search_, *sampler, fn, out);
+      return;
+    }
+    out << "Searching " << space.params.size() << " parameters of " << run_.method << " with " << search_.sampler
+        << ": " << search_.trials << " trials, " << search_.workers << " worker" << (search_.workers > 1 ? "s" : "")
+        << "; study " << study.path() << std::endl;
+    if (search_.workers == 1) {
+      run_worker(study, search_, *sampler, fn, out);
+    } else {
+      std::vector<std::string> worker_args = args_;
+      worker_args.push_back("--worker");
+      const std::string exe = exe_.empty() ? fs::read_symlink("/proc/self/exe").string() : exe_;
+      const int rc = wait_workers(spawn_workers(exe, worker_args, search_.workers));
+      if (rc != 0) {
+        report_search(study, search_, out);
+        throw std::runtime_error(cat("a worker process failed (exit code ", rc, "; its error is above); re-run the "
+                                     "same command to resume the study"));
+      }
+    }
+    const nlohmann::json best = report_search(study, search_, out);
+    if (run_.method == "smooth") plot_smooth_schedules(study, objective, search_, out);
+    if (json_) out << best.dump(2) << "\n";
+  }
+
+ private:
+  std::vector<std::string> args_;
+  RunOptions run_;
+  SearchOptions search_;
+  std::unique_ptr<MethodConfig> method_;
+  std::vector<std::string> params_;
+  std::string config_path_;
+  std::string exe_;  // default: this executable
+  bool json_ = false, worker_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_search_command() { return std::make_unique<SearchCommand>(); }
+
+}  // namespace xfer::cli

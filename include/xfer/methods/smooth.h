@@ -1,0 +1,93 @@
+#pragma once
+/// Smooth Transfer Learning (Takayama, Sato, Suzuki, Kawakami, Uto, Shinoda, "Smooth Transfer Learning
+/// for Source-to-Target Generalization", NeurIPS 2021 workshop): one backbone g with a target head h_T
+/// and a source head h_S, trained jointly on a target and a source sub-batch whose loss weights follow a
+/// schedule of the training step (Eq. 3, 4):
+///
+///   L(t) = lambda(t) * mean_{B_T} CE(h_T(g(x)), y) + (1 - lambda(t)) * mean_{B_S} CE(h_S(g(x)), y)
+///   lambda(t) = 1 / (1 + exp(-(t - T/2 - t0) / tau + alpha)),   omega = {t0, tau, alpha}
+///
+/// t = 1..T counts the steps of the run (T = --iterations; the step with 0-based index s has t = s + 1).
+/// B_T (--batch-size examples) comes from the target training split, B_S (--source-batch-size, default
+/// the same) from the --source training split. omega is meant to be tuned on target validation accuracy
+/// with `xfer search` (TPE; tau in log space, t0 and alpha in linear space, as in the paper).
+///
+/// Special cases (--lambda-schedule), the paper's baselines as limits of omega:
+///   smooth             Eq. 4 with --t0 --tau --alpha (tau = 0 gives the step function of Eq. 5)
+///   pretrain-finetune  tau -> 0: source only for t < T/2 + t0, target only after (Eq. 5)
+///   multitask          tau -> infinity: the constant weight lambda = 1 / (1 + e^alpha) (Eq. 6)
+///   target-only        lambda = 1: the target loss alone
+/// A domain whose weight is exactly 0 at a step is not forwarded at that step, so pretrain-finetune
+/// really is pre-training and then fine-tuning, and target-only costs what plain training costs.
+///
+/// BatchNorm (--bn): `shared` forwards the two sub-batches as one batch, so batch statistics and the
+/// running statistics are shared (appendix A.1); `per-domain` forwards them separately, each with its own
+/// batch statistics and running statistics (appendix A.2). The target's running statistics stay in the
+/// model (evaluation and checkpoints use them); the source's are method state.
+///
+/// The paper trains both heads jointly from random initialisation, and so does `smooth` without --init.
+/// With --init the backbone starts from the pretrained model, and so does the source head when the
+/// pretrained model has a "source" head over the same classes as --source (otherwise it starts fresh).
+/// Training details of appendix A (cosine lr with 2.5% linear warmup, momentum SGD, best-on-validation
+/// early stopping) are run options: --schedule cosine --warmup 0.025 --select best.
+#include <cstdint>
+#include <string>
+
+#include "xfer/core/fields.h"
+#include "xfer/methods/method.h"
+#include "xfer/methods/registry.h"
+#include "xfer/models/domain_bn.h"
+#include "xfer/report/plot.h"
+
+namespace xfer {
+
+/// lambda_omega(t) of Eq. 4, evaluated stably: tau = 0 gives the step function (with the value
+/// 1/(1+e^alpha) exactly at t = T/2 + t0, which every tau gives there), tau = +infinity the constant
+/// 1/(1+e^alpha); alpha = -infinity gives 1, +infinity gives 0. Never NaN for tau >= 0.
+double smooth_lambda(double t, double total_steps, double t0, double tau, double alpha);
+
+struct SmoothOptions {
+  std::string lambda_schedule = "smooth";  // smooth | pretrain-finetune | multitask | target-only
+  double t0 = 0;                           // steps: the switch is at T/2 + t0
+  double tau = 30;                         // steps: the width of the transition (0: a step)
+  double alpha = 0;                        // the weight offset: lambda(T/2 + t0) = 1 / (1 + e^alpha)
+  int64_t source_batch_size = 0;           // 0: the same as --batch-size
+  std::string bn = "shared";               // shared | per-domain
+
+  void fields(Fields& f);
+  /// lambda at the 0-based step `step` of `total_steps`, with the preset applied.
+  double lambda(int64_t step, int64_t total_steps) const;
+};
+
+class SmoothMethod : public Method {
+ public:
+  using Options = SmoothOptions;
+  explicit SmoothMethod(const Options& opts) : opts_(opts) {}
+  void setup(Model& model, SetupContext& ctx) override;
+  LossTerms loss(StepContext& ctx) override;
+  void save(torch::serialize::OutputArchive& out) const override;
+  void load(torch::serialize::InputArchive& in) override;
+
+  /// The source-domain BatchNorm statistics (per-domain BN only; empty otherwise).
+  const DomainBatchNorm& source_bn() const { return source_bn_; }
+
+ private:
+  Options opts_;
+  DomainBatchNorm source_bn_;
+};
+
+/// One schedule to draw: its options, the run's length, and the step early stopping selected (-1: none).
+struct SmoothSchedule {
+  std::string label;
+  SmoothOptions options;
+  int64_t total_steps = 0;
+  int64_t selected_step = -1;
+};
+/// lambda(t) of each schedule over its run, with a vertical mark at its selected (early-stopped) step:
+/// the paper's Fig. 2.
+Plot smooth_schedule_plot(const std::vector<SmoothSchedule>& schedules, const std::string& title);
+
+/// Registers smooth.
+void register_smooth_methods(MethodRegistry& registry);
+
+}  // namespace xfer

@@ -1,0 +1,102 @@
+#pragma once
+/// `xfer search`: tunes any numeric or categorical option of a run or its method against the run's best
+/// validation top-1, with TPE or random search, in a study that survives crashes and is shared by
+/// parallel worker processes.
+///
+///   OUT/study.sqlite     the study (or --storage PATH): space, trials, intermediate values, heartbeats
+///   OUT/trials/NNNN/     each trial's run directory (config.json, metrics.jsonl, result.json, checkpoints)
+///   OUT/trials.csv       one row per trial: number, state, value, parameters, run directory, seconds
+///   OUT/best.json        the best trial: parameters, validation and test top-1, run directory
+///   OUT/history.png      validation top-1 per trial and the best so far
+///   OUT/schedules.png    smooth only: lambda(t) of the best trials (the paper's Fig. 2)
+///
+/// Trials run in-process through the library (run_finetune). A trial whose loss diverges is FAILED and
+/// the search goes on; bad input stops it.
+#include <cstdint>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "xfer/search/study.h"
+#include "xfer/search/tpe.h"
+#include "xfer/train/run.h"
+
+namespace xfer {
+
+class Fields;
+
+struct SearchOptions {
+  std::string out;                 // the search's directory
+  std::string storage;             // the study database; "" = OUT/study.sqlite
+  std::string study = "search";    // the study's name
+  int64_t trials = 20;             // trials in the study, not counting retries of crashed ones
+  std::string sampler = "tpe";     // tpe | random
+  int64_t workers = 1;             // worker processes
+  int64_t startup_trials = 10;     // TPE: random trials first
+  int64_t ei_candidates = 24;      // TPE: candidates scored per parameter
+  double prior_weight = 1.0;       // TPE
+  double heartbeat = 10;           // seconds between a running trial's heartbeats
+  double stale_after = 60;         // seconds without a heartbeat before a running trial is failed
+  int64_t retries = 1;             // runs of a trial whose worker died, after the first
+  double busy_timeout = 60;        // seconds to wait for a locked database
+  int64_t plot_top = 5;            // trials in schedules.png
+
+  void fields(Fields& f);
+  /// Checks every option, and that --stale-after is longer than --heartbeat.
+  void validate();
+  std::string storage_path() const;
+  TpeOptions tpe() const;
+};
+
+/// What a trial produced: the objective (higher is better) and the validation curve.
+struct TrialOutcome {
+  double value = 0;
+  std::vector<std::pair<int64_t, double>> intermediate;
+};
+/// Runs one trial with parameters `params` in `record.run_dir`. Throws NumericalError for a trial that
+/// diverged (FAILED, the search goes on); any other exception stops the worker.
+using Objective = std::function<TrialOutcome(const ParamValues& params, const TrialRecord& record)>;
+
+/// The search over runs: fixed options `base` and `method_options` (the method's fields as JSON), with
+/// the space's parameters set on top for each trial. `check` validates the space and the objective.
+class RunObjective {
+ public:
+  RunObjective(RunOptions base, nlohmann::json method_options, SearchSpace space);
+  /// BadInput if a parameter is not an option a search may set, or the target has no validation split.
+  void check();
+  TrialOutcome operator()(const ParamValues& params, const TrialRecord& record) const;
+  /// The fixed configuration, stored in the study (a resumed study must match it).
+  nlohmann::json config() const;
+  /// The method's options with a trial's parameters set (for reports: smooth's schedule).
+  nlohmann::json method_options(const ParamValues& params) const;
+  /// The run options with a trial's parameters set.
+  RunOptions run_options(const ParamValues& params) const;
+
+ private:
+  RunOptions base_;
+  nlohmann::json method_options_;
+  SearchSpace space_;
+};
+
+/// Runs trials until the study has `budget` trials and none is running. Prints one line per trial.
+/// Returns the number of trials this worker ran.
+int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sampler, const Objective& objective,
+                   std::ostream& out);
+
+/// Reads a run's validation curve from its metrics.jsonl: (step, val_top1) pairs.
+std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_dir);
+
+/// Writes trials.csv, best.json and history.png to opts.out, prints the best trial, a trial table and
+/// the search's overhead, and returns best.json's content (null when no trial completed).
+nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out);
+
+/// Starts `count` processes of `exe` with `args` (spawned, not forked: the parent has threads); returns
+/// their pids.
+std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count);
+/// Waits for the processes; returns the first non-zero exit code (128 + signal for a killed one), or 0.
+int wait_workers(const std::vector<int>& pids);
+
+}  // namespace xfer

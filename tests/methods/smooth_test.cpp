@@ -1,0 +1,279 @@
+// Smooth Transfer Learning: the lambda schedule, its special cases, per-domain BatchNorm, training and resume.
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "xfer/core/rng.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/smooth.h"
+#include "xfer/train/checkpoint.h"
+#include "xfer/train/run.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+const double kInf = std::numeric_limits<double>::infinity();
+
+TEST(Smooth, LambdaMatchesTheIssueValues) {
+  // T=100, t0=0, tau=10, alpha=0: lambda(0) = 1/(1+e^5), lambda(100) = 1/(1+e^-5).
+  EXPECT_NEAR(smooth_lambda(0, 100, 0, 10, 0), 0.006693, 5e-7);
+  EXPECT_NEAR(smooth_lambda(100, 100, 0, 10, 0), 0.993307, 5e-7);
+  EXPECT_DOUBLE_EQ(smooth_lambda(0, 100, 0, 10, 0), 1 / (1 + std::exp(5.0)));
+  // At t = T/2 + t0 the time term vanishes for every tau: lambda = 1/(1+e^alpha).
+  for (double alpha : {-3.0, 0.0, 0.5, 4.0})
+    for (double tau : {0.0, 1e-9, 1.0, 10.0, 1e12, kInf})
+      for (double t0 : {-20.0, 0.0, 17.0})
+        EXPECT_DOUBLE_EQ(smooth_lambda(50 + t0, 100, t0, tau, alpha), 1 / (1 + std::exp(alpha)))
+            << "alpha " << alpha << " tau " << tau << " t0 " << t0;
+}
+
+TEST(Smooth, LambdaLimitsAreAStepAndAConstant) {
+  // tau -> 0: a step at T/2 + t0 (Eq. 5), with no NaN from 0/0 or inf/inf.
+  for (double tau : {0.0, 1e-300, 4.9e-324}) {
+    EXPECT_EQ(smooth_lambda(59.999, 100, 10, tau, 2.0), 0.0) << tau;
+    EXPECT_EQ(smooth_lambda(60.001, 100, 10, tau, 2.0), 1.0) << tau;
+    EXPECT_EQ(smooth_lambda(0, 100, 10, tau, -700.0), 0.0) << tau;
+  }
+  // Small tau approaches the step continuously.
+  EXPECT_LT(smooth_lambda(55, 100, 10, 0.5, 0), 1e-4);
+  EXPECT_GT(smooth_lambda(65, 100, 10, 0.5, 0), 1 - 1e-4);
+  // tau -> infinity: the constant 1/(1+e^alpha) (Eq. 6), at every t.
+  for (double t : {0.0, 1.0, 50.0, 100.0, 1e9}) {
+    EXPECT_DOUBLE_EQ(smooth_lambda(t, 100, 0, kInf, 1.5), 1 / (1 + std::exp(1.5)));
+    EXPECT_NEAR(smooth_lambda(t, 100, 0, 1e15, 1.5), 1 / (1 + std::exp(1.5)), 1e-6);
+  }
+  // Extreme arguments stay in [0, 1] and finite.
+  for (double alpha : {-1e308, -800.0, 800.0, 1e308, -kInf, kInf})
+    for (double tau : {0.0, 1e-300, 1.0, 1e300, kInf}) {
+      const double l = smooth_lambda(37, 100, 0, tau, alpha);
+      EXPECT_TRUE(l >= 0 && l <= 1) << "alpha " << alpha << " tau " << tau << " -> " << l;
+    }
+  test::expect_bad_input([] { smooth_lambda(1, 100, 0, -1, 0); }, {"tau", "-1"});
+}
+
+TEST(Smooth, PresetsAreLimitsOfTheSchedule) {
+  SmoothOptions o;
+  o.t0 = 10;
+  o.alpha = 1;
+  o.lambda_schedule = "pretrain-finetune";  // the step at t = T/2 + t0 = 60, t = step + 1
+  EXPECT_EQ(o.lambda(58, 100), 0.0);
+  EXPECT_DOUBLE_EQ(o.lambda(59, 100), 1 / (1 + std::exp(1.0)));
+  EXPECT_EQ(o.lambda(60, 100), 1.0);
+  o.lambda_schedule = "multitask";
+  EXPECT_DOUBLE_EQ(o.lambda(0, 100), 1 / (1 + std::exp(1.0)));
+  EXPECT_DOUBLE_EQ(o.lambda(99, 100), 1 / (1 + std::exp(1.0)));
+  o.lambda_schedule = "target-only";
+  EXPECT_EQ(o.lambda(0, 100), 1.0);
+  o.lambda_schedule = "smooth";
+  o.tau = 5;
+  EXPECT_DOUBLE_EQ(o.lambda(0, 100), smooth_lambda(1, 100, 10, 5, 1));
+  o.lambda_schedule = "sigmoid";
+  test::expect_bad_input([&] { check_options(o); }, {"--lambda-schedule", "sigmoid"});
+  o.lambda_schedule = "smooth";
+  o.tau = -2;
+  test::expect_bad_input([&] { check_options(o); }, {"--tau", "-2"});
+  o.tau = 1;
+  o.bn = "split";
+  test::expect_bad_input([&] { check_options(o); }, {"--bn", "split"});
+}
+
+/// A tiny target task and a source task whose images are inverted, so the two domains' BatchNorm
+/// statistics differ.
+struct SmoothFixture {
+  test::TempDir dir;
+  Task target, source;
+  LoaderOptions loader;
+  Batches batches;
+  Model model{nullptr};
+
+  SmoothFixture() {
+    const std::string spec = test::write_tiny_idx(dir.path(), 3, 12, 2);
+    target = load_task(spec, 0);
+    source = load_task(spec + ":shift=invert", 0);
+    loader.batch_size = 6;
+    loader.prefetch = false;
+    Arch a;
+    a.backbone = "cnn4:width=4";
+    a.in_channels = 1;
+    a.height = a.width = 8;
+    a.input = compute_normalization(target.train.images);
+    a.heads = {{"target", target.class_names()}};
+    seed_global(3);
+    model = Model(a);
+    batches.add("target", std::make_unique<BatchStream>(target.train, a.input, loader, 11));
+  }
+  SetupContext context(int64_t total) {
+    return SetupContext{target, &source, Model(nullptr), batches, loader, 5, torch::kCPU, "target", total};
+  }
+  /// The batches a stream named `name` of this fixture hands out, replayed from the start.
+  std::unique_ptr<BatchStream> replay(const TensorDataset& data, const std::string& name, uint64_t seed) {
+    return std::make_unique<BatchStream>(data, model->arch().input, loader, name == "source" ? derive_seed(5, name) : seed);
+  }
+};
+
+/// Running statistics of every BatchNorm layer of `m`'s backbone, in order.
+std::vector<torch::Tensor> smooth_bn_means(const Model& m) {
+  std::vector<torch::Tensor> out;
+  for (const auto& b : m->backbone->named_buffers())
+    if (b.key().find("running_mean") != std::string::npos) out.push_back(b.value().clone());
+  return out;
+}
+
+TEST(Smooth, PerDomainBatchNormKeepsSeparateStatistics) {
+  SmoothFixture fx;
+  const Model reference_target = clone_model(fx.model), reference_source = clone_model(fx.model);
+  SmoothOptions o;
+  o.lambda_schedule = "multitask";  // both domains at every step
+  o.bn = "per-domain";
+  SmoothMethod method(o);
+  auto ctx = fx.context(4);
+  method.setup(fx.model, ctx);
+  ASSERT_EQ(method.source_bn().layers(), 4u);
+  at::Generator rng = make_generator(0);
+  fx.model->train();
+  for (int64_t step = 0; step < 4; ++step) {
+    StepContext sc{fx.batches, fx.model, step, 4, rng, "target"};
+    LossTerms terms = method.loss(sc);
+    terms.total.backward();  // the swapped statistics never break autograd
+  }
+  // The model's statistics are exactly those of the target batches alone, the second set those of the
+  // source batches alone (weights never changed: no optimizer step).
+  auto target_stream = fx.replay(fx.target.train, "target", 11);
+  auto source_stream = fx.replay(fx.source.train, "source", 0);
+  {
+    torch::NoGradGuard no_grad;
+    reference_target->train();
+    reference_source->train();
+    for (int i = 0; i < 4; ++i) {
+      reference_target->backbone->forward(target_stream->next().x);
+      reference_source->backbone->forward(source_stream->next().x);
+    }
+  }
+  const auto model_means = smooth_bn_means(fx.model), target_means = smooth_bn_means(reference_target),
+             source_means = smooth_bn_means(reference_source);
+  ASSERT_EQ(model_means.size(), 4u);
+  for (size_t i = 0; i < model_means.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(model_means[i], target_means[i], 1e-6, 1e-7)) << "layer " << i;
+    EXPECT_TRUE(torch::allclose(method.source_bn().second_mean(i), source_means[i], 1e-6, 1e-7)) << "layer " << i;
+    EXPECT_FALSE(torch::allclose(model_means[i], method.source_bn().second_mean(i), 1e-3, 1e-3)) << "layer " << i;
+  }
+  // Evaluation-mode forwards use the target statistics held by the model.
+  EXPECT_EQ(fx.model->backbone->named_buffers()["layer1.1.num_batches_tracked"].item<int64_t>(), 4);
+}
+
+TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
+  SmoothFixture fx;
+  const Model reference = clone_model(fx.model);
+  SmoothOptions o;
+  o.lambda_schedule = "multitask";
+  SmoothMethod method(o);
+  auto ctx = fx.context(3);
+  method.setup(fx.model, ctx);
+  EXPECT_EQ(method.source_bn().layers(), 0u);
+  at::Generator rng = make_generator(0);
+  fx.model->train();
+  for (int64_t step = 0; step < 3; ++step) {
+    StepContext sc{fx.batches, fx.model, step, 3, rng, "target"};
+    method.loss(sc).total.backward();
+  }
+  auto target_stream = fx.replay(fx.target.train, "target", 11);
+  auto source_stream = fx.replay(fx.source.train, "source", 0);
+  {
+    torch::NoGradGuard no_grad;
+    reference->train();
+    for (int i = 0; i < 3; ++i) reference->backbone->forward(torch::cat({target_stream->next().x, source_stream->next().x}));
+  }
+  const auto a = smooth_bn_means(fx.model), b = smooth_bn_means(reference);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7)) << "layer " << i;
+}
+
+TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
+  SmoothFixture fx;
+  SmoothOptions o;
+  o.lambda_schedule = "pretrain-finetune";  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
+  SmoothMethod method(o);
+  auto ctx = fx.context(10);
+  method.setup(fx.model, ctx);
+  ASSERT_TRUE(fx.model->has_head("source"));
+  at::Generator rng = make_generator(0);
+  std::vector<double> lambdas;
+  for (int64_t step = 0; step < 10; ++step) {
+    StepContext sc{fx.batches, fx.model, step, 10, rng, "target"};
+    const LossTerms t = method.loss(sc);
+    lambdas.push_back(t.parts.at("lambda").item<double>());
+    EXPECT_NEAR(t.total.item<double>(), t.parts.at("target_term").item<double>() + t.parts.at("source_term").item<double>(),
+                1e-5);
+    if (step == 3) {
+      EXPECT_EQ(fx.batches.stream("target").position(), 0) << "the target is not drawn while its weight is 0";
+      EXPECT_EQ(fx.batches.stream("source").position(), 4);
+    }
+  }
+  EXPECT_EQ(lambdas, (std::vector<double>{0, 0, 0, 0, 0.5, 1, 1, 1, 1, 1}));
+  EXPECT_EQ(fx.batches.stream("target").position(), 6);
+  EXPECT_EQ(fx.batches.stream("source").position(), 5);
+}
+
+TEST(Smooth, NeedsSourceData) {
+  SmoothFixture fx;
+  SmoothMethod method(SmoothOptions{});
+  SetupContext ctx{fx.target, nullptr, Model(nullptr), fx.batches, fx.loader, 5, torch::kCPU, "target", 10};
+  test::expect_bad_input([&] { method.setup(fx.model, ctx); }, {"smooth", "--source"});
+}
+
+RunOptions smooth_tiny_run(const test::TempDir& dir, const std::string& out) {
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 30, 6);
+  RunOptions r;
+  r.method = "smooth";
+  r.target = spec + ":per_class=10:val=5";
+  r.source = spec + ":shift=invert";
+  r.backbone = "cnn4:width=4";
+  r.threads = 1;
+  r.out = out;
+  r.trainer.iterations = 40;
+  r.trainer.eval_every = 10;
+  r.trainer.optim.lr = 0.05;
+  r.trainer.schedule.schedule = "cosine";
+  r.trainer.schedule.warmup = 0.025;
+  r.loader.batch_size = 8;
+  return r;
+}
+
+TEST(Smooth, TrainsFromScratchAndResumesBitExactWithPerDomainBatchNorm) {
+  test::TempDir dir;
+  RunOptions straight = smooth_tiny_run(dir, dir.file("straight"));
+  auto config = methods().get("smooth").make_config();
+  Fields f;
+  config->fields(f);
+  f.set("bn", "per-domain");
+  f.set("tau", "5");
+  const nlohmann::json a = run_finetune(straight, *config);
+  EXPECT_GT(a["best_val_top1"].get<double>(), 0.5) << "3 classes: chance is 1/3";
+
+  RunOptions split = straight;
+  split.out = dir.file("split");
+  split.trainer.stop_after = 15;
+  run_finetune(split, *config);
+  split.resume = true;
+  const nlohmann::json b = run_finetune(split, *config);
+  EXPECT_EQ(a["test_top1"], b["test_top1"]);
+  CheckpointReader ca(dir.file("straight/checkpoints/last.pt")), cb(dir.file("split/checkpoints/last.pt"));
+  const Model ma = ca.read_model(), mb = cb.read_model();
+  ASSERT_TRUE(ma->has_head("source"));
+  for (const auto& p : ma->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), mb->named_parameters()[p.key()])) << p.key();
+  torch::serialize::InputArchive sa, sb, na, nb;
+  ca.read("method", sa);
+  cb.read("method", sb);
+  ASSERT_TRUE(sa.try_read("source_bn", na) && sb.try_read("source_bn", nb));
+  torch::Tensor ta, tb;
+  na.read("2.running_var", ta);
+  nb.read("2.running_var", tb);
+  EXPECT_TRUE(torch::equal(ta, tb));
+}
+
+}  // namespace
+}  // namespace xfer

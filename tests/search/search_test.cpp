@@ -1,0 +1,225 @@
+// `xfer search` end to end on tiny data: outputs, resumption, bad input, worker processes, and a killed
+// worker's trial retried without losing completed trials.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "support.h"
+#include "xfer/cli.h"
+#include "xfer/core/io.h"
+#include "xfer/core/fields.h"
+#include "xfer/search/search.h"
+#include "xfer/search/study.h"
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+struct SearchCliOutcome {
+  int code;
+  std::string out, err;
+};
+
+SearchCliOutcome search_cli(const std::vector<std::string>& args) {
+  std::ostringstream out, err;
+  const int code = cli::run(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+/// The xfer binary the build puts beside the tests' directory (build/xfer for build/tests/xfer_tests).
+std::string search_test_binary() {
+  const fs::path p = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "xfer";
+  return fs::exists(p) ? p.string() : std::string();
+}
+#define XFER_REQUIRE_BINARY() \
+  if (search_test_binary().empty()) GTEST_SKIP() << "the xfer binary is not built next to the tests"
+
+class SearchCli : public ::testing::Test {
+ protected:
+  void SetUp() override { spec_ = test::write_tiny_idx(dir_.path(), 3, 20, 3); }
+  std::vector<std::string> args(const std::string& method, int64_t trials, std::vector<std::string> extra) const {
+    std::vector<std::string> a = {"-q", "search", "--method", method, "--target", spec_ + ":per_class=10:val=4",
+                                  "--backbone", "cnn4:width=4", "--iterations", "12", "--batch-size", "8",
+                                  "--threads", "1", "--trials", std::to_string(trials), "--startup-trials", "2",
+                                  "--out", dir_.file("search")};
+    if (method == "smooth") {
+      a.push_back("--source");
+      a.push_back(spec_ + ":shift=invert");
+    }
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+  std::string study_path() const { return dir_.file("search/study.sqlite"); }
+  test::TempDir dir_;
+  std::string spec_;
+};
+
+TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
+  const std::vector<std::string> space = {"--param", "tau=log:1:100", "--param", "alpha=lin:-2:2", "--param",
+                                          "bn=cat:shared,per-domain"};
+  std::vector<std::string> a = args("smooth", 3, space);
+  SearchCliOutcome o = search_cli(a);
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_NE(o.out.find("Best: trial"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("| trial"), std::string::npos) << o.out;
+  for (const char* f : {"study.sqlite", "trials.csv", "best.json", "trials/0000/result.json", "trials/0002/result.json"})
+    EXPECT_TRUE(fs::exists(dir_.file(std::string("search/") + f))) << f;
+  const auto best = read_json_file(dir_.file("search/best.json"));
+  EXPECT_GE(best["params"]["tau"].get<double>(), 1);
+  EXPECT_LE(best["params"]["tau"].get<double>(), 100);
+  EXPECT_TRUE(best["params"]["bn"] == "shared" || best["params"]["bn"] == "per-domain");
+  const auto result = read_json_file(best["run_dir"].get<std::string>() + "/result.json");
+  EXPECT_EQ(best["val_top1"], result["best_val_top1"]);
+  const std::string csv = read_file(dir_.file("search/trials.csv"));
+  EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 4) << csv;
+
+  std::vector<double> before;
+  {
+    Study s(study_path());
+    for (const auto& t : s.trials()) before.push_back(*t.value);
+  }
+  // Re-running resumes: a larger budget runs only the new trial, the old ones are kept as they were.
+  a = args("smooth", 4, space);
+  o = search_cli(a);
+  ASSERT_EQ(o.code, 0) << o.err;
+  Study s(study_path());
+  const auto trials = s.trials();
+  ASSERT_EQ(trials.size(), 4u);
+  for (size_t i = 0; i < before.size(); ++i) EXPECT_EQ(*trials[i].value, before[i]);
+  EXPECT_EQ(trials[3].state, "COMPLETE");
+  EXPECT_EQ(trials[3].intermediate.size(), 12u) << "validation at every step of 12 (iterations / 10 rounds down to 1)";
+  // Another space on the same study is refused, naming the difference.
+  a = args("smooth", 5, {"--param", "tau=log:1:1000", "--param", "alpha=lin:-2:2", "--param", "bn=cat:shared,per-domain"});
+  o = search_cli(a);
+  EXPECT_EQ(o.code, 2);
+  EXPECT_NE(o.err.find("tau is log:1:1000 now but log:1:100 in the study"), std::string::npos) << o.err;
+}
+
+TEST_F(SearchCli, BadInputIsOneClearLine) {
+  auto expect_bad = [](const std::vector<std::string>& a, const std::string& piece) {
+    const SearchCliOutcome o = search_cli(a);
+    EXPECT_EQ(o.code, 2) << o.err;
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+    EXPECT_NE(o.err.find(piece), std::string::npos) << o.err;
+  };
+  expect_bad(args("scratch", 2, {"--param", "lr=log:0:1"}), "log range needs LO > 0");
+  expect_bad(args("scratch", 2, {"--param", "lr=lin:0.1:0.1"}), "range is empty");
+  expect_bad(args("scratch", 2, {"--param", "lr"}), "expected NAME=lin:LO:HI");
+  expect_bad(args("scratch", 2, {"--param", "gamma9=lin:0:1"}), "no option named 'gamma9'");
+  expect_bad(args("scratch", 2, {}), "at least one --param");
+  expect_bad(args("scratch", 2, {"--param", "lr=log:0.001:0.1", "--stale-after", "5", "--heartbeat", "10"}),
+             "--stale-after");
+  std::vector<std::string> no_val = args("scratch", 2, {"--param", "lr=log:0.001:0.1"});
+  no_val[5] = spec_ + ":per_class=10";
+  expect_bad(no_val, "no validation split");
+  EXPECT_FALSE(fs::exists(study_path())) << "nothing is created for bad input";
+}
+
+TEST_F(SearchCli, TwoWorkerProcessesShareOneStudy) {
+  XFER_REQUIRE_BINARY();
+  const SearchCliOutcome o =
+      search_cli(args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
+  ASSERT_EQ(o.code, 0) << o.err;
+  Study s(study_path());
+  const auto trials = s.trials();
+  ASSERT_EQ(trials.size(), 4u);
+  std::set<std::string> dirs;
+  for (const auto& t : trials) {
+    EXPECT_EQ(t.state, "COMPLETE") << t.number;
+    EXPECT_TRUE(fs::exists(t.run_dir + "/result.json")) << t.run_dir;
+    dirs.insert(t.run_dir);
+  }
+  EXPECT_EQ(dirs.size(), 4u);
+  const auto workers = s.workers();
+  ASSERT_EQ(workers.size(), 2u) << "two worker processes, each with its own id";
+  EXPECT_EQ(workers[0].trials + workers[1].trials, 4);
+  EXPECT_NE(workers[0].worker, workers[1].worker);
+}
+
+TEST_F(SearchCli, AKilledWorkersTrialIsRetriedAndCompletedTrialsAreKept) {
+  XFER_REQUIRE_BINARY();
+  const std::string binary = search_test_binary();
+  // A worker process runs the study alone; it is killed (SIGKILL) in the middle of a trial.
+  std::vector<std::string> a = args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--worker"});
+  a[9] = "150";  // --iterations: long enough to be caught running
+  std::vector<std::string> argv_text = {binary};
+  argv_text.insert(argv_text.end(), a.begin(), a.end());
+  std::vector<char*> argv;
+  for (auto& s : argv_text) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  fs::create_directories(dir_.file("search"));
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  std::map<int64_t, double> completed;
+  int64_t killed = -1;
+  for (int i = 0; i < 3000 && killed < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!fs::exists(study_path())) continue;
+    try {
+      Study s(study_path());
+      const auto trials = s.trials();
+      completed.clear();
+      for (const auto& t : trials)
+        if (t.state == "COMPLETE") completed[t.number] = *t.value;
+      if (completed.empty()) continue;
+      for (const auto& t : trials)
+        if (t.state == "RUNNING") killed = t.number;
+    } catch (const std::exception&) {
+      // the worker may be creating the study right now
+    }
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  ASSERT_GE(killed, 1) << "the worker never had a running trial after a completed one";
+
+  // Re-running the command resumes: the dead worker's trial fails and runs again; nothing is lost.
+  a.pop_back();
+  const SearchCliOutcome o = search_cli(a);
+  ASSERT_EQ(o.code, 0) << o.err;
+  Study s(study_path());
+  const auto trials = s.trials();
+  for (const auto& [n, v] : completed) {
+    EXPECT_EQ(trials[static_cast<size_t>(n)].state, "COMPLETE");
+    EXPECT_EQ(*trials[static_cast<size_t>(n)].value, v);
+  }
+  EXPECT_EQ(trials[static_cast<size_t>(killed)].state, "FAILED");
+  EXPECT_NE(trials[static_cast<size_t>(killed)].error.find("stopped"), std::string::npos);
+  int64_t originals = 0, retries = 0;
+  for (const auto& t : trials) {
+    if (t.retry_of) {
+      ++retries;
+      EXPECT_EQ(*t.retry_of, killed);
+      EXPECT_EQ(t.params, trials[static_cast<size_t>(killed)].params);
+      EXPECT_EQ(t.state, "COMPLETE");
+    } else {
+      ++originals;
+    }
+  }
+  EXPECT_EQ(originals, 4);
+  EXPECT_EQ(retries, 1);
+}
+
+TEST(SearchReadme, DocumentsEverySearchFlag) {
+  const std::string readme = read_file(std::string(XFER_SOURCE_DIR) + "/README.md");
+  SearchOptions opts;
+  Fields f;
+  opts.fields(f);
+  for (const auto& field : f.all())
+    EXPECT_NE(readme.find("`" + field.flag()), std::string::npos) << field.flag() << " is not in README.md";
+  EXPECT_NE(readme.find("`--param`"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace xfer
