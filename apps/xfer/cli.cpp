@@ -107,16 +107,16 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_pretrain_command());
   commands.push_back(make_finetune_command());
   commands.push_back(make_select_command());
+  commands.push_back(make_weights_command());
   commands.push_back(make_eval_command());
   commands.push_back(make_analyze_command());
   commands.push_back(make_methods_command());
   commands.push_back(make_data_command());
-  commands.push_back(make_gradmix_pseudo_command());
-  commands.push_back(make_gradmix_weights_command());
   commands.push_back(make_search_command());
   commands.push_back(make_bench_command());
   commands.push_back(make_report_command());
-  commands.push_back(make_weights_command());
+  commands.push_back(make_gradmix_pseudo_command());
+  commands.push_back(make_gradmix_weights_command());
 
   try {
     for (auto& c : commands) c->add(app, args);

@@ -126,7 +126,7 @@ std::vector<torch::Tensor> smooth_bn_means(const Model& m) {
 
 TEST(Smooth, PerDomainBatchNormKeepsSeparateStatistics) {
   SmoothFixture fx;
-  const Model reference_target = clone_model(fx.model), reference_source = clone_model(fx.model);
+  Model reference_target = clone_model(fx.model), reference_source = clone_model(fx.model);
   SmoothOptions o;
   o.lambda_schedule = "multitask";  // both domains at every step
   o.bn = "per-domain";
@@ -168,7 +168,7 @@ TEST(Smooth, PerDomainBatchNormKeepsSeparateStatistics) {
 
 TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
   SmoothFixture fx;
-  const Model reference = clone_model(fx.model);
+  Model reference = clone_model(fx.model);
   SmoothOptions o;
   o.lambda_schedule = "multitask";
   SmoothMethod method(o);

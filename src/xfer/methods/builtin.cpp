@@ -13,12 +13,12 @@ namespace xfer {
 
 void register_builtin_methods(MethodRegistry& r) {
   register_finetune_methods(r);
-  register_xmixup_methods(r);
-  register_gradmix_methods(r);
-  register_smooth_methods(r);
   register_regularization_methods(r);
   register_mixup_methods(r);
+  register_xmixup_methods(r);
   register_smile_methods(r);
+  register_smooth_methods(r);
+  register_gradmix_methods(r);
 }
 
 }  // namespace xfer
