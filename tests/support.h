@@ -37,7 +37,9 @@ template <class Fn>
 void expect_bad_input(Fn&& fn, const std::vector<std::string>& expected) {
   try {
     fn();
-    ADD_FAILURE() << "expected BadInput";
+    std::string want;
+    for (const auto& piece : expected) want += " '" + piece + "'";
+    ADD_FAILURE() << "expected BadInput mentioning" << want;
   } catch (const BadInput& e) {
     for (const auto& piece : expected)
       EXPECT_NE(std::string(e.what()).find(piece), std::string::npos) << "message: " << e.what() << "\nmissing: " << piece;

@@ -35,7 +35,7 @@ TEST(SelectCommand, PrintsThePairingAndWritesPairingJsonThatFinetuneUses) {
   const SelectOutcome s = select_xfer({"-q", "select", "--target", target, "--source", idx, "--init", dir.file("src"),
                                        "--aux-size", "25", "--threads", "1", "--out", dir.file("pairing.json")});
   ASSERT_EQ(s.code, 0) << s.err;
-  for (const char* piece : {"| target class |", "| source class |", "| cosine |", "auxiliary set", "| 40 |"})
+  for (const char* piece : {"| target class |", "source class", "| cosine |", "auxiliary set", "|      40 |"})
     EXPECT_NE(s.out.find(piece), std::string::npos) << piece << " missing from\n" << s.out;
   const auto p = read_json_file(dir.file("pairing.json"));
   EXPECT_EQ(p["target_classes"], nlohmann::json({"3", "1"}));

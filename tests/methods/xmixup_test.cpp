@@ -46,10 +46,11 @@ struct XmixupRig {
 };
 
 std::unique_ptr<XmixupRig> xmixup_rig(const std::string& name, const std::map<std::string, std::string>& options = {},
-                                      const std::string& target_classes = "2,1") {
+                                      const std::string& target_classes = "2,1",
+                                      const std::string& source_classes = "") {
   auto rig = std::make_unique<XmixupRig>();
   rig->target = load_task(xmixup_data() + ":classes=" + target_classes, 0);
-  rig->source = load_task(xmixup_data(), 0);
+  rig->source = load_task(xmixup_data() + (source_classes.empty() ? "" : ":classes=" + source_classes), 0);
   rig->loader.batch_size = 6;
   torch::manual_seed(1);
   const Normalization norm{{0.2}, {0.3}};
@@ -253,10 +254,10 @@ TEST(XMixup, BadOptionsAreOneLineErrors) {
                          {"--in-domain", "drop --aux random"});
   test::expect_bad_input([&] { xmixup_rig("xmixup", {{"aux_size", "49"}}); },
                          {"--aux-size 49 is larger than the source (48 training examples); --aux all would use all 48"});
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {}, "0,1,2,3"); },
-                         {"one-to-one", "--aux all"});
-  // More target than source classes is fine with --aux all.
-  EXPECT_NO_THROW(xmixup_rig("xmixup", {{"aux", "all"}}, "0,1,2,3"));
+  // Three target classes cannot each pair with one of two source classes...
+  test::expect_bad_input([&] { xmixup_rig("xmixup", {}, "0,1,2", "0,3"); }, {"one-to-one", "--aux all"});
+  // ...but more target than source classes is fine with --aux all.
+  EXPECT_NO_THROW(xmixup_rig("xmixup", {{"aux", "all"}}, "0,1,2", "0,3"));
 }
 
 TEST(XMixup, APairingFileIsUsedAndCheckedAgainstTheTask) {
@@ -364,6 +365,7 @@ TEST(XMixup, RunsAreDeterministicAndResumeBitExactly) {
     split.trainer.stop_after = 5;  // in seqtrain's auxiliary phase (steps 0-5); the resume crosses the split
     finetune(split);
     split.resume = true;
+    split.trainer.stop_after = 0;  // run to the end this time
     finetune(split);
     const auto w = xmixup_weights(straight.out + "/checkpoints/last.pt");
     for (const auto& other : {again.out, split.out}) {

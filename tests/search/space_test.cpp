@@ -57,7 +57,7 @@ TEST(SearchSpace, BadParamTextsSayWhatIsWrong) {
   test::expect_bad_input([] { parse_param("n=logint:0:10"); }, {"LO >= 1"});
   test::expect_bad_input([] { parse_param("n=int:1.5:4"); }, {"integers", "1.5"});
   // Choices.
-  test::expect_bad_input([] { parse_param("bn=cat:"); }, {"empty choice"});
+  test::expect_bad_input([] { parse_param("bn=cat:"); }, {"no choices"});
   test::expect_bad_input([] { parse_param("bn=cat:a,,b"); }, {"empty choice"});
   test::expect_bad_input([] { parse_param("bn=cat:a,b,a"); }, {"'a'", "twice"});
   test::expect_bad_input([] { SearchSpace::parse({}); }, {"at least one --param"});

@@ -30,7 +30,8 @@ TEST(Tpe, GammaAndWeightsFollowOptuna) {
 TEST(Tpe, NormalQuantileInvertsTheCdf) {
   EXPECT_NEAR(normal_quantile(0.975), 1.959963984540054, 1e-12);
   EXPECT_NEAR(normal_quantile(0.5), 0.0, 1e-15);
-  for (double x : {-30.0, -8.0, -3.0, -0.5, 0.1, 2.0, 7.5}) EXPECT_NEAR(normal_quantile(normal_cdf(x)), x, 1e-9 * (1 + std::abs(x)));
+  // Far in the upper tail cdf(x) rounds towards 1 in double, so the inverse is checked up to x = 5 there.
+  for (double x : {-30.0, -8.0, -3.0, -0.5, 0.1, 2.0, 5.0}) EXPECT_NEAR(normal_quantile(normal_cdf(x)), x, 1e-9 * (1 + std::abs(x)));
   EXPECT_TRUE(std::isinf(normal_quantile(0)));
   EXPECT_TRUE(std::isinf(normal_quantile(1)));
 }

@@ -1,6 +1,7 @@
 #include "xfer/source/mixing_weights.h"
 
 #include <cmath>
+#include <limits>
 
 #include <nlopt.hpp>
 #include <torch/torch.h>
@@ -133,38 +134,61 @@ MixingSolution solve_mixing_weights(const LayerGeometry& layer, const std::vecto
     return out;
   }
 
-  std::vector<double> w(static_cast<size_t>(k), 1.0 / static_cast<double>(k));
-  const double start = layer.cossim(w);
-  double best = 0;
-  nlopt::opt opt(nlopt::LD_SLSQP, static_cast<unsigned>(k));
-  try {
-    opt.set_lower_bounds(0.0);
-    opt.set_upper_bounds(1.0);
-    opt.set_max_objective(mixing_objective, const_cast<LayerGeometry*>(&layer));
-    opt.set_xtol_rel(options.xtol_rel);
-    opt.set_ftol_abs(options.ftol_abs);
-    opt.set_maxeval(options.max_evaluations);
-    opt.optimize(w, best);
-  } catch (const nlopt::roundoff_limited&) {
-    // SLSQP often ends here at the optimum, when no step improves in double precision; `w` holds the
-    // best point so far, which the checks below accept only if it is no worse than the start.
-  } catch (const std::exception& e) {
-    out.evaluations = opt.get_numevals();
-    return fail(cat("SLSQP failed: ", e.what()));
+  // The cosine of a non-negative mix is not concave where it is negative, so SLSQP can stop in a local
+  // optimum: it starts from the uniform mix and from each single source, and the best end point wins.
+  const std::vector<double> uniform(static_cast<size_t>(k), 1.0 / static_cast<double>(k));
+  const double start = layer.cossim(uniform);
+  std::vector<std::vector<double>> starts = {uniform};
+  for (int64_t i = 0; i < k; ++i) {
+    std::vector<double> vertex(static_cast<size_t>(k), 1e-3);  // just inside the bounds
+    vertex[static_cast<size_t>(i)] = 1.0;
+    starts.push_back(vertex);
   }
-  out.evaluations = opt.get_numevals();
-  for (double& v : w) {
-    if (!std::isfinite(v)) return fail("SLSQP returned a non-finite weight");
-    v = std::min(1.0, std::max(0.0, v));  // bounds hold up to rounding
+  std::string last_error;
+  std::vector<double> best_w;
+  double best_value = -std::numeric_limits<double>::infinity();
+  for (std::vector<double> w : starts) {
+    double reached = 0;
+    nlopt::opt opt(nlopt::LD_SLSQP, static_cast<unsigned>(k));
+    try {
+      opt.set_lower_bounds(0.0);
+      opt.set_upper_bounds(1.0);
+      opt.set_max_objective(mixing_objective, const_cast<LayerGeometry*>(&layer));
+      opt.set_xtol_rel(options.xtol_rel);
+      opt.set_ftol_abs(options.ftol_abs);
+      opt.set_maxeval(options.max_evaluations);
+      opt.optimize(w, reached);
+    } catch (const nlopt::roundoff_limited&) {
+      // SLSQP often ends here at the optimum, when no step improves in double precision; `w` holds the
+      // best point so far, which the checks below accept only if it is no worse than the start.
+    } catch (const std::exception& e) {
+      out.evaluations += opt.get_numevals();
+      last_error = cat("SLSQP failed: ", e.what());
+      continue;
+    }
+    out.evaluations += opt.get_numevals();
+    bool finite = true;
+    double sum = 0;
+    for (double& v : w) {
+      finite = finite && std::isfinite(v);
+      v = std::min(1.0, std::max(0.0, v));  // bounds hold up to rounding
+      sum += v;
+    }
+    if (!finite || !(sum > 0)) {
+      last_error = "SLSQP returned non-finite or all-zero weights";
+      continue;
+    }
+    for (double& v : w) v /= sum;
+    const double value = layer.cossim(w);
+    if (std::isfinite(value) && value > best_value) {
+      best_value = value;
+      best_w = std::move(w);
+    }
   }
-  double sum = 0;
-  for (double v : w) sum += v;
-  if (!(sum > 0)) return fail("SLSQP returned all-zero weights");
-  for (double& v : w) v /= sum;
-  const double value = layer.cossim(w);
-  if (!std::isfinite(value) || value < start - 1e-9) return fail(cat("SLSQP ended below its start (", value, " < ", start, ")"));
-  out.weights = std::move(w);
-  out.cossim = value;
+  if (best_w.empty()) return fail(last_error);
+  if (best_value < start - 1e-9) return fail(cat("SLSQP ended below its start (", best_value, " < ", start, ")"));
+  out.weights = std::move(best_w);
+  out.cossim = best_value;
   out.ok = true;
   return out;
 }
