@@ -1,6 +1,7 @@
 #pragma once
 /// Child processes: fresh processes of a binary (never fork() of a process whose torch thread pools are
-/// running), with their output in files. Used by `xfer bench` (one process per run).
+/// running), with their output in files. Used by `xfer bench` (one process per run) and `xfer search`
+/// (its worker processes).
 #include <sys/types.h>
 
 #include <map>

@@ -1,8 +1,6 @@
 #include "xfer/search/search.h"
 
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,13 +17,12 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
+#include "xfer/core/process.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/spec.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
-
-extern char** environ;
 
 namespace fs = std::filesystem;
 
@@ -402,20 +399,16 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
 
 std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count) {
   std::vector<int> pids;
-  std::vector<std::string> all = {exe};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
+  std::vector<std::string> argv = {exe};
+  argv.insert(argv.end(), args.begin(), args.end());
   for (int64_t i = 0; i < count; ++i) {
-    pid_t pid = 0;
-    const int rc = posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv.data(), environ);
-    if (rc != 0) {
+    try {
+      pids.push_back(spawn_process(argv, "", ""));  // workers print to the parent's terminal
+    } catch (const std::exception&) {
       for (int p : pids) kill(p, SIGTERM);
       wait_workers(pids);
-      throw std::runtime_error(cat("cannot start worker process ", exe, ": ", std::strerror(rc)));
+      throw;
     }
-    pids.push_back(pid);
   }
   return pids;
 }
@@ -423,13 +416,8 @@ std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::st
 int wait_workers(const std::vector<int>& pids) {
   int first = 0;
   for (int pid : pids) {
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    int code = 0;
-    if (WIFEXITED(status)) code = WEXITSTATUS(status);
-    else if (WIFSIGNALED(status)) code = 128 + WTERMSIG(status);
-    if (code != 0 && first == 0) first = code;
+    const ExitStatus st = wait_process(pid);
+    if (st.code != 0 && first == 0) first = st.code;
   }
   return first;
 }

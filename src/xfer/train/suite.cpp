@@ -322,12 +322,16 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     const auto& m = j["methods"][i];
     const std::string mw = cat(where, ".methods[", i, "]");
     if (m.is_string() && (m == "all" || m == "core")) {
-      for (const auto& info : methods().all())
-        if ((m == "all" || info.core) && !labels.count(info.name)) {
-          SuiteMethod entry;
-          entry.label = entry.method = info.name;
-          add(std::move(entry), mw);
+      for (const auto& info : methods().all()) {
+        if (!(m == "all" || info.core) || labels.count(info.name)) continue;
+        if (!info.demo_command.empty()) {  // needs data of another shape (GradMix: several labelled sources)
+          s.notes.push_back(cat(info.name, " does not fit these tasks and is skipped; try: ", info.demo_command));
+          continue;
         }
+        SuiteMethod entry;
+        entry.label = entry.method = info.name;
+        add(std::move(entry), mw);
+      }
       continue;
     }
     SuiteMethod entry;
