@@ -4,11 +4,14 @@
 # xfer and Python alternate, ROUNDS processes each; the end-to-end/bare ratio is measured inside one
 # process with interleaved blocks. Medians of single-step times and their ratios are printed.
 #
-#   bash bench/compare.sh [ROUNDS] [BATCH] [THREADS]      defaults: 5 64 2
-# Goals: xfer >= 1.1x Python at cnn4, batch 64; end-to-end within 5% of the bare step.
+# Then each method of bench/python/method_step.py (l2, mixup, xmixup, smile): xfer's whole Trainer step
+# (`xfer_bench method`: loader, method, optimizer) against the Python step on fixed batches, alternating.
+#
+#   bash bench/compare.sh [ROUNDS] [BATCH] [THREADS] [METHODS]    defaults: 5 64 2 "l2 mixup xmixup smile"
+# Goals: xfer >= 1.1x Python at cnn4, batch 64, on every method; end-to-end within 5% of the bare step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-5} batch=${2:-64} threads=${3:-2}
+rounds=${1:-5} batch=${2:-64} threads=${3:-2} methods=${4:-l2 mixup xmixup smile}
 build=${XFER_BUILD_DIR:-build}
 { cmake -S . -B "$build" -DXFER_BUILD_BENCH=ON >/dev/null && cmake --build "$build" --target xfer_bench -j"$(nproc)" >/dev/null; }  # (re)build
 py=/usr/bin/python3  # Debian's python, which has python3-torch
@@ -37,3 +40,19 @@ awk -v mx="$mx" -v mp="$mp" -v ob="$ob" -v oe="$oe" -v b="$batch" -v t="$threads
   printf "\nxfer / Python samples/s: %.2fx (goal >= 1.10x)\n", mp / mx
   printf "end-to-end / bare step time: %.3f (goal <= 1.05)\n", oe / ob
 }'
+
+# Per method: xfer's end-to-end step against Python's bare step on fixed batches.
+echo
+echo "Per method, cnn4 (width 16), batch $batch, $threads threads: median step ms over $rounds alternating processes"
+echo "| method | xfer ms/step (Trainer step) | Python ms/step (fixed batches) | xfer / Python samples/s |"
+echo "|:--|--:|--:|--:|"
+for m in $methods; do
+  xm=() pm=()
+  for ((i = 1; i <= rounds; i++)); do
+    xm+=("$("$build/bench/xfer_bench" method --method "$m" --batch "$batch" --threads "$threads" | step_ms)")
+    pm+=("$("$py" bench/python/method_step.py --method "$m" --batch "$batch" --threads "$threads" | step_ms)")
+    echo "$m round $i/$rounds: xfer ${xm[-1]} ms, python ${pm[-1]} ms" >&2
+  done
+  awk -v m="$m" -v x="$(median "${xm[@]}")" -v p="$(median "${pm[@]}")" \
+    'BEGIN { printf "| %s | %.2f | %.2f | %.2fx |\n", m, x, p, p / x }'
+done

@@ -7,11 +7,16 @@
 //       the Trainer's end-to-end step (training_step: the loader with augmentation and prefetch, the
 //       method, the optimizer) against the bare step, interleaved in blocks in one process;
 //       --prefetch 0 and --augment 0 switch those loader features off
+//   xfer_bench method --method NAME [same flags]
+//       NAME's whole Trainer step (training_step) as `xfer finetune` runs it, on the demo's task from the
+//       demo's cached source model (trained first if the cache lacks it); bench/python/method_step.py is
+//       the Python reference, which gets fixed batches for free
 // Each prints one JSON line; times are medians of single steps (robust to setup and to noise).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -25,12 +30,15 @@
 #include "xfer/train/optim.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/finetune.h"
+#include "xfer/train/pretrained.h"
+#include "xfer/train/run.h"
+#include "xfer/train/timing.h"
 #include "xfer/train/trainer.h"
 
 namespace {
 
 struct Args {
-  std::string mode = "bare", backbone = "cnn4";
+  std::string mode = "bare", backbone = "cnn4", method;
   int64_t batch = 64, threads = 2, steps = 200, warmup = 20, prefetch = 1, augment = 1;
 };
 
@@ -46,9 +54,12 @@ Args parse(int argc, char** argv) {
     else if (k == "--warmup") a.warmup = std::stoll(v);
     else if (k == "--prefetch") a.prefetch = std::stoll(v);
     else if (k == "--augment") a.augment = std::stoll(v);
+    else if (k == "--method") a.method = v;
     else throw std::invalid_argument("unknown flag " + k);
   }
-  if (a.mode != "bare" && a.mode != "overhead") throw std::invalid_argument("mode must be bare or overhead");
+  if (a.mode != "bare" && a.mode != "overhead" && a.mode != "method")
+    throw std::invalid_argument("mode must be bare, overhead or method");
+  if ((a.mode == "method") != !a.method.empty()) throw std::invalid_argument("--method goes with mode method");
   return a;
 }
 
@@ -130,6 +141,25 @@ std::pair<double, double> overhead(const Args& a) {
   return {median(bare_times), median(e2e_times)};
 }
 
+/// The median of `method`'s Trainer steps, as `xfer finetune --method` runs them on the demo's task.
+double method_step(const Args& a) {
+  std::ostringstream log;
+  const std::string source = "fmnist:classes=0,1,3,5,8";
+  xfer::RunOptions o;
+  o.init = xfer::cached_pretrain(xfer::source_pretrain_options(source + ":val=200", a.backbone, 2000), "", log);
+  const xfer::MethodInfo& info = xfer::methods().get(a.method);
+  o.method = a.method;
+  o.target = "fmnist:classes=2,4,6,7,9:per_class=50";
+  if (info.needs_source) o.source = source;
+  o.threads = a.threads;
+  o.loader.batch_size = a.batch;
+  o.loader.prefetch = a.prefetch != 0;
+  o.trainer.iterations = a.warmup + a.steps;
+  auto config = info.make_config();
+  auto run = xfer::prepare_run("finetune", o, info, *config);
+  return xfer::interleaved_step_ms({run.get()}, {a.steps, a.steps, a.warmup})[0] / 1000;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -141,8 +171,9 @@ int main(int argc, char** argv) {
     xfer::seed_global(0);
     nlohmann::json j = {{"mode", a.mode}, {"impl", "xfer"},      {"backbone", a.backbone},
                         {"batch", a.batch}, {"threads", a.threads}, {"steps", a.steps}};
-    if (a.mode == "bare") {
-      const double secs = bare(a);
+    if (a.mode == "bare" || a.mode == "method") {
+      const double secs = a.mode == "bare" ? bare(a) : method_step(a);
+      if (a.mode == "method") j["method"] = a.method;
       j["step_ms"] = 1000 * secs;
       j["samples_per_s"] = a.batch / secs;
     } else {

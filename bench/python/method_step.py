@@ -1,0 +1,133 @@
+#!/usr/bin/python3
+"""The training step of l2, mixup, XMixup and SMILE in plain PyTorch, on Debian's python3-torch (the same
+1.13 kernels as libtorch-dev), for `bench/compare.sh`: the Python reference xfer is measured against.
+
+Same model as xfer's cnn4 (l2_step.py's Cnn4), same batch, threads and optimizer (SGD, lr 0.01, momentum
+0.9, weight decay 1e-4); fixed batches of real Fashion-MNIST images (target: labels mod 5, auxiliary/source:
+the next images), so the data pipeline costs Python nothing. Each method follows its xfer default:
+
+  mixup   lambda ~ Beta(0.2, 0.2) per batch, a random permutation, lambda CE(y) + (1-lambda) CE(y[p])
+  xmixup  lambda ~ Beta(4, 1) per example, x = lambda x_t + (1-lambda) x_s, one joint head over 5 target
+          and 5 auxiliary classes, soft label lambda / 1-lambda (XMixup Eq. 4)
+  smile   mixup (alpha 0.2, folded) + 0.01 L_FE + 0.1 L_FC against a mean teacher (eval mode, no-grad,
+          one forward of the unmixed batch), EMA of the backbone every 10 steps (decay 0.999)
+
+Prints one JSON line with the median step time.
+
+  /usr/bin/python3 bench/python/method_step.py --method smile [--width 16] [--batch 64] [--threads 2]
+"""
+import argparse
+import copy
+import json
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from l2_step import Cnn4, first_images
+
+
+def soft_ce(logits, target):
+    return -(target * F.log_softmax(logits, 1)).sum(1).mean()
+
+
+def features(model, x):
+    """The last stage's feature map and its global average pool."""
+    fm = model.layers(x)
+    return fm, fm.mean((2, 3))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--method", choices=["l2", "mixup", "xmixup", "smile"], required=True)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    b = a.batch
+    x_all, y_all = first_images(2 * b)
+    x, y = x_all[:b], y_all[:b]
+    x_aux, y_aux = x_all[b:], y_all[b:]
+
+    heads = 10 if a.method == "xmixup" else 5  # xmixup: the joint head over target + auxiliary classes
+    model = Cnn4(a.width, heads).train()
+    aux_head = nn.Linear(4 * a.width, 5)  # smile: the student's head over the source classes
+    params = list(model.parameters()) + (list(aux_head.parameters()) if a.method == "smile" else [])
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    teacher = copy.deepcopy(model).eval()  # smile: backbone + source head
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    beta_mix = torch.distributions.Beta(torch.tensor(0.2), torch.tensor(0.2))
+    beta_x = torch.distributions.Beta(torch.tensor(4.0), torch.tensor(1.0))
+    step_no = [0]
+
+    def loss_l2():
+        return F.cross_entropy(model(x), y)
+
+    def loss_mixup():
+        lam = beta_mix.sample().item()
+        perm = torch.randperm(b)
+        z = model(lam * x + (1 - lam) * x[perm])
+        return lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[perm])
+
+    def loss_xmixup():
+        lam = beta_x.sample((b,))
+        l4 = lam.view(b, 1, 1, 1)
+        z = model(l4 * x + (1 - l4) * x_aux)
+        target = torch.zeros(b, 10)
+        target[torch.arange(b), y] += lam
+        target[torch.arange(b), 5 + y_aux] += 1 - lam
+        return soft_ce(z, target)
+
+    def loss_smile():
+        lam = beta_mix.sample().item()
+        lam = max(lam, 1 - lam)
+        perm = torch.randperm(b)
+        with torch.no_grad():
+            fm_t, pooled_t = features(teacher, x)
+            p_t = F.softmax(teacher.head(pooled_t), 1)
+            fm_mix = lam * fm_t + (1 - lam) * fm_t[perm]
+            p_mix = lam * p_t + (1 - lam) * p_t[perm]
+        fm_s, pooled_s = features(model, lam * x + (1 - lam) * x[perm])
+        z = model.head(pooled_s)
+        mxp = lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[perm])
+        h, w = fm_s.shape[2], fm_s.shape[3]
+        fe = torch.linalg.norm((fm_mix - fm_s).flatten()) / (h * w)
+        fc = soft_ce(aux_head(pooled_s), p_mix)
+        return mxp + 0.01 * fe + 0.1 * fc
+
+    def ema():
+        step_no[0] += 1
+        if a.method == "smile" and step_no[0] % 10 == 0:
+            with torch.no_grad():
+                for t, s in zip(teacher.layers.parameters(), model.layers.parameters()):
+                    t.mul_(0.999).add_(s, alpha=0.001)
+
+    loss_fn = {"l2": loss_l2, "mixup": loss_mixup, "xmixup": loss_xmixup, "smile": loss_smile}[a.method]
+
+    def step():
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        ema()
+
+    for _ in range(a.warmup):
+        step()
+    times = []
+    for _ in range(a.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    secs = sorted(times)[len(times) // 2]
+    print(json.dumps({"mode": "method", "impl": "python", "method": a.method, "backbone": f"cnn4:width={a.width}",
+                      "batch": b, "threads": a.threads, "steps": a.steps, "step_ms": 1000 * secs,
+                      "samples_per_s": b / secs}))
+
+
+if __name__ == "__main__":
+    main()
