@@ -50,6 +50,14 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   bad([](auto& j) { j.erase("pretrain"); }, {"method l2 fine-tunes a source model"});
   bad([](auto& j) { j["methods"].push_back({{"method", "scratch"}}); }, {"the label 'scratch' is used twice"});
   bad([](auto& j) { j["timing"] = {{"task", "nope"}}; }, {"no task named 'nope'"});
+  bad([](auto& j) { j["tasks"][0]["options"] = {{"alhpa", 1}}; }, {"no method of the suite has the option 'alhpa'"});
+  // A task's method options reach only the methods that have them (checked by planning every run).
+  nlohmann::json with_options = suite_with_spec(spec);
+  with_options["methods"].push_back("mixup");
+  with_options["tasks"][0]["options"] = {{"alpha", 0.4}};
+  EXPECT_NO_THROW(parse_suite(with_options, "tiny"));
+  with_options["tasks"][0]["options"] = {{"alpha", -1}};
+  test::expect_bad_input([&] { parse_suite(with_options, "tiny"); }, {"mixup", "--alpha"});
   // An optional method that is not built is skipped with a note instead.
   nlohmann::json j = suite_with_spec(spec);
   j["methods"].push_back({{"method", "future_method"}, {"optional", true}});

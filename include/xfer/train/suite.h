@@ -46,6 +46,7 @@ struct SuiteMethod {
 struct SuiteTask {
   std::string name, target, source;
   nlohmann::json run = nlohmann::json::object();
+  nlohmann::json options = nlohmann::json::object();  // method options, for the methods that have them
 };
 
 struct Suite {

@@ -92,6 +92,16 @@ struct RunRequest {
   nlohmann::json pretrain; // null, or the source model's options (as JSON)
 };
 
+/// The option names (as in JSON) of method `name`.
+std::set<std::string> method_option_names(const std::string& name) {
+  auto config = methods().get(name).make_config();
+  Fields f;
+  config->fields(f);
+  std::set<std::string> out;
+  for (const auto& [key, value] : f.to_json().items()) out.insert(key);
+  return out;
+}
+
 std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const std::string& cache) {
   std::vector<RunRequest> plan;
   for (const auto& t : s.tasks)
@@ -128,7 +138,12 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         auto config = info.make_config();
         Fields mf;
         config->fields(mf);
-        mf.read_json(m.options.is_null() ? nlohmann::json::object() : m.options, where + " (method options)");
+        nlohmann::json options = nlohmann::json::object();  // the task's options this method has, then its own
+        const std::set<std::string> known = method_option_names(m.method);
+        for (const auto& [key, value] : t.options.items())
+          if (known.count(key)) options[key] = value;
+        if (m.options.is_object()) options.update(m.options);
+        mf.read_json(options, where + " (method options)");
         q.task = t.name;
         q.label = m.label;
         q.seed = seed;
@@ -295,12 +310,13 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   for (size_t i = 0; i < j["tasks"].size(); ++i) {
     const auto& t = j["tasks"][i];
     const std::string tw = cat(where, ".tasks[", i, "]");
-    suite_check_keys(t, {"name", "target", "source", "run"}, tw);
+    suite_check_keys(t, {"name", "target", "source", "run", "options"}, tw);
     SuiteTask task;
     task.target = suite_string(t, "target", tw, true);
     task.name = t.contains("name") ? suite_string(t, "name", tw, true) : task.target;
     task.source = suite_string(t, "source", tw, false);
     task.run = suite_object(t, "run", tw);
+    task.options = suite_object(t, "options", tw);
     try {
       DatasetSpec::parse(task.target);
       if (!task.source.empty()) DatasetSpec::parse(task.source);
@@ -355,6 +371,13 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     add(std::move(entry), mw);
   }
   XFER_CHECK(!s.methods.empty(), where, ": none of its methods is in this build");
+  // A task's method options go to the methods that have them; one that no method has is a typo.
+  for (size_t i = 0; i < s.tasks.size(); ++i)
+    for (const auto& [key, value] : s.tasks[i].options.items()) {
+      bool used = false;
+      for (const auto& m : s.methods) used = used || method_option_names(m.method).count(key) > 0;
+      XFER_CHECK(used, where, ".tasks[", i, "].options: no method of the suite has the option '", key, "'");
+    }
 
   if (j.contains("timing")) {
     const auto& t = j["timing"];
