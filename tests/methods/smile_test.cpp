@@ -213,8 +213,9 @@ TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisation) {
   const auto teacher = method.teacher().model()->backbone->named_parameters();
   for (const auto& p : random->backbone->named_parameters()) {
     EXPECT_TRUE(torch::equal(teacher[p.key()], p.value())) << p.key();
-    if (p.value().dim() > 1)  // BN starts at weight 1, bias 0 in any initialisation
+    if (p.value().dim() > 1) {  // BN starts at weight 1, bias 0 in any initialisation
       EXPECT_FALSE(torch::equal(teacher[p.key()], rig.pretrained->backbone->named_parameters()[p.key()])) << p.key();
+    }
   }
   EXPECT_FALSE(torch::equal(method.teacher().model()->head("source")->weight, rig.pretrained->head("source")->weight));
   // The student itself still starts from --init, its aux head from the source head.

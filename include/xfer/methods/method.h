@@ -42,7 +42,7 @@ struct SetupContext {
   torch::Device device;
   std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
   int64_t total_steps;
-  ScheduleOptions schedule;   // the run's learning-rate schedule (seqtrain restarts it in each phase)
+  ScheduleOptions schedule{};  // the run's learning-rate schedule (seqtrain restarts it in each phase)
 
   /// Adds the batch stream `name` over `data`, normalised as `model` expects, seeded by (seed, name).
   /// `batch_size` 0 means the run's --batch-size; `sampler` nullptr means seeded epoch shuffles. BadInput

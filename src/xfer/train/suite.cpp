@@ -98,7 +98,8 @@ std::set<std::string> method_option_names(const std::string& name) {
   Fields f;
   config->fields(f);
   std::set<std::string> out;
-  for (const auto& [key, value] : f.to_json().items()) out.insert(key);
+  const nlohmann::json options = f.to_json();  // named: items() of a temporary would dangle
+  for (const auto& [key, value] : options.items()) out.insert(key);
   return out;
 }
 
@@ -338,16 +339,22 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     const auto& m = j["methods"][i];
     const std::string mw = cat(where, ".methods[", i, "]");
     if (m.is_string() && (m == "all" || m == "core")) {
+      std::vector<std::string> unfit;  // methods needing data of another shape (GradMix: labelled sources)
       for (const auto& info : methods().all()) {
         if (!(m == "all" || info.core) || labels.count(info.name)) continue;
-        if (!info.demo_command.empty()) {  // needs data of another shape (GradMix: several labelled sources)
-          s.notes.push_back(cat(info.name, " does not fit these tasks and is skipped; try: ", info.demo_command));
+        if (!info.demo_command.empty()) {
+          unfit.push_back(info.name);
           continue;
         }
         SuiteMethod entry;
         entry.label = entry.method = info.name;
         add(std::move(entry), mw);
       }
+      std::string names;
+      for (const auto& u : unfit) names += (names.empty() ? "" : ", ") + u;
+      if (!unfit.empty())
+        s.notes.push_back(cat(names, " need several labelled sources and are skipped here (the `gradmix` ",
+                              "suite runs them)"));
       continue;
     }
     SuiteMethod entry;
