@@ -144,7 +144,13 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         for (const auto& [key, value] : t.options.items())
           if (known.count(key)) options[key] = value;
         if (m.options.is_object()) options.update(m.options);
-        mf.read_json(options, where + " (method options)");
+        try {
+          mf.read_json(options, where + " (method options)");
+        } catch (const BadInput& e) {  // a value out of range names only the flag: say which run
+          const std::string what = e.what();
+          if (what.find(where) != std::string::npos) throw;
+          throw BadInput(cat(where, ": ", what));
+        }
         q.task = t.name;
         q.label = m.label;
         q.seed = seed;
