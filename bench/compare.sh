@@ -20,7 +20,7 @@ step_ms() { sed -E 's/.*"step_ms": ?([0-9.]+).*/\1/'; }
 xb=() pb=()
 for ((i = 1; i <= rounds; i++)); do
   xb+=("$("$build/bench/xfer_bench" bare --batch "$batch" --threads "$threads" | step_ms)")
-  pb+=("$("$py" bench/python/l2_step.py --batch "$batch" --threads "$threads" | step_ms)")
+  pb+=("$("$py" bench/python/method_step.py --method l2 --batch "$batch" --threads "$threads" | step_ms)")
   echo "round $i/$rounds: xfer bare ${xb[-1]} ms, python bare ${pb[-1]} ms" >&2
 done
 # End-to-end against bare: interleaved in one process (separate processes differ by +-10% here).

@@ -2,7 +2,7 @@
 //
 //   xfer_bench bare    [--backbone cnn4] [--batch 64] [--threads 2] [--steps 200]
 //       the bare l2 step on one fixed batch of Fashion-MNIST images: forward, cross-entropy, backward, SGD (momentum 0.9,
-//       weight decay 1e-4), exactly what bench/python/l2_step.py does
+//       weight decay 1e-4), exactly what `bench/python/method_step.py --method l2` does
 //   xfer_bench overhead [same flags]
 //       the Trainer's end-to-end step (training_step: the loader with augmentation and prefetch, the
 //       method, the optimizer) against the bare step, interleaved in blocks in one process;
@@ -75,7 +75,7 @@ double bare(const Args& a) {
   std::vector<xfer::ParamGroup> groups = {{"all", model->parameters(), 1.0, std::nullopt}};
   xfer::OptimizerOptions o;  // sgd, lr 0.01, momentum 0.9, weight decay 1e-4
   auto opt = xfer::make_optimizer(o, groups);
-  // The same fixed batch as bench/python/l2_step.py: the first training images of Fashion-MNIST.
+  // The same fixed batch as bench/python/method_step.py: the first training images of Fashion-MNIST.
   // Real images matter: their constant backgrounds make steps faster than random inputs do.
   const xfer::IdxArray images = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
   const xfer::IdxArray labels = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");

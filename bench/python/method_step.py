@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """The training step of l2, mixup, XMixup and SMILE in plain PyTorch, on Debian's python3-torch (the same
 1.13 kernels as libtorch-dev), for `bench/compare.sh`: the Python reference xfer is measured against.
+`--method l2` is exactly `xfer_bench bare`'s step.
 
-Same model as xfer's cnn4 (l2_step.py's Cnn4), same batch, threads and optimizer (SGD, lr 0.01, momentum
+Same model as xfer's cnn4 (4 conv+BN+ReLU stages, max-pool after the first two, global average pool,
+linear head), same batch, threads and optimizer (SGD, lr 0.01, momentum
 0.9, weight decay 1e-4); fixed batches of real Fashion-MNIST images (target: labels mod 5, auxiliary/source:
 the next images), so the data pipeline costs Python nothing. Each method follows its xfer default:
 
@@ -18,6 +20,7 @@ Prints one JSON line with the median step time.
 """
 import argparse
 import copy
+import gzip
 import json
 import time
 
@@ -25,7 +28,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from l2_step import Cnn4, first_images
+class Cnn4(nn.Module):
+    def __init__(self, width, classes):
+        super().__init__()
+        chans = [width, 2 * width, 4 * width, 4 * width]
+        layers, cin = [], 1
+        for i, c in enumerate(chans):
+            block = [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            if i < 2:
+                block.append(nn.MaxPool2d(2))
+            layers.append(nn.Sequential(*block))
+            cin = c
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(chans[-1], classes)
+
+    def forward(self, x):
+        return self.head(self.layers(x).mean((2, 3)))
+
+
+def first_images(n, root="/usr/share/datasets/fashion-mnist"):
+    """The first n Fashion-MNIST training images, normalised as xfer_bench does, and labels mod 5."""
+    with gzip.open(f"{root}/train-images-idx3-ubyte.gz") as f:
+        images = torch.frombuffer(bytearray(f.read()[16:16 + n * 784]), dtype=torch.uint8)
+    with gzip.open(f"{root}/train-labels-idx1-ubyte.gz") as f:
+        labels = torch.frombuffer(bytearray(f.read()[8:8 + n]), dtype=torch.uint8)
+    x = ((images.view(n, 1, 28, 28).float() / 255.0 - 0.2860) / 0.3530).contiguous()
+    return x, labels.long() % 5
 
 
 def soft_ce(logits, target):
