@@ -7,6 +7,7 @@
 
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
+#include "xfer/train/run.h"
 
 namespace fs = std::filesystem;
 
@@ -49,5 +50,18 @@ std::string write_tiny_idx(const std::string& dir, int classes, int per_class, i
 }
 
 bool have_fmnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+std::string pretrain_fmnist_source(const std::string& out) {
+  RunOptions pre;
+  pre.source = "fmnist:classes=0,1,3,5,8:per_class=300:test=none";
+  pre.backbone = "cnn4:width=8";
+  pre.threads = 1;
+  pre.out = out;
+  pre.trainer.iterations = 80;
+  pre.trainer.optim.lr = 0.05;
+  pre.loader.batch_size = 64;
+  run_pretrain(pre);
+  return out;
+}
 
 }  // namespace xfer::test

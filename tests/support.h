@@ -27,6 +27,11 @@ class TempDir {
 /// landed where. Returns the spec text `idx:dir=DIR`.
 std::string write_tiny_idx(const std::string& dir, int classes, int per_class, int test_per_class);
 
+/// Pre-trains into `out` the small source model the learning tests fine-tune from: cnn4:width=8, 80 steps
+/// (lr 0.05, batch 64, one thread) on 300 images each of Fashion-MNIST's T-shirt, Trouser, Dress, Sandal
+/// and Bag. Returns `out`. (ctest runs each TEST in its own process, so each test trains its own.)
+std::string pretrain_fmnist_source(const std::string& out);
+
 /// Whether Debian's Fashion-MNIST is installed; tests that need it are skipped with a note otherwise.
 bool have_fmnist();
 #define XFER_REQUIRE_FMNIST() \

@@ -90,17 +90,10 @@ TEST(Baselines, ResumeIsBitExactForStatefulMethods) {
   }
 }
 
-/// A small source model pre-trained on five Fashion-MNIST classes; `methods` fine-tuned from it on three
-/// others must each learn. (ctest runs each TEST in its own process, so each pre-trains its own source.)
+/// `methods`, fine-tuned from test::pretrain_fmnist_source on three other classes, must each learn.
 void expect_baselines_learn_on_fmnist(const std::vector<std::string>& methods_to_run, int64_t iterations = 40) {
   test::TempDir dir;
-  RunOptions pre = baselines_tiny_run("", dir.file("source"));
-  pre.source = "fmnist:classes=0,1,3,5,8:per_class=300:test=none";
-  pre.backbone = "cnn4:width=8";
-  pre.trainer.iterations = 80;
-  pre.trainer.optim.lr = 0.05;
-  pre.loader.batch_size = 64;
-  run_pretrain(pre);
+  test::pretrain_fmnist_source(dir.file("source"));
   for (const auto& method : methods_to_run) {
     RunOptions ft = baselines_tiny_run("fmnist:classes=2,7,9:per_class=10:test_per_class=100", dir.file(method));
     ft.method = method;

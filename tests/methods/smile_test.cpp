@@ -318,13 +318,7 @@ TEST(Smile, ResumeIsBitExactIncludingTheTeacher) {
 TEST(Smile, ShortRunOnFashionMnistLearns) {
   XFER_REQUIRE_FMNIST();
   test::TempDir dir;
-  RunOptions pre = smile_tiny_run("", dir.file("source"));
-  pre.source = "fmnist:classes=0,1,3,5,8:per_class=300:test=none";
-  pre.backbone = "cnn4:width=8";
-  pre.trainer.iterations = 80;
-  pre.trainer.optim.lr = 0.05;
-  pre.loader.batch_size = 64;
-  run_pretrain(pre);
+  test::pretrain_fmnist_source(dir.file("source"));
 
   RunOptions ft = smile_tiny_run("fmnist:classes=2,7:per_class=10:test_per_class=300", dir.file("ft"));
   ft.init = dir.file("source");
