@@ -301,30 +301,25 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     const fs::path p = fs::path(t.run_dir) / "result.json";
     return !t.run_dir.empty() && fs::exists(p) ? read_json_file(p.string()) : nlohmann::json::object();
   };
-  for (const auto& t : trials) {
+  // One row per trial: exact values for trials.csv (`exact`), readable ones for the printed table.
+  auto trial_row = [&](const TrialRecord& t, bool exact) {
     const nlohmann::json r = t.state == "COMPLETE" ? result_of(t) : nlohmann::json::object();
-    std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? fixed(*t.value, 6) : ""};
-    for (const auto& p : space.params) row.push_back(p.value_text(t.params.at(p.name)));
-    row.push_back(r.contains("test_top1") ? fixed(r["test_top1"].get<double>(), 6) : "");
-    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump() : "");
-    row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, 2) : "");
+    const std::string none = exact ? "" : "-";
+    auto accuracy = [&](double v) { return exact ? fixed(v, 6) : search_percent(v, 2); };
+    std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? accuracy(*t.value) : none};
+    for (const auto& p : space.params)
+      row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
+    row.push_back(r.contains("test_top1") ? accuracy(r["test_top1"].get<double>()) : none);
+    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump() : none);
+    row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, exact ? 2 : 1) : none);
     row.push_back(t.run_dir);
-    csv.add_row(row);
-  }
+    return row;
+  };
+  for (const auto& t : trials) csv.add_row(trial_row(t, true));
   write_file_atomic((fs::path(opts.out) / "trials.csv").string(), csv.csv());
 
   const size_t shown = std::min<size_t>(by_value.size(), 20);
-  for (size_t i = 0; i < shown; ++i) {
-    const TrialRecord& t = *by_value[i];
-    const nlohmann::json r = t.state == "COMPLETE" ? result_of(t) : nlohmann::json::object();
-    std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? search_percent(*t.value, 2) : "-"};
-    for (const auto& p : space.params) row.push_back(p.display_text(t.params.at(p.name)));
-    row.push_back(r.contains("test_top1") ? search_percent(r["test_top1"].get<double>(), 2) : "-");
-    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump() : "-");
-    row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, 1) : "-");
-    row.push_back(t.run_dir);
-    md.add_row(row);
-  }
+  for (size_t i = 0; i < shown; ++i) md.add_row(trial_row(*by_value[i], false));
   int64_t complete = 0, failed = 0;
   for (const auto& t : trials) {
     complete += t.state == "COMPLETE";
