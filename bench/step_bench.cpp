@@ -10,7 +10,8 @@
 //   xfer_bench method --method NAME [same flags]
 //       NAME's whole Trainer step (training_step) as `xfer finetune` runs it, on the demo's task from the
 //       demo's cached source model (trained first if the cache lacks it); bench/python/method_step.py is
-//       the Python reference, which gets fixed batches for free
+//       the Python reference, which gets fixed batches for free; --pretrain-steps N shortens the source
+//       model's training for large backbones (step times do not depend on the weights)
 // Each prints one JSON line; times are medians of single steps (robust to setup and to noise).
 #include <algorithm>
 #include <cstdio>
@@ -40,6 +41,7 @@ namespace {
 struct Args {
   std::string mode = "bare", backbone = "cnn4", method;
   int64_t batch = 64, threads = 2, steps = 200, warmup = 20, prefetch = 1, augment = 1;
+  int64_t pretrain_steps = 2000;  // method mode: the cached source model's training (its weights do not change step times)
 };
 
 Args parse(int argc, char** argv) {
@@ -55,6 +57,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--prefetch") a.prefetch = std::stoll(v);
     else if (k == "--augment") a.augment = std::stoll(v);
     else if (k == "--method") a.method = v;
+    else if (k == "--pretrain-steps") a.pretrain_steps = std::stoll(v);
     else throw std::invalid_argument("unknown flag " + k);
   }
   if (a.mode != "bare" && a.mode != "overhead" && a.mode != "method")
@@ -146,7 +149,7 @@ double method_step(const Args& a) {
   std::ostringstream log;
   const std::string source = "fmnist:classes=0,1,3,5,8";
   xfer::RunOptions o;
-  o.init = xfer::cached_pretrain(xfer::source_pretrain_options(source + ":val=200", a.backbone, 2000), "", log);
+  o.init = xfer::cached_pretrain(xfer::source_pretrain_options(source + ":val=200", a.backbone, a.pretrain_steps), "", log);
   const xfer::MethodInfo& info = xfer::methods().get(a.method);
   o.method = a.method;
   o.target = "fmnist:classes=2,4,6,7,9:per_class=50";

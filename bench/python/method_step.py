@@ -4,7 +4,8 @@
 `--method l2` is exactly `xfer_bench bare`'s step.
 
 Same model as xfer's cnn4 (4 conv+BN+ReLU stages, max-pool after the first two, global average pool,
-linear head), same batch, threads and optimizer (SGD, lr 0.01, momentum
+linear head) or, with --backbone resnet18, as xfer's resnet18 (torchvision's ResNet-18 with a 1-channel
+7x7/2 stem and max-pool, widths 64-512), same batch, threads and optimizer (SGD, lr 0.01, momentum
 0.9, weight decay 1e-4); fixed batches of real Fashion-MNIST images (target: labels mod 5, auxiliary/source:
 the next images), so the data pipeline costs Python nothing. Each method follows its xfer default:
 
@@ -16,7 +17,8 @@ the next images), so the data pipeline costs Python nothing. Each method follows
 
 Prints one JSON line with the median step time.
 
-  /usr/bin/python3 bench/python/method_step.py --method smile [--width 16] [--batch 64] [--threads 2]
+  /usr/bin/python3 bench/python/method_step.py --method smile [--backbone cnn4|resnet18] [--width W]
+                                               [--batch 64] [--threads 2]
 """
 import argparse
 import copy
@@ -40,7 +42,46 @@ class Cnn4(nn.Module):
             layers.append(nn.Sequential(*block))
             cin = c
         self.layers = nn.Sequential(*layers)
+        self.feature_dim = chans[-1]
         self.head = nn.Linear(chans[-1], classes)
+
+    def forward(self, x):
+        return self.head(self.layers(x).mean((2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet18(nn.Module):
+    """xfer's resnet18: the ImageNet stem on 1-channel input, [2, 2, 2, 2] basic blocks."""
+
+    def __init__(self, width, classes):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers = [nn.Conv2d(1, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                  nn.MaxPool2d(3, 2, 1)]
+        cin = width
+        for s, w in enumerate(widths):
+            for b in range(2):
+                layers.append(BasicBlock(cin, w, 2 if (b == 0 and s > 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = cin
+        self.head = nn.Linear(cin, classes)
 
     def forward(self, x):
         return self.head(self.layers(x).mean((2, 3)))
@@ -69,12 +110,14 @@ def features(model, x):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--method", choices=["l2", "mixup", "xmixup", "smile"], required=True)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--backbone", choices=["cnn4", "resnet18"], default="cnn4")
+    p.add_argument("--width", type=int, default=0, help="default: 16 for cnn4, 64 for resnet18")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
     a = p.parse_args()
+    a.width = a.width or (16 if a.backbone == "cnn4" else 64)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     b = a.batch
@@ -83,8 +126,8 @@ def main():
     x_aux, y_aux = x_all[b:], y_all[b:]
 
     heads = 10 if a.method == "xmixup" else 5  # xmixup: the joint head over target + auxiliary classes
-    model = Cnn4(a.width, heads).train()
-    aux_head = nn.Linear(4 * a.width, 5)  # smile: the student's head over the source classes
+    model = (Cnn4 if a.backbone == "cnn4" else ResNet18)(a.width, heads).train()
+    aux_head = nn.Linear(model.feature_dim, 5)  # smile: the student's head over the source classes
     params = list(model.parameters()) + (list(aux_head.parameters()) if a.method == "smile" else [])
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     teacher = copy.deepcopy(model).eval()  # smile: backbone + source head
@@ -152,7 +195,7 @@ def main():
         step()
         times.append(time.perf_counter() - t0)
     secs = sorted(times)[len(times) // 2]
-    print(json.dumps({"mode": "method", "impl": "python", "method": a.method, "backbone": f"cnn4:width={a.width}",
+    print(json.dumps({"mode": "method", "impl": "python", "method": a.method, "backbone": f"{a.backbone}:width={a.width}",
                       "batch": b, "threads": a.threads, "steps": a.steps, "step_ms": 1000 * secs,
                       "samples_per_s": b / secs}))
 
