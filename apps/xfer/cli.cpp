@@ -149,6 +149,9 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   } catch (const NumericalError& e) {
     err << "error: " << e.what() << "\n";
     return 1;
+  } catch (const Interrupted& e) {
+    err << "interrupted: " << e.what() << "\n";
+    return 128 + e.signal();
   } catch (const c10::Error& e) {
     err << "error: " << first_line(e.what_without_backtrace()) << "\n";
     return 1;

@@ -107,6 +107,23 @@ TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
   EXPECT_NE(o.err.find("tau is log:1:1000 now but log:1:100 in the study"), std::string::npos) << o.err;
 }
 
+TEST_F(SearchCli, ADivergingTrialIsMarkedFailedAndTheStudyGoesOn) {
+  // lr 1e9 turns the loss NaN within a few steps; lr 0.05 trains.
+  const SearchCliOutcome o = search_cli(args("scratch", 6, {"--param", "lr=cat:0.05,1e9", "--sampler", "random"}));
+  ASSERT_EQ(o.code, 0) << o.err;
+  Study s(study_path());
+  int failed = 0, complete = 0;
+  for (const auto& t : s.trials()) {
+    failed += t.state == "FAILED";
+    complete += t.state == "COMPLETE";
+  }
+  EXPECT_EQ(failed + complete, 6);
+  EXPECT_GE(failed, 1) << o.out;
+  EXPECT_GE(complete, 1) << o.out;
+  EXPECT_NE(o.out.find("FAILED: the"), std::string::npos) << o.out;
+  EXPECT_EQ(read_json_file(dir_.file("search/best.json"))["params"]["lr"], "0.05");
+}
+
 TEST_F(SearchCli, BadInputIsOneClearLine) {
   auto expect_bad = [](const std::vector<std::string>& a, const std::string& piece) {
     const SearchCliOutcome o = search_cli(a);

@@ -1,3 +1,4 @@
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 
@@ -5,6 +6,7 @@
 
 #include "support.h"
 #include "xfer/core/io.h"
+#include "xfer/core/runtime.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/finetune.h"
 #include "xfer/train/checkpoint.h"
@@ -140,6 +142,167 @@ TEST(Trainer, NanLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
     EXPECT_NE(msg.find("last.pt (step 5)"), std::string::npos) << msg;
   }
   EXPECT_EQ(CheckpointReader(dir.file("checkpoints/last.pt")).meta()["step"], 5);
+}
+
+/// NanAt's fixture: a tiny task, model and batch stream.
+struct NanFixture {
+  explicit NanFixture(const std::string& dir)
+      : seeded((torch::manual_seed(1), true)),  // the same initial weights in every fixture
+        task(load_task(test::write_tiny_idx(dir, 2, 10, 2), 0)),
+        arch{"cnn4:width=4", 1, 8, 8, {{0.2}, {0.3}}, {{"target", task.class_names()}}},
+        model(arch) {
+    batches.add("target", std::make_unique<BatchStream>(task.train, arch.input, LoaderOptions(), 1));
+  }
+  bool seeded;
+  Task task;
+  Arch arch;
+  Model model;
+  Batches batches;
+};
+
+/// A finite loss whose gradient is not: d/dx sqrt(|x|) at 0, on the first conv's weights, at one step.
+class InfiniteGradientAt : public CrossEntropyMethod {
+ public:
+  explicit InfiniteGradientAt(int64_t step) : step_(step) {}
+  LossTerms loss(StepContext& ctx) override {
+    LossTerms t = CrossEntropyMethod::loss(ctx);
+    if (ctx.step == step_) {
+      const torch::Tensor w = ctx.model->backbone->parameters().front();
+      t.total = t.total + (w - w.detach()).abs().sqrt().sum();  // value 0, gradient not finite
+    }
+    return t;
+  }
+
+ private:
+  int64_t step_;
+};
+
+TEST(Trainer, NonFiniteGradientStopsNamingTheParameterAndTheStep) {
+  test::TempDir dir;
+  NanFixture f(dir.path());
+  TrainerOptions opts;
+  opts.iterations = 10;
+  InfiniteGradientAt method(3);
+  try {
+    Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
+    FAIL() << "expected NumericalError";
+  } catch (const NumericalError& e) {
+    const std::string msg = e.what();
+    const std::string first = f.model->named_parameters().begin()->key();
+    EXPECT_NE(msg.find("the gradient of " + first + " is not finite at step 3"), std::string::npos) << msg;
+  }
+}
+
+TEST(Trainer, OnNanSkipDropsTheBatchAndCountsIt) {
+  test::TempDir dir;
+  NanFixture f(dir.path());
+  TrainerOptions opts;
+  opts.iterations = 12;
+  opts.on_nan = "skip";
+  NanAt method(7);
+  const nlohmann::json r = Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
+  EXPECT_EQ(r["skipped_steps"], 1);
+  for (const auto& p : f.model->parameters()) EXPECT_TRUE(p.isfinite().all().item<bool>());
+  // The line of step 10 counts the skipped step, and its loss averages only the finite steps.
+  bool seen = false;
+  std::istringstream in(read_file(dir.file("metrics.jsonl")));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["step"] == 10 && j.contains("lr")) {
+      seen = true;
+      EXPECT_EQ(j["skipped_steps"], 1);
+      EXPECT_TRUE(std::isfinite(j["loss"].get<double>()));
+    }
+  }
+  EXPECT_TRUE(seen);
+}
+
+/// NaN at every step from `from` on: skipping cannot help.
+class NanFrom : public CrossEntropyMethod {
+ public:
+  explicit NanFrom(int64_t from) : from_(from) {}
+  LossTerms loss(StepContext& ctx) override {
+    LossTerms t = CrossEntropyMethod::loss(ctx);
+    if (ctx.step >= from_) t.total = t.total * std::nan("");
+    return t;
+  }
+
+ private:
+  int64_t from_;
+};
+
+TEST(Trainer, OnNanSkipGivesUpAfterTwentyFiveInARow) {
+  test::TempDir dir;
+  NanFixture f(dir.path());
+  TrainerOptions opts;
+  opts.iterations = 60;
+  opts.on_nan = "skip";
+  NanFrom method(2);
+  try {
+    Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
+    FAIL() << "expected NumericalError";
+  } catch (const NumericalError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("at step 27"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("after 25 skipped in a row"), std::string::npos) << msg;
+  }
+}
+
+/// Sends this process SIGTERM during one step, as `kill` would.
+class TerminatedAt : public CrossEntropyMethod {
+ public:
+  explicit TerminatedAt(int64_t step) : step_(step) {}
+  LossTerms loss(StepContext& ctx) override {
+    if (ctx.step == step_) std::raise(SIGTERM);
+    return CrossEntropyMethod::loss(ctx);
+  }
+
+ private:
+  int64_t step_;
+};
+
+TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
+  test::TempDir dir;
+  install_stop_handlers();
+  TrainerOptions opts;
+  opts.iterations = 16;
+  opts.checkpoint_every = 5;
+  NanFixture straight(dir.path() + "/a"), killed(dir.path() + "/b");
+  make_dirs(dir.file("a")), make_dirs(dir.file("b"));
+  CrossEntropyMethod plain;
+  const nlohmann::json ra = Trainer(opts, dir.file("a")).fit(straight.model, plain, straight.batches, straight.task,
+                                                              "target", 0, false);
+  TerminatedAt method(7);
+  try {
+    Trainer(opts, dir.file("b")).fit(killed.model, method, killed.batches, killed.task, "target", 0, false);
+    FAIL() << "expected Interrupted";
+  } catch (const Interrupted& e) {
+    EXPECT_EQ(e.signal(), SIGTERM);
+    EXPECT_NE(std::string(e.what()).find("training at step 8 of 16"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(CheckpointReader(dir.file("b/checkpoints/last.pt")).meta()["step"], 8);
+  clear_stop_signal();
+  NanFixture resumed(dir.path() + "/b");
+  CrossEntropyMethod plain_again;
+  const nlohmann::json rb = Trainer(opts, dir.file("b")).fit(resumed.model, plain_again, resumed.batches,
+                                                              resumed.task, "target", 0, true);
+  const auto wa = weights_of(dir.file("a/checkpoints/last.pt"));
+  const auto wb = weights_of(dir.file("b/checkpoints/last.pt"));
+  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name;
+  EXPECT_EQ(ra["test_top1"], rb["test_top1"]);
+}
+
+TEST(Trainer, ResumeBeforeTheFirstCheckpointStartsFromStepZero) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4);
+  RunOptions o = tiny_run(spec, dir.file("run"));
+  const nlohmann::json a = finetune(o);
+  fs::remove_all(dir.file("run/checkpoints"));  // as if killed before the first checkpoint
+  fs::remove(dir.file("run/result.json"));
+  o.resume = true;
+  const nlohmann::json b = finetune(o);
+  EXPECT_EQ(a["test_top1"], b["test_top1"]);
+  EXPECT_EQ(a["iterations"], b["iterations"]);
 }
 
 TEST(Trainer, FineTuningFromASourceModelBeatsChanceByAWideMargin) {

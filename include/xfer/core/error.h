@@ -3,6 +3,7 @@
 ///
 /// - `BadInput`: the user gave something invalid (a value, a file, a spec). Exit code 2.
 /// - `NumericalError`: training diverged (NaN/inf). Exit code 1.
+/// - `Interrupted`: SIGINT/SIGTERM arrived; the work so far is saved. Exit code 128 + the signal.
 /// Anything else (c10::Error from torch, std::bad_alloc, ...) is an internal failure, exit code 1.
 #include <sstream>
 #include <stdexcept>
@@ -18,6 +19,15 @@ class BadInput : public std::runtime_error {
 class NumericalError : public std::runtime_error {
  public:
   explicit NumericalError(const std::string& what) : std::runtime_error(what) {}
+};
+
+class Interrupted : public std::runtime_error {
+ public:
+  Interrupted(const std::string& what, int signal) : std::runtime_error(what), signal_(signal) {}
+  int signal() const { return signal_; }
+
+ private:
+  int signal_;
 };
 
 namespace detail {

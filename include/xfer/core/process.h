@@ -24,7 +24,11 @@ struct ExitStatus {
   int signal = 0;  // the signal that killed it, 0 if it exited
   bool ok() const { return code == 0; }
 };
-/// Waits for any child (pid -1) or one child; retries on EINTR.
-ExitStatus wait_process(pid_t pid = -1);
+/// Waits for any child (pid -1) or one child; retries on EINTR. With `interruptible`, a stop signal
+/// (see install_stop_handlers) ends the wait instead, returning pid -1.
+ExitStatus wait_process(pid_t pid = -1, bool interruptible = false);
+
+/// Sends SIGTERM to each child and waits for those not yet reaped (they checkpoint and exit).
+void stop_processes(const std::vector<pid_t>& pids);
 
 }  // namespace xfer

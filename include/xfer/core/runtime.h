@@ -25,6 +25,19 @@ void log_info(const std::string& line);
 /// A warning on stderr, always shown.
 void log_warn(const std::string& line);
 
+/// Makes SIGINT and SIGTERM request a graceful stop instead of killing the process: long loops poll
+/// `stop_signal()` at safe points (after a training step), save their state and throw `Interrupted`.
+/// A second signal of the same kind kills the process at once. Installed by the command-line tool.
+void install_stop_handlers();
+/// The signal that requested a stop (SIGINT or SIGTERM), or 0.
+int stop_signal();
+/// Forgets a requested stop (for tests, and for loops that have handled it).
+void clear_stop_signal();
+/// "SIGINT", "SIGTERM", or the number.
+std::string signal_name(int signal);
+/// Throws `Interrupted` when a stop was requested, saying `what` was stopped and how to continue.
+void throw_if_stop_requested(const std::string& what);
+
 /// Seconds since an arbitrary fixed point (steady clock).
 double now_seconds();
 

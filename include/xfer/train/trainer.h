@@ -7,6 +7,10 @@
 /// as checkpoints/best.pt; every `checkpoint_every` steps checkpoints/last.pt holds everything needed to
 /// continue bit for bit: model, optimizer, method state, the method's RNG, batch-stream positions and
 /// the best-so-far record. At the end the selected model (best on validation, or last) is tested.
+///
+/// SIGINT/SIGTERM (with the command line's handlers installed) end the step in progress, write last.pt
+/// and throw `Interrupted`. A non-finite loss or gradient stops the run naming the step, or with
+/// `on_nan = "skip"` drops that batch's update (counted in result.json, at most 25 in a row).
 #include <cstdint>
 #include <string>
 
@@ -35,6 +39,7 @@ struct TrainerOptions {
   int64_t eval_batch = 500;
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
+  std::string on_nan = "stop";   // a non-finite loss or gradient: stop (the default), or skip the batch
 
   void fields(Fields& f);
 };
@@ -43,10 +48,14 @@ struct TrainerOptions {
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult);
 
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
-/// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
-/// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.
+/// gradients, let the method compute them (drawing its own batches), check that the loss and the
+/// gradients are finite (NumericalError naming the step, and the parameter, before any update), scale the
+/// learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
                         double lr, StepContext& ctx);
+
+/// NumericalError naming the first parameter of `model` whose gradient holds a NaN or an infinity.
+void check_finite_gradients(Model& model, int64_t step);
 
 /// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches.
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);

@@ -154,7 +154,9 @@ void Fields::set(const std::string& name, const std::string& text) {
 
 void Fields::read_json(const nlohmann::json& obj, const std::string& where) {
   XFER_CHECK(obj.is_object(), where, " must be a JSON object, got ", obj.type_name());
-  for (const auto& [key, value] : obj.items()) {
+  for (const auto& item : obj.items()) {
+    const std::string& key = item.key();
+    const nlohmann::json& value = item.value();  // named, not a structured binding: lambdas capture it
     Field* f = find(key);
     XFER_CHECK(f != nullptr, where, ": unknown key '", key, "'; valid keys: ", names());
     const std::string label = cat(where, ".", key);

@@ -1,6 +1,7 @@
 #include "xfer/core/process.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 #include <filesystem>
 
 #include "xfer/core/error.h"
+#include "xfer/core/runtime.h"
 
 extern char** environ;
 
@@ -52,10 +54,11 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& std
   return pid;
 }
 
-ExitStatus wait_process(pid_t pid) {
+ExitStatus wait_process(pid_t pid, bool interruptible) {
   int status = 0;
   pid_t done;
   do {
+    if (interruptible && stop_signal()) return ExitStatus{};
     done = ::waitpid(pid, &status, 0);
   } while (done < 0 && errno == EINTR);
   XFER_CHECK(done >= 0, "waitpid: ", std::strerror(errno));
@@ -68,6 +71,15 @@ ExitStatus wait_process(pid_t pid) {
     s.code = 128 + s.signal;
   }
   return s;
+}
+
+void stop_processes(const std::vector<pid_t>& pids) {
+  for (const pid_t p : pids) ::kill(p, SIGTERM);
+  for (const pid_t p : pids) {  // children already reaped fail with ECHILD: nothing to wait for
+    int status = 0;
+    while (::waitpid(p, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
 }
 
 }  // namespace xfer

@@ -1,6 +1,7 @@
 #include "xfer/core/runtime.h"
 
 #include <malloc.h>
+#include <csignal>
 #include <sched.h>
 #include <unistd.h>
 
@@ -16,6 +17,16 @@
 namespace xfer {
 namespace {
 std::atomic<int> g_verbosity{1};
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void xfer_on_stop_signal(int sig) {
+  if (g_stop_signal == sig) {  // the second one: stop now
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
 
 std::string clock_text(double seconds) {
   if (!(seconds >= 0) || seconds > 360000) return "--:--";
@@ -54,6 +65,28 @@ void tune_allocator() {
     return true;
   }();
   (void)done;
+}
+
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = xfer_on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;  // no SA_RESTART: a parent blocked in waitpid wakes up to stop its children
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+int stop_signal() { return g_stop_signal; }
+void clear_stop_signal() { g_stop_signal = 0; }
+
+std::string signal_name(int signal) {
+  if (signal == SIGINT) return "SIGINT";
+  if (signal == SIGTERM) return "SIGTERM";
+  return cat("signal ", signal);
+}
+
+void throw_if_stop_requested(const std::string& what) {
+  if (const int sig = stop_signal()) throw Interrupted(cat(what, " stopped by ", signal_name(sig)), sig);
 }
 
 void set_verbosity(int level) { g_verbosity = level; }

@@ -411,7 +411,11 @@ std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::st
 int wait_workers(const std::vector<int>& pids) {
   int first = 0;
   for (int pid : pids) {
-    const ExitStatus st = wait_process(pid);
+    const ExitStatus st = wait_process(pid, /*interruptible=*/true);
+    if (st.pid < 0) {  // SIGINT/SIGTERM: the workers mark their trials and stop; re-running resumes the study
+      stop_processes(std::vector<pid_t>(pids.begin(), pids.end()));
+      throw_if_stop_requested("the search (run the same command to continue)");
+    }
     if (st.code != 0 && first == 0) first = st.code;
   }
   return first;

@@ -23,7 +23,8 @@ namespace {
 /// Options that may differ between a run and its resumption.
 bool ignored_on_resume(const std::string& key) {
   return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
-         key == "out" || key == "xfer_version" || key == "stop_after";
+         key == "out" || key == "xfer_version" || key == "stop_after" ||
+         key == "on_nan";
 }
 
 std::string default_out(const std::string& command, const std::string& method) {
@@ -38,9 +39,8 @@ void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool 
   const fs::path config_path = fs::path(out) / "config.json";
   const bool exists = fs::exists(config_path);
   if (resume) {
+    // A run killed before its first checkpoint resumes from step 0 (the trainer says so).
     XFER_CHECK(exists, "--resume: ", out, " holds no run (no config.json)");
-    XFER_CHECK(fs::exists(fs::path(out) / "checkpoints" / "last.pt"), "--resume: ", out,
-               " has no checkpoints/last.pt to resume from");
     const nlohmann::json saved = read_json_file(config_path.string());
     for (const auto& [key, value] : config.items()) {
       if (ignored_on_resume(key)) continue;

@@ -503,7 +503,15 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
                              "--overwrite", "--threads", std::to_string(threads)},
                             log, log)] = i;
     }
-    const ExitStatus st = wait_process();
+    const ExitStatus st = wait_process(-1, /*interruptible=*/true);
+    if (st.pid < 0) {  // SIGINT/SIGTERM: the runs in flight checkpoint and stop; a re-run redoes them
+      std::vector<pid_t> pids;
+      for (const auto& [pid, i] : running) pids.push_back(pid);
+      stop_processes(pids);
+      progress.finish();
+      throw_if_stop_requested(cat("the suite, with ", finished, " of ", plan.size(),
+                                  " runs finished (run the same command to continue),"));
+    }
     auto it = running.find(st.pid);
     if (it == running.end()) continue;
     const size_t i = it->second;

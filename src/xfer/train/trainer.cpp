@@ -50,6 +50,9 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// More non-finite steps in a row than this means the run has diverged: skipping cannot save it.
+constexpr int64_t kMaxConsecutiveSkips = 25;
+
 std::string percent(double fraction) {
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -75,6 +78,9 @@ void TrainerOptions::fields(Fields& f) {
   f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
                                   "later with --resume (0: run to the end)")
       .non_negative();
+  f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
+                          "batch (no update; at most 25 in a row)")
+      .choices({"stop", "skip"});
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
@@ -95,10 +101,22 @@ LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, cons
   optimizer.zero_grad();
   LossTerms terms = method.compute_gradients(ctx);
   check_finite(terms, ctx.step);
+  check_finite_gradients(ctx.model, ctx.step);
   if (terms.lr_scale != 1.0) set_learning_rates(optimizer, groups, lr * terms.lr_scale);
   optimizer.step();
   method.after_step(ctx);
   return terms;
+}
+
+void check_finite_gradients(Model& model, int64_t step) {
+  std::vector<torch::Tensor> sums;  // a NaN or an infinity anywhere in a gradient reaches its sum
+  for (const auto& p : model->parameters())
+    if (p.grad().defined()) sums.push_back(p.grad().sum());
+  if (sums.empty() || torch::stack(sums).isfinite().all().item<bool>()) return;
+  for (const auto& p : model->named_parameters())
+    if (p.value().grad().defined() && !p.value().grad().isfinite().all().item<bool>())
+      throw NumericalError(cat("the gradient of ", p.key(), " is not finite at step ", step));
+  throw NumericalError(cat("the gradients overflow at step ", step));
 }
 
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size) {
@@ -146,8 +164,12 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   auto optimizer = make_optimizer(opts_.optim, groups);
   at::Generator rng = make_generator(derive_seed(seed, "method"));
 
-  int64_t start = 0, best_step = -1;
+  int64_t start = 0, best_step = -1, skipped_steps = 0, skips_in_a_row = 0;
   double best_val = -1;
+  if (resume && !fs::exists(last_checkpoint())) {
+    log_info(cat("no checkpoint in ", out_dir_, " yet: starting from step 0"));
+    resume = false;
+  }
   if (resume) {
     CheckpointReader ck(last_checkpoint(), model->backbone->parameters().front().device());
     const Model saved = ck.read_model();
@@ -164,6 +186,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     start = m.at("step").get<int64_t>();
     best_val = m.at("best_val").get<double>();
     best_step = m.at("best_step").get<int64_t>();
+    skipped_steps = m.value("skipped_steps", int64_t{0});
+    skips_in_a_row = m.value("skips_in_a_row", int64_t{0});
     batches.seek(m.at("positions").get<std::map<std::string, int64_t>>());
     XFER_CHECK(start <= total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ", total);
     log_info(cat("resuming at step ", start, " from ", ck.path()));
@@ -180,6 +204,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     m["iterations"] = total;
     m["best_val"] = best_val;
     m["best_step"] = best_step;
+    m["skipped_steps"] = skipped_steps;
+    m["skips_in_a_row"] = skips_in_a_row;
     m["positions"] = batches.positions();
     CheckpointWriter w(m);
     w.write_model(model);
@@ -209,22 +235,35 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     StepContext ctx{batches, model, step, total, rng, head};
     const double t0 = now_seconds();
     LossTerms terms;
+    bool skipped = false;
     try {
       terms = training_step(method, *optimizer, groups, lr, ctx);
+      skips_in_a_row = 0;
     } catch (const NumericalError& e) {
-      progress.finish();
-      throw NumericalError(cat(e.what(), "; ",
-                               last_saved >= 0 ? cat("the last good checkpoint is ", last_checkpoint(), " (step ",
-                                                     last_saved, ")")
-                                               : std::string("no checkpoint was written yet")));
+      if (opts_.on_nan == "skip" && skips_in_a_row < kMaxConsecutiveSkips) {
+        optimizer->zero_grad();  // the update is dropped; the batch was drawn, so replay stays exact
+        skipped = true;
+        ++skipped_steps;
+        ++skips_in_a_row;
+        progress.message(cat("warning: ", e.what(), "; skipping the batch (--on-nan skip)"));
+      } else {
+        progress.finish();
+        throw NumericalError(cat(e.what(), skips_in_a_row ? cat(" (after ", skips_in_a_row, " skipped in a row)") : "",
+                                 "; ",
+                                 last_saved >= 0 ? cat("the last good checkpoint is ", last_checkpoint(), " (step ",
+                                                       last_saved, ")")
+                                                 : std::string("no checkpoint was written yet")));
+      }
     }
     step_times.push_back(now_seconds() - t0);
     step_seconds += step_times.back();
 
     const int64_t done = step + 1;
-    window_loss += terms.total.item<double>();
-    for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
-    ++window_steps;
+    if (!skipped) {
+      window_loss += terms.total.item<double>();
+      for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
+      ++window_steps;
+    }
     if (has_val && (done % eval_every == 0 || done == total)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       metrics.write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
@@ -242,18 +281,28 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       }
     }
     if (done % opts_.log_every == 0 || done == total) {
-      nlohmann::json line = {{"step", done}, {"lr", lr}, {"loss", window_loss / window_steps}};
+      nlohmann::json line = {{"step", done}, {"lr", lr}};
+      if (window_steps) line["loss"] = window_loss / window_steps;
+      if (skipped_steps) line["skipped_steps"] = skipped_steps;
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
       line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
       line["elapsed_s"] = now_seconds() - fit_start;
       metrics.write(line);
-      progress.update(done, cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text));
+      progress.update(done, window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
+                                         : cat("skipped", val_text));
       window_loss = 0;
       window_steps = 0;
       window_parts.clear();
     }
     const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
-    if (done % ckpt_every == 0 || done == total || stopping) save_last(done);
+    const int signal = stop_signal();
+    if (done % ckpt_every == 0 || done == total || stopping || signal) save_last(done);
+    if (signal) {
+      progress.finish();
+      throw Interrupted(cat("training at step ", done, " of ", total, "; saved ", last_checkpoint(),
+                            "; continue with --resume"),
+                        signal);
+    }
     if (stopping) {
       progress.finish();
       log_info(cat("stopped after ", done - start, " steps at step ", done, "; continue with --resume"));
@@ -278,6 +327,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                            {"train_seconds", step_seconds},
                            {"step_ms", total > start ? 1000.0 * step_seconds / (total - start) : 0.0},
                            {"step_ms_median", 1000.0 * median(step_times)},
+                           {"skipped_steps", skipped_steps},
                            {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0}};
   if (task.test.size() > 0) {
     const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);
