@@ -35,6 +35,8 @@ struct TrainerOptions {
   int64_t eval_batch = 500;
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
+  std::string bn = "batch";      // batch norm in training: batch (statistics of each process's batch), frozen
+                                 // (running statistics, as in eval mode; exact across world sizes)
 
   void fields(Fields& f);
 };
@@ -44,11 +46,14 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
 /// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
-/// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.
+/// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`. In a
+/// data-parallel run the gradients are averaged over the processes before the optimizer step (unless the
+/// method synchronised them itself); `allreduce_seconds`, if given, receives the time that took.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx);
+                        double lr, StepContext& ctx, double* allreduce_seconds = nullptr);
 
-/// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches.
+/// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches. In a data-parallel run each
+/// process evaluates a contiguous share and the confusion counts are summed over the processes.
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);
 
 class Trainer {
