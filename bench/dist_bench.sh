@@ -25,10 +25,11 @@ field() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r.g
 s1=$(field "$out/one/result.json" samples_per_s)
 sn=$(field "$out/many/result.json" samples_per_s)
 share=$(field "$out/many/result.json" allreduce_share)
+wait=$(field "$out/many/result.json" allreduce_wait_share)
 ms1=$(field "$out/one/result.json" step_ms)
 msn=$(field "$out/many/result.json" step_ms)
 printf '%s, global batch %s, %s steps\n' "$backbone" "$batch" "$steps"
 printf '  1 rank  x %s threads: %8.1f samples/s  (%.1f ms/step)\n' "$ranks" "$s1" "$ms1"
-printf '  %s ranks x 1 thread : %8.1f samples/s  (%.1f ms/step), all-reduce %.1f%% of the step\n' \
-  "$ranks" "$sn" "$msn" "$(python3 -c "print(100*$share)")"
+printf '  %s ranks x 1 thread : %8.1f samples/s  (%.1f ms/step), all-reduce %.1f%% of the step (%.1f%% waiting for the slowest rank)\n' \
+  "$ranks" "$sn" "$msn" "$(python3 -c "print(100*$share)")" "$(python3 -c "print(100*$wait)")"
 printf '  speed-up %.2fx\n' "$(python3 -c "print($sn/$s1)")"

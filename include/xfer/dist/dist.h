@@ -11,7 +11,8 @@
 ///   XFER_DIST_TIMEOUT          seconds to wait for the master or a collective before failing (default 300)
 ///
 /// Gradients are averaged like PyTorch's DistributedDataParallel: flattened into buckets of about 25 MB,
-/// all-reduced (sum) with allreduce_coalesced, then divided by the world size once the work is done.
+/// all-reduced (sum) with allreduce_coalesced, then divided by the world size once the work is done (after
+/// the backward pass, not overlapped with it as DDP does).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -48,11 +49,15 @@ void broadcast_module(const torch::nn::Module& module);
 /// Sums each tensor over the ranks, in place (any dtype Gloo reduces: float, double, int64).
 void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
 
-/// Averages the gradients of `params` over the ranks, in place, in buckets of about `bucket_bytes`
-/// (allreduce_coalesced per bucket, all buckets in flight, divided by the world size after the wait).
-/// Parameters without a gradient take part as zeros, so every rank reduces the same buckets.
-/// Returns the seconds spent (0 in a single process).
-double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20);
+/// Averages the gradients of `params` over the ranks, in place, in buckets of about `bucket_bytes`: each
+/// bucket's gradients are copied into a flat buffer kept between calls, all-reduced with
+/// allreduce_coalesced, divided by the world size after the wait, and copied back. Parameters without a
+/// gradient are skipped (every rank runs the same code, so they are the same on every rank).
+/// Returns the seconds spent (0 in a single process). With `wait_seconds`, a one-element all-reduce runs
+/// first and the seconds it took (waiting for the slowest rank to finish its backward) are stored there, so
+/// the transfer proper is the difference.
+double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20,
+                            double* wait_seconds = nullptr);
 /// Averages tensors that are not parameters' gradients (GradMix's per-source gradients), in place.
 void all_reduce_mean(const std::vector<torch::Tensor>& tensors);
 

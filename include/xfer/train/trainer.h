@@ -48,9 +48,11 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 /// gradients, let the method compute them (drawing its own batches), check that the loss is finite,
 /// scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`. In a
 /// data-parallel run the gradients are averaged over the processes before the optimizer step (unless the
-/// method synchronised them itself); `allreduce_seconds`, if given, receives the time that took.
+/// method synchronised them itself); `allreduce_seconds`, if given, receives the time that took, and
+/// `wait_seconds` the part of it spent waiting for the slowest process.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, double* allreduce_seconds = nullptr);
+                        double lr, StepContext& ctx, double* allreduce_seconds = nullptr,
+                        double* wait_seconds = nullptr);
 
 /// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches. In a data-parallel run each
 /// process evaluates a contiguous share and the confusion counts are summed over the processes.

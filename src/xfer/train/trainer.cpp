@@ -101,7 +101,7 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 }
 
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, double* allreduce_seconds) {
+                        double lr, StepContext& ctx, double* allreduce_seconds, double* wait_seconds) {
   set_learning_rates(optimizer, groups, lr);
   optimizer.zero_grad();
   LossTerms terms = method.compute_gradients(ctx);
@@ -109,7 +109,7 @@ LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, cons
   if (dist::is_distributed() && !method.synchronises_gradients()) {
     std::vector<torch::Tensor> params;
     for (const auto& g : groups) params.insert(params.end(), g.params.begin(), g.params.end());
-    const double seconds = dist::all_reduce_gradients(params);
+    const double seconds = dist::all_reduce_gradients(params, 25 << 20, wait_seconds);
     if (allreduce_seconds) *allreduce_seconds = seconds;
   }
   if (terms.lr_scale != 1.0) set_learning_rates(optimizer, groups, lr * terms.lr_scale);
@@ -224,7 +224,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
 
   const int64_t batch_size = batches.stream("target").options().batch_size;
   Progress progress(head == "source" ? "pretrain" : "train", total, opts_.log_every * 10);
-  double step_seconds = 0, window_loss = 0, allreduce_total = 0, window_allreduce = 0;
+  double step_seconds = 0, window_loss = 0, allreduce_total = 0, window_allreduce = 0, wait_total = 0,
+         window_wait = 0;
   std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
   step_times.reserve(static_cast<size_t>(total - start));
   int64_t window_steps = 0;
@@ -239,9 +240,9 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     StepContext ctx{batches, model, step, total, rng, head};
     const double t0 = now_seconds();
     LossTerms terms;
-    double allreduce_seconds = 0;
+    double allreduce_seconds = 0, wait_seconds = 0;
     try {
-      terms = training_step(method, *optimizer, groups, lr, ctx, &allreduce_seconds);
+      terms = training_step(method, *optimizer, groups, lr, ctx, &allreduce_seconds, &wait_seconds);
     } catch (const NumericalError& e) {
       progress.finish();
       throw NumericalError(cat(e.what(), "; ",
@@ -253,6 +254,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     step_seconds += step_times.back();
     allreduce_total += allreduce_seconds;
     window_allreduce += allreduce_seconds;
+    wait_total += wait_seconds;
+    window_wait += wait_seconds;
 
     const int64_t done = step + 1;
     window_loss += terms.total.item<double>();
@@ -291,12 +294,16 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       nlohmann::json line = {{"step", done}, {"lr", lr}, {"loss", window_loss / window_steps}};
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
       line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
-      if (dist::is_distributed()) line["allreduce_ms"] = 1000.0 * window_allreduce / window_steps;
+      if (dist::is_distributed()) {
+        line["allreduce_ms"] = 1000.0 * window_allreduce / window_steps;
+        line["allreduce_wait_ms"] = 1000.0 * window_wait / window_steps;
+      }
       line["elapsed_s"] = now_seconds() - fit_start;
       if (writer) metrics->write(line);
       if (writer) progress.update(done, cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text));
       window_loss = 0;
       window_allreduce = 0;
+      window_wait = 0;
       window_steps = 0;
       window_parts.clear();
     }
@@ -331,8 +338,12 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                            {"step_ms_median", 1000.0 * median(step_times)},
                            {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0},
                            {"world_size", dist::world_size()}};
-  if (dist::is_distributed())
+  if (dist::is_distributed()) {
+    // The all-reduce's share of the step, and the part of it spent waiting for the slowest rank's
+    // backward (load imbalance) rather than moving gradients.
     result["allreduce_share"] = step_seconds > 0 ? allreduce_total / step_seconds : 0.0;
+    result["allreduce_wait_share"] = step_seconds > 0 ? wait_total / step_seconds : 0.0;
+  }
   if (task.test.size() > 0) {
     const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);
     result["test_top1"] = ev.top1;
