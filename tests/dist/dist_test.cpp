@@ -67,10 +67,10 @@ std::vector<std::string> dist_tiny_finetune(const test::TempDir& dir, const std:
   pre.loader.batch_size = 8;
   run_pretrain(pre);
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 4) + ":val=2";
-  // --bn frozen: batch-norm statistics of each rank's half-batch would differ from the whole batch's
+  // --bn-stats frozen: batch-norm statistics of each rank's half-batch would differ from the whole batch's
   // (there is no sync BN); with running statistics the two runs compute the same function.
   return {"finetune", "--method", method, "--init", dir.file("source"), "--target", spec, "--iterations", "6",
-          "--batch-size", "8", "--threads", "1", "--bn", "frozen", "--eval-every", "3", "--log-every", "1",
+          "--batch-size", "8", "--threads", "1", "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1",
           "--lr", "0.05"};
 }
 
@@ -203,7 +203,7 @@ TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
                            {"finetune", "--method", "gradmix", "--target", data + ":classes=0-2:per_class=4:val=3",
                             "--sources", data + ":classes=0-2:shift=noise0.1;" + data + ":classes=3-4",
                             "--backbone", "cnn4:width=4", "--iterations", "6", "--batch-size", "8", "--threads", "1",
-                            "--bn", "frozen", "--eval-every", "3", "--log-every", "1", "--lr", "0.05"},
+                            "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1", "--lr", "0.05"},
                            "gradmix");
 }
 

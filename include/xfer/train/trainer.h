@@ -35,8 +35,8 @@ struct TrainerOptions {
   int64_t eval_batch = 500;
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
-  std::string bn = "batch";      // batch norm in training: batch (statistics of each process's batch), frozen
-                                 // (running statistics, as in eval mode; exact across world sizes)
+  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), frozen
+                                   // (running statistics, as in eval mode; exact across world sizes)
 
   void fields(Fields& f);
 };

@@ -51,7 +51,7 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/// --bn frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
+/// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
 void apply_bn_mode(Model& model, const std::string& bn) {
   if (bn != "frozen") return;
   for (auto& m : model->modules(/*include_self=*/false))
@@ -83,7 +83,7 @@ void TrainerOptions::fields(Fields& f) {
   f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
                                   "later with --resume (0: run to the end)")
       .non_negative();
-  f.add("bn", bn, "batch norm while training: batch (each process's batch statistics, as DDP without sync BN) or "
+  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without sync BN) or "
                   "frozen (running statistics, as in eval mode)")
       .choices({"batch", "frozen"});
 }
@@ -233,7 +233,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   std::string val_text;
   const double fit_start = now_seconds();
   model->train();
-  apply_bn_mode(model, opts_.bn);
+  apply_bn_mode(model, opts_.bn_stats);
 
   for (int64_t step = start; step < total; ++step) {
     const double lr = opts_.optim.lr * lr_factor(opts_.schedule, step, total);
@@ -263,7 +263,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     ++window_steps;
     if (has_val && (done % eval_every == 0 || done == total)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
-      apply_bn_mode(model, opts_.bn);
+      apply_bn_mode(model, opts_.bn_stats);
       if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
