@@ -7,6 +7,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/data/spec.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/registry.h"
 #include "xfer/report/table.h"
 #include "xfer/train/run.h"
@@ -70,6 +71,7 @@ class TrainCommand : public Command {
     opts_.fields(fields);
     fields.validate();
     const nlohmann::json result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
+    if (!dist::is_main()) return;  // data-parallel: rank 0 reports for all
     if (result.contains("stopped_at")) {
       out << "Stopped at step " << result["stopped_at"] << "; continue with the same command and --resume\n";
       return;

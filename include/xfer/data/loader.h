@@ -32,7 +32,24 @@ struct Batch {
   torch::Tensor x;      // float (B, C, H, W), normalised
   torch::Tensor y;      // int64 (B)
   torch::Tensor index;  // int64 (B): positions in the stream's dataset
+  // Data-parallel runs: this process holds rows [offset, offset + B) of the global batch `number`, whose
+  // `global_size` dataset indices are `global_index`. In one process: offset 0, the whole batch.
+  int64_t number = 0;
+  int64_t offset = 0;
+  int64_t global_size = 0;
+  std::vector<int64_t> global_index;
 };
+
+/// This process's part of every batch: with `count` processes, batch b's rows
+/// [rank * B / count, (rank + 1) * B / count), so that the processes together see exactly the batch one
+/// process would. Set once by a data-parallel run (from dist::rank() and dist::world_size()) before it
+/// builds its streams; streams built afterwards read it.
+struct BatchShard {
+  int64_t rank = 0;
+  int64_t count = 1;
+};
+void set_batch_shard(BatchShard shard);
+BatchShard batch_shard();
 
 /// Chooses the dataset indices of each batch. Must be a pure function of the batch number, so that a
 /// stream can be resumed or replayed from its position alone.
@@ -65,8 +82,10 @@ std::unique_ptr<Sampler> default_sampler(int64_t size, uint64_t stream_seed);
 class InputTransform {
  public:
   explicit InputTransform(Normalization norm, int64_t crop_pad = 0, bool flip = false);
-  /// Transforms images[indices[i]] for each i. `seed` drives the crops and flips.
-  torch::Tensor operator()(const torch::Tensor& images, const std::vector<int64_t>& indices, uint64_t seed) const;
+  /// Transforms images[indices[i]] for each i. `seed` drives the crops and flips. With `select`, only the
+  /// rows at those positions of `indices`, augmented exactly as in the whole batch (a shard of it).
+  torch::Tensor operator()(const torch::Tensor& images, const std::vector<int64_t>& indices, uint64_t seed,
+                           const std::vector<int64_t>* select = nullptr) const;
   /// The evaluation transform of a whole tensor of images: normalisation only.
   torch::Tensor normalise(const torch::Tensor& images) const;
 
@@ -86,7 +105,12 @@ class BatchStream {
   BatchStream(const BatchStream&) = delete;
   BatchStream& operator=(const BatchStream&) = delete;
 
+  /// The next batch: the whole batch, or this process's shard of it (see BatchShard). Its global batch
+  /// size is options().batch_size either way.
   Batch next();
+  /// Rows `positions` (int64, indices into the global batch) of `batch`, transformed exactly as the
+  /// process holding them did: mixup partners that may live in another process's shard.
+  Batch rows(const Batch& batch, const torch::Tensor& positions) const;
   /// Batches handed out so far.
   int64_t position() const { return position_; }
   /// Continues from `position` (after a resume).
@@ -104,6 +128,7 @@ class BatchStream {
   std::unique_ptr<Sampler> sampler_;
   InputTransform transform_;
   torch::Device device_;
+  BatchShard shard_;
   int64_t position_ = 0;
   std::future<Batch> pending_;
   int64_t pending_for_ = -1;

@@ -81,6 +81,8 @@ class GradMixMethod : public Method {
   /// CE on a V batch (target-only, and gradmix-finetune's second phase).
   LossTerms loss(StepContext& ctx) override;
   LossTerms compute_gradients(StepContext& ctx) override;
+  /// Mixed steps average each per-source gradient and V's over the processes before solving.
+  bool synchronises_gradients() const override { return synchronised_; }
   void save(torch::serialize::OutputArchive& out) const override;
   void load(torch::serialize::InputArchive& in) override;
 
@@ -114,6 +116,7 @@ class GradMixMethod : public Method {
   std::vector<std::vector<double>> weights_;       // per layer, per source
   std::vector<double> head_weights_;               // per source: its weight on the target head (0: other head)
   int64_t failures_ = 0;
+  bool synchronised_ = false;
   double solver_seconds_ = 0;
   int64_t classes_ = 0;
   TensorDataset unlabelled_;                        // U, for --ssl

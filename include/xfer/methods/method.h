@@ -85,6 +85,10 @@ class Method {
   /// per source) overrides this. The Trainer stops with a NumericalError if the loss is not finite.
   virtual LossTerms compute_gradients(StepContext& ctx);
   virtual void after_backward(StepContext& ctx) {}
+  /// Data-parallel runs: whether compute_gradients already leaves gradients that are the same on every
+  /// process (GradMix all-reduces each per-source gradient before it solves for the mixing weights). If
+  /// false, the Trainer averages the gradients over the processes after compute_gradients.
+  virtual bool synchronises_gradients() const { return false; }
   virtual void after_step(StepContext& ctx) {}
   virtual void save(torch::serialize::OutputArchive& out) const {}
   virtual void load(torch::serialize::InputArchive& in) {}

@@ -59,6 +59,17 @@ struct CutMixBox {
 CutMixBox cutmix_box(int64_t height, int64_t width, double lambda, int64_t cy, int64_t cx);
 /// The mixing weight the box really gives: 1 - area / (H W).
 double cutmix_lambda(const CutMixBox& box, int64_t height, int64_t width);
+/// Mixup partners of this process's rows of batch `b`: rows perm[offset, offset + n) of the global batch
+/// (`perm` drawn over the global batch, the same on every process). In one process x[perm], y[perm];
+/// in a data-parallel run the partners may sit in another process's share, and `stream` rebuilds them, so
+/// the run mixes exactly the pairs one process would.
+struct MixupPartners {
+  torch::Tensor x, y;
+};
+MixupPartners mixup_partners(const BatchStream& stream, const Batch& b, const torch::Tensor& perm);
+/// The number of examples a mixup permutation is drawn over: the global batch of `b`.
+int64_t mixup_batch_size(const Batch& b);
+
 /// A copy of x with the box replaced by the same box of x[perm].
 torch::Tensor cutmix_images(const torch::Tensor& x, const torch::Tensor& perm, const CutMixBox& box);
 

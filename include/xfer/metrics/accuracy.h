@@ -26,6 +26,9 @@ class ConfusionMatrix {
   /// `predicted` and `target`: int64 (N) on any device.
   void add(const torch::Tensor& predicted, const torch::Tensor& target);
   Evaluation evaluation() const;
+  /// The counts, int64 (classes * classes) row-major (true class, predicted): summed over the processes of
+  /// a data-parallel evaluation.
+  torch::Tensor& counts() { return counts_; }
 
  private:
   int64_t classes_;

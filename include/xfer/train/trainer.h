@@ -40,6 +40,8 @@ struct TrainerOptions {
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
   std::string on_nan = "stop";   // a non-finite loss or gradient: stop (the default), or skip the batch
+  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), frozen
+                                   // (running statistics, as in eval mode; exact across world sizes)
 
   void fields(Fields& f);
 };
@@ -48,16 +50,21 @@ struct TrainerOptions {
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult);
 
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
-/// gradients, let the method compute them (drawing its own batches), check that the loss and the
-/// gradients are finite (NumericalError naming the step, and the parameter, before any update), scale the
-/// learning rates by the loss terms' `lr_scale`, step the optimizer, then `after_step`.
+/// gradients, let the method compute them (drawing its own batches), check that the loss is finite, in
+/// a data-parallel run average the gradients over the processes (unless the method synchronised them
+/// itself; `allreduce_seconds`, if given, receives the time that took, and `wait_seconds` the part of it
+/// spent waiting for the slowest process), check that the gradients are finite (NumericalError naming
+/// the step and the parameter, before any update), scale the learning rates by the loss terms'
+/// `lr_scale`, step the optimizer, then `after_step`.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx);
+                        double lr, StepContext& ctx, double* allreduce_seconds = nullptr,
+                        double* wait_seconds = nullptr);
 
 /// NumericalError naming the first parameter of `model` whose gradient holds a NaN or an infinity.
 void check_finite_gradients(Model& model, int64_t step);
 
-/// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches.
+/// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches. In a data-parallel run each
+/// process evaluates a contiguous share and the confusion counts are summed over the processes.
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);
 
 class Trainer {

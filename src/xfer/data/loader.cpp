@@ -53,26 +53,49 @@ InputTransform::InputTransform(Normalization norm, int64_t crop_pad, bool flip)
   }
 }
 
+namespace {
+BatchShard& shard_setting() {
+  static BatchShard shard;
+  return shard;
+}
+}  // namespace
+
+void set_batch_shard(BatchShard shard) {
+  XFER_CHECK(shard.count >= 1 && shard.rank >= 0 && shard.rank < shard.count, "batch shard ", shard.rank, " of ",
+             shard.count, " is out of range");
+  shard_setting() = shard;
+}
+
+BatchShard batch_shard() { return shard_setting(); }
+
 torch::Tensor InputTransform::operator()(const torch::Tensor& images, const std::vector<int64_t>& indices,
-                                         uint64_t seed) const {
-  const int64_t n = static_cast<int64_t>(indices.size());
+                                         uint64_t seed, const std::vector<int64_t>* select) const {
+  const int64_t total = static_cast<int64_t>(indices.size());
+  const int64_t n = select ? static_cast<int64_t>(select->size()) : total;
   const int64_t C = images.size(1), H = images.size(2), W = images.size(3);
   XFER_CHECK(C == static_cast<int64_t>(lut_.size()), "images have ", C, " channels but the model expects ",
              lut_.size());
   torch::Tensor out = torch::empty({n, C, H, W}, torch::kFloat32);
   const uint8_t* src = images.data_ptr<uint8_t>();
   float* dst = out.data_ptr<float>();
+  // Every row's draws, in order, so a row is augmented the same whether or not it is selected.
   std::mt19937_64 engine(seed);
+  std::vector<int64_t> shift_y(total, 0), shift_x(total, 0);
+  std::vector<char> mirrors(total, 0);
+  for (int64_t i = 0; i < total; ++i) {
+    if (crop_pad_ > 0) {
+      shift_y[i] = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
+      shift_x[i] = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
+    }
+    if (flip_) mirrors[i] = (engine() >> 63) != 0;
+  }
   const int64_t plane = H * W;
   for (int64_t i = 0; i < n; ++i) {
-    int64_t dy = 0, dx = 0;
-    bool mirror = false;
-    if (crop_pad_ > 0) {
-      dy = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
-      dx = static_cast<int64_t>(uniform_index(engine, 2 * crop_pad_ + 1)) - crop_pad_;
-    }
-    if (flip_) mirror = (engine() >> 63) != 0;
-    const uint8_t* img = src + indices[i] * C * plane;
+    const int64_t row_in_batch = select ? (*select)[i] : i;
+    XFER_CHECK(row_in_batch >= 0 && row_in_batch < total, "batch row ", row_in_batch, " is out of range");
+    const int64_t dy = shift_y[row_in_batch], dx = shift_x[row_in_batch];
+    const bool mirror = mirrors[row_in_batch] != 0;
+    const uint8_t* img = src + indices[row_in_batch] * C * plane;
     float* o = dst + i * C * plane;
     for (int64_t c = 0; c < C; ++c) {
       const float* lut = lut_[c].data();
@@ -108,8 +131,11 @@ BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOp
       seed_(seed),
       sampler_(sampler ? std::move(sampler) : default_sampler(data_.size(), seed)),
       transform_(norm, opts.crop_pad, opts.flip),
-      device_(device) {
+      device_(device),
+      shard_(batch_shard()) {
   check_options(opts_);
+  XFER_CHECK(opts_.batch_size % shard_.count == 0, "the batch size ", opts_.batch_size, " must be a multiple of ",
+             "the number of processes ", shard_.count, " (each process takes an equal share of every batch)");
   XFER_CHECK(data_.size() > 0, "cannot draw batches from an empty dataset");
   data_.images = data_.images.contiguous();
   data_.labels = data_.labels.contiguous();
@@ -120,15 +146,50 @@ BatchStream::~BatchStream() {
 }
 
 Batch BatchStream::make(int64_t b) {
-  const std::vector<int64_t> idx = sampler_->indices(b, opts_.batch_size);
+  const uint64_t seed = derive_seed(seed_, static_cast<uint64_t>(b));
   Batch batch;
-  batch.x = transform_(data_.images, idx, derive_seed(seed_, static_cast<uint64_t>(b)));
+  batch.number = b;
+  batch.global_size = opts_.batch_size;
+  batch.global_index = sampler_->indices(b, opts_.batch_size);
+  if (shard_.count == 1) {
+    batch.x = transform_(data_.images, batch.global_index, seed);
+  } else {
+    const int64_t share = opts_.batch_size / shard_.count;
+    batch.offset = shard_.rank * share;
+    std::vector<int64_t> rows(share);
+    for (int64_t i = 0; i < share; ++i) rows[i] = batch.offset + i;
+    batch.x = transform_(data_.images, batch.global_index, seed, &rows);
+  }
+  const std::vector<int64_t> idx(batch.global_index.begin() + batch.offset,
+                                 batch.global_index.begin() + batch.offset + batch.x.size(0));
   batch.index = torch::tensor(idx, torch::kInt64);
   batch.y = torch::empty({static_cast<int64_t>(idx.size())}, torch::kInt64);
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
   int64_t* y = batch.y.data_ptr<int64_t>();
   for (size_t i = 0; i < idx.size(); ++i) y[i] = labels[idx[i]];
   return batch;
+}
+
+Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) const {
+  const torch::Tensor pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
+  std::vector<int64_t> select(pos.data_ptr<int64_t>(), pos.data_ptr<int64_t>() + pos.numel());
+  XFER_CHECK(static_cast<int64_t>(batch.global_index.size()) == batch.global_size, "rows(): the batch carries no ",
+             "global indices");
+  Batch out;
+  out.number = batch.number;
+  out.global_size = batch.global_size;
+  out.global_index = batch.global_index;
+  out.x = transform_(data_.images, batch.global_index, derive_seed(seed_, static_cast<uint64_t>(batch.number)),
+                     &select);
+  std::vector<int64_t> idx(select.size());
+  for (size_t i = 0; i < select.size(); ++i) idx[i] = batch.global_index[static_cast<size_t>(select[i])];
+  out.index = torch::tensor(idx, torch::kInt64);
+  out.y = data_.labels.index_select(0, out.index);
+  if (device_ != torch::kCPU) {
+    out.x = out.x.to(device_);
+    out.y = out.y.to(device_);
+  }
+  return out;
 }
 
 void BatchStream::launch(int64_t b) {

@@ -10,6 +10,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/spec.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/semi.h"
 #include "xfer/source/mixing_weights.h"
 #include "xfer/source/pseudo_labels.h"
@@ -280,6 +281,7 @@ LossTerms GradMixMethod::loss(StepContext& ctx) {
 }
 
 LossTerms GradMixMethod::target_step(StepContext& ctx, double lr_scale) {
+  synchronised_ = false;  // a plain backward: the Trainer averages the gradients over the processes
   LossTerms terms = loss(ctx);
   terms.total.backward();
   terms.total = terms.total.detach();
@@ -304,6 +306,9 @@ LossTerms GradMixMethod::compute_gradients(StepContext& ctx) {
 LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
   const bool mixing = gradmix_mixes(opts_.mode);
   const size_t k = sources_.size(), n_shared = shared_.size();
+  // Data-parallel: every per-source gradient and V's gradient is averaged over the processes before the
+  // solve, so every process solves the same problem and applies the same update.
+  synchronised_ = true;
   std::map<std::string, torch::Tensor> parts;
   torch::Tensor total = torch::zeros({}, torch::kFloat64);
 
@@ -321,6 +326,7 @@ LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
     std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
     for (size_t j = 0; j < grads.size(); ++j)
       if (!grads[j].defined()) grads[j] = torch::zeros_like(inputs[j]);
+    dist::all_reduce_mean(grads);
     g[i].assign(grads.begin(), grads.begin() + static_cast<std::ptrdiff_t>(n_shared));
     h[i].assign(grads.begin() + static_cast<std::ptrdiff_t>(n_shared), grads.end());
     parts["loss/" + s.name] = loss.detach();
@@ -343,6 +349,7 @@ LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
     std::vector<torch::Tensor> gv = torch::autograd::grad({loss_v}, inputs, {}, false, false, /*allow_unused=*/true);
     for (size_t p = 0; p < gv.size(); ++p)
       if (!gv[p].defined()) gv[p] = torch::zeros_like(inputs[p]);
+    dist::all_reduce_mean(gv);
     parts["loss/v"] = loss_v.detach();
 
     const double t0 = now_seconds();
@@ -453,7 +460,30 @@ LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
   // The semi-supervised term on U, added on top of the mixed gradient.
   if (opts_.ssl != "none") {
     const torch::Tensor u = ssl_loss(ctx, v, parts);
-    u.backward();
+    if (!dist::is_distributed()) {
+      u.backward();
+    } else {  // U's gradient alone, averaged, then added to the (already averaged) mixed gradient
+      std::vector<torch::Tensor> params, mixed;
+      for (const auto& p : ctx.model->parameters())
+        if (p.requires_grad()) {
+          params.push_back(p);
+          mixed.push_back(p.grad());
+          p.mutable_grad() = torch::Tensor();
+        }
+      u.backward();
+      std::vector<torch::Tensor> grads;
+      for (const auto& p : params)
+        if (p.grad().defined()) grads.push_back(p.grad());
+      dist::all_reduce_mean(grads);
+      torch::NoGradGuard no_grad;
+      for (size_t j = 0; j < params.size(); ++j) {
+        if (!mixed[j].defined()) continue;
+        if (params[j].grad().defined())
+          params[j].mutable_grad().add_(mixed[j]);
+        else
+          params[j].mutable_grad() = mixed[j];
+      }
+    }
     total = total + u.detach().to(torch::kCPU, torch::kFloat64);
   }
   LossTerms terms;

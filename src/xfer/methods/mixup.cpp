@@ -28,6 +28,15 @@ torch::Tensor mixup_loss(const torch::Tensor& logits, const torch::Tensor& label
   return mixed_cross_entropy(logits, labels, labels.index_select(0, draw.perm.to(labels.device())), draw.lambda);
 }
 
+int64_t mixup_batch_size(const Batch& b) { return b.global_size > 0 ? b.global_size : b.x.size(0); }
+
+MixupPartners mixup_partners(const BatchStream& stream, const Batch& b, const torch::Tensor& perm) {
+  if (mixup_batch_size(b) == b.x.size(0))
+    return {b.x.index_select(0, perm.to(b.x.device())), b.y.index_select(0, perm.to(b.y.device()))};
+  const Batch p = stream.rows(b, perm.slice(0, b.offset, b.offset + b.x.size(0)));
+  return {p.x, p.y};
+}
+
 CutMixBox cutmix_box(int64_t height, int64_t width, double lambda, int64_t cy, int64_t cx) {
   XFER_CHECK(lambda >= 0 && lambda <= 1, "CutMix lambda must be in [0, 1], got ", lambda);
   const double ratio = std::sqrt(1.0 - lambda);
@@ -62,8 +71,10 @@ void MixupMethod::Options::fields(Fields& f) {
 
 LossTerms MixupMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
-  const MixupDraw d = draw_mixup(ctx.rng, b.x.size(0), opts_.alpha, opts_.fold);
-  const torch::Tensor l = mixup_loss(ctx.model->forward(mix_with_partners(b.x, d), ctx.head), b.y, d);
+  const MixupDraw d = draw_mixup(ctx.rng, mixup_batch_size(b), opts_.alpha, opts_.fold);
+  const MixupPartners p = mixup_partners(ctx.batches.stream("target"), b, d.perm);
+  const torch::Tensor logits = ctx.model->forward(mix(b.x, p.x, d.lambda), ctx.head);
+  const torch::Tensor l = mixed_cross_entropy(logits, b.y, p.y, d.lambda);
   return {l, {{"mixup_ce", l.detach()}}};
 }
 
@@ -107,11 +118,18 @@ LossTerms CutMixMethod::loss(StepContext& ctx) {
     return {ce, {{"ce", ce.detach()}, {"mixed", torch::zeros({})}}};
   }
   const int64_t h = b.x.size(2), w = b.x.size(3);
-  MixupDraw d = draw_mixup(ctx.rng, b.x.size(0), opts_.alpha, /*fold=*/false);
+  MixupDraw d = draw_mixup(ctx.rng, mixup_batch_size(b), opts_.alpha, /*fold=*/false);
   const int64_t cy = sample_index(ctx.rng, h), cx = sample_index(ctx.rng, w);
   const CutMixBox box = cutmix_box(h, w, d.lambda, cy, cx);
   d.lambda = cutmix_lambda(box, h, w);
-  const torch::Tensor l = mixup_loss(ctx.model->forward(cutmix_images(b.x, d.perm, box), ctx.head), b.y, d);
+  const MixupPartners p = mixup_partners(ctx.batches.stream("target"), b, d.perm);
+  torch::Tensor x = b.x.clone();
+  if (box.area() > 0) {
+    using torch::indexing::Slice;
+    const auto rows = Slice(box.y1, box.y2), cols = Slice(box.x1, box.x2);
+    x.index_put_({Slice(), Slice(), rows, cols}, p.x.index({Slice(), Slice(), rows, cols}));
+  }
+  const torch::Tensor l = mixed_cross_entropy(ctx.model->forward(x, ctx.head), b.y, p.y, d.lambda);
   // Both branches log the same parts, so their averages over a logging window mean something: the
   // step's loss, and the fraction of batches that were cut and mixed.
   return {l, {{"ce", l.detach()}, {"mixed", torch::ones({})}}};

@@ -12,6 +12,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/datl.h"
 #include "xfer/train/checkpoint.h"
 
@@ -25,6 +26,39 @@ bool ignored_on_resume(const std::string& key) {
   return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
          key == "out" || key == "xfer_version" || key == "stop_after" ||
          key == "on_nan";
+}
+
+/// Options that may differ between the processes of one data-parallel run (each machine its own threads;
+/// only rank 0 writes to --out).
+bool ignored_across_ranks(const std::string& key) {
+  return key == "threads" || key == "device" || key == "prefetch" || key == "out";
+}
+
+/// Data-parallel: every process must train the same thing. BadInput on every rank naming those that differ.
+void check_same_config(const nlohmann::json& config) {
+  if (!dist::is_distributed()) return;
+  nlohmann::json shared = config;
+  for (const auto& [key, value] : config.items())
+    if (ignored_across_ranks(key)) shared.erase(key);
+  dist::check_same(dist::hash_text(shared.dump()), "resolved configuration");
+}
+
+/// Runs `fn` on rank 0 only (creating or checking the output directory); if it fails there, every rank
+/// fails, so no rank waits for a partner that has gone.
+void on_main_rank(const std::function<void()>& fn) {
+  if (!dist::is_distributed()) return fn();
+  std::string error;
+  if (dist::is_main()) {
+    try {
+      fn();
+    } catch (const BadInput& e) {
+      error = e.what();
+    }
+  }
+  torch::Tensor failed = torch::tensor({static_cast<int64_t>(error.empty() ? 0 : 1)}, torch::kInt64);
+  dist::all_reduce_sum({failed});
+  if (!error.empty()) throw BadInput(error);
+  XFER_CHECK(failed.item<int64_t>() == 0, "rank 0 refused to start the run (see its message)");
 }
 
 std::string default_out(const std::string& command, const std::string& method) {
@@ -63,14 +97,19 @@ void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool 
 nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
   if (opts.out.empty()) opts.out = default_out(command, opts.method);
   const auto prepared = prepare_run(command, opts, info, config, [&](const nlohmann::json& cfg) {
-    prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
-    if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
+    check_same_config(cfg);
+    on_main_rank([&] {
+      prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
+      if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
+    });
   });
   PreparedRun& r = *prepared;
   const std::string& spec = r.task.spec;
   log_info(cat(command, " ", info.name, " on ", spec, ": ", r.task.train.size(), " training examples, ",
                r.task.val.size(), " validation, ", r.task.test.size(), " test; backbone ", r.opts.backbone, "; ",
-               r.threads, " threads; output in ", opts.out));
+               r.threads, " threads", dist::is_distributed() ? cat("; rank ", dist::rank(), " of ", dist::world_size())
+                                                             : std::string(),
+               "; output in ", opts.out));
   Trainer trainer(opts.trainer, opts.out);
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
   nlohmann::json fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
@@ -87,6 +126,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"backbone", r.opts.backbone},
                            {"seed", opts.seed},
                            {"threads", r.threads},
+                           {"world_size", dist::world_size()},
                            {"xfer_version", kVersion},
                            {"train_size", r.task.train.size()},
                            {"val_size", r.task.val.size()},
@@ -94,7 +134,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"classes", r.task.class_names()}};
   if (!r.sampling.is_null()) result["sampling"] = r.sampling;
   result.update(fit);
-  write_json_file((fs::path(opts.out) / "result.json").string(), result);
+  if (dist::is_main()) write_json_file((fs::path(opts.out) / "result.json").string(), result);
   return result;
 }
 
@@ -177,6 +217,10 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   r.info = &info;
   r.command = command;
   r.threads = set_threads(static_cast<int>(opts.threads));
+  // Under `xfer launch` (or torchrun): join the process group; every batch stream built below then gives
+  // this process its share of each batch.
+  dist::init_from_env();
+  set_batch_shard({dist::rank(), dist::world_size()});
   tune_allocator();
   r.device = parse_device(opts.device);
   const bool pretraining = command == "pretrain";

@@ -13,6 +13,7 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/dist/dist.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -52,6 +53,12 @@ double median(std::vector<double> v) {
 
 // More non-finite steps in a row than this means the run has diverged: skipping cannot save it.
 constexpr int64_t kMaxConsecutiveSkips = 25;
+/// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
+void apply_bn_mode(Model& model, const std::string& bn) {
+  if (bn != "frozen") return;
+  for (auto& m : model->modules(/*include_self=*/false))
+    if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
+}
 
 std::string percent(double fraction) {
   std::ostringstream os;
@@ -81,6 +88,9 @@ void TrainerOptions::fields(Fields& f) {
   f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
                           "batch (no update; at most 25 in a row)")
       .choices({"stop", "skip"});
+  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without sync BN) or "
+                  "frozen (running statistics, as in eval mode)")
+      .choices({"batch", "frozen"});
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
@@ -96,11 +106,17 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 }
 
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx) {
+                        double lr, StepContext& ctx, double* allreduce_seconds, double* wait_seconds) {
   set_learning_rates(optimizer, groups, lr);
   optimizer.zero_grad();
   LossTerms terms = method.compute_gradients(ctx);
   check_finite(terms, ctx.step);
+  if (dist::is_distributed() && !method.synchronises_gradients()) {
+    std::vector<torch::Tensor> params;
+    for (const auto& g : groups) params.insert(params.end(), g.params.begin(), g.params.end());
+    const double seconds = dist::all_reduce_gradients(params, 25 << 20, wait_seconds);
+    if (allreduce_seconds) *allreduce_seconds = seconds;
+  }
   check_finite_gradients(ctx.model, ctx.step);
   if (terms.lr_scale != 1.0) set_learning_rates(optimizer, groups, lr * terms.lr_scale);
   optimizer.step();
@@ -134,12 +150,16 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   XFER_CHECK(k == data.num_classes(), "the model's '", head, "' head has ", k, " classes, the data has ",
              data.num_classes());
   ConfusionMatrix confusion(k);
-  for (int64_t start = 0; start < data.size(); start += batch_size) {
-    const int64_t end = std::min(start + batch_size, data.size());
+  // Data-parallel: this process's contiguous share, then the counts summed over the processes.
+  const int64_t world = dist::world_size(), rank = dist::rank();
+  const int64_t first = data.size() * rank / world, stop = data.size() * (rank + 1) / world;
+  for (int64_t start = first; start < stop; start += batch_size) {
+    const int64_t end = std::min(start + batch_size, stop);
     const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
     confusion.add(model->forward(x, head).slice(1, 0, k).argmax(1), data.labels.slice(0, start, end));
   }
   model->train(was_training);
+  dist::all_reduce_sum({confusion.counts()});
   return confusion.evaluation();
 }
 
@@ -192,12 +212,21 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     XFER_CHECK(start <= total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ", total);
     log_info(cat("resuming at step ", start, " from ", ck.path()));
   }
+  // Data-parallel: every process starts from rank 0's weights and batch-norm statistics (they agree
+  // already when seeded alike; this makes it so). Only rank 0 writes files.
+  dist::broadcast_module(*model);
+  const bool writer = dist::is_main();
 
-  make_dirs((fs::path(out_dir_) / "checkpoints").string());
-  MetricsLog metrics((fs::path(out_dir_) / "metrics.jsonl").string(), start);
+  std::unique_ptr<MetricsLog> metrics;
+  if (writer) {
+    make_dirs((fs::path(out_dir_) / "checkpoints").string());
+    metrics = std::make_unique<MetricsLog>((fs::path(out_dir_) / "metrics.jsonl").string(), start);
+  }
   int64_t last_saved = resume ? start : -1;
 
   auto save_last = [&](int64_t step) {
+    last_saved = step;
+    if (!writer) return;
     nlohmann::json m = meta;
     m["kind"] = "train";
     m["step"] = step;
@@ -216,12 +245,12 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     w.write("method", method_out);
     w.write("rng", rng.get_state());
     w.commit(last_checkpoint());
-    last_saved = step;
   };
 
   const int64_t batch_size = batches.stream("target").options().batch_size;
   Progress progress(head == "source" ? "pretrain" : "train", total, opts_.log_every * 10);
-  double step_seconds = 0, window_loss = 0;
+  double step_seconds = 0, window_loss = 0, allreduce_total = 0, window_allreduce = 0, wait_total = 0,
+         window_wait = 0;
   std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
   step_times.reserve(static_cast<size_t>(total - start));
   int64_t window_steps = 0;
@@ -229,6 +258,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   std::string val_text;
   const double fit_start = now_seconds();
   model->train();
+  apply_bn_mode(model, opts_.bn_stats);
 
   for (int64_t step = start; step < total; ++step) {
     const double lr = opts_.optim.lr * lr_factor(opts_.schedule, step, total);
@@ -236,8 +266,9 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     const double t0 = now_seconds();
     LossTerms terms;
     bool skipped = false;
+    double allreduce_seconds = 0, wait_seconds = 0;
     try {
-      terms = training_step(method, *optimizer, groups, lr, ctx);
+      terms = training_step(method, *optimizer, groups, lr, ctx, &allreduce_seconds, &wait_seconds);
       skips_in_a_row = 0;
     } catch (const NumericalError& e) {
       if (opts_.on_nan == "skip" && skips_in_a_row < kMaxConsecutiveSkips) {
@@ -257,6 +288,10 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     }
     step_times.push_back(now_seconds() - t0);
     step_seconds += step_times.back();
+    allreduce_total += allreduce_seconds;
+    window_allreduce += allreduce_seconds;
+    wait_total += wait_seconds;
+    window_wait += wait_seconds;
 
     const int64_t done = step + 1;
     if (!skipped) {
@@ -266,7 +301,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     }
     if (has_val && (done % eval_every == 0 || done == total)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
-      metrics.write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
+      apply_bn_mode(model, opts_.bn_stats);
+      if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
         best_val = ev.top1;
@@ -275,28 +311,48 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
         m["kind"] = "model";
         m["step"] = done;
         m["val_top1"] = ev.top1;
-        CheckpointWriter w(m);
-        w.write_model(model);
-        w.commit(best_checkpoint());
+        if (writer) {
+          CheckpointWriter w(m);
+          w.write_model(model);
+          w.commit(best_checkpoint());
+        }
       }
     }
     if (done % opts_.log_every == 0 || done == total) {
+      if (dist::is_distributed()) {  // the losses of the whole global batch: means over the processes
+        std::vector<double> sums{window_loss};
+        for (const auto& [name, sum] : window_parts) sums.push_back(sum);
+        torch::Tensor t = torch::tensor(sums, torch::kFloat64);
+        dist::all_reduce_sum({t});
+        t.div_(dist::world_size());
+        window_loss = t[0].item<double>();
+        size_t i = 1;
+        for (auto& [name, sum] : window_parts) sum = t[static_cast<int64_t>(i++)].item<double>();
+      }
       nlohmann::json line = {{"step", done}, {"lr", lr}};
       if (window_steps) line["loss"] = window_loss / window_steps;
       if (skipped_steps) line["skipped_steps"] = skipped_steps;
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
       line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
+      if (dist::is_distributed()) {
+        line["allreduce_ms"] = 1000.0 * window_allreduce / std::max<int64_t>(window_steps, 1);
+        line["allreduce_wait_ms"] = 1000.0 * window_wait / std::max<int64_t>(window_steps, 1);
+      }
       line["elapsed_s"] = now_seconds() - fit_start;
-      metrics.write(line);
-      progress.update(done, window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
-                                         : cat("skipped", val_text));
+      if (writer) metrics->write(line);
+      if (writer)
+        progress.update(done, window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
+                                           : cat("skipped", val_text));
       window_loss = 0;
+      window_allreduce = 0;
+      window_wait = 0;
       window_steps = 0;
       window_parts.clear();
     }
     const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
     const int signal = stop_signal();
     if (done % ckpt_every == 0 || done == total || stopping || signal) save_last(done);
+    dist::fault_point(done);
     if (signal) {
       progress.finish();
       throw Interrupted(cat("training at step ", done, " of ", total, "; saved ", last_checkpoint(),
@@ -316,7 +372,9 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   int64_t selected_step = total;
   if (select_best && best_step >= 0) {
     tested = clone_model(model);
-    copy_state(*CheckpointReader(best_checkpoint()).read_model(), *tested);
+    // Rank 0 wrote best.pt; the others get its weights from rank 0 (no shared file system needed).
+    if (writer) copy_state(*CheckpointReader(best_checkpoint()).read_model(), *tested);
+    dist::broadcast_module(*tested);
     selected_step = best_step;
   }
   nlohmann::json result = {{"iterations", total},
@@ -328,7 +386,14 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                            {"step_ms", total > start ? 1000.0 * step_seconds / (total - start) : 0.0},
                            {"step_ms_median", 1000.0 * median(step_times)},
                            {"skipped_steps", skipped_steps},
-                           {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0}};
+                           {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0},
+                           {"world_size", dist::world_size()}};
+  if (dist::is_distributed()) {
+    // The all-reduce's share of the step, and the part of it spent waiting for the slowest rank's
+    // backward (load imbalance) rather than moving gradients.
+    result["allreduce_share"] = step_seconds > 0 ? allreduce_total / step_seconds : 0.0;
+    result["allreduce_wait_share"] = step_seconds > 0 ? wait_total / step_seconds : 0.0;
+  }
   if (task.test.size() > 0) {
     const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);
     result["test_top1"] = ev.top1;

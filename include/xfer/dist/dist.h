@@ -1,0 +1,78 @@
+#pragma once
+/// Data-parallel training on PyTorch's own distributed engine: c10d's ProcessGroupGloo over a TCPStore.
+///
+/// A handful of free functions with a single-process default (flashlight's fl::distributed style): when
+/// the torchrun variables are not set, world_size() is 1, rank() is 0 and every collective is a no-op
+/// that makes no Gloo call. `xfer launch` (or torchrun) sets, for each process:
+///
+///   MASTER_ADDR, MASTER_PORT   where rank 0 serves the TCPStore
+///   RANK, WORLD_SIZE           this process's global rank and the number of processes
+///   LOCAL_RANK                 the rank on this machine
+///   XFER_DIST_TIMEOUT          seconds to wait for the master or a collective before failing (default 300)
+///
+/// Gradients are averaged like PyTorch's DistributedDataParallel: flattened into buckets of about 25 MB,
+/// all-reduced (sum) with allreduce_coalesced, then divided by the world size once the work is done (after
+/// the backward pass, not overlapped with it as DDP does).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace xfer::dist {
+
+/// Whether this build has c10d/Gloo (CMake option XFER_WITH_GLOO).
+bool gloo_available();
+
+/// Joins the process group described by the environment, once (later calls return at once). Returns
+/// whether this process is one of several. With RANK/WORLD_SIZE unset, or WORLD_SIZE=1: single process,
+/// no Gloo. BadInput if the variables are malformed or Gloo is not built in; an Error naming the master
+/// if it cannot be reached within the timeout.
+bool init_from_env();
+
+bool is_distributed();
+int rank();
+int world_size();
+int local_rank();
+bool is_main();          // rank 0: the process that writes outputs
+double timeout_seconds();  // XFER_DIST_TIMEOUT, default 300
+
+/// Copies rank `root`'s values of `tensors` into every rank's (in place).
+void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
+/// Broadcasts the parameters and buffers of `module` from rank 0.
+void broadcast_module(const torch::nn::Module& module);
+
+/// Sums each tensor over the ranks, in place (any dtype Gloo reduces: float, double, int64).
+void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
+
+/// Averages the gradients of `params` over the ranks, in place, in buckets of about `bucket_bytes`: each
+/// bucket's gradients are copied into a flat buffer kept between calls, all-reduced with
+/// allreduce_coalesced, divided by the world size after the wait, and copied back. Parameters without a
+/// gradient are skipped (every rank runs the same code, so they are the same on every rank).
+/// Returns the seconds spent (0 in a single process). With `wait_seconds`, a one-element all-reduce runs
+/// first and the seconds it took (waiting for the slowest rank to finish its backward) are stored there, so
+/// the transfer proper is the difference.
+double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20,
+                            double* wait_seconds = nullptr);
+/// Averages tensors that are not parameters' gradients (GradMix's per-source gradients), in place.
+void all_reduce_mean(const std::vector<torch::Tensor>& tensors);
+
+/// Checks that every rank holds the same `value` (a hash of the resolved configuration); BadInput on every
+/// rank listing the ranks that differ from rank 0's.
+void check_same(uint64_t value, const std::string& what);
+
+/// Waits for every rank.
+void barrier();
+
+/// Fault injection for tests of recovery: with XFER_DIST_KILL_AT=RANK:STEP in the environment, rank RANK
+/// kills itself (SIGKILL) when it reaches `step`. Nothing otherwise.
+void fault_point(int64_t step);
+
+/// 64-bit FNV-1a of a text (the resolved configuration), the same on every machine.
+uint64_t hash_text(const std::string& text);
+
+}  // namespace xfer::dist
