@@ -118,7 +118,7 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   ConfusionMatrix confusion(k);
   for (int64_t start = 0; start < data.size(); start += batch_size) {
     const int64_t end = std::min(start + batch_size, data.size());
-    const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
+    const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
     confusion.add(model->forward(x, head).slice(1, 0, k).argmax(1), data.labels.slice(0, start, end));
   }
   model->train(was_training);
