@@ -2,9 +2,10 @@
 //
 //   xfer_image_bench make   --dir D [--count 2000] [--classes 10] [--seed 0]
 //       writes a folder of photo-like JPEGs (smooth colour fields, edges, texture noise; 300-500 px sides)
-//   xfer_image_bench decode --dir D [--count 500] [--size 224] [--workers 1]
+//   xfer_image_bench decode --dir D [--count 500] [--size 224] [--workers 1] [--cache FILE]
 //       decode + RandomResizedCrop + flip to size x size through ImageFiles::load_batch: images/s, and
-//       images/s per worker thread
+//       images/s per worker thread; with --cache, read from the folder's decoded-image cache (cache=FILE,
+//       built first if needed) instead of decoding JPEGs
 //   xfer_image_bench step   --dir D [--threads 1] [--workers 1] [--batch 16] [--steps 6] [--channels-last 0]
 //       a resnet18 fine-tuning step at 224 (forward, cross-entropy, backward, SGD) on one fixed batch (bare)
 //       against the same step drawing its batch from the folder's BatchStream (loader running, prefetch on)
@@ -34,7 +35,7 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 struct Args {
-  std::string mode, dir;
+  std::string mode, dir, cache;
   int64_t count = 0, classes = 10, seed = 0, size = 224, workers = 1, threads = 1, batch = 16, steps = 6;
   bool channels_last = false;
 };
@@ -87,7 +88,8 @@ int make(const Args& a) {
 }
 
 int decode(const Args& a) {
-  const xfer::Task task = xfer::load_task(xfer::cat("folder:dir=", a.dir, ":test=none:size=", a.size), 0);
+  const std::string cache = a.cache.empty() ? "" : ":cache=" + a.cache;
+  const xfer::Task task = xfer::load_task(xfer::cat("folder:dir=", a.dir, ":test=none:size=", a.size, cache), 0);
   const auto& files = *task.train.files;
   const int64_t n = std::min<int64_t>(a.count > 0 ? a.count : 500, files.size());
   const int64_t chunk = 64;
@@ -106,6 +108,7 @@ int decode(const Args& a) {
                               {"images", n},
                               {"size", a.size},
                               {"workers", a.workers},
+                              {"cache", !a.cache.empty()},
                               {"seconds", secs},
                               {"images_per_s", n / secs},
                               {"images_per_s_per_worker", n / secs / static_cast<double>(a.workers)}}
@@ -186,6 +189,7 @@ int main(int argc, char** argv) {
     else if (k == "--classes") a.classes = std::stoll(v);
     else if (k == "--seed") a.seed = std::stoll(v);
     else if (k == "--size") a.size = std::stoll(v);
+    else if (k == "--cache") a.cache = v;
     else if (k == "--workers") a.workers = std::stoll(v);
     else if (k == "--threads") a.threads = std::stoll(v);
     else if (k == "--batch") a.batch = std::stoll(v);

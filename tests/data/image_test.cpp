@@ -276,6 +276,29 @@ TEST(ImageFolder, FineTunesOnAFolderEndToEnd) {
   EXPECT_TRUE(fs::exists(dir.file("run/checkpoints/last.pt")));
 }
 
+TEST(ImageFolder, CacheStoresDecodedImagesOnceAndKeepsCorruptPolicy) {
+  test::TempDir dir;
+  const std::string root = img_tiny_folder(dir.file("f"), 2, 3);
+  std::ofstream(root + "/class1/broken.png") << "garbage";
+  const std::string plain = "folder:dir=" + root + ":test=none:size=16:resize=20";
+  const std::string cached = plain + ":cache=" + dir.file("c.bin");
+  const Task a = load_task(plain, 0), b = load_task(cached, 0);
+  ASSERT_TRUE(fs::exists(dir.file("c.bin")));
+  const auto written = fs::last_write_time(dir.file("c.bin"));
+  const Task c = load_task(cached, 0);  // reuses the file
+  EXPECT_EQ(fs::last_write_time(dir.file("c.bin")), written);
+  // Flat colours: the cached (downscaled) images give the same evaluation crops within rounding.
+  const torch::Tensor ea = a.train.eval_images(0, a.train.size()).to(torch::kInt);
+  const torch::Tensor ec = c.train.eval_images(0, c.train.size()).to(torch::kInt);
+  EXPECT_LE((ea - ec).abs().max().item<int>(), 2);
+  EXPECT_EQ(c.train.files->corrupt_files(), std::vector<std::string>{root + "/class1/broken.png"});
+  // A folder the cache does not cover (a new image) rebuilds it.
+  img_write(root + "/class0/new.png", img_flat(30, 30, 1, 2, 3));
+  const Task d = load_task(cached, 0);
+  EXPECT_EQ(d.train.size(), 8);
+  EXPECT_EQ(d.train.eval_images(0, d.train.size()).size(0), 8);
+}
+
 TEST(ImageFolder, InMemoryOnlyMethodsSayNotSupported) {
   test::TempDir dir;
   const Task task = load_task("folder:dir=" + img_tiny_folder(dir.file("f"), 2, 2) + ":test=none:size=16", 0);

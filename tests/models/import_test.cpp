@@ -92,5 +92,20 @@ TEST(Pretrained, MismatchedNamesAndOrderedDictAreExplained) {
   test::expect_bad_input([&] { read_state_dict(dir.file("absent.pt")); }, {dir.file("absent.pt")});
 }
 
+TEST(Pretrained, TracedModelWarnsThatBatchNormCannotTrain) {
+  XFER_REQUIRE_TORCHVISION();
+  test::TempDir dir;
+  std::ofstream(dir.file("make.py")) << cat(
+      "import torch, torchvision\n"
+      "m = torchvision.models.resnet18(weights=None, num_classes=4).eval()\n"
+      "torch.jit.trace(m, torch.randn(1, 3, 64, 64)).save('", dir.file("traced.pt"), "')\n");
+  ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE ", pre_python(), " ", dir.file("make.py")).c_str()), 0);
+  testing::internal::CaptureStderr();
+  Model m = load_external_model("torchscript:" + dir.file("traced.pt"), "", 3, 64, 64, imagenet_normalization());
+  const std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("looks traced, not scripted"), std::string::npos) << err;
+  EXPECT_EQ(m->backbone->feature_dim(), 512);
+}
+
 }  // namespace
 }  // namespace xfer

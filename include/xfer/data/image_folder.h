@@ -4,6 +4,7 @@
 /// recursively, sorted by (directory, file name) like `sorted(os.walk(...))`. Images are decoded on
 /// demand by worker threads, with the ImageNet recipe's transforms.
 #include <atomic>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -41,11 +42,45 @@ struct CorruptLog {
   std::atomic<int64_t> skipped{0};  // examples replaced by a readable neighbour
 };
 
+/// Decoded images stored in one file (FFCV-style), memory-mapped: every image of a folder decoded once and
+/// downscaled so that its shorter side is `side` (never upscaled), raw RGB. Later epochs and later runs
+/// skip JPEG decoding. Unreadable files are recorded as such, so the corrupt-file policy still applies.
+///
+/// File layout: "XFERIMC1", u64 count, u64 side, then per image {u64 offset, u32 height, u32 width,
+/// u32 path length, path bytes}, then the pixels (offsets from the start of the file).
+class ImageCache {
+ public:
+  /// Opens `file` if it holds every path of `paths` at `side`; otherwise decodes them all on `workers`
+  /// threads and writes it (to a temporary name, then renamed).
+  static std::shared_ptr<const ImageCache> open_or_build(const std::string& file, const std::vector<std::string>& paths,
+                                                         int64_t side, int workers);
+  ~ImageCache();
+  ImageCache(const ImageCache&) = delete;
+  ImageCache& operator=(const ImageCache&) = delete;
+
+  struct Entry {
+    const uint8_t* rgb = nullptr;  // (height, width, 3); null for an unreadable file
+    int64_t height = 0, width = 0;
+  };
+  /// The entry of `path`, or nullptr when the cache does not hold it.
+  const Entry* find(const std::string& path) const;
+  int64_t side() const { return side_; }
+  int64_t size() const { return static_cast<int64_t>(entries_.size()); }
+
+ private:
+  ImageCache() = default;
+  bool map(const std::string& file);
+  std::map<std::string, Entry> entries_;
+  int64_t side_ = 0;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 /// The files of an image folder's examples and how to turn them into model inputs.
 class ImageFiles {
  public:
   ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
-             std::shared_ptr<CorruptLog> corrupt = nullptr);
+             std::shared_ptr<CorruptLog> corrupt = nullptr, std::shared_ptr<const ImageCache> cache = nullptr);
 
   int64_t size() const { return static_cast<int64_t>(paths_.size()); }
   const std::string& root() const { return root_; }
@@ -53,6 +88,8 @@ class ImageFiles {
   const std::string& path(int64_t i) const { return paths_.at(static_cast<size_t>(i)); }
   const ImageOptions& options() const { return opts_; }
   std::shared_ptr<const ImageFiles> subset(const std::vector<int64_t>& indices) const;
+  /// The same files, read from `cache` (which must hold them) instead of decoded from disk.
+  std::shared_ptr<const ImageFiles> with_cache(std::shared_ptr<const ImageCache> cache) const;
 
   /// Decodes example i and writes its crop, planar uint8 (3, size, size), to `out`: the training crop
   /// (RandomResizedCrop or random crop, then a flip if `flip`), drawn from `seed` alone, or the
@@ -71,6 +108,7 @@ class ImageFiles {
   std::vector<std::string> paths_;
   ImageOptions opts_;
   std::shared_ptr<CorruptLog> corrupt_;
+  std::shared_ptr<const ImageCache> cache_;
 };
 
 /// The examples of a folder: paths relative to the root, labels, class names.

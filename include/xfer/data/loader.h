@@ -26,7 +26,7 @@ struct LoaderOptions {
   int64_t crop_pad = 2;  // random crop after zero-padding this many pixels per side; 0 turns it off
   bool flip = true;      // random horizontal flip
   bool prefetch = true;  // assemble the next batch on a worker thread
-  int64_t workers = 0;   // image folders: decoding threads (0 = all cores minus the training threads)
+  int64_t workers = 0;   // --loader-workers: image folders' decoding threads (0 = cores - training threads)
   bool channels_last = false;  // batches (and the model's convolution weights) in channels-last layout
 
   void fields(Fields& f);

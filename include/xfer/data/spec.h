@@ -32,6 +32,7 @@
 ///                      random crop; then a horizontal flip (--flip)
 ///   mean=R,G,B std=R,G,B  normalisation (ImageNet's by default; a --init xfer model brings its own)
 ///   corrupt=skip|fail  unreadable images: skip with a counted warning (default) or fail
+///   cache=FILE         decoded, downscaled images stored in one file (FFCV-style), built on first use
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -57,7 +58,7 @@ struct DatasetSpec {
   std::string dir, train_images, train_labels, test_images, test_labels;
   std::vector<std::string> names;
   // Image folders.
-  std::string test_dir, train_list, val_list, test_list;
+  std::string test_dir, train_list, val_list, test_list, cache;
   ImageOptions image;
 
   /// Parses a spec; BadInput naming the bad key or value and listing the valid keys.

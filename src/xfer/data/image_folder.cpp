@@ -1,6 +1,7 @@
 #include "xfer/data/image_folder.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cctype>
 #include <exception>
 #include <filesystem>
@@ -8,6 +9,11 @@
 #include <map>
 #include <random>
 #include <thread>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <torch/torch.h>
 
@@ -65,12 +71,137 @@ void ImageOptions::validate() const {
   for (double s : norm.std) XFER_CHECK(s > 0, "image std values must be > 0, got ", s);
 }
 
+ImageCache::~ImageCache() {
+  if (data_) munmap(data_, bytes_);
+}
+
+bool ImageCache::map(const std::string& file) {
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || st.st_size < 24) {
+    ::close(fd);
+    return false;
+  }
+  bytes_ = static_cast<size_t>(st.st_size);
+  data_ = mmap(nullptr, bytes_, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (data_ == MAP_FAILED) {
+    data_ = nullptr;
+    return false;
+  }
+  const auto* p = static_cast<const uint8_t*>(data_);
+  const uint8_t* end = p + bytes_;
+  auto u64 = [&](const uint8_t*& q) { uint64_t v; std::memcpy(&v, q, 8); q += 8; return v; };
+  auto u32 = [&](const uint8_t*& q) { uint32_t v; std::memcpy(&v, q, 4); q += 4; return v; };
+  if (std::memcmp(p, "XFERIMC1", 8) != 0) return false;
+  const uint8_t* q = p + 8;
+  const uint64_t count = u64(q);
+  side_ = static_cast<int64_t>(u64(q));
+  for (uint64_t i = 0; i < count; ++i) {
+    if (q + 20 > end) return false;
+    const uint64_t offset = u64(q);
+    Entry e;
+    e.height = u32(q);
+    e.width = u32(q);
+    const uint32_t len = u32(q);
+    if (q + len > end || offset + static_cast<uint64_t>(e.height * e.width * 3) > bytes_) return false;
+    std::string path(reinterpret_cast<const char*>(q), len);
+    q += len;
+    e.rgb = e.height > 0 ? p + offset : nullptr;
+    entries_[path] = e;
+  }
+  return true;
+}
+
+const ImageCache::Entry* ImageCache::find(const std::string& path) const {
+  auto it = entries_.find(path);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& file,
+                                                            const std::vector<std::string>& paths, int64_t side,
+                                                            int workers) {
+  {
+    std::shared_ptr<ImageCache> c(new ImageCache());
+    if (c->map(file) && c->side_ == side) {
+      bool complete = true;
+      for (const auto& p : paths) complete = complete && c->find(p) != nullptr;
+      if (complete) return c;
+    }
+    if (fs::exists(file)) log_info(cat("image cache ", file, ": it does not cover this folder at side ", side,
+                                       "; rebuilding it"));
+  }
+  log_info(cat("image cache ", file, ": decoding ", paths.size(), " images once (shorter side ", side, ")"));
+  // Decode (in the DCT domain where possible), then shrink so that the shorter side is `side`.
+  std::vector<Image> images(paths.size());
+  const int nw = std::max(1, workers);
+  auto work = [&](int w) {
+    for (size_t i = static_cast<size_t>(w); i < paths.size(); i += static_cast<size_t>(nw)) {
+      Image img;
+      try {
+        img = decode_image_file(paths[i], side);
+      } catch (const BadInput&) {
+        continue;  // recorded with an empty size: unreadable
+      }
+      const int64_t s = std::min(img.height, img.width);
+      if (s > side) {
+        const int64_t h = std::max<int64_t>(1, img.height * side / s), w2 = std::max<int64_t>(1, img.width * side / s);
+        std::vector<uint8_t> planar(static_cast<size_t>(3 * h * w2));
+        resample_crop(img, {0, 0, double(img.height), double(img.width)}, h, w2, false, planar.data());
+        Image small;
+        small.height = h;
+        small.width = w2;
+        small.rgb.resize(planar.size());
+        for (int64_t k = 0; k < h * w2; ++k)
+          for (int c = 0; c < 3; ++c) small.rgb[k * 3 + c] = planar[c * h * w2 + k];
+        img = std::move(small);
+      }
+      images[i] = std::move(img);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < nw; ++w) threads.emplace_back(work, w);
+  work(0);
+  for (auto& t : threads) t.join();
+  // Header, then pixels.
+  uint64_t header = 8 + 8 + 8;
+  for (const auto& p : paths) header += 20 + p.size();
+  const std::string tmp = file + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    XFER_CHECK(out.good(), "image cache ", file, ": cannot write ", tmp);
+    auto put64 = [&](uint64_t v) { out.write(reinterpret_cast<const char*>(&v), 8); };
+    auto put32 = [&](uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+    out.write("XFERIMC1", 8);
+    put64(paths.size());
+    put64(static_cast<uint64_t>(side));
+    uint64_t offset = header;
+    for (size_t i = 0; i < paths.size(); ++i) {
+      put64(offset);
+      put32(static_cast<uint32_t>(images[i].height));
+      put32(static_cast<uint32_t>(images[i].width));
+      put32(static_cast<uint32_t>(paths[i].size()));
+      out.write(paths[i].data(), static_cast<std::streamsize>(paths[i].size()));
+      offset += images[i].rgb.size();
+    }
+    for (const auto& img : images) out.write(reinterpret_cast<const char*>(img.rgb.data()),
+                                             static_cast<std::streamsize>(img.rgb.size()));
+    XFER_CHECK(out.good(), "image cache ", file, ": cannot write ", tmp, " (disk full?)");
+  }
+  fs::rename(tmp, file);
+  std::shared_ptr<ImageCache> c(new ImageCache());
+  XFER_CHECK(c->map(file), "image cache ", file, ": cannot read back the file just written");
+  return c;
+}
+
 ImageFiles::ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
-                       std::shared_ptr<CorruptLog> corrupt)
+                       std::shared_ptr<CorruptLog> corrupt, std::shared_ptr<const ImageCache> cache)
     : root_(std::move(root)),
       paths_(std::move(paths)),
       opts_(std::move(opts)),
-      corrupt_(corrupt ? std::move(corrupt) : std::make_shared<CorruptLog>()) {
+      corrupt_(corrupt ? std::move(corrupt) : std::make_shared<CorruptLog>()),
+      cache_(std::move(cache)) {
   opts_.validate();
 }
 
@@ -78,7 +209,11 @@ std::shared_ptr<const ImageFiles> ImageFiles::subset(const std::vector<int64_t>&
   std::vector<std::string> paths;
   paths.reserve(indices.size());
   for (int64_t i : indices) paths.push_back(path(i));
-  return std::make_shared<ImageFiles>(root_, std::move(paths), opts_, corrupt_);
+  return std::make_shared<ImageFiles>(root_, std::move(paths), opts_, corrupt_, cache_);
+}
+
+std::shared_ptr<const ImageFiles> ImageFiles::with_cache(std::shared_ptr<const ImageCache> cache) const {
+  return std::make_shared<ImageFiles>(root_, paths_, opts_, corrupt_, std::move(cache));
 }
 
 void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* out) const {
@@ -90,7 +225,15 @@ void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* 
     const std::string& p = path((i + k) % n);
     Image img;
     try {
-      img = decode_image_file(p, min_side);
+      const ImageCache::Entry* cached = cache_ ? cache_->find(p) : nullptr;
+      if (cached && !cached->rgb) throw BadInput(cat(p, ": unreadable (recorded in the image cache)"));
+      if (cached) {
+        img.height = cached->height;
+        img.width = cached->width;
+        img.rgb.assign(cached->rgb, cached->rgb + cached->height * cached->width * 3);
+      } else {
+        img = decode_image_file(p, min_side);
+      }
     } catch (const BadInput& e) {
       if (opts_.fail_on_corrupt) throw;
       {

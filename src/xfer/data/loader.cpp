@@ -14,7 +14,7 @@ void LoaderOptions::fields(Fields& f) {
   f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off)").non_negative();
   f.add("flip", flip, "random horizontal flip augmentation");
   f.add("prefetch", prefetch, "assemble the next batch on a worker thread");
-  f.add("workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
+  f.add("loader_workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
       .non_negative();
   f.add("channels_last", channels_last, "channels-last memory format for batches and convolution weights");
 }

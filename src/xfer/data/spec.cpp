@@ -22,7 +22,7 @@ constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
 constexpr const char* kValidKeys =
     "classes, per_class, val, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
     "test_images, test_labels, names; folder: test_dir, train_list, val_list, test_list, size, resize, crop, "
-    "scale, ratio, mean, std, corrupt";
+    "scale, ratio, mean, std, corrupt, cache";
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -154,7 +154,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
              "': unknown dataset '", s.source, "'; valid: fmnist, idx, folder (see `xfer data --help`)");
   const bool folder = s.source == "folder";
   const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size", "resize",
-                                             "crop",     "scale",      "ratio",    "mean",      "std",  "corrupt"};
+                                             "crop",     "scale",      "ratio",    "mean",      "std",  "corrupt",
+                                             "cache"};
   std::set<std::string> seen;
   for (size_t i = 1; i < parts.size(); ++i) {
     const size_t eq = parts[i].find('=');
@@ -221,6 +222,7 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
       if (key == "size") s.image.size = parse_count(text, key, v, 8);
       if (key == "resize") s.image.resize = parse_count(text, key, v, 8);
       if (key == "crop") s.image.crop = v;
+      if (key == "cache") s.cache = v;
       if (key == "scale") {
         const auto r = parse_reals(text, key, v, 2);
         s.image.scale_min = r[0], s.image.scale_max = r[1];
@@ -286,6 +288,7 @@ folder only:
                           resize + random crop; then the flip (--flip)
   mean=R,G,B std=R,G,B    normalisation (default ImageNet's; an xfer --init model brings its own)
   corrupt=skip|fail       unreadable images: skip with a counted warning (default), or fail
+  cache=FILE              decode every image once into FILE (shorter side `resize`), read it from then on
 )";
 }
 
@@ -361,6 +364,21 @@ void load_folder_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, Ra
   test = to_raw(spec.test_dir, t);
 }
 
+/// With cache=FILE: every split's files come from one decoded-image cache (built on first use).
+void attach_image_cache(const DatasetSpec& spec, std::vector<RawSplit*> splits) {
+  if (spec.cache.empty()) return;
+  std::vector<std::string> paths;
+  for (RawSplit* r : splits)
+    if (r->files)
+      for (int64_t i = 0; i < r->files->size(); ++i) paths.push_back(r->files->path(i));
+  const int64_t side = std::max(spec.image.resize, spec.image.size);
+  auto cache = ImageCache::open_or_build(spec.cache, paths, side, default_loader_workers(0));
+  for (RawSplit* r : splits) {
+    if (!r->files) continue;
+    r->files = r->files->with_cache(cache);
+  }
+}
+
 }  // namespace
 
 Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
@@ -372,6 +390,7 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   std::string train_labels = dir;
   if (folder) {
     load_folder_raw(spec, train_raw, val_raw, test_raw, folder_classes);
+    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
   } else {
     const std::string train_images =
         !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");

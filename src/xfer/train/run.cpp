@@ -25,7 +25,7 @@ namespace {
 /// Options that may differ between a run and its resumption.
 bool ignored_on_resume(const std::string& key) {
   return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
-         key == "workers" || key == "out" || key == "xfer_version" || key == "stop_after";
+         key == "loader_workers" || key == "out" || key == "xfer_version" || key == "stop_after";
 }
 
 std::string default_out(const std::string& command, const std::string& method) {
