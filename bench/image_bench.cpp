@@ -18,8 +18,8 @@
 #include <random>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 #include "xfer/core/runtime.h"
@@ -40,7 +40,9 @@ struct Args {
   bool channels_last = false;
 };
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 xfer::Image photo_like(std::mt19937_64& rng) {
   std::uniform_int_distribution<int> side(300, 500);
@@ -51,13 +53,18 @@ xfer::Image photo_like(std::mt19937_64& rng) {
   img.width = side(rng);
   img.rgb.resize(static_cast<size_t>(img.height * img.width * 3));
   double fx[3], fy[3], ph[3], base[3];
-  for (int c = 0; c < 3; ++c) fx[c] = 2 + 10 * u(rng), fy[c] = 2 + 10 * u(rng), ph[c] = 6.28 * u(rng), base[c] = 60 + 120 * u(rng);
+  for (int c = 0; c < 3; ++c)
+    fx[c] = 2 + 10 * u(rng), fy[c] = 2 + 10 * u(rng), ph[c] = 6.28 * u(rng), base[c] = 60 + 120 * u(rng);
   // A few rectangles with their own colour: edges like objects in a photo.
-  struct Rect { int64_t y0, x0, y1, x1; double col[3]; };
+  struct Rect {
+    int64_t y0, x0, y1, x1;
+    double col[3];
+  };
   std::vector<Rect> rects(4);
   for (auto& r : rects) {
     r.y0 = static_cast<int64_t>(u(rng) * img.height), r.x0 = static_cast<int64_t>(u(rng) * img.width);
-    r.y1 = r.y0 + static_cast<int64_t>(u(rng) * img.height / 2), r.x1 = r.x0 + static_cast<int64_t>(u(rng) * img.width / 2);
+    r.y1 = r.y0 + static_cast<int64_t>(u(rng) * img.height / 2),
+    r.x1 = r.x0 + static_cast<int64_t>(u(rng) * img.width / 2);
     for (double& v : r.col) v = 255 * u(rng);
   }
   for (int64_t y = 0; y < img.height; ++y)
@@ -70,7 +77,8 @@ xfer::Image photo_like(std::mt19937_64& rng) {
           for (int c = 0; c < 3; ++c) v[c] = 0.3 * v[c] + 0.7 * r.col[c];
       const double n = noise(rng);
       for (int c = 0; c < 3; ++c)
-        img.rgb[(y * img.width + x) * 3 + c] = static_cast<uint8_t>(std::clamp(v[c] + n + noise(rng) * 0.5, 0.0, 255.0));
+        img.rgb[(y * img.width + x) * 3 + c] =
+            static_cast<uint8_t>(std::clamp(v[c] + n + noise(rng) * 0.5, 0.0, 255.0));
     }
   return img;
 }
@@ -89,15 +97,16 @@ int make(const Args& a) {
 
 int decode(const Args& a) {
   const std::string cache = a.cache.empty() ? "" : ":cache=" + a.cache;
-  const xfer::Task task = xfer::load_task(xfer::cat("folder:dir=", a.dir, ":test=none:size=", a.size, cache), 0);
+  const xfer::Task task =
+      xfer::load_task(xfer::cat("folder:dir=", a.dir, ":test=none:size=", a.size, cache), 0);
   const auto& files = *task.train.files;
   const int64_t n = std::min<int64_t>(a.count > 0 ? a.count : 500, files.size());
   const int64_t chunk = 64;
   // Warm the page cache with a first pass over the files, then time.
   std::vector<int64_t> idx;
   for (int64_t i = 0; i < n; ++i) idx.push_back(i);
-  files.load_batch(std::vector<int64_t>(idx.begin(), idx.begin() + std::min<int64_t>(n, chunk)), true, true, 0,
-                   static_cast<int>(a.workers));
+  files.load_batch(std::vector<int64_t>(idx.begin(), idx.begin() + std::min<int64_t>(n, chunk)), true, true,
+                   0, static_cast<int>(a.workers));
   const auto t0 = Clock::now();
   for (int64_t s = 0; s < n; s += chunk) {
     std::vector<int64_t> part(idx.begin() + s, idx.begin() + std::min(n, s + chunk));
@@ -178,23 +187,35 @@ int step(const Args& a) {
 int main(int argc, char** argv) {
   Args a;
   if (argc < 2) {
-    std::cerr << "usage: xfer_image_bench make|decode|step --dir D [options] (see the top of bench/image_bench.cpp)\n";
+    std::cerr << "usage: xfer_image_bench make|decode|step --dir D [options] (see the top of "
+                 "bench/image_bench.cpp)\n";
     return 2;
   }
   a.mode = argv[1];
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--dir") a.dir = v;
-    else if (k == "--count") a.count = std::stoll(v);
-    else if (k == "--classes") a.classes = std::stoll(v);
-    else if (k == "--seed") a.seed = std::stoll(v);
-    else if (k == "--size") a.size = std::stoll(v);
-    else if (k == "--cache") a.cache = v;
-    else if (k == "--workers") a.workers = std::stoll(v);
-    else if (k == "--threads") a.threads = std::stoll(v);
-    else if (k == "--batch") a.batch = std::stoll(v);
-    else if (k == "--steps") a.steps = std::stoll(v);
-    else if (k == "--channels-last") a.channels_last = v != "0";
+    if (k == "--dir")
+      a.dir = v;
+    else if (k == "--count")
+      a.count = std::stoll(v);
+    else if (k == "--classes")
+      a.classes = std::stoll(v);
+    else if (k == "--seed")
+      a.seed = std::stoll(v);
+    else if (k == "--size")
+      a.size = std::stoll(v);
+    else if (k == "--cache")
+      a.cache = v;
+    else if (k == "--workers")
+      a.workers = std::stoll(v);
+    else if (k == "--threads")
+      a.threads = std::stoll(v);
+    else if (k == "--batch")
+      a.batch = std::stoll(v);
+    else if (k == "--steps")
+      a.steps = std::stoll(v);
+    else if (k == "--channels-last")
+      a.channels_last = v != "0";
     else {
       std::cerr << "unknown flag " << k << "\n";
       return 2;

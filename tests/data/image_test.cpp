@@ -60,7 +60,8 @@ std::string img_tiny_folder(const std::string& root, int classes, int per_class)
     for (int i = 0; i < per_class; ++i) {
       const auto* col = colours[c % 3];
       const std::string ext = i % 2 ? ".png" : ".jpg";
-      img_write(cat(root, "/class", c, "/img", i, ext), img_flat(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
+      img_write(cat(root, "/class", c, "/img", i, ext),
+                img_flat(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
     }
   return root;
 }
@@ -84,12 +85,15 @@ TEST(ImageFolder, ScansClassesAndFilesInTorchvisionOrder) {
 TEST(ImageFolder, EmptyClassOrRootIsBadInputNamingThePath) {
   test::TempDir dir;
   fs::create_directories(dir.file("none"));
-  test::expect_bad_input([&] { scan_image_folder(dir.file("none")); }, {dir.file("none"), "no class folders"});
+  test::expect_bad_input([&] { scan_image_folder(dir.file("none")); },
+                         {dir.file("none"), "no class folders"});
   img_write(dir.file("r/full/a.png"), img_flat(4, 4, 0, 0, 0));
   fs::create_directories(dir.file("r/empty"));
   test::expect_bad_input([&] { scan_image_folder(dir.file("r")); }, {dir.file("r/empty"), "holds no images"});
-  test::expect_bad_input([&] { scan_image_folder(dir.file("missing")); }, {dir.file("missing"), "not a directory"});
-  test::expect_bad_input([&] { load_task("folder:dir=" + dir.file("r") + ":test=none", 0); }, {dir.file("r/empty")});
+  test::expect_bad_input([&] { scan_image_folder(dir.file("missing")); },
+                         {dir.file("missing"), "not a directory"});
+  test::expect_bad_input([&] { load_task("folder:dir=" + dir.file("r") + ":test=none", 0); },
+                         {dir.file("r/empty")});
 }
 
 TEST(ImageDecode, PngIsExact) {
@@ -120,7 +124,8 @@ TEST(ImageDecode, JpegFlatBlocksWithinTolerance) {
     for (int k = 0; k < 4; ++k) {
       const int64_t cy = (k / 2) * side / 2 + side / 4, cx = (k % 2) * side / 2 + side / 4;
       for (int c = 0; c < 3; ++c)
-        EXPECT_NEAR(back.pixel(cy, cx)[c], q[k][c], 8) << "quadrant " << k << " channel " << c << " side " << side;
+        EXPECT_NEAR(back.pixel(cy, cx)[c], q[k][c], 8)
+            << "quadrant " << k << " channel " << c << " side " << side;
     }
   }
 }
@@ -177,7 +182,8 @@ TEST(ImageTransform, ResampleIdentityAndMirror) {
   // A 2x2 box downsampled to 1x1 samples its centre: the mean of the four pixels.
   std::vector<uint8_t> one(3);
   resample_crop(ramp, {2, 3, 2, 2}, 1, 1, false, one.data());
-  const double mean_r = (ramp.pixel(2, 3)[0] + ramp.pixel(2, 4)[0] + ramp.pixel(3, 3)[0] + ramp.pixel(3, 4)[0]) / 4.0;
+  const double mean_r =
+      (ramp.pixel(2, 3)[0] + ramp.pixel(2, 4)[0] + ramp.pixel(3, 3)[0] + ramp.pixel(3, 4)[0]) / 4.0;
   EXPECT_NEAR(one[0], mean_r, 0.51);
 }
 
@@ -238,17 +244,20 @@ TEST(ImageFolder, SplitListsAndTestDir) {
   test::TempDir dir;
   const std::string root = img_tiny_folder(dir.file("train"), 2, 3);
   const std::string test_root = img_tiny_folder(dir.file("test"), 2, 2);
-  std::ofstream(dir.file("train.txt")) << "class0/img0.jpg\nclass1/img1.png\n# a comment\n\nclass1/img2.jpg\n";
+  std::ofstream(dir.file("train.txt"))
+      << "class0/img0.jpg\nclass1/img1.png\n# a comment\n\nclass1/img2.jpg\n";
   std::ofstream(dir.file("val.txt")) << "class0/img1.png\n";
-  const Task t = load_task(cat("folder:dir=", root, ":train_list=", dir.file("train.txt"), ":val_list=",
-                               dir.file("val.txt"), ":test_dir=", test_root), 0);
+  const Task t = load_task(cat("folder:dir=", root, ":train_list=", dir.file("train.txt"),
+                               ":val_list=", dir.file("val.txt"), ":test_dir=", test_root),
+                           0);
   EXPECT_EQ(t.train.size(), 3);
   EXPECT_EQ(t.val.size(), 1);
   EXPECT_EQ(t.test.size(), 4);
   EXPECT_EQ(t.test.files->path(0), test_root + "/class0/img0.jpg");
   std::ofstream(dir.file("bad.txt")) << "nosuchclass/x.jpg\n";
-  test::expect_bad_input([&] { load_task(cat("folder:dir=", root, ":train_list=", dir.file("bad.txt"), ":test=none"), 0); },
-                         {dir.file("bad.txt"), "nosuchclass/x.jpg"});
+  test::expect_bad_input(
+      [&] { load_task(cat("folder:dir=", root, ":train_list=", dir.file("bad.txt"), ":test=none"), 0); },
+      {dir.file("bad.txt"), "nosuchclass/x.jpg"});
   test::expect_bad_input([&] { load_task(cat("folder:dir=", root), 0); }, {"test_dir= or test_list="});
   test::expect_bad_input([&] { load_task(cat("folder:dir=", root, ":shift=invert:test=none"), 0); },
                          {"not supported on image folders"});

@@ -35,8 +35,8 @@ struct CropBox {
 
 /// torchvision's RandomResizedCrop box: area fraction in [scale_min, scale_max], log-uniform aspect ratio
 /// in [ratio_min, ratio_max], 10 tries, then a center crop of the clamped ratio.
-CropBox random_resized_crop_box(int64_t height, int64_t width, double scale_min, double scale_max, double ratio_min,
-                                double ratio_max, std::mt19937_64& engine);
+CropBox random_resized_crop_box(int64_t height, int64_t width, double scale_min, double scale_max,
+                                double ratio_min, double ratio_max, std::mt19937_64& engine);
 /// The box that "resize the shorter side to `resize`, then center-crop `size` x `size`" takes.
 CropBox center_crop_box(int64_t height, int64_t width, int64_t resize, int64_t size);
 /// "Resize the shorter side to `resize`, then crop `size` x `size` at a uniformly random position".
@@ -45,6 +45,7 @@ CropBox random_crop_box(int64_t height, int64_t width, int64_t resize, int64_t s
 /// Resamples `box` of `image` to out_h x out_w (bilinear, pixel centres at +0.5, edges clamped, no
 /// antialiasing: JPEGs arrive already downscaled in the DCT domain), optionally mirrored, into planar uint8
 /// `out` (3, out_h, out_w).
-void resample_crop(const Image& image, const CropBox& box, int64_t out_h, int64_t out_w, bool mirror, uint8_t* out);
+void resample_crop(const Image& image, const CropBox& box, int64_t out_h, int64_t out_w, bool mirror,
+                   uint8_t* out);
 
 }  // namespace xfer

@@ -4,8 +4,8 @@
 /// recursively, sorted by (directory, file name) like `sorted(os.walk(...))`. Images are decoded on
 /// demand by worker threads, with the ImageNet recipe's transforms.
 #include <atomic>
-#include <map>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -26,7 +26,7 @@ struct ImageOptions {
   int64_t size = 224;        // side of the square model input, training and evaluation
   int64_t resize = 256;      // evaluation: shorter side resized to this, then a center crop of `size`
   std::string crop = "rrc";  // training: rrc (RandomResizedCrop) | random (resize to `resize`, random crop)
-  double scale_min = 0.08, scale_max = 1.0;           // RandomResizedCrop area fraction
+  double scale_min = 0.08, scale_max = 1.0;             // RandomResizedCrop area fraction
   double ratio_min = 3.0 / 4.0, ratio_max = 4.0 / 3.0;  // RandomResizedCrop aspect ratio
   bool fail_on_corrupt = false;  // unreadable image: fail (BadInput), or skip it with a counted warning
   Normalization norm = imagenet_normalization();
@@ -52,8 +52,9 @@ class ImageCache {
  public:
   /// Opens `file` if it holds every path of `paths` at `side`; otherwise decodes them all on `workers`
   /// threads and writes it (to a temporary name, then renamed).
-  static std::shared_ptr<const ImageCache> open_or_build(const std::string& file, const std::vector<std::string>& paths,
-                                                         int64_t side, int workers);
+  static std::shared_ptr<const ImageCache> open_or_build(const std::string& file,
+                                                         const std::vector<std::string>& paths, int64_t side,
+                                                         int workers);
   ~ImageCache();
   ImageCache(const ImageCache&) = delete;
   ImageCache& operator=(const ImageCache&) = delete;
@@ -80,7 +81,8 @@ class ImageCache {
 class ImageFiles {
  public:
   ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
-             std::shared_ptr<CorruptLog> corrupt = nullptr, std::shared_ptr<const ImageCache> cache = nullptr);
+             std::shared_ptr<CorruptLog> corrupt = nullptr,
+             std::shared_ptr<const ImageCache> cache = nullptr);
 
   int64_t size() const { return static_cast<int64_t>(paths_.size()); }
   const std::string& root() const { return root_; }
@@ -97,8 +99,8 @@ class ImageFiles {
   /// example (i+1, i+2, ...) with a warning the first time it is met.
   void load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* out) const;
   /// uint8 (n, 3, size, size) for `indices`: example k with seed derive_seed(seed, k), on `workers` threads.
-  torch::Tensor load_batch(const std::vector<int64_t>& indices, bool train, bool flip, uint64_t seed, int workers,
-                           bool pinned = false) const;
+  torch::Tensor load_batch(const std::vector<int64_t>& indices, bool train, bool flip, uint64_t seed,
+                           int workers, bool pinned = false) const;
   /// Unreadable files met so far, and the examples replaced because of them.
   std::vector<std::string> corrupt_files() const;
   int64_t skipped() const { return corrupt_->skipped.load(); }
@@ -123,7 +125,8 @@ struct FolderScan {
 FolderScan scan_image_folder(const std::string& root);
 /// Reads a split file: one path relative to `root` per line ("class/file.jpg"; blank lines and lines
 /// starting with '#' are skipped). The class is the first path component and must be one of `classes`.
-FolderScan read_split_list(const std::string& root, const std::string& list, const std::vector<std::string>& classes);
+FolderScan read_split_list(const std::string& root, const std::string& list,
+                           const std::vector<std::string>& classes);
 
 /// The worker threads for decoding when `requested` is 0: all cores minus the training threads, at least 1.
 int default_loader_workers(int requested);

@@ -3,8 +3,8 @@
 ///
 /// state_dict:FILE  a plain dict {name: tensor} of a torchvision ResNet-18 or ResNet-50, saved from Python as
 ///                  torch.save(dict(model.state_dict()), FILE). LibTorch 1.13 cannot unpickle Python's
-///                  OrderedDict, hence dict(...). Names are torchvision's: the backbone takes conv1 ... layer4,
-///                  `fc` becomes the "source" head (kept for SMILE, XMixup's two heads, Co-Tuning).
+///                  OrderedDict, hence dict(...). Names are torchvision's: the backbone takes conv1 ...
+///                  layer4, `fc` becomes the "source" head (kept for SMILE, XMixup's two heads, Co-Tuning).
 ///                  The architecture (resnet18/50, width) is read from the weights unless --backbone says.
 /// torchscript:FILE a scripted (torch.jit.script, not traced: BN must be able to train) torchvision or timm
 ///                  model. Its parameters and buffers are trained in place; its classifier (`fc`, `head` or
@@ -28,8 +28,8 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path);
 
 /// Loads `init` as a Model with a "source" head (when the network has a classifier) for images of the
 /// given geometry and normalisation. `backbone`: "" to infer it from the weights.
-Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels, int64_t height,
-                          int64_t width, const Normalization& input);
+Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
+                          int64_t height, int64_t width, const Normalization& input);
 
 /// Copies torchvision-named weights into `model` (backbone names as they are, fc.* -> the "source" head).
 /// Names and shapes must match: BadInput lists the first mismatches.

@@ -53,8 +53,8 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& what, int
   img.width = TJSCALED(w, best);
   img.height = TJSCALED(h, best);
   img.rgb.resize(static_cast<size_t>(img.width * img.height * 3));
-  if (tjDecompress2(tj, data, static_cast<unsigned long>(size), img.rgb.data(), static_cast<int>(img.width), 0,
-                    static_cast<int>(img.height), TJPF_RGB, 0) != 0) {
+  if (tjDecompress2(tj, data, static_cast<unsigned long>(size), img.rgb.data(), static_cast<int>(img.width),
+                    0, static_cast<int>(img.height), TJPF_RGB, 0) != 0) {
     // Warnings (for example extraneous bytes) leave a usable image, as PIL accepts them too.
     if (tjGetErrorCode(tj) != TJERR_WARNING)
       throw BadInput(cat(what, ": corrupt JPEG (", tjGetErrorStr2(tj), ")"));
@@ -86,7 +86,8 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& what) {
 
 Image decode_image(const uint8_t* data, size_t size, const std::string& what, int64_t min_side) {
   static const uint8_t kPng[] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
-  if (size >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff) return decode_jpeg(data, size, what, min_side);
+  if (size >= 3 && data[0] == 0xff && data[1] == 0xd8 && data[2] == 0xff)
+    return decode_jpeg(data, size, what, min_side);
   if (size >= 8 && std::memcmp(data, kPng, 8) == 0) return decode_png(data, size, what);
   throw BadInput(cat(what, ": neither a JPEG nor a PNG (", size, " bytes)"));
 }
@@ -98,7 +99,8 @@ Image decode_image_file(const std::string& path, int64_t min_side) {
   XFER_CHECK(n >= 0, path, ": cannot read the image file");
   std::vector<uint8_t> bytes(static_cast<size_t>(n));
   in.seekg(0);
-  XFER_CHECK(in.read(reinterpret_cast<char*>(bytes.data()), n).good() || n == 0, path, ": cannot read the image file");
+  XFER_CHECK(in.read(reinterpret_cast<char*>(bytes.data()), n).good() || n == 0, path,
+             ": cannot read the image file");
   return decode_image(bytes.data(), bytes.size(), path, min_side);
 }
 
@@ -118,8 +120,8 @@ void write_jpeg_rgb(const std::string& path, const Image& image, int quality) {
   XFER_CHECK(tj.handle != nullptr, "libjpeg-turbo: cannot create a compressor");
   unsigned char* buf = nullptr;
   unsigned long size = 0;
-  XFER_CHECK(tjCompress2(tj.handle, image.rgb.data(), static_cast<int>(image.width), 0, static_cast<int>(image.height),
-                         TJPF_RGB, &buf, &size, TJSAMP_420, quality, 0) == 0,
+  XFER_CHECK(tjCompress2(tj.handle, image.rgb.data(), static_cast<int>(image.width), 0,
+                         static_cast<int>(image.height), TJPF_RGB, &buf, &size, TJSAMP_420, quality, 0) == 0,
              path, ": cannot encode JPEG (", tjGetErrorStr2(tj.handle), ")");
   std::unique_ptr<unsigned char, void (*)(unsigned char*)> owned(buf, [](unsigned char* p) { tjFree(p); });
   std::ofstream out(path, std::ios::binary);
@@ -127,8 +129,8 @@ void write_jpeg_rgb(const std::string& path, const Image& image, int quality) {
   XFER_CHECK(out.good(), path, ": cannot write the file");
 }
 
-CropBox random_resized_crop_box(int64_t height, int64_t width, double scale_min, double scale_max, double ratio_min,
-                                double ratio_max, std::mt19937_64& engine) {
+CropBox random_resized_crop_box(int64_t height, int64_t width, double scale_min, double scale_max,
+                                double ratio_min, double ratio_max, std::mt19937_64& engine) {
   const double area = static_cast<double>(height * width);
   const double lr_min = std::log(ratio_min), lr_max = std::log(ratio_max);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
@@ -160,16 +162,19 @@ CropBox center_crop_box(int64_t height, int64_t width, int64_t resize, int64_t s
   return {(static_cast<double>(height) - side) / 2, (static_cast<double>(width) - side) / 2, side, side};
 }
 
-CropBox random_crop_box(int64_t height, int64_t width, int64_t resize, int64_t size, std::mt19937_64& engine) {
+CropBox random_crop_box(int64_t height, int64_t width, int64_t resize, int64_t size,
+                        std::mt19937_64& engine) {
   const double f = static_cast<double>(resize) / static_cast<double>(std::min(height, width));
   const double side = std::min(static_cast<double>(size) / f, static_cast<double>(std::min(height, width)));
   std::uniform_real_distribution<double> unit(0.0, 1.0);
-  return {(static_cast<double>(height) - side) * unit(engine), (static_cast<double>(width) - side) * unit(engine), side,
-          side};
+  return {(static_cast<double>(height) - side) * unit(engine),
+          (static_cast<double>(width) - side) * unit(engine), side, side};
 }
 
-void resample_crop(const Image& image, const CropBox& box, int64_t out_h, int64_t out_w, bool mirror, uint8_t* out) {
-  XFER_CHECK(image.height > 0 && image.width > 0 && box.h > 0 && box.w > 0, "resample_crop: empty image or box");
+void resample_crop(const Image& image, const CropBox& box, int64_t out_h, int64_t out_w, bool mirror,
+                   uint8_t* out) {
+  XFER_CHECK(image.height > 0 && image.width > 0 && box.h > 0 && box.w > 0,
+             "resample_crop: empty image or box");
   // Per output column / row: the two source taps and the weight of the second.
   struct Tap {
     int64_t a, b;

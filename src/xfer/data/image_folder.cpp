@@ -1,8 +1,8 @@
 #include "xfer/data/image_folder.h"
 
 #include <algorithm>
-#include <cstring>
 #include <cctype>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -56,16 +56,18 @@ std::vector<std::string> walk_images(const fs::path& root, const fs::path& dir) 
 
 }  // namespace
 
-Normalization imagenet_normalization() { return {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}}; }
+Normalization imagenet_normalization() {
+  return {{0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}};
+}
 
 void ImageOptions::validate() const {
   XFER_CHECK(size >= 8 && size <= 4096, "image size must be in [8, 4096], got ", size);
   XFER_CHECK(resize >= size, "image resize must be >= size (", size, "), got ", resize);
   XFER_CHECK(crop == "rrc" || crop == "random", "image crop must be rrc or random, got '", crop, "'");
-  XFER_CHECK(scale_min > 0 && scale_min <= scale_max && scale_max <= 1, "RandomResizedCrop scale must satisfy ",
-             "0 < min <= max <= 1, got ", scale_min, ",", scale_max);
-  XFER_CHECK(ratio_min > 0 && ratio_min <= ratio_max, "RandomResizedCrop ratio must satisfy 0 < min <= max, got ",
-             ratio_min, ",", ratio_max);
+  XFER_CHECK(scale_min > 0 && scale_min <= scale_max && scale_max <= 1,
+             "RandomResizedCrop scale must satisfy ", "0 < min <= max <= 1, got ", scale_min, ",", scale_max);
+  XFER_CHECK(ratio_min > 0 && ratio_min <= ratio_max,
+             "RandomResizedCrop ratio must satisfy 0 < min <= max, got ", ratio_min, ",", ratio_max);
   XFER_CHECK(norm.mean.size() == 3 && norm.std.size() == 3, "image mean and std need 3 values (RGB), got ",
              norm.mean.size(), " and ", norm.std.size());
   for (double s : norm.std) XFER_CHECK(s > 0, "image std values must be > 0, got ", s);
@@ -92,8 +94,18 @@ bool ImageCache::map(const std::string& file) {
   }
   const auto* p = static_cast<const uint8_t*>(data_);
   const uint8_t* end = p + bytes_;
-  auto u64 = [&](const uint8_t*& q) { uint64_t v; std::memcpy(&v, q, 8); q += 8; return v; };
-  auto u32 = [&](const uint8_t*& q) { uint32_t v; std::memcpy(&v, q, 4); q += 4; return v; };
+  auto u64 = [&](const uint8_t*& q) {
+    uint64_t v;
+    std::memcpy(&v, q, 8);
+    q += 8;
+    return v;
+  };
+  auto u32 = [&](const uint8_t*& q) {
+    uint32_t v;
+    std::memcpy(&v, q, 4);
+    q += 4;
+    return v;
+  };
   if (std::memcmp(p, "XFERIMC1", 8) != 0) return false;
   const uint8_t* q = p + 8;
   const uint64_t count = u64(q);
@@ -120,8 +132,8 @@ const ImageCache::Entry* ImageCache::find(const std::string& path) const {
 }
 
 std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& file,
-                                                            const std::vector<std::string>& paths, int64_t side,
-                                                            int workers) {
+                                                            const std::vector<std::string>& paths,
+                                                            int64_t side, int workers) {
   {
     std::shared_ptr<ImageCache> c(new ImageCache());
     if (c->map(file) && c->side_ == side) {
@@ -129,8 +141,9 @@ std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& f
       for (const auto& p : paths) complete = complete && c->find(p) != nullptr;
       if (complete) return c;
     }
-    if (fs::exists(file)) log_info(cat("image cache ", file, ": it does not cover this folder at side ", side,
-                                       "; rebuilding it"));
+    if (fs::exists(file))
+      log_info(
+          cat("image cache ", file, ": it does not cover this folder at side ", side, "; rebuilding it"));
   }
   log_info(cat("image cache ", file, ": decoding ", paths.size(), " images once (shorter side ", side, ")"));
   // Decode (in the DCT domain where possible), then shrink so that the shorter side is `side`.
@@ -146,7 +159,8 @@ std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& f
       }
       const int64_t s = std::min(img.height, img.width);
       if (s > side) {
-        const int64_t h = std::max<int64_t>(1, img.height * side / s), w2 = std::max<int64_t>(1, img.width * side / s);
+        const int64_t h = std::max<int64_t>(1, img.height * side / s),
+                      w2 = std::max<int64_t>(1, img.width * side / s);
         std::vector<uint8_t> planar(static_cast<size_t>(3 * h * w2));
         resample_crop(img, {0, 0, double(img.height), double(img.width)}, h, w2, false, planar.data());
         Image small;
@@ -185,8 +199,8 @@ std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& f
       out.write(paths[i].data(), static_cast<std::streamsize>(paths[i].size()));
       offset += images[i].rgb.size();
     }
-    for (const auto& img : images) out.write(reinterpret_cast<const char*>(img.rgb.data()),
-                                             static_cast<std::streamsize>(img.rgb.size()));
+    for (const auto& img : images)
+      out.write(reinterpret_cast<const char*>(img.rgb.data()), static_cast<std::streamsize>(img.rgb.size()));
     XFER_CHECK(out.good(), "image cache ", file, ": cannot write ", tmp, " (disk full?)");
   }
   fs::rename(tmp, file);
@@ -261,8 +275,8 @@ void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* 
   throw BadInput(cat(root_, ": none of the ", n, " images of this split can be decoded"));
 }
 
-torch::Tensor ImageFiles::load_batch(const std::vector<int64_t>& indices, bool train, bool flip, uint64_t seed,
-                                     int workers, bool pinned) const {
+torch::Tensor ImageFiles::load_batch(const std::vector<int64_t>& indices, bool train, bool flip,
+                                     uint64_t seed, int workers, bool pinned) const {
   const int64_t n = static_cast<int64_t>(indices.size());
   const int64_t s = opts_.size;
   auto options = torch::TensorOptions().dtype(torch::kUInt8);
@@ -306,7 +320,8 @@ FolderScan scan_image_folder(const std::string& root) {
   for (const auto& entry : fs::directory_iterator(root, fs::directory_options::follow_directory_symlink, ec))
     if (entry.is_directory(ec)) classes.push_back(entry.path().filename().string());
   XFER_CHECK(!ec, "image folder ", root, ": cannot list it (", ec.message(), ")");
-  XFER_CHECK(!classes.empty(), "image folder ", root, ": no class folders (expected ROOT/CLASS_NAME/*.jpg|png)");
+  XFER_CHECK(!classes.empty(), "image folder ", root,
+             ": no class folders (expected ROOT/CLASS_NAME/*.jpg|png)");
   std::sort(classes.begin(), classes.end());
   FolderScan scan;
   scan.class_names = classes;
@@ -323,7 +338,8 @@ FolderScan scan_image_folder(const std::string& root) {
   return scan;
 }
 
-FolderScan read_split_list(const std::string& root, const std::string& list, const std::vector<std::string>& classes) {
+FolderScan read_split_list(const std::string& root, const std::string& list,
+                           const std::vector<std::string>& classes) {
   std::ifstream in(list);
   XFER_CHECK(in.good(), "split list ", list, ": cannot open it");
   std::map<std::string, int64_t> label_of;
@@ -334,12 +350,13 @@ FolderScan read_split_list(const std::string& root, const std::string& list, con
   int64_t line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
+      line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     const std::string cls = fs::path(line).begin()->string();
     auto it = label_of.find(cls);
-    XFER_CHECK(it != label_of.end() && line.find('/') != std::string::npos, "split list ", list, " line ", line_no,
-               ": '", line, "' is not CLASS/FILE for a class folder of ", root);
+    XFER_CHECK(it != label_of.end() && line.find('/') != std::string::npos, "split list ", list, " line ",
+               line_no, ": '", line, "' is not CLASS/FILE for a class folder of ", root);
     XFER_CHECK(fs::is_regular_file(fs::path(root) / line), "split list ", list, " line ", line_no, ": ",
                (fs::path(root) / line).string(), " does not exist");
     scan.files.push_back(line);
@@ -357,9 +374,15 @@ int default_loader_workers(int requested) {
 
 // TensorDataset's image-folder-aware accessors live here, next to the decoder.
 
-int64_t TensorDataset::channels() const { return files ? 3 : images.size(1); }
-int64_t TensorDataset::height() const { return files ? files->options().size : images.size(2); }
-int64_t TensorDataset::width() const { return files ? files->options().size : images.size(3); }
+int64_t TensorDataset::channels() const {
+  return files ? 3 : images.size(1);
+}
+int64_t TensorDataset::height() const {
+  return files ? files->options().size : images.size(2);
+}
+int64_t TensorDataset::width() const {
+  return files ? files->options().size : images.size(3);
+}
 
 torch::Tensor TensorDataset::eval_images(int64_t start, int64_t end) const {
   if (!files) return images.slice(0, start, end);

@@ -18,7 +18,9 @@ constexpr const char* kDictHint =
     "save it from Python as torch.save(dict(model.state_dict()), FILE): LibTorch 1.13 reads a plain dict of "
     "tensors, not Python's OrderedDict (scripts/export_torchvision.py does this)";
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
 
 /// A TorchScript module as a backbone. Its parameters and buffers are registered (the same tensors, not
 /// copies) on plain modules mirroring its submodule tree, so xfer's optimizers, checkpoints and copy_state
@@ -29,7 +31,8 @@ class ScriptBackboneImpl : public BackboneImpl {
     try {
       module_ = torch::jit::load(path);
     } catch (const c10::Error& e) {
-      throw BadInput(cat("--init torchscript:", path, ": not a TorchScript file (save a torch.jit.script'ed model ",
+      throw BadInput(cat("--init torchscript:", path,
+                         ": not a TorchScript file (save a torch.jit.script'ed model ",
                          "with torch.jit.save): ", first_line(e.what())));
     }
     spec_ = cat("script:path=", path);
@@ -37,7 +40,8 @@ class ScriptBackboneImpl : public BackboneImpl {
     for (const char* name : {"fc", "head", "classifier"}) {
       if (!module_.hasattr(name) || !module_.attr(name).isModule()) continue;
       const auto head = module_.attr(name).toModule();
-      if (head.hasattr("weight") && head.attr("weight").isTensor() && head.attr("weight").toTensor().dim() == 2) {
+      if (head.hasattr("weight") && head.attr("weight").isTensor() &&
+          head.attr("weight").toTensor().dim() == 2) {
         head_weight_ = head.attr("weight").toTensor();
         if (head.hasattr("bias") && head.attr("bias").isTensor()) head_bias_ = head.attr("bias").toTensor();
         head_name = name;
@@ -59,9 +63,10 @@ class ScriptBackboneImpl : public BackboneImpl {
     if (resnet_) {
       stage_names_ = {"layer1", "layer2", "layer3", "layer4"};
     } else {
-      XFER_CHECK(module_.find_method("forward_features").has_value(), "--init torchscript:", path,
-                 ": the model has neither a ResNet's conv1/bn1/maxpool/layer1..4 nor a forward_features method, ",
-                 "so xfer cannot take its head off");
+      XFER_CHECK(
+          module_.find_method("forward_features").has_value(), "--init torchscript:", path,
+          ": the model has neither a ResNet's conv1/bn1/maxpool/layer1..4 nor a forward_features method, ",
+          "so xfer cannot take its head off");
       stage_names_ = {"features"};
     }
     check_batch_norm_trains(path);
@@ -150,7 +155,9 @@ std::vector<std::string> class_indices(int64_t n) {
 
 }  // namespace
 
-Backbone make_script_backbone(const std::string& path) { return std::make_shared<ScriptBackboneImpl>(path); }
+Backbone make_script_backbone(const std::string& path) {
+  return std::make_shared<ScriptBackboneImpl>(path);
+}
 
 bool is_external_init(const std::string& init) {
   return starts_with(init, "state_dict:") || starts_with(init, "torchscript:");
@@ -198,19 +205,20 @@ void load_torchvision_weights(Model& model, const std::map<std::string, torch::T
                              model->arch().backbone));
   }
   for (const auto& [name, t] : weights)
-    if (!mine.count(name)) problems.push_back(cat(name, " is in the file but not in ", model->arch().backbone));
+    if (!mine.count(name))
+      problems.push_back(cat(name, " is in the file but not in ", model->arch().backbone));
   if (!problems.empty()) {
     std::string msg;
     for (size_t i = 0; i < std::min<size_t>(problems.size(), 5); ++i) msg += (i ? "; " : "") + problems[i];
     if (problems.size() > 5) msg += cat("; and ", problems.size() - 5, " more");
-    throw BadInput(cat(what, ": the weights do not match ", model->arch().backbone,
-                       " with torchvision's names: ", msg));
+    throw BadInput(
+        cat(what, ": the weights do not match ", model->arch().backbone, " with torchvision's names: ", msg));
   }
   for (auto& [name, t] : mine) t.copy_(weights.at(name));
 }
 
-Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels, int64_t height,
-                          int64_t width, const Normalization& input) {
+Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
+                          int64_t height, int64_t width, const Normalization& input) {
   Arch arch;
   arch.in_channels = in_channels;
   arch.height = height;
@@ -236,14 +244,16 @@ Model load_external_model(const std::string& init, const std::string& backbone, 
     load_torchvision_weights(model, weights, init);
     return model;
   }
-  XFER_CHECK(starts_with(init, "torchscript:"), "--init ", init, ": expected state_dict:FILE or torchscript:FILE");
+  XFER_CHECK(starts_with(init, "torchscript:"), "--init ", init,
+             ": expected state_dict:FILE or torchscript:FILE");
   const std::string path = init.substr(12);
   XFER_CHECK(backbone.empty() || starts_with(backbone, "script:"), "--init ", init, ": --backbone ", backbone,
              " cannot be combined with a TorchScript model (its architecture is the script's)");
   arch.backbone = cat("script:path=", path);
   Model model(arch);
   auto script = std::dynamic_pointer_cast<ScriptBackboneImpl>(model->backbone);
-  if (script && script->head_weight().defined() && script->head_weight().size(1) == model->backbone->feature_dim()) {
+  if (script && script->head_weight().defined() &&
+      script->head_weight().size(1) == model->backbone->feature_dim()) {
     model->add_head({"source", class_indices(script->head_weight().size(0))});
     torch::NoGradGuard no_grad;
     auto head = model->head("source");
