@@ -63,7 +63,8 @@ class WeightsCommand : public Command {
       head = model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
     const Task source = load_task(source_, seed_);
     const Task target = load_task(target_, seed_);
-    ImportanceWeights w = compute_importance_weights(model, head, source.train, target.train.images, temperature_);
+    const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
+    ImportanceWeights w = compute_importance_weights(model, head, source.train, target_images, temperature_);
     w.provenance["model"] = ck.path();
     w.provenance["source"] = source_;
     w.provenance["target"] = target_;

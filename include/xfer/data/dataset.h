@@ -1,5 +1,6 @@
 #pragma once
 /// In-memory labelled image sets and tasks (train / validation / test splits).
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -7,18 +8,31 @@
 
 namespace xfer {
 
-/// A labelled image set held in memory: uint8 images (N, C, H, W), int64 labels (N) in
-/// [0, num_classes()), and the name of each class. Cheap to copy (tensors are shared).
+class ImageFiles;
+
+/// A labelled image set: int64 labels (N) in [0, num_classes()), the name of each class, and either
+/// uint8 images (N, C, H, W) held in memory or, for image folders, `files`: one image file per example,
+/// decoded on demand (then `images` is undefined). Cheap to copy (tensors and file lists are shared).
 struct TensorDataset {
   torch::Tensor images;
   torch::Tensor labels;
   std::vector<std::string> class_names;
+  std::shared_ptr<const ImageFiles> files;
 
   int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
   int64_t num_classes() const { return static_cast<int64_t>(class_names.size()); }
-  int64_t channels() const { return images.size(1); }
-  int64_t height() const { return images.size(2); }
-  int64_t width() const { return images.size(3); }
+  bool is_folder() const { return files != nullptr; }
+  /// The shape of one model input: the stored images', or an image folder's crop (3, size, size).
+  int64_t channels() const;
+  int64_t height() const;
+  int64_t width() const;
+  /// uint8 images (n, C, H, W) of examples [start, end): the stored ones, or for an image folder decoded
+  /// with the evaluation transform (resize, center crop). What evaluation and feature extraction read.
+  torch::Tensor eval_images(int64_t start, int64_t end) const;
+  /// The same for the examples at `indices` (int64), in that order.
+  torch::Tensor eval_images(const torch::Tensor& indices) const;
+  /// BadInput "<what> is not supported on image folders yet" for code that needs every image in memory.
+  void require_in_memory(const std::string& what) const;
   /// Examples per class, indexed by label.
   std::vector<int64_t> class_counts() const;
   /// The examples at `indices` (int64), in that order.

@@ -4,6 +4,8 @@
 /// A stream's batch b is a pure function of (seed, b): the sampler picks the indices, the augmentation
 /// draws its crops and flips from a generator seeded by (seed, b). Resuming a run only needs each
 /// stream's position. The next batch is assembled on a worker thread while the current step runs.
+/// Image folders are decoded and augmented per example by `workers` threads, example k of batch b drawing
+/// its crop and flip from derive_seed(derive_seed(seed, b), k) alone, so batches stay pure functions too.
 #include <cstdint>
 #include <future>
 #include <map>
@@ -24,6 +26,8 @@ struct LoaderOptions {
   int64_t crop_pad = 2;  // random crop after zero-padding this many pixels per side; 0 turns it off
   bool flip = true;      // random horizontal flip
   bool prefetch = true;  // assemble the next batch on a worker thread
+  int64_t workers = 0;   // --loader-workers: image folders' decoding threads (0 = cores - training threads)
+  bool channels_last = false;  // batches (and the model's convolution weights) in channels-last layout
 
   void fields(Fields& f);
 };

@@ -4,6 +4,7 @@
 ///   SPEC    := SOURCE { ':' KEY '=' VALUE }
 ///   SOURCE  := fmnist                          Fashion-MNIST (Debian package dataset-fashion-mnist)
 ///            | idx                             any IDX files (give dir= or the four *_images/_labels keys)
+///            | folder                          an image folder dir=ROOT: ROOT/CLASS_NAME/**/*.jpg|png
 ///
 ///   classes=2,4,6 | 0-4 | 0-2,7   class subset, relabelled 0..k-1 in the order given (default: all)
 ///   per_class=N        few-shot: N training examples per class, drawn by the seed (default: all)
@@ -20,18 +21,31 @@
 ///   dir=PATH           directory of the IDX files (fmnist: /usr/share/datasets/fashion-mnist)
 ///   train_images= train_labels= test_images= test_labels=   explicit IDX paths (idx only)
 ///   names=a,b,c        class names (idx only; default "0", "1", ...)
+///
+/// Image folders (folder only): classes are the sorted class-folder names, so classes= takes their
+/// indices in that order. test=file reads test_dir= (same class folders) or test_list=; without either, use
+/// test=rest, test=none or a val= split.
+///   train_list= val_list= test_list=   split files: one path relative to dir= per line (class/file.jpg)
+///   test_dir=PATH      the test split's own image folder
+///   size=224           model input side; resize=256  evaluation: shorter side to 256, center crop `size`
+///   crop=rrc|random    training crop: RandomResizedCrop (scale=0.08,1 ratio=0.75,1.3333) or resize +
+///                      random crop; then a horizontal flip (--flip)
+///   mean=R,G,B std=R,G,B  normalisation (ImageNet's by default; a --init xfer model brings its own)
+///   corrupt=skip|fail  unreadable images: skip with a counted warning (default) or fail
+///   cache=FILE         decoded, downscaled images stored in one file (FFCV-style), built on first use
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "xfer/data/dataset.h"
+#include "xfer/data/image_folder.h"
 
 namespace xfer {
 
 struct DatasetSpec {
   std::string text;
-  std::string source;  // "fmnist" or "idx"
+  std::string source;  // "fmnist", "idx" or "folder"
   std::vector<int64_t> classes;
   std::optional<int64_t> per_class;
   int64_t val_count = 0;    // per class, when val_fraction is 0
@@ -43,6 +57,9 @@ struct DatasetSpec {
   std::optional<uint64_t> seed;
   std::string dir, train_images, train_labels, test_images, test_labels;
   std::vector<std::string> names;
+  // Image folders.
+  std::string test_dir, train_list, val_list, test_list, cache;
+  ImageOptions image;
 
   /// Parses a spec; BadInput naming the bad key or value and listing the valid keys.
   static DatasetSpec parse(const std::string& text);

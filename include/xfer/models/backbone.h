@@ -11,6 +11,10 @@
 ///   resnet20[:width=16]                      CIFAR ResNet-20: 3 stages of 3 basic blocks; features 4w
 ///   resnet18[:width=64][:stem=imagenet|cifar]  torchvision ResNet-18 (same parameter names); features 8w.
 ///                                            stem=cifar: 3x3 stride-1 stem without max-pool, for small images
+///   resnet50[:width=64][:stem=imagenet|cifar]  torchvision ResNet-50 (bottleneck blocks, same names); features 32w
+///   script:path=FILE                         a TorchScript backbone (`--init torchscript:FILE`): its stages
+///                                            are conv1/bn1/relu/maxpool + layer1..4 for ResNets, else its
+///                                            forward_features; see models/import.h
 #include <functional>
 #include <memory>
 #include <string>
@@ -60,6 +64,8 @@ using Backbone = std::shared_ptr<BackboneImpl>;
 Backbone make_backbone(const std::string& spec, int64_t in_channels);
 /// The spec with defaults filled in ("cnn4" -> "cnn4:width=16"), so equal architectures compare equal.
 std::string normalise_backbone_spec(const std::string& spec);
+/// A TorchScript module's backbone (defined in models/import.cpp).
+Backbone make_script_backbone(const std::string& path);
 /// The names of the available backbones, for help texts.
 const char* backbone_help();
 
@@ -89,12 +95,26 @@ class BasicBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(BasicBlock);
 
-/// ResNets of basic blocks: ResNet-20 (CIFAR) and ResNet-18 (torchvision layout and names).
+/// torchvision's Bottleneck (ResNet-50 v1.5: the stride on the 3x3 conv; names conv1..3 bn1..3 downsample).
+class BottleneckImpl : public torch::nn::Module {
+ public:
+  BottleneckImpl(int64_t in, int64_t width, int64_t stride);
+  torch::Tensor forward(const torch::Tensor& x);
+
+ private:
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
+  torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
+  torch::nn::Sequential downsample{nullptr};
+};
+TORCH_MODULE(Bottleneck);
+
+/// ResNets: ResNet-20 (CIFAR), ResNet-18 and ResNet-50 (torchvision layout and names).
 class ResNetImpl : public BackboneImpl {
  public:
-  /// `blocks` per stage, `widths` per stage; `imagenet_stem`: 7x7 stride-2 conv + 3x3 max-pool.
+  /// `blocks` per stage, `widths` per stage; `imagenet_stem`: 7x7 stride-2 conv + 3x3 max-pool;
+  /// `bottleneck`: Bottleneck blocks (output 4x width) instead of basic blocks.
   ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_t> blocks, std::vector<int64_t> widths,
-             bool imagenet_stem);
+             bool imagenet_stem, bool bottleneck = false);
 
  protected:
   torch::Tensor stem(const torch::Tensor& x) override;

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "xfer/data/image_folder.h"
+
 namespace xfer {
 
 std::vector<int64_t> TensorDataset::class_counts() const {
@@ -13,7 +15,12 @@ std::vector<int64_t> TensorDataset::class_counts() const {
 }
 
 TensorDataset TensorDataset::subset(const torch::Tensor& indices) const {
-  return {images.index_select(0, indices), labels.index_select(0, indices), class_names};
+  if (files) {
+    const torch::Tensor ix = indices.to(torch::kInt64).contiguous();
+    const std::vector<int64_t> idx(ix.data_ptr<int64_t>(), ix.data_ptr<int64_t>() + ix.numel());
+    return {torch::Tensor(), labels.index_select(0, indices), class_names, files->subset(idx)};
+  }
+  return {images.index_select(0, indices), labels.index_select(0, indices), class_names, nullptr};
 }
 
 std::vector<std::vector<int64_t>> TensorDataset::indices_by_class() const {

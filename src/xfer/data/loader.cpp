@@ -5,6 +5,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/rng.h"
+#include "xfer/data/image_folder.h"
 
 namespace xfer {
 
@@ -13,6 +14,9 @@ void LoaderOptions::fields(Fields& f) {
   f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off)").non_negative();
   f.add("flip", flip, "random horizontal flip augmentation");
   f.add("prefetch", prefetch, "assemble the next batch on a worker thread");
+  f.add("loader_workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
+      .non_negative();
+  f.add("channels_last", channels_last, "channels-last memory format for batches and convolution weights");
 }
 
 ShuffleSampler::ShuffleSampler(int64_t size, uint64_t seed) : size_(size), seed_(seed) {
@@ -130,14 +134,14 @@ BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOp
       opts_(opts),
       seed_(seed),
       sampler_(sampler ? std::move(sampler) : default_sampler(data_.size(), seed)),
-      transform_(norm, opts.crop_pad, opts.flip),
+      transform_(norm, data_.is_folder() ? 0 : opts.crop_pad, data_.is_folder() ? false : opts.flip),
       device_(device),
       shard_(batch_shard()) {
   check_options(opts_);
   XFER_CHECK(opts_.batch_size % shard_.count == 0, "the batch size ", opts_.batch_size, " must be a multiple of ",
              "the number of processes ", shard_.count, " (each process takes an equal share of every batch)");
   XFER_CHECK(data_.size() > 0, "cannot draw batches from an empty dataset");
-  data_.images = data_.images.contiguous();
+  if (!data_.is_folder()) data_.images = data_.images.contiguous();
   data_.labels = data_.labels.contiguous();
 }
 
@@ -151,17 +155,28 @@ Batch BatchStream::make(int64_t b) {
   batch.number = b;
   batch.global_size = opts_.batch_size;
   batch.global_index = sampler_->indices(b, opts_.batch_size);
-  if (shard_.count == 1) {
-    batch.x = transform_(data_.images, batch.global_index, seed);
-  } else {
+  std::vector<int64_t> rows;  // this process's rows of the global batch (all of them in one process)
+  if (shard_.count > 1) {
     const int64_t share = opts_.batch_size / shard_.count;
     batch.offset = shard_.rank * share;
-    std::vector<int64_t> rows(share);
-    for (int64_t i = 0; i < share; ++i) rows[i] = batch.offset + i;
-    batch.x = transform_(data_.images, batch.global_index, seed, &rows);
+    for (int64_t i = 0; i < share; ++i) rows.push_back(batch.offset + i);
   }
+  const int64_t local = shard_.count > 1 ? static_cast<int64_t>(rows.size()) : opts_.batch_size;
   const std::vector<int64_t> idx(batch.global_index.begin() + batch.offset,
-                                 batch.global_index.begin() + batch.offset + batch.x.size(0));
+                                 batch.global_index.begin() + batch.offset + local);
+  if (data_.is_folder()) {
+    // Decode + crop + flip per example on the worker threads, then normalise the uint8 batch.
+    const torch::Tensor raw = data_.files->load_batch(idx, /*train=*/true, opts_.flip, seed,
+                                                      default_loader_workers(static_cast<int>(opts_.workers)));
+    std::vector<int64_t> all(idx.size());
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+    batch.x = transform_(raw, all, 0);
+  } else {
+    batch.x = transform_(data_.images, batch.global_index, seed, shard_.count > 1 ? &rows : nullptr);
+  }
+  if (opts_.channels_last) batch.x = batch.x.contiguous(at::MemoryFormat::ChannelsLast);
+  // Image batches for a GPU are staged in pinned memory here, on the worker thread, for an async copy.
+  if (data_.is_folder() && device_.is_cuda()) batch.x = batch.x.pin_memory();
   batch.index = torch::tensor(idx, torch::kInt64);
   batch.y = torch::empty({static_cast<int64_t>(idx.size())}, torch::kInt64);
   const int64_t* labels = data_.labels.data_ptr<int64_t>();
@@ -173,6 +188,8 @@ Batch BatchStream::make(int64_t b) {
 Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) const {
   const torch::Tensor pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
   std::vector<int64_t> select(pos.data_ptr<int64_t>(), pos.data_ptr<int64_t>() + pos.numel());
+  XFER_CHECK(!data_.is_folder(), "methods that mix examples across processes are not supported on image folders "
+             "in data-parallel runs yet");
   XFER_CHECK(static_cast<int64_t>(batch.global_index.size()) == batch.global_size, "rows(): the batch carries no ",
              "global indices");
   Batch out;
@@ -208,7 +225,7 @@ Batch BatchStream::next() {
   ++position_;
   if (opts_.prefetch) launch(position_);
   if (device_ != torch::kCPU) {
-    batch.x = batch.x.to(device_, /*non_blocking=*/false);
+    batch.x = batch.x.to(device_, /*non_blocking=*/batch.x.is_pinned());
     batch.y = batch.y.to(device_);
   }
   return batch;

@@ -11,6 +11,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/idx.h"
+#include "xfer/data/image_folder.h"
 
 namespace fs = std::filesystem;
 
@@ -20,7 +21,8 @@ namespace {
 constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
 constexpr const char* kValidKeys =
     "classes, per_class, val, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
-    "test_images, test_labels, names";
+    "test_images, test_labels, names; folder: test_dir, train_list, val_list, test_list, size, resize, crop, "
+    "scale, ratio, mean, std, corrupt, cache";
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -60,6 +62,14 @@ double parse_real(const std::string& spec, const std::string& key, const std::st
   return x;
 }
 
+std::vector<double> parse_reals(const std::string& spec, const std::string& key, const std::string& v, size_t n) {
+  std::vector<double> out;
+  for (const auto& tok : split(v, ',')) out.push_back(parse_real(spec, key, tok));
+  XFER_CHECK(out.size() == n, "dataset spec '", spec, "': ", key, " expects ", n, " comma-separated numbers, got '",
+             v, "'");
+  return out;
+}
+
 std::string normalise_shift(const std::string& spec, const std::string& s) {
   if (s == "invert") return s;
   if (s.rfind("rot", 0) == 0) {
@@ -79,6 +89,7 @@ std::string normalise_shift(const std::string& spec, const std::string& s) {
 struct RawSplit {
   torch::Tensor images;  // uint8 (N, C, H, W)
   torch::Tensor labels;  // int64 (N)
+  std::shared_ptr<const ImageFiles> files;  // image folders: the files instead of images
 };
 
 torch::Tensor images_nchw(const IdxArray& a, const std::string& path) {
@@ -101,7 +112,7 @@ RawSplit load_raw(const std::string& images_path, const std::string& labels_path
   XFER_CHECK(lab.data.dim() == 1, labels_path, ": labels must have 1 dimension, got ", lab.data.dim());
   XFER_CHECK(!lab.data.is_floating_point(), labels_path, ": labels must be integers, got ",
              lab.data.scalar_type());
-  RawSplit raw{images_nchw(img, images_path), lab.data.to(torch::kInt64)};
+  RawSplit raw{images_nchw(img, images_path), lab.data.to(torch::kInt64), nullptr};
   XFER_CHECK(raw.images.size(0) == raw.labels.size(0), images_path, " holds ", raw.images.size(0),
              " images but ", labels_path, " holds ", raw.labels.size(0), " labels");
   if (raw.labels.numel() > 0)
@@ -139,8 +150,12 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   s.text = text;
   const auto parts = split(text, ':');
   s.source = parts[0];
-  XFER_CHECK(s.source == "fmnist" || s.source == "idx", "dataset spec '", text, "': unknown dataset '",
-             s.source, "'; valid: fmnist, idx (see `xfer data --help`)");
+  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder", "dataset spec '", text,
+             "': unknown dataset '", s.source, "'; valid: fmnist, idx, folder (see `xfer data --help`)");
+  const bool folder = s.source == "folder";
+  const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size", "resize",
+                                             "crop",     "scale",      "ratio",    "mean",      "std",  "corrupt",
+                                             "cache"};
   std::set<std::string> seen;
   for (size_t i = 1; i < parts.size(); ++i) {
     const size_t eq = parts[i].find('=');
@@ -198,6 +213,31 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
        : key == "train_labels" ? s.train_labels
        : key == "test_images"  ? s.test_images
                                : s.test_labels) = v;
+    } else if (folder_keys.count(key)) {
+      XFER_CHECK(folder, "dataset spec '", text, "': ", key, " is only for image folders (folder:dir=ROOT)");
+      if (key == "test_dir") s.test_dir = v;
+      if (key == "train_list") s.train_list = v;
+      if (key == "val_list") s.val_list = v;
+      if (key == "test_list") s.test_list = v;
+      if (key == "size") s.image.size = parse_count(text, key, v, 8);
+      if (key == "resize") s.image.resize = parse_count(text, key, v, 8);
+      if (key == "crop") s.image.crop = v;
+      if (key == "cache") s.cache = v;
+      if (key == "scale") {
+        const auto r = parse_reals(text, key, v, 2);
+        s.image.scale_min = r[0], s.image.scale_max = r[1];
+      }
+      if (key == "ratio") {
+        const auto r = parse_reals(text, key, v, 2);
+        s.image.ratio_min = r[0], s.image.ratio_max = r[1];
+      }
+      if (key == "mean") s.image.norm.mean = parse_reals(text, key, v, 3);
+      if (key == "std") s.image.norm.std = parse_reals(text, key, v, 3);
+      if (key == "corrupt") {
+        XFER_CHECK(v == "skip" || v == "fail", "dataset spec '", text, "': corrupt must be skip or fail, got '", v,
+                   "'");
+        s.image.fail_on_corrupt = v == "fail";
+      }
     } else if (key == "names") {
       XFER_CHECK(s.source == "idx", "dataset spec '", text, "': names is only for idx datasets");
       s.names = split(v, ',');
@@ -208,12 +248,28 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   if (s.source == "idx")
     XFER_CHECK(!s.dir.empty() || (!s.train_images.empty() && !s.train_labels.empty()), "dataset spec '", text,
                "': idx needs dir=PATH or train_images= and train_labels=");
+  if (folder) {
+    XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
+    XFER_CHECK(s.shifts.empty(), "dataset spec '", text, "': shift= is not supported on image folders yet");
+    XFER_CHECK(s.test_dir.empty() || s.test_list.empty(), "dataset spec '", text,
+               "': give test_dir= or test_list=, not both");
+    XFER_CHECK(s.val_list.empty() || (s.val_count == 0 && s.val_fraction == 0), "dataset spec '", text,
+               "': give val= or val_list=, not both");
+    if (!seen.count("resize") && seen.count("size"))
+      s.image.resize = static_cast<int64_t>(std::llround(s.image.size * 256.0 / 224.0));
+    try {
+      s.image.validate();
+    } catch (const BadInput& e) {
+      throw BadInput(cat("dataset spec '", text, "': ", e.what()));
+    }
+  }
   return s;
 }
 
 const char* spec_help() {
   return R"(Dataset specs: SOURCE[:key=value]...   e.g. fmnist:classes=2,4,6,7,9:per_class=10:seed=0
   SOURCE  fmnist (Fashion-MNIST from Debian's dataset-fashion-mnist) | idx (your IDX files: dir=PATH)
+          | folder (an image folder dir=ROOT: ROOT/CLASS_NAME/**/*.jpg|png, classes sorted by name)
   classes=2,4,6 | 0-4     class subset, relabelled 0..k-1 in the order given (default all)
   per_class=N             few-shot: N training examples per class, drawn by the seed (default all)
   val=N | val=0.1         validation examples per class held out from the training file (default 0)
@@ -224,6 +280,15 @@ const char* spec_help() {
   seed=S                  sampling seed (default: --seed)
   dir=PATH                IDX directory; idx also takes train_images= train_labels= test_images=
                           test_labels= (paths) and names=a,b,c
+folder only:
+  test_dir=PATH | test_list=FILE   the test split (or test=rest|none); train_list= val_list= too:
+                          split files of paths relative to dir=, one per line (class/file.jpg)
+  size=224 resize=256     input side; evaluation resizes the shorter side to `resize`, center-crops `size`
+  crop=rrc|random         training crop: RandomResizedCrop (scale=0.08,1 ratio=0.75,1.3333) or
+                          resize + random crop; then the flip (--flip)
+  mean=R,G,B std=R,G,B    normalisation (default ImageNet's; an xfer --init model brings its own)
+  corrupt=skip|fail       unreadable images: skip with a counted warning (default), or fail
+  cache=FILE              decode every image once into FILE (shorter side `resize`), read it from then on
 )";
 }
 
@@ -264,19 +329,78 @@ torch::Tensor apply_shifts(const torch::Tensor& images, const std::vector<std::s
 
 Task load_task(const std::string& spec, uint64_t run_seed) { return load_task(DatasetSpec::parse(spec), run_seed); }
 
+namespace {
+
+/// An image folder's splits as RawSplits of files: the training pool, and the validation and test files
+/// when the spec names them. Every split shares one log of unreadable files.
+void load_folder_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, RawSplit& test,
+                     std::vector<std::string>& class_names) {
+  const FolderScan all = scan_image_folder(spec.dir);
+  class_names = all.class_names;
+  auto corrupt = std::make_shared<CorruptLog>();
+  auto to_raw = [&](const std::string& root, const FolderScan& sc) {
+    RawSplit r;
+    r.labels = torch::tensor(sc.labels, torch::kInt64);
+    std::vector<std::string> full;
+    full.reserve(sc.files.size());
+    for (const auto& f : sc.files) full.push_back((fs::path(root) / f).string());
+    r.files = std::make_shared<ImageFiles>(root, std::move(full), spec.image, corrupt);
+    return r;
+  };
+  train = to_raw(spec.dir, spec.train_list.empty() ? all : read_split_list(spec.dir, spec.train_list, class_names));
+  if (!spec.val_list.empty()) val = to_raw(spec.dir, read_split_list(spec.dir, spec.val_list, class_names));
+  if (spec.test != "file") return;
+  XFER_CHECK(!spec.test_dir.empty() || !spec.test_list.empty(), "dataset spec '", spec.text,
+             "': the image folder has no test files; give test_dir= or test_list=, or test=rest, or test=none ",
+             "(with val= for model selection)");
+  if (!spec.test_list.empty()) {
+    test = to_raw(spec.dir, read_split_list(spec.dir, spec.test_list, class_names));
+    return;
+  }
+  const FolderScan t = scan_image_folder(spec.test_dir);
+  XFER_CHECK(t.class_names == class_names, "dataset spec '", spec.text, "': test_dir ", spec.test_dir, " has ",
+             t.class_names.size(), " class folders (", t.class_names.front(), " ...) but dir ", spec.dir, " has ",
+             class_names.size(), " (", class_names.front(), " ...); their class folders must be the same");
+  test = to_raw(spec.test_dir, t);
+}
+
+/// With cache=FILE: every split's files come from one decoded-image cache (built on first use).
+void attach_image_cache(const DatasetSpec& spec, std::vector<RawSplit*> splits) {
+  if (spec.cache.empty()) return;
+  std::vector<std::string> paths;
+  for (RawSplit* r : splits)
+    if (r->files)
+      for (int64_t i = 0; i < r->files->size(); ++i) paths.push_back(r->files->path(i));
+  const int64_t side = std::max(spec.image.resize, spec.image.size);
+  auto cache = ImageCache::open_or_build(spec.cache, paths, side, default_loader_workers(0));
+  for (RawSplit* r : splits) {
+    if (!r->files) continue;
+    r->files = r->files->with_cache(cache);
+  }
+}
+
+}  // namespace
+
 Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   const uint64_t seed = spec.seed.value_or(run_seed);
+  const bool folder = spec.source == "folder";
   const std::string dir = !spec.dir.empty() ? spec.dir : spec.source == "fmnist" ? kFmnistDir : "";
-  const std::string train_images =
-      !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");
-  const std::string train_labels =
-      !spec.train_labels.empty() ? spec.train_labels : find_idx(dir, "train-labels-idx1-ubyte");
-  check_exists(spec, train_images);
-  check_exists(spec, train_labels);
-  const RawSplit train_raw = load_raw(train_images, train_labels);
+  RawSplit train_raw, test_raw, val_raw;
+  std::vector<std::string> folder_classes;
+  std::string train_labels = dir;
+  if (folder) {
+    load_folder_raw(spec, train_raw, val_raw, test_raw, folder_classes);
+    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
+  } else {
+    const std::string train_images =
+        !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");
+    train_labels = !spec.train_labels.empty() ? spec.train_labels : find_idx(dir, "train-labels-idx1-ubyte");
+    check_exists(spec, train_images);
+    check_exists(spec, train_labels);
+    train_raw = load_raw(train_images, train_labels);
+  }
 
-  RawSplit test_raw;
-  if (spec.test == "file") {
+  if (spec.test == "file" && !folder) {
     const bool explicit_test = !spec.test_images.empty() || !spec.test_labels.empty();
     XFER_CHECK(!explicit_test || (!spec.test_images.empty() && !spec.test_labels.empty()), "dataset spec '",
                spec.text, "': give both test_images= and test_labels=");
@@ -295,7 +419,10 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   // The label space of the files.
   int64_t file_classes = 0;
   std::vector<std::string> file_names;
-  if (spec.source == "fmnist") {
+  if (folder) {
+    file_names = folder_classes;
+    file_classes = static_cast<int64_t>(file_names.size());
+  } else if (spec.source == "fmnist") {
     file_names = fmnist_class_names();
     file_classes = static_cast<int64_t>(file_names.size());
   } else {
@@ -319,10 +446,17 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     XFER_CHECK(c < file_classes, "dataset spec '", spec.text, "': unknown class ", c, "; ", spec.source,
                " has classes 0-", file_classes - 1);
 
-  const TensorDataset train_all{train_raw.images, train_raw.labels, file_names};
-  const auto train_by_class = train_all.indices_by_class();
-  std::vector<std::vector<int64_t>> test_by_class(file_classes);
-  if (spec.test == "file") test_by_class = TensorDataset{test_raw.images, test_raw.labels, file_names}.indices_by_class();
+  auto by_class = [&](const RawSplit& raw) {
+    TensorDataset d;
+    d.labels = raw.labels;
+    d.class_names = file_names;
+    return d.indices_by_class();
+  };
+  const auto train_by_class = by_class(train_raw);
+  std::vector<std::vector<int64_t>> test_by_class(file_classes), val_by_class(file_classes);
+  if (spec.test == "file") test_by_class = by_class(test_raw);
+  const bool val_file = val_raw.labels.defined();
+  if (val_file) val_by_class = by_class(val_raw);
 
   std::vector<int64_t> tr_idx, tr_lab, va_idx, va_lab, te_idx, te_lab;
   std::vector<std::string> names;
@@ -345,6 +479,8 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     XFER_CHECK(n_train <= rest, "dataset spec '", spec.text, "': per_class=", n_train, " but ", cname,
                " has only ", rest, " training examples", n_val > 0 ? cat(" after val=", n_val) : std::string());
     for (int64_t i = 0; i < n_val; ++i) va_idx.push_back(pool[i]), va_lab.push_back(static_cast<int64_t>(j));
+    if (val_file)
+      for (int64_t i : val_by_class[c]) va_idx.push_back(i), va_lab.push_back(static_cast<int64_t>(j));
     for (int64_t i = n_val; i < n_val + n_train; ++i)
       tr_idx.push_back(pool[i]), tr_lab.push_back(static_cast<int64_t>(j));
 
@@ -361,12 +497,17 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   }
 
   const uint64_t shift_seed = derive_seed(seed, "shift");
-  const int64_t test_id_offset = train_raw.images.size(0);
+  const int64_t test_id_offset = train_raw.labels.size(0);
   auto build = [&](const RawSplit& raw, const std::vector<int64_t>& idx, const std::vector<int64_t>& lab,
                    int64_t id_offset) {
     const torch::Tensor index = torch::tensor(idx, torch::kInt64);
     TensorDataset d;
     d.class_names = names;
+    if (raw.files) {
+      d.labels = torch::tensor(lab, torch::kInt64);
+      d.files = raw.files->subset(idx);
+      return d;
+    }
     if (idx.empty()) {
       d.images = torch::empty({0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)},
                               torch::kUInt8);
@@ -380,7 +521,7 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   Task task;
   task.spec = spec.text;
   task.train = build(train_raw, tr_idx, tr_lab, 0);
-  task.val = build(train_raw, va_idx, va_lab, 0);
+  task.val = build(val_file ? val_raw : train_raw, va_idx, va_lab, 0);
   task.test = spec.test == "file" ? build(test_raw, te_idx, te_lab, test_id_offset) : build(train_raw, te_idx, te_lab, 0);
   XFER_CHECK(task.train.size() > 0, "dataset spec '", spec.text, "': the training split is empty");
   return task;

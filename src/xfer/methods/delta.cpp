@@ -113,7 +113,7 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
   Model& source = source_.model();
   const InputTransform transform(source->arch().input);
   auto input = [&](const torch::Tensor& indices) {
-    return transform.normalise(train.images.index_select(0, indices)).to(ctx.device);
+    return transform.normalise(train.eval_images(indices)).to(ctx.device);
   };
 
   // The linear classifier on the frozen source features, as the authors train the new fc first.

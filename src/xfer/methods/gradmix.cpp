@@ -45,7 +45,7 @@ std::string gradmix_join(const std::vector<std::string>& v) {
 
 TensorDataset gradmix_concat(const TensorDataset& a, const TensorDataset& b) {
   if (b.size() == 0) return a;
-  return {torch::cat({a.images, b.images}), torch::cat({a.labels, b.labels}), a.class_names};
+  return {torch::cat({a.images, b.images}), torch::cat({a.labels, b.labels}), a.class_names, nullptr};
 }
 
 /// The module owning a parameter: "layer1.0.weight" -> "layer1.0".
@@ -57,6 +57,7 @@ std::string gradmix_module_of(const std::string& param) {
 }  // namespace
 
 TensorDataset unlabelled_target_images(const std::string& option, const Task& target, uint64_t seed) {
+  target.train.require_in_memory("GradMix's unlabelled target images");
   if (option != "rest") return load_task(option, seed).train;
   DatasetSpec spec = DatasetSpec::parse(target.spec);
   XFER_CHECK(spec.per_class.has_value(), "--unlabelled rest takes the target's training images that V does not use, "
@@ -143,6 +144,7 @@ std::vector<std::string> GradMixMethod::source_names() const {
 void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   const std::string name = mode_name(opts_.mode);
   const Task& task = ctx.task;
+  task.train.require_in_memory(cat("method ", name));
   XFER_CHECK(task.train.size() > 0, "method ", name,
              " needs labelled target examples V (the --target spec's train split), but it is empty");
   classes_ = task.num_classes();

@@ -143,7 +143,7 @@ void CoTuningMethod::setup(Model& model, SetupContext& ctx) {
   const InputTransform transform(source->arch().input);
   std::vector<torch::Tensor> probs;
   for (int64_t start = 0; start < train.size(); start += 500) {
-    const torch::Tensor x = transform.normalise(train.images.slice(0, start, std::min(start + 500, train.size())));
+    const torch::Tensor x = transform.normalise(train.eval_images(start, std::min(start + 500, train.size())));
     probs.push_back(torch::softmax(source->forward(x.to(ctx.device), opts_.source_head), 1).cpu());
   }
   relationship_ = cotuning_relationship(torch::cat(probs), train.labels, train.num_classes()).to(ctx.device);

@@ -139,8 +139,28 @@ torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
   return torch::relu_(h);
 }
 
+BottleneckImpl::BottleneckImpl(int64_t in, int64_t width, int64_t stride)
+    : conv1(register_module("conv1", conv(in, width, 1, 1, 0))),
+      conv2(register_module("conv2", conv(width, width, 3, stride, 1))),
+      conv3(register_module("conv3", conv(width, width * 4, 1, 1, 0))),
+      bn1(register_module("bn1", torch::nn::BatchNorm2d(width))),
+      bn2(register_module("bn2", torch::nn::BatchNorm2d(width))),
+      bn3(register_module("bn3", torch::nn::BatchNorm2d(width * 4))) {
+  if (stride != 1 || in != width * 4)
+    downsample = register_module("downsample", torch::nn::Sequential(conv(in, width * 4, 1, stride, 0),
+                                                                     torch::nn::BatchNorm2d(width * 4)));
+}
+
+torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = torch::relu(bn1(conv1(x)));
+  h = torch::relu(bn2(conv2(h)));
+  h = bn3(conv3(h));
+  h += downsample ? downsample->forward(x) : x;
+  return torch::relu_(h);
+}
+
 ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_t> blocks,
-                       std::vector<int64_t> widths, bool imagenet_stem)
+                       std::vector<int64_t> widths, bool imagenet_stem, bool bottleneck)
     : imagenet_stem_(imagenet_stem) {
   spec_ = std::move(spec);
   conv1 = register_module("conv1", imagenet_stem ? conv(in_channels, widths[0], 7, 2, 3)
@@ -151,8 +171,13 @@ ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_
     torch::nn::Sequential layer;
     for (int64_t b = 0; b < blocks[s]; ++b) {
       const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
-      layer->push_back(BasicBlock(in, widths[s], stride));
-      in = widths[s];
+      if (bottleneck) {
+        layer->push_back(Bottleneck(in, widths[s], stride));
+        in = widths[s] * 4;
+      } else {
+        layer->push_back(BasicBlock(in, widths[s], stride));
+        in = widths[s];
+      }
     }
     const std::string name = cat("layer", s + 1);
     layers_.push_back(register_module(name, layer));
@@ -171,7 +196,8 @@ torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
 torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) { return layers_[index]->forward(x); }
 
 const char* backbone_help() {
-  return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar]";
+  return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar] | "
+         "resnet50[:width=64][:stem=imagenet|cifar] | script:path=FILE (--init torchscript:FILE)";
 }
 
 namespace {
@@ -189,13 +215,18 @@ Resolved resolve(const std::string& text) {
     check_keys(s, text, {"width"});
     r.width = int_option(s, text, "width", 16);
     r.spec = cat(s.name, ":width=", r.width);
-  } else if (s.name == "resnet18") {
+  } else if (s.name == "resnet18" || s.name == "resnet50") {
     check_keys(s, text, {"width", "stem"});
     r.width = int_option(s, text, "width", 64);
     r.stem = s.options.count("stem") ? s.options.at("stem") : "imagenet";
     XFER_CHECK(r.stem == "imagenet" || r.stem == "cifar", "backbone '", text,
                "': stem must be imagenet or cifar, got '", r.stem, "'");
-    r.spec = cat("resnet18:width=", r.width, ":stem=", r.stem);
+    r.spec = cat(s.name, ":width=", r.width, ":stem=", r.stem);
+  } else if (s.name == "script") {
+    check_keys(s, text, {"path"});
+    XFER_CHECK(s.options.count("path"), "backbone '", text, "': script needs path=FILE");
+    r.stem = s.options.at("path");
+    r.spec = cat("script:path=", r.stem);
   } else {
     throw BadInput(cat("unknown backbone '", s.name, "'; valid: ", backbone_help()));
   }
@@ -212,8 +243,12 @@ Backbone make_backbone(const std::string& text, int64_t in_channels) {
   if (r.name == "cnn4") return std::make_shared<Cnn4Impl>(in_channels, w);
   if (r.name == "resnet20") return std::make_shared<ResNetImpl>(r.spec, in_channels, std::vector<int64_t>{3, 3, 3},
                                                                std::vector<int64_t>{w, 2 * w, 4 * w}, false);
-  return std::make_shared<ResNetImpl>(r.spec, in_channels, std::vector<int64_t>{2, 2, 2, 2},
-                                      std::vector<int64_t>{w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet");
+  if (r.name == "script") return make_script_backbone(r.stem);
+  return std::make_shared<ResNetImpl>(r.spec, in_channels,
+                                      r.name == "resnet50" ? std::vector<int64_t>{3, 4, 6, 3}
+                                                           : std::vector<int64_t>{2, 2, 2, 2},
+                                      std::vector<int64_t>{w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet",
+                                      r.name == "resnet50");
 }
 
 }  // namespace xfer

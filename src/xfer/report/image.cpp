@@ -52,7 +52,7 @@ torch::Tensor image_grid(const TensorDataset& data, int64_t per_class) {
   const auto by_class = data.indices_by_class();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t k = 0; k < per_class && k < static_cast<int64_t>(by_class[r].size()); ++k) {
-      torch::Tensor img = data.images[by_class[r][k]].permute({1, 2, 0});  // (H, W, C)
+      torch::Tensor img = data.eval_images(by_class[r][k], by_class[r][k] + 1)[0].permute({1, 2, 0});  // (H, W, C)
       if (C != 1) img = img.slice(2, 0, 3);
       if (C == 2) img = torch::cat({img, img.slice(2, 0, 1)}, 2);
       grid.slice(0, gap + r * (H + gap), gap + r * (H + gap) + H)

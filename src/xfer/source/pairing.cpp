@@ -12,6 +12,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
+#include "xfer/data/image_folder.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/loader.h"
 
@@ -48,7 +49,7 @@ torch::Tensor extract_features(const Model& frozen, const TensorDataset& data, i
   std::vector<torch::Tensor> parts;
   for (int64_t start = 0; start < data.size(); start += batch_size) {
     const int64_t end = std::min(start + batch_size, data.size());
-    const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
+    const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
     parts.push_back(model->backbone->forward(x).to(torch::kCPU));
   }
   model->train(was_training);
@@ -231,13 +232,24 @@ uint32_t pairing_crc(uint32_t crc, const torch::Tensor& t) {
 /// backbone), and the same in every run of a process that fine-tunes one source model with one source
 /// (the demo, seeds and sizes of a study). The last few are kept, keyed by the content of the weights
 /// and of the data.
+/// What identifies a source's images: their bytes, or an image folder's file paths.
+std::string pairing_data_key(const TensorDataset& source) {
+  if (!source.is_folder()) return std::to_string(pairing_crc(0, source.images));
+  uint32_t crc = crc32(0L, Z_NULL, 0);
+  for (int64_t i = 0; i < source.files->size(); ++i) {
+    const std::string& p = source.files->path(i);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(p.data()), static_cast<uInt>(p.size() + 1));
+  }
+  return cat("files", crc);
+}
+
 torch::Tensor pairing_source_centroids(const Model& pretrained, const TensorDataset& source) {
   static std::mutex mutex;
   static std::vector<std::pair<std::string, torch::Tensor>> cache;
   uint32_t weights = crc32(0L, Z_NULL, 0);
   for (const auto& t : pretrained->backbone->parameters()) weights = pairing_crc(weights, t);
   for (const auto& t : pretrained->backbone->buffers()) weights = pairing_crc(weights, t);
-  const std::string key = cat(weights, "/", pairing_crc(0, source.images), "/", pairing_crc(0, source.labels), "/",
+  const std::string key = cat(weights, "/", pairing_data_key(source), "/", pairing_crc(0, source.labels), "/",
                               source.num_classes(), "/", pretrained->backbone->parameters().front().device());
   {
     std::lock_guard<std::mutex> lock(mutex);

@@ -74,7 +74,7 @@ torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDat
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < data.size(); start += batch_size) {
       const int64_t end = std::min(start + batch_size, data.size());
-      const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
+      const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
       parts.push_back(torch::softmax(model->forward(x, head), 1).to(torch::kCPU));
     }
     model->train(was_training);

@@ -89,7 +89,7 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   XFER_CHECK(data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
              "xfer analyze: '", spec, "' has ", data.channels(), "x", data.height(), "x", data.width(),
              " images but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
-  const torch::Tensor inputs = InputTransform(arch.input).normalise(data.images).to(device);
+  const torch::Tensor inputs = InputTransform(arch.input).normalise(data.eval_images(0, data.size())).to(device);
 
   InterpolationOptions il;
   il.pairs = opts.pairs;

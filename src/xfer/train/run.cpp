@@ -11,9 +11,11 @@
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
+#include "xfer/data/image_folder.h"
 #include "xfer/data/spec.h"
 #include "xfer/dist/dist.h"
 #include "xfer/methods/datl.h"
+#include "xfer/models/import.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -24,7 +26,7 @@ namespace {
 /// Options that may differ between a run and its resumption.
 bool ignored_on_resume(const std::string& key) {
   return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
-         key == "out" || key == "xfer_version" || key == "stop_after" ||
+         key == "loader_workers" || key == "out" || key == "xfer_version" || key == "stop_after" ||
          key == "on_nan";
 }
 
@@ -133,6 +135,11 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                            {"test_size", r.task.test.size()},
                            {"classes", r.task.class_names()}};
   if (!r.sampling.is_null()) result["sampling"] = r.sampling;
+  if (r.task.train.is_folder()) {
+    // Unreadable images met in any split (they share one log), skipped or fatal as the spec says.
+    result["unreadable_images"] = r.task.train.files->corrupt_files();
+    result["skipped_examples"] = r.task.train.files->skipped();
+  }
   result.update(fit);
   if (dist::is_main()) write_json_file((fs::path(opts.out) / "result.json").string(), result);
   return result;
@@ -144,7 +151,9 @@ void RunOptions::fields(Fields& f) {
   f.group("Data and model");
   f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10");
   f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8");
-  f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, or a checkpoint file");
+  f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, a checkpoint file, "
+        "state_dict:FILE (torchvision ResNet-18/50 weights saved as dict(model.state_dict())) or torchscript:FILE "
+        "(a scripted torchvision/timm model)");
   f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"));
   f.add("method", method, "training method (see `xfer methods`)");
   f.group("Run");
@@ -234,16 +243,29 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
              " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
   XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
              " trains from random initialisation; drop --init ", opts.init);
-  if (!opts.init.empty()) {
+  const bool external = is_external_init(opts.init);
+  if (!opts.init.empty() && !external) {
     r.pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
     freeze(*r.pretrained);
     r.pretrained->eval();
     r.pretrained->to(r.device);
   }
-  opts.backbone = normalise_backbone_spec(
-      !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
+  if (!external)
+    opts.backbone = normalise_backbone_spec(
+        !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
 
   r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  if (external) {
+    // torchvision / timm weights: ImageNet's normalisation unless the image folder spec gives its own.
+    const TensorDataset& t = r.task.train;
+    const Normalization input = t.is_folder() ? t.files->options().norm : imagenet_normalization();
+    r.pretrained = load_external_model(opts.init, opts.backbone.empty() ? "" : normalise_backbone_spec(opts.backbone),
+                                       t.channels(), t.height(), t.width(), input);
+    freeze(*r.pretrained);
+    r.pretrained->eval();
+    r.pretrained->to(r.device);
+    opts.backbone = r.pretrained->arch().backbone;
+  }
   // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
   XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
              "of `xfer pretrain`");
@@ -260,7 +282,9 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   arch.in_channels = r.task.train.channels();
   arch.height = r.task.train.height();
   arch.width = r.task.train.width();
-  arch.input = r.pretrained ? r.pretrained->arch().input : compute_normalization(r.task.train.images);
+  arch.input = r.pretrained            ? r.pretrained->arch().input
+               : r.task.train.is_folder() ? r.task.train.files->options().norm
+                                          : compute_normalization(r.task.train.images);
   arch.heads = {{r.head, r.task.class_names()}};
   if (r.pretrained) {
     const std::string why = arch.mismatch(r.pretrained->arch(), /*with_heads=*/false);
@@ -270,6 +294,12 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   r.model = Model(arch);
   if (r.pretrained) copy_state(*r.pretrained, *r.model, "backbone.");
   r.model->to(r.device);
+  if (opts.loader.channels_last) {
+    // Convolution weights in NHWC, like the batches: oneDNN then runs without layout conversions.
+    torch::NoGradGuard no_grad;
+    for (auto& p : r.model->parameters())
+      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+  }
 
   r.batches.add("target", std::make_unique<BatchStream>(r.task.train, arch.input, opts.loader,
                                                         derive_seed(static_cast<uint64_t>(opts.seed), "target"),

@@ -155,7 +155,7 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   const int64_t first = data.size() * rank / world, stop = data.size() * (rank + 1) / world;
   for (int64_t start = first; start < stop; start += batch_size) {
     const int64_t end = std::min(start + batch_size, stop);
-    const torch::Tensor x = transform.normalise(data.images.slice(0, start, end)).to(device);
+    const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
     confusion.add(model->forward(x, head).slice(1, 0, k).argmax(1), data.labels.slice(0, start, end));
   }
   model->train(was_training);

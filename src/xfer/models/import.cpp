@@ -1,0 +1,269 @@
+#include "xfer/models/import.h"
+
+#include <fstream>
+#include <iterator>
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/script.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/core/runtime.h"
+
+namespace xfer {
+namespace {
+
+constexpr const char* kDictHint =
+    "save it from Python as torch.save(dict(model.state_dict()), FILE): LibTorch 1.13 reads a plain dict of "
+    "tensors, not Python's OrderedDict (scripts/export_torchvision.py does this)";
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
+
+/// A TorchScript module as a backbone. Its parameters and buffers are registered (the same tensors, not
+/// copies) on plain modules mirroring its submodule tree, so xfer's optimizers, checkpoints and copy_state
+/// see torchvision's names and the scripted code trains them in place.
+class ScriptBackboneImpl : public BackboneImpl {
+ public:
+  explicit ScriptBackboneImpl(const std::string& path) : path_(path) {
+    try {
+      module_ = torch::jit::load(path);
+    } catch (const c10::Error& e) {
+      throw BadInput(cat("--init torchscript:", path,
+                         ": not a TorchScript file (save a torch.jit.script'ed model ",
+                         "with torch.jit.save): ", first_line(e.what())));
+    }
+    spec_ = cat("script:path=", path);
+    std::string head_name;
+    for (const char* name : {"fc", "head", "classifier"}) {
+      if (!module_.hasattr(name) || !module_.attr(name).isModule()) continue;
+      const auto head = module_.attr(name).toModule();
+      if (head.hasattr("weight") && head.attr("weight").isTensor() &&
+          head.attr("weight").toTensor().dim() == 2) {
+        head_weight_ = head.attr("weight").toTensor();
+        if (head.hasattr("bias") && head.attr("bias").isTensor()) head_bias_ = head.attr("bias").toTensor();
+        head_name = name;
+        break;
+      }
+    }
+    // The classifier is not part of the backbone: it becomes the "source" head (a copy).
+    for (const auto& p : module_.named_parameters(/*recurse=*/false)) register_parameter(p.name, p.value);
+    for (const auto& b : module_.named_buffers(/*recurse=*/false)) register_buffer(b.name, b.value);
+    for (const auto& c : module_.named_children()) {
+      if (c.name == head_name) continue;
+      auto child = std::make_shared<torch::nn::Module>();
+      register_module(c.name, child);
+      mirror(c.value, *child);
+    }
+    resnet_ = true;
+    for (const char* name : {"conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4"})
+      resnet_ = resnet_ && module_.hasattr(name);
+    if (resnet_) {
+      stage_names_ = {"layer1", "layer2", "layer3", "layer4"};
+    } else {
+      XFER_CHECK(
+          module_.find_method("forward_features").has_value(), "--init torchscript:", path,
+          ": the model has neither a ResNet's conv1/bn1/maxpool/layer1..4 nor a forward_features method, ",
+          "so xfer cannot take its head off");
+      stage_names_ = {"features"};
+    }
+    check_batch_norm_trains(path);
+    // The feature width, from one small forward in eval mode (no running-statistics update).
+    torch::NoGradGuard no_grad;
+    module_.eval();
+    feature_dim_ = forward_features(torch::zeros({1, 3, 64, 64})).pooled.size(1);
+    module_.train();
+  }
+
+  void train(bool on = true) override {
+    torch::nn::Module::train(on);
+    module_.train(on);
+  }
+
+  const torch::Tensor& head_weight() const { return head_weight_; }
+  const torch::Tensor& head_bias() const { return head_bias_; }
+
+ protected:
+  torch::Tensor stem(const torch::Tensor& x) override {
+    if (!resnet_) return x;
+    torch::Tensor h = call("conv1", x);
+    h = torch::relu(call("bn1", h));
+    return call("maxpool", h);
+  }
+  torch::Tensor stage(size_t index, const torch::Tensor& x) override {
+    if (!resnet_) {
+      torch::Tensor f = module_.get_method("forward_features")({x}).toTensor();
+      XFER_CHECK(f.dim() == 4, "--init torchscript:", path_, ": forward_features returns ", f.dim(),
+                 "-d features; xfer needs (N, C, H, W) maps");
+      return f;
+    }
+    return call(stage_names_[index], x);
+  }
+
+ private:
+  static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+  torch::Tensor call(const std::string& name, const torch::Tensor& x) {
+    return module_.attr(name).toModule().forward({x}).toTensor();
+  }
+
+  static void mirror(const torch::jit::Module& src, torch::nn::Module& dst) {
+    for (const auto& p : src.named_parameters(/*recurse=*/false)) dst.register_parameter(p.name, p.value);
+    for (const auto& b : src.named_buffers(/*recurse=*/false)) dst.register_buffer(b.name, b.value);
+    for (const auto& c : src.named_children()) {
+      auto child = std::make_shared<torch::nn::Module>();
+      dst.register_module(c.name, child);
+      mirror(c.value, *child);
+    }
+  }
+
+  /// A traced model bakes BN's mode into its graph: fine-tuning would never update the running statistics.
+  void check_batch_norm_trains(const std::string& path) {
+    for (const auto& m : module_.named_modules()) {
+      const auto type = m.value.type()->name();
+      if (!type || type->qualifiedName().find("BatchNorm") == std::string::npos) continue;
+      const auto forward = m.value.find_method("forward");
+      if (!forward) continue;
+      if (forward->graph()->toString().find("\"training\"") == std::string::npos)
+        log_warn(cat("--init torchscript:", path, ": ", m.name, " looks traced, not scripted: its BatchNorm ",
+                     "ignores train/eval mode, so fine-tuning cannot update its statistics; export it with ",
+                     "torch.jit.script (scripts/export_torchvision.py)"));
+      return;
+    }
+  }
+
+  std::string path_;
+  torch::jit::Module module_;
+  bool resnet_ = false;
+  torch::Tensor head_weight_, head_bias_;
+};
+
+/// torchvision's name of an xfer state entry, or "" for entries outside the import (other heads).
+std::string torchvision_name(const std::string& xfer_name) {
+  if (starts_with(xfer_name, "backbone.")) return xfer_name.substr(9);
+  if (starts_with(xfer_name, "heads.source.")) return "fc." + xfer_name.substr(13);
+  return "";
+}
+
+std::vector<std::string> class_indices(int64_t n) {
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back(std::to_string(i));
+  return out;
+}
+
+}  // namespace
+
+Backbone make_script_backbone(const std::string& path) {
+  return std::make_shared<ScriptBackboneImpl>(path);
+}
+
+bool is_external_init(const std::string& init) {
+  return starts_with(init, "state_dict:") || starts_with(init, "torchscript:");
+}
+
+std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  XFER_CHECK(in.good(), "--init state_dict:", path, ": cannot open the file");
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    const std::string what = e.what();
+    throw BadInput(cat("--init state_dict:", path, ": cannot read it as a dict of tensors (",
+                       what.substr(0, what.find('\n')), "); ", kDictHint));
+  }
+  XFER_CHECK(value.isGenericDict(), "--init state_dict:", path, ": holds a ", value.tagKind(),
+             ", not a dict of tensors; ", kDictHint);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& entry : value.toGenericDict()) {
+    XFER_CHECK(entry.key().isString() && entry.value().isTensor(), "--init state_dict:", path,
+               ": every entry must map a name to a tensor; ", kDictHint);
+    out[entry.key().toStringRef()] = entry.value().toTensor();
+  }
+  XFER_CHECK(!out.empty(), "--init state_dict:", path, ": the dict is empty");
+  return out;
+}
+
+void load_torchvision_weights(Model& model, const std::map<std::string, torch::Tensor>& weights,
+                              const std::string& what) {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor> mine;
+  for (const auto& p : model->named_parameters(true))
+    if (auto n = torchvision_name(p.key()); !n.empty()) mine[n] = p.value();
+  for (const auto& b : model->named_buffers(true))
+    if (auto n = torchvision_name(b.key()); !n.empty()) mine[n] = b.value();
+  std::vector<std::string> problems;
+  for (const auto& [name, t] : mine) {
+    auto it = weights.find(name);
+    if (it == weights.end())
+      problems.push_back(cat(name, " is missing from the file"));
+    else if (it->second.sizes() != t.sizes())
+      problems.push_back(cat(name, " has shape ", it->second.sizes(), " in the file, ", t.sizes(), " in ",
+                             model->arch().backbone));
+  }
+  for (const auto& [name, t] : weights)
+    if (!mine.count(name))
+      problems.push_back(cat(name, " is in the file but not in ", model->arch().backbone));
+  if (!problems.empty()) {
+    std::string msg;
+    for (size_t i = 0; i < std::min<size_t>(problems.size(), 5); ++i) msg += (i ? "; " : "") + problems[i];
+    if (problems.size() > 5) msg += cat("; and ", problems.size() - 5, " more");
+    throw BadInput(
+        cat(what, ": the weights do not match ", model->arch().backbone, " with torchvision's names: ", msg));
+  }
+  for (auto& [name, t] : mine) t.copy_(weights.at(name));
+}
+
+Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
+                          int64_t height, int64_t width, const Normalization& input) {
+  Arch arch;
+  arch.in_channels = in_channels;
+  arch.height = height;
+  arch.width = width;
+  arch.input = input;
+  if (starts_with(init, "state_dict:")) {
+    const std::string path = init.substr(11);
+    const auto weights = read_state_dict(path);
+    if (backbone.empty()) {
+      auto conv1 = weights.find("conv1.weight");
+      XFER_CHECK(conv1 != weights.end() && conv1->second.dim() == 4, init,
+                 ": no conv1.weight; pass --backbone (torchvision ResNet names are expected)");
+      const bool bottleneck = weights.count("layer1.0.conv3.weight") > 0;
+      const int64_t w = bottleneck ? weights.at("layer1.0.conv1.weight").size(0) : conv1->second.size(0);
+      arch.backbone = cat(bottleneck ? "resnet50" : "resnet18", ":width=", w,
+                          ":stem=", conv1->second.size(2) == 7 ? "imagenet" : "cifar");
+    } else {
+      arch.backbone = backbone;
+    }
+    if (auto fc = weights.find("fc.weight"); fc != weights.end() && fc->second.dim() == 2)
+      arch.heads = {{"source", class_indices(fc->second.size(0))}};
+    Model model(arch);
+    load_torchvision_weights(model, weights, init);
+    return model;
+  }
+  XFER_CHECK(starts_with(init, "torchscript:"), "--init ", init,
+             ": expected state_dict:FILE or torchscript:FILE");
+  const std::string path = init.substr(12);
+  XFER_CHECK(backbone.empty() || starts_with(backbone, "script:"), "--init ", init, ": --backbone ", backbone,
+             " cannot be combined with a TorchScript model (its architecture is the script's)");
+  arch.backbone = cat("script:path=", path);
+  Model model(arch);
+  auto script = std::dynamic_pointer_cast<ScriptBackboneImpl>(model->backbone);
+  if (script && script->head_weight().defined() &&
+      script->head_weight().size(1) == model->backbone->feature_dim()) {
+    model->add_head({"source", class_indices(script->head_weight().size(0))});
+    torch::NoGradGuard no_grad;
+    auto head = model->head("source");
+    head->weight.copy_(script->head_weight());
+    if (script->head_bias().defined())
+      head->bias.copy_(script->head_bias());
+    else
+      head->bias.zero_();
+  }
+  return model;
+}
+
+}  // namespace xfer
