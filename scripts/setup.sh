@@ -18,6 +18,7 @@ packages=(
   dataset-fashion-mnist            # the embedded default data, in /usr/share/datasets/fashion-mnist
   python3-torch python3-torchvision          # golden values and the Python reference benchmark
   gnuplot-nox                      # plots in reports
+  clang libclang-rt-14-dev         # scripts/sanitize.sh: ASan/UBSan builds and libFuzzer
 )
 
 missing=()

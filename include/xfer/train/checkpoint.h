@@ -20,6 +20,9 @@ namespace xfer {
 
 constexpr uint32_t kCheckpointFormat = 1;
 
+/// The header of a checkpoint file holding `payload` (magic, format, length, checksum).
+std::string checkpoint_header(const std::string& payload);
+
 class CheckpointWriter {
  public:
   /// `meta` gets "format" and "xfer_version" added.

@@ -32,6 +32,14 @@ T get(const std::string& in, size_t offset) {
 }
 }  // namespace
 
+std::string checkpoint_header(const std::string& payload) {
+  std::string header(kMagic, sizeof kMagic);
+  put<uint32_t>(header, kCheckpointFormat);
+  put<uint64_t>(header, payload.size());
+  put<uint32_t>(header, crc32_of(payload));
+  return header;
+}
+
 CheckpointWriter::CheckpointWriter(nlohmann::json meta) : meta_(std::move(meta)) {
   meta_["format"] = kCheckpointFormat;
   meta_["xfer_version"] = kVersion;
@@ -58,12 +66,7 @@ void CheckpointWriter::commit(const std::string& path) {
   std::ostringstream payload_stream;
   archive_.save_to(payload_stream);
   const std::string payload = payload_stream.str();
-  std::string file(kMagic, sizeof kMagic);
-  put<uint32_t>(file, kCheckpointFormat);
-  put<uint64_t>(file, payload.size());
-  put<uint32_t>(file, crc32_of(payload));
-  file += payload;
-  write_file_atomic(path, file);
+  write_file_atomic(path, checkpoint_header(payload) + payload);
 }
 
 CheckpointReader::CheckpointReader(const std::string& path, torch::Device device) : path_(path), device_(device) {
