@@ -61,6 +61,14 @@ TEST(Idx, MalformedFilesGiveClearErrors) {
   test::expect_bad_input([&] { parse_idx(std::string("\x00\x00\x08\x00", 4), "f.idx"); }, {"0 dimensions"});
 }
 
+TEST(Idx, AnEmptyArrayParses) {
+  // Found by tests/fuzz/idx_fuzz: a zero dimension used to memcpy into a null data pointer.
+  const std::string bytes = {0, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 3};
+  const IdxArray a = parse_idx(bytes, "empty.idx");
+  EXPECT_EQ(a.dims, (std::vector<int64_t>{0, 3}));
+  EXPECT_EQ(a.data.numel(), 0);
+}
+
 TEST(Idx, CorruptOrTruncatedGzipIsReported) {
   const std::string gz = gzip(encode_idx(torch::randint(0, 255, {20, 8, 8}, torch::kUInt8)));
   test::expect_bad_input([&] { parse_idx(gz.substr(0, gz.size() / 2), "f.gz"); }, {"f.gz", "truncated gzip"});

@@ -65,6 +65,7 @@ IdxArray parse_idx(const std::string& raw, const std::string& name) {
              " trailing bytes after the IDX data the header declares");
 
   out.data = torch::empty(out.dims, torch::TensorOptions().dtype(type->dtype));
+  if (count == 0) return out;  // an empty array has no storage to copy into
   char* dst = static_cast<char*>(out.data.data_ptr());
   std::memcpy(dst, bytes.data() + header, count * type->bytes);
   swap_bytes(dst, count, type->bytes);  // IDX is big-endian; this code targets little-endian hosts

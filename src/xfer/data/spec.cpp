@@ -173,6 +173,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
           const int64_t lo = parse_count(text, "classes", tok.substr(0, dash), 0);
           const int64_t hi = parse_count(text, "classes", tok.substr(dash + 1), 0);
           XFER_CHECK(lo <= hi, "dataset spec '", text, "': empty class range '", tok, "'");
+          // No dataset has a million classes; a larger range is a typo that would exhaust memory.
+          XFER_CHECK(hi - lo < 1000000, "dataset spec '", text, "': class range '", tok, "' is implausibly large");
           for (int64_t c = lo; c <= hi; ++c) s.classes.push_back(c);
         }
       }
