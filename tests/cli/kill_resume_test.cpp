@@ -46,7 +46,7 @@ std::vector<std::string> kill_run_args(const std::string& method, const std::str
     a.insert(a.end(), {"--backbone", "cnn4:width=8"});
   }
   if (info.needs_source) a.insert(a.end(), {"--source", kKillSource});
-  if (method.rfind("gradmix", 0) == 0 || method == "source-only" || method == "target-only" || method == "finetune")
+  if (method.rfind("gradmix", 0) == 0 || method == "source-only" || method == "finetune")
     a.insert(a.end(), {"--sources", "fmnist:classes=5-9:part=0/2:per_class=40:shift=rot30;fmnist:classes=0-4:per_class=40"});
   return a;
 }

@@ -60,6 +60,14 @@ void apply_bn_mode(Model& model, const std::string& bn) {
     if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
 }
 
+/// Drops every gradient (rather than zeroing it, as LibTorch 1.13's zero_grad does): a parameter that
+/// gets no gradient in a step (Seq-Train's source head after its phase) is then skipped by the optimizer
+/// whether or not it had one before, so a resumed process steps exactly like the uninterrupted one.
+void clear_gradients(const std::vector<ParamGroup>& groups) {
+  for (const auto& g : groups)
+    for (const auto& p : g.params) p.mutable_grad() = torch::Tensor();
+}
+
 std::string percent(double fraction) {
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -108,7 +116,7 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
                         double lr, StepContext& ctx, double* allreduce_seconds, double* wait_seconds) {
   set_learning_rates(optimizer, groups, lr);
-  optimizer.zero_grad();
+  clear_gradients(groups);
   LossTerms terms = method.compute_gradients(ctx);
   check_finite(terms, ctx.step);
   if (dist::is_distributed() && !method.synchronises_gradients()) {
@@ -272,7 +280,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       skips_in_a_row = 0;
     } catch (const NumericalError& e) {
       if (opts_.on_nan == "skip" && skips_in_a_row < kMaxConsecutiveSkips) {
-        optimizer->zero_grad();  // the update is dropped; the batch was drawn, so replay stays exact
+        clear_gradients(groups);  // the update is dropped; the batch was drawn, so replay stays exact
         skipped = true;
         ++skipped_steps;
         ++skips_in_a_row;
