@@ -1,5 +1,6 @@
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -108,19 +109,26 @@ TEST(Trainer, WritesOutputsAndSelectsBestOnValidation) {
   EXPECT_EQ(config["iterations"], 20);
 }
 
-/// A method whose loss turns NaN at a chosen step.
-class NanAt : public CrossEntropyMethod {
+/// Cross-entropy with a fault injected by `fault` (which may change the loss terms) at chosen steps.
+class FaultyMethod : public CrossEntropyMethod {
  public:
-  explicit NanAt(int64_t step) : step_(step) {}
+  explicit FaultyMethod(std::function<void(StepContext&, LossTerms&)> fault) : fault_(std::move(fault)) {}
   LossTerms loss(StepContext& ctx) override {
     LossTerms t = CrossEntropyMethod::loss(ctx);
-    if (ctx.step == step_) t.total = t.total * std::nan("");
+    fault_(ctx, t);
     return t;
   }
 
  private:
-  int64_t step_;
+  std::function<void(StepContext&, LossTerms&)> fault_;
 };
+
+/// NaN loss at `step` (every step from it with `onwards`).
+FaultyMethod nan_at(int64_t step, bool onwards = false) {
+  return FaultyMethod([=](StepContext& ctx, LossTerms& t) {
+    if (ctx.step == step || (onwards && ctx.step > step)) t.total = t.total * std::nan("");
+  });
+}
 
 TEST(Trainer, NanLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
   test::TempDir dir;
@@ -132,7 +140,7 @@ TEST(Trainer, NanLossStopsWithTheStepAndKeepsTheLastGoodCheckpoint) {
   TrainerOptions opts;
   opts.iterations = 20;
   opts.checkpoint_every = 5;
-  NanAt method(7);
+  FaultyMethod method = nan_at(7);
   try {
     Trainer(opts, dir.path()).fit(model, method, batches, task, "target", 0, false);
     FAIL() << "expected NumericalError";
@@ -160,29 +168,17 @@ struct NanFixture {
   Batches batches;
 };
 
-/// A finite loss whose gradient is not: d/dx sqrt(|x|) at 0, on the first conv's weights, at one step.
-class InfiniteGradientAt : public CrossEntropyMethod {
- public:
-  explicit InfiniteGradientAt(int64_t step) : step_(step) {}
-  LossTerms loss(StepContext& ctx) override {
-    LossTerms t = CrossEntropyMethod::loss(ctx);
-    if (ctx.step == step_) {
-      const torch::Tensor w = ctx.model->backbone->parameters().front();
-      t.total = t.total + (w - w.detach()).abs().sqrt().sum();  // value 0, gradient not finite
-    }
-    return t;
-  }
-
- private:
-  int64_t step_;
-};
-
 TEST(Trainer, NonFiniteGradientStopsNamingTheParameterAndTheStep) {
   test::TempDir dir;
   NanFixture f(dir.path());
   TrainerOptions opts;
   opts.iterations = 10;
-  InfiniteGradientAt method(3);
+  // A finite loss whose gradient is not: d/dx sqrt(|x|) at 0, on the first conv's weights, at step 3.
+  FaultyMethod method([](StepContext& ctx, LossTerms& t) {
+    if (ctx.step != 3) return;
+    const torch::Tensor w = ctx.model->backbone->parameters().front();
+    t.total = t.total + (w - w.detach()).abs().sqrt().sum();
+  });
   try {
     Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
     FAIL() << "expected NumericalError";
@@ -199,7 +195,7 @@ TEST(Trainer, OnNanSkipDropsTheBatchAndCountsIt) {
   TrainerOptions opts;
   opts.iterations = 12;
   opts.on_nan = "skip";
-  NanAt method(7);
+  FaultyMethod method = nan_at(7);
   const nlohmann::json r = Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
   EXPECT_EQ(r["skipped_steps"], 1);
   for (const auto& p : f.model->parameters()) EXPECT_TRUE(p.isfinite().all().item<bool>());
@@ -217,27 +213,13 @@ TEST(Trainer, OnNanSkipDropsTheBatchAndCountsIt) {
   EXPECT_TRUE(seen);
 }
 
-/// NaN at every step from `from` on: skipping cannot help.
-class NanFrom : public CrossEntropyMethod {
- public:
-  explicit NanFrom(int64_t from) : from_(from) {}
-  LossTerms loss(StepContext& ctx) override {
-    LossTerms t = CrossEntropyMethod::loss(ctx);
-    if (ctx.step >= from_) t.total = t.total * std::nan("");
-    return t;
-  }
-
- private:
-  int64_t from_;
-};
-
 TEST(Trainer, OnNanSkipGivesUpAfterTwentyFiveInARow) {
   test::TempDir dir;
   NanFixture f(dir.path());
   TrainerOptions opts;
   opts.iterations = 60;
   opts.on_nan = "skip";
-  NanFrom method(2);
+  FaultyMethod method = nan_at(2, /*onwards=*/true);
   try {
     Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
     FAIL() << "expected NumericalError";
@@ -247,19 +229,6 @@ TEST(Trainer, OnNanSkipGivesUpAfterTwentyFiveInARow) {
     EXPECT_NE(msg.find("after 25 skipped in a row"), std::string::npos) << msg;
   }
 }
-
-/// Sends this process SIGTERM during one step, as `kill` would.
-class TerminatedAt : public CrossEntropyMethod {
- public:
-  explicit TerminatedAt(int64_t step) : step_(step) {}
-  LossTerms loss(StepContext& ctx) override {
-    if (ctx.step == step_) std::raise(SIGTERM);
-    return CrossEntropyMethod::loss(ctx);
-  }
-
- private:
-  int64_t step_;
-};
 
 TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   test::TempDir dir;
@@ -272,7 +241,10 @@ TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   CrossEntropyMethod plain;
   const nlohmann::json ra = Trainer(opts, dir.file("a")).fit(straight.model, plain, straight.batches, straight.task,
                                                               "target", 0, false);
-  TerminatedAt method(7);
+  // SIGTERM to this process during step 7, as `kill` would send it.
+  FaultyMethod method([](StepContext& ctx, LossTerms&) {
+    if (ctx.step == 7) std::raise(SIGTERM);
+  });
   try {
     Trainer(opts, dir.file("b")).fit(killed.model, method, killed.batches, killed.task, "target", 0, false);
     FAIL() << "expected Interrupted";
