@@ -64,4 +64,16 @@ std::string pretrain_fmnist_source(const std::string& out) {
   return out;
 }
 
+std::string pretrain_tiny_source(const std::string& source, const std::string& out) {
+  RunOptions pre;
+  pre.source = source;
+  pre.backbone = "cnn4:width=4";
+  pre.threads = 1;
+  pre.out = out;
+  pre.trainer.iterations = 4;
+  pre.loader.batch_size = 8;
+  run_pretrain(pre);
+  return out;
+}
+
 }  // namespace xfer::test

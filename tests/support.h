@@ -32,6 +32,10 @@ std::string write_tiny_idx(const std::string& dir, int classes, int per_class, i
 /// and Bag. Returns `out`. (ctest runs each TEST in its own process, so each test trains its own.)
 std::string pretrain_fmnist_source(const std::string& out);
 
+/// Pre-trains into `out` a tiny source model for tests that only need one to exist: cnn4:width=4,
+/// 4 steps of batch 8 on `source` (a spec), one thread. Returns `out`.
+std::string pretrain_tiny_source(const std::string& source, const std::string& out);
+
 /// Whether Debian's Fashion-MNIST is installed; tests that need it are skipped with a note otherwise.
 bool have_fmnist();
 #define XFER_REQUIRE_FMNIST() \

@@ -58,14 +58,7 @@ DistRun dist_xfer(const test::TempDir& dir, const std::string& name, std::vector
 /// every run of a test (without --out).
 std::vector<std::string> dist_tiny_finetune(const test::TempDir& dir, const std::string& method) {
   fs::create_directories(dir.path() + "/src");
-  RunOptions pre;
-  pre.source = test::write_tiny_idx(dir.path() + "/src", 4, 10, 2);
-  pre.backbone = "cnn4:width=4";
-  pre.threads = 1;
-  pre.out = dir.file("source");
-  pre.trainer.iterations = 4;
-  pre.loader.batch_size = 8;
-  run_pretrain(pre);
+  test::pretrain_tiny_source(test::write_tiny_idx(dir.path() + "/src", 4, 10, 2), dir.file("source"));
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 4) + ":val=2";
   // --bn-stats frozen: batch-norm statistics of each rank's half-batch would differ from the whole batch's
   // (there is no sync BN); with running statistics the two runs compute the same function.

@@ -342,14 +342,7 @@ std::map<std::string, torch::Tensor> xmixup_weights(const std::string& checkpoin
 
 TEST(XMixup, RunsAreDeterministicAndResumeBitExactly) {
   test::TempDir dir;
-  RunOptions pre;
-  pre.source = xmixup_data();
-  pre.backbone = "cnn4:width=4";
-  pre.threads = 1;
-  pre.out = dir.file("source");
-  pre.trainer.iterations = 4;
-  pre.loader.batch_size = 8;
-  run_pretrain(pre);
+  test::pretrain_tiny_source(xmixup_data(), dir.file("source"));
   for (const std::string method : {"xmixup", "seqtrain", "cotrain"}) {
     auto finetune = [&](const RunOptions& o) {
       auto config = methods().get(method).make_config();

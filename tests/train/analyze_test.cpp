@@ -20,15 +20,10 @@ class Analyze : public ::testing::Test {
  protected:
   void SetUp() override {
     spec_ = test::write_tiny_idx(dir_.path(), 3, 12, 4);
+    test::pretrain_tiny_source(spec_, dir_.file("source"));
     RunOptions o;
-    o.source = spec_;
-    o.backbone = "cnn4:width=4";
     o.threads = 1;
-    o.out = dir_.file("source");
-    o.trainer.iterations = 4;
     o.loader.batch_size = 8;
-    run_pretrain(o);
-    o.source.clear();
     o.target = spec_;
     o.init = dir_.file("source");
     o.method = "l2";
