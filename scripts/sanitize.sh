@@ -5,7 +5,8 @@
 #
 #   scripts/sanitize.sh                    tests (all) + 30 s per fuzz target
 #   FUZZ_SECONDS=600 scripts/sanitize.sh   longer fuzzing
-#   TESTS=none scripts/sanitize.sh         fuzzing only;  TESTS='-R Spec' passes a filter to ctest
+#   TESTS=none scripts/sanitize.sh         fuzzing only (builds only the library and the fuzz targets; CI runs
+#                                          this with FUZZ_SECONDS=30);  TESTS='-R Spec' passes a filter to ctest
 #
 # A crash found by a fuzzer is saved as build-sanitize/fuzz/crash-<hash>; reproduce it with
 # build-sanitize/tests/fuzz/<target>_fuzz <file>.
@@ -20,7 +21,11 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   CXX=clang++ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DXFER_SANITIZE=address,undefined \
     -DXFER_BUILD_FUZZERS=ON -DXFER_BUILD_BENCH=OFF >/dev/null
 fi
-cmake --build "$build" -j"$jobs"
+if [ "$tests" = none ]; then
+  cmake --build "$build" -j"$jobs" --target idx_fuzz spec_fuzz json_fuzz checkpoint_fuzz
+else
+  cmake --build "$build" -j"$jobs"
+fi
 
 # LibTorch keeps global allocations for the life of the process: leak reports would be its, not ours.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1

@@ -55,72 +55,28 @@ ExitStatus run_to_end(const std::vector<std::string>& args, const std::string& l
   return wait_process(spawn_process(args, log, log));
 }
 
-/// Every tensor of a checkpoint's model, optimizer and method archives, with the step.
+/// Every tensor and text of a checkpoint (model, optimizer, method state, RNG) but its metadata, with the step.
 struct Snapshot {
   int64_t step = -1;
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::map<std::string, torch::Tensor> tensors;
+  std::map<std::string, std::string> texts;
 };
-
-void collect(torch::serialize::InputArchive& archive, const std::string& prefix,
-             std::vector<std::pair<std::string, torch::Tensor>>& out) {
-  for (const auto& key : archive.keys()) {
-    torch::Tensor t;
-    if (archive.try_read(key, t)) {
-      out.emplace_back(prefix + key, t);
-      continue;
-    }
-    torch::serialize::InputArchive nested;
-    if (archive.try_read(key, nested)) {
-      collect(nested, prefix + key + "/", out);
-      continue;
-    }
-    c10::IValue value;  // counters and scalars (a method's epoch, RIFLE's next reset): compared as text
-    if (archive.try_read(key, value)) {
-      std::ostringstream text;
-      text << value;
-      out.emplace_back(prefix + key + "=" + text.str(), torch::Tensor());
-    }
-  }
-}
 
 Snapshot snapshot(const std::string& path) {
   CheckpointReader ck(path);
-  Snapshot s;
-  s.step = ck.meta().at("step").get<int64_t>();
-  for (const char* part : {"model", "optimizer", "method"}) {
-    if (!ck.has(part)) continue;
-    torch::serialize::InputArchive nested;
-    ck.read(part, nested);
-    collect(nested, std::string(part) + "/", s.tensors);
-  }
-  if (ck.has("rng")) s.tensors.emplace_back("rng", ck.read_tensor("rng"));
-  // LibTorch's optimizer names each parameter's state by the parameter's address in memory, which differs
-  // between processes; its param_groups list those addresses in parameter order. Name the state by the
-  // parameter's place instead, and order the entries by name.
-  std::map<std::string, std::string> place_of;
-  std::vector<std::pair<std::string, torch::Tensor>> kept;
-  for (auto& [name, t] : s.tensors) {
-    const size_t at = name.find("/params/"), eq = name.find('=');
-    if (at != std::string::npos && eq != std::string::npos) place_of[name.substr(eq + 1)] = name.substr(0, eq);
-    else kept.emplace_back(name, t);
-  }
-  for (auto& [name, t] : kept)
-    for (const auto& [address, place] : place_of)
-      if (const size_t at = name.find(address); at != std::string::npos) name.replace(at, address.size(), place);
-  std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  s.tensors = std::move(kept);
+  Snapshot s{ck.meta().at("step").get<int64_t>(), ck.archive().tensors(), ck.archive().texts()};
+  s.texts.erase("meta");  // holds timings
   return s;
 }
 
 void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what) {
   const Snapshot sa = snapshot(a), sb = snapshot(b);
   EXPECT_EQ(sa.step, sb.step) << what;
+  EXPECT_EQ(sa.texts, sb.texts) << what;
   ASSERT_EQ(sa.tensors.size(), sb.tensors.size()) << what;
-  for (size_t i = 0; i < sa.tensors.size(); ++i) {
-    EXPECT_EQ(sa.tensors[i].first, sb.tensors[i].first) << what;
-    const torch::Tensor &ta = sa.tensors[i].second, &tb = sb.tensors[i].second;
-    EXPECT_TRUE(ta.defined() == tb.defined() && (!ta.defined() || torch::equal(ta, tb)))
-        << what << ": " << sa.tensors[i].first << " differs after the kills";
+  for (auto ia = sa.tensors.begin(), ib = sb.tensors.begin(); ia != sa.tensors.end(); ++ia, ++ib) {
+    EXPECT_EQ(ia->first, ib->first) << what;
+    EXPECT_TRUE(torch::equal(ia->second, ib->second)) << what << ": " << ia->first << " differs after the kills";
   }
 }
 

@@ -105,15 +105,10 @@ TEST(Regularization, DeltaSetsUpAttentionPerStageAndResumesIt) {
   EXPECT_TRUE(torch::allclose(plain.attention()[3], torch::full({16}, 1.0 / 16)));
 
   // The attention is method state: it round-trips through save/load.
-  torch::serialize::OutputArchive out;
+  Archive out;
   on.method().save(out);
-  std::ostringstream bytes;
-  out.save_to(bytes);
   test::MethodHarness other("delta", task, source, 2, 10, {{"stages", "layer2,layer3"}, {"attention", "off"}});
-  torch::serialize::InputArchive in;
-  std::istringstream read(bytes.str());
-  in.load_from(read);
-  other.method().load(in);
+  other.method().load(Archive::decode(out.encode(), "delta state"));
   const auto& loaded = dynamic_cast<const DeltaMethod&>(other.method());
   for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(loaded.attention()[i], delta.attention()[i]));
 }

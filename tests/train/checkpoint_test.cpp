@@ -3,6 +3,7 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
+#include "xfer/train/optim.h"
 
 namespace xfer {
 namespace {
@@ -60,6 +61,74 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreRejected) {
   future[8] = 99;
   write_file_atomic(dir.file("future.pt"), future);
   test::expect_bad_input([&] { CheckpointReader(dir.file("future.pt")); }, {"checkpoint format 99"});
+}
+
+TEST(Checkpoint, MalformedPayloadsWithAValidChecksumAreBadInput) {
+  // The header and CRC are right; what they guard is not. Format 1's TorchScript archives crashed LibTorch's
+  // parser on payloads like these.
+  test::TempDir dir;
+  const std::string path = write_checkpoint(dir.file("a.pt"), make_model("cnn4:width=4"));
+  const std::string payload = read_file(path).substr(24);
+  auto reject = [&](const std::string& bad, std::vector<std::string> expect) {
+    write_file_atomic(dir.file("bad.pt"), checkpoint_header(bad) + bad);
+    test::expect_bad_input([&] { CheckpointReader(dir.file("bad.pt")).read_model(); }, expect);
+  };
+  reject("PK\x03\x04", {"bad.pt", "not an xfer archive"});
+  reject(payload.substr(0, payload.size() / 2), {"bad.pt", "archive ("});
+  Archive no_meta = Archive::decode(payload, "payload");
+  Archive rebuilt;
+  rebuilt.write("model", no_meta.nested("model"));
+  reject(rebuilt.encode(), {"bad.pt: checkpoint has no metadata"});
+  rebuilt.write_text("meta", "{\"arch\": {\"backbone\": 3}}");
+  reject(rebuilt.encode(), {"bad.pt", "malformed model architecture"});
+  Archive wrong_model;
+  wrong_model.write_text("meta", no_meta.read_text("meta"));
+  Archive weights = no_meta.nested("model");
+  weights.write("zzz.extra", torch::zeros({3, 3}));
+  wrong_model.write("model", weights);
+  reject(wrong_model.encode(), {"bad.pt: the stored model has 'zzz.extra', which the model does not"});
+}
+
+TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
+  for (const std::string kind : {"sgd", "adam"}) {
+    torch::manual_seed(0);
+    torch::nn::Linear a(4, 3), b(4, 3);
+    {
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < a->parameters().size(); ++i) b->parameters()[i].copy_(a->parameters()[i]);
+    }
+    OptimizerOptions opts;
+    opts.optimizer = kind;
+    opts.lr = 0.1;
+    auto opt_a = make_optimizer(opts, {ParamGroup{"all", a->parameters()}});
+    auto opt_b = make_optimizer(opts, {ParamGroup{"all", b->parameters()}});
+    const torch::Tensor x = torch::randn({8, 4});
+    auto step = [&](torch::nn::Linear& m, torch::optim::Optimizer& o) {
+      o.zero_grad();
+      m(x).pow(2).sum().backward();
+      o.step();
+    };
+    step(a, *opt_a);
+    step(a, *opt_a);
+    step(b, *opt_b);
+    step(b, *opt_b);
+    // b's optimizer forgets its state and takes a's: the next steps must still agree bit for bit.
+    opt_b->state().clear();
+    load_optimizer(*opt_b, Archive::decode(save_optimizer(*opt_a).encode(), "optimizer"));
+    step(a, *opt_a);
+    step(b, *opt_b);
+    for (size_t i = 0; i < a->parameters().size(); ++i)
+      EXPECT_TRUE(torch::equal(a->parameters()[i], b->parameters()[i])) << kind;
+  }
+  torch::nn::Linear m(4, 3);
+  OptimizerOptions sgd;
+  auto opt = make_optimizer(sgd, {ParamGroup{"all", m->parameters()}});
+  OptimizerOptions adam_opts;
+  adam_opts.optimizer = "adam";
+  auto adam = make_optimizer(adam_opts, {ParamGroup{"all", m->parameters()}});
+  test::expect_bad_input([&] { load_optimizer(*adam, save_optimizer(*opt)); }, {"optimizer is 'sgd'", "adam"});
+  auto two = make_optimizer(sgd, {ParamGroup{"w", {m->weight}}, ParamGroup{"b", {m->bias}}});
+  test::expect_bad_input([&] { load_optimizer(*two, save_optimizer(*opt)); }, {"parameter groups (group 0)"});
 }
 
 TEST(Checkpoint, ResolvesRunDirectories) {

@@ -70,13 +70,9 @@ TEST(Teacher, SavesAndLoadsItsWeights) {
     for (auto& p : student->parameters()) p.mul_(0.5);
   }
   a.ema_update(student, 0.5);
-  torch::serialize::OutputArchive out;
+  Archive out;
   a.save(out, "teacher");
-  std::ostringstream bytes;
-  out.save_to(bytes);
-  torch::serialize::InputArchive in;
-  std::istringstream stream(bytes.str());
-  in.load_from(stream);
+  const Archive in = Archive::decode(out.encode(), "teacher state");
   b.load(in, "teacher");
   EXPECT_TRUE(torch::equal(a.model()->backbone->parameters()[0], b.model()->backbone->parameters()[0]));
   test::expect_bad_input([&] { b.load(in, "missing"); }, {"no 'missing' teacher"});

@@ -71,8 +71,8 @@ class DeltaMethod : public Method {
   /// Backbone and heads with weight decay 0.
   std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
 
   const std::vector<std::string>& stages() const { return stages_; }
   /// Per stage, the weights a (C).

@@ -83,8 +83,8 @@ class GradMixMethod : public Method {
   LossTerms compute_gradients(StepContext& ctx) override;
   /// Mixed steps average each per-source gradient and V's over the processes before solving.
   bool synchronises_gradients() const override { return synchronised_; }
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
 
   /// The mixing layers (short module names, "all" for --layers global) and their current weights
   /// (one row per layer, one weight per source, the pseudo-labelled source last).

@@ -18,9 +18,8 @@
 #include <vector>
 
 #include <ATen/core/Generator.h>
-#include <torch/serialize/input-archive.h>
-#include <torch/serialize/output-archive.h>
 
+#include "xfer/core/archive.h"
 #include "xfer/data/dataset.h"
 #include "xfer/data/loader.h"
 #include "xfer/methods/losses.h"
@@ -90,8 +89,8 @@ class Method {
   /// false, the Trainer averages the gradients over the processes after compute_gradients.
   virtual bool synchronises_gradients() const { return false; }
   virtual void after_step(StepContext& ctx) {}
-  virtual void save(torch::serialize::OutputArchive& out) const {}
-  virtual void load(torch::serialize::InputArchive& in) {}
+  virtual void save(Archive& out) const {}
+  virtual void load(const Archive& in) {}
 };
 
 /// Throws NumericalError naming the step and the non-finite parts if the total loss is NaN or infinite.

@@ -102,8 +102,8 @@ class CoTuningMethod : public Method {
   /// Backbone, target head at head_lr_mult, source head at source_lr_mult.
   std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
   /// p(y_s | y_t), (target classes, source classes).
   const torch::Tensor& relationship() const { return relationship_; }
 

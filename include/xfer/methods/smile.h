@@ -76,8 +76,8 @@ class SmileMethod : public Method {
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
   void after_step(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
 
   /// The teacher network (undefined when both regularizers are off).
   Teacher& teacher() { return teacher_; }

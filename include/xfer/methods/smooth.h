@@ -65,8 +65,8 @@ class SmoothMethod : public Method {
   explicit SmoothMethod(const Options& opts) : opts_(opts) {}
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
 
   /// The source-domain BatchNorm statistics (per-domain BN only; empty otherwise).
   const DomainBatchNorm& source_bn() const { return source_bn_; }

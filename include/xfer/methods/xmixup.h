@@ -56,8 +56,8 @@ class AuxData {
   const torch::Tensor& head_rows() const { return head_rows_; }
   /// The same rows as a vector.
   const std::vector<int64_t>& head_row_list() const { return head_row_list_; }
-  void save(torch::serialize::OutputArchive& out) const;
-  void load(torch::serialize::InputArchive& in);
+  void save(Archive& out) const;
+  void load(const Archive& in);
 
  private:
   std::string mode_;
@@ -105,8 +105,8 @@ class XMixup : public Method {
   explicit XMixup(const Options& opts);
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override;
-  void load(torch::serialize::InputArchive& in) override;
+  void save(Archive& out) const override;
+  void load(const Archive& in) override;
 
   /// Draws this step's target batch, its auxiliary batch (or in-domain partners) and the lambdas.
   MixedBatch mixed_batch(StepContext& ctx);
@@ -145,8 +145,8 @@ class SeqTrain : public Method {
   explicit SeqTrain(const Options& opts) : opts_(opts) {}
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override { aux_.save(out); }
-  void load(torch::serialize::InputArchive& in) override { aux_.load(in); }
+  void save(Archive& out) const override { aux_.save(out); }
+  void load(const Archive& in) override { aux_.load(in); }
   /// The first step of the target phase.
   int64_t split_step(int64_t total) const;
 
@@ -169,8 +169,8 @@ class CoTrain : public Method {
   explicit CoTrain(const Options& opts) : opts_(opts) {}
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
-  void save(torch::serialize::OutputArchive& out) const override { aux_.save(out); }
-  void load(torch::serialize::InputArchive& in) override { aux_.load(in); }
+  void save(Archive& out) const override { aux_.save(out); }
+  void load(const Archive& in) override { aux_.load(in); }
 
  private:
   Options opts_;

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include <torch/nn/module.h>
-#include <torch/serialize/input-archive.h>
-#include <torch/serialize/output-archive.h>
+
+#include "xfer/core/archive.h"
 
 namespace xfer {
 
@@ -44,8 +44,8 @@ class DomainBatchNorm {
   const torch::Tensor& second_mean(size_t i) const { return layers_.at(i).mean; }
   const torch::Tensor& second_var(size_t i) const { return layers_.at(i).var; }
 
-  void save(torch::serialize::OutputArchive& out, const std::string& key) const;
-  void load(torch::serialize::InputArchive& in, const std::string& key);
+  void save(Archive& out, const std::string& key) const;
+  void load(const Archive& in, const std::string& key);
 
  private:
   struct Layer {

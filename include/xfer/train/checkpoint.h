@@ -2,23 +2,25 @@
 /// Checkpoint files.
 ///
 /// Layout: the 8 bytes "XFERCKPT", the format version (uint32 LE), the payload length (uint64 LE), the
-/// CRC-32 of the payload (uint32 LE), then the payload: a torch archive holding
-///   meta       a JSON string: format, xfer version, the model's Arch, the step, the method, trainer state
+/// CRC-32 of the payload (uint32 LE), then the payload: an xfer::Archive (xfer/core/archive.h) holding
+///   meta       a JSON text: format, xfer version, the model's Arch, the step, the method, trainer state
 ///   model      the model's parameters and buffers
 ///   optimizer, method, ...   nested archives written by their owners
+/// Format 1 (xfer 0.1.0 until November 2026) stored a TorchScript archive, which LibTorch parses without bounds checks;
+/// it is refused with the version numbers.
 /// Files are written to a temporary file, fsynced and renamed, so a crash leaves the previous file.
 /// Reading checks the magic, version, length and checksum, and names the file and the problem.
 #include <string>
 
 #include <nlohmann/json.hpp>
-#include <torch/serialize/input-archive.h>
-#include <torch/serialize/output-archive.h>
+
+#include "xfer/core/archive.h"
 
 #include "xfer/models/model.h"
 
 namespace xfer {
 
-constexpr uint32_t kCheckpointFormat = 1;
+constexpr uint32_t kCheckpointFormat = 2;
 
 /// The header of a checkpoint file holding `payload` (magic, format, length, checksum).
 std::string checkpoint_header(const std::string& payload);
@@ -28,14 +30,14 @@ class CheckpointWriter {
   /// `meta` gets "format" and "xfer_version" added.
   explicit CheckpointWriter(nlohmann::json meta);
   void write_model(const Model& model);
-  void write(const std::string& key, torch::serialize::OutputArchive& nested);
+  void write(const std::string& key, const Archive& nested);
   void write(const std::string& key, const torch::Tensor& tensor);
   /// Writes the file atomically.
   void commit(const std::string& path);
 
  private:
   nlohmann::json meta_;
-  torch::serialize::OutputArchive archive_;
+  Archive archive_;
 };
 
 class CheckpointReader {
@@ -47,16 +49,17 @@ class CheckpointReader {
   Arch arch() const { return Arch::from_json(meta_.at("arch")); }
   /// A model built from the checkpoint's architecture, with its weights.
   Model read_model();
-  bool has(const std::string& key);
-  /// Reads a nested archive; BadInput if absent.
-  void read(const std::string& key, torch::serialize::InputArchive& nested);
-  torch::Tensor read_tensor(const std::string& key);
+  bool has(const std::string& key) const;
+  /// A nested archive; BadInput naming the file if absent.
+  Archive read(const std::string& key) const;
+  torch::Tensor read_tensor(const std::string& key) const;
+  const Archive& archive() const { return archive_; }
 
  private:
   std::string path_;
   torch::Device device_;
   nlohmann::json meta_;
-  torch::serialize::InputArchive archive_;
+  Archive archive_;
 };
 
 /// Resolves `--init`/`--model` arguments: a checkpoint file, or a run directory (its

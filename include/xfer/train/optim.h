@@ -7,6 +7,8 @@
 
 #include <torch/optim/optimizer.h>
 
+#include "xfer/core/archive.h"
+
 namespace xfer {
 
 class Fields;
@@ -36,5 +38,12 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                         const std::vector<ParamGroup>& groups);
 /// Sets each group's learning rate to `base_lr * lr_mult`.
 void set_learning_rates(torch::optim::Optimizer& opt, const std::vector<ParamGroup>& groups, double base_lr);
+
+/// The per-parameter state of an SGD or Adam optimizer (momentum buffers; Adam's step and moments), by
+/// position "GROUP.PARAM.name", for checkpoints. The learning rates are not stored: the schedule sets them.
+Archive save_optimizer(const torch::optim::Optimizer& opt);
+/// Restores what save_optimizer wrote into an optimizer built with the same parameter groups; BadInput
+/// naming the first entry that does not fit.
+void load_optimizer(torch::optim::Optimizer& opt, const Archive& in);
 
 }  // namespace xfer

@@ -8,9 +8,8 @@
 /// The teacher's weights are method state: save/load them so --resume continues exactly.
 #include <string>
 
-#include <torch/serialize/input-archive.h>
-#include <torch/serialize/output-archive.h>
 
+#include "xfer/core/archive.h"
 #include "xfer/models/model.h"
 
 namespace xfer {
@@ -31,8 +30,8 @@ class Teacher {
   void ema_update(const Model& student, double decay);
 
   Model& model() { return model_; }
-  void save(torch::serialize::OutputArchive& out, const std::string& key) const;
-  void load(torch::serialize::InputArchive& in, const std::string& key);
+  void save(Archive& out, const std::string& key) const;
+  void load(const Archive& in, const std::string& key);
 
  private:
   Model model_{nullptr};

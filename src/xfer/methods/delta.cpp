@@ -188,18 +188,18 @@ LossTerms DeltaMethod::loss(StepContext& ctx) {
   return {ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}};
 }
 
-void DeltaMethod::save(torch::serialize::OutputArchive& out) const {
-  for (size_t i = 0; i < attention_.size(); ++i) out.write(cat("delta_attention_", stages_[i]), attention_[i].cpu());
+void DeltaMethod::save(Archive& out) const {
+  for (size_t i = 0; i < attention_.size(); ++i) out.write(cat("delta_attention_", stages_[i]), attention_[i]);
 }
 
-void DeltaMethod::load(torch::serialize::InputArchive& in) {
+void DeltaMethod::load(const Archive& in) {
   for (size_t i = 0; i < attention_.size(); ++i) {
     torch::Tensor t;
     XFER_CHECK(in.try_read(cat("delta_attention_", stages_[i]), t), "the checkpoint holds no DELTA attention for ",
                stages_[i]);
     XFER_CHECK(t.sizes() == attention_[i].sizes(), "the checkpoint's DELTA attention for ", stages_[i], " has shape ",
                t.sizes(), ", this run needs ", attention_[i].sizes());
-    attention_[i] = t;
+    attention_[i] = t.to(attention_[i].options());
   }
 }
 

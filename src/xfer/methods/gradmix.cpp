@@ -525,21 +525,18 @@ torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, std::map
   return mm.labelled + opts_.mixmatch_weight * ramp * mm.unlabelled;
 }
 
-void GradMixMethod::save(torch::serialize::OutputArchive& out) const {
+void GradMixMethod::save(Archive& out) const {
   const int64_t rows = static_cast<int64_t>(weights_.size()), cols = static_cast<int64_t>(sources_.size());
   torch::Tensor w = torch::zeros({rows, cols}, torch::kFloat64);
   for (int64_t l = 0; l < rows; ++l)
     for (int64_t i = 0; i < cols; ++i) w[l][i] = weights_[l][i];
-  out.write("weights", w, /*is_buffer=*/true);
-  out.write("head_weights", torch::tensor(head_weights_, torch::kFloat64), /*is_buffer=*/true);
-  out.write("failures", torch::tensor(failures_, torch::kInt64), /*is_buffer=*/true);
+  out.write("weights", w);
+  out.write("head_weights", torch::tensor(head_weights_, torch::kFloat64));
+  out.write("failures", torch::tensor(failures_, torch::kInt64));
 }
 
-void GradMixMethod::load(torch::serialize::InputArchive& in) {
-  torch::Tensor w, head, failures;
-  in.read("weights", w, /*is_buffer=*/true);
-  in.read("head_weights", head, /*is_buffer=*/true);
-  in.read("failures", failures, /*is_buffer=*/true);
+void GradMixMethod::load(const Archive& in) {
+  torch::Tensor w = in.read("weights"), head = in.read("head_weights"), failures = in.read("failures");
   XFER_CHECK(w.dim() == 2 && w.size(0) == static_cast<int64_t>(weights_.size()) &&
                  w.size(1) == static_cast<int64_t>(sources_.size()),
              "cannot resume: the checkpoint holds mixing weights for ", w.sizes(), " (layers x sources), this run has ",
@@ -551,7 +548,9 @@ void GradMixMethod::load(torch::serialize::InputArchive& in) {
              head.numel(), " target-head weights, this run has ", head_weights_.size(), " sources");
   head = head.to(torch::kCPU, torch::kFloat64).contiguous();
   head_weights_.assign(head.data_ptr<double>(), head.data_ptr<double>() + head.numel());
-  failures_ = failures.item<int64_t>();
+  XFER_CHECK(failures.numel() == 1, "cannot resume: the checkpoint's GradMix failure count has ", failures.numel(),
+             " values");
+  failures_ = failures.to(torch::kInt64).item<int64_t>();
 }
 
 namespace {

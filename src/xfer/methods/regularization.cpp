@@ -165,16 +165,16 @@ LossTerms CoTuningMethod::loss(StepContext& ctx) {
   return {ce + co, {{"ce", ce.detach()}, {"cotuning", co.detach()}}};
 }
 
-void CoTuningMethod::save(torch::serialize::OutputArchive& out) const {
-  out.write("cotuning_relationship", relationship_.cpu());
+void CoTuningMethod::save(Archive& out) const {
+  out.write("cotuning_relationship", relationship_);
 }
 
-void CoTuningMethod::load(torch::serialize::InputArchive& in) {
+void CoTuningMethod::load(const Archive& in) {
   torch::Tensor t;
   XFER_CHECK(in.try_read("cotuning_relationship", t), "the checkpoint holds no Co-Tuning relationship");
   XFER_CHECK(t.sizes() == relationship_.sizes(), "the checkpoint's Co-Tuning relationship has shape ", t.sizes(),
              ", this run needs ", relationship_.sizes());
-  relationship_ = t.to(relationship_.device());
+  relationship_ = t.to(relationship_.options());
 }
 
 // ---- RIFLE

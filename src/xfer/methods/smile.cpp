@@ -144,11 +144,11 @@ void SmileMethod::after_step(StepContext& ctx) {
     teacher_.ema_update(ctx.model, opts_.ema_decay);
 }
 
-void SmileMethod::save(torch::serialize::OutputArchive& out) const {
+void SmileMethod::save(Archive& out) const {
   if (teacher_.defined() && teacher_moves()) teacher_.save(out, "teacher");
 }
 
-void SmileMethod::load(torch::serialize::InputArchive& in) {
+void SmileMethod::load(const Archive& in) {
   if (!teacher_.defined() || !teacher_moves()) return;
   teacher_.load(in, "teacher");
   if (channels_last_) smile_to_channels_last(teacher_.model());  // the same kernels as before the resume

@@ -125,11 +125,11 @@ LossTerms SmoothMethod::loss(StepContext& ctx) {
            {"source_term", source_term}}};
 }
 
-void SmoothMethod::save(torch::serialize::OutputArchive& out) const {
+void SmoothMethod::save(Archive& out) const {
   if (opts_.bn == "per-domain") source_bn_.save(out, "source_bn");
 }
 
-void SmoothMethod::load(torch::serialize::InputArchive& in) {
+void SmoothMethod::load(const Archive& in) {
   if (opts_.bn == "per-domain") source_bn_.load(in, "source_bn");
 }
 

@@ -39,22 +39,23 @@ void AuxData::setup(const AuxOptions& opts, const std::string& method, SetupCont
   head_rows_ = torch::tensor(head_row_list_, torch::kInt64).to(ctx.device);
 }
 
-void AuxData::save(torch::serialize::OutputArchive& out) const {
+void AuxData::save(Archive& out) const {
   std::vector<int64_t> flat;
   for (const auto& p : pairing_.pairs) flat.insert(flat.end(), {p.target, p.source});
   out.write("aux_pairs", torch::tensor(flat, torch::kInt64));
   out.write("aux_size", torch::tensor(pools_ ? pools_->size() : 0, torch::kInt64));
 }
 
-void AuxData::load(torch::serialize::InputArchive& in) {
+void AuxData::load(const Archive& in) {
   torch::Tensor pairs, size;
   XFER_CHECK(in.try_read("aux_pairs", pairs) && in.try_read("aux_size", size),
              "the checkpoint holds no auxiliary pairing");
   std::vector<int64_t> flat;
   for (const auto& p : pairing_.pairs) flat.insert(flat.end(), {p.target, p.source});
   // Features can differ in the last bits with another thread count; a near tie could then pair differently.
-  XFER_CHECK(torch::equal(pairs, torch::tensor(flat, torch::kInt64)) &&
-                 size.item<int64_t>() == (pools_ ? pools_->size() : 0),
+  XFER_CHECK(pairs.scalar_type() == torch::kInt64 && size.numel() == 1 &&
+                 torch::equal(pairs.cpu(), torch::tensor(flat, torch::kInt64)) &&
+                 size.to(torch::kInt64).item<int64_t>() == (pools_ ? pools_->size() : 0),
              "--resume: the auxiliary set selected now differs from the one the run was trained with; run `xfer "
              "select` with the original --init and pass its pairing.json with --pairing");
 }
@@ -223,11 +224,11 @@ LossTerms XMixup::loss(StepContext& ctx) {
   return {ce, {{"ce", ce.detach()}, {"lambda", m.lambda.mean()}}};
 }
 
-void XMixup::save(torch::serialize::OutputArchive& out) const {
+void XMixup::save(Archive& out) const {
   if (!opts_.in_domain) aux_.save(out);
 }
 
-void XMixup::load(torch::serialize::InputArchive& in) {
+void XMixup::load(const Archive& in) {
   if (!opts_.in_domain) aux_.load(in);
 }
 

@@ -54,8 +54,8 @@ DomainBatchNorm::Scope::Scope(DomainBatchNorm* owner) : owner_(owner) {
 
 DomainBatchNorm::Scope::~Scope() { owner_->swap_all(); }
 
-void DomainBatchNorm::save(torch::serialize::OutputArchive& out, const std::string& key) const {
-  torch::serialize::OutputArchive nested;
+void DomainBatchNorm::save(Archive& out, const std::string& key) const {
+  Archive nested;
   for (size_t i = 0; i < layers_.size(); ++i) {
     nested.write(std::to_string(i) + ".running_mean", layers_[i].mean);
     nested.write(std::to_string(i) + ".running_var", layers_[i].var);
@@ -64,8 +64,8 @@ void DomainBatchNorm::save(torch::serialize::OutputArchive& out, const std::stri
   out.write(key, nested);
 }
 
-void DomainBatchNorm::load(torch::serialize::InputArchive& in, const std::string& key) {
-  torch::serialize::InputArchive nested;
+void DomainBatchNorm::load(const Archive& in, const std::string& key) {
+  Archive nested;
   XFER_CHECK(in.try_read(key, nested), "the checkpoint holds no '", key, "' BatchNorm statistics");
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -74,8 +74,10 @@ void DomainBatchNorm::load(torch::serialize::InputArchive& in, const std::string
     XFER_CHECK(nested.try_read(p + ".running_mean", mean) && nested.try_read(p + ".running_var", var) &&
                    nested.try_read(p + ".num_batches_tracked", count),
                "the checkpoint's '", key, "' BatchNorm statistics have no layer ", i);
-    XFER_CHECK(mean.sizes() == layers_[i].mean.sizes(), "the checkpoint's '", key, "' BatchNorm layer ", i,
-               " has ", mean.size(0), " channels, the model ", layers_[i].mean.size(0));
+    XFER_CHECK(mean.sizes() == layers_[i].mean.sizes() && var.sizes() == layers_[i].var.sizes() &&
+                   count.sizes() == layers_[i].count.sizes(),
+               "the checkpoint's '", key, "' BatchNorm layer ", i, " does not have the model's ",
+               layers_[i].mean.size(0), " channels");
     layers_[i].mean.copy_(mean);
     layers_[i].var.copy_(var);
     layers_[i].count.copy_(count);

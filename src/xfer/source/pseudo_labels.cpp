@@ -1,11 +1,11 @@
 #include "xfer/source/pseudo_labels.h"
 
 #include <cmath>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "xfer/core/archive.h"
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
@@ -87,36 +87,37 @@ void save_ensemble_labels(const std::string& path, const EnsembleLabels& labels)
   check_probs(labels.probs);
   XFER_CHECK(labels.probs.size(1) == labels.images.size(), "ensemble labels: ", labels.probs.size(1),
              " probability rows for ", labels.images.size(), " images");
-  torch::serialize::OutputArchive archive;
-  archive.write("images", labels.images.images.to(torch::kCPU), /*is_buffer=*/true);
-  archive.write("labels", labels.images.labels.to(torch::kCPU), /*is_buffer=*/true);
-  archive.write("probs", labels.probs.to(torch::kCPU, torch::kFloat32), /*is_buffer=*/true);
-  archive.write("class_names", c10::IValue(nlohmann::json(labels.images.class_names).dump()));
-  std::ostringstream bytes;
-  archive.save_to(bytes);
-  write_file_atomic(path, bytes.str());
+  Archive archive;
+  archive.write("images", labels.images.images);
+  archive.write("labels", labels.images.labels);
+  archive.write("probs", labels.probs.to(torch::kFloat32));
+  archive.write_text("class_names", nlohmann::json(labels.images.class_names).dump());
+  write_file_atomic(path, archive.encode());
 }
 
 EnsembleLabels load_ensemble_labels(const std::string& path) {
   const std::string bytes = read_file(path);
   EnsembleLabels out;
   try {
-    torch::serialize::InputArchive archive;
-    std::istringstream in(bytes);
-    archive.load_from(in);
-    archive.read("images", out.images.images, /*is_buffer=*/true);
-    archive.read("labels", out.images.labels, /*is_buffer=*/true);
-    archive.read("probs", out.probs, /*is_buffer=*/true);
-    c10::IValue names;
-    archive.read("class_names", names);
-    out.images.class_names = nlohmann::json::parse(names.toStringRef()).get<std::vector<std::string>>();
+    const Archive archive = Archive::decode(bytes, path);
+    out.images.images = archive.read("images");
+    out.images.labels = archive.read("labels");
+    out.probs = archive.read("probs");
+    out.images.class_names = nlohmann::json::parse(archive.read_text("class_names")).get<std::vector<std::string>>();
   } catch (const std::exception& e) {
     throw BadInput(cat(path, ": not a pseudo-label file of `xfer gradmix-pseudo` (", std::string(e.what()).substr(0, 200), ")"));
   }
-  XFER_CHECK(out.images.images.dim() == 4 && out.probs.dim() == 3 && out.probs.size(1) == out.images.size() &&
-                 out.probs.size(2) == out.images.num_classes(),
-             path, ": inconsistent pseudo-label file (", out.images.size(), " images, probabilities ",
-             out.probs.sizes(), ", ", out.images.num_classes(), " classes)");
+  const auto& images = out.images.images;
+  const auto& labels = out.images.labels;
+  XFER_CHECK(images.dim() == 4 && labels.dim() == 1 && labels.size(0) == images.size(0) &&
+                 labels.scalar_type() == torch::kInt64 && out.probs.dim() == 3 &&
+                 out.probs.size(1) == images.size(0) &&
+                 out.probs.size(2) == static_cast<int64_t>(out.images.class_names.size()),
+             path, ": inconsistent pseudo-label file (images ", images.sizes(), ", labels ", labels.sizes(),
+             ", probabilities ", out.probs.sizes(), ", ", out.images.class_names.size(), " classes)");
+  XFER_CHECK(labels.numel() == 0 || (labels.min().item<int64_t>() >= 0 &&
+                                     labels.max().item<int64_t>() < out.images.num_classes()),
+             path, ": pseudo-label file with labels outside its ", out.images.num_classes(), " classes");
   return out;
 }
 

@@ -2,7 +2,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <sstream>
 
 #include <torch/torch.h>
 
@@ -47,25 +46,19 @@ CheckpointWriter::CheckpointWriter(nlohmann::json meta) : meta_(std::move(meta))
 
 void CheckpointWriter::write_model(const Model& model) {
   meta_["arch"] = model->arch().to_json();
-  torch::serialize::OutputArchive nested;
-  model->save(nested);
+  Archive nested;
+  nested.write_module(*model);
   archive_.write("model", nested);
 }
 
-void CheckpointWriter::write(const std::string& key, torch::serialize::OutputArchive& nested) {
-  archive_.write(key, nested);
-}
+void CheckpointWriter::write(const std::string& key, const Archive& nested) { archive_.write(key, nested); }
 
-void CheckpointWriter::write(const std::string& key, const torch::Tensor& tensor) {
-  archive_.write(key, tensor.to(torch::kCPU), /*is_buffer=*/true);
-}
+void CheckpointWriter::write(const std::string& key, const torch::Tensor& tensor) { archive_.write(key, tensor); }
 
 void CheckpointWriter::commit(const std::string& path) {
   XFER_CHECK(meta_.contains("arch"), "internal: a checkpoint needs a model");
-  archive_.write("meta", c10::IValue(meta_.dump()));
-  std::ostringstream payload_stream;
-  archive_.save_to(payload_stream);
-  const std::string payload = payload_stream.str();
+  archive_.write_text("meta", meta_.dump());
+  const std::string payload = archive_.encode();
   write_file_atomic(path, checkpoint_header(payload) + payload);
 }
 
@@ -80,43 +73,42 @@ CheckpointReader::CheckpointReader(const std::string& path, torch::Device device
   XFER_CHECK(file.size() - kHeader == size, path, ": truncated checkpoint (", file.size() - kHeader,
              " of ", size, " payload bytes)");
   const auto crc = get<uint32_t>(file, 20);
-  XFER_CHECK(crc32_of(file.substr(kHeader)) == crc, path, ": corrupt checkpoint (checksum mismatch)");
+  const std::string payload = file.substr(kHeader);
+  XFER_CHECK(crc32_of(payload) == crc, path, ": corrupt checkpoint (checksum mismatch)");
+  archive_ = Archive::decode(payload, path, device_);
+  XFER_CHECK(archive_.texts().count("meta"), path, ": checkpoint has no metadata");
   try {
-    archive_.load_from(file.data() + kHeader, size, device_);
-    c10::IValue meta;
-    archive_.read("meta", meta);
-    meta_ = nlohmann::json::parse(meta.toStringRef());
+    meta_ = nlohmann::json::parse(archive_.read_text("meta"));
   } catch (const std::exception& e) {
-    throw BadInput(cat(path, ": unreadable checkpoint payload"));
+    throw BadInput(cat(path, ": unreadable checkpoint metadata"));
   }
-  XFER_CHECK(meta_.contains("arch"), path, ": checkpoint has no model architecture");
+  XFER_CHECK(meta_.is_object() && meta_.contains("arch"), path, ": checkpoint has no model architecture");
 }
 
 Model CheckpointReader::read_model() {
-  Model model(arch());
-  model->to(device_);
-  torch::serialize::InputArchive nested;
-  read("model", nested);
+  Arch saved;
   try {
-    model->load(nested);
-  } catch (const c10::Error& e) {
-    throw BadInput(cat(path_, ": the stored weights do not match the stored architecture"));
+    saved = arch();
+  } catch (const BadInput& e) {
+    throw BadInput(cat(path_, ": ", e.what()));
   }
+  Model model(saved);
+  model->to(device_);
+  read("model").read_module(*model, cat(path_, ": the stored model"));
   return model;
 }
 
-bool CheckpointReader::has(const std::string& key) {
-  const auto keys = archive_.keys();
-  return std::find(keys.begin(), keys.end(), key) != keys.end();
-}
+bool CheckpointReader::has(const std::string& key) const { return archive_.has(key); }
 
-void CheckpointReader::read(const std::string& key, torch::serialize::InputArchive& nested) {
+Archive CheckpointReader::read(const std::string& key) const {
+  Archive nested;
   XFER_CHECK(archive_.try_read(key, nested), path_, ": checkpoint has no '", key, "' section");
+  return nested;
 }
 
-torch::Tensor CheckpointReader::read_tensor(const std::string& key) {
+torch::Tensor CheckpointReader::read_tensor(const std::string& key) const {
   torch::Tensor t;
-  XFER_CHECK(archive_.try_read(key, t, /*is_buffer=*/true), path_, ": checkpoint has no '", key, "' tensor");
+  XFER_CHECK(archive_.try_read(key, t), path_, ": checkpoint has no '", key, "' tensor");
   return t;
 }
 

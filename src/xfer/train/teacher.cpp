@@ -36,16 +36,16 @@ void Teacher::ema_update(const Model& student, double decay) {
   }
 }
 
-void Teacher::save(torch::serialize::OutputArchive& out, const std::string& key) const {
-  torch::serialize::OutputArchive nested;
-  model_->save(nested);
+void Teacher::save(Archive& out, const std::string& key) const {
+  Archive nested;
+  nested.write_module(*model_);
   out.write(key, nested);
 }
 
-void Teacher::load(torch::serialize::InputArchive& in, const std::string& key) {
-  torch::serialize::InputArchive nested;
+void Teacher::load(const Archive& in, const std::string& key) {
+  Archive nested;
   XFER_CHECK(in.try_read(key, nested), "the checkpoint holds no '", key, "' teacher");
-  model_->load(nested);
+  nested.read_module(*model_, cat("the checkpoint's '", key, "' teacher"));
 }
 
 }  // namespace xfer
