@@ -55,19 +55,9 @@ class WeightsCommand : public Command {
     XFER_CHECK(std::isfinite(temperature_) && temperature_ > 0, "--temperature must be > 0, got ", temperature_);
     XFER_CHECK(size_ >= 0, "--size must be > 0 (or left out for the source's size), got ", size_);
     set_threads(threads_);
-    CheckpointReader ck(resolve_checkpoint(model_));
-    Model model = ck.read_model();
-    model->to(parse_device(device_));
-    std::string head = head_;
-    if (head.empty())
-      head = model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
     const Task source = load_task(source_, seed_);
-    const Task target = load_task(target_, seed_);
-    const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
-    ImportanceWeights w = compute_importance_weights(model, head, source.train, target_images, temperature_);
-    w.provenance["model"] = ck.path();
-    w.provenance["source"] = source_;
-    w.provenance["target"] = target_;
+    const ImportanceWeights w = importance_weights_by_model(model_, head_, source.train, source_, target_, temperature_,
+                                                            seed_, parse_device(device_));
 
     const int64_t n = size_ > 0 ? size_ : w.source_size();
     const Table table = importance_table(w, n);
@@ -81,7 +71,7 @@ class WeightsCommand : public Command {
       return;
     }
     out << "Importance weights of " << w.num_classes() << " source classes (" << source_ << ", " << w.source_size()
-        << " examples) for " << target.train.size() << " target images (" << target_ << "), temperature "
+        << " examples) for " << w.provenance.value("target_images", int64_t{0}) << " target images (" << target_ << "), temperature "
         << temperature_ << ". Sample rate: examples drawn / examples of the class, for a pre-training set of N = "
         << n << ".\n\n"
         << table.markdown() << "\nWrote " << out_ << "/weights.json, weights.md"

@@ -296,6 +296,25 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
   EXPECT_NEAR(std::accumulate(a.p_target.begin(), a.p_target.end(), 0.0), 1.0, 1e-12);
   EXPECT_TRUE(fs::exists(dir.file("a/weights.md")));
 
+  // `xfer pretrain --weights-from` computes the same weights in the run, and resamples alike.
+  RunOptions by_file = datl_tiny_pretrain(source, dir.file("by-file"));
+  by_file.sampling.weights = dir.file("a/weights.json");
+  by_file.sampling.matcher = "same";
+  by_file.sampling.size = 30;
+  RunOptions by_model = by_file;
+  by_model.out = dir.file("by-model");
+  by_model.sampling.weights = "";
+  by_model.sampling.weights_from = dir.file("classifier");
+  by_model.sampling.weights_target = target;
+  const nlohmann::json rf = run_pretrain(by_file), rm = run_pretrain(by_model);
+  EXPECT_EQ(rf["sampling"]["class_counts"], rm["sampling"]["class_counts"]);
+  for (size_t y = 0; y < 3; ++y) EXPECT_NEAR(rm["sampling"]["p_target"][y].get<double>(), a.p_target[y], 1e-9);
+  EXPECT_EQ(rm["sampling"]["weights_from"], dir.file("classifier"));
+  by_model.sampling.weights_target = "";
+  test::expect_bad_input([&] { run_pretrain(by_model); }, {"--weights-from MODEL and --weights-target SPEC go together"});
+  by_model.sampling.weights = dir.file("a/weights.json");
+  test::expect_bad_input([&] { run_pretrain(by_model); }, {"not both"});
+
   // Bad input: one line, exit code 2.
   const std::vector<std::string> base = {"weights", "--model", dir.file("classifier"), "--source", source, "--target",
                                          target, "--out", dir.file("c")};

@@ -51,6 +51,14 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   bad([](auto& j) { j["methods"].push_back({{"method", "scratch"}}); }, {"the label 'scratch' is used twice"});
   bad([](auto& j) { j["timing"] = {{"task", "nope"}}; }, {"no task named 'nope'"});
   bad([](auto& j) { j["tasks"][0]["options"] = {{"alhpa", 1}}; }, {"no method of the suite has the option 'alhpa'"});
+  bad([](auto& j) { j["methods"][1]["search"] = {{"trials", 2}}; }, {"methods[1].search needs \"params\""});
+  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "lin:1"}}}}; }, {"methods[1].search", "lr"});
+  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"trails", 2}}; },
+      {"methods[1].search", "trails"});
+  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"out", "x"}}; },
+      {"\"out\" is set by the suite"});
+  bad([](auto& j) { j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}}; },
+      {"method 'l2 (ft)'", "(pretrain)", "needs --matcher same|elastic"});
   // A task's method options reach only the methods that have them (checked by planning every run).
   nlohmann::json with_options = suite_with_spec(spec);
   with_options["methods"].push_back("mixup");
@@ -69,6 +77,44 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   write_file_atomic(dir.file("broken.json"), "{\"tasks\": [");
   test::expect_bad_input([&] { load_suite(dir.file("broken.json")); }, {"broken.json"});
   test::expect_bad_input([&] { load_suite("no_such_suite"); }, {"no suite 'no_such_suite'", "quick"});
+  // Every built-in suite parses: each method, option and spec in bench/suites is valid.
+  for (const auto& [name, description] : builtin_suites()) EXPECT_NO_THROW(load_suite(name)) << name;
+}
+
+TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 3);
+  nlohmann::json j = suite_with_spec(spec);
+  j["seeds"] = 1;
+  j["timing"] = false;
+  j["tasks"][0]["target"] = spec + ":per_class=4:val=2";
+  j["methods"] = {
+      {{"label", "l2, tuned lr"}, {"method", "l2"}, {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
+      {{"label", "l2, same"}, {"method", "l2"},
+       {"pretrain", {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}}};
+  write_json_file(dir.file("tiny.json"), j);
+  BenchOptions o;
+  o.suite = dir.file("tiny.json");
+  o.out = dir.file("bench");
+  o.cache = dir.file("cache");
+  o.threads = 1;
+  o.executable = XFER_BINARY;
+  std::ostringstream log;
+  const nlohmann::json b = run_bench(o, log);
+  ASSERT_EQ(b["runs"].size(), 2u);
+  for (const auto& r : b["runs"]) EXPECT_TRUE(r["ok"].get<bool>()) << r.dump() << log.str();
+  // The search's cell is its best trial on validation.
+  const nlohmann::json searched = read_json_file(dir.file("bench/runs/tiny/l2__tuned_lr/seed0/result.json"));
+  ASSERT_TRUE(searched.contains("search")) << searched.dump();
+  EXPECT_EQ(searched["search"]["trials"], 2);
+  EXPECT_EQ(searched["best_val_top1"], searched["search"]["val_top1"]);
+  // The resampled source model was pre-trained after the suite's own, with that model's weights on the task.
+  const nlohmann::json request = read_json_file(dir.file("bench/runs/tiny/l2__same/seed0/request.json"));
+  const nlohmann::json source = read_json_file(request["init"].get<std::string>() + "/result.json");
+  EXPECT_EQ(source["sampling"]["matcher"], "same");
+  EXPECT_EQ(source["sampling"]["weights_target"], spec + ":per_class=4:val=2");
+  EXPECT_TRUE(fs::exists(source["sampling"]["weights_from"].get<std::string>() + "/result.json"));
+  EXPECT_EQ(source["train_size"], 20);
 }
 
 TEST(Suite, RunsEachRunAsAProcessSkipsFinishedRunsAndMarksFailures) {

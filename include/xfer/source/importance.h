@@ -114,11 +114,18 @@ Plot importance_plot(const ImportanceWeights& w);
 /// How `xfer pretrain` uses importance weights (RunOptions::sampling).
 struct PretrainSampling {
   std::string weights;           // weights.json of `xfer weights`; "" = plain pre-training
+  // Or computed in the run, as `xfer weights` does: a source classifier and the target images it sees.
+  std::string weights_from, weights_target;
+  double weights_temperature = 2.0;
   std::string matcher = "none";  // none | same | elastic
   int64_t size = 0;              // N, for same and elastic
   bool loss_weights = false;     // matcher none: the whole source, each example's loss times w(y)
 
-  bool active() const { return !weights.empty() || matcher != "none" || size != 0 || loss_weights; }
+  bool active() const {
+    return !weights.empty() || !weights_from.empty() || matcher != "none" || size != 0 || loss_weights;
+  }
+  /// The weights' origin, for messages: the file, or "the weights of MODEL".
+  std::string weights_name() const;
   void fields(Fields& f);
   /// BadInput on a combination that means nothing (a matcher without weights, N <= 0, ...).
   void check() const;
@@ -130,8 +137,9 @@ struct SampledSource {
   std::vector<double> loss_weights;  // per class, with --loss-weights (empty otherwise)
   nlohmann::json summary;            // for result.json: weights, matcher, size, unique, per-class counts
 };
-/// Reads opts.weights, checks it against `source` and applies the matcher (seed: derive_seed(seed,
-/// "matcher")) or the loss weights.
-SampledSource sample_source(const TensorDataset& source, const PretrainSampling& opts, uint64_t seed);
+/// Reads opts.weights (or takes `computed`, from opts.weights_from), checks it against `source` and applies
+/// the matcher (seed: derive_seed(seed, "matcher")) or the loss weights.
+SampledSource sample_source(const TensorDataset& source, const PretrainSampling& opts, uint64_t seed,
+                            const ImportanceWeights* computed = nullptr);
 
 }  // namespace xfer

@@ -72,6 +72,14 @@ nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
 /// result.json then holds "sampling": the matcher, the size and the number of unique examples.
 nlohmann::json run_pretrain(RunOptions opts);
 
+/// Domain Adaptive Transfer Learning's importance weights of `source`'s classes (section 3.1): P_t is the
+/// mean tempered softmax of the classifier in `model` (a run directory or checkpoint; its `head`, or
+/// "source" when empty and it has one) over the training images of `target_spec`, never their labels.
+/// The weights' provenance names the model, `source_name` and the target.
+ImportanceWeights importance_weights_by_model(const std::string& model, std::string head, const TensorDataset& source,
+                                              const std::string& source_name, const std::string& target_spec,
+                                              double temperature, uint64_t seed, torch::Device device);
+
 /// The resolved configuration as written to config.json.
 nlohmann::json config_json(const std::string& command, RunOptions& opts, MethodConfig* method_config);
 /// Reads a config.json (or a user's config file) into the options: keys are run fields plus an optional

@@ -13,7 +13,9 @@
 ///     "tasks": [{"name": "10/class", "target": SPEC, "source": SPEC, "run": {...}}, ...],
 ///     "methods": ["l2", "core", "all",
 ///                 {"label": "xmixup, random aux", "method": "xmixup", "options": {"aux": "random"},
-///                  "run": {...}, "pretrain": {...}, "optional": true}],
+///                  "run": {...}, "pretrain": {...}, "optional": true},
+///                 {"label": "smooth (TPE)", "method": "smooth",
+///                  "search": {"params": {"alpha": "lin:-6:6"}, "trials": 8}}],
 ///     "timing": {"task": "10/class", "steps": 60}   // or false
 ///   }
 ///
@@ -22,6 +24,14 @@
 /// the source model; a method entry's "pretrain" is merged over the suite's (a different source model).
 /// "all" and "core" expand to the registered methods. An unknown method is refused before anything runs,
 /// unless its entry says "optional": true (then it is skipped with a note: a method not built yet).
+///
+/// A method entry with "search" runs `xfer search` (its "params" are --param NAME=SPEC, the other keys
+/// search options such as "trials") instead of one run; its result is the trial best on validation, as
+/// the papers tune each method, so the task's target needs a validation split.
+///
+/// Domain Adaptive Transfer Learning: in a method's "pretrain", "weights_from": "@pretrain" is the suite's
+/// own source model and "weights_target": "@task" the task's target spec, so the method's source model is
+/// pre-trained on the source resampled by the importance weights that model computes on the task's images.
 #include <cstdint>
 #include <ostream>
 #include <string>
@@ -41,6 +51,7 @@ struct SuiteMethod {
   nlohmann::json options = nlohmann::json::object();  // method options
   nlohmann::json run = nlohmann::json::object();      // finetune options
   nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
+  nlohmann::json search;                              // null: one run; else `xfer search` options + "params"
 };
 
 struct SuiteTask {

@@ -325,6 +325,11 @@ Plot importance_plot(const ImportanceWeights& w) {
 
 void PretrainSampling::fields(Fields& f) {
   f.add("weights", weights, "importance weights (weights.json of `xfer weights`) to pre-train by");
+  f.add("weights_from", weights_from, "instead of --weights: compute them with this source classifier (a run "
+                                      "directory or checkpoint), as `xfer weights` does");
+  f.add("weights_target", weights_target, "with --weights-from: the target spec whose training images (never "
+                                          "its labels) give P_t");
+  f.add("weights_temperature", weights_temperature, "with --weights-from: softmax temperature T for P_t").positive();
   f.add("matcher", matcher, "how the weights build the pre-training set: same (N draws with replacement, "
                             "N*P_t(y) of class y), elastic (N distinct examples), or none (the whole source)")
       .choices({"none", "same", "elastic"});
@@ -335,12 +340,15 @@ void PretrainSampling::fields(Fields& f) {
 
 void PretrainSampling::check() const {
   if (!active()) return;
-  XFER_CHECK(!weights.empty(), "--matcher, --size and --loss-weights need --weights FILE (the weights.json of "
-             "`xfer weights`)");
+  XFER_CHECK(weights.empty() || weights_from.empty(), "give --weights FILE or --weights-from MODEL, not both");
+  XFER_CHECK(!weights.empty() || !weights_from.empty(), "--matcher, --size and --loss-weights need --weights FILE "
+             "(the weights.json of `xfer weights`) or --weights-from MODEL --weights-target SPEC");
+  XFER_CHECK(weights_from.empty() == weights_target.empty(), "--weights-from MODEL and --weights-target SPEC go "
+             "together: the classifier and the target images it estimates P_t on");
   XFER_CHECK(matcher == "none" || matcher == "same" || matcher == "elastic",
              "--matcher must be one of none, same, elastic, got '", matcher, "'");
   if (matcher == "none") {
-    XFER_CHECK(loss_weights, "--weights ", weights, " needs --matcher same|elastic --size N, or --loss-weights");
+    XFER_CHECK(loss_weights, weights_name(), " needs --matcher same|elastic --size N, or --loss-weights");
     XFER_CHECK(size == 0, "--size ", size, " is for --matcher same|elastic; --loss-weights uses the whole source");
   } else {
     XFER_CHECK(!loss_weights, "--loss-weights is for --matcher none: the ", matcher,
@@ -349,18 +357,31 @@ void PretrainSampling::check() const {
   }
 }
 
-SampledSource sample_source(const TensorDataset& source, const PretrainSampling& opts, uint64_t seed) {
+std::string PretrainSampling::weights_name() const {
+  return weights_from.empty() ? cat("--weights ", weights) : cat("the weights of ", weights_from);
+}
+
+SampledSource sample_source(const TensorDataset& source, const PretrainSampling& opts, uint64_t seed,
+                            const ImportanceWeights* computed) {
   opts.check();
   SampledSource out;
   out.data = source;
   if (!opts.active()) return out;
-  const ImportanceWeights file = ImportanceWeights::from_json(read_json_file(opts.weights), opts.weights);
+  XFER_CHECK(opts.weights_from.empty() || computed, "internal: --weights-from without computed weights");
+  const ImportanceWeights file =
+      computed ? *computed : ImportanceWeights::from_json(read_json_file(opts.weights), opts.weights);
   if (file.examples != source.class_counts())
-    log_info(cat("note: ", opts.weights, " was computed on a source with other class sizes; P_s and w are ",
+    log_info(cat("note: ", opts.weights_name(), " were computed on a source with other class sizes; P_s and w are ",
                  "recomputed from the pre-training source"));
-  const ImportanceWeights w = weights_for_source(file, source, opts.weights);
+  const ImportanceWeights w = weights_for_source(file, source, opts.weights_name());
   out.summary = {{"weights", opts.weights}, {"matcher", opts.matcher}, {"loss_weights", opts.loss_weights},
                  {"source_size", source.size()}};
+  if (computed) {
+    out.summary["weights_from"] = opts.weights_from;
+    out.summary["weights_target"] = opts.weights_target;
+    out.summary["p_target"] = w.p_target;
+    out.summary["class_weights"] = w.weight;
+  }
   if (opts.loss_weights) {
     // sum_y P_s(y) w(y) = sum_y P_t(y) = 1: the mean weight over the source is 1 without rescaling.
     out.loss_weights = w.weight;

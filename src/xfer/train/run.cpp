@@ -2,6 +2,7 @@
 
 #include <ctime>
 #include <filesystem>
+#include <optional>
 
 #include <torch/torch.h>
 
@@ -171,6 +172,25 @@ void RunOptions::fields(Fields& f) {
   sampling.fields(f);
 }
 
+ImportanceWeights importance_weights_by_model(const std::string& model_path, std::string head,
+                                              const TensorDataset& source, const std::string& source_name,
+                                              const std::string& target_spec, double temperature, uint64_t seed,
+                                              torch::Device device) {
+  CheckpointReader ck(resolve_checkpoint(model_path));
+  Model model = ck.read_model();
+  model->to(device);
+  if (head.empty())
+    head = model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
+  const Task target = load_task(target_spec, seed);
+  const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
+  ImportanceWeights w = compute_importance_weights(model, head, source, target_images, temperature);
+  w.provenance["model"] = ck.path();
+  w.provenance["source"] = source_name;
+  w.provenance["target"] = target_spec;
+  w.provenance["target_images"] = target.train.size();
+  return w;
+}
+
 torch::Device parse_device(const std::string& text) {
   if (text == "cpu") return torch::kCPU;
   if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
@@ -269,7 +289,15 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
   XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
              "of `xfer pretrain`");
-  SampledSource sampled = sample_source(r.task.train, opts.sampling, static_cast<uint64_t>(opts.seed));
+  std::optional<ImportanceWeights> computed;
+  if (!opts.sampling.weights_from.empty()) {
+    opts.sampling.check();
+    computed = importance_weights_by_model(opts.sampling.weights_from, "", r.task.train, opts.source,
+                                           opts.sampling.weights_target, opts.sampling.weights_temperature,
+                                           static_cast<uint64_t>(opts.seed), r.device);
+  }
+  SampledSource sampled = sample_source(r.task.train, opts.sampling, static_cast<uint64_t>(opts.seed),
+                                        computed ? &*computed : nullptr);
   r.task.train = sampled.data;
   r.sampling = sampled.summary;
   XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,

@@ -17,6 +17,8 @@
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
 #include "xfer/report/table.h"
+#include "xfer/search/search.h"
+#include "xfer/search/space.h"
 #include "xfer/train/pretrained.h"
 #include "xfer/train/run.h"
 #include "xfer/train/timing.h"
@@ -74,6 +76,11 @@ RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string&
   p.fields(f);
   f.read_json(json, where);
   XFER_CHECK(!p.source.empty(), where, " needs \"source\": the dataset spec the source model is trained on");
+  try {
+    p.sampling.check();
+  } catch (const BadInput& e) {
+    throw BadInput(cat(where, ": ", e.what()));
+  }
   return p;
 }
 
@@ -88,9 +95,64 @@ std::string slug(const std::string& s) {
 struct RunRequest {
   std::string task, label, dir;
   int64_t seed = 0;
-  nlohmann::json config;   // what `xfer finetune --config` reads
-  nlohmann::json pretrain; // null, or the source model's options (as JSON)
+  nlohmann::json config;                 // what `xfer finetune --config` reads
+  std::vector<nlohmann::json> pretrains; // source models to train first, in order (one may need another)
+  nlohmann::json search;                 // null, or the method entry's "search"
 };
+
+/// Resolves "weights_from": "@pretrain" and "weights_target": "@task" in a method's pre-training options
+/// and appends the source models it needs to `order`, the suite's own first.
+nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const SuiteTask& t, const std::string& cache,
+                                     const std::string& where, std::vector<nlohmann::json>& order) {
+  if (p.contains("weights_from") && p["weights_from"] == "@pretrain") {
+    XFER_CHECK(s.pretrain.is_object() && !(s.pretrain.contains("weights_from")), where,
+               ": \"weights_from\": \"@pretrain\" needs the suite's own \"pretrain\" block, without weights");
+    order.push_back(s.pretrain);
+    p["weights_from"] = cached_pretrain_dir(suite_pretrain_options(s.pretrain, where + " (pretrain)"), cache);
+  }
+  if (p.contains("weights_target") && p["weights_target"] == "@task") p["weights_target"] = t.target;
+  order.push_back(p);
+  return p;
+}
+
+/// `xfer search` arguments of a method entry's "search": --param NAME=SPEC for each of "params", then
+/// --KEY VALUE for the search options.
+std::vector<std::string> search_arguments(const nlohmann::json& search) {
+  std::vector<std::string> args;
+  for (const auto& [name, spec] : search.at("params").items()) args.insert(args.end(), {"--param", name + "=" + spec.get<std::string>()});
+  for (const auto& [key, value] : search.items()) {
+    if (key == "params") continue;
+    std::string flag = "--" + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    args.insert(args.end(), {flag, value.is_string() ? value.get<std::string>() : value.dump()});
+  }
+  return args;
+}
+
+/// Checks a method entry's "search" before anything runs: the parameter specs and the search options.
+void check_search(const nlohmann::json& search, const std::string& where) {
+  XFER_CHECK(search.contains("params") && search["params"].is_object() && !search["params"].empty(), where,
+             ".search needs \"params\": {\"NAME\": \"lin:LO:HI\", ...}");
+  std::vector<std::string> texts;
+  for (const auto& [name, spec] : search["params"].items()) {
+    XFER_CHECK(spec.is_string(), where, ".search.params.", name, " must be a string like \"lin:0:1\", got ", spec.dump());
+    texts.push_back(name + "=" + spec.get<std::string>());
+  }
+  nlohmann::json options = search;
+  options.erase("params");
+  for (const char* own : {"out", "storage", "workers", "study"})
+    XFER_CHECK(!options.contains(own), where, ".search: \"", own, "\" is set by the suite");
+  try {
+    SearchSpace::parse(texts);
+    SearchOptions o;
+    Fields f;
+    o.fields(f);
+    f.read_json(options, where + ".search");
+  } catch (const BadInput& e) {
+    const std::string what = e.what();
+    throw BadInput(what.find(where) == std::string::npos ? cat(where, ".search: ", what) : what);
+  }
+}
 
 /// The option names (as in JSON) of method `name`.
 std::set<std::string> method_option_names(const std::string& name) {
@@ -128,9 +190,8 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         }
         RunRequest q;
         if (info.allows_init && r.init.empty() && pretrain.is_object()) {
-          const RunOptions p = suite_pretrain_options(pretrain, where + " (pretrain)");
-          r.init = cached_pretrain_dir(p, cache);
-          q.pretrain = pretrain;
+          const nlohmann::json resolved = resolve_pretrain_refs(pretrain, s, t, cache, where, q.pretrains);
+          r.init = cached_pretrain_dir(suite_pretrain_options(resolved, where + " (pretrain)"), cache);
         }
         if (!info.allows_init && r.backbone.empty() && pretrain.is_object())
           r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
@@ -153,6 +214,7 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         }
         q.task = t.name;
         q.label = m.label;
+        q.search = m.search;
         q.seed = seed;
         q.dir = (fs::path(out) / "runs" / slug(t.name) / slug(m.label) / cat("seed", seed)).string();
         r.out = q.dir;
@@ -196,6 +258,19 @@ RunRecord record_of(const RunRequest& q) {
   rec.best_val_top1 = r.value("best_val_top1", nlohmann::json()).is_number() ? r["best_val_top1"].get<double>() : -1;
   rec.step_ms = r.value("step_ms_median", 0.0);
   return rec;
+}
+
+/// A finished search's result: its best trial's result.json with "search" (best.json) added, written
+/// as the suite run's own result.json.
+void adopt_best_trial(const std::string& dir) {
+  const fs::path best_path = fs::path(dir) / "best.json";
+  if (!fs::exists(best_path)) return;  // no trial completed: the run is marked failed
+  const nlohmann::json best = read_json_file(best_path.string());
+  const fs::path trial = fs::path(best.value("run_dir", "")) / "result.json";
+  if (!fs::exists(trial)) return;
+  nlohmann::json result = read_json_file(trial.string());
+  result["search"] = best;
+  write_json_file((fs::path(dir) / "result.json").string(), result);
 }
 
 /// Whether the run in q.dir finished with exactly this request.
@@ -368,12 +443,16 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     if (m.is_string()) {
       entry.method = entry.label = m.get<std::string>();
     } else {
-      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "optional"}, mw);
+      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "search", "optional"}, mw);
       entry.method = suite_string(m, "method", mw, true);
       entry.label = m.contains("label") ? suite_string(m, "label", mw, true) : entry.method;
       entry.options = suite_object(m, "options", mw);
       entry.run = suite_object(m, "run", mw);
       if (m.contains("pretrain") && !m["pretrain"].is_null()) entry.pretrain = suite_object(m, "pretrain", mw);
+      if (m.contains("search") && !m["search"].is_null()) {
+        entry.search = suite_object(m, "search", mw);
+        check_search(entry.search, mw);
+      }
       optional = m.value("optional", false);
     }
     if (!methods().has(entry.method)) {
@@ -465,14 +544,15 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
       << dir << "\n";
   for (const auto& n : suite.notes) out << "note: " << n << "\n";
 
-  // Source models first, in this process, one per distinct recipe.
+  // Source models first, in this process, one per distinct recipe (in order: one may need another).
   std::set<std::string> pretrained;
   for (const auto& q : plan)
-    if (q.pretrain.is_object() && pretrained.insert(q.pretrain.dump()).second) {
-      RunOptions p = suite_pretrain_options(q.pretrain, "pretrain");
-      p.threads = 0;
-      cached_pretrain(p, opts.cache, out);
-    }
+    for (const auto& recipe : q.pretrains)
+      if (pretrained.insert(recipe.dump()).second) {
+        RunOptions p = suite_pretrain_options(recipe, "pretrain");
+        p.threads = 0;
+        cached_pretrain(p, opts.cache, out);
+      }
 
   std::vector<RunRecord> records(plan.size());
   std::deque<size_t> pending;
@@ -494,14 +574,20 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
       const size_t i = pending.front();
       pending.pop_front();
       const RunRequest& q = plan[i];
+      const fs::path request = fs::path(q.dir) / "request.json";
+      // A search resumes its study when re-run with the same request; another request starts afresh.
+      if (!q.search.is_null() && fs::exists(request) && read_json_file(request.string()) != q.config)
+        fs::remove_all(q.dir);
       make_dirs(q.dir);
       fs::remove(fs::path(q.dir) / "result.json");
-      write_json_file((fs::path(q.dir) / "request.json").string(), q.config);
+      write_json_file(request.string(), q.config);
       const std::string log = (fs::path(q.dir) / "run.log").string();
       fs::remove(log);
-      running[spawn_process({exe, "finetune", "--config", (fs::path(q.dir) / "request.json").string(), "--out", q.dir,
-                             "--overwrite", "--threads", std::to_string(threads)},
-                            log, log)] = i;
+      std::vector<std::string> args = {exe, q.search.is_null() ? "finetune" : "search", "--config", request.string(),
+                                       "--out", q.dir, "--threads", std::to_string(threads)};
+      if (q.search.is_null()) args.push_back("--overwrite");
+      else for (const auto& a : search_arguments(q.search)) args.push_back(a);
+      running[spawn_process(args, log, log)] = i;
     }
     const ExitStatus st = wait_process(-1, /*interruptible=*/true);
     if (st.pid < 0) {  // SIGINT/SIGTERM: the runs in flight checkpoint and stop; a re-run redoes them
@@ -516,6 +602,7 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
     if (it == running.end()) continue;
     const size_t i = it->second;
     running.erase(it);
+    if (st.ok() && !plan[i].search.is_null()) adopt_best_trial(plan[i].dir);
     records[i] = record_of(plan[i]);
     if (!st.ok() || !records[i].ok) {
       records[i].ok = false;
