@@ -1,9 +1,11 @@
 #include <filesystem>
+#include <sstream>
 
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/optim.h"
+#include "xfer/train/pretrained.h"
 
 namespace xfer {
 namespace {
@@ -61,6 +63,29 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreRejected) {
   future[8] = 99;
   write_file_atomic(dir.file("future.pt"), future);
   test::expect_bad_input([&] { CheckpointReader(dir.file("future.pt")); }, {"checkpoint format 99"});
+  EXPECT_EQ(checkpoint_format_of(path), kCheckpointFormat);
+  EXPECT_EQ(checkpoint_format_of(dir.file("future.pt")), 99u);
+  EXPECT_EQ(checkpoint_format_of(dir.file("other.pt")), 0u);
+  EXPECT_EQ(checkpoint_format_of(dir.file("missing.pt")), 0u);
+}
+
+TEST(Checkpoint, CachedSourceModelsOfAnotherFormatAreTrainedAgain) {
+  test::TempDir dir;
+  RunOptions p = source_pretrain_options(test::write_tiny_idx(dir.path(), 3, 12, 3), "cnn4:width=4", 4);
+  p.loader.batch_size = 8;
+  p.threads = 1;
+  std::ostringstream first, again, reused;
+  const std::string cached = cached_pretrain(p, dir.file("cache"), first);
+  const std::string best = cached + "/checkpoints/best.pt";
+  ASSERT_EQ(checkpoint_format_of(best), kCheckpointFormat);
+  std::string bytes = read_file(best);
+  bytes[8] = 1;  // as written before format 2
+  write_file_atomic(best, bytes);
+  EXPECT_EQ(cached_pretrain(p, dir.file("cache"), again), cached);
+  EXPECT_NE(again.str().find("has checkpoint format 1"), std::string::npos) << again.str();
+  EXPECT_EQ(checkpoint_format_of(best), kCheckpointFormat);
+  cached_pretrain(p, dir.file("cache"), reused);
+  EXPECT_NE(reused.str().find("cached in"), std::string::npos) << reused.str();
 }
 
 TEST(Checkpoint, MalformedPayloadsWithAValidChecksumAreBadInput) {

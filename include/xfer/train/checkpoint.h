@@ -24,6 +24,8 @@ constexpr uint32_t kCheckpointFormat = 2;
 
 /// The header of a checkpoint file holding `payload` (magic, format, length, checksum).
 std::string checkpoint_header(const std::string& payload);
+/// The format version in the header of the checkpoint at `path`; 0 if it is missing or not a checkpoint.
+uint32_t checkpoint_format_of(const std::string& path);
 
 class CheckpointWriter {
  public:

@@ -143,12 +143,9 @@ void broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   for (const auto& t : tensors)
     if (t.defined() && t.numel() > 0) by_type[t.scalar_type()].push_back(t);
   for (auto& [type, list] : by_type) {
-    std::vector<torch::Tensor> flat{torch::cat(
-        [&] {
-          std::vector<torch::Tensor> v;
-          for (const auto& t : list) v.push_back(t.detach().reshape(-1).cpu());
-          return v;
-        }())};
+    std::vector<torch::Tensor> parts;
+    for (const auto& t : list) parts.push_back(t.detach().reshape(-1).cpu());
+    std::vector<torch::Tensor> flat{torch::cat(parts)};
     c10d::BroadcastOptions o;
     o.rootRank = root;
     wait_for(group().broadcast(flat, o), "broadcast");

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include <torch/torch.h>
 
@@ -37,6 +38,15 @@ std::string checkpoint_header(const std::string& payload) {
   put<uint64_t>(header, payload.size());
   put<uint32_t>(header, crc32_of(payload));
   return header;
+}
+
+uint32_t checkpoint_format_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char head[12];
+  if (!in.read(head, sizeof head) || std::memcmp(head, kMagic, sizeof kMagic) != 0) return 0;
+  uint32_t format;
+  std::memcpy(&format, head + 8, sizeof format);
+  return format;
 }
 
 CheckpointWriter::CheckpointWriter(nlohmann::json meta) : meta_(std::move(meta)) {

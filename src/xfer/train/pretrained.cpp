@@ -8,6 +8,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/report/table.h"
+#include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -44,7 +45,12 @@ std::string cached_pretrain_dir(RunOptions p, const std::string& cache_dir) {
 
 std::string cached_pretrain(RunOptions p, const std::string& cache_dir, std::ostream& log) {
   const std::string dir = cached_pretrain_dir(p, cache_dir);
-  if (fs::exists(fs::path(dir) / "result.json") && fs::exists(fs::path(dir) / "checkpoints" / "best.pt")) {
+  const std::string best = (fs::path(dir) / "checkpoints" / "best.pt").string();
+  const uint32_t format = checkpoint_format_of(best);
+  if (format != 0 && format != kCheckpointFormat)
+    log << "The cached source model in " << dir << " has checkpoint format " << format << "; this xfer reads "
+        << kCheckpointFormat << ": pre-training it again\n";
+  if (fs::exists(fs::path(dir) / "result.json") && format == kCheckpointFormat) {
     const auto r = read_json_file((fs::path(dir) / "result.json").string());
     log << "Source model: cached in " << dir << " (test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1) << "%)\n";
     return dir;
