@@ -186,13 +186,9 @@ void all_reduce_mean(const std::vector<torch::Tensor>& tensors) {
   for (const auto& t : tensors) t.div_(world_size());
 }
 
-double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes, double* wait_seconds) {
+double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
   if (!is_distributed()) return 0.0;
   const double t0 = now_seconds();
-  if (wait_seconds) {
-    barrier();
-    *wait_seconds = now_seconds() - t0;
-  }
 #ifdef XFER_HAVE_GLOO
   // Buckets of gradients of one dtype, about bucket_bytes each, in parameter order (the same on every
   // rank), each with a flat buffer kept from step to step, like DDP's buckets: a fresh buffer per step
@@ -270,20 +266,46 @@ void check_same(uint64_t value, const std::string& what) {
              "rank must be started with the same options and data)");
 }
 
+std::vector<int64_t> all_reduce_min(const std::vector<int64_t>& values) {
+  if (!is_distributed() || values.empty()) return values;
+  std::vector<int64_t> out = values;
+#ifdef XFER_HAVE_GLOO
+  std::vector<torch::Tensor> one{torch::from_blob(out.data(), {static_cast<int64_t>(out.size())}, torch::kInt64)};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MIN;
+  wait_for(group().allreduce(one, o), "all-reduce");
+#endif
+  return out;
+}
+
 void barrier() {
   if (!is_distributed()) return;
   all_reduce_sum({torch::zeros({1}, torch::kInt64)});
 }
 
-void fault_point(int64_t step) {
-  static const std::string spec = env_text("XFER_DIST_KILL_AT");
-  if (spec.empty()) return;
+bool fault_at(const char* name, int64_t step) {
+  const std::string spec = env_text(name);
+  if (spec.empty()) return false;
   const size_t colon = spec.find(':');
-  XFER_CHECK(colon != std::string::npos, "XFER_DIST_KILL_AT must be RANK:STEP, got '", spec, "'");
-  if (std::stoll(spec.substr(0, colon)) == rank() && std::stoll(spec.substr(colon + 1)) == step) {
-    log_warn(cat("rank ", rank(), ": XFER_DIST_KILL_AT=", spec, ": killing myself at step ", step));
-    std::raise(SIGKILL);
+  size_t used_rank = 0, used_step = 0;
+  int64_t at_rank = -1, at_step = -1;
+  try {
+    at_rank = std::stoll(spec.substr(0, colon), &used_rank);
+    at_step = std::stoll(spec.substr(colon + 1), &used_step);
+  } catch (const std::exception&) {
+    used_rank = 0;
   }
+  XFER_CHECK(colon != std::string::npos && used_rank == colon && used_step == spec.size() - colon - 1, name,
+             " must be RANK:STEP, got '", spec, "'");
+  return at_rank == rank() && at_step == step;
+}
+
+void fault_point(int64_t step) {
+  for (const auto& [name, sig] : {std::pair{"XFER_DIST_KILL_AT", SIGKILL}, std::pair{"XFER_DIST_TERM_AT", SIGTERM}})
+    if (fault_at(name, step)) {
+      log_warn(cat("rank ", rank(), ": ", name, ": raising ", signal_name(sig), " at step ", step));
+      std::raise(sig);
+    }
 }
 
 uint64_t hash_text(const std::string& text) {
