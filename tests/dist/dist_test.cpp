@@ -197,6 +197,25 @@ TEST(Distributed, TwoRanksMatchOneProcessForMixup) {
   dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup"), "mixup");
 }
 
+TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForL2) {
+  XFER_REQUIRE_GLOO();
+  // Two ranks normalising with the global batch's statistics (and updating the running statistics with
+  // them) train the same weights and buffers as one process with ordinary batch norm on the whole batch.
+  test::TempDir dir;
+  const auto base = dist_tiny_finetune(dir, "l2", "batch");
+  dist_expect_same_weights(dir, base, "l2 --bn-stats sync", {"--bn-stats", "sync"});
+  // Not trivially so: with each rank's own statistics the weights drift apart.
+  const DistRun per_rank = dist_xfer(dir, "per-rank", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("per-rank")})));
+  ASSERT_EQ(per_rank.code, 0) << per_rank.err;
+  EXPECT_GT(dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("per-rank/checkpoints/last.pt")), 1e-3);
+}
+
+TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForMixup) {
+  XFER_REQUIRE_GLOO();
+  test::TempDir dir;
+  dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup", "batch"), "mixup --bn-stats sync", {"--bn-stats", "sync"});
+}
+
 TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
   XFER_REQUIRE_GLOO();
   // Per-source gradients and V's are averaged before the SLSQP solve: both runs solve the same problems.

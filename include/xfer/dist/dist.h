@@ -59,6 +59,16 @@ double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bu
 /// Averages tensors that are not parameters' gradients (GradMix's per-source gradients), in place.
 void all_reduce_mean(const std::vector<torch::Tensor>& tensors);
 
+/// Batch norm in training mode over the global batch, as torch.nn.SyncBatchNorm: the forward pass
+/// all-reduces each channel's count, sum and sum of squares of `x` (N, C, ...), the backward pass each
+/// channel's sums of the output gradient g and of g * xhat, so the input gradient is that of one batch norm
+/// over all ranks' rows (the weight and bias gradients stay this rank's, for the gradient all-reduce).
+/// `running_mean`/`running_var` (if defined) move towards the global mean and unbiased variance by
+/// `momentum`, as torch::batch_norm does. In a single process: torch::batch_norm in training mode.
+torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& running_mean, const torch::Tensor& running_var, double momentum,
+                              double eps);
+
 /// Checks that every rank holds the same `value` (a hash of the resolved configuration); BadInput on every
 /// rank listing the ranks that differ from rank 0's.
 void check_same(uint64_t value, const std::string& what);

@@ -41,8 +41,9 @@ struct TrainerOptions {
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
   std::string on_nan = "stop";   // a non-finite loss or gradient: stop (the default), or skip the batch
-  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), frozen
-                                   // (running statistics, as in eval mode; exact across world sizes)
+  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), sync
+                                   // (of the global batch), frozen (running statistics, as in eval mode); sync
+                                   // and frozen match one process at any world size
 
   void fields(Fields& f);
 };

@@ -55,7 +55,12 @@ double median(std::vector<double> v) {
 // More non-finite steps in a row than this means the run has diverged: skipping cannot save it.
 constexpr int64_t kMaxConsecutiveSkips = 25;
 /// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
+/// --bn-stats sync: the backbone's batch-norm layers normalise with the global batch's statistics.
 void apply_bn_mode(Model& model, const std::string& bn) {
+  XFER_CHECK(bn != "sync" || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
+             "--bn-stats sync needs a built-in backbone: a TorchScript backbone's batch norm cannot be synchronised; "
+             "use --bn-stats batch or frozen");
+  model->backbone->set_sync_batch_norm(bn == "sync");
   if (bn != "frozen") return;
   for (auto& m : model->modules(/*include_self=*/false))
     if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
@@ -106,9 +111,10 @@ void TrainerOptions::fields(Fields& f) {
   f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
                           "batch (no update; at most 25 in a row)")
       .choices({"stop", "skip"});
-  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without sync BN) or "
-                  "frozen (running statistics, as in eval mode)")
-      .choices({"batch", "frozen"});
+  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without "
+                              "sync BN), sync (statistics of the global batch over all processes, as SyncBatchNorm; "
+                              "the same as batch in one process) or frozen (running statistics, as in eval mode)")
+      .choices({"batch", "sync", "frozen"});
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
