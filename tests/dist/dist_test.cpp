@@ -55,21 +55,28 @@ DistRun dist_xfer(const test::TempDir& dir, const std::string& name, std::vector
 }
 
 /// Pre-trains a tiny source model and writes a tiny target; returns the finetune arguments shared by
-/// every run of a test (without --out).
-std::vector<std::string> dist_tiny_finetune(const test::TempDir& dir, const std::string& method) {
+/// every run of a test (without --out). --bn-stats frozen by default: batch-norm statistics of each rank's
+/// half-batch differ from the whole batch's; with running statistics the runs compute the same function.
+std::vector<std::string> dist_tiny_finetune(const test::TempDir& dir, const std::string& method,
+                                            const std::string& bn_stats = "frozen") {
   fs::create_directories(dir.path() + "/src");
   test::pretrain_tiny_source(test::write_tiny_idx(dir.path() + "/src", 4, 10, 2), dir.file("source"));
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 4) + ":val=2";
-  // --bn-stats frozen: batch-norm statistics of each rank's half-batch would differ from the whole batch's
-  // (there is no sync BN); with running statistics the two runs compute the same function.
   return {"finetune", "--method", method, "--init", dir.file("source"), "--target", spec, "--iterations", "6",
-          "--batch-size", "8", "--threads", "1", "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1",
+          "--batch-size", "8", "--threads", "1", "--bn-stats", bn_stats, "--eval-every", "3", "--log-every", "1",
           "--lr", "0.05"};
 }
 
 std::vector<std::string> dist_with(std::vector<std::string> args, const std::vector<std::string>& more) {
   args.insert(args.end(), more.begin(), more.end());
   return args;
+}
+
+/// How many times `needle` occurs in `text`.
+int dist_count(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  return n;
 }
 
 std::vector<std::string> dist_launch(int nproc, int port, const std::vector<std::string>& command) {
@@ -99,10 +106,13 @@ double dist_max_difference(const std::string& a, const std::string& b) {
   return worst;
 }
 
-void dist_expect_same_weights(const test::TempDir& dir, const std::vector<std::string>& base, const std::string& method) {
+/// One process runs `base`, two ranks `base` + `two_only`: the weights must agree.
+void dist_expect_same_weights(const test::TempDir& dir, const std::vector<std::string>& base, const std::string& method,
+                              const std::vector<std::string>& two_only = {}) {
   const DistRun one = dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}));
   ASSERT_EQ(one.code, 0) << one.err;
-  const DistRun two = dist_xfer(dir, "two", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})));
+  const DistRun two = dist_xfer(dir, "two", dist_launch(2, dist_free_port(),
+                                                        dist_with(base, dist_with(two_only, {"--out", dir.file("two")}))));
   ASSERT_EQ(two.code, 0) << two.err;
   // Same global batch, each rank half of it, gradients averaged: the same weights up to float rounding
   // (the sums run in another order).
@@ -187,6 +197,25 @@ TEST(Distributed, TwoRanksMatchOneProcessForMixup) {
   dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup"), "mixup");
 }
 
+TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForL2) {
+  XFER_REQUIRE_GLOO();
+  // Two ranks normalising with the global batch's statistics (and updating the running statistics with
+  // them) train the same weights and buffers as one process with ordinary batch norm on the whole batch.
+  test::TempDir dir;
+  const auto base = dist_tiny_finetune(dir, "l2", "batch");
+  dist_expect_same_weights(dir, base, "l2 --bn-stats sync", {"--bn-stats", "sync"});
+  // Not trivially so: with each rank's own statistics the weights drift apart.
+  const DistRun per_rank = dist_xfer(dir, "per-rank", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("per-rank")})));
+  ASSERT_EQ(per_rank.code, 0) << per_rank.err;
+  EXPECT_GT(dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("per-rank/checkpoints/last.pt")), 1e-3);
+}
+
+TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForMixup) {
+  XFER_REQUIRE_GLOO();
+  test::TempDir dir;
+  dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup", "batch"), "mixup --bn-stats sync", {"--bn-stats", "sync"});
+}
+
 TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
   XFER_REQUIRE_GLOO();
   // Per-source gradients and V's are averaged before the SLSQP solve: both runs solve the same problems.
@@ -255,6 +284,46 @@ TEST(Distributed, ResumesAtAnotherWorldSizeAfterARankIsKilled) {
   // Resumed by one process: the same weights as the run that was never interrupted.
   const DistRun resumed = dist_xfer(dir, "resumed", dist_with(base, {"--out", dir.file("two"), "--resume"}));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_LT(dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")), 1e-4);
+}
+
+TEST(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
+  XFER_REQUIRE_GLOO();
+  test::TempDir dir;
+  const auto base = dist_tiny_finetune(dir, "l2");
+  const DistRun whole = dist_xfer(dir, "whole", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("whole")})));
+  ASSERT_EQ(whole.code, 0) << whole.err;
+  // Only rank 1 gets SIGTERM, after step 3 was agreed: both ranks learn of it when they agree on step 4, and
+  // both checkpoint and stop there (rank 1 alone would stop, and rank 0 wait in step 5's all-reduce).
+  const DistRun stopped = dist_xfer(dir, "stopped", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
+                                    {{"XFER_DIST_TERM_AT", "1:3"}});
+  EXPECT_NE(stopped.code, 0);
+  EXPECT_EQ(dist_count(stopped.err, "interrupted: training at step 4 of 6"), 2) << stopped.err;
+  EXPECT_EQ(CheckpointReader(dir.file("two/checkpoints/last.pt")).meta()["step"], 4);
+  EXPECT_FALSE(fs::exists(dir.file("two/result.json")));
+  // Resumed by both ranks: bit for bit the run that was never interrupted.
+  const DistRun resumed = dist_xfer(dir, "resumed", dist_launch(2, dist_free_port(),
+                                                                dist_with(base, {"--out", dir.file("two"), "--resume"})));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_EQ(dist_max_difference(dir.file("whole/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")), 0.0);
+}
+
+TEST(Distributed, ANonFiniteLossOnOneRankIsSkippedByEveryRank) {
+  XFER_REQUIRE_GLOO();
+  test::TempDir dir;
+  const auto base = dist_with(dist_tiny_finetune(dir, "l2"), {"--on-nan", "skip"});
+  // The same batch goes bad: in one process, and in rank 1's half of it.
+  const DistRun one = dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}), {{"XFER_DIST_NAN_AT", "0:2"}});
+  ASSERT_EQ(one.code, 0) << one.err;
+  const DistRun two = dist_xfer(dir, "two", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
+                                {{"XFER_DIST_NAN_AT", "1:2"}});
+  ASSERT_EQ(two.code, 0) << two.err;
+  EXPECT_EQ(dist_count(two.err, "skipping the batch"), 2) << two.err;
+  EXPECT_NE(two.err.find("the loss is nan at step 2"), std::string::npos) << two.err;  // rank 1
+  EXPECT_NE(two.err.find("the loss of rank 1 is not finite at step 2; skipping"), std::string::npos) << two.err;
+  EXPECT_EQ(read_json_file(dir.file("one/result.json"))["skipped_steps"], 1);
+  EXPECT_EQ(read_json_file(dir.file("two/result.json"))["skipped_steps"], 1);
+  // Both ranks dropped the same update, as the one process did.
   EXPECT_LT(dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")), 1e-4);
 }
 

@@ -52,25 +52,42 @@ void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
 /// Averages the gradients of `params` over the ranks, in place, in buckets of about `bucket_bytes`: each
 /// bucket's gradients are copied into a flat buffer kept between calls, all-reduced with
 /// allreduce_coalesced, divided by the world size after the wait, and copied back. Parameters without a
-/// gradient are skipped (every rank runs the same code, so they are the same on every rank).
-/// Returns the seconds spent (0 in a single process). With `wait_seconds`, a one-element all-reduce runs
-/// first and the seconds it took (waiting for the slowest rank to finish its backward) are stored there, so
-/// the transfer proper is the difference.
-double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20,
-                            double* wait_seconds = nullptr);
+/// gradient are skipped (every rank runs the same code, so they are the same on every rank). A NaN or an
+/// infinity in any rank's gradient reaches every rank's sum, so the ranks agree on non-finite gradients.
+/// Returns the seconds spent (0 in a single process).
+double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes = 25 << 20);
 /// Averages tensors that are not parameters' gradients (GradMix's per-source gradients), in place.
 void all_reduce_mean(const std::vector<torch::Tensor>& tensors);
+
+/// Batch norm in training mode over the global batch, as torch.nn.SyncBatchNorm: the forward pass
+/// all-reduces each channel's count, sum and sum of squares of `x` (N, C, ...), the backward pass each
+/// channel's sums of the output gradient g and of g * xhat, so the input gradient is that of one batch norm
+/// over all ranks' rows (the weight and bias gradients stay this rank's, for the gradient all-reduce).
+/// `running_mean`/`running_var` (if defined) move towards the global mean and unbiased variance by
+/// `momentum`, as torch::batch_norm does. In a single process: torch::batch_norm in training mode.
+torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& running_mean, const torch::Tensor& running_var, double momentum,
+                              double eps);
 
 /// Checks that every rank holds the same `value` (a hash of the resolved configuration); BadInput on every
 /// rank listing the ranks that differ from rank 0's.
 void check_same(uint64_t value, const std::string& what);
 
+/// The smallest of each value over the ranks, in one tiny all-reduce: how the ranks agree on a decision any
+/// one of them may trigger (a stop signal, a non-finite loss), so that all take it at the same step. The
+/// values themselves in a single process.
+std::vector<int64_t> all_reduce_min(const std::vector<int64_t>& values);
+
 /// Waits for every rank.
 void barrier();
 
-/// Fault injection for tests of recovery: with XFER_DIST_KILL_AT=RANK:STEP in the environment, rank RANK
-/// kills itself (SIGKILL) when it reaches `step`. Nothing otherwise.
+/// Fault injection for tests of recovery, at the end of step `step` (after its checkpoint):
+/// XFER_DIST_KILL_AT=RANK:STEP makes that rank SIGKILL itself, XFER_DIST_TERM_AT=RANK:STEP makes it
+/// raise SIGTERM (a stop request only that rank sees). Nothing otherwise.
 void fault_point(int64_t step);
+/// Whether the fault variable `name` (RANK:STEP) names this rank and `step`; BadInput if it is malformed.
+/// The Trainer's XFER_DIST_NAN_AT makes that rank's loss and gradients NaN at that (0-based) step.
+bool fault_at(const char* name, int64_t step);
 
 /// 64-bit FNV-1a of a text (the resolved configuration), the same on every machine.
 uint64_t hash_text(const std::string& text);

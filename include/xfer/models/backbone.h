@@ -48,6 +48,9 @@ class BackboneImpl : public torch::nn::Module {
   const std::vector<std::string>& stage_names() const { return stage_names_; }
   /// The normalised spec this backbone was built from, e.g. "cnn4:width=16".
   const std::string& spec() const { return spec_; }
+  /// --bn-stats sync: in training mode, in a data-parallel run, the batch norms normalise with the statistics
+  /// of the global batch, as torch.nn.SyncBatchNorm (dist::sync_batch_norm). Built-in backbones only.
+  void set_sync_batch_norm(bool on);
 
  protected:
   virtual torch::Tensor stem(const torch::Tensor& x) = 0;
@@ -56,6 +59,7 @@ class BackboneImpl : public torch::nn::Module {
   std::string spec_;
   std::vector<std::string> stage_names_;
   int64_t feature_dim_ = 0;
+  bool sync_bn_ = false;
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;
@@ -87,6 +91,7 @@ class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
@@ -100,6 +105,7 @@ class BottleneckImpl : public torch::nn::Module {
  public:
   BottleneckImpl(int64_t in, int64_t width, int64_t stride);
   torch::Tensor forward(const torch::Tensor& x);
+  bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};

@@ -9,7 +9,8 @@
 /// the best-so-far record. At the end the selected model (best on validation, or last) is tested.
 ///
 /// SIGINT/SIGTERM (with the command line's handlers installed) end the step in progress, write last.pt
-/// and throw `Interrupted`. A non-finite loss or gradient stops the run naming the step, or with
+/// and throw `Interrupted`; in a data-parallel run every process does so at the same step, whichever
+/// process received the signal. A non-finite loss or gradient stops the run naming the step, or with
 /// `on_nan = "skip"` drops that batch's update (counted in result.json, at most 25 in a row).
 #include <cstdint>
 #include <string>
@@ -40,8 +41,9 @@ struct TrainerOptions {
   std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
   std::string on_nan = "stop";   // a non-finite loss or gradient: stop (the default), or skip the batch
-  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), frozen
-                                   // (running statistics, as in eval mode; exact across world sizes)
+  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), sync
+                                   // (of the global batch), frozen (running statistics, as in eval mode); sync
+                                   // and frozen match one process at any world size
 
   void fields(Fields& f);
 };
@@ -49,16 +51,23 @@ struct TrainerOptions {
 /// The method's parameter groups with frozen parameters dropped, and empty groups with them.
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult);
 
+/// What a data-parallel step agreed on, and what its communication cost.
+struct StepReport {
+  double allreduce_seconds = 0;  // the step's all-reduces, waiting included
+  double wait_seconds = 0;       // the part spent waiting for the slowest process
+  int stop_signal = 0;           // SIGINT/SIGTERM if any process had received one before this step's agreement
+};
+
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
 /// gradients, let the method compute them (drawing its own batches), check that the loss is finite, in
 /// a data-parallel run average the gradients over the processes (unless the method synchronised them
-/// itself; `allreduce_seconds`, if given, receives the time that took, and `wait_seconds` the part of it
-/// spent waiting for the slowest process), check that the gradients are finite (NumericalError naming
-/// the step and the parameter, before any update), scale the learning rates by the loss terms'
-/// `lr_scale`, step the optimizer, then `after_step`.
+/// itself), check that the gradients are finite (NumericalError naming the step and the parameter, before
+/// any update), scale the learning rates by the loss terms' `lr_scale`, step the optimizer, then
+/// `after_step`. Data-parallel: one tiny all-reduce before the gradients' makes every process take the same
+/// decisions at the same step: a non-finite loss on any process is a NumericalError on all of them, and a
+/// stop signal received by any process is reported in `report` on all of them.
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, double* allreduce_seconds = nullptr,
-                        double* wait_seconds = nullptr);
+                        double lr, StepContext& ctx, StepReport* report = nullptr);
 
 /// NumericalError naming the first parameter of `model` whose gradient holds a NaN or an infinity.
 void check_finite_gradients(Model& model, int64_t step);

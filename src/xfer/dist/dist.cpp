@@ -183,13 +183,9 @@ void all_reduce_mean(const std::vector<torch::Tensor>& tensors) {
   for (const auto& t : tensors) t.div_(world_size());
 }
 
-double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes, double* wait_seconds) {
+double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
   if (!is_distributed()) return 0.0;
   const double t0 = now_seconds();
-  if (wait_seconds) {
-    barrier();
-    *wait_seconds = now_seconds() - t0;
-  }
 #ifdef XFER_HAVE_GLOO
   // Buckets of gradients of one dtype, about bucket_bytes each, in parameter order (the same on every
   // rank), each with a flat buffer kept from step to step, like DDP's buckets: a fresh buffer per step
@@ -250,6 +246,77 @@ double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bu
   return now_seconds() - t0;
 }
 
+namespace {
+
+/// The reduced dimensions (all but the channels) of a batch-norm input, and the shape that broadcasts a
+/// per-channel tensor over it.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> channel_dims(const torch::Tensor& x) {
+  std::vector<int64_t> reduce{0}, shape(static_cast<size_t>(x.dim()), 1);
+  for (int64_t d = 2; d < x.dim(); ++d) reduce.push_back(d);
+  shape[1] = x.size(1);
+  return {reduce, shape};
+}
+
+class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+                               const torch::Tensor& bias, const torch::Tensor& running_mean,
+                               const torch::Tensor& running_var, double momentum, double eps) {
+    const auto [reduce, shape] = channel_dims(x);
+    const int64_t c = x.size(1);
+    // Each rank's moments in a stable one-pass form, combined in double (sum x^2 - N mean^2 would lose the
+    // variance to cancellation in float).
+    const auto [var, mean] = torch::var_mean(x, reduce, /*unbiased=*/false, /*keepdim=*/false);
+    const double n = static_cast<double>(x.numel() / c);
+    const torch::Tensor m = mean.to(torch::kDouble);
+    torch::Tensor stats = torch::cat({m * n, (var.to(torch::kDouble) + m * m) * n, torch::full({1}, n, torch::kDouble)});
+    all_reduce_sum({stats});
+    const double count = stats[2 * c].item<double>();
+    const torch::Tensor global_mean = stats.slice(0, 0, c) / count;
+    const torch::Tensor global_var = (stats.slice(0, c, 2 * c) / count - global_mean * global_mean).clamp_min(0);
+    if (running_mean.defined()) {
+      running_mean.mul_(1 - momentum).add_(global_mean.to(running_mean.scalar_type()), momentum);
+      running_var.mul_(1 - momentum)
+          .add_((global_var * (count / std::max(count - 1, 1.0))).to(running_var.scalar_type()), momentum);
+    }
+    const torch::Tensor invstd = (global_var + eps).rsqrt().to(x.scalar_type());
+    const torch::Tensor xhat = (x - global_mean.to(x.scalar_type()).view(shape)) * invstd.view(shape);
+    ctx->save_for_backward({xhat, invstd, weight});
+    ctx->saved_data["count"] = count;
+    return weight.defined() ? torch::addcmul(bias.view(shape), xhat, weight.view(shape)) : xhat;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &xhat = saved[0], &invstd = saved[1], &weight = saved[2], &g = grads[0];
+    const auto [reduce, shape] = channel_dims(xhat);
+    const int64_t c = xhat.size(1);
+    const torch::Tensor sum_g = g.sum(reduce), sum_g_xhat = (g * xhat).sum(reduce);
+    torch::Tensor sums = torch::cat({sum_g, sum_g_xhat});
+    all_reduce_sum({sums});
+    sums.div_(ctx->saved_data["count"].toDouble());
+    const torch::Tensor scale = weight.defined() ? invstd * weight : invstd;
+    const torch::Tensor grad_x =
+        (g - sums.slice(0, 0, c).view(shape) - xhat * sums.slice(0, c, 2 * c).view(shape)) * scale.view(shape);
+    // The affine parameters' gradients are this rank's share; the gradient all-reduce averages them.
+    return {grad_x, weight.defined() ? sum_g_xhat : torch::Tensor(), weight.defined() ? sum_g : torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& running_mean, const torch::Tensor& running_var, double momentum,
+                              double eps) {
+  if (!is_distributed())
+    return torch::batch_norm(x, weight, bias, running_mean, running_var, /*training=*/true, momentum, eps,
+                             at::globalContext().userEnabledCuDNN());
+  XFER_CHECK(x.dim() >= 2, "batch norm needs an input of shape (N, C, ...), got ", x.sizes());
+  return SyncBatchNormFunction::apply(x, weight, bias, running_mean, running_var, momentum, eps);
+}
+
 void check_same(uint64_t value, const std::string& what) {
   if (!is_distributed()) return;
   // Rank 0's value to everyone, then the ranks that differ from it to everyone.
@@ -267,20 +334,46 @@ void check_same(uint64_t value, const std::string& what) {
              "rank must be started with the same options and data)");
 }
 
+std::vector<int64_t> all_reduce_min(const std::vector<int64_t>& values) {
+  if (!is_distributed() || values.empty()) return values;
+  std::vector<int64_t> out = values;
+#ifdef XFER_HAVE_GLOO
+  std::vector<torch::Tensor> one{torch::from_blob(out.data(), {static_cast<int64_t>(out.size())}, torch::kInt64)};
+  c10d::AllreduceOptions o;
+  o.reduceOp = c10d::ReduceOp::MIN;
+  wait_for(group().allreduce(one, o), "all-reduce");
+#endif
+  return out;
+}
+
 void barrier() {
   if (!is_distributed()) return;
   all_reduce_sum({torch::zeros({1}, torch::kInt64)});
 }
 
-void fault_point(int64_t step) {
-  static const std::string spec = env_text("XFER_DIST_KILL_AT");
-  if (spec.empty()) return;
+bool fault_at(const char* name, int64_t step) {
+  const std::string spec = env_text(name);
+  if (spec.empty()) return false;
   const size_t colon = spec.find(':');
-  XFER_CHECK(colon != std::string::npos, "XFER_DIST_KILL_AT must be RANK:STEP, got '", spec, "'");
-  if (std::stoll(spec.substr(0, colon)) == rank() && std::stoll(spec.substr(colon + 1)) == step) {
-    log_warn(cat("rank ", rank(), ": XFER_DIST_KILL_AT=", spec, ": killing myself at step ", step));
-    std::raise(SIGKILL);
+  size_t used_rank = 0, used_step = 0;
+  int64_t at_rank = -1, at_step = -1;
+  try {
+    at_rank = std::stoll(spec.substr(0, colon), &used_rank);
+    at_step = std::stoll(spec.substr(colon + 1), &used_step);
+  } catch (const std::exception&) {
+    used_rank = 0;
   }
+  XFER_CHECK(colon != std::string::npos && used_rank == colon && used_step == spec.size() - colon - 1, name,
+             " must be RANK:STEP, got '", spec, "'");
+  return at_rank == rank() && at_step == step;
+}
+
+void fault_point(int64_t step) {
+  for (const auto& [name, sig] : {std::pair{"XFER_DIST_KILL_AT", SIGKILL}, std::pair{"XFER_DIST_TERM_AT", SIGTERM}})
+    if (fault_at(name, step)) {
+      log_warn(cat("rank ", rank(), ": ", name, ": raising ", signal_name(sig), " at step ", step));
+      std::raise(sig);
+    }
 }
 
 uint64_t hash_text(const std::string& text) {

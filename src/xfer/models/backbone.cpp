@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/dist/dist.h"
 
 namespace xfer {
 namespace F = torch::nn::functional;
@@ -80,7 +81,38 @@ void init_weights(torch::nn::Module& module) {
   }
 }
 
+/// A batch norm; with `sync`, in training mode and a data-parallel run, over the global batch. (A
+/// function at the call sites rather than a BatchNorm2d subclass: LibTorch does not export the symbols a
+/// subclass's vtables need.)
+torch::Tensor norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool sync) {
+  if (!sync || !bn.is_training() || !dist::is_distributed()) return bn.forward(x);
+  // The running-average factor exactly as BatchNorm2d's forward computes it.
+  double factor = bn.options.momentum().value_or(0.0);
+  if (bn.options.track_running_stats() && bn.num_batches_tracked.defined()) {
+    bn.num_batches_tracked += 1;
+    if (!bn.options.momentum()) factor = 1.0 / bn.num_batches_tracked.item<double>();
+  }
+  return dist::sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.options.eps());
+}
+
+/// `seq`'s forward, its batch norms through norm().
+torch::Tensor run(torch::nn::Sequential& seq, torch::Tensor x, bool sync) {
+  for (auto& m : *seq) {
+    if (auto* bn = m.ptr()->as<torch::nn::BatchNorm2d>()) x = norm(*bn, x, sync);
+    else x = m.forward(x);
+  }
+  return x;
+}
+
 }  // namespace
+
+void BackboneImpl::set_sync_batch_norm(bool on) {
+  sync_bn_ = on;
+  for (auto& m : modules(/*include_self=*/false)) {
+    if (auto* b = m->as<BasicBlockImpl>()) b->sync_bn = on;
+    if (auto* b = m->as<BottleneckImpl>()) b->sync_bn = on;
+  }
+}
 
 const torch::Tensor& Features::map(const std::string& stage) const {
   std::string valid;
@@ -120,7 +152,7 @@ Cnn4Impl::Cnn4Impl(int64_t in_channels, int64_t width) {
   init_weights(*this);
 }
 
-torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) { return blocks_[index]->forward(x); }
+torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) { return run(blocks_[index], x, sync_bn_); }
 
 BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
     : conv1(register_module("conv1", conv(in, out, 3, stride, 1))),
@@ -133,9 +165,9 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
 }
 
 torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = torch::relu(bn1(conv1(x)));
-  h = bn2(conv2(h));
-  h += downsample ? downsample->forward(x) : x;
+  torch::Tensor h = torch::relu(norm(*bn1, conv1(x), sync_bn));
+  h = norm(*bn2, conv2(h), sync_bn);
+  h += downsample ? run(downsample, x, sync_bn) : x;
   return torch::relu_(h);
 }
 
@@ -152,10 +184,10 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t width, int64_t stride)
 }
 
 torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = torch::relu(bn1(conv1(x)));
-  h = torch::relu(bn2(conv2(h)));
-  h = bn3(conv3(h));
-  h += downsample ? downsample->forward(x) : x;
+  torch::Tensor h = torch::relu(norm(*bn1, conv1(x), sync_bn));
+  h = torch::relu(norm(*bn2, conv2(h), sync_bn));
+  h = norm(*bn3, conv3(h), sync_bn);
+  h += downsample ? run(downsample, x, sync_bn) : x;
   return torch::relu_(h);
 }
 
@@ -188,7 +220,7 @@ ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
-  torch::Tensor h = torch::relu(bn1(conv1(x)));
+  torch::Tensor h = torch::relu(norm(*bn1, conv1(x), sync_bn_));
   if (imagenet_stem_) h = F::max_pool2d(h, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
   return h;
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -54,7 +55,12 @@ double median(std::vector<double> v) {
 // More non-finite steps in a row than this means the run has diverged: skipping cannot save it.
 constexpr int64_t kMaxConsecutiveSkips = 25;
 /// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
+/// --bn-stats sync: the backbone's batch-norm layers normalise with the global batch's statistics.
 void apply_bn_mode(Model& model, const std::string& bn) {
+  XFER_CHECK(bn != "sync" || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
+             "--bn-stats sync needs a built-in backbone: a TorchScript backbone's batch norm cannot be synchronised; "
+             "use --bn-stats batch or frozen");
+  model->backbone->set_sync_batch_norm(bn == "sync");
   if (bn != "frozen") return;
   for (auto& m : model->modules(/*include_self=*/false))
     if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
@@ -66,6 +72,15 @@ void apply_bn_mode(Model& model, const std::string& bn) {
 void clear_gradients(const std::vector<ParamGroup>& groups) {
   for (const auto& g : groups)
     for (const auto& p : g.params) p.mutable_grad() = torch::Tensor();
+}
+
+/// Test hook (XFER_DIST_NAN_AT=RANK:STEP, STEP as in the error messages): a batch that made this process's
+/// loss and gradients non-finite.
+void poison(LossTerms& terms, Model& model) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  terms.total = torch::full_like(terms.total.detach(), nan);
+  for (const auto& p : model->parameters())
+    if (p.grad().defined()) p.grad().fill_(nan);
 }
 
 std::string percent(double fraction) {
@@ -96,9 +111,10 @@ void TrainerOptions::fields(Fields& f) {
   f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
                           "batch (no update; at most 25 in a row)")
       .choices({"stop", "skip"});
-  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without sync BN) or "
-                  "frozen (running statistics, as in eval mode)")
-      .choices({"batch", "frozen"});
+  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without "
+                              "sync BN), sync (statistics of the global batch over all processes, as SyncBatchNorm; "
+                              "the same as batch in one process) or frozen (running statistics, as in eval mode)")
+      .choices({"batch", "sync", "frozen"});
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
@@ -114,16 +130,34 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 }
 
 LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, double* allreduce_seconds, double* wait_seconds) {
+                        double lr, StepContext& ctx, StepReport* report) {
   set_learning_rates(optimizer, groups, lr);
   clear_gradients(groups);
   LossTerms terms = method.compute_gradients(ctx);
-  check_finite(terms, ctx.step);
-  if (dist::is_distributed() && !method.synchronises_gradients()) {
-    std::vector<torch::Tensor> params;
-    for (const auto& g : groups) params.insert(params.end(), g.params.begin(), g.params.end());
-    const double seconds = dist::all_reduce_gradients(params, 25 << 20, wait_seconds);
-    if (allreduce_seconds) *allreduce_seconds = seconds;
+  if (dist::fault_at("XFER_DIST_NAN_AT", ctx.step)) poison(terms, ctx.model);
+  if (dist::is_distributed()) {
+    StepReport local;
+    StepReport& r = report ? *report : local;
+    // Decisions any process may trigger are taken by all at this step, or one process would wait for
+    // the others in the next collective until the timeout. The same all-reduce measures the wait for the
+    // slowest process's backward. Non-finite gradients need no flag: they reach every process's sum.
+    constexpr int64_t kNobody = std::numeric_limits<int64_t>::max();
+    const int signal = stop_signal();
+    const bool finite = std::isfinite(terms.total.item<double>());
+    const double t0 = now_seconds();
+    const std::vector<int64_t> first = dist::all_reduce_min({signal ? signal : kNobody, finite ? kNobody : dist::rank()});
+    r.wait_seconds = r.allreduce_seconds = now_seconds() - t0;
+    r.stop_signal = first[0] == kNobody ? 0 : static_cast<int>(first[0]);
+    if (!finite) check_finite(terms, ctx.step);
+    if (first[1] != kNobody)
+      throw NumericalError(cat("the loss of rank ", first[1], " is not finite at step ", ctx.step));
+    if (!method.synchronises_gradients()) {
+      std::vector<torch::Tensor> params;
+      for (const auto& g : groups) params.insert(params.end(), g.params.begin(), g.params.end());
+      r.allreduce_seconds += dist::all_reduce_gradients(params, 25 << 20);
+    }
+  } else {
+    check_finite(terms, ctx.step);
   }
   check_finite_gradients(ctx.model, ctx.step);
   if (terms.lr_scale != 1.0) set_learning_rates(optimizer, groups, lr * terms.lr_scale);
@@ -270,9 +304,9 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     const double t0 = now_seconds();
     LossTerms terms;
     bool skipped = false;
-    double allreduce_seconds = 0, wait_seconds = 0;
+    StepReport report;
     try {
-      terms = training_step(method, *optimizer, groups, lr, ctx, &allreduce_seconds, &wait_seconds);
+      terms = training_step(method, *optimizer, groups, lr, ctx, &report);
       skips_in_a_row = 0;
     } catch (const NumericalError& e) {
       if (opts_.on_nan == "skip" && skips_in_a_row < kMaxConsecutiveSkips) {
@@ -292,10 +326,10 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     }
     step_times.push_back(now_seconds() - t0);
     step_seconds += step_times.back();
-    allreduce_total += allreduce_seconds;
-    window_allreduce += allreduce_seconds;
-    wait_total += wait_seconds;
-    window_wait += wait_seconds;
+    allreduce_total += report.allreduce_seconds;
+    window_allreduce += report.allreduce_seconds;
+    wait_total += report.wait_seconds;
+    window_wait += report.wait_seconds;
 
     const int64_t done = step + 1;
     if (!skipped) {
@@ -354,7 +388,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       window_parts.clear();
     }
     const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
-    const int signal = stop_signal();
+    // Data-parallel: the signal any process had received at this step's agreement, so all stop together.
+    const int signal = dist::is_distributed() ? report.stop_signal : stop_signal();
     if (done % ckpt_every == 0 || done == total || stopping || signal) save_last(done);
     dist::fault_point(done);
     if (signal) {
