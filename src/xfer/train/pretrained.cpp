@@ -45,8 +45,10 @@ std::string cached_pretrain_dir(RunOptions p, const std::string& cache_dir) {
 
 std::string cached_pretrain(RunOptions p, const std::string& cache_dir, std::ostream& log) {
   const std::string dir = cached_pretrain_dir(p, cache_dir);
-  const std::string best = (fs::path(dir) / "checkpoints" / "best.pt").string();
-  const uint32_t format = checkpoint_format_of(best);
+  // The model a run of it reads: best.pt, or last.pt when the source has no validation split.
+  const fs::path checkpoints = fs::path(dir) / "checkpoints";
+  const uint32_t format = checkpoint_format_of(
+      (fs::exists(checkpoints / "best.pt") ? checkpoints / "best.pt" : checkpoints / "last.pt").string());
   if (format != 0 && format != kCheckpointFormat)
     log << "The cached source model in " << dir << " has checkpoint format " << format << "; this xfer reads "
         << kCheckpointFormat << ": pre-training it again\n";
