@@ -1,5 +1,6 @@
 // Data-parallel training on c10d/Gloo: real ranks on loopback, started by `xfer launch`, against one process.
 #include <arpa/inet.h>
+#include <csignal>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -120,8 +121,9 @@ void dist_expect_same_weights(const test::TempDir& dir, const std::vector<std::s
   EXPECT_LT(diff, 1e-4) << method;
   std::cerr << method << ": largest weight difference, 2 ranks vs 1 process: " << diff << "\n";
   // Moved at all: the runs are not trivially equal.
-  if (fs::exists(dir.file("source")))
+  if (fs::exists(dir.file("source"))) {
     EXPECT_GT(dist_max_difference(dir.file("source/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")), 1e-3);
+  }
   const auto r1 = read_json_file(dir.file("one/result.json")), r2 = read_json_file(dir.file("two/result.json"));
   EXPECT_EQ(r1["world_size"], 1);
   EXPECT_EQ(r2["world_size"], 2);
@@ -297,7 +299,8 @@ TEST(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
   // both checkpoint and stop there (rank 1 alone would stop, and rank 0 wait in step 5's all-reduce).
   const DistRun stopped = dist_xfer(dir, "stopped", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
                                     {{"XFER_DIST_TERM_AT", "1:3"}});
-  EXPECT_NE(stopped.code, 0);
+  EXPECT_EQ(stopped.code, 128 + SIGTERM) << stopped.err;
+  EXPECT_NE(stopped.err.find("the ranks stopped together"), std::string::npos) << stopped.err;
   EXPECT_EQ(dist_count(stopped.err, "interrupted: training at step 4 of 6"), 2) << stopped.err;
   EXPECT_EQ(CheckpointReader(dir.file("two/checkpoints/last.pt")).meta()["step"], 4);
   EXPECT_FALSE(fs::exists(dir.file("two/result.json")));

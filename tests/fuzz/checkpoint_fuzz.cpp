@@ -33,10 +33,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       for (int g = 0; next < params.size() && state.try_read("group" + std::to_string(g) + ".size", n); ++g) {
         if (n.numel() != 1 || n.scalar_type() != torch::kInt64) break;
         const size_t take = std::min<size_t>(std::max<int64_t>(n.item<int64_t>(), 1), params.size() - next);
-        groups.push_back({"g", {params.begin() + next, params.begin() + next + take}});
+        groups.emplace_back();
+        groups.back().params.assign(params.begin() + next, params.begin() + next + take);
         next += take;
       }
-      if (groups.empty()) groups.push_back({"all", params});
+      if (groups.empty()) {
+        groups.emplace_back();
+        groups.back().params = params;
+      }
       auto optimizer = xfer::make_optimizer(opts, groups);
       xfer::load_optimizer(*optimizer, state);
     }

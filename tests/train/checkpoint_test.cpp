@@ -19,6 +19,13 @@ Model make_model(const std::string& backbone) {
   return Model(a);
 }
 
+ParamGroup group(const std::string& name, std::vector<torch::Tensor> params) {
+  ParamGroup g;
+  g.name = name;
+  g.params = std::move(params);
+  return g;
+}
+
 std::string write_checkpoint(const std::string& path, const Model& m) {
   CheckpointWriter w({{"step", 12}, {"note", "hello"}});
   w.write_model(m);
@@ -58,7 +65,8 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreRejected) {
   write_file_atomic(dir.file("short.pt"), bytes.substr(0, bytes.size() - 100));
   test::expect_bad_input([&] { CheckpointReader(dir.file("short.pt")); }, {"short.pt", "truncated checkpoint"});
   write_file_atomic(dir.file("other.pt"), "PK\x03\x04 a zip from somewhere else");
-  test::expect_bad_input([&] { CheckpointReader(dir.file("other.pt")); }, {"not an xfer checkpoint"});
+  test::expect_bad_input([&] { CheckpointReader(dir.file("other.pt")); },
+                         {"not an xfer checkpoint but a zip archive", "state_dict:FILE or torchscript:FILE"});
   std::string future = bytes;
   future[8] = 99;
   write_file_atomic(dir.file("future.pt"), future);
@@ -127,8 +135,8 @@ TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
     OptimizerOptions opts;
     opts.optimizer = kind;
     opts.lr = 0.1;
-    auto opt_a = make_optimizer(opts, {ParamGroup{"all", a->parameters()}});
-    auto opt_b = make_optimizer(opts, {ParamGroup{"all", b->parameters()}});
+    auto opt_a = make_optimizer(opts, {group("all", a->parameters())});
+    auto opt_b = make_optimizer(opts, {group("all", b->parameters())});
     const torch::Tensor x = torch::randn({8, 4});
     auto step = [&](torch::nn::Linear& m, torch::optim::Optimizer& o) {
       o.zero_grad();
@@ -149,12 +157,12 @@ TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
   }
   torch::nn::Linear m(4, 3);
   OptimizerOptions sgd;
-  auto opt = make_optimizer(sgd, {ParamGroup{"all", m->parameters()}});
+  auto opt = make_optimizer(sgd, {group("all", m->parameters())});
   OptimizerOptions adam_opts;
   adam_opts.optimizer = "adam";
-  auto adam = make_optimizer(adam_opts, {ParamGroup{"all", m->parameters()}});
+  auto adam = make_optimizer(adam_opts, {group("all", m->parameters())});
   test::expect_bad_input([&] { load_optimizer(*adam, save_optimizer(*opt)); }, {"optimizer is 'sgd'", "adam"});
-  auto two = make_optimizer(sgd, {ParamGroup{"w", {m->weight}}, ParamGroup{"b", {m->bias}}});
+  auto two = make_optimizer(sgd, {group("w", {m->weight}), group("b", {m->bias})});
   test::expect_bad_input([&] { load_optimizer(*two, save_optimizer(*opt)); }, {"parameter groups (group 0)"});
 }
 

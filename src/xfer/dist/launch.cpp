@@ -115,8 +115,8 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
                " of ", world, " (master ", o.master_addr, ":", o.master_port, ")"));
 
   // Poll the ranks; the first failure stops the others.
-  int64_t failed_rank = -1;
-  ExitStatus failure;
+  int64_t failed_rank = -1, stopped_rank = -1;
+  ExitStatus failure, stopped;
   size_t left = pids.size();
   double stop_deadline = -1;
   while (left > 0) {
@@ -138,7 +138,14 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
       s.pid = pids[i];
       if (done > 0 && WIFEXITED(status)) s.code = WEXITSTATUS(status);
       if (done > 0 && WIFSIGNALED(status)) s.signal = WTERMSIG(status), s.code = 128 + s.signal;
-      if (!s.ok() && (round_rank < 0 || (s.signal != 0 && round_status.signal == 0))) {
+      // Exited 130/143: it checkpointed and stopped on SIGINT/SIGTERM, at a step all ranks agreed on, so
+      // the others are stopping too and are left to finish.
+      const bool clean_stop = s.signal == 0 && (s.code == 128 + SIGINT || s.code == 128 + SIGTERM);
+      if (clean_stop && stopped_rank < 0) {
+        stopped_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
+        stopped = s;
+      }
+      if (!s.ok() && !clean_stop && (round_rank < 0 || (s.signal != 0 && round_status.signal == 0))) {
         round_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
         round_status = s;
       }
@@ -161,7 +168,13 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
   }
   restore();
   const int sig = forwarded_signal;
-  if (sig != 0) throw std::runtime_error(cat("xfer launch: interrupted by signal ", sig, "; the ranks were stopped"));
+  if (sig != 0)
+    throw Interrupted(cat("xfer launch: interrupted by ", strsignal(sig), "; the ranks were stopped"), sig);
+  if (failed_rank < 0 && stopped_rank >= 0)
+    throw Interrupted(cat("xfer launch: the ranks stopped together on ", strsignal(stopped.code - 128), " (rank ",
+                          stopped_rank, " exited with code ", stopped.code, "); run the same command with --resume ",
+                          "to continue"),
+                      stopped.code - 128);
   if (failed_rank < 0) return;
   const std::string what = cat("xfer launch: rank ", failed_rank, " of ", world, " (pid ", failure.pid, ") ",
                                describe(failure), "; the other ranks were stopped");

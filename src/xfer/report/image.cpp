@@ -13,6 +13,38 @@ void append_bytes(png_structp png, png_bytep data, png_size_t length) {
   static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), length);
 }
 void no_flush(png_structp) {}
+
+/// What encode_png reads and writes: all of its state lives here, behind one pointer, because libpng
+/// reports errors by longjmp and locals live across setjmp may be clobbered.
+struct PngJob {
+  const uint8_t* rows;  // (height, width, channels), contiguous
+  png_uint_32 height, width;
+  int channels;
+  std::string bytes;
+};
+
+bool encode_png(PngJob* job) {
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  if (!png || !info) {
+    png_destroy_write_struct(&png, &info);
+    return false;
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    return false;
+  }
+  png_set_write_fn(png, &job->bytes, append_bytes, no_flush);
+  png_set_IHDR(png, info, job->width, job->height, 8,
+               job->channels == 1 ? PNG_COLOR_TYPE_GRAY : job->channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA,
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  const size_t stride = static_cast<size_t>(job->width) * job->channels;
+  for (png_uint_32 y = 0; y < job->height; ++y) png_write_row(png, const_cast<png_bytep>(job->rows + y * stride));
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return true;
+}
 }  // namespace
 
 void write_png(const std::string& path, const torch::Tensor& image) {
@@ -22,25 +54,9 @@ void write_png(const std::string& path, const torch::Tensor& image) {
   const int64_t h = img.size(0), w = img.size(1), c = img.size(2);
   XFER_CHECK(c == 1 || c == 3 || c == 4, "write_png: 1, 3 or 4 channels, got ", c);
   XFER_CHECK(h > 0 && w > 0, "write_png: empty image");
-  const int color = c == 1 ? PNG_COLOR_TYPE_GRAY : c == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_RGBA;
-
-  std::string bytes;
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  XFER_CHECK(png && info, "libpng: out of memory");
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    throw BadInput(cat("cannot encode PNG for ", path));
-  }
-  png_set_write_fn(png, &bytes, append_bytes, no_flush);
-  png_set_IHDR(png, info, static_cast<png_uint_32>(w), static_cast<png_uint_32>(h), 8, color, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  png_write_info(png, info);
-  const auto* data = img.data_ptr<uint8_t>();
-  for (int64_t y = 0; y < h; ++y) png_write_row(png, const_cast<png_bytep>(data + y * w * c));
-  png_write_end(png, nullptr);
-  png_destroy_write_struct(&png, &info);
-  write_file_atomic(path, bytes);
+  PngJob job{img.data_ptr<uint8_t>(), static_cast<png_uint_32>(h), static_cast<png_uint_32>(w), static_cast<int>(c), {}};
+  XFER_CHECK(encode_png(&job), "cannot encode PNG for ", path);
+  write_file_atomic(path, job.bytes);
 }
 
 torch::Tensor image_grid(const TensorDataset& data, int64_t per_class) {

@@ -74,6 +74,8 @@ void CheckpointWriter::commit(const std::string& path) {
 
 CheckpointReader::CheckpointReader(const std::string& path, torch::Device device) : path_(path), device_(device) {
   const std::string file = read_file(path);
+  XFER_CHECK(file.rfind("PK\x03\x04", 0) != 0, path, ": not an xfer checkpoint but a zip archive, as torch.save and ",
+             "TorchScript write: give it to --init as state_dict:FILE or torchscript:FILE");
   XFER_CHECK(file.size() >= kHeader && std::memcmp(file.data(), kMagic, sizeof kMagic) == 0, path,
              ": not an xfer checkpoint (bad magic bytes)");
   const auto format = get<uint32_t>(file, 8);
