@@ -47,6 +47,10 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   bad([](auto& j) { j["run"]["iterations"] = 0; }, {"--iterations must be >= 1, got 0"});
   bad([](auto& j) { j["seeds"] = 0; }, {"seeds must be >= 1"});
   bad([](auto& j) { j["colour"] = "red"; }, {"unknown key 'colour'"});
+  // Found by fuzzing: values of the wrong JSON type are refused by name, not thrown as json type errors.
+  bad([](auto& j) { j["description"] = {{"source", "fmnist"}}; }, {"suite tiny.description must be a non-empty string"});
+  bad([](auto& j) { j["methods"][1]["optional"] = "yes"; }, {"methods[1].optional must be true or false"});
+  bad([](auto& j) { j["timing"] = {{"steps", "40"}}; }, {"timing.steps must be an integer"});
   bad([](auto& j) { j.erase("pretrain"); }, {"method l2 fine-tunes a source model"});
   bad([](auto& j) { j["methods"].push_back({{"method", "scratch"}}); }, {"the label 'scratch' is used twice"});
   bad([](auto& j) { j["timing"] = {{"task", "nope"}}; }, {"no task named 'nope'"});

@@ -360,7 +360,7 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   suite_check_keys(j, {"description", "pretrain", "run", "seeds", "tasks", "methods", "timing"}, where);
   Suite s;
   s.name = name;
-  s.description = j.value("description", "");
+  s.description = suite_string(j, "description", where, false);
   if (j.contains("pretrain") && !j["pretrain"].is_null()) {
     s.pretrain = suite_object(j, "pretrain", where);
     suite_pretrain_options(s.pretrain, where + ".pretrain");
@@ -453,6 +453,8 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
         entry.search = suite_object(m, "search", mw);
         check_search(entry.search, mw);
       }
+      XFER_CHECK(!m.contains("optional") || m["optional"].is_boolean(), mw, ".optional must be true or false, got ",
+                 m.value("optional", nlohmann::json()).dump());
       optional = m.value("optional", false);
     }
     if (!methods().has(entry.method)) {
@@ -480,6 +482,8 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
       s.timing_task = suite_string(t, "task", where + ".timing", false);
       XFER_CHECK(s.timing_task.empty() || task_names.count(s.timing_task), where, ".timing.task: no task named '",
                  s.timing_task, "'");
+      XFER_CHECK(!t.contains("steps") || t["steps"].is_number_integer(), where, ".timing.steps must be an integer, got ",
+                 t.value("steps", nlohmann::json()).dump());
       s.timing_steps = t.value("steps", int64_t{60});
       XFER_CHECK(s.timing_steps >= 1, where, ".timing.steps must be >= 1, got ", s.timing_steps);
     }
@@ -517,7 +521,10 @@ std::vector<std::pair<std::string, std::string>> builtin_suites() {
     for (const auto& f : files) {
       std::string description;
       try {
-        description = read_json_file(f.string()).value("description", "");
+        const nlohmann::json j = read_json_file(f.string());
+        description = j.is_object() && j.contains("description") && j["description"].is_string()
+                          ? j["description"].get<std::string>()
+                          : "(no description)";
       } catch (const BadInput& e) {
         description = cat("(unreadable: ", e.what(), ")");
       }
