@@ -26,6 +26,18 @@ nlohmann::json suite_with_spec(const std::string& spec) {
   return nlohmann::json::parse(text);
 }
 
+/// Options that run suite `j` (written to DIR/tiny.json) into DIR/bench with a cache in DIR/cache, 1 thread.
+BenchOptions bench_options(const test::TempDir& dir, const nlohmann::json& j) {
+  write_json_file(dir.file("tiny.json"), j);
+  BenchOptions o;
+  o.suite = dir.file("tiny.json");
+  o.out = dir.file("bench");
+  o.cache = dir.file("cache");
+  o.threads = 1;
+  o.executable = XFER_BINARY;
+  return o;
+}
+
 TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 12, 3);
@@ -96,13 +108,7 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
       {{"label", "l2, tuned lr"}, {"method", "l2"}, {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
       {{"label", "l2, same"}, {"method", "l2"},
        {"pretrain", {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}}};
-  write_json_file(dir.file("tiny.json"), j);
-  BenchOptions o;
-  o.suite = dir.file("tiny.json");
-  o.out = dir.file("bench");
-  o.cache = dir.file("cache");
-  o.threads = 1;
-  o.executable = XFER_BINARY;
+  BenchOptions o = bench_options(dir, j);
   std::ostringstream log;
   const nlohmann::json b = run_bench(o, log);
   ASSERT_EQ(b["runs"].size(), 2u);
@@ -127,14 +133,8 @@ TEST(Suite, RunsEachRunAsAProcessSkipsFinishedRunsAndMarksFailures) {
   nlohmann::json j = suite_with_spec(spec);
   // A third method whose runs fail: its --init does not exist.
   j["methods"].push_back({{"label", "broken"}, {"method", "l2"}, {"run", {{"init", dir.file("missing")}}}});
-  write_json_file(dir.file("tiny.json"), j);
-  BenchOptions o;
-  o.suite = dir.file("tiny.json");
-  o.out = dir.file("bench");
-  o.cache = dir.file("cache");
+  BenchOptions o = bench_options(dir, j);
   o.jobs = 2;
-  o.threads = 1;
-  o.executable = XFER_BINARY;
   std::ostringstream log;
   const nlohmann::json b = run_bench(o, log);
   EXPECT_EQ(b["runs"].size(), 6u);
