@@ -218,6 +218,45 @@ TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForMixup) {
   dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup", "batch"), "mixup --bn-stats sync", {"--bn-stats", "sync"});
 }
 
+// Methods that pair or pool examples across the batch: the pairs (and the spectrum) are those of the global
+// batch, so two ranks still train what one process does.
+TEST(Distributed, TwoRanksMatchOneProcessForManifoldMixupAtAHiddenLayer) {
+  XFER_REQUIRE_GLOO();
+  // Mixing layer1's maps: a partner's features live on the other rank and are gathered, with their gradient
+  // sent back; sync batch norm so that the layers before the mix see the global batch too.
+  test::TempDir dir;
+  dist_expect_same_weights(dir, dist_with(dist_tiny_finetune(dir, "manifold_mixup", "batch"), {"--layers", "layer1"}),
+                           "manifold_mixup --layers layer1", {"--bn-stats", "sync"});
+}
+
+TEST(Distributed, TwoRanksMatchOneProcessForSmile) {
+  XFER_REQUIRE_GLOO();
+  // The mean teacher's maps and probabilities of the partners are gathered; L_FE's norm is the global batch's.
+  test::TempDir dir;
+  dist_expect_same_weights(dir, dist_with(dist_tiny_finetune(dir, "smile"), {"--gamma-fe", "1", "--gamma-fc", "1"}),
+                           "smile");
+}
+
+TEST(Distributed, TwoRanksMatchOneProcessForBss) {
+  XFER_REQUIRE_GLOO();
+  // The singular values of the whole batch's features, not of each rank's half.
+  test::TempDir dir;
+  dist_expect_same_weights(dir, dist_with(dist_tiny_finetune(dir, "bss"), {"--k", "2", "--eta", "1"}), "bss");
+}
+
+TEST(Distributed, TwoRanksMatchOneProcessForXMixup) {
+  XFER_REQUIRE_GLOO();
+  // Per-example mixing weights drawn over the global batch; with auxiliary source examples and in-domain.
+  test::TempDir dir;
+  const auto base = dist_with(dist_tiny_finetune(dir, "xmixup"), {"--source", "idx:dir=" + dir.path() + "/src"});
+  dist_expect_same_weights(dir, base, "xmixup");
+  test::TempDir in_domain;
+  dist_expect_same_weights(in_domain,
+                           dist_with(dist_tiny_finetune(in_domain, "xmixup"),
+                                     {"--source", "idx:dir=" + in_domain.path() + "/src", "--in-domain"}),
+                           "xmixup --in-domain");
+}
+
 TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
   XFER_REQUIRE_GLOO();
   // Per-source gradients and V's are averaged before the SLSQP solve: both runs solve the same problems.

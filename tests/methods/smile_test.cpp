@@ -68,10 +68,10 @@ TEST(Smile, FeatureLossOfOnesAgainstZerosIsTheNormOverHw) {
     const torch::Tensor teacher = torch::zeros({2, c, 7, 7}), student = torch::ones({2, c, 7, 7});
     for (double lambda : {0.5, 0.8, 1.0}) {
       const torch::Tensor perm = torch::tensor({1, 0}, torch::kInt64);
-      EXPECT_NEAR(smile_feature_loss(student, teacher, lambda, perm).item<double>(), std::sqrt(2.0 * c * 49) / 49,
+      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda).item<double>(), std::sqrt(2.0 * c * 49) / 49,
                   1e-6);
       // Eq. 5 on pooled features: each example's squared distance is c.
-      EXPECT_NEAR(smile_feature_loss(student, teacher, lambda, perm, "paper").item<double>(), c, 1e-6);
+      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda, "paper").item<double>(), c, 1e-6);
     }
   }
 }
@@ -82,7 +82,7 @@ TEST(Smile, LabelLossOfZeroLogitsIsLogOfTheSourceClasses) {
     const torch::Tensor probs = torch::softmax(3 * torch::randn({5, s}), 1);
     const torch::Tensor perm = torch::tensor({4, 2, 0, 1, 3}, torch::kInt64);
     for (double lambda : {0.5, 0.63, 1.0})
-      EXPECT_NEAR(smile_label_loss(torch::zeros({5, s}), probs, lambda, perm).item<double>(), std::log(double(s)),
+      EXPECT_NEAR(smile_label_loss(torch::zeros({5, s}), probs, probs.index_select(0, perm), lambda).item<double>(), std::log(double(s)),
                   1e-5);
   }
 }
@@ -100,9 +100,9 @@ TEST(Golden, SmileLossesMatchTheAuthorsCode) {
   for (const auto& c : g["cases"]) {
     const double lam = c["lambda"].get<double>();
     const double mxp = mixed_cross_entropy(logits, y, y.index_select(0, perm), lam).item<double>();
-    const double fe = smile_feature_loss(student, teacher, lam, perm).item<double>();
-    const double fe_paper = smile_feature_loss(student, teacher, lam, perm, "paper").item<double>();
-    const double fc = smile_label_loss(aux, probs, lam, perm).item<double>();
+    const double fe = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam).item<double>();
+    const double fe_paper = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam, "paper").item<double>();
+    const double fc = smile_label_loss(aux, probs, probs.index_select(0, perm), lam).item<double>();
     auto near = [&](double got, const char* key) {
       const double want = c[key].get<double>();
       EXPECT_NEAR(got, want, 1e-5 * std::abs(want)) << key << " at lambda " << lam;
@@ -141,8 +141,9 @@ TEST(Smile, OneStepMixesTheStudentsInputAndTheTeachersOutputs) {
   }
   const double mxp = mixed_cross_entropy(rig.student->head("target")->forward(s.pooled), b.y,
                                          b.y.index_select(0, perm), lam).item<double>();
-  const double fe = smile_feature_loss(s.maps.back().second, t_map, lam, perm).item<double>();
-  const double fc = smile_label_loss(rig.student->head("aux")->forward(s.pooled), t_probs, lam, perm).item<double>();
+  const double fe = smile_feature_loss(s.maps.back().second, t_map, t_map.index_select(0, perm), lam).item<double>();
+  const double fc = smile_label_loss(rig.student->head("aux")->forward(s.pooled), t_probs,
+                                   t_probs.index_select(0, perm), lam).item<double>();
   EXPECT_NEAR(terms.parts.at("mxp").item<double>(), mxp, 1e-5);
   EXPECT_NEAR(terms.parts.at("fe").item<double>(), fe, 1e-5);
   EXPECT_NEAR(terms.parts.at("fc").item<double>(), fc, 1e-5);

@@ -48,7 +48,7 @@ void pre_check(const std::string& arch, int size) {
   const std::string prefix = pre_export(dir, arch, 10, size);
   const auto example = read_state_dict(prefix + ".example.pt");
   const torch::Tensor x = example.at("x"), y = example.at("y"), f = example.at("f");
-  for (const std::string init :
+  for (const std::string& init :
        {"state_dict:" + prefix + ".state_dict.pt", "torchscript:" + prefix + ".script.pt"}) {
     Model m = load_external_model(init, "", 3, size, size, imagenet_normalization());
     ASSERT_TRUE(m->has_head("source")) << init;

@@ -169,7 +169,7 @@ TEST(Importance, WeightsFileRoundTripsAndMustMatchTheSource) {
   EXPECT_EQ(back.weight, w.weight);
   EXPECT_EQ(back.provenance["target"], "somewhere");
 
-  TensorDataset source{torch::zeros({4, 1, 2, 2}, torch::kUInt8), torch::tensor({0, 1, 1, 2}), {"A", "B", "C"}};
+  TensorDataset source{torch::zeros({4, 1, 2, 2}, torch::kUInt8), torch::tensor({0, 1, 1, 2}), {"A", "B", "C"}, nullptr};
   const ImportanceWeights rebased = weights_for_source(w, source, "w.json");
   EXPECT_EQ(rebased.examples, (std::vector<int64_t>{1, 2, 1}));
   EXPECT_NEAR(rebased.weight[0], 0.5 / 0.25, 1e-12);

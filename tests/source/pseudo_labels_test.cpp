@@ -79,7 +79,7 @@ TEST(PseudoLabels, EnsembleFileRoundTrips) {
   test::TempDir dir;
   EnsembleLabels e;
   e.images = {torch::randint(0, 255, {4, 1, 8, 8}).to(torch::kUInt8), torch::tensor({0, 1, 2, 0}, torch::kInt64),
-              {"a", "b", "c"}};
+              {"a", "b", "c"}, nullptr};
   e.probs = pseudo_test_probs();
   save_ensemble_labels(dir.file("p.pt"), e);
   const EnsembleLabels back = load_ensemble_labels(dir.file("p.pt"));

@@ -44,6 +44,9 @@ struct Batch {
   std::vector<int64_t> global_index;
 };
 
+/// The rows of the global batch `b` belongs to: global_size, or its own rows when it carries none.
+int64_t global_batch_size(const Batch& b);
+
 /// This process's part of every batch: with `count` processes, batch b's rows
 /// [rank * B / count, (rank + 1) * B / count), so that the processes together see exactly the batch one
 /// process would. Set once by a data-parallel run (from dist::rank() and dist::world_size()) before it

@@ -49,6 +49,16 @@ void broadcast_module(const torch::nn::Module& module);
 /// Sums each tensor over the ranks, in place (any dtype Gloo reduces: float, double, int64).
 void all_reduce_sum(const std::vector<torch::Tensor>& tensors);
 
+/// The sum of `x` over the ranks, differentiable: its backward sums the gradient over the ranks too, which
+/// is right when every rank goes on to compute the same loss from the sum (or its own part of one loss over
+/// the global batch) and the gradients are then averaged. `x` itself in a single process.
+torch::Tensor all_reduce_sum_differentiable(const torch::Tensor& x);
+/// The rows of every rank's shard of a global batch of `global_size` rows, in batch order, from this rank's
+/// rows `local` (global rows [offset, offset + local.size(0))): a differentiable all-gather, so a loss on
+/// another rank's rows sends their gradient back to the rank that computed them (mixup partners' hidden
+/// features, BSS's spectrum of the whole batch). `local` in a single process.
+torch::Tensor all_gather_rows(const torch::Tensor& local, int64_t global_size, int64_t offset);
+
 /// Averages the gradients of `params` over the ranks, in place, in buckets of about `bucket_bytes`: each
 /// bucket's gradients are copied into a flat buffer kept between calls, all-reduced with
 /// allreduce_coalesced, divided by the world size after the wait, and copied back. Parameters without a

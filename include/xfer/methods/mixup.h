@@ -67,8 +67,14 @@ struct MixupPartners {
   torch::Tensor x, y;
 };
 MixupPartners mixup_partners(const BatchStream& stream, const Batch& b, const torch::Tensor& perm);
-/// The number of examples a mixup permutation is drawn over: the global batch of `b`.
-int64_t mixup_batch_size(const Batch& b);
+/// Rows perm[offset, offset + n) of a per-example tensor `x` computed on this process's n rows of batch `b`
+/// (hidden features, labels, a teacher's outputs; `perm` drawn over global_batch_size(b)): x[perm] in one
+/// process; in a data-parallel run the global tensor is gathered from every rank first
+/// (dist::all_gather_rows), differentiably, so the gradient through a partner's hidden features reaches
+/// the rank that computed them and the run trains as one process would.
+torch::Tensor partner_rows(const torch::Tensor& x, const Batch& b, const torch::Tensor& perm);
+/// This process's rows of a per-example draw over the global batch of `b` (per-example mixing weights).
+torch::Tensor shard_rows(const torch::Tensor& global, const Batch& b);
 
 /// A copy of x with the box replaced by the same box of x[perm].
 torch::Tensor cutmix_images(const torch::Tensor& x, const torch::Tensor& perm, const CutMixBox& box);

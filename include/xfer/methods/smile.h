@@ -44,15 +44,17 @@
 namespace xfer {
 
 /// L_FE between the student's map on the mixed batch and the teacher's maps on the unmixed batch, both
-/// (N, C, h, w): the teacher's are mixed with (lambda, perm) here. `form` "code": ||mix - F_s||_F / (h w) over
-/// the whole batch; "paper": the squared distance of the pooled (spatially averaged) features, averaged over
-/// the batch (Eq. 5). The teacher's side carries no gradient.
-torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map, double lambda,
-                                 const torch::Tensor& perm, const std::string& form = "code");
+/// (N, C, h, w): the teacher's are mixed here, lambda T + (1 - lambda) T[p] with `teacher_partners` = T[p].
+/// `form` "code": ||mix - F_s||_F / (h w) over the whole batch (in a data-parallel run the ranks' squared
+/// sums are added before the root, so it is the global batch's norm); "paper": the squared distance of the
+/// pooled (spatially averaged) features, averaged over the batch (Eq. 5). The teacher's side carries no
+/// gradient.
+torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map,
+                                 const torch::Tensor& teacher_partners, double lambda, const std::string& form = "code");
 /// L_FC: the soft cross-entropy of the aux logits (N, S) against mix(P, P[p]) of the teacher's
-/// probabilities P (N, S).
-torch::Tensor smile_label_loss(const torch::Tensor& aux_logits, const torch::Tensor& teacher_probs, double lambda,
-                               const torch::Tensor& perm);
+/// probabilities P (N, S), with `teacher_partners` = P[p].
+torch::Tensor smile_label_loss(const torch::Tensor& aux_logits, const torch::Tensor& teacher_probs,
+                               const torch::Tensor& teacher_partners, double lambda);
 
 class SmileMethod : public Method {
  public:

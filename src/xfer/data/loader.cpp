@@ -72,6 +72,8 @@ void set_batch_shard(BatchShard shard) {
 
 BatchShard batch_shard() { return shard_setting(); }
 
+int64_t global_batch_size(const Batch& b) { return b.global_size > 0 ? b.global_size : b.x.size(0); }
+
 torch::Tensor InputTransform::operator()(const torch::Tensor& images, const std::vector<int64_t>& indices,
                                          uint64_t seed, const std::vector<int64_t>* select) const {
   const int64_t total = static_cast<int64_t>(indices.size());

@@ -7,6 +7,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/stages.h"
 
 namespace xfer {
@@ -28,13 +29,20 @@ torch::Tensor mixup_loss(const torch::Tensor& logits, const torch::Tensor& label
   return mixed_cross_entropy(logits, labels, labels.index_select(0, draw.perm.to(labels.device())), draw.lambda);
 }
 
-int64_t mixup_batch_size(const Batch& b) { return b.global_size > 0 ? b.global_size : b.x.size(0); }
-
 MixupPartners mixup_partners(const BatchStream& stream, const Batch& b, const torch::Tensor& perm) {
-  if (mixup_batch_size(b) == b.x.size(0))
+  if (global_batch_size(b) == b.x.size(0))
     return {b.x.index_select(0, perm.to(b.x.device())), b.y.index_select(0, perm.to(b.y.device()))};
   const Batch p = stream.rows(b, perm.slice(0, b.offset, b.offset + b.x.size(0)));
   return {p.x, p.y};
+}
+
+torch::Tensor partner_rows(const torch::Tensor& x, const Batch& b, const torch::Tensor& perm) {
+  const torch::Tensor mine = perm.slice(0, b.offset, b.offset + x.size(0)).to(x.device());
+  return dist::all_gather_rows(x, global_batch_size(b), b.offset).index_select(0, mine);
+}
+
+torch::Tensor shard_rows(const torch::Tensor& global, const Batch& b) {
+  return global.slice(0, b.offset, b.offset + b.x.size(0));
 }
 
 CutMixBox cutmix_box(int64_t height, int64_t width, double lambda, int64_t cy, int64_t cx) {
@@ -71,7 +79,7 @@ void MixupMethod::Options::fields(Fields& f) {
 
 LossTerms MixupMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
-  const MixupDraw d = draw_mixup(ctx.rng, mixup_batch_size(b), opts_.alpha, opts_.fold);
+  const MixupDraw d = draw_mixup(ctx.rng, global_batch_size(b), opts_.alpha, opts_.fold);
   const MixupPartners p = mixup_partners(ctx.batches.stream("target"), b, d.perm);
   const torch::Tensor logits = ctx.model->forward(mix(b.x, p.x, d.lambda), ctx.head);
   const torch::Tensor l = mixed_cross_entropy(logits, b.y, p.y, d.lambda);
@@ -93,16 +101,19 @@ LossTerms ManifoldMixupMethod::loss(StepContext& ctx) {
   XFER_CHECK(!layers_.empty(), "manifold_mixup was not set up");
   const Batch b = ctx.batches.next("target");
   const std::string& layer = layers_[static_cast<size_t>(sample_index(ctx.rng, static_cast<int64_t>(layers_.size())))];
-  const MixupDraw d = draw_mixup(ctx.rng, b.x.size(0), opts_.alpha, opts_.fold);
+  // Drawn over the global batch, so that data-parallel ranks mix the pairs one process would.
+  const MixupDraw d = draw_mixup(ctx.rng, global_batch_size(b), opts_.alpha, opts_.fold);
   Features f;
   if (layer == "input") {
-    f = ctx.model->backbone->forward_features(mix_with_partners(b.x, d));
+    f = ctx.model->backbone->forward_features(mix(b.x, mixup_partners(ctx.batches.stream("target"), b, d.perm).x,
+                                                  d.lambda));
   } else {
     f = ctx.model->backbone->forward_features(b.x, [&](const std::string& stage, const torch::Tensor& out) {
-      return stage == layer ? mix_with_partners(out, d) : out;
+      return stage == layer ? mix(out, partner_rows(out, b, d.perm), d.lambda) : out;
     });
   }
-  const torch::Tensor l = mixup_loss(ctx.model->head(ctx.head)->forward(f.pooled), b.y, d);
+  const torch::Tensor l =
+      mixed_cross_entropy(ctx.model->head(ctx.head)->forward(f.pooled), b.y, partner_rows(b.y, b, d.perm), d.lambda);
   return {l, {{"mixup_ce", l.detach()}}};
 }
 
@@ -118,7 +129,7 @@ LossTerms CutMixMethod::loss(StepContext& ctx) {
     return {ce, {{"ce", ce.detach()}, {"mixed", torch::zeros({})}}};
   }
   const int64_t h = b.x.size(2), w = b.x.size(3);
-  MixupDraw d = draw_mixup(ctx.rng, mixup_batch_size(b), opts_.alpha, /*fold=*/false);
+  MixupDraw d = draw_mixup(ctx.rng, global_batch_size(b), opts_.alpha, /*fold=*/false);
   const int64_t cy = sample_index(ctx.rng, h), cx = sample_index(ctx.rng, w);
   const CutMixBox box = cutmix_box(h, w, d.lambda, cy, cx);
   d.lambda = cutmix_lambda(box, h, w);

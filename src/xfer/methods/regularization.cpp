@@ -7,6 +7,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/delta.h"
 
 namespace xfer {
@@ -119,7 +120,9 @@ LossTerms BssMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
   const torch::Tensor features = ctx.model->backbone->forward(b.x);
   const torch::Tensor ce = cross_entropy(ctx.model->head(ctx.head)->forward(features), b.y);
-  const torch::Tensor bss = bss_penalty(features, opts_.k) * opts_.eta;
+  // The spectrum of the whole batch's features: a data-parallel rank gathers every rank's rows.
+  const torch::Tensor all = dist::all_gather_rows(features, global_batch_size(b), b.offset);
+  const torch::Tensor bss = bss_penalty(all, opts_.k) * opts_.eta;
   return {ce + bss, {{"ce", ce.detach()}, {"bss", bss.detach()}}};
 }
 

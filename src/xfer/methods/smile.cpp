@@ -5,7 +5,9 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/losses.h"
+#include "xfer/methods/mixup.h"
 
 namespace xfer {
 namespace {
@@ -38,23 +40,25 @@ std::string smile_head_names(const Model& m) {
 
 }  // namespace
 
-torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map, double lambda,
-                                 const torch::Tensor& perm, const std::string& form) {
+torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map,
+                                 const torch::Tensor& teacher_partners, double lambda, const std::string& form) {
   XFER_CHECK(student_map.dim() == 4 && student_map.sizes() == teacher_map.sizes(),
              "smile: the student's and the teacher's feature maps differ in shape: ", student_map.sizes(), " vs ",
              teacher_map.sizes());
-  const torch::Tensor target = mix(teacher_map, teacher_map.index_select(0, perm), lambda).detach();
+  const torch::Tensor target = mix(teacher_map, teacher_partners, lambda).detach();
   if (form == "paper") return (student_map.mean({2, 3}) - target.mean({2, 3})).pow(2).sum(1).mean();
   XFER_CHECK(form == "code", "smile: --fe-form must be code or paper, got '", form, "'");
   const double hw = static_cast<double>(student_map.size(2) * student_map.size(3));
-  return (student_map - target).norm() / hw;
+  const torch::Tensor diff = student_map - target;
+  if (!dist::is_distributed()) return diff.norm() / hw;
+  return torch::sqrt(dist::all_reduce_sum_differentiable(diff.pow(2).sum())) / hw;
 }
 
-torch::Tensor smile_label_loss(const torch::Tensor& aux_logits, const torch::Tensor& teacher_probs, double lambda,
-                               const torch::Tensor& perm) {
+torch::Tensor smile_label_loss(const torch::Tensor& aux_logits, const torch::Tensor& teacher_probs,
+                               const torch::Tensor& teacher_partners, double lambda) {
   XFER_CHECK(aux_logits.sizes() == teacher_probs.sizes(), "smile: the aux head's logits ", aux_logits.sizes(),
              " and the teacher's source probabilities ", teacher_probs.sizes(), " differ in shape");
-  return soft_cross_entropy(aux_logits, mix(teacher_probs, teacher_probs.index_select(0, perm), lambda).detach());
+  return soft_cross_entropy(aux_logits, mix(teacher_probs, teacher_partners, lambda).detach());
 }
 
 void SmileMethod::Options::fields(Fields& f) {
@@ -112,27 +116,31 @@ void SmileMethod::setup(Model& model, SetupContext& ctx) {
 
 LossTerms SmileMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
-  double lambda = sample_beta(ctx.rng, opts_.alpha, opts_.alpha);
-  if (opts_.fold && lambda < 0.5) lambda = 1.0 - lambda;
-  const torch::Tensor perm = sample_permutation(ctx.rng, b.x.size(0)).to(b.x.device());
+  // Over the global batch: data-parallel ranks mix the pairs one process would (partners' images rebuilt
+  // from the data, the teacher's outputs for them gathered from the ranks that computed them).
+  const MixupDraw d = draw_mixup(ctx.rng, global_batch_size(b), opts_.alpha, opts_.fold);
+  const double lambda = d.lambda;
+  const MixupPartners partners = mixup_partners(ctx.batches.stream("target"), b, d.perm);
 
-  const Features student = ctx.model->backbone->forward_features(mix(b.x, b.x.index_select(0, perm), lambda));
+  const Features student = ctx.model->backbone->forward_features(mix(b.x, partners.x, lambda));
   const torch::Tensor logits = ctx.model->head(ctx.head)->forward(student.pooled);
-  const torch::Tensor mxp = mixed_cross_entropy(logits, b.y, b.y.index_select(0, perm), lambda);
+  const torch::Tensor mxp = mixed_cross_entropy(logits, b.y, partners.y, lambda);
   LossTerms terms{mxp, {{"mxp", mxp.detach()}}};
   if (!uses_fe() && !uses_fc()) return terms;
 
   // Once, on the unmixed batch.
   const Features teacher = teacher_.features(channels_last_ ? b.x.contiguous(at::MemoryFormat::ChannelsLast) : b.x);
   if (uses_fe()) {
-    const torch::Tensor fe = smile_feature_loss(student.maps.back().second, teacher.maps.back().second, lambda,
-                                                perm, opts_.fe_form);
+    const torch::Tensor& map = teacher.maps.back().second;
+    const torch::Tensor fe =
+        smile_feature_loss(student.maps.back().second, map, partner_rows(map, b, d.perm), lambda, opts_.fe_form);
     terms.total = terms.total + opts_.gamma_fe * fe;
     terms.parts["fe"] = fe.detach();
   }
   if (uses_fc()) {
     const torch::Tensor probs = torch::softmax(teacher_.logits(teacher.pooled, opts_.source_head), 1);
-    const torch::Tensor fc = smile_label_loss(ctx.model->head("aux")->forward(student.pooled), probs, lambda, perm);
+    const torch::Tensor fc = smile_label_loss(ctx.model->head("aux")->forward(student.pooled), probs,
+                                              partner_rows(probs, b, d.perm), lambda);
     terms.total = terms.total + opts_.gamma_fc * fc;
     terms.parts["fc"] = fc.detach();
   }

@@ -8,6 +8,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
+#include "xfer/methods/mixup.h"
 
 namespace xfer {
 namespace F = torch::nn::functional;
@@ -181,18 +182,20 @@ void XMixup::check_paired(const Batch& target, const Batch& aux) const {
 
 MixedBatch XMixup::mixed_batch(StepContext& ctx) {
   const Batch t = ctx.batches.next("target");
-  const int64_t n = t.y.size(0);
   MixedBatch m;
   m.y_target = t.y;
   m.target_index = t.index;
-  m.lambda = xmixup_lambda(ctx.rng, opts_.alpha, opts_.beta, n);
+  // Drawn over the global batch (this process's rows of it taken), so that data-parallel ranks draw what
+  // one process would.
+  const int64_t global = global_batch_size(t);
+  m.lambda = shard_rows(xmixup_lambda(ctx.rng, opts_.alpha, opts_.beta, global), t);
   torch::Tensor x_aux;
   if (opts_.in_domain) {
-    const torch::Tensor perm = sample_permutation(ctx.rng, n);
-    const torch::Tensor perm_dev = perm.to(t.x.device());
-    x_aux = t.x.index_select(0, perm_dev);
-    m.y_aux = t.y.index_select(0, perm_dev);
-    m.aux_index = t.index.index_select(0, perm);
+    const torch::Tensor perm = sample_permutation(ctx.rng, global);
+    const MixupPartners p = mixup_partners(ctx.batches.stream("target"), t, perm);
+    x_aux = p.x;
+    m.y_aux = p.y;
+    m.aux_index = partner_rows(t.index, t, perm);
   } else {
     const Batch a = ctx.batches.next("aux");
     if (!allowed_.empty()) check_paired(t, a);
