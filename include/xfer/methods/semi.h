@@ -46,9 +46,18 @@ struct MixMatchLoss {
   torch::Tensor labelled;    // L_x
   torch::Tensor unlabelled;  // L_u (without lambda_u)
 };
+/// Where a data-parallel process's rows sit in the global labelled and unlabelled batches (global size 0:
+/// the rows given are the whole batch, as in one process).
+struct MixMatchShard {
+  int64_t x_global = 0, x_offset = 0;
+  int64_t u_global = 0, u_offset = 0;
+};
 /// MixMatch's two terms on labelled (x, y in [0, classes)) and K >= 1 augmentations of an unlabelled batch.
+/// With a `shard`, the mixup runs over the global batch as one process would (the other ranks' images and
+/// guessed labels gathered, the permutation and weights drawn over all rows) and the terms are this rank's
+/// rows' means.
 MixMatchLoss mixmatch_loss(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y, int64_t classes,
                            const std::vector<torch::Tensor>& unlabelled_augmentations, double temperature,
-                           double alpha, at::Generator& gen);
+                           double alpha, at::Generator& gen, const MixMatchShard& shard = {});
 
 }  // namespace xfer

@@ -506,17 +506,21 @@ torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, std::map
     return opts_.vat_weight * l;
   }
   // MixMatch: V is the labelled batch; U's first augmentation is the stream's, the others are drawn here
-  // from seeds that are a pure function of the step.
+  // from seeds that are a pure function of the step, over the global batch (a data-parallel rank augments
+  // its rows as one process would).
   std::vector<torch::Tensor> augs = {u.x};
-  const torch::Tensor idx = u.index.to(torch::kCPU).contiguous();
-  const std::vector<int64_t> indices(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+  const int64_t nu = u.x.size(0);
+  std::vector<int64_t> own(static_cast<size_t>(nu));
+  for (int64_t i = 0; i < nu; ++i) own[static_cast<size_t>(i)] = u.offset + i;
+  const std::vector<int64_t>* select = global_batch_size(u) > nu ? &own : nullptr;
   const InputTransform transform(model->arch().input, crop_pad_, flip_);
   for (int64_t j = 1; j < opts_.mixmatch_k; ++j)
-    augs.push_back(transform(unlabelled_.images, indices,
-                             derive_seed(aug_seed_, static_cast<uint64_t>(ctx.step * opts_.mixmatch_k + j)))
+    augs.push_back(transform(unlabelled_.images, u.global_index,
+                             derive_seed(aug_seed_, static_cast<uint64_t>(ctx.step * opts_.mixmatch_k + j)), select)
                        .to(u.x.device()));
+  const MixMatchShard shard{global_batch_size(v), v.offset, global_batch_size(u), u.offset};
   const MixMatchLoss mm =
-      mixmatch_loss(f, v.x, v.y, classes_, augs, opts_.mixmatch_t, opts_.mixmatch_alpha, ctx.rng);
+      mixmatch_loss(f, v.x, v.y, classes_, augs, opts_.mixmatch_t, opts_.mixmatch_alpha, ctx.rng, shard);
   const double ramp = opts_.mixmatch_rampup > 0
                           ? std::min(1.0, static_cast<double>(ctx.step) / (opts_.mixmatch_rampup * static_cast<double>(ctx.total_steps)))
                           : 1.0;

@@ -4,6 +4,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
+#include "xfer/dist/dist.h"
 #include "xfer/methods/losses.h"
 
 namespace xfer {
@@ -57,7 +58,7 @@ torch::Tensor sharpen(const torch::Tensor& probs, double temperature) {
 
 MixMatchLoss mixmatch_loss(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y, int64_t classes,
                            const std::vector<torch::Tensor>& unlabelled_augmentations, double temperature,
-                           double alpha, at::Generator& gen) {
+                           double alpha, at::Generator& gen, const MixMatchShard& shard) {
   XFER_CHECK(!unlabelled_augmentations.empty(), "MixMatch needs at least one augmentation of the unlabelled batch");
   XFER_CHECK(alpha > 0, "MixMatch's mixup alpha must be > 0, got ", alpha);
   const int64_t nx = x.size(0);
@@ -73,18 +74,29 @@ MixMatchLoss mixmatch_loss(const LogitsFn& f, const torch::Tensor& x, const torc
     }
     guess = sharpen(mean / static_cast<double>(k), temperature);
   }
-  std::vector<torch::Tensor> images = {x}, targets = {torch::one_hot(y, classes).to(guess.scalar_type())};
-  for (const auto& u : unlabelled_augmentations) {
-    images.push_back(u);
-    targets.push_back(guess);
+  // The global batch: X's rows, then each augmentation's (gathered from every rank in a data-parallel run),
+  // and this process's rows in it.
+  const int64_t nu = unlabelled_augmentations.front().size(0);
+  const int64_t bx = shard.x_global > 0 ? shard.x_global : nx, bu = shard.u_global > 0 ? shard.u_global : nu;
+  std::vector<torch::Tensor> images = {dist::all_gather_rows(x, bx, shard.x_offset)},
+                             targets = {dist::all_gather_rows(torch::one_hot(y, classes).to(guess.scalar_type()), bx,
+                                                              shard.x_offset)};
+  std::vector<torch::Tensor> mine = {torch::arange(shard.x_offset, shard.x_offset + nx)};
+  for (int64_t j = 0; j < k; ++j) {
+    images.push_back(dist::all_gather_rows(unlabelled_augmentations[static_cast<size_t>(j)], bu, shard.u_offset));
+    targets.push_back(dist::all_gather_rows(guess, bu, shard.u_offset));
+    mine.push_back(torch::arange(nu) + (bx + j * bu + shard.u_offset));
   }
   const torch::Tensor all_x = torch::cat(images), all_p = torch::cat(targets);
+  const torch::Tensor rows = torch::cat(mine);
   const int64_t n = all_x.size(0);
-  const torch::Tensor perm = sample_permutation(gen, n).to(all_x.device());
+  const torch::Tensor perm = sample_permutation(gen, n);
   torch::Tensor lambda = sample_beta(gen, alpha, alpha, n);
   lambda = torch::max(lambda, 1 - lambda);  // the mix stays closer to its own example
-  const torch::Tensor mixed_x = mix(all_x, all_x.index_select(0, perm), lambda);
-  const torch::Tensor mixed_p = mix(all_p, all_p.index_select(0, perm), lambda);
+  const torch::Tensor own = rows.to(all_x.device()), partner = perm.index_select(0, rows).to(all_x.device());
+  lambda = lambda.index_select(0, rows);
+  const torch::Tensor mixed_x = mix(all_x.index_select(0, own), all_x.index_select(0, partner), lambda);
+  const torch::Tensor mixed_p = mix(all_p.index_select(0, own), all_p.index_select(0, partner), lambda);
   const torch::Tensor logits = f(mixed_x);
   MixMatchLoss out;
   out.labelled = soft_cross_entropy(logits.slice(0, 0, nx), mixed_p.slice(0, 0, nx));
