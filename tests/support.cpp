@@ -49,6 +49,39 @@ std::string write_tiny_idx(const std::string& dir, int classes, int per_class, i
   return "idx:dir=" + dir;
 }
 
+Image flat_image(int64_t h, int64_t w, uint8_t r, uint8_t g, uint8_t b) {
+  Image img;
+  img.height = h;
+  img.width = w;
+  img.rgb.resize(static_cast<size_t>(h * w * 3));
+  for (int64_t i = 0; i < h * w; ++i) {
+    img.rgb[i * 3] = r;
+    img.rgb[i * 3 + 1] = g;
+    img.rgb[i * 3 + 2] = b;
+  }
+  return img;
+}
+
+Image ramp_image(int64_t h, int64_t w) {
+  Image img = flat_image(h, w, 0, 0, 0);
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x) {
+      uint8_t* p = img.rgb.data() + (y * w + x) * 3;
+      p[0] = static_cast<uint8_t>((x * 7 + y) % 256);
+      p[1] = static_cast<uint8_t>((y * 5) % 256);
+      p[2] = 200;
+    }
+  return img;
+}
+
+void write_image(const std::string& path, const Image& img) {
+  fs::create_directories(fs::path(path).parent_path());
+  if (path.size() > 4 && path.substr(path.size() - 4) == ".png")
+    write_png_rgb(path, img);
+  else
+    write_jpeg_rgb(path, img, 95);
+}
+
 bool have_fmnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
 std::string pretrain_fmnist_source(const std::string& out) {

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/data/image.h"
 
 namespace xfer::test {
 
@@ -35,6 +36,13 @@ std::string pretrain_fmnist_source(const std::string& out);
 /// Pre-trains into `out` a tiny source model for tests that only need one to exist: cnn4:width=4,
 /// 4 steps of batch 8 on `source` (a spec), one thread. Returns `out`.
 std::string pretrain_tiny_source(const std::string& source, const std::string& out);
+
+/// A flat-colour image.
+Image flat_image(int64_t h, int64_t w, uint8_t r, uint8_t g, uint8_t b);
+/// Pixels that encode their position: (x * 7 + y) % 256, (y * 5) % 256, 200.
+Image ramp_image(int64_t h, int64_t w);
+/// Writes `img` as a PNG (a path ending in .png) or a JPEG of quality 95, creating the folders.
+void write_image(const std::string& path, const Image& img);
 
 /// Whether Debian's Fashion-MNIST is installed; tests that need it are skipped with a note otherwise.
 bool have_fmnist();

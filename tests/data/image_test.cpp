@@ -18,41 +18,6 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// A flat-colour image.
-Image img_flat(int64_t h, int64_t w, uint8_t r, uint8_t g, uint8_t b) {
-  Image img;
-  img.height = h;
-  img.width = w;
-  img.rgb.resize(static_cast<size_t>(h * w * 3));
-  for (int64_t i = 0; i < h * w; ++i) {
-    img.rgb[i * 3] = r;
-    img.rgb[i * 3 + 1] = g;
-    img.rgb[i * 3 + 2] = b;
-  }
-  return img;
-}
-
-/// Pixels that encode their position: (x * 7 + y) % 256, (y * 5) % 256, 200.
-Image img_ramp(int64_t h, int64_t w) {
-  Image img = img_flat(h, w, 0, 0, 0);
-  for (int64_t y = 0; y < h; ++y)
-    for (int64_t x = 0; x < w; ++x) {
-      uint8_t* p = img.rgb.data() + (y * w + x) * 3;
-      p[0] = static_cast<uint8_t>((x * 7 + y) % 256);
-      p[1] = static_cast<uint8_t>((y * 5) % 256);
-      p[2] = 200;
-    }
-  return img;
-}
-
-void img_write(const std::string& path, const Image& img) {
-  fs::create_directories(fs::path(path).parent_path());
-  if (path.size() > 4 && path.substr(path.size() - 4) == ".png")
-    write_png_rgb(path, img);
-  else
-    write_jpeg_rgb(path, img, 95);
-}
-
 /// A folder of `classes` classes x `per_class` images of varying sizes; class c is a flat colour.
 std::string img_tiny_folder(const std::string& root, int classes, int per_class) {
   const uint8_t colours[3][3] = {{220, 30, 30}, {30, 220, 30}, {30, 30, 220}};
@@ -60,8 +25,8 @@ std::string img_tiny_folder(const std::string& root, int classes, int per_class)
     for (int i = 0; i < per_class; ++i) {
       const auto* col = colours[c % 3];
       const std::string ext = i % 2 ? ".png" : ".jpg";
-      img_write(cat(root, "/class", c, "/img", i, ext),
-                img_flat(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
+      test::write_image(cat(root, "/class", c, "/img", i, ext),
+                test::flat_image(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
     }
   return root;
 }
@@ -69,11 +34,11 @@ std::string img_tiny_folder(const std::string& root, int classes, int per_class)
 TEST(ImageFolder, ScansClassesAndFilesInTorchvisionOrder) {
   test::TempDir dir;
   const std::string root = dir.file("root");
-  const Image px = img_flat(4, 4, 1, 2, 3);
-  img_write(root + "/b/x.png", px);
-  img_write(root + "/a/2.png", px);
-  img_write(root + "/a/1.JPG", px);
-  img_write(root + "/a/sub/0.png", px);
+  const Image px = test::flat_image(4, 4, 1, 2, 3);
+  test::write_image(root + "/b/x.png", px);
+  test::write_image(root + "/a/2.png", px);
+  test::write_image(root + "/a/1.JPG", px);
+  test::write_image(root + "/a/sub/0.png", px);
   std::ofstream(root + "/a/notes.txt") << "not an image";
   const FolderScan scan = scan_image_folder(root);
   EXPECT_EQ(scan.class_names, (std::vector<std::string>{"a", "b"}));
@@ -87,7 +52,7 @@ TEST(ImageFolder, EmptyClassOrRootIsBadInputNamingThePath) {
   fs::create_directories(dir.file("none"));
   test::expect_bad_input([&] { scan_image_folder(dir.file("none")); },
                          {dir.file("none"), "no class folders"});
-  img_write(dir.file("r/full/a.png"), img_flat(4, 4, 0, 0, 0));
+  test::write_image(dir.file("r/full/a.png"), test::flat_image(4, 4, 0, 0, 0));
   fs::create_directories(dir.file("r/empty"));
   test::expect_bad_input([&] { scan_image_folder(dir.file("r")); }, {dir.file("r/empty"), "holds no images"});
   test::expect_bad_input([&] { scan_image_folder(dir.file("missing")); },
@@ -98,7 +63,7 @@ TEST(ImageFolder, EmptyClassOrRootIsBadInputNamingThePath) {
 
 TEST(ImageDecode, PngIsExact) {
   test::TempDir dir;
-  const Image ramp = img_ramp(5, 7);
+  const Image ramp = test::ramp_image(5, 7);
   write_png_rgb(dir.file("a.png"), ramp);
   const Image back = decode_image_file(dir.file("a.png"));
   EXPECT_EQ(back.height, 5);
@@ -109,7 +74,7 @@ TEST(ImageDecode, PngIsExact) {
 TEST(ImageDecode, JpegFlatBlocksWithinTolerance) {
   test::TempDir dir;
   // Four 16x16 quadrants of flat colour: JPEG keeps their centres within a few levels.
-  Image img = img_flat(32, 32, 0, 0, 0);
+  Image img = test::flat_image(32, 32, 0, 0, 0);
   const uint8_t q[4][3] = {{250, 10, 10}, {10, 250, 10}, {10, 10, 250}, {128, 128, 128}};
   for (int64_t y = 0; y < 32; ++y)
     for (int64_t x = 0; x < 32; ++x)
@@ -169,7 +134,7 @@ TEST(ImageTransform, RandomResizedCropStaysInsideWithScaleAndRatio) {
 }
 
 TEST(ImageTransform, ResampleIdentityAndMirror) {
-  const Image ramp = img_ramp(6, 9);
+  const Image ramp = test::ramp_image(6, 9);
   std::vector<uint8_t> out(3 * 6 * 9), mirrored(3 * 6 * 9);
   resample_crop(ramp, {0, 0, 6, 9}, 6, 9, false, out.data());
   resample_crop(ramp, {0, 0, 6, 9}, 6, 9, true, mirrored.data());
@@ -302,7 +267,7 @@ TEST(ImageFolder, CacheStoresDecodedImagesOnceAndKeepsCorruptPolicy) {
   EXPECT_LE((ea - ec).abs().max().item<int>(), 2);
   EXPECT_EQ(c.train.files->corrupt_files(), std::vector<std::string>{root + "/class1/broken.png"});
   // A folder the cache does not cover (a new image) rebuilds it.
-  img_write(root + "/class0/new.png", img_flat(30, 30, 1, 2, 3));
+  test::write_image(root + "/class0/new.png", test::flat_image(30, 30, 1, 2, 3));
   const Task d = load_task(cached, 0);
   EXPECT_EQ(d.train.size(), 8);
   EXPECT_EQ(d.train.eval_images(0, d.train.size()).size(0), 8);

@@ -172,6 +172,34 @@ TEST(Distributed, ShardsAreSlicesOfTheWholeBatchAugmentedAlike) {
   set_batch_shard({0, 1});
 }
 
+TEST(Distributed, ShardsOfAnImageFolderAreCroppedAsInTheWholeBatch) {
+  // Each example's RandomResizedCrop and flip are seeded by its position in the global batch, so a shard,
+  // and a partner row rebuilt by another rank, are the whole batch's rows.
+  test::TempDir dir;
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 6; ++i) test::write_image(cat(dir.path(), "/c", c, "/", i, ".png"), test::ramp_image(20 + 3 * i, 30 - i));
+  const Task task = load_task("folder:dir=" + dir.path() + ":size=12:test=none", 0);
+  LoaderOptions o;
+  o.batch_size = 8;
+  o.prefetch = false;
+  const Normalization norm = imagenet_normalization();
+  BatchStream whole(task.train, norm, o, 7);
+  const Batch w0 = whole.next(), w1 = whole.next();
+  EXPECT_FALSE(torch::equal(w0.x.slice(0, 0, 4), w0.x.slice(0, 4, 8)));
+  for (int64_t r = 0; r < 2; ++r) {
+    set_batch_shard({r, 2});
+    BatchStream part(task.train, norm, o, 7);
+    const Batch p0 = part.next(), p1 = part.next();
+    EXPECT_TRUE(torch::equal(p0.x, w0.x.slice(0, 4 * r, 4 * r + 4))) << "rank " << r;
+    EXPECT_TRUE(torch::equal(p1.x, w1.x.slice(0, 4 * r, 4 * r + 4))) << "rank " << r;
+    const torch::Tensor rows = torch::tensor({7, 0, 5}, torch::kInt64);
+    const Batch q = part.rows(p1, rows);
+    EXPECT_TRUE(torch::equal(q.x, w1.x.index_select(0, rows)));
+    EXPECT_TRUE(torch::equal(q.y, w1.y.index_select(0, rows)));
+  }
+  set_batch_shard({0, 1});
+}
+
 TEST(Distributed, LaunchSetsTheVariablesAndNamesAFailingRank) {
   LaunchOptions o;
   o.nproc = 2;
@@ -257,17 +285,29 @@ TEST(Distributed, TwoRanksMatchOneProcessForXMixup) {
                            "xmixup --in-domain");
 }
 
+std::vector<std::string> dist_tiny_gradmix(const std::string& data) {
+  return {"finetune", "--method", "gradmix", "--target", data + ":classes=0-2:per_class=4:val=3",
+          "--sources", data + ":classes=0-2:shift=noise0.1;" + data + ":classes=3-4",
+          "--backbone", "cnn4:width=4", "--iterations", "6", "--batch-size", "8", "--threads", "1",
+          "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1", "--lr", "0.05"};
+}
+
 TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
   XFER_REQUIRE_GLOO();
   // Per-source gradients and V's are averaged before the SLSQP solve: both runs solve the same problems.
   test::TempDir dir;
-  const std::string data = test::write_tiny_idx(dir.path(), 5, 20, 4);
+  dist_expect_same_weights(dir, dist_tiny_gradmix(test::write_tiny_idx(dir.path(), 5, 20, 4)), "gradmix");
+}
+
+TEST(Distributed, TwoRanksMatchOneProcessForGradMixWithMixMatch) {
+  XFER_REQUIRE_GLOO();
+  // MixMatch's mixup over the global labelled and unlabelled batches: images and guessed labels gathered,
+  // extra augmentations seeded by global position.
+  test::TempDir dir;
   dist_expect_same_weights(dir,
-                           {"finetune", "--method", "gradmix", "--target", data + ":classes=0-2:per_class=4:val=3",
-                            "--sources", data + ":classes=0-2:shift=noise0.1;" + data + ":classes=3-4",
-                            "--backbone", "cnn4:width=4", "--iterations", "6", "--batch-size", "8", "--threads", "1",
-                            "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1", "--lr", "0.05"},
-                           "gradmix");
+                           dist_with(dist_tiny_gradmix(test::write_tiny_idx(dir.path(), 5, 20, 4)),
+                                     {"--ssl", "mixmatch", "--mixmatch-k", "2", "--mixmatch-weight", "10"}),
+                           "gradmix --ssl mixmatch");
 }
 
 TEST(Distributed, MismatchedConfigIsRefused) {

@@ -98,9 +98,10 @@ class ImageFiles {
   /// evaluation crop. An unreadable file fails (BadInput) or, by default, is replaced by the next readable
   /// example (i+1, i+2, ...) with a warning the first time it is met.
   void load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* out) const;
-  /// uint8 (n, 3, size, size) for `indices`: example k with seed derive_seed(seed, k), on `workers` threads.
+  /// uint8 (n, 3, size, size) for `indices`: example k with seed derive_seed(seed, positions[k]) (its
+  /// position in the global batch; k itself without `positions`), on `workers` threads.
   torch::Tensor load_batch(const std::vector<int64_t>& indices, bool train, bool flip, uint64_t seed,
-                           int workers, bool pinned = false) const;
+                           int workers, bool pinned = false, const std::vector<int64_t>* positions = nullptr) const;
   /// Unreadable files met so far, and the examples replaced because of them.
   std::vector<std::string> corrupt_files() const;
   int64_t skipped() const { return corrupt_->skipped.load(); }

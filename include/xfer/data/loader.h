@@ -127,6 +127,9 @@ class BatchStream {
 
  private:
   Batch make(int64_t b);
+  /// Training crops of image-folder examples `indices`, example k seeded by (seed, positions[k] or k).
+  torch::Tensor folder_rows(const std::vector<int64_t>& indices, uint64_t seed,
+                            const std::vector<int64_t>* positions) const;
   void launch(int64_t b);
 
   TensorDataset data_;

@@ -276,7 +276,8 @@ void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* 
 }
 
 torch::Tensor ImageFiles::load_batch(const std::vector<int64_t>& indices, bool train, bool flip,
-                                     uint64_t seed, int workers, bool pinned) const {
+                                     uint64_t seed, int workers, bool pinned,
+                                     const std::vector<int64_t>* positions) const {
   const int64_t n = static_cast<int64_t>(indices.size());
   const int64_t s = opts_.size;
   auto options = torch::TensorOptions().dtype(torch::kUInt8);
@@ -288,7 +289,8 @@ torch::Tensor ImageFiles::load_batch(const std::vector<int64_t>& indices, bool t
   auto work = [&](int w) {
     try {
       for (int64_t k = w; k < n; k += nw)
-        load(indices[static_cast<size_t>(k)], train, flip, derive_seed(seed, static_cast<uint64_t>(k)),
+        load(indices[static_cast<size_t>(k)], train, flip,
+             derive_seed(seed, static_cast<uint64_t>(positions ? (*positions)[static_cast<size_t>(k)] : k)),
              dst + k * 3 * s * s);
     } catch (...) {
       errors[static_cast<size_t>(w)] = std::current_exception();

@@ -167,12 +167,7 @@ Batch BatchStream::make(int64_t b) {
   const std::vector<int64_t> idx(batch.global_index.begin() + batch.offset,
                                  batch.global_index.begin() + batch.offset + local);
   if (data_.is_folder()) {
-    // Decode + crop + flip per example on the worker threads, then normalise the uint8 batch.
-    const torch::Tensor raw = data_.files->load_batch(idx, /*train=*/true, opts_.flip, seed,
-                                                      default_loader_workers(static_cast<int>(opts_.workers)));
-    std::vector<int64_t> all(idx.size());
-    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
-    batch.x = transform_(raw, all, 0);
+    batch.x = folder_rows(idx, seed, shard_.count > 1 ? &rows : nullptr);
   } else {
     batch.x = transform_(data_.images, batch.global_index, seed, shard_.count > 1 ? &rows : nullptr);
   }
@@ -190,18 +185,16 @@ Batch BatchStream::make(int64_t b) {
 Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) const {
   const torch::Tensor pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
   std::vector<int64_t> select(pos.data_ptr<int64_t>(), pos.data_ptr<int64_t>() + pos.numel());
-  XFER_CHECK(!data_.is_folder(), "methods that mix examples across processes are not supported on image folders "
-             "in data-parallel runs yet");
   XFER_CHECK(static_cast<int64_t>(batch.global_index.size()) == batch.global_size, "rows(): the batch carries no ",
              "global indices");
   Batch out;
   out.number = batch.number;
   out.global_size = batch.global_size;
   out.global_index = batch.global_index;
-  out.x = transform_(data_.images, batch.global_index, derive_seed(seed_, static_cast<uint64_t>(batch.number)),
-                     &select);
+  const uint64_t seed = derive_seed(seed_, static_cast<uint64_t>(batch.number));
   std::vector<int64_t> idx(select.size());
   for (size_t i = 0; i < select.size(); ++i) idx[i] = batch.global_index[static_cast<size_t>(select[i])];
+  out.x = data_.is_folder() ? folder_rows(idx, seed, &select) : transform_(data_.images, batch.global_index, seed, &select);
   out.index = torch::tensor(idx, torch::kInt64);
   out.y = data_.labels.index_select(0, out.index);
   if (device_ != torch::kCPU) {
@@ -209,6 +202,18 @@ Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) cons
     out.y = out.y.to(device_);
   }
   return out;
+}
+
+torch::Tensor BatchStream::folder_rows(const std::vector<int64_t>& indices, uint64_t seed,
+                                       const std::vector<int64_t>* positions) const {
+  // Decode + crop + flip per example on the worker threads, each example seeded by its position in the
+  // global batch (so a data-parallel shard is augmented as in one process), then normalise the uint8 batch.
+  const torch::Tensor raw = data_.files->load_batch(indices, /*train=*/true, opts_.flip, seed,
+                                                    default_loader_workers(static_cast<int>(opts_.workers)),
+                                                    /*pinned=*/false, positions);
+  std::vector<int64_t> all(indices.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+  return transform_(raw, all, 0);
 }
 
 void BatchStream::launch(int64_t b) {
