@@ -221,7 +221,9 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
   stats.worker = worker;
   const Study::ClaimOptions claim_opts{opts.trials, opts.stale_after, opts.retries};
   const SearchSpace& space = study.info().space;
-  const uint64_t seed = study.info().seed;
+  // The run seed and the fixed options (the task among them): searches of two tasks run with the same seed
+  // start from different random points.
+  const uint64_t seed = derive_seed(study.info().seed, study.info().config.dump());
   auto sample = [&](const std::vector<Observation>& complete, int64_t number) {
     return sampler.sample(space, complete, derive_seed(seed, static_cast<uint64_t>(number)));
   };
