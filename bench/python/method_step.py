@@ -67,12 +67,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """xfer's resnet18: the ImageNet stem on 1-channel input, [2, 2, 2, 2] basic blocks."""
+    """xfer's resnet18: the ImageNet stem (on 1-channel input by default), [2, 2, 2, 2] basic blocks."""
 
-    def __init__(self, width, classes):
+    def __init__(self, width, classes, channels=1):
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
-        layers = [nn.Conv2d(1, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        layers = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
                   nn.MaxPool2d(3, 2, 1)]
         cin = width
         for s, w in enumerate(widths):
