@@ -37,7 +37,7 @@ class MethodHarness {
   /// `options` are method flags by field name ("alpha" -> "0.5"); `source` may be empty (no --init).
   MethodHarness(const std::string& method, const Task& task, Model source, uint64_t seed, int64_t total_steps,
                 const std::map<std::string, std::string>& options = {}, int64_t batch_size = 8)
-      : task_(task), seed_(seed), total_(total_steps), rng_(make_generator(derive_seed(seed, "method"))) {
+      : task_(task), total_(total_steps), rng_(make_generator(derive_seed(seed, "method"))) {
     Arch arch;
     arch.backbone = "cnn4:width=4";
     arch.in_channels = task.train.channels();
@@ -85,7 +85,6 @@ class MethodHarness {
 
  private:
   const Task& task_;
-  uint64_t seed_;
   int64_t total_;
   at::Generator rng_;
   std::string head_ = "target";
