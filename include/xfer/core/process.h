@@ -13,10 +13,17 @@ namespace xfer {
 /// The path of the running executable.
 std::string self_executable();
 
-/// Starts `argv[0]` with `argv`, stdout and stderr appended to the given files ("" keeps the parent's),
-/// with `env` added to the parent's environment. BadInput naming the program if it cannot start.
+/// Starts `argv[0]` (a path; no shell is involved, so no argument is ever parsed as a command) with `argv`,
+/// stdout and stderr appended to the given files ("" keeps the parent's), with `env` added to the parent's
+/// environment, in directory `cwd` ("" keeps the parent's; relative output paths are then relative to it).
+/// BadInput naming the program if it cannot start.
 pid_t spawn_process(const std::vector<std::string>& argv, const std::string& stdout_path,
-                    const std::string& stderr_path, const std::map<std::string, std::string>& env = {});
+                    const std::string& stderr_path, const std::map<std::string, std::string>& env = {},
+                    const std::string& cwd = "");
+
+/// The path of executable `name` in a directory of $PATH, or "" if there is none (what `command -v`
+/// finds, without a shell).
+std::string find_program(const std::string& name);
 
 struct ExitStatus {
   pid_t pid = -1;

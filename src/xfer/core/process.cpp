@@ -6,7 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -25,10 +27,12 @@ std::string self_executable() {
 }
 
 pid_t spawn_process(const std::vector<std::string>& argv, const std::string& stdout_path,
-                    const std::string& stderr_path, const std::map<std::string, std::string>& env) {
+                    const std::string& stderr_path, const std::map<std::string, std::string>& env,
+                    const std::string& cwd) {
   XFER_CHECK(!argv.empty(), "spawn_process: no program given");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
+  if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
   // No O_CLOEXEC: the file is opened straight onto fd 1 or 2, which must survive the exec.
   const int flags = O_WRONLY | O_CREAT | O_APPEND;
   if (!stdout_path.empty()) posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, stdout_path.c_str(), flags, 0644);
@@ -52,6 +56,21 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& std
   posix_spawn_file_actions_destroy(&actions);
   XFER_CHECK(rc == 0, "cannot start ", argv[0], ": ", std::strerror(rc));
   return pid;
+}
+
+std::string find_program(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  if (name.empty() || name.find('/') != std::string::npos || !path) return "";
+  const std::string dirs(path);
+  for (size_t start = 0; start <= dirs.size();) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    const std::string dir = end > start ? dirs.substr(start, end - start) : ".";
+    const std::string candidate = dir + "/" + name;
+    std::error_code ec;
+    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate, ec)) return candidate;
+    start = end + 1;
+  }
+  return "";
 }
 
 ExitStatus wait_process(pid_t pid, bool interruptible) {
