@@ -1,26 +1,64 @@
 #include "xfer/report/plot.h"
 
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <cmath>
-#include <cstdlib>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
+#include "xfer/core/process.h"
 
 namespace fs = std::filesystem;
 
 namespace xfer {
 namespace {
 
-/// gnuplot string literal: single quotes, with embedded ones doubled.
-std::string quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
-  return out + "'";
+/// A string as one field of gnuplot's tab-separated labels file. gnuplot reads data files as text, never
+/// as commands; still, a newline would start another record, a tab another field and a double quote opens
+/// a quoted field, so control characters become spaces, double quotes single ones, invalid UTF-8 '?'.
+std::string label_text(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) out += ' ';
+    else if (c == '"') out += '\'';
+    else out += s[i];
+  }
+  try {
+    check_utf8(out, "label");
+  } catch (const BadInput&) {
+    for (char& c : out)
+      if (static_cast<unsigned char>(c) >= 0x80) c = '?';
+  }
+  return out;
 }
+
+/// Every text of a plot (title, axis labels, series names, tic labels) goes to labels.tsv; the script only
+/// names them by index, as L[k]: no text from the data is ever part of gnuplot's commands.
+class Labels {
+ public:
+  /// The gnuplot expression of `text`: "L[k]".
+  std::string add(const std::string& text) {
+    file_ << count_ << '\t' << label_text(text) << '\n';
+    return cat("L[", ++count_, "]");
+  }
+  std::string file() const { return file_.str(); }
+  /// The fixed prologue that loads labels.tsv into the array L.
+  std::string prologue() const {
+    return cat("set datafile separator \"\\t\"\narray L[", count_, "]\n",
+               "stats 'labels.tsv' using (L[int($1)+1] = stringcolumn(2), 0) nooutput\n",
+               "set datafile separator whitespace\n");
+  }
+
+ private:
+  std::ostringstream file_;
+  int count_ = 0;
+};
 
 std::string number(double v) {
   if (!std::isfinite(v)) return "NaN";
@@ -30,40 +68,59 @@ std::string number(double v) {
   return os.str();
 }
 
-std::string terminal(const std::string& path, int width, int height) {
-  const std::string ext = fs::path(path).extension().string();
-  if (ext == ".png") return cat("set terminal pngcairo size ", width, ",", height, " font 'sans,10'\n");
-  if (ext == ".svg") return cat("set terminal svg size ", width, ",", height, " dynamic font 'sans,10'\n");
-  throw BadInput(cat("plots are written as .png or .svg, got '", path, "'"));
+std::string terminal(const std::string& ext, int width, int height) {
+  XFER_CHECK(width >= 16 && width <= 10000 && height >= 16 && height <= 10000, "plot size must be in [16, 10000], got ",
+             width, "x", height);
+  if (ext == ".png") return cat("set terminal pngcairo size ", width, ",", height, " font 'sans,10' noenhanced\n");
+  return cat("set terminal svg size ", width, ",", height, " dynamic font 'sans,10' noenhanced\n");
 }
 
-/// Runs a gnuplot script whose output goes to `tmp_out`, then renames it to `path`.
-void render(const std::string& path, const std::string& script_body, const std::string& data, int width, int height) {
+std::string extension_of(const std::string& path) {
+  const std::string ext = fs::path(path).extension().string();
+  XFER_CHECK(ext == ".png" || ext == ".svg", "plots are written as .png or .svg, got '", path, "'");
+  return ext;
+}
+
+/// Runs gnuplot on a fixed script in a private directory beside `path` (mkdtemp): the script, the labels
+/// and the data are files there with fixed names, gnuplot is started without a shell (posix_spawn) in
+/// that directory, and its output is renamed to `path`.
+void render(const std::string& path, const std::string& body, const Labels& labels, const std::string& data,
+            int width, int height) {
+  const std::string ext = extension_of(path);
   const fs::path target(path);
-  if (target.has_parent_path()) make_dirs(target.parent_path().string());
-  const std::string stem = path + ".plot." + std::to_string(::getpid());
-  const std::string tmp_out = stem + target.extension().string(), data_file = stem + ".dat", script = stem + ".gp";
-  write_file_atomic(data_file, data);
-  write_file_atomic(script, terminal(path, width, height) + "set output " + quoted(tmp_out) + "\n" +
-                                "datafile = " + quoted(data_file) + "\n" + script_body);
-  const int rc = std::system(cat("gnuplot ", quoted(script), " > ", quoted(stem + ".log"), " 2>&1").c_str());
-  std::string log;
-  if (rc != 0 && fs::exists(stem + ".log")) log = read_file(stem + ".log");
+  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  make_dirs(parent.string());
+  std::string pattern = (parent / ".xfer-plot-XXXXXX").string();
+  XFER_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot draw ", path, ": cannot create a directory in ",
+             parent.string(), " (", std::strerror(errno), ")");
+  const fs::path work(pattern);
   std::error_code ec;
-  fs::remove(data_file, ec);
-  fs::remove(script, ec);
-  fs::remove(stem + ".log", ec);
-  if (rc != 0 || !fs::exists(tmp_out)) {
-    fs::remove(tmp_out, ec);
-    throw BadInput(cat("gnuplot failed to draw ", path, ": ", log.substr(0, log.find('\n'))));
+  try {
+    const std::string out = "plot" + ext;
+    write_file_atomic((work / "labels.tsv").string(), labels.file());
+    write_file_atomic((work / "data.dat").string(), data);
+    write_file_atomic((work / "plot.gp").string(), terminal(ext, width, height) + "set output '" + out + "'\n" +
+                                                       labels.prologue() + "datafile = 'data.dat'\n" + body);
+    const ExitStatus status =
+        wait_process(spawn_process({find_program("gnuplot"), "plot.gp"}, "gnuplot.log", "gnuplot.log", {}, work.string()));
+    if (!status.ok() || !fs::exists(work / out)) {
+      std::string log = fs::exists(work / "gnuplot.log") ? read_file((work / "gnuplot.log").string()) : "";
+      while (!log.empty() && (log.front() == '\n' || log.front() == ' ')) log.erase(0, 1);
+      throw BadInput(cat("gnuplot failed to draw ", path, ": ", printable(log.substr(0, log.find('\n')))));
+    }
+    fs::rename(work / out, target, ec);
+    XFER_CHECK(!ec, "cannot write ", path, ": ", ec.message());
+  } catch (...) {
+    fs::remove_all(work, ec);
+    throw;
   }
-  fs::rename(tmp_out, path);
+  fs::remove_all(work, ec);
 }
 
 }  // namespace
 
 bool have_gnuplot() {
-  static const bool found = std::system("command -v gnuplot > /dev/null 2>&1") == 0;
+  static const bool found = !find_program("gnuplot").empty();
   return found;
 }
 
@@ -87,14 +144,15 @@ bool write_plot(const std::string& path, const Plot& plot) {
       data << number(s.x[i]) << ' ' << number(s.y[i]) << ' ' << (s.err.empty() ? "0" : number(s.err[i])) << '\n';
     data << "\n\n";
   }
+  Labels labels;
   std::ostringstream gp;
-  gp << "set title " << quoted(plot.title) << "\nset xlabel " << quoted(plot.xlabel) << "\nset ylabel "
-     << quoted(plot.ylabel) << "\nset grid\nset key outside right top\n";
+  gp << "set title " << labels.add(plot.title) << "\nset xlabel " << labels.add(plot.xlabel) << "\nset ylabel "
+     << labels.add(plot.ylabel) << "\nset grid\nset key outside right top\n";
   if (plot.logx) gp << "set logscale x\n";
   if (plot.logy) gp << "set logscale y\n";
   if (!plot.xtics.empty()) {
     gp << "set xtics (";
-    for (size_t i = 0; i < plot.xtics.size(); ++i) gp << (i ? ", " : "") << quoted(plot.xtics[i]) << ' ' << i;
+    for (size_t i = 0; i < plot.xtics.size(); ++i) gp << (i ? ", " : "") << labels.add(plot.xtics[i]) << ' ' << i;
     gp << ") rotate by -30\nset xrange [-0.6:" << plot.xtics.size() - 0.4 << "]\n";
   }
   const double n = static_cast<double>(plot.series.size());
@@ -103,7 +161,7 @@ bool write_plot(const std::string& path, const Plot& plot) {
   gp << "plot ";
   for (size_t k = 0; k < plot.series.size(); ++k) {
     const auto& s = plot.series[k];
-    const std::string title = "title " + quoted(s.name);
+    const std::string title = "title " + labels.add(s.name);
     if (k) gp << ", \\\n     ";
     if (bars) {
       const double shift = (static_cast<double>(k) - (n - 1) / 2) * width;
@@ -117,7 +175,7 @@ bool write_plot(const std::string& path, const Plot& plot) {
     }
   }
   gp << "\n";
-  render(path, gp.str(), data.str(), plot.width, plot.height);
+  render(path, gp.str(), labels, data.str(), plot.width, plot.height);
   return true;
 }
 
@@ -134,21 +192,22 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
   std::ostringstream data;
   for (size_t r = 0; r < rows; ++r)
     for (size_t c = 0; c < cols; ++c) data << c << ' ' << r << ' ' << number(map.values[r][c]) << '\n';
-  auto tics = [](const char* axis, const std::vector<std::string>& labels) {
+  Labels labels;
+  auto tics = [&labels](const char* axis, const std::vector<std::string>& names) {
     std::ostringstream t;
-    if (labels.empty()) return t.str();
+    if (names.empty()) return t.str();
     t << "set " << axis << "tics (";
-    for (size_t i = 0; i < labels.size(); ++i) t << (i ? ", " : "") << quoted(labels[i]) << ' ' << i;
+    for (size_t i = 0; i < names.size(); ++i) t << (i ? ", " : "") << labels.add(names[i]) << ' ' << i;
     t << ")" << (axis[0] == 'x' ? " rotate by -45" : "") << "\n";
     return t.str();
   };
   std::ostringstream gp;
-  gp << "set title " << quoted(map.title) << "\nset xlabel " << quoted(map.xlabel) << "\nset ylabel "
-     << quoted(map.ylabel) << "\nset xrange [-0.5:" << cols - 0.5 << "]\nset yrange [" << rows - 0.5
+  gp << "set title " << labels.add(map.title) << "\nset xlabel " << labels.add(map.xlabel) << "\nset ylabel "
+     << labels.add(map.ylabel) << "\nset xrange [-0.5:" << cols - 0.5 << "]\nset yrange [" << rows - 0.5
      << ":-0.5]\nset palette rgb 33,13,10\nunset key\n"
      << tics("x", map.column_labels) << tics("y", map.row_labels)
      << "plot datafile using 1:2:3 with image, datafile using 1:2:(sprintf('%.2f', $3)) with labels font ',8'\n";
-  render(path, gp.str(), data.str(), map.width, map.height);
+  render(path, gp.str(), labels, data.str(), map.width, map.height);
   return true;
 }
 

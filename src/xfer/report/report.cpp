@@ -25,7 +25,7 @@ std::vector<nlohmann::json> read_metrics(const fs::path& file) {
   std::string line;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded() && j.is_object() && j.contains("step")) lines.push_back(std::move(j));
+    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number()) lines.push_back(std::move(j));
   }
   return lines;
 }
@@ -194,14 +194,16 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
   }
   const auto tasks = bench.value("tasks", std::vector<std::string>{});
   const auto labels = bench.value("methods", std::vector<std::string>{});
+  const nlohmann::json runs = bench.value("runs", nlohmann::json::array());
   // Per-method accuracy with error bars: one series per task, one bar per method.
   Plot acc{"test top-1 (mean ± std over seeds)", "", "top-1 (%)", "bars", false, false, labels, {}};
   for (const auto& t : tasks) {
     Series s{t, {}, {}, {}};
     for (size_t m = 0; m < labels.size(); ++m) {
       std::vector<double> v;
-      for (const auto& r : bench["runs"])
-        if (r["task"] == t && r["method"] == labels[m] && r["ok"].get<bool>()) v.push_back(100 * r["test_top1"].get<double>());
+      for (const auto& r : runs)
+        if (r.at("task") == t && r.at("method") == labels[m] && r.at("ok").get<bool>())
+          v.push_back(100 * r.at("test_top1").get<double>());
       if (v.empty()) continue;
       const MeanStd ms = mean_std(v);
       s.x.push_back(static_cast<double>(m));
@@ -216,9 +218,9 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
   if (!tasks.empty()) {
     Plot val{"validation top-1 on " + tasks.front() + " (first seed)", "step", "top-1 (%)", "lines", false, false, {}, {}};
     for (const auto& label : labels)
-      for (const auto& r : bench["runs"])
-        if (r["task"] == tasks.front() && r["method"] == label && r["ok"].get<bool>()) {
-          const Series s = metric_series(read_metrics(fs::path(r["dir"].get<std::string>()) / "metrics.jsonl"),
+      for (const auto& r : runs)
+        if (r.at("task") == tasks.front() && r.at("method") == label && r.at("ok").get<bool>()) {
+          const Series s = metric_series(read_metrics(fs::path(r.at("dir").get<std::string>()) / "metrics.jsonl"),
                                          "val_top1", label, 100.0);
           if (!s.y.empty()) val.series.push_back(s);
           break;
@@ -236,13 +238,17 @@ nlohmann::json write_report(const std::string& path) {
   const fs::path dir(path);
   XFER_CHECK(fs::is_directory(dir), "report: ", path, " is not a directory");
   ReportWriter w(dir);
-  if (fs::exists(dir / "bench.json"))
-    bench_report(w, dir);
-  else if (fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "result.json"))
-    run_report(w, dir);
-  else
-    throw BadInput(cat("report: ", path, " is neither a run directory (metrics.jsonl) nor a bench directory ",
-                       "(bench.json)"));
+  try {
+    if (fs::exists(dir / "bench.json"))
+      bench_report(w, dir);
+    else if (fs::exists(dir / "metrics.jsonl") || fs::exists(dir / "result.json"))
+      run_report(w, dir);
+    else
+      throw BadInput(cat("report: ", path, " is neither a run directory (metrics.jsonl) nor a bench directory ",
+                         "(bench.json)"));
+  } catch (const nlohmann::json::exception& e) {  // a file of the wrong shape: a value missing or of another type
+    throw BadInput(cat("report: ", path, ": a JSON file there is not what xfer writes (", e.what(), ")"));
+  }
   return w.finish();
 }
 
