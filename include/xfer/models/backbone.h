@@ -68,8 +68,21 @@ using Backbone = std::shared_ptr<BackboneImpl>;
 Backbone make_backbone(const std::string& spec, int64_t in_channels);
 /// The spec with defaults filled in ("cnn4" -> "cnn4:width=16"), so equal architectures compare equal.
 std::string normalise_backbone_spec(const std::string& spec);
-/// A TorchScript module's backbone (defined in models/import.cpp).
+/// A TorchScript module's backbone (defined in models/import.cpp). Loading it runs the module's code.
 Backbone make_script_backbone(const std::string& path);
+/// TorchScript runs code, so make_backbone builds a script:path=FILE backbone only for a FILE the user named
+/// (--init torchscript:FILE, --backbone script:path=FILE): those entry points call trust_script(FILE). A spec
+/// that arrives any other way, such as a checkpoint's metadata, is refused (BadInput) before anything is read.
+void trust_script(const std::string& path);
+bool is_trusted_script(const std::string& path);
+
+/// The number of elements (parameters and buffers) and the feature width of a built-in backbone, computed
+/// from its spec without building it: a checkpoint's declared architecture is checked against the tensors
+/// it holds before anything is allocated. numel -1 for script backbones.
+struct BackboneSize {
+  int64_t numel = -1, feature_dim = 0;
+};
+BackboneSize backbone_size(const std::string& spec, int64_t in_channels);
 /// The names of the available backbones, for help texts.
 const char* backbone_help();
 

@@ -23,6 +23,13 @@ struct HeadInfo {
   int64_t predicted() const { return predict_classes > 0 ? predict_classes : static_cast<int64_t>(class_names.size()); }
 };
 
+/// Bounds on what a stored architecture record may declare (Arch::from_json).
+constexpr int64_t kMaxInChannels = 4096;
+constexpr int64_t kMaxImageSide = 65536;
+
+/// BadInput unless `name` can name a head: 1-64 letters, digits, '_' or '-' (LibTorch refuses '.' and "").
+void check_head_name(const std::string& name);
+
 /// Everything needed to rebuild a model and feed it: stored in every checkpoint, compared on load.
 struct Arch {
   std::string backbone;  // normalised backbone spec
@@ -32,7 +39,11 @@ struct Arch {
   std::vector<HeadInfo> heads;
 
   nlohmann::json to_json() const;
+  /// BadInput on a malformed record or values out of bounds (kMaxInChannels, kMaxImageSide).
   static Arch from_json(const nlohmann::json& j);
+  /// Elements (parameters and buffers) of the model this describes, computed without building it; -1 for a
+  /// script backbone.
+  int64_t numel() const;
   /// Why a checkpoint of `saved` cannot be loaded into this architecture (empty if it can). Heads are
   /// compared only when `with_heads`.
   std::string mismatch(const Arch& saved, bool with_heads) const;
@@ -63,6 +74,10 @@ class ModelImpl : public torch::nn::Module {
   std::shared_ptr<torch::nn::Module> heads_;  // a plain container: its children are the heads, by name
 };
 TORCH_MODULE(Model);
+
+/// BadInput when images of `height` x `width` are too small for the model's backbone (a pooling stage would
+/// leave nothing): one forward of a zero image, without gradients, in eval mode (the mode is restored).
+void check_input_fits(ModelImpl& model, int64_t height, int64_t width);
 
 /// A deep copy with the same weights, buffers and train/eval mode.
 Model clone_model(const Model& model);

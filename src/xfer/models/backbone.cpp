@@ -1,6 +1,8 @@
 #include "xfer/models/backbone.h"
 
 #include <map>
+#include <mutex>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -229,7 +231,8 @@ torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) { return l
 
 const char* backbone_help() {
   return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar] | "
-         "resnet50[:width=64][:stem=imagenet|cifar] | script:path=FILE (--init torchscript:FILE)";
+         "resnet50[:width=64][:stem=imagenet|cifar] | script:path=FILE (a TorchScript file, as --init torchscript:FILE: "
+         "loading it runs its code, so give only files you trust)";
 }
 
 namespace {
@@ -264,23 +267,88 @@ Resolved resolve(const std::string& text) {
   }
   return r;
 }
+
+/// The stages of a built-in ResNet: blocks and width per stage, the stem, the block type.
+struct ResNetLayout {
+  std::vector<int64_t> blocks, widths;
+  bool imagenet_stem = false, bottleneck = false;
+};
+
+ResNetLayout resnet_layout(const Resolved& r) {
+  const int64_t w = r.width;
+  if (r.name == "resnet20") return {{3, 3, 3}, {w, 2 * w, 4 * w}, false, false};
+  return {r.name == "resnet50" ? std::vector<int64_t>{3, 4, 6, 3} : std::vector<int64_t>{2, 2, 2, 2},
+          {w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet", r.name == "resnet50"};
+}
+
+/// Scripts loaded on the user's word (see trust_script).
+std::set<std::string>& trusted_scripts() {
+  static std::set<std::string> paths;
+  return paths;
+}
+std::mutex& trusted_mutex() {
+  static std::mutex m;
+  return m;
+}
 }  // namespace
 
+void trust_script(const std::string& path) {
+  std::lock_guard<std::mutex> lock(trusted_mutex());
+  trusted_scripts().insert(path);
+}
+
+bool is_trusted_script(const std::string& path) {
+  std::lock_guard<std::mutex> lock(trusted_mutex());
+  return trusted_scripts().count(path) > 0;
+}
+
 std::string normalise_backbone_spec(const std::string& text) { return resolve(text).spec; }
+
+BackboneSize backbone_size(const std::string& spec, int64_t in_channels) {
+  const Resolved r = resolve(spec);
+  if (r.name == "script") return {};
+  // Elements of each module as the constructors above build them (convolutions without bias; a batch norm
+  // holds weight, bias, running mean and variance, and the batch counter).
+  const auto conv = [](int64_t in, int64_t out, int64_t k) { return in * out * k * k; };
+  const auto bn = [](int64_t c) { return 4 * c + 1; };
+  BackboneSize size;
+  if (r.name == "cnn4") {
+    int64_t in = in_channels;
+    size.numel = 0;
+    for (const int64_t ch : {r.width, 2 * r.width, 4 * r.width, 4 * r.width}) {
+      size.numel += conv(in, ch, 3) + bn(ch);
+      in = ch;
+    }
+    size.feature_dim = in;
+    return size;
+  }
+  const ResNetLayout l = resnet_layout(r);
+  size.numel = conv(in_channels, l.widths[0], l.imagenet_stem ? 7 : 3) + bn(l.widths[0]);
+  int64_t in = l.widths[0];
+  for (size_t s = 0; s < l.blocks.size(); ++s)
+    for (int64_t b = 0; b < l.blocks[s]; ++b) {
+      const int64_t stride = (b == 0 && s > 0) ? 2 : 1, w = l.widths[s], out = l.bottleneck ? 4 * w : w;
+      size.numel += l.bottleneck ? conv(in, w, 1) + conv(w, w, 3) + conv(w, out, 1) + 2 * bn(w) + bn(out)
+                                 : conv(in, w, 3) + conv(w, w, 3) + 2 * bn(w);
+      if (stride != 1 || in != out) size.numel += conv(in, out, 1) + bn(out);
+      in = out;
+    }
+  size.feature_dim = in;
+  return size;
+}
 
 Backbone make_backbone(const std::string& text, int64_t in_channels) {
   XFER_CHECK(in_channels >= 1, "backbone input channels must be >= 1, got ", in_channels);
   const Resolved r = resolve(text);
-  const int64_t w = r.width;
-  if (r.name == "cnn4") return std::make_shared<Cnn4Impl>(in_channels, w);
-  if (r.name == "resnet20") return std::make_shared<ResNetImpl>(r.spec, in_channels, std::vector<int64_t>{3, 3, 3},
-                                                               std::vector<int64_t>{w, 2 * w, 4 * w}, false);
-  if (r.name == "script") return make_script_backbone(r.stem);
-  return std::make_shared<ResNetImpl>(r.spec, in_channels,
-                                      r.name == "resnet50" ? std::vector<int64_t>{3, 4, 6, 3}
-                                                           : std::vector<int64_t>{2, 2, 2, 2},
-                                      std::vector<int64_t>{w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet",
-                                      r.name == "resnet50");
+  if (r.name == "cnn4") return std::make_shared<Cnn4Impl>(in_channels, r.width);
+  if (r.name == "script") {
+    XFER_CHECK(is_trusted_script(r.stem), "backbone ", r.spec, ": a TorchScript file runs its own code, so xfer ",
+               "loads one only when you name it (--init torchscript:", r.stem, " or --backbone script:path=", r.stem,
+               "), never because a checkpoint or another file names it");
+    return make_script_backbone(r.stem);
+  }
+  const ResNetLayout l = resnet_layout(r);
+  return std::make_shared<ResNetImpl>(r.spec, in_channels, l.blocks, l.widths, l.imagenet_stem, l.bottleneck);
 }
 
 }  // namespace xfer

@@ -1,5 +1,6 @@
 #include "xfer/models/import.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -9,6 +10,8 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
+#include "xfer/models/pickle.h"
 #include "xfer/core/runtime.h"
 
 namespace xfer {
@@ -22,18 +25,21 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.rfind(prefix, 0) == 0;
 }
 
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
 /// A TorchScript module as a backbone. Its parameters and buffers are registered (the same tensors, not
 /// copies) on plain modules mirroring its submodule tree, so xfer's optimizers, checkpoints and copy_state
 /// see torchvision's names and the scripted code trains them in place.
 class ScriptBackboneImpl : public BackboneImpl {
  public:
   explicit ScriptBackboneImpl(const std::string& path) : path_(path) {
+    check_script_archive(path);
     try {
       module_ = torch::jit::load(path);
     } catch (const c10::Error& e) {
       throw BadInput(cat("--init torchscript:", path,
                          ": not a TorchScript file (save a torch.jit.script'ed model ",
-                         "with torch.jit.save): ", first_line(e.what())));
+                         "with torch.jit.save): ", first_line(e.what_without_backtrace())));
     }
     spec_ = cat("script:path=", path);
     std::string head_name;
@@ -103,7 +109,17 @@ class ScriptBackboneImpl : public BackboneImpl {
   }
 
  private:
-  static std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+  /// The archive's structure and every pickle in it (data.pkl, constants.pkl) are checked before LibTorch,
+  /// whose readers trust them, sees the file. The code in it is TorchScript's to compile and run.
+  static void check_script_archive(const std::string& path) {
+    const std::string what = "--init torchscript:" + path;
+    const std::string bytes = read_file(path);
+    XFER_CHECK(TorchZip::looks_like_zip(bytes), what, ": not a TorchScript file (torch.jit.save writes a zip archive)");
+    const TorchZip zip(bytes, what);
+    for (const auto& name : zip.names())
+      if (name.size() > 4 && name.compare(name.size() - 4, 4, ".pkl") == 0)
+        check_pickle(zip.read(name, size_t(64) << 20), what + ": " + name);
+  }
 
   torch::Tensor call(const std::string& name, const torch::Tensor& x) {
     return module_.attr(name).toModule().forward({x}).toTensor();
@@ -140,6 +156,21 @@ class ScriptBackboneImpl : public BackboneImpl {
   torch::Tensor head_weight_, head_bias_;
 };
 
+/// Runs `fn`, a loader of files from outside xfer; whatever LibTorch throws on a malformed file (c10::Error,
+/// std::bad_alloc, std::out_of_range, ...) becomes a one-line BadInput naming `what`.
+template <class Fn>
+auto guarded(const std::string& what, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const BadInput&) {
+    throw;
+  } catch (const c10::Error& e) {
+    throw BadInput(cat(what, ": cannot be loaded (", first_line(e.what_without_backtrace()), ")"));
+  } catch (const std::exception& e) {
+    throw BadInput(cat(what, ": cannot be loaded (", first_line(e.what()), ")"));
+  }
+}
+
 /// torchvision's name of an xfer state entry, or "" for entries outside the import (other heads).
 std::string torchvision_name(const std::string& xfer_name) {
   if (starts_with(xfer_name, "backbone.")) return xfer_name.substr(9);
@@ -156,7 +187,7 @@ std::vector<std::string> class_indices(int64_t n) {
 }  // namespace
 
 Backbone make_script_backbone(const std::string& path) {
-  return std::make_shared<ScriptBackboneImpl>(path);
+  return guarded("--init torchscript:" + path, [&]() -> Backbone { return std::make_shared<ScriptBackboneImpl>(path); });
 }
 
 bool is_external_init(const std::string& init) {
@@ -164,27 +195,11 @@ bool is_external_init(const std::string& init) {
 }
 
 std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  XFER_CHECK(in.good(), "--init state_dict:", path, ": cannot open the file");
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  c10::IValue value;
-  try {
-    value = torch::pickle_load(bytes);
-  } catch (const c10::Error& e) {
-    const std::string what = e.what();
-    throw BadInput(cat("--init state_dict:", path, ": cannot read it as a dict of tensors (",
-                       what.substr(0, what.find('\n')), "); ", kDictHint));
-  }
-  XFER_CHECK(value.isGenericDict(), "--init state_dict:", path, ": holds a ", value.tagKind(),
-             ", not a dict of tensors; ", kDictHint);
-  std::map<std::string, torch::Tensor> out;
-  for (const auto& entry : value.toGenericDict()) {
-    XFER_CHECK(entry.key().isString() && entry.value().isTensor(), "--init state_dict:", path,
-               ": every entry must map a name to a tensor; ", kDictHint);
-    out[entry.key().toStringRef()] = entry.value().toTensor();
-  }
-  XFER_CHECK(!out.empty(), "--init state_dict:", path, ": the dict is empty");
-  return out;
+  std::error_code ec;
+  XFER_CHECK(std::filesystem::is_regular_file(path, ec), "--init state_dict:", path, ": cannot open the file");
+  const std::string bytes = read_file(path);
+  return guarded("--init state_dict:" + path,
+                 [&] { return read_torch_state_dict(bytes, "--init state_dict:" + path, kDictHint); });
 }
 
 void load_torchvision_weights(Model& model, const std::map<std::string, torch::Tensor>& weights,
@@ -217,8 +232,9 @@ void load_torchvision_weights(Model& model, const std::map<std::string, torch::T
   for (auto& [name, t] : mine) t.copy_(weights.at(name));
 }
 
-Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
-                          int64_t height, int64_t width, const Normalization& input) {
+namespace {
+Model load_external(const std::string& init, const std::string& backbone, int64_t in_channels, int64_t height,
+                    int64_t width, const Normalization& input) {
   Arch arch;
   arch.in_channels = in_channels;
   arch.height = height;
@@ -249,6 +265,7 @@ Model load_external_model(const std::string& init, const std::string& backbone, 
   const std::string path = init.substr(12);
   XFER_CHECK(backbone.empty() || starts_with(backbone, "script:"), "--init ", init, ": --backbone ", backbone,
              " cannot be combined with a TorchScript model (its architecture is the script's)");
+  trust_script(path);  // named by the user: loading it runs its code, as torch.jit.load does
   arch.backbone = cat("script:path=", path);
   Model model(arch);
   auto script = std::dynamic_pointer_cast<ScriptBackboneImpl>(model->backbone);
@@ -264,6 +281,13 @@ Model load_external_model(const std::string& init, const std::string& backbone, 
       head->bias.zero_();
   }
   return model;
+}
+
+}  // namespace
+
+Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
+                          int64_t height, int64_t width, const Normalization& input) {
+  return guarded("--init " + init, [&] { return load_external(init, backbone, in_channels, height, width, input); });
 }
 
 }  // namespace xfer

@@ -3,7 +3,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 
 namespace xfer {
 
@@ -23,8 +28,8 @@ nlohmann::json Arch::to_json() const {
 }
 
 Arch Arch::from_json(const nlohmann::json& j) {
+  Arch a;
   try {
-    Arch a;
     a.backbone = j.at("backbone").get<std::string>();
     a.in_channels = j.at("in_channels").get<int64_t>();
     a.height = j.at("height").get<int64_t>();
@@ -34,10 +39,30 @@ Arch Arch::from_json(const nlohmann::json& j) {
     for (const auto& h : j.at("heads"))
       a.heads.push_back({h.at("name").get<std::string>(), h.at("classes").get<std::vector<std::string>>(),
                          h.value("predict_classes", int64_t{0})});
-    return a;
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(cat("malformed model architecture record: ", e.what()));
   }
+  // Bounds of what xfer itself writes: a record is data from a file, so nothing in it may size an
+  // allocation unchecked.
+  XFER_CHECK(a.in_channels >= 1 && a.in_channels <= kMaxInChannels, "the model's in_channels must be in [1, ",
+             kMaxInChannels, "], got ", a.in_channels);
+  XFER_CHECK(a.height >= 0 && a.height <= kMaxImageSide && a.width >= 0 && a.width <= kMaxImageSide,
+             "the model's input size must be at most ", kMaxImageSide, " pixels a side, got ", a.height, "x", a.width);
+  XFER_CHECK(a.input.mean.size() == a.input.std.size() &&
+                 (a.input.mean.empty() || a.input.mean.size() == static_cast<size_t>(a.in_channels)),
+             "the model's input normalisation has ", a.input.mean.size(), " means and ", a.input.std.size(),
+             " standard deviations for ", a.in_channels, " channels");
+  for (const double v : a.input.std) XFER_CHECK(v > 0 && std::isfinite(v), "the model's input std must be > 0, got ", v);
+  for (const double v : a.input.mean) XFER_CHECK(std::isfinite(v), "the model's input mean must be finite, got ", v);
+  return a;
+}
+
+int64_t Arch::numel() const {
+  const BackboneSize b = backbone_size(backbone, in_channels);
+  if (b.numel < 0) return -1;
+  int64_t n = b.numel;
+  for (const auto& h : heads) n += static_cast<int64_t>(h.class_names.size()) * (b.feature_dim + 1);
+  return n;
 }
 
 const HeadInfo* Arch::head(const std::string& name) const {
@@ -86,7 +111,16 @@ torch::nn::Linear ModelImpl::head(const std::string& name) const {
   return torch::nn::Linear(std::dynamic_pointer_cast<torch::nn::LinearImpl>(heads_->named_children()[name]));
 }
 
+void check_head_name(const std::string& name) {
+  // LibTorch's module names may not be empty or hold '.', the separator of parameter names.
+  XFER_CHECK(!name.empty() && name.size() <= 64 && name.find('.') == std::string::npos &&
+                 std::all_of(name.begin(), name.end(),
+                             [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; }),
+             "a head name must be 1-64 letters, digits, '_' or '-', got '", printable(name), "'");
+}
+
 void ModelImpl::add_head(const HeadInfo& info) {
+  check_head_name(info.name);
   XFER_CHECK(!info.class_names.empty(), "head '", info.name, "' needs at least one class");
   XFER_CHECK(info.predict_classes >= 0 && info.predict_classes <= static_cast<int64_t>(info.class_names.size()),
              "head '", info.name, "' predicts ", info.predict_classes, " of its ", info.class_names.size(), " classes");
@@ -138,6 +172,23 @@ void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std:
     throw BadInput(cat("weights do not match the model: ", msg));
   }
   for (auto& [name, t] : to) t.copy_(from.at(name));
+}
+
+void check_input_fits(ModelImpl& model, int64_t height, int64_t width) {
+  const bool training = model.is_training();
+  const auto device = model.backbone->parameters().empty() ? torch::Device(torch::kCPU)
+                                                            : model.backbone->parameters().front().device();
+  torch::NoGradGuard no_grad;
+  model.eval();
+  try {
+    model.backbone->forward(torch::zeros({1, model.arch().in_channels, height, width}, torch::TensorOptions().device(device)));
+  } catch (const c10::Error& e) {
+    model.train(training);
+    const std::string what = e.what_without_backtrace();
+    throw BadInput(cat(height, "x", width, " images are too small for backbone ", model.arch().backbone, " (",
+                       what.substr(0, what.find('\n')), ")"));
+  }
+  model.train(training);
 }
 
 Model clone_model(const Model& model) {

@@ -98,16 +98,23 @@ CheckpointReader::CheckpointReader(const std::string& path, torch::Device device
 }
 
 Model CheckpointReader::read_model() {
-  Arch saved;
+  const Archive stored = read("model");
   try {
-    saved = arch();
+    const Arch saved = arch();
+    // The declared architecture must fit in the tensors the file holds, checked before building it: a
+    // record declaring width=4096 would otherwise allocate gigabytes for a file of a few kilobytes.
+    int64_t held = 0;
+    for (const auto& [name, t] : stored.tensors()) held += t.numel();
+    const int64_t declared = saved.numel();
+    XFER_CHECK(declared <= held, "the stored model declares ", saved.backbone, " with ", saved.heads.size(),
+               " heads (", declared, " values) but holds ", held, " values");
+    Model model(saved);
+    model->to(device_);
+    stored.read_module(*model, "the stored model");
+    return model;
   } catch (const BadInput& e) {
     throw BadInput(cat(path_, ": ", e.what()));
   }
-  Model model(saved);
-  model->to(device_);
-  read("model").read_module(*model, cat(path_, ": the stored model"));
-  return model;
 }
 
 bool CheckpointReader::has(const std::string& key) const { return archive_.has(key); }

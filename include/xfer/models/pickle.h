@@ -1,0 +1,59 @@
+#pragma once
+/// Reading the files torch.save and torch.jit.save write, without trusting them.
+///
+/// Both are zip archives (stored, uncompressed) holding pickles and raw tensor data. LibTorch 1.13's own
+/// readers assume well-formed input: a 4-byte pickle ("\x80\x02\x85.", a tuple of an empty stack) crashed
+/// it. Here:
+/// - `TorchZip` reads the archive's directory with every offset and length checked;
+/// - `check_pickle` runs a pickle through a model of LibTorch's unpickler (a stack of typed values, marks and
+///   a memo; nothing is called, no global resolved) and refuses, naming the byte, anything that would reach
+///   an unchecked path of LibTorch's: too few values for an opcode, a memo index never stored, items set on
+///   what is not a dict, REDUCE/BUILD on what GLOBAL did not push, a malformed tensor record;
+/// - `read_torch_state_dict` goes further for `--init state_dict:FILE` and never hands the file to LibTorch:
+///   it parses the pickle of a dict {name: tensor} itself and builds each tensor from its bounds-checked
+///   storage record.
+/// Python pickles are a program for a stack machine; only the opcodes LibTorch's unpickler knows are taken.
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <torch/types.h>
+
+namespace xfer {
+
+/// The entries of a zip archive held in memory (`bytes` must outlive it), stored or deflated (torch.jit.save
+/// deflates its code files). BadInput naming `name` on a malformed archive.
+class TorchZip {
+ public:
+  TorchZip(const std::string& bytes, const std::string& name);
+  /// Whether `bytes` start like a zip archive.
+  static bool looks_like_zip(const std::string& bytes);
+  /// The archive's top folder ("archive/" or the file's stem, as torch writes it), with the slash.
+  const std::string& prefix() const { return prefix_; }
+  bool has(const std::string& entry) const { return entries_.count(entry) > 0; }
+  /// The bytes of `entry` (a full name), inflated if need be; BadInput if absent, or if it holds more than
+  /// `max_bytes` or other than the length its directory entry declares.
+  std::string read(const std::string& entry, size_t max_bytes = size_t(1) << 36) const;
+  std::vector<std::string> names() const;
+
+ private:
+  struct Entry {
+    std::string_view data;  // as stored
+    uint64_t method = 0, length = 0;  // 0 stored, 8 deflated; the length once inflated
+  };
+  const std::string& bytes_;
+  std::string name_, prefix_;
+  std::map<std::string, Entry> entries_;
+};
+
+/// Refuses (BadInput naming `what` and the byte offset) a pickle that LibTorch's unpickler could not read
+/// safely; see the file comment.
+void check_pickle(std::string_view pickle, const std::string& what);
+
+/// The tensors of a file written by torch.save(dict_of_tensors, FILE) (zip format). BadInput naming `what`
+/// on anything else; an OrderedDict (torch.save(model.state_dict())) is refused with `ordered_dict_hint`.
+std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what,
+                                                           const std::string& ordered_dict_hint);
+
+}  // namespace xfer
