@@ -15,10 +15,14 @@ struct Image {
   const uint8_t* pixel(int64_t y, int64_t x) const { return rgb.data() + (y * width + x) * 3; }
 };
 
+/// The largest image decoded, in pixels: PIL's limit (2 x Image.MAX_IMAGE_PIXELS), against decompression bombs.
+constexpr int64_t kMaxImagePixels = 178956970;
+
 /// Decodes a JPEG or PNG (recognised by its first bytes). With `min_side` > 0 a JPEG is decoded at the
 /// smallest libjpeg-turbo scaling factor (1/8 ... 1) whose shorter side is still >= min_side, which skips
 /// most of the inverse DCT for large photos. Grayscale and palette images become RGB; alpha is dropped.
-/// Throws BadInput naming `what` (the path) for truncated, corrupt or unsupported data.
+/// Throws BadInput naming `what` (the path) for truncated, corrupt or unsupported data, or an image of more
+/// than kMaxImagePixels pixels.
 Image decode_image(const uint8_t* data, size_t size, const std::string& what, int64_t min_side = 0);
 /// Reads and decodes a file; BadInput naming the path if it cannot be read or decoded.
 Image decode_image_file(const std::string& path, int64_t min_side = 0);

@@ -55,6 +55,9 @@ class ImageCache {
   static std::shared_ptr<const ImageCache> open_or_build(const std::string& file,
                                                          const std::vector<std::string>& paths, int64_t side,
                                                          int workers);
+  /// The cache in `file` as it is, or nullptr when it is missing or malformed (every offset and size is
+  /// checked against the file's length).
+  static std::shared_ptr<const ImageCache> open(const std::string& file);
   ~ImageCache();
   ImageCache(const ImageCache&) = delete;
   ImageCache& operator=(const ImageCache&) = delete;
@@ -67,6 +70,7 @@ class ImageCache {
   const Entry* find(const std::string& path) const;
   int64_t side() const { return side_; }
   int64_t size() const { return static_cast<int64_t>(entries_.size()); }
+  std::vector<std::string> paths() const;
 
  private:
   ImageCache() = default;
@@ -80,9 +84,10 @@ class ImageCache {
 /// The files of an image folder's examples and how to turn them into model inputs.
 class ImageFiles {
  public:
+  /// `labels`, one per path, keep stand-ins for unreadable files within their class (empty: one class).
   ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
              std::shared_ptr<CorruptLog> corrupt = nullptr,
-             std::shared_ptr<const ImageCache> cache = nullptr);
+             std::shared_ptr<const ImageCache> cache = nullptr, std::vector<int64_t> labels = {});
 
   int64_t size() const { return static_cast<int64_t>(paths_.size()); }
   const std::string& root() const { return root_; }
@@ -96,7 +101,8 @@ class ImageFiles {
   /// Decodes example i and writes its crop, planar uint8 (3, size, size), to `out`: the training crop
   /// (RandomResizedCrop or random crop, then a flip if `flip`), drawn from `seed` alone, or the
   /// evaluation crop. An unreadable file fails (BadInput) or, by default, is replaced by the next readable
-  /// example (i+1, i+2, ...) with a warning the first time it is met.
+  /// example of the same class (i+1, i+2, ...) with a warning the first time it is met; a class none of
+  /// whose images can be read fails (BadInput).
   void load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* out) const;
   /// uint8 (n, 3, size, size) for `indices`: example k with seed derive_seed(seed, positions[k]) (its
   /// position in the global batch; k itself without `positions`), on `workers` threads.
@@ -109,6 +115,7 @@ class ImageFiles {
  private:
   std::string root_;
   std::vector<std::string> paths_;
+  std::vector<int64_t> labels_;
   ImageOptions opts_;
   std::shared_ptr<CorruptLog> corrupt_;
   std::shared_ptr<const ImageCache> cache_;
@@ -122,7 +129,8 @@ struct FolderScan {
 };
 
 /// Scans ROOT/CLASS/**/*.{jpg,jpeg,png} (extensions case-insensitive). BadInput naming the path for a
-/// missing root, a root without class folders, or a class folder without images.
+/// missing root, a root without class folders, a class folder without images, a name that is not UTF-8, or
+/// a link that loops or leaves its class folder (class folders themselves may be links elsewhere).
 FolderScan scan_image_folder(const std::string& root);
 /// Reads a split file: one path relative to `root` per line ("class/file.jpg"; blank lines and lines
 /// starting with '#' are skipped). The class is the first path component and must be one of `classes`.

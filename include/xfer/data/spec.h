@@ -43,6 +43,9 @@
 
 namespace xfer {
 
+/// The most classes an IDX dataset's labels may number (labels run 0 .. kMaxClasses - 1).
+constexpr int64_t kMaxClasses = int64_t(1) << 20;
+
 struct DatasetSpec {
   std::string text;
   std::string source;  // "fmnist", "idx" or "folder"

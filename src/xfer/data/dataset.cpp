@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "xfer/core/error.h"
 #include "xfer/data/image_folder.h"
 
 namespace xfer {
@@ -27,7 +28,11 @@ std::vector<std::vector<int64_t>> TensorDataset::indices_by_class() const {
   std::vector<std::vector<int64_t>> out(num_classes());
   const torch::Tensor y = labels.contiguous();
   const int64_t* p = y.data_ptr<int64_t>();
-  for (int64_t i = 0; i < size(); ++i) out[p[i]].push_back(i);
+  for (int64_t i = 0; i < size(); ++i) {
+    XFER_CHECK(p[i] >= 0 && p[i] < num_classes(), "label ", p[i], " of example ", i, " is out of range for ",
+               num_classes(), " classes");
+    out[static_cast<size_t>(p[i])].push_back(i);
+  }
   return out;
 }
 

@@ -1,5 +1,7 @@
 #include "xfer/data/idx.h"
 
+#include <unistd.h>
+
 #include <cstring>
 
 #include <torch/torch.h>
@@ -32,8 +34,41 @@ void swap_bytes(char* data, size_t count, size_t width) {
 
 }  // namespace
 
+namespace {
+/// The bytes an IDX file of this header declares (header included), or 0 when `head` is too short to say.
+/// A gzipped file is inflated only that far: a gzip bomb of a few MB must not expand to gigabytes first.
+size_t idx_declared_size(const std::string& head) {
+  const auto* p = reinterpret_cast<const unsigned char*>(head.data());
+  if (head.size() < 4) return 0;
+  size_t width = 0;
+  for (const auto& t : kTypes)
+    if (t.code == p[2]) width = t.bytes;
+  const size_t header = 4 + 4 * static_cast<size_t>(p[3]);
+  if (width == 0 || head.size() < header) return 0;
+  size_t count = 1;
+  for (int d = 0; d < p[3]; ++d) {
+    const uint32_t dim = read_be32(p + 4 + 4 * d);
+    if (dim > 0x7fffffffu || (dim != 0 && count > (size_t(1) << 40) / dim)) return 0;
+    count *= dim;
+  }
+  return header + count * width;
+}
+}  // namespace
+
 IdxArray parse_idx(const std::string& raw, const std::string& name) {
-  const std::string bytes = is_gzip(raw) ? gunzip(raw, name) : raw;
+  std::string bytes;
+  if (is_gzip(raw)) {
+    // Inflate the header, then exactly what it declares (one byte more shows trailing data).
+    const size_t declared = idx_declared_size(gunzip(raw, name, 4 + 4 * 255, /*prefix_only=*/true));
+    const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    XFER_CHECK(memory <= 0 || static_cast<double>(declared) <= memory / 2, name, ": the IDX header declares ",
+               declared, " bytes, more than half of this machine's memory");
+    bytes = declared == 0 ? gunzip(raw, name, 4 + 4 * 255, true) : gunzip(raw, name, declared + 1, true);
+    XFER_CHECK(bytes.size() <= declared || declared == 0, name, ": the gzip stream holds more than the ",
+               declared, " bytes its IDX header declares");
+  } else {
+    bytes = raw;
+  }
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
   XFER_CHECK(bytes.size() >= 4, name, ": not an IDX file (", bytes.size(), " bytes, the header needs 4)");
   XFER_CHECK(p[0] == 0 && p[1] == 0, name, ": not an IDX file (bad magic bytes 0x", std::hex, int(p[0]),

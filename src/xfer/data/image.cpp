@@ -15,27 +15,48 @@
 namespace xfer {
 namespace {
 
-/// One TurboJPEG decompressor per thread: creating one costs more than decoding a thumbnail.
+/// One TurboJPEG decompressor per thread: creating one costs more than decoding a thumbnail. After any
+/// error it is destroyed and created again: libjpeg-turbo leaves a handle whose header read failed in a
+/// state where every later decode on it fails too.
 struct TjHandle {
   tjhandle handle = nullptr;
-  explicit TjHandle(bool compress) : handle(compress ? tjInitCompress() : tjInitDecompress()) {}
+  bool compress;
+  explicit TjHandle(bool c) : compress(c) { reset(); }
   ~TjHandle() {
     if (handle) tjDestroy(handle);
   }
+  void reset() {
+    if (handle) tjDestroy(handle);
+    handle = compress ? tjInitCompress() : tjInitDecompress();
+  }
 };
 
-tjhandle tj_decompressor() {
+TjHandle& tj_decompressor() {
   thread_local TjHandle h(false);
+  if (!h.handle) h.reset();
   XFER_CHECK(h.handle != nullptr, "libjpeg-turbo: cannot create a decompressor");
-  return h.handle;
+  return h;
+}
+
+/// Refuses images larger than PIL does (a decompression bomb: a small file declaring a huge image).
+void check_pixels(int64_t w, int64_t h, const std::string& what) {
+  XFER_CHECK(w <= kMaxImagePixels / std::max<int64_t>(h, 1), what, ": a ", w, "x", h,
+             " image; at most ", kMaxImagePixels, " pixels are decoded");
 }
 
 Image decode_jpeg(const uint8_t* data, size_t size, const std::string& what, int64_t min_side) {
-  tjhandle tj = tj_decompressor();
+  TjHandle& handle = tj_decompressor();
+  tjhandle tj = handle.handle;
+  const auto fail = [&](const char* problem) {
+    const std::string msg = tjGetErrorStr2(tj);
+    handle.reset();
+    throw BadInput(cat(what, ": ", problem, " (", msg, ")"));
+  };
   int w = 0, h = 0, subsamp = 0, colorspace = 0;
   if (tjDecompressHeader3(tj, data, static_cast<unsigned long>(size), &w, &h, &subsamp, &colorspace) != 0)
-    throw BadInput(cat(what, ": not a readable JPEG (", tjGetErrorStr2(tj), ")"));
+    fail("not a readable JPEG");
   XFER_CHECK(w > 0 && h > 0, what, ": JPEG with an empty image (", w, "x", h, ")");
+  check_pixels(w, h, what);
   // The smallest scaled size whose shorter side still covers min_side.
   int n = 0;
   const tjscalingfactor* factors = tjGetScalingFactors(&n);
@@ -56,8 +77,8 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& what, int
   if (tjDecompress2(tj, data, static_cast<unsigned long>(size), img.rgb.data(), static_cast<int>(img.width),
                     0, static_cast<int>(img.height), TJPF_RGB, 0) != 0) {
     // Warnings (for example extraneous bytes) leave a usable image, as PIL accepts them too.
-    if (tjGetErrorCode(tj) != TJERR_WARNING)
-      throw BadInput(cat(what, ": corrupt JPEG (", tjGetErrorStr2(tj), ")"));
+    if (tjGetErrorCode(tj) != TJERR_WARNING) fail("corrupt JPEG");
+    handle.reset();
   }
   return img;
 }
@@ -69,6 +90,12 @@ Image decode_png(const uint8_t* data, size_t size, const std::string& what) {
   if (!png_image_begin_read_from_memory(&png, data, size))
     throw BadInput(cat(what, ": not a readable PNG (", png.message, ")"));
   png.format = PNG_FORMAT_RGB;
+  try {
+    check_pixels(png.width, png.height, what);
+  } catch (const BadInput&) {
+    png_image_free(&png);
+    throw;
+  }
   Image img;
   img.width = png.width;
   img.height = png.height;

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstring>
 #include <exception>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <random>
 #include <thread>
 
@@ -18,6 +20,7 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/image.h"
@@ -35,18 +38,60 @@ bool is_image_name(const std::string& name) {
   return ext == "jpg" || ext == "jpeg" || ext == "png";
 }
 
-/// Image files under `dir`, relative to `root`, in torchvision's order: sorted by (directory, name).
+/// A directory's identity, to see one reached twice through links.
+std::pair<dev_t, ino_t> dir_id(const fs::path& dir) {
+  struct stat st {};
+  XFER_CHECK(::stat(dir.c_str(), &st) == 0, "image folder: cannot read ", dir.string(), " (", std::strerror(errno), ")");
+  return {st.st_dev, st.st_ino};
+}
+
+/// Whether canonical path `inner` is `outer` or lies below it.
+bool path_within(const fs::path& inner, const fs::path& outer) {
+  auto o = outer.begin(), i = inner.begin();
+  for (; o != outer.end(); ++o, ++i)
+    if (i == inner.end() || *i != *o) return false;
+  return true;
+}
+
+/// Image files under the class folder `dir`, relative to `root`, in torchvision's order: sorted by
+/// (directory, name). Links are followed only while they stay inside the class folder: a link to a parent
+/// would loop, and one to another class would give its images this class's label. Either is refused, as is
+/// a name that is not UTF-8 (results and configs are JSON).
 std::vector<std::string> walk_images(const fs::path& root, const fs::path& dir) {
-  std::vector<std::pair<std::string, std::string>> found;
   std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::follow_directory_symlink, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    if (!it->is_regular_file(ec)) continue;
-    const std::string name = it->path().filename().string();
-    if (!is_image_name(name)) continue;
-    found.emplace_back(it->path().parent_path().lexically_relative(root).string(), name);
+  const fs::path home = fs::canonical(dir, ec);
+  XFER_CHECK(!ec, "image folder: cannot resolve ", dir.string(), " (", ec.message(), ")");
+  std::vector<std::pair<std::string, std::string>> found;
+  std::set<std::pair<dev_t, ino_t>> seen{dir_id(home)};
+  std::vector<fs::path> todo{dir};
+  while (!todo.empty()) {
+    const fs::path d = todo.back();
+    todo.pop_back();
+    for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+      const fs::path p = it->path();
+      check_utf8(p.filename().string(), cat("image folder: the name ", p.string()));
+      const bool link = it->is_symlink(ec);
+      if (link) {
+        const fs::path target = fs::canonical(p, ec);
+        if (ec) {  // a dangling link: nothing to read, as a missing file
+          ec.clear();
+          continue;
+        }
+        XFER_CHECK(path_within(target, home), "image folder: ", p.string(), " links to ", target.string(),
+                   ", outside its class folder ", dir.string(), " (its images would be labelled ",
+                   dir.filename().string(), ")");
+      }
+      if (it->is_directory(ec)) {
+        XFER_CHECK(seen.insert(dir_id(p)).second, "image folder: ", p.string(),
+                   " leads to a folder already walked (a link cycle, or two links to one folder)");
+        todo.push_back(p);
+      } else if (it->is_regular_file(ec) && is_image_name(p.filename().string())) {
+        found.emplace_back(p.parent_path().lexically_relative(root).string(), p.filename().string());
+      }
+      ec.clear();
+    }
+    XFER_CHECK(!ec, d.string(), ": cannot list the folder (", ec.message(), ")");
   }
-  XFER_CHECK(!ec, dir.string(), ": cannot list the folder (", ec.message(), ")");
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
   out.reserve(found.size());
@@ -110,20 +155,37 @@ bool ImageCache::map(const std::string& file) {
   const uint8_t* q = p + 8;
   const uint64_t count = u64(q);
   side_ = static_cast<int64_t>(u64(q));
+  // Every size is checked against what the file holds, without overflow: a crafted header must not point
+  // outside the mapping.
+  if (count > (bytes_ - 24) / 20) return false;
   for (uint64_t i = 0; i < count; ++i) {
-    if (q + 20 > end) return false;
+    if (static_cast<size_t>(end - q) < 20) return false;
     const uint64_t offset = u64(q);
-    Entry e;
-    e.height = u32(q);
-    e.width = u32(q);
-    const uint32_t len = u32(q);
-    if (q + len > end || offset + static_cast<uint64_t>(e.height * e.width * 3) > bytes_) return false;
+    const uint64_t height = u32(q), width = u32(q), len = u32(q);
+    if (len > static_cast<size_t>(end - q)) return false;
+    if (height > 0 && width > static_cast<uint64_t>(kMaxImagePixels) / height) return false;
+    const uint64_t pixels = height * width * 3;
+    if (offset > bytes_ || pixels > bytes_ - offset) return false;
     std::string path(reinterpret_cast<const char*>(q), len);
     q += len;
-    e.rgb = e.height > 0 ? p + offset : nullptr;
+    Entry e;
+    e.height = static_cast<int64_t>(height);
+    e.width = static_cast<int64_t>(width);
+    e.rgb = pixels > 0 ? p + offset : nullptr;
     entries_[path] = e;
   }
   return true;
+}
+
+std::shared_ptr<const ImageCache> ImageCache::open(const std::string& file) {
+  std::shared_ptr<ImageCache> c(new ImageCache());
+  return c->map(file) ? c : nullptr;
+}
+
+std::vector<std::string> ImageCache::paths() const {
+  std::vector<std::string> out;
+  for (const auto& [p, e] : entries_) out.push_back(p);
+  return out;
 }
 
 const ImageCache::Entry* ImageCache::find(const std::string& path) const {
@@ -181,53 +243,55 @@ std::shared_ptr<const ImageCache> ImageCache::open_or_build(const std::string& f
   // Header, then pixels.
   uint64_t header = 8 + 8 + 8;
   for (const auto& p : paths) header += 20 + p.size();
-  const std::string tmp = file + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    XFER_CHECK(out.good(), "image cache ", file, ": cannot write ", tmp);
-    auto put64 = [&](uint64_t v) { out.write(reinterpret_cast<const char*>(&v), 8); };
-    auto put32 = [&](uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
-    out.write("XFERIMC1", 8);
-    put64(paths.size());
-    put64(static_cast<uint64_t>(side));
-    uint64_t offset = header;
-    for (size_t i = 0; i < paths.size(); ++i) {
-      put64(offset);
-      put32(static_cast<uint32_t>(images[i].height));
-      put32(static_cast<uint32_t>(images[i].width));
-      put32(static_cast<uint32_t>(paths[i].size()));
-      out.write(paths[i].data(), static_cast<std::streamsize>(paths[i].size()));
-      offset += images[i].rgb.size();
-    }
-    for (const auto& img : images)
-      out.write(reinterpret_cast<const char*>(img.rgb.data()), static_cast<std::streamsize>(img.rgb.size()));
-    XFER_CHECK(out.good(), "image cache ", file, ": cannot write ", tmp, " (disk full?)");
+  AtomicFile out(file);
+  auto put64 = [&](uint64_t v) { out.write(reinterpret_cast<const char*>(&v), 8); };
+  auto put32 = [&](uint32_t v) { out.write(reinterpret_cast<const char*>(&v), 4); };
+  out.write("XFERIMC1", 8);
+  put64(paths.size());
+  put64(static_cast<uint64_t>(side));
+  uint64_t offset = header;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    put64(offset);
+    put32(static_cast<uint32_t>(images[i].height));
+    put32(static_cast<uint32_t>(images[i].width));
+    put32(static_cast<uint32_t>(paths[i].size()));
+    out.write(paths[i].data(), paths[i].size());
+    offset += images[i].rgb.size();
   }
-  fs::rename(tmp, file);
+  for (const auto& img : images) out.write(reinterpret_cast<const char*>(img.rgb.data()), img.rgb.size());
+  out.commit();
   std::shared_ptr<ImageCache> c(new ImageCache());
   XFER_CHECK(c->map(file), "image cache ", file, ": cannot read back the file just written");
   return c;
 }
 
 ImageFiles::ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
-                       std::shared_ptr<CorruptLog> corrupt, std::shared_ptr<const ImageCache> cache)
+                       std::shared_ptr<CorruptLog> corrupt, std::shared_ptr<const ImageCache> cache,
+                       std::vector<int64_t> labels)
     : root_(std::move(root)),
       paths_(std::move(paths)),
+      labels_(std::move(labels)),
       opts_(std::move(opts)),
       corrupt_(corrupt ? std::move(corrupt) : std::make_shared<CorruptLog>()),
       cache_(std::move(cache)) {
   opts_.validate();
+  XFER_CHECK(labels_.empty() || labels_.size() == paths_.size(), "image folder ", root_, ": ", labels_.size(),
+             " labels for ", paths_.size(), " files");
 }
 
 std::shared_ptr<const ImageFiles> ImageFiles::subset(const std::vector<int64_t>& indices) const {
   std::vector<std::string> paths;
+  std::vector<int64_t> labels;
   paths.reserve(indices.size());
-  for (int64_t i : indices) paths.push_back(path(i));
-  return std::make_shared<ImageFiles>(root_, std::move(paths), opts_, corrupt_, cache_);
+  for (int64_t i : indices) {
+    paths.push_back(path(i));
+    if (!labels_.empty()) labels.push_back(labels_.at(static_cast<size_t>(i)));
+  }
+  return std::make_shared<ImageFiles>(root_, std::move(paths), opts_, corrupt_, cache_, std::move(labels));
 }
 
 std::shared_ptr<const ImageFiles> ImageFiles::with_cache(std::shared_ptr<const ImageCache> cache) const {
-  return std::make_shared<ImageFiles>(root_, paths_, opts_, corrupt_, std::move(cache));
+  return std::make_shared<ImageFiles>(root_, paths_, opts_, corrupt_, std::move(cache), labels_);
 }
 
 void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* out) const {
@@ -235,7 +299,9 @@ void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* 
   XFER_CHECK(i >= 0 && i < n, "image index ", i, " out of range for ", n, " images");
   // Training crops may take a small part of the image: keep the decoded size at least the crop size.
   const int64_t min_side = train && opts_.crop == "rrc" ? opts_.size : opts_.resize;
+  const auto label_of = [&](int64_t j) { return labels_.empty() ? 0 : labels_[static_cast<size_t>(j)]; };
   for (int64_t k = 0; k < n; ++k) {
+    if (label_of((i + k) % n) != label_of(i)) continue;  // a stand-in must have the example's label
     const std::string& p = path((i + k) % n);
     Image img;
     try {
@@ -272,7 +338,10 @@ void ImageFiles::load(int64_t i, bool train, bool flip, uint64_t seed, uint8_t* 
     resample_crop(img, box, opts_.size, opts_.size, mirror, out);
     return;
   }
-  throw BadInput(cat(root_, ": none of the ", n, " images of this split can be decoded"));
+  throw BadInput(labels_.empty()
+                     ? cat(root_, ": none of the ", n, " images of this split can be decoded")
+                     : cat(root_, ": no image of class ", label_of(i), " in this split can be decoded (",
+                           path(i), " ...): a class cannot be trained or tested without one"));
 }
 
 torch::Tensor ImageFiles::load_batch(const std::vector<int64_t>& indices, bool train, bool flip,
@@ -325,6 +394,21 @@ FolderScan scan_image_folder(const std::string& root) {
   XFER_CHECK(!classes.empty(), "image folder ", root,
              ": no class folders (expected ROOT/CLASS_NAME/*.jpg|png)");
   std::sort(classes.begin(), classes.end());
+  // Class folders may be links (a dataset spread over disks), but no two may share images and none may
+  // hold the root: either would give images two labels.
+  const fs::path canonical_root = fs::canonical(root, ec);
+  std::vector<fs::path> homes;
+  for (const auto& c : classes) {
+    check_utf8(c, cat("image folder ", root, ": the class folder name"));
+    homes.push_back(fs::canonical(fs::path(root) / c, ec));
+    XFER_CHECK(!ec, "image folder ", root, ": cannot resolve class folder ", c, " (", ec.message(), ")");
+    XFER_CHECK(!path_within(canonical_root, homes.back()), "image folder ", root, ": class folder ", c,
+               " links to ", homes.back().string(), ", which holds the whole folder");
+  }
+  for (size_t a = 0; a < homes.size(); ++a)
+    for (size_t b = 0; b < homes.size(); ++b)
+      XFER_CHECK(a == b || !path_within(homes[a], homes[b]), "image folder ", root, ": class folder ", classes[a],
+                 " lies inside class folder ", classes[b], " (through a link): its images would have two labels");
   FolderScan scan;
   scan.class_names = classes;
   for (size_t c = 0; c < classes.size(); ++c) {
@@ -355,7 +439,12 @@ FolderScan read_split_list(const std::string& root, const std::string& list,
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
       line.pop_back();
     if (line.empty() || line[0] == '#') continue;
-    const std::string cls = fs::path(line).begin()->string();
+    const fs::path rel(line);
+    XFER_CHECK(rel.is_relative() && std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }),
+               "split list ", list, " line ", line_no, ": '", printable(line), "' must be a path inside ", root,
+               " (no '..', not absolute)");
+    check_utf8(line, cat("split list ", list, " line ", line_no));
+    const std::string cls = rel.begin()->string();
     auto it = label_of.find(cls);
     XFER_CHECK(it != label_of.end() && line.find('/') != std::string::npos, "split list ", list, " line ",
                line_no, ": '", line, "' is not CLASS/FILE for a class folder of ", root);

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/idx.h"
 #include "xfer/data/image_folder.h"
@@ -243,6 +244,7 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
     } else if (key == "names") {
       XFER_CHECK(s.source == "idx", "dataset spec '", text, "': names is only for idx datasets");
       s.names = split(v, ',');
+      for (const auto& n : s.names) check_utf8(n, cat("dataset spec '", printable(text), "': the class name"));
     } else {
       throw BadInput(cat("dataset spec '", text, "': unknown key '", key, "'; valid keys: ", kValidKeys));
     }
@@ -346,7 +348,7 @@ void load_folder_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, Ra
     std::vector<std::string> full;
     full.reserve(sc.files.size());
     for (const auto& f : sc.files) full.push_back((fs::path(root) / f).string());
-    r.files = std::make_shared<ImageFiles>(root, std::move(full), spec.image, corrupt);
+    r.files = std::make_shared<ImageFiles>(root, std::move(full), spec.image, corrupt, nullptr, sc.labels);
     return r;
   };
   train = to_raw(spec.dir, spec.train_list.empty() ? all : read_split_list(spec.dir, spec.train_list, class_names));
@@ -429,6 +431,9 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     file_classes = static_cast<int64_t>(file_names.size());
   } else {
     file_classes = train_raw.labels.numel() > 0 ? train_raw.labels.max().item<int64_t>() + 1 : 0;
+    // Classes are numbered by label: one label of 2^31 would name 2^31 classes.
+    XFER_CHECK(file_classes <= kMaxClasses, train_labels, ": label ", file_classes - 1, " implies ", file_classes,
+               " classes; at most ", kMaxClasses, " are supported");
     if (!spec.names.empty()) {
       XFER_CHECK(static_cast<int64_t>(spec.names.size()) >= file_classes, "dataset spec '", spec.text,
                  "': names lists ", spec.names.size(), " classes but the labels go up to ", file_classes - 1);
