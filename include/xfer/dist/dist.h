@@ -1,11 +1,12 @@
 #pragma once
-/// Data-parallel training on PyTorch's own distributed engine: c10d's ProcessGroupGloo over a TCPStore.
+/// Data-parallel training on PyTorch's own distributed engine: c10d's ProcessGroupGloo, whose rendezvous goes
+/// through xfer's own store (dist/store.h) rather than LibTorch's TCPStore.
 ///
 /// A handful of free functions with a single-process default (flashlight's fl::distributed style): when
 /// the torchrun variables are not set, world_size() is 1, rank() is 0 and every collective is a no-op
 /// that makes no Gloo call. `xfer launch` (or torchrun) sets, for each process:
 ///
-///   MASTER_ADDR, MASTER_PORT   where rank 0 serves the TCPStore
+///   MASTER_ADDR, MASTER_PORT   where rank 0 serves the rendezvous store (bound to MASTER_ADDR only)
 ///   RANK, WORLD_SIZE           this process's global rank and the number of processes
 ///   LOCAL_RANK                 the rank on this machine
 ///   XFER_DIST_TIMEOUT          seconds to wait for the master or a collective before failing (default 300)
@@ -30,8 +31,8 @@ bool gloo_available();
 
 /// Joins the process group described by the environment, once (later calls return at once). Returns
 /// whether this process is one of several. With RANK/WORLD_SIZE unset, or WORLD_SIZE=1: single process,
-/// no Gloo. BadInput if the variables are malformed or Gloo is not built in; an Error naming the master
-/// if it cannot be reached within the timeout.
+/// no Gloo. BadInput (one line) if the variables are malformed, Gloo is not built in, or the rendezvous
+/// fails: the master cannot be reached, or a rank does not join, within the timeout.
 bool init_from_env();
 
 bool is_distributed();

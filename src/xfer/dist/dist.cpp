@@ -11,11 +11,12 @@
 
 #ifdef XFER_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
 #endif
 
 #include "xfer/core/error.h"
 #include "xfer/core/runtime.h"
+#include "xfer/dist/store.h"
 
 namespace xfer::dist {
 namespace {
@@ -68,6 +69,38 @@ void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
 }
 
 c10d::ProcessGroupGloo& group() { return *state().group; }
+
+/// xfer's rendezvous store (dist/store.h) as the c10d::Store ProcessGroupGloo takes: Gloo's pairs publish
+/// and read their addresses with set, get and wait.
+class RendezvousStore : public c10d::Store {
+ public:
+  RendezvousStore(std::unique_ptr<KeyValueStore> kv, std::chrono::milliseconds timeout)
+      : c10d::Store(timeout), kv_(std::move(kv)) {}
+  void set(const std::string& key, const std::vector<uint8_t>& value) override {
+    kv_->set(key, std::string(value.begin(), value.end()));
+  }
+  std::vector<uint8_t> get(const std::string& key) override {
+    const std::string v = kv_->get(key);
+    return {v.begin(), v.end()};
+  }
+  int64_t add(const std::string& key, int64_t value) override { return kv_->add(key, value); }
+  bool deleteKey(const std::string& key) override { return kv_->remove(key); }
+  bool check(const std::vector<std::string>& keys) override { return kv_->check(keys); }
+  int64_t getNumKeys() override { return kv_->num_keys(); }
+  void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
+  void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
+    kv_->wait(keys, timeout == kNoTimeout ? kv_->timeout_seconds() : static_cast<double>(timeout.count()) / 1000.0);
+  }
+
+ private:
+  std::unique_ptr<KeyValueStore> kv_;
+};
+
+std::string first_line_of(const std::exception& e) {
+  const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+  const std::string what = c10 ? c10->what_without_backtrace() : e.what();
+  return what.substr(0, what.find('\n'));
+}
 #endif
 
 }  // namespace
@@ -99,14 +132,11 @@ bool init_from_env() {
   s.local_rank = static_cast<int>(env_int("LOCAL_RANK", rank));
 #ifdef XFER_HAVE_GLOO
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(s.timeout * 1000));
-  c10d::TCPStoreOptions so;
-  so.port = static_cast<uint16_t>(port);
-  so.isServer = s.rank == 0;
-  so.numWorkers = s.world;
-  so.waitWorkers = true;
-  so.timeout = timeout;
   try {
-    s.store = c10::make_intrusive<c10d::TCPStore>(addr, so);
+    // Rank 0 serves the store on MASTER_ADDR only (loopback stays loopback); the others connect to it.
+    auto kv = s.rank == 0 ? KeyValueStore::serve(addr, static_cast<int>(port), s.timeout)
+                          : KeyValueStore::connect(addr, static_cast<int>(port), s.timeout);
+    s.store = c10::make_intrusive<RendezvousStore>(std::move(kv), timeout);
     auto options = c10d::ProcessGroupGloo::Options::create(timeout);
     // The address this rank's Gloo pairs bind to: loopback for a one-machine run, else the host's name.
     options->devices.push_back(addr == "127.0.0.1" || addr == "localhost"
@@ -117,8 +147,10 @@ bool init_from_env() {
   } catch (const std::exception& e) {
     s.world = 1;
     s.rank = 0;
-    throw std::runtime_error(cat("rank ", rank, " of ", world, ": cannot join the process group at ", addr, ":", port,
-                                 " within ", s.timeout, " s (XFER_DIST_TIMEOUT): ", e.what()));
+    s.group.reset();
+    s.store.reset();
+    throw BadInput(cat("rank ", rank, " of ", world, ": cannot join the process group at ", addr, ":", port,
+                       " within ", s.timeout, " s (XFER_DIST_TIMEOUT): ", first_line_of(e)));
   }
   log_info(cat("rank ", s.rank, " of ", s.world, " joined the Gloo process group at ", addr, ":", port));
   return true;

@@ -62,8 +62,8 @@ void LaunchOptions::fields(Fields& f) {
   f.add("nproc", nproc, "processes (ranks) to start on this machine").in_range(1, kMaxLocalRanks);
   f.add("nnodes", nnodes, "machines taking part; run one `xfer launch` on each").at_least(1);
   f.add("node_rank", node_rank, "this machine's index, 0 .. nnodes-1 (machine 0 hosts rank 0)").non_negative();
-  f.add("master_addr", master_addr, "address of machine 0, where rank 0 serves the TCPStore");
-  f.add("master_port", master_port, "TCP port of the TCPStore on machine 0").in_range(1, 65535);
+  f.add("master_addr", master_addr, "address of machine 0, where rank 0 serves the rendezvous store (bound to this address only; it must be reachable by the job's machines alone: docs/security.md)");
+  f.add("master_port", master_port, "TCP port of the rendezvous store on machine 0").in_range(1, 65535);
   f.add("timeout", timeout, "seconds a rank waits for the master or for a collective before failing").at_least(1);
   f.add("grace", grace, "seconds between SIGTERM and SIGKILL when stopping the other ranks").non_negative();
 }
