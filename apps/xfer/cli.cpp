@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -32,14 +33,45 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
                                         help + (*p ? " (default: on; --no-" : " (default: off; --no-") +
                                             f.flag().substr(2) + " turns it off)");
             app.add_flag_callback("--no-" + f.flag().substr(2), [p] { *p = false; })->group("");
+          } else if constexpr (std::is_same_v<T, std::string>) {
+            opt = app.add_option(f.flag(), *p, help)->capture_default_str()->type_name("TEXT");
           } else {
-            opt = app.add_option(f.flag(), *p, help)->capture_default_str();
-            opt->type_name(std::is_same_v<T, std::string> ? "TEXT" : std::is_same_v<T, double> ? "FLOAT" : "INT");
+            // Parsed by xfer, not CLI11: CLI11 clamps an out-of-range integer to the largest one silently and
+            // reads "010" as octal.
+            opt = app.add_option_function<std::string>(
+                         f.flag(), [field = f](const std::string& text) { set_field_text(field, text); }, help)
+                      ->default_str(f.value_text())
+                      ->type_name(std::is_same_v<T, double> ? "FLOAT" : "INT");
           }
         },
         f.target);
     if (!f.group.empty()) opt->group(f.group);
   }
+}
+
+CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help, double lo,
+                        double hi) {
+  Fields::Field f;
+  f.name = name;
+  f.target = &target;
+  f.min = lo;
+  f.max = hi;
+  return app.add_option_function<std::string>(f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
+      ->default_str(f.value_text())
+      ->type_name("INT");
+}
+
+CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help, double lo,
+                        double hi) {
+  Fields::Field f;
+  f.name = name;
+  f.target = &target;
+  f.min = lo;
+  f.max = hi;
+  f.min_open = true;
+  return app.add_option_function<std::string>(f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
+      ->default_str(f.value_text())
+      ->type_name("FLOAT");
 }
 
 std::string find_flag(const std::vector<std::string>& args, const std::string& flag) {
@@ -156,6 +188,10 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   } catch (const c10::Error& e) {
     err << "error: " << first_line(e.what_without_backtrace()) << "\n";
     return 1;
+  } catch (const nlohmann::json::type_error& e) {
+    // 316: a text that reached a JSON output is not UTF-8; it came from a flag, a file or a folder name.
+    err << "error: " << (e.id == 316 ? "a name or value given to xfer is not valid UTF-8: " : "") << e.what() << "\n";
+    return e.id == 316 ? 2 : 1;
   } catch (const std::exception& e) {
     err << "error: " << e.what() << "\n";
     return 1;

@@ -17,16 +17,16 @@ class DataCommand : public Command {
     app = parent.add_subcommand("data", "Describe a dataset spec: counts per class and split, shapes, and a "
                                         "PNG grid of training images");
     app->add_option("spec", spec_, "dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10")->required();
-    app->add_option("--seed", seed_, "seed for specs without seed=")->capture_default_str();
+    add_number(*app, "seed", seed_, "seed for specs without seed=", 0, 9.2233720368547758e18);
     app->add_option("--png", png_, "write a grid of training images (one row per class) to this PNG file");
-    app->add_option("--per-class", per_class_, "images per class in the grid")->capture_default_str();
+    add_number(*app, "per_class", per_class_, "images per class in the grid", 1, 1024);
     app->add_flag("--json", json_, "print the description as JSON");
     app->footer(cat("Example:\n  xfer data fmnist:classes=2,4,6,7,9:per_class=10:val=5 --png target.png\n\n",
                     spec_help()));
   }
 
   void run(std::ostream& out) override {
-    const Task task = load_task(spec_, seed_);
+    const Task task = load_task(spec_, static_cast<uint64_t>(seed_));
     const std::vector<std::pair<std::string, const TensorDataset*>> splits = {
         {"train", &task.train}, {"val", &task.val}, {"test", &task.test}};
     if (!png_.empty()) write_png(png_, image_grid(task.train, per_class_));
@@ -55,7 +55,7 @@ class DataCommand : public Command {
 
  private:
   std::string spec_, png_;
-  uint64_t seed_ = 0;
+  int64_t seed_ = 0;
   int64_t per_class_ = 8;
   bool json_ = false;
 };

@@ -25,26 +25,32 @@ class EvalCommand : public Command {
         ->capture_default_str()
         ->check(CLI::IsMember({"test", "val", "train"}));
     app->add_option("--head", head_, "the head to evaluate (default: target if present, else the only head)");
-    app->add_option("--seed", seed_, "seed for specs without seed=")->capture_default_str();
-    app->add_option("--threads", threads_, "CPU threads (0 = all cores)")->capture_default_str();
+    add_number(*app, "seed", seed_, "seed for specs without seed=", 0, 9.2233720368547758e18);
+    add_number(*app, "threads", threads_, "CPU threads (0 = all cores)", 0, 1 << 20);
     app->add_option("--device", device_, "cpu, cuda or cuda:N")->capture_default_str();
+    app->add_option("--script", script_, "the TorchScript file of a model fine-tuned from --init torchscript:FILE: "
+                                         "a checkpoint alone never loads code, so name it here if you trust it "
+                                         "(loading it runs its code, as torch.jit.load does)");
     app->add_flag("--json", json_, "print the evaluation as JSON");
     app->footer(cat("Example:\n  xfer eval --model runs/ft --data fmnist:classes=2,4,6,7,9\n\n", spec_help()));
   }
 
   void run(std::ostream& out) override {
     set_threads(threads_);
+    if (!script_.empty()) trust_script(script_);
     CheckpointReader ck(resolve_checkpoint(model_));
     Model model = ck.read_model();
     model->to(parse_device(device_));
     std::string head = head_;
     if (head.empty()) head = model->has_head("target") || model->arch().heads.empty() ? "target" : model->arch().heads[0].name;
-    const Task task = load_task(data_, seed_);
+    const Task task = load_task(data_, static_cast<uint64_t>(seed_));
     const TensorDataset& data = split_ == "test" ? task.test : split_ == "val" ? task.val : task.train;
     XFER_CHECK(data.size() > 0, "the ", split_, " split of '", data_, "' is empty");
-    const std::string why = model->arch().mismatch(
-        Arch{model->arch().backbone, data.channels(), data.height(), data.width(), {}, {}}, false);
+    // `this` is the data's side, the argument the checkpoint's: the message says which takes what.
+    const std::string why = Arch{model->arch().backbone, data.channels(), data.height(), data.width(), {}, {}}
+                                .mismatch(model->arch(), false);
     XFER_CHECK(why.empty(), model_, ": ", why);
+    check_input_fits(*model, data.height(), data.width());
     const Evaluation ev = evaluate(model, data, head);
     if (json_) {
       nlohmann::json j = ev.to_json();
@@ -75,8 +81,8 @@ class EvalCommand : public Command {
 
  private:
   std::string model_, data_, split_ = "test", head_, device_ = "cpu";
-  uint64_t seed_ = 0;
-  int threads_ = 0;
+  int64_t seed_ = 0, threads_ = 0;
+  std::string script_;
   bool json_ = false;
 };
 

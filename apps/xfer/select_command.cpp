@@ -27,13 +27,13 @@ class SelectCommand : public Command {
     app->add_option("--init", init_, "pretrained model whose pooled features define the class centroids: a run "
                                      "directory of `xfer pretrain`, or a checkpoint file")
         ->required();
-    app->add_option("--aux-size", aux_size_, "repeat the pairing until the auxiliary set holds at least this many "
-                                             "examples (0: one round)")
-        ->capture_default_str();
+    add_number(*app, "aux_size", aux_size_,
+               "repeat the pairing until the auxiliary set holds at least this many examples (0: one round)", 0,
+               1 << 24);
     app->add_option("--out", out_, "the pairing file to write")->capture_default_str();
     app->add_option("--heatmap", heatmap_, "also plot the cosine similarities to this PNG or SVG (needs gnuplot)");
-    app->add_option("--seed", seed_, "seed for specs without seed=")->capture_default_str();
-    app->add_option("--threads", threads_, "CPU threads (0 = all cores)")->capture_default_str();
+    add_number(*app, "seed", seed_, "seed for specs without seed=", 0, 9.2233720368547758e18);
+    add_number(*app, "threads", threads_, "CPU threads (0 = all cores)", 0, 1 << 20);
     app->add_option("--device", device_, "cpu, cuda or cuda:N")->capture_default_str();
     app->add_flag("--json", json_, "print pairing.json on stdout instead of the table");
     app->footer(cat("Example:\n  xfer select --init runs/source --source fmnist:classes=0,1,3,5,8 "
@@ -45,8 +45,8 @@ class SelectCommand : public Command {
   void run(std::ostream& out) override {
     XFER_CHECK(aux_size_ >= 0, "--aux-size must be >= 0, got ", aux_size_);
     set_threads(threads_);
-    const Task target = load_task(target_, seed_);
-    const Task source = load_task(source_, seed_);
+    const Task target = load_task(target_, static_cast<uint64_t>(seed_));
+    const Task source = load_task(source_, static_cast<uint64_t>(seed_));
     Model model = CheckpointReader(resolve_checkpoint(init_)).read_model();
     model->to(parse_device(device_));
     const Pairing p = select_auxiliary(model, target.train, source.train, aux_size_);
@@ -85,8 +85,7 @@ class SelectCommand : public Command {
  private:
   std::string target_, source_, init_, out_ = "pairing.json", heatmap_, device_ = "cpu";
   int64_t aux_size_ = 0;
-  uint64_t seed_ = 0;
-  int threads_ = 0;
+  int64_t seed_ = 0, threads_ = 0;
   bool json_ = false;
 };
 

@@ -33,13 +33,12 @@ class WeightsCommand : public Command {
                                          "are never used")
         ->required();
     app->add_option("--out", out_, "directory for weights.json, weights.md and weights.png")->required();
-    app->add_option("--temperature", temperature_, "softmax temperature T for P_t: softmax(logits / T)")
-        ->capture_default_str();
+    add_number(*app, "temperature", temperature_, "softmax temperature T for P_t: softmax(logits / T)", 0, 1e6);
     app->add_option("--head", head_, "the classifier's head over the source classes (default: source, else the "
                                      "only head)");
-    app->add_option("--size", size_, "N for the sample-rate columns (default: the source's size)");
-    app->add_option("--seed", seed_, "seed for specs without seed=")->capture_default_str();
-    app->add_option("--threads", threads_, "CPU threads (0 = all cores)")->capture_default_str();
+    add_number(*app, "size", size_, "N for the sample-rate columns (0: the source's size)", 0, 1e12);
+    add_number(*app, "seed", seed_, "seed for specs without seed=", 0, 9.2233720368547758e18);
+    add_number(*app, "threads", threads_, "CPU threads (0 = all cores)", 0, 1 << 20);
     app->add_option("--device", device_, "cpu, cuda or cuda:N")->capture_default_str();
     app->add_flag("--json", json_, "print weights.json on stdout instead of the table");
     app->footer(cat("Example:\n"
@@ -55,9 +54,9 @@ class WeightsCommand : public Command {
     XFER_CHECK(std::isfinite(temperature_) && temperature_ > 0, "--temperature must be > 0, got ", temperature_);
     XFER_CHECK(size_ >= 0, "--size must be > 0 (or left out for the source's size), got ", size_);
     set_threads(threads_);
-    const Task source = load_task(source_, seed_);
+    const Task source = load_task(source_, static_cast<uint64_t>(seed_));
     const ImportanceWeights w = importance_weights_by_model(model_, head_, source.train, source_, target_, temperature_,
-                                                            seed_, parse_device(device_));
+                                                            static_cast<uint64_t>(seed_), parse_device(device_));
 
     const int64_t n = size_ > 0 ? size_ : w.source_size();
     const Table table = importance_table(w, n);
@@ -82,8 +81,7 @@ class WeightsCommand : public Command {
   std::string model_, source_, target_, out_, head_, device_ = "cpu";
   double temperature_ = 2.0;
   int64_t size_ = 0;
-  uint64_t seed_ = 0;
-  int threads_ = 0;
+  int64_t seed_ = 0, threads_ = 0;
   bool json_ = false;
 };
 

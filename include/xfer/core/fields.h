@@ -48,6 +48,7 @@ class Fields {
     Ref& positive();                         // > 0
     Ref& non_negative();                     // >= 0
     Ref& at_least(double v);                 // >= v
+    Ref& at_most(double v);                  // <= v
     Ref& in_range(double lo, double hi);     // lo <= x <= hi
     Ref& in_open_range(double lo, double hi);// lo < x < hi
     Ref& choices(std::vector<std::string> valid);
@@ -87,8 +88,12 @@ class Fields {
   std::string group_;
 };
 
-/// Checks one field's constraints (used by Fields::validate and by the CLI after parsing).
+/// Checks one field's constraints (used by Fields::validate and by the CLI after parsing); string values
+/// must be UTF-8 (they are written to JSON).
 void validate_field(const Fields::Field& f);
+/// Parses `text` into the field's target (integers and numbers strictly: base 10, the whole text, no
+/// overflow: 18446744073709551616 is an error, not 2^63-1) and validates it. BadInput naming the flag.
+void set_field_text(const Fields::Field& f, const std::string& text);
 
 /// Collects an options struct's fields and validates them: `check_options(opts)`.
 template <class Options>

@@ -9,7 +9,7 @@ namespace xfer {
 /// Number of cores this process may use (affinity-aware).
 int available_cores();
 /// Sets LibTorch's intra-op threads; 0 means all available cores. Returns the number set.
-int set_threads(int threads);
+int set_threads(int64_t threads);
 
 /// Keeps freed tensor memory in the process instead of returning it to the OS after every step.
 /// glibc serves allocations above 128 KiB (every activation of a batch) with fresh mmap pages, so each

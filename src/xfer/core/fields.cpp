@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 
 namespace xfer {
 namespace {
@@ -28,7 +29,7 @@ double parse_double(const std::string& flag, const std::string& text) {
   char* end = nullptr;
   double v = std::strtod(text.c_str(), &end);
   XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE && std::isfinite(v),
-             flag, " expects a number, got '", text, "'");
+             flag, " expects a number, got '", printable(text), "'");
   return v;
 }
 
@@ -36,8 +37,9 @@ int64_t parse_int(const std::string& flag, const std::string& text) {
   errno = 0;
   char* end = nullptr;
   long long v = std::strtoll(text.c_str(), &end, 10);
-  XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE, flag,
-             " expects an integer, got '", text, "'");
+  XFER_CHECK(!text.empty() && end == text.c_str() + text.size(), flag, " expects an integer, got '", printable(text),
+             "'");
+  XFER_CHECK(errno != ERANGE, flag, " is out of range for a 64-bit integer: '", text, "'");
   return v;
 }
 
@@ -92,6 +94,11 @@ Fields::Ref& Fields::Ref::at_least(double v) {
   field().min_open = false;
   return *this;
 }
+Fields::Ref& Fields::Ref::at_most(double v) {
+  field().max = v;
+  field().max_open = false;
+  return *this;
+}
 Fields::Ref& Fields::Ref::in_range(double lo, double hi) {
   field().min = lo;
   field().max = hi;
@@ -136,10 +143,8 @@ std::string Fields::names() const {
   return out.empty() ? "(none)" : out;
 }
 
-void Fields::set(const std::string& name, const std::string& text) {
-  Field* f = find(name);
-  XFER_CHECK(f != nullptr, "unknown option '", name, "'; valid options: ", names());
-  const std::string flag = f->flag();
+void set_field_text(const Fields::Field& f, const std::string& text) {
+  const std::string flag = f.flag();
   std::visit(
       [&](auto* p) {
         using T = std::remove_pointer_t<decltype(p)>;
@@ -148,8 +153,14 @@ void Fields::set(const std::string& name, const std::string& text) {
         else if constexpr (std::is_same_v<T, bool>) *p = parse_bool(flag, text);
         else *p = text;
       },
-      f->target);
-  validate_field(*f);
+      f.target);
+  validate_field(f);
+}
+
+void Fields::set(const std::string& name, const std::string& text) {
+  Field* f = find(name);
+  XFER_CHECK(f != nullptr, "unknown option '", name, "'; valid options: ", names());
+  set_field_text(*f, text);
 }
 
 void Fields::read_json(const nlohmann::json& obj, const std::string& where) {
@@ -209,6 +220,7 @@ void validate_field(const Fields::Field& f) {
                  f.value_text());
     }
   }
+  if (f.target.index() == 3) check_utf8(*std::get<std::string*>(f.target), f.flag());
   if (!f.choices.empty()) {
     const std::string& v = *std::get<std::string*>(f.target);
     bool ok = false;

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <iostream>
@@ -51,9 +52,13 @@ int available_cores() {
   return hc > 0 ? static_cast<int>(hc) : 1;
 }
 
-int set_threads(int threads) {
+int set_threads(int64_t threads) {
   XFER_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got ", threads);
-  const int n = threads == 0 ? available_cores() : threads;
+  // Thousands of OpenMP threads on a few cores do not finish: at most 4 per core (and 64 on small machines).
+  const int most = std::max(64, 4 * available_cores());
+  XFER_CHECK(threads <= most, "--threads must be at most ", most, " on this machine (", available_cores(),
+             " cores), got ", threads);
+  const int n = threads == 0 ? available_cores() : static_cast<int>(threads);
   at::set_num_threads(n);
   return n;
 }

@@ -1,5 +1,7 @@
 #include "xfer/data/loader.h"
 
+#include <unistd.h>
+
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
@@ -10,8 +12,10 @@
 namespace xfer {
 
 void LoaderOptions::fields(Fields& f) {
-  f.add("batch_size", batch_size, "examples per batch").at_least(1);
-  f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off)").non_negative();
+  f.add("batch_size", batch_size, "examples per batch (at most 65536, and what fits in half the memory)")
+      .in_range(1, 65536);
+  f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off; less than the "
+        "image side)").non_negative();
   f.add("flip", flip, "random horizontal flip augmentation");
   f.add("prefetch", prefetch, "assemble the next batch on a worker thread");
   f.add("loader_workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
@@ -143,6 +147,19 @@ BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOp
   XFER_CHECK(opts_.batch_size % shard_.count == 0, "the batch size ", opts_.batch_size, " must be a multiple of ",
              "the number of processes ", shard_.count, " (each process takes an equal share of every batch)");
   XFER_CHECK(data_.size() > 0, "cannot draw batches from an empty dataset");
+  // A shift of a full side or more would leave nothing of the image: the batch would be all padding.
+  const int64_t side = std::min(data_.height(), data_.width());
+  XFER_CHECK(data_.is_folder() || opts_.crop_pad < side, "--crop-pad ", opts_.crop_pad, " must be less than the image side (", side,
+             ")");
+  // A batch of float images must fit in memory (with room for the model): a huge --batch-size is refused
+  // here rather than swapping the machine to a halt.
+  const double batch_bytes = 4.0 * static_cast<double>(opts_.batch_size) * static_cast<double>(data_.channels()) *
+                             static_cast<double>(data_.height()) * static_cast<double>(data_.width());
+  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  XFER_CHECK(memory <= 0 || batch_bytes <= memory / 2, "--batch-size ", opts_.batch_size, ": a batch of ",
+             data_.channels(), "x", data_.height(), "x", data_.width(), " images needs ",
+             static_cast<int64_t>(batch_bytes / (1 << 20)), " MiB, more than half of this machine's ",
+             static_cast<int64_t>(memory / (1 << 20)), " MiB");
   if (!data_.is_folder()) data_.images = data_.images.contiguous();
   data_.labels = data_.labels.contiguous();
 }

@@ -65,7 +65,7 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   const fs::path config_path = fs::path(opts.run) / "config.json";
   XFER_CHECK(fs::exists(config_path), "xfer analyze: ", opts.run, " holds no config.json; give the --out directory "
                                                                   "of a finetune run");
-  set_threads(static_cast<int>(opts.threads));
+  set_threads(opts.threads);
   const torch::Device device = parse_device(opts.device);
   const nlohmann::json config = read_json_file(config_path.string());
   std::string checkpoint;

@@ -9,7 +9,7 @@ namespace xfer {
 
 void OptimizerOptions::fields(Fields& f) {
   f.add("optimizer", optimizer, "sgd (with momentum) or adam").choices({"sgd", "adam"});
-  f.add("lr", lr, "base learning rate").positive();
+  f.add("lr", lr, "base learning rate (at most 100)").positive().at_most(100);
   f.add("momentum", momentum, "sgd momentum").in_range(0, 0.999999);
   f.add("nesterov", nesterov, "sgd: Nesterov momentum");
   f.add("weight_decay", weight_decay, "L2 weight decay (added to the gradient, as torch.optim)").non_negative();

@@ -153,8 +153,9 @@ void RunOptions::fields(Fields& f) {
   f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10");
   f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8");
   f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, a checkpoint file, "
-        "state_dict:FILE (torchvision ResNet-18/50 weights saved as dict(model.state_dict())) or torchscript:FILE "
-        "(a scripted torchvision/timm model)");
+        "state_dict:FILE (torchvision ResNet-18/50 weights saved as dict(model.state_dict()); a pickle, parsed by "
+        "xfer and never unpickled) or torchscript:FILE (a scripted torchvision/timm model: loading it runs its "
+        "code, as torch.jit.load does, so give only files you trust; docs/security.md)");
   f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"));
   f.add("method", method, "training method (see `xfer methods`)");
   f.group("Run");
@@ -245,7 +246,7 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   RunOptions& opts = r.opts;
   r.info = &info;
   r.command = command;
-  r.threads = set_threads(static_cast<int>(opts.threads));
+  r.threads = set_threads(opts.threads);
   // Under `xfer launch` (or torchrun): join the process group; every batch stream built below then gives
   // this process its share of each batch.
   dist::init_from_env();
@@ -264,6 +265,12 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
              " trains from random initialisation; drop --init ", opts.init);
   const bool external = is_external_init(opts.init);
+  // A TorchScript backbone the user names (--backbone script:path=FILE) may be loaded; one that only a
+  // checkpoint names may not (trust_script).
+  if (!opts.backbone.empty()) {
+    const std::string spec = normalise_backbone_spec(opts.backbone);
+    if (spec.rfind("script:path=", 0) == 0) trust_script(spec.substr(12));
+  }
   if (!opts.init.empty() && !external) {
     r.pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
     freeze(*r.pretrained);
@@ -320,6 +327,7 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   }
   seed_global(derive_seed(static_cast<uint64_t>(opts.seed), "init"));
   r.model = Model(arch);
+  check_input_fits(*r.model, arch.height, arch.width);
   if (r.pretrained) copy_state(*r.pretrained, *r.model, "backbone.");
   r.model->to(r.device);
   if (opts.loader.channels_last) {

@@ -24,7 +24,7 @@ torch::Tensor Teacher::logits(const torch::Tensor& pooled, const std::string& he
 
 void Teacher::ema_update(const Model& student, double decay) {
   XFER_CHECK(decay >= 0 && decay <= 1, "the teacher's EMA decay must be in [0, 1], got ", decay);
-  const std::string why = model_->arch().mismatch(student->arch(), /*with_heads=*/false);
+  const std::string why = student->arch().mismatch(model_->arch(), /*with_heads=*/false);  // the teacher is the saved side
   XFER_CHECK(why.empty(), "teacher and student differ: ", why);
   torch::NoGradGuard no_grad;
   const auto mine = model_->backbone->named_parameters();
