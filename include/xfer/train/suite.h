@@ -54,6 +54,10 @@ struct SuiteMethod {
   nlohmann::json search;                              // null: one run; else `xfer search` options + "params"
 };
 
+/// Bounds on what a suite file may ask for: seeds per run, and runs in all (tasks x methods x seeds).
+constexpr int64_t kMaxSuiteSeeds = 1000;
+constexpr int64_t kMaxSuiteRuns = 100000;
+
 struct SuiteTask {
   std::string name, target, source;
   nlohmann::json run = nlohmann::json::object();

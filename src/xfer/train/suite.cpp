@@ -91,6 +91,21 @@ std::string slug(const std::string& s) {
   return out;
 }
 
+/// Task names and method labels become folders (OUT/runs/TASK/LABEL/seedN): each must give a folder of its
+/// own, inside OUT. Names that slug() maps to nothing but dots ("..") or to one folder ("a b", "a_b") are
+/// refused.
+void check_folder_names(const std::vector<std::string>& names, const std::string& what, const std::string& where) {
+  std::map<std::string, std::string> by_folder;
+  for (const auto& n : names) {
+    const std::string folder = slug(n);
+    XFER_CHECK(folder.find_first_not_of('.') != std::string::npos, where, ": the ", what, " '", printable(n),
+               "' cannot name a folder");
+    const auto [it, fresh] = by_folder.emplace(folder, n);
+    XFER_CHECK(fresh, where, ": the ", what, "s '", printable(it->second), "' and '", printable(n),
+               "' would share the folder ", folder, "; rename one");
+  }
+}
+
 /// One run of a suite, fully resolved before anything starts.
 struct RunRequest {
   std::string task, label, dir;
@@ -374,14 +389,17 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   }
   const nlohmann::json seeds = j.value("seeds", nlohmann::json(1));
   if (seeds.is_number_integer()) {
-    XFER_CHECK(seeds.get<int64_t>() >= 1, where, ".seeds must be >= 1, got ", seeds.dump());
+    XFER_CHECK(seeds.get<int64_t>() >= 1 && seeds.get<int64_t>() <= kMaxSuiteSeeds, where, ".seeds must be in [1, ",
+               kMaxSuiteSeeds, "], got ", seeds.dump());
     for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) s.seeds.push_back(i);
   } else {
-    XFER_CHECK(seeds.is_array() && !seeds.empty(), where, ".seeds must be a count or a non-empty list, got ",
-               seeds.dump());
+    XFER_CHECK(seeds.is_array() && !seeds.empty() && seeds.size() <= static_cast<size_t>(kMaxSuiteSeeds), where,
+               ".seeds must be a count or a list of 1 to ", kMaxSuiteSeeds, " seeds, got ", seeds.dump().substr(0, 80));
+    std::set<int64_t> distinct;
     for (const auto& v : seeds) {
       XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, where, ".seeds: expected non-negative integers, got ",
                  v.dump());
+      XFER_CHECK(distinct.insert(v.get<int64_t>()).second, where, ".seeds lists ", v.dump(), " twice");
       s.seeds.push_back(v.get<int64_t>());
     }
   }
@@ -465,6 +483,15 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     add(std::move(entry), mw);
   }
   XFER_CHECK(!s.methods.empty(), where, ": none of its methods is in this build");
+  std::vector<std::string> task_list, label_list;
+  for (const auto& t : s.tasks) task_list.push_back(t.name);
+  for (const auto& m : s.methods) label_list.push_back(m.label);
+  check_folder_names(task_list, "task name", where);
+  check_folder_names(label_list, "method label", where);
+  const double runs = static_cast<double>(s.tasks.size()) * static_cast<double>(s.methods.size()) *
+                      static_cast<double>(s.seeds.size());
+  XFER_CHECK(runs <= kMaxSuiteRuns, where, " asks for ", runs, " runs (", s.tasks.size(), " tasks x ",
+             s.methods.size(), " methods x ", s.seeds.size(), " seeds); at most ", kMaxSuiteRuns, " are run");
   // A task's method options go to the methods that have them; one that no method has is a typo.
   for (size_t i = 0; i < s.tasks.size(); ++i)
     for (const auto& [key, value] : s.tasks[i].options.items()) {
@@ -485,7 +512,8 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
       XFER_CHECK(!t.contains("steps") || t["steps"].is_number_integer(), where, ".timing.steps must be an integer, got ",
                  t.value("steps", nlohmann::json()).dump());
       s.timing_steps = t.value("steps", int64_t{60});
-      XFER_CHECK(s.timing_steps >= 1, where, ".timing.steps must be >= 1, got ", s.timing_steps);
+      XFER_CHECK(s.timing_steps >= 1 && s.timing_steps <= 100000, where, ".timing.steps must be in [1, 100000], got ",
+                 s.timing_steps);
     }
   }
   // Every run's options are checked now, not when its turn comes.
