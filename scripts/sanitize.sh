@@ -22,7 +22,8 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DXFER_BUILD_FUZZERS=ON -DXFER_BUILD_BENCH=OFF >/dev/null
 fi
 if [ "$tests" = none ]; then
-  cmake --build "$build" -j"$jobs" --target idx_fuzz spec_fuzz json_fuzz checkpoint_fuzz
+  cmake --build "$build" -j"$jobs" --target idx_fuzz spec_fuzz json_fuzz checkpoint_fuzz pickle_fuzz \
+    image_cache_fuzz image_folder_fuzz
 else
   cmake --build "$build" -j"$jobs"
 fi
@@ -38,7 +39,7 @@ fi
 
 mkdir -p "$build/fuzz"
 status=0
-for target in idx spec json checkpoint; do
+for target in idx spec json checkpoint pickle image_cache image_folder; do
   work="$build/fuzz/corpus-$target"
   mkdir -p "$work"
   echo "fuzzing $target for ${seconds}s"
