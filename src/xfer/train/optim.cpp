@@ -9,7 +9,8 @@ namespace xfer {
 
 void OptimizerOptions::fields(Fields& f) {
   f.add("optimizer", optimizer, "sgd (with momentum) or adam").choices({"sgd", "adam"});
-  f.add("lr", lr, "base learning rate (at most 100)").positive().at_most(100);
+  // Bounded so that lr times its multipliers stays far inside float32 (1e308 overflowed inside the optimizer).
+  f.add("lr", lr, "base learning rate (at most 1e10)").positive().at_most(1e10);
   f.add("momentum", momentum, "sgd momentum").in_range(0, 0.999999);
   f.add("nesterov", nesterov, "sgd: Nesterov momentum");
   f.add("weight_decay", weight_decay, "L2 weight decay (added to the gradient, as torch.optim)").non_negative();

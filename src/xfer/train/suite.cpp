@@ -389,8 +389,9 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   }
   const nlohmann::json seeds = j.value("seeds", nlohmann::json(1));
   if (seeds.is_number_integer()) {
-    XFER_CHECK(seeds.get<int64_t>() >= 1 && seeds.get<int64_t>() <= kMaxSuiteSeeds, where, ".seeds must be in [1, ",
-               kMaxSuiteSeeds, "], got ", seeds.dump());
+    XFER_CHECK(seeds.get<int64_t>() >= 1, where, ".seeds must be >= 1, got ", seeds.dump());
+    XFER_CHECK(seeds.get<int64_t>() <= kMaxSuiteSeeds, where, ".seeds must be at most ", kMaxSuiteSeeds, ", got ",
+               seeds.dump());
     for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) s.seeds.push_back(i);
   } else {
     XFER_CHECK(seeds.is_array() && !seeds.empty() && seeds.size() <= static_cast<size_t>(kMaxSuiteSeeds), where,
