@@ -8,6 +8,7 @@
 #   scripts/mutate.sh                 every mutant, each against its tests (the ctest -R filter below)
 #   MUTATE_FULL=1 scripts/mutate.sh   every mutant against the whole suite (hours)
 #   scripts/mutate.sh init-ignored    only the named mutants
+#   MUTATE_DRY=1 scripts/mutate.sh    only check that every mutation still applies (no build)
 #
 # A mutation is FROM -> TO in FILE, literal text that must occur exactly once there (so it keeps applying
 # while other lines change, and a mutant whose line was rewritten is reported, not skipped silently).
@@ -66,6 +67,30 @@ for m in "${mutants[@]}"; do
 done
 ((${#selected[@]})) || { echo "mutate: no mutant named ${only[*]}" >&2; exit 2; }
 
+# Replaces the one occurrence of FROM in FILE by TO; fails if FROM is not there exactly once.
+mutate_file() {
+  /usr/bin/python3 - "$@" <<'EOF'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path).read()
+if text.count(old) != 1:
+    sys.exit(f"{path}: {text.count(old)} occurrences of the line to mutate")
+open(path, "w").write(text.replace(old, new))
+EOF
+}
+
+if [ -n "${MUTATE_DRY:-}" ]; then
+  bad=0
+  for m in "${selected[@]}"; do
+    IFS='|' read -r name file from to regex <<<"$m"
+    scratch=$(mktemp)
+    cp "$repo/$file" "$scratch"
+    if mutate_file "$scratch" "$from" "$to"; then echo "  $name: applies"; else echo "  $name: NOT APPLIED"; bad=1; fi
+    rm -f "$scratch"
+  done
+  exit "$bad"
+fi
+
 # The copy: tracked and untracked (not ignored) files; unchanged files keep their times, so a kept build
 # directory rebuilds only what changed.
 mkdir -p "$work/src"
@@ -77,7 +102,7 @@ build() { cmake --build "$work/build" -j"$jobs" --target xfer_tests xfer_bin >"$
 # ctest -R REGEX; prints the names of the tests that failed (empty: none).
 failing_tests() {
   (cd "$work/build" && ctest -j"$jobs" -R "$1" --timeout 900 >"$work/ctest.log" 2>&1) || true
-  sed -n 's/^ *[0-9]* - \([^ ]*\) (.*/\1/p' "$work/ctest.log" | sort -u
+  sed -n 's/^[[:space:]]*[0-9]* - \([^ ]*\) (.*/\1/p' "$work/ctest.log" | sort -u
 }
 
 echo "mutate: building the unmutated copy in $work"
@@ -96,15 +121,7 @@ for m in "${selected[@]}"; do
   [ -n "${MUTATE_FULL:-}" ] && regex=.
   target="$work/src/$file"
   cp -p "$target" "$work/original"
-  if ! /usr/bin/python3 - "$target" "$from" "$to" <<'EOF'
-import sys
-path, old, new = sys.argv[1:4]
-text = open(path).read()
-if text.count(old) != 1:
-    sys.exit(f"{text.count(old)} occurrences")
-open(path, "w").write(text.replace(old, new))
-EOF
-  then
+  if ! mutate_file "$target" "$from" "$to"; then
     report+=("$name: NOT APPLIED (its line is not in $file exactly once any more; update the list)")
     continue
   fi
