@@ -182,7 +182,7 @@ xs = torch.arange(w).view(1, w).expand(h, w)
 image = torch.stack([(xs * 7 + ys * 3) % 256, (ys * 11 + xs) % 256, (xs * ys) % 256]).to(torch.uint8)
 crops = []
 for top, left, ch, cw, size in [(2, 3, 18, 20, 9), (0, 0, 23, 29, 12), (5, 7, 12, 12, 6), (4, 6, 8, 10, 16),
-                                (0, 0, 23, 29, 40)]:
+                                (0, 0, 23, 29, 20)]:
     out = TF.resized_crop(image, top, left, ch, cw, [size, size], antialias=False)
     # The same before rounding to uint8 (torchvision interpolates in float32, then rounds half to even).
     exact = torch.nn.functional.interpolate(image[None, :, top:top + ch, left:left + cw].float(), size=[size, size],
