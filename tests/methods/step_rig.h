@@ -32,6 +32,9 @@ struct RigSetup {
   std::map<std::string, std::string> options;  // method flags by field name
   int64_t batch_size = 8;
   double lr = 0.05;
+  // The optimizer's weight decay, for groups that do not set their own: larger than the default 1e-4, so
+  // that an update made without it differs by more than float rounding.
+  double weight_decay = 0.01;
 };
 
 class StepRig {
@@ -62,6 +65,7 @@ class StepRig {
     groups_ = trainable_param_groups(*method_, model_, 1.0);
     OptimizerOptions o;
     o.lr = s.lr;
+    o.weight_decay = s.weight_decay;
     optimizer_ = make_optimizer(o, groups_);
     model_->train();
   }
@@ -151,7 +155,7 @@ inline CheckedStep expect_step_matches(const RigSetup& s, int64_t k,
     for (const auto& p : g.params)
       for (size_t i = 0; i < params.size(); ++i)
         if (p.is_same(params[i]))
-          lr_wd[names[i]] = {s.lr * g.lr_mult, g.weight_decay.value_or(defaults.weight_decay)};
+          lr_wd[names[i]] = {s.lr * g.lr_mult, g.weight_decay.value_or(s.weight_decay)};
 
   CheckedStep out{std::make_unique<StepRig>(s), {}};
   out.rig->advance(static_cast<int>(k));
