@@ -1,12 +1,19 @@
 #include "support.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <chrono>
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
+#include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
 
 namespace fs = std::filesystem;
@@ -80,6 +87,52 @@ void write_image(const std::string& path, const Image& img) {
     write_png_rgb(path, img);
   else
     write_jpeg_rgb(path, img, 95);
+}
+
+std::string file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return "missing";
+  const auto mtime = fs::last_write_time(path).time_since_epoch().count();
+  return cat(st.st_ino, ":", st.st_size, ":", mtime, ":", read_file(path));
+}
+
+std::string mark_file(const std::string& path) {
+  fs::last_write_time(path, fs::last_write_time(path) - std::chrono::hours(24 * 365));
+  return file_stamp(path);
+}
+
+bool skips_are_failures() {
+  const char* v = std::getenv("XFER_TESTS_NO_SKIP");
+  return v != nullptr && std::string(v) == "1";
+}
+
+void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what, double tolerance,
+                            const std::vector<std::string>& ignore_meta) {
+  const CheckpointReader ra(a), rb(b);
+  nlohmann::json ma = ra.meta(), mb = rb.meta();
+  for (const auto& key : ignore_meta) ma.erase(key), mb.erase(key);
+  EXPECT_EQ(ma, mb) << what << ": the metadata differ";
+  const auto& ta = ra.archive().tensors();
+  const auto& tb = rb.archive().tensors();
+  std::vector<std::string> ka, kb;
+  for (const auto& [k, v] : ta) ka.push_back(k);
+  for (const auto& [k, v] : tb) kb.push_back(k);
+  ASSERT_EQ(ka, kb) << what << ": the archives hold different tensors";
+  for (const auto& [key, t] : ta) {
+    const torch::Tensor& u = tb.at(key);
+    if (tolerance > 0 && t.is_floating_point() && t.sizes() == u.sizes() && t.scalar_type() == u.scalar_type()) {
+      const double d = t.numel() ? (t.to(torch::kFloat64) - u.to(torch::kFloat64)).abs().max().item<double>() : 0.0;
+      EXPECT_LE(d, tolerance) << what << ": " << key << " differs by " << d;
+    } else {
+      EXPECT_TRUE(t.scalar_type() == u.scalar_type() && torch::equal(t, u)) << what << ": " << key << " differs";
+    }
+  }
+  auto texts = [](const CheckpointReader& r) {
+    std::map<std::string, std::string> out = r.archive().texts();
+    out.erase("meta");  // compared above, as JSON
+    return out;
+  };
+  EXPECT_EQ(texts(ra), texts(rb)) << what << ": the archives' texts differ";
 }
 
 bool have_fmnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }

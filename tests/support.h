@@ -49,6 +49,23 @@ bool have_fmnist();
 #define XFER_REQUIRE_FMNIST() \
   if (!::xfer::test::have_fmnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh)"
 
+/// Sets the modification time of `path` a year back and returns its stamp (inode, size, modification
+/// time, content). A later file_stamp equal to it means nobody rewrote or replaced the file since: unlike a
+/// bare mtime comparison, this does not depend on the file system's time resolution.
+std::string mark_file(const std::string& path);
+/// The current stamp of `path` (as mark_file returns it).
+std::string file_stamp(const std::string& path);
+
+/// Whether XFER_TESTS_NO_SKIP=1 (set by .ci/run): every skipped test then fails instead (tests/main.cpp).
+bool skips_are_failures();
+
+/// Expects the checkpoints at `a` and `b` to hold the same archive: the same keys, every tensor (model
+/// parameters and buffers, optimizer state, method state, RNG states) equal, or within `tolerance`
+/// (absolute) where it is floating point, every text equal, and the same metadata (step, stream
+/// positions, best step, skipped steps, ...) but for the keys in `ignore_meta`.
+void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what,
+                            double tolerance = 0, const std::vector<std::string>& ignore_meta = {});
+
 /// Expects `fn` to throw BadInput whose message contains every piece of `expected`.
 template <class Fn>
 void expect_bad_input(Fn&& fn, const std::vector<std::string>& expected) {

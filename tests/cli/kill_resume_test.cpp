@@ -1,26 +1,26 @@
-// Fault injection: a real `xfer finetune` process is SIGKILLed at random moments and resumed with
-// --resume each time; its final checkpoint, best model and result must equal, bit for bit, those of the
-// same run left alone. This checks everything a resume restores (model, optimizer, method state such as
-// EMA teachers, RIFLE's counters, GradMix's weights, batch-stream positions and RNG streams) and that
-// every file is written atomically, whatever moment the kill lands on.
+// Fault injection: a real `xfer finetune` process of every registered method is SIGKILLed at random moments
+// and resumed with --resume each time; its final checkpoint (the whole archive: model, optimizer, method
+// state such as EMA teachers, RIFLE's head, GradMix's weights, RNG streams and batch-stream positions),
+// best model and result must equal, bit for bit, those of the same run left alone.
 //
-// CI covers a few methods with a few kills each; for the figures of the whole registry run
-//   XFER_KILL_METHODS=all XFER_KILL_CYCLES=10 build/tests/xfer_tests --gtest_filter='KillResume.*'
+// Each kill is a SIGKILL sent after a random delay, with XFER_DIST_KILL_AT=0:S as a backstop (the process
+// kills itself after step S < iterations if the delay was longer), so every kill lands mid-run: the test
+// asserts that the process died of SIGKILL, wrote no result.json and had checkpointed at most step S.
+// One ctest entry per registered method (from the registry); tiny data keeps each within seconds.
+// More kills: XFER_KILL_CYCLES=10 build/tests/xfer_tests --gtest_filter='KillResume*'
 #include <signal.h>
-#include <unistd.h>
 
-#include <algorithm>
+#include <cctype>
 #include <chrono>
-#include <map>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "support.h"
+#include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/core/process.h"
 #include "xfer/methods/registry.h"
@@ -31,57 +31,88 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-constexpr const char* kKillSource = "fmnist:classes=0,1,3,5,8:part=0/2:per_class=40";  // the source model's classes
-constexpr const char* kKillTarget = "fmnist:classes=5-9:part=1/2:per_class=6:val=4:test_per_class=20";
+constexpr int64_t kKillIterations = 24;
+
+/// Tiny data shared by a test process: seven classes; the target is three of them, the source (and the
+/// source model's classes) the other four (XMixup pairs one-to-one); GradMix's sources are a shifted copy of the target's classes and
+/// the source's.
+struct KillData {
+  test::TempDir dir;
+  std::string target, source, sources, init;
+  KillData() {
+    const std::string data = test::write_tiny_idx(dir.path(), 7, 20, 4);
+    target = data + ":classes=0-2:per_class=8:val=3";
+    source = data + ":classes=3-6";
+    sources = data + ":classes=0-2:shift=noise0.1;" + source;
+    init = test::pretrain_tiny_source(source, dir.file("source"));
+  }
+};
+
+const KillData& kill_data() {
+  static const KillData d;
+  return d;
+}
 
 /// The command line of one run of `method` into `out`.
-std::vector<std::string> kill_run_args(const std::string& method, const std::string& init, const std::string& out) {
-  std::vector<std::string> a = {XFER_BINARY, "-q", "finetune", "--method", method, "--target", kKillTarget,
-                                "--iterations", "40", "--batch-size", "16", "--eval-every", "10",
-                                "--checkpoint-every", "3", "--threads", "1", "--seed", "3", "--out", out};
+std::vector<std::string> kill_run_args(const std::string& method, const std::string& out) {
+  const KillData& d = kill_data();
+  std::vector<std::string> a = {XFER_BINARY, "-q", "finetune", "--method", method, "--target", d.target,
+                                "--iterations", std::to_string(kKillIterations), "--batch-size", "8",
+                                "--eval-every", "6", "--checkpoint-every", "3", "--threads", "1", "--seed", "3",
+                                "--out", out};
   const MethodInfo& info = methods().get(method);
-  if (info.needs_init || method == "l2") {
-    a.insert(a.end(), {"--init", init});
-  } else {
-    a.insert(a.end(), {"--backbone", "cnn4:width=8"});
-  }
-  if (info.needs_source) a.insert(a.end(), {"--source", kKillSource});
-  if (method.rfind("gradmix", 0) == 0 || method == "source-only" || method == "finetune")
-    a.insert(a.end(), {"--sources", "fmnist:classes=5-9:part=0/2:per_class=40:shift=rot30;fmnist:classes=0-4:per_class=40"});
+  if (info.allows_init) a.insert(a.end(), {"--init", d.init});
+  else a.insert(a.end(), {"--backbone", "cnn4:width=4"});
+  if (info.needs_source) a.insert(a.end(), {"--source", d.source});
+  Fields f;
+  info.make_config()->fields(f);
+  if (f.has("sources")) a.insert(a.end(), {"--sources", d.sources});
   return a;
 }
 
-ExitStatus run_to_end(const std::vector<std::string>& args, const std::string& log) {
-  return wait_process(spawn_process(args, log, log));
+int64_t kill_checkpoint_step(const std::string& out) {
+  const std::string last = out + "/checkpoints/last.pt";
+  return fs::exists(last) ? CheckpointReader(last).meta().at("step").get<int64_t>() : 0;
 }
 
-/// Every tensor and text of a checkpoint (model, optimizer, method state, RNG) but its metadata, with the step.
-struct Snapshot {
-  int64_t step = -1;
-  std::map<std::string, torch::Tensor> tensors;
-  std::map<std::string, std::string> texts;
-};
-
-Snapshot snapshot(const std::string& path) {
-  CheckpointReader ck(path);
-  Snapshot s{ck.meta().at("step").get<int64_t>(), ck.archive().tensors(), ck.archive().texts()};
-  s.texts.erase("meta");  // holds timings
-  return s;
-}
-
-void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what) {
-  const Snapshot sa = snapshot(a), sb = snapshot(b);
-  EXPECT_EQ(sa.step, sb.step) << what;
-  EXPECT_EQ(sa.texts, sb.texts) << what;
-  ASSERT_EQ(sa.tensors.size(), sb.tensors.size()) << what;
-  for (auto ia = sa.tensors.begin(), ib = sb.tensors.begin(); ia != sa.tensors.end(); ++ia, ++ib) {
-    EXPECT_EQ(ia->first, ib->first) << what;
-    EXPECT_TRUE(torch::equal(ia->second, ib->second)) << what << ": " << ia->first << " differs after the kills";
+/// Runs `method` into `out`, killing it `cycles` times and resuming each time. Returns the kills that
+/// landed mid-run (all of them, unless the test fails).
+int killed_run(const std::vector<std::string>& fresh, const std::string& out, int cycles, double run_seconds,
+               std::mt19937& gen) {
+  int landed = 0;
+  std::string where;  // the step each kill left the last checkpoint at, for the log
+  for (int cycle = 0;; ++cycle) {
+    std::vector<std::string> args = fresh;
+    args.push_back(fs::exists(out + "/config.json") ? "--resume" : "--overwrite");  // else not started yet
+    if (cycle == cycles) {
+      const ExitStatus s = wait_process(spawn_process(args, out + ".log", out + ".log"));
+      EXPECT_TRUE(s.ok()) << "the last resume failed: " << read_file(out + ".log");
+      std::printf("[kill-resume] %d kills landed mid-run; checkpoints then at steps%s of %ld\n", landed, where.c_str(),
+                  static_cast<long>(kKillIterations));
+      return landed;
+    }
+    // The backstop step: after this session's start, leaving room for the kills still to come.
+    const int64_t start = kill_checkpoint_step(out), room = (kKillIterations - 1 - start) / (cycles - cycle);
+    EXPECT_GE(room, 1) << "no room for another kill after step " << start;
+    const int64_t backstop = start + 1 + std::uniform_int_distribution<int64_t>(0, std::max<int64_t>(room - 1, 0))(gen);
+    const pid_t pid = spawn_process(args, out + ".log", out + ".log", {{"XFER_DIST_KILL_AT", cat("0:", backstop)}});
+    const double share = static_cast<double>(backstop - start) / static_cast<double>(kKillIterations);
+    std::this_thread::sleep_for(std::chrono::duration<double>(
+        std::uniform_real_distribution<double>(0.0, run_seconds * share + 0.05)(gen)));
+    ::kill(pid, SIGKILL);
+    const ExitStatus s = wait_process(pid);
+    const int64_t saved = kill_checkpoint_step(out);
+    const bool mid_run = s.signal == SIGKILL && !fs::exists(out + "/result.json") && saved <= backstop;
+    EXPECT_TRUE(mid_run) << "cycle " << cycle << ": exit code " << s.code << ", checkpoint at step " << saved
+                         << ", backstop " << backstop << "; log: " << read_file(out + ".log");
+    landed += mid_run;
+    where += cat(" ", saved, " (backstop ", backstop, ")");
+    if (!mid_run) return landed;
   }
 }
 
 /// The outcome fields of result.json (timings differ between runs by nature).
-nlohmann::json outcome(const std::string& run_dir) {
+nlohmann::json kill_outcome(const std::string& run_dir) {
   nlohmann::json r = read_json_file(run_dir + "/result.json");
   nlohmann::json o;
   for (const char* key : {"test_top1", "test_mean_class", "best_val_top1", "best_val_step", "selected_step",
@@ -90,68 +121,40 @@ nlohmann::json outcome(const std::string& run_dir) {
   return o;
 }
 
-/// Runs `method` into `out`, SIGKILLing it after random delays `cycles` times and resuming each time.
-/// Returns how many kills landed while the run was still going.
-int killed_run(const std::vector<std::string>& args_fresh, const std::string& out, int cycles, double run_seconds,
-               std::mt19937& gen) {
-  int landed = 0;
-  for (int cycle = 0;; ++cycle) {
-    std::vector<std::string> args = args_fresh;
-    if (fs::exists(out + "/config.json")) args.push_back("--resume");  // else not started: begin afresh
-    else args.push_back("--overwrite");
-    const pid_t pid = spawn_process(args, out + ".log", out + ".log");
-    if (cycle >= cycles) {
-      const ExitStatus s = wait_process(pid);
-      EXPECT_TRUE(s.ok()) << "the last resume failed; see " << out << ".log: " << read_file(out + ".log");
-      return landed;
-    }
-    std::uniform_real_distribution<double> delay(0.05, run_seconds);
-    std::this_thread::sleep_for(std::chrono::duration<double>(delay(gen)));
-    ::kill(pid, SIGKILL);
-    const ExitStatus s = wait_process(pid);
-    if (s.signal == SIGKILL) ++landed;
-    else if (!s.ok()) {
-      ADD_FAILURE() << "run failed before the kill; see " << out << ".log: " << read_file(out + ".log");
-      return landed;
-    }
-  }
+class KillResume : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(KillResume, RandomSigkillsThenResumeEndBitIdentical) {
+  const std::string method = GetParam();
+  const test::TempDir dir;
+  const int cycles = std::getenv("XFER_KILL_CYCLES") ? std::atoi(std::getenv("XFER_KILL_CYCLES")) : 2;
+  std::mt19937 gen(static_cast<unsigned>(std::hash<std::string>()(method) % 100000 + 20261125));
+  const std::string ref = dir.file("ref"), killed = dir.file("killed");
+  const auto t0 = std::chrono::steady_clock::now();  // only to spread the kill moments over the run
+  const ExitStatus s = wait_process(spawn_process(kill_run_args(method, ref), ref + ".log", ref + ".log"));
+  ASSERT_TRUE(s.ok()) << read_file(ref + ".log");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int landed = killed_run(kill_run_args(method, killed), killed, cycles, seconds, gen);
+  EXPECT_EQ(landed, cycles) << "every kill landed mid-run";
+  test::expect_same_checkpoint(ref + "/checkpoints/last.pt", killed + "/checkpoints/last.pt", method + " last.pt");
+  ASSERT_EQ(fs::exists(ref + "/checkpoints/best.pt"), fs::exists(killed + "/checkpoints/best.pt"));
+  if (fs::exists(ref + "/checkpoints/best.pt"))
+    test::expect_same_checkpoint(ref + "/checkpoints/best.pt", killed + "/checkpoints/best.pt", method + " best.pt");
+  EXPECT_EQ(kill_outcome(ref), kill_outcome(killed)) << method;
 }
 
-std::vector<std::string> kill_methods() {
-  const char* env = std::getenv("XFER_KILL_METHODS");
+std::vector<std::string> kill_registered_methods() {
   std::vector<std::string> names;
-  if (env && std::string(env) == "all") {
-    for (const auto& m : methods().all()) names.push_back(m.name);
-  } else if (env && *env) {
-    std::stringstream in(env);
-    for (std::string n; std::getline(in, n, ',');) names.push_back(n);
-  } else {
-    names = {"l2", "smile", "rifle", "xmixup", "gradmix"};
-  }
+  for (const auto& m : methods().all()) names.push_back(m.name);
   return names;
 }
 
-TEST(KillResume, RandomSigkillsThenResumeEndBitIdentical) {
-  XFER_REQUIRE_FMNIST();
-  test::TempDir dir;
-  const std::string init = test::pretrain_fmnist_source(dir.file("source"));
-  const int cycles = std::getenv("XFER_KILL_CYCLES") ? std::atoi(std::getenv("XFER_KILL_CYCLES")) : 3;
-  std::mt19937 gen(20261125);
-  for (const auto& method : kill_methods()) {
-    SCOPED_TRACE(method);
-    const std::string ref = dir.file(method + "-ref"), killed = dir.file(method + "-killed");
-    const auto t0 = std::chrono::steady_clock::now();
-    const ExitStatus s = run_to_end(kill_run_args(method, init, ref), ref + ".log");
-    ASSERT_TRUE(s.ok()) << read_file(ref + ".log");
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int landed = killed_run(kill_run_args(method, init, killed), killed, cycles, seconds, gen);
-    std::printf("[kill-resume] %s: %d kills, %d landed mid-run\n", method.c_str(), cycles, landed);
-    expect_same_checkpoint(ref + "/checkpoints/last.pt", killed + "/checkpoints/last.pt", method + " last.pt");
-    if (fs::exists(ref + "/checkpoints/best.pt"))
-      expect_same_checkpoint(ref + "/checkpoints/best.pt", killed + "/checkpoints/best.pt", method + " best.pt");
-    EXPECT_EQ(outcome(ref), outcome(killed)) << method;
-  }
-}
+INSTANTIATE_TEST_SUITE_P(EveryMethod, KillResume, ::testing::ValuesIn(kill_registered_methods()),
+                         [](const ::testing::TestParamInfo<std::string>& p) {
+                           std::string name = p.param;
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace xfer

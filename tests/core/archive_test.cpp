@@ -95,6 +95,7 @@ TEST(Archive, ModulesLoadOnlyWhenEveryNameAndShapeMatches) {
   const Archive back = Archive::decode(saved.encode(), "module");
   back.read_module(*b, "the stored model");
   for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()]));
+  for (const auto& p : a->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), b->named_buffers()[p.key()])) << p.key();
   EXPECT_TRUE(torch::equal(b->named_buffers()["1.running_mean"], torch::full({2}, 0.5)));
 
   torch::nn::Sequential wider(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));

@@ -1,12 +1,13 @@
-// Every baseline end to end: determinism per seed, bit-exact resume, and short runs on Fashion-MNIST that
-// learn (the loss falls, accuracy beats chance).
+// Every baseline end to end: registration, determinism per seed, bit-exact resume. What each step computes
+// is checked against the test's own code in step_test.cpp (which replaced "it learns" thresholds that a
+// model which learned nothing could pass).
 #include <filesystem>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "method_harness.h"
 #include "support.h"
+#include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
 
@@ -61,7 +62,11 @@ nlohmann::json baselines_finetune(const RunOptions& o) {
   return run_finetune(o, *config);
 }
 
-TEST(Baselines, ResumeIsBitExactForStatefulMethods) {
+TEST(Baselines, ResumeIsBitExact) {
+  // Stopped after 5 of 12 steps and resumed: the whole last checkpoint (weights, batch-norm statistics,
+  // optimizer momentum, method state such as teachers and RIFLE's head, the method's generator, stream
+  // positions) and best.pt equal the run left alone. RIFLE re-initialises after steps 4 and 8: one before
+  // the stop, one after.
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 4) + ":val=2";
   RunOptions pre = baselines_tiny_run("", dir.file("source"));
@@ -70,71 +75,24 @@ TEST(Baselines, ResumeIsBitExactForStatefulMethods) {
   pre.backbone = "cnn4:width=4";
   pre.trainer.iterations = 4;
   run_pretrain(pre);
-  for (const char* method : {"l2", "delta", "cotuning", "rifle", "cutmix", "l2sp"}) {
+  for (const char* method : {"l2", "delta", "cotuning", "rifle", "cutmix", "l2sp", "bss", "mixup", "manifold_mixup"}) {
     RunOptions straight = baselines_tiny_run(spec, dir.file(std::string(method) + "-straight"));
     straight.method = method;
     straight.init = dir.file("source");
+    straight.trainer.checkpoint_every = 5;
     baselines_finetune(straight);
     RunOptions split = straight;
     split.out = dir.file(std::string(method) + "-split");
-    split.trainer.stop_after = 5;  // rifle re-initialises after steps 4 and 8: one before, one after
-    baselines_finetune(split);
+    split.trainer.stop_after = 5;
+    EXPECT_EQ(baselines_finetune(split)["stopped_at"], 5) << method;
     split.resume = true;
     split.trainer.stop_after = 0;  // run to the end this time
-    baselines_finetune(split);
-    const Model a = CheckpointReader(straight.out + "/checkpoints/last.pt").read_model();
-    const Model b = CheckpointReader(split.out + "/checkpoints/last.pt").read_model();
-    const auto pb = b->named_parameters();
-    for (const auto& p : a->named_parameters())
-      EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << method << ": " << p.key() << " differs after resume";
+    const nlohmann::json r = baselines_finetune(split);
+    test::expect_same_checkpoint(straight.out + "/checkpoints/last.pt", split.out + "/checkpoints/last.pt", method);
+    test::expect_same_checkpoint(straight.out + "/checkpoints/best.pt", split.out + "/checkpoints/best.pt",
+                                 std::string(method) + " best.pt");
+    EXPECT_EQ(read_json_file(straight.out + "/result.json")["test_top1"], r["test_top1"]) << method;
   }
-}
-
-/// `methods`, fine-tuned from test::pretrain_fmnist_source on three other classes, must each learn.
-void expect_baselines_learn_on_fmnist(const std::vector<std::string>& methods_to_run, int64_t iterations = 40) {
-  test::TempDir dir;
-  test::pretrain_fmnist_source(dir.file("source"));
-  for (const auto& method : methods_to_run) {
-    RunOptions ft = baselines_tiny_run("fmnist:classes=2,7,9:per_class=10:test_per_class=100", dir.file(method));
-    ft.method = method;
-    ft.init = dir.file("source");
-    ft.trainer.iterations = iterations;
-    ft.trainer.log_every = iterations / 8;
-    ft.trainer.eval_every = 0;
-    ft.loader.batch_size = 16;
-    const nlohmann::json r = baselines_finetune(ft);
-    std::vector<double> losses;
-    std::ifstream in(dir.file(method + "/metrics.jsonl"));
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
-    }
-    ASSERT_EQ(losses.size(), 8u) << method;
-    if (method == "rifle") {
-      // The loss jumps at each re-drawn head (steps 40 and 80 of 120): it must fall after the last one.
-      EXPECT_LT(losses[7], losses[5]) << method << ": the loss does not fall after the last re-draw";
-    } else {
-      EXPECT_LT(losses[6] + losses[7], losses[0] + losses[1]) << method << ": the loss does not fall";
-    }
-    EXPECT_GT(r["test_top1"].get<double>(), 0.7) << method << ": chance is 1/3";
-  }
-}
-
-TEST(Baselines, RegularizersLearnOnFashionMnist) {
-  XFER_REQUIRE_FMNIST();
-  expect_baselines_learn_on_fmnist({"l2sp", "delta", "bss", "cotuning"});
-}
-
-TEST(Baselines, RifleLearnsOnFashionMnist) {
-  XFER_REQUIRE_FMNIST();
-  // Its head is re-drawn at 1/3 and 2/3 of the run, so the last head needs enough steps of its own.
-  expect_baselines_learn_on_fmnist({"rifle"}, 120);
-}
-
-TEST(Baselines, MixupFamilyLearnsOnFashionMnist) {
-  XFER_REQUIRE_FMNIST();
-  expect_baselines_learn_on_fmnist({"mixup", "manifold_mixup", "cutmix"});
 }
 
 }  // namespace

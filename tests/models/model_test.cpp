@@ -108,6 +108,9 @@ TEST(Model, CloneIsDeepAndEqual) {
   Model m(small_arch("cnn4:width=4"));
   m->eval();
   Model c = clone_model(m);
+  const auto cp = c->named_parameters(), cb = c->named_buffers();
+  for (const auto& p : m->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), cp[p.key()])) << p.key();
+  for (const auto& b : m->named_buffers()) EXPECT_TRUE(torch::equal(b.value(), cb[b.key()])) << b.key();
   const torch::Tensor x = torch::randn({2, 1, 28, 28});
   EXPECT_TRUE(torch::equal(m->forward(x), c->forward(x)));
   {
@@ -121,9 +124,17 @@ TEST(Model, CopyStateListsMismatches) {
   Model a(small_arch("cnn4:width=4")), b(small_arch("cnn4:width=8"));
   test::expect_bad_input([&] { copy_state(*a, *b); }, {"weights do not match the model", "has shape", "more"});
   Model c(small_arch("cnn4:width=4"));
+  {
+    torch::NoGradGuard no_grad;  // statistics of its own, so that copying them shows
+    for (auto& buf : a->buffers())
+      if (buf.is_floating_point()) buf.add_(0.5);
+  }
   copy_state(*a, *c, "backbone.");
-  EXPECT_TRUE(torch::equal(a->backbone->parameters()[0], c->backbone->parameters()[0]));
-  EXPECT_FALSE(torch::equal(a->head("target")->weight, c->head("target")->weight));
+  // Every backbone parameter and buffer copied; the heads left alone.
+  const auto cp = c->named_parameters(), cb = c->named_buffers();
+  for (const auto& p : a->named_parameters())
+    EXPECT_EQ(torch::equal(p.value(), cp[p.key()]), p.key().rfind("backbone.", 0) == 0) << p.key();
+  for (const auto& b : a->named_buffers()) EXPECT_TRUE(torch::equal(b.value(), cb[b.key()])) << b.key();
 }
 
 }  // namespace

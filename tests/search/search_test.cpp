@@ -179,23 +179,32 @@ TEST_F(SearchCli, AKilledWorkersTrialIsRetriedAndCompletedTrialsAreKept) {
   fs::create_directories(dir_.file("search"));
   pid_t pid = 0;
   ASSERT_EQ(posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ), 0);
+  // The completed trials and the running one, or -1 when none runs (or the study cannot be read yet).
   std::map<int64_t, double> completed;
-  int64_t killed = -1;
-  for (int i = 0; i < 3000 && killed < 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (!fs::exists(study_path())) continue;
+  auto running_trial = [&]() -> int64_t {
+    if (!fs::exists(study_path())) return -1;
     try {
       Study s(study_path());
       const auto trials = s.trials();
       completed.clear();
       for (const auto& t : trials)
         if (t.state == "COMPLETE") completed[t.number] = *t.value;
-      if (completed.empty()) continue;
+      if (completed.empty()) return -1;
       for (const auto& t : trials)
-        if (t.state == "RUNNING") killed = t.number;
+        if (t.state == "RUNNING") return t.number;
     } catch (const std::exception&) {
       // the worker may be creating the study right now
     }
+    return -1;
+  };
+  int64_t killed = -1;
+  for (int i = 0; i < 3000 && killed < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (running_trial() < 0) continue;
+    // Stopped, the worker cannot finish the trial between this look and the kill: the kill lands mid-trial.
+    kill(pid, SIGSTOP);
+    killed = running_trial();
+    if (killed < 0) kill(pid, SIGCONT);
   }
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);

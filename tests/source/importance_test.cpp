@@ -294,6 +294,22 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
   ASSERT_EQ(a.p_target.size(), 3u);
   for (size_t y = 0; y < 3; ++y) EXPECT_NEAR(a.p_target[y], b.p_target[y], 1e-9);
   EXPECT_NEAR(std::accumulate(a.p_target.begin(), a.p_target.end(), 0.0), 1.0, 1e-12);
+  // P_t by hand (section 3.3): the classifier in eval mode on the normalised target images, softmax(z / 2)
+  // averaged over the images; P_s = n_y / n and w = P_t / P_s.
+  {
+    torch::NoGradGuard no_grad;
+    Model classifier = CheckpointReader(resolve_checkpoint(dir.file("classifier"))).read_model();
+    classifier->eval();
+    const Task t = load_task(target, 0);
+    const Normalization& norm = classifier->arch().input;
+    const torch::Tensor x = (t.train.images.to(torch::kFloat32) / 255.0 - norm.mean[0]) / norm.std[0];
+    const torch::Tensor p = torch::softmax(classifier->forward(x, "source").to(torch::kFloat64) / 2.0, 1).mean(0);
+    for (int64_t y = 0; y < 3; ++y) {
+      EXPECT_NEAR(a.p_target[static_cast<size_t>(y)], p[y].item<double>(), 1e-6) << "P_t(" << y << ")";
+      EXPECT_NEAR(a.p_source[static_cast<size_t>(y)], 20.0 / 60.0, 1e-12);
+      EXPECT_NEAR(a.weight[static_cast<size_t>(y)], p[y].item<double>() * 3.0, 1e-5) << "w(" << y << ")";
+    }
+  }
   EXPECT_TRUE(fs::exists(dir.file("a/weights.md")));
 
   // `xfer pretrain --weights-from` computes the same weights in the run, and resamples alike.

@@ -37,14 +37,6 @@ nlohmann::json finetune(const RunOptions& o) {
   return run_finetune(o, *config);
 }
 
-std::map<std::string, torch::Tensor> weights_of(const std::string& checkpoint) {
-  std::map<std::string, torch::Tensor> out;
-  const Model m = CheckpointReader(checkpoint).read_model();
-  for (const auto& p : m->named_parameters()) out[p.key()] = p.value();
-  for (const auto& b : m->named_buffers()) out[b.key()] = b.value();
-  return out;
-}
-
 TEST(Trainer, ResumeIsBitExact) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4) + ":val=3";
@@ -61,10 +53,8 @@ TEST(Trainer, ResumeIsBitExact) {
   split.resume = true;
   const nlohmann::json b = finetune(split);
 
-  const auto wa = weights_of(dir.file("straight/checkpoints/last.pt"));
-  const auto wb = weights_of(dir.file("split/checkpoints/last.pt"));
-  ASSERT_EQ(wa.size(), wb.size());
-  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name << " differs after resume";
+  test::expect_same_checkpoint(dir.file("straight/checkpoints/last.pt"), dir.file("split/checkpoints/last.pt"), "last.pt");
+  test::expect_same_checkpoint(dir.file("straight/checkpoints/best.pt"), dir.file("split/checkpoints/best.pt"), "best.pt");
   EXPECT_EQ(a["test_top1"], b["test_top1"]);
   EXPECT_EQ(a["best_val_step"], b["best_val_step"]);
   // The resumed metrics.jsonl has each step once.
@@ -258,9 +248,7 @@ TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   CrossEntropyMethod plain_again;
   const nlohmann::json rb = Trainer(opts, dir.file("b")).fit(resumed.model, plain_again, resumed.batches,
                                                               resumed.task, "target", 0, true);
-  const auto wa = weights_of(dir.file("a/checkpoints/last.pt"));
-  const auto wb = weights_of(dir.file("b/checkpoints/last.pt"));
-  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name;
+  test::expect_same_checkpoint(dir.file("a/checkpoints/last.pt"), dir.file("b/checkpoints/last.pt"), "last.pt");
   EXPECT_EQ(ra["test_top1"], rb["test_top1"]);
 }
 
@@ -277,20 +265,40 @@ TEST(Trainer, ResumeBeforeTheFirstCheckpointStartsFromStepZero) {
   EXPECT_EQ(a["iterations"], b["iterations"]);
 }
 
-TEST(Trainer, FineTuningFromASourceModelBeatsChanceByAWideMargin) {
+TEST(Trainer, FineTuningFromTheSourceModelBeatsTheSameRunFromScratch) {
   XFER_REQUIRE_FMNIST();
+  // A task where the difference is known: three of the source model's own classes, two images of each,
+  // ten steps. Its features already separate them, so fine-tuning it (l2) beats the same run from random
+  // initialisation (scratch: same seed, data, steps, learning rate and fresh head) in every seed, by 0.13
+  // to 0.41 (mean 0.29) as measured; a run that ignored --init would be the scratch run exactly. (An
+  // absolute threshold would not do: a raw-pixel nearest-centroid classifier reaches 0.92-0.97 on two
+  // Fashion-MNIST classes. Init.* checks the loaded weights exactly.)
   test::TempDir dir;
   test::pretrain_fmnist_source(dir.file("source"));
-
-  RunOptions ft = tiny_run("fmnist:classes=2,7:per_class=10:test_per_class=300", dir.file("ft"));
-  ft.method = "l2";
-  ft.backbone.clear();  // the --init model's
-  ft.init = dir.file("source");
-  ft.trainer.iterations = 40;
-  ft.loader.batch_size = 16;
-  const nlohmann::json r = finetune(ft);
-  EXPECT_EQ(r["backbone"], "cnn4:width=8");
-  EXPECT_GT(r["test_top1"].get<double>(), 0.85) << "chance is 0.5";
+  auto run = [&](const std::string& method, int64_t seed) {
+    RunOptions ft = tiny_run("fmnist:classes=0,1,3:per_class=2:test_per_class=100", dir.file(cat(method, seed)));
+    ft.method = method;
+    ft.seed = seed;
+    ft.backbone = "cnn4:width=8";
+    if (method == "l2") {
+      ft.backbone.clear();  // the --init model's
+      ft.init = dir.file("source");
+    }
+    ft.trainer.iterations = 10;
+    ft.trainer.eval_every = 0;
+    ft.trainer.optim.lr = 0.05;
+    ft.loader.batch_size = 6;
+    return finetune(ft)["test_top1"].get<double>();
+  };
+  double gain = 0;
+  for (int64_t seed = 1; seed <= 4; ++seed) {
+    const double transfer = run("l2", seed), scratch = run("scratch", seed);
+    std::printf("[paired] seed %ld: l2 from the source model %.3f, scratch %.3f\n", static_cast<long>(seed), transfer,
+                scratch);
+    EXPECT_GT(transfer, scratch) << "seed " << seed;
+    gain += (transfer - scratch) / 4;
+  }
+  EXPECT_GT(gain, 0.15) << "the mean gain of starting from the source model";
 }
 
 TEST(Trainer, MethodsAndInitMustAgree) {
