@@ -115,6 +115,8 @@ TEST(RankCommand, RefusesOneClassTargetsModelsWithoutASourceHeadAndWrongShapes) 
                "are 3x8x8 but the model takes 1x8x8");
   expect_error({"--target", fx.idx + ":classes=2,3", "--models", fx.a + "," + fx.b, "--sources", fx.idx},
                "--sources ranks sources for one model");
+  expect_error({"--target", fx.idx + ":classes=2,3", "--models", fx.a, "--sources", " ; "},
+               "names no source spec");
   expect_error({"--target", fx.idx + ":classes=2,3", "--models", fx.a, "--metric", "logme,best"},
                "unknown metric 'best'");
   expect_error({"--target", fx.idx + ":classes=2,3", "--models", fx.a + "," + fx.a},

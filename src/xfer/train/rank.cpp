@@ -242,7 +242,8 @@ Ranking rank_candidates(const RankOptions& opts) {
   const std::vector<std::string> models = rank_split(opts.models, ',');
   XFER_CHECK(!models.empty(), "xfer rank needs --models: the candidate models, comma-separated");
   const std::vector<std::string> sources = rank_split(opts.sources, ';');
-  const bool by_source = opts.sources.find_first_not_of(" \t;") != std::string::npos;
+  const bool by_source = !opts.sources.empty();
+  XFER_CHECK(!by_source || !sources.empty(), "--sources '", opts.sources, "' names no source spec");
   XFER_CHECK(!by_source || models.size() == 1,
              "--sources ranks sources for one model; give one --models entry, got ", models.size());
   const std::vector<std::string>& names = by_source ? sources : models;
