@@ -126,7 +126,7 @@ def main(bench_dir, rank_dirs):
                 rows[m].append(None)
 
     print("Rank correlation between each metric's scores and the fine-tuned test top-1 (mean over seeds): "
-          "Kendall's tau-b / weighted tau_w (LogME's Table 2 measure).\n")
+          "Kendall's tau-b / weighted tau_w (the measure LogME's paper reports).\n")
     print("| metric | " + " | ".join(f"target {i + 1}: tau | tau_w" for i in range(len(targets))) + " |")
     print("|:--|" + "--:|--:|" * len(targets))
     for m in metrics_order:
