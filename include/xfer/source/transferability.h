@@ -30,7 +30,7 @@
 /// empirical joint P(y, z) of (y_i, z_i),  NCE = -H(Y | Z) = sum_{y,z} P(y, z) log P(y | z)  (0 log 0 = 0).
 /// 0 when the source label determines the target label; -H(Y) when it tells nothing.
 ///
-/// H-score (Bao, Li, Huang, Wang, Zhao, Zhang, ICIP 2019).  H = tr(cov(f)^+ cov(E[f | y])), the
+/// H-score (Bao, Li, Huang et al., ICIP 2019).  H = tr(cov(f)^+ cov(E[f | y])), the
 /// covariances over the N examples, E[f | y] the class means. Computed from the SVD of the centred
 /// features, Fc = U S V^T:  H = ||Gc V S^-1||_F^2 with Gc the centred class means of each example, so the
 /// covariance is never formed (its condition number would be squared); singular values below
