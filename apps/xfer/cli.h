@@ -47,6 +47,7 @@ std::unique_ptr<Command> make_search_command();
 std::unique_ptr<Command> make_bench_command();
 std::unique_ptr<Command> make_report_command();
 std::unique_ptr<Command> make_weights_command();
+std::unique_ptr<Command> make_rank_command();
 std::unique_ptr<Command> make_launch_command();
 
 /// Registers every field as a flag: --name VALUE, and --name / --no-name for booleans. Fields whose

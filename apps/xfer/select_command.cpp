@@ -11,6 +11,7 @@
 #include "xfer/report/table.h"
 #include "xfer/source/pairing.h"
 #include "xfer/train/checkpoint.h"
+#include "xfer/train/rank.h"
 #include "xfer/train/run.h"
 
 namespace xfer::cli {
@@ -22,8 +23,9 @@ class SelectCommand : public Command {
     app = parent.add_subcommand("select", "Pair each target class with the most similar source classes (XMixup's "
                                           "auxiliary sample selection) and write pairing.json");
     app->add_option("--target", target_, "target dataset spec")->required();
-    app->add_option("--source", source_, "source dataset spec (the auxiliary examples come from its train split)")
-        ->required();
+    app->add_option("--source", source_, "source dataset spec (the auxiliary examples come from its train split)");
+    app->add_option("--source-from", source_from_, "instead of --source: the best-ranked source of a rank.json "
+                                                   "written by `xfer rank --sources` (by its first metric)");
     app->add_option("--init", init_, "pretrained model whose pooled features define the class centroids: a run "
                                      "directory of `xfer pretrain`, or a checkpoint file")
         ->required();
@@ -44,6 +46,9 @@ class SelectCommand : public Command {
 
   void run(std::ostream& out) override {
     XFER_CHECK(aux_size_ >= 0, "--aux-size must be >= 0, got ", aux_size_);
+    XFER_CHECK(source_.empty() != source_from_.empty(), "give --source SPEC or --source-from RANK_JSON (the "
+               "best-ranked source of `xfer rank --sources`), one of the two");
+    if (!source_from_.empty()) source_ = best_ranked_source(read_json_file(source_from_), "", source_from_);
     set_threads(threads_);
     const Task target = load_task(target_, static_cast<uint64_t>(seed_));
     const Task source = load_task(source_, static_cast<uint64_t>(seed_));
@@ -66,7 +71,8 @@ class SelectCommand : public Command {
       out << p.to_json().dump(2) << "\n";
       return;
     }
-    out << "Target " << target_ << " (" << target.train.size() << " training examples)\nSource " << source_ << " ("
+    out << "Target " << target_ << " (" << target.train.size() << " training examples)\nSource " << source_
+        << (source_from_.empty() ? "" : ", the best-ranked in " + source_from_) << " ("
         << source.train.size() << " training examples)\nFeatures of " << init_ << "\n\n";
     Table t({"target class", "source class", "round", "cosine", "samples"});
     t.align_right(2);
@@ -83,7 +89,7 @@ class SelectCommand : public Command {
   }
 
  private:
-  std::string target_, source_, init_, out_ = "pairing.json", heatmap_, device_ = "cpu";
+  std::string target_, source_, source_from_, init_, out_ = "pairing.json", heatmap_, device_ = "cpu";
   int64_t aux_size_ = 0;
   int64_t seed_ = 0, threads_ = 0;
   bool json_ = false;

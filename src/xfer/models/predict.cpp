@@ -1,0 +1,56 @@
+#include "xfer/models/predict.h"
+
+#include <c10/core/InferenceMode.h>
+#include <torch/torch.h>
+
+#include "xfer/core/error.h"
+#include "xfer/data/loader.h"
+
+namespace xfer {
+
+void check_input_shape(const Model& model, const TensorDataset& data, const std::string& what) {
+  const Arch& arch = model->arch();
+  XFER_CHECK(
+      data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width, what,
+      "'s images are ", data.channels(), "x", data.height(), "x", data.width(), " but the model takes ",
+      arch.in_channels, "x", arch.height, "x", arch.width);
+}
+
+Predictions predict(const Model& frozen, const TensorDataset& data, const PredictOptions& opts) {
+  XFER_CHECK(opts.batch_size >= 1, "prediction batch size must be >= 1, got ", opts.batch_size);
+  XFER_CHECK(opts.features || !opts.heads.empty(), "predict: ask for the features or at least one head");
+  XFER_CHECK(data.size() > 0, "cannot predict on an empty dataset");
+  check_input_shape(frozen, data, "the data");
+  Model model = frozen;  // the same module: only its mode changes, and is restored
+  std::string heads;
+  for (const auto& h : model->arch().heads) heads += (heads.empty() ? "" : ", ") + h.name;
+  for (const auto& h : opts.heads)
+    XFER_CHECK(model->has_head(h), "the model has no '", h,
+               "' head (it has: ", heads.empty() ? "none" : heads, ")");
+
+  const bool was_training = model->is_training();
+  model->eval();
+  const InputTransform transform(model->arch().input);
+  const torch::Device device = model->backbone->parameters().front().device();
+  std::vector<torch::Tensor> features;
+  std::map<std::string, std::vector<torch::Tensor>> logits;
+  {
+    c10::InferenceMode inference;
+    for (int64_t start = 0; start < data.size(); start += opts.batch_size) {
+      const int64_t end = std::min(start + opts.batch_size, data.size());
+      const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
+      const torch::Tensor g = model->backbone->forward(x);
+      if (opts.features) features.push_back(g.to(torch::kCPU, torch::kFloat32));
+      for (const auto& h : opts.heads)
+        logits[h].push_back(model->head(h)->forward(g).to(torch::kCPU, torch::kFloat32));
+    }
+  }
+  model->train(was_training);
+  // Concatenated outside inference mode: the results are ordinary tensors callers may modify in place.
+  Predictions out;
+  if (opts.features) out.features = torch::cat(features);
+  for (auto& [name, parts] : logits) out.logits[name] = torch::cat(parts);
+  return out;
+}
+
+}  // namespace xfer
