@@ -40,7 +40,7 @@ std::vector<std::string> kill_run_args(const std::string& method, const std::str
                                 "--iterations", "40", "--batch-size", "16", "--eval-every", "10",
                                 "--checkpoint-every", "3", "--threads", "1", "--seed", "3", "--out", out};
   const MethodInfo& info = methods().get(method);
-  if (info.needs_init || method == "l2") {
+  if (info.needs_init || method == "l2" || method == "smile") {  // smile also runs from scratch; test it fine-tuning
     a.insert(a.end(), {"--init", init});
   } else {
     a.insert(a.end(), {"--backbone", "cnn4:width=8"});
