@@ -9,9 +9,11 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/methods/regularization.h"
 #include "xfer/methods/smile.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
+#include "xfer/train/suite.h"
 
 namespace fs = std::filesystem;
 
@@ -309,6 +311,32 @@ TEST(Smile, BadInputIsNamed) {
   o.source_head = "imagenet";
   SmileMethod no_head(o);
   test::expect_bad_input([&] { rig.setup(no_head); }, {"no 'imagenet' head", "its heads: source"});
+}
+
+TEST(Smile, TheSuiteRunsEveryBaselineWithTheAuthorsCodesSettings) {
+  // github.com/lixingjian/SMILE: finetune.py (SGD, momentum 0.9, Nesterov, weight decay 1e-4, batch 48, lr 0.01
+  // divided by 10 at 2/3; mixup and CutMix alpha 0.2, CutMix with probability 0.5) and the CUB_200_2011
+  // section of task_config.ini (alpha_l2sp 0.001, alpha_delta 0.01 on layer4, alpha_bss 0.001, alpha_rifle 2).
+  const Suite suite = load_suite("smile");
+  for (const auto& [key, value] : std::map<std::string, nlohmann::json>{
+           {"nesterov", true}, {"momentum", 0.9}, {"weight_decay", 1e-4}, {"batch_size", 48}, {"lr", 0.01},
+           {"schedule", "step"}})
+    EXPECT_EQ(suite.run.at(key), value) << key;
+  std::map<std::string, nlohmann::json> options;
+  for (const auto& m : suite.methods) options[m.label] = m.options;
+  EXPECT_EQ(options.at("mixup"), nlohmann::json({{"alpha", 0.2}, {"fold", true}}));
+  EXPECT_EQ(options.at("cutmix"), nlohmann::json({{"alpha", 0.2}, {"prob", 0.5}}));
+  EXPECT_EQ(options.at("l2sp"), nlohmann::json({{"alpha", 0.001}, {"decay", "optimizer"}}));
+  EXPECT_EQ(options.at("bss"), nlohmann::json({{"eta", 0.001}, {"k", 1}}));
+  EXPECT_EQ(options.at("rifle"), nlohmann::json({{"k", 2}}));
+  const nlohmann::json& delta = options.at("delta");
+  EXPECT_EQ(delta["stages"], "layer4");
+  EXPECT_EQ(delta["feature_maps"], "stage");
+  EXPECT_EQ(delta["decay"], "optimizer");
+  // The code's penalty is alpha sum_c a_c ||.||^2 / (h w); xfer's carries 0.5 C (C = 64 for cnn4's layer4).
+  EXPECT_DOUBLE_EQ(delta["alpha"].get<double>() * 0.5 * 64, 0.01);
+  EXPECT_TRUE(options.at("cotuning").empty()) << "Transfer-Learning-Library's defaults";
+  EXPECT_DOUBLE_EQ(CoTuningMethod::Options{}.source_lr_mult, 1.0);
 }
 
 RunOptions smile_tiny_run(const std::string& spec, const std::string& out) {
