@@ -279,15 +279,10 @@ TEST(Distributed, TwoRanksMatchOneProcessForBss) {
 
 TEST(Distributed, TwoRanksMatchOneProcessForXMixup) {
   XFER_REQUIRE_GLOO();
-  // Per-example mixing weights drawn over the global batch; with auxiliary source examples and in-domain.
+  // Per-example mixing weights drawn over the global batch, with auxiliary source examples.
   test::TempDir dir;
   const auto base = dist_with(dist_tiny_finetune(dir, "xmixup"), {"--source", "idx:dir=" + dir.path() + "/src"});
   dist_expect_same_weights(dir, base, "xmixup");
-  test::TempDir in_domain;
-  dist_expect_same_weights(in_domain,
-                           dist_with(dist_tiny_finetune(in_domain, "xmixup"),
-                                     {"--source", "idx:dir=" + in_domain.path() + "/src", "--in-domain"}),
-                           "xmixup --in-domain");
 }
 
 std::vector<std::string> dist_tiny_gradmix(const std::string& data) {

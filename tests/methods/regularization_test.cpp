@@ -5,6 +5,8 @@
 #include "support.h"
 #include "xfer/methods/delta.h"
 #include "xfer/methods/regularization.h"
+#include "xfer/core/rng.h"
+#include "xfer/data/loader.h"
 
 namespace xfer {
 namespace {
@@ -53,32 +55,129 @@ TEST(Regularization, DeltaAttentionIsASoftmaxOfZScores) {
   EXPECT_NEAR(delta_attention_weights(torch::tensor({0.1, 5.0, 2.0}), 5.0).sum().item<double>(), 1.0, 1e-6);
 }
 
-TEST(Regularization, DeltaChannelRisesMatchZeroingOneChannelAtATime) {
+/// A frozen eval-mode model of `backbone` over 3 classes on the tiny task's 1x8x8 images, seeded.
+Model regularization_frozen(const Task& task, const std::string& backbone, uint64_t seed) {
+  seed_global(seed);
+  Model m(Arch{backbone, 1, 8, 8, compute_normalization(task.train.images), {{"source", {"a", "b", "c"}}}});
+  freeze(*m);
+  m->eval();
+  return m;
+}
+
+/// The name of each stage's last convolution weight, as DELTA's authors hook them.
+std::string regularization_last_conv(const std::string& backbone, const std::string& stage) {
+  return backbone.rfind("cnn4", 0) == 0 ? stage + ".0.weight" : stage + ".1.conv2.weight";  // resnet18: 2 blocks
+}
+
+TEST(Regularization, DeltaHooksTheLastConvolutionOfEachStage) {
+  // The hooked map is each stage's last convolution output (before its batch norm and the residual add),
+  // recomputed here from the named modules on a fixed input.
   test::TempDir dir;
   const Task task = regularization_task(dir);
-  Model source = test::harness_source_model(task, 3, 7);
-  const torch::Tensor x = torch::randn({5, 1, 8, 8}), y = torch::tensor({0, 1, 2, 1, 0}, torch::kInt64);
-  torch::manual_seed(3);
-  torch::nn::Linear probe(source->backbone->feature_dim(), 3);
-  const auto rises = delta_channel_rises(*source->backbone, probe, x, y, {"layer1", "layer4"});
-  ASSERT_EQ(rises.size(), 2u);
+  const torch::Tensor x = torch::randn({3, 1, 8, 8});
   torch::NoGradGuard no_grad;
-  const double base = cross_entropy(probe->forward(source->backbone->forward(x)), y).item<double>();
-  const std::vector<std::string> stages = {"layer1", "layer4"};
-  for (size_t s = 0; s < 2; ++s) {
-    const int64_t c = rises[s].size(0);
-    EXPECT_EQ(c, stages[s] == "layer1" ? 4 : 16);
-    for (int64_t j = 0; j < c; ++j) {
-      const auto pooled = source->backbone->forward_features(x, [&](const std::string& name, const torch::Tensor& out) {
-        if (name != stages[s]) return out;
-        torch::Tensor z = out.clone();
-        z.select(1, j).zero_();
-        return z;
-      }).pooled;
-      const double rise = cross_entropy(probe->forward(pooled), y).item<double>() - base;
-      EXPECT_NEAR(rises[s][j].item<double>(), rise, 1e-5) << stages[s] << " channel " << j;
+  for (const std::string backbone : {"cnn4:width=4", "resnet18:width=4:stem=cifar"}) {
+    const Model m = regularization_frozen(task, backbone, 3);
+    const Features f = m->backbone->forward_features(x);
+    const auto modules = m->backbone->named_modules();
+    ASSERT_EQ(f.convs.size(), 4u) << backbone;
+    torch::Tensor input = x;
+    if (backbone.rfind("resnet", 0) == 0)
+      input = torch::relu(modules["bn1"]->as<torch::nn::BatchNorm2d>()->forward(
+          modules["conv1"]->as<torch::nn::Conv2d>()->forward(x)));
+    for (size_t k = 0; k < 4; ++k) {
+      const std::string stage = cat("layer", k + 1);
+      torch::Tensor expected;
+      if (backbone.rfind("cnn4", 0) == 0) {
+        expected = modules[stage + ".0"]->as<torch::nn::Conv2d>()->forward(input);
+      } else {  // block 0 whole, then block 1's conv1 -> bn1 -> relu -> conv2
+        const torch::Tensor h = modules[stage + ".0"]->as<BasicBlockImpl>()->forward(input);
+        const torch::Tensor a = torch::relu(modules[stage + ".1.bn1"]->as<torch::nn::BatchNorm2d>()->forward(
+            modules[stage + ".1.conv1"]->as<torch::nn::Conv2d>()->forward(h)));
+        expected = modules[stage + ".1.conv2"]->as<torch::nn::Conv2d>()->forward(a);
+      }
+      EXPECT_TRUE(torch::allclose(f.conv(stage), expected, 1e-5, 1e-6)) << backbone << " " << stage;
+      EXPECT_FALSE(f.conv(stage).sizes() == f.map(stage).sizes() && torch::allclose(f.conv(stage), f.map(stage)))
+          << "not the stage output: " << stage;
+      EXPECT_EQ(delta_maps(f, {stage}, true)[0].data_ptr(), f.conv(stage).data_ptr());
+      EXPECT_EQ(delta_maps(f, {stage}, false)[0].data_ptr(), f.map(stage).data_ptr());
+      input = f.map(stage);
     }
   }
+}
+
+TEST(Regularization, DeltaChannelRisesMatchZeroingOneFilterOrOneChannelAtATime) {
+  test::TempDir dir;
+  const Task task = regularization_task(dir);
+  const torch::Tensor x = torch::randn({5, 1, 8, 8}), y = torch::tensor({0, 1, 2, 1, 0}, torch::kInt64);
+  torch::manual_seed(3);
+  const std::vector<std::string> stages = {"layer1", "layer4"};
+  for (const std::string backbone : {"cnn4:width=4", "resnet18:width=4:stem=cifar"}) {
+    Model source = regularization_frozen(task, backbone, 7);
+    torch::nn::Linear probe(source->backbone->feature_dim(), 3);
+    for (const bool last_conv : {true, false}) {
+      const auto rises = delta_channel_rises(*source->backbone, probe, x, y, stages, last_conv);
+      ASSERT_EQ(rises.size(), 2u);
+      torch::NoGradGuard no_grad;
+      const double base = cross_entropy(probe->forward(source->backbone->forward(x)), y).item<double>();
+      for (size_t s = 0; s < 2; ++s) {
+        const int64_t c = rises[s].size(0);
+        for (int64_t j = 0; j < c; ++j) {
+          torch::Tensor pooled;
+          if (last_conv) {  // the authors' ablation: filter j of the stage's last convolution set to 0
+            Model copy = clone_model(source);
+            copy->eval();
+            copy->backbone->named_parameters()[regularization_last_conv(backbone, stages[s])][j].zero_();
+            pooled = copy->backbone->forward(x);
+          } else {  // channel j of the stage's output
+            pooled = source->backbone->forward_features(x, [&](const std::string& name, const torch::Tensor& out) {
+              if (name != stages[s]) return out;
+              torch::Tensor z = out.clone();
+              z.select(1, j).zero_();
+              return z;
+            }).pooled;
+          }
+          const double rise = cross_entropy(probe->forward(pooled), y).item<double>() - base;
+          EXPECT_NEAR(rises[s][j].item<double>(), rise, 1e-5)
+              << backbone << (last_conv ? " last conv " : " stage ") << stages[s] << " channel " << j;
+        }
+      }
+    }
+  }
+}
+
+TEST(Regularization, DeltaInStepLossRecomputedFromTheReplayedBatch) {
+  // The default DELTA (last-conv maps, attention, beta decay) on a fixed model and batch: the loss of the
+  // harness's first step against CE + alpha 0.5 sum C a_c ||FM - FM0||^2 / (H W) + beta/2 ||w_head||^2
+  // written out channel by channel on the same batch.
+  test::TempDir dir;
+  const Task task = regularization_task(dir);
+  Model source = test::harness_source_model(task, 3, 5);
+  test::MethodHarness h("delta", task, source, 1, 10, {{"alpha", "0.5"}, {"beta", "0.2"}});
+  const auto& delta = dynamic_cast<const DeltaMethod&>(h.method());
+  Model before = clone_model(h.model());
+  before->train();
+  LoaderOptions loader;
+  loader.batch_size = 8;
+  loader.prefetch = false;
+  const Batch b = BatchStream(task.train, h.model()->arch().input, loader, derive_seed(1, "target")).next();
+  const double total = h.step().total.item<double>();
+
+  torch::NoGradGuard no_grad;
+  const Features f = before->backbone->forward_features(b.x);
+  const Features f0 = source->backbone->forward_features(b.x);
+  const torch::Tensor logp = torch::log_softmax(before->head("target")->forward(f.pooled).to(torch::kFloat64), 1);
+  double expected = 0;
+  for (int64_t i = 0; i < 8; ++i) expected -= logp[i][b.y[i].item<int64_t>()].item<double>() / 8;
+  for (size_t l = 0; l < delta.stages().size(); ++l) {
+    const torch::Tensor d = (f.conv(delta.stages()[l]) - f0.conv(delta.stages()[l])).to(torch::kFloat64);
+    const int64_t c = d.size(1);
+    const double hw = static_cast<double>(d.size(2) * d.size(3));
+    for (int64_t ch = 0; ch < c; ++ch)
+      expected += 0.5 * 0.5 * c * delta.attention()[l][ch].item<double>() * d.select(1, ch).pow(2).sum().item<double>() / hw;
+  }
+  for (const auto& p : before->head("target")->parameters()) expected += 0.5 * 0.2 * p.pow(2).sum().item<double>();
+  EXPECT_NEAR(total, expected, 1e-4 * std::abs(expected));
 }
 
 TEST(Regularization, DeltaSetsUpAttentionPerStageAndResumesIt) {
@@ -113,18 +212,24 @@ TEST(Regularization, DeltaSetsUpAttentionPerStageAndResumesIt) {
   for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(loaded.attention()[i], delta.attention()[i]));
 }
 
-TEST(Regularization, L2SPAndDeltaTurnWeightDecayOffAndCoTuningTrainsTheSourceHeadSlower) {
+TEST(Regularization, L2SPAndDeltaTurnWeightDecayOffUnlessAskedAndCoTuningTrainsTheSourceHeadAtTheBackbonesRate) {
   test::TempDir dir;
   const Task task = regularization_task(dir);
   Model source = test::harness_source_model(task, 4, 5);
   for (const char* name : {"l2sp", "delta"}) {
     test::MethodHarness h(name, task, source, 0, 5);
     for (const auto& g : h.groups()) EXPECT_EQ(g.weight_decay, std::optional<double>(0.0)) << name << " " << g.name;
+    EXPECT_TRUE(h.step().parts.count("head_l2")) << name;
+    // --decay optimizer (SMILE's code): the run's weight decay on every group, no beta term.
+    test::MethodHarness o(name, task, source, 0, 5, {{"decay", "optimizer"}});
+    for (const auto& g : o.groups()) EXPECT_FALSE(g.weight_decay.has_value()) << name << " " << g.name;
+    EXPECT_FALSE(o.step().parts.count("head_l2")) << name;
   }
   test::MethodHarness co("cotuning", task, source, 0, 5);
   ASSERT_EQ(co.groups().size(), 3u);
   EXPECT_EQ(co.groups()[2].name, "source_head");
-  EXPECT_DOUBLE_EQ(co.groups()[2].lr_mult, 0.1);
+  EXPECT_DOUBLE_EQ(co.groups()[2].lr_mult, 1.0) << "Transfer-Learning-Library: the backbone's learning rate";
+  EXPECT_DOUBLE_EQ(co.groups()[2].lr_mult, co.groups()[0].lr_mult);
   // The source head starts as the --init model's.
   EXPECT_TRUE(torch::equal(co.model()->head("source")->weight, source->head("source")->weight));
   const auto& method = dynamic_cast<const CoTuningMethod&>(co.method());
@@ -146,6 +251,44 @@ TEST(Regularization, L2SPStartsAtZeroDistanceAndMovesAway) {
   for (const auto& p : source->backbone->named_parameters())
     sq += (now[p.key()] - p.value()).pow(2).sum().item<double>();
   EXPECT_NEAR(h.step().parts.at("l2sp").item<double>(), 0.5 * sq, 1e-5 * sq + 1e-9);
+}
+
+TEST(Regularization, CoTuningInStepLossRecomputedFromTheReplayedBatch) {
+  // p(y_s | y_t) as the mean of the frozen source model's softmax over each class's training images
+  // (evaluation transform), then CE + lambda softCE(h_s(g(x)), p(. | y)) on the harness's first batch.
+  test::TempDir dir;
+  const Task task = regularization_task(dir);
+  Model source = test::harness_source_model(task, 4, 5);
+  test::MethodHarness h("cotuning", task, source, 2, 10, {{"lambda", "1.5"}});
+  Model before = clone_model(h.model());
+  before->train();
+  LoaderOptions loader;
+  loader.batch_size = 8;
+  loader.prefetch = false;
+  const Batch b = BatchStream(task.train, h.model()->arch().input, loader, derive_seed(2, "target")).next();
+  const double total = h.step().total.item<double>();
+
+  torch::NoGradGuard no_grad;
+  const torch::Tensor images = InputTransform(source->arch().input).normalise(task.train.eval_images(0, task.train.size()));
+  const torch::Tensor probs = torch::softmax(source->forward(images, "source"), 1).to(torch::kFloat64);
+  torch::Tensor rel = torch::zeros({3, 4}, torch::kFloat64);
+  std::vector<double> count(3, 0);
+  for (int64_t i = 0; i < task.train.size(); ++i) {
+    const int64_t c = task.train.labels[i].item<int64_t>();
+    rel[c] += probs[i];
+    count[c] += 1;
+  }
+  for (int64_t c = 0; c < 3; ++c) rel[c] /= count[c];
+  const torch::Tensor g = before->backbone->forward(b.x);
+  const torch::Tensor lt = torch::log_softmax(before->head("target")->forward(g).to(torch::kFloat64), 1);
+  const torch::Tensor ls = torch::log_softmax(before->head("source")->forward(g).to(torch::kFloat64), 1);
+  double expected = 0;
+  for (int64_t i = 0; i < 8; ++i) {
+    const int64_t y = b.y[i].item<int64_t>();
+    expected -= lt[i][y].item<double>() / 8;
+    expected -= 1.5 * (rel[y] * ls[i]).sum().item<double>() / 8;
+  }
+  EXPECT_NEAR(total, expected, 1e-5 * std::abs(expected));
 }
 
 TEST(Regularization, CoTuningRelationshipAveragesPerClass) {
@@ -199,6 +342,8 @@ TEST(Regularization, BadInputNamesTheOptionAndValue) {
   test::expect_bad_input([&] { build("delta", {{"stages", "layer2,layer9"}}, source); },
                          {"--stages", "no stage 'layer9'", "layer1, layer2, layer3, layer4"});
   test::expect_bad_input([&] { build("delta", {{"attention", "maybe"}}, source); }, {"--attention", "maybe"});
+  test::expect_bad_input([&] { build("delta", {{"feature_maps", "bn"}}, source); }, {"--feature-maps", "bn"});
+  test::expect_bad_input([&] { build("l2sp", {{"decay", "none"}}, source); }, {"--decay", "none"});
   test::expect_bad_input([&] { build("rifle", {{"k", "11"}}, nullptr); }, {"--k", "got 11"});
   test::expect_bad_input([&] { build("cotuning", {{"source_head", "nope"}}, source); }, {"no 'nope' head"});
   for (const char* m : {"l2sp", "delta", "cotuning"})

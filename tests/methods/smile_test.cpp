@@ -9,9 +9,11 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/methods/regularization.h"
 #include "xfer/methods/smile.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
+#include "xfer/train/suite.h"
 
 namespace fs = std::filesystem;
 
@@ -139,11 +141,19 @@ TEST(Smile, OneStepMixesTheStudentsInputAndTheTeachersOutputs) {
     t_map = t.maps.back().second;
     t_probs = torch::softmax(rig.pretrained->head("source")->forward(t.pooled), 1);
   }
-  const double mxp = mixed_cross_entropy(rig.student->head("target")->forward(s.pooled), b.y,
-                                         b.y.index_select(0, perm), lam).item<double>();
-  const double fe = smile_feature_loss(s.maps.back().second, t_map, t_map.index_select(0, perm), lam).item<double>();
-  const double fc = smile_label_loss(rig.student->head("aux")->forward(s.pooled), t_probs,
-                                   t_probs.index_select(0, perm), lam).item<double>();
+  // The three losses written out independently of xfer's loss functions, in float64.
+  const torch::Tensor logp = torch::log_softmax(rig.student->head("target")->forward(s.pooled).detach().to(torch::kFloat64), 1);
+  double mxp = 0;
+  for (int64_t i = 0; i < 8; ++i)
+    mxp -= (lam * logp[i][b.y[i].item<int64_t>()].item<double>() +
+            (1 - lam) * logp[i][b.y[perm[i].item<int64_t>()].item<int64_t>()].item<double>()) / 8;
+  const torch::Tensor tm = t_map.to(torch::kFloat64), sm = s.maps.back().second.detach().to(torch::kFloat64);
+  const torch::Tensor mixed_map = lam * tm + (1 - lam) * tm.index_select(0, perm);
+  const double fe = std::sqrt((sm - mixed_map).pow(2).sum().item<double>()) / (sm.size(2) * sm.size(3));
+  const torch::Tensor tp = t_probs.to(torch::kFloat64);
+  const torch::Tensor target_probs = lam * tp + (1 - lam) * tp.index_select(0, perm);
+  const torch::Tensor aux_logp = torch::log_softmax(rig.student->head("aux")->forward(s.pooled).detach().to(torch::kFloat64), 1);
+  const double fc = -(target_probs * aux_logp).sum().item<double>() / 8;
   EXPECT_NEAR(terms.parts.at("mxp").item<double>(), mxp, 1e-5);
   EXPECT_NEAR(terms.parts.at("fe").item<double>(), fe, 1e-5);
   EXPECT_NEAR(terms.parts.at("fc").item<double>(), fc, 1e-5);
@@ -202,10 +212,11 @@ TEST(Smile, MeanTeacherFollowsItsScheduleToTheClosedForm) {
   }
 }
 
-TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisation) {
+TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisationAndTracksTheStudent) {
   SmileRig rig("cnn4:width=4", /*seed=*/5);
   SmileMethod::Options o;
   o.teacher = "student-init";
+  o.ema_decay = 0.9;
   SmileMethod method(o);
   rig.setup(method);
 
@@ -218,9 +229,64 @@ TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisation) {
       EXPECT_FALSE(torch::equal(teacher[p.key()], rig.pretrained->backbone->named_parameters()[p.key()])) << p.key();
     }
   }
-  EXPECT_FALSE(torch::equal(method.teacher().model()->head("source")->weight, rig.pretrained->head("source")->weight));
-  // The student itself still starts from --init, its aux head from the source head.
-  EXPECT_TRUE(torch::equal(rig.student->head("aux")->weight, rig.pretrained->head("source")->weight));
+  // No source knowledge: L_FC and the aux head are off, whatever --fc says.
+  EXPECT_FALSE(method.uses_fc());
+  EXPECT_FALSE(rig.student->has_head("aux"));
+  at::Generator rng = make_generator(1);
+  StepContext ctx{rig.batches, rig.student, 0, 100, rng, "target"};
+  const LossTerms terms = method.loss(ctx);
+  EXPECT_TRUE(terms.parts.count("fe"));
+  EXPECT_FALSE(terms.parts.count("fc"));
+
+  // It tracks the student as the mean teacher does, BN running statistics included (they start at 0 and 1).
+  const auto before = method.teacher().model()->backbone->named_buffers();
+  std::map<std::string, torch::Tensor> t0;
+  for (const auto& b : before) t0[b.key()] = b.value().clone();
+  const torch::Tensor w0 = method.teacher().model()->backbone->parameters()[0].clone();
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : rig.student->parameters()) p.fill_(2.0);
+    for (auto& b : rig.student->backbone->named_buffers())
+      if (b.value().is_floating_point()) b.value().fill_(3.0);
+  }
+  for (int64_t step = 0; step < 10; ++step) {  // one update, after the 10th step
+    StepContext c{rig.batches, rig.student, step, 100, rng, "target"};
+    method.after_step(c);
+  }
+  EXPECT_TRUE(torch::allclose(method.teacher().model()->backbone->parameters()[0], 0.9 * w0 + 0.1 * 2.0, 1e-5, 1e-6));
+  int statistics = 0;
+  for (const auto& b : method.teacher().model()->backbone->named_buffers()) {
+    if (!b.value().is_floating_point()) continue;
+    ++statistics;
+    EXPECT_TRUE(torch::allclose(b.value(), 0.9 * t0.at(b.key()) + 0.1 * 3.0, 1e-5, 1e-6)) << b.key();
+  }
+  EXPECT_EQ(statistics, 8) << "running mean and variance of cnn4's four batch norms";
+}
+
+TEST(Smile, FromScratchTheTeacherIsTheStudentsOwnMeanTeacherWithoutLfc) {
+  SmileRig rig;
+  rig.pretrained = Model(nullptr);  // no --init (Table 9)
+  SmileMethod method{SmileMethod::Options{}};
+  rig.setup(method);
+  ASSERT_TRUE(method.teacher().defined());
+  EXPECT_FALSE(method.uses_fc());
+  EXPECT_FALSE(rig.student->has_head("aux"));
+  const auto theirs = rig.student->backbone->named_parameters();
+  for (const auto& p : method.teacher().model()->backbone->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), theirs[p.key()])) << "the teacher starts as the student: " << p.key();
+  at::Generator rng = make_generator(1);
+  StepContext ctx{rig.batches, rig.student, 0, 100, rng, "target"};
+  const LossTerms terms = method.loss(ctx);
+  EXPECT_EQ(terms.parts.size(), 2u) << "mxp and fe";
+  EXPECT_TRUE(terms.parts.count("fe"));
+  // A frozen teacher without a source model is a random network: refused.
+  SmileRig rig2;
+  rig2.pretrained = Model(nullptr);
+  SmileMethod::Options o;
+  o.teacher = "frozen";
+  SmileMethod frozen(o);
+  test::expect_bad_input([&] { rig2.setup(frozen); }, {"--teacher frozen needs --init"});
+  EXPECT_FALSE(methods().get("smile").needs_init);
 }
 
 TEST(Smile, BadInputIsNamed) {
@@ -245,8 +311,32 @@ TEST(Smile, BadInputIsNamed) {
   o.source_head = "imagenet";
   SmileMethod no_head(o);
   test::expect_bad_input([&] { rig.setup(no_head); }, {"no 'imagenet' head", "its heads: source"});
-  rig.pretrained = Model(nullptr);
-  test::expect_bad_input([&] { rig.setup(method); }, {"method smile needs the source model: pass --init"});
+}
+
+TEST(Smile, TheSuiteRunsEveryBaselineWithTheAuthorsCodesSettings) {
+  // github.com/lixingjian/SMILE: finetune.py (SGD, momentum 0.9, Nesterov, weight decay 1e-4, batch 48, lr 0.01
+  // divided by 10 at 2/3; mixup and CutMix alpha 0.2, CutMix with probability 0.5) and the CUB_200_2011
+  // section of task_config.ini (alpha_l2sp 0.001, alpha_delta 0.01 on layer4, alpha_bss 0.001, alpha_rifle 2).
+  const Suite suite = load_suite("smile");
+  for (const auto& [key, value] : std::map<std::string, nlohmann::json>{
+           {"nesterov", true}, {"momentum", 0.9}, {"weight_decay", 1e-4}, {"batch_size", 48}, {"lr", 0.01},
+           {"schedule", "step"}})
+    EXPECT_EQ(suite.run.at(key), value) << key;
+  std::map<std::string, nlohmann::json> options;
+  for (const auto& m : suite.methods) options[m.label] = m.options;
+  EXPECT_EQ(options.at("mixup"), nlohmann::json({{"alpha", 0.2}, {"fold", true}}));
+  EXPECT_EQ(options.at("cutmix"), nlohmann::json({{"alpha", 0.2}, {"prob", 0.5}}));
+  EXPECT_EQ(options.at("l2sp"), nlohmann::json({{"alpha", 0.001}, {"decay", "optimizer"}}));
+  EXPECT_EQ(options.at("bss"), nlohmann::json({{"eta", 0.001}, {"k", 1}}));
+  EXPECT_EQ(options.at("rifle"), nlohmann::json({{"k", 2}}));
+  const nlohmann::json& delta = options.at("delta");
+  EXPECT_EQ(delta["stages"], "layer4");
+  EXPECT_EQ(delta["feature_maps"], "stage");
+  EXPECT_EQ(delta["decay"], "optimizer");
+  // The code's penalty is alpha sum_c a_c ||.||^2 / (h w); xfer's carries 0.5 C (C = 64 for cnn4's layer4).
+  EXPECT_DOUBLE_EQ(delta["alpha"].get<double>() * 0.5 * 64, 0.01);
+  EXPECT_TRUE(options.at("cotuning").empty()) << "Transfer-Learning-Library's defaults";
+  EXPECT_DOUBLE_EQ(CoTuningMethod::Options{}.source_lr_mult, 1.0);
 }
 
 RunOptions smile_tiny_run(const std::string& spec, const std::string& out) {

@@ -1,6 +1,7 @@
 // XMixup, its label spaces and ablations, and the multi-task baselines seqtrain and cotrain.
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -10,9 +11,11 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/spec.h"
+#include "xfer/methods/mixup.h"
 #include "xfer/methods/xmixup.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
+#include "xfer/train/suite.h"
 
 namespace fs = std::filesystem;
 
@@ -37,8 +40,8 @@ struct XmixupRig {
   at::Generator rng = make_generator(3);
   std::string head = "target";
   torch::Tensor initial_target_weight;
-  int64_t step = 0;
-  StepContext ctx() { return StepContext{batches, model, step, 20, rng, head}; }
+  int64_t step = 0, phase = 0;
+  StepContext ctx() { return StepContext{batches, model, step, 20, rng, head, phase, step}; }
   template <class M>
   M& as() {
     return dynamic_cast<M&>(*method);
@@ -69,7 +72,7 @@ std::unique_ptr<XmixupRig> xmixup_rig(const std::string& name, const std::map<st
   for (const auto& [key, value] : options) f.set(key, value);
   rig->method = config->build();
   SetupContext ctx{rig->target, &rig->source, rig->pretrained, rig->batches, rig->loader, seed, torch::kCPU, "target",
-                   20,          ScheduleOptions{}};
+                   20};
   rig->method->setup(rig->model, ctx);
   return rig;
 }
@@ -145,20 +148,27 @@ TEST(XMixup, JointHeadCoversTargetThenPairedSourceClassesAndTheLossUsesSoftLabel
   for (size_t k = 0; k < 2; ++k)
     EXPECT_TRUE(torch::equal(w[2 + k], a->pretrained->head("source")->weight[pools.source_classes[k]]));
 
-  StepContext ca = a->ctx(), cb = b->ctx();
+  // The in-step loss recomputed from the replayed batches with independent code: the same target and
+  // auxiliary batches (a second rig's streams), lambda ~ Beta(4, 1) per example from the same generator, the
+  // mix by hand, and each auxiliary class's column found by its name in the joint head.
+  StepContext ca = a->ctx();
   const LossTerms terms = a->method->loss(ca);
-  const MixedBatch m = b->as<XMixup>().mixed_batch(cb);
+  const Batch t = b->batches.next("target"), s = b->batches.next("aux");
+  at::Generator gen = make_generator(3);
+  const torch::Tensor lam = sample_beta(gen, 4.0, 1.0, 6);
+  const torch::Tensor l = lam.to(torch::kFloat32).view({6, 1, 1, 1});
+  const torch::Tensor x = l * t.x + (1 - l) * s.x;
+  const auto& names = head->class_names;
   std::vector<std::map<int64_t, double>> probs(6);
   for (int64_t i = 0; i < 6; ++i) {
-    const double lam = m.lambda[i].item<double>();
-    const int64_t sc = m.y_aux[i].item<int64_t>();
-    const int64_t column = 2 + (std::find(pools.source_classes.begin(), pools.source_classes.end(), sc) -
-                                pools.source_classes.begin());
-    probs[i][m.y_target[i].item<int64_t>()] += lam;
-    probs[i][column] += 1 - lam;
+    const std::string& aux_name = a->source.class_names()[s.y[i].item<int64_t>()];
+    const int64_t column = std::find(names.begin() + 2, names.end(), aux_name) - names.begin();
+    ASSERT_LT(column, 4) << aux_name << " is not a column of the joint head";
+    probs[i][t.y[i].item<int64_t>()] += lam[i].item<double>();
+    probs[i][column] += 1 - lam[i].item<double>();
   }
-  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(m.x, "target"), probs), 1e-5);
-  EXPECT_NEAR(terms.parts.at("lambda").item<double>(), m.lambda.mean().item<double>(), 1e-12);
+  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(x, "target"), probs), 1e-5);
+  EXPECT_NEAR(terms.parts.at("lambda").item<double>(), lam.mean().item<double>(), 1e-6);
 }
 
 TEST(XMixup, TwoHeadsWeighsTheTargetAndTheCopiedSourceHead) {
@@ -197,29 +207,33 @@ TEST(XMixup, NoAuxLabelKeepsTheMixedInputButTrainsOnTheTargetLabelOnly) {
   EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(m.x, "target"), probs), 1e-5);
 }
 
-TEST(XMixup, InDomainIsMixupInsideTheTargetBatch) {
-  auto a = xmixup_rig("xmixup", {{"in_domain", "true"}});
-  auto b = xmixup_rig("xmixup", {{"in_domain", "true"}});
-  EXPECT_FALSE(a->batches.has("aux"));
-  EXPECT_EQ(a->model->arch().head("target")->class_names.size(), 2u);
-  StepContext ca = a->ctx(), cb = b->ctx();
-  const LossTerms terms = a->method->loss(ca);
-  const MixedBatch m = b->as<XMixup>().mixed_batch(cb);
-  // The partners are the batch's own examples, permuted; their labels are target labels.
-  const auto* idx = m.aux_index.data_ptr<int64_t>();
-  const auto* own = m.target_index.data_ptr<int64_t>();
-  EXPECT_EQ(std::multiset<int64_t>(idx, idx + 6), std::multiset<int64_t>(own, own + 6));
-  std::vector<std::map<int64_t, double>> probs(6);
-  for (int64_t i = 0; i < 6; ++i) {
-    EXPECT_EQ(m.y_aux[i].item<int64_t>(), b->target.train.labels[idx[i]].item<int64_t>());
-    const double lam = m.lambda[i].item<double>();
-    probs[i][m.y_target[i].item<int64_t>()] += lam;
-    probs[i][m.y_aux[i].item<int64_t>()] += 1 - lam;
+TEST(XMixup, TheInDomainAblationIsVanillaMixupOneDrawPerBatch) {
+  // Table 4's "Mixup" column ("traditional Mixup ... using only samples in the target dataset") is the
+  // `mixup` method: xmixup has no in-domain option, and the suite's column runs `mixup`.
+  auto config = methods().get("xmixup").make_config();
+  Fields f;
+  config->fields(f);
+  EXPECT_FALSE(f.to_json().contains("in_domain"));
+  const Suite suite = load_suite("xmixup");
+  const auto column = std::find_if(suite.methods.begin(), suite.methods.end(),
+                                   [](const SuiteMethod& m) { return m.label == "mixup (in-domain)"; });
+  ASSERT_NE(column, suite.methods.end());
+  EXPECT_EQ(column->method, "mixup");
+  EXPECT_TRUE(column->options.empty()) << "vanilla mixup's own defaults";
+
+  // One lambda per batch, Beta(a, a): mean 1/2 over batches, and the batch's partners a permutation of it.
+  at::Generator gen = make_generator(5);
+  double sum = 0;
+  const int draws = 20000;
+  for (int i = 0; i < draws; ++i) {
+    const MixupDraw d = draw_mixup(gen, 6, 0.2, /*fold=*/false);
+    sum += d.lambda;
+    if (i == 0) {
+      const auto* p = d.perm.data_ptr<int64_t>();
+      EXPECT_EQ(std::multiset<int64_t>(p, p + 6), (std::multiset<int64_t>{0, 1, 2, 3, 4, 5}));
+    }
   }
-  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(m.x, "target"), probs), 1e-5);
-  // Same lambda distribution as xmixup: Beta(alpha, beta).
-  at::Generator gen = make_generator(3);
-  EXPECT_TRUE(torch::equal(m.lambda, xmixup_lambda(gen, 4.0, 1.0, 6)));
+  EXPECT_NEAR(sum / draws, 0.5, 0.01);
 }
 
 TEST(XMixup, RandomAndAllAuxiliarySetsIgnoreThePairing) {
@@ -242,6 +256,54 @@ TEST(XMixup, RandomAndAllAuxiliarySetsIgnoreThePairing) {
   EXPECT_EQ(all->model->arch().head("target")->class_names.size(), 6u);
 }
 
+TEST(XMixup, AnAuxiliarySetBelowOneRoundIsASeededRandomPartOfThePairedClasses) {
+  // One round pairs 2 of the 4 source classes: 24 examples. --aux-size below that subsamples them.
+  auto full = xmixup_rig("xmixup");
+  ASSERT_EQ(full->as<XMixup>().aux().pools().size(), 24);
+  std::set<int64_t> paired;
+  for (const auto& p : full->as<XMixup>().aux().pairing().pairs) paired.insert(p.source);
+  ASSERT_EQ(paired.size(), 2u);
+  for (const auto& [size, counts] : std::vector<std::pair<int64_t, std::multiset<int64_t>>>{
+           {2, {1, 1}},  // ~10% of a round: one example of each paired class
+           {5, {2, 3}}}) {  // 1 each, then 3 more in proportion (1.5 each, the remainder to the first class)
+    auto rig = xmixup_rig("xmixup", {{"aux_size", std::to_string(size)}});
+    const XMixup& xm = rig->as<XMixup>();
+    const AuxPools& pools = xm.aux().pools();
+    EXPECT_EQ(pools.size(), size);
+    EXPECT_EQ(xm.aux().pairing().aux_examples(), size);
+    std::map<int64_t, int64_t> per_class;
+    const auto by_target = xm.aux().pairing().sources_by_target();
+    for (int64_t t = 0; t < 2; ++t)
+      for (int64_t i : pools.pool_of(t)) {
+        const int64_t c = source_label(*rig, i);
+        EXPECT_TRUE(paired.count(c)) << "example " << i << " of unpaired class " << c;
+        EXPECT_EQ(c, by_target[t][0]) << "each target class draws from its own paired class";
+        ++per_class[c];
+      }
+    std::multiset<int64_t> got;
+    for (const auto& [c, n] : per_class) got.insert(n);
+    EXPECT_EQ(got, counts) << "aux size " << size;
+    // Seeded: the same run draws the same subset, and only from it.
+    auto again = xmixup_rig("xmixup", {{"aux_size", std::to_string(size)}});
+    EXPECT_EQ(again->as<XMixup>().aux().pools().all(), pools.all());
+    const auto members = pools.all();
+    for (int64_t step = 0; step < 5; ++step) {
+      StepContext ctx = rig->ctx();
+      const MixedBatch m = rig->as<XMixup>().mixed_batch(ctx);
+      for (int64_t i = 0; i < 6; ++i)
+        EXPECT_TRUE(std::binary_search(members.begin(), members.end(), m.aux_index[i].item<int64_t>()));
+    }
+  }
+  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"aux_size", "1"}}); },
+                         {"--aux-size 1 is smaller than the 2 paired source classes"});
+  // --aux random keeps its meaning: as many examples, from the whole source.
+  auto random = xmixup_rig("xmixup", {{"aux", "random"}, {"aux_size", "5"}});
+  EXPECT_EQ(random->as<XMixup>().aux().pools().mode, "random");
+  EXPECT_EQ(random->as<XMixup>().aux().pools().size(), 5);
+  // Above one round, rounds add whole classes.
+  EXPECT_EQ(xmixup_rig("xmixup", {{"aux_size", "25"}})->as<XMixup>().aux().pools().size(), 48);
+}
+
 TEST(XMixup, BadOptionsAreOneLineErrors) {
   auto config = methods().get("xmixup").make_config();
   Fields f;
@@ -250,8 +312,6 @@ TEST(XMixup, BadOptionsAreOneLineErrors) {
   test::expect_bad_input([&] { f.set("beta", "-1"); }, {"--beta must be > 0, got -1"});
   test::expect_bad_input([&] { f.set("label_space", "both"); }, {"--label-space must be one of joint, two-heads"});
   test::expect_bad_input([&] { f.set("aux", "near"); }, {"--aux must be one of paired, random, all"});
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"in_domain", "true"}, {"aux", "random"}}); },
-                         {"--in-domain", "drop --aux random"});
   test::expect_bad_input([&] { xmixup_rig("xmixup", {{"aux_size", "49"}}); },
                          {"--aux-size 49 is larger than the source (48 training examples); --aux all would use all 48"});
   // Three target classes cannot each pair with one of two source classes...
@@ -278,34 +338,105 @@ TEST(XMixup, APairingFileIsUsedAndCheckedAgainstTheTask) {
                          {"--aux-size 30 differs"});
 }
 
-TEST(SeqTrain, TrainsTheSourceHeadOnAuxiliaryBatchesThenTheTarget) {
-  auto rig = xmixup_rig("seqtrain", {{"aux_fraction", "0.25"}});
+TEST(SeqTrain, MidTunesOnAuxiliaryBatchesThenTrainsTheTargetAsASecondTraining) {
+  auto rig = xmixup_rig("seqtrain", {{"aux_iterations", "4"}});
   ASSERT_TRUE(rig->model->has_head("source"));
-  EXPECT_EQ(rig->as<SeqTrain>().split_step(20), 5);
+  const auto phases = rig->method->phases(20);
+  ASSERT_EQ(phases.size(), 2u);
+  EXPECT_EQ(phases[0].name, "aux");
+  EXPECT_EQ(phases[0].steps, 4);
+  EXPECT_FALSE(phases[0].validate) << "the target head is untrained while mid-tuning";
+  EXPECT_EQ(phases[1].name, "target");
+  EXPECT_EQ(phases[1].steps, 20) << "the target phase is a whole --iterations";
+  EXPECT_EQ(xmixup_rig("seqtrain")->method->phases(20)[0].steps, 20) << "--aux-iterations 0: as many as --iterations";
+  // Phase 0 draws auxiliary batches only, phase 1 target batches only.
   for (rig->step = 0; rig->step < 7; ++rig->step) {
+    rig->phase = rig->step < 4 ? 0 : 1;
     StepContext ctx = rig->ctx();
-    const LossTerms terms = rig->method->loss(ctx);
+    rig->method->loss(ctx);
     const auto pos = rig->batches.positions();
-    EXPECT_EQ(pos.at("aux"), std::min<int64_t>(rig->step + 1, 5)) << "step " << rig->step;
-    EXPECT_EQ(pos.at("target"), std::max<int64_t>(rig->step - 4, 0)) << "step " << rig->step;
-    EXPECT_DOUBLE_EQ(terms.lr_scale, seqtrain_lr_scale(ScheduleOptions{}, rig->step, 20, 5));
+    EXPECT_EQ(pos.at("aux"), std::min<int64_t>(rig->step + 1, 4)) << "step " << rig->step;
+    EXPECT_EQ(pos.at("target"), std::max<int64_t>(rig->step - 3, 0)) << "step " << rig->step;
   }
 }
 
-TEST(SeqTrain, TheScheduleRestartsAtTheSplit) {
-  ScheduleOptions step;  // x0.1 at 2/3
-  // Run of 30 steps split at 15: each phase drops at its own 2/3 (step 10, step 15 + 10).
-  EXPECT_DOUBLE_EQ(seqtrain_lr_scale(step, 0, 30, 15), 1.0);
-  EXPECT_NEAR(seqtrain_lr_scale(step, 10, 30, 15), 0.1, 1e-12);
-  EXPECT_DOUBLE_EQ(seqtrain_lr_scale(step, 15, 30, 15), 1.0);
-  EXPECT_DOUBLE_EQ(seqtrain_lr_scale(step, 22, 30, 15), 10.0) << "the run is at 0.1, the phase at 1 until 25";
-  EXPECT_DOUBLE_EQ(seqtrain_lr_scale(step, 25, 30, 15), 1.0);
-  ScheduleOptions cosine;
-  cosine.schedule = "cosine";
-  for (int64_t s : {3, 17, 29}) {
-    const double phase = s < 15 ? lr_factor(cosine, s, 15) : lr_factor(cosine, s - 15, 15);
-    EXPECT_NEAR(seqtrain_lr_scale(cosine, s, 30, 15) * lr_factor(cosine, s, 30), phase, 1e-12);
+TEST(SeqTrain, InStepLossesRecomputedFromTheReplayedBatches) {
+  auto a = xmixup_rig("seqtrain", {{"aux_iterations", "1"}});
+  auto b = xmixup_rig("seqtrain", {{"aux_iterations", "1"}});
+  // The source head's row of each source class, by name, as the copied head orders them.
+  const auto& head_names = b->pretrained->arch().head("source")->class_names;
+  auto row_of = [&](int64_t source_label) {
+    const std::string& name = b->source.class_names()[source_label];
+    return std::find(head_names.begin(), head_names.end(), name) - head_names.begin();
+  };
+  auto ce = [](const torch::Tensor& logits, const std::vector<int64_t>& labels) {
+    const torch::Tensor logp = torch::log_softmax(logits.detach(), 1);
+    double sum = 0;
+    for (size_t i = 0; i < labels.size(); ++i) sum -= logp[static_cast<int64_t>(i)][labels[i]].item<double>();
+    return sum / static_cast<double>(labels.size());
+  };
+  // Phase "aux": CE of the copied source head on an auxiliary batch, source labels mapped to its rows.
+  StepContext ca = a->ctx();
+  const double aux_loss = a->method->loss(ca).total.item<double>();
+  const Batch s = b->batches.next("aux");
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < s.y.size(0); ++i) rows.push_back(row_of(s.y[i].item<int64_t>()));
+  EXPECT_NEAR(aux_loss, ce(b->model->forward(s.x, "source"), rows), 1e-5);
+  // Phase "target": CE of the target head on the target batch.
+  a->step = 1;
+  a->phase = 1;
+  StepContext ct = a->ctx();
+  const double target_loss = a->method->loss(ct).total.item<double>();
+  const Batch t = b->batches.next("target");
+  std::vector<int64_t> labels(t.y.data_ptr<int64_t>(), t.y.data_ptr<int64_t>() + t.y.size(0));
+  EXPECT_NEAR(target_loss, ce(b->model->forward(t.x, "target"), labels), 1e-5);
+}
+
+TEST(SeqTrain, TheTargetPhaseRunsExactlyIterationsStepsFromZeroMomentum) {
+  test::TempDir dir;
+  test::pretrain_tiny_source(xmixup_data(), dir.file("source"));
+  RunOptions o;
+  o.method = "seqtrain";
+  o.target = xmixup_data() + ":classes=2,1";
+  o.source = xmixup_data();
+  o.init = dir.file("source");
+  o.threads = 1;
+  o.out = dir.file("run");
+  o.trainer.iterations = 5;
+  o.trainer.log_every = 1;
+  o.loader.batch_size = 6;
+  auto config = methods().get("seqtrain").make_config();
+  Fields f;
+  config->fields(f);
+  f.set("aux_iterations", "3");
+  // Momentum buffers of the heads' group (group 1) after `steps` steps.
+  auto head_buffers = [&](int64_t steps) {
+    RunOptions part = o;
+    part.out = dir.file(cat("part", steps));
+    part.trainer.stop_after = steps;
+    run_finetune(part, *config);
+    const Archive opt = CheckpointReader(part.out + "/checkpoints/last.pt").read("optimizer");
+    std::set<std::string> keys;
+    for (const auto& k : opt.keys())
+      if (k.rfind("1.", 0) == 0) keys.insert(k);
+    return keys;
+  };
+  const auto after_aux = head_buffers(3), after_first_target = head_buffers(4);
+  EXPECT_EQ(after_aux.size(), 2u) << "the source head's weight and bias";
+  EXPECT_EQ(after_first_target.size(), 2u) << "the target head's only: the optimizer is fresh, the source head's "
+                                              "momentum is gone";
+  for (const auto& k : after_first_target) EXPECT_EQ(after_aux.count(k), 0u) << k;
+
+  const nlohmann::json r = run_finetune(o, *config);
+  EXPECT_EQ(r["phases"], nlohmann::json::parse(R"([{"name":"aux","steps":3},{"name":"target","steps":5}])"));
+  std::ifstream in(o.out + "/metrics.jsonl");
+  std::string line;
+  int target_lines = 0;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.value("phase", "") == "target") ++target_lines;
   }
+  EXPECT_EQ(target_lines, 5) << "exactly --iterations steps on the target";
 }
 
 TEST(CoTrain, LossIsTargetPlusWeightedAuxiliaryCrossEntropy) {

@@ -1,8 +1,9 @@
 // The analyses: interpolation loss (SMILE Eq. 7), parameter distance (SMILE Table 7), feature spectrum
-// (XMixup Fig. 2).
+// (XMixup Fig. 2), forgetting probe (XMixup Table 2).
 #include <cmath>
 
 #include "support.h"
+#include "xfer/core/rng.h"
 #include "xfer/metrics/analysis.h"
 
 namespace xfer {
@@ -60,17 +61,97 @@ Model analysis_test_model(const std::string& backbone) {
   return Model(a);
 }
 
-TEST(Analysis, ModelInterpolationLossIsSmallForALinearHeadOnTopOfFeatures) {
+TEST(Analysis, InterpolationLossOfKnownOutputsIsTheirDistance) {
+  // Two examples x = 0 and x' = 1 (so Mix_d is d, or 1 - d) through f(t) = (3 t^2, -1): the pair's distance
+  // |f(Mix_{lambda d1 + (1 - lambda) d2}) - (lambda f(Mix_d1) + (1 - lambda) f(Mix_d2))| is
+  // 3 lambda (1 - lambda) (d1 - d2)^2 either way round. The draws are replayed from the seed.
+  const torch::Tensor x = torch::tensor({0.0, 1.0}, torch::kFloat64).view({2, 1});
+  InterpolationOptions o;
+  o.pairs = 64;
+  o.batch = 20;
+  o.alpha = 0.7;
+  o.seed = 4;
+  const auto il = interpolation_loss(
+      [](const torch::Tensor& t) {
+        return std::vector<torch::Tensor>{torch::cat({3 * t.pow(2), -torch::ones_like(t)}, 1)};
+      },
+      x, o);
+  at::Generator gen = make_generator(derive_seed(4, "interpolation"));
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  torch::randint(2, {64}, gen, torch::kInt64);  // first of each pair
+  torch::randint(1, {64}, gen, torch::kInt64);  // the other one
+  const torch::Tensor d1 = torch::rand({64}, gen, f64), d2 = torch::rand({64}, gen, f64);
+  const torch::Tensor lam = sample_beta(gen, 0.7, 0.7, 64);
+  const torch::Tensor expected = 3 * lam * (1 - lam) * (d1 - d2).pow(2);
+  EXPECT_NEAR(il[0].mean, expected.mean().item<double>(), 1e-12);
+  EXPECT_NEAR(il[0].std, expected.std().item<double>(), 1e-12);
+}
+
+TEST(Analysis, LabelIlIsMeasuredOnLogitsUnlessAskedForSoftmax) {
   torch::manual_seed(1);
   Model m = analysis_test_model("cnn4:width=4");
+  {
+    torch::NoGradGuard no_grad;
+    m->head("target")->weight.mul_(1000);  // logits far apart, as a trained head's
+  }
   const torch::Tensor x = torch::randn({12, 1, 28, 28});
   InterpolationOptions o;
   o.pairs = 50;
-  const ModelInterpolation il = model_interpolation_loss(m, x, "target", o);
-  EXPECT_GT(il.feature.mean, 0);
-  EXPECT_GT(il.label.mean, 0);
-  EXPECT_LT(il.label.mean, std::sqrt(2.0)) << "softmax outputs are at most sqrt(2) apart";
+  const ModelInterpolation logits = model_interpolation_loss(m, x, "target", o);
+  const ModelInterpolation softmax = model_interpolation_loss(m, x, "target", o, "softmax");
+  // Logits: the distance the head's raw outputs give, which may exceed sqrt(2) (SMILE Table 6 reports 1.65-2.00).
+  m->eval();
+  const auto direct = interpolation_loss(
+      [&](const torch::Tensor& in) {
+        torch::NoGradGuard no_grad;
+        return std::vector<torch::Tensor>{m->forward(in, "target")};
+      },
+      x, o);
+  m->train();
+  EXPECT_NEAR(logits.label.mean, direct[0].mean, 1e-6 * direct[0].mean);
+  EXPECT_GT(logits.label.mean, std::sqrt(2.0));
+  EXPECT_GT(softmax.label.mean, 0);
+  EXPECT_LT(softmax.label.mean, std::sqrt(2.0)) << "softmax outputs are at most sqrt(2) apart";
+  EXPECT_EQ(logits.feature.mean, softmax.feature.mean) << "Feature-IL does not depend on it";
   EXPECT_TRUE(m->is_training()) << "the model's mode is restored";
+  test::expect_bad_input([&] { model_interpolation_loss(m, x, "target", o, "probits"); }, {"logits or softmax"});
+}
+
+TEST(Analysis, ForgettingProbeScoresTheAuxiliaryClassesTheOthersAndAll) {
+  // Three source classes at (4, 0), (0, 4), (-4, -4); class 0 is the auxiliary set's. In the test split one
+  // example of class 1 sits where class 0 does, so the head gets it wrong: Auxiliary 2/2, ABA 3/4, All 5/6.
+  torch::manual_seed(3);
+  const torch::Tensor centres = torch::tensor({4.0, 0.0, 0.0, 4.0, -4.0, -4.0}).view({3, 2});
+  const torch::Tensor train_y = torch::arange(30, torch::kInt64) % 3;
+  const torch::Tensor train_x = centres.index_select(0, train_y) + 0.3 * torch::randn({30, 2});
+  const torch::Tensor test_y = torch::tensor({0, 0, 1, 1, 2, 2}, torch::kInt64);
+  torch::Tensor test_x = centres.index_select(0, test_y).clone();
+  test_x[3] = centres[0];
+  for (uint64_t seed : {0, 1}) {
+    const SubsetAccuracy a = forgetting_probe(train_x, train_y, test_x, test_y, 3, {0}, 50, 1e-4, seed);
+    EXPECT_EQ(a.auxiliary_n, 2);
+    EXPECT_EQ(a.aba_n, 4);
+    EXPECT_EQ(a.all_n, 6);
+    EXPECT_DOUBLE_EQ(a.auxiliary, 1.0);
+    EXPECT_DOUBLE_EQ(a.aba, 0.75);
+    EXPECT_DOUBLE_EQ(a.all, 5.0 / 6.0);
+  }
+  // Every class auxiliary: ABA is empty.
+  const SubsetAccuracy all = forgetting_probe(train_x, train_y, test_x, test_y, 3, {0, 1, 2}, 50, 1e-4, 0);
+  EXPECT_EQ(all.aba_n, 0);
+  EXPECT_DOUBLE_EQ(all.auxiliary, all.all);
+  test::expect_bad_input([&] { forgetting_probe(train_x, train_y, test_x, test_y, 3, {3}, 50, 1e-4, 0); },
+                         {"auxiliary class 3 is outside"});
+}
+
+TEST(Analysis, LinearProbeStartsFromZeroOrASeededRandomHead) {
+  torch::manual_seed(4);
+  const torch::Tensor x = torch::randn({40, 3});
+  const torch::Tensor y = (x.select(1, 0) > 0).to(torch::kInt64);
+  const auto a = fit_linear_probe(x, y, 2, 1, 0.0, 5), b = fit_linear_probe(x, y, 2, 1, 0.0, 5);
+  EXPECT_TRUE(torch::equal(a->weight, b->weight)) << "seeded";
+  auto c = fit_linear_probe(x, y, 2, 100, 1e-3);
+  EXPECT_GT((c->forward(x).argmax(1) == y).to(torch::kFloat64).mean().item<double>(), 0.95);
 }
 
 TEST(Analysis, ParameterDistanceIsZeroAtInitAndSumsTheBackbonesTensorNorms) {

@@ -70,6 +70,44 @@ TEST_F(Analyze, WritesBothSplitsAndTheDistanceToInit) {
   EXPECT_EQ(analyze_run(self)["parameter_distance"].get<double>(), 0.0);
 }
 
+TEST_F(Analyze, ForgettingProbesTheRunAndThePretrainedModelOnTheSourceSubsets) {
+  // A run on two of the three classes: one pairing round makes two source classes auxiliary, the third is ABA.
+  RunOptions o;
+  o.threads = 1;
+  o.loader.batch_size = 8;
+  o.target = spec_ + ":classes=0,1";
+  o.init = dir_.file("source");
+  o.method = "l2";
+  o.out = dir_.file("two");
+  o.trainer.iterations = 4;
+  run_finetune(o, *methods().get("l2").make_config());
+  AnalyzeOptions a = options("test");
+  a.run = dir_.file("two");
+  a.forgetting = true;
+  test::expect_bad_input([&] { analyze_run(a); }, {"--forgetting needs a source task", "--forgetting-source"});
+  a.forgetting_source = spec_;
+  a.forgetting_reference = true;
+  a.probe_iterations = 30;
+  const nlohmann::json r = analyze_run(a);
+  const nlohmann::json& f = r["forgetting"];
+  EXPECT_EQ(f["auxiliary_classes"].size(), 2u);
+  for (const char* who : {"model", "pretrained"}) {
+    const nlohmann::json& s = f[who];
+    EXPECT_EQ(s["auxiliary_n"], 8) << who;
+    EXPECT_EQ(s["aba_n"], 4) << who;
+    EXPECT_EQ(s["all_n"], 12) << who;
+    EXPECT_NEAR(s["all"].get<double>(), (8 * s["auxiliary"].get<double>() + 4 * s["aba"].get<double>()) / 12, 1e-12);
+  }
+  EXPECT_EQ(analyze_run(a)["forgetting"], f) << "deterministic";
+  // Another analysis of the same checkpoint keeps the entry.
+  AnalyzeOptions plain = options("train");
+  plain.run = dir_.file("two");
+  EXPECT_EQ(analyze_run(plain)["forgetting"], f);
+  const std::string table = forgetting_table(r).markdown();
+  for (const char* piece : {"| this run ", "| pretrained (--init) ", "Auxiliary", "ABA", "All", "(n=8)"})
+    EXPECT_NE(table.find(piece), std::string::npos) << piece << "\n" << table;
+}
+
 TEST_F(Analyze, BadInputIsNamed) {
   AnalyzeOptions a = options("test");
   a.run = dir_.file("missing");

@@ -75,6 +75,22 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
       {"\"out\" is set by the suite"});
   bad([](auto& j) { j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}}; },
       {"method 'l2 (ft)'", "(pretrain)", "needs --matcher same|elastic"});
+  bad([](auto& j) { j["methods"][1]["tasks"] = {"elsewhere"}; }, {"methods[1].tasks: no task named \"elsewhere\""});
+  bad([](auto& j) { j["tables"] = {{{"kind", "histogram"}, {"task", "tiny"}, {"methods", {"scratch"}}}}; },
+      {"tables[0].kind must be accuracy, forgetting or interpolation"});
+  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "nope"}, {"methods", {"scratch"}}}}; },
+      {"tables[0].task: no task named 'nope'"});
+  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"l2"}}}}; },
+      {"tables[0].methods: no method labelled \"l2\""});
+  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}}; },
+      {"tables[0]: unknown key 'pairs'"});
+  bad([](auto& j) { j["tables"] = {{{"kind", "interpolation"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"splits", {"val"}}}}; },
+      {"tables[0].splits", "\"val\""});
+  bad([](auto& j) {
+    j["tasks"].push_back({{"name", "other"}, {"target", j["tasks"][0]["target"]}});
+    j["methods"][1]["tasks"] = {"other"};
+    j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"l2 (ft)"}}}};
+  }, {"tables[0].methods: \"l2 (ft)\" does not run on task 'tiny'"});
   // A task's method options reach only the methods that have them (checked by planning every run).
   nlohmann::json with_options = suite_with_spec(spec);
   with_options["methods"].push_back("mixup");
@@ -125,6 +141,52 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
   EXPECT_EQ(source["sampling"]["weights_target"], spec + ":per_class=4:val=2");
   EXPECT_TRUE(fs::exists(source["sampling"]["weights_from"].get<std::string>() + "/result.json"));
   EXPECT_EQ(source["train_size"], 20);
+}
+
+TEST(Suite, TasksWithTheirOwnSourceModelMethodsOnSomeTasksAndAnalysisTables) {
+  test::TempDir dir;
+  const std::string spec = test::write_tiny_idx(dir.path(), 3, 12, 3);
+  nlohmann::json j = suite_with_spec(spec);
+  j["seeds"] = 1;
+  j["timing"] = false;
+  j["tasks"] = {{{"name", "two"}, {"target", spec + ":classes=0,1:per_class=4"}},
+                {{"name", "other source"}, {"target", spec + ":classes=0,1:per_class=4"},
+                 {"pretrain", {{"iterations", 4}}}}};
+  j["methods"] = {"l2", {{"label", "mixup, two only"}, {"method", "mixup"}, {"tasks", {"two"}}}};
+  j["tables"] = {
+      {{"title", "Forgetting"}, {"kind", "forgetting"}, {"task", "two"}, {"methods", {"l2"}}},
+      {{"title", "IL"}, {"kind", "interpolation"}, {"task", "two"}, {"methods", {"l2", "mixup, two only"}},
+       {"splits", {"test"}}, {"pairs", 20}},
+      {{"title", "Sizes"}, {"kind", "accuracy"}, {"task", "two"}, {"methods", {"mixup, two only", "l2"}}}};
+  BenchOptions o = bench_options(dir, j);
+  std::ostringstream log;
+  const nlohmann::json b = run_bench(o, log);
+  ASSERT_EQ(b["runs"].size(), 3u) << "the restricted method runs on its task only";
+  for (const auto& r : b["runs"]) EXPECT_TRUE(r["ok"].get<bool>()) << r.dump() << log.str();
+  // The task's own "pretrain" (4 iterations, not 6) is another cached source model.
+  const auto init_of = [&](const std::string& task) {
+    return read_json_file(dir.file("bench/runs/" + task + "/l2/seed0/request.json"))["init"].get<std::string>();
+  };
+  EXPECT_NE(init_of("two"), init_of("other_source"));
+  EXPECT_EQ(read_json_file(init_of("other_source") + "/result.json")["iterations"], 4);
+
+  const std::string table = read_file(dir.file("bench/table.md"));
+  for (const char* piece : {"## Forgetting", "| pretrained (--init) ", "Auxiliary", "ABA", "## IL", "Label-IL test",
+                            "Feature-IL test", "## Sizes", "| mixup, two only "})
+    EXPECT_NE(table.find(piece), std::string::npos) << piece << "\n" << table;
+  // The forgetting probe ran on the l2 run (with the reference), the interpolation losses on both runs.
+  const nlohmann::json a = read_json_file(dir.file("bench/runs/two/l2/seed0/analysis.json"));
+  ASSERT_TRUE(a.contains("forgetting")) << a.dump();
+  EXPECT_TRUE(a["forgetting"].contains("pretrained"));
+  EXPECT_EQ(a["forgetting"]["auxiliary_classes"].size(), 2u) << "two target classes pair with two of three";
+  EXPECT_EQ(a["forgetting"]["model"]["aba_n"], 3) << "the third class's test examples";
+  EXPECT_EQ(a["splits"]["test"]["label_output"], "logits");
+  EXPECT_TRUE(fs::exists(dir.file("bench/runs/two/mixup__two_only/seed0/analysis.json")));
+  // The restricted method's cell on the other task is empty: its row in the main table ends with "-".
+  const size_t row = table.find("| mixup, two only");
+  ASSERT_NE(row, std::string::npos);
+  const std::string line = table.substr(row, table.find('\n', row) - row);
+  EXPECT_NE(line.find("- |"), std::string::npos) << line;
 }
 
 TEST(Suite, RunsEachRunAsAProcessSkipsFinishedRunsAndMarksFailures) {

@@ -3,13 +3,20 @@
 /// Networks", ICLR 2019; the formulas follow the authors' code (github.com/lixingjian/DELTA).
 ///
 /// A feature-map regularizer between the network being fine-tuned and a frozen copy of the source network
-/// (a Teacher, eval mode, no grad), at chosen backbone stages (default: the output of every stage):
+/// (a Teacher, eval mode, no grad), at chosen backbone stages (default: every stage):
 ///
 ///   L = CE + alpha * 0.5 sum_layers sum_n sum_c C a_c ||FM_nc - FM0_nc||^2 / (H W) + beta/2 ||w_head||^2
 ///
-/// FM, FM0: (N, C, H, W) maps of the fine-tuned and the source network on the same batch. As in the
-/// authors' code the distance is summed over the batch (not averaged) and the optimizer's weight decay is
-/// off: the beta term is the head's decay. Defaults alpha 0.01, beta 0.01.
+/// FM, FM0: (N, C, H, W) maps of the fine-tuned and the source network on the same batch. Which map of a
+/// stage (--feature-maps):
+///   last-conv (default)  the output of the stage's last convolution, before its batch norm and (ResNets)
+///                        before the residual add: the authors hook layer1.2.conv3 ... layer4.2.conv3 of
+///                        ResNet-50 (for ResNet-18/20, layerN.<last>.conv2; for cnn4, each stage's conv);
+///   stage                the stage's output, after the add and ReLU (SMILE's code hooks layer4 so).
+/// As in the authors' code the distance is summed over the batch (not averaged). --decay beta (default,
+/// the authors' code): the optimizer's weight decay is off and the beta term is the head's decay; --decay
+/// optimizer: no beta term, the run's --weight-decay on every parameter (SMILE's code). Defaults alpha
+/// 0.01, beta 0.01.
 ///
 /// Channel attention a (per stage, C values summing to 1), computed once in setup as the authors'
 /// channel_eval.py does: a linear classifier is first trained on the frozen source backbone's pooled
@@ -17,14 +24,11 @@
 /// transform; the authors train the new fc for 10 epochs with the backbone frozen). Then, on
 /// --attention-examples target training images (a seeded draw, evaluation transform), for each stage and
 /// channel c, the rise of the cross-entropy of that source-backbone + classifier network when channel c
-/// is zeroed:   r_c = CE(channel c zeroed) - CE(intact),   z = (r - mean r) / std r,   a = softmax(z / T).
-/// The authors zero the filter of the stage's last conv; here the channel of the stage's output is zeroed
-/// through a StageHook, which works for any backbone and removes exactly the signal the regularizer
-/// compares. Both remove the channel's input-dependent signal: where a BN and ReLU follow the conv (cnn4),
-/// a zeroed filter leaves the constant relu(beta_bn - gamma mu / sigma) in the channel where we leave 0;
-/// in a residual stage the filter only feeds the last block's branch, while the stage output also carries
-/// the skip path, so our ablation is the stronger one. The rises of all channels of a stage are measured
-/// in one forward pass: the hook returns the stage's output replicated once per ablated channel.
+/// of the compared map is zeroed:   r_c = CE(channel c zeroed) - CE(intact),   z = (r - mean r) / std r,
+/// a = softmax(z / T). With last-conv maps this is the authors' ablation exactly (they zero filter c of
+/// the hooked convolution, which has no bias: its output channel c becomes 0 and the batch norm after it
+/// still runs). The rises of a group of channels are measured in one forward pass: the stage's input is
+/// replicated once per ablated channel, and each copy has its own channel zeroed.
 /// --attention off sets a_c = 1/C (the plain feature-map distance).
 #include <cstdint>
 #include <string>
@@ -46,11 +50,15 @@ torch::Tensor delta_penalty(const std::vector<torch::Tensor>& maps, const std::v
 /// softmax(z / temperature) of z = (rises - mean) / std (population std); uniform if all rises are equal.
 torch::Tensor delta_attention_weights(const torch::Tensor& rises, double temperature);
 /// For each stage in `stages`, the rise of the mean cross-entropy of classifier(backbone(x)) against y
-/// when each channel of that stage's output is zeroed, (C) per stage. Runs under no-grad; the backbone
-/// should be in eval mode (batch statistics would mix the replicated copies otherwise).
+/// when each channel of that stage's compared map is zeroed, (C) per stage: the stage's last convolution
+/// output with `last_conv`, else its output. Runs under no-grad; the backbone should be in eval mode
+/// (batch statistics would mix the replicated copies otherwise).
 std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn::Linear& classifier,
                                                const torch::Tensor& x, const torch::Tensor& y,
-                                               const std::vector<std::string>& stages);
+                                               const std::vector<std::string>& stages, bool last_conv = true);
+/// The maps DELTA compares at `stages`: each stage's last convolution output with `last_conv`, else its
+/// output.
+std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages, bool last_conv);
 
 class DeltaMethod : public Method {
  public:
@@ -58,6 +66,8 @@ class DeltaMethod : public Method {
     double alpha = 0.01;               // weight of the feature-map distance
     double beta = 0.01;                // weight of the head's L2 norm
     std::string stages = "all";        // backbone stages compared: "all" or names, comma-separated
+    std::string feature_maps = "last-conv";  // last-conv | stage: which map of each stage
+    std::string decay = "beta";        // beta: optimizer decay off, beta/2 ||w_head||^2; optimizer: --weight-decay
     std::string attention = "on";      // on: channel attention; off: a_c = 1/C
     int64_t attention_examples = 128;  // target training images the attention is measured on
     double temperature = 5.0;          // softmax temperature of the attention
@@ -68,13 +78,14 @@ class DeltaMethod : public Method {
   explicit DeltaMethod(Options opts) : opts_(std::move(opts)) {}
   /// Builds the frozen source network and the channel attention.
   void setup(Model& model, SetupContext& ctx) override;
-  /// Backbone and heads with weight decay 0.
+  /// --decay beta: backbone and heads with weight decay 0; optimizer: the default groups.
   std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult) override;
   LossTerms loss(StepContext& ctx) override;
   void save(Archive& out) const override;
   void load(const Archive& in) override;
 
   const std::vector<std::string>& stages() const { return stages_; }
+  bool last_conv() const { return opts_.feature_maps == "last-conv"; }
   /// Per stage, the weights a (C).
   const std::vector<torch::Tensor>& attention() const { return attention_; }
 

@@ -26,8 +26,8 @@
 /// `gradmix-sgd`: one weight per source by learning to reweight (Ren et al. 2018): w_i ∝ max(g_V.g_i, 0)
 /// over the whole backbone (see `reweight_by_meta_gradient`), then the same update and adaptive lr.
 /// Baselines: `source-only` (backbone grad = sum_i g_i, Eq. 1), `target-only` (CE on V only) and
-/// `finetune` (source-only, then CE on V from `--switch-at` of the run on, at `--finetune-lr-scale`; the
-/// phase is a pure function of the step).
+/// `finetune` (two phases, method.h: source-only for `--switch-at` of the run, then CE on V at
+/// `--finetune-lr-scale` with a fresh optimizer and schedule).
 ///
 /// Unlabelled target data (sections 3.5, 3.6), for gradmix and gradmix-sgd:
 ///   --pseudo FILE   ensemble probabilities written by `xfer gradmix-pseudo`; hard labels (all models agree,
@@ -77,6 +77,8 @@ class GradMixMethod : public Method {
   explicit GradMixMethod(Options options);
   static const char* mode_name(Mode mode);
 
+  /// finetune: "sources" then "v"; the other modes one phase.
+  std::vector<Phase> phases(int64_t iterations) const override;
   void setup(Model& model, SetupContext& ctx) override;
   /// CE on a V batch (target-only, and gradmix-finetune's second phase).
   LossTerms loss(StepContext& ctx) override;

@@ -4,6 +4,7 @@
 /// A method never owns the loop: the Trainer does (optimizer, schedule, checkpoints, evaluation,
 /// logging). Most methods implement only `loss`. Hooks, in the order the Trainer calls them:
 ///
+///   phases           once: the trainings the run is made of, in order (default: one of --iterations steps)
 ///   setup            once, before training: copy the source model, build teachers, add batch streams
 ///   param_groups     once: which parameters train, with which lr multipliers and weight decay
 ///   per step:        compute_gradients (default: loss, then backward, then after_backward)
@@ -40,8 +41,7 @@ struct SetupContext {
   uint64_t seed;              // the run seed; derive stream seeds with derive_seed(seed, "name")
   torch::Device device;
   std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
-  int64_t total_steps;
-  ScheduleOptions schedule{};  // the run's learning-rate schedule (seqtrain restarts it in each phase)
+  int64_t total_steps;        // all phases together
 
   /// Adds the batch stream `name` over `data`, normalised as `model` expects, seeded by (seed, name).
   /// `batch_size` 0 means the run's --batch-size; `sampler` nullptr means seeded epoch shuffles. BadInput
@@ -54,14 +54,26 @@ struct SetupContext {
   const Model& require_pretrained(const std::string& method) const;
 };
 
+/// One training of a run. A method made of several (Seq-Train: mid-tune on the auxiliary set, then fine-tune
+/// on the target) declares them; at the first step of each phase the Trainer builds a fresh optimizer (zero
+/// momentum) and restarts the learning-rate schedule over the phase's own steps, as a second training would.
+struct Phase {
+  std::string name;
+  int64_t steps = 0;      // >= 1
+  double lr_mult = 1.0;   // multiplies the run's learning rate in this phase
+  bool validate = true;   // evaluate on the validation split (and keep the best model) during this phase
+};
+
 /// What a method sees at each step.
 struct StepContext {
   Batches& batches;
   Model& model;
-  int64_t step;         // 0-based
-  int64_t total_steps;
+  int64_t step;         // 0-based, counted over all phases
+  int64_t total_steps;  // all phases together
   at::Generator& rng;   // the method's own stream, checkpointed
   const std::string& head;
+  int64_t phase = 0;       // index into the method's phases()
+  int64_t phase_step = 0;  // 0-based step within the phase
 };
 
 /// A method's loss: the total to minimise and its named parts, which are logged.
@@ -75,6 +87,9 @@ struct LossTerms {
 class Method {
  public:
   virtual ~Method() = default;
+  /// The phases of a run of --iterations `iterations`, in order; depends on the options only. Default: one
+  /// phase "train" of `iterations` steps.
+  virtual std::vector<Phase> phases(int64_t iterations) const { return {{"train", iterations}}; }
   virtual void setup(Model& model, SetupContext& ctx) {}
   /// Default: the backbone, and the heads at --head-lr-mult.
   virtual std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult);
@@ -92,6 +107,9 @@ class Method {
   virtual void save(Archive& out) const {}
   virtual void load(const Archive& in) {}
 };
+
+/// The steps of all `phases` together. BadInput for no phase or a phase of fewer than one step, naming it.
+int64_t phase_total_steps(const std::vector<Phase>& phases);
 
 /// Throws NumericalError naming the step and the non-finite parts if the total loss is NaN or infinite.
 void check_finite(const LossTerms& terms, int64_t step);

@@ -5,15 +5,18 @@
 ///   l2sp      Li, Grandvalet & Davoine, "Explicit Inductive Bias for Transfer Learning with Convolutional
 ///             Networks", ICML 2018. w0 = the pretrained backbone (parameters, not BN statistics):
 ///               L = CE + alpha/2 sum_backbone ||w - w0||^2 + beta/2 ||w_head||^2
-///             The optimizer's weight decay is off for all groups: the beta term is the head's decay, as in
-///             the authors' code. Defaults alpha 0.01, beta 0.01.
+///             --decay beta (default): the optimizer's weight decay is off for all groups, the beta term is
+///             the head's decay, as in the paper and DELTA's authors' code. --decay optimizer: no beta term,
+///             the run's --weight-decay on every parameter (SMILE's code: alpha 1e-3 with weight decay 1e-4).
+///             Defaults alpha 0.01, beta 0.01.
 ///   delta     see delta.h.
 ///   bss       Chen et al., "Catastrophic Forgetting Meets Negative Transfer: Batch Spectral Shrinkage for
 ///             Safe Transfer Learning", NeurIPS 2019. F = the batch's pooled features (N, D):
 ///               L = CE + eta sum_{i=1..k} sigma_{-i}(F)^2   (the k smallest singular values)
 ///             Defaults k 1, eta 0.001.
 ///   cotuning  You et al., "Co-Tuning for Transfer Learning", NeurIPS 2020. The source head is kept
-///             (copied from --init) and trained at --source-lr-mult (0.1) of the learning rate. Before
+///             (copied from --init) and trained at --source-lr-mult (1) of the run's learning rate, i.e. at the
+///             backbone's, as Transfer-Learning-Library's Classifier.get_parameters does. Before
 ///             training, p(y_s | y_t = c) is the mean of softmax(source logits) over the training images of
 ///             target class c (evaluation transform, the frozen source model):
 ///               L = CE(h_t(g(x)), y) + lambda softCE(h_s(g(x)), p(. | y))
@@ -58,12 +61,13 @@ class L2SPMethod : public Method {
   struct Options {
     double alpha = 0.01;  // weight of the distance to the pretrained backbone
     double beta = 0.01;   // weight of the head's L2 norm
+    std::string decay = "beta";  // beta | optimizer
     void fields(Fields& f);
   };
-  explicit L2SPMethod(Options opts) : opts_(opts) {}
+  explicit L2SPMethod(Options opts) : opts_(std::move(opts)) {}
   /// Keeps a copy of the pretrained backbone's parameters (w0).
   void setup(Model& model, SetupContext& ctx) override;
-  /// Backbone and heads with weight decay 0.
+  /// --decay beta: backbone and heads with weight decay 0; optimizer: the default groups.
   std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult) override;
   LossTerms loss(StepContext& ctx) override;
 
@@ -92,7 +96,7 @@ class CoTuningMethod : public Method {
  public:
   struct Options {
     double lambda = 2.3;            // weight of the source-head term
-    double source_lr_mult = 0.1;    // learning-rate multiplier of the source head
+    double source_lr_mult = 1.0;    // learning-rate multiplier of the source head (1: the backbone's rate)
     std::string source_head = "source";  // the --init model's head to keep
     void fields(Fields& f);
   };

@@ -25,13 +25,16 @@
 /// teacher moves: theta_T <- decay theta_T + (1 - decay) theta_S over the backbone's parameters only (not the
 /// heads, not the BN statistics). Only the target head is used at test time.
 ///
-/// Ablations (Tables 5 and 8): --no-fe, --no-fc; --teacher frozen (no EMA: "w/o Target");
+/// Ablations (Tables 5, 8 and 9): --no-fe, --no-fc; --teacher frozen (no EMA: "w/o Target");
 /// --teacher student-init ("w/o Source"): the student is built from --init, so its own starting point
 /// already holds the source knowledge. The teacher instead starts from the random initialisation the
 /// student's architecture gets from the run seed (the weights the student's backbone held before the
-/// pretrained ones were copied in), with a random source head, and is then EMA-updated as usual. The
-/// student still starts from --init with its aux head copied from the source head. With both regularizers
-/// off (or their gammas 0) no teacher is built or run: what is left is vanilla mixup.
+/// pretrained ones were copied in) and tracks the student as the mean teacher does, its BN running
+/// statistics included (they start at 0 and 1, which describe no data). It has no source knowledge, so
+/// L_FC (and the aux head) is off. Without --init ("SMILE from scratch", Table 9) the student is the random
+/// initialisation itself; the teacher is its copy, tracked the same way, and L_FC is off (--teacher
+/// frozen is refused). With both regularizers off (or their gammas 0) no teacher is built or run: what is
+/// left is vanilla mixup.
 #include <string>
 
 #include <torch/types.h>
@@ -84,12 +87,14 @@ class SmileMethod : public Method {
   /// The teacher network (undefined when both regularizers are off).
   Teacher& teacher() { return teacher_; }
   bool uses_fe() const { return opts_.fe && opts_.gamma_fe > 0; }
-  bool uses_fc() const { return opts_.fc && opts_.gamma_fc > 0; }
+  /// L_FC needs source knowledge: off with a teacher that follows the student from its random start.
+  bool uses_fc() const { return opts_.fc && opts_.gamma_fc > 0 && !from_student_; }
   /// Whether the teacher moves (and is therefore checkpointed).
   bool teacher_moves() const { return opts_.teacher != "frozen"; }
 
  private:
   Options opts_;
+  bool from_student_;  // the teacher starts from the student's random initialisation (student-init, no --init)
   Teacher teacher_;
   bool channels_last_ = false;  // the teacher runs in channels-last layout (on the CPU)
 };

@@ -15,17 +15,19 @@
 ///             lambda at y_t and 1 - lambda at T + rank(y_s):   L = -sum_k p_k log softmax(h(g(x)))_k
 ///             --label-space two-heads: a "source" head copied from the pretrained one:
 ///                 L = mean_i [lambda_i CE(h_t(g(x_i)), y_t,i) + (1 - lambda_i) CE(h_s(g(x_i)), y_s,i)]
-///             Ablations (Table 4): --no-aux-label, L = CE(h_t(g(x)), y_t) on the mixed input;
-///             --in-domain, vanilla mixup inside the target batch (x_s a permutation of the batch,
-///             same lambda distribution, target labels only). Shapes: x (B, C, H, W), lambda (B).
+///             Ablations (Table 4): --no-aux-label, L = CE(h_t(g(x)), y_t) on the mixed input. The
+///             "Mixup" column ("traditional Mixup ... using only samples in the target dataset") is the
+///             `mixup` method (methods/mixup.h: Beta(alpha, alpha) once per batch, a permutation of the
+///             batch as partners), not an option here. Shapes: x (B, C, H, W), lambda (B).
 ///             Cost: one forward/backward of B examples, as l2.
 ///
 ///   seqtrain  Cui et al., Large Scale Fine-Grained Categorization and Domain-Specific Transfer
-///             Learning (CVPR 2018): fine-tune on the auxiliary set with source labels, then on the
-///             target. One run: steps < round(aux_fraction * iterations) train CE(h_s(g(x_s)), y_s),
-///             the rest CE(h_t(g(x_t)), y_t). The learning-rate schedule restarts at the split, so each
-///             phase runs the run's --schedule over its own steps (two trainings, as in the paper);
-///             optimizer momentum carries over.
+///             Learning (CVPR 2018): "mid-tune" on the auxiliary set with source labels, then fine-tune
+///             on the target, as two trainings (XMixup section 1). Two phases (method.h): "aux",
+///             --aux-iterations steps of CE(h_s(g(x_s)), y_s) on the source head copied from --init, not
+///             validated; then "target", exactly --iterations steps of CE(h_t(g(x_t)), y_t). The Trainer
+///             starts the target phase with a fresh optimizer (zero momentum) and the run's --schedule
+///             from its start.
 ///
 ///   cotrain   Ge & Yu, Borrowing Treasures from the Wealthy: Deep Transfer Learning through Selective
 ///             Joint Fine-Tuning (CVPR 2017): each step one target and one auxiliary batch of B go
@@ -73,7 +75,6 @@ struct XMixupOptions {
   double beta = 1.0;
   std::string label_space = "joint";  // joint | two-heads
   bool aux_label = true;              // false: --no-aux-label, the target label only
-  bool in_domain = false;             // vanilla mixup inside the target batch
 
   void fields(Fields& f);
 };
@@ -83,8 +84,8 @@ struct MixedBatch {
   torch::Tensor x;          // float (B, C, H, W): lambda x_t + (1 - lambda) x_s
   torch::Tensor y_target;   // int64 (B)
   torch::Tensor target_index;  // int64 (B), CPU: the target examples in the target train split
-  torch::Tensor y_aux;      // int64 (B): the auxiliary examples' source labels (in-domain: the partners' target labels)
-  torch::Tensor aux_index;  // int64 (B), CPU: the auxiliary examples in the source train split (in-domain: target)
+  torch::Tensor y_aux;      // int64 (B): the auxiliary examples' source labels
+  torch::Tensor aux_index;  // int64 (B), CPU: the auxiliary examples in the source train split
   torch::Tensor lambda;     // float64 (B), CPU
 };
 
@@ -101,14 +102,13 @@ torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits, 
 class XMixup : public Method {
  public:
   using Options = XMixupOptions;
-  /// BadInput for options that contradict each other (--in-domain with an auxiliary-set option).
-  explicit XMixup(const Options& opts);
+  explicit XMixup(const Options& opts) : opts_(opts) {}
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
   void save(Archive& out) const override;
   void load(const Archive& in) override;
 
-  /// Draws this step's target batch, its auxiliary batch (or in-domain partners) and the lambdas.
+  /// Draws this step's target batch, its auxiliary batch and the lambdas.
   MixedBatch mixed_batch(StepContext& ctx);
   const AuxData& aux() const { return aux_; }
   /// int64 (S) on the run's device: each source label's column in the joint head (-1 if not in it).
@@ -129,31 +129,25 @@ class XMixup : public Method {
 
 struct SeqTrainOptions {
   AuxOptions aux;
-  double aux_fraction = 0.5;  // share of the iterations spent on the auxiliary set
+  int64_t aux_iterations = 0;  // steps of the auxiliary phase; 0: as many as --iterations
 
   void fields(Fields& f);
 };
-
-/// The lr multiplier that restarts `schedule` at `split`: the schedule over [0, split), then over
-/// [split, total), divided by the run's factor at `step` (which the Trainer applies). 1 where the
-/// run's factor is 0.
-double seqtrain_lr_scale(const ScheduleOptions& schedule, int64_t step, int64_t total, int64_t split);
 
 class SeqTrain : public Method {
  public:
   using Options = SeqTrainOptions;
   explicit SeqTrain(const Options& opts) : opts_(opts) {}
+  /// "aux" (--aux-iterations, not validated), then "target" (--iterations).
+  std::vector<Phase> phases(int64_t iterations) const override;
   void setup(Model& model, SetupContext& ctx) override;
   LossTerms loss(StepContext& ctx) override;
   void save(Archive& out) const override { aux_.save(out); }
   void load(const Archive& in) override { aux_.load(in); }
-  /// The first step of the target phase.
-  int64_t split_step(int64_t total) const;
 
  private:
   Options opts_;
   AuxData aux_;
-  ScheduleOptions schedule_;
 };
 
 struct CoTrainOptions {

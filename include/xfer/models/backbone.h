@@ -3,7 +3,9 @@
 ///
 /// A backbone is a stem followed by named stages ("layer1", "layer2", ...) and global average pooling.
 /// `forward_features` returns the pooled features and every stage's feature map, and lets a hook
-/// replace a stage's output (manifold mixup mixes there; feature-map regularizers read there).
+/// replace a stage's output (manifold mixup mixes there; SMILE reads there). Built-in backbones also
+/// return each stage's last convolution output (before its batch norm, and in a residual stage before
+/// the add: where DELTA's authors hook, e.g. layer4.2.conv3 of ResNet-50), which a second hook may replace.
 ///
 /// Backbone specs: NAME[:key=value]...
 ///   cnn4[:width=16]                          4 conv+BN+ReLU stages (pool after 1 and 2), for 28x28 inputs;
@@ -31,8 +33,13 @@ namespace xfer {
 struct Features {
   torch::Tensor pooled;                                      // (N, feature_dim)
   std::vector<std::pair<std::string, torch::Tensor>> maps;  // stage name -> (N, C, H, W)
+  /// Stage name -> the output of the stage's last convolution (N, C, H, W), as the stage went on with it
+  /// (after the conv hook). Empty for TorchScript backbones.
+  std::vector<std::pair<std::string, torch::Tensor>> convs;
   /// The map of a stage; BadInput naming the valid stages if absent.
   const torch::Tensor& map(const std::string& stage) const;
+  /// The last convolution output of a stage; BadInput if the backbone does not expose it.
+  const torch::Tensor& conv(const std::string& stage) const;
 };
 
 /// Called with each stage's output; returns the tensor the next stage receives.
@@ -42,7 +49,10 @@ class BackboneImpl : public torch::nn::Module {
  public:
   /// Pooled features g(x), shape (N, feature_dim()).
   torch::Tensor forward(const torch::Tensor& x) { return forward_features(x).pooled; }
-  Features forward_features(const torch::Tensor& x, const StageHook& hook = nullptr);
+  /// `hook` sees each stage's output, `conv_hook` each stage's last convolution output (built-in backbones);
+  /// what they return is what the network continues with.
+  Features forward_features(const torch::Tensor& x, const StageHook& hook = nullptr,
+                            const StageHook& conv_hook = nullptr);
 
   int64_t feature_dim() const { return feature_dim_; }
   const std::vector<std::string>& stage_names() const { return stage_names_; }
@@ -55,11 +65,18 @@ class BackboneImpl : public torch::nn::Module {
  protected:
   virtual torch::Tensor stem(const torch::Tensor& x) = 0;
   virtual torch::Tensor stage(size_t index, const torch::Tensor& x) = 0;
+  /// Built-in stages pass their last convolution's output through here: it is recorded in the Features
+  /// being built and handed to the conv hook.
+  torch::Tensor tap_last_conv(size_t index, const torch::Tensor& out);
 
   std::string spec_;
   std::vector<std::string> stage_names_;
   int64_t feature_dim_ = 0;
   bool sync_bn_ = false;
+
+ private:
+  Features* building_ = nullptr;          // set during forward_features
+  const StageHook* conv_hook_ = nullptr;  // likewise
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;
@@ -100,10 +117,15 @@ class Cnn4Impl : public BackboneImpl {
 };
 
 /// The basic residual block of ResNet-18/20 (torchvision names: conv1 bn1 conv2 bn2 downsample).
+/// What a block does with its last convolution's output before going on (ResNetImpl's conv tap).
+using ConvTap = std::function<torch::Tensor(const torch::Tensor&)>;
+
 class BasicBlockImpl : public torch::nn::Module {
  public:
   BasicBlockImpl(int64_t in, int64_t out, int64_t stride);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x) { return forward_tapped(x, nullptr); }
+  /// `tap`, if given, receives conv2's output (before bn2 and the add) and returns what goes on.
+  torch::Tensor forward_tapped(const torch::Tensor& x, const ConvTap& tap);
   bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:
@@ -117,7 +139,9 @@ TORCH_MODULE(BasicBlock);
 class BottleneckImpl : public torch::nn::Module {
  public:
   BottleneckImpl(int64_t in, int64_t width, int64_t stride);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x) { return forward_tapped(x, nullptr); }
+  /// `tap`, if given, receives conv3's output (before bn3 and the add) and returns what goes on.
+  torch::Tensor forward_tapped(const torch::Tensor& x, const ConvTap& tap);
   bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:

@@ -10,6 +10,10 @@
 /// auxiliary set (the union of the paired source classes) holds at least `aux_size` examples, so a
 /// target class may own several source classes (section 4.2: 100k-200k of ImageNet's 1.28M).
 ///
+/// Smaller auxiliary sets (Fig. 3, "to decrease the size, we perform random sampling from the default
+/// dataset"): an `aux_size` below one round's examples keeps exactly `aux_size` examples of the paired
+/// classes, drawn at random (seeded) in proportion to each class's size, at least one per class.
+///
 /// Ablations of the auxiliary set (Table 3 and Fig. 3): `random` draws as many source examples as the
 /// paired set holds, uniformly from the whole source and without regard to class; `all` is the whole
 /// source. Both mix a target example with any auxiliary example, not with its paired classes.
@@ -71,6 +75,9 @@ struct Pairing {
 
   /// Examples in the paired source classes.
   int64_t samples() const;
+  /// Examples in the auxiliary set: `aux_size` when it is below the first round's examples (the paired set
+  /// subsampled), else samples().
+  int64_t aux_examples() const;
   /// The source classes of each target class, in pairing order.
   std::vector<std::vector<int64_t>> sources_by_target() const;
 
@@ -114,8 +121,10 @@ struct AuxPools {
   int64_t size() const;
 };
 
-/// The auxiliary set of `mode`: `paired` from the pairing's classes, `random` as many examples as the
-/// pairing holds drawn without replacement by `seed`, `all` the whole source (pairing unused, may be null).
+/// The auxiliary set of `mode`: `paired` from the pairing's classes (subsampled to aux_examples() by `seed`
+/// when that is below one round), `random` aux_examples() examples of the whole source drawn without
+/// replacement by `seed`, `all` the whole source (pairing unused, may be null). BadInput if a subsampled
+/// paired set would leave a paired class without examples.
 AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const TensorDataset& source,
                         int64_t target_classes, uint64_t seed);
 

@@ -10,18 +10,32 @@
 ///                                   // any `xfer pretrain` option; null: no source model
 ///     "run": {"iterations": 300},   // `xfer finetune` options for every run
 ///     "seeds": 3,                   // or a list: [0, 1, 2]
-///     "tasks": [{"name": "10/class", "target": SPEC, "source": SPEC, "run": {...}}, ...],
+///     "tasks": [{"name": "10/class", "target": SPEC, "source": SPEC, "run": {...}, "pretrain": {...}}, ...],
 ///     "methods": ["l2", "core", "all",
 ///                 {"label": "xmixup, random aux", "method": "xmixup", "options": {"aux": "random"},
-///                  "run": {...}, "pretrain": {...}, "optional": true},
+///                  "run": {...}, "pretrain": {...}, "tasks": ["10/class"], "optional": true},
 ///                 {"label": "smooth (TPE)", "method": "smooth",
 ///                  "search": {"params": {"alpha": "lin:-6:6"}, "trials": 8}}],
+///     "tables": [{"title": "...", "kind": "accuracy" | "forgetting" | "interpolation", "task": "10/class",
+///                 "methods": ["l2", "xmixup"], ...}],
 ///     "timing": {"task": "10/class", "steps": 60}   // or false
 ///   }
 ///
 /// Options merge left to right: the suite's "run", the task's, the method entry's. A method that draws on
 /// source data gets the task's "source" (default: the pre-training source). A method that fine-tunes gets
-/// the source model; a method entry's "pretrain" is merged over the suite's (a different source model).
+/// the source model: the suite's "pretrain", with the task's and then the method entry's merged over it (a
+/// different source model). A method entry with "tasks" runs on those tasks only (its other cells are "-").
+///
+/// "tables" are more tables after the main one, each over one task and some method labels (rows in that
+/// order), mean ± std over the seeds:
+///   accuracy       test top-1 (XMixup Fig. 3's auxiliary-size sweep is a list of xmixup entries);
+///   forgetting     XMixup Table 2: `xfer analyze --forgetting` on every run, columns Auxiliary / ABA / All;
+///                  "source" (default: the task's source, else the pre-training source), "reference" (true:
+///                  a first row "pretrained", the --init model probed alike), "probe_iterations" (100);
+///   interpolation  SMILE Table 6: `xfer analyze` on each of "splits" (default ["train", "test"]), columns
+///                  Label-IL (on logits, or "label_output": "softmax") and Feature-IL per split; "pairs" (1000).
+/// The analyses run in the bench process after the runs, write each run's analysis.json, and are redone
+/// on every invocation (they are deterministic).
 /// "all" and "core" expand to the registered methods. An unknown method is refused before anything runs,
 /// unless its entry says "optional": true (then it is skipped with a note: a method not built yet).
 ///
@@ -48,6 +62,7 @@ class Fields;
 struct SuiteMethod {
   std::string label;  // shown in tables; unique in the suite
   std::string method;
+  std::vector<std::string> tasks;                     // empty: every task
   nlohmann::json options = nlohmann::json::object();  // method options
   nlohmann::json run = nlohmann::json::object();      // finetune options
   nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
@@ -60,8 +75,16 @@ constexpr int64_t kMaxSuiteRuns = 100000;
 
 struct SuiteTask {
   std::string name, target, source;
+  nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
   nlohmann::json run = nlohmann::json::object();
   nlohmann::json options = nlohmann::json::object();  // method options, for the methods that have them
+};
+
+/// One more table of a suite (see "tables" above).
+struct SuiteTable {
+  std::string title, kind, task;
+  std::vector<std::string> methods;  // labels, in row order
+  nlohmann::json options = nlohmann::json::object();  // the kind's own keys
 };
 
 struct Suite {
@@ -71,6 +94,7 @@ struct Suite {
   std::vector<int64_t> seeds;
   std::vector<SuiteTask> tasks;
   std::vector<SuiteMethod> methods;
+  std::vector<SuiteTable> tables;
   std::vector<std::string> notes;  // methods skipped, and why
   bool timing = true;
   std::string timing_task;  // default: the first task
@@ -99,8 +123,8 @@ struct BenchOptions {
 
 /// Runs a suite: pre-trains (or reuses) the source models, runs every method x task x seed as its own
 /// process, `jobs` at a time, skipping runs already finished with the same request, and writes
-/// results.csv, table.md, timing.md and bench.json to the output directory. A failed run does not stop
-/// the suite; its cell says why. Returns bench.json.
+/// results.csv, table.md (the main table, then the suite's "tables"), timing.md and bench.json to the
+/// output directory. A failed run does not stop the suite; its cell says why. Returns bench.json.
 nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out);
 
 }  // namespace xfer

@@ -5,6 +5,9 @@
 /// Mean-teacher update (Tarvainen & Valpola 2017), over the backbone's parameters only, not the heads and
 /// not the BN running statistics (as SMILE's code):
 ///     theta_teacher <- decay * theta_teacher + (1 - decay) * theta_student
+/// With `with_statistics` the backbone's floating-point buffers (BN running mean and variance) move the same
+/// way: a teacher that starts from a random initialisation (SMILE's "w/o Source") has running statistics
+/// of 0 and 1 that describe no data, so it tracks the student's.
 /// The teacher's weights are method state: save/load them so --resume continues exactly.
 #include <string>
 
@@ -27,7 +30,7 @@ class Teacher {
   torch::Tensor logits(const torch::Tensor& pooled, const std::string& head);
 
   /// The mean-teacher update towards `student`, whose backbone must have the same architecture.
-  void ema_update(const Model& student, double decay);
+  void ema_update(const Model& student, double decay, bool with_statistics = false);
 
   Model& model() { return model_; }
   void save(Archive& out, const std::string& key) const;

@@ -1,6 +1,8 @@
 #pragma once
 /// The Trainer: the one training loop every method runs in.
 ///
+/// A run is the method's phases (Method::phases; most methods have one of --iterations steps) laid end to
+/// end; each phase starts with a fresh optimizer state and runs the schedule over its own steps.
 /// Per step: lr from the schedule (a pure function of the step) -> method.compute_gradients ->
 /// optimizer step -> method.after_step. Every `log_every` steps a line goes to metrics.jsonl and the
 /// progress bar; every `eval_every` steps the validation split is evaluated and the best model is kept

@@ -9,6 +9,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/methods/regularization.h"
 #include "xfer/methods/stages.h"
+#include "xfer/metrics/analysis.h"
 
 namespace xfer {
 namespace F = torch::nn::functional;
@@ -43,21 +44,32 @@ torch::Tensor delta_attention_weights(const torch::Tensor& rises, double tempera
   return torch::softmax(z / temperature, 0).to(torch::kFloat32);
 }
 
+std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages, bool last_conv) {
+  std::vector<torch::Tensor> out;
+  for (const auto& s : stages) out.push_back(last_conv ? f.conv(s) : f.map(s));
+  return out;
+}
+
 std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn::Linear& classifier,
                                                const torch::Tensor& x, const torch::Tensor& y,
-                                               const std::vector<std::string>& stages) {
+                                               const std::vector<std::string>& stages, bool last_conv) {
   torch::NoGradGuard no_grad;
   const int64_t n = x.size(0);
   const Features intact = backbone.forward_features(x);
   const double base = F::cross_entropy(classifier->forward(intact.pooled), y).item<double>();
   const auto none = F::CrossEntropyFuncOptions().reduction(torch::kNone);
+  const std::vector<std::string>& names = backbone.stage_names();
   // Replicated maps are capped near 2^24 elements per forward pass (64 MB in float32).
   constexpr int64_t kBudget = int64_t{1} << 24;
   std::vector<torch::Tensor> rises;
   for (const auto& stage : stages) {
-    const torch::Tensor& map = intact.map(stage);
+    const torch::Tensor& map = last_conv ? intact.conv(stage) : intact.map(stage);
     const int64_t c = map.size(1);
     const int64_t chunk = std::clamp<int64_t>(kBudget / std::max<int64_t>(1, map.numel()), 1, c);
+    // A last-conv map sits inside the stage: the copies start at the stage's input (the previous stage's
+    // output, or the image); a stage output is replicated where it is zeroed.
+    const auto at = std::find(names.begin(), names.end(), stage) - names.begin();
+    const std::string replicate_after = last_conv ? (at > 0 ? names[at - 1] : "") : stage;
     torch::Tensor r = torch::empty({c}, torch::kFloat64);
     for (int64_t g0 = 0; g0 < c; g0 += chunk) {
       const int64_t g = std::min(chunk, c - g0);
@@ -65,11 +77,21 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
       const auto idx = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
       torch::Tensor mask = torch::ones({g, c}, map.options());
       mask.index_put_({torch::arange(g, idx), torch::arange(g0, g0 + g, idx)}, 0.0);
-      const StageHook hook = [&](const std::string& name, const torch::Tensor& out) {
-        if (name != stage) return out;
-        return (out.unsqueeze(0) * mask.view({g, 1, c, 1, 1})).reshape({g * n, c, out.size(2), out.size(3)});
+      auto replicate = [&](const torch::Tensor& t) {
+        return t.unsqueeze(0).expand({g, -1, -1, -1, -1}).reshape({g * n, t.size(1), t.size(2), t.size(3)});
       };
-      const torch::Tensor pooled = backbone.forward_features(x, hook).pooled;
+      auto zero = [&](const torch::Tensor& t) {
+        return (t.view({g, n, c, t.size(2), t.size(3)}) * mask.view({g, 1, c, 1, 1})).view_as(t);
+      };
+      const StageHook stage_hook = [&](const std::string& name, const torch::Tensor& out) {
+        if (name != replicate_after) return out;
+        return last_conv ? replicate(out) : zero(replicate(out));
+      };
+      const StageHook conv_hook = [&](const std::string& name, const torch::Tensor& out) {
+        return last_conv && name == stage ? zero(out) : out;
+      };
+      const torch::Tensor input = replicate_after.empty() ? replicate(x) : x;
+      const torch::Tensor pooled = backbone.forward_features(input, stage_hook, conv_hook).pooled;
       const torch::Tensor ce = F::cross_entropy(classifier->forward(pooled), y.repeat({g}), none).view({g, n});
       r.slice(0, g0, g0 + g).copy_(ce.mean(1).to(torch::kFloat64).cpu() - base);
     }
@@ -81,7 +103,13 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
 void DeltaMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "weight of the feature-map distance to the source network").non_negative();
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
-  f.add("stages", stages, "backbone stages whose outputs are compared: all, or names like layer1,layer3");
+  f.add("stages", stages, "backbone stages whose feature maps are compared: all, or names like layer1,layer3");
+  f.add("feature_maps", feature_maps, "the map of each stage: last-conv (its last convolution's output, before the "
+                                      "batch norm and the residual add, as the authors' code) or stage (its output)")
+      .choices({"last-conv", "stage"});
+  f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the authors' code); "
+                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)")
+      .choices({"beta", "optimizer"});
   f.add("attention", attention, "channel attention from the source network (on), or a_c = 1/C (off)")
       .choices({"on", "off"});
   f.add("attention_examples", attention_examples, "target training images the channel attention is measured on")
@@ -102,8 +130,8 @@ void DeltaMethod::setup(Model& model, SetupContext& ctx) {
   attention_.clear();
   const Features f = source_.features(torch::zeros({1, model->arch().in_channels, model->arch().height,
                                                     model->arch().width}, torch::TensorOptions().device(ctx.device)));
-  for (const auto& s : stages_) {
-    const int64_t c = f.map(s).size(1);
+  for (const auto& m : delta_maps(f, stages_, last_conv())) {
+    const int64_t c = m.size(1);
     attention_.push_back(torch::full({c}, 1.0 / static_cast<double>(c)));
   }
 }
@@ -122,25 +150,8 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
     const torch::Tensor idx = torch::arange(start, std::min(start + 500, train.size()), torch::kInt64);
     pooled.push_back(source_.features(input(idx)).pooled);
   }
-  const torch::Tensor features = torch::cat(pooled);
-  const torch::Tensor labels = train.labels.to(ctx.device);
-  torch::nn::Linear probe(source->backbone->feature_dim(), train.num_classes());
-  probe->to(ctx.device);
-  {
-    torch::NoGradGuard no_grad;
-    probe->weight.zero_();
-    probe->bias.zero_();
-  }
-  torch::optim::LBFGS lbfgs(probe->parameters(), torch::optim::LBFGSOptions(1.0)
-                                                     .max_iter(opts_.probe_iterations)
-                                                     .line_search_fn("strong_wolfe"));
-  lbfgs.step([&] {
-    lbfgs.zero_grad();
-    torch::Tensor loss = F::cross_entropy(probe->forward(features), labels) +
-                         l2_penalty({probe->weight, probe->bias}, opts_.probe_decay);
-    loss.backward();
-    return loss;
-  });
+  torch::nn::Linear probe = fit_linear_probe(torch::cat(pooled), train.labels.to(ctx.device), train.num_classes(),
+                                             opts_.probe_iterations, opts_.probe_decay);
 
   // The rises of the cross-entropy on a seeded draw of training images, in batches.
   std::vector<int64_t> order(static_cast<size_t>(train.size()));
@@ -153,8 +164,8 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
   std::vector<torch::Tensor> sums;
   for (int64_t start = 0; start < m; start += batch) {
     const torch::Tensor idx = chosen.slice(0, start, std::min(start + batch, m));
-    const auto r = delta_channel_rises(*source->backbone, probe, input(idx), train.labels.index_select(0, idx).to(ctx.device),
-                                       stages_);
+    const auto r = delta_channel_rises(*source->backbone, probe, input(idx),
+                                       train.labels.index_select(0, idx).to(ctx.device), stages_, last_conv());
     for (size_t s = 0; s < r.size(); ++s) {
       const torch::Tensor weighted = r[s] * static_cast<double>(idx.size(0));
       if (sums.size() <= s) sums.push_back(weighted);
@@ -167,6 +178,7 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
 }
 
 std::vector<ParamGroup> DeltaMethod::param_groups(Model& model, double head_lr_mult) {
+  if (opts_.decay == "optimizer") return Method::param_groups(model, head_lr_mult);
   return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
@@ -177,13 +189,11 @@ LossTerms DeltaMethod::loss(StepContext& ctx) {
   torch::nn::Linear head = ctx.model->head(ctx.head);
   const torch::Tensor ce = cross_entropy(head->forward(f.pooled), b.y);
   const Features f0 = source_.features(b.x);
-  std::vector<torch::Tensor> maps, maps0, attention;
-  for (size_t i = 0; i < stages_.size(); ++i) {
-    maps.push_back(f.map(stages_[i]));
-    maps0.push_back(f0.map(stages_[i]));
-    attention.push_back(attention_[i].to(b.x.device()));
-  }
-  const torch::Tensor fm = delta_penalty(maps, maps0, attention) * opts_.alpha;
+  std::vector<torch::Tensor> attention;
+  for (const auto& a : attention_) attention.push_back(a.to(b.x.device()));
+  const torch::Tensor fm =
+      delta_penalty(delta_maps(f, stages_, last_conv()), delta_maps(f0, stages_, last_conv()), attention) * opts_.alpha;
+  if (opts_.decay == "optimizer") return {ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}};
   const torch::Tensor decay = l2_penalty(head->parameters(), opts_.beta);
   return {ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}};
 }

@@ -282,6 +282,13 @@ LossTerms GradMixMethod::loss(StepContext& ctx) {
   return {ce, {{"loss/v", ce.detach()}}};
 }
 
+std::vector<Phase> GradMixMethod::phases(int64_t iterations) const {
+  if (opts_.mode != Mode::finetune) return Method::phases(iterations);
+  const int64_t sources = std::clamp<int64_t>(std::llround(opts_.switch_at * static_cast<double>(iterations)), 1,
+                                              std::max<int64_t>(1, iterations - 1));
+  return {{"sources", sources}, {"v", iterations - sources, opts_.finetune_lr_scale}};
+}
+
 LossTerms GradMixMethod::target_step(StepContext& ctx, double lr_scale) {
   synchronised_ = false;  // a plain backward: the Trainer averages the gradients over the processes
   LossTerms terms = loss(ctx);
@@ -295,11 +302,8 @@ LossTerms GradMixMethod::compute_gradients(StepContext& ctx) {
   switch (opts_.mode) {
     case Mode::target_only:
       return target_step(ctx, 1.0);
-    case Mode::finetune: {
-      const auto switch_step = static_cast<int64_t>(std::llround(opts_.switch_at * static_cast<double>(ctx.total_steps)));
-      if (ctx.step >= switch_step) return target_step(ctx, opts_.finetune_lr_scale);
-      return mixed_step(ctx);
-    }
+    case Mode::finetune:  // the "v" phase's lr multiplier is --finetune-lr-scale
+      return ctx.phase == 1 ? target_step(ctx, 1.0) : mixed_step(ctx);
     default:
       return mixed_step(ctx);
   }

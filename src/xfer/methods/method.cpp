@@ -46,6 +46,16 @@ LossTerms Method::compute_gradients(StepContext& ctx) {
   return terms;
 }
 
+int64_t phase_total_steps(const std::vector<Phase>& phases) {
+  XFER_CHECK(!phases.empty(), "a method must train in at least one phase");
+  int64_t total = 0;
+  for (const auto& p : phases) {
+    XFER_CHECK(p.steps >= 1, "phase '", p.name, "' must have at least 1 step, got ", p.steps);
+    total += p.steps;
+  }
+  return total;
+}
+
 void check_finite(const LossTerms& terms, int64_t step) {
   const double total = terms.total.item<double>();
   if (std::isfinite(total)) return;

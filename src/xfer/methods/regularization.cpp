@@ -75,6 +75,9 @@ std::vector<int64_t> rifle_reinit_steps(int64_t total_steps, int64_t k) {
 void L2SPMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "weight of the distance to the pretrained backbone (alpha/2 ||w - w0||^2)").non_negative();
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
+  f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the paper); "
+                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)")
+      .choices({"beta", "optimizer"});
 }
 
 void L2SPMethod::setup(Model& model, SetupContext& ctx) {
@@ -91,6 +94,7 @@ void L2SPMethod::setup(Model& model, SetupContext& ctx) {
 }
 
 std::vector<ParamGroup> L2SPMethod::param_groups(Model& model, double head_lr_mult) {
+  if (opts_.decay == "optimizer") return Method::param_groups(model, head_lr_mult);
   return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
@@ -99,6 +103,7 @@ LossTerms L2SPMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
   const torch::Tensor ce = cross_entropy(ctx.model->forward(b.x, ctx.head), b.y);
   const torch::Tensor sp = l2sp_penalty(ctx.model->backbone_parameters(), w0_, opts_.alpha);
+  if (opts_.decay == "optimizer") return {ce + sp, {{"ce", ce.detach()}, {"l2sp", sp.detach()}}};
   const torch::Tensor decay = l2_penalty(ctx.model->head(ctx.head)->parameters(), opts_.beta);
   return {ce + sp + decay, {{"ce", ce.detach()}, {"l2sp", sp.detach()}, {"head_l2", decay.detach()}}};
 }
@@ -130,7 +135,9 @@ LossTerms BssMethod::loss(StepContext& ctx) {
 
 void CoTuningMethod::Options::fields(Fields& f) {
   f.add("lambda", lambda, "weight of the source head's soft cross-entropy against p(y_s | y_t)").non_negative();
-  f.add("source_lr_mult", source_lr_mult, "learning-rate multiplier of the source head").non_negative();
+  f.add("source_lr_mult", source_lr_mult, "learning-rate multiplier of the source head (1: the backbone's rate, as "
+                                          "Transfer-Learning-Library)")
+      .non_negative();
   f.add("source_head", source_head, "the --init model's head that is kept and trained");
 }
 

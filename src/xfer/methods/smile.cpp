@@ -76,7 +76,8 @@ void SmileMethod::Options::fields(Fields& f) {
       .choices({"code", "paper"});
   f.add("teacher", teacher, "ema: mean teacher from the --init model; frozen: the --init model, never updated "
                             "('w/o Target'); student-init: starts from the random init of the student's "
-                            "architecture, then EMA ('w/o Source')")
+                            "architecture and tracks the student by EMA, BN statistics included, without L_FC "
+                            "('w/o Source'). Without --init, ema is student-init (SMILE from scratch)")
       .choices({"ema", "frozen", "student-init"});
   f.add("ema_decay", ema_decay, "mean-teacher decay: teacher <- decay teacher + (1 - decay) student").in_range(0, 1);
   f.add("ema_period", ema_period, "steps between mean-teacher updates").at_least(1);
@@ -84,31 +85,41 @@ void SmileMethod::Options::fields(Fields& f) {
                                     "the aux head's initialisation)");
 }
 
-SmileMethod::SmileMethod(const Options& opts) : opts_(opts) { check_options(opts_); }
+SmileMethod::SmileMethod(const Options& opts) : opts_(opts), from_student_(opts.teacher == "student-init") {
+  check_options(opts_);
+}
 
 void SmileMethod::setup(Model& model, SetupContext& ctx) {
-  const Model& pretrained = ctx.require_pretrained("smile");
-  const std::string why = model->arch().mismatch(pretrained->arch(), /*with_heads=*/false);
-  XFER_CHECK(why.empty(), "smile: the teacher (the --init model) and the student differ: ", why);
-  XFER_CHECK(pretrained->backbone->stage_names() == model->backbone->stage_names() &&
-                 pretrained->backbone->feature_dim() == model->backbone->feature_dim(),
-             "smile: the teacher (", pretrained->arch().backbone, ") and the student (", model->arch().backbone,
-             ") have different stages or feature sizes");
+  const Model& pretrained = ctx.pretrained;
+  if (!pretrained) {  // SMILE from scratch (Table 9): the teacher can only follow the student
+    XFER_CHECK(opts_.teacher != "frozen", "smile --teacher frozen needs --init: a frozen teacher without a source ",
+               "model is a random network; use --teacher ema (from scratch: the student's own mean teacher)");
+    from_student_ = true;
+  } else {
+    const std::string why = model->arch().mismatch(pretrained->arch(), /*with_heads=*/false);
+    XFER_CHECK(why.empty(), "smile: the teacher (the --init model) and the student differ: ", why);
+    XFER_CHECK(pretrained->backbone->stage_names() == model->backbone->stage_names() &&
+                   pretrained->backbone->feature_dim() == model->backbone->feature_dim(),
+               "smile: the teacher (", pretrained->arch().backbone, ") and the student (", model->arch().backbone,
+               ") have different stages or feature sizes");
+  }
   if (!uses_fe() && !uses_fc()) return;  // vanilla mixup: no teacher
-  XFER_CHECK(pretrained->has_head(opts_.source_head), "smile: the --init model has no '", opts_.source_head,
-             "' head (its classifier over the source classes; --source-head); its heads: ",
-             smile_head_names(pretrained));
-  if (uses_fc()) copy_head(pretrained, opts_.source_head, model, "aux");
-  if (opts_.teacher == "student-init") {
+  if (uses_fc()) {
+    XFER_CHECK(pretrained->has_head(opts_.source_head), "smile: the --init model has no '", opts_.source_head,
+               "' head (its classifier over the source classes; --source-head); its heads: ",
+               smile_head_names(pretrained));
+    copy_head(pretrained, opts_.source_head, model, "aux");
+  }
+  if (!from_student_) {
+    teacher_ = Teacher(pretrained);
+  } else if (!pretrained) {
+    teacher_ = Teacher(model);  // the student's random initialisation itself
+  } else {
     // The student starts from --init; "w/o Source" needs the start it would have had without it: the run's
-    // random initialisation (same seed stream as the Trainer's model), with a random source head.
-    Arch arch = model->arch();
-    arch.heads = {*pretrained->arch().head(opts_.source_head)};
-    Model random = smile_random_model(arch, derive_seed(ctx.seed, "init"));
+    // random initialisation (same seed stream as the Trainer's model). No source head: L_FC is off.
+    Model random = smile_random_model(model->arch(), derive_seed(ctx.seed, "init"));
     random->to(ctx.device);
     teacher_ = Teacher(random);
-  } else {
-    teacher_ = Teacher(pretrained);
   }
   channels_last_ = ctx.device.is_cpu();
   if (channels_last_) smile_to_channels_last(teacher_.model());
@@ -149,7 +160,7 @@ LossTerms SmileMethod::loss(StepContext& ctx) {
 
 void SmileMethod::after_step(StepContext& ctx) {
   if (teacher_.defined() && teacher_moves() && (ctx.step + 1) % opts_.ema_period == 0)
-    teacher_.ema_update(ctx.model, opts_.ema_decay);
+    teacher_.ema_update(ctx.model, opts_.ema_decay, /*with_statistics=*/from_student_);
 }
 
 void SmileMethod::save(Archive& out) const {
@@ -167,7 +178,7 @@ void register_smile_methods(MethodRegistry& r) {
   smile.name = "smile";
   smile.summary = "sample-to-feature mixup: mixup, plus mixed features and source-class outputs of a mean teacher";
   smile.paper = "Li, Xiong, Dou, Xu. SMILE: Sample-to-feature Mixup for Efficient Transfer LEarning. TMLR 2023";
-  smile.needs_init = true;
+  smile.needs_init = false;  // from scratch (Table 9): L_FE against the student's own mean teacher
   smile.core = true;
   smile.relative_cost = 1.35;
   smile.make_config = [] { return std::make_unique<OptionsConfig<SmileMethod>>(); };

@@ -1,5 +1,7 @@
 #include "xfer/metrics/analysis.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
@@ -81,15 +83,19 @@ std::vector<MeanStd> interpolation_loss(const BatchFunction& f, const torch::Ten
 }
 
 ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& inputs, const std::string& head,
-                                            const InterpolationOptions& opts) {
+                                            const InterpolationOptions& opts, const std::string& label_output) {
   const HeadInfo* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
+  XFER_CHECK(label_output == "logits" || label_output == "softmax",
+             "Label-IL is measured on logits or softmax, got '", label_output, "'");
   const int64_t k = info->predicted();
+  const bool softmax = label_output == "softmax";
   const auto il = analysis_in_eval(model, [&] {
     return interpolation_loss(
         [&](const torch::Tensor& x) {
           const torch::Tensor g = model->backbone->forward(x);
-          return std::vector<torch::Tensor>{g, torch::softmax(model->head(head)->forward(g).slice(1, 0, k), 1)};
+          const torch::Tensor z = model->head(head)->forward(g).slice(1, 0, k);
+          return std::vector<torch::Tensor>{g, softmax ? torch::softmax(z, 1) : z};
         },
         inputs, opts);
   });
@@ -120,6 +126,78 @@ torch::Tensor pooled_features(Model& model, const torch::Tensor& inputs, int64_t
     XFER_CHECK(!parts.empty(), "no inputs to extract features from");
     return torch::cat(parts);
   });
+}
+
+torch::nn::Linear fit_linear_probe(const torch::Tensor& features, const torch::Tensor& labels, int64_t classes,
+                                   int64_t iterations, double decay, std::optional<uint64_t> seed) {
+  XFER_CHECK(features.dim() == 2 && labels.dim() == 1 && features.size(0) == labels.size(0) && features.size(0) > 0,
+             "a linear probe needs features (N, D) and labels (N), got ", features.sizes(), " and ", labels.sizes());
+  XFER_CHECK(classes >= 1 && iterations >= 1 && decay >= 0, "a linear probe needs classes >= 1, iterations >= 1 ",
+             "and decay >= 0, got ", classes, ", ", iterations, " and ", decay);
+  const int64_t d = features.size(1);
+  torch::nn::Linear probe(d, classes);
+  probe->to(features.device());
+  {
+    torch::NoGradGuard no_grad;
+    if (seed) {
+      at::Generator gen = make_generator(*seed);
+      const double bound = 1.0 / std::sqrt(static_cast<double>(d));
+      for (torch::Tensor* p : {&probe->weight, &probe->bias})
+        p->copy_(torch::rand(p->sizes(), gen, torch::kFloat32) * (2 * bound) - bound);
+    } else {
+      probe->weight.zero_();
+      probe->bias.zero_();
+    }
+  }
+  const torch::Tensor x = features.detach().to(torch::kFloat32);
+  const torch::Tensor y = labels.to(features.device(), torch::kInt64);
+  torch::optim::LBFGS lbfgs(probe->parameters(),
+                            torch::optim::LBFGSOptions(1.0).max_iter(iterations).line_search_fn("strong_wolfe"));
+  lbfgs.step([&] {
+    lbfgs.zero_grad();
+    torch::Tensor loss = torch::nn::functional::cross_entropy(probe->forward(x), y) +
+                         0.5 * decay * (probe->weight.pow(2).sum() + probe->bias.pow(2).sum());
+    loss.backward();
+    return loss;
+  });
+  return probe;
+}
+
+SubsetAccuracy forgetting_probe(const torch::Tensor& train_features, const torch::Tensor& train_labels,
+                                const torch::Tensor& test_features, const torch::Tensor& test_labels, int64_t classes,
+                                const std::vector<int64_t>& auxiliary, int64_t iterations, double decay, uint64_t seed) {
+  XFER_CHECK(test_features.dim() == 2 && test_labels.dim() == 1 && test_features.size(0) == test_labels.size(0) &&
+                 test_features.size(1) == train_features.size(1),
+             "the forgetting probe's test features ", test_features.sizes(), " and labels ", test_labels.sizes(),
+             " do not match the training features ", train_features.sizes());
+  std::vector<bool> in_aux(static_cast<size_t>(classes), false);
+  for (int64_t c : auxiliary) {
+    XFER_CHECK(c >= 0 && c < classes, "auxiliary class ", c, " is outside the source's ", classes, " classes");
+    in_aux[static_cast<size_t>(c)] = true;
+  }
+  torch::nn::Linear head = fit_linear_probe(train_features, train_labels, classes, iterations, decay,
+                                            derive_seed(seed, "forgetting-probe"));
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y = test_labels.to(torch::kCPU, torch::kInt64).contiguous();
+  const torch::Tensor right = head->forward(test_features.to(torch::kFloat32)).argmax(1).cpu().eq(y).contiguous();
+  const int64_t* label = y.data_ptr<int64_t>();
+  const bool* ok = right.data_ptr<bool>();
+  int64_t hits[2] = {0, 0}, counts[2] = {0, 0};  // [ABA, auxiliary]
+  for (int64_t i = 0; i < y.size(0); ++i) {
+    XFER_CHECK(label[i] >= 0 && label[i] < classes, "test label ", label[i], " is outside ", classes, " classes");
+    const int a = in_aux[static_cast<size_t>(label[i])] ? 1 : 0;
+    counts[a] += 1;
+    hits[a] += ok[i] ? 1 : 0;
+  }
+  auto rate = [](int64_t h, int64_t n) { return n > 0 ? static_cast<double>(h) / static_cast<double>(n) : 0.0; };
+  SubsetAccuracy r;
+  r.auxiliary_n = counts[1];
+  r.aba_n = counts[0];
+  r.all_n = counts[0] + counts[1];
+  r.auxiliary = rate(hits[1], counts[1]);
+  r.aba = rate(hits[0], counts[0]);
+  r.all = rate(hits[0] + hits[1], r.all_n);
+  return r;
 }
 
 std::vector<double> feature_spectrum(const torch::Tensor& features, int64_t k) {

@@ -97,9 +97,10 @@ torch::Tensor norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool 
   return dist::sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.options.eps());
 }
 
-/// `seq`'s forward, its batch norms through norm().
-torch::Tensor run(torch::nn::Sequential& seq, torch::Tensor x, bool sync) {
-  for (auto& m : *seq) {
+/// `seq`'s forward from its module `from` on, its batch norms through norm().
+torch::Tensor run(torch::nn::Sequential& seq, torch::Tensor x, bool sync, size_t from = 0) {
+  for (auto it = seq->begin() + static_cast<std::ptrdiff_t>(from); it != seq->end(); ++it) {
+    auto& m = *it;
     if (auto* bn = m.ptr()->as<torch::nn::BatchNorm2d>()) x = norm(*bn, x, sync);
     else x = m.forward(x);
   }
@@ -125,8 +126,28 @@ const torch::Tensor& Features::map(const std::string& stage) const {
   throw BadInput(cat("the backbone has no stage '", stage, "'; stages: ", valid));
 }
 
-Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook& hook) {
+const torch::Tensor& Features::conv(const std::string& stage) const {
+  for (const auto& [name, t] : convs)
+    if (name == stage) return t;
+  XFER_CHECK(!convs.empty(), "this backbone does not expose its stages' last convolutions (a TorchScript ",
+             "backbone); use the stage outputs instead");
+  throw BadInput(cat("the backbone has no stage '", stage, "'"));
+}
+
+Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook& hook, const StageHook& conv_hook) {
   Features f;
+  // The stages report their last convolution through tap_last_conv while this call runs.
+  struct Tap {
+    BackboneImpl& b;
+    Tap(BackboneImpl& b, Features* f, const StageHook* h) : b(b) {
+      b.building_ = f;
+      b.conv_hook_ = h;
+    }
+    ~Tap() {
+      b.building_ = nullptr;
+      b.conv_hook_ = nullptr;
+    }
+  } tap(*this, &f, conv_hook ? &conv_hook : nullptr);
   torch::Tensor h = stem(x);
   for (size_t i = 0; i < stage_names_.size(); ++i) {
     h = stage(i, h);
@@ -135,6 +156,12 @@ Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook&
   }
   f.pooled = h.mean({2, 3});
   return f;
+}
+
+torch::Tensor BackboneImpl::tap_last_conv(size_t index, const torch::Tensor& out) {
+  torch::Tensor t = conv_hook_ ? (*conv_hook_)(stage_names_[index], out) : out;
+  if (building_) building_->convs.emplace_back(stage_names_[index], t);
+  return t;
 }
 
 Cnn4Impl::Cnn4Impl(int64_t in_channels, int64_t width) {
@@ -154,7 +181,10 @@ Cnn4Impl::Cnn4Impl(int64_t in_channels, int64_t width) {
   init_weights(*this);
 }
 
-torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) { return run(blocks_[index], x, sync_bn_); }
+torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) {
+  // The stage's one convolution comes first; its output (before the batch norm) is the tapped map.
+  return run(blocks_[index], tap_last_conv(index, blocks_[index]->begin()->forward(x)), sync_bn_, 1);
+}
 
 BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
     : conv1(register_module("conv1", conv(in, out, 3, stride, 1))),
@@ -166,9 +196,11 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
                                                                      torch::nn::BatchNorm2d(out)));
 }
 
-torch::Tensor BasicBlockImpl::forward(const torch::Tensor& x) {
+torch::Tensor BasicBlockImpl::forward_tapped(const torch::Tensor& x, const ConvTap& tap) {
   torch::Tensor h = torch::relu(norm(*bn1, conv1(x), sync_bn));
-  h = norm(*bn2, conv2(h), sync_bn);
+  h = conv2(h);
+  if (tap) h = tap(h);
+  h = norm(*bn2, h, sync_bn);
   h += downsample ? run(downsample, x, sync_bn) : x;
   return torch::relu_(h);
 }
@@ -185,10 +217,12 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t width, int64_t stride)
                                                                      torch::nn::BatchNorm2d(width * 4)));
 }
 
-torch::Tensor BottleneckImpl::forward(const torch::Tensor& x) {
+torch::Tensor BottleneckImpl::forward_tapped(const torch::Tensor& x, const ConvTap& tap) {
   torch::Tensor h = torch::relu(norm(*bn1, conv1(x), sync_bn));
   h = torch::relu(norm(*bn2, conv2(h), sync_bn));
-  h = norm(*bn3, conv3(h), sync_bn);
+  h = conv3(h);
+  if (tap) h = tap(h);
+  h = norm(*bn3, h, sync_bn);
   h += downsample ? run(downsample, x, sync_bn) : x;
   return torch::relu_(h);
 }
@@ -227,7 +261,16 @@ torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {
   return h;
 }
 
-torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) { return layers_[index]->forward(x); }
+torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) {
+  torch::nn::Sequential& layer = layers_[index];
+  torch::Tensor h = x;
+  const auto last = layer->end() - 1;
+  for (auto it = layer->begin(); it != last; ++it) h = it->forward(h);
+  // The last block's last convolution is the stage's.
+  const ConvTap tap = [&](const torch::Tensor& t) { return tap_last_conv(index, t); };
+  if (auto* basic = last->ptr()->as<BasicBlockImpl>()) return basic->forward_tapped(h, tap);
+  return last->ptr()->as<BottleneckImpl>()->forward_tapped(h, tap);
+}
 
 const char* backbone_help() {
   return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar] | "

@@ -1,6 +1,7 @@
 #include "xfer/source/pairing.h"
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <numeric>
 
@@ -130,6 +131,13 @@ int64_t Pairing::samples() const {
   return n;
 }
 
+int64_t Pairing::aux_examples() const {
+  int64_t first_round = 0;
+  for (const auto& p : pairs)
+    if (p.round == 1) first_round += source_counts.at(p.source);
+  return aux_size > 0 && aux_size < first_round ? aux_size : samples();
+}
+
 std::vector<std::vector<int64_t>> Pairing::sources_by_target() const {
   std::vector<std::vector<int64_t>> out(target_classes.size());
   for (const auto& p : pairs) out.at(p.target).push_back(p.source);
@@ -153,6 +161,7 @@ nlohmann::json Pairing::to_json() const {
           {"source_counts", source_counts},
           {"aux_size", aux_size},
           {"aux_samples", samples()},
+          {"aux_examples", aux_examples()},
           {"similarity", similarity},
           {"pairs", pairs_json}};
 }
@@ -290,7 +299,8 @@ void AuxOptions::fields(Fields& f) {
                     "examples, uniformly from the whole source) or all (the whole source)")
       .choices({"paired", "random", "all"});
   f.add("aux_size", aux_size, "repeat the class pairing until the auxiliary set holds at least this many "
-                              "examples (0: one round)")
+                              "examples (0: one round); below one round's examples, a seeded random subset of "
+                              "the paired classes of exactly this size")
       .non_negative();
   f.add("pairing", pairing, "a pairing.json written by `xfer select` (default: pair the classes in setup)");
 }
@@ -310,6 +320,35 @@ int64_t AuxPools::size() const {
   return n;
 }
 
+namespace {
+
+/// How many examples of each paired class a subsampled auxiliary set keeps: `keep` in proportion to the
+/// class sizes (largest remainders round up; ties to the earlier class), at least one each.
+std::vector<int64_t> pairing_class_quotas(const std::vector<int64_t>& sizes, int64_t keep) {
+  const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+  const auto classes = static_cast<int64_t>(sizes.size());
+  XFER_CHECK(keep >= classes, "--aux-size ", keep, " is smaller than the ", classes, " paired source classes; ",
+             "a smaller auxiliary set keeps at least one example of each");
+  std::vector<int64_t> quota(sizes.size(), 1);
+  std::vector<std::pair<double, size_t>> remainders;
+  int64_t given = classes;
+  for (size_t c = 0; c < sizes.size(); ++c) {
+    // The share of the examples beyond the one each class gets anyway.
+    const double share = static_cast<double>(keep - classes) * static_cast<double>(sizes[c] - 1) /
+                         static_cast<double>(std::max<int64_t>(1, total - classes));
+    const auto whole = static_cast<int64_t>(share);
+    quota[c] += whole;
+    given += whole;
+    remainders.emplace_back(share - static_cast<double>(whole), c);
+  }
+  std::stable_sort(remainders.begin(), remainders.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t i = 0; given < keep; ++i, ++given) ++quota[remainders[i % remainders.size()].second];
+  return quota;
+}
+
+}  // namespace
+
 AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const TensorDataset& source,
                         int64_t target_classes, uint64_t seed) {
   AuxPools out;
@@ -319,10 +358,27 @@ AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const T
     XFER_CHECK(pairing != nullptr, "--aux paired needs a pairing");
     XFER_CHECK(static_cast<int64_t>(pairing->target_classes.size()) == target_classes, "the pairing has ",
                pairing->target_classes.size(), " target classes, the task ", target_classes);
+    // Below one round, each paired class keeps a seeded random share of its examples.
+    const bool subsample = pairing->aux_examples() < pairing->samples();
+    std::map<int64_t, int64_t> keep;  // source class -> examples kept
+    if (subsample) {
+      std::vector<int64_t> classes, sizes;
+      for (const auto& p : pairing->pairs) {
+        classes.push_back(p.source);
+        sizes.push_back(static_cast<int64_t>(by_class.at(p.source).size()));
+      }
+      const std::vector<int64_t> quota = pairing_class_quotas(sizes, pairing->aux_examples());
+      for (size_t i = 0; i < classes.size(); ++i) keep[classes[i]] = quota[i];
+    }
     for (const auto& sources : pairing->sources_by_target()) {
       std::vector<int64_t> pool;
       for (int64_t s : sources) {
-        pool.insert(pool.end(), by_class.at(s).begin(), by_class.at(s).end());
+        std::vector<int64_t> members = by_class.at(s);
+        if (subsample) {
+          shuffle_in_place(members, derive_seed(derive_seed(seed, "subsample"), static_cast<uint64_t>(s)));
+          members.resize(static_cast<size_t>(keep.at(s)));
+        }
+        pool.insert(pool.end(), members.begin(), members.end());
         out.source_classes.push_back(s);
       }
       std::sort(pool.begin(), pool.end());
@@ -333,7 +389,7 @@ AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const T
     std::vector<int64_t> all(source.size());
     std::iota(all.begin(), all.end(), int64_t{0});
     shuffle_in_place(all, seed);
-    all.resize(static_cast<size_t>(std::min<int64_t>(pairing->samples(), source.size())));
+    all.resize(static_cast<size_t>(std::min<int64_t>(pairing->aux_examples(), source.size())));
     std::sort(all.begin(), all.end());
     out.pools.push_back(std::move(all));
   } else {

@@ -344,7 +344,7 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
                  ? config.build()
                  : std::make_unique<ImportanceWeightedCrossEntropy>(sampled.loss_weights);
   SetupContext ctx{r.task,   r.source.get(), r.pretrained, r.batches, opts.loader, static_cast<uint64_t>(opts.seed),
-                   r.device, r.head,         opts.trainer.iterations, opts.trainer.schedule};
+                   r.device, r.head,         phase_total_steps(r.method->phases(opts.trainer.iterations))};
   r.method->setup(r.model, ctx);
   if (when_valid) when_valid(config_json(command, opts, &config));
   return prepared;

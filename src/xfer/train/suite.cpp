@@ -4,6 +4,7 @@
 #include <cctype>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "xfer/report/table.h"
 #include "xfer/search/search.h"
 #include "xfer/search/space.h"
+#include "xfer/train/analyze.h"
 #include "xfer/train/pretrained.h"
 #include "xfer/train/run.h"
 #include "xfer/train/timing.h"
@@ -180,11 +182,17 @@ std::set<std::string> method_option_names(const std::string& name) {
   return out;
 }
 
+/// Whether method entry `m` runs on task `task` (its "tasks", or every task).
+bool suite_runs_on(const SuiteMethod& m, const std::string& task) {
+  return m.tasks.empty() || std::find(m.tasks.begin(), m.tasks.end(), task) != m.tasks.end();
+}
+
 std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const std::string& cache) {
   std::vector<RunRequest> plan;
   for (const auto& t : s.tasks)
     for (const auto& m : s.methods)
       for (int64_t seed : s.seeds) {
+        if (!suite_runs_on(m, t.name)) continue;
         const std::string where = cat("suite ", s.name, ", method '", m.label, "' on task '", t.name, "'");
         const MethodInfo& info = methods().get(m.method);
         RunOptions r;
@@ -194,8 +202,9 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         r.method = m.method;
         r.target = t.target;
         r.seed = seed;
+        const nlohmann::json base = t.pretrain.is_object() ? merged(s.pretrain, t.pretrain) : s.pretrain;
         const nlohmann::json pretrain =
-            m.pretrain.is_object() ? merged(s.pretrain, m.pretrain) : m.pretrain.is_null() ? s.pretrain : nlohmann::json();
+            m.pretrain.is_object() ? merged(base, m.pretrain) : m.pretrain.is_null() ? base : nlohmann::json();
         if (info.needs_source && r.source.empty()) {
           r.source = !t.source.empty() ? t.source
                      : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
@@ -358,6 +367,225 @@ std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, 
              "of ", t.block, " in one process, median; ", runs.front()->threads, " threads)\n\n", table.markdown());
 }
 
+/// The values an analysis gave for one table row, over the seeds, and the errors met.
+struct SuiteRow {
+  std::map<std::string, std::vector<double>> values;  // column -> one value per seed
+  std::vector<std::string> errors;
+};
+
+/// "mean ± std" of a column over the seeds that gave it, "(n/m)" when some did not, "-" when none did.
+std::string suite_cell(const SuiteRow& row, const std::string& column, size_t seeds, double scale, int precision) {
+  const auto it = row.values.find(column);
+  if (it == row.values.end() || it->second.empty()) return "-";
+  std::string cell = format_mean_std(mean_std(it->second), scale, precision);
+  if (it->second.size() < seeds) cell += cat(" (", it->second.size(), "/", seeds, ")");
+  return cell;
+}
+
+/// The source task of a forgetting table: its "source", the task's, or the task's pre-training source.
+std::string suite_forgetting_source(const Suite& s, const SuiteTable& t) {
+  if (t.options.contains("source")) return t.options["source"].get<std::string>();
+  const SuiteTask& task = *std::find_if(s.tasks.begin(), s.tasks.end(), [&](const SuiteTask& x) { return x.name == t.task; });
+  if (!task.source.empty()) return task.source;
+  const nlohmann::json pretrain = task.pretrain.is_object() ? merged(s.pretrain, task.pretrain) : s.pretrain;
+  XFER_CHECK(pretrain.is_object(), "suite ", s.name, ": the forgetting table of task '", t.task, "' needs a source: ",
+             "give it \"source\", or the task a source");
+  return suite_pretrain_options(pretrain, "suite " + s.name + " (pretrain)").source;
+}
+
+/// Runs `analyze` on every finished run of each of the table's methods, in this process; `collect` turns an
+/// analysis.json into the row's values.
+std::map<std::string, SuiteRow> suite_analyse(const SuiteTable& t, const std::vector<RunRequest>& plan,
+                                              const std::vector<RunRecord>& records,
+                                              const std::function<AnalyzeOptions(const std::string& label)>& options,
+                                              const std::function<void(const nlohmann::json&, const std::string& label,
+                                                                       std::map<std::string, SuiteRow>&)>& collect,
+                                              std::ostream& out) {
+  std::map<std::string, SuiteRow> rows;
+  for (const auto& label : t.methods)
+    for (size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i].task != t.task || plan[i].label != label) continue;
+      if (!records[i].ok) {
+        rows[label].errors.push_back(cat("seed ", plan[i].seed, ": the run failed"));
+        continue;
+      }
+      AnalyzeOptions a = options(label);
+      a.run = plan[i].dir;
+      try {
+        collect(analyze_run(a), label, rows);
+      } catch (const std::exception& e) {
+        rows[label].errors.push_back(cat("seed ", plan[i].seed, ": ", e.what()));
+        out << "analysis of " << plan[i].dir << " failed: " << e.what() << "\n";
+      }
+    }
+  return rows;
+}
+
+/// XMixup Table 2: the forgetting probe of every run, and of the pretrained model.
+std::string suite_forgetting_table(const Suite& s, const SuiteTable& t, const std::vector<RunRequest>& plan,
+                                   const std::vector<RunRecord>& records, int64_t threads, std::ostream& out) {
+  const std::string source = suite_forgetting_source(s, t);
+  const bool reference = t.options.value("reference", true);
+  const int64_t iterations = t.options.value("probe_iterations", int64_t{100});
+  const std::vector<std::string> columns = {"auxiliary", "aba", "all"};
+  const auto rows = suite_analyse(
+      t, plan, records,
+      [&](const std::string& label) {
+        AnalyzeOptions a;
+        a.forgetting = true;
+        a.forgetting_source = source;
+        a.forgetting_reference = reference && label == t.methods.front();
+        a.probe_iterations = iterations;
+        a.threads = threads;
+        return a;
+      },
+      [&](const nlohmann::json& analysis, const std::string& label, std::map<std::string, SuiteRow>& rows) {
+        const nlohmann::json& f = analysis.at("forgetting");
+        for (const char* who : {"model", "pretrained"}) {
+          if (!f.contains(who)) continue;
+          SuiteRow& row = rows[who == std::string("model") ? label : std::string(" pretrained")];
+          for (const auto& c : columns)
+            if (f[who][c].is_number()) row.values[c].push_back(f[who][c].get<double>());
+        }
+      },
+      out);
+  Table table({"model", "Auxiliary", "ABA", "All"});
+  for (size_t c = 1; c < 4; ++c) table.align_right(c);
+  std::vector<std::string> order = t.methods;
+  if (reference) order.insert(order.begin(), " pretrained");
+  std::string notes;
+  for (const auto& label : order) {
+    const auto it = rows.find(label);
+    const SuiteRow row = it == rows.end() ? SuiteRow{} : it->second;
+    std::vector<std::string> r = {label == " pretrained" ? "pretrained (--init)" : label};
+    for (const auto& c : columns) r.push_back(suite_cell(row, c, s.seeds.size(), 100, 2));
+    table.add_row(r);
+    for (const auto& e : row.errors) notes += cat("\nNote: ", label, ", ", e, "\n");
+  }
+  return cat("Test top-1 (%) of a fresh linear head on the frozen backbone, trained on the source task ", source,
+             " (XMixup Table 2): its classes in the auxiliary set (Auxiliary), the others (ABA) and all; mean ± std ",
+             "over ", s.seeds.size(), " seeds, task '", t.task, "'.\n\n", table.markdown(), notes);
+}
+
+/// SMILE Table 6: Label-IL and Feature-IL of every run on each split.
+std::string suite_interpolation_table(const Suite& s, const SuiteTable& t, const std::vector<RunRequest>& plan,
+                                      const std::vector<RunRecord>& records, int64_t threads, std::ostream& out) {
+  std::vector<std::string> splits = {"train", "test"};
+  if (t.options.contains("splits")) splits = t.options["splits"].get<std::vector<std::string>>();
+  const std::string label_output = t.options.value("label_output", "logits");
+  std::map<std::string, SuiteRow> rows;
+  for (const auto& split : splits) {
+    const auto part = suite_analyse(
+        t, plan, records,
+        [&](const std::string&) {
+          AnalyzeOptions a;
+          a.on = split;
+          a.pairs = t.options.value("pairs", int64_t{1000});
+          a.label_output = label_output;
+          a.threads = threads;
+          return a;
+        },
+        [&](const nlohmann::json& analysis, const std::string& label, std::map<std::string, SuiteRow>& r) {
+          const nlohmann::json& sp = analysis.at("splits").at(split);
+          r[label].values["label " + split].push_back(sp.at("label_il").at("mean").get<double>());
+          r[label].values["feature " + split].push_back(sp.at("feature_il").at("mean").get<double>());
+        },
+        out);
+    for (const auto& [label, row] : part) {
+      for (const auto& [column, v] : row.values) rows[label].values[column] = v;
+      for (const auto& e : row.errors) rows[label].errors.push_back(e);
+    }
+  }
+  std::vector<std::string> header = {"method"};
+  for (const char* kind : {"Label-IL", "Feature-IL"})
+    for (const auto& split : splits) header.push_back(cat(kind, " ", split));
+  Table table(header);
+  for (size_t c = 1; c < header.size(); ++c) table.align_right(c);
+  std::string notes;
+  for (const auto& label : t.methods) {
+    const SuiteRow row = rows.count(label) ? rows.at(label) : SuiteRow{};
+    std::vector<std::string> r = {label};
+    for (const char* kind : {"label ", "feature "})
+      for (const auto& split : splits) r.push_back(suite_cell(row, kind + split, s.seeds.size(), 1, 3));
+    table.add_row(r);
+    for (const auto& e : row.errors) notes += cat("\nNote: ", label, ", ", e, "\n");
+  }
+  return cat("Interpolation losses (SMILE Eq. 7, Table 6; lower is more linear): Label-IL on the target head's ",
+             label_output, ", Feature-IL on the pooled features, each the mean over random pairs of a split's images; ",
+             "mean ± std over ", s.seeds.size(), " seeds, task '", t.task, "'.\n\n", table.markdown(), notes);
+}
+
+/// The suite's extra tables, each with its title.
+std::string suite_tables(const Suite& s, const std::vector<RunRequest>& plan, const std::vector<RunRecord>& records,
+                         int64_t threads, std::ostream& out) {
+  std::string md;
+  for (const auto& t : s.tables) {
+    out << "Table '" << (t.title.empty() ? t.kind : t.title) << "' (" << t.kind << ", task " << t.task << ") ..."
+        << std::endl;
+    std::string body;
+    if (t.kind == "forgetting") body = suite_forgetting_table(s, t, plan, records, threads, out);
+    else if (t.kind == "interpolation") body = suite_interpolation_table(s, t, plan, records, threads, out);
+    else body = cat("Test top-1 (%), mean ± std over ", s.seeds.size(), " seeds.\n\n",
+                    summary_table(records, {t.task}, t.methods, "test_top1"));
+    md += cat("\n## ", t.title.empty() ? t.kind : t.title, "\n\n", body);
+  }
+  return md;
+}
+
+/// Checks one entry of "tables" against the suite's tasks and method labels.
+SuiteTable parse_table(const Suite& s, const nlohmann::json& j, const std::string& where) {
+  XFER_CHECK(j.is_object(), where, " must be a JSON object, got ", j.dump());
+  SuiteTable t;
+  t.kind = suite_string(j, "kind", where, true);
+  std::vector<std::string> keys = {"title", "kind", "task", "methods"};
+  if (t.kind == "forgetting") keys.insert(keys.end(), {"source", "reference", "probe_iterations"});
+  else if (t.kind == "interpolation") keys.insert(keys.end(), {"splits", "pairs", "label_output"});
+  else XFER_CHECK(t.kind == "accuracy", where, ".kind must be accuracy, forgetting or interpolation, got '", t.kind, "'");
+  suite_check_keys(j, keys, where);
+  t.title = suite_string(j, "title", where, false);
+  t.task = suite_string(j, "task", where, true);
+  const auto task = std::find_if(s.tasks.begin(), s.tasks.end(), [&](const SuiteTask& x) { return x.name == t.task; });
+  XFER_CHECK(task != s.tasks.end(), where, ".task: no task named '", t.task, "'");
+  XFER_CHECK(j.contains("methods") && j["methods"].is_array() && !j["methods"].empty(), where,
+             ".methods must be a non-empty list of method labels");
+  for (const auto& label : j["methods"]) {
+    XFER_CHECK(label.is_string(), where, ".methods: expected labels, got ", label.dump());
+    const auto m = std::find_if(s.methods.begin(), s.methods.end(),
+                                [&](const SuiteMethod& x) { return x.label == label.get<std::string>(); });
+    XFER_CHECK(m != s.methods.end(), where, ".methods: no method labelled ", label.dump());
+    XFER_CHECK(suite_runs_on(*m, t.task), where, ".methods: ", label.dump(), " does not run on task '", t.task, "'");
+    t.methods.push_back(label.get<std::string>());
+  }
+  for (const auto& [key, value] : j.items())
+    if (key != "title" && key != "kind" && key != "task" && key != "methods") t.options[key] = value;
+  if (t.kind == "forgetting") {
+    XFER_CHECK(!j.contains("source") || (j["source"].is_string() && !j["source"].get<std::string>().empty()), where,
+               ".source must be a dataset spec");
+    if (j.contains("source")) {
+      try {
+        DatasetSpec::parse(j["source"].get<std::string>());
+      } catch (const BadInput& e) {
+        throw BadInput(cat(where, ".source: ", e.what()));
+      }
+    }
+    XFER_CHECK(!j.contains("reference") || j["reference"].is_boolean(), where, ".reference must be true or false");
+    XFER_CHECK(!j.contains("probe_iterations") ||
+                   (j["probe_iterations"].is_number_integer() && j["probe_iterations"].get<int64_t>() >= 1),
+               where, ".probe_iterations must be an integer >= 1");
+  } else if (t.kind == "interpolation") {
+    if (j.contains("splits")) {
+      XFER_CHECK(j["splits"].is_array() && !j["splits"].empty(), where, ".splits must be a non-empty list");
+      for (const auto& sp : j["splits"])
+        XFER_CHECK(sp == "train" || sp == "test", where, ".splits: expected \"train\" or \"test\", got ", sp.dump());
+    }
+    XFER_CHECK(!j.contains("pairs") || (j["pairs"].is_number_integer() && j["pairs"].get<int64_t>() >= 1), where,
+               ".pairs must be an integer >= 1");
+    XFER_CHECK(!j.contains("label_output") || j["label_output"] == "logits" || j["label_output"] == "softmax", where,
+               ".label_output must be logits or softmax");
+  }
+  return t;
+}
+
 }  // namespace
 
 void BenchOptions::fields(Fields& f) {
@@ -372,7 +600,7 @@ void BenchOptions::fields(Fields& f) {
 
 Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   const std::string where = "suite " + name;
-  suite_check_keys(j, {"description", "pretrain", "run", "seeds", "tasks", "methods", "timing"}, where);
+  suite_check_keys(j, {"description", "pretrain", "run", "seeds", "tasks", "methods", "tables", "timing"}, where);
   Suite s;
   s.name = name;
   s.description = suite_string(j, "description", where, false);
@@ -411,12 +639,13 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   for (size_t i = 0; i < j["tasks"].size(); ++i) {
     const auto& t = j["tasks"][i];
     const std::string tw = cat(where, ".tasks[", i, "]");
-    suite_check_keys(t, {"name", "target", "source", "run", "options"}, tw);
+    suite_check_keys(t, {"name", "target", "source", "run", "options", "pretrain"}, tw);
     SuiteTask task;
     task.target = suite_string(t, "target", tw, true);
     task.name = t.contains("name") ? suite_string(t, "name", tw, true) : task.target;
     task.source = suite_string(t, "source", tw, false);
     task.run = suite_object(t, "run", tw);
+    if (t.contains("pretrain") && !t["pretrain"].is_null()) task.pretrain = suite_object(t, "pretrain", tw);
     task.options = suite_object(t, "options", tw);
     try {
       DatasetSpec::parse(task.target);
@@ -462,8 +691,17 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     if (m.is_string()) {
       entry.method = entry.label = m.get<std::string>();
     } else {
-      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "search", "optional"}, mw);
+      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "search", "tasks", "optional"}, mw);
       entry.method = suite_string(m, "method", mw, true);
+      if (m.contains("tasks")) {
+        XFER_CHECK(m["tasks"].is_array() && !m["tasks"].empty(), mw, ".tasks must be a non-empty list of task ",
+                   "names, got ", m["tasks"].dump());
+        for (const auto& name : m["tasks"]) {
+          XFER_CHECK(name.is_string() && task_names.count(name.get<std::string>()), mw, ".tasks: no task named ",
+                     name.dump());
+          entry.tasks.push_back(name.get<std::string>());
+        }
+      }
       entry.label = m.contains("label") ? suite_string(m, "label", mw, true) : entry.method;
       entry.options = suite_object(m, "options", mw);
       entry.run = suite_object(m, "run", mw);
@@ -500,6 +738,11 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
       for (const auto& m : s.methods) used = used || method_option_names(m.method).count(key) > 0;
       XFER_CHECK(used, where, ".tasks[", i, "].options: no method of the suite has the option '", key, "'");
     }
+
+  if (j.contains("tables")) {
+    XFER_CHECK(j["tables"].is_array(), where, ".tables must be a list, got ", j["tables"].dump());
+    for (size_t i = 0; i < j["tables"].size(); ++i) s.tables.push_back(parse_table(s, j["tables"][i], cat(where, ".tables[", i, "]")));
+  }
 
   if (j.contains("timing")) {
     const auto& t = j["timing"];
@@ -664,6 +907,12 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   write_file_atomic((fs::path(dir) / "results.csv").string(), records_csv(records));
   write_file_atomic((fs::path(dir) / "table.md").string(), md.str());
   out << "\n" << md.str();
+  if (!suite.tables.empty()) {
+    const std::string tables = suite_tables(suite, plan, records, threads, out);
+    md << tables;
+    write_file_atomic((fs::path(dir) / "table.md").string(), md.str());
+    out << tables;
+  }
 
   std::string timing;
   if (opts.timing && suite.timing) {

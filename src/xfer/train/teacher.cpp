@@ -22,7 +22,7 @@ torch::Tensor Teacher::logits(const torch::Tensor& pooled, const std::string& he
   return model_->head(head)->forward(pooled);
 }
 
-void Teacher::ema_update(const Model& student, double decay) {
+void Teacher::ema_update(const Model& student, double decay, bool with_statistics) {
   XFER_CHECK(decay >= 0 && decay <= 1, "the teacher's EMA decay must be in [0, 1], got ", decay);
   const std::string why = student->arch().mismatch(model_->arch(), /*with_heads=*/false);  // the teacher is the saved side
   XFER_CHECK(why.empty(), "teacher and student differ: ", why);
@@ -33,6 +33,14 @@ void Teacher::ema_update(const Model& student, double decay) {
     const torch::Tensor* s = theirs.find(p.key());
     XFER_CHECK(s != nullptr && s->sizes() == p.value().sizes(), "teacher and student differ at ", p.key());
     p.value().mul_(decay).add_(*s, 1.0 - decay);
+  }
+  if (!with_statistics) return;
+  const auto their_buffers = student->backbone->named_buffers();
+  for (const auto& b : model_->backbone->named_buffers()) {
+    if (!b.value().is_floating_point()) continue;  // num_batches_tracked: a count, not a statistic
+    const torch::Tensor* s = their_buffers.find(b.key());
+    XFER_CHECK(s != nullptr && s->sizes() == b.value().sizes(), "teacher and student differ at ", b.key());
+    b.value().mul_(decay).add_(*s, 1.0 - decay);
   }
 }
 

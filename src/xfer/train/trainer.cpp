@@ -83,6 +83,33 @@ void poison(LossTerms& terms, Model& model) {
     if (p.grad().defined()) p.grad().fill_(nan);
 }
 
+/// The method's phases laid end to end: where each starts, and which one a step is in.
+struct PhasePlan {
+  std::vector<Phase> phases;
+  std::vector<int64_t> starts;
+  int64_t total = 0;
+
+  explicit PhasePlan(std::vector<Phase> p) : phases(std::move(p)), total(phase_total_steps(phases)) {
+    int64_t at = 0;
+    for (const auto& ph : phases) {
+      starts.push_back(at);
+      at += ph.steps;
+    }
+  }
+  /// The phase that step `step` (0-based, < total) belongs to.
+  size_t of(int64_t step) const {
+    size_t i = 0;
+    while (i + 1 < phases.size() && step >= starts[i + 1]) ++i;
+    return i;
+  }
+  int64_t end(size_t i) const { return starts[i] + phases[i].steps; }
+  nlohmann::json to_json() const {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& ph : phases) out.push_back({{"name", ph.name}, {"steps", ph.steps}});
+    return out;
+  }
+};
+
 std::string percent(double fraction) {
   std::ostringstream os;
   os.setf(std::ios::fixed);
@@ -214,8 +241,9 @@ std::string Trainer::best_checkpoint() const { return (fs::path(out_dir_) / "che
 
 nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
                             uint64_t seed, bool resume, const nlohmann::json& meta) {
-  const int64_t total = opts_.iterations;
-  const int64_t eval_every = opts_.eval_every > 0 ? opts_.eval_every : std::max<int64_t>(1, total / 10);
+  const PhasePlan plan(method.phases(opts_.iterations));
+  const int64_t total = plan.total;
+  const int64_t eval_every = opts_.eval_every > 0 ? opts_.eval_every : std::max<int64_t>(1, opts_.iterations / 10);
   const int64_t ckpt_every = opts_.checkpoint_every > 0 ? opts_.checkpoint_every : eval_every;
   const bool has_val = task.val.size() > 0;
   const bool select_best = opts_.select == "best" || (opts_.select == "auto" && has_val);
@@ -223,7 +251,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
              "dataset spec");
 
   const std::vector<ParamGroup> groups = trainable_param_groups(method, model, opts_.head_lr_mult);
-  auto optimizer = make_optimizer(opts_.optim, groups);
+  std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(opts_.optim, groups);
   at::Generator rng = make_generator(derive_seed(seed, "method"));
 
   int64_t start = 0, best_step = -1, skipped_steps = 0, skips_in_a_row = 0;
@@ -243,6 +271,13 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     rng.set_state(ck.read_tensor("rng").to(torch::kCPU));
     const auto& m = ck.meta();
     start = m.at("step").get<int64_t>();
+    // Checkpoints older than phases hold none: they were single-phase runs.
+    const nlohmann::json saved_phases = m.value("phases", nlohmann::json());
+    XFER_CHECK(saved_phases.is_null() ? plan.phases.size() == 1 : saved_phases == plan.to_json(), ck.path(),
+               ": cannot resume: the run was trained in the phases ", saved_phases.dump(), ", this one has ",
+               plan.to_json().dump());
+    // A checkpoint at a phase's first step resumes with the fresh optimizer that phase starts with.
+    if (start < total && start == plan.starts[plan.of(start)]) optimizer = make_optimizer(opts_.optim, groups);
     best_val = m.at("best_val").get<double>();
     best_step = m.at("best_step").get<int64_t>();
     skipped_steps = m.value("skipped_steps", int64_t{0});
@@ -270,6 +305,8 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     m["kind"] = "train";
     m["step"] = step;
     m["iterations"] = total;
+    m["phases"] = plan.to_json();
+    m["phase"] = plan.phases[plan.of(std::min(step, total - 1))].name;  // the phase the next step is in
     m["best_val"] = best_val;
     m["best_step"] = best_step;
     m["skipped_steps"] = skipped_steps;
@@ -298,9 +335,19 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   model->train();
   apply_bn_mode(model, opts_.bn_stats);
 
+  size_t phase = plan.of(std::min(start, total - 1));
   for (int64_t step = start; step < total; ++step) {
-    const double lr = opts_.optim.lr * lr_factor(opts_.schedule, step, total);
-    StepContext ctx{batches, model, step, total, rng, head};
+    if (step == plan.end(phase)) {  // a new training: fresh optimizer state, the schedule from its start
+      ++phase;
+      optimizer = make_optimizer(opts_.optim, groups);
+      if (writer)
+        progress.message(cat("phase ", plan.phases[phase].name, ": ", plan.phases[phase].steps, " steps from step ",
+                             step, " with a fresh optimizer and learning-rate schedule"));
+    }
+    const Phase& ph = plan.phases[phase];
+    const int64_t local = step - plan.starts[phase];
+    const double lr = opts_.optim.lr * ph.lr_mult * lr_factor(opts_.schedule, local, ph.steps);
+    StepContext ctx{batches, model, step, total, rng, head, static_cast<int64_t>(phase), local};
     const double t0 = now_seconds();
     LossTerms terms;
     bool skipped = false;
@@ -337,7 +384,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
       ++window_steps;
     }
-    if (has_val && (done % eval_every == 0 || done == total)) {
+    if (has_val && ph.validate && ((local + 1) % eval_every == 0 || local + 1 == ph.steps)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       apply_bn_mode(model, opts_.bn_stats);
       if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
@@ -368,6 +415,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
         for (auto& [name, sum] : window_parts) sum = t[static_cast<int64_t>(i++)].item<double>();
       }
       nlohmann::json line = {{"step", done}, {"lr", lr}};
+      if (plan.phases.size() > 1) line["phase"] = ph.name;
       if (window_steps) line["loss"] = window_loss / window_steps;
       if (skipped_steps) line["skipped_steps"] = skipped_steps;
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
@@ -427,6 +475,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
                            {"skipped_steps", skipped_steps},
                            {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0},
                            {"world_size", dist::world_size()}};
+  if (plan.phases.size() > 1) result["phases"] = plan.to_json();
   if (dist::is_distributed()) {
     // The all-reduce's share of the step, and the part of it spent waiting for the slowest rank's
     // backward (load imbalance) rather than moving gradients.
