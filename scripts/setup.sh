@@ -17,6 +17,7 @@ packages=(
   googletest libgtest-dev libbenchmark-dev   # tests and micro-benchmarks
   dataset-fashion-mnist            # the embedded default data, in /usr/share/datasets/fashion-mnist
   python3-torch python3-torchvision          # golden values and the Python reference benchmark
+  python3-optuna                   # TPE golden values (tests/golden/make_tpe_golden.py), bench/tpe_bench.sh
   gnuplot-nox                      # plots in reports
   clang libclang-rt-14-dev         # scripts/sanitize.sh: ASan/UBSan builds and libFuzzer
 )

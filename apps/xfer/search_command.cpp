@@ -113,7 +113,9 @@ class SearchCommand : public Command {
     info.config = objective.config();
     Study study(search_.storage_path(), info, search_.busy_timeout);
     auto sampler = make_param_sampler(search_.sampler, search_.tpe());
-    const Objective fn = [&objective](const ParamValues& p, const TrialRecord& r) { return objective(p, r); };
+    const Objective fn = [&objective](const ParamValues& p, const TrialRecord& r, const ReportFn& report) {
+      return objective(p, r, report);
+    };
     if (worker_) {
       run_worker(study, search_, *sampler, fn, out);
       return;

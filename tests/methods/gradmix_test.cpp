@@ -17,6 +17,7 @@
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/gradmix_pipeline.h"
 #include "xfer/train/run.h"
+#include "xfer/train/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -108,45 +109,218 @@ std::vector<std::vector<torch::Tensor>> gradmix_source_grads(GradMixStepRig& rig
   return out;
 }
 
-TEST(GradMix, StepSetsEachLayersGradientToTheSolvedMix) {
+/// V's batch `b` (the "v" stream, batch size min(|V|, 8)) replayed, and its gradient over the backbone
+/// then the target head.
+std::vector<torch::Tensor> gradmix_v_grads(GradMixStepRig& rig, int64_t b) {
+  LoaderOptions opts = rig.loader;
+  opts.batch_size = std::min<int64_t>(rig.task.train.size(), 8);
+  BatchStream s(rig.task.train, rig.model->arch().input, opts, derive_seed(0, "v"));
+  s.seek(b);
+  const Batch batch = s.next();
+  const torch::Tensor loss = cross_entropy(rig.model->forward(batch.x, "target"), batch.y);
+  std::vector<torch::Tensor> inputs = rig.model->backbone->parameters();
+  for (const auto& p : rig.model->head("target")->parameters()) inputs.push_back(p);
+  return torch::autograd::grad({loss}, inputs, {}, false, false, true);
+}
+
+/// cossim(a, b) of two flattened gradient lists, in double, by torch ops.
+double gradmix_test_cos(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor x = a.to(torch::kFloat64), y = b.to(torch::kFloat64);
+  return (x.dot(y) / (x.norm() * y.norm())).item<double>();
+}
+
+TEST(GradMix, Cnn4HasFourLayersEachAConvolutionWithItsBatchNorm) {
+  GradMixTiny t;
+  GradMixStepRig rig(t, GradMixMethod::Options{});
+  EXPECT_EQ(rig.method->layer_names(), (std::vector<std::string>{"layer1.0", "layer2.0", "layer3.0", "layer4.0"}));
+  EXPECT_EQ(rig.method->weights().size(), 4u);
+  // ResNet blocks register conv1, conv2, bn1, bn2 in that order; each batch norm joins its own
+  // convolution by name, a downsample's batch norm its downsample convolution.
+  const std::vector<std::string> names = {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.0.conv1.weight",
+                                          "layer1.0.conv2.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias",
+                                          "layer1.0.bn2.weight", "layer1.0.bn2.bias", "layer1.0.downsample.0.weight",
+                                          "layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias", "fc.weight",
+                                          "fc.bias"};
+  const std::vector<int64_t> dims = {4, 1, 1, 4, 4, 1, 1, 1, 1, 4, 1, 1, 2, 1};
+  const auto layers = gradmix_layers(names, dims);
+  ASSERT_EQ(layers.size(), 5u);
+  EXPECT_EQ(layers[0].name, "conv1");
+  EXPECT_EQ(layers[0].params, (std::vector<size_t>{0, 1, 2}));
+  EXPECT_EQ(layers[1].params, (std::vector<size_t>{3, 5, 6}));
+  EXPECT_EQ(layers[2].params, (std::vector<size_t>{4, 7, 8}));
+  EXPECT_EQ(layers[3].name, "layer1.0.downsample.0");
+  EXPECT_EQ(layers[3].params, (std::vector<size_t>{9, 10, 11}));
+  EXPECT_EQ(layers[4].params, (std::vector<size_t>{12, 13}));  // a linear layer with its bias
+  // --layers module keeps each batch norm apart: cnn4 then has 8.
+  GradMixMethod::Options module;
+  module.layers = "module";
+  GradMixStepRig rig8(t, module);
+  EXPECT_EQ(rig8.method->layer_names().size(), 8u);
+}
+
+TEST(GradMix, StepMatchesAnIndependentRecomputationFromTheReplayedBatches) {
   GradMixTiny t;
   GradMixMethod::Options opts;
   GradMixStepRig rig(t, opts);
-  ASSERT_EQ(rig.method->layer_names().size(), 8u);  // cnn4: 4 convolutions, 4 batch norms
-  EXPECT_EQ(rig.method->layer_names()[0], "layer1.0");
-  EXPECT_EQ(rig.method->layer_names()[1], "layer1.1");
   EXPECT_TRUE(rig.model->has_head("s1"));
   EXPECT_FALSE(rig.model->has_head("s0"));  // source 0 shares the target head
 
-  // Gradients by hand first (BN in train mode uses batch statistics, so the running statistics that
-  // these forwards update do not change the step's gradients).
+  // Gradients by hand first, from the replayed batches (BN in train mode uses batch statistics, so the
+  // running statistics that these forwards update do not change the step's gradients).
   const auto g = gradmix_source_grads(rig, t, 0);
+  const auto gv = gradmix_v_grads(rig, 0);
   StepContext ctx{rig.batches, rig.model, 0, 10, rig.rng, "target"};
   const LossTerms terms = rig.method->compute_gradients(ctx);
-  const auto& w = rig.method->weights();
+  EXPECT_EQ(terms.lr_scale, 1.0) << "eta scales the gradient, not the learning rate";
   const auto params = rig.model->backbone->parameters();
-  size_t p = 0;
-  double sum_check = 0;
-  for (size_t l = 0; l < w.size(); ++l) {
-    EXPECT_NEAR(w[l][0] + w[l][1], 1.0, 1e-12);
-    for (size_t j = 0; j < (l % 2 == 0 ? 1u : 2u); ++j, ++p) {  // conv: weight; BN: weight and bias
-      const torch::Tensor expected = g[0][p] * w[l][0] + g[1][p] * w[l][1];
-      EXPECT_TRUE(torch::allclose(params[p].grad(), expected, 1e-5, 1e-7)) << "layer " << l;
-      sum_check += params[p].grad().abs().sum().item<double>();
+  ASSERT_EQ(params.size(), 12u);  // 4 x (conv weight, BN weight, BN bias)
+
+  // Per layer: the best w in [0, 1] for (w, 1 - w) by a dense scan then golden-section search on the cosine
+  // of the flattened mix, computed here with torch.
+  double rho = 0;
+  std::vector<double> w0(4);
+  for (size_t l = 0; l < 4; ++l) {
+    std::vector<torch::Tensor> a, b, v;
+    for (size_t p = 3 * l; p < 3 * l + 3; ++p) {
+      a.push_back(g[0][p].reshape(-1));
+      b.push_back(g[1][p].reshape(-1));
+      v.push_back(gv[p].reshape(-1));
+    }
+    const torch::Tensor ga = torch::cat(a), gb = torch::cat(b), gvl = torch::cat(v);
+    auto f = [&](double w) { return gradmix_test_cos(ga * w + gb * (1 - w), gvl); };
+    double best = 0;
+    for (int i = 1; i <= 1000; ++i) best = f(i / 1000.0) > f(best) ? i / 1000.0 : best;
+    double lo = std::max(0.0, best - 1e-3), hi = std::min(1.0, best + 1e-3);
+    for (int it = 0; it < 60; ++it) {
+      const double m1 = lo + (hi - lo) * 0.382, m2 = lo + (hi - lo) * 0.618;
+      (f(m1) < f(m2) ? lo : hi) = f(m1) < f(m2) ? m1 : m2;
+    }
+    w0[l] = 0.5 * (lo + hi);
+    EXPECT_NEAR(rig.method->weights()[l][0], w0[l], 2e-3) << "layer " << l;
+    EXPECT_NEAR(rig.method->weights()[l][0] + rig.method->weights()[l][1], 1.0, 1e-12);
+    rho += f(rig.method->weights()[l][0]);
+  }
+  EXPECT_NEAR(terms.parts.at("rho").item<double>(), rho, 1e-6);
+  const double eta = 1 / (1 + std::exp(-(10 * rho - 0.6)));  // beta 10, gamma 0.6
+  EXPECT_NEAR(terms.parts.at("eta").item<double>(), eta, 1e-6);
+  // Each backbone gradient is eta times its layer's mix (Eq. 10).
+  for (size_t p = 0; p < params.size(); ++p) {
+    const auto& w = rig.method->weights()[p / 3];
+    const torch::Tensor expected = (g[0][p] * w[0] + g[1][p] * w[1]) * eta;
+    EXPECT_TRUE(torch::allclose(params[p].grad(), expected, 1e-4, 1e-7)) << "parameter " << p;
+  }
+  EXPECT_TRUE(terms.parts.count("w/layer1.0/s0"));
+  EXPECT_TRUE(terms.parts.count("w/layer4.0/s1"));
+  EXPECT_TRUE(terms.parts.count("vertex/layer4.0"));
+  EXPECT_EQ(terms.parts.at("slsqp_failures").item<double>(), 0.0);
+  double vertices = 0;
+  for (const auto& w : rig.method->weights()) vertices += (w[0] >= 1 - 1e-9 || w[1] >= 1 - 1e-9) ? 0.25 : 0;
+  EXPECT_DOUBLE_EQ(terms.parts.at("vertex").item<double>(), vertices);
+  // The heads are not scaled: s1 gets source 1's head gradient, the target head source 0's.
+  const auto s1 = rig.model->head("s1")->parameters();
+  ASSERT_GT(s1[0].grad().abs().sum().item<double>(), 0.0);
+}
+
+/// SGD's momentum buffer of `p` in `opt`.
+torch::Tensor gradmix_momentum(torch::optim::Optimizer& opt, const torch::Tensor& p) {
+  auto& state = opt.state().at(c10::guts::to_string(p.unsafeGetTensorImpl()));
+  return static_cast<torch::optim::SGDParamState&>(*state).momentum_buffer().clone();
+}
+
+TEST(GradMix, AStepWithEtaZeroLeavesTheBackbonesMomentumBufferUnchangedByThatBatch) {
+  GradMixTiny t;
+  GradMixMethod::Options opts;
+  opts.beta = 1e-6;
+  opts.gamma = 1e4;  // eta = 1 / (1 + e^(1e4 - 1e-6 rho)) = 0 in double
+  GradMixStepRig rig(t, opts);
+  const std::vector<ParamGroup> groups = trainable_param_groups(*rig.method, rig.model, 1.0);
+  OptimizerOptions o;
+  o.momentum = 0.9;
+  o.weight_decay = 0;
+  auto opt = make_optimizer(o, groups);
+  // A first update fills every momentum buffer with a known gradient.
+  std::vector<torch::Tensor> all;
+  for (const auto& gr : groups) all.insert(all.end(), gr.params.begin(), gr.params.end());
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < all.size(); ++i) all[i].mutable_grad() = torch::full_like(all[i], 0.01 * (1 + i % 3));
+  }
+  opt->step();
+  std::vector<torch::Tensor> before;
+  for (const auto& p : all) before.push_back(gradmix_momentum(*opt, p));
+  StepContext ctx{rig.batches, rig.model, 0, 10, rig.rng, "target"};
+  const LossTerms terms = training_step(*rig.method, *opt, groups, 0.05, ctx);
+  EXPECT_EQ(terms.parts.at("eta").item<double>(), 0.0);
+  const auto backbone = rig.model->backbone->parameters();
+  size_t checked = 0, moved = 0;
+  for (size_t i = 0; i < all.size(); ++i) {
+    const bool in_backbone = std::any_of(backbone.begin(), backbone.end(), [&](const torch::Tensor& b) { return b.is_same(all[i]); });
+    const torch::Tensor now = gradmix_momentum(*opt, all[i]);
+    if (in_backbone) {
+      EXPECT_TRUE(torch::allclose(now, before[i] * 0.9, 0, 0)) << "backbone parameter " << i;  // buf = 0.9 buf + 0
+      ++checked;
+    } else {
+      moved += !torch::allclose(now, before[i] * 0.9);  // the heads take their gradient unscaled
     }
   }
-  EXPECT_EQ(p, params.size());
-  EXPECT_GT(sum_check, 0.0);
-  // eta is Eq. 9 of the logged rho, and rho is within [-layers, layers].
-  const double rho = terms.parts.at("rho").item<double>();
-  EXPECT_LE(std::abs(rho), 8.0);
-  EXPECT_DOUBLE_EQ(terms.lr_scale, adaptive_lr_scale(rho, opts.beta, opts.gamma));
-  EXPECT_TRUE(terms.parts.count("w/layer1.0/s0"));
-  EXPECT_TRUE(terms.parts.count("w/layer4.1/s1"));
-  EXPECT_EQ(terms.parts.at("slsqp_failures").item<double>(), 0.0);
-  // The source head s1 gets its own gradient; the target head gets source 0's.
-  EXPECT_GT(rig.model->head("s1")->weight.grad().abs().sum().item<double>(), 0.0);
-  EXPECT_GT(rig.model->head("target")->weight.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_EQ(checked, backbone.size());
+  EXPECT_GT(moved, 0u);
+}
+
+TEST(GradMix, SgdWeightsMoveTowardTheSourceWhoseGradientReducesTheValidationLoss) {
+  // Two sources on the target head: the target's classes with their true labels, and with labels rotated
+  // (a harmful source). Learning to reweight must weigh the first.
+  GradMixTiny t;
+  GradMixMethod::Options opts;
+  opts.mode = GradMixMethod::Mode::sgd;
+  opts.shared_sources = "0,1";
+  const std::string good = t.data + ":classes=0-2:shift=noise0.1", bad = t.data + ":classes=2,0,1";
+  GradMixTiny t2;
+  t2.data = t.data;
+  t2.target = t.target;
+  t2.sources = good + ";" + bad;
+  GradMixStepRig rig(t2, opts);
+  // The look-ahead meta-gradient, recomputed literally: L_V(theta - h g_i) - L_V(theta) over the backbone and
+  // the target head, by a finite difference at the replayed V batch, for the first step.
+  LoaderOptions vopts = rig.loader;
+  vopts.batch_size = 8;
+  BatchStream vs(rig.task.train, rig.model->arch().input, vopts, derive_seed(0, "v"));
+  const Batch vb = vs.next();
+  std::vector<torch::Tensor> params = rig.model->backbone->parameters();
+  for (const auto& p : rig.model->head("target")->parameters()) params.push_back(p);
+  std::vector<double> meta(2);
+  const auto lv = [&] { return cross_entropy(rig.model->forward(vb.x, "target"), vb.y).item<double>(); };
+  for (size_t i = 0; i < 2; ++i) {
+    BatchStream s(load_task(i == 0 ? good : bad, 0).train, rig.model->arch().input, rig.loader,
+                  derive_seed(0, "source" + std::to_string(i)));
+    const Batch b = s.next();
+    const auto gi = torch::autograd::grad({cross_entropy(rig.model->forward(b.x, "target"), b.y)}, params);
+    const double h = 1e-3;
+    torch::NoGradGuard no_grad;
+    for (size_t p = 0; p < params.size(); ++p) params[p].sub_(gi[p] * h);
+    const double ahead = lv();
+    for (size_t p = 0; p < params.size(); ++p) params[p].add_(gi[p] * h);
+    const double now = lv();
+    meta[i] = -(ahead - now) / h;  // -d L_V / d eps_i
+  }
+  ASSERT_GT(meta[0], 0.0);
+  const double w0 = std::max(meta[0], 0.0) / (std::max(meta[0], 0.0) + std::max(meta[1], 0.0));
+  StepContext ctx{rig.batches, rig.model, 0, 10, rig.rng, "target"};
+  rig.method->compute_gradients(ctx);
+  EXPECT_NEAR(rig.method->weights()[0][0], w0, 0.05) << "meta-gradients " << meta[0] << ", " << meta[1];
+
+  // Over a short run the mean weight of the true-label source stays well above the rotated one's.
+  test::TempDir out;
+  RunOptions o = gradmix_tiny_run(t2, "gradmix-sgd", out.file("sgd"));
+  o.trainer.iterations = 30;
+  gradmix_tiny_finetune(o, {{"sources", t2.sources}, {"shared_sources", "0,1"}});
+  double sum0 = 0, sum1 = 0;
+  for (const auto& line : gradmix_metrics(out.file("sgd")))
+    if (line.contains("w/all/s0")) {
+      sum0 += line["w/all/s0"].get<double>();
+      sum1 += line["w/all/s1"].get<double>();
+    }
+  EXPECT_GT(sum0, 2 * sum1) << sum0 << " vs " << sum1;
 }
 
 TEST(GradMix, SourceOnlySumsTheSourceGradients) {
@@ -225,7 +399,7 @@ TEST(GradMix, ShortRunsLearnAndLogTheWeights) {
       EXPECT_LT(first["eta"].get<double>(), 1.0);
     }
     if (method == "gradmix-sgd") {
-      EXPECT_TRUE(first.contains("w/all/s1"));
+      EXPECT_TRUE(first.contains("w/all/s1") && first.contains("vertex") && first.contains("w/head/s0"));
     }
   }
 }
@@ -260,7 +434,7 @@ TEST(GradMix, SameSeedSameBitsAndResumeIsBitExact) {
     seed_matters = seed_matters || !torch::equal(sa[i], sc[i]);
   }
   EXPECT_TRUE(seed_matters);
-  EXPECT_EQ(sa.back().size(0), 8);  // layers x sources
+  EXPECT_EQ(sa.back().size(0), 4);  // layers x sources
   EXPECT_EQ(sa.back().size(1), 2);
 }
 
@@ -273,12 +447,12 @@ TEST(GradMix, PseudoLabelPipelineWritesEveryStage) {
   method.pseudo_threshold = 0.4;
   method.enlarge_v = 6;
   GradMixPseudoOptions opts;
-  opts.grid = "10:0.5,5:2";
+  opts.grid = "10:0.5,5:0.2";
   opts.top = 2;
   opts.modes = "hard,soft+vat";
   std::ostringstream log;
   const nlohmann::json s = run_gradmix_pseudo(run, method, opts, log);
-  for (const char* f : {"stage1/b10-g0.5/result.json", "stage1/b5-g2/result.json", "pseudo_labels.pt",
+  for (const char* f : {"stage1/b10-g0.5/result.json", "stage1/b5-g0.2/result.json", "pseudo_labels.pt",
                         "final-hard/result.json", "final-soft+vat/result.json", "summary.json", "table.md"})
     EXPECT_TRUE(fs::exists(out.file("pipe/") + f)) << f;
   EXPECT_EQ(s["pseudo_labels"]["unlabelled"], 3 * 14);  // 20 per class - 3 labelled - 3 validation

@@ -196,6 +196,7 @@ TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
   SmoothFixture fx;
   SmoothOptions o;
   o.lambda_schedule = "pretrain-finetune";  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
+  o.t0 = 0;
   SmoothMethod method(o);
   auto ctx = fx.context(10);
   method.setup(fx.model, ctx);
@@ -216,6 +217,44 @@ TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
   EXPECT_EQ(lambdas, (std::vector<double>{0, 0, 0, 0, 0.5, 1, 1, 1, 1, 1}));
   EXPECT_EQ(fx.batches.stream("target").position(), 6);
   EXPECT_EQ(fx.batches.stream("source").position(), 5);
+}
+
+TEST(Smooth, LossIsRecomputedFromTheReplayedBatchesWithLambdaByHand) {
+  // Eq. 3 and 4 recomputed outside the method: lambda(t) from the formula (t = step + 1, T = 20, t0 = 2,
+  // tau = 3, alpha = 0.4), the two cross-entropies from the replayed sub-batches through one shared-BN
+  // forward, and L = lambda CE_target + (1 - lambda) CE_source. lambda is far from 1/2 at these steps and
+  // the two CEs differ, so swapping lambda and 1 - lambda fails.
+  SmoothFixture fx;
+  SmoothOptions o;
+  o.t0 = 2;
+  o.tau = 3;
+  o.alpha = 0.4;
+  SmoothMethod method(o);
+  auto ctx = fx.context(20);
+  method.setup(fx.model, ctx);
+  auto target = fx.replay(fx.target.train, "target", 11), source = fx.replay(fx.source.train, "source", 0);
+  at::Generator rng = make_generator(0);
+  int checked = 0;
+  for (int64_t step = 0; step < 20; ++step) {
+    const double t = static_cast<double>(step + 1);
+    const double lambda = 1 / (1 + std::exp(-(t - 10 - 2) / 3 + 0.4));
+    const Batch bt = target->next(), bs = source->next();
+    StepContext sc{fx.batches, fx.model, step, 20, rng, "target"};
+    const LossTerms terms = method.loss(sc);
+    if (step % 4 != 1) continue;  // a few steps, both sides of the switch
+    // By hand: one forward of both sub-batches (BatchNorm in train mode sees them as one batch).
+    torch::NoGradGuard no_grad;
+    const torch::Tensor g = fx.model->backbone->forward(torch::cat({bt.x, bs.x}));
+    const int64_t n = bt.x.size(0);
+    const double ce_t = torch::nn::functional::cross_entropy(fx.model->head("target")->forward(g.slice(0, 0, n)), bt.y).item<double>();
+    const double ce_s = torch::nn::functional::cross_entropy(fx.model->head("source")->forward(g.slice(0, n)), bs.y).item<double>();
+    ASSERT_GT(std::abs(ce_t - ce_s), 1e-3);
+    EXPECT_NEAR(terms.parts.at("lambda").item<double>(), lambda, 1e-12) << "step " << step;
+    EXPECT_NEAR(terms.total.item<double>(), lambda * ce_t + (1 - lambda) * ce_s, 1e-5) << "step " << step;
+    EXPECT_GT(std::abs(terms.total.item<double>() - ((1 - lambda) * ce_t + lambda * ce_s)), 1e-4) << "step " << step;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5);
 }
 
 TEST(Smooth, NeedsSourceData) {

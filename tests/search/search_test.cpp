@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -235,6 +236,77 @@ TEST_F(SearchCli, AKilledWorkersTrialIsRetriedAndCompletedTrialsAreKept) {
   }
   EXPECT_EQ(originals, 4);
   EXPECT_EQ(retries, 1);
+}
+
+TEST(SearchPruner, MedianPrunerFollowsOptuna) {
+  // Optuna's MedianPruner for a maximised value: the trial's best so far against numpy's median of the
+  // complete trials' values at this step.
+  EXPECT_FALSE(median_should_prune(4, {0.5, 0.6, 0.7, 0.8}, {0.1}, 10, 5, 0)) << "fewer than 5 complete";
+  EXPECT_TRUE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.1}, 10, 5, 0));
+  EXPECT_FALSE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.1}, 10, 5, 20)) << "inside the warm-up";
+  EXPECT_FALSE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.7, 0.2}, 10, 5, 0)) << "its best, 0.7, is the median";
+  EXPECT_TRUE(median_should_prune(6, {0.5, 0.6, 0.7, 0.8}, {0.64}, 10, 5, 0)) << "median of four: 0.65";
+  EXPECT_FALSE(median_should_prune(6, {0.5, 0.6, 0.7, 0.8}, {0.65}, 10, 5, 0));
+  EXPECT_FALSE(median_should_prune(6, {}, {0.1}, 10, 5, 0)) << "no complete trial reported at this step";
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_TRUE(median_should_prune(6, {0.5}, {nan}, 10, 5, 0)) << "only NaN so far";
+  EXPECT_FALSE(median_should_prune(6, {0.5, nan, 0.3}, {0.45}, 10, 5, 0)) << "NaN values are skipped: median 0.4";
+}
+
+TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
+  // A fake objective reporting validation values at steps 10, 20, 30: trials 0-4 at 0.8, 0.85, 0.9 (then
+  // complete at 0.9), trial 5 at 0.1 (pruned at step 10: its later steps never run), trial 6 at 0.95.
+  test::TempDir dir;
+  StudyInfo info;
+  info.space = SearchSpace::parse({"x=lin:0:1"});
+  Study study(dir.file("study.sqlite"), info);
+  SearchOptions opts;
+  opts.out = dir.path();
+  opts.trials = 7;
+  opts.pruner = "median";
+  RandomParamSampler sampler;
+  std::map<int64_t, int> reports;  // per trial: values it got to report
+  const Objective objective = [&](const ParamValues&, const TrialRecord& r, const ReportFn& report) {
+    TrialOutcome outcome;
+    for (int64_t step : {10, 20, 30}) {
+      const double v = r.number == 5 ? 0.1 : r.number == 6 ? 0.95 : 0.75 + 0.05 * static_cast<double>(step / 10);
+      ++reports[r.number];
+      if (report(step, v)) throw TrialPruned("pruned");
+      outcome.intermediate.emplace_back(step, v);
+      outcome.value = v;
+    }
+    return outcome;
+  };
+  std::ostringstream log;
+  EXPECT_EQ(run_worker(study, opts, sampler, objective, log), 7);
+  const auto trials = study.trials();
+  ASSERT_EQ(trials.size(), 7u);
+  EXPECT_EQ(trials[5].state, "PRUNED") << log.str();
+  EXPECT_FALSE(trials[5].value.has_value());
+  ASSERT_EQ(trials[5].intermediate.size(), 1u);
+  EXPECT_EQ(trials[5].intermediate[0], (std::pair<int64_t, double>{10, 0.1}));
+  EXPECT_EQ(reports[5], 1) << "the pruned trial stopped at its first validation";
+  EXPECT_EQ(trials[6].state, "COMPLETE");
+  EXPECT_EQ(reports[6], 3);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(trials[static_cast<size_t>(i)].state, "COMPLETE") << i;
+  EXPECT_NE(log.str().find("PRUNED at step 10"), std::string::npos) << log.str();
+  // The report counts it, and the best trial is a complete one.
+  const nlohmann::json best = report_search(study, opts, log);
+  EXPECT_EQ(best["trial"], 6);
+  EXPECT_EQ(best["compute"]["pruned"], 1);
+  EXPECT_EQ(best["compute"]["steps"], 6 * 30 + 10);
+  // A sampler sees the pruned trial too (as Optuna's TPE does), with its last value and step.
+  std::vector<Observation> seen;
+  Study::ClaimOptions more{8, 60, 1};
+  study.claim("w", more, [&](const std::vector<Observation>& done, int64_t) {
+    seen = done;
+    return ParamValues{{"x", 0.5}};
+  }, [&](int64_t n) { return dir.file(std::to_string(n)); });
+  ASSERT_EQ(seen.size(), 7u);
+  EXPECT_TRUE(seen[5].pruned);
+  EXPECT_EQ(seen[5].pruned_step, 10);
+  EXPECT_DOUBLE_EQ(seen[5].value, 0.1);
+  EXPECT_FALSE(seen[6].pruned);
 }
 
 TEST(SearchReadme, DocumentsEverySearchFlag) {

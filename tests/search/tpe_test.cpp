@@ -5,7 +5,10 @@
 #include <functional>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
 #include "support.h"
+#include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/search/tpe.h"
 
@@ -25,6 +28,58 @@ TEST(Tpe, GammaAndWeightsFollowOptuna) {
   EXPECT_DOUBLE_EQ(w[1], (1.0 / 28 + 1) / 2);
   EXPECT_DOUBLE_EQ(w[2], 1.0);
   EXPECT_DOUBLE_EQ(w[27], 1.0);
+}
+
+/// |a - b| <= rtol |b| element by element (atol 1e-12 for values at 0).
+void tpe_expect_close(const std::vector<double>& a, const nlohmann::json& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double want = b[i].get<double>();
+    EXPECT_NEAR(a[i], want, 1e-6 * std::abs(want) + 1e-12) << what << "[" << i << "]";
+  }
+}
+
+TEST(Tpe, ParzenEstimatorsEqualOptunasGoldenValues) {
+  // tests/golden/make_tpe_golden.py: Optuna 3.1's _ParzenEstimator with TPESampler's defaults on the same
+  // observations, for a parameter of each kind; weights, mus, sigmas, choice probabilities and the log
+  // densities and scores log l(x) - log g(x) of fixed candidates.
+  const nlohmann::json golden = read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/tpe.json");
+  ASSERT_GE(golden["cases"].size(), 8u);
+  for (const auto& c : golden["cases"]) {
+    const std::string name = c["name"];
+    const ParamSpec spec = parse_param(c["param"].get<std::string>());
+    const ParzenEstimator l(spec, c["below"].get<std::vector<double>>(), TpeOptions{});
+    const ParzenEstimator g(spec, c["above"].get<std::vector<double>>(), TpeOptions{});
+    for (const auto& [pe, key] : {std::make_pair(&l, "l"), std::make_pair(&g, "g")}) {
+      tpe_expect_close(pe->weights(), c[key]["weights"], name + " " + key + " weights");
+      if (spec.numeric()) {
+        tpe_expect_close(pe->mus(), c[key]["mus"], name + " " + key + " mus");
+        tpe_expect_close(pe->sigmas(), c[key]["sigmas"], name + " " + key + " sigmas");
+      }
+    }
+    std::vector<double> log_l, log_g, score;
+    for (const auto& x : c["candidates"]) {
+      log_l.push_back(l.log_pdf(x.get<double>()));
+      log_g.push_back(g.log_pdf(x.get<double>()));
+      score.push_back(log_l.back() - log_g.back());
+    }
+    tpe_expect_close(log_l, c["log_l"], name + " log l");
+    tpe_expect_close(log_g, c["log_g"], name + " log g");
+    tpe_expect_close(score, c["score"], name + " score");
+  }
+}
+
+TEST(Tpe, PrunedTrialsRankAfterCompleteOnesAsInOptuna) {
+  // Complete trials by value; pruned ones after them, the furthest first, then by value; a pruned trial
+  // without an intermediate value last.
+  std::vector<Observation> done(6);
+  done[0].value = 0.5;
+  done[1] = {{}, 0.9, true, 20};
+  done[2].value = 0.7;
+  done[3] = {{}, 0.8, true, 40};
+  done[4] = {{}, 0.0, true, -1};
+  done[5] = {{}, 0.95, true, 20};
+  EXPECT_EQ(tpe_rank(done), (std::vector<size_t>{2, 0, 3, 5, 1, 4}));
 }
 
 TEST(Tpe, NormalQuantileInvertsTheCdf) {
@@ -60,26 +115,45 @@ TEST(Tpe, BandwidthsAreNeighbourGapsWithTheMagicClip) {
 
 TEST(Tpe, DensitiesNormaliseAndSamplesStayInTheSpace) {
   std::mt19937_64 engine(3);
-  // A float: the density integrates to 1 over the range.
-  const ParzenEstimator f(parse_param("x=lin:-1:3"), {-0.8, 0.4, 2.9, 1.0}, TpeOptions{});
-  double integral = 0;
+  // Normalised kernels (Optuna 3.5 on): a float's density integrates to 1 over the range, a log float's
+  // and a log integer's over the range in log space. Optuna 3.1's kernels leave out 1/sigma, so the same
+  // integral is sum_k w_k sigma_k.
+  TpeOptions normalised;
+  normalised.optuna31_kernels = false;
   const int steps = 20000;
-  for (int i = 0; i < steps; ++i) integral += std::exp(f.log_pdf(-1 + 4 * (i + 0.5) / steps)) * 4 / steps;
-  EXPECT_NEAR(integral, 1.0, 1e-6);
-  // Log floats integrate to 1 in log space.
-  const ParamSpec lp = parse_param("tau=log:0.1:1000");
-  const ParzenEstimator lf(lp, {0.5, 3, 500}, TpeOptions{});
-  integral = 0;
-  const double a = std::log(0.1), b = std::log(1000.0);
-  for (int i = 0; i < steps; ++i) integral += std::exp(lf.log_pdf(std::exp(a + (b - a) * (i + 0.5) / steps))) * (b - a) / steps;
-  EXPECT_NEAR(integral, 1.0, 1e-6);
-  // Integers and choices: probabilities sum to 1.
+  auto integrate = [&](const ParzenEstimator& e, double a, double b, bool log_space) {
+    double integral = 0;
+    for (int i = 0; i < steps; ++i) {
+      const double u = a + (b - a) * (i + 0.5) / steps;
+      integral += std::exp(e.log_pdf(log_space ? std::exp(u) : u)) * (b - a) / steps;
+    }
+    return integral;
+  };
+  auto weighted_sigma = [](const ParzenEstimator& e) {
+    double s = 0;
+    for (size_t k = 0; k < e.weights().size(); ++k) s += e.weights()[k] * e.sigmas()[k];
+    return s;
+  };
+  const ParamSpec fp = parse_param("x=lin:-1:3"), lp = parse_param("tau=log:0.1:1000");
+  const std::vector<double> fo = {-0.8, 0.4, 2.9, 1.0}, lo = {0.5, 3, 500};
+  const ParzenEstimator f(fp, fo, normalised), lf(lp, lo, normalised);
+  EXPECT_NEAR(integrate(f, -1, 3, false), 1.0, 1e-6);
+  EXPECT_NEAR(integrate(lf, std::log(0.1), std::log(1000.0), true), 1.0, 1e-6);
+  const ParzenEstimator f31(fp, fo, TpeOptions{}), lf31(lp, lo, TpeOptions{});
+  EXPECT_NEAR(integrate(f31, -1, 3, false), weighted_sigma(f31), 1e-6);
+  EXPECT_NEAR(integrate(lf31, std::log(0.1), std::log(1000.0), true), weighted_sigma(lf31), 1e-6);
+  const ParamSpec lip = parse_param("n=logint:1:50");
+  const ParzenEstimator li(lip, {2, 50, 3}, normalised);
+  EXPECT_NEAR(integrate(li, std::log(0.5), std::log(50.5), true), 1.0, 1e-6);
+  // Integers: probabilities (masses of [v - 1/2, v + 1/2], which no sigma scales) sum to 1.
   for (const char* text : {"n=int:-3:9", "n=logint:1:50"}) {
     const ParamSpec ip = parse_param(text);
     const ParzenEstimator e(ip, {ip.low + 1, ip.high, ip.low + 2}, TpeOptions{});
-    double total = 0;
-    for (double v = ip.low; v <= ip.high; ++v) total += std::exp(e.log_pdf(v));
-    EXPECT_NEAR(total, 1.0, 1e-9) << text;
+    if (ip.kind == ParamSpec::Kind::Int) {
+      double total = 0;
+      for (double v = ip.low; v <= ip.high; ++v) total += std::exp(e.log_pdf(v));
+      EXPECT_NEAR(total, 1.0, 1e-9) << text;
+    }
     for (int i = 0; i < 500; ++i) {
       const double s = e.sample(engine);
       EXPECT_TRUE(s >= ip.low && s <= ip.high && s == std::round(s)) << text << " sampled " << s;

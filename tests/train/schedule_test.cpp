@@ -24,6 +24,25 @@ TEST(Schedule, CosineWithLinearWarmup) {
   EXPECT_NEAR(lr_factor(s, 99, 100), 0.5 * (1 + std::cos(M_PI * 89.0 / 90.0)), 1e-12);
 }
 
+TEST(Schedule, CosineDecaysToTheFinalLrFloor) {
+  // Smooth Transfer Learning's peak 0.1 and final 1e-3: a floor of 0.01 of the peak. No warmup here, so
+  // step s of 101 is at angle pi * s / 101.
+  ScheduleOptions s;
+  s.schedule = "cosine";
+  s.final_lr_scale = 0.01;
+  EXPECT_DOUBLE_EQ(lr_factor(s, 0, 101), 1.0);
+  const double half = 0.01 + 0.99 * 0.5 * (1 + std::cos(M_PI * 50.0 / 101.0));
+  EXPECT_NEAR(lr_factor(s, 50, 101), half, 1e-15);
+  EXPECT_NEAR(lr_factor(s, 100, 101), 0.01 + 0.99 * 0.5 * (1 + std::cos(M_PI * 100.0 / 101.0)), 1e-15);
+  EXPECT_GT(lr_factor(s, 100, 101), 0.01);   // never below the floor ...
+  EXPECT_LT(lr_factor(s, 100, 101), 0.0103);  // ... and within 3% of it at the last step
+  // The floor does not touch the other schedules.
+  s.schedule = "step";
+  EXPECT_DOUBLE_EQ(lr_factor(s, 100, 101), 0.1);
+  s.final_lr_scale = 1.5;
+  test::expect_bad_input([&] { check_options(s); }, {"--final-lr-scale must be <= 1, got 1.5"});
+}
+
 TEST(Schedule, ConstantAndValidation) {
   ScheduleOptions s;
   s.schedule = "constant";

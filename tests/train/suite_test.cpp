@@ -73,6 +73,15 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
       {"methods[1].search", "trails"});
   bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"out", "x"}}; },
       {"\"out\" is set by the suite"});
+  bad([](auto& j) { j["methods"][1]["sweep"] = {{"alpha", nlohmann::json::array()}}; },
+      {"methods[1].sweep.alpha must be a list of 1 to 100 values"});
+  bad([](auto& j) { j["methods"][1]["sweep"] = {{"lr", {0.1}}}; }, {"method 'l2 (ft)'", "unknown key 'lr'"});
+  bad([](auto& j) { j["methods"].push_back({{"label", "mx"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1}}}}}); },
+      {"method 'mx' sweeps", "task 'tiny'", "no validation split"});
+  bad([](auto& j) {
+    j["methods"][1]["sweep"] = {{"a", {1}}};
+    j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}};
+  }, {"\"search\" and \"sweep\" cannot be combined"});
   bad([](auto& j) { j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}}; },
       {"method 'l2 (ft)'", "(pretrain)", "needs --matcher same|elastic"});
   bad([](auto& j) { j["methods"][1]["tasks"] = {"elsewhere"}; }, {"methods[1].tasks: no task named \"elsewhere\""});
@@ -123,17 +132,32 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
   j["methods"] = {
       {{"label", "l2, tuned lr"}, {"method", "l2"}, {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
       {{"label", "l2, same"}, {"method", "l2"},
-       {"pretrain", {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}}};
+       {"pretrain", {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}},
+      {{"label", "mixup, best alpha"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1.5}}}}}};
   BenchOptions o = bench_options(dir, j);
   std::ostringstream log;
   const nlohmann::json b = run_bench(o, log);
-  ASSERT_EQ(b["runs"].size(), 2u);
+  ASSERT_EQ(b["runs"].size(), 4u) << "the sweep's two points are two runs";
   for (const auto& r : b["runs"]) EXPECT_TRUE(r["ok"].get<bool>()) << r.dump() << log.str();
   // The search's cell is its best trial on validation.
   const nlohmann::json searched = read_json_file(dir.file("bench/runs/tiny/l2__tuned_lr/seed0/result.json"));
   ASSERT_TRUE(searched.contains("search")) << searched.dump();
   EXPECT_EQ(searched["search"]["trials"], 2);
   EXPECT_EQ(searched["best_val_top1"], searched["search"]["val_top1"]);
+  EXPECT_EQ(searched["search"]["compute"]["trials"], 2);
+  EXPECT_EQ(searched["search"]["compute"]["steps"], 2 * 6);
+  const std::string table = read_file(dir.file("bench/table.md"));
+  EXPECT_NE(table.find("compute: 'l2, tuned lr' searched 1 cells: 2 trials (0 pruned), 12 training steps"),
+            std::string::npos) << table;
+  // The sweep's cell is its point best on validation.
+  double val[2];
+  for (int i = 0; i < 2; ++i)
+    val[i] = read_json_file(dir.file(i == 0 ? "bench/runs/tiny/mixup__best_alpha/seed0/alpha_0.2/result.json"
+                                            : "bench/runs/tiny/mixup__best_alpha/seed0/alpha_1.5/result.json"))["best_val_top1"];
+  const std::string chosen = val[1] > val[0] ? "alpha=1.5" : "alpha=0.2";
+  EXPECT_NE(table.find("'mixup, best alpha' reports per cell the sweep point best on validation: tiny seed 0: " + chosen),
+            std::string::npos) << table;
+  EXPECT_NE(read_file(dir.file("bench/results.csv")).find("mixup, best alpha [alpha=1.5]"), std::string::npos);
   // The resampled source model was pre-trained after the suite's own, with that model's weights on the task.
   const nlohmann::json request = read_json_file(dir.file("bench/runs/tiny/l2__same/seed0/request.json"));
   const nlohmann::json source = read_json_file(request["init"].get<std::string>() + "/result.json");

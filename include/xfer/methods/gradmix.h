@@ -13,18 +13,37 @@
 ///   g_i = grad of CE on a batch of S_i, for every shared parameter (the backbone)       one backward each
 ///   g_V = grad of CE on a batch of V (head "target")                                     one backward
 ///   per layer l:  w^l = argmax_{w>=0} cossim(sum_i w_i g_i^l, g_V^l), normalised to sum 1  (Eq. 6, 7; SLSQP)
-///   backbone grad^l = sum_i w_i^l g_i^l;  each head: the gradient of its own source(s)
-///   rho = sum_l cossim(sum_i w_i^l g_i^l, g_V^l);  lr *= eta = 1/(1+exp(-(beta rho - gamma)))  (Eq. 8-10)
-/// A layer is a module owning parameters (a convolution, a batch norm, a linear layer: the paper's
-/// "layer with parameter theta^l"); `--layers tensor` weighs each parameter tensor and `--layers global`
-/// uses one weight per source for the whole backbone (Eq. 4). When SLSQP fails on a layer, that layer
-/// keeps its previous weights and the step's `slsqp_failures` counts it; the run never stops for it.
-/// The weights are method state (checkpointed) and logged per layer as `w/LAYER/s<i>`. When several
-/// sources share the target head (S_u, or two labelled sources with the target's classes), the target
-/// head is mixed among them in the same way (`w/head/s<i>`; not part of rho, which sums layers 1..L-1).
+///   rho = sum_l cossim(sum_i w_i^l g_i^l, g_V^l),  eta = 1/(1+exp(-(beta rho - gamma)))   (Eq. 8, 9)
+///   backbone grad^l = eta * sum_i w_i^l g_i^l;  each head: the gradient of its own source(s), unscaled (Eq. 10)
+/// eta scales this batch's mixed backbone gradient before the optimizer step, so with momentum an
+/// unimportant batch enters the momentum buffer scaled by eta (not the learning rate, which would scale
+/// the whole buffer and the heads). A --ssl term's gradient is added after, unscaled.
 ///
-/// `gradmix-sgd`: one weight per source by learning to reweight (Ren et al. 2018): w_i ∝ max(g_V.g_i, 0)
-/// over the whole backbone (see `reweight_by_meta_gradient`), then the same update and adaptive lr.
+/// A layer (`--layers layer`, the paper's "layer with parameter theta^l") is a convolution or linear
+/// layer together with its batch norm: cnn4 has 4, as the paper's digit network has 4 convolutions (and one
+/// shared fully connected layer). See `gradmix_layers`. rho is Eq. 8's sum over the layers, not a mean,
+/// so beta and gamma mean what the paper's Table 2 means for a network of 4-5 shared layers (gamma 0.6
+/// with beta 10, its best, is the default); with a deeper backbone rho ranges over [-L, L] and eta
+/// saturates sooner. `--layers module` weighs every module with parameters (a batch norm apart from its
+/// convolution), `tensor` each parameter tensor and `global` uses one weight per source for the whole
+/// backbone (Eq. 4). When SLSQP fails on a layer, that layer keeps its previous weights and the step's
+/// `slsqp_failures` counts it; the run never stops for it. The weights are method state (checkpointed).
+/// metrics.jsonl logs, averaged over each logging window, every layer's weights (`w/LAYER/s<i>`: their
+/// mean) and `vertex/LAYER`: the fraction of steps whose weights sat at a vertex of the simplex (one
+/// source alone), and `vertex`, that fraction over all layers. When several sources share the target head
+/// (S_u, or two labelled sources with the target's classes), the target head is mixed among them in the
+/// same way (`w/head/s<i>`; not part of rho, which sums layers 1..L-1).
+///
+/// `gradmix-sgd` (the paper's "GradMix SGD", Table 1): one weight per source by learning to reweight (Ren
+/// et al. 2018), the paper's "SGD on w to directly minimise the validation error" of Eq. 3. As Ren et al.'s
+/// code, the loss is sum_i eps_i L_i with eps = 0, one look-ahead step theta' = theta - alpha sum_i eps_i
+/// grad L_i, and w_i = max(-d L_V(theta') / d eps_i, 0), normalised to sum 1 (all 0 when none is positive:
+/// the batch then makes no source update). At eps = 0 theta' = theta, so the meta-gradient is exactly
+/// -alpha grad L_V(theta) . grad L_i(theta) over every parameter V's loss depends on: the shared layers and
+/// the target head (a source on another head meets V only in the backbone); no second forward is needed.
+/// The update is the gradient of the weighted loss sum_i w_i L_i (heads included), with eta as above.
+/// `--meta-gradient backbone` keeps the earlier closed form: dot products over the backbone only, heads
+/// unweighted, and the previous weights when none is positive.
 /// Baselines: `source-only` (backbone grad = sum_i g_i, Eq. 1), `target-only` (CE on V only) and
 /// `finetune` (two phases, method.h: source-only for `--switch-at` of the run, then CE on V at
 /// `--finetune-lr-scale` with a fresh optimizer and schedule).
@@ -34,7 +53,10 @@
 ///                   each above --pseudo-threshold) or soft labels (their mean, KL loss) form one more
 ///                   source S_u on the target head, mixed like the others; V is enlarged to --enlarge-v
 ///                   per class with hard-labelled images.
-///   --ssl vat|mixmatch  adds VAT or MixMatch on U (methods/semi.h) to the mixed gradient, unmixed.
+///   --ssl vat|mixmatch  adds VAT or MixMatch on U (methods/semi.h) to the mixed gradient, unmixed. MixMatch
+///                   follows Berthelot et al.: lambda_U = 100, ramped up linearly over the first 1/64 of
+///                   the run (their 16k of 2^20 steps).
+#include <map>
 #include <string>
 #include <vector>
 
@@ -55,12 +77,13 @@ class GradMixMethod : public Method {
     int64_t v_batch = 0;        // V batch size; 0: min(|V|, --batch-size)
     // gradmix, gradmix-sgd
     bool adalr = true;
-    double beta = 10, gamma = 1;
-    std::string layers = "module";  // module | tensor | global
+    double beta = 10, gamma = 0.6;    // Table 2's best
+    std::string layers = "layer";     // layer | module | tensor | global
+    std::string meta_gradient = "lookahead";  // gradmix-sgd: lookahead | backbone
     std::string unlabelled = "rest";  // "rest" (the target spec's unused training images) or a spec
     std::string ssl = "none";         // none | vat | mixmatch
     double vat_epsilon = 2.0, vat_xi = 1e-6, vat_weight = 1.0;
-    double mixmatch_weight = 10, mixmatch_rampup = 0.4, mixmatch_t = 0.5, mixmatch_alpha = 0.75;
+    double mixmatch_weight = 100, mixmatch_rampup = 1.0 / 64, mixmatch_t = 0.5, mixmatch_alpha = 0.75;
     int64_t mixmatch_k = 2;
     std::string pseudo;               // ensemble file of `xfer gradmix-pseudo`
     std::string pseudo_mode = "hard";  // hard | soft
@@ -105,10 +128,30 @@ class GradMixMethod : public Method {
     std::string head;    // "target" or "s<i>"
     torch::Tensor soft;  // soft pseudo-labels (N, K) indexed by the stream's positions; undefined: hard labels
   };
+  using Parts = std::map<std::string, torch::Tensor>;
+  /// One step's gradients: per source its backbone (g) and head (h) gradients; V's batch, and its gradient
+  /// over the backbone then the target head.
+  struct StepGradients {
+    std::vector<std::vector<torch::Tensor>> g, h;
+    Batch v;
+    std::vector<torch::Tensor> gv;
+  };
   LossTerms mixed_step(StepContext& ctx);
+  /// One backward per source: fills grads.g and grads.h, logs the losses and adds them to `total`.
+  void source_gradients(StepContext& ctx, StepGradients& grads, Parts& parts, torch::Tensor& total);
+  /// V's backward on grads.v, then the weights of every layer (and of the target head); returns rho and
+  /// counts the layers whose solve failed in `failed`.
+  double solve_weights(StepContext& ctx, StepGradients& grads, Parts& parts, int64_t& failed);
+  /// Sets the gradients: each layer's mixed (summed without `mixing`) backbone gradient times eta, and
+  /// each head's gradient of its sources.
+  void set_gradients(StepContext& ctx, const StepGradients& grads, bool mixing, double eta);
+  void log_weights(StepContext& ctx, Parts& parts) const;
+  bool lookahead() const { return opts_.mode == Mode::sgd && opts_.meta_gradient == "lookahead"; }
   LossTerms target_step(StepContext& ctx, double lr_scale);
   /// The --ssl term on a U batch (MixMatch also mixes in the V batch `v`).
-  torch::Tensor ssl_loss(StepContext& ctx, const Batch& v, std::map<std::string, torch::Tensor>& parts);
+  torch::Tensor ssl_loss(StepContext& ctx, const Batch& v, Parts& parts);
+  /// Adds the --ssl term's gradient to the parameters' (averaged over the processes); returns the term.
+  torch::Tensor ssl_gradients(StepContext& ctx, const Batch& v, Parts& parts);
 
   Options opts_;
   std::vector<Source> sources_;
@@ -126,6 +169,19 @@ class GradMixMethod : public Method {
   int64_t crop_pad_ = 0;
   bool flip_ = false;
 };
+
+/// One GradMix mixing layer: its name (the convolution's or linear layer's module) and its parameters
+/// (indices into the list given to `gradmix_layers`).
+struct MixingLayer {
+  std::string name;
+  std::vector<size_t> params;
+};
+/// The paper's layers from a backbone's parameters (names and numbers of dimensions, in order): each module
+/// owning a parameter of 2+ dimensions (a convolution, a linear layer) is a layer, and a module owning only
+/// vectors (a batch norm, a bias) joins the layer it normalises, by name: "P.bnK" joins "P.convK", "P.N"
+/// joins "P.(N-1)" (a Sequential's conv and batch norm, a downsample's), any other joins the layer before
+/// it. Parameters keep their order within a layer.
+std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names, const std::vector<int64_t>& dims);
 
 /// U for `--unlabelled OPTION`: "rest" gives the training images of the target spec that neither V nor its
 /// val split uses (the spec needs per_class=N); anything else is a spec whose train split is taken, labels

@@ -80,7 +80,8 @@ struct StepContext {
 struct LossTerms {
   torch::Tensor total;
   std::map<std::string, torch::Tensor> parts;
-  /// Multiplies this step's learning rate (GradMix's adaptive learning rate); 1 for most methods.
+  /// Multiplies this step's learning rate (a phase's rate: GradMix's fine-tune baseline, Seq-Train); 1 for
+  /// most methods. GradMix's adaptive eta scales its mixed gradient instead, not the rate.
   double lr_scale = 1.0;
 };
 

@@ -11,7 +11,14 @@
 ///   OUT/schedules.png    smooth only: lambda(t) of the best trials (the paper's Fig. 2)
 ///
 /// Trials run in-process through the library (run_finetune). A trial whose loss diverges is FAILED and
-/// the search goes on; bad input stops it.
+/// the search goes on; bad input stops it. Each validation of a running trial is reported to the study;
+/// with `--pruner median` (Optuna's MedianPruner: after 5 complete trials and past the warm-up steps, a
+/// trial whose best validation so far is below the median of the complete trials' values at the same
+/// step) the trial stops there and is recorded PRUNED, and the sampler still learns from it.
+///
+/// The default is `--pruner none`: a median pruner compares trials step by step, which biases a search
+/// whose parameters move when the target is learnt (smooth's t0 and tau: a schedule that trains the
+/// target head late is at chance until then, and would be pruned however good it ends).
 #include <cstdint>
 #include <functional>
 #include <ostream>
@@ -43,6 +50,9 @@ struct SearchOptions {
   int64_t retries = 1;             // runs of a trial whose worker died, after the first
   double busy_timeout = 60;        // seconds to wait for a locked database
   int64_t plot_top = 5;            // trials in schedules.png
+  std::string pruner = "none";     // none | median
+  int64_t pruner_startup_trials = 5;  // median: complete trials before any pruning
+  int64_t pruner_warmup_steps = 0;    // median: no pruning at steps below this
 
   void fields(Fields& f);
   /// Checks every option, and that --stale-after is longer than --heartbeat.
@@ -56,9 +66,27 @@ struct TrialOutcome {
   double value = 0;
   std::vector<std::pair<int64_t, double>> intermediate;
 };
-/// Runs one trial with parameters `params` in `record.run_dir`. Throws NumericalError for a trial that
-/// diverged (FAILED, the search goes on); any other exception stops the worker.
-using Objective = std::function<TrialOutcome(const ParamValues& params, const TrialRecord& record)>;
+/// A running trial reports each intermediate (validation) value and its step; true means "prune it now",
+/// which the objective does by throwing TrialPruned.
+using ReportFn = std::function<bool(int64_t step, double value)>;
+/// Thrown by an objective whose trial the pruner stopped.
+class TrialPruned : public std::runtime_error {
+ public:
+  explicit TrialPruned(const std::string& what) : std::runtime_error(what) {}
+};
+/// Runs one trial with parameters `params` in `record.run_dir`, calling `report` at each validation.
+/// Throws NumericalError for a trial that diverged (FAILED, the search goes on), TrialPruned for one the
+/// pruner stopped (PRUNED); any other exception stops the worker.
+using Objective =
+    std::function<TrialOutcome(const ParamValues& params, const TrialRecord& record, const ReportFn& report)>;
+
+/// Optuna's MedianPruner (PercentilePruner at 50, n_min_trials 1, interval 1) for a maximised objective:
+/// prune when at least `startup_trials` trials are complete, `step` >= `warmup_steps`, and the trial's best
+/// value so far (`own`, NaN-skipping max) is below the median (numpy's linear nanpercentile) of the
+/// complete trials' values at `step`, `at_step`; never when no complete trial has a value at this step.
+/// `complete` is how many trials are complete.
+bool median_should_prune(int64_t complete, const std::vector<double>& at_step, const std::vector<double>& own,
+                         int64_t step, int64_t startup_trials, int64_t warmup_steps);
 
 /// The search over runs: fixed options `base` and `method_options` (the method's fields as JSON), with
 /// the space's parameters set on top for each trial. `check` validates the space and the objective.
@@ -67,7 +95,7 @@ class RunObjective {
   RunObjective(RunOptions base, nlohmann::json method_options, SearchSpace space);
   /// BadInput if a parameter is not an option a search may set, or the target has no validation split.
   void check();
-  TrialOutcome operator()(const ParamValues& params, const TrialRecord& record) const;
+  TrialOutcome operator()(const ParamValues& params, const TrialRecord& record, const ReportFn& report) const;
   /// The fixed configuration, stored in the study (a resumed study must match it).
   nlohmann::json config() const;
   /// The method's options with a trial's parameters set (for reports: smooth's schedule).
@@ -89,8 +117,9 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
 /// Reads a run's validation curve from its metrics.jsonl: (step, val_top1) pairs.
 std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_dir);
 
-/// Writes trials.csv, best.json and history.png to opts.out, prints the best trial, a trial table and
-/// the search's overhead, and returns best.json's content (null when no trial completed).
+/// Writes trials.csv, best.json and history.png to opts.out, prints the best trial, a trial table, the
+/// compute the search took (trials, pruned, training steps, run time) and its overhead, and returns
+/// best.json's content (null when no trial completed); best.json holds the compute too.
 nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out);
 
 /// Starts `count` processes of `exe` with `args` (spawned, not forked: the parent has threads); returns

@@ -4,7 +4,9 @@
 /// parameters, state, value, run directory, timestamps and heartbeat; the trials' intermediate
 /// (validation) values; and each worker's time accounting.
 ///
-/// Trial states: WAITING (a retry not yet started), RUNNING, COMPLETE, FAILED. A worker claims a trial
+/// Trial states: WAITING (a retry not yet started), RUNNING, COMPLETE, PRUNED (stopped by the pruner: its
+/// intermediate values are kept, it has no value), FAILED. A running trial's intermediate values are
+/// written as they are reported, so a pruner in another worker sees them. A worker claims a trial
 /// inside one write transaction (BEGIN IMMEDIATE), so two workers never run the same trial: first it
 /// fails the RUNNING trials whose heartbeat is older than the stale timeout (or whose worker process on
 /// this host is gone) and queues a retry of each, then it takes a WAITING trial or samples a new one.
@@ -27,7 +29,7 @@ namespace xfer {
 
 struct TrialRecord {
   int64_t number = 0;
-  std::string state;  // WAITING, RUNNING, COMPLETE, FAILED
+  std::string state;  // WAITING, RUNNING, COMPLETE, PRUNED, FAILED
   ParamValues params;
   std::optional<double> value;
   std::optional<int64_t> retry_of;  // the trial this one repeats
@@ -68,7 +70,8 @@ class Study {
   const StudyInfo& info() const { return info_; }
   const std::string& path() const { return path_; }
 
-  /// Samples parameters for trial `number` from the complete trials (in creation order).
+  /// Samples parameters for trial `number` from the finished trials, complete and pruned (in creation
+  /// order; a pruned trial with its last intermediate value).
   using SampleFn = std::function<ParamValues(const std::vector<Observation>& complete, int64_t number)>;
   /// The run directory of trial `number`.
   using RunDirFn = std::function<std::string(int64_t number)>;
@@ -88,6 +91,13 @@ class Study {
   /// Records a trial's result; a WAITING retry of it (queued because it was thought dead) is dropped.
   void complete(int64_t number, double value, const std::vector<std::pair<int64_t, double>>& intermediate);
   void fail(int64_t number, const std::string& error, const std::vector<std::pair<int64_t, double>>& intermediate);
+  /// Records one intermediate (validation) value of a running trial.
+  void report(int64_t number, int64_t step, double value);
+  /// Marks a trial PRUNED at its last reported step, keeping its intermediate values.
+  void prune(int64_t number);
+  /// The number of COMPLETE trials, and their intermediate values at `step` (for a pruner).
+  int64_t complete_count();
+  std::vector<double> complete_values_at(int64_t step);
   void record_worker(const WorkerStats& stats);
 
   std::vector<TrialRecord> trials();

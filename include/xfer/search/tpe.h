@@ -17,8 +17,22 @@
 ///   - `ei_candidates` (24) draws from l are scored by log l(x) - log g(x), and the best is taken (which
 ///     maximises expected improvement);
 ///   - log-domain parameters are modelled in log space; integers as discretised Gaussians on [lo - 1/2,
-///     hi + 1/2]; categorical parameters as a mixture of distributions over the choices, each observed
-///     choice with one extra count on top of prior_weight / (n + 1) per choice.
+///     hi + 1/2] (a value's probability is the mass of [v - 1/2, v + 1/2]); log integers, as Optuna's, by
+///     the continuous density of log(v) on [log(lo - 1/2), log(hi + 1/2)]; categorical parameters as a
+///     mixture of distributions over the choices, each observed choice with one extra count on top of
+///     prior_weight / (n + 1) per choice;
+///   - pruned trials count as observations (as Optuna's): ranked after every complete trial, those that
+///     got further first, then by their last intermediate value.
+///
+/// The Parzen estimators' weights, mus, sigmas and log densities equal Optuna 3.1's to 1e-6 relative
+/// (tests/golden/make_tpe_golden.py); bench/tpe_bench.sh compares whole searches against python3-optuna.
+/// That includes a quirk of Optuna up to 3.4: its truncated normal's log density leaves out -log(sigma)
+/// (optuna issue 5109, fixed in 3.5), so in l(x) and g(x) each continuous kernel counts sigma times its
+/// density, and wide kernels (the prior's, isolated observations') weigh more. It is what the default
+/// `optuna31_kernels` reproduces; false gives normalised kernels, as Optuna 3.5 on.
+/// One difference remains: among observations with equal values (an integer drawn twice) numpy's unstable
+/// argsort may hand the bandwidths to them in another order; that changes the estimator only when their
+/// weights differ (more than 25 observations).
 ///
 /// Samplers are pure functions of (space, complete trials, seed): the same inputs give the same values
 /// on every platform (their own uniform draws from a 64-bit Mersenne Twister, no std distributions).
@@ -32,16 +46,20 @@
 
 namespace xfer {
 
-/// A complete trial as a sampler sees it. Samplers maximise `value`.
+/// A finished trial as a sampler sees it. Samplers maximise `value`. A pruned trial's value is its last
+/// intermediate value and `pruned_step` the step of it (-1 with none: it ranks last, as value 0).
 struct Observation {
   ParamValues params;
   double value = 0;
+  bool pruned = false;
+  int64_t pruned_step = -1;
 };
 
 class ParamSampler {
  public:
   virtual ~ParamSampler() = default;
-  /// Values for every parameter of `space`, given the complete trials in the order they were created.
+  /// Values for every parameter of `space`, given the finished (complete and pruned) trials in the order
+  /// they were created.
   virtual ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete, uint64_t seed) = 0;
   virtual std::string name() const = 0;
 };
@@ -58,6 +76,7 @@ struct TpeOptions {
   double prior_weight = 1.0;
   bool magic_clip = true;
   bool consider_endpoints = false;
+  bool optuna31_kernels = true;  // continuous kernels' log densities without -log(sigma), as Optuna <= 3.4
 };
 
 class TpeSampler : public ParamSampler {
@@ -76,6 +95,9 @@ std::unique_ptr<ParamSampler> make_param_sampler(const std::string& name, const 
 
 // The pieces of TPE, exposed for tests.
 
+/// The indices of `done`, best first, as Optuna's _split_observation_pairs orders them (stably): complete
+/// trials by value, then pruned trials by their last step (later first), then by value.
+std::vector<size_t> tpe_rank(const std::vector<Observation>& done);
 /// Optuna's default gamma: min(ceil(0.1 n), 25) good trials out of n.
 int64_t tpe_gamma(int64_t n);
 /// Optuna's default weights of n observations (oldest first): 1 each below 25, else a linear ramp from
@@ -99,6 +121,7 @@ class ParzenEstimator {
 
  private:
   ParamSpec spec_;
+  bool optuna31_kernels_ = true;
   std::vector<double> weights_;  // mixture weights, summing to 1, prior last
   std::vector<double> mus_, sigmas_;
   double low_ = 0, high_ = 0;                   // truncation bounds in transformed space

@@ -20,7 +20,7 @@
 namespace xfer {
 
 struct GradMixPseudoOptions {
-  std::string grid = "10:0.5,10:2,5:0.5,5:2";  // beta:gamma pairs, comma-separated
+  std::string grid = "5:0,5:0.3,5:0.6,10:0,10:0.3,10:0.6";  // beta:gamma pairs, inside Table 2's grid
   int64_t top = 3;                             // R: models in the ensemble
   std::string modes = "hard,soft";             // final models: hard | soft [+vat | +mixmatch]
 

@@ -15,7 +15,9 @@
 ///                 {"label": "xmixup, random aux", "method": "xmixup", "options": {"aux": "random"},
 ///                  "run": {...}, "pretrain": {...}, "tasks": ["10/class"], "optional": true},
 ///                 {"label": "smooth (TPE)", "method": "smooth",
-///                  "search": {"params": {"alpha": "lin:-6:6"}, "trials": 8}}],
+///                  "search": {"params": {"alpha": "lin:-6:6"}, "trials": 30}},
+///                 {"label": "multitask (best fixed weight)", "method": "smooth",
+///                  "sweep": {"alpha": [-2.2, 0, 2.2]}}],
 ///     "tables": [{"title": "...", "kind": "accuracy" | "forgetting" | "interpolation", "task": "10/class",
 ///                 "methods": ["l2", "xmixup"], ...}],
 ///     "timing": {"task": "10/class", "steps": 60}   // or false
@@ -41,7 +43,12 @@
 ///
 /// A method entry with "search" runs `xfer search` (its "params" are --param NAME=SPEC, the other keys
 /// search options such as "trials") instead of one run; its result is the trial best on validation, as
-/// the papers tune each method, so the task's target needs a validation split.
+/// the papers tune each method, so the task's target needs a validation split. The compute each searched
+/// cell took (trials, pruned, training steps, run time) is printed and noted under the tables.
+///
+/// A method entry with "sweep" ({"OPTION": [values], ...}: method options, every combination) runs one
+/// run per point and reports, per task and seed, the point best on validation (again the target needs a
+/// validation split); the points it chose are noted under the tables.
 ///
 /// Domain Adaptive Transfer Learning: in a method's "pretrain", "weights_from": "@pretrain" is the suite's
 /// own source model and "weights_target": "@task" the task's target spec, so the method's source model is
@@ -67,6 +74,7 @@ struct SuiteMethod {
   nlohmann::json run = nlohmann::json::object();      // finetune options
   nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
   nlohmann::json search;                              // null: one run; else `xfer search` options + "params"
+  nlohmann::json sweep;                               // null: one run; else {"OPTION": [values], ...}
 };
 
 /// Bounds on what a suite file may ask for: seeds per run, and runs in all (tasks x methods x seeds).

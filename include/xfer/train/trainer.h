@@ -15,6 +15,7 @@
 /// process received the signal. A non-finite loss or gradient stops the run naming the step, or with
 /// `on_nan = "skip"` drops that batch's update (counted in result.json, at most 25 in a row).
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -46,6 +47,9 @@ struct TrainerOptions {
   std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), sync
                                    // (of the global batch), frozen (running statistics, as in eval mode); sync
                                    // and frozen match one process at any world size
+  /// Called after each validation with the step and its top-1 (not an option: a search's pruner). An
+  /// exception it throws ends the run there.
+  std::function<void(int64_t step, double val_top1)> on_validation;
 
   void fields(Fields& f);
 };

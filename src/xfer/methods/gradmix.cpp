@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -54,7 +55,56 @@ std::string gradmix_module_of(const std::string& param) {
   return dot == std::string::npos ? param : param.substr(0, dot);
 }
 
+/// The convolution a normalisation module `m` belongs to, by name: "P.bnK" -> "P.convK", "P.N" -> "P.(N-1)";
+/// "" when the name says nothing.
+std::string gradmix_norm_partner(const std::string& m) {
+  const size_t dot = m.rfind('.');
+  const std::string prefix = dot == std::string::npos ? "" : m.substr(0, dot + 1), last = m.substr(prefix.size());
+  if (last.rfind("bn", 0) == 0) return prefix + "conv" + last.substr(2);
+  // (A TorchScript backbone names its own modules: at most 9 digits keep stoll in range.)
+  if (!last.empty() && last.size() <= 9 && last.find_first_not_of("0123456789") == std::string::npos && last != "0")
+    return prefix + std::to_string(std::stoll(last) - 1);
+  return "";
+}
+
 }  // namespace
+
+std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names, const std::vector<int64_t>& dims) {
+  XFER_CHECK(names.size() == dims.size(), "gradmix_layers: ", names.size(), " names for ", dims.size(), " dims");
+  // Modules in order of their first parameter; a module with a parameter of 2+ dimensions is a layer.
+  std::vector<std::string> modules;
+  std::map<std::string, std::vector<size_t>> params_of;
+  std::map<std::string, bool> primary;
+  for (size_t p = 0; p < names.size(); ++p) {
+    const std::string m = gradmix_module_of(names[p]);
+    if (!params_of.count(m)) modules.push_back(m);
+    params_of[m].push_back(p);
+    primary[m] = primary[m] || dims[p] >= 2;
+  }
+  std::vector<MixingLayer> layers;
+  std::map<std::string, size_t> layer_of;
+  for (const auto& m : modules)
+    if (primary[m]) {
+      layer_of[m] = layers.size();
+      layers.push_back({m, {}});
+    }
+  XFER_CHECK(!layers.empty() || modules.empty(), "GradMix --layers layer: the backbone has no convolution or linear "
+             "layer (no parameter of 2 or more dimensions); use --layers module");
+  std::string previous;  // the last layer met, for a normalisation whose name says nothing
+  for (const auto& m : modules) {
+    std::string owner = m;
+    if (!primary[m]) {
+      const std::string partner = gradmix_norm_partner(m);
+      owner = layer_of.count(partner) ? partner : !previous.empty() ? previous : layers.front().name;
+    } else {
+      previous = m;
+    }
+    auto& ps = layers[layer_of[owner]].params;
+    ps.insert(ps.end(), params_of[m].begin(), params_of[m].end());
+  }
+  for (auto& l : layers) std::sort(l.params.begin(), l.params.end());
+  return layers;
+}
 
 TensorDataset unlabelled_target_images(const std::string& option, const Task& target, uint64_t seed) {
   target.train.require_in_memory("GradMix's unlabelled target images");
@@ -87,13 +137,20 @@ void GradMixMethod::Options::fields(Fields& f) {
   }
   f.add("v_batch", v_batch, "batch size on V, the labelled target set (0: min(|V|, --batch-size))").non_negative();
   if (gradmix_mixes(mode)) {
-    f.add("adalr", adalr, "adaptive learning rate: scale lr by 1/(1+exp(-(beta*rho-gamma)))");
+    f.add("adalr", adalr, "adaptive learning rate: scale the mixed backbone gradient by eta = "
+                          "1/(1+exp(-(beta*rho-gamma))) (Eq. 9, 10)");
     f.add("adalr_beta", beta, "adaptive lr: saturation rate beta (Eq. 9)").in_range(1e-6, 1e4);
     f.add("adalr_gamma", gamma, "adaptive lr: shift gamma (eta = 0.5 where beta*rho = gamma)").in_range(0, 1e4);
     if (mode == Mode::gradmix)
-      f.add("layers", layers, "weight granularity: module (each conv/bn/linear layer, the paper's), tensor, or "
-                              "global (one weight per source)")
-          .choices({"module", "tensor", "global"});
+      f.add("layers", layers, "weight granularity: layer (each convolution or linear layer with its batch norm, "
+                              "the paper's), module (each module with parameters), tensor, or global (one weight "
+                              "per source)")
+          .choices({"layer", "module", "tensor", "global"});
+    if (mode == Mode::sgd)
+      f.add("meta_gradient", meta_gradient, "gradmix-sgd's weights: lookahead (Ren et al.'s one-step look-ahead "
+                                            "meta-gradient over the shared layers and the target head; the whole "
+                                            "update weighted) or backbone (backbone gradients' dot products only)")
+          .choices({"lookahead", "backbone"});
     f.add("unlabelled", unlabelled, "unlabelled target images U for --ssl: rest (the target spec's training "
                                     "images outside V and its val split) or a spec");
     f.add("ssl", ssl, "semi-supervised term on U").choices({"none", "vat", "mixmatch"});
@@ -254,15 +311,30 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   shared_.clear();
   layers_.clear();
   layer_names_.clear();
+  std::vector<std::string> names;
+  std::vector<int64_t> dims;
   for (const auto& p : model->backbone->named_parameters(true)) {
     if (!p.value().requires_grad()) continue;
-    const std::string layer = opts_.layers == "global" ? "all" : opts_.layers == "tensor" ? p.key() : gradmix_module_of(p.key());
-    if (layer_names_.empty() || layer_names_.back() != layer) {
-      layer_names_.push_back(layer);
-      layers_.emplace_back();
-    }
-    layers_.back().push_back(shared_.size());
+    names.push_back(p.key());
+    dims.push_back(p.value().dim());
     shared_.push_back(p.value());
+  }
+  // sgd mixes with one weight per source; its layers only sum rho, as gradmix's do.
+  const std::string granularity = opts_.mode == Mode::gradmix ? opts_.layers : "layer";
+  if (granularity == "layer") {
+    for (auto& l : gradmix_layers(names, dims)) {
+      layer_names_.push_back(l.name);
+      layers_.push_back(std::move(l.params));
+    }
+  } else {
+    for (size_t p = 0; p < names.size(); ++p) {
+      const std::string layer = granularity == "global" ? "all" : granularity == "tensor" ? names[p] : gradmix_module_of(names[p]);
+      if (layer_names_.empty() || layer_names_.back() != layer) {
+        layer_names_.push_back(layer);
+        layers_.emplace_back();
+      }
+      layers_.back().push_back(p);
+    }
   }
   XFER_CHECK(!shared_.empty() || !gradmix_uses_sources(opts_.mode), "method ", name, ": the backbone has no trainable parameters");
   const size_t k = sources_.size();
@@ -309,17 +381,10 @@ LossTerms GradMixMethod::compute_gradients(StepContext& ctx) {
   }
 }
 
-LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
-  const bool mixing = gradmix_mixes(opts_.mode);
+void GradMixMethod::source_gradients(StepContext& ctx, StepGradients& grads, Parts& parts, torch::Tensor& total) {
   const size_t k = sources_.size(), n_shared = shared_.size();
-  // Data-parallel: every per-source gradient and V's gradient is averaged over the processes before the
-  // solve, so every process solves the same problem and applies the same update.
-  synchronised_ = true;
-  std::map<std::string, torch::Tensor> parts;
-  torch::Tensor total = torch::zeros({}, torch::kFloat64);
-
-  // One backward per source: its backbone gradient g[i], and its head's gradient h[i].
-  std::vector<std::vector<torch::Tensor>> g(k), h(k);
+  grads.g.assign(k, {});
+  grads.h.assign(k, {});
   for (size_t i = 0; i < k; ++i) {
     const Source& s = sources_[i];
     const Batch b = ctx.batches.next(s.stream);
@@ -329,177 +394,235 @@ LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
     const std::vector<torch::Tensor> head_params = ctx.model->head(s.head)->parameters();
     std::vector<torch::Tensor> inputs = shared_;
     inputs.insert(inputs.end(), head_params.begin(), head_params.end());
-    std::vector<torch::Tensor> grads = torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
-    for (size_t j = 0; j < grads.size(); ++j)
-      if (!grads[j].defined()) grads[j] = torch::zeros_like(inputs[j]);
-    dist::all_reduce_mean(grads);
-    g[i].assign(grads.begin(), grads.begin() + static_cast<std::ptrdiff_t>(n_shared));
-    h[i].assign(grads.begin() + static_cast<std::ptrdiff_t>(n_shared), grads.end());
+    std::vector<torch::Tensor> all = torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
+    for (size_t j = 0; j < all.size(); ++j)
+      if (!all[j].defined()) all[j] = torch::zeros_like(inputs[j]);
+    dist::all_reduce_mean(all);
+    grads.g[i].assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n_shared));
+    grads.h[i].assign(all.begin() + static_cast<std::ptrdiff_t>(n_shared), all.end());
     parts["loss/" + s.name] = loss.detach();
     total = total + loss.detach().to(torch::kCPU, torch::kFloat64);
   }
+}
 
-  // One backward on V (backbone and target head), then the weights of each layer.
-  Batch v;
+namespace {
+
+/// The gradients `which` (offset by `offset`) flattened into one vector.
+torch::Tensor gradmix_flat(const std::vector<torch::Tensor>& grads, const std::vector<size_t>& which, size_t offset) {
+  std::vector<torch::Tensor> pieces;
+  for (size_t p : which) pieces.push_back(grads[offset + p].reshape(-1));
+  return pieces.size() == 1 ? pieces[0] : torch::cat(pieces);
+}
+
+/// sum_j a[j] . b[offset + j] in double precision.
+double gradmix_dot(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b, size_t offset) {
+  double s = 0;
+  for (size_t j = 0; j < a.size(); ++j)
+    s += (a[j].to(torch::kFloat64) * b[offset + j].to(torch::kFloat64)).sum().item<double>();
+  return s;
+}
+
+/// Whether mixing weights sit at a vertex of the simplex: one source alone.
+bool gradmix_at_vertex(const std::vector<double>& w) {
+  return std::any_of(w.begin(), w.end(), [](double v) { return v >= 1 - 1e-9; });
+}
+
+}  // namespace
+
+double GradMixMethod::solve_weights(StepContext& ctx, StepGradients& grads, Parts& parts, int64_t& failed) {
+  const size_t k = sources_.size(), n_shared = shared_.size();
+  const Batch& v = grads.v;
+  const torch::Tensor loss_v = cross_entropy(ctx.model->forward(v.x, ctx.head), v.y);
+  std::vector<torch::Tensor> inputs = shared_;
+  const std::vector<torch::Tensor> target_head = ctx.model->head(ctx.head)->parameters();
+  inputs.insert(inputs.end(), target_head.begin(), target_head.end());
+  grads.gv = torch::autograd::grad({loss_v}, inputs, {}, false, false, /*allow_unused=*/true);
+  for (size_t p = 0; p < grads.gv.size(); ++p)
+    if (!grads.gv[p].defined()) grads.gv[p] = torch::zeros_like(inputs[p]);
+  dist::all_reduce_mean(grads.gv);
+  parts["loss/v"] = loss_v.detach();
+
+  std::vector<LayerGeometry> geometry(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    std::vector<torch::Tensor> rows;
+    for (size_t i = 0; i < k; ++i) rows.push_back(gradmix_flat(grads.g[i], layers_[l], 0));
+    rows.push_back(gradmix_flat(grads.gv, layers_[l], 0));
+    geometry[l] = LayerGeometry::from_rows(torch::stack(rows));
+  }
   double rho = 0;
-  int64_t failed = 0;
   std::vector<size_t> on_target;  // the sources sharing the target head
   for (size_t i = 0; i < k; ++i)
     if (sources_[i].head == ctx.head) on_target.push_back(i);
-  if (mixing) {
-    v = ctx.batches.next("v");
-    const torch::Tensor loss_v = cross_entropy(ctx.model->forward(v.x, ctx.head), v.y);
-    std::vector<torch::Tensor> inputs = shared_;
-    const std::vector<torch::Tensor> target_head = ctx.model->head(ctx.head)->parameters();
-    inputs.insert(inputs.end(), target_head.begin(), target_head.end());
-    std::vector<torch::Tensor> gv = torch::autograd::grad({loss_v}, inputs, {}, false, false, /*allow_unused=*/true);
-    for (size_t p = 0; p < gv.size(); ++p)
-      if (!gv[p].defined()) gv[p] = torch::zeros_like(inputs[p]);
-    dist::all_reduce_mean(gv);
-    parts["loss/v"] = loss_v.detach();
-
-    const double t0 = now_seconds();
-    auto flat = [](const std::vector<torch::Tensor>& grads, const std::vector<size_t>& which, size_t offset) {
-      std::vector<torch::Tensor> pieces;
-      for (size_t p : which) pieces.push_back(grads[offset + p].reshape(-1));
-      return pieces.size() == 1 ? pieces[0] : torch::cat(pieces);
-    };
-    std::vector<LayerGeometry> geometry(layers_.size());
+  if (opts_.mode == Mode::gradmix) {
     for (size_t l = 0; l < layers_.size(); ++l) {
-      std::vector<torch::Tensor> rows;
-      for (size_t i = 0; i < k; ++i) rows.push_back(flat(g[i], layers_[l], 0));
-      rows.push_back(flat(gv, layers_[l], 0));
-      geometry[l] = LayerGeometry::from_rows(torch::stack(rows));
+      const MixingSolution sol = solve_mixing_weights(geometry[l], weights_[l]);
+      if (sol.ok)
+        weights_[l] = sol.weights;
+      else
+        ++failed;
+      rho += sol.cossim;
     }
+  } else {
+    // Learning to reweight: d L_V(theta') / d eps_i at eps = 0 is -alpha g_V . g_i, summed over the
+    // parameters both losses reach (lookahead: the target head too).
+    std::vector<double> dots(k, 0.0);
+    for (const auto& geo : geometry)
+      for (size_t i = 0; i < k; ++i) dots[i] += geo.dots[i];
+    if (lookahead())
+      for (size_t i : on_target) dots[i] += gradmix_dot(grads.h[i], grads.gv, n_shared);
+    std::vector<double> w = reweight_by_meta_gradient(dots);
+    if (w.empty()) {
+      parts["meta_all_zero"] = torch::tensor(1.0, torch::kFloat64);
+      if (lookahead()) w.assign(k, 0.0);  // Ren et al.: no source update from this batch
+      else ++failed;
+    }
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (!w.empty()) weights_[l] = w;
+      rho += geometry[l].cossim(weights_[l]);
+    }
+    if (lookahead()) head_weights_ = w;  // the weighted loss reaches every head
+  }
+  // The target head is shared only by the sources with the target's classes: when there are several
+  // (a pseudo-labelled S_u, or more labelled sources), it is mixed among them the same way (it is
+  // not part of rho, which sums the shared layers 1..L-1 of Eq. 8). Lookahead weighs it by w already.
+  if (on_target.size() > 1 && !lookahead()) {
+    std::vector<size_t> all_params(target_head.size());
+    for (size_t j = 0; j < all_params.size(); ++j) all_params[j] = j;
+    std::vector<torch::Tensor> rows;
+    for (size_t i : on_target) rows.push_back(gradmix_flat(grads.h[i], all_params, 0));
+    rows.push_back(gradmix_flat(grads.gv, all_params, n_shared));
+    const LayerGeometry geo = LayerGeometry::from_rows(torch::stack(rows));
+    std::vector<double> previous;
+    for (size_t i : on_target) previous.push_back(head_weights_[i]);
+    std::vector<double> w;
     if (opts_.mode == Mode::gradmix) {
-      for (size_t l = 0; l < layers_.size(); ++l) {
-        const MixingSolution sol = solve_mixing_weights(geometry[l], weights_[l]);
-        if (sol.ok)
-          weights_[l] = sol.weights;
-        else
-          ++failed;
-        rho += sol.cossim;
-      }
+      const MixingSolution sol = solve_mixing_weights(geo, previous);
+      if (!sol.ok) ++failed;
+      w = sol.weights;
     } else {
-      // Learning to reweight: one weight per source from the whole backbone's g_V . g_i.
-      std::vector<double> dots(k, 0.0);
-      for (const auto& geo : geometry)
-        for (size_t i = 0; i < k; ++i) dots[i] += geo.dots[i];
-      const std::vector<double> w = reweight_by_meta_gradient(dots);
-      if (w.empty()) ++failed;
-      for (size_t l = 0; l < layers_.size(); ++l) {
-        if (!w.empty()) weights_[l] = w;
-        rho += geometry[l].cossim(weights_[l]);
-      }
+      w = reweight_by_meta_gradient(geo.dots);
+      if (w.empty()) ++failed, w = previous;
     }
-    // The target head is shared only by the sources with the target's classes: when there are several
-    // (a pseudo-labelled S_u, or more labelled sources), it is mixed among them the same way (it is
-    // not part of rho, which sums the shared layers 1..L-1 of Eq. 8).
-    if (on_target.size() > 1) {
-      std::vector<size_t> all_params(target_head.size());
-      for (size_t j = 0; j < all_params.size(); ++j) all_params[j] = j;
-      std::vector<torch::Tensor> rows;
-      for (size_t i : on_target) rows.push_back(flat(h[i], all_params, 0));
-      rows.push_back(flat(gv, all_params, n_shared));
-      const LayerGeometry geo = LayerGeometry::from_rows(torch::stack(rows));
-      std::vector<double> previous;
-      for (size_t i : on_target) previous.push_back(head_weights_[i]);
-      std::vector<double> w;
-      if (opts_.mode == Mode::gradmix) {
-        const MixingSolution sol = solve_mixing_weights(geo, previous);
-        if (!sol.ok) ++failed;
-        w = sol.weights;
-      } else {
-        w = reweight_by_meta_gradient(geo.dots);
-        if (w.empty()) ++failed, w = previous;
-      }
-      for (size_t j = 0; j < on_target.size(); ++j) head_weights_[on_target[j]] = w[j];
-    }
-    solver_seconds_ += now_seconds() - t0;
-    failures_ += failed;
-    parts["solver_ms"] = torch::tensor(1000 * (now_seconds() - t0), torch::kFloat64);
+    for (size_t j = 0; j < on_target.size(); ++j) head_weights_[on_target[j]] = w[j];
   }
+  return rho;
+}
 
-  // The update: mixed backbone gradients (sums for source-only); each head the gradient of its sources
-  // (mixed on the target head when several share it and the method mixes).
-  {
-    torch::NoGradGuard no_grad;
-    for (size_t l = 0; l < layers_.size(); ++l)
-      for (size_t p : layers_[l]) {
-        torch::Tensor sum = mixing ? g[0][p] * weights_[l][0] : g[0][p].clone();
-        for (size_t i = 1; i < k; ++i) sum.add_(g[i][p], mixing ? weights_[l][i] : 1.0);
-        shared_[p].mutable_grad() = sum;
-      }
-    std::map<std::string, std::vector<torch::Tensor>> head_sum;
-    for (size_t i = 0; i < k; ++i) {
-      const bool mixed_head = mixing && sources_[i].head == ctx.head && on_target.size() > 1;
-      const double w = mixed_head ? head_weights_[i] : 1.0;
-      auto& acc = head_sum[sources_[i].head];
-      for (size_t j = 0; j < h[i].size(); ++j) {
-        if (acc.size() <= j)
-          acc.push_back(h[i][j] * w);
-        else
-          acc[j].add_(h[i][j], w);
-      }
+void GradMixMethod::set_gradients(StepContext& ctx, const StepGradients& grads, bool mixing, double eta) {
+  const size_t k = sources_.size();
+  torch::NoGradGuard no_grad;
+  // The backbone: this batch's mixed gradient (the sum for source-only), scaled by eta (Eq. 10).
+  for (size_t l = 0; l < layers_.size(); ++l)
+    for (size_t p : layers_[l]) {
+      torch::Tensor sum = mixing ? grads.g[0][p] * weights_[l][0] : grads.g[0][p].clone();
+      for (size_t i = 1; i < k; ++i) sum.add_(grads.g[i][p], mixing ? weights_[l][i] : 1.0);
+      if (eta != 1.0) sum.mul_(eta);
+      shared_[p].mutable_grad() = sum;
     }
-    for (auto& [head, grads] : head_sum) {
-      std::vector<torch::Tensor> params = ctx.model->head(head)->parameters();
-      for (size_t j = 0; j < params.size(); ++j) params[j].mutable_grad() = grads[j];
+  // Each head: the gradient of its sources, unscaled by eta; weighted where the method mixes it.
+  size_t on_target = 0;
+  for (const auto& s : sources_) on_target += s.head == ctx.head;
+  std::map<std::string, std::vector<torch::Tensor>> head_sum;
+  for (size_t i = 0; i < k; ++i) {
+    const bool weighted = mixing && (lookahead() || (sources_[i].head == ctx.head && on_target > 1));
+    const double w = weighted ? head_weights_[i] : 1.0;
+    auto& acc = head_sum[sources_[i].head];
+    for (size_t j = 0; j < grads.h[i].size(); ++j) {
+      if (acc.size() <= j)
+        acc.push_back(grads.h[i][j] * w);
+      else
+        acc[j].add_(grads.h[i][j], w);
     }
   }
+  for (auto& [head, sums] : head_sum) {
+    std::vector<torch::Tensor> params = ctx.model->head(head)->parameters();
+    for (size_t j = 0; j < params.size(); ++j) params[j].mutable_grad() = sums[j];
+  }
+}
+
+void GradMixMethod::log_weights(StepContext& ctx, Parts& parts) const {
+  const bool per_layer = opts_.mode == Mode::gradmix;
+  const size_t logged = per_layer ? layers_.size() : std::min<size_t>(1, layers_.size());
+  double vertices = 0;
+  for (size_t l = 0; l < layers_.size(); ++l) vertices += gradmix_at_vertex(weights_[l]) ? 1 : 0;
+  for (size_t l = 0; l < logged; ++l) {
+    const std::string layer = per_layer ? layer_names_[l] : std::string("all");
+    for (size_t i = 0; i < sources_.size(); ++i)
+      parts[cat("w/", layer, "/", sources_[i].name)] = torch::tensor(weights_[l][i], torch::kFloat64);
+    parts["vertex/" + layer] = torch::tensor(gradmix_at_vertex(weights_[l]) ? 1.0 : 0.0, torch::kFloat64);
+  }
+  parts["vertex"] = torch::tensor(layers_.empty() ? 0.0 : vertices / static_cast<double>(layers_.size()), torch::kFloat64);
+  size_t on_target = 0;
+  for (const auto& s : sources_) on_target += s.head == ctx.head;
+  if (on_target > 1 || lookahead())
+    for (size_t i = 0; i < sources_.size(); ++i)
+      if (sources_[i].head == ctx.head) parts[cat("w/head/", sources_[i].name)] = torch::tensor(head_weights_[i], torch::kFloat64);
+}
+
+LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
+  const bool mixing = gradmix_mixes(opts_.mode);
+  // Data-parallel: every per-source gradient and V's gradient is averaged over the processes before the
+  // solve, so every process solves the same problem and applies the same update.
+  synchronised_ = true;
+  Parts parts;
+  torch::Tensor total = torch::zeros({}, torch::kFloat64);
+  StepGradients grads;
+  source_gradients(ctx, grads, parts, total);
 
   double eta = 1.0;
   if (mixing) {
+    grads.v = ctx.batches.next("v");
+    const double t0 = now_seconds();
+    int64_t failed = 0;
+    const double rho = solve_weights(ctx, grads, parts, failed);
+    solver_seconds_ += now_seconds() - t0;
+    failures_ += failed;
     if (opts_.adalr) eta = adaptive_lr_scale(rho, opts_.beta, opts_.gamma);
+    parts["solver_ms"] = torch::tensor(1000 * (now_seconds() - t0), torch::kFloat64);
     parts["rho"] = torch::tensor(rho, torch::kFloat64);
     parts["eta"] = torch::tensor(eta, torch::kFloat64);
     parts["slsqp_failures"] = torch::tensor(static_cast<double>(failed), torch::kFloat64);
-    const size_t logged_layers = opts_.mode == Mode::sgd ? 1 : layers_.size();
-    for (size_t l = 0; l < logged_layers; ++l)
-      for (size_t i = 0; i < k; ++i)
-        parts[cat("w/", opts_.mode == Mode::sgd ? std::string("all") : layer_names_[l], "/", sources_[i].name)] =
-            torch::tensor(weights_[l][i], torch::kFloat64);
-    if (on_target.size() > 1)
-      for (size_t i : on_target) parts[cat("w/head/", sources_[i].name)] = torch::tensor(head_weights_[i], torch::kFloat64);
+    log_weights(ctx, parts);
   }
-
-  // The semi-supervised term on U, added on top of the mixed gradient.
-  if (opts_.ssl != "none") {
-    const torch::Tensor u = ssl_loss(ctx, v, parts);
-    if (!dist::is_distributed()) {
-      u.backward();
-    } else {  // U's gradient alone, averaged, then added to the (already averaged) mixed gradient
-      std::vector<torch::Tensor> params, mixed;
-      for (const auto& p : ctx.model->parameters())
-        if (p.requires_grad()) {
-          params.push_back(p);
-          mixed.push_back(p.grad());
-          p.mutable_grad() = torch::Tensor();
-        }
-      u.backward();
-      std::vector<torch::Tensor> grads;
-      for (const auto& p : params)
-        if (p.grad().defined()) grads.push_back(p.grad());
-      dist::all_reduce_mean(grads);
-      torch::NoGradGuard no_grad;
-      for (size_t j = 0; j < params.size(); ++j) {
-        if (!mixed[j].defined()) continue;
-        if (params[j].grad().defined())
-          params[j].mutable_grad().add_(mixed[j]);
-        else
-          params[j].mutable_grad() = mixed[j];
-      }
-    }
-    total = total + u.detach().to(torch::kCPU, torch::kFloat64);
-  }
+  set_gradients(ctx, grads, mixing, eta);
+  if (opts_.ssl != "none") total = total + ssl_gradients(ctx, grads.v, parts);
   LossTerms terms;
   terms.total = total;
   terms.parts = std::move(parts);
-  terms.lr_scale = eta;
   return terms;
 }
 
-torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, std::map<std::string, torch::Tensor>& parts) {
+torch::Tensor GradMixMethod::ssl_gradients(StepContext& ctx, const Batch& v, Parts& parts) {
+  // The semi-supervised term on U, added on top of the mixed gradient (not scaled by eta).
+  const torch::Tensor u = ssl_loss(ctx, v, parts);
+  if (!dist::is_distributed()) {
+    u.backward();
+  } else {  // U's gradient alone, averaged, then added to the (already averaged) mixed gradient
+    std::vector<torch::Tensor> params, mixed;
+    for (const auto& p : ctx.model->parameters())
+      if (p.requires_grad()) {
+        params.push_back(p);
+        mixed.push_back(p.grad());
+        p.mutable_grad() = torch::Tensor();
+      }
+    u.backward();
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    dist::all_reduce_mean(grads);
+    torch::NoGradGuard no_grad;
+    for (size_t j = 0; j < params.size(); ++j) {
+      if (!mixed[j].defined()) continue;
+      if (params[j].grad().defined())
+        params[j].mutable_grad().add_(mixed[j]);
+      else
+        params[j].mutable_grad() = mixed[j];
+    }
+  }
+  return u.detach().to(torch::kCPU, torch::kFloat64);
+}
+
+torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, Parts& parts) {
   const Batch u = ctx.batches.next("u");
   Model& model = ctx.model;
   const std::string& head = ctx.head;

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -107,6 +109,13 @@ void SearchOptions::fields(Fields& f) {
   f.add("retries", retries, "times a crashed trial is run again").non_negative();
   f.add("busy_timeout", busy_timeout, "seconds to wait for a database locked by another process").non_negative();
   f.add("plot_top", plot_top, "best trials drawn in schedules.png (smooth)").at_least(1);
+  f.add("pruner", pruner, "stop losing trials early: none, or median (Optuna's MedianPruner on the trials' "
+                          "validation top-1; PRUNED trials stay in the study)")
+      .choices({"none", "median"});
+  f.add("pruner_startup_trials", pruner_startup_trials, "median pruner: complete trials before any pruning")
+      .non_negative();
+  f.add("pruner_warmup_steps", pruner_warmup_steps, "median pruner: no pruning at training steps below this")
+      .non_negative();
 }
 
 void SearchOptions::validate() {
@@ -167,7 +176,8 @@ nlohmann::json RunObjective::method_options(const ParamValues& params) const {
   return mf.to_json();
 }
 
-TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialRecord& record) const {
+TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialRecord& record,
+                                      const ReportFn& report) const {
   RunOptions run = base_;
   auto config = search_method_config(run.method, method_options_);
   Fields rf, mf;
@@ -178,6 +188,9 @@ TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialReco
   run.overwrite = true;
   run.resume = false;
   run.trainer.stop_after = 0;
+  run.trainer.on_validation = [&report, &record](int64_t step, double value) {
+    if (report && report(step, value)) throw TrialPruned(cat("trial ", record.number, " pruned at step ", step));
+  };
   const nlohmann::json result = run_finetune(run, *config);
   const nlohmann::json best = result.value("best_val_top1", nlohmann::json());
   XFER_CHECK(best.is_number(), "trial ", record.number, " reported no validation accuracy");
@@ -197,6 +210,25 @@ nlohmann::json RunObjective::config() const {
   for (const auto& [k, v] : method_options_.items())
     if (!space_.find(k)) out["method." + k] = v;
   return out;
+}
+
+bool median_should_prune(int64_t complete, const std::vector<double>& at_step, const std::vector<double>& own,
+                         int64_t step, int64_t startup_trials, int64_t warmup_steps) {
+  if (complete == 0 || complete < startup_trials || step < warmup_steps || own.empty()) return false;
+  double best = std::numeric_limits<double>::quiet_NaN();
+  for (double v : own)
+    if (!std::isnan(v)) best = std::isnan(best) ? v : std::max(best, v);
+  if (std::isnan(best)) return true;
+  std::vector<double> values;
+  for (double v : at_step)
+    if (!std::isnan(v)) values.push_back(v);
+  if (values.empty()) return false;
+  // numpy.percentile(values, 50), linear: the middle value, or the mean of the two middle ones.
+  std::sort(values.begin(), values.end());
+  const double pos = 0.5 * static_cast<double>(values.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(pos));
+  const double median = values[lo] + (pos - static_cast<double>(lo)) * (values[std::min(lo + 1, values.size() - 1)] - values[lo]);
+  return best < median;
 }
 
 std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_dir) {
@@ -249,9 +281,26 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
     if (saved_verbosity < 2) set_verbosity(0);
     TrialOutcome outcome;
     std::string failure;
+    bool pruned = false;
+    std::vector<double> own;  // this trial's intermediate values so far
+    int64_t last_step = 0;
+    const ReportFn report = [&](int64_t step, double value) {
+      const auto r0 = std::chrono::steady_clock::now();
+      study.report(r.number, step, value);
+      own.push_back(value);
+      last_step = step;
+      const bool stop = opts.pruner == "median" &&
+                        median_should_prune(study.complete_count(), study.complete_values_at(step), own, step,
+                                            opts.pruner_startup_trials, opts.pruner_warmup_steps);
+      stats.storage_seconds += search_elapsed(r0);
+      return stop;
+    };
     try {
       SearchHeartbeat beat(beats, r.number, opts.heartbeat);
-      outcome = objective(r.params, r);
+      outcome = objective(r.params, r, report);
+    } catch (const TrialPruned& e) {
+      pruned = true;
+      failure = e.what();
     } catch (const NumericalError& e) {
       failure = e.what();
     } catch (const std::exception& e) {
@@ -265,15 +314,18 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
     ++stats.trials;
 
     const auto s0 = std::chrono::steady_clock::now();
-    if (failure.empty()) study.complete(r.number, outcome.value, outcome.intermediate);
+    if (pruned) study.prune(r.number);
+    else if (failure.empty()) study.complete(r.number, outcome.value, outcome.intermediate);
     else study.fail(r.number, failure, validation_curve(r.run_dir));
     stats.storage_seconds += search_elapsed(s0);
 
     std::ostringstream line;
     line << "trial " << r.number << (r.retry_of ? cat(" (retry of ", *r.retry_of, ")") : std::string()) << who << ": "
          << space.values_text(r.params) << " -> "
-         << (failure.empty() ? "val " + search_percent(outcome.value, 2) : "FAILED: " + failure) << " ("
-         << fixed(seconds, 1) << " s)\n";
+         << (pruned ? cat("PRUNED at step ", last_step, " (best val so far ",
+                          search_percent(own.empty() ? 0 : *std::max_element(own.begin(), own.end()), 2), ")")
+                    : failure.empty() ? "val " + search_percent(outcome.value, 2) : "FAILED: " + failure)
+         << " (" << fixed(seconds, 1) << " s)\n";
     out << line.str() << std::flush;
   }
   study.record_worker(stats);
@@ -322,13 +374,20 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
 
   const size_t shown = std::min<size_t>(by_value.size(), 20);
   for (size_t i = 0; i < shown; ++i) md.add_row(trial_row(*by_value[i], false));
-  int64_t complete = 0, failed = 0;
+  int64_t complete = 0, failed = 0, pruned = 0, steps = 0;
+  double run_seconds = 0;
   for (const auto& t : trials) {
     complete += t.state == "COMPLETE";
     failed += t.state == "FAILED";
+    pruned += t.state == "PRUNED";
+    // Every run validates at its last step, so a trial's last intermediate step is the steps it trained.
+    if (!t.intermediate.empty()) steps += t.intermediate.back().first;
+    if (t.finished > 0 && t.started > 0) run_seconds += t.finished - t.started;
   }
+  const nlohmann::json compute = {{"trials", trials.size()}, {"complete", complete}, {"pruned", pruned},
+                                  {"failed", failed}, {"steps", steps}, {"run_seconds", run_seconds}};
   out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials (" << complete
-      << " complete, " << failed << " failed), sampler " << study.info().sampler << "\n\n";
+      << " complete, " << pruned << " pruned, " << failed << " failed), sampler " << study.info().sampler << "\n\n";
   out << md.markdown();
   if (shown < by_value.size()) out << "(the best " << shown << " of " << by_value.size() << " trials; all in trials.csv)\n";
 
@@ -341,8 +400,10 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     run_s += w.run_seconds;
     counted += w.trials;
   }
+  out << "\nCompute: " << trials.size() << " trials (" << pruned << " pruned), " << steps << " training steps, "
+      << fixed(run_seconds, 1) << " s of trial run time\n";
   if (counted > 0 && run_s > 0)
-    out << "\nSearch overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
+    out << "Search overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
         << fixed(1000 * storage_s / counted, 2) << " ms = " << search_percent((sample_s + storage_s) / run_s, 3)
         << " of a trial's run time (" << fixed(run_s / counted, 1) << " s)\n";
 
@@ -382,7 +443,8 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
                             {"study", study.path()},
                             {"trials", trials.size()},
                             {"complete", complete},
-                            {"failed", failed}};
+                            {"failed", failed},
+                            {"compute", compute}};
   for (const char* k : {"test_top1", "test_mean_class", "best_val_step", "iterations"})
     if (best_result.contains(k)) summary[k] = best_result[k];
   write_json_file((fs::path(opts.out) / "best.json").string(), summary);

@@ -332,9 +332,24 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
   }
   std::vector<Observation> complete;
   {
-    StudyStmt done(db_, path_, "SELECT params, value FROM trials WHERE state = 'COMPLETE' ORDER BY number");
-    while (done.step())
-      complete.push_back({info_.space.values_from_json(nlohmann::json::parse(done.text(0))), done.real(1)});
+    // Pruned trials with their last intermediate value, as Optuna's TPE sees them.
+    StudyStmt done(db_, path_,
+                   "SELECT t.params, t.value, t.state, (SELECT i.step FROM intermediate i WHERE i.trial = t.number "
+                   "ORDER BY i.step DESC LIMIT 1), (SELECT i.value FROM intermediate i WHERE i.trial = t.number "
+                   "ORDER BY i.step DESC LIMIT 1) FROM trials t WHERE t.state IN ('COMPLETE', 'PRUNED') ORDER BY "
+                   "t.number");
+    while (done.step()) {
+      Observation o;
+      o.params = info_.space.values_from_json(nlohmann::json::parse(done.text(0)));
+      if (done.text(2) == "PRUNED") {
+        o.pruned = true;
+        o.pruned_step = done.null(3) ? -1 : done.integer(3);
+        o.value = done.null(4) ? 0.0 : done.real(4);
+      } else {
+        o.value = done.real(1);
+      }
+      complete.push_back(std::move(o));
+    }
   }
   {
     StudyStmt next(db_, path_, "SELECT COALESCE(MAX(number), -1) + 1 FROM trials");
@@ -399,6 +414,34 @@ void Study::fail(int64_t number, const std::string& error, const std::vector<std
   s.step();
   study_write_intermediate(db_, path_, number, intermediate);
   tx.commit();
+}
+
+void Study::report(int64_t number, int64_t step, double value) {
+  StudyTransaction tx(db_, path_);
+  study_write_intermediate(db_, path_, number, {{step, value}});
+  tx.commit();
+}
+
+void Study::prune(int64_t number) {
+  StudyStmt s(db_, path_, "UPDATE trials SET state = 'PRUNED', finished = ?, error = NULL WHERE number = ?");
+  s.bind(1, now()).bind(2, number);
+  s.step();
+}
+
+int64_t Study::complete_count() {
+  StudyStmt s(db_, path_, "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'");
+  s.step();
+  return s.integer(0);
+}
+
+std::vector<double> Study::complete_values_at(int64_t step) {
+  StudyStmt s(db_, path_,
+              "SELECT i.value FROM intermediate i JOIN trials t ON t.number = i.trial WHERE t.state = 'COMPLETE' AND "
+              "i.step = ? ORDER BY t.number");
+  s.bind(1, step);
+  std::vector<double> out;
+  while (s.step()) out.push_back(s.real(0));
+  return out;
 }
 
 void Study::record_worker(const WorkerStats& w) {

@@ -103,6 +103,19 @@ double normal_quantile(double p) {
   return x - u / (1 + 0.5 * x * u);
 }
 
+std::vector<size_t> tpe_rank(const std::vector<Observation>& done) {
+  // Optuna's key (-step, -value) ascending, a complete trial's step being +infinity.
+  auto key = [&](size_t i) {
+    const Observation& o = done[i];
+    const double step = o.pruned ? -static_cast<double>(o.pruned_step) : -std::numeric_limits<double>::infinity();
+    return std::make_pair(step, o.pruned && o.pruned_step < 0 ? 0.0 : -o.value);
+  };
+  std::vector<size_t> order(done.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key(a) < key(b); });
+  return order;
+}
+
 int64_t tpe_gamma(int64_t n) {
   return std::min<int64_t>(static_cast<int64_t>(std::ceil(0.1 * static_cast<double>(n))), 25);
 }
@@ -122,7 +135,7 @@ std::vector<double> tpe_weights(int64_t n) {
 
 ParzenEstimator::ParzenEstimator(const ParamSpec& spec, const std::vector<double>& observations,
                                  const TpeOptions& opts)
-    : spec_(spec) {
+    : spec_(spec), optuna31_kernels_(opts.optuna31_kernels) {
   const size_t n = observations.size();
   weights_ = tpe_weights(static_cast<int64_t>(n));
   if (n == 0) weights_ = {1.0};
@@ -215,12 +228,12 @@ double ParzenEstimator::log_pdf(double value) const {
     const double sigma = std::max(sigmas_[k], kTpeEps), mu = mus_[k];
     const double log_norm = tpe_log_mass((low_ - mu) / sigma, (high_ - mu) / sigma);
     double log_p;
-    if (spec_.integer()) {
+    if (spec_.kind == ParamSpec::Kind::Int) {
       const double lo = tpe_transform(spec_, value - 0.5), hi = tpe_transform(spec_, value + 0.5);
       log_p = tpe_log_mass((lo - mu) / sigma, (hi - mu) / sigma);
     } else {
       const double z = (tpe_transform(spec_, value) - mu) / sigma;
-      log_p = -0.5 * z * z - kLogSqrt2Pi - std::log(sigma);
+      log_p = -0.5 * z * z - kLogSqrt2Pi - (optuna31_kernels_ ? 0.0 : std::log(sigma));
     }
     terms[k] = std::log(weights_[k]) + log_p - log_norm;
   }
@@ -262,10 +275,7 @@ ParamValues TpeSampler::sample(const SearchSpace& space, const std::vector<Obser
 
   // The best gamma(n) trials are "below"; both groups keep their chronological order (the weights ramp
   // over age).
-  std::vector<size_t> by_value(complete.size());
-  std::iota(by_value.begin(), by_value.end(), 0);
-  std::stable_sort(by_value.begin(), by_value.end(),
-                   [&](size_t a, size_t b) { return complete[a].value > complete[b].value; });
+  const std::vector<size_t> by_value = tpe_rank(complete);
   const auto n_below = static_cast<size_t>(tpe_gamma(n));
   std::vector<size_t> below(by_value.begin(), by_value.begin() + n_below), above(by_value.begin() + n_below, by_value.end());
   std::sort(below.begin(), below.end());

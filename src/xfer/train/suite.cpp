@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -115,7 +116,47 @@ struct RunRequest {
   nlohmann::json config;                 // what `xfer finetune --config` reads
   std::vector<nlohmann::json> pretrains; // source models to train first, in order (one may need another)
   nlohmann::json search;                 // null, or the method entry's "search"
+  std::string point;                     // a sweep's point, "alpha=0,tau=3" ("" for a plain run)
 };
+
+/// Every combination of a "sweep"'s values, in key order: [{"alpha": -2}, {"alpha": 0}, ...]; or one empty
+/// object when there is no sweep.
+std::vector<nlohmann::json> sweep_points(const nlohmann::json& sweep) {
+  std::vector<nlohmann::json> points = {nlohmann::json::object()};
+  if (sweep.is_null()) return points;
+  for (const auto& [key, values] : sweep.items()) {
+    std::vector<nlohmann::json> next;
+    for (const auto& p : points)
+      for (const auto& v : values) {
+        nlohmann::json q = p;
+        q[key] = v;
+        next.push_back(std::move(q));
+      }
+    points = std::move(next);
+  }
+  return points;
+}
+
+/// "alpha=-2,tau=3".
+std::string sweep_point_text(const nlohmann::json& point) {
+  std::string out;
+  for (const auto& [key, value] : point.items())
+    out += (out.empty() ? "" : ",") + key + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+  return out;
+}
+
+/// Checks a method entry's "sweep": an object of non-empty value lists, at most 100 points in all.
+void check_sweep(const nlohmann::json& sweep, const std::string& where) {
+  XFER_CHECK(sweep.is_object() && !sweep.empty(), where, ".sweep must be {\"OPTION\": [values], ...}, got ",
+             sweep.dump());
+  size_t points = 1;
+  for (const auto& [key, values] : sweep.items()) {
+    XFER_CHECK(values.is_array() && !values.empty() && values.size() <= 100, where, ".sweep.", key,
+               " must be a list of 1 to 100 values, got ", values.dump());
+    points *= values.size();
+    XFER_CHECK(points <= 100, where, ".sweep has more than 100 points");
+  }
+}
 
 /// Resolves "weights_from": "@pretrain" and "weights_target": "@task" in a method's pre-training options
 /// and appends the source models it needs to `order`, the suite's own first.
@@ -221,33 +262,40 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
           r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
         XFER_CHECK(!(info.needs_init && r.init.empty()), where, ": method ", m.method,
                    " fine-tunes a source model; give the suite a \"pretrain\" block or the run an \"init\"");
-        auto config = info.make_config();
-        Fields mf;
-        config->fields(mf);
-        nlohmann::json options = nlohmann::json::object();  // the task's options this method has, then its own
-        const std::set<std::string> known = method_option_names(m.method);
-        for (const auto& [key, value] : t.options.items())
-          if (known.count(key)) options[key] = value;
-        if (m.options.is_object()) options.update(m.options);
-        try {
-          mf.read_json(options, where + " (method options)");
-        } catch (const BadInput& e) {  // a value out of range names only the flag: say which run
-          const std::string what = e.what();
-          if (what.find(where) != std::string::npos) throw;
-          throw BadInput(cat(where, ": ", what));
+        for (const nlohmann::json& point : sweep_points(m.sweep)) {
+          auto config = info.make_config();
+          Fields mf;
+          config->fields(mf);
+          nlohmann::json options = nlohmann::json::object();  // the task's options this method has, then its own
+          const std::set<std::string> known = method_option_names(m.method);
+          for (const auto& [key, value] : t.options.items())
+            if (known.count(key)) options[key] = value;
+          if (m.options.is_object()) options.update(m.options);
+          options.update(point);
+          try {
+            mf.read_json(options, where + " (method options)");
+          } catch (const BadInput& e) {  // a value out of range names only the flag: say which run
+            const std::string what = e.what();
+            if (what.find(where) != std::string::npos) throw;
+            throw BadInput(cat(where, ": ", what));
+          }
+          RunRequest p = q;
+          p.task = t.name;
+          p.label = m.label;
+          p.search = m.search;
+          p.seed = seed;
+          p.point = m.sweep.is_null() ? "" : sweep_point_text(point);
+          fs::path dir = fs::path(out) / "runs" / slug(t.name) / slug(m.label) / cat("seed", seed);
+          if (!p.point.empty()) dir /= slug(p.point);
+          p.dir = dir.string();
+          r.out = p.dir;
+          p.config = config_json("finetune", r, config.get());
+          p.config.erase("out");
+          p.config.erase("threads");
+          p.config.erase("overwrite");
+          p.config.erase("resume");
+          plan.push_back(std::move(p));
         }
-        q.task = t.name;
-        q.label = m.label;
-        q.search = m.search;
-        q.seed = seed;
-        q.dir = (fs::path(out) / "runs" / slug(t.name) / slug(m.label) / cat("seed", seed)).string();
-        r.out = q.dir;
-        q.config = config_json("finetune", r, config.get());
-        q.config.erase("out");
-        q.config.erase("threads");
-        q.config.erase("overwrite");
-        q.config.erase("resume");
-        plan.push_back(std::move(q));
       }
   return plan;
 }
@@ -308,13 +356,82 @@ bool already_done(const RunRequest& q) {
   }
 }
 
+/// One record per cell: the runs of a sweep on one task and seed become the one best on validation (the
+/// first of equals; a failed cell when none finished). Adds to `notes` the point each sweep chose.
+std::vector<RunRecord> best_of_sweeps(const std::vector<RunRequest>& plan, const std::vector<RunRecord>& records,
+                                      std::vector<std::string>& notes) {
+  std::vector<RunRecord> out;
+  std::map<std::tuple<std::string, std::string, int64_t>, size_t> cell;  // (task, label, seed) -> index in out
+  std::map<std::string, std::string> chosen;                            // label -> "task seed: point; ..."
+  std::map<size_t, std::string> point_of;                                // index in out -> its point
+  for (size_t i = 0; i < plan.size(); ++i) {
+    if (plan[i].point.empty()) {
+      out.push_back(records[i]);
+      continue;
+    }
+    const auto key = std::make_tuple(plan[i].task, plan[i].label, plan[i].seed);
+    const auto it = cell.find(key);
+    if (it == cell.end()) {
+      cell[key] = out.size();
+      point_of[out.size()] = plan[i].point;
+      out.push_back(records[i]);
+      continue;
+    }
+    RunRecord& best = out[it->second];
+    if (records[i].ok && (!best.ok || records[i].best_val_top1 > best.best_val_top1)) {
+      best = records[i];
+      point_of[it->second] = plan[i].point;
+    }
+  }
+  for (const auto& [key, index] : cell) {
+    std::string& text = chosen[std::get<1>(key)];
+    text += cat(text.empty() ? "" : "; ", std::get<0>(key), " seed ", std::get<2>(key), ": ", point_of[index]);
+  }
+  for (const auto& [label, text] : chosen)
+    notes.push_back(cat("'", label, "' reports per cell the sweep point best on validation: ", text));
+  return out;
+}
+
+/// The compute each searched method took, from its cells' best.json ("compute"): one line per method.
+std::vector<std::string> search_compute(const std::vector<RunRequest>& plan) {
+  struct Sum {
+    int64_t cells = 0, trials = 0, pruned = 0, steps = 0;
+    double seconds = 0;
+  };
+  std::map<std::string, Sum> by_label;
+  std::vector<std::string> order;
+  for (const auto& q : plan) {
+    if (q.search.is_null()) continue;
+    const fs::path best = fs::path(q.dir) / "best.json";
+    if (!fs::exists(best)) continue;
+    const nlohmann::json c = read_json_file(best.string()).value("compute", nlohmann::json::object());
+    if (!by_label.count(q.label)) order.push_back(q.label);
+    Sum& s = by_label[q.label];
+    ++s.cells;
+    s.trials += c.value("trials", int64_t{0});
+    s.pruned += c.value("pruned", int64_t{0});
+    s.steps += c.value("steps", int64_t{0});
+    s.seconds += c.value("run_seconds", 0.0);
+  }
+  std::vector<std::string> lines;
+  for (const auto& label : order) {
+    const Sum& s = by_label[label];
+    lines.push_back(cat("'", label, "' searched ", s.cells, " cells: ", s.trials, " trials (", s.pruned, " pruned), ",
+                        s.steps, " training steps, ", fixed(s.seconds / 3600, 2), " h of trial run time in all; per cell ",
+                        fixed(static_cast<double>(s.trials) / s.cells, 1), " trials, ", s.steps / s.cells, " steps, ",
+                        fixed(s.seconds / 60 / s.cells, 1), " min"));
+  }
+  return lines;
+}
+
 /// timing.md: each method's time per step on one task, relative to l2, measured in this process.
 std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, const std::string& cache,
                            std::ostream& out) {
   const std::string task = s.timing_task.empty() ? s.tasks.front().name : s.timing_task;
   std::vector<const RunRequest*> chosen;
+  std::set<std::string> timed;  // a sweep's first point stands for it
   for (const auto& q : plan)
-    if (q.task == task && q.seed == s.seeds.front()) chosen.push_back(&q);
+    if (q.task == task && q.seed == s.seeds.front() && timed.insert(q.label).second) chosen.push_back(&q);
   // l2 is the reference; time it even when the suite does not list it, if it can run here.
   RunRequest reference;
   const bool has_l2 = std::any_of(chosen.begin(), chosen.end(), [](const RunRequest* q) { return q->config["method"] == "l2"; });
@@ -691,7 +808,7 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     if (m.is_string()) {
       entry.method = entry.label = m.get<std::string>();
     } else {
-      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "search", "tasks", "optional"}, mw);
+      suite_check_keys(m, {"label", "method", "options", "run", "pretrain", "search", "sweep", "tasks", "optional"}, mw);
       entry.method = suite_string(m, "method", mw, true);
       if (m.contains("tasks")) {
         XFER_CHECK(m["tasks"].is_array() && !m["tasks"].empty(), mw, ".tasks must be a non-empty list of task ",
@@ -709,6 +826,11 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
       if (m.contains("search") && !m["search"].is_null()) {
         entry.search = suite_object(m, "search", mw);
         check_search(entry.search, mw);
+      }
+      if (m.contains("sweep") && !m["sweep"].is_null()) {
+        XFER_CHECK(entry.search.is_null(), mw, ": \"search\" and \"sweep\" cannot be combined");
+        check_sweep(m["sweep"], mw);
+        entry.sweep = m["sweep"];
       }
       XFER_CHECK(!m.contains("optional") || m["optional"].is_boolean(), mw, ".optional must be true or false, got ",
                  m.value("optional", nlohmann::json()).dump());
@@ -762,6 +884,14 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
   }
   // Every run's options are checked now, not when its turn comes.
   plan_runs(s, "runs/check", "");
+  // A sweep reports the point best on validation: every task needs a validation split.
+  for (const auto& m : s.methods)
+    for (const auto& t : s.tasks)
+      if (!m.sweep.is_null()) {
+        const DatasetSpec spec = DatasetSpec::parse(t.target);
+        XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, where, ": method '", m.label, "' sweeps and keeps the ",
+                   "point best on validation, but task '", t.name, "' (", t.target, ") has no validation split: add val=N");
+      }
   return s;
 }
 
@@ -898,13 +1028,19 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   std::vector<std::string> task_names, labels;
   for (const auto& t : suite.tasks) task_names.push_back(t.name);
   for (const auto& m : suite.methods) labels.push_back(m.label);
+  std::vector<std::string> notes = suite.notes;
+  const std::vector<RunRecord> cells = best_of_sweeps(plan, records, notes);
+  for (const auto& line : search_compute(plan)) notes.push_back("compute: " + line);
   std::ostringstream md;
   md << "# " << suite.name << "\n\n" << suite.description << "\n\nTest top-1 (%), mean ± std over "
      << suite.seeds.size() << " seeds; best per column in bold.\n\n"
-     << summary_table(records, task_names, labels, "test_top1") << "\nMean per-class accuracy (%).\n\n"
-     << summary_table(records, task_names, labels, "test_mean_class");
-  for (const auto& n : suite.notes) md << "\nNote: " << n << "\n";
-  write_file_atomic((fs::path(dir) / "results.csv").string(), records_csv(records));
+     << summary_table(cells, task_names, labels, "test_top1") << "\nMean per-class accuracy (%).\n\n"
+     << summary_table(cells, task_names, labels, "test_mean_class");
+  for (const auto& n : notes) md << "\nNote: " << n << "\n";
+  std::vector<RunRecord> all_runs = records;  // results.csv keeps every sweep point, named by it
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (!plan[i].point.empty()) all_runs[i].method += " [" + plan[i].point + "]";
+  write_file_atomic((fs::path(dir) / "results.csv").string(), records_csv(all_runs));
   write_file_atomic((fs::path(dir) / "table.md").string(), md.str());
   out << "\n" << md.str();
   if (!suite.tables.empty()) {
@@ -922,7 +1058,7 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   }
   int64_t failed = 0;
   nlohmann::json runs = nlohmann::json::array();
-  for (const auto& r : records) {
+  for (const auto& r : all_runs) {
     failed += r.ok ? 0 : 1;
     runs.push_back({{"task", r.task}, {"method", r.method}, {"seed", r.seed}, {"ok", r.ok}, {"error", r.error},
                     {"test_top1", r.test_top1}, {"test_mean_class", r.test_mean_class}, {"dir", r.dir}});
@@ -930,7 +1066,7 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   const nlohmann::json bench = {{"suite", suite.name}, {"description", suite.description},
                                 {"xfer_version", kVersion}, {"tasks", task_names},
                                 {"methods", labels}, {"seeds", suite.seeds},
-                                {"notes", suite.notes}, {"runs", runs},
+                                {"notes", notes}, {"runs", runs},
                                 {"failed", failed}, {"seconds", now_seconds() - start}};
   write_json_file((fs::path(dir) / "bench.json").string(), bench);
   out << "\nDone in " << fixed((now_seconds() - start) / 60, 1) << " min" << (failed ? cat(", ", failed, " runs failed") : "")

@@ -388,6 +388,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       apply_bn_mode(model, opts_.bn_stats);
       if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
+      if (opts_.on_validation) opts_.on_validation(done, ev.top1);
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
         best_val = ev.top1;
