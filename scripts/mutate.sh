@@ -39,9 +39,12 @@ mutants=(
   "ema-swapped-decay|src/xfer/train/teacher.cpp|p.value().mul_(decay).add_(*s, 1.0 - decay);|p.value().mul_(1.0 - decay).add_(*s, decay);|^(Teacher|Smile|Step)\\."
   # -- methods of the papers (their independent checks are fid1's and fid2's)
   "smooth-swapped-weights|src/xfer/methods/smooth.cpp|const torch::Tensor s = (1 - lambda) * ce_source;|const torch::Tensor s = lambda * ce_source;|^(Smooth|Step)"
-  "xmixup-swapped-mix|src/xfer/methods/xmixup.cpp|m.x = mix(t.x, x_aux, m.lambda);|m.x = mix(x_aux, t.x, m.lambda);|^(XMixup|Step)"
+  "xmixup-swapped-mix|src/xfer/methods/xmixup.cpp|m.x = mix(t.x, a.x, m.lambda);|m.x = mix(a.x, t.x, m.lambda);|^(XMixup|Step)"
   "delta-attention-ignored|src/xfer/methods/delta.cpp|const torch::Tensor term = (sq * attention[l].to(m.dtype()).view({1, c})).sum()|const torch::Tensor term = (sq / static_cast<double>(c)).sum()|^(Regularization|BaselinesGolden|Delta)"
   "smile-fc-weight-ignored|src/xfer/methods/smile.cpp|terms.total = terms.total + opts_.gamma_fc * fc;|terms.total = terms.total + fc;|^Smile"
+  "gradmix-eta-unapplied|src/xfer/methods/gradmix.cpp|if (eta != 1.0) sum.mul_(eta);|if (false) sum.mul_(eta);|^(GradMix|MixingWeights)"
+  "mixmatch-no-rampup|src/xfer/methods/gradmix.cpp|return mm.labelled + opts_.mixmatch_weight * ramp * mm.unlabelled;|return mm.labelled + opts_.mixmatch_weight * mm.unlabelled;|^(GradMix|Semi|MixMatch)"
+  "label-il-on-softmax|src/xfer/metrics/analysis.cpp|return std::vector<torch::Tensor>{g, softmax ? torch::softmax(z, 1) : z};|return std::vector<torch::Tensor>{g, torch::softmax(z, 1)};|^Analysis\\."
   "gradmix-adalr-sign|src/xfer/source/mixing_weights.cpp|return 1.0 / (1.0 + std::exp(-(beta * rho - gamma)));|return 1.0 / (1.0 + std::exp(beta * rho - gamma));|^(GradMix|MixingWeights)"
   # -- data
   "rrc-width-height-swapped|src/xfer/data/image.cpp|const int64_t w = std::llround(std::sqrt(target * aspect));|const int64_t w = std::llround(std::sqrt(target / aspect));|^(CropGolden|ImageFolder|Image)"
