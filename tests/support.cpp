@@ -7,10 +7,13 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "xfer/cli.h"
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
 #include "xfer/train/checkpoint.h"
@@ -19,6 +22,24 @@
 namespace fs = std::filesystem;
 
 namespace xfer::test {
+
+CliOutcome run_cli(const std::vector<std::string>& args) {
+  std::ostringstream out, err;
+  const int code = cli::run(args, out, err);
+  return {code, out.str(), err.str()};
+}
+
+torch::Tensor json_tensor(const nlohmann::json& nested) {
+  std::vector<int64_t> shape;
+  for (const nlohmann::json* j = &nested; j->is_array(); j = &j->front()) shape.push_back(static_cast<int64_t>(j->size()));
+  std::vector<double> values;
+  std::function<void(const nlohmann::json&)> collect = [&](const nlohmann::json& j) {
+    if (!j.is_array()) return values.push_back(j.get<double>());
+    for (const auto& e : j) collect(e);
+  };
+  collect(nested);
+  return torch::tensor(values, torch::kFloat64).view(shape);
+}
 
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "xfer-test-XXXXXX").string();

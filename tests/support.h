@@ -4,12 +4,23 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
 #include "xfer/data/image.h"
 
 namespace xfer::test {
+
+/// What `xfer ARGS` (run in this process) returned and printed.
+struct CliOutcome {
+  int code;
+  std::string out, err;
+};
+CliOutcome run_cli(const std::vector<std::string>& args);
+
+/// A float64 tensor from nested JSON lists of numbers (a golden script's tensor.tolist()).
+torch::Tensor json_tensor(const nlohmann::json& nested);
 
 /// A fresh directory under /tmp, removed with its contents on destruction.
 class TempDir {

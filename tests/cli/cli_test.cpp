@@ -13,20 +13,9 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-struct Outcome {
-  int code;
-  std::string out, err;
-};
-
-Outcome xfer(std::vector<std::string> args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 /// Bad input: exit code 2 and a single line naming the problem.
 void expect_bad(const std::vector<std::string>& args, const std::vector<std::string>& pieces) {
-  const Outcome o = xfer(args);
+  const test::CliOutcome o = test::run_cli(args);
   EXPECT_EQ(o.code, 2) << o.err;
   const std::string first = o.err.substr(0, o.err.find('\n'));
   EXPECT_EQ(first.rfind("error: ", 0), 0u) << o.err;
@@ -48,7 +37,7 @@ class Cli : public ::testing::Test {
 };
 
 TEST_F(Cli, FinetunePrintsResultJson) {
-  const Outcome o = xfer(finetune({"--json"}));
+  const test::CliOutcome o = test::run_cli(finetune({"--json"}));
   ASSERT_EQ(o.code, 0) << o.err;
   const auto r = nlohmann::json::parse(o.out);
   EXPECT_EQ(r["method"], "scratch");
@@ -58,12 +47,12 @@ TEST_F(Cli, FinetunePrintsResultJson) {
 
 TEST_F(Cli, ConfigFileThenFlags) {
   write_json_file(dir_.file("cfg.json"), {{"lr", 0.05}, {"momentum", 0.5}, {"method_options", nlohmann::json::object()}});
-  ASSERT_EQ(xfer(finetune({"--config", dir_.file("cfg.json"), "--lr", "0.02"})).code, 0);
+  ASSERT_EQ(test::run_cli(finetune({"--config", dir_.file("cfg.json"), "--lr", "0.02"})).code, 0);
   const auto cfg = read_json_file(dir_.file("run/config.json"));
   EXPECT_EQ(cfg["lr"], 0.02);       // the flag wins
   EXPECT_EQ(cfg["momentum"], 0.5);  // the file beats the default
   // The written config.json re-runs the same thing.
-  const Outcome again = xfer({"-q", "finetune", "--config", dir_.file("run/config.json"), "--out", dir_.file("again")});
+  const test::CliOutcome again = test::run_cli({"-q", "finetune", "--config", dir_.file("run/config.json"), "--out", dir_.file("again")});
   ASSERT_EQ(again.code, 0) << again.err;
   auto a = read_json_file(dir_.file("run/result.json")), b = read_json_file(dir_.file("again/result.json"));
   EXPECT_EQ(a["test_top1"], b["test_top1"]);
@@ -96,8 +85,8 @@ TEST_F(Cli, CorruptDataAndCheckpointsAreBadInput) {
 }
 
 TEST_F(Cli, EvalPrintsAccuracyAndConfusion) {
-  ASSERT_EQ(xfer(finetune({})).code, 0);
-  const Outcome o = xfer({"eval", "--model", dir_.file("run"), "--data", spec_, "--json"});
+  ASSERT_EQ(test::run_cli(finetune({})).code, 0);
+  const test::CliOutcome o = test::run_cli({"eval", "--model", dir_.file("run"), "--data", spec_, "--json"});
   ASSERT_EQ(o.code, 0) << o.err;
   const auto j = nlohmann::json::parse(o.out);
   EXPECT_EQ(j["count"], 9);
@@ -108,25 +97,25 @@ TEST_F(Cli, EvalPrintsAccuracyAndConfusion) {
 }
 
 TEST_F(Cli, MethodsDataAndHelp) {
-  const Outcome m = xfer({"methods"});
+  const test::CliOutcome m = test::run_cli({"methods"});
   EXPECT_EQ(m.code, 0);
   EXPECT_NE(m.out.find("scratch"), std::string::npos);
   EXPECT_NE(m.out.find("l2 "), std::string::npos);
   EXPECT_NE(m.out.find("[needs --init]"), std::string::npos);
 
-  const Outcome d = xfer({"data", spec_ + ":per_class=4:val=2", "--json", "--png", dir_.file("g.png")});
+  const test::CliOutcome d = test::run_cli({"data", spec_ + ":per_class=4:val=2", "--json", "--png", dir_.file("g.png")});
   ASSERT_EQ(d.code, 0) << d.err;
   const auto j = nlohmann::json::parse(d.out);
   EXPECT_EQ(j["counts"]["train"], (std::vector<int64_t>{4, 4, 4}));
   EXPECT_EQ(j["counts"]["val"], (std::vector<int64_t>{2, 2, 2}));
   EXPECT_EQ(read_file(dir_.file("g.png")).substr(1, 3), "PNG");
 
-  const Outcome h = xfer({"finetune", "--help"});
+  const test::CliOutcome h = test::run_cli({"finetune", "--help"});
   EXPECT_EQ(h.code, 0);
   for (const char* s : {"--weight-decay", "--head-lr-mult", "--crop-pad", "--no-flip", "per_class=N", "Training"})
     EXPECT_NE(h.out.find(s), std::string::npos) << s;
-  EXPECT_EQ(xfer({}).code, 2);  // a subcommand is required
-  EXPECT_EQ(xfer({"--version"}).code, 0);
+  EXPECT_EQ(test::run_cli({}).code, 2);  // a subcommand is required
+  EXPECT_EQ(test::run_cli({"--version"}).code, 0);
 }
 
 }  // namespace

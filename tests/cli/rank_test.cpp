@@ -18,17 +18,6 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-struct RankOutcome {
-  int code;
-  std::string out, err;
-};
-
-RankOutcome rank_xfer(const std::vector<std::string>& args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 /// Four 8x8 classes; two tiny source models, pre-trained on different class pairs.
 struct RankFixture {
   test::TempDir dir;
@@ -43,7 +32,7 @@ TEST(RankCommand, RanksModelsByEveryMetricAndWritesRankJson) {
   const std::vector<std::string> args = {
       "-q",       "rank", "--target",  target, "--models", fx.a + "," + fx.b,
       "--metric", "all",  "--threads", "1",    "--out",    fx.dir.file("r")};
-  const RankOutcome r = rank_xfer(args);
+  const test::CliOutcome r = test::run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* piece :
        {"| model ", "|   1 |", "LogME", "LEEP", "NCE", "H-score", "| features |", "Ranked 2 models in"})
@@ -75,8 +64,8 @@ TEST(RankCommand, RanksModelsByEveryMetricAndWritesRankJson) {
   }
   EXPECT_TRUE(fs::exists(fx.dir.file("r/rank.md")));
   // The same ranking again, to the bit.
-  const RankOutcome again =
-      rank_xfer({"-q", "rank", "--target", target, "--models", fx.a + "," + fx.b, "--metric", "all",
+  const test::CliOutcome again =
+      test::run_cli({"-q", "rank", "--target", target, "--models", fx.a + "," + fx.b, "--metric", "all",
                  "--threads", "1", "--json", "--out", fx.dir.file("r2")});
   ASSERT_EQ(again.code, 0) << again.err;
   const nlohmann::json k = nlohmann::json::parse(again.out);
@@ -87,7 +76,7 @@ TEST(RankCommand, RefusesOneClassTargetsModelsWithoutASourceHeadAndWrongShapes) 
   RankFixture fx;
   auto expect_error = [&](std::vector<std::string> args, const std::string& piece) {
     args.insert(args.begin(), {"-q", "rank", "--threads", "1", "--out", fx.dir.file("bad")});
-    const RankOutcome r = rank_xfer(args);
+    const test::CliOutcome r = test::run_cli(args);
     EXPECT_EQ(r.code, 2) << piece;
     EXPECT_NE(r.err.find(piece), std::string::npos) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
@@ -95,14 +84,14 @@ TEST(RankCommand, RefusesOneClassTargetsModelsWithoutASourceHeadAndWrongShapes) 
   expect_error({"--target", fx.idx + ":classes=1", "--models", fx.a},
                "has 1 class; ranking needs at least 2");
   // A fine-tuned model has a target head only: LogME ranks it, LEEP and NCE cannot.
-  ASSERT_EQ(rank_xfer({"-q", "finetune", "--init", fx.a, "--target", fx.idx + ":classes=2,3", "--iterations",
+  ASSERT_EQ(test::run_cli({"-q", "finetune", "--init", fx.a, "--target", fx.idx + ":classes=2,3", "--iterations",
                        "2", "--batch-size", "4", "--threads", "1", "--out", fx.dir.file("ft")})
                 .code,
             0);
   expect_error(
       {"--target", fx.idx + ":classes=2,3", "--models", fx.a + "," + fx.dir.file("ft"), "--metric", "leep"},
       "has no 'source' head: LEEP and NCE");
-  EXPECT_EQ(rank_xfer({"-q", "rank", "--target", fx.idx + ":classes=2,3", "--models", fx.dir.file("ft"),
+  EXPECT_EQ(test::run_cli({"-q", "rank", "--target", fx.idx + ":classes=2,3", "--models", fx.dir.file("ft"),
                        "--threads", "1", "--out", fx.dir.file("ok")})
                 .code,
             0);
@@ -129,8 +118,8 @@ TEST(RankCommand, RanksSourcesForOneModelAndSelectTakesTheBest) {
   const std::string target = fx.idx + ":classes=2,3";
   // The target's own classes as a source, one of them, and two unrelated ones.
   const std::string sources = fx.idx + ":classes=2,3;" + fx.idx + ":classes=3;" + fx.idx + ":classes=0,1";
-  const RankOutcome r =
-      rank_xfer({"-q", "rank", "--target", target, "--models", fx.a, "--sources", sources, "--metric",
+  const test::CliOutcome r =
+      test::run_cli({"-q", "rank", "--target", target, "--models", fx.a, "--sources", sources, "--metric",
                  "nce,leep,logme,hscore", "--threads", "1", "--out", fx.dir.file("s")});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("of 3 sources through"), std::string::npos) << r.out;
@@ -151,22 +140,22 @@ TEST(RankCommand, RanksSourcesForOneModelAndSelectTakesTheBest) {
   EXPECT_EQ(j["ranking"]["nce"][0], fx.idx + ":classes=2,3");
 
   // xfer select pairs the target with the best-ranked source.
-  const RankOutcome s =
-      rank_xfer({"-q", "select", "--source-from", fx.dir.file("s/rank.json"), "--init", fx.a, "--target",
+  const test::CliOutcome s =
+      test::run_cli({"-q", "select", "--source-from", fx.dir.file("s/rank.json"), "--init", fx.a, "--target",
                  target, "--threads", "1", "--out", fx.dir.file("pairing.json")});
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_NE(s.out.find("the best-ranked in"), std::string::npos) << s.out;
   EXPECT_EQ(read_json_file(fx.dir.file("pairing.json"))["source_classes"], nlohmann::json({"2", "3"}));
   // A rank.json of models is not a list of sources; neither --source nor --source-from is an error.
-  ASSERT_EQ(rank_xfer({"-q", "rank", "--target", target, "--models", fx.a, "--threads", "1", "--out",
+  ASSERT_EQ(test::run_cli({"-q", "rank", "--target", target, "--models", fx.a, "--threads", "1", "--out",
                        fx.dir.file("m")})
                 .code,
             0);
-  const RankOutcome bad = rank_xfer({"-q", "select", "--source-from", fx.dir.file("m/rank.json"), "--init",
+  const test::CliOutcome bad = test::run_cli({"-q", "select", "--source-from", fx.dir.file("m/rank.json"), "--init",
                                      fx.a, "--target", target, "--out", fx.dir.file("p2.json")});
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("ranks models, not sources"), std::string::npos) << bad.err;
-  const RankOutcome none = rank_xfer({"-q", "select", "--init", fx.a, "--target", target});
+  const test::CliOutcome none = test::run_cli({"-q", "select", "--init", fx.a, "--target", target});
   EXPECT_EQ(none.code, 2);
   EXPECT_NE(none.err.find("--source-from"), std::string::npos) << none.err;
 }

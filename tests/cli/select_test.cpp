@@ -13,26 +13,15 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-struct SelectOutcome {
-  int code;
-  std::string out, err;
-};
-
-SelectOutcome select_xfer(const std::vector<std::string>& args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 TEST(SelectCommand, PrintsThePairingAndWritesPairingJsonThatFinetuneUses) {
   test::TempDir dir;
   const std::string idx = test::write_tiny_idx(dir.path(), 4, 10, 2);
-  ASSERT_EQ(select_xfer({"-q", "pretrain", "--source", idx, "--backbone", "cnn4:width=4", "--iterations", "3",
+  ASSERT_EQ(test::run_cli({"-q", "pretrain", "--source", idx, "--backbone", "cnn4:width=4", "--iterations", "3",
                          "--batch-size", "8", "--threads", "1", "--out", dir.file("src")})
                 .code,
             0);
   const std::string target = idx + ":classes=3,1";
-  const SelectOutcome s = select_xfer({"-q", "select", "--target", target, "--source", idx, "--init", dir.file("src"),
+  const test::CliOutcome s = test::run_cli({"-q", "select", "--target", target, "--source", idx, "--init", dir.file("src"),
                                        "--aux-size", "25", "--threads", "1", "--out", dir.file("pairing.json")});
   ASSERT_EQ(s.code, 0) << s.err;
   for (const char* piece : {"| target class |", "source class", "| cosine |", "auxiliary set", "|      40 |"})
@@ -50,13 +39,13 @@ TEST(SelectCommand, PrintsThePairingAndWritesPairingJsonThatFinetuneUses) {
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   };
-  const SelectOutcome ok = select_xfer(with({"--target", target, "--out", dir.file("ok"), "--json"}));
+  const test::CliOutcome ok = test::run_cli(with({"--target", target, "--out", dir.file("ok"), "--json"}));
   ASSERT_EQ(ok.code, 0) << ok.err;
   EXPECT_EQ(nlohmann::json::parse(ok.out)["method"], "xmixup");
-  const SelectOutcome bad = select_xfer(with({"--target", idx + ":classes=0,1", "--out", dir.file("bad")}));
+  const test::CliOutcome bad = test::run_cli(with({"--target", idx + ":classes=0,1", "--out", dir.file("bad")}));
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("pairs the target classes [3, 1] but the task's are [0, 1]"), std::string::npos) << bad.err;
-  const SelectOutcome big = select_xfer({"-q", "select", "--target", target, "--source", idx, "--init",
+  const test::CliOutcome big = test::run_cli({"-q", "select", "--target", target, "--source", idx, "--init",
                                          dir.file("src"), "--aux-size", "41", "--out", dir.file("p2.json")});
   EXPECT_EQ(big.code, 2);
   EXPECT_NE(big.err.find("--aux all would use all 40"), std::string::npos) << big.err;

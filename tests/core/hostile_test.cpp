@@ -23,20 +23,9 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-struct HosOutcome {
-  int code;
-  std::string out, err;
-};
-
-HosOutcome hos_run(const std::vector<std::string>& args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 /// Exit code 2 and exactly one line, "error: ...", holding every piece.
 void hos_expect_refused(const std::vector<std::string>& args, const std::vector<std::string>& pieces) {
-  const HosOutcome o = hos_run(args);
+  const test::CliOutcome o = test::run_cli(args);
   EXPECT_EQ(o.code, 2) << o.err;
   EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
   EXPECT_EQ(o.err.rfind("error: ", 0), 0u) << o.err;
@@ -176,7 +165,7 @@ TEST_F(HostileFlags, NumbersOutOfRangeAreRefusedNotClamped) {
                      {"--seed", "out of range"});
   hos_expect_refused({"eval", "--model", dir_.path(), "--data", spec_, "--threads", "-3"}, {"--threads must be >= 0"});
   // Base 10 only: CLI11 read "010" as octal 8.
-  const HosOutcome o = hos_run(finetune({"--seed", "010", "--json"}));
+  const test::CliOutcome o = test::run_cli(finetune({"--seed", "010", "--json"}));
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_EQ(nlohmann::json::parse(o.out)["seed"], 10);
 }

@@ -28,17 +28,6 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-struct SearchCliOutcome {
-  int code;
-  std::string out, err;
-};
-
-SearchCliOutcome search_cli(const std::vector<std::string>& args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 /// The xfer binary the build puts beside the tests' directory (build/xfer for build/tests/xfer_tests).
 std::string search_test_binary() {
   const fs::path p = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "xfer";
@@ -71,7 +60,7 @@ TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
   const std::vector<std::string> space = {"--param", "tau=log:1:100", "--param", "alpha=lin:-2:2", "--param",
                                           "bn=cat:shared,per-domain"};
   std::vector<std::string> a = args("smooth", 3, space);
-  SearchCliOutcome o = search_cli(a);
+  test::CliOutcome o = test::run_cli(a);
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_NE(o.out.find("Best: trial"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("| trial"), std::string::npos) << o.out;
@@ -93,7 +82,7 @@ TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
   }
   // Re-running resumes: a larger budget runs only the new trial, the old ones are kept as they were.
   a = args("smooth", 4, space);
-  o = search_cli(a);
+  o = test::run_cli(a);
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   const auto trials = s.trials();
@@ -103,14 +92,14 @@ TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
   EXPECT_EQ(trials[3].intermediate.size(), 12u) << "validation at every step of 12 (iterations / 10 rounds down to 1)";
   // Another space on the same study is refused, naming the difference.
   a = args("smooth", 5, {"--param", "tau=log:1:1000", "--param", "alpha=lin:-2:2", "--param", "bn=cat:shared,per-domain"});
-  o = search_cli(a);
+  o = test::run_cli(a);
   EXPECT_EQ(o.code, 2);
   EXPECT_NE(o.err.find("tau is log:1:1000 now but log:1:100 in the study"), std::string::npos) << o.err;
 }
 
 TEST_F(SearchCli, ADivergingTrialIsMarkedFailedAndTheStudyGoesOn) {
   // lr 1e9 turns the loss NaN within a few steps; lr 0.05 trains.
-  const SearchCliOutcome o = search_cli(args("scratch", 6, {"--param", "lr=cat:0.05,1e9", "--sampler", "random"}));
+  const test::CliOutcome o = test::run_cli(args("scratch", 6, {"--param", "lr=cat:0.05,1e9", "--sampler", "random"}));
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   int failed = 0, complete = 0;
@@ -127,7 +116,7 @@ TEST_F(SearchCli, ADivergingTrialIsMarkedFailedAndTheStudyGoesOn) {
 
 TEST_F(SearchCli, BadInputIsOneClearLine) {
   auto expect_bad = [](const std::vector<std::string>& a, const std::string& piece) {
-    const SearchCliOutcome o = search_cli(a);
+    const test::CliOutcome o = test::run_cli(a);
     EXPECT_EQ(o.code, 2) << o.err;
     EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
     EXPECT_NE(o.err.find(piece), std::string::npos) << o.err;
@@ -147,8 +136,8 @@ TEST_F(SearchCli, BadInputIsOneClearLine) {
 
 TEST_F(SearchCli, TwoWorkerProcessesShareOneStudy) {
   XFER_REQUIRE_BINARY();
-  const SearchCliOutcome o =
-      search_cli(args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
+  const test::CliOutcome o =
+      test::run_cli(args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   const auto trials = s.trials();
@@ -213,7 +202,7 @@ TEST_F(SearchCli, AKilledWorkersTrialIsRetriedAndCompletedTrialsAreKept) {
 
   // Re-running the command resumes: the dead worker's trial fails and runs again; nothing is lost.
   a.pop_back();
-  const SearchCliOutcome o = search_cli(a);
+  const test::CliOutcome o = test::run_cli(a);
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   const auto trials = s.trials();

@@ -212,17 +212,6 @@ RunOptions datl_tiny_pretrain(const std::string& spec, const std::string& out) {
   return o;
 }
 
-struct DatlOutcome {
-  int code;
-  std::string out, err;
-};
-
-DatlOutcome datl_xfer(const std::vector<std::string>& args) {
-  std::ostringstream out, err;
-  const int code = cli::run(args, out, err);
-  return {code, out.str(), err.str()};
-}
-
 TEST(Importance, PretrainOnTheResampledSource) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4);
@@ -284,7 +273,7 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
                     encode_idx(labels.index_select(0, torch::randperm(labels.size(0), make_generator(5)))));
 
   auto weights = [&](const std::string& target_spec, const std::string& out) {
-    const DatlOutcome o = datl_xfer({"-q", "weights", "--model", dir.file("classifier"), "--source", source, "--target",
+    const test::CliOutcome o = test::run_cli({"-q", "weights", "--model", dir.file("classifier"), "--source", source, "--target",
                                      target_spec, "--out", out, "--threads", "1"});
     EXPECT_EQ(o.code, 0) << o.err;
     EXPECT_NE(o.out.find("w = P_t/P_s"), std::string::npos) << o.out;
@@ -337,7 +326,7 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
   auto expect_bad = [&](std::vector<std::string> extra, const std::string& piece) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());
-    const DatlOutcome o = datl_xfer(args);
+    const test::CliOutcome o = test::run_cli(args);
     EXPECT_EQ(o.code, 2) << o.err;
     EXPECT_NE(o.err.find(piece), std::string::npos) << o.err;
   };
