@@ -1,5 +1,7 @@
 #include "xfer/cli.h"
 
+#include <type_traits>
+
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
@@ -49,29 +51,34 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
   }
 }
 
-CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help, double lo,
-                        double hi) {
+namespace {
+
+/// A number flag parsed strictly by the field's rules (no silent clamp), within [lo, hi]; floats' lower
+/// bound is open.
+template <class T>
+CLI::Option* add_number_flag(CLI::App& app, const std::string& name, T& target, const std::string& help, double lo,
+                             double hi) {
   Fields::Field f;
   f.name = name;
   f.target = &target;
   f.min = lo;
   f.max = hi;
+  f.min_open = std::is_floating_point_v<T>;
   return app.add_option_function<std::string>(f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
       ->default_str(f.value_text())
-      ->type_name("INT");
+      ->type_name(std::is_floating_point_v<T> ? "FLOAT" : "INT");
+}
+
+}  // namespace
+
+CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help, double lo,
+                        double hi) {
+  return add_number_flag(app, name, target, help, lo, hi);
 }
 
 CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help, double lo,
                         double hi) {
-  Fields::Field f;
-  f.name = name;
-  f.target = &target;
-  f.min = lo;
-  f.max = hi;
-  f.min_open = true;
-  return app.add_option_function<std::string>(f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
-      ->default_str(f.value_text())
-      ->type_name("FLOAT");
+  return add_number_flag(app, name, target, help, lo, hi);
 }
 
 std::string find_flag(const std::vector<std::string>& args, const std::string& flag) {
