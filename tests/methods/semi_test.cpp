@@ -1,5 +1,6 @@
 // VAT and MixMatch, the unlabelled terms GradMix adds (methods/semi.h).
 #include "support.h"
+#include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/methods/semi.h"
 
@@ -83,6 +84,27 @@ TEST(Semi, MixMatchIsSeededAndVanishesWhenPredictionsAreConsistent) {
   EXPECT_GT(first.labelled.item<double>(), 0.0);
   EXPECT_GE(first.unlabelled.item<double>(), 0.0);
   EXPECT_LE(first.unlabelled.item<double>(), 1.0);  // a mean of squared differences of probabilities
+}
+
+TEST(Semi, MixMatchMatchesTheGoldenValuesOfItsPaper) {
+  // tests/golden/make_semi_interpolation_golden.py: Algorithm 1 of Berthelot et al. written in python3-torch,
+  // with the same permutation and Beta draws from the same seed; a linear model, K = 2 augmentations.
+  const nlohmann::json g =
+      read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/semi_interpolation.json")["mixmatch"];
+  const torch::Tensor w = test::json_tensor(g["weight"]);
+  const LogitsFn f = [&](const torch::Tensor& x) { return x.flatten(1).matmul(w); };
+  const torch::Tensor x = test::json_tensor(g["x"]);
+  const torch::Tensor y = test::json_tensor(g["y"]).to(torch::kInt64);
+  std::vector<torch::Tensor> u;
+  for (const auto& a : g["u"]) u.push_back(test::json_tensor(a));
+  at::Generator gen = make_generator(g["seed"].get<uint64_t>());
+  const MixMatchLoss l = mixmatch_loss(f, x, y, g["classes"].get<int64_t>(), u, g["temperature"].get<double>(),
+                                       g["alpha"].get<double>(), gen);
+  EXPECT_NEAR(l.labelled.item<double>(), g["labelled"].get<double>(), 1e-9 * g["labelled"].get<double>());
+  EXPECT_NEAR(l.unlabelled.item<double>(), g["unlabelled"].get<double>(), 1e-9 * g["unlabelled"].get<double>());
+  // The guessed labels alone: the sharpened mean of the two augmentations' softmax.
+  const torch::Tensor guess = sharpen((torch::softmax(f(u[0]), 1) + torch::softmax(f(u[1]), 1)) / 2, 0.5);
+  EXPECT_TRUE(torch::allclose(guess, test::json_tensor(g["guess"]), 1e-12, 0));
 }
 
 }  // namespace

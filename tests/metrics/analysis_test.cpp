@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "support.h"
+#include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/metrics/analysis.h"
 
@@ -188,6 +189,30 @@ TEST(Analysis, FeatureSpectrumIsTheSmallestRelativeSingularValuesAscending) {
   EXPECT_NEAR(all[2], 1.0, 1e-6);
   test::expect_bad_input([&] { feature_spectrum(m, 0); }, {"k >= 1, got 0"});
   test::expect_bad_input([&] { feature_spectrum(torch::zeros({4, 2}), 1); }, {"all zeros"});
+}
+
+TEST(Analysis, InterpolationLossMatchesTheGoldenValuesOfSmilesEq7) {
+  // tests/golden/make_semi_interpolation_golden.py: Eq. 7 written in python3-torch with the same pairs,
+  // deltas and Beta draws; a nonlinear output (tanh squared) and an affine one (0 up to rounding).
+  const nlohmann::json g =
+      read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/semi_interpolation.json")["interpolation"];
+  const torch::Tensor w1 = test::json_tensor(g["w1"]), w2 = test::json_tensor(g["w2"]), b2 = test::json_tensor(g["b2"]);
+  const BatchFunction f = [&](const torch::Tensor& z) {
+    return std::vector<torch::Tensor>{torch::tanh(z.matmul(w1)).pow(2), z.matmul(w2) + b2};
+  };
+  InterpolationOptions o;
+  o.pairs = g["pairs"].get<int64_t>();
+  o.alpha = g["alpha"].get<double>();
+  o.seed = g["seed"].get<uint64_t>();
+  o.batch = 16;  // several batches: the draws are made once for all pairs
+  const std::vector<MeanStd> got = interpolation_loss(f, test::json_tensor(g["inputs"]), o);
+  ASSERT_EQ(got.size(), 2u);
+  const auto& want = g["losses"];
+  EXPECT_NEAR(got[0].mean, want[0]["mean"].get<double>(), 1e-10 * want[0]["mean"].get<double>());
+  EXPECT_NEAR(got[0].std, want[0]["std"].get<double>(), 1e-10 * want[0]["std"].get<double>());
+  EXPECT_GT(got[0].mean, 1e-3);
+  EXPECT_LT(got[1].mean, 1e-12);
+  EXPECT_NEAR(got[1].mean, want[1]["mean"].get<double>(), 1e-12);
 }
 
 }  // namespace
