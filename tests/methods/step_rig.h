@@ -124,8 +124,9 @@ inline StepView view_step(const RigSetup& s, int64_t k) {
 /// Runs step k of a fresh rig for `s` and compares it with `independent`, which recomputes the loss from
 /// the view of step k with the test's own code: the total loss (relative `rtol`), every parameter's
 /// gradient, and every parameter after the optimizer's step (those `check_update` accepts, when given),
-/// recomputed as torch.optim.SGD with the group's learning-rate multiplier and weight decay. Returns the rig after the step and its loss
-/// terms.
+/// recomputed as torch.optim.SGD with the group's learning-rate multiplier and the weight decay `decay_of`
+/// gives for each parameter (without it: the group's, which only checks that the optimizer applies it).
+/// Returns the rig after the step and its loss terms.
 struct CheckedStep {
   std::unique_ptr<StepRig> rig;
   LossTerms terms;
@@ -133,7 +134,8 @@ struct CheckedStep {
 inline CheckedStep expect_step_matches(const RigSetup& s, int64_t k,
                                        const std::function<torch::Tensor(StepView&)>& independent,
                                        const std::function<bool(const std::string&)>& check_update = nullptr,
-                                       double rtol = 1e-5) {
+                                       double rtol = 1e-5,
+                                       const std::function<double(const std::string&)>& decay_of = nullptr) {
   StepView view = view_step(s, k);
   const torch::Tensor expected = independent(view);
   // The twin's parameters and what the optimizer will do with them, by name.
@@ -155,7 +157,7 @@ inline CheckedStep expect_step_matches(const RigSetup& s, int64_t k,
     for (const auto& p : g.params)
       for (size_t i = 0; i < params.size(); ++i)
         if (p.is_same(params[i]))
-          lr_wd[names[i]] = {s.lr * g.lr_mult, g.weight_decay.value_or(s.weight_decay)};
+          lr_wd[names[i]] = {s.lr * g.lr_mult, decay_of ? decay_of(names[i]) : g.weight_decay.value_or(s.weight_decay)};
 
   CheckedStep out{std::make_unique<StepRig>(s), {}};
   out.rig->advance(static_cast<int>(k));
