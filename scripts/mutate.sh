@@ -43,7 +43,7 @@ mutants=(
   "delta-attention-ignored|src/xfer/methods/delta.cpp|const torch::Tensor term = (sq * attention[l].to(m.dtype()).view({1, c})).sum()|const torch::Tensor term = (sq / static_cast<double>(c)).sum()|^(Regularization|BaselinesGolden|Delta)"
   "smile-fc-weight-ignored|src/xfer/methods/smile.cpp|terms.total = terms.total + opts_.gamma_fc * fc;|terms.total = terms.total + fc;|^Smile"
   "gradmix-eta-unapplied|src/xfer/methods/gradmix.cpp|if (eta != 1.0) sum.mul_(eta);|if (false) sum.mul_(eta);|^(GradMix|MixingWeights)"
-  "mixmatch-no-rampup|src/xfer/methods/gradmix.cpp|return mm.labelled + opts_.mixmatch_weight * ramp * mm.unlabelled;|return mm.labelled + opts_.mixmatch_weight * mm.unlabelled;|^(GradMix|Semi|MixMatch)"
+  "mixmatch-no-rampup|src/xfer/methods/gradmix.cpp|return o.mixmatch_weight * std::min(1.0, static_cast<double>(step) / ramp_steps);|return o.mixmatch_weight;|^(GradMix|Semi|MixMatch)"
   "label-il-on-softmax|src/xfer/metrics/analysis.cpp|return std::vector<torch::Tensor>{g, softmax ? torch::softmax(z, 1) : z};|return std::vector<torch::Tensor>{g, torch::softmax(z, 1)};|^Analysis\\."
   "gradmix-adalr-sign|src/xfer/source/mixing_weights.cpp|return 1.0 / (1.0 + std::exp(-(beta * rho - gamma)));|return 1.0 / (1.0 + std::exp(beta * rho - gamma));|^(GradMix|MixingWeights)"
   # -- data

@@ -480,5 +480,17 @@ TEST(GradMix, PseudoLabelPipelineWritesEveryStage) {
   test::expect_bad_input([&] { run_gradmix_pseudo(run, method, opts, log); }, {"--modes", "hard+fixmatch"});
 }
 
+TEST(GradMix, MixMatchsUnlabelledWeightRampsUpLinearlyOverItsFractionOfTheRun) {
+  GradMixMethod::Options o;  // lambda_U 100 over the first 1/64 of the run
+  EXPECT_DOUBLE_EQ(o.mixmatch_weight, 100);
+  EXPECT_DOUBLE_EQ(o.mixmatch_rampup, 1.0 / 64);
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 0, 6400), 0.0);
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 25, 6400), 25.0);   // a quarter of the 100 ramp steps
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 100, 6400), 100.0);
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 5000, 6400), 100.0);
+  o.mixmatch_rampup = 0;  // no ramp-up
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 0, 6400), 100.0);
+}
+
 }  // namespace
 }  // namespace xfer

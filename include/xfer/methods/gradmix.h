@@ -191,4 +191,8 @@ TensorDataset unlabelled_target_images(const std::string& option, const Task& ta
 /// Registers gradmix, gradmix-sgd, source-only, target-only and finetune.
 void register_gradmix_methods(MethodRegistry& registry);
 
+/// MixMatch's lambda_U at `step` of a run of `total_steps`: --mixmatch-weight, ramped up linearly from 0
+/// over the first --mixmatch-rampup of the run (Berthelot et al.'s linear ramp-up).
+double mixmatch_unlabelled_weight(const GradMixMethod::Options& o, int64_t step, int64_t total_steps);
+
 }  // namespace xfer

@@ -648,12 +648,17 @@ torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, Parts& p
   const MixMatchShard shard{global_batch_size(v), v.offset, global_batch_size(u), u.offset};
   const MixMatchLoss mm =
       mixmatch_loss(f, v.x, v.y, classes_, augs, opts_.mixmatch_t, opts_.mixmatch_alpha, ctx.rng, shard);
-  const double ramp = opts_.mixmatch_rampup > 0
-                          ? std::min(1.0, static_cast<double>(ctx.step) / (opts_.mixmatch_rampup * static_cast<double>(ctx.total_steps)))
-                          : 1.0;
+  const double lambda_u = mixmatch_unlabelled_weight(opts_, ctx.step, ctx.total_steps);
   parts["mixmatch_x"] = mm.labelled.detach();
   parts["mixmatch_u"] = mm.unlabelled.detach();
-  return mm.labelled + opts_.mixmatch_weight * ramp * mm.unlabelled;
+  parts["lambda_u"] = torch::tensor(lambda_u, torch::kFloat64);
+  return mm.labelled + lambda_u * mm.unlabelled;
+}
+
+double mixmatch_unlabelled_weight(const GradMixMethod::Options& o, int64_t step, int64_t total_steps) {
+  if (o.mixmatch_rampup <= 0) return o.mixmatch_weight;
+  const double ramp_steps = o.mixmatch_rampup * static_cast<double>(total_steps);
+  return o.mixmatch_weight * std::min(1.0, static_cast<double>(step) / ramp_steps);
 }
 
 void GradMixMethod::save(Archive& out) const {
