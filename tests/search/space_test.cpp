@@ -37,6 +37,15 @@ TEST(SearchSpace, ParsesEveryKind) {
   EXPECT_EQ(s.values_from_json(s.values_json(v)), v);
 }
 
+TEST(SearchSpace, StoredSpacesOfTheWrongTypesAreBadInput) {
+  // A study file may come from anyone: a range or name that is not a string (found by json_fuzz) is a
+  // BadInput naming the parameter, not nlohmann's type_error.
+  for (const char* text : {R"([{"name": "lr", "range": false}])", R"([{"name": 3, "range": "log:1:10"}])",
+                           R"([{"name": "lr"}])", R"({"name": "lr", "range": "log:1:10"})"})
+    test::expect_bad_input([&] { (void)SearchSpace::from_json(nlohmann::json::parse(text)); },
+                           {nlohmann::json::parse(text).is_array() ? "malformed stored parameter" : "must be a JSON array"});
+}
+
 TEST(SearchSpace, BadParamTextsSayWhatIsWrong) {
   test::expect_bad_input([] { parse_param("tau"); }, {"'tau'", "NAME=lin:LO:HI"});
   test::expect_bad_input([] { parse_param("tau="); }, {"tau="});

@@ -195,7 +195,9 @@ SearchSpace SearchSpace::from_json(const nlohmann::json& j) {
   XFER_CHECK(j.is_array(), "a stored search space must be a JSON array, got ", j.dump());
   std::vector<std::string> texts;
   for (const auto& p : j) {
-    XFER_CHECK(p.is_object() && p.contains("name") && p.contains("range"), "malformed stored parameter ", p.dump());
+    XFER_CHECK(p.is_object() && p.contains("name") && p["name"].is_string() && p.contains("range") &&
+                   p["range"].is_string(),
+               "malformed stored parameter ", p.dump());
     texts.push_back(p["name"].get<std::string>() + "=" + p["range"].get<std::string>());
   }
   return parse(texts);
