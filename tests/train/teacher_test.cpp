@@ -102,6 +102,95 @@ TEST(Teacher, SavesAndLoadsItsWeights) {
   test::expect_bad_input([&] { b.load(in, "missing"); }, {"no 'missing' teacher"});
 }
 
+/// A model of `backbone` whose batch norms hold statistics and affine weights far from the identity.
+Model model_with_statistics(const std::string& backbone, int64_t size) {
+  Arch a;
+  a.backbone = backbone;
+  a.in_channels = 3;
+  a.height = a.width = size;
+  a.input = {{0.3, 0.3, 0.3}, {0.3, 0.3, 0.3}};
+  a.heads = {{"source", {"a", "b"}}};
+  Model m(a);
+  torch::NoGradGuard no_grad;
+  for (auto& mod : m->modules(false))
+    if (auto* bn = mod->as<torch::nn::BatchNorm2d>()) {
+      bn->weight.uniform_(0.5, 2.0);
+      bn->bias.normal_(0, 0.5);
+      bn->running_mean.normal_(0, 0.5);
+      bn->running_var.uniform_(0.2, 3.0);
+    }
+  return m;
+}
+
+/// Folding reassociates float sums, so an output near zero in a map of large values may differ by more than
+/// its own 1e-5: the check is relative to the tensor's scale, max |a - b| <= 1e-5 max |b|.
+void expect_close(const torch::Tensor& a, const torch::Tensor& b, const std::string& what) {
+  const double scale = b.abs().max().item<double>(), diff = (a - b).abs().max().item<double>();
+  EXPECT_LE(diff, 1e-5 * scale) << what << ": largest difference " << diff << " of values up to " << scale;
+}
+
+void expect_same_features(const Features& folded, const Features& plain, const std::string& what) {
+  expect_close(folded.pooled, plain.pooled, what + " pooled");
+  ASSERT_EQ(folded.maps.size(), plain.maps.size());
+  for (size_t i = 0; i < plain.maps.size(); ++i)
+    expect_close(folded.maps[i].second, plain.maps[i].second, what + " " + plain.maps[i].first);
+}
+
+TEST(Teacher, FoldedBatchNormsGiveTheUnfoldedOutputs) {
+  // Every built-in architecture, taps kept (DELTA) or not (SMILE), contiguous or channels-last weights,
+  // and again after an EMA update, which must refold.
+  torch::manual_seed(4);
+  for (const auto& [spec, size] : std::vector<std::pair<std::string, int64_t>>{
+           {"cnn4:width=4", 28}, {"resnet20:width=4", 16}, {"resnet18:width=4", 32}, {"resnet50:width=2", 32}}) {
+    for (const bool taps : {false, true}) {
+      Model source = model_with_statistics(spec, size);
+      Teacher teacher(source, taps);
+      if (taps) {
+        torch::NoGradGuard no_grad;
+        for (auto& p : teacher.model()->parameters())
+          if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+      }
+      const torch::Tensor x = torch::randn({3, 3, size, size});
+      const std::string what = spec + (taps ? " (taps kept, channels-last)" : "");
+      auto plain = [&] {
+        Model copy = clone_model(teacher.model());
+        copy->eval();
+        torch::NoGradGuard no_grad;
+        return copy->backbone->forward_features(x);
+      };
+      const Features folded = teacher.features(x);
+      const Features expected = plain();
+      expect_same_features(folded, expected, what);
+      if (taps) {
+        ASSERT_EQ(folded.convs.size(), expected.convs.size());
+        for (size_t i = 0; i < expected.convs.size(); ++i)
+          expect_close(folded.convs[i].second, expected.convs[i].second, what + " conv " + expected.convs[i].first);
+      }
+      Model student = model_with_statistics(spec, size);
+      teacher.ema_update(student, 0.5, /*with_statistics=*/true);
+      expect_same_features(teacher.features(x), plain(), what + " after an EMA update");
+    }
+  }
+}
+
+TEST(Teacher, FoldingSkipsTheNormsAndRefusesATrainingNetwork) {
+  torch::manual_seed(5);
+  Model a = model_with_statistics("cnn4:width=4", 28), b = clone_model(a);
+  a->eval();
+  b->eval();
+  fold_batch_norms(*b->backbone, *a->backbone, /*keep_taps=*/false);
+  for (const ConvNorm& cn : b->backbone->conv_norms()) {
+    EXPECT_FALSE(cn.norm->running_mean.defined());  // skipped in the forward pass
+    EXPECT_TRUE(cn.conv->bias.defined());
+  }
+  Model c = clone_model(a);
+  c->train();
+  test::expect_bad_input([&] { fold_batch_norms(*c->backbone, *a->backbone, false); }, {"only in eval mode"});
+  Model d = model_with_statistics("resnet20:width=4", 16);
+  d->eval();
+  test::expect_bad_input([&] { fold_batch_norms(*d->backbone, *a->backbone, false); }, {"is not a copy of"});
+}
+
 TEST(Model, CopyHeadCopiesClassesAndWeights) {
   torch::manual_seed(3);
   Model from = tiny_model(), to = tiny_model();

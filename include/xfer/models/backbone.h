@@ -42,6 +42,14 @@ struct Features {
   const torch::Tensor& conv(const std::string& stage) const;
 };
 
+/// A convolution and the batch norm that follows it; `tapped`: the convolution is its stage's last, whose
+/// output (before the norm) Features::convs reports.
+struct ConvNorm {
+  torch::nn::Conv2dImpl* conv;
+  torch::nn::BatchNorm2dImpl* norm;
+  bool tapped;
+};
+
 /// Called with each stage's output; returns the tensor the next stage receives.
 using StageHook = std::function<torch::Tensor(const std::string& stage, const torch::Tensor& out)>;
 
@@ -61,6 +69,8 @@ class BackboneImpl : public torch::nn::Module {
   /// --bn-stats sync: in training mode, in a data-parallel run, the batch norms normalise with the statistics
   /// of the global batch, as torch.nn.SyncBatchNorm (dist::sync_batch_norm). Built-in backbones only.
   void set_sync_batch_norm(bool on);
+  /// Every convolution followed by a batch norm, in a fixed order (empty for TorchScript backbones).
+  virtual std::vector<ConvNorm> conv_norms() { return {}; }
 
  protected:
   virtual torch::Tensor stem(const torch::Tensor& x) = 0;
@@ -80,6 +90,16 @@ class BackboneImpl : public torch::nn::Module {
 };
 
 using Backbone = std::shared_ptr<BackboneImpl>;
+
+/// Makes `folded` (a copy of `source`'s architecture, used only in eval mode and inference mode) compute what
+/// `source` computes in eval mode with each batch norm folded into the convolution before it:
+///     w' = w * gamma / sqrt(var + eps),   b' = beta - mean * gamma / sqrt(var + eps)
+/// so that an inference pass skips the norms' kernels. With `keep_taps`, tapped convolutions stay unfolded so
+/// that Features::convs is still each stage's pre-norm output (DELTA's maps). Call again after `source`
+/// changes (a mean teacher's update): the weights are recomputed in place. A folded norm holds no statistics
+/// (its running mean is undefined), which is how the forward pass knows to skip it; the folded backbone
+/// must not be trained or saved. Weights keep `source`'s memory format (channels-last stays so).
+void fold_batch_norms(BackboneImpl& folded, BackboneImpl& source, bool keep_taps);
 
 /// Builds a backbone from its spec for `in_channels` input channels; BadInput lists the valid names.
 Backbone make_backbone(const std::string& spec, int64_t in_channels);
@@ -107,6 +127,7 @@ const char* backbone_help();
 class Cnn4Impl : public BackboneImpl {
  public:
   Cnn4Impl(int64_t in_channels, int64_t width);
+  std::vector<ConvNorm> conv_norms() override;
 
  protected:
   torch::Tensor stem(const torch::Tensor& x) override { return x; }
@@ -126,6 +147,8 @@ class BasicBlockImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x) { return forward_tapped(x, nullptr); }
   /// `tap`, if given, receives conv2's output (before bn2 and the add) and returns what goes on.
   torch::Tensor forward_tapped(const torch::Tensor& x, const ConvTap& tap);
+  /// `last`: the stage's last block, whose conv2 is tapped.
+  std::vector<ConvNorm> conv_norms(bool last);
   bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:
@@ -142,6 +165,8 @@ class BottleneckImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x) { return forward_tapped(x, nullptr); }
   /// `tap`, if given, receives conv3's output (before bn3 and the add) and returns what goes on.
   torch::Tensor forward_tapped(const torch::Tensor& x, const ConvTap& tap);
+  /// `last`: the stage's last block, whose conv3 is tapped.
+  std::vector<ConvNorm> conv_norms(bool last);
   bool sync_bn = false;  // set by BackboneImpl::set_sync_batch_norm
 
  private:
@@ -158,6 +183,7 @@ class ResNetImpl : public BackboneImpl {
   /// `bottleneck`: Bottleneck blocks (output 4x width) instead of basic blocks.
   ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_t> blocks, std::vector<int64_t> widths,
              bool imagenet_stem, bool bottleneck = false);
+  std::vector<ConvNorm> conv_norms() override;
 
  protected:
   torch::Tensor stem(const torch::Tensor& x) override;

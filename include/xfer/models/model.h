@@ -81,6 +81,11 @@ void check_input_fits(ModelImpl& model, int64_t height, int64_t width);
 
 /// A deep copy with the same weights, buffers and train/eval mode.
 Model clone_model(const Model& model);
+/// An eval-mode copy of `model`'s backbone with its batch norms folded into its convolutions
+/// (fold_batch_norms), for inference-mode passes: the same outputs, fewer kernels. `keep_taps` keeps each
+/// stage's last convolution unfolded (Features::convs stays pre-norm). A TorchScript backbone is returned
+/// itself, unfolded; so is any backbone on which folding has nothing to do.
+Backbone folded_backbone(const Model& model, bool keep_taps = false);
 /// Copies the values of every parameter and buffer whose name starts with `prefix` from `src` into
 /// `dst`. Names and shapes must match; BadInput lists the first mismatches.
 void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std::string& prefix = "");

@@ -121,7 +121,7 @@ void DeltaMethod::Options::fields(Fields& f) {
 }
 
 void DeltaMethod::setup(Model& model, SetupContext& ctx) {
-  source_ = Teacher(ctx.require_pretrained("delta"));
+  source_ = Teacher(ctx.require_pretrained("delta"), /*keep_conv_taps=*/last_conv());
   stages_ = parse_stages(opts_.stages, *model->backbone, "--stages");
   if (opts_.attention == "on") {
     attention_ = measure_attention(ctx);

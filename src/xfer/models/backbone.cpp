@@ -87,6 +87,7 @@ void init_weights(torch::nn::Module& module) {
 /// function at the call sites rather than a BatchNorm2d subclass: LibTorch does not export the symbols a
 /// subclass's vtables need.)
 torch::Tensor norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool sync) {
+  if (!bn.running_mean.defined()) return x;  // folded into the convolution before it (fold_batch_norms)
   if (!sync || !bn.is_training() || !dist::is_distributed()) return bn.forward(x);
   // The running-average factor exactly as BatchNorm2d's forward computes it.
   double factor = bn.options.momentum().value_or(0.0);
@@ -107,7 +108,43 @@ torch::Tensor run(torch::nn::Sequential& seq, torch::Tensor x, bool sync, size_t
   return x;
 }
 
+/// The (conv, norm) pair of a Sequential that starts with a convolution and its batch norm.
+ConvNorm sequential_conv_norm(torch::nn::Sequential& seq, bool tapped) {
+  return {seq[0]->as<torch::nn::Conv2d>(), seq[1]->as<torch::nn::BatchNorm2d>(), tapped};
+}
+
 }  // namespace
+
+void fold_batch_norms(BackboneImpl& folded, BackboneImpl& source, bool keep_taps) {
+  // The source's mode does not matter: folding reads its statistics, which eval mode would use.
+  XFER_CHECK(!folded.is_training(), "fold_batch_norms: batch norms fold only in eval mode");
+  const std::vector<ConvNorm> to = folded.conv_norms(), from = source.conv_norms();
+  XFER_CHECK(to.size() == from.size() && folded.spec() == source.spec(), "fold_batch_norms: ", folded.spec(),
+             " is not a copy of ", source.spec());
+  torch::NoGradGuard no_grad;
+  // set_data keeps the modules' registered tensors the ones their forward uses.
+  for (size_t i = 0; i < to.size(); ++i) {
+    const ConvNorm& t = to[i];
+    const ConvNorm& f = from[i];
+    const auto format = f.conv->weight.suggest_memory_format();
+    if (keep_taps && f.tapped) {
+      t.conv->weight.set_data(f.conv->weight.clone(format));
+      t.norm->weight.set_data(f.norm->weight.clone());
+      t.norm->bias.set_data(f.norm->bias.clone());
+      t.norm->running_mean.set_data(f.norm->running_mean.clone());
+      t.norm->running_var.set_data(f.norm->running_var.clone());
+      continue;
+    }
+    const torch::Tensor scale = f.norm->weight / torch::sqrt(f.norm->running_var + f.norm->options.eps());
+    t.conv->weight.set_data((f.conv->weight * scale.view({-1, 1, 1, 1})).contiguous(format));
+    const torch::Tensor bias = f.norm->bias - f.norm->running_mean * scale;
+    // A bias-free convolution's registered "bias" stays undefined (the folded copy is never saved); its
+    // forward reads the member.
+    if (t.conv->bias.defined()) t.conv->bias.set_data(bias);
+    else t.conv->bias = bias;
+    t.norm->running_mean = torch::Tensor();  // the marker norm() skips on
+  }
+}
 
 void BackboneImpl::set_sync_batch_norm(bool on) {
   sync_bn_ = on;
@@ -181,6 +218,12 @@ Cnn4Impl::Cnn4Impl(int64_t in_channels, int64_t width) {
   init_weights(*this);
 }
 
+std::vector<ConvNorm> Cnn4Impl::conv_norms() {
+  std::vector<ConvNorm> out;
+  for (auto& block : blocks_) out.push_back(sequential_conv_norm(block, /*tapped=*/true));
+  return out;
+}
+
 torch::Tensor Cnn4Impl::stage(size_t index, const torch::Tensor& x) {
   // The stage's one convolution comes first; its output (before the batch norm) is the tapped map.
   return run(blocks_[index], tap_last_conv(index, blocks_[index]->begin()->forward(x)), sync_bn_, 1);
@@ -194,6 +237,12 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
   if (stride != 1 || in != out)
     downsample = register_module("downsample", torch::nn::Sequential(conv(in, out, 1, stride, 0),
                                                                      torch::nn::BatchNorm2d(out)));
+}
+
+std::vector<ConvNorm> BasicBlockImpl::conv_norms(bool last) {
+  std::vector<ConvNorm> out = {{conv1.get(), bn1.get(), false}, {conv2.get(), bn2.get(), last}};
+  if (downsample) out.push_back(sequential_conv_norm(downsample, false));
+  return out;
 }
 
 torch::Tensor BasicBlockImpl::forward_tapped(const torch::Tensor& x, const ConvTap& tap) {
@@ -215,6 +264,13 @@ BottleneckImpl::BottleneckImpl(int64_t in, int64_t width, int64_t stride)
   if (stride != 1 || in != width * 4)
     downsample = register_module("downsample", torch::nn::Sequential(conv(in, width * 4, 1, stride, 0),
                                                                      torch::nn::BatchNorm2d(width * 4)));
+}
+
+std::vector<ConvNorm> BottleneckImpl::conv_norms(bool last) {
+  std::vector<ConvNorm> out = {
+      {conv1.get(), bn1.get(), false}, {conv2.get(), bn2.get(), false}, {conv3.get(), bn3.get(), last}};
+  if (downsample) out.push_back(sequential_conv_norm(downsample, false));
+  return out;
 }
 
 torch::Tensor BottleneckImpl::forward_tapped(const torch::Tensor& x, const ConvTap& tap) {
@@ -253,6 +309,18 @@ ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_
   }
   feature_dim_ = in;
   init_weights(*this);
+}
+
+std::vector<ConvNorm> ResNetImpl::conv_norms() {
+  std::vector<ConvNorm> out = {{conv1.get(), bn1.get(), false}};
+  for (auto& layer : layers_)
+    for (size_t b = 0; b < layer->size(); ++b) {
+      const bool last = b + 1 == layer->size();
+      const auto more = layer[b]->as<BasicBlockImpl>() ? layer[b]->as<BasicBlockImpl>()->conv_norms(last)
+                                                       : layer[b]->as<BottleneckImpl>()->conv_norms(last);
+      out.insert(out.end(), more.begin(), more.end());
+    }
+  return out;
 }
 
 torch::Tensor ResNetImpl::stem(const torch::Tensor& x) {

@@ -199,6 +199,14 @@ Model clone_model(const Model& model) {
   return copy;
 }
 
+Backbone folded_backbone(const Model& model, bool keep_taps) {
+  if (model->backbone->conv_norms().empty()) return model->backbone;
+  Backbone folded = clone_model(model)->backbone;
+  folded->eval();
+  fold_batch_norms(*folded, *model->backbone, keep_taps);
+  return folded;
+}
+
 void copy_head(const Model& from, const std::string& name, Model& to, const std::string& as) {
   const HeadInfo* info = from->arch().head(name);
   XFER_CHECK(info != nullptr, "the source model has no '", name, "' head");

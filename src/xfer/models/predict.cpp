@@ -28,6 +28,7 @@ Predictions predict(const Model& frozen, const TensorDataset& data, const Predic
     XFER_CHECK(model->has_head(h), "the model has no '", h,
                "' head (it has: ", heads.empty() ? "none" : heads, ")");
 
+  const Backbone backbone = folded_backbone(model);  // eval-mode outputs with fewer kernels
   const bool was_training = model->is_training();
   model->eval();
   const InputTransform transform(model->arch().input);
@@ -39,7 +40,7 @@ Predictions predict(const Model& frozen, const TensorDataset& data, const Predic
     for (int64_t start = 0; start < data.size(); start += opts.batch_size) {
       const int64_t end = std::min(start + opts.batch_size, data.size());
       const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-      const torch::Tensor g = model->backbone->forward(x);
+      const torch::Tensor g = backbone->forward(x);
       if (opts.features) features.push_back(g.to(torch::kCPU, torch::kFloat32));
       for (const auto& h : opts.heads)
         logits[h].push_back(model->head(h)->forward(g).to(torch::kCPU, torch::kFloat32));

@@ -6,19 +6,23 @@
 
 namespace xfer {
 
-Teacher::Teacher(const Model& source) : model_(clone_model(source)) {
+Teacher::Teacher(const Model& source, bool keep_conv_taps)
+    : model_(clone_model(source)), keep_conv_taps_(keep_conv_taps) {
   freeze(*model_);
   model_->eval();
 }
 
 Features Teacher::features(const torch::Tensor& x) {
   XFER_CHECK(defined(), "the teacher network was not set up");
-  torch::NoGradGuard no_grad;
-  return model_->backbone->forward_features(x);
+  if (!folded_) folded_ = folded_backbone(model_, keep_conv_taps_);
+  else if (folded_stale_ && folded_ != model_->backbone) fold_batch_norms(*folded_, *model_->backbone, keep_conv_taps_);
+  folded_stale_ = false;
+  c10::InferenceMode inference;
+  return folded_->forward_features(x);
 }
 
 torch::Tensor Teacher::logits(const torch::Tensor& pooled, const std::string& head) {
-  torch::NoGradGuard no_grad;
+  c10::InferenceMode inference;
   return model_->head(head)->forward(pooled);
 }
 
@@ -26,6 +30,7 @@ void Teacher::ema_update(const Model& student, double decay, bool with_statistic
   XFER_CHECK(decay >= 0 && decay <= 1, "the teacher's EMA decay must be in [0, 1], got ", decay);
   const std::string why = student->arch().mismatch(model_->arch(), /*with_heads=*/false);  // the teacher is the saved side
   XFER_CHECK(why.empty(), "teacher and student differ: ", why);
+  folded_stale_ = true;
   torch::NoGradGuard no_grad;
   const auto mine = model_->backbone->named_parameters();
   const auto theirs = student->backbone->named_parameters();
@@ -54,6 +59,7 @@ void Teacher::load(const Archive& in, const std::string& key) {
   Archive nested;
   XFER_CHECK(in.try_read(key, nested), "the checkpoint holds no '", key, "' teacher");
   nested.read_module(*model_, cat("the checkpoint's '", key, "' teacher"));
+  folded_stale_ = true;
 }
 
 }  // namespace xfer

@@ -206,9 +206,6 @@ void check_finite_gradients(Model& model, int64_t step) {
 
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size) {
   XFER_CHECK(batch_size >= 1, "evaluation batch size must be >= 1, got ", batch_size);
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::NoGradGuard no_grad;
   const InputTransform transform(model->arch().input);
   const torch::Device device = model->backbone->parameters().front().device();
   const auto* info = model->arch().head(head);
@@ -219,13 +216,22 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   XFER_CHECK(k == data.num_classes(), "the model's '", head, "' head has ", k, " classes, the data has ",
              data.num_classes());
   ConfusionMatrix confusion(k);
+  // Eval-mode outputs from a copy with the batch norms folded, in inference mode.
+  const Backbone backbone = folded_backbone(model);
+  const bool was_training = model->is_training();
+  model->eval();
+  torch::nn::Linear classifier = model->head(head);
   // Data-parallel: this process's contiguous share, then the counts summed over the processes.
   const int64_t world = dist::world_size(), rank = dist::rank();
   const int64_t first = data.size() * rank / world, stop = data.size() * (rank + 1) / world;
-  for (int64_t start = first; start < stop; start += batch_size) {
-    const int64_t end = std::min(start + batch_size, stop);
-    const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-    confusion.add(model->forward(x, head).slice(1, 0, k).argmax(1), data.labels.slice(0, start, end));
+  {
+    c10::InferenceMode inference;
+    for (int64_t start = first; start < stop; start += batch_size) {
+      const int64_t end = std::min(start + batch_size, stop);
+      const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
+      confusion.add(classifier->forward(backbone->forward(x)).slice(1, 0, k).argmax(1),
+                    data.labels.slice(0, start, end));
+    }
   }
   model->train(was_training);
   dist::all_reduce_sum({confusion.counts()});
