@@ -6,6 +6,144 @@
 #include "xfer/core/fields.h"
 
 namespace xfer {
+namespace {
+
+std::string state_key(const at::Tensor& param) { return c10::guts::to_string(param.unsafeGetTensorImpl()); }
+
+/// SGD exactly as torch::optim::SGD computes it, bit for bit, but on one flat buffer per parameter group: the
+/// group's parameters and momentum buffers are views into two flat tensors, so a step is about five kernels
+/// over the whole group rather than four per tensor (BN weights and biases are many small tensors). The
+/// per-element arithmetic is torch's: d = g + wd p; b = m b + (1 - dampening) d (b = d at first); d = b
+/// (or d + m b, Nesterov); p -= lr d. A group in which some parameter has no gradient this step (Seq-Train's
+/// idle head) steps tensor by tensor, as torch does, skipping it. Views replaced from outside (a loaded
+/// optimizer state, a parameter given new data) are gathered into the flat buffers again, values unchanged.
+class FlatSGD : public torch::optim::SGD {
+ public:
+  FlatSGD(const std::vector<torch::optim::OptimizerParamGroup>& groups, const torch::optim::SGDOptions& defaults)
+      : torch::optim::SGD(groups, defaults), flats_(param_groups().size()) {}
+
+  torch::Tensor step(LossClosure closure = nullptr) override {
+    XFER_CHECK(closure == nullptr, "SGD takes no closure");
+    torch::NoGradGuard no_grad;
+    for (size_t g = 0; g < param_groups().size(); ++g) {
+      auto& group = param_groups()[g];
+      const auto& o = static_cast<const torch::optim::SGDOptions&>(group.options());
+      const std::vector<torch::Tensor>& params = group.params();
+      bool all_grads = !params.empty();
+      for (const auto& p : params) all_grads = all_grads && p.grad().defined();
+      if (all_grads && flatten_params(g)) step_flat(g, o);
+      else step_tensors(params, o);
+    }
+    return {};
+  }
+
+ private:
+  struct Flat {
+    torch::Tensor params, momentum;
+    std::vector<int64_t> offsets;  // of each parameter in the flat buffers
+  };
+
+  static bool is_view_of(const torch::Tensor& t, const torch::Tensor& flat, int64_t offset) {
+    return t.defined() && flat.defined() && t.is_contiguous() &&
+           t.data_ptr() == static_cast<char*>(flat.data_ptr()) + offset * static_cast<int64_t>(flat.element_size());
+  }
+
+  /// Makes the group's parameters views of one flat buffer (values unchanged); false where they cannot share
+  /// one (different dtypes or devices).
+  bool flatten_params(size_t g) {
+    const std::vector<torch::Tensor>& params = param_groups()[g].params();
+    Flat& f = flats_[g];
+    bool views = static_cast<int64_t>(f.offsets.size()) == static_cast<int64_t>(params.size());
+    for (size_t i = 0; views && i < params.size(); ++i) views = is_view_of(params[i], f.params, f.offsets[i]);
+    if (views) return true;
+    for (const auto& p : params)
+      if (p.scalar_type() != params[0].scalar_type() || p.device() != params[0].device()) return false;
+    std::vector<torch::Tensor> parts;
+    f.offsets.clear();
+    int64_t at = 0;
+    for (const auto& p : params) {
+      parts.push_back(p.detach().reshape(-1));
+      f.offsets.push_back(at);
+      at += p.numel();
+    }
+    f.params = torch::cat(parts);
+    for (size_t i = 0; i < params.size(); ++i) {
+      torch::Tensor p = params[i];
+      p.set_data(f.params.slice(0, f.offsets[i], f.offsets[i] + p.numel()).view(p.sizes()));
+    }
+    f.momentum = torch::Tensor();
+    return true;
+  }
+
+  torch::optim::SGDParamState* momentum_state(const torch::Tensor& p) {
+    const auto it = state().find(state_key(p));
+    return it == state().end() ? nullptr : static_cast<torch::optim::SGDParamState*>(it->second.get());
+  }
+
+  void step_flat(size_t g, const torch::optim::SGDOptions& o) {
+    const std::vector<torch::Tensor>& params = param_groups()[g].params();
+    Flat& f = flats_[g];
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : params) grads.push_back(p.grad().reshape(-1));
+    torch::Tensor d = torch::cat(grads);
+    if (o.weight_decay() != 0) d = d.add(f.params, o.weight_decay());
+    if (o.momentum() != 0) {
+      size_t with_state = 0;
+      bool views = true;
+      for (size_t i = 0; i < params.size(); ++i) {
+        const auto* s = momentum_state(params[i]);
+        with_state += s != nullptr;
+        views = views && s && is_view_of(s->momentum_buffer(), f.momentum, f.offsets[i]);
+      }
+      if (with_state != 0 && with_state != params.size()) return step_tensors(params, o);  // torch's own path
+      if (with_state == 0) {
+        f.momentum = torch::clone(d).detach();
+      } else {
+        if (!views) {  // gather the buffers (a loaded state) into one
+          std::vector<torch::Tensor> parts;
+          for (const auto& p : params) parts.push_back(momentum_state(p)->momentum_buffer().reshape(-1));
+          f.momentum = torch::cat(parts);
+        }
+        f.momentum.mul_(o.momentum()).add_(d, 1 - o.dampening());
+      }
+      if (with_state == 0 || !views)
+        for (size_t i = 0; i < params.size(); ++i) {
+          auto s = std::make_unique<torch::optim::SGDParamState>();
+          s->momentum_buffer(f.momentum.slice(0, f.offsets[i], f.offsets[i] + params[i].numel()).view(params[i].sizes()));
+          state()[state_key(params[i])] = std::move(s);
+        }
+      d = o.nesterov() ? d.add(f.momentum, o.momentum()) : f.momentum;
+    }
+    f.params.add_(d, -1 * o.lr());
+  }
+
+  /// torch::optim::SGD's step for one group, tensor by tensor.
+  void step_tensors(const std::vector<torch::Tensor>& params, const torch::optim::SGDOptions& o) {
+    for (const auto& p : params) {
+      if (!p.grad().defined()) continue;
+      torch::Tensor d = p.grad().data();
+      if (o.weight_decay() != 0) d = d.add(p.data(), o.weight_decay());
+      if (o.momentum() != 0) {
+        torch::Tensor buf;
+        if (auto* s = momentum_state(p)) {
+          buf = s->momentum_buffer();
+          buf.mul_(o.momentum()).add_(d, 1 - o.dampening());
+        } else {
+          buf = torch::clone(d).detach();
+          auto fresh = std::make_unique<torch::optim::SGDParamState>();
+          fresh->momentum_buffer(buf);
+          state()[state_key(p)] = std::move(fresh);
+        }
+        d = o.nesterov() ? d.add(buf, o.momentum()) : buf;
+      }
+      p.data().add_(d, -1 * o.lr());
+    }
+  }
+
+  std::vector<Flat> flats_;
+};
+
+}  // namespace
 
 void OptimizerOptions::fields(Fields& f) {
   f.add("optimizer", optimizer, "sgd (with momentum) or adam").choices({"sgd", "adam"});
@@ -42,8 +180,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                   .weight_decay(wd)));
     }
   }
-  if (opts.optimizer == "sgd")
-    return std::make_unique<torch::optim::SGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
+  if (opts.optimizer == "sgd") return std::make_unique<FlatSGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
   return std::make_unique<torch::optim::Adam>(torch_groups, torch::optim::AdamOptions(opts.lr));
 }
 
@@ -54,8 +191,6 @@ void set_learning_rates(torch::optim::Optimizer& opt, const std::vector<ParamGro
 }
 
 namespace {
-std::string state_key(const at::Tensor& param) { return c10::guts::to_string(param.unsafeGetTensorImpl()); }
-
 std::string slot(size_t group, size_t param) { return cat(group, ".", param, "."); }
 }  // namespace
 
