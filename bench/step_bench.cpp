@@ -12,7 +12,10 @@
 //       demo's cached source model (trained first if the cache lacks it); bench/python/method_step.py is
 //       the Python reference, which gets fixed batches for free; --pretrain-steps N shortens the source
 //       model's training for large backbones (step times do not depend on the weights)
-// Each prints one JSON line; times are medians of single steps (robust to setup and to noise).
+//   xfer_bench eval [--backbone cnn4] [--batch 500] [--threads 2] [--steps 20]
+//       one evaluation pass (xfer's evaluate(): eval mode, batch norms folded, inference mode) over the
+//       demo target's 5,000 test images; bench/python/eval_pass.py is the Python reference
+// Each prints one JSON line; times are medians of single steps or passes (robust to setup and to noise).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -60,8 +63,8 @@ Args parse(int argc, char** argv) {
     else if (k == "--pretrain-steps") a.pretrain_steps = std::stoll(v);
     else throw std::invalid_argument("unknown flag " + k);
   }
-  if (a.mode != "bare" && a.mode != "overhead" && a.mode != "method")
-    throw std::invalid_argument("mode must be bare, overhead or method");
+  if (a.mode != "bare" && a.mode != "overhead" && a.mode != "method" && a.mode != "eval")
+    throw std::invalid_argument("mode must be bare, overhead, method or eval");
   if ((a.mode == "method") != !a.method.empty()) throw std::invalid_argument("--method goes with mode method");
   return a;
 }
@@ -163,6 +166,21 @@ double method_step(const Args& a) {
   return xfer::interleaved_step_ms({run.get()}, {a.steps, a.steps, a.warmup})[0] / 1000;
 }
 
+/// The median time of one evaluation pass over the demo target's test set (5 classes x 1,000 images).
+std::pair<double, int64_t> eval_pass(const Args& a) {
+  const xfer::Task task = xfer::load_task("fmnist:classes=2,4,6,7,9:per_class=100", 0);
+  xfer::Arch arch{a.backbone, 1, 28, 28, {{0.286}, {0.353}}, {{"target", task.class_names()}}};
+  xfer::Model model(arch);
+  std::vector<double> times;
+  for (int64_t i = 0; i < a.warmup / 10 + a.steps; ++i) {
+    const double t0 = xfer::now_seconds();
+    const xfer::Evaluation e = xfer::evaluate(model, task.test, "target", a.batch);
+    if (i >= a.warmup / 10) times.push_back(xfer::now_seconds() - t0);
+    if (e.top1 < 0) throw std::logic_error("no accuracy");
+  }
+  return {median(times), task.test.size()};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -174,7 +192,12 @@ int main(int argc, char** argv) {
     xfer::seed_global(0);
     nlohmann::json j = {{"mode", a.mode}, {"impl", "xfer"},      {"backbone", a.backbone},
                         {"batch", a.batch}, {"threads", a.threads}, {"steps", a.steps}};
-    if (a.mode == "bare" || a.mode == "method") {
+    if (a.mode == "eval") {
+      const auto [secs, images] = eval_pass(a);
+      j["images"] = images;
+      j["pass_ms"] = 1000 * secs;
+      j["images_per_s"] = static_cast<double>(images) / secs;
+    } else if (a.mode == "bare" || a.mode == "method") {
       const double secs = a.mode == "bare" ? bare(a) : method_step(a);
       if (a.mode == "method") j["method"] = a.method;
       j["step_ms"] = 1000 * secs;

@@ -1,7 +1,13 @@
 #!/usr/bin/python3
-"""The training step of l2, mixup, XMixup and SMILE in plain PyTorch, on Debian's python3-torch (the same
-1.13 kernels as libtorch-dev), for `bench/compare.sh`: the Python reference xfer is measured against.
-`--method l2` is exactly `xfer_bench bare`'s step.
+"""The training step of l2, mixup, XMixup, SMILE and DELTA in PyTorch as an expert writes it, on Debian's
+python3-torch (the same 1.13 kernels as libtorch-dev), for `bench/compare.sh`: the Python reference xfer is
+measured against. `--method l2` is exactly `xfer_bench bare`'s step.
+
+What makes it the fastest idiomatic loop (issue 24): gradients dropped with `zero_grad(set_to_none=True)`;
+frozen networks (SMILE's mean teacher, DELTA's source network) in eval mode under `torch.inference_mode()`,
+their convolutions in channels-last layout when --teacher-layout channels_last is faster (compare.sh runs
+both and keeps the faster); fixed batches, so the data pipeline costs Python nothing; nothing computed that
+xfer's step does not compute.
 
 Same model as xfer's cnn4 (4 conv+BN+ReLU stages, max-pool after the first two, global average pool,
 linear head) or, with --backbone resnet18, as xfer's resnet18 (torchvision's ResNet-18 with a 1-channel
@@ -14,11 +20,14 @@ the next images), so the data pipeline costs Python nothing. Each method follows
           and 5 auxiliary classes, soft label lambda / 1-lambda (XMixup Eq. 4)
   smile   mixup (alpha 0.2, folded) + 0.01 L_FE + 0.1 L_FC against a mean teacher (eval mode, no-grad,
           one forward of the unmixed batch), EMA of the backbone every 10 steps (decay 0.999)
+  delta   CE + 0.01 * sum over stages of 0.5 C/(HW) sum_c a_c ||m_c - m0_c||^2 on each stage's last
+          convolution output (before its batch norm) against the frozen source network, + 0.01/2 ||w_head||^2,
+          optimizer weight decay off; a_c: fixed attention weights (xfer measures them once before training)
 
 Prints one JSON line with the median step time.
 
   /usr/bin/python3 bench/python/method_step.py --method smile [--backbone cnn4|resnet18] [--width W]
-                                               [--batch 64] [--threads 2]
+                                               [--batch 64] [--threads 2] [--teacher-layout contiguous]
 """
 import argparse
 import copy
@@ -48,6 +57,16 @@ class Cnn4(nn.Module):
     def forward(self, x):
         return self.head(self.layers(x).mean((2, 3)))
 
+    def tapped(self, x):
+        """The last stage's map and each stage's convolution output (before its batch norm)."""
+        convs = []
+        for block in self.layers:
+            x = block[0](x)
+            convs.append(x)
+            for m in block[1:]:
+                x = m(x)
+        return x, convs
+
 
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
@@ -61,9 +80,13 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
+        return self.tapped(x)[0]
+
+    def tapped(self, x):
+        """The block's output and conv2's output (before bn2 and the add)."""
         h = F.relu(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
-        return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
+        c = self.conv2(h)
+        return F.relu(self.bn2(c) + (self.downsample(x) if self.downsample is not None else x)), c
 
 
 class ResNet18(nn.Module):
@@ -85,6 +108,17 @@ class ResNet18(nn.Module):
 
     def forward(self, x):
         return self.head(self.layers(x).mean((2, 3)))
+
+    def tapped(self, x):
+        """The last stage's map and each stage's last convolution output (its last block's conv2)."""
+        for m in self.layers[:4]:
+            x = m(x)
+        convs = []
+        for i in range(4):
+            for j in range(2):
+                x, c = self.layers[4 + 2 * i + j].tapped(x)
+            convs.append(c)
+        return x, convs
 
 
 def first_images(n, root="/usr/share/datasets/fashion-mnist"):
@@ -109,13 +143,15 @@ def features(model, x):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--method", choices=["l2", "mixup", "xmixup", "smile"], required=True)
+    p.add_argument("--method", choices=["l2", "mixup", "xmixup", "smile", "delta"], required=True)
     p.add_argument("--backbone", choices=["cnn4", "resnet18"], default="cnn4")
     p.add_argument("--width", type=int, default=0, help="default: 16 for cnn4, 64 for resnet18")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--teacher-layout", choices=["channels_last", "contiguous"], default="channels_last",
+                   help="memory layout of the frozen network's convolutions (smile, delta)")
     a = p.parse_args()
     a.width = a.width or (16 if a.backbone == "cnn4" else 64)
     torch.set_num_threads(a.threads)
@@ -129,10 +165,15 @@ def main():
     model = (Cnn4 if a.backbone == "cnn4" else ResNet18)(a.width, heads).train()
     aux_head = nn.Linear(model.feature_dim, 5)  # smile: the student's head over the source classes
     params = list(model.parameters()) + (list(aux_head.parameters()) if a.method == "smile" else [])
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-    teacher = copy.deepcopy(model).eval()  # smile: backbone + source head
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=0.0 if a.method == "delta" else 1e-4)
+    teacher = copy.deepcopy(model).eval()  # smile: backbone + source head; delta: the source network
     for q in teacher.parameters():
         q.requires_grad_(False)
+    layout = torch.channels_last if a.teacher_layout == "channels_last" else torch.contiguous_format
+    teacher = teacher.to(memory_format=layout)
+    with torch.inference_mode():
+        channels = [c.shape[1] for c in teacher.tapped(x[:1])[1]]
+    attention = [torch.softmax(torch.randn(c), 0) for c in channels]  # delta's: any fixed vector costs the same
     beta_mix = torch.distributions.Beta(torch.tensor(0.2), torch.tensor(0.2))
     beta_x = torch.distributions.Beta(torch.tensor(4.0), torch.tensor(1.0))
     step_no = [0]
@@ -159,11 +200,12 @@ def main():
         lam = beta_mix.sample().item()
         lam = max(lam, 1 - lam)
         perm = torch.randperm(b)
-        with torch.no_grad():
-            fm_t, pooled_t = features(teacher, x)
+        with torch.inference_mode():
+            fm_t, pooled_t = features(teacher, x.contiguous(memory_format=layout))
             p_t = F.softmax(teacher.head(pooled_t), 1)
-            fm_mix = lam * fm_t + (1 - lam) * fm_t[perm]
-            p_mix = lam * p_t + (1 - lam) * p_t[perm]
+        # Mixed outside inference mode: the results are ordinary tensors, which autograd may save.
+        fm_mix = lam * fm_t + (1 - lam) * fm_t[perm]
+        p_mix = lam * p_t + (1 - lam) * p_t[perm]
         fm_s, pooled_s = features(model, lam * x + (1 - lam) * x[perm])
         z = model.head(pooled_s)
         mxp = lam * F.cross_entropy(z, y) + (1 - lam) * F.cross_entropy(z, y[perm])
@@ -172,6 +214,19 @@ def main():
         fc = soft_ce(aux_head(pooled_s), p_mix)
         return mxp + 0.01 * fe + 0.1 * fc
 
+    def loss_delta():
+        fm, convs = model.tapped(x)
+        ce = F.cross_entropy(model.head(fm.mean((2, 3))), y)
+        with torch.inference_mode():
+            convs0 = teacher.tapped(x.contiguous(memory_format=layout))[1]
+        fm_loss = 0.0
+        for m, m0, att in zip(convs, convs0, attention):
+            c, hw = m.shape[1], m.shape[2] * m.shape[3]
+            sq = (m - m0).pow(2).sum((2, 3))
+            fm_loss = fm_loss + (sq * att.view(1, c)).sum() * (0.5 * c / hw)
+        head_l2 = 0.5 * 0.01 * sum(q.pow(2).sum() for q in model.head.parameters())
+        return ce + 0.01 * fm_loss + head_l2
+
     def ema():
         step_no[0] += 1
         if a.method == "smile" and step_no[0] % 10 == 0:
@@ -179,10 +234,11 @@ def main():
                 for t, s in zip(teacher.layers.parameters(), model.layers.parameters()):
                     t.mul_(0.999).add_(s, alpha=0.001)
 
-    loss_fn = {"l2": loss_l2, "mixup": loss_mixup, "xmixup": loss_xmixup, "smile": loss_smile}[a.method]
+    loss_fn = {"l2": loss_l2, "mixup": loss_mixup, "xmixup": loss_xmixup, "smile": loss_smile,
+               "delta": loss_delta}[a.method]
 
     def step():
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss_fn().backward()
         opt.step()
         ema()
@@ -196,7 +252,8 @@ def main():
         times.append(time.perf_counter() - t0)
     secs = sorted(times)[len(times) // 2]
     print(json.dumps({"mode": "method", "impl": "python", "method": a.method, "backbone": f"{a.backbone}:width={a.width}",
-                      "batch": b, "threads": a.threads, "steps": a.steps, "step_ms": 1000 * secs,
+                      "batch": b, "threads": a.threads, "steps": a.steps, "teacher_layout": a.teacher_layout,
+                      "step_ms": 1000 * secs,
                       "samples_per_s": b / secs}))
 
 
