@@ -74,7 +74,9 @@ TEST(Optimizer, FlatSgdStepsBitForBitAsTorchsSgd) {
     ASSERT_EQ(a.keys(), b.keys());
     for (const auto& k : a.keys()) {
       torch::Tensor x, y;
-      if (a.try_read(k, x) && b.try_read(k, y)) EXPECT_TRUE(torch::equal(x, y)) << k;
+      if (a.try_read(k, x) && b.try_read(k, y)) {
+        EXPECT_TRUE(torch::equal(x, y)) << k;
+      }
     }
   }
 }

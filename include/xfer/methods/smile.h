@@ -96,7 +96,6 @@ class SmileMethod : public Method {
   Options opts_;
   bool from_student_;  // the teacher starts from the student's random initialisation (student-init, no --init)
   Teacher teacher_;
-  bool channels_last_ = false;  // the teacher runs in channels-last layout (on the CPU)
 };
 
 /// Registers smile.

@@ -98,7 +98,7 @@ using Backbone = std::shared_ptr<BackboneImpl>;
 /// that Features::convs is still each stage's pre-norm output (DELTA's maps). Call again after `source`
 /// changes (a mean teacher's update): the weights are recomputed in place. A folded norm holds no statistics
 /// (its running mean is undefined), which is how the forward pass knows to skip it; the folded backbone
-/// must not be trained or saved. Weights keep `source`'s memory format (channels-last stays so).
+/// must not be trained or saved. Weights keep `folded`'s own memory format (channels-last stays so).
 void fold_batch_norms(BackboneImpl& folded, BackboneImpl& source, bool keep_taps);
 
 /// Builds a backbone from its spec for `in_channels` input channels; BadInput lists the valid names.

@@ -82,7 +82,9 @@ void check_input_fits(ModelImpl& model, int64_t height, int64_t width);
 /// A deep copy with the same weights, buffers and train/eval mode.
 Model clone_model(const Model& model);
 /// An eval-mode copy of `model`'s backbone with its batch norms folded into its convolutions
-/// (fold_batch_norms), for inference-mode passes: the same outputs, fewer kernels. `keep_taps` keeps each
+/// (fold_batch_norms), for inference-mode passes: the same outputs, fewer kernels. On the CPU its
+/// convolutions are channels-last: LibTorch 1.13's channels-last forward kernels are faster there for the
+/// small maps of these backbones (an evaluation pass of cnn4 by about 1.5x). `keep_taps` keeps each
 /// stage's last convolution unfolded (Features::convs stays pre-norm). A TorchScript backbone is returned
 /// itself, unfolded; so is any backbone on which folding has nothing to do.
 Backbone folded_backbone(const Model& model, bool keep_taps = false);

@@ -3,9 +3,10 @@
 /// compare against (DELTA), the mean teacher of SMILE.
 ///
 /// Its forward passes run in inference mode on a second copy of the backbone whose batch norms are folded
-/// into their convolutions (fold_batch_norms); the copy is refolded lazily after anything changes the
-/// teacher (an EMA update, a load, a caller's write through model()). Outputs are inference tensors:
-/// compute with them outside inference mode (mixing, differences) before autograd saves anything.
+/// into their convolutions (folded_backbone, channels-last on the CPU); the copy is refolded lazily after
+/// anything changes the teacher (an EMA update, a load, a caller's write through model()).
+/// Outputs are inference tensors: compute with them outside inference mode (mixing, differences) before
+/// autograd saves anything.
 ///
 /// Mean-teacher update (Tarvainen & Valpola 2017), over the backbone's parameters only, not the heads and
 /// not the BN running statistics (as SMILE's code):

@@ -23,15 +23,6 @@ Model smile_random_model(const Arch& arch, uint64_t seed) {
   return m;
 }
 
-/// Puts the 4-D (convolution) weights in channels-last layout. The teacher only runs forward, and on the CPU
-/// LibTorch 1.13's channels-last convolution and max-pool kernels are several times faster than the NCHW ones
-/// for small maps, which is most of the teacher's share of a step.
-void smile_to_channels_last(Model& m) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : m->parameters())
-    if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
-}
-
 std::string smile_head_names(const Model& m) {
   std::string names;
   for (const auto& h : m->arch().heads) names += (names.empty() ? "" : ", ") + h.name;
@@ -121,8 +112,6 @@ void SmileMethod::setup(Model& model, SetupContext& ctx) {
     random->to(ctx.device);
     teacher_ = Teacher(random);
   }
-  channels_last_ = ctx.device.is_cpu();
-  if (channels_last_) smile_to_channels_last(teacher_.model());
 }
 
 LossTerms SmileMethod::loss(StepContext& ctx) {
@@ -140,7 +129,7 @@ LossTerms SmileMethod::loss(StepContext& ctx) {
   if (!uses_fe() && !uses_fc()) return terms;
 
   // Once, on the unmixed batch.
-  const Features teacher = teacher_.features(channels_last_ ? b.x.contiguous(at::MemoryFormat::ChannelsLast) : b.x);
+  const Features teacher = teacher_.features(b.x);
   if (uses_fe()) {
     const torch::Tensor& map = teacher.maps.back().second;
     const torch::Tensor fe =
@@ -170,7 +159,6 @@ void SmileMethod::save(Archive& out) const {
 void SmileMethod::load(const Archive& in) {
   if (!teacher_.defined() || !teacher_moves()) return;
   teacher_.load(in, "teacher");
-  if (channels_last_) smile_to_channels_last(teacher_.model());  // the same kernels as before the resume
 }
 
 void register_smile_methods(MethodRegistry& r) {

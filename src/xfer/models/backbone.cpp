@@ -126,7 +126,7 @@ void fold_batch_norms(BackboneImpl& folded, BackboneImpl& source, bool keep_taps
   for (size_t i = 0; i < to.size(); ++i) {
     const ConvNorm& t = to[i];
     const ConvNorm& f = from[i];
-    const auto format = f.conv->weight.suggest_memory_format();
+    const auto format = t.conv->weight.suggest_memory_format();  // the folded copy keeps its own layout
     if (keep_taps && f.tapped) {
       t.conv->weight.set_data(f.conv->weight.clone(format));
       t.norm->weight.set_data(f.norm->weight.clone());

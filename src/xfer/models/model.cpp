@@ -203,6 +203,11 @@ Backbone folded_backbone(const Model& model, bool keep_taps) {
   if (model->backbone->conv_norms().empty()) return model->backbone;
   Backbone folded = clone_model(model)->backbone;
   folded->eval();
+  if (model->backbone->parameters().front().is_cpu()) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : folded->parameters())
+      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+  }
   fold_batch_norms(*folded, *model->backbone, keep_taps);
   return folded;
 }

@@ -15,7 +15,8 @@ Teacher::Teacher(const Model& source, bool keep_conv_taps)
 Features Teacher::features(const torch::Tensor& x) {
   XFER_CHECK(defined(), "the teacher network was not set up");
   if (!folded_) folded_ = folded_backbone(model_, keep_conv_taps_);
-  else if (folded_stale_ && folded_ != model_->backbone) fold_batch_norms(*folded_, *model_->backbone, keep_conv_taps_);
+  else if (folded_stale_ && folded_ != model_->backbone)  // TorchScript backbones run as they are
+    fold_batch_norms(*folded_, *model_->backbone, keep_conv_taps_);
   folded_stale_ = false;
   c10::InferenceMode inference;
   return folded_->forward_features(x);
