@@ -37,7 +37,7 @@ export OMP_WAIT_POLICY=PASSIVE  # both sides alike: no spinning threads between 
 cores=$(nproc)
 
 load() { cut -d' ' -f1 /proc/loadavg; }
-busy_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
+busy_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
 times_file=$(mktemp)
 trap 'rm -f "$times_file"' EXIT
 # CPU seconds of this script's finished children. `times` runs in this shell (a command substitution would
@@ -45,11 +45,11 @@ trap 'rm -f "$times_file"' EXIT
 children_s() { awk 'NR == 2 { sub(/s/, "", $1); sub(/s/, "", $2); split($1, u, "m"); split($2, s, "m"); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$times_file"; }
 now_s() { date +%s.%N; }
 block_start() { times > "$times_file"; b0=$(busy_s) c0=$(children_s) t0=$(now_s); }
-others() {  # the average load of other processes since block_start, and the verdict
-  times > "$times_file"
-  awk -v b="$(busy_s)" -v b0="$b0" -v c="$(children_s)" -v c0="$c0" -v t="$(now_s)" -v t0="$t0" -v n="$cores" 'BEGIN {
+others() {  # sets $others: the average load of other processes since block_start, and the verdict
+  times > "$times_file"  # here, not in a command substitution: see children_s
+  others=$(awk -v b="$(busy_s)" -v b0="$b0" -v c="$(children_s)" -v c0="$c0" -v t="$(now_s)" -v t0="$t0" -v n="$cores" 'BEGIN {
     o = ((b - b0) - (c - c0)) / (t - t0); if (o < 0) o = 0
-    printf "%.2f (%s)", o, o > 0.3 * n ? "UNDER LOAD, not a result" : "quiet" }'
+    printf "%.2f (%s)", o, (o > 0.3 * n) ? "UNDER LOAD, not a result" : "quiet" }')
 }
 python_env=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456)
 step_ms() { sed -E 's/.*"step_ms": ?([0-9.]+).*/\1/'; }
@@ -86,8 +86,9 @@ for m in $methods; do
     tm+=("$(python_method "$m" "$layout" "${python_env[@]}")")
     echo "$m round $i/$rounds: xfer ${xm[-1]} ms, python ${pm[-1]} ms, python with xfer's malloc ${tm[-1]} ms" >&2
   done
+  others
   awk -v m="$m" -v x="$(median "${xm[@]}")" -v p="$(median "${pm[@]}")" -v t="$(median "${tm[@]}")" \
-    -v xr="$(range "${xm[@]}")" -v pr="$(range "${pm[@]}")" -v tr="$(range "${tm[@]}")" -v l="$(others)" \
+    -v xr="$(range "${xm[@]}")" -v pr="$(range "${pm[@]}")" -v tr="$(range "${tm[@]}")" -v l="$others" \
     'BEGIN { printf "| %s | %.1f (%s) | %.1f (%s) | %.1f (%s) | %.2fx, %.2fx | %s |\n", m, x, xr, p, pr, t, tr, p / x, t / x, l }'
 done
 
@@ -105,8 +106,9 @@ for ((i = 1; i <= rounds; i++)); do
   pe+=("$(eval_py --passes "$passes" --layout "$layout")")
   echo "eval round $i/$rounds: xfer ${xe[-1]} ms, python ${pe[-1]} ms" >&2
 done
+others
 awk -v x="$(median "${xe[@]}")" -v p="$(median "${pe[@]}")" -v xr="$(range "${xe[@]}")" -v pr="$(range "${pe[@]}")" \
-  -v lay="$layout" -v l="$(others)" 'BEGIN {
+  -v lay="$layout" -v l="$others" 'BEGIN {
   printf "\nEvaluation pass, 5,000 images, batch 500: xfer %.0f ms (%s), Python (%s, malloc tuned like xfer) %.0f ms (%s): %.2fx; load of other processes %s\n", x, xr, lay, p, pr, p / x, l
 }'
 
@@ -119,8 +121,9 @@ for ((i = 1; i <= rounds; i++)); do
 done
 over=$("$build/bench/xfer_bench" overhead --backbone "$backbone" --batch "$batch" --threads "$threads" --steps $((rounds * steps)))
 field() { echo "$over" | sed -E "s/.*\"$1\":([0-9.]+).*/\1/"; }
+others
 awk -v x="$(median "${xb[@]}")" -v p="$(median "${pb[@]}")" -v xr="$(range "${xb[@]}")" -v pr="$(range "${pb[@]}")" \
-  -v ob="$(field bare_step_ms)" -v oe="$(field e2e_step_ms)" -v l="$(others)" 'BEGIN {
+  -v ob="$(field bare_step_ms)" -v oe="$(field e2e_step_ms)" -v l="$others" 'BEGIN {
   printf "\nBare l2 step on one fixed batch: xfer %.1f ms (%s), Python (malloc tuned like xfer) %.1f ms (%s): %.2fx; load of other processes %s\n", x, xr, p, pr, p / x, l
   printf "xfer end-to-end / bare step in one process: %.1f / %.1f ms = %.3f\n", oe, ob, oe / ob
 }'
