@@ -160,7 +160,10 @@ void RunOptions::fields(Fields& f) {
   f.add("method", method, "training method (see `xfer methods`)");
   f.group("Run");
   f.add("seed", seed, "random seed (init, batches, few-shot draws without seed=)").non_negative();
-  f.add("threads", threads, "CPU threads (0 = all cores)").non_negative();
+  f.add("threads", threads,
+        "CPU threads (0 = all cores); idle ones spin briefly, then sleep (GOMP_SPINCOUNT=10000 unless "
+        "OMP_WAIT_POLICY or GOMP_SPINCOUNT is set)")
+      .non_negative();
   f.add("device", device, "cpu, cuda or cuda:N");
   f.add("out", out, "output directory (default runs/<command>-<method>-<time>)");
   f.add("resume", resume, "continue the run in --out from its last checkpoint");
