@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "step_rig.h"
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
@@ -336,6 +337,88 @@ TEST(GradMix, SourceOnlySumsTheSourceGradients) {
   for (size_t p = 0; p < params.size(); ++p)
     EXPECT_TRUE(torch::allclose(params[p].grad(), g[0][p] + g[1][p], 1e-5, 1e-7)) << p;
   EXPECT_FALSE(terms.parts.count("rho"));
+}
+
+/// V's batch `b` as the method's "v" stream serves it (V = the target's train split, batches of
+/// min(|V|, 8), seeded by the stream's name), replayed by the test.
+Batch gradmix_replayed_v(const Task& task, const Model& model, uint64_t seed, int64_t b) {
+  LoaderOptions opts;
+  opts.batch_size = std::min<int64_t>(task.train.size(), 8);
+  opts.prefetch = false;
+  BatchStream s(task.train, model->arch().input, opts, derive_seed(seed, "v"));
+  s.seek(b);
+  return s.next();
+}
+
+TEST(GradMix, TargetOnlyIsCrossEntropyOnTheBatchesOfV) {
+  // The target-only baseline trains on V alone: each step the cross-entropy of the target head on the next
+  // batch of V, recomputed here from the replayed batch; the loss, every gradient and every update.
+  GradMixTiny t;
+  const Task task = load_task(t.target, 0);
+  ASSERT_EQ(task.train.size(), 9);  // 3 per class: a batch of 8 and the epochs' seams in the second
+  const uint64_t seed = 5;
+  const test::RigSetup s("target-only", task, seed, 10);
+  for (int64_t k : {0, 1, 4}) {
+    const auto checked = test::expect_step_matches(s, k, [&](test::StepView& v) {
+      const Batch b = gradmix_replayed_v(task, v.model(), seed, k);
+      return test::plain_ce(v.model()->forward(b.x, "target"), b.y);
+    });
+    EXPECT_EQ(checked.terms.lr_scale, 1.0);
+    EXPECT_EQ(checked.rig->batches().stream("v").position(), k + 1) << "one batch of V per step";
+    EXPECT_EQ(checked.rig->batches().stream("target").position(), 0) << "V's own stream, not the target's";
+    EXPECT_FALSE(checked.rig->model()->has_head("s1")) << "no sources";
+  }
+}
+
+TEST(GradMix, FineTuneSumsTheSourceGradientsThenTrainsOnVAtItsLearningRate) {
+  // The fine-tune baseline: steps 0-3 (switch_at 0.4 of 10) are source-only, the sum of the sources'
+  // cross-entropies on their own heads; steps 4-9 are target-only on V, with a fresh optimizer at 0.3 of
+  // the learning rate. Each recomputed from replayed batches; the rig checks every gradient and update
+  // (the phase's learning rate and the momentum that restarts at step 4 included).
+  GradMixTiny t;
+  const Task task = load_task(t.target, 0);
+  const uint64_t seed = 6;
+  const test::RigSetup s("finetune", task, seed, 10,
+                         {{"sources", t.sources}, {"switch_at", "0.4"}, {"finetune_lr_scale", "0.3"}});
+  const std::vector<std::string> specs = {t.data + ":classes=0-2:shift=noise0.1", t.data + ":classes=3-4"};
+  const std::vector<std::string> heads = {"target", "s1"};  // source 0 has the target's classes
+  for (int64_t k : {0, 3}) {
+    const auto checked = test::expect_step_matches(s, k, [&](test::StepView& v) {
+      torch::Tensor sum = torch::zeros({});
+      LoaderOptions opts;
+      opts.batch_size = s.batch_size;  // the run's
+      opts.prefetch = false;
+      for (size_t i = 0; i < specs.size(); ++i) {
+        BatchStream stream(load_task(specs[i], seed).train, v.model()->arch().input, opts,
+                           derive_seed(seed, "source" + std::to_string(i)));
+        stream.seek(k);
+        const Batch b = stream.next();
+        sum = sum + test::plain_ce(v.model()->forward(b.x, heads[i]), b.y);
+      }
+      return sum;
+    });
+    EXPECT_DOUBLE_EQ(test::view_step(s, k).twin->lr_mult(), 1.0) << "step " << k;  // the rate the rig used
+    EXPECT_EQ(checked.rig->batches().stream("v").position(), 0) << "no batch of V while on the sources";
+    EXPECT_FALSE(checked.terms.parts.count("rho")) << "the sources' gradients are summed, not mixed";
+  }
+  // On V, source 1's head gets no gradient: the optimizer leaves it alone (no weight decay either).
+  const auto not_s1 = [](const std::string& name) { return name.rfind("heads.s1.", 0) != 0; };
+  for (int64_t k : {4, 5, 9}) {
+    const auto checked = test::expect_step_matches(
+        s, k,
+        [&](test::StepView& v) {
+          const Batch b = gradmix_replayed_v(task, v.model(), seed, k - 4);
+          return test::plain_ce(v.model()->forward(b.x, "target"), b.y);
+        },
+        not_s1);
+    EXPECT_EQ(checked.rig->batches().stream("source0").position(), 4) << "no source batch while on V";
+    EXPECT_EQ(checked.rig->batches().stream("v").position(), k - 3);
+    test::StepView before = test::view_step(s, k);
+    EXPECT_DOUBLE_EQ(before.twin->lr_mult(), 0.3) << "step " << k;
+    const auto head = checked.rig->model()->head("s1")->parameters(),
+               was = before.model()->head("s1")->parameters();
+    for (size_t j = 0; j < head.size(); ++j) EXPECT_TRUE(torch::equal(head[j], was[j])) << "step " << k;
+  }
 }
 
 TEST(GradMix, RefusesBadInput) {
