@@ -1,6 +1,8 @@
-// GradMix and its baselines (methods/gradmix.h) on tiny IDX data: the step's plumbing, runs that learn,
-// determinism, resume, bad input, and the pseudo-label pipeline.
+// GradMix and its baselines (methods/gradmix.h) on tiny IDX data: each mode's step against the test's own
+// code, runs against the same-seed source-only run, determinism, resume, bad input, and the pseudo-label
+// pipeline's labels recomputed from its models.
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -469,24 +471,58 @@ TEST(GradMix, RefusesBadInput) {
   test::expect_bad_input([&] { m.setup(model, ctx); }, {"V", "empty"});
 }
 
-TEST(GradMix, ShortRunsLearnAndLogTheWeights) {
+TEST(GradMix, WithHarmfulSourcesEachMethodBeatsTheSameSeedSourceOnlyRun) {
+  // A task where the difference is known: three sources on the target head, the target's classes with
+  // their true labels (noisy images), and twice the same classes with their labels rotated (clean and
+  // noisy). Source-only sums the three sources' gradients, so its head learns mostly the rotated labels
+  // (0 to 1/3 on test as measured); GradMix mixes the layers' and the head's gradients and gradmix-sgd
+  // weighs the sources toward V's gradient (1.0 as measured), and target-only never sees the sources
+  // (1.0). Each must beat the source-only run of the same seed by a wide margin, and the head weights
+  // the two log must favour the true-label source (a head mixed uniformly, with the layers still mixed,
+  // reaches 2/3 to 1 here: only the weights show it). (An absolute threshold would prove nothing: these
+  // tiny classes are separable by a constant. The fine-tune baseline is not compared: its V phase at 0.1
+  // of the rate ends anywhere from 1/3 to 2/3 here; GradMix.FineTune* checks its steps exactly.)
+  test::TempDir dir;
   GradMixTiny t;
-  test::TempDir out;
-  for (const std::string method : {"gradmix", "gradmix-sgd", "source-only", "target-only", "finetune"}) {
-    RunOptions o = gradmix_tiny_run(t, method, out.file(method));
-    o.trainer.iterations = 40;
-    const nlohmann::json opts = method == "target-only" ? nlohmann::json::object() : nlohmann::json{{"sources", t.sources}};
-    const nlohmann::json r = gradmix_tiny_finetune(o, opts);
-    EXPECT_GT(r["test_top1"].get<double>(), 0.6) << method;  // chance is 1/3
-    const auto lines = gradmix_metrics(out.file(method));
-    const nlohmann::json& first = lines.front();
-    if (method == "gradmix") {
-      EXPECT_TRUE(first.contains("w/layer1.0/s0") && first.contains("w/layer1.0/s1"));
-      EXPECT_TRUE(first.contains("rho") && first.contains("eta") && first.contains("solver_ms"));
-      EXPECT_LT(first["eta"].get<double>(), 1.0);
-    }
-    if (method == "gradmix-sgd") {
-      EXPECT_TRUE(first.contains("w/all/s1") && first.contains("vertex") && first.contains("w/head/s0"));
+  t.data = test::write_tiny_idx(dir.path(), 3, 20, 20);  // 20 test images per class
+  t.target = t.data + ":classes=0-2:per_class=3:val=3";
+  t.sources = t.data + ":classes=0-2:shift=noise0.1;" + t.data + ":classes=2,0,1;" + t.data +
+              ":classes=2,0,1:shift=noise0.1";
+  const nlohmann::json shared = {{"sources", t.sources}, {"shared_sources", "0,1,2"}};
+  for (int64_t seed : {0, 1}) {
+    std::map<std::string, double> top1;
+    for (const std::string method : {"source-only", "gradmix", "gradmix-sgd", "target-only"}) {
+      RunOptions o = gradmix_tiny_run(t, method, dir.file(cat(method, seed)));
+      o.seed = seed;
+      o.trainer.iterations = 30;
+      const nlohmann::json options = method == "target-only" ? nlohmann::json::object() : shared;
+      top1[method] = gradmix_tiny_finetune(o, options)["test_top1"].get<double>();
+      std::printf("[paired] seed %ld: %s %.3f\n", static_cast<long>(seed), method.c_str(), top1[method]);
+      if (method == "source-only") continue;
+      EXPECT_GT(top1[method], top1["source-only"] + 0.5) << method << ", seed " << seed;
+      const auto lines = gradmix_metrics(dir.file(cat(method, seed)));
+      const nlohmann::json& first = lines.front();
+      if (method != "target-only") {
+        // The target head's gradient is weighted toward the true-label source (uniform weights, 1/3 each,
+        // would leave the head's update as source-only's).
+        double good = 0, rotated = 0;
+        for (const auto& line : lines)
+          if (line.contains("w/head/s0")) {
+            good += line["w/head/s0"].get<double>();
+            rotated += line["w/head/s1"].get<double>() + line["w/head/s2"].get<double>();
+          }
+        EXPECT_GT(good, 2 * rotated) << method << ", seed " << seed;
+      }
+      if (method == "gradmix") {
+        for (const char* key :
+             {"w/layer1.0/s0", "w/layer4.0/s2", "w/head/s0", "w/head/s2", "rho", "eta", "solver_ms"})
+          EXPECT_TRUE(first.contains(key)) << key;
+        EXPECT_LT(first["eta"].get<double>(), 1.0);
+      }
+      if (method == "gradmix-sgd") {
+        for (const char* key : {"w/all/s0", "w/all/s2", "vertex", "w/head/s0"})
+          EXPECT_TRUE(first.contains(key)) << key;
+      }
     }
   }
 }
