@@ -1,6 +1,8 @@
 // SMILE: its losses (formulas and golden values from the authors' code), the wiring of one step, the mean
-// teacher's schedule, its ablations, bad input, a short run that learns, and exact resume.
+// teacher's schedule, its ablations, bad input, short runs against the same-seed run from scratch, and
+// exact resume.
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -404,19 +406,48 @@ TEST(Smile, ResumeIsBitExactIncludingTheTeacher) {
     EXPECT_FALSE(torch::equal(wa.at("teacher." + p.key()), p.value())) << "the teacher moved: " << p.key();
 }
 
-TEST(Smile, ShortRunOnFashionMnistLearns) {
+TEST(Smile, FromTheSourceModelBeatsTheSameSeedRunFromScratchAndLogsItsThreeTerms) {
   XFER_REQUIRE_FMNIST();
+  // A task where the difference is known (as Trainer.FineTuningFromTheSourceModelBeatsTheSameRunFromScratch
+  // measures it for l2): three of the source model's own classes, two images of each, ten steps. Its
+  // features already separate them, so SMILE (the source model as student and teacher) must beat the same
+  // run from random initialisation (scratch: same seed, data, steps, learning rate, a fresh head) in every
+  // seed (by 0.18 to 0.43, mean 0.30, as measured), and by a wide margin on average. A student that lost
+  // the source features or learned the wrong labels would not: with the mixup weights swapped (lambda for
+  // the partner's label) SMILE ends at 0.09 to 0.61 and trails scratch in three seeds of four. (An
+  // absolute threshold would prove nothing: a raw-pixel nearest-centroid classifier reaches 0.92-0.97 on
+  // two Fashion-MNIST classes. The one-step test above checks each loss exactly.)
   test::TempDir dir;
   test::pretrain_fmnist_source(dir.file("source"));
-
-  RunOptions ft = smile_tiny_run("fmnist:classes=2,7:per_class=10:test_per_class=300", dir.file("ft"));
-  ft.init = dir.file("source");
-  ft.trainer.iterations = 40;
-  ft.loader.batch_size = 16;
-  const nlohmann::json r = smile_finetune(ft);
-  EXPECT_GT(r["test_top1"].get<double>(), 0.85) << "chance is 0.5";
+  auto run = [&](const std::string& method, int64_t seed) {
+    RunOptions ft =
+        smile_tiny_run("fmnist:classes=0,1,3:per_class=2:test_per_class=100", dir.file(cat(method, seed)));
+    ft.method = method;
+    ft.seed = seed;
+    if (method == "scratch")
+      ft.backbone = "cnn4:width=8";
+    else
+      ft.init = dir.file("source");
+    ft.trainer.iterations = 10;
+    ft.trainer.eval_every = 0;
+    ft.trainer.optim.lr = 0.05;
+    ft.loader.batch_size = 6;
+    if (method == "smile") return smile_finetune(ft)["test_top1"].get<double>();
+    auto config = methods().get(method).make_config();
+    return run_finetune(ft, *config)["test_top1"].get<double>();
+  };
+  const int seeds = 4;
+  double gain = 0;
+  for (int64_t seed = 1; seed <= seeds; ++seed) {
+    const double smile = run("smile", seed), scratch = run("scratch", seed);
+    std::printf("[paired] seed %ld: smile from the source model %.3f, scratch %.3f\n",
+                static_cast<long>(seed), smile, scratch);
+    EXPECT_GT(smile, scratch) << "seed " << seed;
+    gain += (smile - scratch) / seeds;
+  }
+  EXPECT_GT(gain, 0.15) << "the mean gain over scratch";
   // Every logged line has the three parts, finite.
-  std::ifstream in(dir.file("ft/metrics.jsonl"));
+  std::ifstream in(dir.file("smile1/metrics.jsonl"));
   std::string line;
   int lines = 0;
   while (std::getline(in, line)) {
@@ -426,7 +457,7 @@ TEST(Smile, ShortRunOnFashionMnistLearns) {
     for (const char* part : {"mxp", "fe", "fc"})
       EXPECT_TRUE(j.contains(part) && std::isfinite(j[part].get<double>())) << line;
   }
-  EXPECT_EQ(lines, 20);
+  EXPECT_EQ(lines, 5);  // every 2 of 10 steps
 }
 
 }  // namespace

@@ -3,7 +3,8 @@
 // built alike and advanced to step k hands the test what that step saw (the model before it, the batches
 // it drew, its generator), so the test can recompute the loss with its own code and compare the loss,
 // every gradient and every updated parameter. Unlike MethodHarness it passes --source data to the method
-// (Co-Train) and exposes its batches and generator.
+// (Co-Train) and exposes its batches and generator. A method of several phases (GradMix's finetune) steps
+// through them as the Trainer does.
 #include <functional>
 #include <map>
 #include <memory>
@@ -62,19 +63,36 @@ class StepRig {
     method_ = config->build();
     SetupContext ctx{task, s.source, s.pretrained, batches_, loader_, s.seed, torch::kCPU, "target", s.total_steps};
     method_->setup(model_, ctx);
+    phases_ = method_->phases(s.total_steps);
     groups_ = trainable_param_groups(*method_, model_, 1.0);
-    OptimizerOptions o;
-    o.lr = s.lr;
-    o.weight_decay = s.weight_decay;
-    optimizer_ = make_optimizer(o, groups_);
+    optimizer_ = make_optimizer(optimizer_options(), groups_);
     model_->train();
   }
-  /// One training step, as the Trainer runs it.
+  /// One training step, as the Trainer runs it: in the method's phase for this step, at the run's
+  /// learning rate times the phase's multiplier (no schedule), with a fresh optimizer from each phase's
+  /// first step on.
   LossTerms step() {
-    StepContext ctx{batches_, model_, step_, setup_.total_steps, rng_, head_};
-    LossTerms t = training_step(*method_, *optimizer_, groups_, setup_.lr, ctx);
+    const size_t phase = phase_of(step_);
+    const int64_t local = step_ - phase_start(phase);
+    StepContext ctx{batches_, model_, step_, setup_.total_steps, rng_, head_, static_cast<int64_t>(phase),
+                    local};
+    LossTerms t = training_step(*method_, *optimizer_, groups_, setup_.lr * phases_[phase].lr_mult, ctx);
     ++step_;
+    if (phase_of(step_) != phase) optimizer_ = make_optimizer(optimizer_options(), groups_);
     return t;
+  }
+  /// The learning-rate multiplier of the phase of the next step.
+  double lr_mult() const { return phases_[phase_of(step_)].lr_mult; }
+  /// The phase of step `step` (the last phase past its end).
+  size_t phase_of(int64_t step) const {
+    size_t i = 0;
+    while (i + 1 < phases_.size() && step >= phase_start(i + 1)) ++i;
+    return i;
+  }
+  int64_t phase_start(size_t phase) const {
+    int64_t start = 0;
+    for (size_t i = 0; i < phase; ++i) start += phases_[i].steps;
+    return start;
   }
   void advance(int steps) {
     for (int i = 0; i < steps; ++i) step();
@@ -101,8 +119,16 @@ class StepRig {
   std::unique_ptr<Method> method_;
   std::vector<ParamGroup> groups_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::vector<Phase> phases_;
   std::string head_ = "target";
   int64_t step_ = 0;
+
+  OptimizerOptions optimizer_options() const {
+    OptimizerOptions o;
+    o.lr = setup_.lr;
+    o.weight_decay = setup_.weight_decay;
+    return o;
+  }
 };
 
 /// What step k of a rig saw, from a twin advanced to step k: the model before the step (in train mode,
@@ -124,8 +150,9 @@ inline StepView view_step(const RigSetup& s, int64_t k) {
 /// Runs step k of a fresh rig for `s` and compares it with `independent`, which recomputes the loss from
 /// the view of step k with the test's own code: the total loss (relative `rtol`), every parameter's
 /// gradient, and every parameter after the optimizer's step (those `check_update` accepts, when given),
-/// recomputed as torch.optim.SGD with the group's learning-rate multiplier and the weight decay `decay_of`
-/// gives for each parameter (without it: the group's, which only checks that the optimizer applies it).
+/// recomputed as torch.optim.SGD with the phase's and the group's learning-rate multipliers and the weight
+/// decay `decay_of` gives for each parameter (without it: the group's, which only checks that the optimizer
+/// applies it).
 /// Returns the rig after the step and its loss terms.
 struct CheckedStep {
   std::unique_ptr<StepRig> rig;
@@ -157,7 +184,8 @@ inline CheckedStep expect_step_matches(const RigSetup& s, int64_t k,
     for (const auto& p : g.params)
       for (size_t i = 0; i < params.size(); ++i)
         if (p.is_same(params[i]))
-          lr_wd[names[i]] = {s.lr * g.lr_mult, decay_of ? decay_of(names[i]) : g.weight_decay.value_or(s.weight_decay)};
+          lr_wd[names[i]] = {s.lr * view.twin->lr_mult() * g.lr_mult,
+                             decay_of ? decay_of(names[i]) : g.weight_decay.value_or(s.weight_decay)};
 
   CheckedStep out{std::make_unique<StepRig>(s), {}};
   out.rig->advance(static_cast<int>(k));
