@@ -1,5 +1,6 @@
 #include "xfer/cli.h"
 
+#include <algorithm>
 #include <type_traits>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +16,16 @@
 #include "xfer/train/run.h"
 
 namespace xfer::cli {
+
+namespace {
+/// The short flags people type from timm's and PyTorch's examples: -b for the batch size, -j for the CPU
+/// threads (timm's -j sets its loader workers; xfer decodes and computes in one process's threads).
+std::string with_short_flag(const Fields::Field& f) {
+  if (f.name == "batch_size") return "-b," + f.flag();
+  if (f.name == "threads") return "-j," + f.flag();
+  return f.flag();
+}
+}  // namespace
 
 void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& skip) {
   for (auto& f : fields.all()) {
@@ -36,12 +47,12 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
                                             f.flag().substr(2) + " turns it off)");
             app.add_flag_callback("--no-" + f.flag().substr(2), [p] { *p = false; })->group("");
           } else if constexpr (std::is_same_v<T, std::string>) {
-            opt = app.add_option(f.flag(), *p, help)->capture_default_str()->type_name("TEXT");
+            opt = app.add_option(with_short_flag(f), *p, help)->capture_default_str()->type_name("TEXT");
           } else {
             // Parsed by xfer, not CLI11: CLI11 clamps an out-of-range integer to the largest one silently and
             // reads "010" as octal.
             opt = app.add_option_function<std::string>(
-                         f.flag(), [field = f](const std::string& text) { set_field_text(field, text); }, help)
+                         with_short_flag(f), [field = f](const std::string& text) { set_field_text(field, text); }, help)
                       ->default_str(f.value_text())
                       ->type_name(std::is_same_v<T, double> ? "FLOAT" : "INT");
           }
@@ -118,6 +129,41 @@ std::string subcommand_of(const std::vector<std::string>& args) {
 
 namespace {
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+/// Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i)
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  return d[a.size()][b.size()];
+}
+
+/// " (did you mean --lr?)" for the first of `args` that is no long flag of `app` (or of the root `root`) and
+/// lies within a few edits of one; "" if none does.
+std::string did_you_mean(const CLI::App& root, const CLI::App& app, const std::vector<std::string>& args) {
+  std::vector<std::string> known;
+  for (const CLI::App* a : {&root, &app})
+    for (const CLI::Option* o : a->get_options())
+      for (const auto& n : o->get_lnames()) known.push_back("--" + n);
+  for (const std::string& arg : args) {
+    if (arg.rfind("--", 0) != 0 || arg.size() < 3 || arg.size() > 64) continue;
+    const std::string flag = arg.substr(0, arg.find('='));
+    if (std::find(known.begin(), known.end(), flag) != known.end()) continue;
+    std::string best;
+    size_t best_distance = std::max<size_t>(2, flag.size() / 4) + 1;
+    for (const auto& k : known) {
+      const size_t distance = edit_distance(flag, k);
+      if (distance < best_distance) best_distance = distance, best = k;
+    }
+    if (!best.empty()) return cat(" (did you mean ", best, "?)");
+  }
+  return "";
+}
 }  // namespace
 
 int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -139,6 +185,9 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   bool quiet = false, verbose = false;
   app.add_flag("-q,--quiet", quiet, "only errors on stderr");
   app.add_flag("-v,--verbose", verbose, "more detail on stderr");
+  double log_interval = progress_interval();
+  add_number(app, "log_interval", log_interval,
+             "seconds between progress lines when stderr is not a terminal (piped, nohup, batch jobs)", 0, 86400);
   app.set_version_flag("--version", std::string("xfer ") + kVersion);
 
   std::vector<std::unique_ptr<Command>> commands;
@@ -164,6 +213,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     std::vector<std::string> reversed(args.rbegin(), args.rend());
     app.parse(reversed);
     set_verbosity(quiet ? 0 : verbose ? 2 : 1);
+    set_progress_interval(log_interval);
     for (auto& c : commands)
       if (c->app && c->app->parsed()) c->run(out);
     return 0;
@@ -180,7 +230,10 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     out << app.help("", CLI::AppFormatMode::All);
     return 0;
   } catch (const CLI::ParseError& e) {
-    err << "error: " << first_line(e.what()) << "\n";
+    const CLI::App* sub = &app;
+    for (auto& c : commands)
+      if (c->app && c->app->parsed()) sub = c->app;
+    err << "error: " << first_line(e.what()) << did_you_mean(app, *sub, args) << "\n";
     err << "run `xfer " << (app.get_subcommands().empty() ? "" : app.get_subcommands()[0]->get_name() + " ")
         << "--help` for the valid options\n";
     return 2;

@@ -41,13 +41,20 @@ void throw_if_stop_requested(const std::string& what);
 /// Seconds since an arbitrary fixed point (steady clock).
 double now_seconds();
 
-/// A progress bar on a terminal (stderr), plain lines otherwise.
+/// Seconds between progress lines when stderr is not a terminal (default 15; `xfer --log-interval`).
+void set_progress_interval(double seconds);
+double progress_interval();
+
+/// A progress bar on a terminal (stderr), timestamped lines otherwise.
 ///
 /// On a TTY it redraws one line: `label [#####-----] 120/300  loss 0.532  12.3 it/s  ETA 0:15`.
-/// Elsewhere it prints the same fields as a plain line every `line_every` updates, so logs stay readable.
+/// Piped, under nohup or in a batch job it prints the same fields as a line that starts with the local time,
+/// every progress_interval() seconds and at the end, however long a step takes: a log shows a run's pace.
+/// Call update() as often as is cheap (every step); it decides when to draw.
 class Progress {
  public:
-  Progress(std::string label, int64_t total, int64_t line_every);
+  /// `start`: items already done when it starts (a resumed run), so the rate counts only new work.
+  Progress(std::string label, int64_t total, int64_t start = 0);
   ~Progress();
   /// Reports that `done` of `total` items are finished; `status` is shown after the bar.
   void update(int64_t done, const std::string& status);
@@ -57,8 +64,8 @@ class Progress {
 
  private:
   std::string label_;
-  int64_t total_, line_every_, start_done_ = -1;
-  double start_time_ = 0, last_draw_ = 0;
+  int64_t total_, start_done_;
+  double start_time_, last_draw_;
   bool tty_, open_ = false;
 };
 

@@ -83,6 +83,9 @@ struct LossTerms {
   /// Multiplies this step's learning rate (a phase's rate: GradMix's fine-tune baseline, Seq-Train); 1 for
   /// most methods. GradMix's adaptive eta scales its mixed gradient instead, not the rate.
   double lr_scale = 1.0;
+  /// The coefficient of a part in the total where the logged part is not already its summand (SMILE's
+  /// gamma_fe x fe); parts not listed enter with weight 1 or are diagnostics. Logged as "part_weights".
+  std::map<std::string, double> weights;
 };
 
 class Method {

@@ -34,6 +34,7 @@ class Fields;
 
 struct TrainerOptions {
   int64_t iterations = 300;
+  double epochs = 0;  // > 0: replaces iterations (epochs_to_iterations), as timm's and torchvision's --epochs
   OptimizerOptions optim;
   ScheduleOptions schedule;
   double head_lr_mult = 1.0;     // learning-rate multiplier of the heads
@@ -53,6 +54,10 @@ struct TrainerOptions {
 
   void fields(Fields& f);
 };
+
+/// The steps of `epochs` passes over `examples` training examples in batches of `batch_size` (the last pass
+/// rounded up to a whole batch): what --epochs means. BadInput if it comes to more than 10^9 steps.
+int64_t epochs_to_iterations(double epochs, int64_t examples, int64_t batch_size);
 
 /// The method's parameter groups with frozen parameters dropped, and empty groups with them.
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult);

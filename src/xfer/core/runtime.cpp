@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <thread>
 
@@ -108,10 +109,32 @@ double now_seconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-Progress::Progress(std::string label, int64_t total, int64_t line_every)
+namespace {
+std::atomic<double> g_progress_interval{15.0};
+
+/// The local time as "2026-12-04 20:41:05", the start of a progress line in a log.
+std::string local_time_text() {
+  const std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  localtime_r(&now, &parts);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &parts);
+  return buf;
+}
+}  // namespace
+
+void set_progress_interval(double seconds) {
+  XFER_CHECK(seconds > 0 && seconds <= 86400, "--log-interval must be in (0, 86400] seconds, got ", seconds);
+  g_progress_interval = seconds;
+}
+double progress_interval() { return g_progress_interval; }
+
+Progress::Progress(std::string label, int64_t total, int64_t start)
     : label_(std::move(label)),
       total_(total),
-      line_every_(std::max<int64_t>(line_every, 1)),
+      start_done_(start),
+      start_time_(now_seconds()),
+      last_draw_(start_time_),
       tty_(::isatty(STDERR_FILENO) == 1) {}
 
 Progress::~Progress() { finish(); }
@@ -119,27 +142,28 @@ Progress::~Progress() { finish(); }
 void Progress::update(int64_t done, const std::string& status) {
   if (g_verbosity < 1) return;
   const double t = now_seconds();
-  if (start_done_ < 0) {
-    start_done_ = done;
-    start_time_ = t;
-  }
+  const bool last = done >= total_;
+  if (!last && t - last_draw_ < (tty_ ? 0.1 : progress_interval())) return;  // a TTY redraws 10 times a second
+  last_draw_ = t;
   const double elapsed = t - start_time_;
   const double rate = elapsed > 0 ? static_cast<double>(done - start_done_) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : -1;
   char rate_buf[32];
-  std::snprintf(rate_buf, sizeof rate_buf, "%.1f it/s", rate);
-  const std::string tail = cat(done, "/", total_, "  ", status, "  ", rate_buf, "  ETA ", clock_text(eta));
+  if (rate > 0)
+    std::snprintf(rate_buf, sizeof rate_buf, rate >= 1 ? "%.1f it/s" : "%.2f s/it", rate >= 1 ? rate : 1 / rate);
+  else
+    std::snprintf(rate_buf, sizeof rate_buf, "-- it/s");
+  const std::string tail = cat(done, "/", total_, status.empty() ? "" : "  ", status, "  ", rate_buf,
+                               last ? cat("  in ", clock_text(elapsed)) : cat("  ETA ", clock_text(eta)));
   if (tty_) {
-    if (done != total_ && t - last_draw_ < 0.1) return;  // redraw at most 10 times a second
-    last_draw_ = t;
     const int width = 24;
-    const int filled = total_ > 0 ? static_cast<int>(width * done / total_) : width;
+    const int filled = total_ > 0 ? static_cast<int>(width * std::min(done, total_) / total_) : width;
     std::string bar(filled, '#');
     bar.resize(width, '-');
     std::cerr << "\r\033[K" << label_ << " [" << bar << "] " << tail << std::flush;
     open_ = true;
-  } else if (done % line_every_ == 0 || done == total_) {
-    std::cerr << label_ << " " << tail << std::endl;
+  } else {
+    std::cerr << local_time_text() << " " << label_ << " " << tail << std::endl;
   }
 }
 

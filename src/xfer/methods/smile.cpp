@@ -136,6 +136,7 @@ LossTerms SmileMethod::loss(StepContext& ctx) {
         smile_feature_loss(student.maps.back().second, map, partner_rows(map, b, d.perm), lambda, opts_.fe_form);
     terms.total = terms.total + opts_.gamma_fe * fe;
     terms.parts["fe"] = fe.detach();
+    terms.weights["fe"] = opts_.gamma_fe;
   }
   if (uses_fc()) {
     const torch::Tensor probs = torch::softmax(teacher_.logits(teacher.pooled, opts_.source_head), 1);
@@ -143,6 +144,7 @@ LossTerms SmileMethod::loss(StepContext& ctx) {
                                               partner_rows(probs, b, d.perm), lambda);
     terms.total = terms.total + opts_.gamma_fc * fc;
     terms.parts["fc"] = fc.detach();
+    terms.weights["fc"] = opts_.gamma_fc;
   }
   return terms;
 }

@@ -262,7 +262,7 @@ LossTerms CoTrain::loss(StepContext& ctx) {
   const torch::Tensor ce_aux =
       cross_entropy(ctx.model->head("source")->forward(f.slice(0, n)), aux_.head_rows().index_select(0, a.y));
   const torch::Tensor total = ce_target + opts_.aux_weight * ce_aux;
-  return {total, {{"ce_target", ce_target.detach()}, {"ce_aux", ce_aux.detach()}}};
+  return {total, {{"ce_target", ce_target.detach()}, {"ce_aux", ce_aux.detach()}}, 1.0, {{"ce_aux", opts_.aux_weight}}};
 }
 
 void register_xmixup_methods(MethodRegistry& r) {

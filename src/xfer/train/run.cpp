@@ -285,6 +285,8 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
         !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
 
   r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  if (opts.trainer.epochs > 0)
+    opts.trainer.iterations = epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
   if (external) {
     // torchvision / timm weights: ImageNet's normalisation unless the image folder spec gives its own.
     const TensorDataset& t = r.task.train;

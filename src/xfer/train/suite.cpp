@@ -976,7 +976,7 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   }
   if (skipped) out << skipped << " runs already finished with the same options: skipped\n";
   std::map<pid_t, size_t> running;
-  Progress progress("bench", static_cast<int64_t>(plan.size()), 1);
+  Progress progress("bench", static_cast<int64_t>(plan.size()));
   int64_t finished = skipped;
   while (!pending.empty() || !running.empty()) {
     while (!pending.empty() && static_cast<int64_t>(running.size()) < opts.jobs) {

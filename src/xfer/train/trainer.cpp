@@ -22,27 +22,74 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// metrics.jsonl: one JSON object per line, appended and flushed as training goes.
+/// A CSV cell: numbers as JSON writes them, text quoted with its quotes doubled (RFC 4180).
+std::string csv_cell(const nlohmann::json& v) {
+  if (!v.is_string()) return v.dump();
+  std::string out = "\"";
+  for (const char c : v.get<std::string>()) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+/// metrics.jsonl: one JSON object per line, appended and flushed as training goes. When the log closes (the
+/// run ended, stopped or failed), the same lines go to metrics.csv for spreadsheets and plotting tools: one
+/// column per scalar key, "step" first, empty cells where a line lacks a key.
 class MetricsLog {
  public:
   /// Opens `path`; when resuming at `step`, drops lines written after that step by the interrupted run.
-  MetricsLog(const std::string& path, int64_t resume_step) {
+  MetricsLog(const std::string& path, int64_t resume_step) : path_(path) {
     if (resume_step > 0 && fs::exists(path)) {
       std::istringstream in(read_file(path));
       std::string kept, line;
       while (std::getline(in, line)) {
         const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-        if (!j.is_discarded() && j.contains("step") && j["step"].get<int64_t>() <= resume_step) kept += line + "\n";
+        if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+            j["step"].get<int64_t>() <= resume_step) {
+          kept += line + "\n";
+          lines_.push_back(j);
+        }
       }
       write_file_atomic(path, kept);
     }
     out_.open(path, resume_step > 0 ? std::ios::app : std::ios::trunc);
     XFER_CHECK(out_.good(), "cannot write ", path);
   }
-  void write(const nlohmann::json& line) { out_ << line.dump() << '\n' << std::flush; }
+  ~MetricsLog() {
+    try {
+      write_csv(fs::path(path_).replace_extension(".csv").string());
+    } catch (const std::exception& e) {
+      log_warn(cat("could not write metrics.csv: ", e.what()));
+    }
+  }
+  void write(const nlohmann::json& line) {
+    out_ << line.dump() << '\n' << std::flush;
+    lines_.push_back(line);
+  }
 
  private:
+  void write_csv(const std::string& csv) const {
+    std::vector<std::string> columns{"step"};
+    for (const auto& line : lines_)
+      for (const auto& [key, value] : line.items())
+        if (!value.is_structured() && std::find(columns.begin(), columns.end(), key) == columns.end())
+          columns.push_back(key);
+    std::sort(columns.begin() + 1, columns.end());
+    std::string text;
+    for (size_t c = 0; c < columns.size(); ++c) text += (c ? "," : "") + csv_cell(columns[c]);
+    text += "\n";
+    for (const auto& line : lines_) {
+      for (size_t c = 0; c < columns.size(); ++c) {
+        if (c) text += ",";
+        const auto it = line.find(columns[c]);
+        if (it != line.end() && !it->is_structured() && !it->is_null()) text += csv_cell(*it);
+      }
+      text += "\n";
+    }
+    write_file_atomic(csv, text);
+  }
+
+  std::string path_;
   std::ofstream out_;
+  std::vector<nlohmann::json> lines_;
 };
 
 double median(std::vector<double> v) {
@@ -120,8 +167,22 @@ std::string percent(double fraction) {
 
 }  // namespace
 
+int64_t epochs_to_iterations(double epochs, int64_t examples, int64_t batch_size) {
+  XFER_CHECK(epochs > 0 && examples > 0 && batch_size > 0, "--epochs ", epochs, " over ", examples,
+             " training examples at batch size ", batch_size, " gives no steps");
+  const double steps = std::ceil(epochs * static_cast<double>(examples) / static_cast<double>(batch_size));
+  XFER_CHECK(steps <= 1e9, "--epochs ", epochs, " over ", examples, " examples at batch size ", batch_size, " is ",
+             steps, " steps; at most 10^9");
+  return static_cast<int64_t>(steps);
+}
+
 void TrainerOptions::fields(Fields& f) {
   f.add("iterations", iterations, "training steps").at_least(1);
+  f.add("epochs", epochs,
+        "passes over the training set; when > 0 it replaces --iterations with ceil(epochs x training examples / "
+        "batch size), e.g. --epochs 20 on 1000 images at -b 64 runs 313 steps")
+      .non_negative()
+      .at_most(1e6);
   optim.fields(f);
   schedule.fields(f);
   f.add("head_lr_mult", head_lr_mult, "learning-rate multiplier of the heads").non_negative();
@@ -229,12 +290,11 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
     for (int64_t start = first; start < stop; start += batch_size) {
       const int64_t end = std::min(start + batch_size, stop);
       const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-      confusion.add(classifier->forward(backbone->forward(x)).slice(1, 0, k).argmax(1),
-                    data.labels.slice(0, start, end));
+      confusion.add_logits(classifier->forward(backbone->forward(x)).slice(1, 0, k), data.labels.slice(0, start, end));
     }
   }
   model->train(was_training);
-  dist::all_reduce_sum({confusion.counts()});
+  dist::all_reduce_sum({confusion.counts(), confusion.logit_sums()});
   return confusion.evaluation();
 }
 
@@ -329,13 +389,14 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   };
 
   const int64_t batch_size = batches.stream("target").options().batch_size;
-  Progress progress(head == "source" ? "pretrain" : "train", total, opts_.log_every * 10);
+  Progress progress(head == "source" ? "pretrain" : "train", total, start);
+  std::string status;  // the last logged window's loss and the last validation, shown until the next
   double step_seconds = 0, window_loss = 0, allreduce_total = 0, window_allreduce = 0, wait_total = 0,
          window_wait = 0;
   std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
   step_times.reserve(static_cast<size_t>(total - start));
   int64_t window_steps = 0;
-  std::map<std::string, double> window_parts;
+  std::map<std::string, double> window_parts, window_weights;
   std::string val_text;
   const double fit_start = now_seconds();
   model->train();
@@ -388,12 +449,13 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     if (!skipped) {
       window_loss += terms.total.item<double>();
       for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
+      window_weights = terms.weights;
       ++window_steps;
     }
     if (has_val && ph.validate && ((local + 1) % eval_every == 0 || local + 1 == ph.steps)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       apply_bn_mode(model, opts_.bn_stats);
-      if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}});
+      if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}});
       if (opts_.on_validation) opts_.on_validation(done, ev.top1);
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
@@ -426,6 +488,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       if (window_steps) line["loss"] = window_loss / window_steps;
       if (skipped_steps) line["skipped_steps"] = skipped_steps;
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
+      if (!window_weights.empty()) line["part_weights"] = window_weights;
       line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
       if (dist::is_distributed()) {
         line["allreduce_ms"] = 1000.0 * window_allreduce / std::max<int64_t>(window_steps, 1);
@@ -433,15 +496,15 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       }
       line["elapsed_s"] = now_seconds() - fit_start;
       if (writer) metrics->write(line);
-      if (writer)
-        progress.update(done, window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
-                                           : cat("skipped", val_text));
+      status = window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
+                            : cat("skipped", val_text);
       window_loss = 0;
       window_allreduce = 0;
       window_wait = 0;
       window_steps = 0;
       window_parts.clear();
     }
+    if (writer) progress.update(done, status);
     const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
     // Data-parallel: the signal any process had received at this step's agreement, so all stop together.
     const int signal = dist::is_distributed() ? report.stop_signal : stop_signal();
