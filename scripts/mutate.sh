@@ -26,7 +26,7 @@ mutants=(
   "resume-forgets-method-rng|src/xfer/train/trainer.cpp|rng.set_state(ck.read_tensor(\"rng\").to(torch::kCPU));|ck.read_tensor(\"rng\");|(^Baselines\\.Resume|KillResume|^Trainer\\.Resume)"
   # -- baselines (this branch's step tests)
   "l2-no-weight-decay|src/xfer/methods/method.cpp|{\"heads\", model->head_parameters(), head_lr_mult, std::nullopt}};|{\"heads\", model->head_parameters(), head_lr_mult, 0.0}};|^Step\\."
-  "l2sp-no-head-term|src/xfer/methods/regularization.cpp|return {ce + sp + decay,|return {ce + sp,|^(Step|Regularization|BaselinesGolden)\\."
+  "l2sp-no-head-term|src/xfer/methods/regularization.cpp|return LossTerms{ce + sp + decay,|return LossTerms{ce + sp,|^(Step|Regularization|BaselinesGolden)\\."
   "l2sp-half-missing|src/xfer/methods/regularization.cpp|return sum * (0.5 * alpha);|return sum * alpha;|^(Step|Regularization|BaselinesGolden)\\."
   "bss-wrong-sign|src/xfer/methods/regularization.cpp|bss_penalty(all, opts_.k) * opts_.eta;|bss_penalty(all, opts_.k) * -opts_.eta;|^(Step|Regularization|BaselinesGolden)\\."
   "bss-largest-values|src/xfer/methods/regularization.cpp|return s.slice(0, r - k, r).pow(2).sum();|return s.slice(0, 0, k).pow(2).sum();|^(Step|Regularization|BaselinesGolden)\\."

@@ -51,7 +51,7 @@ class EvalCommand : public Command {
                                 .mismatch(model->arch(), false);
     XFER_CHECK(why.empty(), model_, ": ", why);
     check_input_fits(*model, data.height(), data.width());
-    const Evaluation ev = evaluate(model, data, head);
+    const Evaluation ev = evaluate(model, data, head, 500, "eval");
     if (json_) {
       nlohmann::json j = ev.to_json();
       j["model"] = ck.path();

@@ -1,4 +1,6 @@
 // The command line, driven in-process: exit codes, one-line errors, and what the commands print.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
@@ -7,6 +9,7 @@
 #include "support.h"
 #include "xfer/cli.h"
 #include "xfer/core/io.h"
+#include "xfer/train/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -76,6 +79,74 @@ TEST_F(Cli, BadValuesExitWithTwoAndOneLine) {
   EXPECT_FALSE(fs::exists(dir_.file("run"))) << "a bad command writes nothing";
 }
 
+TEST_F(Cli, EpochsShortFlagsAndDidYouMean) {
+  // 36 training images, 2 epochs at -b 8: ceil(72 / 8) = 9 steps; -j is --threads.
+  const test::CliOutcome o = test::run_cli({"-q", "finetune", "--method", "scratch", "--target", spec_, "--backbone",
+                                            "cnn4:width=4", "--epochs", "2", "-b", "8", "-j", "1", "--out",
+                                            dir_.file("run"), "--json"});
+  ASSERT_EQ(o.code, 0) << o.err;
+  EXPECT_EQ(nlohmann::json::parse(o.out)["iterations"], 9);
+  const auto cfg = read_json_file(dir_.file("run/config.json"));
+  EXPECT_EQ(cfg["batch_size"], 8);
+  EXPECT_EQ(cfg["epochs"], 2.0);
+  EXPECT_EQ(epochs_to_iterations(20, 1000, 64), 313);
+  EXPECT_EQ(epochs_to_iterations(0.5, 10, 4), 2) << "half of 10 examples is 5: two batches of 4";
+  EXPECT_THROW(epochs_to_iterations(1e6, int64_t{1} << 40, 1), BadInput);
+  expect_bad(finetune({"--itrations", "5"}), {"did you mean --iterations?"});
+  expect_bad(finetune({"--batchsize", "5"}), {"did you mean --batch-size?"});
+  expect_bad(finetune({"--epochs", "-1"}), {"--epochs"});
+  const test::CliOutcome far = test::run_cli(finetune({"--zzzzzzzz"}));
+  EXPECT_EQ(far.err.find("did you mean"), std::string::npos) << "nothing close: no guess";
+}
+
+TEST_F(Cli, MetricsCarryTrainAccuracyValidationLossAndACsvCopy) {
+  ASSERT_EQ(test::run_cli({"-q", "finetune", "--method", "scratch", "--target", spec_ + ":val=3", "--backbone",
+                           "cnn4:width=4", "--iterations", "8", "--batch-size", "8", "--threads", "1", "--log-every",
+                           "2", "--eval-every", "4", "--out", dir_.file("run")})
+                .code,
+            0);
+  std::istringstream jsonl(read_file(dir_.file("run/metrics.jsonl")));
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(jsonl, line);) lines.push_back(nlohmann::json::parse(line));
+  int train_lines = 0, val_lines = 0;
+  for (const auto& l : lines) {
+    if (l.contains("train_top1")) {
+      ++train_lines;
+      const double a = l["train_top1"];
+      EXPECT_TRUE(a >= 0 && a <= 1) << l;
+    }
+    if (l.contains("val_top1")) {
+      ++val_lines;
+      EXPECT_GT(l["val_loss"].get<double>(), 0.0) << l;
+    }
+  }
+  EXPECT_EQ(train_lines, 4);
+  EXPECT_EQ(val_lines, 2);
+  // metrics.csv: "step" first, one row per line of metrics.jsonl, the same numbers.
+  std::istringstream csv(read_file(dir_.file("run/metrics.csv")));
+  std::string header;
+  std::getline(csv, header);
+  EXPECT_EQ(header.rfind("\"step\",", 0), 0u) << header;
+  std::vector<std::string> columns;
+  for (std::istringstream h(header); std::getline(h, header, ',');) columns.push_back(header.substr(1, header.size() - 2));
+  const auto column = std::find(columns.begin(), columns.end(), "val_loss");
+  ASSERT_NE(column, columns.end()) << "columns: " << columns.size();
+  size_t rows = 0;
+  for (std::string row; std::getline(csv, row); ++rows) {
+    std::vector<std::string> cells;
+    std::istringstream r(row);
+    for (std::string cell; std::getline(r, cell, ',');) cells.push_back(cell);
+    cells.resize(columns.size());
+    EXPECT_EQ(std::stoll(cells[0]), lines[rows]["step"].get<int64_t>());
+    const std::string& v = cells[static_cast<size_t>(column - columns.begin())];
+    if (lines[rows].contains("val_loss"))
+      EXPECT_DOUBLE_EQ(std::stod(v), lines[rows]["val_loss"].get<double>());
+    else
+      EXPECT_EQ(v, "");
+  }
+  EXPECT_EQ(rows, lines.size());
+}
+
 TEST_F(Cli, CorruptDataAndCheckpointsAreBadInput) {
   std::string bytes = read_file(dir_.file("train-images-idx3-ubyte"));
   write_file_atomic(dir_.file("train-images-idx3-ubyte"), bytes.substr(0, bytes.size() - 10));
@@ -93,6 +164,8 @@ TEST_F(Cli, EvalPrintsAccuracyAndConfusion) {
   EXPECT_EQ(j["confusion"].size(), 3u);
   const auto r = read_json_file(dir_.file("run/result.json"));
   EXPECT_EQ(j["top1"], r["test_top1"]);  // the last model is the tested one without validation
+  EXPECT_GT(j["loss"].get<double>(), 0.0) << "the mean cross-entropy is reported with the accuracy";
+  EXPECT_FALSE(j.contains("top5")) << "three classes: top-5 says nothing";
   expect_bad({"eval", "--model", dir_.file("run"), "--data", spec_ + ":classes=0,1"}, {"has 3 classes, the data has 2"});
 }
 

@@ -36,6 +36,34 @@ TEST(Accuracy, ConfusionMatrixOnAHandMadeCase) {
   EXPECT_EQ(j["confusion"][2][1], 0);
 }
 
+TEST(Accuracy, LogitsGiveTheMeanCrossEntropyAndTopFive) {
+  // Six classes. Row 0: logits 0..5, label 0: argmax 5, and 0 is the lowest logit: outside the top five.
+  // Row 1: logits 5..0, label 4: argmax 0, but 4 is the fifth highest: a top-5 hit.
+  ConfusionMatrix m(6);
+  m.add_logits(torch::tensor({{0., 1., 2., 3., 4., 5.}, {5., 4., 3., 2., 1., 0.}}), torch::tensor({0, 4}));
+  const Evaluation e = m.evaluation();
+  double lse = 0;
+  for (int k = 0; k <= 5; ++k) lse += std::exp(static_cast<double>(k));
+  lse = std::log(lse);
+  EXPECT_DOUBLE_EQ(e.top1, 0.0);
+  EXPECT_DOUBLE_EQ(e.top5, 0.5);
+  EXPECT_NEAR(e.loss, ((lse - 0.0) + (lse - 1.0)) / 2.0, 1e-6) << "cross-entropy of row 0 at label 0, row 1 at 4";
+  EXPECT_EQ(e.confusion[0][5], 1);
+  EXPECT_EQ(e.confusion[4][0], 1);
+  EXPECT_DOUBLE_EQ(e.to_json()["top5"].get<double>(), 0.5);
+
+  // Five classes or fewer: top-5 is always 1 and is not reported; predictions alone give no loss.
+  ConfusionMatrix few(3);
+  few.add_logits(torch::tensor({{2., 0., 0.}}), torch::tensor({0}));
+  EXPECT_TRUE(std::isnan(few.evaluation().top5));
+  EXPECT_FALSE(few.evaluation().to_json().contains("top5"));
+  EXPECT_NEAR(few.evaluation().loss, std::log(std::exp(2.0) + 2.0) - 2.0, 1e-6);
+  ConfusionMatrix counted(3);
+  counted.add(torch::tensor({0}), torch::tensor({0}));
+  EXPECT_TRUE(std::isnan(counted.evaluation().loss));
+  EXPECT_FALSE(counted.evaluation().to_json().contains("loss"));
+}
+
 TEST(Accuracy, EvaluateCountsTheModelsArgmaxAgainstTheLabels) {
   test::TempDir dir;
   const Task task = load_task(test::write_tiny_idx(dir.path(), 3, 4, 7), 0);
@@ -55,6 +83,9 @@ TEST(Accuracy, EvaluateCountsTheModelsArgmaxAgainstTheLabels) {
   int64_t correct = 0;
   for (int c = 0; c < 3; ++c) correct += want[c][c];
   EXPECT_DOUBLE_EQ(e.top1, static_cast<double>(correct) / 21.0);
+  const double ce = torch::nn::functional::cross_entropy(model->forward(x, "target").to(torch::kFloat64),
+                                                         task.test.labels).item<double>();
+  EXPECT_NEAR(e.loss, ce, 1e-5) << "the mean cross-entropy over the test set";
   EXPECT_FALSE(model->is_training());
 }
 

@@ -85,7 +85,16 @@ struct LossTerms {
   double lr_scale = 1.0;
   /// The coefficient of a part in the total where the logged part is not already its summand (SMILE's
   /// gamma_fe x fe); parts not listed enter with weight 1 or are diagnostics. Logged as "part_weights".
-  std::map<std::string, double> weights;
+  std::map<std::string, double> weights = {};
+  /// This step's target logits (detached) and labels where its inputs are not mixed: the trainer logs their
+  /// accuracy as train_top1. Undefined for mixed batches, whose argmax has no single right class.
+  torch::Tensor train_logits = {}, train_labels = {};
+
+  LossTerms& with_train_accuracy(const torch::Tensor& logits, const torch::Tensor& labels) {
+    train_logits = logits.detach();
+    train_labels = labels;
+    return *this;
+  }
 };
 
 class Method {

@@ -84,8 +84,10 @@ LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, cons
 void check_finite_gradients(Model& model, int64_t step);
 
 /// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches. In a data-parallel run each
-/// process evaluates a contiguous share and the confusion counts are summed over the processes.
-Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500);
+/// process evaluates a contiguous share and the confusion counts are summed over the processes. A
+/// `progress_label` shows the images done (rank 0) as `xfer eval` and the final test do.
+Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500,
+                    const std::string& progress_label = "");
 
 class Trainer {
  public:

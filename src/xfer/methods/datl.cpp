@@ -26,7 +26,7 @@ LossTerms ImportanceWeightedCrossEntropy::loss(StepContext& ctx) {
   const torch::Tensor logits = ctx.model->forward(b.x, ctx.head);
   const torch::Tensor weighted = class_weighted_cross_entropy(logits, b.y, weights_);
   const torch::Tensor ce = torch::nn::functional::cross_entropy(logits.detach(), b.y);
-  return {weighted, {{"weighted_ce", weighted.detach()}, {"ce", ce}}};
+  return LossTerms{weighted, {{"weighted_ce", weighted.detach()}, {"ce", ce}}}.with_train_accuracy(logits, b.y);
 }
 
 }  // namespace xfer

@@ -187,15 +187,18 @@ LossTerms DeltaMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
   const Features f = ctx.model->backbone->forward_features(b.x);
   torch::nn::Linear head = ctx.model->head(ctx.head);
-  const torch::Tensor ce = cross_entropy(head->forward(f.pooled), b.y);
+  const torch::Tensor logits = head->forward(f.pooled);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
   const Features f0 = source_.features(b.x);
   std::vector<torch::Tensor> attention;
   for (const auto& a : attention_) attention.push_back(a.to(b.x.device()));
   const torch::Tensor fm =
       delta_penalty(delta_maps(f, stages_, last_conv()), delta_maps(f0, stages_, last_conv()), attention) * opts_.alpha;
-  if (opts_.decay == "optimizer") return {ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}};
+  if (opts_.decay == "optimizer")
+    return LossTerms{ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}}.with_train_accuracy(logits, b.y);
   const torch::Tensor decay = l2_penalty(head->parameters(), opts_.beta);
-  return {ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}};
+  return LossTerms{ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}}
+      .with_train_accuracy(logits, b.y);
 }
 
 void DeltaMethod::save(Archive& out) const {

@@ -6,8 +6,9 @@ namespace xfer {
 
 LossTerms CrossEntropyMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
-  torch::Tensor ce = cross_entropy(ctx.model->forward(b.x, ctx.head), b.y);
-  return {ce, {{"ce", ce.detach()}}};
+  const torch::Tensor logits = ctx.model->forward(b.x, ctx.head);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
+  return LossTerms{ce, {{"ce", ce.detach()}}}.with_train_accuracy(logits, b.y);
 }
 
 void register_finetune_methods(MethodRegistry& r) {

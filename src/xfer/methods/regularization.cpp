@@ -101,11 +101,14 @@ std::vector<ParamGroup> L2SPMethod::param_groups(Model& model, double head_lr_mu
 LossTerms L2SPMethod::loss(StepContext& ctx) {
   XFER_CHECK(!w0_.empty(), "l2sp was not set up");
   const Batch b = ctx.batches.next("target");
-  const torch::Tensor ce = cross_entropy(ctx.model->forward(b.x, ctx.head), b.y);
+  const torch::Tensor logits = ctx.model->forward(b.x, ctx.head);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
   const torch::Tensor sp = l2sp_penalty(ctx.model->backbone_parameters(), w0_, opts_.alpha);
-  if (opts_.decay == "optimizer") return {ce + sp, {{"ce", ce.detach()}, {"l2sp", sp.detach()}}};
+  if (opts_.decay == "optimizer")
+    return LossTerms{ce + sp, {{"ce", ce.detach()}, {"l2sp", sp.detach()}}}.with_train_accuracy(logits, b.y);
   const torch::Tensor decay = l2_penalty(ctx.model->head(ctx.head)->parameters(), opts_.beta);
-  return {ce + sp + decay, {{"ce", ce.detach()}, {"l2sp", sp.detach()}, {"head_l2", decay.detach()}}};
+  return LossTerms{ce + sp + decay, {{"ce", ce.detach()}, {"l2sp", sp.detach()}, {"head_l2", decay.detach()}}}
+      .with_train_accuracy(logits, b.y);
 }
 
 // ---- BSS
@@ -124,11 +127,12 @@ void BssMethod::setup(Model& model, SetupContext& ctx) {
 LossTerms BssMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
   const torch::Tensor features = ctx.model->backbone->forward(b.x);
-  const torch::Tensor ce = cross_entropy(ctx.model->head(ctx.head)->forward(features), b.y);
+  const torch::Tensor logits = ctx.model->head(ctx.head)->forward(features);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
   // The spectrum of the whole batch's features: a data-parallel rank gathers every rank's rows.
   const torch::Tensor all = dist::all_gather_rows(features, global_batch_size(b), b.offset);
   const torch::Tensor bss = bss_penalty(all, opts_.k) * opts_.eta;
-  return {ce + bss, {{"ce", ce.detach()}, {"bss", bss.detach()}}};
+  return LossTerms{ce + bss, {{"ce", ce.detach()}, {"bss", bss.detach()}}}.with_train_accuracy(logits, b.y);
 }
 
 // ---- Co-Tuning
@@ -169,10 +173,11 @@ LossTerms CoTuningMethod::loss(StepContext& ctx) {
   XFER_CHECK(relationship_.defined(), "cotuning was not set up");
   const Batch b = ctx.batches.next("target");
   const torch::Tensor features = ctx.model->backbone->forward(b.x);
-  const torch::Tensor ce = cross_entropy(ctx.model->head(ctx.head)->forward(features), b.y);
+  const torch::Tensor logits = ctx.model->head(ctx.head)->forward(features);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
   const torch::Tensor co =
       cotuning_penalty(ctx.model->head(opts_.source_head)->forward(features), b.y, relationship_) * opts_.lambda;
-  return {ce + co, {{"ce", ce.detach()}, {"cotuning", co.detach()}}};
+  return LossTerms{ce + co, {{"ce", ce.detach()}, {"cotuning", co.detach()}}}.with_train_accuracy(logits, b.y);
 }
 
 void CoTuningMethod::save(Archive& out) const {
@@ -201,8 +206,9 @@ void RifleMethod::setup(Model&, SetupContext& ctx) {
 
 LossTerms RifleMethod::loss(StepContext& ctx) {
   const Batch b = ctx.batches.next("target");
-  const torch::Tensor ce = cross_entropy(ctx.model->forward(b.x, ctx.head), b.y);
-  return {ce, {{"ce", ce.detach()}}};
+  const torch::Tensor logits = ctx.model->forward(b.x, ctx.head);
+  const torch::Tensor ce = cross_entropy(logits, b.y);
+  return LossTerms{ce, {{"ce", ce.detach()}}}.with_train_accuracy(logits, b.y);
 }
 
 void RifleMethod::after_step(StepContext& ctx) {

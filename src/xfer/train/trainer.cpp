@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include <torch/torch.h>
@@ -265,7 +266,8 @@ void check_finite_gradients(Model& model, int64_t step) {
   throw NumericalError(cat("the gradients overflow at step ", step));
 }
 
-Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size) {
+Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size,
+                    const std::string& progress_label) {
   XFER_CHECK(batch_size >= 1, "evaluation batch size must be >= 1, got ", batch_size);
   const InputTransform transform(model->arch().input);
   const torch::Device device = model->backbone->parameters().front().device();
@@ -287,10 +289,13 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   const int64_t first = data.size() * rank / world, stop = data.size() * (rank + 1) / world;
   {
     c10::InferenceMode inference;
+    std::optional<Progress> progress;
+    if (!progress_label.empty() && rank == 0) progress.emplace(progress_label, stop - first);
     for (int64_t start = first; start < stop; start += batch_size) {
       const int64_t end = std::min(start + batch_size, stop);
       const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
       confusion.add_logits(classifier->forward(backbone->forward(x)).slice(1, 0, k), data.labels.slice(0, start, end));
+      if (progress) progress->update(end - first, "images");
     }
   }
   model->train(was_training);
@@ -395,7 +400,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
          window_wait = 0;
   std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
   step_times.reserve(static_cast<size_t>(total - start));
-  int64_t window_steps = 0;
+  int64_t window_steps = 0, window_seen = 0, window_correct = 0;  // seen/correct: train_top1's examples
   std::map<std::string, double> window_parts, window_weights;
   std::string val_text;
   const double fit_start = now_seconds();
@@ -449,13 +454,19 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     if (!skipped) {
       window_loss += terms.total.item<double>();
       for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
+      if (terms.train_logits.defined()) {
+        window_correct += (terms.train_logits.argmax(1) == terms.train_labels).sum().item<int64_t>();
+        window_seen += terms.train_labels.size(0);
+      }
       window_weights = terms.weights;
       ++window_steps;
     }
     if (has_val && ph.validate && ((local + 1) % eval_every == 0 || local + 1 == ph.steps)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       apply_bn_mode(model, opts_.bn_stats);
-      if (writer) metrics->write({{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}});
+      if (writer)
+        metrics->write(
+            {{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}});
       if (opts_.on_validation) opts_.on_validation(done, ev.top1);
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
@@ -486,6 +497,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       nlohmann::json line = {{"step", done}, {"lr", lr}};
       if (plan.phases.size() > 1) line["phase"] = ph.name;
       if (window_steps) line["loss"] = window_loss / window_steps;
+      if (window_seen) line["train_top1"] = static_cast<double>(window_correct) / static_cast<double>(window_seen);
       if (skipped_steps) line["skipped_steps"] = skipped_steps;
       for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
       if (!window_weights.empty()) line["part_weights"] = window_weights;
@@ -501,7 +513,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
       window_loss = 0;
       window_allreduce = 0;
       window_wait = 0;
-      window_steps = 0;
+      window_steps = window_seen = window_correct = 0;
       window_parts.clear();
     }
     if (writer) progress.update(done, status);
@@ -553,7 +565,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     result["allreduce_wait_share"] = step_seconds > 0 ? wait_total / step_seconds : 0.0;
   }
   if (task.test.size() > 0) {
-    const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch);
+    const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch, writer ? "test" : "");
     result["test_top1"] = ev.top1;
     result["test_mean_class"] = ev.mean_class;
     result["test"] = ev.to_json();
