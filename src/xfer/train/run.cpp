@@ -113,7 +113,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                r.threads, " threads", dist::is_distributed() ? cat("; rank ", dist::rank(), " of ", dist::world_size())
                                                              : std::string(),
                "; output in ", opts.out));
-  Trainer trainer(opts.trainer, opts.out);
+  Trainer trainer(r.opts.trainer, opts.out);  // r.opts: --epochs turned into iterations
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
   nlohmann::json fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
                                    opts.resume, meta);
