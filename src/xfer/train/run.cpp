@@ -200,7 +200,7 @@ torch::Device parse_device(const std::string& text) {
   if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
     XFER_CHECK(torch::cuda::is_available(), "--device ", text,
                ": CUDA is not available in this LibTorch build (Debian's libtorch-dev is CPU-only; build "
-               "against a CUDA LibTorch, see the README)");
+               "against a CUDA LibTorch, see docs/building.md)");
     try {
       return torch::Device(text);
     } catch (const c10::Error&) {
