@@ -55,6 +55,10 @@ TEST(ReportFigures, LossPartsEnterTheTotalWithTheirWeights) {
   EXPECT_EQ(fig_series(acc, "train top-1").y, (std::vector<double>{70}));
   EXPECT_EQ(fig_series(acc, "validation top-1").y, (std::vector<double>{40, 50}));
   EXPECT_EQ(fig_series(acc, "validation top-5").x, (std::vector<double>{20}));
+  // A lone part equal to the total is named by the total rather than drawn under it.
+  const Plot plain = loss_plot({{{"step", 1}, {"loss", 0.9}, {"ce", 0.9}}, {{"step", 2}, {"loss", 0.5}, {"ce", 0.5}}}, "");
+  ASSERT_EQ(plain.series.size(), 1u);
+  EXPECT_EQ(plain.series[0].name, "total (= ce)");
   // Nothing logged, nothing to draw.
   EXPECT_TRUE(accuracy_plot({{{"step", 1}, {"loss", 1.0}}}, "").series.empty());
 }
@@ -113,6 +117,8 @@ TEST(ReportFigures, ErrorBarsAreTheStandardDeviationOverSeeds) {
   EXPECT_EQ(h.row_labels, (std::vector<std::string>{"l2", "scratch"}));
   EXPECT_EQ(h.column_labels, (std::vector<std::string>{"x", "y"}));
   EXPECT_EQ(h.values, (std::vector<std::vector<double>>{{75, 50}, {20, 40}}));
+  EXPECT_EQ(h.vmin, 0);
+  EXPECT_EQ(h.vmax, 100);
 }
 
 TEST(ReportOnDemo, WritesTheComparisonAndPerRunPlots) {

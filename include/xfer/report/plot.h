@@ -14,7 +14,7 @@ struct Series {
   std::string name;
   std::vector<double> x, y;
   std::vector<double> err;  // optional error bars (same length as y)
-  std::string style;        // overrides the plot's style for this series (not in bar charts); "" = the plot's
+  std::string style{};      // overrides the plot's style for this series (not in bar charts); "" = the plot's
 };
 
 struct Plot {
@@ -39,7 +39,8 @@ struct Heatmap {
   std::vector<std::string> row_labels, column_labels;
   int width = 800, height = 600;
   int decimals = 2;         // of the value written in each cell (cells are left blank beyond 30 x 30)
-  std::string value_label;  // the colour bar's label
+  std::string value_label{};  // the colour bar's label
+  double vmin = NAN, vmax = NAN;  // the colour bar's range; NaN: the data's
 };
 
 /// Whether gnuplot can be run.

@@ -119,6 +119,16 @@ Plot loss_plot(const std::vector<nlohmann::json>& lines, const std::string& titl
       s.name = k;
     p.series.push_back(std::move(s));
   }
+  // A lone part equal to the total (plain fine-tuning's ce) would hide under it: the total names it instead.
+  if (p.series.size() == 2 && p.series[1].x == p.series[0].x) {
+    bool same = true;
+    for (size_t i = 0; i < p.series[0].y.size(); ++i)
+      same = same && std::abs(p.series[1].y[i] - p.series[0].y[i]) <= 1e-9 * std::max(1.0, std::abs(p.series[0].y[i]));
+    if (same) {
+      p.series[0].name = "total (= " + p.series[1].name + ")";
+      p.series.pop_back();
+    }
+  }
   Series val = metric_series(lines, "val_loss", "validation loss");
   val.style = "linespoints";
   add_if_any(p, std::move(val));
@@ -141,7 +151,7 @@ std::vector<std::pair<std::string, Plot>> group_plots(const std::vector<nlohmann
 
 Plot lr_plot(const std::vector<nlohmann::json>& lines, const std::string& title) {
   Plot p = line_plot(title, "learning rate");
-  add_if_any(p, metric_series(lines, "lr", "learning rate"));
+  add_if_any(p, metric_series(lines, "lr", ""));  // one line needs no legend
   return p;
 }
 
@@ -212,6 +222,8 @@ Heatmap per_class_by_method(const std::vector<std::pair<std::string, nlohmann::j
   h.ylabel = "method";
   h.value_label = "test accuracy (%)";
   h.decimals = 1;
+  h.vmin = 0;  // the same colours in every such map
+  h.vmax = 100;
   std::vector<std::string> order = methods;
   std::map<std::string, std::vector<std::vector<double>>> values;  // method -> class -> accuracies
   size_t k = 0;

@@ -197,7 +197,7 @@ bool write_plot(const std::string& path, const Plot& plot) {
       const double shift = offset * width;
       gp << "datafile index " << k << " using ($1+" << number(shift) << "):2 with boxes lc " << k % 8 + 1 << ' ' << title;
       if (!s.err.empty())
-        gp << ", datafile index " << k << " using ($1+" << number(shift) << "):2:3 with yerrorbars lc black pt 0 notitle";
+        gp << ", datafile index " << k << " using ($1+" << number(shift) << "):2:3 with yerrorbars lc black pt 7 ps 0.5 notitle";
     } else if (!s.err.empty()) {
       gp << "datafile index " << k << " using " << x << ":2:3 with yerrorlines lw 2 " << look << ' ' << title;
     } else {
@@ -219,6 +219,8 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
              map.row_labels.size(), " row labels for ", rows, " rows");
   XFER_CHECK(map.column_labels.empty() || map.column_labels.size() == cols, "heatmap '", map.title, "': ",
              map.column_labels.size(), " column labels for ", cols, " columns");
+  XFER_CHECK(!(map.vmin >= map.vmax), "heatmap '", map.title, "': colour range [", map.vmin, ", ", map.vmax,
+             "] is empty");
   XFER_CHECK(map.decimals >= 0 && map.decimals <= 6, "heatmap '", map.title, "': decimals must be in [0, 6], got ",
              map.decimals);
   if (!have_gnuplot()) return false;
@@ -240,7 +242,11 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
   gp << "set title " << labels.add(map.title) << "\nset xlabel " << labels.add(map.xlabel) << "\nset ylabel "
      << labels.add(map.ylabel) << "\nset xrange [-0.5:" << cols - 0.5 << "]\nset yrange [" << rows - 0.5
      << ":-0.5]\nset palette rgb 33,13,10\nunset key\nset cblabel " << labels.add(map.value_label) << "\n"
-     << tics("x", map.column_labels) << tics("y", map.row_labels) << "plot datafile using 1:2:3 with image";
+     << tics("x", map.column_labels) << tics("y", map.row_labels);
+  if (std::isfinite(map.vmin) || std::isfinite(map.vmax))
+    gp << "set cbrange [" << (std::isfinite(map.vmin) ? number(map.vmin) : "*") << ":"
+       << (std::isfinite(map.vmax) ? number(map.vmax) : "*") << "]\n";
+  gp << "plot datafile using 1:2:3 with image";
   // The value in each cell while cells are large enough to hold one; the format is built here, not taken
   // from the data.
   if (rows <= 30 && cols <= 30) gp << ", datafile using 1:2:(sprintf('%." << map.decimals << "f', $3)) with labels font ',8'";

@@ -336,6 +336,7 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
     val.title = "validation top-1 on " + tasks.front() + " (first seed)";
     val.xlabel = "step";
     val.ylabel = "top-1 (%)";
+    val.style = "linespoints";  // markers tell apart methods whose curves coincide
     for (const auto& label : labels)
       for (const auto& f : found)
         if (f.task == tasks.front() && f.label == label) {
