@@ -45,7 +45,11 @@ TEST(HostileReport, NamesCarryingCodeAreDrawnAndNothingRuns) {
     metrics << line.dump() << "\n";
   }
   metrics.close();
-  write_json_file(run + "/result.json", {{"method", names[0]}, {"target", names[1]}, {"test_top1", 0.5}});
+  write_json_file(run + "/result.json", {{"method", names[0]},
+                                         {"target", names[1]},
+                                         {"test_top1", 0.5},
+                                         {"classes", {names[4], names[5]}},  // the confusion matrix's labels
+                                         {"test", {{"confusion", {{3, 1}, {0, 4}}}, {"per_class", {0.75, 1.0}}}}});
   write_json_file(run + "/pairing.json", {{"similarity", {{0.1, 0.2}, {0.3, 0.4}}},
                                           {"target_classes", {names[2], names[3]}},
                                           {"source_classes", {names[4], names[5]}}});
@@ -57,8 +61,9 @@ TEST(HostileReport, NamesCarryingCodeAreDrawnAndNothingRuns) {
   for (int k = 0; k <= 7; ++k) EXPECT_FALSE(fs::exists(dir.file(cat("ran", k)))) << "a name ran code: ran" << k;
   ASSERT_TRUE(fs::exists(run + "/report.md"));
   if (!have_gnuplot()) GTEST_SKIP() << "gnuplot is not installed: nothing was drawn";
-  // loss, val, one plot per group (7 grpK and 7 named by the names), the pairing and the weights.
-  EXPECT_EQ(r["plots"].size(), 2u + 14u + 2u) << r.dump();
+  // loss, accuracy, one plot per group (7 grpK and 7 named by the names), confusion, per-class accuracy,
+  // the pairing and the weights.
+  EXPECT_EQ(r["plots"].size(), 2u + 14u + 2u + 2u) << r.dump();
   for (const auto& p : r["plots"]) {
     const std::string path = run + "/" + p.get<std::string>();
     ASSERT_TRUE(fs::exists(path)) << path;

@@ -4,6 +4,7 @@
 /// A plot is data, not a script: methods and reports fill a `Plot` and call `write_plot`. Without
 /// gnuplot on the PATH nothing is written and `write_plot` returns false, so callers can say "skipped:
 /// install gnuplot-nox". Files appear atomically (rendered to a temporary name, then renamed).
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@ struct Series {
   std::string name;
   std::vector<double> x, y;
   std::vector<double> err;  // optional error bars (same length as y)
+  std::string style{};      // overrides the plot's style for this series (not in bar charts); "" = the plot's
 };
 
 struct Plot {
@@ -21,6 +23,11 @@ struct Plot {
   std::string style = "lines";
   bool logx = false, logy = false;
   std::vector<std::string> xtics;  // labels at x = 0, 1, 2, ... (bar charts, categories)
+  std::vector<double> xtic_values;  // where the xtics go instead (same length), e.g. labels per class
+  double xmin = NAN, xmax = NAN, ymin = NAN, ymax = NAN;  // axis range; NaN: gnuplot's autoscale
+  /// Error-bar series k is drawn shifted by (k - (n-1)/2) x dodge along x (a factor on a log axis), so
+  /// bars of series at the same x do not hide each other; the data keep their x.
+  double dodge = 0;
   std::vector<Series> series;
   int width = 800, height = 500;
 };
@@ -31,6 +38,9 @@ struct Heatmap {
   std::vector<std::vector<double>> values;  // rows x columns
   std::vector<std::string> row_labels, column_labels;
   int width = 800, height = 600;
+  int decimals = 2;         // of the value written in each cell (cells are left blank beyond 30 x 30)
+  std::string value_label{};  // the colour bar's label
+  double vmin = NAN, vmax = NAN;  // the colour bar's range; NaN: the data's
 };
 
 /// Whether gnuplot can be run.

@@ -1,13 +1,16 @@
 #pragma once
-/// `xfer report`: a Markdown report with plots for a run directory or a bench directory.
+/// `xfer report`: a Markdown report with plots (PNG, drawn by gnuplot) for a run, a demo, a bench or a
+/// search directory; docs/report.md shows each plot and how to read it.
 ///
-/// For a run (a directory with metrics.jsonl): its result, learning curves of the loss and each loss
-/// part, validation accuracy, and the pictures of method-specific files it holds (pairing.json: the
-/// XMixup pairing as a heat map; weights.json: sorted importance weights). Loss parts named
-/// "GROUP/NAME" (e.g. GradMix's per-layer weights, Smooth TL's lambda) get a plot per GROUP.
-/// For a bench directory (bench.json): the tables, per-method accuracy with error bars per task, the
-/// time per step relative to l2, and validation curves of each method's first run.
-/// Plots are PNG files beside report.md, drawn by gnuplot; without it the report says so and has tables only.
+/// A run (metrics.jsonl, result.json): its result; loss.png (the total and each part as it enters the total,
+/// part x its logged weight, and the validation loss), loss_GROUP.png for parts named GROUP/NAME, lr.png,
+/// accuracy.png (train and validation accuracy where logged), confusion.png and per_class.png (test), and
+/// the pictures of method-specific files (pairing.json: pairing.png; weights.json: weights.png).
+/// A demo (demo.json) or bench (bench.json): the tables, accuracy_vs_labels.png (test top-1 against labels
+/// per class, one line per method, error bars over seeds), heat maps of test accuracy per class and method;
+/// a bench also its per-task bars (accuracy.png) and validation curves (val_curves.png).
+/// A search (best.json): the best trial's parameters and figures (best_*.png) beside the search's own plots.
+/// Without gnuplot the report says so and has tables only.
 #include <string>
 
 #include <nlohmann/json.hpp>

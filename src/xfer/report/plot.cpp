@@ -126,16 +126,22 @@ bool have_gnuplot() {
 
 bool write_plot(const std::string& path, const Plot& plot) {
   XFER_CHECK(!plot.series.empty(), "plot '", plot.title, "' has no data");
+  const bool bars = plot.style == "bars";
+  auto line_style = [](const std::string& s) { return s == "lines" || s == "points" || s == "linespoints"; };
   for (const auto& s : plot.series) {
     XFER_CHECK(s.x.size() == s.y.size() && !s.y.empty(), "plot '", plot.title, "': series '", s.name,
                "' needs as many x as y values, and at least one");
     XFER_CHECK(s.err.empty() || s.err.size() == s.y.size(), "plot '", plot.title, "': series '", s.name,
                "' has ", s.err.size(), " error bars for ", s.y.size(), " values");
+    XFER_CHECK(s.style.empty() || (!bars && line_style(s.style)), "plot '", plot.title, "': series '", s.name,
+               "' has style '", s.style, "' (lines, points or linespoints, and none in bar charts)");
   }
+  XFER_CHECK(plot.xtic_values.empty() || plot.xtic_values.size() == plot.xtics.size(), "plot '", plot.title,
+             "': ", plot.xtic_values.size(), " tic positions for ", plot.xtics.size(), " tic labels");
+  XFER_CHECK(std::isfinite(plot.dodge) && plot.dodge >= 0, "plot '", plot.title, "': dodge must be >= 0");
   if (!have_gnuplot()) return false;
-  const bool bars = plot.style == "bars";
-  XFER_CHECK(bars || plot.style == "lines" || plot.style == "points" || plot.style == "linespoints",
-             "plot style must be lines, points, linespoints or bars, got '", plot.style, "'");
+  XFER_CHECK(bars || line_style(plot.style), "plot style must be lines, points, linespoints or bars, got '",
+             plot.style, "'");
 
   // One data block per series, separated by two blank lines (gnuplot's `index`).
   std::ostringstream data;
@@ -151,27 +157,52 @@ bool write_plot(const std::string& path, const Plot& plot) {
   if (plot.logx) gp << "set logscale x\n";
   if (plot.logy) gp << "set logscale y\n";
   if (!plot.xtics.empty()) {
+    // At most ~40 labels: beyond that every k-th, or they print over each other.
+    const size_t every = (plot.xtics.size() + 39) / 40;
+    const bool at_values = !plot.xtic_values.empty();
     gp << "set xtics (";
-    for (size_t i = 0; i < plot.xtics.size(); ++i) gp << (i ? ", " : "") << labels.add(plot.xtics[i]) << ' ' << i;
-    gp << ") rotate by -30\nset xrange [-0.6:" << plot.xtics.size() - 0.4 << "]\n";
+    bool first = true;
+    for (size_t i = 0; i < plot.xtics.size(); i += every) {
+      gp << (first ? "" : ", ") << labels.add(plot.xtics[i]) << ' ' << (at_values ? number(plot.xtic_values[i]) : number(i));
+      first = false;
+    }
+    gp << ")" << (at_values ? "" : " rotate by -30") << "\n";
+    if (!at_values) gp << "set xrange [-0.6:" << plot.xtics.size() - 0.4 << "]\n";
   }
+  auto range = [&gp](const char* axis, double lo, double hi) {
+    if (std::isnan(lo) && std::isnan(hi)) return;
+    gp << "set " << axis << "range [" << (std::isnan(lo) ? "*" : number(lo)) << ":"
+       << (std::isnan(hi) ? "*" : number(hi)) << "]\n";
+  };
+  range("x", plot.xmin, plot.xmax);
   const double n = static_cast<double>(plot.series.size());
   const double width = bars ? 0.8 / n : 0;
-  if (bars) gp << "set style fill solid 0.6 border -1\nset boxwidth " << width << "\nset yrange [0:*]\n";
+  if (bars) {
+    gp << "set style fill solid 0.6 border -1\nset boxwidth " << width << "\n";
+    if (std::isnan(plot.ymin) && std::isnan(plot.ymax)) gp << "set yrange [0:*]\n";
+  }
+  range("y", plot.ymin, plot.ymax);
   gp << "plot ";
   for (size_t k = 0; k < plot.series.size(); ++k) {
     const auto& s = plot.series[k];
     const std::string title = "title " + labels.add(s.name);
+    // Eight colours, then the same colours dashed: a legend of ten methods stays readable.
+    const std::string look = cat("lc ", k % 8 + 1, " dt ", k / 8 % 5 + 1, " pt ", k % 13 + 1);
+    const double offset = static_cast<double>(k) - (n - 1) / 2;
+    std::string x = "1";
+    if (plot.dodge > 0 && !s.err.empty())
+      x = plot.logx ? cat("($1*", number(std::pow(1 + plot.dodge, offset)), ")") : cat("($1+", number(offset * plot.dodge), ")");
     if (k) gp << ", \\\n     ";
     if (bars) {
-      const double shift = (static_cast<double>(k) - (n - 1) / 2) * width;
-      gp << "datafile index " << k << " using ($1+" << shift << "):2 with boxes " << title;
+      const double shift = offset * width;
+      gp << "datafile index " << k << " using ($1+" << number(shift) << "):2 with boxes lc " << k % 8 + 1 << ' ' << title;
       if (!s.err.empty())
-        gp << ", datafile index " << k << " using ($1+" << shift << "):2:3 with yerrorbars lc black pt 0 notitle";
+        gp << ", datafile index " << k << " using ($1+" << number(shift) << "):2:3 with yerrorbars lc black pt 7 ps 0.5 notitle";
     } else if (!s.err.empty()) {
-      gp << "datafile index " << k << " using 1:2:3 with yerrorlines " << title;
+      gp << "datafile index " << k << " using " << x << ":2:3 with yerrorlines lw 2 " << look << ' ' << title;
     } else {
-      gp << "datafile index " << k << " using 1:2 with " << plot.style << " lw 2 " << title;
+      gp << "datafile index " << k << " using 1:2 with " << (s.style.empty() ? plot.style : s.style) << " lw 2 "
+         << look << ' ' << title;
     }
   }
   gp << "\n";
@@ -188,6 +219,10 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
              map.row_labels.size(), " row labels for ", rows, " rows");
   XFER_CHECK(map.column_labels.empty() || map.column_labels.size() == cols, "heatmap '", map.title, "': ",
              map.column_labels.size(), " column labels for ", cols, " columns");
+  XFER_CHECK(!(map.vmin >= map.vmax), "heatmap '", map.title, "': colour range [", map.vmin, ", ", map.vmax,
+             "] is empty");
+  XFER_CHECK(map.decimals >= 0 && map.decimals <= 6, "heatmap '", map.title, "': decimals must be in [0, 6], got ",
+             map.decimals);
   if (!have_gnuplot()) return false;
   std::ostringstream data;
   for (size_t r = 0; r < rows; ++r)
@@ -196,17 +231,26 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
   auto tics = [&labels](const char* axis, const std::vector<std::string>& names) {
     std::ostringstream t;
     if (names.empty()) return t.str();
+    // At most ~50 labels per axis: beyond that every k-th, or they print over each other.
+    const size_t every = (names.size() + 49) / 50;
     t << "set " << axis << "tics (";
-    for (size_t i = 0; i < names.size(); ++i) t << (i ? ", " : "") << labels.add(names[i]) << ' ' << i;
+    for (size_t i = 0; i < names.size(); i += every) t << (i ? ", " : "") << labels.add(names[i]) << ' ' << i;
     t << ")" << (axis[0] == 'x' ? " rotate by -45" : "") << "\n";
     return t.str();
   };
   std::ostringstream gp;
   gp << "set title " << labels.add(map.title) << "\nset xlabel " << labels.add(map.xlabel) << "\nset ylabel "
      << labels.add(map.ylabel) << "\nset xrange [-0.5:" << cols - 0.5 << "]\nset yrange [" << rows - 0.5
-     << ":-0.5]\nset palette rgb 33,13,10\nunset key\n"
-     << tics("x", map.column_labels) << tics("y", map.row_labels)
-     << "plot datafile using 1:2:3 with image, datafile using 1:2:(sprintf('%.2f', $3)) with labels font ',8'\n";
+     << ":-0.5]\nset palette rgb 33,13,10\nunset key\nset cblabel " << labels.add(map.value_label) << "\n"
+     << tics("x", map.column_labels) << tics("y", map.row_labels);
+  if (std::isfinite(map.vmin) || std::isfinite(map.vmax))
+    gp << "set cbrange [" << (std::isfinite(map.vmin) ? number(map.vmin) : "*") << ":"
+       << (std::isfinite(map.vmax) ? number(map.vmax) : "*") << "]\n";
+  gp << "plot datafile using 1:2:3 with image";
+  // The value in each cell while cells are large enough to hold one; the format is built here, not taken
+  // from the data.
+  if (rows <= 30 && cols <= 30) gp << ", datafile using 1:2:(sprintf('%." << map.decimals << "f', $3)) with labels font ',8'";
+  gp << "\n";
   render(path, gp.str(), labels, data.str(), map.width, map.height);
   return true;
 }
