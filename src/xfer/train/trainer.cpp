@@ -464,9 +464,12 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     if (has_val && ph.validate && ((local + 1) % eval_every == 0 || local + 1 == ph.steps)) {
       const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
       apply_bn_mode(model, opts_.bn_stats);
-      if (writer)
-        metrics->write(
-            {{"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}});
+      if (writer) {
+        nlohmann::json line = {
+            {"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}};
+        if (!std::isnan(ev.top5)) line["val_top5"] = ev.top5;  // more than 5 classes
+        metrics->write(line);
+      }
       if (opts_.on_validation) opts_.on_validation(done, ev.top1);
       val_text = "  val " + percent(ev.top1);
       if (ev.top1 > best_val) {
