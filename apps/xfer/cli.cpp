@@ -198,6 +198,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_weights_command());
   commands.push_back(make_rank_command());
   commands.push_back(make_eval_command());
+  commands.push_back(make_export_command());
   commands.push_back(make_analyze_command());
   commands.push_back(make_methods_command());
   commands.push_back(make_data_command());
