@@ -68,6 +68,11 @@ struct DatasetSpec {
   static DatasetSpec parse(const std::string& text);
 };
 
+/// `text` with every path in it (dir=, train_images= ... test_labels=, test_dir=, *_list=, cache=) made
+/// absolute against the working directory, so that a run's config.json means the same from anywhere. A text
+/// that is no valid spec ("rest") comes back as it was.
+std::string absolute_spec_paths(const std::string& text);
+
 /// The text of the help section on specs (shared by --help and the README).
 const char* spec_help();
 
