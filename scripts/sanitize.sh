@@ -23,7 +23,7 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
 fi
 if [ "$tests" = none ]; then
   cmake --build "$build" -j"$jobs" --target idx_fuzz spec_fuzz json_fuzz checkpoint_fuzz pickle_fuzz \
-    image_cache_fuzz image_folder_fuzz
+    image_cache_fuzz image_folder_fuzz mat_fuzz
 else
   cmake --build "$build" -j"$jobs"
 fi
@@ -39,7 +39,7 @@ fi
 
 mkdir -p "$build/fuzz"
 status=0
-for target in idx spec json checkpoint pickle image_cache image_folder; do
+for target in idx spec json checkpoint pickle image_cache image_folder mat; do
   work="$build/fuzz/corpus-$target"
   mkdir -p "$work"
   echo "fuzzing $target for ${seconds}s"

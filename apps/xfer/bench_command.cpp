@@ -27,7 +27,7 @@ class BenchCommand : public Command {
         "  xfer bench --list\n"
         "  xfer bench --suite quick --jobs 2\n"
         "  xfer bench --suite my_suite.json --out runs/mine\n"
-        "Suites are JSON files (bench/suites/*.json): see the README's \"Benchmark suites\" section.");
+        "Suites are JSON files (bench/suites/*.json): see docs/bench.md.");
   }
   void run(std::ostream& out) override {
     if (list_) {

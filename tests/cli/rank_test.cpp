@@ -197,9 +197,10 @@ TEST(RankCommand, DocsListEveryOption) {
   for (const auto& field : f.all())
     EXPECT_NE(docs.find("`" + field.flag() + "`"), std::string::npos)
         << field.flag() << " is not in docs/rank.md";
-  const std::string readme = read_file(std::string(XFER_SOURCE_DIR) + "/README.md");
-  EXPECT_NE(readme.find("| `rank` |"), std::string::npos);
-  EXPECT_NE(readme.find("`--source-from`"), std::string::npos);
+  const std::string cli = read_file(std::string(XFER_SOURCE_DIR) + "/docs/cli.md");
+  EXPECT_NE(cli.find("| `rank` |"), std::string::npos);
+  const std::string select = read_file(std::string(XFER_SOURCE_DIR) + "/docs/methods/xmixup.md");
+  EXPECT_NE(select.find("`--source-from`"), std::string::npos);
 }
 
 }  // namespace

@@ -84,6 +84,51 @@ TEST(Spec, FewShotValidationAndTestSplitsAreDisjointAndSeeded) {
   EXPECT_EQ(ids(load_task(base + ":per_class=9:val=5", 11).val), ids(t.val));
 }
 
+TEST(Spec, FractionCountRoundsHalfUpWithAtLeastOne) {
+  EXPECT_EQ(fraction_count(0.15, 100), 15);
+  EXPECT_EQ(fraction_count(0.15, 20), 3);
+  EXPECT_EQ(fraction_count(0.15, 10), 2);   // 1.5 rounds up
+  EXPECT_EQ(fraction_count(0.3, 5), 2);     // 1.5, although 0.3 x 5 is 1.4999999999999998 in binary
+  EXPECT_EQ(fraction_count(0.3, 29), 9);    // 8.7
+  EXPECT_EQ(fraction_count(0.5, 3), 2);     // 1.5
+  EXPECT_EQ(fraction_count(0.15, 3), 1);    // 0.45 would round to 0: at least 1
+  EXPECT_EQ(fraction_count(0.01, 1), 1);
+  EXPECT_EQ(fraction_count(1.0, 7), 7);
+  EXPECT_EQ(fraction_count(0.5, 30), 15);
+}
+
+TEST(Spec, FractionKeepsThatShareOfEachClassSeededAndNested) {
+  test::TempDir dir;
+  const std::string base = test::write_tiny_idx(dir.path(), 3, 20, 2);
+  const Task t = load_task(base + ":fraction=0.15", 4);
+  EXPECT_EQ(t.train.class_counts(), (std::vector<int64_t>{3, 3, 3}));
+  EXPECT_DOUBLE_EQ(*DatasetSpec::parse(base + ":fraction=0.15").fraction, 0.15);
+  // Of what val= leaves: 0.3 x 15 = 4.5 -> 5.
+  const Task v = load_task(base + ":fraction=0.3:val=5", 4);
+  EXPECT_EQ(v.train.class_counts(), (std::vector<int64_t>{5, 5, 5}));
+  EXPECT_EQ(v.val.class_counts(), (std::vector<int64_t>{5, 5, 5}));
+  EXPECT_EQ(load_task(base + ":fraction=1", 4).train.size(), 60);
+  // The same seed keeps the same subset; another seed another; 15% is part of 30%, which is part of 50%.
+  EXPECT_EQ(ids(load_task(base + ":fraction=0.15", 4).train), ids(t.train));
+  EXPECT_EQ(ids(load_task(base + ":fraction=0.15:seed=4", 9).train), ids(t.train));
+  EXPECT_NE(ids(load_task(base + ":fraction=0.15", 5).train), ids(t.train));
+  std::set<std::tuple<int, int, int>> prev;
+  for (const char* f : {"0.15", "0.3", "0.5"}) {
+    std::set<std::tuple<int, int, int>> now;
+    for (const auto& id : ids(load_task(base + ":fraction=" + f, 4).train)) now.insert(id);
+    for (const auto& id : prev) EXPECT_TRUE(now.count(id)) << "fraction=" << f << " drops an example a smaller one kept";
+    prev = now;
+  }
+  // per_class=N and fraction keep the same examples when they keep as many.
+  EXPECT_EQ(ids(load_task(base + ":per_class=3", 4).train), ids(t.train));
+  for (const char* bad : {"0", "1.5", "-0.2", "abc", "nan"})
+    test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=" + bad); },
+                           {std::string("fraction")});
+  test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=0"); }, {"fraction must be in (0, 1], got 0"});
+  test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=0.3:per_class=3"); },
+                         {"give per_class= or fraction=, not both"});
+}
+
 TEST(Spec, TestFileCapAndDisjointParts) {
   test::TempDir dir;
   const std::string base = test::write_tiny_idx(dir.path(), 2, 12, 8);

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes the seed corpora of the pickle, image_cache and image_folder fuzz targets (tests/fuzz/corpus/).
+"""Writes the seed corpora of the pickle, image_cache, image_folder and mat fuzz targets (tests/fuzz/corpus/).
 
 Run with Debian's python3-torch: /usr/bin/python3 tests/fuzz/make_corpus.py (from anywhere). The inputs of
 issue 21 that crashed xfer are among them (names starting with their target's mode byte, then 'issue_').
@@ -9,6 +9,7 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 
 import torch
 
@@ -96,8 +97,36 @@ def image_folders():
         write("image_folder", name, bytes(b for op in ops for b in op))
 
 
+def mat_element(kind, data):
+    """A MAT v5 data element: 8-byte tag, data padded to 8 bytes."""
+    return struct.pack("<II", kind, len(data)) + data + bytes(-len(data) % 8)
+
+
+def mat_matrix(name, mclass, dims, real=b"", real_kind=9, extra=b""):
+    """A miMATRIX variable (class numbers: 6 double, 4 char, 1 cell, 2 struct, 9 uint8)."""
+    body = (mat_element(6, struct.pack("<II", mclass, 0)) + mat_element(5, struct.pack(f"<{len(dims)}i", *dims)) +
+            mat_element(1, name) + extra)
+    if real:
+        body += mat_element(real_kind, real)
+    return mat_element(14, body)
+
+
+def mats():
+    header = b"MATLAB 5.0 MAT-file, written by make_corpus.py".ljust(116, b" ") + bytes(8) + struct.pack("<H", 0x0100) + b"IM"
+    labels = mat_matrix(b"labels", 6, [1, 3], struct.pack("<3d", 1, 2, 102))
+    write("mat", "double_row.mat", header + labels)
+    write("mat", "compressed.mat", header + mat_element(15, zlib.compress(labels)))
+    write("mat", "char.mat", header + mat_matrix(b"name", 4, [1, 3], "abc".encode("utf-16-le"), real_kind=4))
+    cell = mat_matrix(b"", 6, [1, 1], struct.pack("<d", 7))
+    write("mat", "cell.mat", header + mat_matrix(b"c", 1, [1, 1], extra=cell))
+    fields = mat_element(5, struct.pack("<i", 4)) + mat_element(1, b"fnamclas")
+    write("mat", "struct.mat", header + mat_matrix(b"s", 2, [1, 1], extra=fields + cell + cell))
+    write("mat", "truncated.mat", (header + labels)[:-9])
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     pickles()
     image_caches()
     image_folders()
+    mats()

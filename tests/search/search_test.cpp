@@ -309,13 +309,13 @@ TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
 }
 
 TEST(SearchReadme, DocumentsEverySearchFlag) {
-  const std::string readme = read_file(std::string(XFER_SOURCE_DIR) + "/README.md");
+  const std::string docs = read_file(std::string(XFER_SOURCE_DIR) + "/docs/search.md");
   SearchOptions opts;
   Fields f;
   opts.fields(f);
   for (const auto& field : f.all())
-    EXPECT_NE(readme.find("`" + field.flag()), std::string::npos) << field.flag() << " is not in README.md";
-  EXPECT_NE(readme.find("`--param`"), std::string::npos);
+    EXPECT_NE(docs.find("`" + field.flag()), std::string::npos) << field.flag() << " is not in docs/search.md";
+  EXPECT_NE(docs.find("`--param`"), std::string::npos);
 }
 
 }  // namespace

@@ -5,9 +5,14 @@
 ///   SOURCE  := fmnist                          Fashion-MNIST (Debian package dataset-fashion-mnist)
 ///            | idx                             any IDX files (give dir= or the four *_images/_labels keys)
 ///            | folder                          an image folder dir=ROOT: ROOT/CLASS_NAME/**/*.jpg|png
+///            | cub | aircraft | pets | dtd | flowers | cars | cifar10 | cifar100
+///                                              a benchmark as distributed, dir=PATH (data/benchmarks.h)
 ///
 ///   classes=2,4,6 | 0-4 | 0-2,7   class subset, relabelled 0..k-1 in the order given (default: all)
 ///   per_class=N        few-shot: N training examples per class, drawn by the seed (default: all)
+///   fraction=F         few-shot by share, 0<F<=1: fraction_count(F, n) of each class's n training examples,
+///                      drawn by the seed (Transfer-Learning-Library's 15/30/50% protocol); the subset of a
+///                      smaller F is part of the subset of a larger one under the same seed
 ///   val=N | val=F      held-out validation examples per class carved from the training file, a count
 ///                      or a fraction 0<F<1 of each class (default: 0, no validation split)
 ///   test=file|rest|none  the test split: the test file (default), the training-file examples this
@@ -33,6 +38,11 @@
 ///   mean=R,G,B std=R,G,B  normalisation (ImageNet's by default; a --init xfer model brings its own)
 ///   corrupt=skip|fail  unreadable images: skip with a counted warning (default) or fail
 ///   cache=FILE         decoded, downscaled images stored in one file (FFCV-style), built on first use
+///
+/// Benchmarks: the image keys above (size= ... cache=) apply to the image benchmarks too, not the list keys.
+///   split=train|trainval  aircraft, dtd, flowers: train on the layout's training set and validate on its
+///                      validation set, or train on both (default trainval)
+///   fold=K             dtd: which of the ten splits, 1..10 (default 1)
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,9 +58,10 @@ constexpr int64_t kMaxClasses = int64_t(1) << 20;
 
 struct DatasetSpec {
   std::string text;
-  std::string source;  // "fmnist", "idx" or "folder"
+  std::string source;  // "fmnist", "idx", "folder" or a benchmark (benchmark_sources())
   std::vector<int64_t> classes;
   std::optional<int64_t> per_class;
+  std::optional<double> fraction;  // 0 < F <= 1
   int64_t val_count = 0;    // per class, when val_fraction is 0
   double val_fraction = 0;  // 0 < f < 1, or 0 for a count
   std::string test = "file";
@@ -63,6 +74,9 @@ struct DatasetSpec {
   // Image folders.
   std::string test_dir, train_list, val_list, test_list, cache;
   ImageOptions image;
+  // Benchmarks.
+  std::string layout_split = "trainval";  // split=
+  int64_t fold = 1;
 
   /// Parses a spec; BadInput naming the bad key or value and listing the valid keys.
   static DatasetSpec parse(const std::string& text);
@@ -72,6 +86,11 @@ struct DatasetSpec {
 /// absolute against the working directory, so that a run's config.json means the same from anywhere. A text
 /// that is no valid spec ("rest") comes back as it was.
 std::string absolute_spec_paths(const std::string& text);
+
+/// The training examples fraction=F keeps of a class with n: F n rounded to the nearest integer, halves
+/// up (F n within 1e-9 of a half counts as one, so 0.15 x 10 keeps 2 although 0.15 is not exact in binary),
+/// at least 1 and at most n.
+int64_t fraction_count(double fraction, int64_t n);
 
 /// The text of the help section on specs (shared by --help and the README).
 const char* spec_help();

@@ -1,5 +1,5 @@
 #pragma once
-/// Semi-supervised losses on unlabelled target images, the extra terms GradMix adds (Xu et al. 2020,
+/// Semi-supervised losses on unlabelled target images, the extra terms GradMix adds (Li et al. 2020,
 /// section 3.6). Shapes: images x (N, C, H, W), normalised; logits (N, K); probabilities (N, K).
 ///
 /// VAT (Miyato et al., "Virtual Adversarial Training", TPAMI 2018), one power iteration:

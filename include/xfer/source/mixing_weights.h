@@ -1,5 +1,5 @@
 #pragma once
-/// GradMix's source-gradient weights for one layer (Xu et al., "GradMix: Multi-source Transfer across
+/// GradMix's source-gradient weights for one layer (Li et al., "GradMix: Multi-source Transfer across
 /// Domains and Tasks", WACV 2020, section 3.3), and the adaptive learning rate of section 3.4.
 ///
 /// For a layer l with source gradients g_1..g_k and the gradient g_V of the loss on the small labelled

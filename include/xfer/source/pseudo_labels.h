@@ -1,5 +1,5 @@
 #pragma once
-/// Ensemble pseudo-labels for unlabelled target images (GradMix, Xu et al. 2020, section 3.5).
+/// Ensemble pseudo-labels for unlabelled target images (GradMix, Li et al. 2020, section 3.5).
 ///
 /// `probs` holds the softmax outputs of R models on N unlabelled images: (R, N, K).
 ///   hard: image n gets class c if every model's argmax is c and every model gives c a probability

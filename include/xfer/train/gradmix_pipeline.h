@@ -1,5 +1,5 @@
 #pragma once
-/// `xfer gradmix-pseudo`: GradMix with ensemble pseudo-labels (Xu et al. 2020, section 3.5), end to end.
+/// `xfer gradmix-pseudo`: GradMix with ensemble pseudo-labels (Li et al. 2020, section 3.5), end to end.
 ///
 ///   stage 1  train one `gradmix` model per (beta, gamma) of --grid, without U       OUT/stage1/b<beta>-g<gamma>/
 ///   stage 2  keep the --top R models by hyper-validation top-1 (the target spec's val split), label U

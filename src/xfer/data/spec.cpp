@@ -11,6 +11,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/data/benchmarks.h"
 #include "xfer/data/idx.h"
 #include "xfer/data/image_folder.h"
 
@@ -21,9 +22,9 @@ namespace {
 
 constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
 constexpr const char* kValidKeys =
-    "classes, per_class, val, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
+    "classes, per_class, val, fraction, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
     "test_images, test_labels, names; folder: test_dir, train_list, val_list, test_list, size, resize, crop, "
-    "scale, ratio, mean, std, corrupt, cache";
+    "scale, ratio, mean, std, corrupt, cache; benchmarks: split, fold and the image keys";
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -151,9 +152,14 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   s.text = text;
   const auto parts = split(text, ':');
   s.source = parts[0];
-  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder", "dataset spec '", text,
-             "': unknown dataset '", s.source, "'; valid: fmnist, idx, folder (see `xfer data --help`)");
+  const bool bench = is_benchmark_source(s.source);
+  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder" || bench, "dataset spec '", text,
+             "': unknown dataset '", s.source,
+             "'; valid: fmnist, idx, folder, cub, aircraft, pets, dtd, flowers, cars, cifar10, cifar100 (see `xfer data --help`)");
   const bool folder = s.source == "folder";
+  // Image benchmarks decode files as folders do, with the same transforms.
+  const bool images = folder || (bench && !benchmark_in_memory(s.source));
+  const std::set<std::string> list_keys = {"test_dir", "train_list", "val_list", "test_list"};
   const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size", "resize",
                                              "crop",     "scale",      "ratio",    "mean",      "std",  "corrupt",
                                              "cache"};
@@ -184,6 +190,20 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
                  v, "'");
     } else if (key == "per_class") {
       s.per_class = parse_count(text, key, v, 1);
+    } else if (key == "fraction") {
+      const double f = parse_real(text, key, v);
+      XFER_CHECK(f > 0 && f <= 1, "dataset spec '", text, "': fraction must be in (0, 1], got ", v);
+      s.fraction = f;
+    } else if (key == "split") {
+      XFER_CHECK(benchmark_has_val(s.source), "dataset spec '", text,
+                 "': split is only for aircraft, dtd and flowers (the layouts with a validation set)");
+      XFER_CHECK(v == "train" || v == "trainval", "dataset spec '", text, "': split must be train or trainval, got '",
+                 v, "'");
+      s.layout_split = v;
+    } else if (key == "fold") {
+      XFER_CHECK(s.source == "dtd", "dataset spec '", text, "': fold is only for dtd");
+      s.fold = parse_count(text, key, v, 1);
+      XFER_CHECK(s.fold <= 10, "dataset spec '", text, "': fold must be 1..10, got ", s.fold);
     } else if (key == "val") {
       const double x = parse_real(text, key, v);
       if (x > 0 && x < 1) {
@@ -217,7 +237,9 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
        : key == "test_images"  ? s.test_images
                                : s.test_labels) = v;
     } else if (folder_keys.count(key)) {
-      XFER_CHECK(folder, "dataset spec '", text, "': ", key, " is only for image folders (folder:dir=ROOT)");
+      XFER_CHECK(folder || (images && !list_keys.count(key)), "dataset spec '", text, "': ", key,
+                 list_keys.count(key) ? " is only for image folders (folder:dir=ROOT)"
+                                      : " is only for image folders and image benchmarks");
       if (key == "test_dir") s.test_dir = v;
       if (key == "train_list") s.train_list = v;
       if (key == "val_list") s.val_list = v;
@@ -252,7 +274,14 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   if (s.source == "idx")
     XFER_CHECK(!s.dir.empty() || (!s.train_images.empty() && !s.train_labels.empty()), "dataset spec '", text,
                "': idx needs dir=PATH or train_images= and train_labels=");
-  if (folder) {
+  XFER_CHECK(!(s.per_class && s.fraction), "dataset spec '", text, "': give per_class= or fraction=, not both");
+  if (bench) {
+    XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': ", s.source,
+               " needs dir=PATH, the folder it was unpacked to (docs/benchmarks.md)");
+    XFER_CHECK(s.layout_split != "train" || (s.val_count == 0 && s.val_fraction == 0), "dataset spec '", text,
+               "': give val= or split=train (the layout's validation set), not both");
+  }
+  if (images) {
     XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
     XFER_CHECK(s.shifts.empty(), "dataset spec '", text, "': shift= is not supported on image folders yet");
     XFER_CHECK(s.test_dir.empty() || s.test_list.empty(), "dataset spec '", text,
@@ -297,8 +326,13 @@ const char* spec_help() {
   return R"(Dataset specs: SOURCE[:key=value]...   e.g. fmnist:classes=2,4,6,7,9:per_class=10:seed=0
   SOURCE  fmnist (Fashion-MNIST from Debian's dataset-fashion-mnist) | idx (your IDX files: dir=PATH)
           | folder (an image folder dir=ROOT: ROOT/CLASS_NAME/**/*.jpg|png, classes sorted by name)
+          | cub | aircraft | pets | dtd | flowers | cars | cifar10 | cifar100 (a benchmark as its
+          authors distribute it, dir=PATH: e.g. cub:dir=data/CUB_200_2011; see docs/benchmarks.md)
   classes=2,4,6 | 0-4     class subset, relabelled 0..k-1 in the order given (default all)
   per_class=N             few-shot: N training examples per class, drawn by the seed (default all)
+  fraction=0.15           few-shot by share (0 < F <= 1): F x n of each class's n training examples,
+                          rounded half up, at least 1, drawn by the seed; a smaller F's subset is part
+                          of a larger one's (Transfer-Learning-Library's 15/30/50% protocol)
   val=N | val=0.1         validation examples per class held out from the training file (default 0)
   test=file|rest|none     test split: the test file (default), unused training examples, or none
   test_per_class=N        cap the test split per class
@@ -316,6 +350,10 @@ folder only:
   mean=R,G,B std=R,G,B    normalisation (default ImageNet's; an xfer --init model brings its own)
   corrupt=skip|fail       unreadable images: skip with a counted warning (default), or fail
   cache=FILE              decode every image once into FILE (shorter side `resize`), read it from then on
+benchmarks (image ones also take size= resize= crop= scale= ratio= mean= std= corrupt= cache=):
+  split=train|trainval    aircraft, dtd, flowers: train on the training set and validate on the
+                          layout's validation set, or train on both (default trainval)
+  fold=K                  dtd: which of its ten splits, 1..10 (default 1)
 )";
 }
 
@@ -352,6 +390,11 @@ torch::Tensor apply_shifts(const torch::Tensor& images, const std::vector<std::s
     }
   }
   return x.round_().clamp_(0, 255).to(torch::kUInt8);
+}
+
+int64_t fraction_count(double fraction, int64_t n) {
+  const int64_t k = static_cast<int64_t>(std::floor(fraction * static_cast<double>(n) + 0.5 + 1e-9));
+  return std::clamp<int64_t>(k, 1, std::max<int64_t>(n, 1));
 }
 
 Task load_task(const std::string& spec, uint64_t run_seed) { return load_task(DatasetSpec::parse(spec), run_seed); }
@@ -391,6 +434,30 @@ void load_folder_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, Ra
   test = to_raw(spec.test_dir, t);
 }
 
+/// A benchmark's splits as RawSplits: image files (decoded like a folder's) or CIFAR's images in memory.
+void load_benchmark_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, RawSplit& test,
+                        std::vector<std::string>& class_names) {
+  const BenchmarkData b = read_benchmark(spec.source, spec.dir, spec.layout_split, spec.fold);
+  class_names = b.class_names;
+  auto corrupt = std::make_shared<CorruptLog>();
+  auto to_raw = [&](const BenchmarkSplit& s) {
+    RawSplit r;
+    r.labels = torch::tensor(s.labels, torch::kInt64);
+    if (s.images.defined()) {
+      r.images = s.images;
+      return r;
+    }
+    std::vector<std::string> full;
+    full.reserve(s.files.size());
+    for (const auto& f : s.files) full.push_back((fs::path(b.root) / f).string());
+    r.files = std::make_shared<ImageFiles>(b.root, std::move(full), spec.image, corrupt, nullptr, s.labels);
+    return r;
+  };
+  train = to_raw(b.train);
+  if (b.has_val) val = to_raw(b.val);
+  if (spec.test == "file") test = to_raw(b.test);
+}
+
 /// With cache=FILE: every split's files come from one decoded-image cache (built on first use).
 void attach_image_cache(const DatasetSpec& spec, std::vector<RawSplit*> splits) {
   if (spec.cache.empty()) return;
@@ -411,12 +478,16 @@ void attach_image_cache(const DatasetSpec& spec, std::vector<RawSplit*> splits) 
 Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   const uint64_t seed = spec.seed.value_or(run_seed);
   const bool folder = spec.source == "folder";
+  const bool bench = is_benchmark_source(spec.source);
   const std::string dir = !spec.dir.empty() ? spec.dir : spec.source == "fmnist" ? kFmnistDir : "";
   RawSplit train_raw, test_raw, val_raw;
   std::vector<std::string> folder_classes;
   std::string train_labels = dir;
   if (folder) {
     load_folder_raw(spec, train_raw, val_raw, test_raw, folder_classes);
+    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
+  } else if (bench) {
+    load_benchmark_raw(spec, train_raw, val_raw, test_raw, folder_classes);
     attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
   } else {
     const std::string train_images =
@@ -427,7 +498,7 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     train_raw = load_raw(train_images, train_labels);
   }
 
-  if (spec.test == "file" && !folder) {
+  if (spec.test == "file" && !folder && !bench) {
     const bool explicit_test = !spec.test_images.empty() || !spec.test_labels.empty();
     XFER_CHECK(!explicit_test || (!spec.test_images.empty() && !spec.test_labels.empty()), "dataset spec '",
                spec.text, "': give both test_images= and test_labels=");
@@ -446,7 +517,7 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   // The label space of the files.
   int64_t file_classes = 0;
   std::vector<std::string> file_names;
-  if (folder) {
+  if (folder || bench) {
     file_names = folder_classes;
     file_classes = static_cast<int64_t>(file_names.size());
   } else if (spec.source == "fmnist") {
@@ -505,7 +576,8 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     XFER_CHECK(n_val < n, "dataset spec '", spec.text, "': val=", n_val, " leaves no training examples for ",
                cname, ", which has ", n, " in the training file", spec.part_count > 1 ? " part" : "");
     const int64_t rest = n - n_val;
-    const int64_t n_train = spec.per_class.value_or(rest);
+    const int64_t n_train =
+        spec.per_class ? *spec.per_class : spec.fraction ? fraction_count(*spec.fraction, rest) : rest;
     XFER_CHECK(n_train <= rest, "dataset spec '", spec.text, "': per_class=", n_train, " but ", cname,
                " has only ", rest, " training examples", n_val > 0 ? cat(" after val=", n_val) : std::string());
     for (int64_t i = 0; i < n_val; ++i) va_idx.push_back(pool[i]), va_lab.push_back(static_cast<int64_t>(j));

@@ -706,7 +706,9 @@ MethodInfo gradmix_info(Mode mode, std::string summary, bool core, double cost) 
   MethodInfo info;
   info.name = GradMixMethod::mode_name(mode);
   info.summary = std::move(summary);
-  info.paper = mode == Mode::gradmix ? "Xu et al. 2020" : mode == Mode::sgd ? "Xu et al. 2020; Ren et al. 2018" : "";
+  info.paper = mode == Mode::gradmix ? "Li et al., GradMix: Multi-source Transfer across Domains and Tasks, WACV 2020"
+               : mode == Mode::sgd    ? "Li et al. 2020 (GradMix); Ren et al., Learning to Reweight Examples for Robust Deep Learning, ICML 2018"
+                                      : "";
   info.core = core;
   info.relative_cost = cost;
   info.make_config = [mode] { return std::make_unique<GradMixConfig>(mode); };

@@ -182,7 +182,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                r.threads, " threads", dist::is_distributed() ? cat("; rank ", dist::rank(), " of ", dist::world_size())
                                                              : std::string(),
                "; output in ", opts.out));
-  Trainer trainer(opts.trainer, opts.out);
+  Trainer trainer(r.opts.trainer, opts.out);  // r.opts: --epochs turned into iterations
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
   nlohmann::json fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
                                    opts.resume, meta);
@@ -273,7 +273,7 @@ torch::Device parse_device(const std::string& text) {
   if (text == "cuda" || text.rfind("cuda:", 0) == 0) {
     XFER_CHECK(torch::cuda::is_available(), "--device ", text,
                ": CUDA is not available in this LibTorch build (Debian's libtorch-dev is CPU-only; build "
-               "against a CUDA LibTorch, see the README)");
+               "against a CUDA LibTorch, see docs/building.md)");
     try {
       return torch::Device(text);
     } catch (const c10::Error&) {
