@@ -1,6 +1,7 @@
 #include "xfer/cli.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <type_traits>
 
 #include <CLI/CLI.hpp>
@@ -103,8 +104,19 @@ std::string find_flag(const std::vector<std::string>& args, const std::string& f
 std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command, const std::vector<std::string>& args,
                                                      RunOptions& opts, bool with_method) {
   const bool chosen = subcommand_of(args) == command;
-  const std::string config = chosen ? find_flag(args, "--config") : "";
-  const nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
+  std::string config = chosen ? find_flag(args, "--config") : "";
+  // `--resume --out DIR` alone: everything else comes from the run's own config.json (flags still win).
+  const bool resume = chosen && std::find(args.begin(), args.end(), "--resume") != args.end();
+  const bool from_run = resume && config.empty() && !find_flag(args, "--out").empty() &&
+                        std::filesystem::exists(std::filesystem::path(find_flag(args, "--out")) / "config.json");
+  if (from_run) config = (std::filesystem::path(find_flag(args, "--out")) / "config.json").string();
+  nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
+  if (from_run) {
+    XFER_CHECK(file.is_object() && file.value("command", command) == command, config, " is the configuration of an `xfer ",
+               file.is_object() ? file.value("command", std::string("?")) : "?", "` run; resume it with that command");
+    // What only one session of the run asked for.
+    for (const char* key : {"resume", "overwrite", "out", "stop_after"}) file.erase(key);
+  }
   const std::string flag_method = chosen ? find_flag(args, "--method") : "";
   const std::string file_method =
       file.contains("method") && file["method"].is_string() ? file["method"].get<std::string>() : "";
@@ -198,6 +210,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_weights_command());
   commands.push_back(make_rank_command());
   commands.push_back(make_eval_command());
+  commands.push_back(make_export_command());
   commands.push_back(make_analyze_command());
   commands.push_back(make_methods_command());
   commands.push_back(make_data_command());

@@ -36,6 +36,7 @@ class Command {
 std::unique_ptr<Command> make_pretrain_command();
 std::unique_ptr<Command> make_finetune_command();
 std::unique_ptr<Command> make_eval_command();
+std::unique_ptr<Command> make_export_command();
 std::unique_ptr<Command> make_analyze_command();
 std::unique_ptr<Command> make_methods_command();
 std::unique_ptr<Command> make_data_command();

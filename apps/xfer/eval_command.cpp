@@ -1,15 +1,20 @@
 /// `xfer eval`: test a trained model on a dataset spec.
+#include <filesystem>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "xfer/cli.h"
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/spec.h"
 #include "xfer/report/table.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/train/run.h"
 #include "xfer/train/trainer.h"
+
+namespace fs = std::filesystem;
 
 namespace xfer::cli {
 namespace {
@@ -20,7 +25,8 @@ class EvalCommand : public Command {
     app = parent.add_subcommand("eval", "Evaluate a trained model on a dataset spec: top-1, mean per-class "
                                         "accuracy, per-class accuracy and the confusion matrix");
     app->add_option("--model", model_, "a run directory or a checkpoint file")->required();
-    app->add_option("--data", data_, "dataset spec to evaluate on")->required();
+    app->add_option("--data", data_, "dataset spec to evaluate on (default: the run's target spec, from the "
+                                     "config.json of the run the model belongs to, with its seed)");
     app->add_option("--split", split_, "which split of the spec: test, val or train")
         ->capture_default_str()
         ->check(CLI::IsMember({"test", "val", "train"}));
@@ -43,6 +49,16 @@ class EvalCommand : public Command {
     model->to(parse_device(device_));
     std::string head = head_;
     if (head.empty()) head = model->has_head("target") || model->arch().heads.empty() ? "target" : model->arch().heads[0].name;
+    if (data_.empty()) {
+      // A run directory's checkpoints/NAME.pt: the run's config.json names the data it was trained on (with
+      // absolute paths, so this works from any directory).
+      const fs::path config = fs::path(ck.path()).parent_path().parent_path() / "config.json";
+      XFER_CHECK(fs::exists(config), "pass --data SPEC: ", ck.path(), " is not in a run directory with a config.json");
+      const nlohmann::json run = read_json_file(config.string());
+      data_ = run.value("command", "") == "pretrain" ? run.value("source", "") : run.value("target", "");
+      XFER_CHECK(!data_.empty(), "pass --data SPEC: ", config.string(), " names no dataset");
+      if (app->count("--seed") == 0) seed_ = run.value("seed", int64_t{0});
+    }
     const Task task = load_task(data_, static_cast<uint64_t>(seed_));
     const TensorDataset& data = split_ == "test" ? task.test : split_ == "val" ? task.val : task.train;
     XFER_CHECK(data.size() > 0, "the ", split_, " split of '", data_, "' is empty");

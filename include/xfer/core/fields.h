@@ -26,6 +26,17 @@ class Fields {
  public:
   using Target = std::variant<double*, int64_t*, bool*, std::string*>;
 
+  /// What a string field names on disk, so that a run can store it absolute in its config.json and be
+  /// evaluated, analysed and resumed from any directory.
+  enum class PathKind {
+    none,
+    file,      // a file or directory
+    model,     // a run directory or checkpoint, state_dict:FILE or torchscript:FILE
+    spec,      // a dataset spec (its dir=, *_images=, *_list= ... paths); other words ("rest") stay
+    specs,     // dataset specs separated by ';'
+    backbone,  // a backbone spec (script:path=FILE)
+  };
+
   struct Field {
     std::string name;
     std::string help;
@@ -34,6 +45,7 @@ class Fields {
     bool min_open = false, max_open = false;
     std::vector<std::string> choices;  // strings: the valid values, when non-empty
     std::string group;                 // heading in --help
+    PathKind path = PathKind::none;
 
     std::string flag() const;             // "--label-space"
     std::string type_name() const;        // "float", "int", "bool", "string"
@@ -52,6 +64,7 @@ class Fields {
     Ref& in_range(double lo, double hi);     // lo <= x <= hi
     Ref& in_open_range(double lo, double hi);// lo < x < hi
     Ref& choices(std::vector<std::string> valid);
+    Ref& path(PathKind kind);                // names files: see PathKind
 
    private:
     Field& field();

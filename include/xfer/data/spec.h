@@ -82,6 +82,11 @@ struct DatasetSpec {
   static DatasetSpec parse(const std::string& text);
 };
 
+/// `text` with every path in it (dir=, train_images= ... test_labels=, test_dir=, *_list=, cache=) made
+/// absolute against the working directory, so that a run's config.json means the same from anywhere. A text
+/// that is no valid spec ("rest") comes back as it was.
+std::string absolute_spec_paths(const std::string& text);
+
 /// The training examples fraction=F keeps of a class with n: F n rounded to the nearest integer, halves
 /// up (F n within 1e-9 of a half counts as one, so 0.15 x 10 keeps 2 although 0.15 is not exact in binary),
 /// at least 1 and at most n.

@@ -10,10 +10,12 @@
 ///   an unchecked path of LibTorch's: too few values for an opcode, a memo index never stored, items set on
 ///   what is not a dict, REDUCE/BUILD on what GLOBAL did not push, a malformed tensor record;
 /// - `read_torch_state_dict` goes further for `--init state_dict:FILE` and never hands the file to LibTorch:
-///   it parses the pickle of a dict {name: tensor} itself and builds each tensor from its bounds-checked
-///   storage record.
+///   it parses the pickle of a state dict itself and builds each tensor from its bounds-checked storage
+///   record. Such a pickle may name only the globals a file of tensors needs (an allowlist, as
+///   torch.load(weights_only=True) has); any other is refused where it is named, and none is ever called.
 /// Python pickles are a program for a stack machine; only the opcodes LibTorch's unpickler knows are taken.
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -51,9 +53,15 @@ class TorchZip {
 /// safely; see the file comment.
 void check_pickle(std::string_view pickle, const std::string& what);
 
-/// The tensors of a file written by torch.save(dict_of_tensors, FILE) (zip format). BadInput naming `what`
-/// on anything else; an OrderedDict (torch.save(model.state_dict())) is refused with `ordered_dict_hint`.
-std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what,
-                                                           const std::string& ordered_dict_hint);
+/// The tensors of a state dict written by torch.save (zip format): torch.save(model.state_dict()) (an
+/// OrderedDict) or a plain dict of tensors, directly or inside a checkpoint dict under 'state_dict', 'model' or
+/// 'model_state_dict' (timm, the Transfer-Learning-Library, Lightning; nested up to 3 deep; its other entries
+/// are parsed, never built). A "module." prefix on every name (DistributedDataParallel) is taken off, as is
+/// torch.compile's "_orig_mod.". BadInput naming `what` on anything else.
+std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what);
+
+/// The globals a pickle read by read_torch_state_dict may name: collections.OrderedDict, the tensor and
+/// parameter rebuild functions, the storage types and argparse.Namespace (data only).
+const std::set<std::string>& state_dict_globals();
 
 }  // namespace xfer

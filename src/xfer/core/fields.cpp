@@ -115,6 +115,11 @@ Fields::Ref& Fields::Ref::choices(std::vector<std::string> valid) {
   return *this;
 }
 
+Fields::Ref& Fields::Ref::path(PathKind kind) {
+  field().path = kind;
+  return *this;
+}
+
 Fields::Ref Fields::push(const std::string& name, const std::string& help, Target target) {
   Field f;
   f.name = name;

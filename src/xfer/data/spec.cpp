@@ -299,6 +299,29 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   return s;
 }
 
+std::string absolute_spec_paths(const std::string& text) {
+  try {
+    DatasetSpec::parse(text);
+  } catch (const BadInput&) {
+    return text;  // the run reports it where it reads it
+  }
+  static const std::set<std::string> path_keys = {"dir",        "train_images", "train_labels", "test_images",
+                                                  "test_labels", "test_dir",     "train_list",   "val_list",
+                                                  "test_list",   "cache"};
+  std::string out;
+  for (const auto& part : split(text, ':')) {
+    const size_t eq = part.find('=');
+    std::string piece = part;
+    if (eq != std::string::npos && path_keys.count(part.substr(0, eq))) {
+      std::error_code ec;
+      const auto absolute = std::filesystem::absolute(part.substr(eq + 1), ec);
+      if (!ec) piece = part.substr(0, eq + 1) + absolute.lexically_normal().string();
+    }
+    out += (out.empty() ? "" : ":") + piece;
+  }
+  return out;
+}
+
 const char* spec_help() {
   return R"(Dataset specs: SOURCE[:key=value]...   e.g. fmnist:classes=2,4,6,7,9:per_class=10:seed=0
   SOURCE  fmnist (Fashion-MNIST from Debian's dataset-fashion-mnist) | idx (your IDX files: dir=PATH)

@@ -131,7 +131,8 @@ const char* GradMixMethod::mode_name(Mode mode) {
 void GradMixMethod::Options::fields(Fields& f) {
   if (gradmix_uses_sources(mode)) {
     f.add("sources", sources, "labelled source specs separated by ';' (default: --source); a source whose "
-                              "class names equal the target's shares the target head");
+                              "class names equal the target's shares the target head")
+        .path(Fields::PathKind::specs);
     f.add("shared_sources", shared_sources, "which sources share the target head: auto (same class names as the "
                                             "target) or indices like 0,2");
   }
@@ -152,7 +153,8 @@ void GradMixMethod::Options::fields(Fields& f) {
                                             "update weighted) or backbone (backbone gradients' dot products only)")
           .choices({"lookahead", "backbone"});
     f.add("unlabelled", unlabelled, "unlabelled target images U for --ssl: rest (the target spec's training "
-                                    "images outside V and its val split) or a spec");
+                                    "images outside V and its val split) or a spec")
+        .path(Fields::PathKind::spec);
     f.add("ssl", ssl, "semi-supervised term on U").choices({"none", "vat", "mixmatch"});
     f.add("vat_epsilon", vat_epsilon, "VAT: norm of the adversarial perturbation (normalised input units)").positive();
     f.add("vat_xi", vat_xi, "VAT: finite-difference step of the power iteration").positive();
@@ -163,7 +165,8 @@ void GradMixMethod::Options::fields(Fields& f) {
     f.add("mixmatch_t", mixmatch_t, "MixMatch: sharpening temperature").in_open_range(0, 1e3);
     f.add("mixmatch_alpha", mixmatch_alpha, "MixMatch: mixup Beta(alpha, alpha)").positive();
     f.add("mixmatch_k", mixmatch_k, "MixMatch: augmentations per unlabelled image").at_least(1);
-    f.add("pseudo", pseudo, "ensemble pseudo-label file of `xfer gradmix-pseudo` (adds the source S_u)");
+    f.add("pseudo", pseudo, "ensemble pseudo-label file of `xfer gradmix-pseudo` (adds the source S_u)")
+        .path(Fields::PathKind::file);
     f.add("pseudo_mode", pseudo_mode, "pseudo-labels: hard (all models agree above the threshold; CE) or soft "
                                       "(mean probability; KL)")
         .choices({"hard", "soft"});

@@ -1,5 +1,6 @@
 #include "xfer/models/backbone.h"
 
+#include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
@@ -403,14 +404,23 @@ std::mutex& trusted_mutex() {
 }
 }  // namespace
 
+namespace {
+/// A file named relatively on the command line and absolutely in a run's checkpoint is the same file.
+std::string script_key(const std::string& path) {
+  std::error_code ec;
+  const auto absolute = std::filesystem::absolute(path, ec);
+  return ec ? path : absolute.lexically_normal().string();
+}
+}  // namespace
+
 void trust_script(const std::string& path) {
   std::lock_guard<std::mutex> lock(trusted_mutex());
-  trusted_scripts().insert(path);
+  trusted_scripts().insert(script_key(path));
 }
 
 bool is_trusted_script(const std::string& path) {
   std::lock_guard<std::mutex> lock(trusted_mutex());
-  return trusted_scripts().count(path) > 0;
+  return trusted_scripts().count(script_key(path)) > 0;
 }
 
 std::string normalise_backbone_spec(const std::string& text) { return resolve(text).spec; }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -129,7 +130,11 @@ class PickleMachine {
     std::vector<uint32_t> items;  // tuple/list elements; dict keys and values, alternating; call: {global, args}
   };
 
-  PickleMachine(std::string_view in, std::string what) : in_(in), what_(std::move(what)) {}
+  /// `allowed`: when given, the only globals the pickle may name (anything else is refused where it is named),
+  /// and the pickle is never handed to LibTorch, so opcodes LibTorch lacks but Python's pickler writes
+  /// (APPEND) are taken too.
+  PickleMachine(std::string_view in, std::string what, const std::set<std::string>* allowed = nullptr)
+      : in_(in), what_(std::move(what)), allowed_(allowed) {}
 
   /// Runs to STOP; returns the one value left.
   uint32_t run() {
@@ -245,6 +250,7 @@ class PickleMachine {
 
   std::string_view in_;
   std::string what_;
+  const std::set<std::string>* allowed_;
   size_t pos_ = 0, op_ = 0;
   std::vector<Value> values_;
   std::vector<uint32_t> stack_, memo_;
@@ -305,7 +311,19 @@ void PickleMachine::step(char op) {
     } break;
     case 'c': {
       std::string module = line();
-      push(make(kGlobal, 0, module + "." + line()));
+      std::string global = module + "." + line();
+      if (allowed_ && !allowed_->count(global))
+        throw BadInput(cat(what_, ": the pickle names ", printable(global.substr(0, 80)), " (byte ", op_,
+                           "), which is not one of the globals a file of tensors needs; xfer runs no code from a "
+                           "pickle and reads only tensors, dicts, lists and numbers (save the state dict alone: "
+                           "torch.save(model.state_dict(), FILE))"));
+      push(make(kGlobal, 0, std::move(global)));
+    } break;
+    case 'a': {  // APPEND: Python's pickler writes it for a one-item batch
+      fail_if(!allowed_, "opcode 0x61 is not one LibTorch reads");
+      need(2, op);
+      const uint32_t item = pop();
+      top_container(kList, op).items.push_back(item);
     } break;
     case '\x81': {  // NEWOBJ: LibTorch pops the arguments; the class stays as the object
       need(2, op);
@@ -358,6 +376,8 @@ void PickleMachine::check_call(uint32_t global, uint32_t args) {
   if (g == "torch._utils._rebuild_tensor_v2" || g == "torch._utils._rebuild_tensor")
     fail_if(a.items.size() < 4 || kind_of(0) != kPersid || kind_of(1) != kInt || !ints(2) || !ints(3),
             g, " needs (storage, offset, sizes, strides)");
+  else if (g == "torch._utils._rebuild_parameter")
+    fail_if(a.items.size() < 2 || kind_of(0) != kCall, g, " needs (tensor, requires_grad, ...)");
   else if (g.rfind("torch.jit._pickle.build_", 0) == 0 && g != "torch.jit._pickle.build_tensor_from_id")
     fail_if(kind_of(0) != kList, g, " needs a list");
   else if (g == "torch.jit._pickle.build_tensor_from_id")
@@ -389,16 +409,23 @@ const char* pickle_kind_name(PV kind) {
   return names[kind];
 }
 
-/// An OrderedDict: collections.OrderedDict() (REDUCE), perhaps with its state set (BUILD), as
-/// torch.save(model.state_dict()) writes it.
-bool is_ordered_dict(const PickleMachine& m, uint32_t v) {
+/// The dict `v` is, seeing through BUILD (an OrderedDict's attributes, such as a state dict's _metadata, are
+/// set by BUILD on it); nullptr if it is no dict.
+const PickleMachine::Value* as_dict(const PickleMachine& m, uint32_t v) {
   for (int depth = 0; depth < 4; ++depth) {
     const auto& x = m.at(v);
-    if (x.kind == PV::kDict) return x.s == "collections.OrderedDict";
-    if (x.kind != PV::kObject) return false;
+    if (x.kind == PV::kDict) return &x;
+    if (x.kind != PV::kObject || x.items.size() != 2) return nullptr;  // BUILD: {object, state}
     v = x.items[0];
   }
-  return false;
+  return nullptr;
+}
+
+bool is_tensor_record(const PickleMachine& m, uint32_t v) {
+  const auto& x = m.at(v);
+  if (x.kind != PV::kCall) return false;
+  const std::string& g = m.at(x.items[0]).s;
+  return g == "torch._utils._rebuild_tensor_v2" || g == "torch._utils._rebuild_parameter";
 }
 
 struct StorageType {
@@ -415,6 +442,9 @@ constexpr StorageType kStorageTypes[] = {
 /// Reads the record `_rebuild_tensor_v2(storage, offset, sizes, strides, ...)` into a tensor of its own,
 /// with the storage's length and every element's position checked against the record's bytes.
 torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip& zip, const std::string& where) {
+  // nn.Parameter(tensor): _rebuild_parameter(_rebuild_tensor_v2(...), requires_grad, hooks).
+  if (m.at(v).kind == PV::kCall && m.at(m.at(v).items[0]).s == "torch._utils._rebuild_parameter")
+    v = m.at(m.at(v).items[1]).items[0];
   const auto& call = m.at(v);
   XFER_CHECK(call.kind == PV::kCall && m.at(call.items[0]).s == "torch._utils._rebuild_tensor_v2", where,
              " is a ", call.kind == PV::kCall ? m.text(call.items[0]) : pickle_kind_name(call.kind),
@@ -462,28 +492,75 @@ torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip&
 
 }  // namespace
 
-std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what,
-                                                           const std::string& ordered_dict_hint) {
+static const std::vector<std::string>& state_dict_wrapper_keys() {
+  static const std::vector<std::string> keys = {"state_dict", "model", "model_state_dict"};
+  return keys;
+}
+
+const std::set<std::string>& state_dict_globals() {
+  static const std::set<std::string> globals = [] {
+    std::set<std::string> g = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2",
+                               "torch._utils._rebuild_parameter",
+                               // timm's training checkpoints keep their arguments; a Namespace only holds data.
+                               "argparse.Namespace"};
+    for (const auto& t : kStorageTypes) g.insert(t.name);
+    return g;
+  }();
+  return globals;
+}
+
+std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what) {
   XFER_CHECK(TorchZip::looks_like_zip(bytes), what, ": not the zip archive torch.save writes (files saved with ",
-             "_use_new_zipfile_serialization=False are not read); ", ordered_dict_hint);
+             "_use_new_zipfile_serialization=False are not read; load and save it again with torch.save, or ",
+             "convert it with scripts/export_torchvision.py --from FILE)");
   const TorchZip zip(bytes, what);
   if (zip.has(zip.prefix() + "byteorder"))
     XFER_CHECK(zip.read(zip.prefix() + "byteorder") == "little", what, ": tensors saved big-endian");
   const std::string pickle = zip.read(zip.prefix() + "data.pkl");
-  PickleMachine m(pickle, what);
-  const uint32_t root = m.run();
-  XFER_CHECK(!is_ordered_dict(m, root), what, ": holds an OrderedDict; ", ordered_dict_hint);
-  const auto& dict = m.at(root);
-  XFER_CHECK(dict.kind == PV::kDict, what, ": holds a ", pickle_kind_name(dict.kind), ", not a dict of tensors; ",
-             ordered_dict_hint);
-  std::map<std::string, torch::Tensor> out;
-  for (size_t i = 0; i + 1 < dict.items.size(); i += 2) {
-    const auto& key = m.at(dict.items[i]);
-    XFER_CHECK(key.kind == PV::kStr, what, ": every entry must map a name to a tensor; a key is a ",
-               pickle_kind_name(key.kind), "; ", ordered_dict_hint);
-    out[key.s] = rebuild_tensor(m, dict.items[i + 1], zip, cat(what, ": entry '", printable(key.s), "'"));
+  PickleMachine m(pickle, what, &state_dict_globals());
+  uint32_t root = m.run();
+  // The state dict itself, or inside a training checkpoint's {'state_dict': ...} or {'model': ...}.
+  const PickleMachine::Value* dict = nullptr;
+  std::string path;
+  for (int depth = 0;; ++depth) {
+    dict = as_dict(m, root);
+    XFER_CHECK(dict, what, path, ": holds a ", pickle_kind_name(m.at(root).kind),
+               ", not a state dict (a dict of tensors, or a checkpoint dict with one under 'state_dict' or 'model')");
+    bool found = false;
+    for (const auto& key : state_dict_wrapper_keys())
+      for (size_t i = 0; i + 1 < dict->items.size() && !found && depth < 3; i += 2)
+        if (m.at(dict->items[i]).kind == PV::kStr && m.at(dict->items[i]).s == key &&
+            as_dict(m, dict->items[i + 1])) {
+          root = dict->items[i + 1];
+          path += "['" + key + "']";
+          found = true;
+        }
+    if (!found) break;
   }
-  XFER_CHECK(!out.empty(), what, ": the dict is empty");
+  std::vector<std::pair<std::string, uint32_t>> entries;
+  std::string keys;
+  for (size_t i = 0; i + 1 < dict->items.size(); i += 2) {
+    const auto& key = m.at(dict->items[i]);
+    XFER_CHECK(key.kind == PV::kStr, what, path, ": every entry must map a name to a tensor; a key is a ",
+               pickle_kind_name(key.kind));
+    entries.emplace_back(key.s, dict->items[i + 1]);
+    if (i < 16) keys += (keys.empty() ? "" : ", ") + printable(key.s.substr(0, 40));
+  }
+  XFER_CHECK(!entries.empty(), what, path, ": the dict is empty");
+  for (const auto& [name, v] : entries)
+    XFER_CHECK(is_tensor_record(m, v), what, path, ": entry '", printable(name.substr(0, 80)), "' is a ",
+               m.at(v).kind == PV::kCall ? m.text(m.at(v).items[0]) : pickle_kind_name(m.at(v).kind),
+               ", not a tensor, and no 'state_dict' or 'model' entry holds the weights (keys: ", keys,
+               dict->items.size() > 16 ? ", ..." : "", ")");
+  // DistributedDataParallel's "module." (and torch.compile's "_orig_mod."), when every name has it.
+  for (const std::string prefix : {"module.", "_orig_mod."})
+    while (std::all_of(entries.begin(), entries.end(), [&](const auto& e) { return e.first.rfind(prefix, 0) == 0; }))
+      for (auto& e : entries) e.first.erase(0, prefix.size());
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& [name, v] : entries) {
+    XFER_CHECK(!out.count(name), what, path, ": entry '", printable(name), "' appears twice");
+    out[name] = rebuild_tensor(m, v, zip, cat(what, ": entry '", printable(name), "'"));
+  }
   return out;
 }
 

@@ -324,11 +324,14 @@ Plot importance_plot(const ImportanceWeights& w) {
 }
 
 void PretrainSampling::fields(Fields& f) {
-  f.add("weights", weights, "importance weights (weights.json of `xfer weights`) to pre-train by");
+  f.add("weights", weights, "importance weights (weights.json of `xfer weights`) to pre-train by")
+      .path(Fields::PathKind::file);
   f.add("weights_from", weights_from, "instead of --weights: compute them with this source classifier (a run "
-                                      "directory or checkpoint), as `xfer weights` does");
+                                      "directory or checkpoint), as `xfer weights` does")
+      .path(Fields::PathKind::model);
   f.add("weights_target", weights_target, "with --weights-from: the target spec whose training images (never "
-                                          "its labels) give P_t");
+                                          "its labels) give P_t")
+      .path(Fields::PathKind::spec);
   f.add("weights_temperature", weights_temperature, "with --weights-from: softmax temperature T for P_t").positive();
   f.add("matcher", matcher, "how the weights build the pre-training set: same (N draws with replacement, "
                             "N*P_t(y) of class y), elastic (N distinct examples), or none (the whole source)")

@@ -302,7 +302,8 @@ void AuxOptions::fields(Fields& f) {
                               "examples (0: one round); below one round's examples, a seeded random subset of "
                               "the paired classes of exactly this size")
       .non_negative();
-  f.add("pairing", pairing, "a pairing.json written by `xfer select` (default: pair the classes in setup)");
+  f.add("pairing", pairing, "a pairing.json written by `xfer select` (default: pair the classes in setup)")
+      .path(Fields::PathKind::file);
 }
 
 std::vector<int64_t> AuxPools::all() const {

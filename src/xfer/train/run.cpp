@@ -1,5 +1,6 @@
 #include "xfer/train/run.h"
 
+#include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <optional>
@@ -64,6 +65,53 @@ void on_main_rank(const std::function<void()>& fn) {
   XFER_CHECK(failed.item<int64_t>() == 0, "rank 0 refused to start the run (see its message)");
 }
 
+std::string absolute_path(const std::string& path) {
+  std::error_code ec;
+  const auto absolute = std::filesystem::absolute(path, ec);
+  return path.empty() || ec ? path : absolute.lexically_normal().string();
+}
+
+/// Rewrites every path a field names (Fields::PathKind) absolute against the working directory, so that
+/// config.json, the checkpoints and whatever reads them (eval, analyze, --resume) mean the same files from
+/// any directory.
+void make_paths_absolute(Fields& fields) {
+  using Kind = Fields::PathKind;
+  for (auto& f : fields.all()) {
+    auto* text = std::get_if<std::string*>(&f.target);
+    if (f.path == Kind::none || !text || (*text)->empty()) continue;
+    std::string& v = **text;
+    switch (f.path) {
+      case Kind::file: v = absolute_path(v); break;
+      case Kind::model:
+        for (const std::string prefix : {"state_dict:", "torchscript:", ""})
+          if (v.rfind(prefix, 0) == 0) {
+            v = prefix + absolute_path(v.substr(prefix.size()));
+            break;
+          }
+        break;
+      case Kind::spec: v = absolute_spec_paths(v); break;
+      case Kind::specs: {
+        std::string out;
+        size_t start = 0;
+        while (true) {
+          const size_t end = std::min(v.find(';', start), v.size());
+          out += (start ? ";" : "") + absolute_spec_paths(v.substr(start, end - start));
+          if (end == v.size()) break;
+          start = end + 1;
+        }
+        v = out;
+      } break;
+      case Kind::backbone:
+        if (v.rfind("script:", 0) == 0) {
+          const std::string spec = normalise_backbone_spec(v);
+          v = "script:path=" + absolute_path(spec.substr(12));
+        }
+        break;
+      case Kind::none: break;
+    }
+  }
+}
+
 std::string default_out(const std::string& command, const std::string& method) {
   const std::time_t t = std::time(nullptr);
   char stamp[32];
@@ -71,14 +119,35 @@ std::string default_out(const std::string& command, const std::string& method) {
   return (fs::path("runs") / cat(command, "-", method, "-", stamp)).string();
 }
 
+/// A saved config.json with its paths made absolute as a new run's are: a run written before runs stored
+/// absolute paths resumes from the directory it was started in. Unchanged if it does not read back.
+nlohmann::json absolute_config(const nlohmann::json& saved, const std::string& command, const MethodInfo& info) {
+  try {
+    RunOptions opts;
+    auto method = info.make_config();
+    read_config(saved, opts, method.get(), "config.json");
+    Fields run_fields, method_fields;
+    opts.fields(run_fields);
+    method->fields(method_fields);
+    make_paths_absolute(run_fields);
+    make_paths_absolute(method_fields);
+    nlohmann::json out = config_json(command, opts, saved.contains("method_options") ? method.get() : nullptr);
+    if (saved.contains("xfer_version")) out["xfer_version"] = saved["xfer_version"];
+    return out;
+  } catch (const BadInput&) {
+    return saved;
+  }
+}
+
 /// Creates the output directory, or checks that resuming / reusing it is what the user asked for.
-void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool resume, bool overwrite) {
+void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool resume, bool overwrite,
+                     const std::string& command, const MethodInfo& info) {
   const fs::path config_path = fs::path(out) / "config.json";
   const bool exists = fs::exists(config_path);
   if (resume) {
     // A run killed before its first checkpoint resumes from step 0 (the trainer says so).
     XFER_CHECK(exists, "--resume: ", out, " holds no run (no config.json)");
-    const nlohmann::json saved = read_json_file(config_path.string());
+    const nlohmann::json saved = absolute_config(read_json_file(config_path.string()), command, info);
     for (const auto& [key, value] : config.items()) {
       if (ignored_on_resume(key)) continue;
       const nlohmann::json before = saved.contains(key) ? saved[key] : nlohmann::json(nullptr);
@@ -102,7 +171,7 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
   const auto prepared = prepare_run(command, opts, info, config, [&](const nlohmann::json& cfg) {
     check_same_config(cfg);
     on_main_rank([&] {
-      prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite);
+      prepare_out_dir(opts.out, cfg, opts.resume, opts.overwrite, command, info);
       if (!opts.resume) write_json_file((fs::path(opts.out) / "config.json").string(), cfg);
     });
   });
@@ -150,13 +219,17 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
 
 void RunOptions::fields(Fields& f) {
   f.group("Data and model");
-  f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10");
-  f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8");
+  f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10")
+      .path(Fields::PathKind::spec);
+  f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8").path(Fields::PathKind::spec);
   f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, a checkpoint file, "
-        "state_dict:FILE (torchvision ResNet-18/50 weights saved as dict(model.state_dict()); a pickle, parsed by "
-        "xfer and never unpickled) or torchscript:FILE (a scripted torchvision/timm model: loading it runs its "
-        "code, as torch.jit.load does, so give only files you trust; docs/security.md)");
-  f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"));
+        "state_dict:FILE (torchvision ResNet-18/50 weights as torch.save(model.state_dict()) writes them, or a "
+        "checkpoint holding them under 'state_dict' or 'model'; a pickle, parsed by xfer and never unpickled; "
+        "docs/models.md) or torchscript:FILE (a scripted torchvision/timm model: loading it runs its "
+        "code, as torch.jit.load does, so give only files you trust; docs/security.md)")
+      .path(Fields::PathKind::model);
+  f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"))
+      .path(Fields::PathKind::backbone);
   f.add("method", method, "training method (see `xfer methods`)");
   f.group("Run");
   f.add("seed", seed, "random seed (init, batches, few-shot draws without seed=)").non_negative();
@@ -247,6 +320,13 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   PreparedRun& r = *prepared;
   r.opts = options;
   RunOptions& opts = r.opts;
+  {
+    Fields run_fields, method_fields;
+    opts.fields(run_fields);
+    config.fields(method_fields);
+    make_paths_absolute(run_fields);
+    make_paths_absolute(method_fields);
+  }
   r.info = &info;
   r.command = command;
   r.threads = set_threads(opts.threads);
