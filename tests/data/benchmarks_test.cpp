@@ -185,6 +185,14 @@ TEST(MatFile, RefusesTruncatedAndLyingFilesWithOneLine) {
   // ... or a little more than its stream holds.
   std::string short_stream = mat_compressed(mat_le32(kMiMatrix) + mat_le32(400) + std::string(16, '\0'));
   test::expect_bad_input([&] { parse_mat(mat_header() + short_stream, "short.mat"); }, {"(truncated)"});
+  // A struct without fields that declares 2^40 elements: nothing to read per element, so nothing to loop over
+  // (the fuzzer found that this looped 2^40 times).
+  const std::string empty_struct = mat_matrix(
+      kMxStruct, {1 << 20, 1 << 20}, "e", mat_small_element(kMiInt32, mat_le32(8)) + mat_element(kMiInt8, ""));
+  const auto vars = parse_mat(mat_file({empty_struct}, false), "empty.mat");
+  EXPECT_EQ(vars.at("e").numel(), int64_t(1) << 40);
+  EXPECT_TRUE(vars.at("e").elements.empty());
+  test::expect_bad_input([&] { vars.at("e").field(0, "fname", "e"); }, {"e has no field 'fname'"});
   // Sparse arrays and arrays nested too deep.
   test::expect_bad_input([&] { parse_mat(mat_file({mat_matrix(kMxSparse, {2, 2}, "s", "")}, false), "s.mat"); },
                          {"array class 5 (sparse)"});

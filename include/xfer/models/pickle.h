@@ -44,7 +44,6 @@ class TorchZip {
     std::string_view data;  // as stored
     uint64_t method = 0, length = 0;  // 0 stored, 8 deflated; the length once inflated
   };
-  const std::string& bytes_;
   std::string name_, prefix_;
   std::map<std::string, Entry> entries_;
 };

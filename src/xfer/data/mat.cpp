@@ -275,6 +275,8 @@ MatArray mat_parse_matrix(const MatElement& e, int depth, std::string* var_name,
     XFER_CHECK(a.fields.empty() || static_cast<size_t>(numel) <= r.left() / 8 / a.fields.size(), name, ": ", me,
                " declares ", numel, " elements of ", a.fields.size(), " fields but holds ", r.left(), " bytes");
     a.elements.reserve(total);
+    // A struct with no fields holds nothing per element, however many elements its dimensions declare.
+    if (a.fields.empty()) return a;
     for (int64_t i = 0; i < numel; ++i)
       for (const auto& field : a.fields) {
         const std::string w = cat(me, "(", i + 1, ").", field);

@@ -28,7 +28,7 @@ bool zip_fits(uint64_t offset, uint64_t length, uint64_t size) { return offset <
 
 bool TorchZip::looks_like_zip(const std::string& bytes) { return bytes.rfind("PK\x03\x04", 0) == 0; }
 
-TorchZip::TorchZip(const std::string& bytes, const std::string& name) : bytes_(bytes), name_(name) {
+TorchZip::TorchZip(const std::string& bytes, const std::string& name) : name_(name) {
   const uint64_t size = bytes.size();
   const char* b = bytes.data();
   // The end-of-central-directory record: the last 22 bytes, or before a comment of up to 65535 bytes.
