@@ -70,8 +70,11 @@ TEST(PaperSuites, SmileOnCubAircraftAndCars) {
   EXPECT_EQ(wo_fe->options.at("fe"), false);
   EXPECT_EQ(wo_fe->tasks, (std::vector<std::string>{"30%", "100%"}));
   EXPECT_NE(find_method(cub, "smile w/o L_FC"), nullptr);
-  for (const auto& t : cub.tasks)
-    if (t.name == "30%") EXPECT_DOUBLE_EQ(*DatasetSpec::parse(t.target).fraction, 0.3);
+  for (const auto& t : cub.tasks) {
+    if (t.name == "30%") {
+      EXPECT_DOUBLE_EQ(*DatasetSpec::parse(t.target).fraction, 0.3);
+    }
+  }
 }
 
 TEST(PaperSuites, XMixupOnCubAircraftAndCars) {
