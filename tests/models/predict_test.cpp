@@ -53,6 +53,31 @@ TEST(Predict, FeaturesAndLogitsAreTheEvalModeForwardOfEveryExampleInAnyBatchSize
   EXPECT_NO_THROW(whole.features.mul_(2));
 }
 
+TEST(Predict, StreamedBatchesCoverTheRangeAndTheModesRestoredWhenTheCallerThrows) {
+  test::TempDir dir;
+  const Task task = load_task(test::write_tiny_idx(dir.path(), 3, 7, 1), 0);  // 21 images
+  Model model = predict_tiny_model(task.train);
+  model->train();
+  const Predictions whole = predict(model, task.train, {true, {"target"}, 500});
+  PredictOptions range{false, {"target"}, 4, 5, 16};  // examples 5..15: batches of 4, 4 and 3
+  std::vector<std::pair<int64_t, int64_t>> batches;
+  predict_each(model, task.train, range, [&](int64_t start, int64_t end, const Predictions& batch) {
+    batches.emplace_back(start, end);
+    EXPECT_FALSE(batch.features.defined()) << "features were not asked for";
+    EXPECT_TRUE(torch::allclose(batch.logits.at("target"), whole.logits.at("target").slice(0, start, end), 1e-5,
+                                1e-6));
+  });
+  EXPECT_EQ(batches, (std::vector<std::pair<int64_t, int64_t>>{{5, 9}, {9, 13}, {13, 16}}));
+  EXPECT_TRUE(model->is_training());
+  EXPECT_THROW(predict_each(model, task.train, range, [](int64_t, int64_t, const Predictions&) {
+                 throw BadInput("stop");
+               }),
+               BadInput);
+  EXPECT_TRUE(model->is_training()) << "the mode is restored when the caller's function throws";
+  test::expect_bad_input([&] { predict(model, task.train, {true, {}, 4, 3, 22}); },
+                         {"examples [3, 22) are not in a dataset of 21"});
+}
+
 TEST(Predict, RefusesMissingHeadsWrongShapesAndEmptyData) {
   test::TempDir dir;
   const Task task = load_task(test::write_tiny_idx(dir.path(), 2, 3, 1), 0);

@@ -5,10 +5,11 @@
 /// transform (normalisation; image folders are decoded with their evaluation resize and center crop), in
 /// batches of `batch_size`, each on the model's device. The model's train/eval mode is restored afterwards.
 ///
-/// `xfer rank` reads features and source-head logits through it. The other inference loops of the tree
-/// (trainer.cpp's evaluate, pairing.cpp's extract_features, pseudo_labels.cpp's ensemble_probabilities,
-/// importance.cpp's estimate_target_distribution) predate it and are to move onto it.
+/// The one inference loop of the tree: evaluation, `xfer rank`, XMixup's class pairing, DATL's target
+/// distribution, GradMix's pseudo-label ensemble and the forgetting probe all read through it, so all run
+/// with the batch norms folded into their convolutions (models/backbone.h) and without autograd.
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -24,6 +25,7 @@ struct PredictOptions {
   bool features = true;            // the pooled backbone features g(x)
   std::vector<std::string> heads;  // the logits of these heads
   int64_t batch_size = 500;
+  int64_t first = 0, stop = -1;    // the examples [first, stop) (-1: to the end)
 };
 
 struct Predictions {
@@ -35,6 +37,12 @@ struct Predictions {
 /// the shape the model takes (channels x height x width), a head is missing (the message lists the
 /// model's heads), or nothing is asked for.
 Predictions predict(const Model& model, const TensorDataset& data, const PredictOptions& opts = {});
+
+/// The same pass, streamed: `each(start, end, batch)` for consecutive batches of the range, with the
+/// batch's features and logits as computed (on the model's device, its dtype, inference tensors: read them
+/// inside `each`, or clone).
+void predict_each(const Model& model, const TensorDataset& data, const PredictOptions& opts,
+                  const std::function<void(int64_t start, int64_t end, const Predictions& batch)>& each);
 
 /// BadInput naming `what` unless `data`'s images are the shape `model` takes.
 void check_input_shape(const Model& model, const TensorDataset& data, const std::string& what);

@@ -9,6 +9,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/dist/dist.h"
 #include "xfer/methods/delta.h"
+#include "xfer/models/predict.h"
 
 namespace xfer {
 
@@ -152,15 +153,9 @@ void CoTuningMethod::setup(Model& model, SetupContext& ctx) {
   copy_head(source, opts_.source_head, model, opts_.source_head);
 
   // p(y_s | y_t) from the frozen source model on the target training images, evaluation transform.
-  torch::NoGradGuard no_grad;
   const TensorDataset& train = ctx.task.train;
-  const InputTransform transform(source->arch().input);
-  std::vector<torch::Tensor> probs;
-  for (int64_t start = 0; start < train.size(); start += 500) {
-    const torch::Tensor x = transform.normalise(train.eval_images(start, std::min(start + 500, train.size())));
-    probs.push_back(torch::softmax(source->forward(x.to(ctx.device), opts_.source_head), 1).cpu());
-  }
-  relationship_ = cotuning_relationship(torch::cat(probs), train.labels, train.num_classes()).to(ctx.device);
+  const torch::Tensor logits = predict(source, train, {false, {opts_.source_head}}).logits.at(opts_.source_head);
+  relationship_ = cotuning_relationship(torch::softmax(logits, 1), train.labels, train.num_classes()).to(ctx.device);
 }
 
 std::vector<ParamGroup> CoTuningMethod::param_groups(Model& model, double head_lr_mult) {

@@ -13,6 +13,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/loader.h"
+#include "xfer/models/predict.h"
 
 namespace xfer {
 namespace {
@@ -128,20 +129,11 @@ std::vector<double> estimate_target_distribution(Model& model, const std::string
   XFER_CHECK(images.size(1) == arch.in_channels && images.size(2) == arch.height && images.size(3) == arch.width,
              "the target images are ", images.size(1), "x", images.size(2), "x", images.size(3),
              " but the classifier takes ", arch.in_channels, "x", arch.height, "x", arch.width);
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::NoGradGuard no_grad;
-  const InputTransform transform(arch.input);
-  const torch::Device device = model->backbone->parameters().front().device();
-  torch::Tensor sum;
-  for (int64_t start = 0; start < images.size(0); start += batch_size) {
-    const int64_t end = std::min(start + batch_size, images.size(0));
-    const torch::Tensor x = transform.normalise(images.slice(0, start, end)).to(device);
-    const torch::Tensor p = tempered_softmax(model->forward(x, head), temperature).sum(0).cpu();
-    sum = sum.defined() ? sum + p : p;
-  }
-  model->train(was_training);
-  const torch::Tensor mean = (sum / static_cast<double>(images.size(0))).contiguous();
+  TensorDataset target;
+  target.images = images;
+  target.labels = torch::zeros({images.size(0)}, torch::kInt64);  // unread: predict needs only the images
+  const torch::Tensor logits = predict(model, target, {false, {head}, batch_size}).logits.at(head);
+  const torch::Tensor mean = tempered_softmax(logits, temperature).mean(0).contiguous();
   return std::vector<double>(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
 }
 

@@ -16,6 +16,7 @@
 #include "xfer/data/image_folder.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/loader.h"
+#include "xfer/models/predict.h"
 
 namespace xfer {
 namespace {
@@ -40,22 +41,8 @@ void pairing_check_sizes(int64_t target_classes, int64_t source_classes, int64_t
 }  // namespace
 
 torch::Tensor extract_features(const Model& frozen, const TensorDataset& data, int64_t batch_size) {
-  XFER_CHECK(batch_size >= 1, "feature batch size must be >= 1, got ", batch_size);
-  Model model = frozen;  // the same module: only its mode changes, and is restored
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::NoGradGuard no_grad;
-  const InputTransform transform(model->arch().input);
-  const torch::Device device = model->backbone->parameters().front().device();
-  std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < data.size(); start += batch_size) {
-    const int64_t end = std::min(start + batch_size, data.size());
-    const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-    parts.push_back(model->backbone->forward(x).to(torch::kCPU));
-  }
-  model->train(was_training);
-  XFER_CHECK(!parts.empty(), "cannot extract features of an empty dataset");
-  return torch::cat(parts);
+  XFER_CHECK(data.size() > 0, "cannot extract features of an empty dataset");
+  return predict(frozen, data, {true, {}, batch_size}).features;
 }
 
 torch::Tensor class_centroids(const torch::Tensor& features, const torch::Tensor& labels, int64_t num_classes,

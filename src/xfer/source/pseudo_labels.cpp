@@ -10,6 +10,7 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/loader.h"
+#include "xfer/models/predict.h"
 
 namespace xfer {
 
@@ -64,22 +65,9 @@ torch::Tensor enlarge_per_class(const torch::Tensor& v_labels, const HardLabels&
 torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDataset& data, const std::string& head,
                                      int64_t batch_size) {
   XFER_CHECK(!models.empty(), "an ensemble needs at least one model");
-  torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> per_model;
-  for (auto& model : models) {
-    const bool was_training = model->is_training();
-    model->eval();
-    const InputTransform transform(model->arch().input);
-    const torch::Device device = model->backbone->parameters().front().device();
-    std::vector<torch::Tensor> parts;
-    for (int64_t start = 0; start < data.size(); start += batch_size) {
-      const int64_t end = std::min(start + batch_size, data.size());
-      const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-      parts.push_back(torch::softmax(model->forward(x, head), 1).to(torch::kCPU));
-    }
-    model->train(was_training);
-    per_model.push_back(torch::cat(parts));
-  }
+  for (auto& model : models)
+    per_model.push_back(torch::softmax(predict(model, data, {false, {head}, batch_size}).logits.at(head), 1));
   return torch::stack(per_model);
 }
 

@@ -16,6 +16,7 @@
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/dist/dist.h"
+#include "xfer/models/predict.h"
 #include "xfer/train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -269,8 +270,6 @@ void check_finite_gradients(Model& model, int64_t step) {
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size,
                     const std::string& progress_label) {
   XFER_CHECK(batch_size >= 1, "evaluation batch size must be >= 1, got ", batch_size);
-  const InputTransform transform(model->arch().input);
-  const torch::Device device = model->backbone->parameters().front().device();
   const auto* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
   // A head may predict only its first classes (XMixup's joint head: the target classes, then the paired
@@ -279,26 +278,17 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   XFER_CHECK(k == data.num_classes(), "the model's '", head, "' head has ", k, " classes, the data has ",
              data.num_classes());
   ConfusionMatrix confusion(k);
-  // Eval-mode outputs from a copy with the batch norms folded, in inference mode.
-  const Backbone backbone = folded_backbone(model);
-  const bool was_training = model->is_training();
-  model->eval();
-  torch::nn::Linear classifier = model->head(head);
   // Data-parallel: this process's contiguous share, then the counts summed over the processes.
   const int64_t world = dist::world_size(), rank = dist::rank();
   const int64_t first = data.size() * rank / world, stop = data.size() * (rank + 1) / world;
-  {
-    c10::InferenceMode inference;
-    std::optional<Progress> progress;
-    if (!progress_label.empty() && rank == 0) progress.emplace(progress_label, stop - first);
-    for (int64_t start = first; start < stop; start += batch_size) {
-      const int64_t end = std::min(start + batch_size, stop);
-      const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
-      confusion.add_logits(classifier->forward(backbone->forward(x)).slice(1, 0, k), data.labels.slice(0, start, end));
-      if (progress) progress->update(end - first, "images");
-    }
-  }
-  model->train(was_training);
+  std::optional<Progress> progress;
+  if (!progress_label.empty() && rank == 0) progress.emplace(progress_label, stop - first);
+  if (first < stop)
+    predict_each(model, data, {false, {head}, batch_size, first, stop},
+                 [&](int64_t start, int64_t end, const Predictions& batch) {
+                   confusion.add_logits(batch.logits.at(head).slice(1, 0, k), data.labels.slice(0, start, end));
+                   if (progress) progress->update(end - first, "images");
+                 });
   dist::all_reduce_sum({confusion.counts(), confusion.logit_sums()});
   return confusion.evaluation();
 }
