@@ -37,7 +37,9 @@ void plot_smooth_schedules(Study& study, const RunObjective& objective, const Se
     Fields f;
     s.options.fields(f);
     f.read_json(objective.method_options(t.params), "smooth options");
-    s.total_steps = objective.run_options(t.params).trainer.iterations;
+    const RunOptions run = objective.run_options(t.params);
+    s.options = s.options.resolved(!run.init.empty());
+    s.total_steps = run.trainer.iterations;
     const fs::path result = fs::path(t.run_dir) / "result.json";
     if (fs::exists(result)) s.selected_step = read_json_file(result.string()).value("selected_step", int64_t{-1});
     s.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1), "%: ", study.info().space.values_text(t.params));

@@ -257,6 +257,49 @@ TEST(Smooth, LossIsRecomputedFromTheReplayedBatchesWithLambdaByHand) {
   EXPECT_EQ(checked, 5);
 }
 
+TEST(Smooth, AfterInitT0CountsFromTheFirstStepByDefault) {
+  // By hand: counted from the start, lambda(t) = 1/(1 + exp(-(t - t0)/tau + alpha)); counted from T/2, Eq. 4.
+  SmoothOptions o;
+  o.t0 = 2;
+  o.tau = 3;
+  o.alpha = 0.4;
+  for (int64_t step : {0, 1, 5, 19}) {
+    const double t = static_cast<double>(step + 1);
+    o.t0_origin = "start";
+    EXPECT_NEAR(o.lambda(step, 20), 1 / (1 + std::exp(-(t - 2) / 3 + 0.4)), 1e-12) << "step " << step;
+    o.t0_origin = "half";
+    EXPECT_NEAR(o.lambda(step, 20), 1 / (1 + std::exp(-(t - 10 - 2) / 3 + 0.4)), 1e-12) << "step " << step;
+  }
+  o.t0_origin = "start";
+  o.lambda_schedule = "pretrain-finetune";  // the step at t = t0 = 2: source at t = 1, target from t = 3
+  EXPECT_EQ(o.lambda(0, 20), 0.0);
+  EXPECT_EQ(o.lambda(2, 20), 1.0);
+  // auto: start after --init, half from scratch; an explicit origin stays.
+  o.t0_origin = "auto";
+  EXPECT_EQ(o.resolved(true).t0_origin, "start");
+  EXPECT_EQ(o.resolved(false).t0_origin, "half");
+  o.t0_origin = "half";
+  EXPECT_EQ(o.resolved(true).t0_origin, "half");
+
+  // The method resolves auto at setup from whether the run has a pretrained model.
+  for (bool pretrained : {false, true}) {
+    SmoothFixture fx;
+    SmoothOptions d;
+    d.tau = 3;
+    SmoothMethod method(d);
+    auto ctx = fx.context(20);
+    if (pretrained) ctx.pretrained = clone_model(fx.model);
+    method.setup(fx.model, ctx);
+    at::Generator rng = make_generator(0);
+    StepContext sc{fx.batches, fx.model, 0, 20, rng, "target"};
+    const double lambda = method.loss(sc).parts.at("lambda").item<double>();
+    EXPECT_NEAR(lambda, pretrained ? 1 / (1 + std::exp(-1.0 / 3)) : 1 / (1 + std::exp(9.0 / 3)), 1e-12)
+        << (pretrained ? "after --init" : "from scratch");
+  }
+  o.t0_origin = "middle";
+  test::expect_bad_input([&] { check_options(o); }, {"--t0-origin", "middle"});
+}
+
 TEST(Smooth, NeedsSourceData) {
   SmoothFixture fx;
   SmoothMethod method(SmoothOptions{});

@@ -41,7 +41,12 @@ void SmoothOptions::fields(Fields& f) {
         "source only, then target only from T/2 + t0), multitask (tau -> infinity: constant 1/(1+e^alpha)), "
         "target-only (lambda = 1)")
       .choices({"smooth", "pretrain-finetune", "multitask", "target-only"});
-  f.add("t0", t0, "steps: lambda switches at T/2 + t0 (T = --iterations)");
+  f.add("t0", t0, "steps: lambda switches at ORIGIN + t0 (see --t0-origin)");
+  f.add("t0_origin", t0_origin,
+        "where t0 counts from: half (T/2, Eq. 4: from scratch, the first half pre-trains on the source), start "
+        "(the run's first step: the --init model stands for the pre-training half), auto (start with --init, "
+        "half without)")
+      .choices({"auto", "half", "start"});
   f.add("tau", tau, "steps: the width of the switch (0: a step; search it in log space)").non_negative();
   f.add("alpha", alpha, "weight offset: lambda(T/2 + t0) = 1/(1 + e^alpha); multitask's constant weight");
   f.add("source_batch_size", source_batch_size, "source examples per step (0: the same as --batch-size)")
@@ -51,16 +56,28 @@ void SmoothOptions::fields(Fields& f) {
       .choices({"shared", "per-domain"});
 }
 
+SmoothOptions SmoothOptions::resolved(bool from_pretrained) const {
+  SmoothOptions o = *this;
+  if (o.t0_origin == "auto") o.t0_origin = from_pretrained ? "start" : "half";
+  return o;
+}
+
 double SmoothOptions::lambda(int64_t step, int64_t total_steps) const {
   const double t = static_cast<double>(step + 1), T = static_cast<double>(total_steps);
+  // Eq. 4 switches at T/2 + t0; counted from the start, the switch is at t0 = T/2 + (t0 - T/2).
+  const double offset = t0_origin == "start" ? t0 - T / 2 : t0;
   if (lambda_schedule == "target-only") return 1.0;
-  if (lambda_schedule == "pretrain-finetune") return smooth_lambda(t, T, t0, 0.0, alpha);
-  if (lambda_schedule == "multitask") return smooth_lambda(t, T, t0, std::numeric_limits<double>::infinity(), alpha);
-  return smooth_lambda(t, T, t0, tau, alpha);
+  if (lambda_schedule == "pretrain-finetune") return smooth_lambda(t, T, offset, 0.0, alpha);
+  if (lambda_schedule == "multitask") return smooth_lambda(t, T, offset, std::numeric_limits<double>::infinity(), alpha);
+  return smooth_lambda(t, T, offset, tau, alpha);
 }
 
 void SmoothMethod::setup(Model& model, SetupContext& ctx) {
   const Task& source = ctx.require_source("smooth");
+  if (opts_.t0_origin == "auto") {
+    opts_ = opts_.resolved(static_cast<bool>(ctx.pretrained));
+    log_info(cat("smooth: t0 counts from ", opts_.t0_origin == "start" ? "the first step (--init)" : "T/2 (no --init)"));
+  }
   XFER_CHECK(!model->has_head("source"), "smooth: the model already has a 'source' head");
   const HeadInfo* pretrained_head = ctx.pretrained ? ctx.pretrained->arch().head("source") : nullptr;
   if (pretrained_head && pretrained_head->class_names == source.class_names()) {
