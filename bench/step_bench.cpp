@@ -31,12 +31,12 @@
 #include "xfer/data/idx.h"
 #include "xfer/methods/registry.h"
 #include "xfer/models/model.h"
-#include "xfer/train/optim.h"
+#include "xfer/optim/optim.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/finetune.h"
-#include "xfer/train/pretrained.h"
-#include "xfer/train/run.h"
-#include "xfer/train/timing.h"
+#include "xfer/workflows/pretrained.h"
+#include "xfer/workflows/run.h"
+#include "xfer/workflows/timing.h"
 #include "xfer/train/trainer.h"
 
 namespace {

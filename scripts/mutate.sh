@@ -22,7 +22,7 @@ export OMP_WAIT_POLICY=PASSIVE
 # name | file | from | to | ctest -R regex of the tests that could catch it
 mutants=(
   # -- runs and resumption
-  "init-ignored|src/xfer/train/run.cpp|if (r.pretrained) copy_state(*r.pretrained, *r.model, \"backbone.\");|if (false) copy_state(*r.pretrained, *r.model, \"backbone.\");|^(Init|Trainer)\\."
+  "init-ignored|src/xfer/workflows/run.cpp|if (r.pretrained) copy_state(*r.pretrained, *r.model, \"backbone.\");|if (false) copy_state(*r.pretrained, *r.model, \"backbone.\");|^(Init|Trainer)\\."
   "resume-forgets-method-rng|src/xfer/train/trainer.cpp|rng.set_state(ck.read_tensor(\"rng\").to(torch::kCPU));|ck.read_tensor(\"rng\");|(^Baselines\\.Resume|KillResume|^Trainer\\.Resume)"
   # -- baselines (this branch's step tests)
   "l2-no-weight-decay|src/xfer/methods/method.cpp|{\"heads\", model->head_parameters(), head_lr_mult, std::nullopt}};|{\"heads\", model->head_parameters(), head_lr_mult, 0.0}};|^Step\\."
@@ -36,7 +36,7 @@ mutants=(
   "cutmix-lambda-uncorrected|src/xfer/methods/mixup.cpp|  d.lambda = cutmix_lambda(box, h, w);|  (void)cutmix_lambda(box, h, w);|^(Step|Mixup|BaselinesGolden)\\."
   "cotrain-aux-weight-ignored|src/xfer/methods/xmixup.cpp|const torch::Tensor total = ce_target + opts_.aux_weight * ce_aux;|const torch::Tensor total = ce_target + ce_aux;|^(Step|XMixup)\\."
   "datl-class-weights-ignored|src/xfer/methods/datl.cpp|return (w * ce).mean();|return ce.mean();|^(Step|Importance)\\."
-  "ema-swapped-decay|src/xfer/train/teacher.cpp|p.value().mul_(decay).add_(*s, 1.0 - decay);|p.value().mul_(1.0 - decay).add_(*s, decay);|^(Teacher|Smile|Step)\\."
+  "ema-swapped-decay|src/xfer/models/teacher.cpp|p.value().mul_(decay).add_(*s, 1.0 - decay);|p.value().mul_(1.0 - decay).add_(*s, decay);|^(Teacher|Smile|Step)\\."
   # -- methods of the papers (their independent checks are fid1's and fid2's)
   "smooth-swapped-weights|src/xfer/methods/smooth.cpp|const torch::Tensor s = (1 - lambda) * ce_source;|const torch::Tensor s = lambda * ce_source;|^(Smooth|Step)"
   "xmixup-swapped-mix|src/xfer/methods/xmixup.cpp|m.x = mix(t.x, a.x, m.lambda);|m.x = mix(a.x, t.x, m.lambda);|^(XMixup|Step)"

@@ -17,7 +17,7 @@
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

@@ -6,7 +6,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/report/table.h"
-#include "xfer/train/analyze.h"
+#include "xfer/workflows/analyze.h"
 
 namespace xfer::cli {
 namespace {

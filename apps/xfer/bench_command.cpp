@@ -4,7 +4,7 @@
 #include "xfer/cli.h"
 #include "xfer/core/fields.h"
 #include "xfer/report/table.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/suite.h"
 
 namespace xfer::cli {
 namespace {

@@ -14,7 +14,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/version.h"
 #include "xfer/methods/registry.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer::cli {
 

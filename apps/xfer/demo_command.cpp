@@ -3,7 +3,7 @@
 
 #include "xfer/cli.h"
 #include "xfer/core/fields.h"
-#include "xfer/train/demo.h"
+#include "xfer/workflows/demo.h"
 
 namespace xfer::cli {
 namespace {

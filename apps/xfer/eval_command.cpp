@@ -11,7 +11,7 @@
 #include "xfer/data/spec.h"
 #include "xfer/report/table.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 #include "xfer/train/trainer.h"
 
 namespace fs = std::filesystem;

@@ -7,7 +7,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/data/spec.h"
-#include "xfer/train/gradmix_pipeline.h"
+#include "xfer/workflows/gradmix_pipeline.h"
 
 namespace xfer::cli {
 namespace {

@@ -1,5 +1,5 @@
 /// `xfer rank`: transferability of candidate models, or of candidate sources for one model, to a target
-/// (LogME, LEEP, NCE, H-score; xfer/train/rank.h): a table ranked by score, rank.json, rank.md, rank.png.
+/// (LogME, LEEP, NCE, H-score; xfer/workflows/rank.h): a table ranked by score, rank.json, rank.md, rank.png.
 #include <filesystem>
 
 #include <CLI/CLI.hpp>
@@ -11,7 +11,7 @@
 #include "xfer/core/io.h"
 #include "xfer/data/spec.h"
 #include "xfer/report/plot.h"
-#include "xfer/train/rank.h"
+#include "xfer/workflows/rank.h"
 
 namespace fs = std::filesystem;
 

@@ -11,8 +11,8 @@
 #include "xfer/report/table.h"
 #include "xfer/source/pairing.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/rank.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/rank.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer::cli {
 namespace {

@@ -10,7 +10,7 @@
 #include "xfer/dist/dist.h"
 #include "xfer/methods/registry.h"
 #include "xfer/report/table.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer::cli {
 namespace {

@@ -12,7 +12,8 @@
 #include "xfer/data/spec.h"
 #include "xfer/source/importance.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/method_figures.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

@@ -11,7 +11,7 @@
 #include "xfer/cli.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
-#include "xfer/train/rank.h"
+#include "xfer/workflows/rank.h"
 
 namespace fs = std::filesystem;
 

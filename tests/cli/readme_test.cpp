@@ -12,8 +12,8 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/methods/registry.h"
-#include "xfer/train/demo.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/demo.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer {
 namespace {

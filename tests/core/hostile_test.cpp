@@ -16,7 +16,7 @@
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
 #include "xfer/data/spec.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/suite.h"
 
 namespace fs = std::filesystem;
 

@@ -11,7 +11,7 @@
 #include "xfer/data/loader.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

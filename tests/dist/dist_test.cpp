@@ -17,7 +17,7 @@
 #include "xfer/dist/dist.h"
 #include "xfer/dist/launch.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

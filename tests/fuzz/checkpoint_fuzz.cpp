@@ -8,7 +8,7 @@
 #include "fuzz_support.h"
 #include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/optim.h"
+#include "xfer/optim/optim.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/xfer_checkpoint_fuzz_" + std::to_string(::getpid()) + ".pt";

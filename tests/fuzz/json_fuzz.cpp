@@ -7,8 +7,8 @@
 #include "xfer/search/space.h"
 #include "xfer/source/importance.h"
 #include "xfer/source/pairing.h"
-#include "xfer/train/run.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/run.h"
+#include "xfer/workflows/suite.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;

@@ -9,7 +9,7 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

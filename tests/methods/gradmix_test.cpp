@@ -22,8 +22,8 @@
 #include "xfer/source/mixing_weights.h"
 #include "xfer/source/pseudo_labels.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/gradmix_pipeline.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/gradmix_pipeline.h"
+#include "xfer/workflows/run.h"
 #include "xfer/train/trainer.h"
 
 namespace fs = std::filesystem;

@@ -14,8 +14,8 @@
 #include "xfer/methods/regularization.h"
 #include "xfer/methods/smile.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/run.h"
+#include "xfer/workflows/suite.h"
 
 namespace fs = std::filesystem;
 

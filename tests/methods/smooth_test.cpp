@@ -10,7 +10,7 @@
 #include "xfer/data/spec.h"
 #include "xfer/methods/smooth.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

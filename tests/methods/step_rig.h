@@ -14,7 +14,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/rng.h"
 #include "xfer/methods/registry.h"
-#include "xfer/train/optim.h"
+#include "xfer/optim/optim.h"
 #include "xfer/train/trainer.h"
 
 namespace xfer::test {

@@ -5,7 +5,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/methods/smooth.h"
 #include "xfer/search/space.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer {
 namespace {

@@ -18,7 +18,7 @@
 #include "xfer/methods/datl.h"
 #include "xfer/source/importance.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

@@ -4,8 +4,8 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/optim.h"
-#include "xfer/train/pretrained.h"
+#include "xfer/optim/optim.h"
+#include "xfer/workflows/pretrained.h"
 
 namespace xfer {
 namespace {

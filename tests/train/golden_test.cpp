@@ -4,8 +4,8 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/methods/method.h"
-#include "xfer/train/optim.h"
-#include "xfer/train/schedule.h"
+#include "xfer/optim/optim.h"
+#include "xfer/optim/schedule.h"
 
 namespace xfer {
 namespace {

@@ -11,7 +11,7 @@
 #include "xfer/data/spec.h"
 #include "xfer/methods/finetune.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

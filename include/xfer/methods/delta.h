@@ -39,7 +39,7 @@
 
 #include "xfer/core/fields.h"
 #include "xfer/methods/method.h"
-#include "xfer/train/teacher.h"
+#include "xfer/models/teacher.h"
 
 namespace xfer {
 

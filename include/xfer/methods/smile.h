@@ -7,7 +7,7 @@
 ///
 /// Networks. Student: the pretrained backbone, a new "target" head and an "aux" head over the source
 /// classes, initialised from the pretrained "source" head. Teacher: a copy of the pretrained backbone and
-/// source head, in eval mode under no-grad (train/teacher.h).
+/// source head, in eval mode under no-grad (models/teacher.h).
 ///
 /// Each step, for a batch x (N, C, H, W) with labels y (N):
 ///   lambda ~ Beta(alpha, alpha), folded to max(lambda, 1 - lambda) by default; p a random permutation;
@@ -42,7 +42,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/methods/method.h"
 #include "xfer/methods/registry.h"
-#include "xfer/train/teacher.h"
+#include "xfer/models/teacher.h"
 
 namespace xfer {
 

@@ -44,7 +44,6 @@
 #include "xfer/methods/method.h"
 #include "xfer/methods/registry.h"
 #include "xfer/models/domain_bn.h"
-#include "xfer/report/plot.h"
 
 namespace xfer {
 
@@ -93,9 +92,6 @@ struct SmoothSchedule {
   int64_t total_steps = 0;
   int64_t selected_step = -1;
 };
-/// lambda(t) of each schedule over its run, with a vertical mark at its selected (early-stopped) step:
-/// the paper's Fig. 2.
-Plot smooth_schedule_plot(const std::vector<SmoothSchedule>& schedules, const std::string& title);
 
 /// Registers smooth.
 void register_smooth_methods(MethodRegistry& registry);

@@ -17,7 +17,7 @@
 #include <torch/types.h>
 
 #include "xfer/models/model.h"
-#include "xfer/report/table.h"
+#include "xfer/core/stats.h"
 
 namespace xfer {
 

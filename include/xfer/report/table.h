@@ -3,6 +3,9 @@
 #include <string>
 #include <vector>
 
+#include "xfer/core/stats.h"
+#include "xfer/core/text.h"
+
 namespace xfer {
 
 class Table {
@@ -21,14 +24,7 @@ class Table {
   std::vector<bool> right_;
 };
 
-struct MeanStd {
-  double mean = 0, std = 0;  // std: sample standard deviation (n-1), 0 for one value
-  size_t n = 0;
-};
-MeanStd mean_std(const std::vector<double>& values);
 /// "72.3 ± 1.1" for fractions scaled by `scale` (100: percentages), or "72.3" for a single value.
 std::string format_mean_std(const MeanStd& m, double scale = 100.0, int precision = 1);
-/// A fixed-point number.
-std::string fixed(double value, int precision);
 
 }  // namespace xfer

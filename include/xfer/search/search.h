@@ -29,7 +29,6 @@
 
 #include "xfer/search/study.h"
 #include "xfer/search/tpe.h"
-#include "xfer/train/run.h"
 
 namespace xfer {
 
@@ -88,27 +87,6 @@ using Objective =
 bool median_should_prune(int64_t complete, const std::vector<double>& at_step, const std::vector<double>& own,
                          int64_t step, int64_t startup_trials, int64_t warmup_steps);
 
-/// The search over runs: fixed options `base` and `method_options` (the method's fields as JSON), with
-/// the space's parameters set on top for each trial. `check` validates the space and the objective.
-class RunObjective {
- public:
-  RunObjective(RunOptions base, nlohmann::json method_options, SearchSpace space);
-  /// BadInput if a parameter is not an option a search may set, or the target has no validation split.
-  void check();
-  TrialOutcome operator()(const ParamValues& params, const TrialRecord& record, const ReportFn& report) const;
-  /// The fixed configuration, stored in the study (a resumed study must match it).
-  nlohmann::json config() const;
-  /// The method's options with a trial's parameters set (for reports: smooth's schedule).
-  nlohmann::json method_options(const ParamValues& params) const;
-  /// The run options with a trial's parameters set.
-  RunOptions run_options(const ParamValues& params) const;
-
- private:
-  RunOptions base_;
-  nlohmann::json method_options_;
-  SearchSpace space_;
-};
-
 /// Runs trials until the study has `budget` trials and none is running. Prints one line per trial.
 /// Returns the number of trials this worker ran.
 int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sampler, const Objective& objective,
@@ -116,11 +94,6 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
 
 /// Reads a run's validation curve from its metrics.jsonl: (step, val_top1) pairs.
 std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_dir);
-
-/// Writes trials.csv, best.json and history.png to opts.out, prints the best trial, a trial table, the
-/// compute the search took (trials, pruned, training steps, run time) and its overhead, and returns
-/// best.json's content (null when no trial completed); best.json holds the compute too.
-nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out);
 
 /// Starts `count` processes of `exe` with `args` (spawned, not forked: the parent has threads); returns
 /// their pids.

@@ -29,8 +29,6 @@
 
 #include "xfer/data/dataset.h"
 #include "xfer/models/model.h"
-#include "xfer/report/plot.h"
-#include "xfer/report/table.h"
 
 namespace xfer {
 
@@ -104,12 +102,6 @@ struct MatchedSet {
 /// TensorDataset::indices_by_class gives). Draws are a pure function of (seed, class).
 MatchedSet match_distribution(const std::string& matcher, const ImportanceWeights& w,
                               const std::vector<std::vector<int64_t>>& by_class, int64_t n, uint64_t seed);
-
-/// The weights sorted by w, as `xfer weights` prints them: class, n_y, P_t, P_s, w, and the sample rate
-/// (examples drawn / n_y, Table 5) of `same` and `elastic` for a set of `n` examples.
-Table importance_table(const ImportanceWeights& w, int64_t n);
-/// The sorted weights as bars (Fig. 1).
-Plot importance_plot(const ImportanceWeights& w);
 
 /// How `xfer pretrain` uses importance weights (RunOptions::sampling).
 struct PretrainSampling {

@@ -25,8 +25,8 @@
 #include "xfer/methods/method.h"
 #include "xfer/metrics/accuracy.h"
 #include "xfer/models/model.h"
-#include "xfer/train/optim.h"
-#include "xfer/train/schedule.h"
+#include "xfer/optim/optim.h"
+#include "xfer/optim/schedule.h"
 
 namespace xfer {
 

@@ -150,33 +150,6 @@ void SmoothMethod::load(const Archive& in) {
   if (opts_.bn == "per-domain") source_bn_.load(in, "source_bn");
 }
 
-Plot smooth_schedule_plot(const std::vector<SmoothSchedule>& schedules, const std::string& title) {
-  Plot plot;
-  plot.title = title;
-  plot.xlabel = "step t";
-  plot.ylabel = "lambda(t) (target weight)";
-  for (const auto& s : schedules) {
-    XFER_CHECK(s.total_steps > 0, "a schedule to plot needs a positive number of steps, got ", s.total_steps);
-    Series line;
-    line.name = s.label;
-    const int64_t points = std::min<int64_t>(s.total_steps, 400);
-    for (int64_t i = 0; i < points; ++i) {
-      const int64_t step = i * (s.total_steps - 1) / std::max<int64_t>(points - 1, 1);
-      line.x.push_back(static_cast<double>(step + 1));
-      line.y.push_back(s.options.lambda(step, s.total_steps));
-    }
-    plot.series.push_back(std::move(line));
-    if (s.selected_step > 0) {
-      Series mark;
-      mark.name = s.label + ": selected step";
-      mark.x = {static_cast<double>(s.selected_step), static_cast<double>(s.selected_step)};
-      mark.y = {0.0, 1.0};
-      plot.series.push_back(std::move(mark));
-    }
-  }
-  return plot;
-}
-
 void register_smooth_methods(MethodRegistry& r) {
   MethodInfo m;
   m.name = "smooth";

@@ -15,7 +15,7 @@ MeanStd analysis_mean_std(const torch::Tensor& values) {
   MeanStd m;
   m.n = static_cast<size_t>(v.numel());
   m.mean = v.mean().item<double>();
-  m.std = v.numel() > 1 ? v.std(/*unbiased=*/true).item<double>() : 0.0;  // as report/table.h's mean_std
+  m.std = v.numel() > 1 ? v.std(/*unbiased=*/true).item<double>() : 0.0;  // as core/stats.h's mean_std
   return m;
 }
 

@@ -65,28 +65,6 @@ std::string Table::csv() const {
   return out;
 }
 
-MeanStd mean_std(const std::vector<double>& values) {
-  MeanStd m;
-  m.n = values.size();
-  if (values.empty()) return m;
-  for (double v : values) m.mean += v;
-  m.mean /= static_cast<double>(values.size());
-  if (values.size() > 1) {
-    double ss = 0;
-    for (double v : values) ss += (v - m.mean) * (v - m.mean);
-    m.std = std::sqrt(ss / static_cast<double>(values.size() - 1));
-  }
-  return m;
-}
-
-std::string fixed(double value, int precision) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(precision);
-  os << value;
-  return os.str();
-}
-
 std::string format_mean_std(const MeanStd& m, double scale, int precision) {
   if (m.n == 0) return "-";
   if (m.n == 1) return fixed(m.mean * scale, precision);

@@ -5,7 +5,7 @@
 #include <ostream>
 #include <string>
 
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer {
 

@@ -8,8 +8,8 @@
 #include "xfer/cli.h"
 #include "xfer/core/io.h"
 #include "xfer/report/table.h"
-#include "xfer/train/analyze.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/analyze.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

@@ -4,7 +4,7 @@
 
 #include "support.h"
 #include "xfer/core/io.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/suite.h"
 
 namespace fs = std::filesystem;
 

@@ -1,4 +1,4 @@
-#include "xfer/train/suite.h"
+#include "xfer/workflows/suite.h"
 
 #include <algorithm>
 #include <cctype>
@@ -21,10 +21,10 @@
 #include "xfer/report/table.h"
 #include "xfer/search/search.h"
 #include "xfer/search/space.h"
-#include "xfer/train/analyze.h"
-#include "xfer/train/pretrained.h"
-#include "xfer/train/run.h"
-#include "xfer/train/timing.h"
+#include "xfer/workflows/analyze.h"
+#include "xfer/workflows/pretrained.h"
+#include "xfer/workflows/run.h"
+#include "xfer/workflows/timing.h"
 
 #ifndef XFER_SUITE_DIR
 #define XFER_SUITE_DIR "bench/suites"

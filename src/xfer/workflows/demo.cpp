@@ -1,4 +1,4 @@
-#include "xfer/train/demo.h"
+#include "xfer/workflows/demo.h"
 
 #include <filesystem>
 #include <map>
@@ -15,8 +15,8 @@
 #include "xfer/methods/registry.h"
 #include "xfer/models/backbone.h"
 #include "xfer/report/table.h"
-#include "xfer/train/pretrained.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/pretrained.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

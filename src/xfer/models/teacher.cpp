@@ -1,4 +1,4 @@
-#include "xfer/train/teacher.h"
+#include "xfer/models/teacher.h"
 
 #include <torch/torch.h>
 

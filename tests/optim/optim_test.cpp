@@ -1,7 +1,7 @@
 // xfer's SGD steps on flat buffers; these tests hold it to torch::optim::SGD bit for bit.
 #include "support.h"
 #include "xfer/models/model.h"
-#include "xfer/train/optim.h"
+#include "xfer/optim/optim.h"
 
 namespace xfer {
 namespace {

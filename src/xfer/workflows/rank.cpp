@@ -1,4 +1,4 @@
-#include "xfer/train/rank.h"
+#include "xfer/workflows/rank.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,7 +16,7 @@
 #include "xfer/models/predict.h"
 #include "xfer/source/transferability.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

@@ -1,4 +1,4 @@
-#include "xfer/train/pretrained.h"
+#include "xfer/workflows/pretrained.h"
 
 #include <cstdlib>
 #include <filesystem>

@@ -1,4 +1,4 @@
-#include "xfer/train/schedule.h"
+#include "xfer/optim/schedule.h"
 
 #include <cmath>
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer {
 

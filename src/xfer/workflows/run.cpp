@@ -1,4 +1,4 @@
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 #include <algorithm>
 #include <ctime>

@@ -1,4 +1,4 @@
-#include "xfer/train/optim.h"
+#include "xfer/optim/optim.h"
 
 #include <torch/torch.h>
 

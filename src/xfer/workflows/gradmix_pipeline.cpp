@@ -1,4 +1,4 @@
-#include "xfer/train/gradmix_pipeline.h"
+#include "xfer/workflows/gradmix_pipeline.h"
 
 #include <algorithm>
 #include <filesystem>

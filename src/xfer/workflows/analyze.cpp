@@ -1,4 +1,4 @@
-#include "xfer/train/analyze.h"
+#include "xfer/workflows/analyze.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -16,7 +16,7 @@
 #include "xfer/report/table.h"
 #include "xfer/source/pairing.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

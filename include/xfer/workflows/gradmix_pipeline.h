@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "xfer/methods/gradmix.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace xfer {
 

@@ -5,7 +5,7 @@
 
 #include "support.h"
 #include "xfer/data/spec.h"
-#include "xfer/train/suite.h"
+#include "xfer/workflows/suite.h"
 
 namespace xfer {
 namespace {

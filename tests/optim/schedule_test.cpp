@@ -1,6 +1,6 @@
 #include "support.h"
 #include "xfer/core/fields.h"
-#include "xfer/train/schedule.h"
+#include "xfer/optim/schedule.h"
 
 namespace xfer {
 namespace {

@@ -7,7 +7,7 @@
 #include "support.h"
 #include "xfer/methods/registry.h"
 #include "xfer/train/checkpoint.h"
-#include "xfer/train/run.h"
+#include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
 

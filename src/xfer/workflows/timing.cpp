@@ -1,4 +1,4 @@
-#include "xfer/train/timing.h"
+#include "xfer/workflows/timing.h"
 
 #include <algorithm>
 
@@ -7,7 +7,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
-#include "xfer/train/schedule.h"
+#include "xfer/optim/schedule.h"
 
 namespace xfer {
 

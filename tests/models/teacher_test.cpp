@@ -2,7 +2,7 @@
 #include <map>
 
 #include "support.h"
-#include "xfer/train/teacher.h"
+#include "xfer/models/teacher.h"
 
 namespace xfer {
 namespace {

@@ -1,0 +1,239 @@
+#include "xfer/workflows/search_runs.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "xfer/core/error.h"
+#include "xfer/core/fields.h"
+#include "xfer/core/io.h"
+#include "xfer/data/spec.h"
+#include "xfer/report/plot.h"
+#include "xfer/report/table.h"
+
+namespace fs = std::filesystem;
+
+namespace xfer {
+namespace {
+
+/// Run options a search never takes from the user for its trials, and that a resumed study may change.
+const std::vector<std::string> kSearchRunFixed = {"out", "resume", "overwrite", "stop_after", "method"};
+const std::vector<std::string> kSearchRunIgnored = {"out", "resume", "overwrite", "stop_after", "threads", "device",
+                                                    "prefetch"};
+
+/// The method's options with `values` of the search space set on them.
+std::unique_ptr<MethodConfig> search_method_config(const std::string& method, const nlohmann::json& options) {
+  auto config = methods().get(method).make_config();
+  Fields f;
+  config->fields(f);
+  f.read_json(options, "method options");
+  return config;
+}
+
+std::string search_percent(double fraction, int precision = 1) { return fixed(100 * fraction, precision) + "%"; }
+
+}  // namespace
+
+RunObjective::RunObjective(RunOptions base, nlohmann::json method_options, SearchSpace space)
+    : base_(std::move(base)), method_options_(std::move(method_options)), space_(std::move(space)) {}
+
+void RunObjective::check() {
+  XFER_CHECK(!base_.target.empty(), "xfer search needs --target SPEC (with a validation split, e.g. val=20)");
+  RunOptions run = base_;
+  auto config = search_method_config(run.method, method_options_);
+  Fields rf, mf;
+  run.fields(rf);
+  config->fields(mf);
+  check_space(space_, {&rf, &mf}, kSearchRunFixed);
+  std::vector<std::string> targets = {base_.target};
+  if (const ParamSpec* p = space_.find("target")) targets = p->choices;
+  for (const auto& t : targets) {
+    const DatasetSpec spec = DatasetSpec::parse(t);
+    XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, "xfer search maximises the best validation top-1, but ",
+               "the target spec ", t, " has no validation split: add val=N (examples per class) or val=F");
+  }
+}
+
+RunOptions RunObjective::run_options(const ParamValues& params) const {
+  RunOptions run = base_;
+  auto config = search_method_config(run.method, method_options_);
+  Fields rf, mf;
+  run.fields(rf);
+  config->fields(mf);
+  apply_params(space_, params, {&rf, &mf});
+  return run;
+}
+
+nlohmann::json RunObjective::method_options(const ParamValues& params) const {
+  RunOptions run = base_;
+  auto config = search_method_config(run.method, method_options_);
+  Fields rf, mf;
+  run.fields(rf);
+  config->fields(mf);
+  apply_params(space_, params, {&rf, &mf});
+  return mf.to_json();
+}
+
+TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialRecord& record,
+                                      const ReportFn& report) const {
+  RunOptions run = base_;
+  auto config = search_method_config(run.method, method_options_);
+  Fields rf, mf;
+  run.fields(rf);
+  config->fields(mf);
+  apply_params(space_, params, {&rf, &mf});
+  run.out = record.run_dir;
+  run.overwrite = true;
+  run.resume = false;
+  run.trainer.stop_after = 0;
+  run.trainer.on_validation = [&report, &record](int64_t step, double value) {
+    if (report && report(step, value)) throw TrialPruned(cat("trial ", record.number, " pruned at step ", step));
+  };
+  const nlohmann::json result = run_finetune(run, *config);
+  const nlohmann::json best = result.value("best_val_top1", nlohmann::json());
+  XFER_CHECK(best.is_number(), "trial ", record.number, " reported no validation accuracy");
+  return {best.get<double>(), validation_curve(record.run_dir)};
+}
+
+nlohmann::json RunObjective::config() const {
+  RunOptions run = base_;
+  Fields rf;
+  run.fields(rf);
+  const nlohmann::json all = rf.to_json();
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [k, v] : all.items())
+    if (std::find(kSearchRunIgnored.begin(), kSearchRunIgnored.end(), k) == kSearchRunIgnored.end() &&
+        !space_.find(k))
+      out[k] = v;
+  for (const auto& [k, v] : method_options_.items())
+    if (!space_.find(k)) out["method." + k] = v;
+  return out;
+}
+
+nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out) {
+  const auto trials = study.trials();
+  const SearchSpace& space = study.info().space;
+  std::vector<std::string> header = {"trial", "state", "val_top1"};
+  for (const auto& p : space.params) header.push_back(p.name);
+  for (const char* h : {"test_top1", "best_val_step", "seconds", "run_dir"}) header.push_back(h);
+  Table csv(header), md(header);
+  for (size_t i = 2; i < header.size() - 1; ++i) md.align_right(i);
+
+  const TrialRecord* best = nullptr;
+  nlohmann::json best_result;
+  std::vector<const TrialRecord*> by_value;
+  for (const auto& t : trials) {
+    by_value.push_back(&t);
+    if (t.state == "COMPLETE" && t.value && (!best || *t.value > *best->value)) best = &t;
+  }
+  std::stable_sort(by_value.begin(), by_value.end(), [](const TrialRecord* a, const TrialRecord* b) {
+    return a->value.value_or(-1) > b->value.value_or(-1);
+  });
+  auto result_of = [](const TrialRecord& t) {
+    const fs::path p = fs::path(t.run_dir) / "result.json";
+    return !t.run_dir.empty() && fs::exists(p) ? read_json_file(p.string()) : nlohmann::json::object();
+  };
+  // One row per trial: exact values for trials.csv (`exact`), readable ones for the printed table.
+  auto trial_row = [&](const TrialRecord& t, bool exact) {
+    const nlohmann::json r = t.state == "COMPLETE" ? result_of(t) : nlohmann::json::object();
+    const std::string none = exact ? "" : "-";
+    auto accuracy = [&](double v) { return exact ? fixed(v, 6) : search_percent(v, 2); };
+    std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? accuracy(*t.value) : none};
+    for (const auto& p : space.params)
+      row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
+    row.push_back(r.contains("test_top1") ? accuracy(r["test_top1"].get<double>()) : none);
+    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump() : none);
+    row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, exact ? 2 : 1) : none);
+    row.push_back(t.run_dir);
+    return row;
+  };
+  for (const auto& t : trials) csv.add_row(trial_row(t, true));
+  write_file_atomic((fs::path(opts.out) / "trials.csv").string(), csv.csv());
+
+  const size_t shown = std::min<size_t>(by_value.size(), 20);
+  for (size_t i = 0; i < shown; ++i) md.add_row(trial_row(*by_value[i], false));
+  int64_t complete = 0, failed = 0, pruned = 0, steps = 0;
+  double run_seconds = 0;
+  for (const auto& t : trials) {
+    complete += t.state == "COMPLETE";
+    failed += t.state == "FAILED";
+    pruned += t.state == "PRUNED";
+    // Every run validates at its last step, so a trial's last intermediate step is the steps it trained.
+    if (!t.intermediate.empty()) steps += t.intermediate.back().first;
+    if (t.finished > 0 && t.started > 0) run_seconds += t.finished - t.started;
+  }
+  const nlohmann::json compute = {{"trials", trials.size()}, {"complete", complete}, {"pruned", pruned},
+                                  {"failed", failed}, {"steps", steps}, {"run_seconds", run_seconds}};
+  out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials (" << complete
+      << " complete, " << pruned << " pruned, " << failed << " failed), sampler " << study.info().sampler << "\n\n";
+  out << md.markdown();
+  if (shown < by_value.size()) out << "(the best " << shown << " of " << by_value.size() << " trials; all in trials.csv)\n";
+
+  // Overhead: sampler and storage time against the trials' run time.
+  double sample_s = 0, storage_s = 0, run_s = 0;
+  int64_t counted = 0;
+  for (const auto& w : study.workers()) {
+    sample_s += w.sample_seconds;
+    storage_s += w.storage_seconds;
+    run_s += w.run_seconds;
+    counted += w.trials;
+  }
+  out << "\nCompute: " << trials.size() << " trials (" << pruned << " pruned), " << steps << " training steps, "
+      << fixed(run_seconds, 1) << " s of trial run time\n";
+  if (counted > 0 && run_s > 0)
+    out << "Search overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
+        << fixed(1000 * storage_s / counted, 2) << " ms = " << search_percent((sample_s + storage_s) / run_s, 3)
+        << " of a trial's run time (" << fixed(run_s / counted, 1) << " s)\n";
+
+  // The history plot: every trial's value and the best so far.
+  Plot history;
+  history.title = cat("xfer search: ", study.info().name);
+  history.xlabel = "trial";
+  history.ylabel = "validation top-1 (%)";
+  history.style = "linespoints";
+  Series values, best_so_far;
+  values.name = "trial";
+  best_so_far.name = "best so far";
+  double running_best = -1;
+  for (const auto& t : trials) {
+    if (t.state != "COMPLETE" || !t.value) continue;
+    values.x.push_back(static_cast<double>(t.number));
+    values.y.push_back(100 * *t.value);
+    running_best = std::max(running_best, *t.value);
+    best_so_far.x.push_back(static_cast<double>(t.number));
+    best_so_far.y.push_back(100 * running_best);
+  }
+  if (!values.x.empty()) {
+    history.series = {values, best_so_far};
+    if (!write_plot((fs::path(opts.out) / "history.png").string(), history))
+      out << "history.png skipped: install gnuplot-nox\n";
+  }
+
+  if (!best) {
+    out << "\nNo trial has completed yet.\n";
+    return nlohmann::json();
+  }
+  best_result = result_of(*best);
+  nlohmann::json summary = {{"trial", best->number},
+                            {"val_top1", *best->value},
+                            {"params", space.values_json(best->params)},
+                            {"run_dir", best->run_dir},
+                            {"study", study.path()},
+                            {"trials", trials.size()},
+                            {"complete", complete},
+                            {"failed", failed},
+                            {"compute", compute}};
+  for (const char* k : {"test_top1", "test_mean_class", "best_val_step", "iterations"})
+    if (best_result.contains(k)) summary[k] = best_result[k];
+  write_json_file((fs::path(opts.out) / "best.json").string(), summary);
+  out << "\nBest: trial " << best->number << ", validation top-1 " << search_percent(*best->value, 2);
+  if (best_result.contains("test_top1"))
+    out << " (test top-1 " << search_percent(best_result["test_top1"].get<double>(), 2) << " at step "
+        << best_result.value("selected_step", nlohmann::json()).dump() << ")";
+  out << "\n  " << space.values_text(best->params) << "\n  run directory: " << best->run_dir << "\n";
+  return summary;
+}
+
+}  // namespace xfer
