@@ -20,6 +20,7 @@ packages=(
   python3-optuna                   # TPE golden values (tests/golden/make_tpe_golden.py), bench/tpe_bench.sh
   gnuplot-nox                      # plots in reports
   clang libclang-rt-14-dev         # scripts/sanitize.sh: ASan/UBSan builds and libFuzzer
+  clang-format                     # scripts/format.sh: the house style, checked by CI
 )
 
 missing=()
