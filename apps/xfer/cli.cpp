@@ -39,9 +39,14 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
     }
     CLI::Option* opt = nullptr;
     std::visit(
-        [&](auto* p) {
-          using T = std::remove_pointer_t<decltype(p)>;
-          if constexpr (std::is_same_v<T, bool>) {
+        [&](const auto& p) {
+          using T = std::remove_pointer_t<std::decay_t<decltype(p)>>;
+          if constexpr (std::is_same_v<T, Fields::EnumRef>) {
+            opt = app.add_option_function<std::string>(
+                         with_short_flag(f), [field = f](const std::string& text) { set_field_text(field, text); }, help)
+                      ->default_str(f.value_text())
+                      ->type_name("TEXT");
+          } else if constexpr (std::is_same_v<T, bool>) {
             // --name turns it on, --no-name (not listed separately) turns it off.
             opt = app.add_flag_callback(f.flag(), [p] { *p = true; },
                                         help + (*p ? " (default: on; --no-" : " (default: off; --no-") +

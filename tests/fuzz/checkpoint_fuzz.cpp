@@ -21,8 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const xfer::Model model = ck.read_model();
     if (ck.has("optimizer")) {
       xfer::OptimizerOptions opts;
-      opts.optimizer = ck.read("optimizer").has("kind") ? ck.read("optimizer").read_text("kind") : "sgd";
-      if (opts.optimizer != "adam") opts.optimizer = "sgd";
+      const bool adam = ck.read("optimizer").has("kind") && ck.read("optimizer").read_text("kind") == "adam";
+      opts.optimizer = adam ? xfer::OptimizerKind::adam : xfer::OptimizerKind::sgd;
       // Groups of the sizes the file states (as the Trainer's backbone/head groups), so that the per-parameter
       // entries are reached rather than refused at the first group.
       const xfer::Archive state = ck.read("optimizer");

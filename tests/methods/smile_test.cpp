@@ -75,7 +75,7 @@ TEST(Smile, FeatureLossOfOnesAgainstZerosIsTheNormOverHw) {
       EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda).item<double>(), std::sqrt(2.0 * c * 49) / 49,
                   1e-6);
       // Eq. 5 on pooled features: each example's squared distance is c.
-      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda, "paper").item<double>(), c, 1e-6);
+      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda, FeatureLossForm::paper).item<double>(), c, 1e-6);
     }
   }
 }
@@ -105,7 +105,7 @@ TEST(Golden, SmileLossesMatchTheAuthorsCode) {
     const double lam = c["lambda"].get<double>();
     const double mxp = mixed_cross_entropy(logits, y, y.index_select(0, perm), lam).item<double>();
     const double fe = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam).item<double>();
-    const double fe_paper = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam, "paper").item<double>();
+    const double fe_paper = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam, FeatureLossForm::paper).item<double>();
     const double fc = smile_label_loss(aux, probs, probs.index_select(0, perm), lam).item<double>();
     auto near = [&](double got, const char* key) {
       const double want = c[key].get<double>();
@@ -187,7 +187,7 @@ TEST(Smile, WithoutRegularizersItIsMixupWithoutATeacher) {
 }
 
 TEST(Smile, MeanTeacherFollowsItsScheduleToTheClosedForm) {
-  for (const std::string teacher : {"ema", "frozen"}) {
+  for (const SmileTeacher teacher : {SmileTeacher::ema, SmileTeacher::frozen}) {
     SmileRig rig;
     SmileMethod::Options o;
     o.ema_decay = 0.9;
@@ -206,7 +206,7 @@ TEST(Smile, MeanTeacherFollowsItsScheduleToTheClosedForm) {
       StepContext ctx{rig.batches, rig.student, step, n, rng, "target"};
       method.after_step(ctx);
     }
-    const double dn = teacher == "ema" ? std::pow(0.9, 2) : 1.0;
+    const double dn = teacher == SmileTeacher::ema ? std::pow(0.9, 2) : 1.0;
     EXPECT_TRUE(torch::allclose(method.teacher().model()->backbone->parameters()[0], dn * t0 + (1 - dn) * 2.0, 1e-5,
                                 1e-6))
         << teacher;
@@ -217,7 +217,7 @@ TEST(Smile, MeanTeacherFollowsItsScheduleToTheClosedForm) {
 TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisationAndTracksTheStudent) {
   SmileRig rig("cnn4:width=4", /*seed=*/5);
   SmileMethod::Options o;
-  o.teacher = "student-init";
+  o.teacher = SmileTeacher::student_init;
   o.ema_decay = 0.9;
   SmileMethod method(o);
   rig.setup(method);
@@ -285,7 +285,7 @@ TEST(Smile, FromScratchTheTeacherIsTheStudentsOwnMeanTeacherWithoutLfc) {
   SmileRig rig2;
   rig2.pretrained = Model(nullptr);
   SmileMethod::Options o;
-  o.teacher = "frozen";
+  o.teacher = SmileTeacher::frozen;
   SmileMethod frozen(o);
   test::expect_bad_input([&] { rig2.setup(frozen); }, {"--teacher frozen needs --init"});
   EXPECT_FALSE(methods().get("smile").needs_init);
@@ -301,7 +301,8 @@ TEST(Smile, BadInputIsNamed) {
   test::expect_bad_input([&] { build([](auto& o) { o.alpha = -1; }); }, {"--alpha must be > 0, got -1"});
   test::expect_bad_input([&] { build([](auto& o) { o.gamma_fe = -0.1; }); }, {"--gamma-fe must be >= 0, got -0.1"});
   test::expect_bad_input([&] { build([](auto& o) { o.gamma_fc = -2; }); }, {"--gamma-fc must be >= 0, got -2"});
-  test::expect_bad_input([&] { build([](auto& o) { o.teacher = "copy"; }); }, {"--teacher must be one of", "'copy'"});
+  test::expect_bad_input([&] { build([](auto& o) { Fields f; o.fields(f); f.set("teacher", "copy"); }); },
+                         {"--teacher must be one of", "'copy'"});
   test::expect_bad_input([&] { build([](auto& o) { o.ema_period = 0; }); }, {"--ema-period must be >= 1, got 0"});
 
   SmileRig other("cnn4:width=8");

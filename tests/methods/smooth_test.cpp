@@ -60,26 +60,24 @@ TEST(Smooth, PresetsAreLimitsOfTheSchedule) {
   SmoothOptions o;
   o.t0 = 10;
   o.alpha = 1;
-  o.lambda_schedule = "pretrain-finetune";  // the step at t = T/2 + t0 = 60, t = step + 1
+  o.lambda_schedule = LambdaSchedule::pretrain_finetune;  // the step at t = T/2 + t0 = 60, t = step + 1
   EXPECT_EQ(o.lambda(58, 100), 0.0);
   EXPECT_DOUBLE_EQ(o.lambda(59, 100), 1 / (1 + std::exp(1.0)));
   EXPECT_EQ(o.lambda(60, 100), 1.0);
-  o.lambda_schedule = "multitask";
+  o.lambda_schedule = LambdaSchedule::multitask;
   EXPECT_DOUBLE_EQ(o.lambda(0, 100), 1 / (1 + std::exp(1.0)));
   EXPECT_DOUBLE_EQ(o.lambda(99, 100), 1 / (1 + std::exp(1.0)));
-  o.lambda_schedule = "target-only";
+  o.lambda_schedule = LambdaSchedule::target_only;
   EXPECT_EQ(o.lambda(0, 100), 1.0);
-  o.lambda_schedule = "smooth";
+  o.lambda_schedule = LambdaSchedule::smooth;
   o.tau = 5;
   EXPECT_DOUBLE_EQ(o.lambda(0, 100), smooth_lambda(1, 100, 10, 5, 1));
-  o.lambda_schedule = "sigmoid";
-  test::expect_bad_input([&] { check_options(o); }, {"--lambda-schedule", "sigmoid"});
-  o.lambda_schedule = "smooth";
+  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("lambda_schedule", "sigmoid"); }, {"--lambda-schedule", "sigmoid"});
+  o.lambda_schedule = LambdaSchedule::smooth;
   o.tau = -2;
   test::expect_bad_input([&] { check_options(o); }, {"--tau", "-2"});
   o.tau = 1;
-  o.bn = "split";
-  test::expect_bad_input([&] { check_options(o); }, {"--bn", "split"});
+  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("bn", "split"); }, {"--bn", "split"});
 }
 
 /// A tiny target task and a source task whose images are inverted, so the two domains' BatchNorm
@@ -128,8 +126,8 @@ TEST(Smooth, PerDomainBatchNormKeepsSeparateStatistics) {
   SmoothFixture fx;
   Model reference_target = clone_model(fx.model), reference_source = clone_model(fx.model);
   SmoothOptions o;
-  o.lambda_schedule = "multitask";  // both domains at every step
-  o.bn = "per-domain";
+  o.lambda_schedule = LambdaSchedule::multitask;  // both domains at every step
+  o.bn = SmoothBatchNorm::per_domain;
   SmoothMethod method(o);
   auto ctx = fx.context(4);
   method.setup(fx.model, ctx);
@@ -170,7 +168,7 @@ TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
   SmoothFixture fx;
   Model reference = clone_model(fx.model);
   SmoothOptions o;
-  o.lambda_schedule = "multitask";
+  o.lambda_schedule = LambdaSchedule::multitask;
   SmoothMethod method(o);
   auto ctx = fx.context(3);
   method.setup(fx.model, ctx);
@@ -195,7 +193,7 @@ TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
 TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
   SmoothFixture fx;
   SmoothOptions o;
-  o.lambda_schedule = "pretrain-finetune";  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
+  o.lambda_schedule = LambdaSchedule::pretrain_finetune;  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
   o.t0 = 0;
   SmoothMethod method(o);
   auto ctx = fx.context(10);
@@ -265,21 +263,21 @@ TEST(Smooth, AfterInitT0CountsFromTheFirstStepByDefault) {
   o.alpha = 0.4;
   for (int64_t step : {0, 1, 5, 19}) {
     const double t = static_cast<double>(step + 1);
-    o.t0_origin = "start";
+    o.t0_origin = T0Origin::start;
     EXPECT_NEAR(o.lambda(step, 20), 1 / (1 + std::exp(-(t - 2) / 3 + 0.4)), 1e-12) << "step " << step;
-    o.t0_origin = "half";
+    o.t0_origin = T0Origin::half;
     EXPECT_NEAR(o.lambda(step, 20), 1 / (1 + std::exp(-(t - 10 - 2) / 3 + 0.4)), 1e-12) << "step " << step;
   }
-  o.t0_origin = "start";
-  o.lambda_schedule = "pretrain-finetune";  // the step at t = t0 = 2: source at t = 1, target from t = 3
+  o.t0_origin = T0Origin::start;
+  o.lambda_schedule = LambdaSchedule::pretrain_finetune;  // the step at t = t0 = 2: source at t = 1, target from t = 3
   EXPECT_EQ(o.lambda(0, 20), 0.0);
   EXPECT_EQ(o.lambda(2, 20), 1.0);
   // auto: start after --init, half from scratch; an explicit origin stays.
-  o.t0_origin = "auto";
-  EXPECT_EQ(o.resolved(true).t0_origin, "start");
-  EXPECT_EQ(o.resolved(false).t0_origin, "half");
-  o.t0_origin = "half";
-  EXPECT_EQ(o.resolved(true).t0_origin, "half");
+  o.t0_origin = T0Origin::automatic;
+  EXPECT_EQ(o.resolved(true).t0_origin, T0Origin::start);
+  EXPECT_EQ(o.resolved(false).t0_origin, T0Origin::half);
+  o.t0_origin = T0Origin::half;
+  EXPECT_EQ(o.resolved(true).t0_origin, T0Origin::half);
 
   // The method resolves auto at setup from whether the run has a pretrained model.
   for (bool pretrained : {false, true}) {
@@ -296,8 +294,7 @@ TEST(Smooth, AfterInitT0CountsFromTheFirstStepByDefault) {
     EXPECT_NEAR(lambda, pretrained ? 1 / (1 + std::exp(-1.0 / 3)) : 1 / (1 + std::exp(9.0 / 3)), 1e-12)
         << (pretrained ? "after --init" : "from scratch");
   }
-  o.t0_origin = "middle";
-  test::expect_bad_input([&] { check_options(o); }, {"--t0-origin", "middle"});
+  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("t0_origin", "middle"); }, {"--t0-origin", "middle"});
 }
 
 TEST(Smooth, NeedsSourceData) {
@@ -319,7 +316,7 @@ RunOptions smooth_tiny_run(const test::TempDir& dir, const std::string& out) {
   r.trainer.iterations = 40;
   r.trainer.eval_every = 10;
   r.trainer.optim.lr = 0.05;
-  r.trainer.schedule.schedule = "cosine";
+  r.trainer.schedule.schedule = ScheduleKind::cosine;
   r.trainer.schedule.warmup = 0.025;
   r.loader.batch_size = 8;
   return r;

@@ -104,7 +104,7 @@ TEST(SearchSpace, ChecksAndSetsOptionsOfARunAndItsMethod) {
   EXPECT_EQ(smooth.tau, 123.25);
   EXPECT_EQ(run.trainer.optim.lr, 0.0125);
   EXPECT_EQ(run.loader.batch_size, 24);
-  EXPECT_EQ(smooth.bn, "per-domain");
+  EXPECT_EQ(smooth.bn, SmoothBatchNorm::per_domain);
   EXPECT_FALSE(run.loader.flip);
 
   test::expect_bad_input([&] { check_space(SearchSpace::parse({"gamma2=lin:0:1"}), both, fixed); },
@@ -121,7 +121,7 @@ TEST(SearchSpace, ChecksAndSetsOptionsOfARunAndItsMethod) {
                          {"--bn must be one of", "split"});
   test::expect_bad_input([&] { check_space(SearchSpace::parse({"out=cat:a,b"}), both, fixed); },
                          {"cannot set --out"});
-  EXPECT_EQ(smooth.bn, "per-domain") << "a failed check puts the option back";
+  EXPECT_EQ(smooth.bn, SmoothBatchNorm::per_domain) << "a failed check puts the option back";
 }
 
 }  // namespace

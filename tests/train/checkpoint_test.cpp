@@ -125,7 +125,7 @@ TEST(Checkpoint, MalformedPayloadsWithAValidChecksumAreBadInput) {
 }
 
 TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
-  for (const std::string kind : {"sgd", "adam"}) {
+  for (const OptimizerKind kind : {OptimizerKind::sgd, OptimizerKind::adam}) {
     torch::manual_seed(0);
     torch::nn::Linear a(4, 3), b(4, 3);
     {
@@ -159,7 +159,7 @@ TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
   OptimizerOptions sgd;
   auto opt = make_optimizer(sgd, {group("all", m->parameters())});
   OptimizerOptions adam_opts;
-  adam_opts.optimizer = "adam";
+  adam_opts.optimizer = OptimizerKind::adam;
   auto adam = make_optimizer(adam_opts, {group("all", m->parameters())});
   test::expect_bad_input([&] { load_optimizer(*adam, save_optimizer(*opt)); }, {"optimizer is 'sgd'", "adam"});
   auto two = make_optimizer(sgd, {group("w", {m->weight}), group("b", {m->bias})});

@@ -66,7 +66,7 @@ TEST(Golden, SgdMatchesTorchOptim) {
 
 TEST(Golden, AdamMatchesTorchOptim) {
   OptimizerOptions o;
-  o.optimizer = "adam";
+  o.optimizer = OptimizerKind::adam;
   o.lr = 0.01;
   o.weight_decay = 0;
   expect_steps_match(o, "adam");
@@ -79,7 +79,7 @@ TEST(Golden, AdamMatchesTorchOptim) {
 
 TEST(Golden, CosineMatchesCosineAnnealingLR) {
   ScheduleOptions s;
-  s.schedule = "cosine";
+  s.schedule = ScheduleKind::cosine;
   const auto expected = golden()["cosine_10"].get<std::vector<double>>();
   for (int step = 0; step < 10; ++step) EXPECT_NEAR(lr_factor(s, step, 10), expected[step], 1e-12) << step;
 }

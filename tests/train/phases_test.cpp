@@ -48,7 +48,7 @@ struct PhaseRig {
     opts.optim.lr = 0.1;
     opts.optim.momentum = 0.9;
     opts.optim.weight_decay = 0;
-    opts.schedule.schedule = "constant";
+    opts.schedule.schedule = ScheduleKind::constant;
     opts.checkpoint_every = 1;
     opts.log_every = 1;
   }

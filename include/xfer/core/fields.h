@@ -5,7 +5,7 @@
 ///
 ///   void fields(Fields& f) {
 ///     f.add("alpha", alpha, "Beta(alpha, 1) shape of the mixing weight").positive();
-///     f.add("label_space", label_space, "how labels are mixed").choices({"joint", "two-heads"});
+///     f.add("label_space", label_space, "how labels are mixed");  // an enum: its names are the choices
 ///   }
 ///
 /// From that one list, the CLI registers flags (`--alpha`, `--label-space`, `--no-flag` for booleans),
@@ -14,7 +14,9 @@
 /// the value. Field names are snake_case; the flag is the name with '-' for '_'.
 #include <cstdint>
 #include <optional>
+#include <ostream>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -22,9 +24,39 @@
 
 namespace xfer {
 
+/// Declares the names of a closed choice's values once, next to its enum, in enumerator order (the
+/// enumerators must be 0, 1, ...): an option of that enum type reads and writes these words on the command
+/// line, in config.json and in messages (operator<< prints the name), and accepts nothing else.
+///
+///   enum class BnMode { shared, per_domain };
+///   XFER_ENUM_NAMES(BnMode, "shared", "per-domain")
+#define XFER_ENUM_NAMES(Enum, ...)                                                \
+  inline const std::vector<std::string>& enum_names(Enum) {                       \
+    static const std::vector<std::string> enum_names_ = {__VA_ARGS__};            \
+    return enum_names_;                                                           \
+  }                                                                               \
+  inline std::ostream& operator<<(std::ostream& os, Enum value) {                 \
+    return os << enum_names(Enum{}).at(static_cast<size_t>(value));               \
+  }
+
+/// The name of a value of an enum declared with XFER_ENUM_NAMES: name_of(BnMode::per_domain) is "per-domain".
+template <class Enum>
+const std::string& name_of(Enum value) {
+  return enum_names(Enum{}).at(static_cast<size_t>(value));
+}
+
 class Fields {
  public:
-  using Target = std::variant<double*, int64_t*, bool*, std::string*>;
+  /// A field of an enum type: the value behind a type-erased pointer, read and written by its index in
+  /// `names`.
+  struct EnumRef {
+    void* value = nullptr;
+    const std::vector<std::string>* names = nullptr;
+    size_t (*get)(const void* value) = nullptr;
+    void (*set)(void* value, size_t index) = nullptr;
+    const std::string& text() const { return names->at(get(value)); }
+  };
+  using Target = std::variant<double*, int64_t*, bool*, std::string*, EnumRef>;
 
   /// What a string field names on disk, so that a run can store it absolute in its config.json and be
   /// evaluated, analysed and resumed from any directory.
@@ -48,7 +80,7 @@ class Fields {
     PathKind path = PathKind::none;
 
     std::string flag() const;             // "--label-space"
-    std::string type_name() const;        // "float", "int", "bool", "string"
+    std::string type_name() const;        // "float", "int", "bool", "string" (enums too)
     std::string value_text() const;       // the current value as text
     bool is_numeric() const;
   };
@@ -76,6 +108,15 @@ class Fields {
   Ref add(const std::string& name, int64_t& v, const std::string& help);
   Ref add(const std::string& name, bool& v, const std::string& help);
   Ref add(const std::string& name, std::string& v, const std::string& help);
+  /// A closed choice: an enum declared with XFER_ENUM_NAMES; its names are the field's choices.
+  template <class Enum, std::enable_if_t<std::is_enum_v<Enum>, int> = 0>
+  Ref add(const std::string& name, Enum& v, const std::string& help) {
+    EnumRef ref{&v, &enum_names(Enum{}), [](const void* p) { return static_cast<size_t>(*static_cast<const Enum*>(p)); },
+                [](void* p, size_t i) { *static_cast<Enum*>(p) = static_cast<Enum>(i); }};
+    Ref r = push(name, help, ref);
+    r.choices(*ref.names);
+    return r;
+  }
 
   /// Fields added from now on are listed under `heading` in --help.
   void group(const std::string& heading) { group_ = heading; }

@@ -60,15 +60,21 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
 /// output.
 std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages, bool last_conv);
 
+enum class DeltaFeatureMaps { last_conv, stage };
+XFER_ENUM_NAMES(DeltaFeatureMaps, "last-conv", "stage")
+
+enum class DeltaAttention { on, off };
+XFER_ENUM_NAMES(DeltaAttention, "on", "off")
+
 class DeltaMethod : public Method {
  public:
   struct Options {
     double alpha = 0.01;               // weight of the feature-map distance
     double beta = 0.01;                // weight of the head's L2 norm
     std::string stages = "all";        // backbone stages compared: "all" or names, comma-separated
-    std::string feature_maps = "last-conv";  // last-conv | stage: which map of each stage
-    std::string decay = "beta";        // beta: optimizer decay off, beta/2 ||w_head||^2; optimizer: --weight-decay
-    std::string attention = "on";      // on: channel attention; off: a_c = 1/C
+    DeltaFeatureMaps feature_maps = DeltaFeatureMaps::last_conv;  // last-conv | stage: which map of each stage
+    HeadDecay decay = HeadDecay::beta;        // beta: optimizer decay off, beta/2 ||w_head||^2; optimizer: --weight-decay
+    DeltaAttention attention = DeltaAttention::on;      // on: channel attention; off: a_c = 1/C
     int64_t attention_examples = 128;  // target training images the attention is measured on
     double temperature = 5.0;          // softmax temperature of the attention
     int64_t probe_iterations = 100;    // L-BFGS iterations of the attention's linear classifier
@@ -85,7 +91,7 @@ class DeltaMethod : public Method {
   void load(const Archive& in) override;
 
   const std::vector<std::string>& stages() const { return stages_; }
-  bool last_conv() const { return opts_.feature_maps == "last-conv"; }
+  bool last_conv() const { return opts_.feature_maps == DeltaFeatureMaps::last_conv; }
   /// Per stage, the weights a (C).
   const std::vector<torch::Tensor>& attention() const { return attention_; }
 

@@ -2,7 +2,14 @@
 /// Loss functions shared by methods. Shapes: logits (N, K); labels int64 (N); probabilities (N, K).
 #include <torch/types.h>
 
+#include "xfer/core/fields.h"
+
 namespace xfer {
+
+/// Where the head's L2 term comes from in L2-SP and DELTA: beta (the optimizer's weight decay off,
+/// beta/2 ||w_head||^2 in the loss, the papers) or optimizer (the run's --weight-decay, SMILE's code).
+enum class HeadDecay { beta, optimizer };
+XFER_ENUM_NAMES(HeadDecay, "beta", "optimizer")
 
 /// Mean cross-entropy of logits against int64 labels.
 torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);

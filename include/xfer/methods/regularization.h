@@ -61,7 +61,7 @@ class L2SPMethod : public Method {
   struct Options {
     double alpha = 0.01;  // weight of the distance to the pretrained backbone
     double beta = 0.01;   // weight of the head's L2 norm
-    std::string decay = "beta";  // beta | optimizer
+    HeadDecay decay = HeadDecay::beta;
     void fields(Fields& f);
   };
   explicit L2SPMethod(Options opts) : opts_(std::move(opts)) {}

@@ -46,6 +46,10 @@
 
 namespace xfer {
 
+/// The form of SMILE's L_FE: the authors' code or the paper's Eq. 5 (smile_feature_loss).
+enum class FeatureLossForm { code, paper };
+XFER_ENUM_NAMES(FeatureLossForm, "code", "paper")
+
 /// L_FE between the student's map on the mixed batch and the teacher's maps on the unmixed batch, both
 /// (N, C, h, w): the teacher's are mixed here, lambda T + (1 - lambda) T[p] with `teacher_partners` = T[p].
 /// `form` "code": ||mix - F_s||_F / (h w) over the whole batch (in a data-parallel run the ranks' squared
@@ -53,11 +57,15 @@ namespace xfer {
 /// pooled (spatially averaged) features, averaged over the batch (Eq. 5). The teacher's side carries no
 /// gradient.
 torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map,
-                                 const torch::Tensor& teacher_partners, double lambda, const std::string& form = "code");
+                                 const torch::Tensor& teacher_partners, double lambda,
+                                 FeatureLossForm form = FeatureLossForm::code);
 /// L_FC: the soft cross-entropy of the aux logits (N, S) against mix(P, P[p]) of the teacher's
 /// probabilities P (N, S), with `teacher_partners` = P[p].
 torch::Tensor smile_label_loss(const torch::Tensor& aux_logits, const torch::Tensor& teacher_probs,
                                const torch::Tensor& teacher_partners, double lambda);
+
+enum class SmileTeacher { ema, frozen, student_init };
+XFER_ENUM_NAMES(SmileTeacher, "ema", "frozen", "student-init")
 
 class SmileMethod : public Method {
  public:
@@ -68,8 +76,8 @@ class SmileMethod : public Method {
     double gamma_fc = 0.1;       // weight of L_FC
     bool fe = true;              // --no-fe drops L_FE
     bool fc = true;              // --no-fc drops L_FC (and the aux head)
-    std::string fe_form = "code";     // code | paper
-    std::string teacher = "ema";      // ema | frozen | student-init
+    FeatureLossForm fe_form = FeatureLossForm::code;
+    SmileTeacher teacher = SmileTeacher::ema;      // ema | frozen | student-init
     double ema_decay = 0.999;
     int64_t ema_period = 10;     // steps between mean-teacher updates
     std::string source_head = "source";  // the --init model's head over the source classes
@@ -90,7 +98,7 @@ class SmileMethod : public Method {
   /// L_FC needs source knowledge: off with a teacher that follows the student from its random start.
   bool uses_fc() const { return opts_.fc && opts_.gamma_fc > 0 && !from_student_; }
   /// Whether the teacher moves (and is therefore checkpointed).
-  bool teacher_moves() const { return opts_.teacher != "frozen"; }
+  bool teacher_moves() const { return opts_.teacher != SmileTeacher::frozen; }
 
  private:
   Options opts_;

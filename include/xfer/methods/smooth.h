@@ -52,14 +52,23 @@ namespace xfer {
 /// 1/(1+e^alpha); alpha = -infinity gives 1, +infinity gives 0. Never NaN for tau >= 0.
 double smooth_lambda(double t, double total_steps, double t0, double tau, double alpha);
 
+enum class LambdaSchedule { smooth, pretrain_finetune, multitask, target_only };
+XFER_ENUM_NAMES(LambdaSchedule, "smooth", "pretrain-finetune", "multitask", "target-only")
+
+enum class T0Origin { automatic, half, start };
+XFER_ENUM_NAMES(T0Origin, "auto", "half", "start")
+
+enum class SmoothBatchNorm { shared, per_domain };
+XFER_ENUM_NAMES(SmoothBatchNorm, "shared", "per-domain")
+
 struct SmoothOptions {
-  std::string lambda_schedule = "smooth";  // smooth | pretrain-finetune | multitask | target-only
+  LambdaSchedule lambda_schedule = LambdaSchedule::smooth;  // smooth | pretrain-finetune | multitask | target-only
   double t0 = 0;                           // steps: the switch is at ORIGIN + t0
-  std::string t0_origin = "auto";          // half (T/2, Eq. 4) | start (step 0) | auto (start with --init)
+  T0Origin t0_origin = T0Origin::automatic;          // half (T/2, Eq. 4) | start (step 0) | auto (start with --init)
   double tau = 30;                         // steps: the width of the transition (0: a step)
   double alpha = 0;                        // the weight offset: lambda(T/2 + t0) = 1 / (1 + e^alpha)
   int64_t source_batch_size = 0;           // 0: the same as --batch-size
-  std::string bn = "shared";               // shared | per-domain
+  SmoothBatchNorm bn = SmoothBatchNorm::shared;               // shared | per-domain
 
   void fields(Fields& f);
   /// lambda at the 0-based step `step` of `total_steps`, with the preset applied ("auto" counts as half).

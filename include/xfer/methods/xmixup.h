@@ -69,11 +69,14 @@ class AuxData {
   std::vector<int64_t> head_row_list_;
 };
 
+enum class LabelSpace { joint, two_heads };
+XFER_ENUM_NAMES(LabelSpace, "joint", "two-heads")
+
 struct XMixupOptions {
   AuxOptions aux;
   double alpha = 4.0;                 // lambda ~ Beta(alpha, beta); larger alpha weighs the target more
   double beta = 1.0;
-  std::string label_space = "joint";  // joint | two-heads
+  LabelSpace label_space = LabelSpace::joint;  // joint | two-heads
   bool aux_label = true;              // false: --no-aux-label, the target label only
 
   void fields(Fields& f);

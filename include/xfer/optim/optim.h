@@ -9,6 +9,8 @@
 
 #include "xfer/core/archive.h"
 
+#include "xfer/core/fields.h"
+
 namespace xfer {
 
 class Fields;
@@ -22,8 +24,11 @@ struct ParamGroup {
   std::optional<double> weight_decay;
 };
 
+enum class OptimizerKind { sgd, adam };
+XFER_ENUM_NAMES(OptimizerKind, "sgd", "adam")
+
 struct OptimizerOptions {
-  std::string optimizer = "sgd";  // sgd | adam
+  OptimizerKind optimizer = OptimizerKind::sgd;  // sgd | adam
   double lr = 0.01;
   double momentum = 0.9;  // sgd
   bool nesterov = false;  // sgd

@@ -3,13 +3,18 @@
 #include <cstdint>
 #include <string>
 
+#include "xfer/core/fields.h"
+
 namespace xfer {
 
 class Fields;
 
+enum class ScheduleKind { constant, step, cosine };
+XFER_ENUM_NAMES(ScheduleKind, "constant", "step", "cosine")
+
 struct ScheduleOptions {
   /// constant | step (x gamma at the milestone, the papers' default) | cosine (to final_lr_scale after warmup)
-  std::string schedule = "step";
+  ScheduleKind schedule = ScheduleKind::step;
   double milestone = 2.0 / 3.0;  // step: fraction of the iterations where the lr drops
   double gamma = 0.1;            // step: the factor applied at the milestone
   double warmup = 0.0;           // fraction of the iterations with a linear warmup from 0 (all schedules)

@@ -1,5 +1,6 @@
 #include "xfer/core/fields.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -71,11 +72,12 @@ bool Fields::Field::is_numeric() const { return target.index() <= 1; }
 
 std::string Fields::Field::value_text() const {
   return std::visit(
-      [](auto* p) -> std::string {
-        using T = std::remove_pointer_t<decltype(p)>;
-        if constexpr (std::is_same_v<T, double>) return format_number(*p);
-        else if constexpr (std::is_same_v<T, int64_t>) return std::to_string(*p);
-        else if constexpr (std::is_same_v<T, bool>) return *p ? "true" : "false";
+      [](const auto& p) -> std::string {
+        using T = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, Fields::EnumRef>) return p.text();
+        else if constexpr (std::is_same_v<T, double*>) return format_number(*p);
+        else if constexpr (std::is_same_v<T, int64_t*>) return std::to_string(*p);
+        else if constexpr (std::is_same_v<T, bool*>) return *p ? "true" : "false";
         else return *p;
       },
       target);
@@ -148,14 +150,33 @@ std::string Fields::names() const {
   return out.empty() ? "(none)" : out;
 }
 
+namespace {
+
+/// "a, b, c": the valid values of a closed choice, for its error message.
+std::string choice_list(const std::vector<std::string>& choices) {
+  std::string valid;
+  for (const auto& c : choices) valid += (valid.empty() ? "" : ", ") + c;
+  return valid;
+}
+
+void set_enum(const Fields::Field& f, const Fields::EnumRef& e, const std::string& text) {
+  const auto& names = *e.names;
+  const auto it = std::find(names.begin(), names.end(), text);
+  XFER_CHECK(it != names.end(), f.flag(), " must be one of ", choice_list(names), "; got '", printable(text), "'");
+  e.set(e.value, static_cast<size_t>(it - names.begin()));
+}
+
+}  // namespace
+
 void set_field_text(const Fields::Field& f, const std::string& text) {
   const std::string flag = f.flag();
   std::visit(
-      [&](auto* p) {
-        using T = std::remove_pointer_t<decltype(p)>;
-        if constexpr (std::is_same_v<T, double>) *p = parse_double(flag, text);
-        else if constexpr (std::is_same_v<T, int64_t>) *p = parse_int(flag, text);
-        else if constexpr (std::is_same_v<T, bool>) *p = parse_bool(flag, text);
+      [&](const auto& p) {
+        using T = std::decay_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, Fields::EnumRef>) set_enum(f, p, text);
+        else if constexpr (std::is_same_v<T, double*>) *p = parse_double(flag, text);
+        else if constexpr (std::is_same_v<T, int64_t*>) *p = parse_int(flag, text);
+        else if constexpr (std::is_same_v<T, bool*>) *p = parse_bool(flag, text);
         else *p = text;
       },
       f.target);
@@ -177,9 +198,12 @@ void Fields::read_json(const nlohmann::json& obj, const std::string& where) {
     XFER_CHECK(f != nullptr, where, ": unknown key '", key, "'; valid keys: ", names());
     const std::string label = cat(where, ".", key);
     std::visit(
-        [&](auto* p) {
-          using T = std::remove_pointer_t<decltype(p)>;
-          if constexpr (std::is_same_v<T, double>) {
+        [&](const auto& p) {
+          using T = std::remove_pointer_t<std::decay_t<decltype(p)>>;
+          if constexpr (std::is_same_v<T, Fields::EnumRef>) {
+            XFER_CHECK(value.is_string(), label, " must be a string, got ", value.dump());
+            set_enum(*f, p, value.get<std::string>());
+          } else if constexpr (std::is_same_v<T, double>) {
             XFER_CHECK(value.is_number(), label, " must be a number, got ", value.dump());
             *p = value.get<double>();
           } else if constexpr (std::is_same_v<T, int64_t>) {
@@ -201,7 +225,12 @@ void Fields::read_json(const nlohmann::json& obj, const std::string& where) {
 nlohmann::json Fields::to_json() const {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& f : fields_)
-    std::visit([&](auto* p) { out[f.name] = *p; }, f.target);
+    std::visit(
+        [&](const auto& p) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(p)>, EnumRef>) out[f.name] = p.text();
+          else out[f.name] = *p;
+        },
+        f.target);
   return out;
 }
 
@@ -226,15 +255,10 @@ void validate_field(const Fields::Field& f) {
     }
   }
   if (f.target.index() == 3) check_utf8(*std::get<std::string*>(f.target), f.flag());
-  if (!f.choices.empty()) {
+  if (!f.choices.empty() && f.target.index() == 3) {  // an enum holds one of its names by construction
     const std::string& v = *std::get<std::string*>(f.target);
-    bool ok = false;
-    std::string valid;
-    for (const auto& c : f.choices) {
-      ok = ok || c == v;
-      valid += (valid.empty() ? "" : ", ") + c;
-    }
-    XFER_CHECK(ok, f.flag(), " must be one of ", valid, "; got '", v, "'");
+    XFER_CHECK(std::find(f.choices.begin(), f.choices.end(), v) != f.choices.end(), f.flag(), " must be one of ",
+               choice_list(f.choices), "; got '", v, "'");
   }
 }
 

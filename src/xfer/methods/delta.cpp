@@ -105,13 +105,10 @@ void DeltaMethod::Options::fields(Fields& f) {
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
   f.add("stages", stages, "backbone stages whose feature maps are compared: all, or names like layer1,layer3");
   f.add("feature_maps", feature_maps, "the map of each stage: last-conv (its last convolution's output, before the "
-                                      "batch norm and the residual add, as the authors' code) or stage (its output)")
-      .choices({"last-conv", "stage"});
+                                      "batch norm and the residual add, as the authors' code) or stage (its output)");
   f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the authors' code); "
-                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)")
-      .choices({"beta", "optimizer"});
-  f.add("attention", attention, "channel attention from the source network (on), or a_c = 1/C (off)")
-      .choices({"on", "off"});
+                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
+  f.add("attention", attention, "channel attention from the source network (on), or a_c = 1/C (off)");
   f.add("attention_examples", attention_examples, "target training images the channel attention is measured on")
       .at_least(1);
   f.add("temperature", temperature, "softmax temperature of the channel attention").positive();
@@ -123,7 +120,7 @@ void DeltaMethod::Options::fields(Fields& f) {
 void DeltaMethod::setup(Model& model, SetupContext& ctx) {
   source_ = Teacher(ctx.require_pretrained("delta"), /*keep_conv_taps=*/last_conv());
   stages_ = parse_stages(opts_.stages, *model->backbone, "--stages");
-  if (opts_.attention == "on") {
+  if (opts_.attention == DeltaAttention::on) {
     attention_ = measure_attention(ctx);
     return;
   }
@@ -178,7 +175,7 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
 }
 
 std::vector<ParamGroup> DeltaMethod::param_groups(Model& model, double head_lr_mult) {
-  if (opts_.decay == "optimizer") return Method::param_groups(model, head_lr_mult);
+  if (opts_.decay == HeadDecay::optimizer) return Method::param_groups(model, head_lr_mult);
   return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
@@ -194,7 +191,7 @@ LossTerms DeltaMethod::loss(StepContext& ctx) {
   for (const auto& a : attention_) attention.push_back(a.to(b.x.device()));
   const torch::Tensor fm =
       delta_penalty(delta_maps(f, stages_, last_conv()), delta_maps(f0, stages_, last_conv()), attention) * opts_.alpha;
-  if (opts_.decay == "optimizer")
+  if (opts_.decay == HeadDecay::optimizer)
     return LossTerms{ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}}.with_train_accuracy(logits, b.y);
   const torch::Tensor decay = l2_penalty(head->parameters(), opts_.beta);
   return LossTerms{ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}}

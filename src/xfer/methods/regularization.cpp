@@ -77,8 +77,7 @@ void L2SPMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "weight of the distance to the pretrained backbone (alpha/2 ||w - w0||^2)").non_negative();
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
   f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the paper); "
-                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)")
-      .choices({"beta", "optimizer"});
+                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
 }
 
 void L2SPMethod::setup(Model& model, SetupContext& ctx) {
@@ -95,7 +94,7 @@ void L2SPMethod::setup(Model& model, SetupContext& ctx) {
 }
 
 std::vector<ParamGroup> L2SPMethod::param_groups(Model& model, double head_lr_mult) {
-  if (opts_.decay == "optimizer") return Method::param_groups(model, head_lr_mult);
+  if (opts_.decay == HeadDecay::optimizer) return Method::param_groups(model, head_lr_mult);
   return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
@@ -105,7 +104,7 @@ LossTerms L2SPMethod::loss(StepContext& ctx) {
   const torch::Tensor logits = ctx.model->forward(b.x, ctx.head);
   const torch::Tensor ce = cross_entropy(logits, b.y);
   const torch::Tensor sp = l2sp_penalty(ctx.model->backbone_parameters(), w0_, opts_.alpha);
-  if (opts_.decay == "optimizer")
+  if (opts_.decay == HeadDecay::optimizer)
     return LossTerms{ce + sp, {{"ce", ce.detach()}, {"l2sp", sp.detach()}}}.with_train_accuracy(logits, b.y);
   const torch::Tensor decay = l2_penalty(ctx.model->head(ctx.head)->parameters(), opts_.beta);
   return LossTerms{ce + sp + decay, {{"ce", ce.detach()}, {"l2sp", sp.detach()}, {"head_l2", decay.detach()}}}

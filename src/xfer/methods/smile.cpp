@@ -32,13 +32,12 @@ std::string smile_head_names(const Model& m) {
 }  // namespace
 
 torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map,
-                                 const torch::Tensor& teacher_partners, double lambda, const std::string& form) {
+                                 const torch::Tensor& teacher_partners, double lambda, FeatureLossForm form) {
   XFER_CHECK(student_map.dim() == 4 && student_map.sizes() == teacher_map.sizes(),
              "smile: the student's and the teacher's feature maps differ in shape: ", student_map.sizes(), " vs ",
              teacher_map.sizes());
   const torch::Tensor target = mix(teacher_map, teacher_partners, lambda).detach();
-  if (form == "paper") return (student_map.mean({2, 3}) - target.mean({2, 3})).pow(2).sum(1).mean();
-  XFER_CHECK(form == "code", "smile: --fe-form must be code or paper, got '", form, "'");
+  if (form == FeatureLossForm::paper) return (student_map.mean({2, 3}) - target.mean({2, 3})).pow(2).sum(1).mean();
   const double hw = static_cast<double>(student_map.size(2) * student_map.size(3));
   const torch::Tensor diff = student_map - target;
   if (!dist::is_distributed()) return diff.norm() / hw;
@@ -63,27 +62,25 @@ void SmileMethod::Options::fields(Fields& f) {
   f.add("fe", fe, "use L_FE (off: the paper's 'w/o L_FE' ablation)");
   f.add("fc", fc, "use L_FC and the aux head (off: the paper's 'w/o L_FC' ablation)");
   f.add("fe_form", fe_form, "L_FE as the authors' code (Frobenius norm of the batch's maps over h*w) or as the "
-                            "paper's Eq. 5 (squared distance of pooled features, batch mean)")
-      .choices({"code", "paper"});
+                            "paper's Eq. 5 (squared distance of pooled features, batch mean)");
   f.add("teacher", teacher, "ema: mean teacher from the --init model; frozen: the --init model, never updated "
                             "('w/o Target'); student-init: starts from the random init of the student's "
                             "architecture and tracks the student by EMA, BN statistics included, without L_FC "
-                            "('w/o Source'). Without --init, ema is student-init (SMILE from scratch)")
-      .choices({"ema", "frozen", "student-init"});
+                            "('w/o Source'). Without --init, ema is student-init (SMILE from scratch)");
   f.add("ema_decay", ema_decay, "mean-teacher decay: teacher <- decay teacher + (1 - decay) student").in_range(0, 1);
   f.add("ema_period", ema_period, "steps between mean-teacher updates").at_least(1);
   f.add("source_head", source_head, "the --init model's head over the source classes (the teacher's head and "
                                     "the aux head's initialisation)");
 }
 
-SmileMethod::SmileMethod(const Options& opts) : opts_(opts), from_student_(opts.teacher == "student-init") {
+SmileMethod::SmileMethod(const Options& opts) : opts_(opts), from_student_(opts.teacher == SmileTeacher::student_init) {
   check_options(opts_);
 }
 
 void SmileMethod::setup(Model& model, SetupContext& ctx) {
   const Model& pretrained = ctx.pretrained;
   if (!pretrained) {  // SMILE from scratch (Table 9): the teacher can only follow the student
-    XFER_CHECK(opts_.teacher != "frozen", "smile --teacher frozen needs --init: a frozen teacher without a source ",
+    XFER_CHECK(opts_.teacher != SmileTeacher::frozen, "smile --teacher frozen needs --init: a frozen teacher without a source ",
                "model is a random network; use --teacher ema (from scratch: the student's own mean teacher)");
     from_student_ = true;
   } else {

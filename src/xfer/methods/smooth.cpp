@@ -39,44 +39,41 @@ void SmoothOptions::fields(Fields& f) {
   f.add("lambda_schedule", lambda_schedule,
         "the target weight lambda(t): smooth (Eq. 4 with --t0 --tau --alpha), pretrain-finetune (tau -> 0: "
         "source only, then target only from T/2 + t0), multitask (tau -> infinity: constant 1/(1+e^alpha)), "
-        "target-only (lambda = 1)")
-      .choices({"smooth", "pretrain-finetune", "multitask", "target-only"});
+        "target-only (lambda = 1)");
   f.add("t0", t0, "steps: lambda switches at ORIGIN + t0 (see --t0-origin)");
   f.add("t0_origin", t0_origin,
         "where t0 counts from: half (T/2, Eq. 4: from scratch, the first half pre-trains on the source), start "
         "(the run's first step: the --init model stands for the pre-training half), auto (start with --init, "
-        "half without)")
-      .choices({"auto", "half", "start"});
+        "half without)");
   f.add("tau", tau, "steps: the width of the switch (0: a step; search it in log space)").non_negative();
   f.add("alpha", alpha, "weight offset: lambda(T/2 + t0) = 1/(1 + e^alpha); multitask's constant weight");
   f.add("source_batch_size", source_batch_size, "source examples per step (0: the same as --batch-size)")
       .non_negative();
   f.add("bn", bn, "BatchNorm statistics: shared (one batch through BN) or per-domain (separate batch and "
-                  "running statistics for the source sub-batch)")
-      .choices({"shared", "per-domain"});
+                  "running statistics for the source sub-batch)");
 }
 
 SmoothOptions SmoothOptions::resolved(bool from_pretrained) const {
   SmoothOptions o = *this;
-  if (o.t0_origin == "auto") o.t0_origin = from_pretrained ? "start" : "half";
+  if (o.t0_origin == T0Origin::automatic) o.t0_origin = from_pretrained ? T0Origin::start : T0Origin::half;
   return o;
 }
 
 double SmoothOptions::lambda(int64_t step, int64_t total_steps) const {
   const double t = static_cast<double>(step + 1), T = static_cast<double>(total_steps);
   // Eq. 4 switches at T/2 + t0; counted from the start, the switch is at t0 = T/2 + (t0 - T/2).
-  const double offset = t0_origin == "start" ? t0 - T / 2 : t0;
-  if (lambda_schedule == "target-only") return 1.0;
-  if (lambda_schedule == "pretrain-finetune") return smooth_lambda(t, T, offset, 0.0, alpha);
-  if (lambda_schedule == "multitask") return smooth_lambda(t, T, offset, std::numeric_limits<double>::infinity(), alpha);
+  const double offset = t0_origin == T0Origin::start ? t0 - T / 2 : t0;
+  if (lambda_schedule == LambdaSchedule::target_only) return 1.0;
+  if (lambda_schedule == LambdaSchedule::pretrain_finetune) return smooth_lambda(t, T, offset, 0.0, alpha);
+  if (lambda_schedule == LambdaSchedule::multitask) return smooth_lambda(t, T, offset, std::numeric_limits<double>::infinity(), alpha);
   return smooth_lambda(t, T, offset, tau, alpha);
 }
 
 void SmoothMethod::setup(Model& model, SetupContext& ctx) {
   const Task& source = ctx.require_source("smooth");
-  if (opts_.t0_origin == "auto") {
+  if (opts_.t0_origin == T0Origin::automatic) {
     opts_ = opts_.resolved(static_cast<bool>(ctx.pretrained));
-    log_info(cat("smooth: t0 counts from ", opts_.t0_origin == "start" ? "the first step (--init)" : "T/2 (no --init)"));
+    log_info(cat("smooth: t0 counts from ", opts_.t0_origin == T0Origin::start ? "the first step (--init)" : "T/2 (no --init)"));
   }
   XFER_CHECK(!model->has_head("source"), "smooth: the model already has a 'source' head");
   const HeadInfo* pretrained_head = ctx.pretrained ? ctx.pretrained->arch().head("source") : nullptr;
@@ -89,9 +86,9 @@ void SmoothMethod::setup(Model& model, SetupContext& ctx) {
     seed_global(derive_seed(ctx.seed, "smooth/source-head"));
     model->add_head({"source", source.class_names()});
   }
-  if (opts_.lambda_schedule != "target-only")
+  if (opts_.lambda_schedule != LambdaSchedule::target_only)
     ctx.add_stream("source", source.train, model, nullptr, opts_.source_batch_size);
-  if (opts_.bn == "per-domain") {
+  if (opts_.bn == SmoothBatchNorm::per_domain) {
     source_bn_ = DomainBatchNorm(*model->backbone);
     XFER_CHECK(source_bn_.layers() > 0, "smooth --bn per-domain: the backbone ", model->arch().backbone,
                " has no BatchNorm layers");
@@ -108,7 +105,7 @@ LossTerms SmoothMethod::loss(StepContext& ctx) {
   if (use_source) source = ctx.batches.next("source");
 
   torch::Tensor ce_target, ce_source;
-  if (use_target && use_source && opts_.bn == "shared") {
+  if (use_target && use_source && opts_.bn == SmoothBatchNorm::shared) {
     // One forward: BatchNorm sees the union of the sub-batches.
     const int64_t n = target.x.size(0);
     const torch::Tensor g = ctx.model->backbone->forward(torch::cat({target.x, source.x}));
@@ -117,7 +114,7 @@ LossTerms SmoothMethod::loss(StepContext& ctx) {
   } else {
     if (use_target) ce_target = cross_entropy(ctx.model->forward(target.x, ctx.head), target.y);
     if (use_source) {
-      if (opts_.bn == "per-domain") {
+      if (opts_.bn == SmoothBatchNorm::per_domain) {
         auto scope = source_bn_.use_second();
         ce_source = cross_entropy(ctx.model->forward(source.x, "source"), source.y);
       } else {
@@ -143,11 +140,11 @@ LossTerms SmoothMethod::loss(StepContext& ctx) {
 }
 
 void SmoothMethod::save(Archive& out) const {
-  if (opts_.bn == "per-domain") source_bn_.save(out, "source_bn");
+  if (opts_.bn == SmoothBatchNorm::per_domain) source_bn_.save(out, "source_bn");
 }
 
 void SmoothMethod::load(const Archive& in) {
-  if (opts_.bn == "per-domain") source_bn_.load(in, "source_bn");
+  if (opts_.bn == SmoothBatchNorm::per_domain) source_bn_.load(in, "source_bn");
 }
 
 void register_smooth_methods(MethodRegistry& r) {

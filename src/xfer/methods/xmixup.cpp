@@ -127,7 +127,7 @@ void XMixup::setup(Model& model, SetupContext& ctx) {
 
   if (!opts_.aux_label) return;  // mixed input, target labels: the target head as it is
   const Model& pretrained = ctx.pretrained;
-  if (opts_.label_space == "two-heads") {
+  if (opts_.label_space == LabelSpace::two_heads) {
     copy_head(pretrained, "source", model);
     return;
   }
@@ -185,7 +185,7 @@ LossTerms XMixup::loss(StepContext& ctx) {
   torch::Tensor ce;
   if (!opts_.aux_label) {
     ce = cross_entropy(ctx.model->forward(m.x, ctx.head), m.y_target);
-  } else if (opts_.label_space == "joint") {
+  } else if (opts_.label_space == LabelSpace::joint) {
     const torch::Tensor logits = ctx.model->forward(m.x, ctx.head);
     ce = soft_cross_entropy(logits, mixed_soft_labels(m.y_target, joint_columns_.index_select(0, m.y_aux), m.lambda,
                                                       logits.size(1)));

@@ -152,7 +152,7 @@ class FlatSGD : public torch::optim::SGD {
 }  // namespace
 
 void OptimizerOptions::fields(Fields& f) {
-  f.add("optimizer", optimizer, "sgd (with momentum) or adam").choices({"sgd", "adam"});
+  f.add("optimizer", optimizer, "sgd (with momentum) or adam");
   // Bounded so that lr times its multipliers stays far inside float32 (1e308 overflowed inside the optimizer).
   f.add("lr", lr, "base learning rate (at most 1e10)").positive().at_most(1e10);
   f.add("momentum", momentum, "sgd momentum").in_range(0, 0.999999);
@@ -172,7 +172,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
   for (const auto& g : groups) {
     XFER_CHECK(g.lr_mult >= 0, "parameter group '", g.name, "' has a negative lr multiplier ", g.lr_mult);
     const double wd = g.weight_decay.value_or(opts.weight_decay);
-    if (opts.optimizer == "sgd") {
+    if (opts.optimizer == OptimizerKind::sgd) {
       torch_groups.emplace_back(g.params, std::make_unique<torch::optim::SGDOptions>(
                                               torch::optim::SGDOptions(opts.lr * g.lr_mult)
                                                   .momentum(opts.momentum)
@@ -186,7 +186,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
                                                   .weight_decay(wd)));
     }
   }
-  if (opts.optimizer == "sgd") return std::make_unique<FlatSGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
+  if (opts.optimizer == OptimizerKind::sgd) return std::make_unique<FlatSGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
   return std::make_unique<torch::optim::Adam>(torch_groups, torch::optim::AdamOptions(opts.lr));
 }
 

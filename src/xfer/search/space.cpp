@@ -65,13 +65,19 @@ std::string space_snake(std::string s) {
 /// A field's value, to put back after trying values on it.
 using FieldValue = std::variant<double, int64_t, bool, std::string>;
 FieldValue space_get(const Fields::Field& f) {
-  return std::visit([](auto* p) -> FieldValue { return *p; }, f.target);
+  return std::visit(
+      [](const auto& p) -> FieldValue {
+        if constexpr (std::is_same_v<std::decay_t<decltype(p)>, Fields::EnumRef>) return p.text();
+        else return *p;
+      },
+      f.target);
 }
 void space_put(const Fields::Field& f, const FieldValue& v) {
   std::visit(
-      [&](auto* p) {
-        using T = std::remove_pointer_t<decltype(p)>;
-        *p = std::get<T>(v);
+      [&](const auto& p) {
+        using T = std::remove_pointer_t<std::decay_t<decltype(p)>>;
+        if constexpr (std::is_same_v<T, Fields::EnumRef>) set_field_text(f, std::get<std::string>(v));
+        else *p = std::get<T>(v);
       },
       f.target);
 }

@@ -26,7 +26,7 @@ RunOptions source_pretrain_options(const std::string& source, const std::string&
   p.backbone = backbone;
   p.trainer.iterations = iterations;
   p.trainer.optim.lr = 0.05;
-  p.trainer.schedule.schedule = "cosine";
+  p.trainer.schedule.schedule = ScheduleKind::cosine;
   p.trainer.schedule.warmup = 0.02;
   p.loader.batch_size = 128;
   return p;
