@@ -112,7 +112,7 @@ class SearchCommand : public Command {
     StudyInfo info;
     info.name = search_.study;
     info.space = space;
-    info.sampler = search_.sampler;
+    info.sampler = name_of(search_.sampler);
     info.seed = static_cast<uint64_t>(run_.seed);
     info.config = objective.config();
     Study study(search_.storage_path(), info, search_.busy_timeout);

@@ -298,7 +298,7 @@ TEST(XMixup, AnAuxiliarySetBelowOneRoundIsASeededRandomPartOfThePairedClasses) {
                          {"--aux-size 1 is smaller than the 2 paired source classes"});
   // --aux random keeps its meaning: as many examples, from the whole source.
   auto random = xmixup_rig("xmixup", {{"aux", "random"}, {"aux_size", "5"}});
-  EXPECT_EQ(random->as<XMixup>().aux().pools().mode, "random");
+  EXPECT_EQ(random->as<XMixup>().aux().pools().mode, AuxMode::random);
   EXPECT_EQ(random->as<XMixup>().aux().pools().size(), 5);
   // Above one round, rounds add whole classes.
   EXPECT_EQ(xmixup_rig("xmixup", {{"aux_size", "25"}})->as<XMixup>().aux().pools().size(), 48);

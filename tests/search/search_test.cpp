@@ -263,7 +263,7 @@ TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
   SearchOptions opts;
   opts.out = dir.path();
   opts.trials = 7;
-  opts.pruner = "median";
+  opts.pruner = PrunerKind::median;
   RandomParamSampler sampler;
   std::map<int64_t, int> reports;  // per trial: values it got to report
   const Objective objective = [&](const ParamValues&, const TrialRecord& r, const ReportFn& report) {

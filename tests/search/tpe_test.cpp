@@ -10,6 +10,8 @@
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/core/fields.h"
+#include "xfer/search/search.h"
 #include "xfer/search/tpe.h"
 
 namespace xfer {
@@ -249,7 +251,7 @@ TEST(Tpe, IsDeterministicPerSeed) {
   std::vector<Observation> first(a.begin(), a.begin() + 10);
   EXPECT_EQ(tpe.sample(space, std::vector<Observation>(a.begin(), a.begin() + 9), 5), random.sample(space, {}, 5));
   EXPECT_NE(tpe.sample(space, first, 5), random.sample(space, {}, 5));
-  test::expect_bad_input([] { make_param_sampler("grid"); }, {"--sampler", "grid"});
+  test::expect_bad_input([] { SearchOptions o; Fields f; o.fields(f); f.set("sampler", "grid"); }, {"--sampler", "grid"});
 }
 
 }  // namespace

@@ -131,7 +131,7 @@ TEST(Pairing, PoolsOfEachAuxiliaryMode) {
   p.source_counts = source.class_counts();
   p.target_counts = {1, 1};
   p.pairs = {{0, 2, 0.9, 1}, {1, 0, 0.8, 1}, {1, 3, 0.5, 2}};
-  const AuxPools paired = make_aux_pools("paired", &p, source, 2, 1);
+  const AuxPools paired = make_aux_pools(AuxMode::paired, &p, source, 2, 1);
   ASSERT_EQ(paired.pools.size(), 2u);
   EXPECT_EQ(paired.pools[0].size(), 7u);
   EXPECT_EQ(paired.pools[1].size(), 13u);
@@ -140,14 +140,14 @@ TEST(Pairing, PoolsOfEachAuxiliaryMode) {
   EXPECT_EQ(paired.source_classes, (std::vector<int64_t>{0, 2, 3}));
   EXPECT_EQ(paired.size(), p.samples());
 
-  const AuxPools random = make_aux_pools("random", &p, source, 2, 1);
+  const AuxPools random = make_aux_pools(AuxMode::random, &p, source, 2, 1);
   ASSERT_EQ(random.pools.size(), 1u);
   EXPECT_EQ(random.size(), p.samples()) << "as many examples as the paired set";
   EXPECT_EQ(std::set<int64_t>(random.pools[0].begin(), random.pools[0].end()).size(), 20u) << "without replacement";
-  EXPECT_EQ(make_aux_pools("random", &p, source, 2, 1).pools, random.pools) << "seeded";
-  EXPECT_NE(make_aux_pools("random", &p, source, 2, 2).pools, random.pools);
+  EXPECT_EQ(make_aux_pools(AuxMode::random, &p, source, 2, 1).pools, random.pools) << "seeded";
+  EXPECT_NE(make_aux_pools(AuxMode::random, &p, source, 2, 2).pools, random.pools);
 
-  const AuxPools all = make_aux_pools("all", nullptr, source, 2, 1);
+  const AuxPools all = make_aux_pools(AuxMode::all, nullptr, source, 2, 1);
   EXPECT_EQ(all.size(), source.size());
   EXPECT_EQ(all.source_classes, (std::vector<int64_t>{0, 1, 2, 3}));
   EXPECT_EQ(all.pool_of(1), all.pools[0]);
@@ -161,7 +161,7 @@ TEST(Pairing, AuxSamplerDrawsFromThePairedClassesSlotForSlotWithTheTargetStream)
   p.source_counts = source.class_counts();
   p.target_counts = target.class_counts();
   p.pairs = {{0, 3, 0.9, 1}, {1, 1, 0.8, 1}, {2, 4, 0.7, 1}, {0, 0, 0.5, 2}};
-  auto pools = std::make_shared<const AuxPools>(make_aux_pools("paired", &p, source, 3, 0));
+  auto pools = std::make_shared<const AuxPools>(make_aux_pools(AuxMode::paired, &p, source, 3, 0));
   const uint64_t target_seed = derive_seed(uint64_t{5}, "target");
   LoaderOptions opts;
   opts.batch_size = 8;  // 8 does not divide 21: batches span epochs

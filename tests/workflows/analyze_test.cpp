@@ -34,7 +34,9 @@ class Analyze : public ::testing::Test {
   AnalyzeOptions options(const std::string& on) {
     AnalyzeOptions a;
     a.run = dir_.file("run");
-    a.on = on;
+    Fields f;
+    a.fields(f);
+    f.set("on", on);
     a.pairs = 40;
     a.spectrum = 3;
     a.threads = 1;
@@ -124,8 +126,7 @@ TEST_F(Analyze, BadInputIsNamed) {
   a = options("test");
   a.pairs = 0;
   test::expect_bad_input([&] { analyze_run(a); }, {"--pairs must be >= 1, got 0"});
-  a = options("val");
-  test::expect_bad_input([&] { analyze_run(a); }, {"--on must be one of train, test; got 'val'"});
+  test::expect_bad_input([&] { options("val"); }, {"--on must be one of train, test; got 'val'"});
   a = options("test");
   a.init = dir_.file("nowhere");
   test::expect_bad_input([&] { analyze_run(a); }, {"checkpoint not found", "nowhere", "pass --init"});

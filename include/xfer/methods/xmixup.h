@@ -62,7 +62,7 @@ class AuxData {
   void load(const Archive& in);
 
  private:
-  std::string mode_;
+  AuxMode mode_ = AuxMode::paired;
   Pairing pairing_;
   std::shared_ptr<const AuxPools> pools_;
   torch::Tensor head_rows_;

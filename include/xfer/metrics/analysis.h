@@ -17,9 +17,14 @@
 #include <torch/types.h>
 
 #include "xfer/models/model.h"
+#include "xfer/core/fields.h"
 #include "xfer/core/stats.h"
 
 namespace xfer {
+
+/// What Label-IL measures: the head's logits or its softmax probabilities.
+enum class LabelOutput { logits, softmax };
+XFER_ENUM_NAMES(LabelOutput, "logits", "softmax")
 
 struct InterpolationOptions {
   int64_t pairs = 1000;  // random pairs (x, x') of distinct examples
@@ -49,7 +54,7 @@ struct ModelInterpolation {
 /// or "softmax".
 ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& inputs, const std::string& head,
                                             const InterpolationOptions& opts,
-                                            const std::string& label_output = "logits");
+                                            LabelOutput label_output = LabelOutput::logits);
 
 /// Sum over the backbone's parameter tensors of ||w - w0||_2 between `model` and `reference` (SMILE
 /// Table 7). Heads and BN running statistics are excluded. BadInput if the backbones differ.

@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "xfer/core/fields.h"
 #include "xfer/search/space.h"
 
 namespace xfer {
@@ -90,8 +91,10 @@ class TpeSampler : public ParamSampler {
   RandomParamSampler random_;
 };
 
-/// Builds "tpe" or "random"; BadInput for anything else.
-std::unique_ptr<ParamSampler> make_param_sampler(const std::string& name, const TpeOptions& tpe = {});
+enum class SamplerKind { tpe, random };
+XFER_ENUM_NAMES(SamplerKind, "tpe", "random")
+
+std::unique_ptr<ParamSampler> make_param_sampler(SamplerKind kind, const TpeOptions& tpe = {});
 
 // The pieces of TPE, exposed for tests.
 

@@ -28,6 +28,8 @@
 #include "xfer/data/loader.h"
 #include "xfer/models/model.h"
 
+#include "xfer/core/fields.h"
+
 namespace xfer {
 
 class Fields;
@@ -99,9 +101,14 @@ Pairing pair_by_features(const torch::Tensor& target_features, const TensorDatas
 Pairing select_auxiliary(const Model& pretrained, const TensorDataset& target, const TensorDataset& source,
                          int64_t aux_size);
 
+/// Where the auxiliary examples come from: the paired source classes of each target class, examples drawn
+/// from the whole source, or the whole source.
+enum class AuxMode { paired, random, all };
+XFER_ENUM_NAMES(AuxMode, "paired", "random", "all")
+
 /// The options of auxiliary sample selection shared by xmixup, seqtrain and cotrain.
 struct AuxOptions {
-  std::string aux = "paired";  // paired | random | all
+  AuxMode aux = AuxMode::paired;
   int64_t aux_size = 0;        // minimum auxiliary examples; 0: one pairing round
   std::string pairing;         // a pairing.json from `xfer select`; "" computes the pairing in setup
 
@@ -110,7 +117,7 @@ struct AuxOptions {
 
 /// Which source examples each target class draws its auxiliary examples from.
 struct AuxPools {
-  std::string mode;                               // paired | random | all
+  AuxMode mode = AuxMode::paired;
   std::vector<std::vector<int64_t>> pools;        // paired: one per target class; random/all: one shared
   std::vector<int64_t> source_classes;            // source classes present in the auxiliary set, ascending
 
@@ -125,7 +132,7 @@ struct AuxPools {
 /// when that is below one round), `random` aux_examples() examples of the whole source drawn without
 /// replacement by `seed`, `all` the whole source (pairing unused, may be null). BadInput if a subsampled
 /// paired set would leave a paired class without examples.
-AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const TensorDataset& source,
+AuxPools make_aux_pools(AuxMode mode, const Pairing* pairing, const TensorDataset& source,
                         int64_t target_classes, uint64_t seed);
 
 /// Eq. 3, as a batch stream's sampler: batch b holds, slot for slot, one auxiliary example for each

@@ -20,18 +20,25 @@
 
 #include <nlohmann/json.hpp>
 
+#include "xfer/core/fields.h"
+#include "xfer/metrics/analysis.h"
+
 namespace xfer {
 
 class Fields;
 class Table;
 
+/// The split of a target spec an analysis reads.
+enum class DataSplit { train, test };
+XFER_ENUM_NAMES(DataSplit, "train", "test")
+
 struct AnalyzeOptions {
   std::string run;            // the run directory
-  std::string on = "test";    // train | test: the split of the target spec
+  DataSplit on = DataSplit::test;  // the split of the target spec
   std::string data;           // dataset spec; "" = the run's --target
   std::string init;           // pretrained model for the parameter distance; "" = the run's --init
   std::string head = "target";
-  std::string label_output = "logits";  // logits | softmax: what Label-IL measures
+  LabelOutput label_output = LabelOutput::logits;  // what Label-IL measures
   bool forgetting = false;               // XMixup's forgetting probe
   std::string forgetting_source;         // its source task; "" = the run's --source
   bool forgetting_reference = false;     // probe the --init model too

@@ -19,7 +19,7 @@ void AuxData::setup(const AuxOptions& opts, const std::string& method, SetupCont
   const TensorDataset& target = ctx.task.train;
   mode_ = opts.aux;
   pairing_ = resolve_pairing(opts, pretrained, target, source);
-  pools_ = std::make_shared<const AuxPools>(make_aux_pools(opts.aux, opts.aux == "all" ? nullptr : &pairing_, source,
+  pools_ = std::make_shared<const AuxPools>(make_aux_pools(opts.aux, opts.aux == AuxMode::all ? nullptr : &pairing_, source,
                                                            target.num_classes(), derive_seed(ctx.seed, "aux-random")));
 
   // Source labels index --source's classes; the copied head indexes the pretrained model's. Match by name.
@@ -101,7 +101,7 @@ void XMixup::setup(Model& model, SetupContext& ctx) {
   aux_.setup(opts_.aux, "xmixup", ctx);
   const TensorDataset& source = ctx.source->train;
   const AuxPools& pools = aux_.pools();
-  const bool paired = pools.mode == "paired";
+  const bool paired = pools.mode == AuxMode::paired;
 
   // The auxiliary stream: batch b pairs slot for slot with batch b of the trainer's target stream.
   BatchStream& target_stream = ctx.batches.stream("target");

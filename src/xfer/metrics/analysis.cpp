@@ -83,13 +83,11 @@ std::vector<MeanStd> interpolation_loss(const BatchFunction& f, const torch::Ten
 }
 
 ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& inputs, const std::string& head,
-                                            const InterpolationOptions& opts, const std::string& label_output) {
+                                            const InterpolationOptions& opts, LabelOutput label_output) {
   const HeadInfo* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
-  XFER_CHECK(label_output == "logits" || label_output == "softmax",
-             "Label-IL is measured on logits or softmax, got '", label_output, "'");
   const int64_t k = info->predicted();
-  const bool softmax = label_output == "softmax";
+  const bool softmax = label_output == LabelOutput::softmax;
   const auto il = analysis_in_eval(model, [&] {
     return interpolation_loss(
         [&](const torch::Tensor& x) {

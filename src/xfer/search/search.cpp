@@ -82,7 +82,7 @@ void SearchOptions::fields(Fields& f) {
   f.add("study", study, "the study's name, checked when a study is resumed");
   f.add("trials", trials, "trials in the study, counting those already run (not retries of crashed ones)")
       .at_least(1);
-  f.add("sampler", sampler, "tpe (Tree-structured Parzen Estimator) or random").choices({"tpe", "random"});
+  f.add("sampler", sampler, "tpe (Tree-structured Parzen Estimator) or random");
   f.add("workers", workers, "worker processes running trials in parallel on the study").at_least(1);
   f.add("startup_trials", startup_trials, "TPE: random trials before the model is used").non_negative();
   f.add("ei_candidates", ei_candidates, "TPE: candidates drawn from l(x) and scored by l(x)/g(x)").at_least(1);
@@ -94,8 +94,7 @@ void SearchOptions::fields(Fields& f) {
   f.add("busy_timeout", busy_timeout, "seconds to wait for a database locked by another process").non_negative();
   f.add("plot_top", plot_top, "best trials drawn in schedules.png (smooth)").at_least(1);
   f.add("pruner", pruner, "stop losing trials early: none, or median (Optuna's MedianPruner on the trials' "
-                          "validation top-1; PRUNED trials stay in the study)")
-      .choices({"none", "median"});
+                          "validation top-1; PRUNED trials stay in the study)");
   f.add("pruner_startup_trials", pruner_startup_trials, "median pruner: complete trials before any pruning")
       .non_negative();
   f.add("pruner_warmup_steps", pruner_warmup_steps, "median pruner: no pruning at training steps below this")
@@ -197,7 +196,7 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
       study.report(r.number, step, value);
       own.push_back(value);
       last_step = step;
-      const bool stop = opts.pruner == "median" &&
+      const bool stop = opts.pruner == PrunerKind::median &&
                         median_should_prune(study.complete_count(), study.complete_values_at(step), own, step,
                                             opts.pruner_startup_trials, opts.pruner_warmup_steps);
       stats.storage_seconds += search_elapsed(r0);

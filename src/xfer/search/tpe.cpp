@@ -302,10 +302,9 @@ ParamValues TpeSampler::sample(const SearchSpace& space, const std::vector<Obser
   return out;
 }
 
-std::unique_ptr<ParamSampler> make_param_sampler(const std::string& name, const TpeOptions& tpe) {
-  if (name == "tpe") return std::make_unique<TpeSampler>(tpe);
-  if (name == "random") return std::make_unique<RandomParamSampler>();
-  throw BadInput(cat("--sampler must be tpe or random, got '", name, "'"));
+std::unique_ptr<ParamSampler> make_param_sampler(SamplerKind kind, const TpeOptions& tpe) {
+  if (kind == SamplerKind::random) return std::make_unique<RandomParamSampler>();
+  return std::make_unique<TpeSampler>(tpe);
 }
 
 }  // namespace xfer

@@ -283,8 +283,7 @@ Pairing select_auxiliary(const Model& pretrained, const TensorDataset& target, c
 
 void AuxOptions::fields(Fields& f) {
   f.add("aux", aux, "auxiliary set: paired (the classes paired by feature similarity), random (as many "
-                    "examples, uniformly from the whole source) or all (the whole source)")
-      .choices({"paired", "random", "all"});
+                    "examples, uniformly from the whole source) or all (the whole source)");
   f.add("aux_size", aux_size, "repeat the class pairing until the auxiliary set holds at least this many "
                               "examples (0: one round); below one round's examples, a seeded random subset of "
                               "the paired classes of exactly this size")
@@ -337,12 +336,12 @@ std::vector<int64_t> pairing_class_quotas(const std::vector<int64_t>& sizes, int
 
 }  // namespace
 
-AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const TensorDataset& source,
+AuxPools make_aux_pools(AuxMode mode, const Pairing* pairing, const TensorDataset& source,
                         int64_t target_classes, uint64_t seed) {
   AuxPools out;
   out.mode = mode;
   const auto by_class = source.indices_by_class();
-  if (mode == "paired") {
+  if (mode == AuxMode::paired) {
     XFER_CHECK(pairing != nullptr, "--aux paired needs a pairing");
     XFER_CHECK(static_cast<int64_t>(pairing->target_classes.size()) == target_classes, "the pairing has ",
                pairing->target_classes.size(), " target classes, the task ", target_classes);
@@ -372,7 +371,7 @@ AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const T
       std::sort(pool.begin(), pool.end());
       out.pools.push_back(std::move(pool));
     }
-  } else if (mode == "random") {
+  } else if (mode == AuxMode::random) {
     XFER_CHECK(pairing != nullptr, "--aux random needs a pairing for its size");
     std::vector<int64_t> all(source.size());
     std::iota(all.begin(), all.end(), int64_t{0});
@@ -381,12 +380,11 @@ AuxPools make_aux_pools(const std::string& mode, const Pairing* pairing, const T
     std::sort(all.begin(), all.end());
     out.pools.push_back(std::move(all));
   } else {
-    XFER_CHECK(mode == "all", "--aux must be one of paired, random, all, got '", mode, "'");
     std::vector<int64_t> all(source.size());
     std::iota(all.begin(), all.end(), int64_t{0});
     out.pools.push_back(std::move(all));
   }
-  if (mode != "paired") {
+  if (mode != AuxMode::paired) {
     const torch::Tensor labels = source.labels.contiguous();
     const int64_t* y = labels.data_ptr<int64_t>();
     std::vector<bool> present(source.num_classes(), false);
@@ -431,7 +429,7 @@ std::vector<int64_t> SubsetSampler::indices(int64_t batch, int64_t batch_size) {
 
 Pairing resolve_pairing(const AuxOptions& opts, const Model& pretrained, const TensorDataset& target,
                         const TensorDataset& source) {
-  if (opts.aux == "all") return {};
+  if (opts.aux == AuxMode::all) return {};
   if (!opts.pairing.empty()) {
     const std::string where = "--pairing " + opts.pairing;
     Pairing p = Pairing::from_json(read_json_file(opts.pairing), where);

@@ -105,13 +105,12 @@ nlohmann::json analyze_forgetting(const AnalyzeOptions& opts, const nlohmann::js
 }  // namespace
 
 void AnalyzeOptions::fields(Fields& f) {
-  f.add("on", on, "the split of the target spec to analyse").choices({"train", "test"});
+  f.add("on", on, "the split of the target spec to analyse");
   f.add("data", data, "dataset spec to analyse (default: the run's --target)");
   f.add("init", init, "pretrained model for the parameter distance (default: the run's --init)");
   f.add("head", head, "the head whose outputs Label-IL measures");
   f.add("label_output", label_output, "Label-IL on the head's logits (as SMILE's Table 6, whose values exceed the "
-                                      "sqrt(2) bound of probability vectors) or on its softmax")
-      .choices({"logits", "softmax"});
+                                      "sqrt(2) bound of probability vectors) or on its softmax");
   f.add("pairs", pairs, "random pairs of examples for the interpolation losses").at_least(1);
   f.add("alpha", alpha, "lambda ~ Beta(alpha, alpha) in the interpolation losses").positive();
   f.add("seed", seed, "seed of the pairs and mixing weights (and of the forgetting probe's head)").non_negative();
@@ -153,7 +152,7 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   const std::string spec = !opts.data.empty() ? opts.data : config.value("target", "");
   XFER_CHECK(!spec.empty(), "xfer analyze: ", config_path.string(), " has no target spec; pass --data SPEC");
   const Task task = load_task(spec, config.value("seed", int64_t{0}));
-  const TensorDataset& data = opts.on == "train" ? task.train : task.test;
+  const TensorDataset& data = opts.on == DataSplit::train ? task.train : task.test;
   XFER_CHECK(data.size() >= 2, "xfer analyze: the ", opts.on, " split of '", spec, "' has ", data.size(),
              " examples; the analyses need at least 2");
   const Arch& arch = model->arch();
@@ -200,13 +199,13 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
       if (before.contains("forgetting")) kept_forgetting = before["forgetting"];
     }
   }
-  splits[opts.on] = {{"data", spec},
+  splits[name_of(opts.on)] = {{"data", spec},
                      {"examples", data.size()},
                      {"pairs", opts.pairs},
                      {"alpha", opts.alpha},
                      {"seed", opts.seed},
                      {"head", opts.head},
-                     {"label_output", opts.label_output},
+                     {"label_output", name_of(opts.label_output)},
                      {"feature_il", analyze_stats_json(interpolation.feature)},
                      {"label_il", analyze_stats_json(interpolation.label)},
                      {"spectrum", spectrum}};

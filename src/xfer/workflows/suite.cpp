@@ -596,9 +596,11 @@ std::string suite_interpolation_table(const Suite& s, const SuiteTable& t, const
         t, plan, records,
         [&](const std::string&) {
           AnalyzeOptions a;
-          a.on = split;
+          Fields f;
+          a.fields(f);
+          f.set("on", split);
+          f.set("label_output", label_output);
           a.pairs = t.options.value("pairs", int64_t{1000});
-          a.label_output = label_output;
           a.threads = threads;
           return a;
         },
