@@ -1,3 +1,5 @@
+#include <sstream>
+
 #include <nlohmann/json.hpp>
 
 #include "support.h"
@@ -68,6 +70,57 @@ TEST(Fields, JsonRoundTripAndTypeErrors) {
   test::expect_bad_input([&] { fb.read_json({{"k", 1.5}}, "cfg"); }, {"cfg.k must be an integer"});
   test::expect_bad_input([&] { fb.read_json({{"zeta", 1}}, "cfg"); }, {"cfg: unknown key 'zeta'"});
   test::expect_bad_input([&] { fb.read_json({{"alpha", 0}}, "cfg"); }, {"--alpha must be > 0, got 0"});
+}
+
+}  // namespace
+}  // namespace xfer
+
+namespace xfer {
+namespace {
+
+enum class FieldsTestColour { red, light_blue };
+XFER_ENUM_NAMES(FieldsTestColour, "red", "light-blue")
+
+struct FieldsTestOptions {
+  FieldsTestColour colour = FieldsTestColour::red;
+  int64_t threads = 0;
+  std::string out;
+  double lr = 0.1;
+  void fields(Fields& f) {
+    f.add("colour", colour, "a closed choice");
+    f.add("threads", threads, "threads").execution();
+    f.add("out", out, "where").session();
+    f.add("lr", lr, "changes the result");
+  }
+};
+
+TEST(Fields, AnEnumReadsAndWritesItsNamesOnly) {
+  FieldsTestOptions o;
+  Fields f;
+  o.fields(f);
+  EXPECT_EQ(f.find("colour")->choices, (std::vector<std::string>{"red", "light-blue"}));
+  EXPECT_EQ(f.find("colour")->value_text(), "red");
+  f.set("colour", "light-blue");
+  EXPECT_EQ(o.colour, FieldsTestColour::light_blue);
+  EXPECT_EQ(f.to_json()["colour"], "light-blue");
+  EXPECT_EQ(name_of(FieldsTestColour::light_blue), "light-blue");
+  test::expect_bad_input([&] { f.set("colour", "blue"); }, {"--colour must be one of red, light-blue; got 'blue'"});
+  EXPECT_EQ(o.colour, FieldsTestColour::light_blue) << "a refused value leaves the option as it was";
+  f.read_json(nlohmann::json{{"colour", "red"}}, "config");
+  EXPECT_EQ(o.colour, FieldsTestColour::red);
+  test::expect_bad_input([&] { f.read_json(nlohmann::json{{"colour", 1}}, "config"); }, {"config.colour must be a string"});
+  std::ostringstream os;
+  os << FieldsTestColour::light_blue;
+  EXPECT_EQ(os.str(), "light-blue");
+}
+
+TEST(Fields, RolesAreDeclaredWithTheField) {
+  FieldsTestOptions o;
+  Fields f;
+  o.fields(f);
+  EXPECT_EQ(f.names_of({Fields::Role::execution}), (std::vector<std::string>{"threads"}));
+  EXPECT_EQ(f.names_of({Fields::Role::execution, Fields::Role::session}), (std::vector<std::string>{"threads", "out"}));
+  EXPECT_EQ(f.names_of({Fields::Role::result}), (std::vector<std::string>{"colour", "lr"}));
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 /// by name, and `validate()` checks every constraint with a message that names the flag and echoes
 /// the value. Field names are snake_case; the flag is the name with '-' for '_'.
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -69,6 +70,14 @@ class Fields {
     backbone,  // a backbone spec (script:path=FILE)
   };
 
+  /// What a field's value means for a run, declared with the field so that resume checks, data-parallel
+  /// checks, searches and config files agree on which options they may ignore.
+  enum class Role {
+    result,     // changes what the run computes (the default)
+    execution,  // how it runs, never what it computes: threads, device, prefetching
+    session,    // what this invocation does with the run directory: --out, --resume, --overwrite, --stop-after
+  };
+
   struct Field {
     std::string name;
     std::string help;
@@ -78,6 +87,7 @@ class Fields {
     std::vector<std::string> choices;  // strings: the valid values, when non-empty
     std::string group;                 // heading in --help
     PathKind path = PathKind::none;
+    Role role = Role::result;
 
     std::string flag() const;             // "--label-space"
     std::string type_name() const;        // "float", "int", "bool", "string" (enums too)
@@ -97,6 +107,8 @@ class Fields {
     Ref& in_open_range(double lo, double hi);// lo < x < hi
     Ref& choices(std::vector<std::string> valid);
     Ref& path(PathKind kind);                // names files: see PathKind
+    Ref& execution();                        // Role::execution
+    Ref& session();                          // Role::session
 
    private:
     Field& field();
@@ -135,6 +147,8 @@ class Fields {
   void validate() const;
   /// Names of all fields, comma-separated, for error messages.
   std::string names() const;
+  /// Names of the fields of these roles.
+  std::vector<std::string> names_of(std::initializer_list<Role> roles) const;
 
  private:
   Ref push(const std::string& name, const std::string& help, Target target);

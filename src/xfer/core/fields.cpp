@@ -122,6 +122,16 @@ Fields::Ref& Fields::Ref::path(PathKind kind) {
   return *this;
 }
 
+Fields::Ref& Fields::Ref::execution() {
+  field().role = Role::execution;
+  return *this;
+}
+
+Fields::Ref& Fields::Ref::session() {
+  field().role = Role::session;
+  return *this;
+}
+
 Fields::Ref Fields::push(const std::string& name, const std::string& help, Target target) {
   Field f;
   f.name = name;
@@ -167,6 +177,13 @@ void set_enum(const Fields::Field& f, const Fields::EnumRef& e, const std::strin
 }
 
 }  // namespace
+
+std::vector<std::string> Fields::names_of(std::initializer_list<Role> roles) const {
+  std::vector<std::string> out;
+  for (const auto& f : fields_)
+    if (std::find(roles.begin(), roles.end(), f.role) != roles.end()) out.push_back(f.name);
+  return out;
+}
 
 void set_field_text(const Fields::Field& f, const std::string& text) {
   const std::string flag = f.flag();

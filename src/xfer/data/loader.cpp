@@ -17,9 +17,10 @@ void LoaderOptions::fields(Fields& f) {
   f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off; less than the "
         "image side)").non_negative();
   f.add("flip", flip, "random horizontal flip augmentation");
-  f.add("prefetch", prefetch, "assemble the next batch on a worker thread");
+  f.add("prefetch", prefetch, "assemble the next batch on a worker thread").execution();
   f.add("loader_workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
-      .non_negative();
+      .non_negative()
+      .execution();
   f.add("channels_last", channels_last, "channels-last memory format for batches and convolution weights");
 }
 
