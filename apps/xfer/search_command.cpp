@@ -15,7 +15,7 @@
 #include "xfer/methods/smooth.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
-include "xfer/search/search.h"
+#include "xfer/search/search.h"
 #include "xfer/workflows/search_runs.h"
 #include "xfer/workflows/method_figures.h"
 #include "xfer/workflows/run.h"
