@@ -1,4 +1,6 @@
 /// `xfer pretrain` and `xfer finetune`: the two training subcommands, which share their options.
+#include <optional>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -15,17 +17,22 @@
 namespace xfer::cli {
 namespace {
 
-/// A short human summary of result.json.
-void print_summary(std::ostream& out, const nlohmann::json& r) {
+/// A short human summary of a finished run.
+void print_summary(std::ostream& out, const FitResult& r) {
   Table t({"metric", "value"});
   t.align_right(1);
-  auto pct = [](const nlohmann::json& v) { return v.is_number() ? fixed(100 * v.get<double>(), 2) + "%" : "-"; };
-  t.add_row({"test top-1", pct(r.value("test_top1", nlohmann::json()))});
-  t.add_row({"test mean per-class accuracy", pct(r.value("test_mean_class", nlohmann::json()))});
-  t.add_row({"best validation top-1", pct(r.value("best_val_top1", nlohmann::json()))});
-  t.add_row({"tested model", cat(r.value("selected", ""), " (step ", r.value("selected_step", 0), ")")});
-  t.add_row({"time per step", fixed(r.value("step_ms", 0.0), 2) + " ms"});
-  t.add_row({"samples/s", fixed(r.value("samples_per_s", 0.0), 0)});
+  auto pct = [](std::optional<double> v) { return v ? fixed(100 * *v, 2) + "%" : "-"; };
+  std::optional<double> test_top1, test_mean_class;  // none without a test split
+  if (r.test) {
+    test_top1 = r.test->top1;
+    test_mean_class = r.test->mean_class;
+  }
+  t.add_row({"test top-1", pct(test_top1)});
+  t.add_row({"test mean per-class accuracy", pct(test_mean_class)});
+  t.add_row({"best validation top-1", pct(r.best_val_top1)});
+  t.add_row({"tested model", cat(r.selected_best ? "best" : "last", " (step ", r.selected_step, ")")});
+  t.add_row({"time per step", fixed(r.step_ms, 2) + " ms"});
+  t.add_row({"samples/s", fixed(r.samples_per_s, 0)});
   out << t.markdown();
 }
 
@@ -70,17 +77,17 @@ class TrainCommand : public Command {
     Fields fields;
     opts_.fields(fields);
     fields.validate();
-    const nlohmann::json result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
+    const RunResult result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
     if (!dist::is_main()) return;  // data-parallel: rank 0 reports for all
-    if (result.contains("stopped_at")) {
-      out << "Stopped at step " << result["stopped_at"] << "; continue with the same command and --resume\n";
+    if (result.stopped()) {
+      out << "Stopped at step " << *result.fit.stopped_at << "; continue with the same command and --resume\n";
       return;
     }
     if (json_) {
-      out << result.dump(2) << "\n";
+      out << result.to_json().dump(2) << "\n";
     } else {
-      print_summary(out, result);
-      out << "Outputs in " << result.value("out", "") << "/\n";
+      print_summary(out, result.fit);
+      out << "Outputs in " << result.out << "/\n";
     }
   }
 

@@ -435,7 +435,7 @@ TEST(Smile, FromTheSourceModelBeatsTheSameSeedRunFromScratchAndLogsItsThreeTerms
     ft.loader.batch_size = 6;
     if (method == "smile") return smile_finetune(ft)["test_top1"].get<double>();
     auto config = methods().get(method).make_config();
-    return run_finetune(ft, *config)["test_top1"].get<double>();
+    return run_finetune(ft, *config).fit.test->top1;
   };
   const int seeds = 4;
   double gain = 0;

@@ -16,7 +16,9 @@
 /// `on_nan = "skip"` drops that batch's update (counted in result.json, at most 25 in a row).
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -89,15 +91,47 @@ void check_finite_gradients(Model& model, int64_t step);
 Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500,
                     const std::string& progress_label = "");
 
+/// What Trainer::fit did: a finished run's training record and test, or the step at which --stop-after
+/// stopped this session. to_json() is the training part of result.json.
+struct FitResult {
+  /// Set when --stop-after ended the session early: the step last.pt holds (continue with --resume).
+  /// Nothing else is set then: the run is neither finished nor tested.
+  std::optional<int64_t> stopped_at;
+
+  int64_t iterations = 0;       // the steps of all phases
+  bool selected_best = false;   // the model tested: best on validation, or the last
+  int64_t selected_step = 0;    // the step of the model tested
+  std::optional<double> best_val_top1;  // the best validation and its step; unset if none ran
+  std::optional<int64_t> best_val_step;
+  double train_seconds = 0;     // this session's steps
+  double step_ms = 0, step_ms_median = 0;
+  double samples_per_s = 0;
+  int64_t skipped_steps = 0;    // batches dropped by --on-nan skip, over the whole run
+  int world_size = 1;
+  std::vector<Phase> phases;    // the method's phases when it has more than one; else empty
+  std::optional<double> allreduce_share, allreduce_wait_share;  // data-parallel runs
+  std::optional<Evaluation> test;  // the selected model on the test split, if the task has one
+
+  bool stopped() const { return stopped_at.has_value(); }
+  /// {"stopped_at": step} for a stopped session; else "iterations", "selected" ("best" or "last"),
+  /// "selected_step", "best_val_top1" and "best_val_step" (null without validation), "train_seconds",
+  /// "step_ms", "step_ms_median", "skipped_steps", "samples_per_s", "world_size", "phases" ({"name",
+  /// "steps"} each) with several, "allreduce_share" and "allreduce_wait_share" when data-parallel, and
+  /// "test_top1", "test_mean_class" and "test" (Evaluation::to_json) with a test split.
+  nlohmann::json to_json() const;
+};
+/// nlohmann::json's conversion: `nlohmann::json j = result;` is result.to_json().
+inline void to_json(nlohmann::json& j, const FitResult& r) { j = r.to_json(); }
+
 class Trainer {
  public:
   /// `out_dir` receives metrics.jsonl and checkpoints/; it must exist.
   Trainer(TrainerOptions opts, std::string out_dir);
 
   /// Trains and tests. With `resume`, continues from out_dir/checkpoints/last.pt. `meta` is stored in
-  /// every checkpoint (method name, specs). Returns the training part of result.json; with
-  /// `stop_after`, a run that stops early returns {"stopped_at": step} after checkpointing.
-  nlohmann::json fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
+  /// every checkpoint (method name, specs). With `stop_after`, a session that stops early returns
+  /// after checkpointing, stopped at its last step.
+  FitResult fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
                      uint64_t seed, bool resume, const nlohmann::json& meta = {});
 
   const TrainerOptions& options() const { return opts_; }

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -58,6 +60,31 @@ struct PreparedRun {
   nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
 };
 
+/// What a run did: result.json, typed. A session stopped by --stop-after has `fit.stopped_at` set and
+/// writes no result.json.
+struct RunResult {
+  std::string command, out, method, target, source, init;
+  std::string backbone;  // resolved: the --init model's or cnn4 when --backbone was not given
+  int64_t seed = 0;
+  int threads = 1;
+  int64_t train_size = 0, val_size = 0, test_size = 0;
+  std::vector<std::string> classes;
+  nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
+  /// Image-folder data: the unreadable images met in any split, skipped or fatal as the spec says.
+  std::optional<std::vector<std::string>> unreadable_images;
+  int64_t skipped_examples = 0;  // image-folder data: the examples skipped for them
+  FitResult fit;                 // the training and test
+
+  bool stopped() const { return fit.stopped(); }
+  /// result.json: the run's description ("command", "out", "method", "target", "source", "init",
+  /// "backbone", "seed", "threads", "xfer_version", the split sizes, "classes"; "sampling",
+  /// "unreadable_images" and "skipped_examples" where they apply) and fit.to_json(). {"stopped_at": step}
+  /// for a stopped session.
+  nlohmann::json to_json() const;
+};
+/// nlohmann::json's conversion: `nlohmann::json j = result;` is result.to_json().
+inline void to_json(nlohmann::json& j, const RunResult& r) { j = r.to_json(); }
+
 /// Builds a run of `command` ("finetune" or "pretrain"). `when_valid`, if given, receives the resolved
 /// configuration once every input is validated and the method is set up (the run creates its output
 /// directory there, so bad input leaves no files behind).
@@ -65,12 +92,12 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
                                          MethodConfig& config,
                                          const std::function<void(const nlohmann::json&)>& when_valid = nullptr);
 
-/// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns result.json.
-nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config);
-/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns result.json. With
+/// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns what result.json holds.
+RunResult run_finetune(RunOptions opts, MethodConfig& method_config);
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns what result.json holds. With
 /// opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
 /// result.json then holds "sampling": the matcher, the size and the number of unique examples.
-nlohmann::json run_pretrain(RunOptions opts);
+RunResult run_pretrain(RunOptions opts);
 
 /// Domain Adaptive Transfer Learning's importance weights of `source`'s classes (section 3.1): P_t is the
 /// mean tempered softmax of the classifier in `model` (a run directory or checkpoint; its `head`, or

@@ -18,6 +18,8 @@
 #include "xfer/dist/dist.h"
 #include "xfer/models/predict.h"
 #include "xfer/train/checkpoint.h"
+#include "xfer/train/checkpoint_saver.h"
+#include "xfer/train/metrics_window.h"
 
 namespace fs = std::filesystem;
 
@@ -94,13 +96,6 @@ class MetricsLog {
   std::vector<nlohmann::json> lines_;
 };
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // More non-finite steps in a row than this means the run has diverged: skipping cannot save it.
 constexpr int64_t kMaxConsecutiveSkips = 25;
 /// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
@@ -132,6 +127,13 @@ void poison(LossTerms& terms, Model& model) {
     if (p.grad().defined()) p.grad().fill_(nan);
 }
 
+/// Phases as checkpoints and result.json record them: their names and steps.
+nlohmann::json phases_json(const std::vector<Phase>& phases) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& ph : phases) out.push_back({{"name", ph.name}, {"steps", ph.steps}});
+  return out;
+}
+
 /// The method's phases laid end to end: where each starts, and which one a step is in.
 struct PhasePlan {
   std::vector<Phase> phases;
@@ -152,11 +154,7 @@ struct PhasePlan {
     return i;
   }
   int64_t end(size_t i) const { return starts[i] + phases[i].steps; }
-  nlohmann::json to_json() const {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& ph : phases) out.push_back({{"name", ph.name}, {"steps", ph.steps}});
-    return out;
-  }
+  nlohmann::json to_json() const { return phases_json(phases); }
 };
 
 std::string percent(double fraction) {
@@ -293,6 +291,232 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   return confusion.evaluation();
 }
 
+
+namespace {
+
+/// --on-nan skip's record, kept in last.pt: the batches dropped over the whole run (result.json's
+/// skipped_steps) and in a row up to now (more than kMaxConsecutiveSkips in a row: the run has diverged).
+struct SkipRecord {
+  int64_t total = 0, in_a_row = 0;
+};
+
+/// What a fit changes from step to step and last.pt holds to continue it: the model, the optimizer over
+/// the trainable groups, the method and its RNG, the batch streams (their positions) and the skip record.
+struct LoopState {
+  Model& model;
+  Method& method;
+  Batches& batches;
+  std::vector<ParamGroup> groups;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  at::Generator rng;
+  SkipRecord skips;
+};
+
+/// Continues a fit from `saver`'s last.pt into `s` and the saver's record: the model (checked against the
+/// saved one), the optimizer (a fresh one at a phase's first step, as the phase starts with), the method,
+/// its RNG, the batch positions and the skips. Returns the step the checkpoint was written at.
+int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& plan, const OptimizerOptions& optim) {
+  CheckpointReader ck(saver.last_path(), s.model->backbone->parameters().front().device());
+  const Model saved = ck.read_model();
+  const std::string why = s.model->arch().mismatch(saved->arch(), /*with_heads=*/true);
+  XFER_CHECK(why.empty(), ck.path(), ": cannot resume: ", why);
+  copy_state(*saved, *s.model);
+  load_optimizer(*s.optimizer, ck.read("optimizer"));
+  s.method.load(ck.read("method"));
+  s.rng.set_state(ck.read_tensor("rng").to(torch::kCPU));
+  const auto& m = ck.meta();
+  const int64_t start = m.at("step").get<int64_t>();
+  // Checkpoints older than phases hold none: they were single-phase runs.
+  const nlohmann::json saved_phases = m.value("phases", nlohmann::json());
+  XFER_CHECK(saved_phases.is_null() ? plan.phases.size() == 1 : saved_phases == plan.to_json(), ck.path(),
+             ": cannot resume: the run was trained in the phases ", saved_phases.dump(), ", this one has ",
+             plan.to_json().dump());
+  if (start < plan.total && start == plan.starts[plan.of(start)]) s.optimizer = make_optimizer(optim, s.groups);
+  const double best_val = m.at("best_val").get<double>();
+  const int64_t best_step = m.at("best_step").get<int64_t>();
+  saver.resumed(start, best_val, best_step);
+  s.skips.total = m.value("skipped_steps", int64_t{0});
+  s.skips.in_a_row = m.value("skips_in_a_row", int64_t{0});
+  s.batches.seek(m.at("positions").get<std::map<std::string, int64_t>>());
+  XFER_CHECK(start <= plan.total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ",
+             plan.total);
+  log_info(cat("resuming at step ", start, " from ", ck.path()));
+  return start;
+}
+
+/// Writes last.pt after `step` steps: CheckpointSaver::save_last with the loop's place in `plan` (the phase
+/// the next step is in), its skip record and the batch streams' positions.
+void save_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& plan, int64_t step) {
+  const nlohmann::json state = {{"iterations", plan.total},
+                                {"phases", plan.to_json()},
+                                {"phase", plan.phases[plan.of(std::min(step, plan.total - 1))].name},
+                                {"skipped_steps", s.skips.total},
+                                {"skips_in_a_row", s.skips.in_a_row},
+                                {"positions", s.batches.positions()}};
+  saver.save_last(step, state, s.model, *s.optimizer, s.method, s.rng);
+}
+
+/// Rank 0's metrics.jsonl (with checkpoints/ beside it), continued at a resumed run's `start`; none elsewhere.
+std::unique_ptr<MetricsLog> open_metrics(const std::string& out_dir, int64_t start, bool writer) {
+  if (!writer) return nullptr;
+  make_dirs((fs::path(out_dir) / "checkpoints").string());
+  return std::make_unique<MetricsLog>((fs::path(out_dir) / "metrics.jsonl").string(), start);
+}
+
+/// training_step under --on-nan: the step's loss terms, or none when a non-finite loss or gradient dropped
+/// its update (--on-nan skip, at most kMaxConsecutiveSkips in a row). Otherwise the NumericalError goes on,
+/// naming the skips before it and the last good checkpoint.
+std::optional<LossTerms> step_or_skip(LoopState& s, const std::string& on_nan, double lr, StepContext& ctx,
+                                      StepReport& report, Progress& progress, const CheckpointSaver& saver) {
+  try {
+    LossTerms terms = training_step(s.method, *s.optimizer, s.groups, lr, ctx, &report);
+    s.skips.in_a_row = 0;
+    return terms;
+  } catch (const NumericalError& e) {
+    if (on_nan != "skip" || s.skips.in_a_row >= kMaxConsecutiveSkips) {
+      progress.finish();
+      const int64_t saved = saver.last_saved();
+      throw NumericalError(cat(e.what(), s.skips.in_a_row ? cat(" (after ", s.skips.in_a_row, " skipped in a row)") : "",
+                               "; ",
+                               saved >= 0 ? cat("the last good checkpoint is ", saver.last_path(), " (step ", saved, ")")
+                                          : std::string("no checkpoint was written yet")));
+    }
+    clear_gradients(s.groups);  // the update is dropped; the batch was drawn, so replay stays exact
+    ++s.skips.total;
+    ++s.skips.in_a_row;
+    progress.message(cat("warning: ", e.what(), "; skipping the batch (--on-nan skip)"));
+    return std::nullopt;
+  }
+}
+
+/// Evaluates the validation split after `done` steps: its line in metrics.jsonl (rank 0's `metrics`), the
+/// on_validation hook, and best.pt if it is the best so far. Returns its top-1.
+double validate(Model& model, const TensorDataset& val, const std::string& head, const TrainerOptions& opts,
+                int64_t done, MetricsLog* metrics, CheckpointSaver& saver) {
+  const Evaluation ev = evaluate(model, val, head, opts.eval_batch);
+  apply_bn_mode(model, opts.bn_stats);
+  if (metrics) {
+    nlohmann::json line = {
+        {"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}};
+    if (!std::isnan(ev.top5)) line["val_top5"] = ev.top5;  // more than 5 classes
+    metrics->write(line);
+  }
+  if (opts.on_validation) opts.on_validation(done, ev.top1);
+  saver.validated(model, done, ev.top1);
+  return ev.top1;
+}
+
+/// metrics.jsonl's step line after `done` steps at learning rate `lr` in phase `ph`: the window's means, the
+/// run's skipped steps, this session's throughput and the seconds since the fit started.
+nlohmann::json step_line(int64_t done, double lr, const PhasePlan& plan, const Phase& ph, const MetricsWindow& window,
+                         int64_t skipped, const StepTimes& times, int64_t batch_size, double fit_start) {
+  nlohmann::json line = {{"step", done}, {"lr", lr}};
+  if (plan.phases.size() > 1) line["phase"] = ph.name;
+  if (skipped) line["skipped_steps"] = skipped;
+  window.write(line, dist::is_distributed());
+  line["samples_per_s"] = times.samples_per_s(batch_size);
+  line["elapsed_s"] = now_seconds() - fit_start;
+  return line;
+}
+
+/// The end of a finished fit: the selected model tested (best.pt's if `select_best` and a validation ran,
+/// else the last), with the record of the run and the time of this session.
+FitResult test_selected(Model& model, const Task& task, const std::string& head, const TrainerOptions& opts,
+                        bool select_best, const CheckpointSaver& saver, const PhasePlan& plan, const StepTimes& times,
+                        int64_t skipped, int64_t batch_size, bool writer) {
+  FitResult r;
+  r.iterations = plan.total;
+  r.selected_best = select_best;
+  r.selected_step = plan.total;
+  Model tested = model;
+  if (select_best && saver.has_best()) {
+    tested = clone_model(model);
+    // Rank 0 wrote best.pt; the others get its weights from rank 0 (no shared file system needed).
+    if (writer) copy_state(*CheckpointReader(saver.best_path()).read_model(), *tested);
+    dist::broadcast_module(*tested);
+    r.selected_step = saver.best_step();
+  }
+  if (saver.has_best()) {
+    r.best_val_top1 = saver.best_val();
+    r.best_val_step = saver.best_step();
+  }
+  r.train_seconds = times.seconds();
+  r.step_ms = times.mean_ms();
+  r.step_ms_median = times.median_ms();
+  r.skipped_steps = skipped;
+  r.samples_per_s = times.samples_per_s(batch_size);
+  r.world_size = dist::world_size();
+  if (plan.phases.size() > 1) r.phases = plan.phases;
+  if (dist::is_distributed()) {
+    r.allreduce_share = times.allreduce_share();
+    r.allreduce_wait_share = times.wait_share();
+  }
+  if (task.test.size() > 0) r.test = evaluate(tested, task.test, head, opts.eval_batch, writer ? "test" : "");
+  return r;
+}
+
+/// When a fit validates and checkpoints, and which model it tests at the end.
+struct Cadence {
+  int64_t eval_every, ckpt_every;
+  bool has_val, select_best;
+};
+
+Cadence cadence(const TrainerOptions& opts, const Task& task) {
+  Cadence c;
+  c.eval_every = opts.eval_every > 0 ? opts.eval_every : std::max<int64_t>(1, opts.iterations / 10);
+  c.ckpt_every = opts.checkpoint_every > 0 ? opts.checkpoint_every : c.eval_every;
+  c.has_val = task.val.size() > 0;
+  c.select_best = opts.select == "best" || (opts.select == "auto" && c.has_val);
+  XFER_CHECK(!(opts.select == "best" && !c.has_val), "--select best needs a validation split; add val=N to the ",
+             "dataset spec");
+  return c;
+}
+
+/// A stop signal ended the session after `done` steps (last.pt written): Interrupted.
+[[noreturn]] void interrupted(int64_t done, int64_t total, const CheckpointSaver& saver, int signal,
+                              Progress& progress) {
+  progress.finish();
+  throw Interrupted(cat("training at step ", done, " of ", total, "; saved ", saver.last_path(),
+                        "; continue with --resume"),
+                    signal);
+}
+
+/// --stop-after ended the session after `done` steps, `start` having been its first (last.pt written).
+FitResult stopped_after(int64_t start, int64_t done, Progress& progress) {
+  progress.finish();
+  log_info(cat("stopped after ", done - start, " steps at step ", done, "; continue with --resume"));
+  FitResult stopped;
+  stopped.stopped_at = done;
+  return stopped;
+}
+
+}  // namespace
+
+nlohmann::json FitResult::to_json() const {
+  if (stopped_at) return {{"stopped_at", *stopped_at}};
+  const auto or_null = [](const auto& v) { return v ? nlohmann::json(*v) : nlohmann::json(nullptr); };
+  nlohmann::json out = {{"iterations", iterations},
+                        {"selected", selected_best ? "best" : "last"},
+                        {"selected_step", selected_step},
+                        {"best_val_top1", or_null(best_val_top1)},
+                        {"best_val_step", or_null(best_val_step)},
+                        {"train_seconds", train_seconds},
+                        {"step_ms", step_ms},
+                        {"step_ms_median", step_ms_median},
+                        {"skipped_steps", skipped_steps},
+                        {"samples_per_s", samples_per_s},
+                        {"world_size", world_size}};
+  if (!phases.empty()) out["phases"] = phases_json(phases);
+  if (allreduce_share) out["allreduce_share"] = *allreduce_share;
+  if (allreduce_wait_share) out["allreduce_wait_share"] = *allreduce_wait_share;
+  if (test) {
+    out["test_top1"] = test->top1;
+    out["test_mean_class"] = test->mean_class;
+    out["test"] = test->to_json();
+  }
+  return out;
+}
+
 Trainer::Trainer(TrainerOptions opts, std::string out_dir) : opts_(std::move(opts)), out_dir_(std::move(out_dir)) {
   check_options(opts_);
 }
@@ -300,99 +524,31 @@ Trainer::Trainer(TrainerOptions opts, std::string out_dir) : opts_(std::move(opt
 std::string Trainer::last_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "last.pt").string(); }
 std::string Trainer::best_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "best.pt").string(); }
 
-nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
-                            uint64_t seed, bool resume, const nlohmann::json& meta) {
+FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
+                       uint64_t seed, bool resume, const nlohmann::json& meta) {
   const PhasePlan plan(method.phases(opts_.iterations));
   const int64_t total = plan.total;
-  const int64_t eval_every = opts_.eval_every > 0 ? opts_.eval_every : std::max<int64_t>(1, opts_.iterations / 10);
-  const int64_t ckpt_every = opts_.checkpoint_every > 0 ? opts_.checkpoint_every : eval_every;
-  const bool has_val = task.val.size() > 0;
-  const bool select_best = opts_.select == "best" || (opts_.select == "auto" && has_val);
-  XFER_CHECK(!(opts_.select == "best" && !has_val), "--select best needs a validation split; add val=N to the ",
-             "dataset spec");
-
-  const std::vector<ParamGroup> groups = trainable_param_groups(method, model, opts_.head_lr_mult);
+  const Cadence every = cadence(opts_, task);
+  std::vector<ParamGroup> groups = trainable_param_groups(method, model, opts_.head_lr_mult);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(opts_.optim, groups);
-  at::Generator rng = make_generator(derive_seed(seed, "method"));
-
-  int64_t start = 0, best_step = -1, skipped_steps = 0, skips_in_a_row = 0;
-  double best_val = -1;
-  if (resume && !fs::exists(last_checkpoint())) {
+  LoopState s{model, method, batches, std::move(groups), std::move(optimizer), make_generator(derive_seed(seed, "method"))};
+  const bool writer = dist::is_main();  // only rank 0 writes files
+  CheckpointSaver saver(out_dir_, meta, writer);
+  if (resume && !fs::exists(saver.last_path())) {
     log_info(cat("no checkpoint in ", out_dir_, " yet: starting from step 0"));
     resume = false;
   }
-  if (resume) {
-    CheckpointReader ck(last_checkpoint(), model->backbone->parameters().front().device());
-    const Model saved = ck.read_model();
-    const std::string why = model->arch().mismatch(saved->arch(), /*with_heads=*/true);
-    XFER_CHECK(why.empty(), ck.path(), ": cannot resume: ", why);
-    copy_state(*saved, *model);
-    load_optimizer(*optimizer, ck.read("optimizer"));
-    method.load(ck.read("method"));
-    rng.set_state(ck.read_tensor("rng").to(torch::kCPU));
-    const auto& m = ck.meta();
-    start = m.at("step").get<int64_t>();
-    // Checkpoints older than phases hold none: they were single-phase runs.
-    const nlohmann::json saved_phases = m.value("phases", nlohmann::json());
-    XFER_CHECK(saved_phases.is_null() ? plan.phases.size() == 1 : saved_phases == plan.to_json(), ck.path(),
-               ": cannot resume: the run was trained in the phases ", saved_phases.dump(), ", this one has ",
-               plan.to_json().dump());
-    // A checkpoint at a phase's first step resumes with the fresh optimizer that phase starts with.
-    if (start < total && start == plan.starts[plan.of(start)]) optimizer = make_optimizer(opts_.optim, groups);
-    best_val = m.at("best_val").get<double>();
-    best_step = m.at("best_step").get<int64_t>();
-    skipped_steps = m.value("skipped_steps", int64_t{0});
-    skips_in_a_row = m.value("skips_in_a_row", int64_t{0});
-    batches.seek(m.at("positions").get<std::map<std::string, int64_t>>());
-    XFER_CHECK(start <= total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ", total);
-    log_info(cat("resuming at step ", start, " from ", ck.path()));
-  }
+  const int64_t start = resume ? resume_from_last(s, saver, plan, opts_.optim) : 0;
   // Data-parallel: every process starts from rank 0's weights and batch-norm statistics (they agree
-  // already when seeded alike; this makes it so). Only rank 0 writes files.
+  // already when seeded alike; this makes it so).
   dist::broadcast_module(*model);
-  const bool writer = dist::is_main();
-
-  std::unique_ptr<MetricsLog> metrics;
-  if (writer) {
-    make_dirs((fs::path(out_dir_) / "checkpoints").string());
-    metrics = std::make_unique<MetricsLog>((fs::path(out_dir_) / "metrics.jsonl").string(), start);
-  }
-  int64_t last_saved = resume ? start : -1;
-
-  auto save_last = [&](int64_t step) {
-    last_saved = step;
-    if (!writer) return;
-    nlohmann::json m = meta;
-    m["kind"] = "train";
-    m["step"] = step;
-    m["iterations"] = total;
-    m["phases"] = plan.to_json();
-    m["phase"] = plan.phases[plan.of(std::min(step, total - 1))].name;  // the phase the next step is in
-    m["best_val"] = best_val;
-    m["best_step"] = best_step;
-    m["skipped_steps"] = skipped_steps;
-    m["skips_in_a_row"] = skips_in_a_row;
-    m["positions"] = batches.positions();
-    CheckpointWriter w(m);
-    w.write_model(model);
-    w.write("optimizer", save_optimizer(*optimizer));
-    Archive method_state;
-    method.save(method_state);
-    w.write("method", method_state);
-    w.write("rng", rng.get_state());
-    w.commit(last_checkpoint());
-  };
+  const std::unique_ptr<MetricsLog> metrics = open_metrics(out_dir_, start, writer);
 
   const int64_t batch_size = batches.stream("target").options().batch_size;
   Progress progress(head == "source" ? "pretrain" : "train", total, start);
-  std::string status;  // the last logged window's loss and the last validation, shown until the next
-  double step_seconds = 0, window_loss = 0, allreduce_total = 0, window_allreduce = 0, wait_total = 0,
-         window_wait = 0;
-  std::vector<double> step_times;  // per step, for a median that first-step setup and noise do not skew
-  step_times.reserve(static_cast<size_t>(total - start));
-  int64_t window_steps = 0, window_seen = 0, window_correct = 0;  // seen/correct: train_top1's examples
-  std::map<std::string, double> window_parts, window_weights;
-  std::string val_text;
+  std::string status, val_text;  // the last logged window's loss and the last validation, shown until the next
+  MetricsWindow window;
+  StepTimes times;
   const double fit_start = now_seconds();
   model->train();
   apply_bn_mode(model, opts_.bn_stats);
@@ -401,7 +557,7 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
   for (int64_t step = start; step < total; ++step) {
     if (step == plan.end(phase)) {  // a new training: fresh optimizer state, the schedule from its start
       ++phase;
-      optimizer = make_optimizer(opts_.optim, groups);
+      s.optimizer = make_optimizer(opts_.optim, s.groups);
       if (writer)
         progress.message(cat("phase ", plan.phases[phase].name, ": ", plan.phases[phase].steps, " steps from step ",
                              step, " with a fresh optimizer and learning-rate schedule"));
@@ -409,161 +565,35 @@ nlohmann::json Trainer::fit(Model& model, Method& method, Batches& batches, cons
     const Phase& ph = plan.phases[phase];
     const int64_t local = step - plan.starts[phase];
     const double lr = opts_.optim.lr * ph.lr_mult * lr_factor(opts_.schedule, local, ph.steps);
-    StepContext ctx{batches, model, step, total, rng, head, static_cast<int64_t>(phase), local};
-    const double t0 = now_seconds();
-    LossTerms terms;
-    bool skipped = false;
+    StepContext ctx{batches, model, step, total, s.rng, head, static_cast<int64_t>(phase), local};
     StepReport report;
-    try {
-      terms = training_step(method, *optimizer, groups, lr, ctx, &report);
-      skips_in_a_row = 0;
-    } catch (const NumericalError& e) {
-      if (opts_.on_nan == "skip" && skips_in_a_row < kMaxConsecutiveSkips) {
-        clear_gradients(groups);  // the update is dropped; the batch was drawn, so replay stays exact
-        skipped = true;
-        ++skipped_steps;
-        ++skips_in_a_row;
-        progress.message(cat("warning: ", e.what(), "; skipping the batch (--on-nan skip)"));
-      } else {
-        progress.finish();
-        throw NumericalError(cat(e.what(), skips_in_a_row ? cat(" (after ", skips_in_a_row, " skipped in a row)") : "",
-                                 "; ",
-                                 last_saved >= 0 ? cat("the last good checkpoint is ", last_checkpoint(), " (step ",
-                                                       last_saved, ")")
-                                                 : std::string("no checkpoint was written yet")));
-      }
-    }
-    step_times.push_back(now_seconds() - t0);
-    step_seconds += step_times.back();
-    allreduce_total += report.allreduce_seconds;
-    window_allreduce += report.allreduce_seconds;
-    wait_total += report.wait_seconds;
-    window_wait += report.wait_seconds;
+    const double t0 = now_seconds();
+    const std::optional<LossTerms> terms = step_or_skip(s, opts_.on_nan, lr, ctx, report, progress, saver);
+    times.add(now_seconds() - t0, report.allreduce_seconds, report.wait_seconds);
+    window.add_communication(report.allreduce_seconds, report.wait_seconds);
+    if (terms) window.add(*terms);
 
     const int64_t done = step + 1;
-    if (!skipped) {
-      window_loss += terms.total.item<double>();
-      for (const auto& [name, t] : terms.parts) window_parts[name] += t.item<double>();
-      if (terms.train_logits.defined()) {
-        window_correct += (terms.train_logits.argmax(1) == terms.train_labels).sum().item<int64_t>();
-        window_seen += terms.train_labels.size(0);
-      }
-      window_weights = terms.weights;
-      ++window_steps;
-    }
-    if (has_val && ph.validate && ((local + 1) % eval_every == 0 || local + 1 == ph.steps)) {
-      const Evaluation ev = evaluate(model, task.val, head, opts_.eval_batch);
-      apply_bn_mode(model, opts_.bn_stats);
-      if (writer) {
-        nlohmann::json line = {
-            {"step", done}, {"val_top1", ev.top1}, {"val_mean_class", ev.mean_class}, {"val_loss", ev.loss}};
-        if (!std::isnan(ev.top5)) line["val_top5"] = ev.top5;  // more than 5 classes
-        metrics->write(line);
-      }
-      if (opts_.on_validation) opts_.on_validation(done, ev.top1);
-      val_text = "  val " + percent(ev.top1);
-      if (ev.top1 > best_val) {
-        best_val = ev.top1;
-        best_step = done;
-        nlohmann::json m = meta;
-        m["kind"] = "model";
-        m["step"] = done;
-        m["val_top1"] = ev.top1;
-        if (writer) {
-          CheckpointWriter w(m);
-          w.write_model(model);
-          w.commit(best_checkpoint());
-        }
-      }
-    }
+    if (every.has_val && ph.validate && ((local + 1) % every.eval_every == 0 || local + 1 == ph.steps))
+      val_text = "  val " + percent(validate(model, task.val, head, opts_, done, metrics.get(), saver));
     if (done % opts_.log_every == 0 || done == total) {
-      if (dist::is_distributed()) {  // the losses of the whole global batch: means over the processes
-        std::vector<double> sums{window_loss};
-        for (const auto& [name, sum] : window_parts) sums.push_back(sum);
-        torch::Tensor t = torch::tensor(sums, torch::kFloat64);
-        dist::all_reduce_sum({t});
-        t.div_(dist::world_size());
-        window_loss = t[0].item<double>();
-        size_t i = 1;
-        for (auto& [name, sum] : window_parts) sum = t[static_cast<int64_t>(i++)].item<double>();
-      }
-      nlohmann::json line = {{"step", done}, {"lr", lr}};
-      if (plan.phases.size() > 1) line["phase"] = ph.name;
-      if (window_steps) line["loss"] = window_loss / window_steps;
-      if (window_seen) line["train_top1"] = static_cast<double>(window_correct) / static_cast<double>(window_seen);
-      if (skipped_steps) line["skipped_steps"] = skipped_steps;
-      for (const auto& [name, sum] : window_parts) line[name] = sum / window_steps;
-      if (!window_weights.empty()) line["part_weights"] = window_weights;
-      line["samples_per_s"] = step_seconds > 0 ? (done - start) * batch_size / step_seconds : 0.0;
-      if (dist::is_distributed()) {
-        line["allreduce_ms"] = 1000.0 * window_allreduce / std::max<int64_t>(window_steps, 1);
-        line["allreduce_wait_ms"] = 1000.0 * window_wait / std::max<int64_t>(window_steps, 1);
-      }
-      line["elapsed_s"] = now_seconds() - fit_start;
-      if (writer) metrics->write(line);
-      status = window_steps ? cat("loss ", std::round(window_loss / window_steps * 1000) / 1000, val_text)
-                            : cat("skipped", val_text);
-      window_loss = 0;
-      window_allreduce = 0;
-      window_wait = 0;
-      window_steps = window_seen = window_correct = 0;
-      window_parts.clear();
+      window.average_over_processes();  // the losses of the whole global batch
+      if (writer) metrics->write(step_line(done, lr, plan, ph, window, s.skips.total, times, batch_size, fit_start));
+      status = window.steps() ? cat("loss ", std::round(window.loss() * 1000) / 1000, val_text)
+                              : cat("skipped", val_text);
+      window.reset();
     }
     if (writer) progress.update(done, status);
     const bool stopping = opts_.stop_after > 0 && done - start >= opts_.stop_after && done < total;
     // Data-parallel: the signal any process had received at this step's agreement, so all stop together.
     const int signal = dist::is_distributed() ? report.stop_signal : stop_signal();
-    if (done % ckpt_every == 0 || done == total || stopping || signal) save_last(done);
+    if (done % every.ckpt_every == 0 || done == total || stopping || signal) save_last(s, saver, plan, done);
     dist::fault_point(done);
-    if (signal) {
-      progress.finish();
-      throw Interrupted(cat("training at step ", done, " of ", total, "; saved ", last_checkpoint(),
-                            "; continue with --resume"),
-                        signal);
-    }
-    if (stopping) {
-      progress.finish();
-      log_info(cat("stopped after ", done - start, " steps at step ", done, "; continue with --resume"));
-      return {{"stopped_at", done}};
-    }
+    if (signal) interrupted(done, total, saver, signal, progress);
+    if (stopping) return stopped_after(start, done, progress);
   }
   progress.finish();
-
-  // Test the selected model.
-  Model tested = model;
-  int64_t selected_step = total;
-  if (select_best && best_step >= 0) {
-    tested = clone_model(model);
-    // Rank 0 wrote best.pt; the others get its weights from rank 0 (no shared file system needed).
-    if (writer) copy_state(*CheckpointReader(best_checkpoint()).read_model(), *tested);
-    dist::broadcast_module(*tested);
-    selected_step = best_step;
-  }
-  nlohmann::json result = {{"iterations", total},
-                           {"selected", select_best ? "best" : "last"},
-                           {"selected_step", selected_step},
-                           {"best_val_top1", best_step >= 0 ? nlohmann::json(best_val) : nlohmann::json(nullptr)},
-                           {"best_val_step", best_step >= 0 ? nlohmann::json(best_step) : nlohmann::json(nullptr)},
-                           {"train_seconds", step_seconds},
-                           {"step_ms", total > start ? 1000.0 * step_seconds / (total - start) : 0.0},
-                           {"step_ms_median", 1000.0 * median(step_times)},
-                           {"skipped_steps", skipped_steps},
-                           {"samples_per_s", step_seconds > 0 ? (total - start) * batch_size / step_seconds : 0.0},
-                           {"world_size", dist::world_size()}};
-  if (plan.phases.size() > 1) result["phases"] = plan.to_json();
-  if (dist::is_distributed()) {
-    // The all-reduce's share of the step, and the part of it spent waiting for the slowest rank's
-    // backward (load imbalance) rather than moving gradients.
-    result["allreduce_share"] = step_seconds > 0 ? allreduce_total / step_seconds : 0.0;
-    result["allreduce_wait_share"] = step_seconds > 0 ? wait_total / step_seconds : 0.0;
-  }
-  if (task.test.size() > 0) {
-    const Evaluation ev = evaluate(tested, task.test, head, opts_.eval_batch, writer ? "test" : "");
-    result["test_top1"] = ev.top1;
-    result["test_mean_class"] = ev.mean_class;
-    result["test"] = ev.to_json();
-  }
-  return result;
+  return test_selected(model, task, head, opts_, every.select_best, saver, plan, times, s.skips.total, batch_size, writer);
 }
 
 }  // namespace xfer

@@ -135,7 +135,7 @@ nlohmann::json pseudo_train(RunOptions r, const GradMixMethod::Options& method, 
   const double t0 = now_seconds();
   const int saved = verbosity();
   set_verbosity(std::min(saved, 0));
-  nlohmann::json result;
+  RunResult result;
   try {
     result = run_finetune(r, *config);
   } catch (...) {
@@ -144,9 +144,10 @@ nlohmann::json pseudo_train(RunOptions r, const GradMixMethod::Options& method, 
   }
   set_verbosity(saved);
   plot_gradmix_weights(r.out, "s0", (fs::path(r.out) / "weights_s0.png").string());
-  out << label << ": val " << fixed(100 * result.value("best_val_top1", 0.0), 1) << "%, test "
-      << fixed(100 * result.value("test_top1", 0.0), 1) << "% (" << fixed(now_seconds() - t0, 0) << " s)" << std::endl;
-  return result;
+  out << label << ": val " << fixed(100 * result.fit.best_val_top1.value_or(0.0), 1) << "%, test "
+      << fixed(100 * (result.fit.test ? result.fit.test->top1 : 0.0), 1) << "% (" << fixed(now_seconds() - t0, 0)
+      << " s)" << std::endl;
+  return result.to_json();
 }
 
 }  // namespace

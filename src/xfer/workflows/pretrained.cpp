@@ -63,8 +63,8 @@ std::string cached_pretrain(RunOptions p, const std::string& cache_dir, std::ost
   p.overwrite = true;
   p.resume = false;
   const double t0 = now_seconds();
-  const auto r = run_pretrain(p);
-  log << "Source model: test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1) << "% in "
+  const RunResult r = run_pretrain(p);
+  log << "Source model: test top-1 " << fixed(100 * (r.fit.test ? r.fit.test->top1 : 0.0), 1) << "% in "
       << fixed(now_seconds() - t0, 0) << " s\n";
   return dir;
 }

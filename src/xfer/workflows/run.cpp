@@ -166,7 +166,7 @@ void prepare_out_dir(const std::string& out, const nlohmann::json& config, bool 
   make_dirs(out);
 }
 
-nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
+RunResult run(const std::string& command, RunOptions opts, const MethodInfo& info, MethodConfig& config) {
   if (opts.out.empty()) opts.out = default_out(command, opts.method);
   const auto prepared = prepare_run(command, opts, info, config, [&](const nlohmann::json& cfg) {
     check_same_config(cfg);
@@ -184,38 +184,60 @@ nlohmann::json run(const std::string& command, RunOptions opts, const MethodInfo
                "; output in ", opts.out));
   Trainer trainer(r.opts.trainer, opts.out);  // r.opts: --epochs turned into iterations
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
-  nlohmann::json fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
-                                   opts.resume, meta);
+  RunResult result;
+  result.fit = trainer.fit(r.model, *r.method, r.batches, r.task, r.head, static_cast<uint64_t>(opts.seed),
+                           opts.resume, meta);
+  if (result.stopped()) return result;  // not finished: no result.json yet
 
-  if (fit.contains("stopped_at")) return fit;  // not finished: no result.json yet
-
-  nlohmann::json result = {{"command", command},
-                           {"out", opts.out},
-                           {"method", info.name},
-                           {"target", opts.target},
-                           {"source", opts.source},
-                           {"init", opts.init},
-                           {"backbone", r.opts.backbone},
-                           {"seed", opts.seed},
-                           {"threads", r.threads},
-                           {"world_size", dist::world_size()},
-                           {"xfer_version", kVersion},
-                           {"train_size", r.task.train.size()},
-                           {"val_size", r.task.val.size()},
-                           {"test_size", r.task.test.size()},
-                           {"classes", r.task.class_names()}};
-  if (!r.sampling.is_null()) result["sampling"] = r.sampling;
+  result.command = command;
+  result.out = opts.out;
+  result.method = info.name;
+  result.target = opts.target;
+  result.source = opts.source;
+  result.init = opts.init;
+  result.backbone = r.opts.backbone;
+  result.seed = opts.seed;
+  result.threads = r.threads;
+  result.train_size = r.task.train.size();
+  result.val_size = r.task.val.size();
+  result.test_size = r.task.test.size();
+  result.classes = r.task.class_names();
+  result.sampling = r.sampling;
   if (r.task.train.is_folder()) {
-    // Unreadable images met in any split (they share one log), skipped or fatal as the spec says.
-    result["unreadable_images"] = r.task.train.files->corrupt_files();
-    result["skipped_examples"] = r.task.train.files->skipped();
+    // Unreadable images met in any split (they share one log).
+    result.unreadable_images = r.task.train.files->corrupt_files();
+    result.skipped_examples = r.task.train.files->skipped();
   }
-  result.update(fit);
-  if (dist::is_main()) write_json_file((fs::path(opts.out) / "result.json").string(), result);
+  if (dist::is_main()) write_json_file((fs::path(opts.out) / "result.json").string(), result.to_json());
   return result;
 }
 
 }  // namespace
+
+nlohmann::json RunResult::to_json() const {
+  if (fit.stopped()) return fit.to_json();
+  nlohmann::json result = {{"command", command},
+                           {"out", out},
+                           {"method", method},
+                           {"target", target},
+                           {"source", source},
+                           {"init", init},
+                           {"backbone", backbone},
+                           {"seed", seed},
+                           {"threads", threads},
+                           {"xfer_version", kVersion},
+                           {"train_size", train_size},
+                           {"val_size", val_size},
+                           {"test_size", test_size},
+                           {"classes", classes}};
+  if (!sampling.is_null()) result["sampling"] = sampling;
+  if (unreadable_images) {
+    result["unreadable_images"] = *unreadable_images;
+    result["skipped_examples"] = skipped_examples;
+  }
+  result.update(fit.to_json());  // "world_size" among them
+  return result;
+}
 
 void RunOptions::fields(Fields& f) {
   f.group("Data and model");
@@ -313,72 +335,75 @@ void read_config(const nlohmann::json& config, RunOptions& opts, MethodConfig* m
   }
 }
 
-std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& options,
-                                         const MethodInfo& info, MethodConfig& config,
-                                         const std::function<void(const nlohmann::json&)>& when_valid) {
-  auto prepared = std::make_unique<PreparedRun>();
-  PreparedRun& r = *prepared;
-  r.opts = options;
-  RunOptions& opts = r.opts;
-  {
-    Fields run_fields, method_fields;
-    opts.fields(run_fields);
-    config.fields(method_fields);
-    make_paths_absolute(run_fields);
-    make_paths_absolute(method_fields);
-  }
-  r.info = &info;
-  r.command = command;
-  r.threads = set_threads(opts.threads);
-  // Under `xfer launch` (or torchrun): join the process group; every batch stream built below then gives
-  // this process its share of each batch.
+namespace {
+
+/// Every path the run's and the method's options name, made absolute (make_paths_absolute).
+void make_option_paths_absolute(RunOptions& opts, MethodConfig& config) {
+  Fields run_fields, method_fields;
+  opts.fields(run_fields);
+  config.fields(method_fields);
+  make_paths_absolute(run_fields);
+  make_paths_absolute(method_fields);
+}
+
+/// This process's share of the machine and of the run: its threads, its place in a data-parallel run
+/// (under `xfer launch` or torchrun it joins the process group, and every batch stream built afterwards
+/// gives it its share of each batch) and its device.
+void join_run(PreparedRun& r) {
+  r.threads = set_threads(r.opts.threads);
   dist::init_from_env();
   set_batch_shard({dist::rank(), dist::world_size()});
   tune_allocator();
-  r.device = parse_device(opts.device);
-  const bool pretraining = command == "pretrain";
-  r.head = pretraining ? "source" : "target";
-  const std::string& spec = pretraining ? opts.source : opts.target;
-  XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
-             " (for example fmnist:classes=2,4,6,7,9:per_class=10)");
+  r.device = parse_device(r.opts.device);
+}
 
-  // The pretrained model, frozen.
+/// The --init model frozen on the run's device, in eval mode.
+Model frozen(Model model, torch::Device device) {
+  freeze(*model);
+  model->eval();
+  model->to(device);
+  return model;
+}
+
+/// Checks --init against the method, then loads an xfer checkpoint --init (frozen) and resolves the
+/// backbone: --backbone, else the --init model's, else cnn4. External weights (state_dict:, torchscript:)
+/// need the data's shape: load_external_init reads them.
+void load_checkpoint_init(PreparedRun& r) {
+  RunOptions& opts = r.opts;
+  const MethodInfo& info = *r.info;
   XFER_CHECK(!(info.needs_init && opts.init.empty()), "method ", info.name,
              " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
   XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
              " trains from random initialisation; drop --init ", opts.init);
-  const bool external = is_external_init(opts.init);
   // A TorchScript backbone the user names (--backbone script:path=FILE) may be loaded; one that only a
   // checkpoint names may not (trust_script).
   if (!opts.backbone.empty()) {
     const std::string spec = normalise_backbone_spec(opts.backbone);
     if (spec.rfind("script:path=", 0) == 0) trust_script(spec.substr(12));
   }
-  if (!opts.init.empty() && !external) {
-    r.pretrained = CheckpointReader(resolve_checkpoint(opts.init)).read_model();
-    freeze(*r.pretrained);
-    r.pretrained->eval();
-    r.pretrained->to(r.device);
-  }
-  if (!external)
-    opts.backbone = normalise_backbone_spec(
-        !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
+  if (is_external_init(opts.init)) return;
+  if (!opts.init.empty()) r.pretrained = frozen(CheckpointReader(resolve_checkpoint(opts.init)).read_model(), r.device);
+  opts.backbone = normalise_backbone_spec(
+      !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
+}
 
-  r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
-  if (opts.trainer.epochs > 0)
-    opts.trainer.iterations = epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
-  if (external) {
-    // torchvision / timm weights: ImageNet's normalisation unless the image folder spec gives its own.
-    const TensorDataset& t = r.task.train;
-    const Normalization input = t.is_folder() ? t.files->options().norm : imagenet_normalization();
-    r.pretrained = load_external_model(opts.init, opts.backbone.empty() ? "" : normalise_backbone_spec(opts.backbone),
-                                       t.channels(), t.height(), t.width(), input);
-    freeze(*r.pretrained);
-    r.pretrained->eval();
-    r.pretrained->to(r.device);
-    opts.backbone = r.pretrained->arch().backbone;
-  }
-  // Domain Adaptive Transfer Learning: pre-train on the source resampled by importance weights.
+/// torchvision / timm weights as --init (frozen), read for the training data's shape with ImageNet's
+/// normalisation unless the image folder spec gives its own; the backbone is theirs.
+void load_external_init(PreparedRun& r) {
+  RunOptions& opts = r.opts;
+  const TensorDataset& t = r.task.train;
+  const Normalization input = t.is_folder() ? t.files->options().norm : imagenet_normalization();
+  r.pretrained = frozen(load_external_model(opts.init, opts.backbone.empty() ? "" : normalise_backbone_spec(opts.backbone),
+                                            t.channels(), t.height(), t.width(), input),
+                        r.device);
+  opts.backbone = r.pretrained->arch().backbone;
+}
+
+/// Domain Adaptive Transfer Learning (pretrain only): the source resampled by importance weights, from
+/// --weights or computed with --weights-from, or with --loss-weights the per-class weights of the loss.
+/// Replaces the training split with what to pre-train on and records how in r.sampling.
+SampledSource resample_source(PreparedRun& r, bool pretraining) {
+  RunOptions& opts = r.opts;
   XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
              "of `xfer pretrain`");
   std::optional<ImportanceWeights> computed;
@@ -392,11 +417,14 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
                                         computed ? &*computed : nullptr);
   r.task.train = sampled.data;
   r.sampling = sampled.summary;
-  XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
-             " draws on source data: pass --source SPEC");
-  if (!pretraining && !opts.source.empty())
-    r.source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
+  return sampled;
+}
 
+/// The model to train: the backbone and one head for the task's classes, sized for its images and
+/// normalised as the --init model (or the image folder spec, or the training images) says, initialised
+/// with the seed and the --init backbone's weights, on the run's device.
+void build_model(PreparedRun& r) {
+  const RunOptions& opts = r.opts;
   Arch arch;
   arch.backbone = opts.backbone;
   arch.in_channels = r.task.train.channels();
@@ -421,26 +449,63 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
     for (auto& p : r.model->parameters())
       if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
   }
+}
 
-  r.batches.add("target", std::make_unique<BatchStream>(r.task.train, arch.input, opts.loader,
+/// The target batch stream and the method (`config`'s, or DATL's importance-weighted loss with
+/// `loss_weights`), set up on the model.
+void set_up_method(PreparedRun& r, MethodConfig& config, const std::vector<double>& loss_weights) {
+  const RunOptions& opts = r.opts;
+  r.batches.add("target", std::make_unique<BatchStream>(r.task.train, r.model->arch().input, opts.loader,
                                                         derive_seed(static_cast<uint64_t>(opts.seed), "target"),
                                                         nullptr, r.device));
-  r.method = sampled.loss_weights.empty()
-                 ? config.build()
-                 : std::make_unique<ImportanceWeightedCrossEntropy>(sampled.loss_weights);
+  r.method = loss_weights.empty() ? config.build() : std::make_unique<ImportanceWeightedCrossEntropy>(loss_weights);
   SetupContext ctx{r.task,   r.source.get(), r.pretrained, r.batches, opts.loader, static_cast<uint64_t>(opts.seed),
                    r.device, r.head,         phase_total_steps(r.method->phases(opts.trainer.iterations))};
   r.method->setup(r.model, ctx);
+}
+
+}  // namespace
+
+std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& options,
+                                         const MethodInfo& info, MethodConfig& config,
+                                         const std::function<void(const nlohmann::json&)>& when_valid) {
+  auto prepared = std::make_unique<PreparedRun>();
+  PreparedRun& r = *prepared;
+  r.opts = options;
+  RunOptions& opts = r.opts;
+  make_option_paths_absolute(opts, config);
+  r.info = &info;
+  r.command = command;
+  join_run(r);
+  const bool pretraining = command == "pretrain";
+  r.head = pretraining ? "source" : "target";
+  const std::string& spec = pretraining ? opts.source : opts.target;
+  XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
+             " (for example fmnist:classes=2,4,6,7,9:per_class=10)");
+
+  load_checkpoint_init(r);
+  r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
+  if (opts.trainer.epochs > 0)
+    opts.trainer.iterations = epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
+  if (is_external_init(opts.init)) load_external_init(r);
+  const SampledSource sampled = resample_source(r, pretraining);
+  XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
+             " draws on source data: pass --source SPEC");
+  if (!pretraining && !opts.source.empty())
+    r.source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
+
+  build_model(r);
+  set_up_method(r, config, sampled.loss_weights);
   if (when_valid) when_valid(config_json(command, opts, &config));
   return prepared;
 }
 
-nlohmann::json run_finetune(RunOptions opts, MethodConfig& method_config) {
+RunResult run_finetune(RunOptions opts, MethodConfig& method_config) {
   const MethodInfo& info = methods().get(opts.method);
   return run("finetune", std::move(opts), info, method_config);
 }
 
-nlohmann::json run_pretrain(RunOptions opts) {
+RunResult run_pretrain(RunOptions opts) {
   opts.method = "scratch";
   opts.target.clear();
   XFER_CHECK(opts.init.empty(), "pretrain trains from random initialisation; drop --init ", opts.init);

@@ -91,10 +91,9 @@ TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialReco
   run.trainer.on_validation = [&report, &record](int64_t step, double value) {
     if (report && report(step, value)) throw TrialPruned(cat("trial ", record.number, " pruned at step ", step));
   };
-  const nlohmann::json result = run_finetune(run, *config);
-  const nlohmann::json best = result.value("best_val_top1", nlohmann::json());
-  XFER_CHECK(best.is_number(), "trial ", record.number, " reported no validation accuracy");
-  return {best.get<double>(), validation_curve(record.run_dir)};
+  const RunResult result = run_finetune(run, *config);
+  XFER_CHECK(result.fit.best_val_top1.has_value(), "trial ", record.number, " reported no validation accuracy");
+  return {*result.fit.best_val_top1, validation_curve(record.run_dir)};
 }
 
 nlohmann::json RunObjective::config() const {
