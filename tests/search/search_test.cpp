@@ -18,7 +18,7 @@
 #include "xfer/cli.h"
 #include "xfer/core/io.h"
 #include "xfer/core/fields.h"
-include "xfer/search/search.h"
+#include "xfer/search/search.h"
 #include "xfer/workflows/search_runs.h"
 #include "xfer/search/study.h"
 
