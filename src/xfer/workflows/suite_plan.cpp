@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <memory>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -54,16 +55,70 @@ nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const Sui
   return p;
 }
 
+/// The run options of method entry `m` on task `t` with `seed`: the suite's, the task's and the entry's
+/// "run" merged, the source data and the source model it needs (appended to `pretrains`, to train first).
+RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m, int64_t seed,
+                        const std::string& cache, const std::string& where, std::vector<nlohmann::json>& pretrains) {
+  const MethodInfo& info = methods().get(m.method);
+  RunOptions r;
+  Fields f;
+  r.fields(f);
+  f.read_json(suite_merged(suite_merged(s.run, t.run), m.run), where + " (run options)");
+  r.method = m.method;
+  r.target = t.target;
+  r.seed = seed;
+  const nlohmann::json base = t.pretrain.is_object() ? suite_merged(s.pretrain, t.pretrain) : s.pretrain;
+  const nlohmann::json pretrain =
+      m.pretrain.is_object() ? suite_merged(base, m.pretrain) : m.pretrain.is_null() ? base : nlohmann::json();
+  if (info.needs_source && r.source.empty()) {
+    r.source = !t.source.empty() ? t.source
+               : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
+                                      : "";
+    XFER_CHECK(!r.source.empty(), where, ": method ", m.method, " draws on source data; give the task a ",
+               "\"source\" or the suite a \"pretrain\"");
+  }
+  if (info.allows_init && r.init.empty() && pretrain.is_object()) {
+    const nlohmann::json resolved = resolve_pretrain_refs(pretrain, s, t, cache, where, pretrains);
+    r.init = cached_pretrain_dir(suite_pretrain_options(resolved, where + " (pretrain)"), cache);
+  }
+  if (!info.allows_init && r.backbone.empty() && pretrain.is_object())
+    r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
+  XFER_CHECK(!(info.needs_init && r.init.empty()), where, ": method ", m.method,
+             " fine-tunes a source model; give the suite a \"pretrain\" block or the run an \"init\"");
+  return r;
+}
+
+/// The method options of one run: the task's options this method has, then the entry's own, then the
+/// sweep's point.
+std::unique_ptr<MethodConfig> point_config(const SuiteTask& t, const SuiteMethod& m, const nlohmann::json& point,
+                                           const std::string& where) {
+  auto config = methods().get(m.method).make_config();
+  Fields mf;
+  config->fields(mf);
+  nlohmann::json options = nlohmann::json::object();
+  const std::set<std::string> known = method_option_names(m.method);
+  for (const auto& [key, value] : t.options.items())
+    if (known.count(key)) options[key] = value;
+  if (m.options.is_object()) options.update(m.options);
+  options.update(point);
+  try {
+    mf.read_json(options, where + " (method options)");
+  } catch (const BadInput& e) {  // a value out of range names only the flag: say which run
+    const std::string what = e.what();
+    if (what.find(where) != std::string::npos) throw;
+    throw BadInput(cat(where, ": ", what));
+  }
+  return config;
+}
+
 }  // namespace
 
-/// `a` with `b`'s keys laid over it.
 nlohmann::json suite_merged(nlohmann::json a, const nlohmann::json& b) {
   if (a.is_null()) a = nlohmann::json::object();
   if (!b.is_null()) a.update(b);
   return a;
 }
 
-/// The pre-training options of a source model: the demo's recipe, then `json`'s options.
 RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string& where) {
   RunOptions p = source_pretrain_options("", "cnn4", 2000);
   Fields f;
@@ -78,19 +133,16 @@ RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string&
   return p;
 }
 
-/// A file-system-friendly name: letters, digits, '-', '_' and '.'; the rest becomes '_'.
 std::string suite_slug(const std::string& s) {
   std::string out;
   for (char c : s) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.') ? c : '_';
   return out;
 }
 
-/// Whether method entry `m` runs on task `task` (its "tasks", or every task).
 bool suite_runs_on(const SuiteMethod& m, const std::string& task) {
   return m.tasks.empty() || std::find(m.tasks.begin(), m.tasks.end(), task) != m.tasks.end();
 }
 
-/// The option names (as in JSON) of method `name`.
 std::set<std::string> method_option_names(const std::string& name) {
   auto config = methods().get(name).make_config();
   Fields f;
@@ -101,8 +153,6 @@ std::set<std::string> method_option_names(const std::string& name) {
   return out;
 }
 
-/// `xfer search` arguments of a method entry's "search": --param NAME=SPEC for each of "params", then
-/// --KEY VALUE for the search options.
 std::vector<std::string> search_arguments(const nlohmann::json& search) {
   std::vector<std::string> args;
   for (const auto& [name, spec] : search.at("params").items()) args.insert(args.end(), {"--param", name + "=" + spec.get<std::string>()});
@@ -122,60 +172,20 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
       for (int64_t seed : s.seeds) {
         if (!suite_runs_on(m, t.name)) continue;
         const std::string where = cat("suite ", s.name, ", method '", m.label, "' on task '", t.name, "'");
-        const MethodInfo& info = methods().get(m.method);
-        RunOptions r;
-        Fields f;
-        r.fields(f);
-        f.read_json(suite_merged(suite_merged(s.run, t.run), m.run), where + " (run options)");
-        r.method = m.method;
-        r.target = t.target;
-        r.seed = seed;
-        const nlohmann::json base = t.pretrain.is_object() ? suite_merged(s.pretrain, t.pretrain) : s.pretrain;
-        const nlohmann::json pretrain =
-            m.pretrain.is_object() ? suite_merged(base, m.pretrain) : m.pretrain.is_null() ? base : nlohmann::json();
-        if (info.needs_source && r.source.empty()) {
-          r.source = !t.source.empty() ? t.source
-                     : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
-                                            : "";
-          XFER_CHECK(!r.source.empty(), where, ": method ", m.method, " draws on source data; give the task a ",
-                     "\"source\" or the suite a \"pretrain\"");
-        }
         RunRequest q;
-        if (info.allows_init && r.init.empty() && pretrain.is_object()) {
-          const nlohmann::json resolved = resolve_pretrain_refs(pretrain, s, t, cache, where, q.pretrains);
-          r.init = cached_pretrain_dir(suite_pretrain_options(resolved, where + " (pretrain)"), cache);
-        }
-        if (!info.allows_init && r.backbone.empty() && pretrain.is_object())
-          r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
-        XFER_CHECK(!(info.needs_init && r.init.empty()), where, ": method ", m.method,
-                   " fine-tunes a source model; give the suite a \"pretrain\" block or the run an \"init\"");
+        RunOptions r = cell_options(s, t, m, seed, cache, where, q.pretrains);
+        q.task = t.name;
+        q.label = m.label;
+        q.search = m.search;
+        q.seed = seed;
         for (const nlohmann::json& point : sweep_points(m.sweep)) {
-          auto config = info.make_config();
-          Fields mf;
-          config->fields(mf);
-          nlohmann::json options = nlohmann::json::object();  // the task's options this method has, then its own
-          const std::set<std::string> known = method_option_names(m.method);
-          for (const auto& [key, value] : t.options.items())
-            if (known.count(key)) options[key] = value;
-          if (m.options.is_object()) options.update(m.options);
-          options.update(point);
-          try {
-            mf.read_json(options, where + " (method options)");
-          } catch (const BadInput& e) {  // a value out of range names only the flag: say which run
-            const std::string what = e.what();
-            if (what.find(where) != std::string::npos) throw;
-            throw BadInput(cat(where, ": ", what));
-          }
           RunRequest p = q;
-          p.task = t.name;
-          p.label = m.label;
-          p.search = m.search;
-          p.seed = seed;
           p.point = m.sweep.is_null() ? "" : sweep_point_text(point);
           fs::path dir = fs::path(out) / "runs" / suite_slug(t.name) / suite_slug(m.label) / cat("seed", seed);
           if (!p.point.empty()) dir /= suite_slug(p.point);
           p.dir = dir.string();
           r.out = p.dir;
+          auto config = point_config(t, m, point, where);
           p.config = config_json("finetune", r, config.get());
           p.config.erase("out");
           p.config.erase("threads");
