@@ -133,7 +133,7 @@ class SearchCommand : public Command {
       std::vector<std::string> worker_args = args_;
       worker_args.push_back("--worker");
       const std::string exe = exe_.empty() ? fs::read_symlink("/proc/self/exe").string() : exe_;
-      const int rc = wait_workers(spawn_workers(exe, worker_args, search_.workers));
+      const int rc = run_workers(exe, worker_args, search_.workers);
       if (rc != 0) {
         report_search(study, search_, out);
         throw std::runtime_error(cat("a worker process failed (exit code ", rc, "; its error is above); re-run the "

@@ -59,6 +59,13 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
   bad([](auto& j) { j["run"]["iterations"] = 0; }, {"--iterations must be >= 1, got 0"});
   bad([](auto& j) { j["seeds"] = 0; }, {"seeds must be >= 1"});
   bad([](auto& j) { j["colour"] = "red"; }, {"unknown key 'colour'"});
+  // Each object's key table names the valid keys, in its order.
+  bad([](auto& j) { j["tasks"][0]["colour"] = "red"; },
+      {"suite tiny.tasks[0]: unknown key 'colour'; valid keys: name, target, source, run, options, pretrain"});
+  bad([](auto& j) { j["timing"] = {{"stpes", 3}}; }, {"suite tiny.timing: unknown key 'stpes'; valid keys: task, steps"});
+  bad([](auto& j) { j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}}; },
+      {"tables[0]: unknown key 'pairs'; valid keys: title, kind, task, methods, source, reference, probe_iterations"});
+  bad([](auto& j) { j["tasks"][0].erase("target"); }, {"suite tiny.tasks[0] needs \"target\""});
   // Found by fuzzing: values of the wrong JSON type are refused by name, not thrown as json type errors.
   bad([](auto& j) { j["description"] = {{"source", "fmnist"}}; }, {"suite tiny.description must be a non-empty string"});
   bad([](auto& j) { j["methods"][1]["optional"] = "yes"; }, {"methods[1].optional must be true or false"});

@@ -98,10 +98,9 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
 /// Reads a run's validation curve from its metrics.jsonl: (step, val_top1) pairs.
 std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_dir);
 
-/// Starts `count` processes of `exe` with `args` (spawned, not forked: the parent has threads); returns
-/// their pids.
-std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count);
-/// Waits for the processes; returns the first non-zero exit code (128 + signal for a killed one), or 0.
-int wait_workers(const std::vector<int>& pids);
+/// Starts `count` processes of `exe` with `args` (spawned, not forked: the parent has threads) and waits
+/// for them all; returns the first non-zero exit code in start order (128 + signal for a killed one), or 0.
+/// SIGINT/SIGTERM stops the workers and throws Interrupted.
+int run_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count);
 
 }  // namespace xfer

@@ -73,6 +73,36 @@ std::string find_program(const std::string& name) {
   return "";
 }
 
+namespace {
+
+ExitStatus exit_status(pid_t pid, int status) {
+  ExitStatus s;
+  s.pid = pid;
+  if (WIFEXITED(status)) {
+    s.code = WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    s.signal = WTERMSIG(status);
+    s.code = 128 + s.signal;
+  }
+  return s;
+}
+
+// The children of the group that forwards SIGINT/SIGTERM, for the handler (which may only call
+// async-signal-safe functions: kill).
+volatile sig_atomic_t forwarded_count = 0;
+pid_t forwarded_pids[ProcessGroup::kMaxForwarded];
+volatile sig_atomic_t last_forwarded = 0;
+const ProcessGroup* forwarding_group = nullptr;
+struct sigaction saved_int {}, saved_term {};
+
+extern "C" void xfer_forward_signal(int sig) {
+  last_forwarded = sig;
+  for (int i = 0; i < forwarded_count; ++i)
+    if (forwarded_pids[i] > 0) ::kill(forwarded_pids[i], sig);
+}
+
+}  // namespace
+
 ExitStatus wait_process(pid_t pid, bool interruptible) {
   int status = 0;
   pid_t done;
@@ -81,15 +111,7 @@ ExitStatus wait_process(pid_t pid, bool interruptible) {
     done = ::waitpid(pid, &status, 0);
   } while (done < 0 && errno == EINTR);
   XFER_CHECK(done >= 0, "waitpid: ", std::strerror(errno));
-  ExitStatus s;
-  s.pid = done;
-  if (WIFEXITED(status)) {
-    s.code = WEXITSTATUS(status);
-  } else if (WIFSIGNALED(status)) {
-    s.signal = WTERMSIG(status);
-    s.code = 128 + s.signal;
-  }
-  return s;
+  return exit_status(done, status);
 }
 
 void stop_processes(const std::vector<pid_t>& pids) {
@@ -100,5 +122,141 @@ void stop_processes(const std::vector<pid_t>& pids) {
     }
   }
 }
+
+ProcessGroup::~ProcessGroup() {
+  if (running_ > 0) kill();
+}
+
+size_t ProcessGroup::start(const std::vector<std::string>& argv, const std::string& stdout_path,
+                           const std::string& stderr_path, const std::map<std::string, std::string>& env,
+                           const std::string& cwd) {
+  const bool forwarding = forwarding_group == this;
+  XFER_CHECK(!forwarding || pids_.size() < kMaxForwarded, "at most ", kMaxForwarded, " processes at a time");
+  const pid_t pid = spawn_process(argv, stdout_path, stderr_path, env, cwd);
+  pids_.push_back(pid);
+  ++running_;
+  if (forwarding) {
+    forwarded_pids[pids_.size() - 1] = pid;
+    forwarded_count = static_cast<sig_atomic_t>(pids_.size());
+  }
+  return pids_.size() - 1;
+}
+
+ExitStatus ProcessGroup::reap(size_t index, int status) {
+  const ExitStatus s = exit_status(pids_[index], status);
+  pids_[index] = -1;
+  --running_;
+  if (forwarding_group == this) forwarded_pids[index] = -1;
+  return s;
+}
+
+std::optional<ProcessGroup::Ended> ProcessGroup::wait_any(bool interruptible) {
+  while (running_ > 0) {
+    if (interruptible && stop_signal()) return std::nullopt;
+    // Wait for any child to end without reaping it: a child that is not the group's stays for its owner.
+    siginfo_t info{};
+    if (::waitid(P_ALL, 0, &info, WEXITED | WNOWAIT) < 0) {
+      XFER_CHECK(errno == EINTR, "waitid: ", std::strerror(errno));
+      continue;
+    }
+    const auto own = std::find(pids_.begin(), pids_.end(), info.si_pid);
+    if (own == pids_.end()) {  // another's child: look at the group's own now and then
+      for (size_t i = 0; i < pids_.size(); ++i) {
+        int status = 0;
+        if (pids_[i] > 0 && ::waitpid(pids_[i], &status, WNOHANG) > 0) return Ended{i, reap(i, status)};
+      }
+      ::usleep(20000);
+      continue;
+    }
+    int status = 0;
+    pid_t done;
+    while ((done = ::waitpid(info.si_pid, &status, 0)) < 0 && errno == EINTR) {
+    }
+    XFER_CHECK(done >= 0, "waitpid: ", std::strerror(errno));
+    const size_t index = static_cast<size_t>(own - pids_.begin());
+    return Ended{index, reap(index, status)};
+  }
+  return std::nullopt;
+}
+
+std::vector<ProcessGroup::Ended> ProcessGroup::poll() {
+  std::vector<Ended> ended;
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    if (pids_[i] <= 0) continue;
+    int status = 0;
+    const pid_t done = ::waitpid(pids_[i], &status, WNOHANG);
+    if (done == 0 || (done < 0 && errno == EINTR)) continue;
+    // done < 0 otherwise (ECHILD): reaped elsewhere; it counts as ended, with status 0.
+    ended.push_back(Ended{i, reap(i, done > 0 ? status : 0)});
+  }
+  return ended;
+}
+
+int ProcessGroup::wait_all(bool interruptible, const std::string& what) {
+  std::vector<int> codes(pids_.size(), 0);
+  while (running_ > 0) {
+    const std::optional<Ended> e = wait_any(interruptible);
+    if (!e) {  // SIGINT/SIGTERM: the children stop too
+      stop();
+      throw_if_stop_requested(what);
+    }
+    if (e) codes[e->index] = e->status.code;
+  }
+  for (const int code : codes)
+    if (code != 0) return code;
+  return 0;
+}
+
+void ProcessGroup::signal(int sig) {
+  for (const pid_t p : pids_)
+    if (p > 0) ::kill(p, sig);
+}
+
+void ProcessGroup::stop() {
+  signal(SIGTERM);
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    if (pids_[i] <= 0) continue;
+    int status = 0;
+    pid_t done;
+    while ((done = ::waitpid(pids_[i], &status, 0)) < 0 && errno == EINTR) {
+    }
+    reap(i, done > 0 ? status : 0);
+  }
+}
+
+void ProcessGroup::kill() {
+  signal(SIGKILL);
+  for (size_t i = 0; i < pids_.size(); ++i) {
+    if (pids_[i] <= 0) continue;
+    int status = 0;
+    pid_t done;
+    while ((done = ::waitpid(pids_[i], &status, 0)) < 0 && errno == EINTR) {
+    }
+    reap(i, done > 0 ? status : 0);
+  }
+}
+
+ProcessGroup::Forwarding::Forwarding(ProcessGroup& group) {
+  XFER_CHECK(forwarding_group == nullptr, "only one process group at a time can forward signals");
+  last_forwarded = 0;
+  forwarded_count = 0;
+  for (size_t i = 0; i < group.pids_.size() && i < kMaxForwarded; ++i) forwarded_pids[i] = group.pids_[i];
+  forwarded_count = static_cast<sig_atomic_t>(std::min(group.pids_.size(), kMaxForwarded));
+  forwarding_group = &group;
+  struct sigaction action {};
+  action.sa_handler = xfer_forward_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, &saved_int);
+  sigaction(SIGTERM, &action, &saved_term);
+}
+
+ProcessGroup::Forwarding::~Forwarding() {
+  forwarded_count = 0;
+  forwarding_group = nullptr;
+  sigaction(SIGINT, &saved_int, nullptr);
+  sigaction(SIGTERM, &saved_term, nullptr);
+}
+
+int ProcessGroup::forwarded_signal() { return last_forwarded; }
 
 }  // namespace xfer

@@ -1,10 +1,8 @@
 #include "xfer/dist/launch.h"
 
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -21,17 +19,7 @@
 namespace xfer {
 namespace {
 
-// The running ranks, for the signal handler (which may only call async-signal-safe functions: kill).
-constexpr int kMaxLocalRanks = 1024;
-volatile sig_atomic_t launched_count = 0;
-pid_t launched_pids[kMaxLocalRanks];
-std::atomic<int> forwarded_signal{0};
-
-void forward_signal(int sig) {
-  forwarded_signal = sig;
-  for (int i = 0; i < launched_count; ++i)
-    if (launched_pids[i] > 0) ::kill(launched_pids[i], sig);
-}
+constexpr int kMaxLocalRanks = static_cast<int>(ProcessGroup::kMaxForwarded);
 
 /// `program` as a path posix_spawn can start: this executable for "xfer", else a PATH lookup.
 std::string resolve_program(const std::string& program) {
@@ -77,97 +65,67 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
   argv[0] = resolve_program(command[0]);
   const int64_t world = o.nproc * o.nnodes;
 
-  struct sigaction action {}, old_int{}, old_term{};
-  action.sa_handler = forward_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, &old_int);
-  sigaction(SIGTERM, &action, &old_term);
-  forwarded_signal = 0;
-  launched_count = 0;
-
-  std::vector<pid_t> pids;
-  std::vector<bool> running;
-  auto restore = [&] {
-    launched_count = 0;
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-  };
-  try {
-    for (int64_t local = 0; local < o.nproc; ++local) {
-      const int64_t rank = o.node_rank * o.nproc + local;
-      const std::map<std::string, std::string> env = {
-          {"MASTER_ADDR", o.master_addr},       {"MASTER_PORT", cat(o.master_port)},
-          {"RANK", cat(rank)},                  {"WORLD_SIZE", cat(world)},
-          {"LOCAL_RANK", cat(local)},           {"LOCAL_WORLD_SIZE", cat(o.nproc)},
-          {"GROUP_RANK", cat(o.node_rank)},     {"XFER_DIST_TIMEOUT", cat(o.timeout)}};
-      pids.push_back(spawn_process(argv, "", "", env));
-      running.push_back(true);
-      launched_pids[local] = pids.back();
-      launched_count = static_cast<sig_atomic_t>(local + 1);
-    }
-  } catch (...) {
-    for (pid_t p : pids) ::kill(p, SIGKILL);
-    for (pid_t p : pids) wait_process(p);
-    restore();
-    throw;
-  }
-  log_info(cat("xfer launch: started ranks ", o.node_rank * o.nproc, "..", o.node_rank * o.nproc + o.nproc - 1,
-               " of ", world, " (master ", o.master_addr, ":", o.master_port, ")"));
-
-  // Poll the ranks; the first failure stops the others.
+  // SIGINT/SIGTERM go on to the ranks, which stop together at a step they agree on.
+  ProcessGroup ranks;
+  int sig = 0;
   int64_t failed_rank = -1, stopped_rank = -1;
   ExitStatus failure, stopped;
-  size_t left = pids.size();
-  double stop_deadline = -1;
-  while (left > 0) {
-    bool reaped = false;
-    // This round's failures; a rank killed by a signal is named before one that exited with an error,
-    // which is usually a partner noticing the first one's death.
-    int64_t round_rank = -1;
-    ExitStatus round_status;
-    for (size_t i = 0; i < pids.size(); ++i) {
-      if (!running[i]) continue;
-      int status = 0;
-      const pid_t done = ::waitpid(pids[i], &status, WNOHANG);
-      if (done == 0 || (done < 0 && errno == EINTR)) continue;
-      running[i] = false;
-      launched_pids[i] = -1;
-      --left;
-      reaped = true;
-      ExitStatus s;
-      s.pid = pids[i];
-      if (done > 0 && WIFEXITED(status)) s.code = WEXITSTATUS(status);
-      if (done > 0 && WIFSIGNALED(status)) s.signal = WTERMSIG(status), s.code = 128 + s.signal;
-      // Exited 130/143: it checkpointed and stopped on SIGINT/SIGTERM, at a step all ranks agreed on, so
-      // the others are stopping too and are left to finish.
-      const bool clean_stop = s.signal == 0 && (s.code == 128 + SIGINT || s.code == 128 + SIGTERM);
-      if (clean_stop && stopped_rank < 0) {
-        stopped_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
-        stopped = s;
+  {
+    const auto forwarding = ranks.forward_stop_signals();
+    try {
+      for (int64_t local = 0; local < o.nproc; ++local) {
+        const int64_t rank = o.node_rank * o.nproc + local;
+        const std::map<std::string, std::string> env = {
+            {"MASTER_ADDR", o.master_addr},       {"MASTER_PORT", cat(o.master_port)},
+            {"RANK", cat(rank)},                  {"WORLD_SIZE", cat(world)},
+            {"LOCAL_RANK", cat(local)},           {"LOCAL_WORLD_SIZE", cat(o.nproc)},
+            {"GROUP_RANK", cat(o.node_rank)},     {"XFER_DIST_TIMEOUT", cat(o.timeout)}};
+        ranks.start(argv, "", "", env);
       }
-      if (!s.ok() && !clean_stop && (round_rank < 0 || (s.signal != 0 && round_status.signal == 0))) {
-        round_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
-        round_status = s;
+    } catch (...) {
+      ranks.kill();
+      throw;
+    }
+    log_info(cat("xfer launch: started ranks ", o.node_rank * o.nproc, "..", o.node_rank * o.nproc + o.nproc - 1,
+                 " of ", world, " (master ", o.master_addr, ":", o.master_port, ")"));
+
+    // Poll the ranks; the first failure stops the others.
+    double stop_deadline = -1;
+    while (ranks.running() > 0) {
+      const std::vector<ProcessGroup::Ended> ended = ranks.poll();
+      // This round's failures; a rank killed by a signal is named before one that exited with an error,
+      // which is usually a partner noticing the first one's death.
+      int64_t round_rank = -1;
+      ExitStatus round_status;
+      for (const auto& [i, s] : ended) {
+        // Exited 130/143: it checkpointed and stopped on SIGINT/SIGTERM, at a step all ranks agreed on, so
+        // the others are stopping too and are left to finish.
+        const bool clean_stop = s.signal == 0 && (s.code == 128 + SIGINT || s.code == 128 + SIGTERM);
+        if (clean_stop && stopped_rank < 0) {
+          stopped_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
+          stopped = s;
+        }
+        if (!s.ok() && !clean_stop && (round_rank < 0 || (s.signal != 0 && round_status.signal == 0))) {
+          round_rank = o.node_rank * o.nproc + static_cast<int64_t>(i);
+          round_status = s;
+        }
       }
+      if (round_rank >= 0 && failed_rank < 0 && ProcessGroup::forwarded_signal() == 0) {
+        failed_rank = round_rank;
+        failure = round_status;
+        log_warn(cat("xfer launch: rank ", failed_rank, " (pid ", failure.pid, ") ", describe(failure),
+                     "; stopping the other ranks"));
+        ranks.signal(SIGTERM);
+        stop_deadline = now_seconds() + o.grace;
+      }
+      if (stop_deadline >= 0 && now_seconds() > stop_deadline) {
+        ranks.signal(SIGKILL);
+        stop_deadline = -1;
+      }
+      if (ended.empty() && ranks.running() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (round_rank >= 0 && failed_rank < 0 && forwarded_signal == 0) {
-      failed_rank = round_rank;
-      failure = round_status;
-      log_warn(cat("xfer launch: rank ", failed_rank, " (pid ", failure.pid, ") ", describe(failure),
-                   "; stopping the other ranks"));
-      for (size_t j = 0; j < pids.size(); ++j)
-        if (running[j]) ::kill(pids[j], SIGTERM);
-      stop_deadline = now_seconds() + o.grace;
-    }
-    if (stop_deadline >= 0 && now_seconds() > stop_deadline) {
-      for (size_t j = 0; j < pids.size(); ++j)
-        if (running[j]) ::kill(pids[j], SIGKILL);
-      stop_deadline = -1;
-    }
-    if (!reaped && left > 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    sig = ProcessGroup::forwarded_signal();
   }
-  restore();
-  const int sig = forwarded_signal;
   if (sig != 0)
     throw Interrupted(cat("xfer launch: interrupted by ", strsignal(sig), "; the ranks were stopped"), sig);
   if (failed_rank < 0 && stopped_rank >= 0)

@@ -239,33 +239,18 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
   return stats.trials;
 }
 
-std::vector<int> spawn_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count) {
-  std::vector<int> pids;
+int run_workers(const std::string& exe, const std::vector<std::string>& args, int64_t count) {
   std::vector<std::string> argv = {exe};
   argv.insert(argv.end(), args.begin(), args.end());
-  for (int64_t i = 0; i < count; ++i) {
-    try {
-      pids.push_back(spawn_process(argv, "", ""));  // workers print to the parent's terminal
-    } catch (const std::exception&) {
-      for (int p : pids) kill(p, SIGTERM);
-      wait_workers(pids);
-      throw;
-    }
+  ProcessGroup workers;
+  try {
+    for (int64_t i = 0; i < count; ++i) workers.start(argv);  // workers print to the parent's terminal
+  } catch (const std::exception&) {
+    workers.stop();
+    throw;
   }
-  return pids;
-}
-
-int wait_workers(const std::vector<int>& pids) {
-  int first = 0;
-  for (int pid : pids) {
-    const ExitStatus st = wait_process(pid, /*interruptible=*/true);
-    if (st.pid < 0) {  // SIGINT/SIGTERM: the workers mark their trials and stop; re-running resumes the study
-      stop_processes(std::vector<pid_t>(pids.begin(), pids.end()));
-      throw_if_stop_requested("the search (run the same command to continue)");
-    }
-    if (st.code != 0 && first == 0) first = st.code;
-  }
-  return first;
+  // SIGINT/SIGTERM: the workers mark their trials and stop; re-running resumes the study.
+  return workers.wait_all(/*interruptible=*/true, "the search (run the same command to continue)");
 }
 
 }  // namespace xfer

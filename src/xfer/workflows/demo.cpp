@@ -1,6 +1,9 @@
 #include "xfer/workflows/demo.h"
 
+#include <algorithm>
 #include <filesystem>
+#include <stdexcept>
+#include <tuple>
 #include <map>
 #include <set>
 #include <sstream>
@@ -17,6 +20,9 @@
 #include "xfer/report/table.h"
 #include "xfer/workflows/pretrained.h"
 #include "xfer/workflows/run.h"
+#include "xfer/workflows/suite.h"
+#include "xfer/workflows/suite_plan.h"
+#include "xfer/workflows/suite_runs.h"
 
 namespace fs = std::filesystem;
 
@@ -83,6 +89,147 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
   return chosen;
 }
 
+
+/// The demo as a suite: the source model pre-trained on opts.source, one task per size (the target with
+/// per_class=SIZE), `methods` x `seeds`, run one after another in this process.
+Suite demo_suite(const DemoOptions& opts, const std::vector<int64_t>& sizes, int64_t seeds,
+                 const std::vector<std::string>& methods) {
+  nlohmann::json tasks = nlohmann::json::array();
+  for (int64_t size : sizes)
+    tasks.push_back({{"name", cat(size, "/class")}, {"target", cat(opts.target, ":per_class=", size)},
+                     {"source", opts.source}});
+  const nlohmann::json suite = {
+      {"description", "the Fashion-MNIST transfer task of `xfer demo`"},
+      {"pretrain", {{"source", opts.source}, {"backbone", opts.backbone}, {"iterations", opts.pretrain_iterations}}},
+      {"run", {{"iterations", opts.iterations}}},
+      {"seeds", seeds},
+      {"tasks", tasks},
+      {"methods", methods},
+      {"timing", false}};
+  return parse_suite(suite, "demo");
+}
+
+/// The size of a planned run's task ("10/class").
+int64_t size_of(const RunRequest& q, const std::vector<int64_t>& sizes) {
+  for (int64_t size : sizes)
+    if (q.task == cat(size, "/class")) return size;
+  throw std::logic_error("demo: no size for task " + q.task);
+}
+
+/// The demo's runs in the order they run: for each size and seed, the methods back to back, so drifts in
+/// machine load hit them alike; each in OUT/METHOD/nSIZE-sSEED.
+std::vector<RunRequest> demo_plan(const DemoOptions& opts, const std::vector<int64_t>& sizes, int64_t seeds,
+                                  const std::vector<std::string>& methods) {
+  std::vector<RunRequest> plan = plan_runs(demo_suite(opts, sizes, seeds, methods), opts.out, opts.cache);
+  for (auto& q : plan)
+    q.dir = (fs::path(opts.out) / q.label / cat("n", size_of(q, sizes), "-s", q.seed)).string();
+  std::stable_sort(plan.begin(), plan.end(), [&](const RunRequest& a, const RunRequest& b) {
+    const int64_t sa = size_of(a, sizes), sb = size_of(b, sizes);
+    const size_t ia = std::find(sizes.begin(), sizes.end(), sa) - sizes.begin();
+    const size_t ib = std::find(sizes.begin(), sizes.end(), sb) - sizes.begin();
+    return std::tie(ia, a.seed) < std::tie(ib, b.seed);
+  });
+  return plan;
+}
+
+/// Runs the demo's runs in this process, quietly, one line each, and keeps what they gave.
+class DemoRuns {
+ public:
+  DemoRuns(const DemoOptions& opts, std::ostream& out)
+      : opts_(opts), out_(out), table_({"method", "per_class", "seed", "test_top1", "test_mean_class", "step_ms", "out"}) {}
+
+  /// Runs `q` (`index` of `count`; count 0: not known yet); returns its seconds.
+  double run(const RunRequest& q, int64_t size, int64_t index, int64_t count) {
+    const int saved_verbosity = verbosity();
+    set_verbosity(0);
+    const double t0 = now_seconds();
+    nlohmann::json res;
+    try {
+      res = run_in_process(q, opts_.threads);
+    } catch (...) {
+      set_verbosity(saved_verbosity);
+      throw;
+    }
+    set_verbosity(saved_verbosity);
+    const double secs = now_seconds() - t0;
+    RunRecord r;
+    r.task = q.task;
+    r.method = q.label;
+    r.seed = q.seed;
+    r.ok = true;
+    r.test_top1 = res.value("test_top1", 0.0);
+    r.test_mean_class = res.value("test_mean_class", 0.0);
+    r.step_ms = res.value("step_ms_median", 0.0);
+    r.dir = q.dir;
+    records_.push_back(r);
+    table_.add_row({q.label, std::to_string(size), std::to_string(q.seed), fixed(r.test_top1, 4),
+                    fixed(r.test_mean_class, 4), fixed(res.value("step_ms", 0.0), 2), q.dir});
+    results_.push_back(res);
+    out_ << "[" << index << (count > 0 ? cat("/", count) : std::string()) << "] " << q.label << ", " << size
+         << "/class, seed " << q.seed << ": test top-1 " << fixed(100 * r.test_top1, 1) << "% (" << fixed(secs, 1)
+         << " s)" << std::endl;
+    return secs;
+  }
+  const std::vector<RunRecord>& records() const { return records_; }
+  nlohmann::json results() const { return results_; }
+  std::string csv() const { return table_.csv(); }
+
+ private:
+  const DemoOptions& opts_;
+  std::ostream& out_;
+  Table table_;
+  std::vector<RunRecord> records_;
+  nlohmann::json results_ = nlohmann::json::array();
+};
+
+struct DemoTable {
+  std::string markdown;
+  nlohmann::json summary;  // per method: top-1 per size, time per step vs l2
+};
+
+/// Test top-1 per size (mean ± std over the seeds), and time per step relative to l2.
+DemoTable demo_table(const std::vector<RunRecord>& records, const std::vector<std::string>& methods,
+                     const std::vector<int64_t>& sizes) {
+  std::vector<std::string> header = {"method"};
+  for (int64_t s : sizes) header.push_back(cat(s, "/class"));
+  header.push_back("time/step vs l2");
+  Table table(header);
+  for (size_t c = 1; c < header.size(); ++c) table.align_right(c);
+  auto values = [&](const std::string& method, const std::string& task, double RunRecord::*field) {
+    std::vector<double> v;
+    for (const auto& r : records)
+      if (r.method == method && (task.empty() || r.task == task)) v.push_back(r.*field);
+    return v;
+  };
+  auto mean_step = [&](const std::string& method) {
+    std::vector<double> all;  // by size, then seed
+    for (int64_t s : std::set<int64_t>(sizes.begin(), sizes.end())) {
+      const std::vector<double> v = values(method, cat(s, "/class"), &RunRecord::step_ms);
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return mean_std(all).mean;
+  };
+  const double l2_step = mean_step("l2");
+  DemoTable out;
+  out.summary = nlohmann::json::array();
+  for (const auto& m : methods) {
+    std::vector<std::string> row = {m};
+    nlohmann::json entry = {{"method", m}};
+    for (int64_t s : sizes) {
+      const MeanStd ms = mean_std(values(m, cat(s, "/class"), &RunRecord::test_top1));
+      row.push_back(format_mean_std(ms));
+      entry[cat("top1_", s)] = {{"mean", ms.mean}, {"std", ms.std}, {"n", ms.n}};
+    }
+    const double ratio = l2_step > 0 ? mean_step(m) / l2_step : 0;
+    row.push_back(fixed(ratio, 2) + "x");
+    entry["step_vs_l2"] = ratio;
+    table.add_row(row);
+    out.summary.push_back(entry);
+  }
+  out.markdown = table.markdown();
+  return out;
+}
+
 }  // namespace
 
 void DemoOptions::fields(Fields& f) {
@@ -113,111 +260,38 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   skipped.clear();
   make_dirs(opts.out);
 
-  RunOptions pretrain = source_pretrain_options(opts.source, opts.backbone, opts.pretrain_iterations);
-  pretrain.threads = opts.threads;
-  const std::string source_dir = cached_pretrain(pretrain, opts.cache, out);
-  const int64_t runs_per_method = static_cast<int64_t>(sizes.size()) * opts.seeds;
-  const int saved_verbosity = verbosity();
-
-  struct Cell {
-    std::vector<double> top1, mean_class, step_ms;
-  };
-  std::map<std::string, std::map<int64_t, Cell>> cells;
-  Table runs_table({"method", "per_class", "seed", "test_top1", "test_mean_class", "step_ms", "out"});
-  nlohmann::json runs_json = nlohmann::json::array();
-
-  auto run_one = [&](const MethodInfo& info, int64_t size, int64_t seed, int64_t index, int64_t count) {
-    RunOptions r;
-    r.method = info.name;
-    r.target = cat(opts.target, ":per_class=", size);
-    if (info.needs_source) r.source = opts.source;
-    if (info.allows_init) r.init = source_dir;
-    if (!info.allows_init) r.backbone = opts.backbone;
-    r.seed = seed;
-    r.threads = opts.threads;
-    r.trainer.iterations = opts.iterations;
-    r.out = (fs::path(opts.out) / info.name / cat("n", size, "-s", seed)).string();
-    r.overwrite = true;
-    auto config = info.make_config();
-    set_verbosity(0);
-    const double t0 = now_seconds();
-    nlohmann::json res;
-    try {
-      res = run_finetune(r, *config);
-    } catch (...) {
-      set_verbosity(saved_verbosity);
-      throw;
-    }
-    set_verbosity(saved_verbosity);
-    const double secs = now_seconds() - t0;
-    Cell& c = cells[info.name][size];
-    c.top1.push_back(res.value("test_top1", 0.0));
-    c.mean_class.push_back(res.value("test_mean_class", 0.0));
-    c.step_ms.push_back(res.value("step_ms_median", 0.0));
-    runs_table.add_row({info.name, std::to_string(size), std::to_string(seed), fixed(res.value("test_top1", 0.0), 4),
-                        fixed(res.value("test_mean_class", 0.0), 4), fixed(res.value("step_ms", 0.0), 2), r.out});
-    runs_json.push_back(res);
-    out << "[" << index << (count > 0 ? cat("/", count) : std::string()) << "] " << info.name << ", " << size << "/class, seed " << seed
-        << ": test top-1 " << fixed(100 * res.value("test_top1", 0.0), 1) << "% (" << fixed(secs, 1) << " s)"
-        << std::endl;
-    return secs;
-  };
-
-  // l2 first: its time per run sizes the rest of the demo.
-  const MethodInfo& l2 = methods().get("l2");
+  // l2 first, on the first size and seed 0: its time per run sizes the rest of the demo.
+  const std::vector<RunRequest> first = demo_plan(opts, {sizes[0]}, 1, {"l2"});
+  pretrain_sources(first, opts.cache, opts.threads, out);
+  const std::string source_dir = first.front().config.at("init").get<std::string>();
+  DemoRuns runs(opts, out);
   out << "Fine-tuning; the first l2 run sizes the demo to --budget " << opts.budget << " min" << std::endl;
-  const double first = run_one(l2, sizes[0], 0, 1, 0);
+  const double first_seconds = runs.run(first.front(), sizes[0], 1, 0);
+  const int64_t runs_per_method = static_cast<int64_t>(sizes.size()) * opts.seeds;
   const double left = opts.budget * 60 - (now_seconds() - start);
-  const auto chosen = pick_methods(opts, first, runs_per_method, left, skipped, elsewhere);
+  const auto chosen = pick_methods(opts, first_seconds, runs_per_method, left, skipped, elsewhere);
+  std::vector<std::string> names;
+  for (const auto* m : chosen) names.push_back(m->name);
   int64_t total = static_cast<int64_t>(chosen.size()) * runs_per_method, index = 1;
-  if (std::find(chosen.begin(), chosen.end(), &l2) == chosen.end()) total += 1;
+  if (std::find(names.begin(), names.end(), "l2") == names.end()) total += 1;
   out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds << " seeds ("
       << total << " runs, " << opts.iterations << " steps each)" << std::endl;
-  // Methods run back to back for each (size, seed), so drifts in machine load hit them alike.
-  for (int64_t size : sizes)
-    for (int64_t seed = 0; seed < opts.seeds; ++seed)
-      for (const auto* m : chosen)
-        if (!(m == &l2 && size == sizes[0] && seed == 0)) run_one(*m, size, seed, ++index, total);
+  if (!names.empty())
+    for (const RunRequest& q : demo_plan(opts, sizes, opts.seeds, names))
+      if (!(q.label == "l2" && q.task == first.front().task && q.seed == 0)) runs.run(q, size_of(q, sizes), ++index, total);
 
-  // The table: test top-1 per size, and time per step relative to l2.
-  std::vector<std::string> header = {"method"};
-  for (int64_t s : sizes) header.push_back(cat(s, "/class"));
-  header.push_back("time/step vs l2");
-  Table table(header);
-  for (size_t c = 1; c < header.size(); ++c) table.align_right(c);
-  auto mean_step = [&](const std::string& name) {
-    std::vector<double> all;
-    for (const auto& [size, cell] : cells[name]) all.insert(all.end(), cell.step_ms.begin(), cell.step_ms.end());
-    return mean_std(all).mean;
-  };
-  const double l2_step = mean_step("l2");
-  nlohmann::json summary = nlohmann::json::array();
-  for (const auto* m : chosen) {
-    std::vector<std::string> row = {m->name};
-    nlohmann::json entry = {{"method", m->name}};
-    for (int64_t s : sizes) {
-      const MeanStd ms = mean_std(cells[m->name][s].top1);
-      row.push_back(format_mean_std(ms));
-      entry[cat("top1_", s)] = {{"mean", ms.mean}, {"std", ms.std}, {"n", ms.n}};
-    }
-    const double ratio = l2_step > 0 ? mean_step(m->name) / l2_step : 0;
-    row.push_back(fixed(ratio, 2) + "x");
-    entry["step_vs_l2"] = ratio;
-    table.add_row(row);
-    summary.push_back(entry);
-  }
-
+  const DemoTable table = demo_table(runs.records(), names, sizes);
   std::ostringstream md;
   md << "Fashion-MNIST transfer: source " << opts.source << " -> target " << opts.target << "\n"
      << "Test top-1 (%), mean ± std over " << opts.seeds << " seeds; backbone "
      << normalise_backbone_spec(opts.backbone) << ", "
      << opts.iterations << " fine-tuning steps; time per step relative to l2 (same process)\n\n"
-     << table.markdown();
+     << table.markdown;
   if (!skipped.empty()) {
-    std::string names;
-    for (const auto& s : skipped) names += (names.empty() ? "" : ",") + s;
-    md << "\nNot run, to stay within --budget " << opts.budget << " min: " << names
-       << ".\nRun them with: xfer demo --methods " << names << "   (or --methods all)\n";
+    std::string list;
+    for (const auto& s : skipped) list += (list.empty() ? "" : ",") + s;
+    md << "\nNot run, to stay within --budget " << opts.budget << " min: " << list
+       << ".\nRun them with: xfer demo --methods " << list << "   (or --methods all)\n";
   }
   if (!elsewhere.empty()) {
     md << "\nNot run: this task does not fit them. Run each on a task that does:\n";
@@ -228,9 +302,9 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << (fs::path(opts.out) / "").string() << "\n";
 
   write_file_atomic((fs::path(opts.out) / "table.md").string(), md.str());
-  write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs_table.csv());
-  nlohmann::json demo = {{"xfer_version", kVersion}, {"source_model", source_dir}, {"summary", summary},
-                         {"runs", runs_json},        {"skipped", skipped},        {"seconds", elapsed}};
+  write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs.csv());
+  nlohmann::json demo = {{"xfer_version", kVersion}, {"source_model", source_dir}, {"summary", table.summary},
+                         {"runs", runs.results()},   {"skipped", skipped},        {"seconds", elapsed}};
   for (const auto* m : elsewhere) demo["not_fitting"].push_back(m->name);
   write_json_file((fs::path(opts.out) / "demo.json").string(), demo);
   return demo;
