@@ -120,7 +120,10 @@ std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command,
     XFER_CHECK(file.is_object() && file.value("command", command) == command, config, " is the configuration of an `xfer ",
                file.is_object() ? file.value("command", std::string("?")) : "?", "` run; resume it with that command");
     // What only one session of the run asked for.
-    for (const char* key : {"resume", "overwrite", "out", "stop_after"}) file.erase(key);
+    RunOptions defaults;
+    Fields f;
+    defaults.fields(f);
+    for (const auto& key : f.names_of({Fields::Role::session})) file.erase(key);
   }
   const std::string flag_method = chosen ? find_flag(args, "--method") : "";
   const std::string file_method =

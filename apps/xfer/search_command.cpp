@@ -63,7 +63,7 @@ class SearchCommand : public Command {
     method_ = read_method_and_config(app->get_name(), args, run_, /*with_method=*/true);
     Fields rf;
     run_.fields(rf);
-    add_fields(*app, rf, {"out", "resume", "overwrite", "stop_after"});
+    add_fields(*app, rf, rf.names_of({Fields::Role::session}));  // each trial has its own
     Fields sf;
     search_.fields(sf);
     for (auto& f : sf.all()) f.group = "Search";

@@ -184,7 +184,7 @@ TEST(Trainer, OnNanSkipDropsTheBatchAndCountsIt) {
   NanFixture f(dir.path());
   TrainerOptions opts;
   opts.iterations = 12;
-  opts.on_nan = "skip";
+  opts.on_nan = OnNan::skip;
   FaultyMethod method = nan_at(7);
   const nlohmann::json r = Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
   EXPECT_EQ(r["skipped_steps"], 1);
@@ -208,7 +208,7 @@ TEST(Trainer, OnNanSkipGivesUpAfterTwentyFiveInARow) {
   NanFixture f(dir.path());
   TrainerOptions opts;
   opts.iterations = 60;
-  opts.on_nan = "skip";
+  opts.on_nan = OnNan::skip;
   FaultyMethod method = nan_at(2, /*onwards=*/true);
   try {
     Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);

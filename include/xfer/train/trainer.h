@@ -30,9 +30,20 @@
 #include "xfer/optim/optim.h"
 #include "xfer/optim/schedule.h"
 
+#include "xfer/core/fields.h"
+
 namespace xfer {
 
 class Fields;
+
+enum class ModelSelection { automatic, best, last };
+XFER_ENUM_NAMES(ModelSelection, "auto", "best", "last")
+
+enum class OnNan { stop, skip };
+XFER_ENUM_NAMES(OnNan, "stop", "skip")
+
+enum class BnStats { batch, sync, frozen };
+XFER_ENUM_NAMES(BnStats, "batch", "sync", "frozen")
 
 struct TrainerOptions {
   int64_t iterations = 300;
@@ -44,10 +55,10 @@ struct TrainerOptions {
   int64_t checkpoint_every = 0;  // 0: the same as eval_every
   int64_t log_every = 10;
   int64_t eval_batch = 500;
-  std::string select = "auto";   // the model tested at the end: best (on validation), last, auto
+  ModelSelection select = ModelSelection::automatic;   // the model tested at the end: best (on validation), last, auto
   int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
-  std::string on_nan = "stop";   // a non-finite loss or gradient: stop (the default), or skip the batch
-  std::string bn_stats = "batch";  // batch norm in training: batch (statistics of each process's batch), sync
+  OnNan on_nan = OnNan::stop;   // a non-finite loss or gradient: stop (the default), or skip the batch
+  BnStats bn_stats = BnStats::batch;  // batch norm in training: batch (statistics of each process's batch), sync
                                    // (of the global batch), frozen (running statistics, as in eval mode); sync
                                    // and frozen match one process at any world size
   /// Called after each validation with the step and its top-1 (not an option: a search's pruner). An

@@ -100,12 +100,12 @@ class MetricsLog {
 constexpr int64_t kMaxConsecutiveSkips = 25;
 /// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
 /// --bn-stats sync: the backbone's batch-norm layers normalise with the global batch's statistics.
-void apply_bn_mode(Model& model, const std::string& bn) {
-  XFER_CHECK(bn != "sync" || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
+void apply_bn_mode(Model& model, BnStats bn) {
+  XFER_CHECK(bn != BnStats::sync || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
              "--bn-stats sync needs a built-in backbone: a TorchScript backbone's batch norm cannot be synchronised; "
              "use --bn-stats batch or frozen");
-  model->backbone->set_sync_batch_norm(bn == "sync");
-  if (bn != "frozen") return;
+  model->backbone->set_sync_batch_norm(bn == BnStats::sync);
+  if (bn != BnStats::frozen) return;
   for (auto& m : model->modules(/*include_self=*/false))
     if (m->as<torch::nn::BatchNorm2d>() || m->as<torch::nn::BatchNorm1d>()) m->eval();
 }
@@ -191,18 +191,16 @@ void TrainerOptions::fields(Fields& f) {
   f.add("log_every", log_every, "steps between metrics.jsonl lines").at_least(1);
   f.add("eval_batch", eval_batch, "batch size for evaluation").at_least(1);
   f.add("select", select, "the model tested at the end: best (on validation), last, or auto (best if the task "
-                          "has a validation split)")
-      .choices({"auto", "best", "last"});
+                          "has a validation split)");
   f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
                                   "later with --resume (0: run to the end)")
-      .non_negative();
+      .non_negative()
+      .session();
   f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
-                          "batch (no update; at most 25 in a row)")
-      .choices({"stop", "skip"});
+                          "batch (no update; at most 25 in a row)");
   f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without "
                               "sync BN), sync (statistics of the global batch over all processes, as SyncBatchNorm; "
-                              "the same as batch in one process) or frozen (running statistics, as in eval mode)")
-      .choices({"batch", "sync", "frozen"});
+                              "the same as batch in one process) or frozen (running statistics, as in eval mode)");
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
@@ -366,14 +364,14 @@ std::unique_ptr<MetricsLog> open_metrics(const std::string& out_dir, int64_t sta
 /// training_step under --on-nan: the step's loss terms, or none when a non-finite loss or gradient dropped
 /// its update (--on-nan skip, at most kMaxConsecutiveSkips in a row). Otherwise the NumericalError goes on,
 /// naming the skips before it and the last good checkpoint.
-std::optional<LossTerms> step_or_skip(LoopState& s, const std::string& on_nan, double lr, StepContext& ctx,
+std::optional<LossTerms> step_or_skip(LoopState& s, OnNan on_nan, double lr, StepContext& ctx,
                                       StepReport& report, Progress& progress, const CheckpointSaver& saver) {
   try {
     LossTerms terms = training_step(s.method, *s.optimizer, s.groups, lr, ctx, &report);
     s.skips.in_a_row = 0;
     return terms;
   } catch (const NumericalError& e) {
-    if (on_nan != "skip" || s.skips.in_a_row >= kMaxConsecutiveSkips) {
+    if (on_nan != OnNan::skip || s.skips.in_a_row >= kMaxConsecutiveSkips) {
       progress.finish();
       const int64_t saved = saver.last_saved();
       throw NumericalError(cat(e.what(), s.skips.in_a_row ? cat(" (after ", s.skips.in_a_row, " skipped in a row)") : "",
@@ -466,8 +464,8 @@ Cadence cadence(const TrainerOptions& opts, const Task& task) {
   c.eval_every = opts.eval_every > 0 ? opts.eval_every : std::max<int64_t>(1, opts.iterations / 10);
   c.ckpt_every = opts.checkpoint_every > 0 ? opts.checkpoint_every : c.eval_every;
   c.has_val = task.val.size() > 0;
-  c.select_best = opts.select == "best" || (opts.select == "auto" && c.has_val);
-  XFER_CHECK(!(opts.select == "best" && !c.has_val), "--select best needs a validation split; add val=N to the ",
+  c.select_best = opts.select == ModelSelection::best || (opts.select == ModelSelection::automatic && c.has_val);
+  XFER_CHECK(!(opts.select == ModelSelection::best && !c.has_val), "--select best needs a validation split; add val=N to the ",
              "dataset spec");
   return c;
 }

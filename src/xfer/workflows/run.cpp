@@ -25,17 +25,26 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// Options that may differ between a run and its resumption.
+/// Whether `key` names a run option of one of `roles` (declared with the option: Fields::Role).
+bool run_option_of(std::initializer_list<Fields::Role> roles, const std::string& key) {
+  RunOptions o;
+  Fields f;
+  o.fields(f);
+  const std::vector<std::string> names = f.names_of(roles);
+  return std::find(names.begin(), names.end(), key) != names.end();
+}
+
+/// Options that may differ between a run and its resumption: how it executes, what this session does, the
+/// version, and --on-nan (a run a NaN stopped may go on skipping such batches).
 bool ignored_on_resume(const std::string& key) {
-  return key == "resume" || key == "overwrite" || key == "threads" || key == "device" || key == "prefetch" ||
-         key == "loader_workers" || key == "out" || key == "xfer_version" || key == "stop_after" ||
+  return run_option_of({Fields::Role::execution, Fields::Role::session}, key) || key == "xfer_version" ||
          key == "on_nan";
 }
 
-/// Options that may differ between the processes of one data-parallel run (each machine its own threads;
-/// only rank 0 writes to --out).
+/// Options that may differ between the processes of one data-parallel run: how each executes (each machine
+/// its own threads), and --out, which only rank 0 writes to.
 bool ignored_across_ranks(const std::string& key) {
-  return key == "threads" || key == "device" || key == "prefetch" || key == "out";
+  return run_option_of({Fields::Role::execution}, key) || key == "out";
 }
 
 /// Data-parallel: every process must train the same thing. BadInput on every rank naming those that differ.
@@ -258,11 +267,12 @@ void RunOptions::fields(Fields& f) {
   f.add("threads", threads,
         "CPU threads (0 = all cores); idle ones spin briefly, then sleep (GOMP_SPINCOUNT=10000 unless "
         "OMP_WAIT_POLICY or GOMP_SPINCOUNT is set)")
-      .non_negative();
-  f.add("device", device, "cpu, cuda or cuda:N");
-  f.add("out", out, "output directory (default runs/<command>-<method>-<time>)");
-  f.add("resume", resume, "continue the run in --out from its last checkpoint");
-  f.add("overwrite", overwrite, "replace a finished or interrupted run in --out");
+      .non_negative()
+      .execution();
+  f.add("device", device, "cpu, cuda or cuda:N").execution();
+  f.add("out", out, "output directory (default runs/<command>-<method>-<time>)").session();
+  f.add("resume", resume, "continue the run in --out from its last checkpoint").session();
+  f.add("overwrite", overwrite, "replace a finished or interrupted run in --out").session();
   f.group("Training");
   trainer.fields(f);
   f.group("Batches");

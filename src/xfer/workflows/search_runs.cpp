@@ -18,10 +18,19 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// Run options a search never takes from the user for its trials, and that a resumed study may change.
-const std::vector<std::string> kSearchRunFixed = {"out", "resume", "overwrite", "stop_after", "method"};
-const std::vector<std::string> kSearchRunIgnored = {"out", "resume", "overwrite", "stop_after", "threads", "device",
-                                                    "prefetch"};
+/// Run options a search sets for its trials, never from the user: the session's (each trial its own --out)
+/// and the method.
+std::vector<std::string> search_run_fixed(Fields& run_fields) {
+  std::vector<std::string> names = run_fields.names_of({Fields::Role::session});
+  names.push_back("method");
+  return names;
+}
+
+/// Run options a resumed study may change: how trials execute and the session's.
+bool search_run_ignored(Fields& run_fields, const std::string& key) {
+  const auto names = run_fields.names_of({Fields::Role::execution, Fields::Role::session});
+  return std::find(names.begin(), names.end(), key) != names.end();
+}
 
 /// The method's options with `values` of the search space set on them.
 std::unique_ptr<MethodConfig> search_method_config(const std::string& method, const nlohmann::json& options) {
@@ -46,7 +55,7 @@ void RunObjective::check() {
   Fields rf, mf;
   run.fields(rf);
   config->fields(mf);
-  check_space(space_, {&rf, &mf}, kSearchRunFixed);
+  check_space(space_, {&rf, &mf}, search_run_fixed(rf));
   std::vector<std::string> targets = {base_.target};
   if (const ParamSpec* p = space_.find("target")) targets = p->choices;
   for (const auto& t : targets) {
@@ -103,8 +112,7 @@ nlohmann::json RunObjective::config() const {
   const nlohmann::json all = rf.to_json();
   nlohmann::json out = nlohmann::json::object();
   for (const auto& [k, v] : all.items())
-    if (std::find(kSearchRunIgnored.begin(), kSearchRunIgnored.end(), k) == kSearchRunIgnored.end() &&
-        !space_.find(k))
+    if (!search_run_ignored(rf, k) && !space_.find(k))
       out[k] = v;
   for (const auto& [k, v] : method_options_.items())
     if (!space_.find(k)) out["method." + k] = v;
