@@ -1,6 +1,7 @@
 // GradMix's step against the source-only step with k = 2 sources, in one process (issue 9's benchmark).
 //
-//   xfer_gradmix_bench [--threads 2] [--steps 200] [--warmup 20] [--batch 64] [--per-class 2] [--layers module]
+//   xfer_gradmix_bench [--threads 2] [--steps 200] [--warmup 20] [--batch 64] [--per-class 2] [--layers
+//   module]
 //
 // Both methods run the Trainer's own step (training_step: their batches from the prefetching loader, their
 // backward passes, the optimizer) on the embedded task (S1 = Fashion-MNIST 5-9 rotated with noise,
@@ -11,8 +12,8 @@
 #include <iostream>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
@@ -42,8 +43,8 @@ struct GradMixBenchRun {
   at::Generator rng = xfer::make_generator(1);
   int64_t step = 0;
 
-  GradMixBenchRun(const xfer::Task& task, xfer::GradMixMethod::Options opts, const xfer::LoaderOptions& loader,
-                  int64_t total) {
+  GradMixBenchRun(const xfer::Task& task, xfer::GradMixMethod::Options opts,
+                  const xfer::LoaderOptions& loader, int64_t total) {
     xfer::Arch arch;
     arch.backbone = "cnn4:width=16";
     arch.height = arch.width = 28;
@@ -54,7 +55,8 @@ struct GradMixBenchRun {
     model->train();
     batches.add("target", std::make_unique<xfer::BatchStream>(task.train, arch.input, loader, 1));
     method = std::make_unique<xfer::GradMixMethod>(opts);
-    xfer::SetupContext ctx{task, nullptr, xfer::Model(nullptr), batches, loader, 0, torch::kCPU, "target", total};
+    xfer::SetupContext ctx{task,     nullptr, xfer::Model(nullptr), batches, loader, 0, torch::kCPU,
+                           "target", total};
     method->setup(model, ctx);
     groups = method->param_groups(model, 1.0);
     xfer::OptimizerOptions o;
@@ -76,13 +78,20 @@ int main(int argc, char** argv) {
     GradMixBenchArgs a;
     for (int i = 1; i + 1 < argc; i += 2) {
       const std::string k = argv[i], v = argv[i + 1];
-      if (k == "--threads") a.threads = std::stoll(v);
-      else if (k == "--steps") a.steps = std::stoll(v);
-      else if (k == "--warmup") a.warmup = std::stoll(v);
-      else if (k == "--batch") a.batch = std::stoll(v);
-      else if (k == "--per-class") a.per_class = std::stoll(v);
-      else if (k == "--layers") a.layers = v;
-      else throw std::invalid_argument("unknown flag " + k);
+      if (k == "--threads")
+        a.threads = std::stoll(v);
+      else if (k == "--steps")
+        a.steps = std::stoll(v);
+      else if (k == "--warmup")
+        a.warmup = std::stoll(v);
+      else if (k == "--batch")
+        a.batch = std::stoll(v);
+      else if (k == "--per-class")
+        a.per_class = std::stoll(v);
+      else if (k == "--layers")
+        a.layers = v;
+      else
+        throw std::invalid_argument("unknown flag " + k);
     }
     xfer::set_verbosity(0);
     xfer::set_threads(static_cast<int>(a.threads));

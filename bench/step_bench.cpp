@@ -1,8 +1,8 @@
 // Training-step throughput of xfer, for bench/compare.sh.
 //
 //   xfer_bench bare    [--backbone cnn4] [--batch 64] [--threads 2] [--steps 200]
-//       the bare l2 step on one fixed batch of Fashion-MNIST images: forward, cross-entropy, backward, SGD (momentum 0.9,
-//       weight decay 1e-4), exactly what `bench/python/method_step.py --method l2` does
+//       the bare l2 step on one fixed batch of Fashion-MNIST images: forward, cross-entropy, backward, SGD
+//       (momentum 0.9, weight decay 1e-4), exactly what `bench/python/method_step.py --method l2` does
 //   xfer_bench overhead [same flags]
 //       the Trainer's end-to-end step (training_step: the loader with augmentation and prefetch, the
 //       method, the optimizer) against the bare step, interleaved in blocks in one process;
@@ -23,28 +23,29 @@
 #include <sstream>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
 #include "xfer/data/idx.h"
+#include "xfer/data/spec.h"
+#include "xfer/methods/finetune.h"
 #include "xfer/methods/registry.h"
 #include "xfer/models/model.h"
 #include "xfer/optim/optim.h"
-#include "xfer/data/spec.h"
-#include "xfer/methods/finetune.h"
+#include "xfer/train/trainer.h"
 #include "xfer/workflows/pretrained.h"
 #include "xfer/workflows/run.h"
 #include "xfer/workflows/timing.h"
-#include "xfer/train/trainer.h"
 
 namespace {
 
 struct Args {
   std::string mode = "bare", backbone = "cnn4", method;
   int64_t batch = 64, threads = 2, steps = 200, warmup = 20, prefetch = 1, augment = 1;
-  int64_t pretrain_steps = 2000;  // method mode: the cached source model's training (its weights do not change step times)
+  int64_t pretrain_steps =
+      2000;  // method mode: the cached source model's training (its weights do not change step times)
 };
 
 Args parse(int argc, char** argv) {
@@ -52,20 +53,31 @@ Args parse(int argc, char** argv) {
   if (argc > 1) a.mode = argv[1];
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--backbone") a.backbone = v;
-    else if (k == "--batch") a.batch = std::stoll(v);
-    else if (k == "--threads") a.threads = std::stoll(v);
-    else if (k == "--steps") a.steps = std::stoll(v);
-    else if (k == "--warmup") a.warmup = std::stoll(v);
-    else if (k == "--prefetch") a.prefetch = std::stoll(v);
-    else if (k == "--augment") a.augment = std::stoll(v);
-    else if (k == "--method") a.method = v;
-    else if (k == "--pretrain-steps") a.pretrain_steps = std::stoll(v);
-    else throw std::invalid_argument("unknown flag " + k);
+    if (k == "--backbone")
+      a.backbone = v;
+    else if (k == "--batch")
+      a.batch = std::stoll(v);
+    else if (k == "--threads")
+      a.threads = std::stoll(v);
+    else if (k == "--steps")
+      a.steps = std::stoll(v);
+    else if (k == "--warmup")
+      a.warmup = std::stoll(v);
+    else if (k == "--prefetch")
+      a.prefetch = std::stoll(v);
+    else if (k == "--augment")
+      a.augment = std::stoll(v);
+    else if (k == "--method")
+      a.method = v;
+    else if (k == "--pretrain-steps")
+      a.pretrain_steps = std::stoll(v);
+    else
+      throw std::invalid_argument("unknown flag " + k);
   }
   if (a.mode != "bare" && a.mode != "overhead" && a.mode != "method" && a.mode != "eval")
     throw std::invalid_argument("mode must be bare, overhead, method or eval");
-  if ((a.mode == "method") != !a.method.empty()) throw std::invalid_argument("--method goes with mode method");
+  if ((a.mode == "method") != !a.method.empty())
+    throw std::invalid_argument("--method goes with mode method");
   return a;
 }
 
@@ -83,10 +95,13 @@ double bare(const Args& a) {
   auto opt = xfer::make_optimizer(o, groups);
   // The same fixed batch as bench/python/method_step.py: the first training images of Fashion-MNIST.
   // Real images matter: their constant backgrounds make steps faster than random inputs do.
-  const xfer::IdxArray images = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
-  const xfer::IdxArray labels = xfer::read_idx("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
+  const xfer::IdxArray images =
+      xfer::read_idx("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+  const xfer::IdxArray labels =
+      xfer::read_idx("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz");
   const torch::Tensor x =
-      ((images.data.slice(0, 0, a.batch).unsqueeze(1).to(torch::kFloat32) / 255.0 - 0.2860) / 0.3530).contiguous();
+      ((images.data.slice(0, 0, a.batch).unsqueeze(1).to(torch::kFloat32) / 255.0 - 0.2860) / 0.3530)
+          .contiguous();
   const torch::Tensor y = labels.data.slice(0, 0, a.batch).to(torch::kInt64) % 5;
   auto step = [&] {
     opt->zero_grad();
@@ -152,7 +167,8 @@ double method_step(const Args& a) {
   std::ostringstream log;
   const std::string source = "fmnist:classes=0,1,3,5,8";
   xfer::RunOptions o;
-  o.init = xfer::cached_pretrain(xfer::source_pretrain_options(source + ":val=200", a.backbone, a.pretrain_steps), "", log);
+  o.init = xfer::cached_pretrain(
+      xfer::source_pretrain_options(source + ":val=200", a.backbone, a.pretrain_steps), "", log);
   const xfer::MethodInfo& info = xfer::methods().get(a.method);
   o.method = a.method;
   o.target = "fmnist:classes=2,4,6,7,9:per_class=50";
@@ -190,7 +206,7 @@ int main(int argc, char** argv) {
     xfer::set_threads(static_cast<int>(a.threads));
     xfer::tune_allocator();
     xfer::seed_global(0);
-    nlohmann::json j = {{"mode", a.mode}, {"impl", "xfer"},      {"backbone", a.backbone},
+    nlohmann::json j = {{"mode", a.mode},   {"impl", "xfer"},       {"backbone", a.backbone},
                         {"batch", a.batch}, {"threads", a.threads}, {"steps", a.steps}};
     if (a.mode == "eval") {
       const auto [secs, images] = eval_pass(a);

@@ -15,7 +15,8 @@
 //   log3       a log [1e-5, 1], b log [1e-3, 1e3], c lin [0, 1]:
 //              (log10 a + 3)^2 + (log10 b - 1)^2 + 4 (c - 0.3)^2 + (log10 a + 3)(c - 0.3)      minimum 0
 //   mixed      n int [1, 40], k cat {a, b, c}, x lin [-1, 1]:
-//              ((n - 12) / 10)^2 + {a: 0.3, b: 0, c: 0.6}[k] + (x - {a: 0.4, b: -0.5, c: 0}[k])^2    minimum 0
+//              ((n - 12) / 10)^2 + {a: 0.3, b: 0, c: 0.6}[k] + (x - {a: 0.4, b: -0.5, c: 0}[k])^2    minimum
+//              0
 //   logint     n logint [1, 1024], lr log [1e-4, 1]: (log2 n - 6)^2 / 10 + (log10 lr + 2)^2   minimum 0
 #include <cmath>
 #include <cstdlib>
@@ -49,7 +50,9 @@ double tpe_bench_branin(const xfer::ParamValues& v) {
 
 double tpe_bench_hartmann6(const xfer::ParamValues& v) {
   static const double alpha[4] = {1.0, 1.2, 3.0, 3.2};
-  static const double a[4][6] = {{10, 3, 17, 3.5, 1.7, 8}, {0.05, 10, 17, 0.1, 8, 14}, {3, 3.5, 1.7, 10, 17, 8},
+  static const double a[4][6] = {{10, 3, 17, 3.5, 1.7, 8},
+                                 {0.05, 10, 17, 0.1, 8, 14},
+                                 {3, 3.5, 1.7, 10, 17, 8},
                                  {17, 8, 0.05, 10, 0.1, 14}};
   static const double p[4][6] = {{0.1312, 0.1696, 0.5569, 0.0124, 0.8283, 0.5886},
                                  {0.2329, 0.4135, 0.8307, 0.3736, 0.1004, 0.9991},
@@ -120,10 +123,14 @@ int main(int argc, char** argv) {
       return 2;
     }
     const std::string v = argv[++i];
-    if (k == "--trials") trials = tpe_bench_int(k, v);
-    else if (k == "--seeds") seeds = tpe_bench_int(k, v);
-    else if (k == "--objectives") which = v;
-    else if (k == "--kernels" && (v == "optuna31" || v == "normalised")) kernels = v;
+    if (k == "--trials")
+      trials = tpe_bench_int(k, v);
+    else if (k == "--seeds")
+      seeds = tpe_bench_int(k, v);
+    else if (k == "--objectives")
+      which = v;
+    else if (k == "--kernels" && (v == "optuna31" || v == "normalised"))
+      kernels = v;
     else {
       std::cerr << "xfer_tpe_bench: unknown flag or value " << k << " " << v
                 << " (--trials N, --seeds N, --objectives A,B, --kernels optuna31|normalised)\n";
@@ -150,7 +157,8 @@ int main(int argc, char** argv) {
       regrets.push_back(best - obj.minimum);
     }
     const std::string sampler = kernels == "optuna31" ? "xfer" : "xfer, normalised kernels";
-    std::cout << nlohmann::json{{"objective", obj.name}, {"sampler", sampler}, {"regrets", regrets}}.dump() << "\n";
+    std::cout << nlohmann::json{{"objective", obj.name}, {"sampler", sampler}, {"regrets", regrets}}.dump()
+              << "\n";
   }
   return 0;
 }

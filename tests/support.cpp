@@ -31,7 +31,8 @@ CliOutcome run_cli(const std::vector<std::string>& args) {
 
 torch::Tensor json_tensor(const nlohmann::json& nested) {
   std::vector<int64_t> shape;
-  for (const nlohmann::json* j = &nested; j->is_array(); j = &j->front()) shape.push_back(static_cast<int64_t>(j->size()));
+  for (const nlohmann::json* j = &nested; j->is_array(); j = &j->front())
+    shape.push_back(static_cast<int64_t>(j->size()));
   std::vector<double> values;
   std::function<void(const nlohmann::json&)> collect = [&](const nlohmann::json& j) {
     if (!j.is_array()) return values.push_back(j.get<double>());
@@ -61,9 +62,9 @@ std::string write_tiny_idx(const std::string& dir, int classes, int per_class, i
     for (int i = 0; i < n; ++i) {
       const int c = i % classes;  // interleaved classes, like real files
       labels[i] = c;
-      images[i][0][0] = c;               // the class
-      images[i][0][1] = i / classes;     // the index within the class
-      images[i][0][2] = salt;            // train (1) or test (2)
+      images[i][0][0] = c;                                                // the class
+      images[i][0][1] = i / classes;                                      // the index within the class
+      images[i][0][2] = salt;                                             // train (1) or test (2)
       images[i].slice(0, 2, 8).fill_(static_cast<uint8_t>(40 * c + 10));  // a class-dependent pattern
     }
     return std::make_pair(images, labels);
@@ -127,8 +128,8 @@ bool skips_are_failures() {
   return v != nullptr && std::string(v) == "1";
 }
 
-void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what, double tolerance,
-                            const std::vector<std::string>& ignore_meta) {
+void expect_same_checkpoint(const std::string& a, const std::string& b, const std::string& what,
+                            double tolerance, const std::vector<std::string>& ignore_meta) {
   const CheckpointReader ra(a), rb(b);
   nlohmann::json ma = ra.meta(), mb = rb.meta();
   for (const auto& key : ignore_meta) ma.erase(key), mb.erase(key);
@@ -141,11 +142,14 @@ void expect_same_checkpoint(const std::string& a, const std::string& b, const st
   ASSERT_EQ(ka, kb) << what << ": the archives hold different tensors";
   for (const auto& [key, t] : ta) {
     const torch::Tensor& u = tb.at(key);
-    if (tolerance > 0 && t.is_floating_point() && t.sizes() == u.sizes() && t.scalar_type() == u.scalar_type()) {
-      const double d = t.numel() ? (t.to(torch::kFloat64) - u.to(torch::kFloat64)).abs().max().item<double>() : 0.0;
+    if (tolerance > 0 && t.is_floating_point() && t.sizes() == u.sizes() &&
+        t.scalar_type() == u.scalar_type()) {
+      const double d =
+          t.numel() ? (t.to(torch::kFloat64) - u.to(torch::kFloat64)).abs().max().item<double>() : 0.0;
       EXPECT_LE(d, tolerance) << what << ": " << key << " differs by " << d;
     } else {
-      EXPECT_TRUE(t.scalar_type() == u.scalar_type() && torch::equal(t, u)) << what << ": " << key << " differs";
+      EXPECT_TRUE(t.scalar_type() == u.scalar_type() && torch::equal(t, u))
+          << what << ": " << key << " differs";
     }
   }
   auto texts = [](const CheckpointReader& r) {
@@ -156,7 +160,9 @@ void expect_same_checkpoint(const std::string& a, const std::string& b, const st
   EXPECT_EQ(texts(ra), texts(rb)) << what << ": the archives' texts differ";
 }
 
-bool have_fmnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+bool have_fmnist() {
+  return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
+}
 
 std::string pretrain_fmnist_source(const std::string& out) {
   RunOptions pre;

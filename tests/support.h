@@ -4,8 +4,8 @@
 #include <vector>
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 #include "xfer/data/image.h"
@@ -57,8 +57,9 @@ void write_image(const std::string& path, const Image& img);
 
 /// Whether Debian's Fashion-MNIST is installed; tests that need it are skipped with a note otherwise.
 bool have_fmnist();
-#define XFER_REQUIRE_FMNIST() \
-  if (!::xfer::test::have_fmnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh)"
+#define XFER_REQUIRE_FMNIST()       \
+  if (!::xfer::test::have_fmnist()) \
+  GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh)"
 
 /// Sets the modification time of `path` a year back and returns its stamp (inode, size, modification
 /// time, content). A later file_stamp equal to it means nobody rewrote or replaced the file since: unlike a
@@ -87,7 +88,8 @@ void expect_bad_input(Fn&& fn, const std::vector<std::string>& expected) {
     ADD_FAILURE() << "expected BadInput mentioning" << want;
   } catch (const BadInput& e) {
     for (const auto& piece : expected)
-      EXPECT_NE(std::string(e.what()).find(piece), std::string::npos) << "message: " << e.what() << "\nmissing: " << piece;
+      EXPECT_NE(std::string(e.what()).find(piece), std::string::npos)
+          << "message: " << e.what() << "\nmissing: " << piece;
   }
 }
 

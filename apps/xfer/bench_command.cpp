@@ -12,8 +12,9 @@ namespace {
 class BenchCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>&) override {
-    app = parent.add_subcommand("bench", "Run a benchmark suite: methods x tasks x seeds, each run its own "
-                                         "process, gathered into paper-style tables");
+    app = parent.add_subcommand("bench",
+                                "Run a benchmark suite: methods x tasks x seeds, each run its own "
+                                "process, gathered into paper-style tables");
     app->description(
         "Writes results.csv (one row per run), table.md (mean ± std of test top-1 and of mean per-class\n"
         "accuracy, best per column in bold) and timing.md (each method's time per step relative to l2,\n"
@@ -46,6 +47,8 @@ class BenchCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_bench_command() { return std::make_unique<BenchCommand>(); }
+std::unique_ptr<Command> make_bench_command() {
+  return std::make_unique<BenchCommand>();
+}
 
 }  // namespace xfer::cli

@@ -4,8 +4,8 @@
 #include <filesystem>
 #include <type_traits>
 
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
@@ -43,14 +43,16 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
           using T = std::remove_pointer_t<std::decay_t<decltype(p)>>;
           if constexpr (std::is_same_v<T, Fields::EnumRef>) {
             opt = app.add_option_function<std::string>(
-                         with_short_flag(f), [field = f](const std::string& text) { set_field_text(field, text); }, help)
+                         with_short_flag(f),
+                         [field = f](const std::string& text) { set_field_text(field, text); }, help)
                       ->default_str(f.value_text())
                       ->type_name("TEXT");
           } else if constexpr (std::is_same_v<T, bool>) {
             // --name turns it on, --no-name (not listed separately) turns it off.
-            opt = app.add_flag_callback(f.flag(), [p] { *p = true; },
-                                        help + (*p ? " (default: on; --no-" : " (default: off; --no-") +
-                                            f.flag().substr(2) + " turns it off)");
+            opt = app.add_flag_callback(
+                f.flag(), [p] { *p = true; },
+                help + (*p ? " (default: on; --no-" : " (default: off; --no-") + f.flag().substr(2) +
+                    " turns it off)");
             app.add_flag_callback("--no-" + f.flag().substr(2), [p] { *p = false; })->group("");
           } else if constexpr (std::is_same_v<T, std::string>) {
             opt = app.add_option(with_short_flag(f), *p, help)->capture_default_str()->type_name("TEXT");
@@ -58,7 +60,8 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
             // Parsed by xfer, not CLI11: CLI11 clamps an out-of-range integer to the largest one silently and
             // reads "010" as octal.
             opt = app.add_option_function<std::string>(
-                         with_short_flag(f), [field = f](const std::string& text) { set_field_text(field, text); }, help)
+                         with_short_flag(f),
+                         [field = f](const std::string& text) { set_field_text(field, text); }, help)
                       ->default_str(f.value_text())
                       ->type_name(std::is_same_v<T, double> ? "FLOAT" : "INT");
           }
@@ -73,28 +76,30 @@ namespace {
 /// A number flag parsed strictly by the field's rules (no silent clamp), within [lo, hi]; floats' lower
 /// bound is open.
 template <class T>
-CLI::Option* add_number_flag(CLI::App& app, const std::string& name, T& target, const std::string& help, double lo,
-                             double hi) {
+CLI::Option* add_number_flag(CLI::App& app, const std::string& name, T& target, const std::string& help,
+                             double lo, double hi) {
   Fields::Field f;
   f.name = name;
   f.target = &target;
   f.min = lo;
   f.max = hi;
   f.min_open = std::is_floating_point_v<T>;
-  return app.add_option_function<std::string>(f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
+  return app
+      .add_option_function<std::string>(
+          f.flag(), [f](const std::string& text) { set_field_text(f, text); }, help)
       ->default_str(f.value_text())
       ->type_name(std::is_floating_point_v<T> ? "FLOAT" : "INT");
 }
 
 }  // namespace
 
-CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help, double lo,
-                        double hi) {
+CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help,
+                        double lo, double hi) {
   return add_number_flag(app, name, target, help, lo, hi);
 }
 
-CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help, double lo,
-                        double hi) {
+CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help,
+                        double lo, double hi) {
   return add_number_flag(app, name, target, help, lo, hi);
 }
 
@@ -106,19 +111,23 @@ std::string find_flag(const std::vector<std::string>& args, const std::string& f
   return "";
 }
 
-std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command, const std::vector<std::string>& args,
-                                                     RunOptions& opts, bool with_method) {
+std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command,
+                                                     const std::vector<std::string>& args, RunOptions& opts,
+                                                     bool with_method) {
   const bool chosen = subcommand_of(args) == command;
   std::string config = chosen ? find_flag(args, "--config") : "";
   // `--resume --out DIR` alone: everything else comes from the run's own config.json (flags still win).
   const bool resume = chosen && std::find(args.begin(), args.end(), "--resume") != args.end();
-  const bool from_run = resume && config.empty() && !find_flag(args, "--out").empty() &&
-                        std::filesystem::exists(std::filesystem::path(find_flag(args, "--out")) / "config.json");
+  const bool from_run =
+      resume && config.empty() && !find_flag(args, "--out").empty() &&
+      std::filesystem::exists(std::filesystem::path(find_flag(args, "--out")) / "config.json");
   if (from_run) config = (std::filesystem::path(find_flag(args, "--out")) / "config.json").string();
   nlohmann::json file = config.empty() ? nlohmann::json::object() : read_json_file(config);
   if (from_run) {
-    XFER_CHECK(file.is_object() && file.value("command", command) == command, config, " is the configuration of an `xfer ",
-               file.is_object() ? file.value("command", std::string("?")) : "?", "` run; resume it with that command");
+    XFER_CHECK(file.is_object() && file.value("command", command) == command, config,
+               " is the configuration of an `xfer ",
+               file.is_object() ? file.value("command", std::string("?")) : "?",
+               "` run; resume it with that command");
     // What only one session of the run asked for.
     RunOptions defaults;
     Fields f;
@@ -148,7 +157,9 @@ std::string subcommand_of(const std::vector<std::string>& args) {
 }
 
 namespace {
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
 
 /// Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`.
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -158,7 +169,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   for (size_t i = 1; i <= a.size(); ++i)
     for (size_t j = 1; j <= b.size(); ++j) {
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   return d[a.size()][b.size()];
 }
@@ -187,11 +199,12 @@ std::string did_you_mean(const CLI::App& root, const CLI::App& app, const std::v
 }  // namespace
 
 int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  CLI::App app{"xfer: transfer learning with auxiliary data, on LibTorch.\n\n"
-               "Fine-tune a source-pretrained network on a small target task while still drawing on the\n"
-               "source data or model (XMixup, SMILE, Smooth Transfer, Domain Adaptive Transfer, GradMix\n"
-               "and their baselines), all on one trainer.",
-               "xfer"};
+  CLI::App app{
+      "xfer: transfer learning with auxiliary data, on LibTorch.\n\n"
+      "Fine-tune a source-pretrained network on a small target task while still drawing on the\n"
+      "source data or model (XMixup, SMILE, Smooth Transfer, Domain Adaptive Transfer, GradMix\n"
+      "and their baselines), all on one trainer.",
+      "xfer"};
   app.require_subcommand(1);
   // A flag given twice takes the last value, so an override can be appended to a long command.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -207,7 +220,8 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   app.add_flag("-v,--verbose", verbose, "more detail on stderr");
   double log_interval = progress_interval();
   add_number(app, "log_interval", log_interval,
-             "seconds between progress lines when stderr is not a terminal (piped, nohup, batch jobs)", 0, 86400);
+             "seconds between progress lines when stderr is not a terminal (piped, nohup, batch jobs)", 0,
+             86400);
   app.set_version_flag("--version", std::string("xfer ") + kVersion);
 
   std::vector<std::unique_ptr<Command>> commands;
@@ -272,7 +286,8 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
     return 1;
   } catch (const nlohmann::json::type_error& e) {
     // 316: a text that reached a JSON output is not UTF-8; it came from a flag, a file or a folder name.
-    err << "error: " << (e.id == 316 ? "a name or value given to xfer is not valid UTF-8: " : "") << e.what() << "\n";
+    err << "error: " << (e.id == 316 ? "a name or value given to xfer is not valid UTF-8: " : "") << e.what()
+        << "\n";
     return e.id == 316 ? 2 : 1;
   } catch (const std::exception& e) {
     err << "error: " << e.what() << "\n";

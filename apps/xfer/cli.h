@@ -9,13 +9,13 @@
 namespace CLI {
 class App;
 class Option;
-}
+}  // namespace CLI
 
 namespace xfer {
 class Fields;
 class MethodConfig;
 struct RunOptions;
-}
+}  // namespace xfer
 
 namespace xfer::cli {
 
@@ -59,14 +59,15 @@ void add_fields(CLI::App& app, Fields& fields, const std::vector<std::string>& s
 /// exist, and the file sets defaults. A --method flag wins over the file's method; the file's method
 /// options apply only to its own method. With `with_method`, sets opts.method and returns the method's
 /// options (with the file's values); otherwise returns nullptr.
-std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command, const std::vector<std::string>& args,
-                                                     RunOptions& opts, bool with_method);
+std::unique_ptr<MethodConfig> read_method_and_config(const std::string& command,
+                                                     const std::vector<std::string>& args, RunOptions& opts,
+                                                     bool with_method);
 /// Registers --NAME (snake_case name) as an integer or a number in [lo, hi] (a float: (lo, hi]) parsed
 /// strictly, as the fields' flags are: base 10, the whole text, no silent overflow. BadInput names the flag.
-CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help, double lo,
-                        double hi);
-CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help, double lo,
-                        double hi);
+CLI::Option* add_number(CLI::App& app, const std::string& name, int64_t& target, const std::string& help,
+                        double lo, double hi);
+CLI::Option* add_number(CLI::App& app, const std::string& name, double& target, const std::string& help,
+                        double lo, double hi);
 /// The subcommand named in raw arguments (the first argument that is not a flag), or "".
 std::string subcommand_of(const std::vector<std::string>& args);
 /// The value of `--flag VALUE` or `--flag=VALUE` in raw arguments, or "" if absent.

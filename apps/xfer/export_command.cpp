@@ -18,31 +18,38 @@ namespace {
 class ExportCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>&) override {
-    app = parent.add_subcommand("export", "Export a trained model to PyTorch: a state dict that torch.load reads "
-                                          "and torchvision's ResNet-18/50 (or scripts/xfer_models.py) loads with "
-                                          "strict=True, or a TorchScript file");
-    app->add_option("model", model_, "a run directory (its best checkpoint, else its last) or a checkpoint file")
+    app = parent.add_subcommand("export",
+                                "Export a trained model to PyTorch: a state dict that torch.load reads "
+                                "and torchvision's ResNet-18/50 (or scripts/xfer_models.py) loads with "
+                                "strict=True, or a TorchScript file");
+    app->add_option("model", model_,
+                    "a run directory (its best checkpoint, else its last) or a checkpoint file")
         ->required();
-    app->add_option("--format", format_, "state_dict (torchvision names, the head as fc) or torchscript (models "
-                                         "fine-tuned from --init torchscript:FILE: the script with the trained "
-                                         "weights and head)")
+    app->add_option("--format", format_,
+                    "state_dict (torchvision names, the head as fc) or torchscript (models "
+                    "fine-tuned from --init torchscript:FILE: the script with the trained "
+                    "weights and head)")
         ->capture_default_str()
         ->check(CLI::IsMember({"state_dict", "torchscript"}));
-    app->add_option("--out", out_, "the file to write; OUT.json beside it describes the model (classes, input "
-                                   "size and normalisation, how to build it in PyTorch)")
+    app->add_option("--out", out_,
+                    "the file to write; OUT.json beside it describes the model (classes, input "
+                    "size and normalisation, how to build it in PyTorch)")
         ->required();
-    app->add_option("--head", head_, "the head to export as the classifier (default: target if present, else the "
-                                     "only head)");
-    app->add_option("--script", script_, "the TorchScript file the model was fine-tuned from (--init "
-                                         "torchscript:FILE): a checkpoint alone never loads code, so name it here "
-                                         "if you trust it");
+    app->add_option("--head", head_,
+                    "the head to export as the classifier (default: target if present, else the "
+                    "only head)");
+    app->add_option("--script", script_,
+                    "the TorchScript file the model was fine-tuned from (--init "
+                    "torchscript:FILE): a checkpoint alone never loads code, so name it here "
+                    "if you trust it");
     app->add_flag("--json", json_, "print OUT.json on stdout");
     app->footer(
         "Examples:\n"
         "  xfer export runs/ft --out ft.pt\n"
         "  python3 -c \"import torch, torchvision; m = torchvision.models.resnet50(num_classes=5); "
         "m.load_state_dict(torch.load('ft.pt'))\"\n"
-        "  xfer export runs/ft-script --format torchscript --script weights/r50.script.pt --out ft.script.pt\n"
+        "  xfer export runs/ft-script --format torchscript --script weights/r50.script.pt --out "
+        "ft.script.pt\n"
         "docs/models.md shows how to load both in PyTorch.");
   }
 
@@ -54,11 +61,14 @@ class ExportCommand : public Command {
     model->eval();
     std::string head = head_;
     if (head.empty())
-      head = model->has_head("target") || model->arch().heads.empty() ? "target" : model->arch().heads[0].name;
+      head =
+          model->has_head("target") || model->arch().heads.empty() ? "target" : model->arch().heads[0].name;
     XFER_CHECK(model->has_head(head), ck.path(), ": the model has no '", head, "' head to export");
     if (fs::path(out_).has_parent_path()) make_dirs(fs::path(out_).parent_path().string());
-    if (format_ == "state_dict") save_pytorch_state_dict(model, head, out_);
-    else save_torchscript(model, head, out_);
+    if (format_ == "state_dict")
+      save_pytorch_state_dict(model, head, out_);
+    else
+      save_torchscript(model, head, out_);
 
     const Arch& a = model->arch();
     const HeadInfo& h = *a.head(head);
@@ -101,6 +111,8 @@ class ExportCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_export_command() { return std::make_unique<ExportCommand>(); }
+std::unique_ptr<Command> make_export_command() {
+  return std::make_unique<ExportCommand>();
+}
 
 }  // namespace xfer::cli

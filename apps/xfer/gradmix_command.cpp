@@ -15,18 +15,22 @@ namespace {
 class GradMixPseudoCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>&) override {
-    app = parent.add_subcommand("gradmix-pseudo",
-                                "GradMix with ensemble pseudo-labels: a (beta, gamma) grid, the top models label "
-                                "the unlabelled target images, then fresh models train on sources + pseudo-labels + V");
-    app->footer(cat(
-        "Stage 1 trains one gradmix model per --grid point, stage 2 labels U with the --top best on the target's\n"
-        "val split (the hyper-validation set), stage 3 trains one fresh model per --modes entry. Outputs in --out:\n"
-        "stage1/*/, pseudo_labels.pt, final-*/, summary.json, table.md.\n\n"
-        "Example (the embedded task: S1 = shifted Fashion-MNIST 5-9, S2 = classes 0-4, V = 3 per class of 5-9):\n"
-        "  xfer gradmix-pseudo --out runs/gm-pseudo --iterations 600 --lr 0.05 \\\n"
-        "    --target fmnist:classes=5-9:part=1/2:per_class=3:val=200 \\\n"
-        "    --sources \"fmnist:classes=5-9:part=0/2:shift=rot30+noise0.2;fmnist:classes=0-4\"\n\n",
-        spec_help()));
+    app = parent.add_subcommand(
+        "gradmix-pseudo",
+        "GradMix with ensemble pseudo-labels: a (beta, gamma) grid, the top models label "
+        "the unlabelled target images, then fresh models train on sources + pseudo-labels + V");
+    app->footer(
+        cat("Stage 1 trains one gradmix model per --grid point, stage 2 labels U with the --top best on the "
+            "target's\n"
+            "val split (the hyper-validation set), stage 3 trains one fresh model per --modes entry. Outputs "
+            "in --out:\n"
+            "stage1/*/, pseudo_labels.pt, final-*/, summary.json, table.md.\n\n"
+            "Example (the embedded task: S1 = shifted Fashion-MNIST 5-9, S2 = classes 0-4, V = 3 per class "
+            "of 5-9):\n"
+            "  xfer gradmix-pseudo --out runs/gm-pseudo --iterations 600 --lr 0.05 \\\n"
+            "    --target fmnist:classes=5-9:part=1/2:per_class=3:val=200 \\\n"
+            "    --sources \"fmnist:classes=5-9:part=0/2:shift=rot30+noise0.2;fmnist:classes=0-4\"\n\n",
+            spec_help()));
     run_.method = "gradmix";
     Fields rf;
     run_.fields(rf);
@@ -63,7 +67,8 @@ class GradMixWeightsCommand : public Command {
   void add(CLI::App& parent, const std::vector<std::string>&) override {
     app = parent.add_subcommand("gradmix-weights", "Plot the per-layer source weights a gradmix run logged");
     app->add_option("run", run_dir_, "a gradmix run directory (its metrics.jsonl)")->required();
-    app->add_option("--source", source_, "the source whose weights to plot: s0, s1, ..., pseudo")->capture_default_str();
+    app->add_option("--source", source_, "the source whose weights to plot: s0, s1, ..., pseudo")
+        ->capture_default_str();
     app->add_option("--png", png_, "output file, .png or .svg (default RUN/weights_SOURCE.png)");
     app->footer("Example:\n  xfer gradmix-weights runs/gradmix --source s1 --png weights.png");
   }
@@ -82,7 +87,11 @@ class GradMixWeightsCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_gradmix_pseudo_command() { return std::make_unique<GradMixPseudoCommand>(); }
-std::unique_ptr<Command> make_gradmix_weights_command() { return std::make_unique<GradMixWeightsCommand>(); }
+std::unique_ptr<Command> make_gradmix_pseudo_command() {
+  return std::make_unique<GradMixPseudoCommand>();
+}
+std::unique_ptr<Command> make_gradmix_weights_command() {
+  return std::make_unique<GradMixWeightsCommand>();
+}
 
 }  // namespace xfer::cli

@@ -29,7 +29,8 @@ class MethodsCommand : public Command {
       Fields f;
       config->fields(f);
       for (const auto& field : f.all())
-        out << std::string(width + 4, ' ') << field.flag() << " " << field.value_text() << "  " << field.help << "\n";
+        out << std::string(width + 4, ' ') << field.flag() << " " << field.value_text() << "  " << field.help
+            << "\n";
     }
   }
 
@@ -39,6 +40,8 @@ class MethodsCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_methods_command() { return std::make_unique<MethodsCommand>(); }
+std::unique_ptr<Command> make_methods_command() {
+  return std::make_unique<MethodsCommand>();
+}
 
 }  // namespace xfer::cli

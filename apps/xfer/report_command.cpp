@@ -10,12 +10,16 @@ namespace {
 class ReportCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>&) override {
-    app = parent.add_subcommand("report", "Write report.md with plots for a run, demo, bench or search directory");
-    app->add_option("dir", dir_, "a run directory (xfer finetune/pretrain --out), or the --out of xfer demo, xfer bench "
-                                 "or xfer search")->required();
-    app->footer("Plots (PNG) are drawn with gnuplot (Debian package gnuplot-nox, installed by scripts/setup.sh).\n"
-                "docs/report.md shows each plot and how to read it.\n"
-                "Example: xfer report runs/demo");
+    app = parent.add_subcommand("report",
+                                "Write report.md with plots for a run, demo, bench or search directory");
+    app->add_option("dir", dir_,
+                    "a run directory (xfer finetune/pretrain --out), or the --out of xfer demo, xfer bench "
+                    "or xfer search")
+        ->required();
+    app->footer(
+        "Plots (PNG) are drawn with gnuplot (Debian package gnuplot-nox, installed by scripts/setup.sh).\n"
+        "docs/report.md shows each plot and how to read it.\n"
+        "Example: xfer report runs/demo");
   }
   void run(std::ostream& out) override {
     const auto r = write_report(dir_);
@@ -29,6 +33,8 @@ class ReportCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_report_command() { return std::make_unique<ReportCommand>(); }
+std::unique_ptr<Command> make_report_command() {
+  return std::make_unique<ReportCommand>();
+}
 
 }  // namespace xfer::cli

@@ -16,9 +16,9 @@
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
 #include "xfer/search/search.h"
-#include "xfer/workflows/search_runs.h"
 #include "xfer/workflows/method_figures.h"
 #include "xfer/workflows/run.h"
+#include "xfer/workflows/search_runs.h"
 
 namespace fs = std::filesystem;
 
@@ -26,12 +26,14 @@ namespace xfer::cli {
 namespace {
 
 /// schedules.png: lambda(t) of the best smooth trials, as the paper's Fig. 2.
-void plot_smooth_schedules(Study& study, const RunObjective& objective, const SearchOptions& opts, std::ostream& out) {
+void plot_smooth_schedules(Study& study, const RunObjective& objective, const SearchOptions& opts,
+                           std::ostream& out) {
   std::vector<TrialRecord> done;
   for (auto& t : study.trials())
     if (t.state == "COMPLETE" && t.value) done.push_back(t);
   if (done.empty()) return;
-  std::stable_sort(done.begin(), done.end(), [](const TrialRecord& a, const TrialRecord& b) { return *a.value > *b.value; });
+  std::stable_sort(done.begin(), done.end(),
+                   [](const TrialRecord& a, const TrialRecord& b) { return *a.value > *b.value; });
   done.resize(std::min<size_t>(done.size(), static_cast<size_t>(opts.plot_top)));
   std::vector<SmoothSchedule> schedules;
   for (const auto& t : done) {
@@ -43,12 +45,15 @@ void plot_smooth_schedules(Study& study, const RunObjective& objective, const Se
     s.options = s.options.resolved(!run.init.empty());
     s.total_steps = run.trainer.iterations;
     const fs::path result = fs::path(t.run_dir) / "result.json";
-    if (fs::exists(result)) s.selected_step = read_json_file(result.string()).value("selected_step", int64_t{-1});
-    s.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1), "%: ", study.info().space.values_text(t.params));
+    if (fs::exists(result))
+      s.selected_step = read_json_file(result.string()).value("selected_step", int64_t{-1});
+    s.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1),
+                  "%: ", study.info().space.values_text(t.params));
     schedules.push_back(std::move(s));
   }
   const std::string path = (fs::path(opts.out) / "schedules.png").string();
-  if (write_plot(path, smooth_schedule_plot(schedules, cat("lambda(t) of the best ", schedules.size(), " trials"))))
+  if (write_plot(path,
+                 smooth_schedule_plot(schedules, cat("lambda(t) of the best ", schedules.size(), " trials"))))
     out << "Schedules of the best " << schedules.size() << " trials: " << path << "\n";
   else
     out << "schedules.png skipped: install gnuplot-nox\n";
@@ -57,8 +62,9 @@ void plot_smooth_schedules(Study& study, const RunObjective& objective, const Se
 class SearchCommand : public Command {
  public:
   void add(CLI::App& parent, const std::vector<std::string>& args) override {
-    app = parent.add_subcommand("search", "Tune any options of a run or its method against validation accuracy "
-                                          "(TPE or random search), in a crash-safe study shared by parallel workers");
+    app = parent.add_subcommand("search",
+                                "Tune any options of a run or its method against validation accuracy "
+                                "(TPE or random search), in a crash-safe study shared by parallel workers");
     args_ = args;
     method_ = read_method_and_config(app->get_name(), args, run_, /*with_method=*/true);
     Fields rf;
@@ -73,8 +79,9 @@ class SearchCommand : public Command {
                     "(repeat the flag for each parameter; NAME is any run or method option)")
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
         ->group("Search");
-    app->add_option("--config", config_path_, "read the fixed options from a JSON file (e.g. a run's config.json); "
-                                              "flags given on the command line win")
+    app->add_option("--config", config_path_,
+                    "read the fixed options from a JSON file (e.g. a run's config.json); "
+                    "flags given on the command line win")
         ->group("Run");
     app->add_flag("--json", json_, "print best.json on stdout when done")->group("Run");
     // Internal: a worker process started by --workers N runs trials and leaves the report to its parent.
@@ -85,14 +92,17 @@ class SearchCommand : public Command {
     for (auto& f : mf.all()) f.group = cat("Method options (", run_.method, ")");
     add_fields(*app, mf);
     app->footer(
-        "Each trial is a run of `xfer finetune` with the fixed options given here and the searched ones set on\n"
-        "top; its objective is the run's best validation top-1, so --target needs a validation split (val=N).\n"
+        "Each trial is a run of `xfer finetune` with the fixed options given here and the searched ones set "
+        "on\n"
+        "top; its objective is the run's best validation top-1, so --target needs a validation split "
+        "(val=N).\n"
         "Re-running the same command resumes the study; --workers N runs N processes on the same study.\n\n"
         "Example (Smooth Transfer Learning's schedule, as in the paper):\n"
         "  xfer search --method smooth --source fmnist:classes=0,1,3,5,8 \\\n"
         "      --target fmnist:classes=2,4,6,7,9:per_class=50:val=20 --backbone cnn4 --iterations 600 \\\n"
         "      --schedule cosine --warmup 0.025 --lr 0.05 --select best \\\n"
-        "      --param tau=log:1:1000 --param t0=lin:-300:300 --param alpha=lin:-6:6 --trials 16 --out runs/search");
+        "      --param tau=log:1:1000 --param t0=lin:-300:300 --param alpha=lin:-6:6 --trials 16 --out "
+        "runs/search");
   }
 
   void run(std::ostream& out) override {
@@ -102,7 +112,8 @@ class SearchCommand : public Command {
     search_.validate();
     method_->fields(mf);
     mf.validate();
-    XFER_CHECK(!search_.out.empty(), "xfer search needs --out DIR (the study, the trials' runs and the reports)");
+    XFER_CHECK(!search_.out.empty(),
+               "xfer search needs --out DIR (the study, the trials' runs and the reports)");
     const SearchSpace space = SearchSpace::parse(params_);
     if (search_.workers > 1 && run_.threads == 0)
       run_.threads = std::max(1, available_cores() / static_cast<int>(search_.workers));
@@ -124,9 +135,9 @@ class SearchCommand : public Command {
       run_worker(study, search_, *sampler, fn, out);
       return;
     }
-    out << "Searching " << space.params.size() << " parameters of " << run_.method << " with " << search_.sampler
-        << ": " << search_.trials << " trials, " << search_.workers << " worker" << (search_.workers > 1 ? "s" : "")
-        << "; study " << study.path() << std::endl;
+    out << "Searching " << space.params.size() << " parameters of " << run_.method << " with "
+        << search_.sampler << ": " << search_.trials << " trials, " << search_.workers << " worker"
+        << (search_.workers > 1 ? "s" : "") << "; study " << study.path() << std::endl;
     if (search_.workers == 1) {
       run_worker(study, search_, *sampler, fn, out);
     } else {
@@ -136,7 +147,8 @@ class SearchCommand : public Command {
       const int rc = run_workers(exe, worker_args, search_.workers);
       if (rc != 0) {
         report_search(study, search_, out);
-        throw std::runtime_error(cat("a worker process failed (exit code ", rc, "; its error is above); re-run the "
+        throw std::runtime_error(cat("a worker process failed (exit code ", rc,
+                                     "; its error is above); re-run the "
                                      "same command to resume the study"));
       }
     }
@@ -158,6 +170,8 @@ class SearchCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_search_command() { return std::make_unique<SearchCommand>(); }
+std::unique_ptr<Command> make_search_command() {
+  return std::make_unique<SearchCommand>();
+}
 
 }  // namespace xfer::cli

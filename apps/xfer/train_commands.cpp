@@ -43,16 +43,19 @@ class TrainCommand : public Command {
   void add(CLI::App& parent, const std::vector<std::string>& args) override {
     if (pretrain_) {
       app = parent.add_subcommand("pretrain", "Train a backbone and a source head on a source dataset spec");
-      app->footer(cat("Example:\n  xfer pretrain --source fmnist:classes=0,1,3,5,8:val=200 --iterations 2000 "
-                      "--schedule cosine --lr 0.05 --out runs/source\n\n",
-                      spec_help()));
+      app->footer(
+          cat("Example:\n  xfer pretrain --source fmnist:classes=0,1,3,5,8:val=200 --iterations 2000 "
+              "--schedule cosine --lr 0.05 --out runs/source\n\n",
+              spec_help()));
     } else {
       app = parent.add_subcommand("finetune", "Fine-tune on a target dataset spec with a transfer method");
-      app->footer(cat("Examples:\n"
-                      "  xfer finetune --method l2 --init runs/source --target fmnist:classes=2,4,6,7,9:per_class=10\n"
-                      "  xfer finetune --method scratch --target fmnist:classes=2,4,6,7,9:per_class=10:val=20 --json\n"
-                      "Run `xfer methods` for the methods; `xfer finetune --method NAME --help` shows NAME's options.\n\n",
-                      spec_help()));
+      app->footer(cat(
+          "Examples:\n"
+          "  xfer finetune --method l2 --init runs/source --target fmnist:classes=2,4,6,7,9:per_class=10\n"
+          "  xfer finetune --method scratch --target fmnist:classes=2,4,6,7,9:per_class=10:val=20 --json\n"
+          "Run `xfer methods` for the methods; `xfer finetune --method NAME --help` shows NAME's "
+          "options.\n\n",
+          spec_help()));
     }
     method_ = read_method_and_config(app->get_name(), args, opts_, !pretrain_);
 
@@ -61,8 +64,9 @@ class TrainCommand : public Command {
     add_fields(*app, fields,
                pretrain_ ? std::vector<std::string>{"target", "init", "method"}
                          : std::vector<std::string>{"weights", "matcher", "size", "loss_weights"});
-    app->add_option("--config", config_path_, "read options from a JSON file (e.g. a run's config.json); flags "
-                                              "given on the command line win")
+    app->add_option("--config", config_path_,
+                    "read options from a JSON file (e.g. a run's config.json); flags "
+                    "given on the command line win")
         ->group("Run");
     app->add_flag("--json", json_, "print result.json on stdout when done")->group("Run");
     if (method_) {
@@ -80,7 +84,8 @@ class TrainCommand : public Command {
     const RunResult result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
     if (!dist::is_main()) return;  // data-parallel: rank 0 reports for all
     if (result.stopped()) {
-      out << "Stopped at step " << *result.fit.stopped_at << "; continue with the same command and --resume\n";
+      out << "Stopped at step " << *result.fit.stopped_at
+          << "; continue with the same command and --resume\n";
       return;
     }
     if (json_) {
@@ -101,7 +106,11 @@ class TrainCommand : public Command {
 
 }  // namespace
 
-std::unique_ptr<Command> make_pretrain_command() { return std::make_unique<TrainCommand>(true); }
-std::unique_ptr<Command> make_finetune_command() { return std::make_unique<TrainCommand>(false); }
+std::unique_ptr<Command> make_pretrain_command() {
+  return std::make_unique<TrainCommand>(true);
+}
+std::unique_ptr<Command> make_finetune_command() {
+  return std::make_unique<TrainCommand>(false);
+}
 
 }  // namespace xfer::cli

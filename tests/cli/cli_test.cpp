@@ -22,16 +22,18 @@ void expect_bad(const std::vector<std::string>& args, const std::vector<std::str
   EXPECT_EQ(o.code, 2) << o.err;
   const std::string first = o.err.substr(0, o.err.find('\n'));
   EXPECT_EQ(first.rfind("error: ", 0), 0u) << o.err;
-  for (const auto& p : pieces) EXPECT_NE(first.find(p), std::string::npos) << "error: " << o.err << "missing: " << p;
+  for (const auto& p : pieces)
+    EXPECT_NE(first.find(p), std::string::npos) << "error: " << o.err << "missing: " << p;
 }
 
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override { spec_ = test::write_tiny_idx(dir_.path(), 3, 12, 3); }
   std::vector<std::string> finetune(std::vector<std::string> extra) {
-    std::vector<std::string> args = {"-q", "finetune", "--method", "scratch", "--target", spec_, "--backbone",
-                                     "cnn4:width=4", "--iterations", "6", "--batch-size", "8", "--threads", "1",
-                                     "--out", dir_.file("run")};
+    std::vector<std::string> args = {"-q",           "finetune", "--method",     "scratch",
+                                     "--target",     spec_,      "--backbone",   "cnn4:width=4",
+                                     "--iterations", "6",        "--batch-size", "8",
+                                     "--threads",    "1",        "--out",        dir_.file("run")};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -49,13 +51,15 @@ TEST_F(Cli, FinetunePrintsResultJson) {
 }
 
 TEST_F(Cli, ConfigFileThenFlags) {
-  write_json_file(dir_.file("cfg.json"), {{"lr", 0.05}, {"momentum", 0.5}, {"method_options", nlohmann::json::object()}});
+  write_json_file(dir_.file("cfg.json"),
+                  {{"lr", 0.05}, {"momentum", 0.5}, {"method_options", nlohmann::json::object()}});
   ASSERT_EQ(test::run_cli(finetune({"--config", dir_.file("cfg.json"), "--lr", "0.02"})).code, 0);
   const auto cfg = read_json_file(dir_.file("run/config.json"));
   EXPECT_EQ(cfg["lr"], 0.02);       // the flag wins
   EXPECT_EQ(cfg["momentum"], 0.5);  // the file beats the default
   // The written config.json re-runs the same thing.
-  const test::CliOutcome again = test::run_cli({"-q", "finetune", "--config", dir_.file("run/config.json"), "--out", dir_.file("again")});
+  const test::CliOutcome again = test::run_cli(
+      {"-q", "finetune", "--config", dir_.file("run/config.json"), "--out", dir_.file("again")});
   ASSERT_EQ(again.code, 0) << again.err;
   auto a = read_json_file(dir_.file("run/result.json")), b = read_json_file(dir_.file("again/result.json"));
   EXPECT_EQ(a["test_top1"], b["test_top1"]);
@@ -74,16 +78,18 @@ TEST_F(Cli, BadValuesExitWithTwoAndOneLine) {
   expect_bad({"finetune", "--method", "l2", "--target", spec_}, {"pass --init"});
   expect_bad({"finetune", "--method", "scratch", "--target", spec_ + ":classes=0,5"}, {"unknown class 5"});
   expect_bad({"finetune", "--method", "scratch", "--target", spec_ + ":per_class=50"}, {"per_class=50"});
-  expect_bad({"finetune", "--method", "scratch", "--target", "fmnist:dir=/nonexistent"}, {"dataset-fashion-mnist"});
-  expect_bad({"finetune", "--method", "scratch", "--target", spec_, "--device", "tpu"}, {"--device must be cpu, cuda"});
+  expect_bad({"finetune", "--method", "scratch", "--target", "fmnist:dir=/nonexistent"},
+             {"dataset-fashion-mnist"});
+  expect_bad({"finetune", "--method", "scratch", "--target", spec_, "--device", "tpu"},
+             {"--device must be cpu, cuda"});
   EXPECT_FALSE(fs::exists(dir_.file("run"))) << "a bad command writes nothing";
 }
 
 TEST_F(Cli, EpochsShortFlagsAndDidYouMean) {
   // 36 training images, 2 epochs at -b 8: ceil(72 / 8) = 9 steps; -j is --threads.
-  const test::CliOutcome o = test::run_cli({"-q", "finetune", "--method", "scratch", "--target", spec_, "--backbone",
-                                            "cnn4:width=4", "--epochs", "2", "-b", "8", "-j", "1", "--out",
-                                            dir_.file("run"), "--json"});
+  const test::CliOutcome o =
+      test::run_cli({"-q", "finetune", "--method", "scratch", "--target", spec_, "--backbone", "cnn4:width=4",
+                     "--epochs", "2", "-b", "8", "-j", "1", "--out", dir_.file("run"), "--json"});
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_EQ(nlohmann::json::parse(o.out)["iterations"], 9);
   const auto cfg = read_json_file(dir_.file("run/config.json"));
@@ -100,9 +106,16 @@ TEST_F(Cli, EpochsShortFlagsAndDidYouMean) {
 }
 
 TEST_F(Cli, MetricsCarryTrainAccuracyValidationLossAndACsvCopy) {
-  ASSERT_EQ(test::run_cli({"-q", "finetune", "--method", "scratch", "--target", spec_ + ":val=3", "--backbone",
-                           "cnn4:width=4", "--iterations", "8", "--batch-size", "8", "--threads", "1", "--log-every",
-                           "2", "--eval-every", "4", "--out", dir_.file("run")})
+  ASSERT_EQ(test::run_cli({"-q",           "finetune",
+                           "--method",     "scratch",
+                           "--target",     spec_ + ":val=3",
+                           "--backbone",   "cnn4:width=4",
+                           "--iterations", "8",
+                           "--batch-size", "8",
+                           "--threads",    "1",
+                           "--log-every",  "2",
+                           "--eval-every", "4",
+                           "--out",        dir_.file("run")})
                 .code,
             0);
   std::istringstream jsonl(read_file(dir_.file("run/metrics.jsonl")));
@@ -128,7 +141,8 @@ TEST_F(Cli, MetricsCarryTrainAccuracyValidationLossAndACsvCopy) {
   std::getline(csv, header);
   EXPECT_EQ(header.rfind("\"step\",", 0), 0u) << header;
   std::vector<std::string> columns;
-  for (std::istringstream h(header); std::getline(h, header, ',');) columns.push_back(header.substr(1, header.size() - 2));
+  for (std::istringstream h(header); std::getline(h, header, ',');)
+    columns.push_back(header.substr(1, header.size() - 2));
   const auto column = std::find(columns.begin(), columns.end(), "val_loss");
   ASSERT_NE(column, columns.end()) << "columns: " << columns.size();
   size_t rows = 0;
@@ -152,7 +166,8 @@ TEST_F(Cli, CorruptDataAndCheckpointsAreBadInput) {
   write_file_atomic(dir_.file("train-images-idx3-ubyte"), bytes.substr(0, bytes.size() - 10));
   expect_bad({"data", spec_}, {"train-images-idx3-ubyte", "truncated IDX data"});
   write_file_atomic(dir_.file("junk.pt"), "junk");
-  expect_bad({"eval", "--model", dir_.file("junk.pt"), "--data", spec_}, {"junk.pt", "not an xfer checkpoint"});
+  expect_bad({"eval", "--model", dir_.file("junk.pt"), "--data", spec_},
+             {"junk.pt", "not an xfer checkpoint"});
 }
 
 TEST_F(Cli, EvalPrintsAccuracyAndConfusion) {
@@ -166,7 +181,8 @@ TEST_F(Cli, EvalPrintsAccuracyAndConfusion) {
   EXPECT_EQ(j["top1"], r["test_top1"]);  // the last model is the tested one without validation
   EXPECT_GT(j["loss"].get<double>(), 0.0) << "the mean cross-entropy is reported with the accuracy";
   EXPECT_FALSE(j.contains("top5")) << "three classes: top-5 says nothing";
-  expect_bad({"eval", "--model", dir_.file("run"), "--data", spec_ + ":classes=0,1"}, {"has 3 classes, the data has 2"});
+  expect_bad({"eval", "--model", dir_.file("run"), "--data", spec_ + ":classes=0,1"},
+             {"has 3 classes, the data has 2"});
 }
 
 TEST_F(Cli, MethodsDataAndHelp) {
@@ -176,7 +192,8 @@ TEST_F(Cli, MethodsDataAndHelp) {
   EXPECT_NE(m.out.find("l2 "), std::string::npos);
   EXPECT_NE(m.out.find("[needs --init]"), std::string::npos);
 
-  const test::CliOutcome d = test::run_cli({"data", spec_ + ":per_class=4:val=2", "--json", "--png", dir_.file("g.png")});
+  const test::CliOutcome d =
+      test::run_cli({"data", spec_ + ":per_class=4:val=2", "--json", "--png", dir_.file("g.png")});
   ASSERT_EQ(d.code, 0) << d.err;
   const auto j = nlohmann::json::parse(d.out);
   EXPECT_EQ(j["counts"]["train"], (std::vector<int64_t>{4, 4, 4}));
@@ -185,7 +202,8 @@ TEST_F(Cli, MethodsDataAndHelp) {
 
   const test::CliOutcome h = test::run_cli({"finetune", "--help"});
   EXPECT_EQ(h.code, 0);
-  for (const char* s : {"--weight-decay", "--head-lr-mult", "--crop-pad", "--no-flip", "per_class=N", "Training"})
+  for (const char* s :
+       {"--weight-decay", "--head-lr-mult", "--crop-pad", "--no-flip", "per_class=N", "Training"})
     EXPECT_NE(h.out.find(s), std::string::npos) << s;
   EXPECT_EQ(test::run_cli({}).code, 2);  // a subcommand is required
   EXPECT_EQ(test::run_cli({"--version"}).code, 0);

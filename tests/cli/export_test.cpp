@@ -1,12 +1,12 @@
 // `xfer export` against Debian's python3-torch: the state dict loads with strict=True into torchvision's
-// ResNet-18/50 or scripts/xfer_models.py's cnn4/resnet20/ResNets and gives xfer's logits on fixed images within
-// 1e-5; a model fine-tuned from a TorchScript file comes back as TorchScript with the same logits.
+// ResNet-18/50 or scripts/xfer_models.py's cnn4/resnet20/ResNets and gives xfer's logits on fixed images
+// within 1e-5; a model fine-tuned from a TorchScript file comes back as TorchScript with the same logits.
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
-#include <nlohmann/json.hpp>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <nlohmann/json.hpp>
 
 #include "support.h"
 #include "xfer/core/io.h"
@@ -54,8 +54,9 @@ std::string exp_checkpoint(const test::TempDir& dir, const Model& m) {
 /// Fixed images and xfer's eval-mode logits of head `head`, saved for Python as {x, y}.
 void exp_write_example(Model& m, const std::string& head, const std::string& path) {
   const Arch& a = m->arch();
-  const torch::Tensor x =
-      torch::linspace(-2, 2, 2 * a.in_channels * a.height * a.width).view({2, a.in_channels, a.height, a.width}).sin();
+  const torch::Tensor x = torch::linspace(-2, 2, 2 * a.in_channels * a.height * a.width)
+                              .view({2, a.in_channels, a.height, a.width})
+                              .sin();
   m->eval();
   torch::NoGradGuard no_grad;
   c10::Dict<std::string, at::Tensor> d;
@@ -69,11 +70,13 @@ void exp_write_example(Model& m, const std::string& head, const std::string& pat
 int exp_python(const test::TempDir& dir, const std::string& code) {
   std::ofstream(dir.file("check.py")) << cat(
       "import json, sys, torch, torchvision\n"
-      "sys.path.insert(0, '", XFER_SOURCE_DIR, "/scripts')\n"
+      "sys.path.insert(0, '",
+      XFER_SOURCE_DIR,
+      "/scripts')\n"
       "import xfer_models\n"
       "torch.set_num_threads(1)\n"
-      "ex = torch.load('", dir.file("example.pt"), "')\n",
-      code,
+      "ex = torch.load('",
+      dir.file("example.pt"), "')\n", code,
       "model.eval()\n"
       "with torch.no_grad():\n"
       "    y = model(ex['x'])\n"
@@ -106,13 +109,19 @@ void exp_state_dict_round_trip(const std::string& backbone, int64_t channels, in
   EXPECT_EQ(info["classes"], nlohmann::json({"t0", "t1", "t2"}));
   EXPECT_EQ(info["backbone"], m->arch().backbone);
   // The file's own names and strict=True: no xfer name, no source head, nothing missing.
-  EXPECT_EQ(exp_python(dir, cat("model = ", constructor, "\n"
-                                "sd = torch.load('", dir.file("out/model.pt"), "', weights_only=True)\n"
-                                "assert type(sd) is dict and 'fc.weight' in sd and not any('heads' in k for k in sd)\n"
-                                "model.load_state_dict(sd, strict=True)\n")),
-            0)
+  EXPECT_EQ(
+      exp_python(dir,
+                 cat("model = ", constructor,
+                     "\n"
+                     "sd = torch.load('",
+                     dir.file("out/model.pt"),
+                     "', weights_only=True)\n"
+                     "assert type(sd) is dict and 'fc.weight' in sd and not any('heads' in k for k in sd)\n"
+                     "model.load_state_dict(sd, strict=True)\n")),
+      0)
       << backbone;
-  EXPECT_EQ(exp_python(dir, cat("model = xfer_models.load('", dir.file("out/model.pt"), "')\n")), 0) << backbone;
+  EXPECT_EQ(exp_python(dir, cat("model = xfer_models.load('", dir.file("out/model.pt"), "')\n")), 0)
+      << backbone;
   // What xfer wrote, xfer's own reader takes back: the same tensors under the same names.
   const auto back = read_state_dict(dir.file("out/model.pt"));
   const auto want = pytorch_state_dict(m, "target");
@@ -122,7 +131,8 @@ void exp_state_dict_round_trip(const std::string& backbone, int64_t channels, in
 
 TEST(Export, Cnn4LoadsIntoXferModels) {
   XFER_REQUIRE_PYTHON_TORCH();
-  exp_state_dict_round_trip("cnn4:width=4", 1, 16, "xfer_models.build('cnn4:width=4', in_channels=1, num_classes=3)");
+  exp_state_dict_round_trip("cnn4:width=4", 1, 16,
+                            "xfer_models.build('cnn4:width=4', in_channels=1, num_classes=3)");
 }
 
 TEST(Export, Resnet20LoadsIntoXferModels) {
@@ -153,11 +163,12 @@ TEST(Export, ScriptBackboneComesBackAsTorchScript) {
   XFER_REQUIRE_PYTHON_TORCH();
   test::TempDir dir;
   const std::string prefix = dir.file("r18");
-  ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 /usr/bin/python3 ", XFER_SOURCE_DIR,
-                            "/scripts/export_torchvision.py --arch resnet18 --weights none --num-classes 10 --out ",
-                            prefix, " >/dev/null")
-                            .c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 /usr/bin/python3 ", XFER_SOURCE_DIR,
+                      "/scripts/export_torchvision.py --arch resnet18 --weights none --num-classes 10 --out ",
+                      prefix, " >/dev/null")
+                      .c_str()),
+      0);
   const std::string script = prefix + ".script.pt";
   Model m = load_external_model("torchscript:" + script, "", 3, 32, 32, imagenet_normalization());
   m->add_head({"target", {"t0", "t1", "t2"}});

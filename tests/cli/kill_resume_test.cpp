@@ -34,8 +34,8 @@ namespace {
 constexpr int64_t kKillIterations = 24;
 
 /// Tiny data shared by a test process: seven classes; the target is three of them, the source (and the
-/// source model's classes) the other four (XMixup pairs one-to-one); GradMix's sources are a shifted copy of the target's classes and
-/// the source's.
+/// source model's classes) the other four (XMixup pairs one-to-one); GradMix's sources are a shifted copy of
+/// the target's classes and the source's.
 struct KillData {
   test::TempDir dir;
   std::string target, source, sources, init;
@@ -56,13 +56,32 @@ const KillData& kill_data() {
 /// The command line of one run of `method` into `out`.
 std::vector<std::string> kill_run_args(const std::string& method, const std::string& out) {
   const KillData& d = kill_data();
-  std::vector<std::string> a = {XFER_BINARY, "-q", "finetune", "--method", method, "--target", d.target,
-                                "--iterations", std::to_string(kKillIterations), "--batch-size", "8",
-                                "--eval-every", "6", "--checkpoint-every", "3", "--threads", "1", "--seed", "3",
-                                "--out", out};
+  std::vector<std::string> a = {XFER_BINARY,
+                                "-q",
+                                "finetune",
+                                "--method",
+                                method,
+                                "--target",
+                                d.target,
+                                "--iterations",
+                                std::to_string(kKillIterations),
+                                "--batch-size",
+                                "8",
+                                "--eval-every",
+                                "6",
+                                "--checkpoint-every",
+                                "3",
+                                "--threads",
+                                "1",
+                                "--seed",
+                                "3",
+                                "--out",
+                                out};
   const MethodInfo& info = methods().get(method);
-  if (info.allows_init) a.insert(a.end(), {"--init", d.init});
-  else a.insert(a.end(), {"--backbone", "cnn4:width=4"});
+  if (info.allows_init)
+    a.insert(a.end(), {"--init", d.init});
+  else
+    a.insert(a.end(), {"--backbone", "cnn4:width=4"});
   if (info.needs_source) a.insert(a.end(), {"--source", d.source});
   Fields f;
   info.make_config()->fields(f);
@@ -87,15 +106,17 @@ int killed_run(const std::vector<std::string>& fresh, const std::string& out, in
     if (cycle == cycles) {
       const ExitStatus s = wait_process(spawn_process(args, out + ".log", out + ".log"));
       EXPECT_TRUE(s.ok()) << "the last resume failed: " << read_file(out + ".log");
-      std::printf("[kill-resume] %d kills landed mid-run; checkpoints then at steps%s of %ld\n", landed, where.c_str(),
-                  static_cast<long>(kKillIterations));
+      std::printf("[kill-resume] %d kills landed mid-run; checkpoints then at steps%s of %ld\n", landed,
+                  where.c_str(), static_cast<long>(kKillIterations));
       return landed;
     }
     // The backstop step: after this session's start, leaving room for the kills still to come.
     const int64_t start = kill_checkpoint_step(out), room = (kKillIterations - 1 - start) / (cycles - cycle);
     EXPECT_GE(room, 1) << "no room for another kill after step " << start;
-    const int64_t backstop = start + 1 + std::uniform_int_distribution<int64_t>(0, std::max<int64_t>(room - 1, 0))(gen);
-    const pid_t pid = spawn_process(args, out + ".log", out + ".log", {{"XFER_DIST_KILL_AT", cat("0:", backstop)}});
+    const int64_t backstop =
+        start + 1 + std::uniform_int_distribution<int64_t>(0, std::max<int64_t>(room - 1, 0))(gen);
+    const pid_t pid =
+        spawn_process(args, out + ".log", out + ".log", {{"XFER_DIST_KILL_AT", cat("0:", backstop)}});
     const double share = static_cast<double>(backstop - start) / static_cast<double>(kKillIterations);
     std::this_thread::sleep_for(std::chrono::duration<double>(
         std::uniform_real_distribution<double>(0.0, run_seconds * share + 0.05)(gen)));
@@ -135,10 +156,12 @@ TEST_P(KillResume, RandomSigkillsThenResumeEndBitIdentical) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int landed = killed_run(kill_run_args(method, killed), killed, cycles, seconds, gen);
   EXPECT_EQ(landed, cycles) << "every kill landed mid-run";
-  test::expect_same_checkpoint(ref + "/checkpoints/last.pt", killed + "/checkpoints/last.pt", method + " last.pt");
+  test::expect_same_checkpoint(ref + "/checkpoints/last.pt", killed + "/checkpoints/last.pt",
+                               method + " last.pt");
   ASSERT_EQ(fs::exists(ref + "/checkpoints/best.pt"), fs::exists(killed + "/checkpoints/best.pt"));
   if (fs::exists(ref + "/checkpoints/best.pt"))
-    test::expect_same_checkpoint(ref + "/checkpoints/best.pt", killed + "/checkpoints/best.pt", method + " best.pt");
+    test::expect_same_checkpoint(ref + "/checkpoints/best.pt", killed + "/checkpoints/best.pt",
+                                 method + " best.pt");
   EXPECT_EQ(kill_outcome(ref), kill_outcome(killed)) << method;
 }
 

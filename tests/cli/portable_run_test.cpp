@@ -22,19 +22,20 @@ struct PrtCwd {
 TEST(PortableRun, EvalAnalyzeAndResumeFromAnotherDirectory) {
   test::TempDir a, b;
   test::write_tiny_idx(a.file("data"), 4, 12, 3);
-  const std::vector<std::string> common = {"--backbone", "cnn4:width=4", "--batch-size", "8", "--threads", "1"};
+  const std::vector<std::string> common = {"--backbone", "cnn4:width=4", "--batch-size",
+                                           "8",          "--threads",    "1"};
   const auto with = [&](std::vector<std::string> args) {
     args.insert(args.end(), common.begin(), common.end());
     return args;
   };
   {
     PrtCwd in(a.path());
-    const auto pre = test::run_cli(with({"-q", "pretrain", "--source", "idx:dir=data:classes=0,1", "--iterations", "2",
-                                         "--out", "runs/source"}));
+    const auto pre = test::run_cli(with({"-q", "pretrain", "--source", "idx:dir=data:classes=0,1",
+                                         "--iterations", "2", "--out", "runs/source"}));
     ASSERT_EQ(pre.code, 0) << pre.err;
-    const auto ft = test::run_cli(with({"-q", "finetune", "--method", "l2", "--init", "runs/source", "--target",
-                                        "idx:dir=./data:classes=2,3:val=2", "--iterations", "6", "--stop-after", "3",
-                                        "--out", "runs/ft"}));
+    const auto ft = test::run_cli(with({"-q", "finetune", "--method", "l2", "--init", "runs/source",
+                                        "--target", "idx:dir=./data:classes=2,3:val=2", "--iterations", "6",
+                                        "--stop-after", "3", "--out", "runs/ft"}));
     ASSERT_EQ(ft.code, 0) << ft.err;
     EXPECT_NE(ft.out.find("Stopped at step 3"), std::string::npos) << ft.out;
   }

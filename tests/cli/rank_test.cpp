@@ -66,7 +66,7 @@ TEST(RankCommand, RanksModelsByEveryMetricAndWritesRankJson) {
   // The same ranking again, to the bit.
   const test::CliOutcome again =
       test::run_cli({"-q", "rank", "--target", target, "--models", fx.a + "," + fx.b, "--metric", "all",
-                 "--threads", "1", "--json", "--out", fx.dir.file("r2")});
+                     "--threads", "1", "--json", "--out", fx.dir.file("r2")});
   ASSERT_EQ(again.code, 0) << again.err;
   const nlohmann::json k = nlohmann::json::parse(again.out);
   for (size_t i = 0; i < 2; ++i) EXPECT_EQ(k["candidates"][i]["scores"], j["candidates"][i]["scores"]);
@@ -84,15 +84,16 @@ TEST(RankCommand, RefusesOneClassTargetsModelsWithoutASourceHeadAndWrongShapes) 
   expect_error({"--target", fx.idx + ":classes=1", "--models", fx.a},
                "has 1 class; ranking needs at least 2");
   // A fine-tuned model has a target head only: LogME ranks it, LEEP and NCE cannot.
-  ASSERT_EQ(test::run_cli({"-q", "finetune", "--init", fx.a, "--target", fx.idx + ":classes=2,3", "--iterations",
-                       "2", "--batch-size", "4", "--threads", "1", "--out", fx.dir.file("ft")})
-                .code,
-            0);
+  ASSERT_EQ(
+      test::run_cli({"-q", "finetune", "--init", fx.a, "--target", fx.idx + ":classes=2,3", "--iterations",
+                     "2", "--batch-size", "4", "--threads", "1", "--out", fx.dir.file("ft")})
+          .code,
+      0);
   expect_error(
       {"--target", fx.idx + ":classes=2,3", "--models", fx.a + "," + fx.dir.file("ft"), "--metric", "leep"},
       "has no 'source' head: LEEP and NCE");
   EXPECT_EQ(test::run_cli({"-q", "rank", "--target", fx.idx + ":classes=2,3", "--models", fx.dir.file("ft"),
-                       "--threads", "1", "--out", fx.dir.file("ok")})
+                           "--threads", "1", "--out", fx.dir.file("ok")})
                 .code,
             0);
   // Colour images of another size against the 1x8x8 models.
@@ -120,7 +121,7 @@ TEST(RankCommand, RanksSourcesForOneModelAndSelectTakesTheBest) {
   const std::string sources = fx.idx + ":classes=2,3;" + fx.idx + ":classes=3;" + fx.idx + ":classes=0,1";
   const test::CliOutcome r =
       test::run_cli({"-q", "rank", "--target", target, "--models", fx.a, "--sources", sources, "--metric",
-                 "nce,leep,logme,hscore", "--threads", "1", "--out", fx.dir.file("s")});
+                     "nce,leep,logme,hscore", "--threads", "1", "--out", fx.dir.file("s")});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("of 3 sources through"), std::string::npos) << r.out;
   const nlohmann::json j = read_json_file(fx.dir.file("s/rank.json"));
@@ -142,17 +143,18 @@ TEST(RankCommand, RanksSourcesForOneModelAndSelectTakesTheBest) {
   // xfer select pairs the target with the best-ranked source.
   const test::CliOutcome s =
       test::run_cli({"-q", "select", "--source-from", fx.dir.file("s/rank.json"), "--init", fx.a, "--target",
-                 target, "--threads", "1", "--out", fx.dir.file("pairing.json")});
+                     target, "--threads", "1", "--out", fx.dir.file("pairing.json")});
   ASSERT_EQ(s.code, 0) << s.err;
   EXPECT_NE(s.out.find("the best-ranked in"), std::string::npos) << s.out;
   EXPECT_EQ(read_json_file(fx.dir.file("pairing.json"))["source_classes"], nlohmann::json({"2", "3"}));
   // A rank.json of models is not a list of sources; neither --source nor --source-from is an error.
   ASSERT_EQ(test::run_cli({"-q", "rank", "--target", target, "--models", fx.a, "--threads", "1", "--out",
-                       fx.dir.file("m")})
+                           fx.dir.file("m")})
                 .code,
             0);
-  const test::CliOutcome bad = test::run_cli({"-q", "select", "--source-from", fx.dir.file("m/rank.json"), "--init",
-                                     fx.a, "--target", target, "--out", fx.dir.file("p2.json")});
+  const test::CliOutcome bad =
+      test::run_cli({"-q", "select", "--source-from", fx.dir.file("m/rank.json"), "--init", fx.a, "--target",
+                     target, "--out", fx.dir.file("p2.json")});
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("ranks models, not sources"), std::string::npos) << bad.err;
   const test::CliOutcome none = test::run_cli({"-q", "select", "--init", fx.a, "--target", target});

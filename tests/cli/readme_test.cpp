@@ -25,7 +25,9 @@ const fs::path& source_dir() {
   return dir;
 }
 
-std::string doc(const std::string& relative) { return read_file((source_dir() / relative).string()); }
+std::string doc(const std::string& relative) {
+  return read_file((source_dir() / relative).string());
+}
 
 /// README.md and every Markdown file under docs/.
 std::vector<fs::path> markdown_files() {
@@ -36,9 +38,11 @@ std::vector<fs::path> markdown_files() {
   return files;
 }
 
-void expect_documented(Fields& fields, const std::string& text, const std::string& file, const std::string& where) {
+void expect_documented(Fields& fields, const std::string& text, const std::string& file,
+                       const std::string& where) {
   for (const auto& f : fields.all())
-    EXPECT_NE(text.find("`" + f.flag()), std::string::npos) << where << " flag " << f.flag() << " is not in " << file;
+    EXPECT_NE(text.find("`" + f.flag()), std::string::npos)
+        << where << " flag " << f.flag() << " is not in " << file;
 }
 
 TEST(Readme, StaysAShortFirstRead) {
@@ -69,8 +73,10 @@ TEST(Readme, DocumentsEveryMethodAndItsOptions) {
   for (const auto& e : fs::directory_iterator(source_dir() / "docs" / "methods"))
     if (e.path().extension() == ".md") pages += read_file(e.path().string());
   for (const auto& m : methods().all()) {
-    EXPECT_NE(readme.find("| `" + m.name + "` |"), std::string::npos) << "method " << m.name << " is not in README.md";
-    EXPECT_NE(pages.find("`" + m.name + "`"), std::string::npos) << "method " << m.name << " is not in docs/methods/";
+    EXPECT_NE(readme.find("| `" + m.name + "` |"), std::string::npos)
+        << "method " << m.name << " is not in README.md";
+    EXPECT_NE(pages.find("`" + m.name + "`"), std::string::npos)
+        << "method " << m.name << " is not in docs/methods/";
     auto config = m.make_config();
     Fields f;
     config->fields(f);
@@ -82,8 +88,10 @@ TEST(Readme, DocumentsEveryMethodAndItsOptions) {
 std::string anchor_of(const std::string& heading) {
   std::string a;
   for (const unsigned char c : heading) {
-    if (std::isalnum(c) || c == '-' || c == '_') a += static_cast<char>(std::tolower(c));
-    else if (c == ' ') a += '-';
+    if (std::isalnum(c) || c == '-' || c == '_')
+      a += static_cast<char>(std::tolower(c));
+    else if (c == ' ')
+      a += '-';
   }
   return a;
 }
@@ -118,17 +126,21 @@ TEST(Docs, EveryLinkResolvesInsideTheRepository) {
       EXPECT_NE(target.rfind("mailto:", 0), 0u) << name << " links outside the repository: " << target;
       if (target.find("://") != std::string::npos || target.rfind("mailto:", 0) == 0) continue;
       const size_t hash = target.find('#');
-      const std::string path = target.substr(0, hash), anchor = hash == std::string::npos ? "" : target.substr(hash + 1);
+      const std::string path = target.substr(0, hash),
+                        anchor = hash == std::string::npos ? "" : target.substr(hash + 1);
       const fs::path resolved = path.empty() ? file : fs::weakly_canonical(file.parent_path() / path);
       ++checked;
-      EXPECT_EQ((resolved.string() + "/").rfind(root, 0), 0u) << name << ": " << target << " leads out of the repository";
+      EXPECT_EQ((resolved.string() + "/").rfind(root, 0), 0u)
+          << name << ": " << target << " leads out of the repository";
       if (!fs::exists(resolved)) {
         ADD_FAILURE() << name << ": " << target << " does not exist";
         continue;
       }
       if (!anchor.empty()) {
-        ASSERT_TRUE(fs::is_regular_file(resolved)) << name << ": " << target << ": an anchor into a directory";
-        EXPECT_TRUE(anchors(resolved).count(anchor)) << name << ": " << target << ": no heading with that anchor";
+        ASSERT_TRUE(fs::is_regular_file(resolved))
+            << name << ": " << target << ": an anchor into a directory";
+        EXPECT_TRUE(anchors(resolved).count(anchor))
+            << name << ": " << target << ": no heading with that anchor";
       }
     }
   }

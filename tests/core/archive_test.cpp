@@ -36,8 +36,8 @@ TEST(Archive, RoundTripKeepsEveryDtypeShapeAndNestedSection) {
     EXPECT_TRUE(torch::equal(t, u)) << key;
   }
   EXPECT_EQ(a.texts(), b.texts());
-  EXPECT_EQ(b.keys(), (std::vector<std::string>{"bytes", "empty", "half", "inner", "mask", "meta", "none", "scalar",
-                                                "strided", "weights"}));
+  EXPECT_EQ(b.keys(), (std::vector<std::string>{"bytes", "empty", "half", "inner", "mask", "meta", "none",
+                                                "scalar", "strided", "weights"}));
   const Archive inner = b.nested("inner");
   EXPECT_TRUE(torch::equal(inner.read("counts"), torch::tensor({3, 1, 4}, torch::kInt64)));
   EXPECT_EQ(inner.read_text("note"), "inner");
@@ -51,7 +51,8 @@ TEST(Archive, EveryTruncationAndMalformedFieldIsABadInput) {
   const std::string bytes = sample_archive().encode();
   for (size_t n = 0; n < bytes.size(); ++n)
     test::expect_bad_input([&] { Archive::decode(bytes.substr(0, n), "cut.bin"); }, {"cut.bin"});
-  test::expect_bad_input([&] { Archive::decode(bytes + "x", "long.bin"); }, {"1 bytes after the last record"});
+  test::expect_bad_input([&] { Archive::decode(bytes + "x", "long.bin"); },
+                         {"1 bytes after the last record"});
 
   // Hand-made records: magic, version 1, one tensor record "t".
   auto record = [](uint8_t dtype, uint8_t rank, std::vector<int64_t> sizes, const std::string& data) {
@@ -71,8 +72,11 @@ TEST(Archive, EveryTruncationAndMalformedFieldIsABadInput) {
   test::expect_bad_input([&] { Archive::decode(record(kFloat, 40, {}, ""), "f"); }, {"rank 40"});
   test::expect_bad_input([&] { Archive::decode(record(kFloat, 1, {-1}, ""), "f"); }, {"size -1"});
   // Sizes whose product overflows 64 bits, and a size larger than the bytes that follow.
-  test::expect_bad_input([&] { Archive::decode(record(kFloat, 2, {1LL << 40, 1LL << 40}, "abcd"), "f"); },
-                         {"size 1099511627776"});
+  test::expect_bad_input(
+      [&] {
+        Archive::decode(record(kFloat, 2, {1LL << 40, 1LL << 40}, "abcd"), "f");
+      },
+      {"size 1099511627776"});
   test::expect_bad_input([&] { Archive::decode(record(kFloat, 1, {2}, "abcd"), "f"); }, {"size 2"});
   test::expect_bad_input([&] { Archive::decode(record(kBool, 1, {1}, "\x02"), "f"); }, {"neither 0 nor 1"});
   std::string huge_count = record(kFloat, 1, {1}, std::string(4, '\0'));
@@ -94,15 +98,18 @@ TEST(Archive, ModulesLoadOnlyWhenEveryNameAndShapeMatches) {
   saved.write_module(*a);
   const Archive back = Archive::decode(saved.encode(), "module");
   back.read_module(*b, "the stored model");
-  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()]));
-  for (const auto& p : a->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), b->named_buffers()[p.key()])) << p.key();
+  for (const auto& p : a->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()]));
+  for (const auto& p : a->named_buffers())
+    EXPECT_TRUE(torch::equal(p.value(), b->named_buffers()[p.key()])) << p.key();
   EXPECT_TRUE(torch::equal(b->named_buffers()["1.running_mean"], torch::full({2}, 0.5)));
 
   torch::nn::Sequential wider(torch::nn::Linear(3, 4), torch::nn::BatchNorm1d(4));
   test::expect_bad_input([&] { back.read_module(*wider, "the stored model"); },
                          {"the stored model", "'0.bias' is [2], the model's is [4]"});
   torch::nn::Sequential shorter(torch::nn::Linear(3, 2));
-  test::expect_bad_input([&] { back.read_module(*shorter, "the stored model"); }, {"has '1.", "the model does not"});
+  test::expect_bad_input([&] { back.read_module(*shorter, "the stored model"); },
+                         {"has '1.", "the model does not"});
   torch::nn::Sequential longer(torch::nn::Linear(3, 2), torch::nn::BatchNorm1d(2), torch::nn::Linear(2, 2));
   test::expect_bad_input([&] { back.read_module(*longer, "the stored model"); }, {"has no '2.bias'"});
 }

@@ -43,8 +43,10 @@ TEST(Fields, ErrorsNameTheFlagAndEchoTheValue) {
   test::expect_bad_input([&] { f.set("alpha", "abc"); }, {"--alpha expects a number, got 'abc'"});
   test::expect_bad_input([&] { f.set("k", "11"); }, {"--k must be <= 10, got 11"});
   test::expect_bad_input([&] { f.set("k", "2.5"); }, {"--k expects an integer"});
-  test::expect_bad_input([&] { f.set("label_space", "both"); }, {"--label-space must be one of joint, two-heads; got 'both'"});
-  test::expect_bad_input([&] { f.set("beta", "1"); }, {"unknown option 'beta'", "alpha, k, flip, label_space"});
+  test::expect_bad_input([&] { f.set("label_space", "both"); },
+                         {"--label-space must be one of joint, two-heads; got 'both'"});
+  test::expect_bad_input([&] { f.set("beta", "1"); },
+                         {"unknown option 'beta'", "alpha, k, flip, label_space"});
   test::expect_bad_input([&] { f.set("alpha", "nan"); }, {"--alpha"});
 }
 
@@ -104,11 +106,16 @@ TEST(Fields, AnEnumReadsAndWritesItsNamesOnly) {
   EXPECT_EQ(o.colour, FieldsTestColour::light_blue);
   EXPECT_EQ(f.to_json()["colour"], "light-blue");
   EXPECT_EQ(name_of(FieldsTestColour::light_blue), "light-blue");
-  test::expect_bad_input([&] { f.set("colour", "blue"); }, {"--colour must be one of red, light-blue; got 'blue'"});
+  test::expect_bad_input([&] { f.set("colour", "blue"); },
+                         {"--colour must be one of red, light-blue; got 'blue'"});
   EXPECT_EQ(o.colour, FieldsTestColour::light_blue) << "a refused value leaves the option as it was";
   f.read_json(nlohmann::json{{"colour", "red"}}, "config");
   EXPECT_EQ(o.colour, FieldsTestColour::red);
-  test::expect_bad_input([&] { f.read_json(nlohmann::json{{"colour", 1}}, "config"); }, {"config.colour must be a string"});
+  test::expect_bad_input(
+      [&] {
+        f.read_json(nlohmann::json{{"colour", 1}}, "config");
+      },
+      {"config.colour must be a string"});
   std::ostringstream os;
   os << FieldsTestColour::light_blue;
   EXPECT_EQ(os.str(), "light-blue");
@@ -119,7 +126,8 @@ TEST(Fields, RolesAreDeclaredWithTheField) {
   Fields f;
   o.fields(f);
   EXPECT_EQ(f.names_of({Fields::Role::execution}), (std::vector<std::string>{"threads"}));
-  EXPECT_EQ(f.names_of({Fields::Role::execution, Fields::Role::session}), (std::vector<std::string>{"threads", "out"}));
+  EXPECT_EQ(f.names_of({Fields::Role::execution, Fields::Role::session}),
+            (std::vector<std::string>{"threads", "out"}));
   EXPECT_EQ(f.names_of({Fields::Role::result}), (std::vector<std::string>{"colour", "lr"}));
 }
 

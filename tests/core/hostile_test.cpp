@@ -1,6 +1,7 @@
 // Hostile input (issue 21): files, flags and names an attacker chooses end in one line and exit code 2, never
 // in a crash, a write outside the output directory or a quietly wrong run. Temporary files, gzip, UTF-8,
-// flags, IDX labels and suites here; checkpoints, pickles, images, reports and the store have their own files.
+// flags, IDX labels and suites here; checkpoints, pickles, images, reports and the store have their own
+// files.
 #include <signal.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -90,7 +91,8 @@ TEST(Hostile, GzipBombIsStoppedAtTheSizeTheIdxHeaderDeclares) {
   idx += std::string(10, '\x07') + std::string(64 << 20, '\0');
   const std::string bomb = hos_gzip(idx);
   EXPECT_LT(bomb.size(), 1u << 20);
-  test::expect_bad_input([&] { parse_idx(bomb, "bomb.gz"); }, {"bomb.gz", "more than the 18 bytes its IDX header declares"});
+  test::expect_bad_input([&] { parse_idx(bomb, "bomb.gz"); },
+                         {"bomb.gz", "more than the 18 bytes its IDX header declares"});
   // gunzip itself refuses output past its bound.
   test::expect_bad_input([&] { gunzip(bomb, "bomb.gz", 1 << 20); }, {"bomb.gz", "more than 1048576 bytes"});
   // The same header with exactly its data reads back.
@@ -100,7 +102,8 @@ TEST(Hostile, GzipBombIsStoppedAtTheSizeTheIdxHeaderDeclares) {
 
 TEST(Hostile, Utf8IsCheckedAndEchoedPrintably) {
   EXPECT_NO_THROW(check_utf8("caf\xc3\xa9 \xe2\x82\xac", "name"));
-  test::expect_bad_input([] { check_utf8("bad\xff", "the name"); }, {"the name is not valid UTF-8 (byte 3", "bad\\xff"});
+  test::expect_bad_input([] { check_utf8("bad\xff", "the name"); },
+                         {"the name is not valid UTF-8 (byte 3", "bad\\xff"});
   test::expect_bad_input([] { check_utf8("\xc0\xaf", "x"); }, {"not valid UTF-8"});  // an overlong '/'
   EXPECT_EQ(printable("a\nb\x01"), "a\\nb\\x01");
 }
@@ -130,9 +133,10 @@ TEST(Hostile, IdxLabelsCannotNameBillionsOfClassesOrIndexPastThem) {
   hos_idx(dir, "test", {0, 5});
   test::expect_bad_input(
       [&] {
-        load_task(cat("idx:train_images=", dir.file("train-images"), ":train_labels=", dir.file("train-labels"),
-                      ":test_images=", dir.file("test-images"), ":test_labels=", dir.file("test-labels")),
-                  0);
+        load_task(
+            cat("idx:train_images=", dir.file("train-images"), ":train_labels=", dir.file("train-labels"),
+                ":test_images=", dir.file("test-images"), ":test_labels=", dir.file("test-labels")),
+            0);
       },
       {"label 5", "out of range for 2 classes"});
 }
@@ -141,9 +145,10 @@ class HostileFlags : public ::testing::Test {
  protected:
   void SetUp() override { spec_ = test::write_tiny_idx(dir_.path(), 3, 8, 2); }
   std::vector<std::string> finetune(const std::vector<std::string>& extra) {
-    std::vector<std::string> args = {"-q", "finetune", "--method", "scratch", "--target", spec_, "--backbone",
-                                     "cnn4:width=4", "--iterations", "2", "--batch-size", "8", "--threads", "1",
-                                     "--out", dir_.file("run")};
+    std::vector<std::string> args = {"-q",           "finetune", "--method",     "scratch",
+                                     "--target",     spec_,      "--backbone",   "cnn4:width=4",
+                                     "--iterations", "2",        "--batch-size", "8",
+                                     "--threads",    "1",        "--out",        dir_.file("run")};
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
@@ -156,14 +161,17 @@ TEST_F(HostileFlags, NumbersOutOfRangeAreRefusedNotClamped) {
   hos_expect_refused(finetune({"--batch-size", "99999999999999999999"}), {"--batch-size", "out of range"});
   hos_expect_refused(finetune({"--batch-size", "1000000000"}), {"--batch-size must be <= 65536"});
   hos_expect_refused(finetune({"--threads", "100000"}), {"--threads must be at most"});
-  hos_expect_refused(finetune({"--threads", "4294967297"}), {"--threads must be at most"});  // not 1 after a cast
+  hos_expect_refused(finetune({"--threads", "4294967297"}),
+                     {"--threads must be at most"});  // not 1 after a cast
   hos_expect_refused(finetune({"--lr", "1e308"}), {"--lr must be <= 1e+10"});
   hos_expect_refused(finetune({"--lr", "1e999"}), {"--lr expects a number"});
   hos_expect_refused(finetune({"--seed", "-1"}), {"--seed must be >= 0"});
-  hos_expect_refused(finetune({"--crop-pad", "1000"}), {"--crop-pad 1000 must be less than the image side (8)"});
+  hos_expect_refused(finetune({"--crop-pad", "1000"}),
+                     {"--crop-pad 1000 must be less than the image side (8)"});
   hos_expect_refused({"eval", "--model", dir_.path(), "--data", spec_, "--seed", "18446744073709551616"},
                      {"--seed", "out of range"});
-  hos_expect_refused({"eval", "--model", dir_.path(), "--data", spec_, "--threads", "-3"}, {"--threads must be >= 0"});
+  hos_expect_refused({"eval", "--model", dir_.path(), "--data", spec_, "--threads", "-3"},
+                     {"--threads must be >= 0"});
   // Base 10 only: CLI11 read "010" as octal 8.
   const test::CliOutcome o = test::run_cli(finetune({"--seed", "010", "--json"}));
   ASSERT_EQ(o.code, 0) << o.err;
@@ -172,14 +180,16 @@ TEST_F(HostileFlags, NumbersOutOfRangeAreRefusedNotClamped) {
 
 TEST_F(HostileFlags, TextThatIsNotUtf8IsRefusedBeforeItReachesJson) {
   hos_expect_refused(finetune({"--out", dir_.file("run\xff")}), {"--out is not valid UTF-8", "\\xff"});
-  hos_expect_refused({"-q", "finetune", "--method", "scratch", "--target", spec_ + ":names=a,b,\xfe", "--backbone",
-                      "cnn4:width=4", "--iterations", "2", "--threads", "1", "--out", dir_.file("names")},
-                     {"not valid UTF-8"});
+  hos_expect_refused(
+      {"-q", "finetune", "--method", "scratch", "--target", spec_ + ":names=a,b,\xfe", "--backbone",
+       "cnn4:width=4", "--iterations", "2", "--threads", "1", "--out", dir_.file("names")},
+      {"not valid UTF-8"});
   EXPECT_FALSE(fs::exists(dir_.file("names")));
 }
 
 /// A suite of method scratch on tasks named `names`, all with target `spec`.
-nlohmann::json hos_suite(const std::string& spec, const std::vector<std::string>& names, const nlohmann::json& seeds) {
+nlohmann::json hos_suite(const std::string& spec, const std::vector<std::string>& names,
+                         const nlohmann::json& seeds) {
   nlohmann::json tasks = nlohmann::json::array();
   for (const auto& n : names) tasks.push_back(nlohmann::json{{"name", n}, {"target", spec}});
   return nlohmann::json{{"tasks", tasks}, {"methods", nlohmann::json::array({"scratch"})}, {"seeds", seeds}};
@@ -190,12 +200,18 @@ TEST(Hostile, SuiteNamesStayInsideOutAndCountsAreBounded) {
   const std::string spec = test::write_tiny_idx(dir.path(), 2, 4, 1);
   test::expect_bad_input([&] { parse_suite(hos_suite(spec, {".."}, 1), "s"); },
                          {"task name '..' cannot name a folder"});
-  test::expect_bad_input([&] { parse_suite(hos_suite(spec, {"a b", "a_b"}, 1), "s"); },
-                         {"'a b' and 'a_b' would share the folder a_b"});
+  test::expect_bad_input(
+      [&] {
+        parse_suite(hos_suite(spec, {"a b", "a_b"}, 1), "s");
+      },
+      {"'a b' and 'a_b' would share the folder a_b"});
   test::expect_bad_input([&] { parse_suite(hos_suite(spec, {"t"}, 1000000000000LL), "s"); },
                          {".seeds must be at most 1000"});
-  test::expect_bad_input([&] { parse_suite(hos_suite(spec, {"t"}, nlohmann::json::array({3, 3})), "s"); },
-                         {"lists 3 twice"});
+  test::expect_bad_input(
+      [&] {
+        parse_suite(hos_suite(spec, {"t"}, nlohmann::json::array({3, 3})), "s");
+      },
+      {"lists 3 twice"});
   nlohmann::json labels = hos_suite(spec, {"t"}, 1);
   labels["methods"] = nlohmann::json::array({nlohmann::json{{"method", "scratch"}, {"label", "x/../../y"}},
                                              nlohmann::json{{"method", "scratch"}, {"label", "x_.._.._y"}}});

@@ -54,10 +54,13 @@ TEST(Io, ReadErrorsNameThePath) {
   test::expect_bad_input([] { read_file("/nonexistent/x.bin"); }, {"file not found: /nonexistent/x.bin"});
   test::TempDir dir;
   write_file_atomic(dir.file("bad.json"), "{\"a\": ");
-  test::expect_bad_input([&] { read_json_file(dir.file("bad.json")); }, {dir.file("bad.json"), "not valid JSON"});
+  test::expect_bad_input([&] { read_json_file(dir.file("bad.json")); },
+                         {dir.file("bad.json"), "not valid JSON"});
 }
 
-TEST(Io, Crc32MatchesTheStandardCheckValue) { EXPECT_EQ(crc32_of("123456789"), 0xCBF43926u); }
+TEST(Io, Crc32MatchesTheStandardCheckValue) {
+  EXPECT_EQ(crc32_of("123456789"), 0xCBF43926u);
+}
 
 }  // namespace
 }  // namespace xfer

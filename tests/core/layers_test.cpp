@@ -14,8 +14,9 @@ namespace fs = std::filesystem;
 namespace {
 
 // Lowest first. A directory may include itself and anything before it.
-const std::vector<std::string> kLayers = {"core",    "data",  "dist",   "models", "optim",     "metrics", "source",
-                                          "methods", "train", "search", "report", "workflows", "apps"};
+const std::vector<std::string> kLayers = {"core",    "data",      "dist",    "models", "optim",
+                                          "metrics", "source",    "methods", "train",  "search",
+                                          "report",  "workflows", "apps"};
 
 int layer_of(const std::string& dir) {
   for (size_t i = 0; i < kLayers.size(); ++i)
@@ -67,10 +68,11 @@ TEST(Layers, EveryDirectoryIsALayer) {
   const auto by_dir = includes_by_directory();
   ASSERT_GE(by_dir.size(), 10u);  // the walk found the tree
   for (const auto& [dir, includes] : by_dir) {
-    EXPECT_GE(layer_of(dir), 0) << dir << "/ is not in the layer list: add it to kLayers and the README's tree";
+    EXPECT_GE(layer_of(dir), 0) << dir
+                                << "/ is not in the layer list: add it to kLayers and the README's tree";
     for (const auto& inc : includes)
-      EXPECT_GE(layer_of(inc.target), 0) << inc.file << ":" << inc.line << " includes xfer/" << inc.target
-                                          << "/, which is not a layer";
+      EXPECT_GE(layer_of(inc.target), 0)
+          << inc.file << ":" << inc.line << " includes xfer/" << inc.target << "/, which is not a layer";
   }
 }
 
@@ -86,10 +88,10 @@ TEST(Layers, IncludesPointOnlyDownward) {
 }
 
 TEST(Layers, TheRuleRefusesWhatItShould) {
-  EXPECT_FALSE(allowed("methods", "train"));    // the cycle the first layout had
+  EXPECT_FALSE(allowed("methods", "train"));  // the cycle the first layout had
   EXPECT_FALSE(allowed("search", "workflows"));
-  EXPECT_FALSE(allowed("source", "report"));    // tables belong to the workflows
-  EXPECT_FALSE(allowed("report", "methods"));   // report knows no method
+  EXPECT_FALSE(allowed("source", "report"));   // tables belong to the workflows
+  EXPECT_FALSE(allowed("report", "methods"));  // report knows no method
   EXPECT_TRUE(allowed("workflows", "report"));
   EXPECT_TRUE(allowed("methods", "optim"));
   EXPECT_TRUE(allowed("train", "methods"));

@@ -10,7 +10,9 @@
 namespace xfer {
 namespace {
 
-std::vector<std::string> sh(const std::string& script) { return {"/bin/sh", "-c", script}; }
+std::vector<std::string> sh(const std::string& script) {
+  return {"/bin/sh", "-c", script};
+}
 
 TEST(Process, ExitCodeAndSignalOfOneChild) {
   ProcessGroup group;
@@ -64,7 +66,8 @@ TEST(Process, RunsNAtOnceAndEachEndsOnce) {
 }
 
 TEST(Process, StopsKillsAndLeavesOtherChildrenAlone) {
-  // A child that is not the group's ends first: the group waits for its own, and the other stays for its owner.
+  // A child that is not the group's ends first: the group waits for its own, and the other stays for its
+  // owner.
   const pid_t other = spawn_process(sh("exit 9"), "", "");
   ProcessGroup group;
   group.start(sh("sleep 0.3; exit 2"));
@@ -87,7 +90,12 @@ TEST(Process, StopsKillsAndLeavesOtherChildrenAlone) {
     dropped.start(sh("sleep 30"));
   }
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
-  test::expect_bad_input([] { ProcessGroup g; g.start({"/no/such/program"}); }, {"/no/such/program"});
+  test::expect_bad_input(
+      [] {
+        ProcessGroup g;
+        g.start({"/no/such/program"});
+      },
+      {"/no/such/program"});
 }
 
 }  // namespace

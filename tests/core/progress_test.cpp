@@ -39,8 +39,8 @@ TEST(Progress, LogLinesComeEveryIntervalWithATimestampAndEndWithTheTimeTaken) {
     p.update(2, "loss 2.2");
     EXPECT_EQ(capture.text(), "");
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    p.update(3, "loss 2.1");  // an interval passed: one line
-    p.update(4, "loss 2.0");  // too soon again
+    p.update(3, "loss 2.1");    // an interval passed: one line
+    p.update(4, "loss 2.0");    // too soon again
     p.update(100, "loss 1.0");  // the end always prints
     text = capture.text();
   }

@@ -45,7 +45,8 @@ TEST(Rng, UniformIndexCoversTheRangeEvenly) {
 }
 
 const nlohmann::json& rng_golden() {
-  static const nlohmann::json g = read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/sampling.json");
+  static const nlohmann::json g =
+      read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/sampling.json");
   return g;
 }
 
@@ -62,14 +63,16 @@ void expect_beta_distribution(std::vector<double> samples, double a, double b) {
   const auto xs = (*g)["x"].get<std::vector<double>>(), cdf = (*g)["cdf"].get<std::vector<double>>();
   double ks = 0;
   for (size_t j = 0; j < xs.size(); ++j) {
-    const double below = static_cast<double>(std::upper_bound(samples.begin(), samples.end(), xs[j]) - samples.begin());
+    const double below =
+        static_cast<double>(std::upper_bound(samples.begin(), samples.end(), xs[j]) - samples.begin());
     ks = std::max(ks, std::abs(below / n - cdf[j]));
   }
   EXPECT_LT(ks, 1.95 / std::sqrt(n)) << "Beta(" << a << ", " << b << "): KS distance " << ks;
   double sum = 0, sq = 0;
   for (double v : samples) sum += v, sq += v * v;
   const double mean = sum / n, var = sq / n - mean * mean, want_var = (*g)["variance"].get<double>();
-  EXPECT_NEAR(mean, (*g)["mean"].get<double>(), 4 * std::sqrt(want_var / n)) << "Beta(" << a << ", " << b << ")";
+  EXPECT_NEAR(mean, (*g)["mean"].get<double>(), 4 * std::sqrt(want_var / n))
+      << "Beta(" << a << ", " << b << ")";
   // The variance's standard error is below sqrt(E[(x - mu)^4] / n) <= sqrt(var / n) for x in [0, 1].
   EXPECT_NEAR(var, want_var, 4 * std::sqrt(want_var / n)) << "Beta(" << a << ", " << b << ")";
 }
@@ -82,7 +85,8 @@ TEST(Rng, BetaSamplesFollowTheBetaDistribution) {
     expect_beta_distribution(v, a, b);
     at::Generator g = make_generator(5);
     const torch::Tensor t = sample_beta(g, a, b, 20000);
-    expect_beta_distribution(std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel()), a, b);
+    expect_beta_distribution(std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel()), a,
+                             b);
   }
   // A uniform sampler would fail Beta(0.2, 0.2), whose mean is the same: the check has power.
   std::mt19937_64 engine(3);
@@ -91,7 +95,8 @@ TEST(Rng, BetaSamplesFollowTheBetaDistribution) {
   for (double& x : uniform) x = u(engine);
   ::testing::TestPartResultArray failures;
   {
-    ::testing::ScopedFakeTestPartResultReporter intercept(::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ONLY_CURRENT_THREAD, &failures);
+    ::testing::ScopedFakeTestPartResultReporter intercept(
+        ::testing::ScopedFakeTestPartResultReporter::INTERCEPT_ONLY_CURRENT_THREAD, &failures);
     expect_beta_distribution(uniform, 0.2, 0.2);
   }
   EXPECT_EQ(failures.size(), 2) << "the KS distance and the variance of U(0, 1) are not Beta(0.2, 0.2)'s";

@@ -2,9 +2,9 @@
 // here in its real layout, tiny, byte by byte where it is binary; then hostile variants of each.
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <cmath>
 #include <random>
 #include <set>
 
@@ -21,8 +21,12 @@ namespace {
 
 // ---- A MAT v5 writer, element by element, as the format describes it ----
 
-std::string mat_le32(uint32_t v) { return std::string(reinterpret_cast<const char*>(&v), 4); }
-std::string mat_le16(uint16_t v) { return std::string(reinterpret_cast<const char*>(&v), 2); }
+std::string mat_le32(uint32_t v) {
+  return std::string(reinterpret_cast<const char*>(&v), 4);
+}
+std::string mat_le16(uint16_t v) {
+  return std::string(reinterpret_cast<const char*>(&v), 2);
+}
 
 /// A data element: tag (type, byte count), data, zero padding to 8 bytes.
 std::string mat_element(uint32_t type, const std::string& data) {
@@ -37,7 +41,16 @@ std::string mat_small_element(uint32_t type, const std::string& data) {
   return e;
 }
 
-enum : uint32_t { kMiInt8 = 1, kMiUint8 = 2, kMiUint16 = 4, kMiInt32 = 5, kMiUint32 = 6, kMiDouble = 9, kMiMatrix = 14, kMiCompressed = 15 };
+enum : uint32_t {
+  kMiInt8 = 1,
+  kMiUint8 = 2,
+  kMiUint16 = 4,
+  kMiInt32 = 5,
+  kMiUint32 = 6,
+  kMiDouble = 9,
+  kMiMatrix = 14,
+  kMiCompressed = 15
+};
 enum : uint32_t { kMxCell = 1, kMxStruct = 2, kMxChar = 4, kMxSparse = 5, kMxDouble = 6 };
 
 std::string mat_dims(const std::vector<int32_t>& dims) {
@@ -46,9 +59,11 @@ std::string mat_dims(const std::vector<int32_t>& dims) {
   return s;
 }
 /// A miMATRIX element: flags, dimensions, name, then the class's own sub-elements.
-std::string mat_matrix(uint32_t cls, const std::vector<int32_t>& dims, const std::string& name, const std::string& body) {
-  return mat_element(kMiMatrix, mat_element(kMiUint32, mat_le32(cls) + mat_le32(0)) + mat_element(kMiInt32, mat_dims(dims)) +
-                              mat_element(kMiInt8, name) + body);
+std::string mat_matrix(uint32_t cls, const std::vector<int32_t>& dims, const std::string& name,
+                       const std::string& body) {
+  return mat_element(kMiMatrix, mat_element(kMiUint32, mat_le32(cls) + mat_le32(0)) +
+                                    mat_element(kMiInt32, mat_dims(dims)) + mat_element(kMiInt8, name) +
+                                    body);
 }
 std::string mat_doubles(const std::string& name, const std::vector<double>& v) {
   std::string data;
@@ -58,7 +73,7 @@ std::string mat_doubles(const std::string& name, const std::vector<double>& v) {
 /// A double array stored as uint8, as MATLAB does when the values fit.
 std::string mat_doubles_u8(const std::string& name, const std::vector<uint8_t>& v) {
   return mat_matrix(kMxDouble, {1, static_cast<int32_t>(v.size())}, name,
-                mat_element(kMiUint8, std::string(v.begin(), v.end())));
+                    mat_element(kMiUint8, std::string(v.begin(), v.end())));
 }
 /// A char row, UTF-16 (ASCII here).
 std::string mat_chars(const std::string& name, const std::string& text) {
@@ -92,7 +107,8 @@ std::string mat_compressed(const std::string& var) {
                       var.size(), 6),
             Z_OK);
   out.resize(n);
-  return mat_le32(kMiCompressed) + mat_le32(static_cast<uint32_t>(n)) + out;  // compressed elements are not padded
+  return mat_le32(kMiCompressed) + mat_le32(static_cast<uint32_t>(n)) +
+         out;  // compressed elements are not padded
 }
 std::string mat_header() {
   std::string h = "MATLAB 5.0 MAT-file, written by xfer's tests";
@@ -113,9 +129,12 @@ std::vector<std::string> mat_sample_vars() {
   return {mat_doubles("labels", {1, 2, 3.5}), mat_doubles_u8("ids", {7, 8}),
           mat_cell("class_names", {mat_chars("", "AM General Hummer"), mat_chars("", "Acura RL")}),
           mat_struct("annotations", {"fname", "class"},
-                     {mat_chars("", "00001.jpg"), mat_doubles("", {2}), mat_chars("", "00002.jpg"), mat_doubles("", {1})})};
+                     {mat_chars("", "00001.jpg"), mat_doubles("", {2}), mat_chars("", "00002.jpg"),
+                      mat_doubles("", {1})})};
 }
-std::string mat_sample(bool compress) { return mat_file(mat_sample_vars(), compress); }
+std::string mat_sample(bool compress) {
+  return mat_file(mat_sample_vars(), compress);
+}
 
 TEST(MatFile, ReadsNumericCharCellAndStructArraysCompressedOrNot) {
   for (bool compress : {false, true}) {
@@ -136,7 +155,8 @@ TEST(MatFile, ReadsNumericCharCellAndStructArraysCompressedOrNot) {
     EXPECT_EQ(a.numel(), 2);
     EXPECT_EQ(a.field(1, "fname", "a").text, "00002.jpg");
     EXPECT_EQ(a.field(0, "class", "a").values, (std::vector<double>{2}));
-    test::expect_bad_input([&] { a.field(2, "fname", "annotations"); }, {"annotations has 2 elements, no element 3"});
+    test::expect_bad_input([&] { a.field(2, "fname", "annotations"); },
+                           {"annotations has 2 elements, no element 3"});
     test::expect_bad_input([&] { a.field(0, "bbox_x1", "annotations"); }, {"no field 'bbox_x1'"});
   }
 }
@@ -168,37 +188,49 @@ TEST(MatFile, RefusesTruncatedAndLyingFilesWithOneLine) {
   std::string be = mat_header();
   be[126] = 'M', be[127] = 'I';
   test::expect_bad_input([&] { parse_mat(be, "be.mat"); }, {"big-endian"});
-  test::expect_bad_input([] { parse_mat("MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5", "h.mat"); }, {"v7.3 (HDF5)"});
+  test::expect_bad_input([] { parse_mat("MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5", "h.mat"); },
+                         {"v7.3 (HDF5)"});
   // A tag declaring more bytes than the file holds.
-  test::expect_bad_input([] { parse_mat(mat_header() + mat_le32(kMiMatrix) + mat_le32(1u << 30) + std::string(64, '\0'), "big.mat"); },
-                         {"declares 1073741824 bytes but only 64 are left"});
+  test::expect_bad_input(
+      [] {
+        parse_mat(mat_header() + mat_le32(kMiMatrix) + mat_le32(1u << 30) + std::string(64, '\0'), "big.mat");
+      },
+      {"declares 1073741824 bytes but only 64 are left"});
   // Dimensions that promise more values than there are.
-  const std::string liar = mat_matrix(kMxDouble, {1000, 1000}, "x", mat_element(kMiDouble, std::string(24, '\0')));
+  const std::string liar =
+      mat_matrix(kMxDouble, {1000, 1000}, "x", mat_element(kMiDouble, std::string(24, '\0')));
   test::expect_bad_input([&] { parse_mat(mat_file({liar}, false), "liar.mat"); },
                          {"variable 'x' holds 3 values but its dimensions say 1000000"});
   // A cell array of a billion cells in a few bytes.
   const std::string cells = mat_matrix(kMxCell, {1, 1000000000}, "c", "");
-  test::expect_bad_input([&] { parse_mat(mat_file({cells}, true), "cells.mat"); }, {"declares 1000000000 cells"});
+  test::expect_bad_input([&] { parse_mat(mat_file({cells}, true), "cells.mat"); },
+                         {"declares 1000000000 cells"});
   // A compressed element whose inner tag claims far more than deflate can produce from its bytes.
   std::string bomb = mat_compressed(mat_le32(kMiMatrix) + mat_le32(0x7fffffff) + std::string(16, '\0'));
-  test::expect_bad_input([&] { parse_mat(mat_header() + bomb, "bomb.mat"); }, {"more than deflate can expand it to"});
+  test::expect_bad_input([&] { parse_mat(mat_header() + bomb, "bomb.mat"); },
+                         {"more than deflate can expand it to"});
   // ... or a little more than its stream holds.
   std::string short_stream = mat_compressed(mat_le32(kMiMatrix) + mat_le32(400) + std::string(16, '\0'));
   test::expect_bad_input([&] { parse_mat(mat_header() + short_stream, "short.mat"); }, {"(truncated)"});
   // A struct without fields that declares 2^40 elements: nothing to read per element, so nothing to loop over
   // (the fuzzer found that this looped 2^40 times).
-  const std::string empty_struct = mat_matrix(
-      kMxStruct, {1 << 20, 1 << 20}, "e", mat_small_element(kMiInt32, mat_le32(8)) + mat_element(kMiInt8, ""));
+  const std::string empty_struct =
+      mat_matrix(kMxStruct, {1 << 20, 1 << 20}, "e",
+                 mat_small_element(kMiInt32, mat_le32(8)) + mat_element(kMiInt8, ""));
   const auto vars = parse_mat(mat_file({empty_struct}, false), "empty.mat");
   EXPECT_EQ(vars.at("e").numel(), int64_t(1) << 40);
   EXPECT_TRUE(vars.at("e").elements.empty());
   test::expect_bad_input([&] { vars.at("e").field(0, "fname", "e"); }, {"e has no field 'fname'"});
   // Sparse arrays and arrays nested too deep.
-  test::expect_bad_input([&] { parse_mat(mat_file({mat_matrix(kMxSparse, {2, 2}, "s", "")}, false), "s.mat"); },
-                         {"array class 5 (sparse)"});
+  test::expect_bad_input(
+      [&] {
+        parse_mat(mat_file({mat_matrix(kMxSparse, {2, 2}, "s", "")}, false), "s.mat");
+      },
+      {"array class 5 (sparse)"});
   std::string nested = mat_doubles("", {1});
   for (int i = 0; i < 40; ++i) nested = mat_matrix(kMxCell, {1, 1}, i == 39 ? "deep" : "", nested);
-  test::expect_bad_input([&] { parse_mat(mat_file({nested}, false), "deep.mat"); }, {"nested more than 32 deep"});
+  test::expect_bad_input([&] { parse_mat(mat_file({nested}, false), "deep.mat"); },
+                         {"nested more than 32 deep"});
 }
 
 TEST(MatFile, RandomlyCorruptedBytesAreAcceptedOrRefusedNeverCrash) {
@@ -273,20 +305,22 @@ TEST(Benchmarks, CubReadsItsFourFilesAndRefusesHostileOnes) {
   const fs::path root = fs::path(tmp.path()) / "CUB_200_2011";
   const std::string spec = write_cub(root);
   const Task t = load_task(spec, 0);
-  EXPECT_EQ(t.class_names(),
-            (std::vector<std::string>{"001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"}));
+  EXPECT_EQ(t.class_names(), (std::vector<std::string>{"001.Black_footed_Albatross", "002.Laysan_Albatross",
+                                                       "003.Sooty_Albatross"}));
   EXPECT_EQ(t.train.class_counts(), (std::vector<int64_t>{3, 3, 3}));
   EXPECT_EQ(t.test.class_counts(), (std::vector<int64_t>{1, 1, 1}));
   expect_labels_match_images(t.train, iota_classes(3));
   expect_labels_match_images(t.test, iota_classes(3));
   // Class subsets and few-shot specs work on it as on any source.
   const Task sub = load_task(spec + ":classes=2,0:per_class=2", 0);
-  EXPECT_EQ(sub.class_names(), (std::vector<std::string>{"003.Sooty_Albatross", "001.Black_footed_Albatross"}));
+  EXPECT_EQ(sub.class_names(),
+            (std::vector<std::string>{"003.Sooty_Albatross", "001.Black_footed_Albatross"}));
   expect_labels_match_images(sub.train, {2, 0});
 
   const std::string labels = read_file((root / "image_class_labels.txt").string());
   bm_write((root / "image_class_labels.txt").string(), labels + "13 4\n");
-  test::expect_bad_input([&] { load_task(spec, 0); }, {"image_class_labels.txt line 13: label 4 is out of range 1..3"});
+  test::expect_bad_input([&] { load_task(spec, 0); },
+                         {"image_class_labels.txt line 13: label 4 is out of range 1..3"});
   bm_write((root / "image_class_labels.txt").string(), labels.substr(0, labels.size() - 5));
   test::expect_bad_input([&] { load_task(spec, 0); }, {"image 12 has no label"});
   bm_write((root / "image_class_labels.txt").string(), labels);
@@ -299,8 +333,10 @@ TEST(Benchmarks, CubReadsItsFourFilesAndRefusesHostileOnes) {
   fs::remove(root / "images" / "002.Laysan_Albatross" / "img_1.jpg");
   test::expect_bad_input([&] { load_task(spec, 0); }, {"img_1.jpg does not exist"});
   fs::remove(root / "train_test_split.txt");
-  test::expect_bad_input([&] { load_task(spec, 0); }, {"train_test_split.txt not found", "docs/benchmarks.md"});
-  test::expect_bad_input([&] { DatasetSpec::parse("cub:split=train:dir=x"); }, {"split is only for aircraft, dtd"});
+  test::expect_bad_input([&] { load_task(spec, 0); },
+                         {"train_test_split.txt not found", "docs/benchmarks.md"});
+  test::expect_bad_input([&] { DatasetSpec::parse("cub:split=train:dir=x"); },
+                         {"split is only for aircraft, dtd"});
   test::expect_bad_input([&] { DatasetSpec::parse("cub:size=64"); }, {"cub needs dir=PATH"});
 }
 
@@ -318,7 +354,8 @@ TEST(Benchmarks, AircraftVariantsAndSplits) {
       lists[which] += img + " " + variants[c] + "\n";
       if (std::string(which) != "test") lists["trainval"] += img + " " + variants[c] + "\n";
     }
-  for (const auto& [which, text] : lists) bm_write((data / ("images_variant_" + which + ".txt")).string(), text);
+  for (const auto& [which, text] : lists)
+    bm_write((data / ("images_variant_" + which + ".txt")).string(), text);
   const std::string spec = cat("aircraft:dir=", (data.parent_path()).string(), ":size=8");
   const Task tv = load_task(spec, 0);
   EXPECT_EQ(tv.class_names(), variants);
@@ -329,9 +366,12 @@ TEST(Benchmarks, AircraftVariantsAndSplits) {
   EXPECT_EQ(tr.train.class_counts(), (std::vector<int64_t>{2, 2, 2}));
   EXPECT_EQ(tr.val.class_counts(), (std::vector<int64_t>{1, 1, 1}));
   expect_labels_match_images(tr.val, iota_classes(3));
-  EXPECT_EQ(load_task(cat("aircraft:dir=", data.string(), ":size=8"), 0).train.size(), 9) << "dir= may be data/";
-  test::expect_bad_input([&] { DatasetSpec::parse(spec + ":split=train:val=1"); }, {"give val= or split=train"});
-  test::expect_bad_input([&] { DatasetSpec::parse(spec + ":split=all"); }, {"split must be train or trainval"});
+  EXPECT_EQ(load_task(cat("aircraft:dir=", data.string(), ":size=8"), 0).train.size(), 9)
+      << "dir= may be data/";
+  test::expect_bad_input([&] { DatasetSpec::parse(spec + ":split=train:val=1"); },
+                         {"give val= or split=train"});
+  test::expect_bad_input([&] { DatasetSpec::parse(spec + ":split=all"); },
+                         {"split must be train or trainval"});
   bm_write((data / "images_variant_test.txt").string(), lists["test"] + "1000099 Spitfire\n");
   test::expect_bad_input([&] { load_task(spec, 0); }, {"variant 'Spitfire' is not in"});
   bm_write((data / "images_variant_test.txt").string(), lists["test"] + "../1000001 707-320\n");
@@ -362,7 +402,8 @@ TEST(Benchmarks, PetsNamesBreedsFromImageNames) {
   bm_write((root / "annotations" / "test.txt").string(), test_list + "Bengal_9 38 1 38\n");
   test::expect_bad_input([&] { load_task(spec, 0); }, {"test.txt line 4: label 38 is out of range 1..37"});
   bm_write((root / "annotations" / "test.txt").string(), test_list + "Bengal_9 1 1 1\n");
-  test::expect_bad_input([&] { load_task(spec, 0); }, {"class 1 is 'Abyssinian' elsewhere but 'Bengal' here"});
+  test::expect_bad_input([&] { load_task(spec, 0); },
+                         {"class 1 is 'Abyssinian' elsewhere but 'Bengal' here"});
 }
 
 TEST(Benchmarks, DtdFoldsAndSplits) {
@@ -377,7 +418,8 @@ TEST(Benchmarks, DtdFoldsAndSplits) {
         write_class_image(root / "images" / rel, c);
         lists[i < 2 ? "train" : i == 2 ? "val" : "test"] += rel + "\n";
       }
-    for (const auto& [which, text] : lists) bm_write((root / "labels" / cat(which, fold, ".txt")).string(), text);
+    for (const auto& [which, text] : lists)
+      bm_write((root / "labels" / cat(which, fold, ".txt")).string(), text);
   }
   const std::string spec = cat("dtd:dir=", root.string(), ":size=8");
   const Task t = load_task(spec, 0);
@@ -392,7 +434,8 @@ TEST(Benchmarks, DtdFoldsAndSplits) {
   test::expect_bad_input([&] { DatasetSpec::parse("cub:dir=x:fold=2"); }, {"fold is only for dtd"});
   test::expect_bad_input([&] { load_task(spec + ":fold=3", 0); }, {"train3.txt not found"});
   bm_write((root / "labels" / "test1.txt").string(), "/etc/passwd\n");
-  test::expect_bad_input([&] { load_task(spec, 0); }, {"test1.txt line 1: '/etc/passwd' must be a path inside"});
+  test::expect_bad_input([&] { load_task(spec, 0); },
+                         {"test1.txt line 1: '/etc/passwd' must be a path inside"});
 }
 
 /// Flowers-102: imagelabels.mat (compressed, as the real one) and setid.mat (uncompressed), 3 classes.
@@ -404,7 +447,9 @@ std::string write_flowers(const fs::path& root, std::vector<double> labels, std:
   }
   bm_write((root / "imagelabels.mat").string(), mat_file({mat_doubles("labels", labels)}, true));
   bm_write((root / "setid.mat").string(),
-              mat_file({mat_doubles("trnid", {1, 2, 3}), mat_doubles("valid", {4, 5, 6}), mat_doubles("tstid", tstid)}, false));
+           mat_file({mat_doubles("trnid", {1, 2, 3}), mat_doubles("valid", {4, 5, 6}),
+                     mat_doubles("tstid", tstid)},
+                    false));
   return cat("flowers:dir=", root.string(), ":size=8");
 }
 
@@ -494,11 +539,13 @@ TEST(Benchmarks, CifarBinaryBatches) {
   test::TempDir tmp;
   const fs::path ten = fs::path(tmp.path()) / "cifar-10-batches-bin";
   std::string meta;
-  for (const char* n : {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"})
+  for (const char* n :
+       {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"})
     meta += std::string(n) + "\n";
   bm_write((ten / "batches.meta.txt").string(), meta + "\n");
   for (int b = 1; b <= 5; ++b)
-    bm_write((ten / cat("data_batch_", b, ".bin")).string(), cifar_records({{uint8_t(b - 1)}, {uint8_t(b + 4)}}));
+    bm_write((ten / cat("data_batch_", b, ".bin")).string(),
+             cifar_records({{uint8_t(b - 1)}, {uint8_t(b + 4)}}));
   bm_write((ten / "test_batch.bin").string(),
            cifar_records({{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {9}}));
   const Task t = load_task("cifar10:dir=" + ten.string(), 0);
@@ -526,7 +573,8 @@ TEST(Benchmarks, CifarBinaryBatches) {
   test::expect_bad_input([&] { load_task("cifar100:dir=" + hundred.string(), 0); },
                          {"test.bin: record 0 has label 100, out of range 0..99"});
   bm_write((hundred / "test.bin").string(), cifar_records({{20, 1}}));
-  test::expect_bad_input([&] { load_task("cifar100:dir=" + hundred.string(), 0); }, {"has label 20, out of range 0..19"});
+  test::expect_bad_input([&] { load_task("cifar100:dir=" + hundred.string(), 0); },
+                         {"has label 20, out of range 0..19"});
   bm_write((hundred / "test.bin").string(), cifar_records({{1, 1}}).substr(0, 3000));
   test::expect_bad_input([&] { load_task("cifar100:dir=" + hundred.string(), 0); },
                          {"3000 bytes is not a whole number of 3074-byte records"});

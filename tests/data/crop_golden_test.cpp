@@ -12,7 +12,8 @@ namespace xfer {
 namespace {
 
 const nlohmann::json& crop_golden() {
-  static const nlohmann::json g = read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/sampling.json");
+  static const nlohmann::json g =
+      read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/sampling.json");
   return g;
 }
 
@@ -20,8 +21,9 @@ TEST(CropGolden, RandomResizedCropBoxIsTorchvisionsFromTheSameNumbers) {
   for (const auto& c : crop_golden()["rrc"]) {
     const int64_t h = c["height"].get<int64_t>(), w = c["width"].get<int64_t>();
     std::mt19937_64 engine(c["seed"].get<uint64_t>());
-    const CropBox box = random_resized_crop_box(h, w, c["scale"][0].get<double>(), c["scale"][1].get<double>(),
-                                                c["ratio"][0].get<double>(), c["ratio"][1].get<double>(), engine);
+    const CropBox box =
+        random_resized_crop_box(h, w, c["scale"][0].get<double>(), c["scale"][1].get<double>(),
+                                c["ratio"][0].get<double>(), c["ratio"][1].get<double>(), engine);
     const auto want = c["box"].get<std::vector<int64_t>>();  // torchvision's (i, j, h, w)
     EXPECT_EQ((std::vector<double>{box.y, box.x, box.h, box.w}),
               (std::vector<double>{double(want[0]), double(want[1]), double(want[2]), double(want[3])}))
@@ -48,7 +50,8 @@ TEST(CropGolden, ResampledCropIsTorchvisionsResizedCrop) {
     const auto b = c["box"].get<std::vector<int64_t>>();  // top, left, height, width
     const int64_t size = c["size"].get<int64_t>();
     std::vector<uint8_t> out(static_cast<size_t>(3 * size * size));
-    resample_crop(img, CropBox{double(b[0]), double(b[1]), double(b[2]), double(b[3])}, size, size, false, out.data());
+    resample_crop(img, CropBox{double(b[0]), double(b[1]), double(b[2]), double(b[3])}, size, size, false,
+                  out.data());
     const auto want = c["pixels"].get<std::vector<int64_t>>();
     const auto exact = c["unrounded"].get<std::vector<double>>();
     ASSERT_EQ(want.size(), out.size());
@@ -67,7 +70,8 @@ TEST(CropGolden, ResampledCropIsTorchvisionsResizedCrop) {
           const bool tie = std::abs(exact[i] - std::floor(exact[i]) - 0.5) < 1e-3;
           EXPECT_TRUE(tie && std::abs(int64_t(out[i]) - want[i]) == 1)
               << "box " << c["box"].dump() << " size " << size << ", channel " << ch << " (" << y << ", " << x
-              << "): xfer " << int(out[i]) << ", torchvision " << want[i] << " (" << exact[i] << " before rounding)";
+              << "): xfer " << int(out[i]) << ", torchvision " << want[i] << " (" << exact[i]
+              << " before rounding)";
           ties += tie;
         }
   }

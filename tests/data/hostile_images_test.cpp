@@ -32,7 +32,8 @@ TEST(HostileImages, OneCorruptJpegSpoilsNoLaterDecodeOnItsThread) {
   std::ofstream(dir.file("bad.jpg"), std::ios::binary) << him_broken_jpeg(dir);
   const Image before = decode_image_file(dir.file("good.jpg"));
   for (int round = 0; round < 3; ++round) {
-    test::expect_bad_input([&] { decode_image_file(dir.file("bad.jpg")); }, {"bad.jpg", "not a readable JPEG", "marker"});
+    test::expect_bad_input([&] { decode_image_file(dir.file("bad.jpg")); },
+                           {"bad.jpg", "not a readable JPEG", "marker"});
     const Image after = decode_image_file(dir.file("good.jpg"));
     ASSERT_EQ(after.rgb, before.rgb) << "round " << round;
   }
@@ -41,8 +42,10 @@ TEST(HostileImages, OneCorruptJpegSpoilsNoLaterDecodeOnItsThread) {
 TEST(HostileImages, CorruptSkipSkipsExactlyTheBadFiles) {
   test::TempDir dir;
   const std::string root = dir.file("f");
-  for (int i = 0; i < 6; ++i) test::write_image(cat(root, "/a/", i, ".jpg"), test::flat_image(20, 20, 200, 10, 10));
-  for (int i = 0; i < 6; ++i) test::write_image(cat(root, "/b/", i, ".jpg"), test::flat_image(20, 20, 10, 10, 200));
+  for (int i = 0; i < 6; ++i)
+    test::write_image(cat(root, "/a/", i, ".jpg"), test::flat_image(20, 20, 200, 10, 10));
+  for (int i = 0; i < 6; ++i)
+    test::write_image(cat(root, "/b/", i, ".jpg"), test::flat_image(20, 20, 10, 10, 200));
   std::ofstream(root + "/a/0broken.jpg", std::ios::binary) << him_broken_jpeg(dir);
   const Task task = load_task("folder:dir=" + root + ":test=none:size=16:resize=16", 0);
   ASSERT_EQ(task.train.size(), 13);
@@ -61,9 +64,11 @@ TEST(HostileImages, CorruptSkipSkipsExactlyTheBadFiles) {
 TEST(HostileImages, AClassOfUnreadableImagesFailsInsteadOfBorrowingAnother) {
   test::TempDir dir;
   const std::string root = dir.file("f");
-  for (int i = 0; i < 3; ++i) test::write_image(cat(root, "/a/", i, ".png"), test::flat_image(12, 12, 200, 10, 10));
+  for (int i = 0; i < 3; ++i)
+    test::write_image(cat(root, "/a/", i, ".png"), test::flat_image(12, 12, 200, 10, 10));
   fs::create_directories(root + "/b");
-  for (int i = 0; i < 3; ++i) std::ofstream(cat(root, "/b/", i, ".png"), std::ios::binary) << "\x89PNG\r\n\x1a\n broken";
+  for (int i = 0; i < 3; ++i)
+    std::ofstream(cat(root, "/b/", i, ".png"), std::ios::binary) << "\x89PNG\r\n\x1a\n broken";
   const Task task = load_task("folder:dir=" + root + ":test=none:size=8:resize=8", 0);
   std::vector<int64_t> b_examples;
   for (int64_t i = 0; i < task.train.size(); ++i)
@@ -78,7 +83,8 @@ TEST(HostileImages, CraftedCacheCannotPointOutsideItsFile) {
   auto le = [](std::string& s, uint64_t v, int n) {
     for (int i = 0; i < n; ++i) s.push_back(static_cast<char>(v >> (8 * i)));
   };
-  // The cache: an entry of 0xffffffff x 0xffffffff pixels at offset 48 (h*w*3 overflowed to a small number).
+  // The cache: an entry of 0xffffffff x 0xffffffff pixels at offset 48 (h*w*3 overflowed to a small
+  // number).
   std::string bad = "XFERIMC1";
   le(bad, 1, 8), le(bad, 8, 8), le(bad, 48, 8), le(bad, 0xffffffff, 4), le(bad, 0xffffffff, 4), le(bad, 4, 4);
   bad += "/a/b" + std::string(16, '\0');
@@ -158,10 +164,15 @@ TEST(HostileImages, NamesThatAreNotUtf8AndSplitListsLeavingTheRootAreRefused) {
   test::TempDir dir;
   const std::string root = him_folder(dir);
   test::write_image(root + "/c\xff/1.png", test::flat_image(4, 4, 1, 1, 1));
-  test::expect_bad_input([&] { scan_image_folder(root); }, {"class folder name is not valid UTF-8", "c\\xff"});
+  test::expect_bad_input([&] { scan_image_folder(root); },
+                         {"class folder name is not valid UTF-8", "c\\xff"});
   fs::remove_all(root + "/c\xff");
   std::ofstream(dir.file("list.txt")) << "a/1.png\na/../../secret.png\n";
-  test::expect_bad_input([&] { read_split_list(root, dir.file("list.txt"), {"a", "b"}); }, {"line 2", "no '..'"});
+  test::expect_bad_input(
+      [&] {
+        read_split_list(root, dir.file("list.txt"), {"a", "b"});
+      },
+      {"line 2", "no '..'"});
 }
 
 /// A PNG chunk: length, type and data, CRC.
@@ -172,8 +183,8 @@ std::string him_chunk(const std::string& type_and_data) {
   };
   be32(static_cast<uint32_t>(type_and_data.size() - 4));
   out += type_and_data;
-  be32(static_cast<uint32_t>(
-      crc32(0, reinterpret_cast<const Bytef*>(type_and_data.data()), static_cast<uInt>(type_and_data.size()))));
+  be32(static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(type_and_data.data()),
+                                   static_cast<uInt>(type_and_data.size()))));
   return out;
 }
 
@@ -188,8 +199,9 @@ std::string him_png_header(uint32_t w, uint32_t h) {
 
 TEST(HostileImages, DecompressionBombsAreRefusedBeforeAllocating) {
   const std::string png = him_png_header(100000, 100000);  // 3e10 bytes of RGB from 33 bytes
-  test::expect_bad_input([&] { decode_image(reinterpret_cast<const uint8_t*>(png.data()), png.size(), "bomb.png"); },
-                         {"bomb.png", "100000x100000", "at most 178956970 pixels"});
+  test::expect_bad_input(
+      [&] { decode_image(reinterpret_cast<const uint8_t*>(png.data()), png.size(), "bomb.png"); },
+      {"bomb.png", "100000x100000", "at most 178956970 pixels"});
 }
 
 }  // namespace

@@ -35,7 +35,8 @@ TEST(Idx, ParsesBigEndianHeaderAndData) {
 }
 
 TEST(Idx, EncodeRoundTripsEveryType) {
-  for (auto dtype : {torch::kUInt8, torch::kInt8, torch::kInt16, torch::kInt32, torch::kFloat32, torch::kFloat64}) {
+  for (auto dtype :
+       {torch::kUInt8, torch::kInt8, torch::kInt16, torch::kInt32, torch::kFloat32, torch::kFloat64}) {
     const torch::Tensor t = (torch::arange(24, torch::kFloat64).view({2, 3, 4}) - 5).to(dtype);
     const IdxArray a = parse_idx(encode_idx(t), "x");
     EXPECT_TRUE(torch::equal(a.data, t)) << dtype;
@@ -83,7 +84,8 @@ TEST(Idx, ReadsDebianFashionMnist) {
   EXPECT_EQ(labels.dims, std::vector<int64_t>{10000});
   EXPECT_EQ(labels.data.max().item<int>(), 9);
   // Every class has exactly 1000 test images.
-  EXPECT_TRUE(torch::equal(torch::bincount(labels.data.to(torch::kInt64)), torch::full({10}, 1000, torch::kInt64)));
+  EXPECT_TRUE(
+      torch::equal(torch::bincount(labels.data.to(torch::kInt64)), torch::full({10}, 1000, torch::kInt64)));
 }
 
 }  // namespace

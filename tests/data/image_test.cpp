@@ -26,7 +26,7 @@ std::string img_tiny_folder(const std::string& root, int classes, int per_class)
       const auto* col = colours[c % 3];
       const std::string ext = i % 2 ? ".png" : ".jpg";
       test::write_image(cat(root, "/class", c, "/img", i, ext),
-                test::flat_image(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
+                        test::flat_image(40 + 3 * i, 48 - 2 * i, col[0], col[1], col[2]));
     }
   return root;
 }

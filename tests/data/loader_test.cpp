@@ -24,7 +24,8 @@ TEST(Loader, ShuffleSamplerReadsWholePermutationsBackToBack) {
     for (int64_t i : s.indices(b, 4)) seq.push_back(i);  // 20 samples = 2 epochs, batches span them
   EXPECT_EQ(std::set<int64_t>(seq.begin(), seq.begin() + 10).size(), 10u);
   EXPECT_EQ(std::set<int64_t>(seq.begin() + 10, seq.end()).size(), 10u);
-  EXPECT_NE(std::vector<int64_t>(seq.begin(), seq.begin() + 10), std::vector<int64_t>(seq.begin() + 10, seq.end()));
+  EXPECT_NE(std::vector<int64_t>(seq.begin(), seq.begin() + 10),
+            std::vector<int64_t>(seq.begin() + 10, seq.end()));
   ShuffleSampler again(10, 1);
   EXPECT_EQ(again.indices(3, 4), s.indices(3, 4));  // a pure function of the batch number
 }

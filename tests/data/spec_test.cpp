@@ -18,7 +18,8 @@ std::vector<std::tuple<int, int, int>> ids(const TensorDataset& d) {
 
 TEST(Spec, ParsesEveryKey) {
   const auto s = DatasetSpec::parse(
-      "fmnist:classes=2,4-6,9:per_class=10:val=0.2:test=rest:test_per_class=50:part=1/3:shift=rot90+invert+noise0.1:seed=7");
+      "fmnist:classes=2,4-6,9:per_class=10:val=0.2:test=rest:test_per_class=50:part=1/"
+      "3:shift=rot90+invert+noise0.1:seed=7");
   EXPECT_EQ(s.source, "fmnist");
   EXPECT_EQ(s.classes, (std::vector<int64_t>{2, 4, 5, 6, 9}));
   EXPECT_EQ(*s.per_class, 10);
@@ -33,10 +34,12 @@ TEST(Spec, ParsesEveryKey) {
 }
 
 TEST(Spec, ParseErrorsNameTheProblem) {
-  test::expect_bad_input([] { DatasetSpec::parse("cifar:classes=1"); }, {"unknown dataset 'cifar'", "fmnist, idx"});
+  test::expect_bad_input([] { DatasetSpec::parse("cifar:classes=1"); },
+                         {"unknown dataset 'cifar'", "fmnist, idx"});
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:colour=red"); },
                          {"unknown key 'colour'", "classes, per_class, val"});
-  test::expect_bad_input([] { DatasetSpec::parse("fmnist:classes=1,x"); }, {"classes expects an integer, got 'x'"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:classes=1,x"); },
+                         {"classes expects an integer, got 'x'"});
   // Found by tests/fuzz/spec_fuzz: a huge range used to be expanded until memory ran out.
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:classes=1-977777777774"); },
                          {"class range '1-977777777774' is implausibly large"});
@@ -46,10 +49,12 @@ TEST(Spec, ParseErrorsNameTheProblem) {
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:per_class=10:per_class=5"); }, {"given twice"});
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:part=3/3"); }, {"part 3/3 needs I < N"});
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:shift=blur"); }, {"unknown shift 'blur'"});
-  test::expect_bad_input([] { DatasetSpec::parse("fmnist:shift=noise2"); }, {"noise std must be in [0, 1], got 2"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:shift=noise2"); },
+                         {"noise std must be in [0, 1], got 2"});
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:test=val"); }, {"test must be file, rest or none"});
   test::expect_bad_input([] { DatasetSpec::parse("fmnist:seed="); }, {"seed has an empty value"});
-  test::expect_bad_input([] { DatasetSpec::parse("fmnist:perclass"); }, {"expected key=value, got 'perclass'"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:perclass"); },
+                         {"expected key=value, got 'perclass'"});
   test::expect_bad_input([] { DatasetSpec::parse("idx:classes=1"); }, {"idx needs dir=PATH"});
 }
 
@@ -87,11 +92,11 @@ TEST(Spec, FewShotValidationAndTestSplitsAreDisjointAndSeeded) {
 TEST(Spec, FractionCountRoundsHalfUpWithAtLeastOne) {
   EXPECT_EQ(fraction_count(0.15, 100), 15);
   EXPECT_EQ(fraction_count(0.15, 20), 3);
-  EXPECT_EQ(fraction_count(0.15, 10), 2);   // 1.5 rounds up
-  EXPECT_EQ(fraction_count(0.3, 5), 2);     // 1.5, although 0.3 x 5 is 1.4999999999999998 in binary
-  EXPECT_EQ(fraction_count(0.3, 29), 9);    // 8.7
-  EXPECT_EQ(fraction_count(0.5, 3), 2);     // 1.5
-  EXPECT_EQ(fraction_count(0.15, 3), 1);    // 0.45 would round to 0: at least 1
+  EXPECT_EQ(fraction_count(0.15, 10), 2);  // 1.5 rounds up
+  EXPECT_EQ(fraction_count(0.3, 5), 2);    // 1.5, although 0.3 x 5 is 1.4999999999999998 in binary
+  EXPECT_EQ(fraction_count(0.3, 29), 9);   // 8.7
+  EXPECT_EQ(fraction_count(0.5, 3), 2);    // 1.5
+  EXPECT_EQ(fraction_count(0.15, 3), 1);   // 0.45 would round to 0: at least 1
   EXPECT_EQ(fraction_count(0.01, 1), 1);
   EXPECT_EQ(fraction_count(1.0, 7), 7);
   EXPECT_EQ(fraction_count(0.5, 30), 15);
@@ -116,15 +121,16 @@ TEST(Spec, FractionKeepsThatShareOfEachClassSeededAndNested) {
   for (const char* f : {"0.15", "0.3", "0.5"}) {
     std::set<std::tuple<int, int, int>> now;
     for (const auto& id : ids(load_task(base + ":fraction=" + f, 4).train)) now.insert(id);
-    for (const auto& id : prev) EXPECT_TRUE(now.count(id)) << "fraction=" << f << " drops an example a smaller one kept";
+    for (const auto& id : prev)
+      EXPECT_TRUE(now.count(id)) << "fraction=" << f << " drops an example a smaller one kept";
     prev = now;
   }
   // per_class=N and fraction keep the same examples when they keep as many.
   EXPECT_EQ(ids(load_task(base + ":per_class=3", 4).train), ids(t.train));
   for (const char* bad : {"0", "1.5", "-0.2", "abc", "nan"})
-    test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=" + bad); },
-                           {std::string("fraction")});
-  test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=0"); }, {"fraction must be in (0, 1], got 0"});
+    test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=" + bad); }, {std::string("fraction")});
+  test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=0"); },
+                         {"fraction must be in (0, 1], got 0"});
   test::expect_bad_input([&] { DatasetSpec::parse(base + ":fraction=0.3:per_class=3"); },
                          {"give per_class= or fraction=, not both"});
 }
@@ -134,7 +140,8 @@ TEST(Spec, TestFileCapAndDisjointParts) {
   const std::string base = test::write_tiny_idx(dir.path(), 2, 12, 8);
   const Task capped = load_task(base + ":test_per_class=3", 0);
   EXPECT_EQ(capped.test.class_counts(), (std::vector<int64_t>{3, 3}));
-  for (const auto& id : ids(capped.test)) EXPECT_EQ(std::get<2>(id), 2) << "test images come from the test file";
+  for (const auto& id : ids(capped.test))
+    EXPECT_EQ(std::get<2>(id), 2) << "test images come from the test file";
   const Task a = load_task(base + ":part=0/2:seed=1", 0), b = load_task(base + ":part=1/2:seed=2", 0);
   EXPECT_EQ(a.train.size(), 12);
   std::set<std::tuple<int, int, int>> in_a;
@@ -148,12 +155,14 @@ TEST(Spec, LoadErrorsNameTheBadValue) {
   test::expect_bad_input([&] { load_task(base + ":classes=1,7", 0); }, {"unknown class 7", "classes 0-2"});
   test::expect_bad_input([&] { load_task(base + ":per_class=11", 0); },
                          {"per_class=11", "class 0 (0) has only 10 training examples"});
-  test::expect_bad_input([&] { load_task(base + ":per_class=8:val=3", 0); }, {"only 7 training examples after val=3"});
+  test::expect_bad_input([&] { load_task(base + ":per_class=8:val=3", 0); },
+                         {"only 7 training examples after val=3"});
   test::expect_bad_input([&] { load_task(base + ":val=10", 0); }, {"val=10 leaves no training examples"});
   test::expect_bad_input([&] { load_task(base + ":test=rest", 0); }, {"test split has no examples"});
   test::expect_bad_input([] { load_task("fmnist:dir=/nonexistent", 0); },
                          {"Fashion-MNIST file not found", "apt-get install dataset-fashion-mnist"});
-  test::expect_bad_input([] { load_task("idx:dir=/nonexistent", 0); }, {"file not found: /nonexistent/train-images"});
+  test::expect_bad_input([] { load_task("idx:dir=/nonexistent", 0); },
+                         {"file not found: /nonexistent/train-images"});
 }
 
 TEST(Spec, ShiftsTransformPixelsAsNamed) {
@@ -182,7 +191,8 @@ TEST(Spec, ShiftsTransformPixelsAsNamed) {
 TEST(Spec, EmbeddedFashionMnistTask) {
   XFER_REQUIRE_FMNIST();
   const Task t = load_task("fmnist:classes=2,4,6,7,9:per_class=10:seed=0", 0);
-  EXPECT_EQ(t.class_names(), (std::vector<std::string>{"Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"}));
+  EXPECT_EQ(t.class_names(),
+            (std::vector<std::string>{"Pullover", "Coat", "Shirt", "Sneaker", "Ankle boot"}));
   EXPECT_EQ(t.train.class_counts(), (std::vector<int64_t>(5, 10)));
   EXPECT_EQ(t.test.class_counts(), (std::vector<int64_t>(5, 1000)));
   EXPECT_EQ(t.val.size(), 0);

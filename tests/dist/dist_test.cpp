@@ -1,9 +1,9 @@
 // Data-parallel training on c10d/Gloo: real ranks on loopback, started by `xfer launch`, against one process.
 #include <arpa/inet.h>
-#include <csignal>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <filesystem>
 
@@ -66,9 +66,27 @@ std::vector<std::string> dist_tiny_finetune(const test::TempDir& dir, const std:
   fs::create_directories(dir.path() + "/src");
   test::pretrain_tiny_source(test::write_tiny_idx(dir.path() + "/src", 4, 10, 2), dir.file("source"));
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 16, 4) + ":val=2";
-  return {"finetune", "--method", method, "--init", dir.file("source"), "--target", spec, "--iterations", "6",
-          "--batch-size", "8", "--threads", "1", "--bn-stats", bn_stats, "--eval-every", "3", "--log-every", "1",
-          "--lr", "0.05"};
+  return {"finetune",
+          "--method",
+          method,
+          "--init",
+          dir.file("source"),
+          "--target",
+          spec,
+          "--iterations",
+          "6",
+          "--batch-size",
+          "8",
+          "--threads",
+          "1",
+          "--bn-stats",
+          bn_stats,
+          "--eval-every",
+          "3",
+          "--log-every",
+          "1",
+          "--lr",
+          "0.05"};
 }
 
 std::vector<std::string> dist_with(std::vector<std::string> args, const std::vector<std::string>& more) {
@@ -79,13 +97,15 @@ std::vector<std::string> dist_with(std::vector<std::string> args, const std::vec
 /// How many times `needle` occurs in `text`.
 int dist_count(const std::string& text, const std::string& needle) {
   int n = 0;
-  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  for (size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size()))
+    ++n;
   return n;
 }
 
 std::vector<std::string> dist_launch(int nproc, int port, const std::vector<std::string>& command) {
-  std::vector<std::string> args = {"launch", "--nproc", std::to_string(nproc), "--master-port", std::to_string(port),
-                                   "--timeout", "60", "--", "xfer"};
+  std::vector<std::string> args = {
+      "launch", "--nproc", std::to_string(nproc), "--master-port", std::to_string(port), "--timeout", "60",
+      "--",     "xfer"};
   args.insert(args.end(), command.begin(), command.end());
   return args;
 }
@@ -101,7 +121,8 @@ double dist_max_difference(const std::string& a, const std::string& b) {
     for (const auto& p : x) {
       if (!y.contains(p.key())) continue;
       ++compared;
-      worst = std::max(worst, (p.value().to(torch::kDouble) - y[p.key()].to(torch::kDouble)).abs().max().item<double>());
+      worst = std::max(
+          worst, (p.value().to(torch::kDouble) - y[p.key()].to(torch::kDouble)).abs().max().item<double>());
     }
   };
   compare(ma->named_parameters(), mb->named_parameters());
@@ -111,25 +132,30 @@ double dist_max_difference(const std::string& a, const std::string& b) {
 }
 
 /// One process runs `base`, two ranks `base` + `two_only`: the weights must agree.
-void dist_expect_same_weights(const test::TempDir& dir, const std::vector<std::string>& base, const std::string& method,
-                              const std::vector<std::string>& two_only = {}) {
+void dist_expect_same_weights(const test::TempDir& dir, const std::vector<std::string>& base,
+                              const std::string& method, const std::vector<std::string>& two_only = {}) {
   const DistRun one = dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}));
   ASSERT_EQ(one.code, 0) << one.err;
-  const DistRun two = dist_xfer(dir, "two", dist_launch(2, dist_free_port(),
-                                                        dist_with(base, dist_with(two_only, {"--out", dir.file("two")}))));
+  const DistRun two = dist_xfer(
+      dir, "two",
+      dist_launch(2, dist_free_port(), dist_with(base, dist_with(two_only, {"--out", dir.file("two")}))));
   ASSERT_EQ(two.code, 0) << two.err;
   // Same global batch, each rank half of it, gradients averaged: the same checkpoint up to float rounding
   // (the sums run in another order): weights, batch-norm statistics, optimizer momentum, method state,
   // generator and stream positions.
-  test::expect_same_checkpoint(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt"), method,
-                               kDistTolerance);
-  const double diff = dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt"));
+  test::expect_same_checkpoint(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt"),
+                               method, kDistTolerance);
+  const double diff =
+      dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt"));
   std::cerr << method << ": largest weight difference, 2 ranks vs 1 process: " << diff << "\n";
   // Moved at all: the runs are not trivially equal.
   if (fs::exists(dir.file("source"))) {
-    EXPECT_GT(dist_max_difference(dir.file("source/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")), 1e-3);
+    EXPECT_GT(
+        dist_max_difference(dir.file("source/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt")),
+        1e-3);
   }
-  const auto r1 = read_json_file(dir.file("one/result.json")), r2 = read_json_file(dir.file("two/result.json"));
+  const auto r1 = read_json_file(dir.file("one/result.json")),
+             r2 = read_json_file(dir.file("two/result.json"));
   EXPECT_EQ(r1["world_size"], 1);
   EXPECT_EQ(r2["world_size"], 2);
   EXPECT_TRUE(r2.contains("allreduce_share"));
@@ -182,7 +208,8 @@ TEST(Distributed, ShardsOfAnImageFolderAreCroppedAsInTheWholeBatch) {
   // and a partner row rebuilt by another rank, are the whole batch's rows.
   test::TempDir dir;
   for (int c = 0; c < 2; ++c)
-    for (int i = 0; i < 6; ++i) test::write_image(cat(dir.path(), "/c", c, "/", i, ".png"), test::ramp_image(20 + 3 * i, 30 - i));
+    for (int i = 0; i < 6; ++i)
+      test::write_image(cat(dir.path(), "/c", c, "/", i, ".png"), test::ramp_image(20 + 3 * i, 30 - i));
   const Task task = load_task("folder:dir=" + dir.path() + ":size=12:test=none", 0);
   LoaderOptions o;
   o.batch_size = 8;
@@ -209,7 +236,8 @@ TEST(Distributed, LaunchSetsTheVariablesAndNamesAFailingRank) {
   LaunchOptions o;
   o.nproc = 2;
   o.master_port = dist_free_port();
-  launch(o, {"sh", "-c", "test \"$WORLD_SIZE\" = 2 && test \"$LOCAL_RANK\" = \"$RANK\" && test -n \"$MASTER_PORT\""});
+  launch(o, {"sh", "-c",
+             "test \"$WORLD_SIZE\" = 2 && test \"$LOCAL_RANK\" = \"$RANK\" && test -n \"$MASTER_PORT\""});
   try {
     launch(o, {"sh", "-c", "if [ \"$RANK\" = 1 ]; then exit 3; fi; exec sleep 30"});
     ADD_FAILURE() << "launch should fail";
@@ -240,15 +268,19 @@ TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForL2) {
   const auto base = dist_tiny_finetune(dir, "l2", "batch");
   dist_expect_same_weights(dir, base, "l2 --bn-stats sync", {"--bn-stats", "sync"});
   // Not trivially so: with each rank's own statistics the weights drift apart.
-  const DistRun per_rank = dist_xfer(dir, "per-rank", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("per-rank")})));
+  const DistRun per_rank = dist_xfer(
+      dir, "per-rank", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("per-rank")})));
   ASSERT_EQ(per_rank.code, 0) << per_rank.err;
-  EXPECT_GT(dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("per-rank/checkpoints/last.pt")), 1e-3);
+  EXPECT_GT(
+      dist_max_difference(dir.file("one/checkpoints/last.pt"), dir.file("per-rank/checkpoints/last.pt")),
+      1e-3);
 }
 
 TEST(Distributed, SyncBatchNormMatchesOneProcessBatchNormForMixup) {
   XFER_REQUIRE_GLOO();
   test::TempDir dir;
-  dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup", "batch"), "mixup --bn-stats sync", {"--bn-stats", "sync"});
+  dist_expect_same_weights(dir, dist_tiny_finetune(dir, "mixup", "batch"), "mixup --bn-stats sync",
+                           {"--bn-stats", "sync"});
 }
 
 // Methods that pair or pool examples across the batch: the pairs (and the spectrum) are those of the global
@@ -258,16 +290,18 @@ TEST(Distributed, TwoRanksMatchOneProcessForManifoldMixupAtAHiddenLayer) {
   // Mixing layer1's maps: a partner's features live on the other rank and are gathered, with their gradient
   // sent back; sync batch norm so that the layers before the mix see the global batch too.
   test::TempDir dir;
-  dist_expect_same_weights(dir, dist_with(dist_tiny_finetune(dir, "manifold_mixup", "batch"), {"--layers", "layer1"}),
-                           "manifold_mixup --layers layer1", {"--bn-stats", "sync"});
+  dist_expect_same_weights(
+      dir, dist_with(dist_tiny_finetune(dir, "manifold_mixup", "batch"), {"--layers", "layer1"}),
+      "manifold_mixup --layers layer1", {"--bn-stats", "sync"});
 }
 
 TEST(Distributed, TwoRanksMatchOneProcessForSmile) {
   XFER_REQUIRE_GLOO();
-  // The mean teacher's maps and probabilities of the partners are gathered; L_FE's norm is the global batch's.
+  // The mean teacher's maps and probabilities of the partners are gathered; L_FE's norm is the global
+  // batch's.
   test::TempDir dir;
-  dist_expect_same_weights(dir, dist_with(dist_tiny_finetune(dir, "smile"), {"--gamma-fe", "1", "--gamma-fc", "1"}),
-                           "smile");
+  dist_expect_same_weights(
+      dir, dist_with(dist_tiny_finetune(dir, "smile"), {"--gamma-fe", "1", "--gamma-fc", "1"}), "smile");
 }
 
 TEST(Distributed, TwoRanksMatchOneProcessForBss) {
@@ -281,15 +315,35 @@ TEST(Distributed, TwoRanksMatchOneProcessForXMixup) {
   XFER_REQUIRE_GLOO();
   // Per-example mixing weights drawn over the global batch, with auxiliary source examples.
   test::TempDir dir;
-  const auto base = dist_with(dist_tiny_finetune(dir, "xmixup"), {"--source", "idx:dir=" + dir.path() + "/src"});
+  const auto base =
+      dist_with(dist_tiny_finetune(dir, "xmixup"), {"--source", "idx:dir=" + dir.path() + "/src"});
   dist_expect_same_weights(dir, base, "xmixup");
 }
 
 std::vector<std::string> dist_tiny_gradmix(const std::string& data) {
-  return {"finetune", "--method", "gradmix", "--target", data + ":classes=0-2:per_class=4:val=3",
-          "--sources", data + ":classes=0-2:shift=noise0.1;" + data + ":classes=3-4",
-          "--backbone", "cnn4:width=4", "--iterations", "6", "--batch-size", "8", "--threads", "1",
-          "--bn-stats", "frozen", "--eval-every", "3", "--log-every", "1", "--lr", "0.05"};
+  return {"finetune",
+          "--method",
+          "gradmix",
+          "--target",
+          data + ":classes=0-2:per_class=4:val=3",
+          "--sources",
+          data + ":classes=0-2:shift=noise0.1;" + data + ":classes=3-4",
+          "--backbone",
+          "cnn4:width=4",
+          "--iterations",
+          "6",
+          "--batch-size",
+          "8",
+          "--threads",
+          "1",
+          "--bn-stats",
+          "frozen",
+          "--eval-every",
+          "3",
+          "--log-every",
+          "1",
+          "--lr",
+          "0.05"};
 }
 
 TEST(Distributed, TwoRanksMatchOneProcessForGradMix) {
@@ -316,14 +370,18 @@ TEST(Distributed, MismatchedConfigIsRefused) {
   const auto base = dist_tiny_finetune(dir, "l2");
   const std::string port = std::to_string(dist_free_port());
   auto env = [&](int rank) {
-    return std::map<std::string, std::string>{{"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}, {"RANK", std::to_string(rank)},
-                                              {"WORLD_SIZE", "2"}, {"XFER_DIST_TIMEOUT", "60"}};
+    return std::map<std::string, std::string>{{"MASTER_ADDR", "127.0.0.1"},
+                                              {"MASTER_PORT", port},
+                                              {"RANK", std::to_string(rank)},
+                                              {"WORLD_SIZE", "2"},
+                                              {"XFER_DIST_TIMEOUT", "60"}};
   };
   // Two ranks started by hand, the second with another learning rate.
-  const pid_t r0 = spawn_process(dist_with({XFER_BINARY}, dist_with(base, {"--out", dir.file("run")})), dir.file("r0.out"),
-                                 dir.file("r0.err"), env(0));
-  const pid_t r1 = spawn_process(dist_with({XFER_BINARY}, dist_with(base, {"--out", dir.file("run"), "--lr", "0.1"})),
-                                 dir.file("r1.out"), dir.file("r1.err"), env(1));
+  const pid_t r0 = spawn_process(dist_with({XFER_BINARY}, dist_with(base, {"--out", dir.file("run")})),
+                                 dir.file("r0.out"), dir.file("r0.err"), env(0));
+  const pid_t r1 =
+      spawn_process(dist_with({XFER_BINARY}, dist_with(base, {"--out", dir.file("run"), "--lr", "0.1"})),
+                    dir.file("r1.out"), dir.file("r1.err"), env(1));
   const ExitStatus s0 = wait_process(r0), s1 = wait_process(r1);
   EXPECT_EQ(s0.code, 2);
   EXPECT_EQ(s1.code, 2);
@@ -339,11 +397,15 @@ TEST(Distributed, UnreachableMasterFailsAfterTheTimeout) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 4, 1);
   const std::string port = std::to_string(dist_free_port());
-  const DistRun r = dist_xfer(dir, "lonely",
-                              {"finetune", "--method", "scratch", "--target", spec, "--backbone", "cnn4:width=4",
-                               "--iterations", "2", "--batch-size", "4", "--threads", "1", "--out", dir.file("run")},
-                              {{"MASTER_ADDR", "127.0.0.1"}, {"MASTER_PORT", port}, {"RANK", "1"}, {"WORLD_SIZE", "2"},
-                               {"XFER_DIST_TIMEOUT", "2"}});
+  const DistRun r =
+      dist_xfer(dir, "lonely",
+                {"finetune", "--method", "scratch", "--target", spec, "--backbone", "cnn4:width=4",
+                 "--iterations", "2", "--batch-size", "4", "--threads", "1", "--out", dir.file("run")},
+                {{"MASTER_ADDR", "127.0.0.1"},
+                 {"MASTER_PORT", port},
+                 {"RANK", "1"},
+                 {"WORLD_SIZE", "2"},
+                 {"XFER_DIST_TIMEOUT", "2"}});
   EXPECT_EQ(r.code, 2);  // a one-line BadInput, no backtrace
   EXPECT_NE(r.err.find("cannot join the process group at 127.0.0.1:" + port), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("frame #"), std::string::npos) << r.err;
@@ -357,8 +419,9 @@ TEST(Distributed, ResumesAtAnotherWorldSizeAfterARankIsKilled) {
   const DistRun one = dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}));
   ASSERT_EQ(one.code, 0) << one.err;
   // Rank 1 dies at step 5: the launcher stops rank 0 and names rank 1; checkpoints/last.pt holds step 4.
-  const DistRun killed = dist_xfer(dir, "killed", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
-                                   {{"XFER_DIST_KILL_AT", "1:5"}});
+  const DistRun killed =
+      dist_xfer(dir, "killed", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
+                {{"XFER_DIST_KILL_AT", "1:5"}});
   EXPECT_NE(killed.code, 0);
   EXPECT_NE(killed.err.find("rank 1 of 2"), std::string::npos) << killed.err;
   EXPECT_NE(killed.err.find("signal 9"), std::string::npos) << killed.err;
@@ -375,20 +438,23 @@ TEST(Distributed, ASignalToOneRankStopsEveryRankAtTheSameStep) {
   XFER_REQUIRE_GLOO();
   test::TempDir dir;
   const auto base = dist_tiny_finetune(dir, "l2");
-  const DistRun whole = dist_xfer(dir, "whole", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("whole")})));
+  const DistRun whole = dist_xfer(
+      dir, "whole", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("whole")})));
   ASSERT_EQ(whole.code, 0) << whole.err;
   // Only rank 1 gets SIGTERM, after step 3 was agreed: both ranks learn of it when they agree on step 4, and
   // both checkpoint and stop there (rank 1 alone would stop, and rank 0 wait in step 5's all-reduce).
-  const DistRun stopped = dist_xfer(dir, "stopped", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
-                                    {{"XFER_DIST_TERM_AT", "1:3"}});
+  const DistRun stopped =
+      dist_xfer(dir, "stopped", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
+                {{"XFER_DIST_TERM_AT", "1:3"}});
   EXPECT_EQ(stopped.code, 128 + SIGTERM) << stopped.err;
   EXPECT_NE(stopped.err.find("the ranks stopped together"), std::string::npos) << stopped.err;
   EXPECT_EQ(dist_count(stopped.err, "interrupted: training at step 4 of 6"), 2) << stopped.err;
   EXPECT_EQ(CheckpointReader(dir.file("two/checkpoints/last.pt")).meta()["step"], 4);
   EXPECT_FALSE(fs::exists(dir.file("two/result.json")));
   // Resumed by both ranks: bit for bit the run that was never interrupted.
-  const DistRun resumed = dist_xfer(dir, "resumed", dist_launch(2, dist_free_port(),
-                                                                dist_with(base, {"--out", dir.file("two"), "--resume"})));
+  const DistRun resumed =
+      dist_xfer(dir, "resumed",
+                dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two"), "--resume"})));
   ASSERT_EQ(resumed.code, 0) << resumed.err;
   test::expect_same_checkpoint(dir.file("whole/checkpoints/last.pt"), dir.file("two/checkpoints/last.pt"),
                                "stopped by a signal and resumed");
@@ -399,14 +465,17 @@ TEST(Distributed, ANonFiniteLossOnOneRankIsSkippedByEveryRank) {
   test::TempDir dir;
   const auto base = dist_with(dist_tiny_finetune(dir, "l2"), {"--on-nan", "skip"});
   // The same batch goes bad: in one process, and in rank 1's half of it.
-  const DistRun one = dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}), {{"XFER_DIST_NAN_AT", "0:2"}});
+  const DistRun one =
+      dist_xfer(dir, "one", dist_with(base, {"--out", dir.file("one")}), {{"XFER_DIST_NAN_AT", "0:2"}});
   ASSERT_EQ(one.code, 0) << one.err;
-  const DistRun two = dist_xfer(dir, "two", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
-                                {{"XFER_DIST_NAN_AT", "1:2"}});
+  const DistRun two =
+      dist_xfer(dir, "two", dist_launch(2, dist_free_port(), dist_with(base, {"--out", dir.file("two")})),
+                {{"XFER_DIST_NAN_AT", "1:2"}});
   ASSERT_EQ(two.code, 0) << two.err;
   EXPECT_EQ(dist_count(two.err, "skipping the batch"), 2) << two.err;
   EXPECT_NE(two.err.find("the loss is nan at step 2"), std::string::npos) << two.err;  // rank 1
-  EXPECT_NE(two.err.find("the loss of rank 1 is not finite at step 2; skipping"), std::string::npos) << two.err;
+  EXPECT_NE(two.err.find("the loss of rank 1 is not finite at step 2; skipping"), std::string::npos)
+      << two.err;
   EXPECT_EQ(read_json_file(dir.file("one/result.json"))["skipped_steps"], 1);
   EXPECT_EQ(read_json_file(dir.file("two/result.json"))["skipped_steps"], 1);
   // Both ranks dropped the same update, as the one process did.

@@ -87,7 +87,8 @@ TEST(Store, BindsTheMasterAddressOnlySoLoopbackStaysLoopback) {
     if (fd >= 0) ::close(fd);
   }
   ::freeifaddrs(list);
-  if (tried == 0) std::cout << "[ note ] no non-loopback IPv4 address here: only the bound address was checked\n";
+  if (tried == 0)
+    std::cout << "[ note ] no non-loopback IPv4 address here: only the bound address was checked\n";
 }
 
 TEST(Store, DeclaredLengthsAreBoundedBeforeAnythingIsAllocated) {
@@ -148,7 +149,8 @@ TEST(Store, AnUnreachableMasterIsOneLineAfterTheTimeout) {
     ADD_FAILURE() << "expected BadInput";
   } catch (const BadInput& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find("cannot reach the master at 127.0.0.1:" + std::to_string(port)), std::string::npos) << what;
+    EXPECT_NE(what.find("cannot reach the master at 127.0.0.1:" + std::to_string(port)), std::string::npos)
+        << what;
     EXPECT_EQ(what.find('\n'), std::string::npos) << what;
   }
 }

@@ -7,8 +7,8 @@
 
 #include "fuzz_support.h"
 #include "xfer/core/io.h"
-#include "xfer/train/checkpoint.h"
 #include "xfer/optim/optim.h"
+#include "xfer/train/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/xfer_checkpoint_fuzz_" + std::to_string(::getpid()) + ".pt";
@@ -23,8 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       xfer::OptimizerOptions opts;
       const bool adam = ck.read("optimizer").has("kind") && ck.read("optimizer").read_text("kind") == "adam";
       opts.optimizer = adam ? xfer::OptimizerKind::adam : xfer::OptimizerKind::sgd;
-      // Groups of the sizes the file states (as the Trainer's backbone/head groups), so that the per-parameter
-      // entries are reached rather than refused at the first group.
+      // Groups of the sizes the file states (as the Trainer's backbone/head groups), so that the
+      // per-parameter entries are reached rather than refused at the first group.
       const xfer::Archive state = ck.read("optimizer");
       const auto params = model->parameters();
       std::vector<xfer::ParamGroup> groups;

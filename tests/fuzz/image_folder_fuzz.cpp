@@ -29,16 +29,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const fs::path cls = top / names[arg & 3];
       const fs::path at = (op & 4) ? cls / "sub" : cls;
       switch (op & 3) {
-        case 0: fs::create_directories(at, ec); break;
+        case 0:
+          fs::create_directories(at, ec);
+          break;
         case 1:
           fs::create_directories(at, ec);
           std::ofstream(at / (std::string(names[(arg >> 2) & 3]) + ".png")) << "png";
           break;
         case 2:
           fs::create_directories(at, ec);
-          fs::create_directory_symlink(targets[(arg >> 2) & 7], at / ("l" + std::string(names[(arg >> 5) & 3])), ec);
+          fs::create_directory_symlink(targets[(arg >> 2) & 7],
+                                       at / ("l" + std::string(names[(arg >> 5) & 3])), ec);
           break;
-        case 3: fs::create_directory_symlink(targets[(arg >> 2) & 7], top / ("L" + std::to_string(arg >> 5)), ec); break;
+        case 3:
+          fs::create_directory_symlink(targets[(arg >> 2) & 7], top / ("L" + std::to_string(arg >> 5)), ec);
+          break;
       }
     }
     const xfer::FolderScan scan = xfer::scan_image_folder(top.string());

@@ -25,15 +25,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         xfer::read_config(j, opts, method.get(), "fuzz.json");
         break;
       }
-      case 1: (void)xfer::parse_suite(j, "fuzz"); break;
-      case 2: (void)xfer::Pairing::from_json(j, "fuzz.json"); break;
-      case 3: (void)xfer::ImportanceWeights::from_json(j, "fuzz.json"); break;
+      case 1:
+        (void)xfer::parse_suite(j, "fuzz");
+        break;
+      case 2:
+        (void)xfer::Pairing::from_json(j, "fuzz.json");
+        break;
+      case 3:
+        (void)xfer::ImportanceWeights::from_json(j, "fuzz.json");
+        break;
       case 4: {
         const xfer::SearchSpace space = xfer::SearchSpace::from_json(j);
         (void)space;
         break;
       }
-      default: (void)xfer::Arch::from_json(j); break;
+      default:
+        (void)xfer::Arch::from_json(j);
+        break;
     }
   });
 }

@@ -14,9 +14,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       xfer::check_pickle(rest, "fuzz");
       return;
     }
-    const std::string file = bytes[0] == 1 ? xfer::fuzz::stored_zip({{"archive/data.pkl", rest},
-                                                                      {"archive/data/0", std::string(64, '\x01')}})
-                                           : rest;
+    const std::string file = bytes[0] == 1
+                                 ? xfer::fuzz::stored_zip({{"archive/data.pkl", rest},
+                                                           {"archive/data/0", std::string(64, '\x01')}})
+                                 : rest;
     const auto tensors = xfer::read_torch_state_dict(file, "fuzz");
     for (const auto& [name, t] : tensors) (void)t.sum();  // every element is read: ASan sees any stray one
   });

@@ -17,7 +17,8 @@ inline std::string stored_zip(const std::vector<std::pair<std::string, std::stri
   };
   std::string out, directory;
   for (const auto& [name, data] : entries) {
-    const uint32_t crc = static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+    const uint32_t crc = static_cast<uint32_t>(
+        crc32(0, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
     const uint64_t offset = out.size();
     le(out, 0x04034b50, 4), le(out, 20, 2), le(out, 0, 2), le(out, 0, 2), le(out, 0, 4), le(out, crc, 4);
     le(out, data.size(), 4), le(out, data.size(), 4), le(out, name.size(), 2), le(out, 0, 2);
@@ -30,7 +31,8 @@ inline std::string stored_zip(const std::vector<std::pair<std::string, std::stri
   }
   const uint64_t at = out.size();
   out += directory;
-  le(out, 0x06054b50, 4), le(out, 0, 2), le(out, 0, 2), le(out, entries.size(), 2), le(out, entries.size(), 2);
+  le(out, 0x06054b50, 4), le(out, 0, 2), le(out, 0, 2), le(out, entries.size(), 2),
+      le(out, entries.size(), 2);
   le(out, directory.size(), 4), le(out, at, 4), le(out, 0, 2);
   return out;
 }

@@ -1,4 +1,5 @@
-// The baselines' loss terms against Debian's python3-torch (tests/golden/make_baselines_golden.py), rtol 1e-5.
+// The baselines' loss terms against Debian's python3-torch (tests/golden/make_baselines_golden.py), rtol
+// 1e-5.
 #include <nlohmann/json.hpp>
 
 #include "support.h"
@@ -24,8 +25,10 @@ torch::Tensor baselines_golden_labels(const nlohmann::json& values) {
   return torch::tensor(values.get<std::vector<int64_t>>(), torch::kInt64);
 }
 
-void baselines_expect_close(const torch::Tensor& got, const nlohmann::json& expected, const std::string& what) {
-  const auto want = expected.is_array() ? expected.get<std::vector<double>>() : std::vector<double>{expected.get<double>()};
+void baselines_expect_close(const torch::Tensor& got, const nlohmann::json& expected,
+                            const std::string& what) {
+  const auto want =
+      expected.is_array() ? expected.get<std::vector<double>>() : std::vector<double>{expected.get<double>()};
   const torch::Tensor g = got.detach().to(torch::kFloat64).flatten();
   ASSERT_EQ(g.numel(), static_cast<int64_t>(want.size())) << what;
   for (size_t i = 0; i < want.size(); ++i)
@@ -65,11 +68,13 @@ TEST(BaselinesGolden, DeltaAttentionAndPenaltyMatchTheAuthorsCode) {
     maps0.push_back(baselines_golden_tensor(g["maps0"][l], shape));
     const torch::Tensor rises = baselines_golden_tensor(g["rises"][l], {shape[1]});
     attention.push_back(delta_attention_weights(rises, g["temperature"].get<double>()).to(torch::kFloat64));
-    baselines_expect_close(attention.back(), g["attention"][l], "delta attention of layer " + std::to_string(l));
+    baselines_expect_close(attention.back(), g["attention"][l],
+                           "delta attention of layer " + std::to_string(l));
     uniform.push_back(torch::full({shape[1]}, 1.0 / static_cast<double>(shape[1]), torch::kFloat64));
   }
   baselines_expect_close(delta_penalty(maps, maps0, attention), g["penalty"], "delta penalty");
-  baselines_expect_close(delta_penalty(maps, maps0, uniform), g["penalty_uniform"], "delta penalty without attention");
+  baselines_expect_close(delta_penalty(maps, maps0, uniform), g["penalty_uniform"],
+                         "delta penalty without attention");
 }
 
 TEST(BaselinesGolden, CoTuningRelationshipAndLossMatchTllib) {
@@ -80,8 +85,8 @@ TEST(BaselinesGolden, CoTuningRelationshipAndLossMatchTllib) {
   const torch::Tensor probs = torch::softmax(baselines_golden_tensor(g["source_logits"], {n, ks}), 1);
   const torch::Tensor rel = cotuning_relationship(probs, labels, kt);
   baselines_expect_close(rel, g["relationship"], "cotuning relationship");
-  baselines_expect_close(cotuning_penalty(baselines_golden_tensor(g["head_logits"], {n, ks}), labels, rel), g["penalty"],
-               "cotuning penalty");
+  baselines_expect_close(cotuning_penalty(baselines_golden_tensor(g["head_logits"], {n, ks}), labels, rel),
+                         g["penalty"], "cotuning penalty");
 }
 
 TEST(BaselinesGolden, MixupMatchesSmilesCode) {
@@ -91,18 +96,22 @@ TEST(BaselinesGolden, MixupMatchesSmilesCode) {
   d.lambda = g["lambda"].get<double>();
   d.perm = baselines_golden_labels(g["perm"]);
   const torch::Tensor y = baselines_golden_labels(g["labels"]);
-  baselines_expect_close(mix_with_partners(baselines_golden_tensor(g["x"], shape), d), g["mixed_x"], "mixed images");
-  baselines_expect_close(mixup_loss(baselines_golden_tensor(g["logits"], {y.size(0), 4}), y, d), g["loss"], "mixup loss");
+  baselines_expect_close(mix_with_partners(baselines_golden_tensor(g["x"], shape), d), g["mixed_x"],
+                         "mixed images");
+  baselines_expect_close(mixup_loss(baselines_golden_tensor(g["logits"], {y.size(0), 4}), y, d), g["loss"],
+                         "mixup loss");
 }
 
 TEST(BaselinesGolden, CutMixBoxesImagesAndLossMatchTheReference) {
   const auto& g = baselines_golden()["cutmix"];
   const int64_t h = g["height"].get<int64_t>(), w = g["width"].get<int64_t>();
-  const torch::Tensor images = baselines_golden_tensor(g["images"], g["images_shape"].get<std::vector<int64_t>>());
+  const torch::Tensor images =
+      baselines_golden_tensor(g["images"], g["images_shape"].get<std::vector<int64_t>>());
   const torch::Tensor y = baselines_golden_labels(g["labels"]);
   const torch::Tensor logits = baselines_golden_tensor(g["logits"], {y.size(0), 3});
   for (const auto& c : g["boxes"]) {
-    const CutMixBox box = cutmix_box(h, w, c["lambda"].get<double>(), c["cy"].get<int64_t>(), c["cx"].get<int64_t>());
+    const CutMixBox box =
+        cutmix_box(h, w, c["lambda"].get<double>(), c["cy"].get<int64_t>(), c["cx"].get<int64_t>());
     const auto want = c["box"].get<std::vector<int64_t>>();
     EXPECT_EQ((std::vector<int64_t>{box.y1, box.y2, box.x1, box.x2}), want) << c.dump().substr(0, 60);
     MixupDraw d;

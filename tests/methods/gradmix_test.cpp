@@ -22,9 +22,9 @@
 #include "xfer/source/mixing_weights.h"
 #include "xfer/source/pseudo_labels.h"
 #include "xfer/train/checkpoint.h"
+#include "xfer/train/trainer.h"
 #include "xfer/workflows/gradmix_pipeline.h"
 #include "xfer/workflows/run.h"
-#include "xfer/train/trainer.h"
 
 namespace fs = std::filesystem;
 
@@ -101,7 +101,8 @@ struct GradMixStepRig {
 };
 
 /// Each source's backbone gradient on batch `b` of its stream, recomputed by hand.
-std::vector<std::vector<torch::Tensor>> gradmix_source_grads(GradMixStepRig& rig, const GradMixTiny& t, int64_t b) {
+std::vector<std::vector<torch::Tensor>> gradmix_source_grads(GradMixStepRig& rig, const GradMixTiny& t,
+                                                             int64_t b) {
   const std::vector<std::string> specs = {t.data + ":classes=0-2:shift=noise0.1", t.data + ":classes=3-4"};
   const std::vector<std::string> heads = {"target", "s1"};
   std::vector<std::vector<torch::Tensor>> out;
@@ -139,14 +140,24 @@ double gradmix_test_cos(const torch::Tensor& a, const torch::Tensor& b) {
 TEST(GradMix, Cnn4HasFourLayersEachAConvolutionWithItsBatchNorm) {
   GradMixTiny t;
   GradMixStepRig rig(t, GradMixMethod::Options{});
-  EXPECT_EQ(rig.method->layer_names(), (std::vector<std::string>{"layer1.0", "layer2.0", "layer3.0", "layer4.0"}));
+  EXPECT_EQ(rig.method->layer_names(),
+            (std::vector<std::string>{"layer1.0", "layer2.0", "layer3.0", "layer4.0"}));
   EXPECT_EQ(rig.method->weights().size(), 4u);
   // ResNet blocks register conv1, conv2, bn1, bn2 in that order; each batch norm joins its own
   // convolution by name, a downsample's batch norm its downsample convolution.
-  const std::vector<std::string> names = {"conv1.weight", "bn1.weight", "bn1.bias", "layer1.0.conv1.weight",
-                                          "layer1.0.conv2.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias",
-                                          "layer1.0.bn2.weight", "layer1.0.bn2.bias", "layer1.0.downsample.0.weight",
-                                          "layer1.0.downsample.1.weight", "layer1.0.downsample.1.bias", "fc.weight",
+  const std::vector<std::string> names = {"conv1.weight",
+                                          "bn1.weight",
+                                          "bn1.bias",
+                                          "layer1.0.conv1.weight",
+                                          "layer1.0.conv2.weight",
+                                          "layer1.0.bn1.weight",
+                                          "layer1.0.bn1.bias",
+                                          "layer1.0.bn2.weight",
+                                          "layer1.0.bn2.bias",
+                                          "layer1.0.downsample.0.weight",
+                                          "layer1.0.downsample.1.weight",
+                                          "layer1.0.downsample.1.bias",
+                                          "fc.weight",
                                           "fc.bias"};
   const std::vector<int64_t> dims = {4, 1, 1, 4, 4, 1, 1, 1, 1, 4, 1, 1, 2, 1};
   const auto layers = gradmix_layers(names, dims);
@@ -250,7 +261,8 @@ TEST(GradMix, AStepWithEtaZeroLeavesTheBackbonesMomentumBufferUnchangedByThatBat
   for (const auto& gr : groups) all.insert(all.end(), gr.params.begin(), gr.params.end());
   {
     torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < all.size(); ++i) all[i].mutable_grad() = torch::full_like(all[i], 0.01 * (1 + i % 3));
+    for (size_t i = 0; i < all.size(); ++i)
+      all[i].mutable_grad() = torch::full_like(all[i], 0.01 * (1 + i % 3));
   }
   opt->step();
   std::vector<torch::Tensor> before;
@@ -261,10 +273,12 @@ TEST(GradMix, AStepWithEtaZeroLeavesTheBackbonesMomentumBufferUnchangedByThatBat
   const auto backbone = rig.model->backbone->parameters();
   size_t checked = 0, moved = 0;
   for (size_t i = 0; i < all.size(); ++i) {
-    const bool in_backbone = std::any_of(backbone.begin(), backbone.end(), [&](const torch::Tensor& b) { return b.is_same(all[i]); });
+    const bool in_backbone = std::any_of(backbone.begin(), backbone.end(),
+                                         [&](const torch::Tensor& b) { return b.is_same(all[i]); });
     const torch::Tensor now = gradmix_momentum(*opt, all[i]);
     if (in_backbone) {
-      EXPECT_TRUE(torch::allclose(now, before[i] * 0.9, 0, 0)) << "backbone parameter " << i;  // buf = 0.9 buf + 0
+      EXPECT_TRUE(torch::allclose(now, before[i] * 0.9, 0, 0))
+          << "backbone parameter " << i;  // buf = 0.9 buf + 0
       ++checked;
     } else {
       moved += !torch::allclose(now, before[i] * 0.9);  // the heads take their gradient unscaled
@@ -433,21 +447,30 @@ TEST(GradMix, RefusesBadInput) {
   // No source shares the target's label space.
   RunOptions o = gradmix_tiny_run(t, "gradmix", out.file("a"));
   o.overwrite = true;
-  test::expect_bad_input([&] { gradmix_tiny_finetune(o, {{"sources", t.data + ":classes=3-4"}}); },
-                         {"no source shares the target's label space", "0,1,2", "3,4", "--shared-sources"});
+  test::expect_bad_input(
+      [&] {
+        gradmix_tiny_finetune(o, {{"sources", t.data + ":classes=3-4"}});
+      },
+      {"no source shares the target's label space", "0,1,2", "3,4", "--shared-sources"});
   // No sources at all.
   test::expect_bad_input([&] { gradmix_tiny_finetune(o, nlohmann::json::object()); }, {"--sources"});
   // A source whose images have another shape (10x10 against 8x8).
   const std::string other = out.file("other");
   make_dirs(other);
   write_file_atomic(other + "/train-images-idx3-ubyte", encode_idx(torch::zeros({6, 10, 10}, torch::kUInt8)));
-  write_file_atomic(other + "/train-labels-idx1-ubyte", encode_idx(torch::tensor({0, 1, 2, 0, 1, 2}).to(torch::kUInt8)));
+  write_file_atomic(other + "/train-labels-idx1-ubyte",
+                    encode_idx(torch::tensor({0, 1, 2, 0, 1, 2}).to(torch::kUInt8)));
   test::expect_bad_input(
-      [&] { gradmix_tiny_finetune(o, {{"sources", t.sources + ";idx:dir=" + other + ":test=none"}}); },
+      [&] {
+        gradmix_tiny_finetune(o, {{"sources", t.sources + ";idx:dir=" + other + ":test=none"}});
+      },
       {"source 2", "1x10x10", "1x8x8"});
   // --shared-sources out of range.
-  test::expect_bad_input([&] { gradmix_tiny_finetune(o, {{"sources", t.sources}, {"shared_sources", "5"}}); },
-                         {"--shared-sources 5", "only 2 sources"});
+  test::expect_bad_input(
+      [&] {
+        gradmix_tiny_finetune(o, {{"sources", t.sources}, {"shared_sources", "5"}});
+      },
+      {"--shared-sources 5", "only 2 sources"});
   // beta, gamma, the pseudo-label threshold.
   GradMixMethod::Options bad;
   bad.beta = 0;
@@ -793,7 +816,7 @@ TEST(GradMix, MixMatchsUnlabelledWeightRampsUpLinearlyOverItsFractionOfTheRun) {
   EXPECT_DOUBLE_EQ(o.mixmatch_weight, 100);
   EXPECT_DOUBLE_EQ(o.mixmatch_rampup, 1.0 / 64);
   EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 0, 6400), 0.0);
-  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 25, 6400), 25.0);   // a quarter of the 100 ramp steps
+  EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 25, 6400), 25.0);  // a quarter of the 100 ramp steps
   EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 100, 6400), 100.0);
   EXPECT_DOUBLE_EQ(mixmatch_unlabelled_weight(o, 5000, 6400), 100.0);
   o.mixmatch_rampup = 0;  // no ramp-up

@@ -18,7 +18,8 @@ TEST(Losses, SoftCrossEntropyOfUniformLogitsIsLogK) {
 
 TEST(Losses, MixedCrossEntropyWeighsBothLabels) {
   const torch::Tensor z = torch::randn({4, 3});
-  const torch::Tensor a = torch::tensor({0, 1, 2, 0}, torch::kInt64), b = torch::tensor({1, 1, 0, 2}, torch::kInt64);
+  const torch::Tensor a = torch::tensor({0, 1, 2, 0}, torch::kInt64),
+                      b = torch::tensor({1, 1, 0, 2}, torch::kInt64);
   const double expected = 0.3 * cross_entropy(z, a).item<double>() + 0.7 * cross_entropy(z, b).item<double>();
   EXPECT_NEAR(mixed_cross_entropy(z, a, b, 0.3).item<double>(), expected, 1e-6);
   // A per-example lambda of constant 0.3 gives the same.
@@ -27,8 +28,8 @@ TEST(Losses, MixedCrossEntropyWeighsBothLabels) {
   const torch::Tensor lam = torch::tensor({1.0, 0.0, 0.0, 0.0});
   const torch::Tensor ce_a = cross_entropy(z.slice(0, 0, 1), a.slice(0, 0, 1));
   const torch::Tensor ce_b = cross_entropy(z.slice(0, 1, 4), b.slice(0, 1, 4));
-  EXPECT_NEAR(mixed_cross_entropy(z, a, b, lam).item<double>(), (ce_a.item<double>() + 3 * ce_b.item<double>()) / 4,
-              1e-6);
+  EXPECT_NEAR(mixed_cross_entropy(z, a, b, lam).item<double>(),
+              (ce_a.item<double>() + 3 * ce_b.item<double>()) / 4, 1e-6);
 }
 
 TEST(Losses, MixBroadcastsPerExampleWeights) {

@@ -50,7 +50,8 @@ class MethodHarness {
     if (source) copy_state(*source, *model_, "backbone.");
     loader_.batch_size = batch_size;
     loader_.prefetch = false;
-    batches_.add("target", std::make_unique<BatchStream>(task.train, arch.input, loader_, derive_seed(seed, "target")));
+    batches_.add("target",
+                 std::make_unique<BatchStream>(task.train, arch.input, loader_, derive_seed(seed, "target")));
     auto config = methods().get(method).make_config();
     Fields f;
     config->fields(f);

@@ -1,12 +1,14 @@
 // mixup, manifold mixup and CutMix: draws, boxes, the loss each step computes, bad input.
+#include "xfer/methods/mixup.h"
 #include "method_harness.h"
 #include "support.h"
-#include "xfer/methods/mixup.h"
 
 namespace xfer {
 namespace {
 
-Task mixup_task(const test::TempDir& dir) { return load_task(test::write_tiny_idx(dir.path(), 3, 12, 2), 0); }
+Task mixup_task(const test::TempDir& dir) {
+  return load_task(test::write_tiny_idx(dir.path(), 3, 12, 2), 0);
+}
 
 TEST(Mixup, CutMixBoxHasTheAreaOfOneMinusLambdaAndIsClipped) {
   // lambda 0.75: side sqrt(0.25) = 1/2 of each dimension.
@@ -31,8 +33,10 @@ TEST(Mixup, CutMixImagesPasteOnlyTheBoxFromThePartner) {
   const CutMixBox box{1, 3, 0, 2};
   const torch::Tensor out = cutmix_images(x, perm, box);
   using torch::indexing::Slice;
-  EXPECT_TRUE(torch::equal(out.index({0, Slice(), Slice(1, 3), Slice(0, 2)}), x.index({1, Slice(), Slice(1, 3), Slice(0, 2)})));
-  EXPECT_TRUE(torch::equal(out.index({1, Slice(), Slice(1, 3), Slice(0, 2)}), x.index({0, Slice(), Slice(1, 3), Slice(0, 2)})));
+  EXPECT_TRUE(torch::equal(out.index({0, Slice(), Slice(1, 3), Slice(0, 2)}),
+                           x.index({1, Slice(), Slice(1, 3), Slice(0, 2)})));
+  EXPECT_TRUE(torch::equal(out.index({1, Slice(), Slice(1, 3), Slice(0, 2)}),
+                           x.index({0, Slice(), Slice(1, 3), Slice(0, 2)})));
   const torch::Tensor changed = (out != x).to(torch::kInt64).sum();
   EXPECT_EQ(changed.item<int64_t>(), 2 * box.area());
 }
@@ -88,15 +92,19 @@ TEST(Mixup, ManifoldMixupMixesTheChosenStage) {
   auto [batch, rng] = mixup_replay(task, before, 6);
   EXPECT_EQ(sample_index(rng, 1), 0);  // the layer draw
   const MixupDraw d = draw_mixup(rng, 8, 2.0, false);
-  const Features f = before->backbone->forward_features(batch.x, [&](const std::string& s, const torch::Tensor& out) {
-    return s == "layer2" ? d.lambda * out + (1 - d.lambda) * out.index_select(0, d.perm) : out;
-  });
+  const Features f =
+      before->backbone->forward_features(batch.x, [&](const std::string& s, const torch::Tensor& out) {
+        return s == "layer2" ? d.lambda * out + (1 - d.lambda) * out.index_select(0, d.perm) : out;
+      });
   const torch::Tensor z = before->head("target")->forward(f.pooled);
   const double expected = d.lambda * cross_entropy(z, batch.y).item<double>() +
                           (1 - d.lambda) * cross_entropy(z, batch.y.index_select(0, d.perm)).item<double>();
   EXPECT_NEAR(h.step().total.item<double>(), expected, 1e-5);
-  test::expect_bad_input([&] { test::MethodHarness bad("manifold_mixup", task, nullptr, 0, 5, {{"layers", "input,conv9"}}); },
-                         {"--layers", "no stage 'conv9'", "valid: input, layer1"});
+  test::expect_bad_input(
+      [&] {
+        test::MethodHarness bad("manifold_mixup", task, nullptr, 0, 5, {{"layers", "input,conv9"}});
+      },
+      {"--layers", "no stage 'conv9'", "valid: input, layer1"});
 }
 
 TEST(Mixup, CutMixMixesAboutHalfTheBatchesByTheBoxArea) {
@@ -118,7 +126,8 @@ TEST(Mixup, CutMixMixesAboutHalfTheBatchesByTheBoxArea) {
   const int64_t cy = sample_index(rng, 8), cx = sample_index(rng, 8);
   const CutMixBox box = cutmix_box(8, 8, d.lambda, cy, cx);
   d.lambda = cutmix_lambda(box, 8, 8);
-  const double expected = mixup_loss(before->forward(cutmix_images(batch.x, d.perm, box), "target"), batch.y, d).item<double>();
+  const double expected =
+      mixup_loss(before->forward(cutmix_images(batch.x, d.perm, box), "target"), batch.y, d).item<double>();
   EXPECT_NEAR(always.step().total.item<double>(), expected, 1e-5);
 }
 
@@ -126,13 +135,22 @@ TEST(Mixup, AlphaMustBePositive) {
   test::TempDir dir;
   const Task task = mixup_task(dir);
   for (const char* m : {"mixup", "manifold_mixup", "cutmix"}) {
-    test::expect_bad_input([&] { test::MethodHarness h(m, task, nullptr, 0, 5, {{"alpha", "0"}}); },
-                           {"--alpha must be > 0, got 0"});
-    test::expect_bad_input([&] { test::MethodHarness h(m, task, nullptr, 0, 5, {{"alpha", "-1"}}); },
-                           {"--alpha", "-1"});
+    test::expect_bad_input(
+        [&] {
+          test::MethodHarness h(m, task, nullptr, 0, 5, {{"alpha", "0"}});
+        },
+        {"--alpha must be > 0, got 0"});
+    test::expect_bad_input(
+        [&] {
+          test::MethodHarness h(m, task, nullptr, 0, 5, {{"alpha", "-1"}});
+        },
+        {"--alpha", "-1"});
   }
-  test::expect_bad_input([&] { test::MethodHarness h("cutmix", task, nullptr, 0, 5, {{"prob", "1.5"}}); },
-                         {"--prob", "1.5"});
+  test::expect_bad_input(
+      [&] {
+        test::MethodHarness h("cutmix", task, nullptr, 0, 5, {{"prob", "1.5"}});
+      },
+      {"--prob", "1.5"});
 }
 
 }  // namespace

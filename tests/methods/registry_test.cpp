@@ -50,8 +50,10 @@ RunOptions registry_run(const MethodInfo& info, const std::string& out) {
   o.trainer.checkpoint_every = 4;
   o.trainer.log_every = 2;
   o.loader.batch_size = 8;
-  if (info.allows_init) o.init = d.init;
-  else o.backbone = "cnn4:width=4";
+  if (info.allows_init)
+    o.init = d.init;
+  else
+    o.backbone = "cnn4:width=4";
   if (info.needs_source) o.source = d.source;
   return o;
 }

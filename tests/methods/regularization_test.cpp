@@ -3,10 +3,10 @@
 
 #include "method_harness.h"
 #include "support.h"
-#include "xfer/methods/delta.h"
-#include "xfer/methods/regularization.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/loader.h"
+#include "xfer/methods/delta.h"
+#include "xfer/methods/regularization.h"
 
 namespace xfer {
 namespace {
@@ -66,7 +66,8 @@ Model regularization_frozen(const Task& task, const std::string& backbone, uint6
 
 /// The name of each stage's last convolution weight, as DELTA's authors hook them.
 std::string regularization_last_conv(const std::string& backbone, const std::string& stage) {
-  return backbone.rfind("cnn4", 0) == 0 ? stage + ".0.weight" : stage + ".1.conv2.weight";  // resnet18: 2 blocks
+  return backbone.rfind("cnn4", 0) == 0 ? stage + ".0.weight"
+                                        : stage + ".1.conv2.weight";  // resnet18: 2 blocks
 }
 
 TEST(Regularization, DeltaHooksTheLastConvolutionOfEachStage) {
@@ -97,7 +98,8 @@ TEST(Regularization, DeltaHooksTheLastConvolutionOfEachStage) {
         expected = modules[stage + ".1.conv2"]->as<torch::nn::Conv2d>()->forward(a);
       }
       EXPECT_TRUE(torch::allclose(f.conv(stage), expected, 1e-5, 1e-6)) << backbone << " " << stage;
-      EXPECT_FALSE(f.conv(stage).sizes() == f.map(stage).sizes() && torch::allclose(f.conv(stage), f.map(stage)))
+      EXPECT_FALSE(f.conv(stage).sizes() == f.map(stage).sizes() &&
+                   torch::allclose(f.conv(stage), f.map(stage)))
           << "not the stage output: " << stage;
       EXPECT_EQ(delta_maps(f, {stage}, true)[0].data_ptr(), f.conv(stage).data_ptr());
       EXPECT_EQ(delta_maps(f, {stage}, false)[0].data_ptr(), f.map(stage).data_ptr());
@@ -130,12 +132,15 @@ TEST(Regularization, DeltaChannelRisesMatchZeroingOneFilterOrOneChannelAtATime) 
             copy->backbone->named_parameters()[regularization_last_conv(backbone, stages[s])][j].zero_();
             pooled = copy->backbone->forward(x);
           } else {  // channel j of the stage's output
-            pooled = source->backbone->forward_features(x, [&](const std::string& name, const torch::Tensor& out) {
-              if (name != stages[s]) return out;
-              torch::Tensor z = out.clone();
-              z.select(1, j).zero_();
-              return z;
-            }).pooled;
+            pooled = source->backbone
+                         ->forward_features(x,
+                                            [&](const std::string& name, const torch::Tensor& out) {
+                                              if (name != stages[s]) return out;
+                                              torch::Tensor z = out.clone();
+                                              z.select(1, j).zero_();
+                                              return z;
+                                            })
+                         .pooled;
           }
           const double rise = cross_entropy(probe->forward(pooled), y).item<double>() - base;
           EXPECT_NEAR(rises[s][j].item<double>(), rise, 1e-5)
@@ -166,7 +171,8 @@ TEST(Regularization, DeltaInStepLossRecomputedFromTheReplayedBatch) {
   torch::NoGradGuard no_grad;
   const Features f = before->backbone->forward_features(b.x);
   const Features f0 = source->backbone->forward_features(b.x);
-  const torch::Tensor logp = torch::log_softmax(before->head("target")->forward(f.pooled).to(torch::kFloat64), 1);
+  const torch::Tensor logp =
+      torch::log_softmax(before->head("target")->forward(f.pooled).to(torch::kFloat64), 1);
   double expected = 0;
   for (int64_t i = 0; i < 8; ++i) expected -= logp[i][b.y[i].item<int64_t>()].item<double>() / 8;
   for (size_t l = 0; l < delta.stages().size(); ++l) {
@@ -174,9 +180,11 @@ TEST(Regularization, DeltaInStepLossRecomputedFromTheReplayedBatch) {
     const int64_t c = d.size(1);
     const double hw = static_cast<double>(d.size(2) * d.size(3));
     for (int64_t ch = 0; ch < c; ++ch)
-      expected += 0.5 * 0.5 * c * delta.attention()[l][ch].item<double>() * d.select(1, ch).pow(2).sum().item<double>() / hw;
+      expected += 0.5 * 0.5 * c * delta.attention()[l][ch].item<double>() *
+                  d.select(1, ch).pow(2).sum().item<double>() / hw;
   }
-  for (const auto& p : before->head("target")->parameters()) expected += 0.5 * 0.2 * p.pow(2).sum().item<double>();
+  for (const auto& p : before->head("target")->parameters())
+    expected += 0.5 * 0.2 * p.pow(2).sum().item<double>();
   EXPECT_NEAR(total, expected, 1e-4 * std::abs(expected));
 }
 
@@ -190,9 +198,11 @@ TEST(Regularization, DeltaSetsUpAttentionPerStageAndResumesIt) {
   ASSERT_EQ(delta.attention().size(), 2u);
   EXPECT_EQ(delta.attention()[0].size(0), 8);
   EXPECT_NEAR(delta.attention()[0].sum().item<double>(), 1.0, 1e-5);
-  EXPECT_FALSE(torch::allclose(delta.attention()[1], torch::full({16}, 1.0 / 16))) << "attention is not uniform";
+  EXPECT_FALSE(torch::allclose(delta.attention()[1], torch::full({16}, 1.0 / 16)))
+      << "attention is not uniform";
   // The feature-map term is live: positive (the student's batch-norm uses batch statistics, the frozen
-  // source its running ones) and finite at every step. Its value is checked against Python in the golden test.
+  // source its running ones) and finite at every step. Its value is checked against Python in the golden
+  // test.
   for (int i = 0; i < 5; ++i) {
     const double fm = on.step().parts.at("feature_maps").item<double>();
     EXPECT_TRUE(std::isfinite(fm) && fm > 0) << "step " << i << ": " << fm;
@@ -206,19 +216,22 @@ TEST(Regularization, DeltaSetsUpAttentionPerStageAndResumesIt) {
   // The attention is method state: it round-trips through save/load.
   Archive out;
   on.method().save(out);
-  test::MethodHarness other("delta", task, source, 2, 10, {{"stages", "layer2,layer3"}, {"attention", "off"}});
+  test::MethodHarness other("delta", task, source, 2, 10,
+                            {{"stages", "layer2,layer3"}, {"attention", "off"}});
   other.method().load(Archive::decode(out.encode(), "delta state"));
   const auto& loaded = dynamic_cast<const DeltaMethod&>(other.method());
   for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(loaded.attention()[i], delta.attention()[i]));
 }
 
-TEST(Regularization, L2SPAndDeltaTurnWeightDecayOffUnlessAskedAndCoTuningTrainsTheSourceHeadAtTheBackbonesRate) {
+TEST(Regularization,
+     L2SPAndDeltaTurnWeightDecayOffUnlessAskedAndCoTuningTrainsTheSourceHeadAtTheBackbonesRate) {
   test::TempDir dir;
   const Task task = regularization_task(dir);
   Model source = test::harness_source_model(task, 4, 5);
   for (const char* name : {"l2sp", "delta"}) {
     test::MethodHarness h(name, task, source, 0, 5);
-    for (const auto& g : h.groups()) EXPECT_EQ(g.weight_decay, std::optional<double>(0.0)) << name << " " << g.name;
+    for (const auto& g : h.groups())
+      EXPECT_EQ(g.weight_decay, std::optional<double>(0.0)) << name << " " << g.name;
     EXPECT_TRUE(h.step().parts.count("head_l2")) << name;
     // --decay optimizer (SMILE's code): the run's weight decay on every group, no beta term.
     test::MethodHarness o(name, task, source, 0, 5, {{"decay", "optimizer"}});
@@ -269,7 +282,8 @@ TEST(Regularization, CoTuningInStepLossRecomputedFromTheReplayedBatch) {
   const double total = h.step().total.item<double>();
 
   torch::NoGradGuard no_grad;
-  const torch::Tensor images = InputTransform(source->arch().input).normalise(task.train.eval_images(0, task.train.size()));
+  const torch::Tensor images =
+      InputTransform(source->arch().input).normalise(task.train.eval_images(0, task.train.size()));
   const torch::Tensor probs = torch::softmax(source->forward(images, "source"), 1).to(torch::kFloat64);
   torch::Tensor rel = torch::zeros({3, 4}, torch::kFloat64);
   std::vector<double> count(3, 0);
@@ -295,8 +309,11 @@ TEST(Regularization, CoTuningRelationshipAveragesPerClass) {
   const torch::Tensor p = torch::tensor({0.5, 0.5, 1.0, 0.0, 0.0, 1.0}).view({3, 2});
   const torch::Tensor rel = cotuning_relationship(p, torch::tensor({0, 0, 1}, torch::kInt64), 2);
   EXPECT_TRUE(torch::allclose(rel, torch::tensor({0.75, 0.25, 0.0, 1.0}).view({2, 2})));
-  test::expect_bad_input([&] { cotuning_relationship(p, torch::tensor({0, 0, 0}, torch::kInt64), 2); },
-                         {"target class 1 has no training example"});
+  test::expect_bad_input(
+      [&] {
+        cotuning_relationship(p, torch::tensor({0, 0, 0}, torch::kInt64), 2);
+      },
+      {"target class 1 has no training example"});
 }
 
 TEST(Regularization, RifleReinitialisesTheHeadAtKEqualPeriods) {
@@ -317,7 +334,8 @@ TEST(Regularization, RifleReinitialisesTheHeadAtKEqualPeriods) {
   }
   ASSERT_EQ(after.size(), 2u);
   // A re-initialised head is a fresh draw from U(-1/sqrt(in), 1/sqrt(in)), different each time, and the
-  // same for the same run seed (Step.RifleTrainsWithCrossEntropyAndRedrawsTheHeadFromTheSeed checks the draw).
+  // same for the same run seed (Step.RifleTrainsWithCrossEntropyAndRedrawsTheHeadFromTheSeed checks the
+  // draw).
   const double bound = 1.0 / std::sqrt(16.0);
   for (const auto& w : after) EXPECT_LE(w.abs().max().item<double>(), bound);
   EXPECT_FALSE(torch::equal(after[0], after[1]));
@@ -337,17 +355,25 @@ TEST(Regularization, BadInputNamesTheOptionAndValue) {
   test::expect_bad_input([&] { build("delta", {{"alpha", "-2"}}, source); }, {"--alpha", "-2"});
   test::expect_bad_input([&] { build("bss", {{"eta", "-1"}}, source); }, {"--eta", "-1"});
   test::expect_bad_input([&] { build("cotuning", {{"lambda", "-1"}}, source); }, {"--lambda", "-1"});
-  test::expect_bad_input([&] { build("bss", {{"k", "17"}}, source, 32); }, {"--k 17", "feature dimension 16"});
+  test::expect_bad_input(
+      [&] {
+        build("bss", {{"k", "17"}}, source, 32);
+      },
+      {"--k 17", "feature dimension 16"});
   test::expect_bad_input([&] { build("bss", {{"k", "9"}}, source, 8); }, {"--k 9", "batch size 8"});
-  test::expect_bad_input([&] { build("delta", {{"stages", "layer2,layer9"}}, source); },
-                         {"--stages", "no stage 'layer9'", "layer1, layer2, layer3, layer4"});
+  test::expect_bad_input(
+      [&] {
+        build("delta", {{"stages", "layer2,layer9"}}, source);
+      },
+      {"--stages", "no stage 'layer9'", "layer1, layer2, layer3, layer4"});
   test::expect_bad_input([&] { build("delta", {{"attention", "maybe"}}, source); }, {"--attention", "maybe"});
   test::expect_bad_input([&] { build("delta", {{"feature_maps", "bn"}}, source); }, {"--feature-maps", "bn"});
   test::expect_bad_input([&] { build("l2sp", {{"decay", "none"}}, source); }, {"--decay", "none"});
   test::expect_bad_input([&] { build("rifle", {{"k", "11"}}, nullptr); }, {"--k", "got 11"});
   test::expect_bad_input([&] { build("cotuning", {{"source_head", "nope"}}, source); }, {"no 'nope' head"});
   for (const char* m : {"l2sp", "delta", "cotuning"})
-    test::expect_bad_input([&] { build(m, {}, nullptr); }, {"method ", m, "needs the source model: pass --init"});
+    test::expect_bad_input([&] { build(m, {}, nullptr); },
+                           {"method ", m, "needs the source model: pass --init"});
 }
 
 }  // namespace

@@ -1,8 +1,8 @@
 // VAT and MixMatch, the unlabelled terms GradMix adds (methods/semi.h).
+#include "xfer/methods/semi.h"
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
-#include "xfer/methods/semi.h"
 
 namespace xfer {
 namespace {
@@ -32,7 +32,7 @@ TEST(Semi, VatPerturbationHasNormEpsilonAndLiesInTheModelsInputSubspace) {
   EXPECT_TRUE(torch::allclose(norms, torch::full({5}, 2.5, torch::kFloat64), 1e-9, 0));
   // For a linear model the KL's curvature lives in the row space of W: r must lie there, where a
   // random direction of 64 dimensions would not.
-  const torch::Tensor w = lin->weight.detach();                          // (3, 64)
+  const torch::Tensor w = lin->weight.detach();                            // (3, 64)
   const torch::Tensor proj = w.t().mm(torch::inverse(w.mm(w.t()))).mm(w);  // projector onto W's row space
   const torch::Tensor rf = r.flatten(1);
   EXPECT_TRUE(torch::allclose(rf.mm(proj.t()), rf, 1e-6, 1e-6));
@@ -59,7 +59,8 @@ TEST(Semi, MixMatchIsSeededAndVanishesWhenPredictionsAreConsistent) {
   // A network that always predicts class 0 with certainty, on labelled data of class 0: the guesses,
   // the mixed targets and the predictions agree, so both terms are ~0.
   const LogitsFn sure = [](const torch::Tensor& x) {
-    return torch::tensor({50.0, 0.0, 0.0}, torch::kFloat64).expand({x.size(0), 3}) + 0 * x.flatten(1).sum(1, true);
+    return torch::tensor({50.0, 0.0, 0.0}, torch::kFloat64).expand({x.size(0), 3}) +
+           0 * x.flatten(1).sum(1, true);
   };
   at::Generator data_gen = make_generator(4);
   const torch::Tensor x = torch::randn({4, 1, 8, 8}, data_gen, torch::kFloat64);
@@ -98,10 +99,11 @@ TEST(Semi, MixMatchMatchesTheGoldenValuesOfItsPaper) {
   std::vector<torch::Tensor> u;
   for (const auto& a : g["u"]) u.push_back(test::json_tensor(a));
   at::Generator gen = make_generator(g["seed"].get<uint64_t>());
-  const MixMatchLoss l = mixmatch_loss(f, x, y, g["classes"].get<int64_t>(), u, g["temperature"].get<double>(),
-                                       g["alpha"].get<double>(), gen);
+  const MixMatchLoss l = mixmatch_loss(f, x, y, g["classes"].get<int64_t>(), u,
+                                       g["temperature"].get<double>(), g["alpha"].get<double>(), gen);
   EXPECT_NEAR(l.labelled.item<double>(), g["labelled"].get<double>(), 1e-9 * g["labelled"].get<double>());
-  EXPECT_NEAR(l.unlabelled.item<double>(), g["unlabelled"].get<double>(), 1e-9 * g["unlabelled"].get<double>());
+  EXPECT_NEAR(l.unlabelled.item<double>(), g["unlabelled"].get<double>(),
+              1e-9 * g["unlabelled"].get<double>());
   // The guessed labels alone: the sharpened mean of the two augmentations' softmax.
   const torch::Tensor guess = sharpen((torch::softmax(f(u[0]), 1) + torch::softmax(f(u[1]), 1)) / 2, 0.5);
   EXPECT_TRUE(torch::allclose(guess, test::json_tensor(g["guess"]), 1e-12, 0));

@@ -72,10 +72,13 @@ TEST(Smile, FeatureLossOfOnesAgainstZerosIsTheNormOverHw) {
     const torch::Tensor teacher = torch::zeros({2, c, 7, 7}), student = torch::ones({2, c, 7, 7});
     for (double lambda : {0.5, 0.8, 1.0}) {
       const torch::Tensor perm = torch::tensor({1, 0}, torch::kInt64);
-      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda).item<double>(), std::sqrt(2.0 * c * 49) / 49,
-                  1e-6);
+      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda).item<double>(),
+                  std::sqrt(2.0 * c * 49) / 49, 1e-6);
       // Eq. 5 on pooled features: each example's squared distance is c.
-      EXPECT_NEAR(smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda, FeatureLossForm::paper).item<double>(), c, 1e-6);
+      EXPECT_NEAR(
+          smile_feature_loss(student, teacher, teacher.index_select(0, perm), lambda, FeatureLossForm::paper)
+              .item<double>(),
+          c, 1e-6);
     }
   }
 }
@@ -86,8 +89,9 @@ TEST(Smile, LabelLossOfZeroLogitsIsLogOfTheSourceClasses) {
     const torch::Tensor probs = torch::softmax(3 * torch::randn({5, s}), 1);
     const torch::Tensor perm = torch::tensor({4, 2, 0, 1, 3}, torch::kInt64);
     for (double lambda : {0.5, 0.63, 1.0})
-      EXPECT_NEAR(smile_label_loss(torch::zeros({5, s}), probs, probs.index_select(0, perm), lambda).item<double>(), std::log(double(s)),
-                  1e-5);
+      EXPECT_NEAR(
+          smile_label_loss(torch::zeros({5, s}), probs, probs.index_select(0, perm), lambda).item<double>(),
+          std::log(double(s)), 1e-5);
   }
 }
 
@@ -97,7 +101,8 @@ TEST(Golden, SmileLossesMatchTheAuthorsCode) {
     const auto shape = g["shapes"][name].get<std::vector<int64_t>>();
     return torch::tensor(g["inputs"][name].get<std::vector<double>>(), torch::kFloat64).view(shape).to(type);
   };
-  const torch::Tensor student = input("student_map", torch::kFloat64), teacher = input("teacher_map", torch::kFloat64);
+  const torch::Tensor student = input("student_map", torch::kFloat64),
+                      teacher = input("teacher_map", torch::kFloat64);
   const torch::Tensor logits = input("logits", torch::kFloat64), aux = input("aux_logits", torch::kFloat64);
   const torch::Tensor probs = torch::softmax(input("teacher_logits", torch::kFloat64), 1);
   const torch::Tensor y = input("labels", torch::kInt64), perm = input("perm", torch::kInt64);
@@ -105,7 +110,9 @@ TEST(Golden, SmileLossesMatchTheAuthorsCode) {
     const double lam = c["lambda"].get<double>();
     const double mxp = mixed_cross_entropy(logits, y, y.index_select(0, perm), lam).item<double>();
     const double fe = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam).item<double>();
-    const double fe_paper = smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam, FeatureLossForm::paper).item<double>();
+    const double fe_paper =
+        smile_feature_loss(student, teacher, teacher.index_select(0, perm), lam, FeatureLossForm::paper)
+            .item<double>();
     const double fc = smile_label_loss(aux, probs, probs.index_select(0, perm), lam).item<double>();
     auto near = [&](double got, const char* key) {
       const double want = c[key].get<double>();
@@ -135,7 +142,8 @@ TEST(Smile, OneStepMixesTheStudentsInputAndTheTeachersOutputs) {
   lam = std::max(lam, 1 - lam);
   const torch::Tensor perm = sample_permutation(rng2, 8);
   const Batch b = rig.stream()->next();
-  const Features s = rig.student->backbone->forward_features(lam * b.x + (1 - lam) * b.x.index_select(0, perm));
+  const Features s =
+      rig.student->backbone->forward_features(lam * b.x + (1 - lam) * b.x.index_select(0, perm));
   torch::Tensor t_map, t_probs;
   {
     torch::NoGradGuard no_grad;
@@ -144,17 +152,20 @@ TEST(Smile, OneStepMixesTheStudentsInputAndTheTeachersOutputs) {
     t_probs = torch::softmax(rig.pretrained->head("source")->forward(t.pooled), 1);
   }
   // The three losses written out independently of xfer's loss functions, in float64.
-  const torch::Tensor logp = torch::log_softmax(rig.student->head("target")->forward(s.pooled).detach().to(torch::kFloat64), 1);
+  const torch::Tensor logp =
+      torch::log_softmax(rig.student->head("target")->forward(s.pooled).detach().to(torch::kFloat64), 1);
   double mxp = 0;
   for (int64_t i = 0; i < 8; ++i)
     mxp -= (lam * logp[i][b.y[i].item<int64_t>()].item<double>() +
-            (1 - lam) * logp[i][b.y[perm[i].item<int64_t>()].item<int64_t>()].item<double>()) / 8;
+            (1 - lam) * logp[i][b.y[perm[i].item<int64_t>()].item<int64_t>()].item<double>()) /
+           8;
   const torch::Tensor tm = t_map.to(torch::kFloat64), sm = s.maps.back().second.detach().to(torch::kFloat64);
   const torch::Tensor mixed_map = lam * tm + (1 - lam) * tm.index_select(0, perm);
   const double fe = std::sqrt((sm - mixed_map).pow(2).sum().item<double>()) / (sm.size(2) * sm.size(3));
   const torch::Tensor tp = t_probs.to(torch::kFloat64);
   const torch::Tensor target_probs = lam * tp + (1 - lam) * tp.index_select(0, perm);
-  const torch::Tensor aux_logp = torch::log_softmax(rig.student->head("aux")->forward(s.pooled).detach().to(torch::kFloat64), 1);
+  const torch::Tensor aux_logp =
+      torch::log_softmax(rig.student->head("aux")->forward(s.pooled).detach().to(torch::kFloat64), 1);
   const double fc = -(target_probs * aux_logp).sum().item<double>() / 8;
   EXPECT_NEAR(terms.parts.at("mxp").item<double>(), mxp, 1e-5);
   EXPECT_NEAR(terms.parts.at("fe").item<double>(), fe, 1e-5);
@@ -207,8 +218,8 @@ TEST(Smile, MeanTeacherFollowsItsScheduleToTheClosedForm) {
       method.after_step(ctx);
     }
     const double dn = teacher == SmileTeacher::ema ? std::pow(0.9, 2) : 1.0;
-    EXPECT_TRUE(torch::allclose(method.teacher().model()->backbone->parameters()[0], dn * t0 + (1 - dn) * 2.0, 1e-5,
-                                1e-6))
+    EXPECT_TRUE(torch::allclose(method.teacher().model()->backbone->parameters()[0], dn * t0 + (1 - dn) * 2.0,
+                                1e-5, 1e-6))
         << teacher;
     EXPECT_TRUE(torch::equal(method.teacher().model()->head("source")->weight, head0)) << "heads never move";
   }
@@ -228,7 +239,8 @@ TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisationAndTracksTheS
   for (const auto& p : random->backbone->named_parameters()) {
     EXPECT_TRUE(torch::equal(teacher[p.key()], p.value())) << p.key();
     if (p.value().dim() > 1) {  // BN starts at weight 1, bias 0 in any initialisation
-      EXPECT_FALSE(torch::equal(teacher[p.key()], rig.pretrained->backbone->named_parameters()[p.key()])) << p.key();
+      EXPECT_FALSE(torch::equal(teacher[p.key()], rig.pretrained->backbone->named_parameters()[p.key()]))
+          << p.key();
     }
   }
   // No source knowledge: L_FC and the aux head are off, whatever --fc says.
@@ -255,7 +267,8 @@ TEST(Smile, StudentInitTeacherStartsFromTheRunsRandomInitialisationAndTracksTheS
     StepContext c{rig.batches, rig.student, step, 100, rng, "target"};
     method.after_step(c);
   }
-  EXPECT_TRUE(torch::allclose(method.teacher().model()->backbone->parameters()[0], 0.9 * w0 + 0.1 * 2.0, 1e-5, 1e-6));
+  EXPECT_TRUE(
+      torch::allclose(method.teacher().model()->backbone->parameters()[0], 0.9 * w0 + 0.1 * 2.0, 1e-5, 1e-6));
   int statistics = 0;
   for (const auto& b : method.teacher().model()->backbone->named_buffers()) {
     if (!b.value().is_floating_point()) continue;
@@ -299,11 +312,21 @@ TEST(Smile, BadInputIsNamed) {
   };
   test::expect_bad_input([&] { build([](auto& o) { o.alpha = 0; }); }, {"--alpha must be > 0, got 0"});
   test::expect_bad_input([&] { build([](auto& o) { o.alpha = -1; }); }, {"--alpha must be > 0, got -1"});
-  test::expect_bad_input([&] { build([](auto& o) { o.gamma_fe = -0.1; }); }, {"--gamma-fe must be >= 0, got -0.1"});
-  test::expect_bad_input([&] { build([](auto& o) { o.gamma_fc = -2; }); }, {"--gamma-fc must be >= 0, got -2"});
-  test::expect_bad_input([&] { build([](auto& o) { Fields f; o.fields(f); f.set("teacher", "copy"); }); },
-                         {"--teacher must be one of", "'copy'"});
-  test::expect_bad_input([&] { build([](auto& o) { o.ema_period = 0; }); }, {"--ema-period must be >= 1, got 0"});
+  test::expect_bad_input([&] { build([](auto& o) { o.gamma_fe = -0.1; }); },
+                         {"--gamma-fe must be >= 0, got -0.1"});
+  test::expect_bad_input([&] { build([](auto& o) { o.gamma_fc = -2; }); },
+                         {"--gamma-fc must be >= 0, got -2"});
+  test::expect_bad_input(
+      [&] {
+        build([](auto& o) {
+          Fields f;
+          o.fields(f);
+          f.set("teacher", "copy");
+        });
+      },
+      {"--teacher must be one of", "'copy'"});
+  test::expect_bad_input([&] { build([](auto& o) { o.ema_period = 0; }); },
+                         {"--ema-period must be >= 1, got 0"});
 
   SmileRig other("cnn4:width=8");
   SmileMethod method{SmileMethod::Options{}};
@@ -317,13 +340,17 @@ TEST(Smile, BadInputIsNamed) {
 }
 
 TEST(Smile, TheSuiteRunsEveryBaselineWithTheAuthorsCodesSettings) {
-  // github.com/lixingjian/SMILE: finetune.py (SGD, momentum 0.9, Nesterov, weight decay 1e-4, batch 48, lr 0.01
-  // divided by 10 at 2/3; mixup and CutMix alpha 0.2, CutMix with probability 0.5) and the CUB_200_2011
-  // section of task_config.ini (alpha_l2sp 0.001, alpha_delta 0.01 on layer4, alpha_bss 0.001, alpha_rifle 2).
+  // github.com/lixingjian/SMILE: finetune.py (SGD, momentum 0.9, Nesterov, weight decay 1e-4, batch 48, lr
+  // 0.01 divided by 10 at 2/3; mixup and CutMix alpha 0.2, CutMix with probability 0.5) and the CUB_200_2011
+  // section of task_config.ini (alpha_l2sp 0.001, alpha_delta 0.01 on layer4, alpha_bss 0.001, alpha_rifle
+  // 2).
   const Suite suite = load_suite("smile");
-  for (const auto& [key, value] : std::map<std::string, nlohmann::json>{
-           {"nesterov", true}, {"momentum", 0.9}, {"weight_decay", 1e-4}, {"batch_size", 48}, {"lr", 0.01},
-           {"schedule", "step"}})
+  for (const auto& [key, value] : std::map<std::string, nlohmann::json>{{"nesterov", true},
+                                                                        {"momentum", 0.9},
+                                                                        {"weight_decay", 1e-4},
+                                                                        {"batch_size", 48},
+                                                                        {"lr", 0.01},
+                                                                        {"schedule", "step"}})
     EXPECT_EQ(suite.run.at(key), value) << key;
   std::map<std::string, nlohmann::json> options;
   for (const auto& m : suite.methods) options[m.label] = m.options;
@@ -354,7 +381,8 @@ RunOptions smile_tiny_run(const std::string& spec, const std::string& out) {
   return o;
 }
 
-nlohmann::json smile_finetune(const RunOptions& o, const std::function<void(SmileMethod::Options&)>& edit = {}) {
+nlohmann::json smile_finetune(const RunOptions& o,
+                              const std::function<void(SmileMethod::Options&)>& edit = {}) {
   OptionsConfig<SmileMethod> c;
   if (edit) edit(c.options);
   return run_finetune(o, c);
@@ -400,7 +428,8 @@ TEST(Smile, ResumeIsBitExactIncludingTheTeacher) {
   const auto wa = state(dir.file("straight/checkpoints/last.pt"));
   const auto wb = state(dir.file("split/checkpoints/last.pt"));
   ASSERT_EQ(wa.size(), wb.size());
-  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name << " differs after resume";
+  for (const auto& [name, t] : wa)
+    EXPECT_TRUE(torch::equal(t, wb.at(name))) << name << " differs after resume";
   EXPECT_EQ(a["test_top1"], b["test_top1"]);
   const Model pretrained = CheckpointReader(source).read_model();
   for (const auto& p : pretrained->backbone->named_parameters())

@@ -1,4 +1,5 @@
-// Smooth Transfer Learning: the lambda schedule, its special cases, per-domain BatchNorm, training and resume.
+// Smooth Transfer Learning: the lambda schedule, its special cases, per-domain BatchNorm, training and
+// resume.
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -72,12 +73,24 @@ TEST(Smooth, PresetsAreLimitsOfTheSchedule) {
   o.lambda_schedule = LambdaSchedule::smooth;
   o.tau = 5;
   EXPECT_DOUBLE_EQ(o.lambda(0, 100), smooth_lambda(1, 100, 10, 5, 1));
-  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("lambda_schedule", "sigmoid"); }, {"--lambda-schedule", "sigmoid"});
+  test::expect_bad_input(
+      [&] {
+        Fields f;
+        o.fields(f);
+        f.set("lambda_schedule", "sigmoid");
+      },
+      {"--lambda-schedule", "sigmoid"});
   o.lambda_schedule = LambdaSchedule::smooth;
   o.tau = -2;
   test::expect_bad_input([&] { check_options(o); }, {"--tau", "-2"});
   o.tau = 1;
-  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("bn", "split"); }, {"--bn", "split"});
+  test::expect_bad_input(
+      [&] {
+        Fields f;
+        o.fields(f);
+        f.set("bn", "split");
+      },
+      {"--bn", "split"});
 }
 
 /// A tiny target task and a source task whose images are inverted, so the two domains' BatchNorm
@@ -110,7 +123,8 @@ struct SmoothFixture {
   }
   /// The batches a stream named `name` of this fixture hands out, replayed from the start.
   std::unique_ptr<BatchStream> replay(const TensorDataset& data, const std::string& name, uint64_t seed) {
-    return std::make_unique<BatchStream>(data, model->arch().input, loader, name == "source" ? derive_seed(5, name) : seed);
+    return std::make_unique<BatchStream>(data, model->arch().input, loader,
+                                         name == "source" ? derive_seed(5, name) : seed);
   }
 };
 
@@ -157,8 +171,10 @@ TEST(Smooth, PerDomainBatchNormKeepsSeparateStatistics) {
   ASSERT_EQ(model_means.size(), 4u);
   for (size_t i = 0; i < model_means.size(); ++i) {
     EXPECT_TRUE(torch::allclose(model_means[i], target_means[i], 1e-6, 1e-7)) << "layer " << i;
-    EXPECT_TRUE(torch::allclose(method.source_bn().second_mean(i), source_means[i], 1e-6, 1e-7)) << "layer " << i;
-    EXPECT_FALSE(torch::allclose(model_means[i], method.source_bn().second_mean(i), 1e-3, 1e-3)) << "layer " << i;
+    EXPECT_TRUE(torch::allclose(method.source_bn().second_mean(i), source_means[i], 1e-6, 1e-7))
+        << "layer " << i;
+    EXPECT_FALSE(torch::allclose(model_means[i], method.source_bn().second_mean(i), 1e-3, 1e-3))
+        << "layer " << i;
   }
   // Evaluation-mode forwards use the target statistics held by the model.
   EXPECT_EQ(fx.model->backbone->named_buffers()["layer1.1.num_batches_tracked"].item<int64_t>(), 4);
@@ -184,7 +200,8 @@ TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
   {
     torch::NoGradGuard no_grad;
     reference->train();
-    for (int i = 0; i < 3; ++i) reference->backbone->forward(torch::cat({target_stream->next().x, source_stream->next().x}));
+    for (int i = 0; i < 3; ++i)
+      reference->backbone->forward(torch::cat({target_stream->next().x, source_stream->next().x}));
   }
   const auto a = smooth_bn_means(fx.model), b = smooth_bn_means(reference);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-6, 1e-7)) << "layer " << i;
@@ -193,7 +210,8 @@ TEST(Smooth, SharedBatchNormSeesOneBatchOfBothDomains) {
 TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
   SmoothFixture fx;
   SmoothOptions o;
-  o.lambda_schedule = LambdaSchedule::pretrain_finetune;  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
+  o.lambda_schedule =
+      LambdaSchedule::pretrain_finetune;  // T = 10: source for steps 0..3, lambda 0.5 at step 4, target after
   o.t0 = 0;
   SmoothMethod method(o);
   auto ctx = fx.context(10);
@@ -205,8 +223,8 @@ TEST(Smooth, LossIsTheScheduledMixtureAndZeroWeightDomainsAreSkipped) {
     StepContext sc{fx.batches, fx.model, step, 10, rng, "target"};
     const LossTerms t = method.loss(sc);
     lambdas.push_back(t.parts.at("lambda").item<double>());
-    EXPECT_NEAR(t.total.item<double>(), t.parts.at("target_term").item<double>() + t.parts.at("source_term").item<double>(),
-                1e-5);
+    EXPECT_NEAR(t.total.item<double>(),
+                t.parts.at("target_term").item<double>() + t.parts.at("source_term").item<double>(), 1e-5);
     if (step == 3) {
       EXPECT_EQ(fx.batches.stream("target").position(), 0) << "the target is not drawn while its weight is 0";
       EXPECT_EQ(fx.batches.stream("source").position(), 4);
@@ -244,12 +262,17 @@ TEST(Smooth, LossIsRecomputedFromTheReplayedBatchesWithLambdaByHand) {
     torch::NoGradGuard no_grad;
     const torch::Tensor g = fx.model->backbone->forward(torch::cat({bt.x, bs.x}));
     const int64_t n = bt.x.size(0);
-    const double ce_t = torch::nn::functional::cross_entropy(fx.model->head("target")->forward(g.slice(0, 0, n)), bt.y).item<double>();
-    const double ce_s = torch::nn::functional::cross_entropy(fx.model->head("source")->forward(g.slice(0, n)), bs.y).item<double>();
+    const double ce_t =
+        torch::nn::functional::cross_entropy(fx.model->head("target")->forward(g.slice(0, 0, n)), bt.y)
+            .item<double>();
+    const double ce_s =
+        torch::nn::functional::cross_entropy(fx.model->head("source")->forward(g.slice(0, n)), bs.y)
+            .item<double>();
     ASSERT_GT(std::abs(ce_t - ce_s), 1e-3);
     EXPECT_NEAR(terms.parts.at("lambda").item<double>(), lambda, 1e-12) << "step " << step;
     EXPECT_NEAR(terms.total.item<double>(), lambda * ce_t + (1 - lambda) * ce_s, 1e-5) << "step " << step;
-    EXPECT_GT(std::abs(terms.total.item<double>() - ((1 - lambda) * ce_t + lambda * ce_s)), 1e-4) << "step " << step;
+    EXPECT_GT(std::abs(terms.total.item<double>() - ((1 - lambda) * ce_t + lambda * ce_s)), 1e-4)
+        << "step " << step;
     ++checked;
   }
   EXPECT_EQ(checked, 5);
@@ -269,7 +292,8 @@ TEST(Smooth, AfterInitT0CountsFromTheFirstStepByDefault) {
     EXPECT_NEAR(o.lambda(step, 20), 1 / (1 + std::exp(-(t - 10 - 2) / 3 + 0.4)), 1e-12) << "step " << step;
   }
   o.t0_origin = T0Origin::start;
-  o.lambda_schedule = LambdaSchedule::pretrain_finetune;  // the step at t = t0 = 2: source at t = 1, target from t = 3
+  o.lambda_schedule =
+      LambdaSchedule::pretrain_finetune;  // the step at t = t0 = 2: source at t = 1, target from t = 3
   EXPECT_EQ(o.lambda(0, 20), 0.0);
   EXPECT_EQ(o.lambda(2, 20), 1.0);
   // auto: start after --init, half from scratch; an explicit origin stays.
@@ -294,7 +318,13 @@ TEST(Smooth, AfterInitT0CountsFromTheFirstStepByDefault) {
     EXPECT_NEAR(lambda, pretrained ? 1 / (1 + std::exp(-1.0 / 3)) : 1 / (1 + std::exp(9.0 / 3)), 1e-12)
         << (pretrained ? "after --init" : "from scratch");
   }
-  test::expect_bad_input([&] { Fields f; o.fields(f); f.set("t0_origin", "middle"); }, {"--t0-origin", "middle"});
+  test::expect_bad_input(
+      [&] {
+        Fields f;
+        o.fields(f);
+        f.set("t0_origin", "middle");
+      },
+      {"--t0-origin", "middle"});
 }
 
 TEST(Smooth, NeedsSourceData) {
@@ -344,7 +374,8 @@ TEST(Smooth, TrainsFromScratchAndResumesBitExactWithPerDomainBatchNorm) {
   CheckpointReader ca(dir.file("straight/checkpoints/last.pt")), cb(dir.file("split/checkpoints/last.pt"));
   const Model ma = ca.read_model(), mb = cb.read_model();
   ASSERT_TRUE(ma->has_head("source"));
-  for (const auto& p : ma->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), mb->named_parameters()[p.key()])) << p.key();
+  for (const auto& p : ma->named_parameters())
+    EXPECT_TRUE(torch::equal(p.value(), mb->named_parameters()[p.key()])) << p.key();
   const Archive sa = ca.read("method"), sb = cb.read("method");
   EXPECT_TRUE(torch::equal(sa.read("source_bn/2.running_var"), sb.read("source_bn/2.running_var")));
 }

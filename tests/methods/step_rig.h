@@ -21,9 +21,15 @@ namespace xfer::test {
 
 struct RigSetup {
   RigSetup(std::string method_, const Task& task_, uint64_t seed_, int64_t total_steps_,
-           std::map<std::string, std::string> options_ = {}, Model pretrained_ = nullptr, const Task* source_ = nullptr)
-      : method(std::move(method_)), task(&task_), source(source_), pretrained(std::move(pretrained_)), seed(seed_),
-        total_steps(total_steps_), options(std::move(options_)) {}
+           std::map<std::string, std::string> options_ = {}, Model pretrained_ = nullptr,
+           const Task* source_ = nullptr)
+      : method(std::move(method_)),
+        task(&task_),
+        source(source_),
+        pretrained(std::move(pretrained_)),
+        seed(seed_),
+        total_steps(total_steps_),
+        options(std::move(options_)) {}
   std::string method;
   const Task* task;
   const Task* source;  // --source, or nullptr
@@ -40,8 +46,7 @@ struct RigSetup {
 
 class StepRig {
  public:
-  explicit StepRig(const RigSetup& s)
-      : setup_(s), rng_(make_generator(derive_seed(s.seed, "method"))) {
+  explicit StepRig(const RigSetup& s) : setup_(s), rng_(make_generator(derive_seed(s.seed, "method"))) {
     const Task& task = *s.task;
     Arch arch;
     arch.backbone = s.pretrained ? s.pretrained->arch().backbone : "cnn4:width=4";
@@ -55,13 +60,15 @@ class StepRig {
     if (s.pretrained) copy_state(*s.pretrained, *model_, "backbone.");
     loader_.batch_size = s.batch_size;
     loader_.prefetch = false;
-    batches_.add("target", std::make_unique<BatchStream>(task.train, arch.input, loader_, derive_seed(s.seed, "target")));
+    batches_.add("target", std::make_unique<BatchStream>(task.train, arch.input, loader_,
+                                                         derive_seed(s.seed, "target")));
     auto config = methods().get(s.method).make_config();
     Fields f;
     config->fields(f);
     for (const auto& [name, value] : s.options) f.set(name, value);
     method_ = config->build();
-    SetupContext ctx{task, s.source, s.pretrained, batches_, loader_, s.seed, torch::kCPU, "target", s.total_steps};
+    SetupContext ctx{task,   s.source,    s.pretrained, batches_,     loader_,
+                     s.seed, torch::kCPU, "target",     s.total_steps};
     method_->setup(model_, ctx);
     phases_ = method_->phases(s.total_steps);
     groups_ = trainable_param_groups(*method_, model_, 1.0);
@@ -204,8 +211,10 @@ inline CheckedStep expect_step_matches(const RigSetup& s, int64_t k,
     const torch::Tensor d = grad[p.key()] + wd * before[p.key()];
     const torch::Tensor buf = buffer[p.key()].defined() ? defaults.momentum * buffer[p.key()] + d : d;
     const torch::Tensor after = before[p.key()] - lr * buf;
-    EXPECT_LE((p.value().detach() - after).abs().max().item<double>(), 1e-4 * lr * buf.abs().max().item<double>() + 1e-7)
-        << s.method << " step " << k << ": the update of " << p.key() << " (lr " << lr << ", weight decay " << wd << ")";
+    EXPECT_LE((p.value().detach() - after).abs().max().item<double>(),
+              1e-4 * lr * buf.abs().max().item<double>() + 1e-7)
+        << s.method << " step " << k << ": the update of " << p.key() << " (lr " << lr << ", weight decay "
+        << wd << ")";
   }
   return out;
 }

@@ -15,12 +15,14 @@
 namespace xfer {
 namespace {
 
-using test::RigSetup;
-using test::StepView;
 using test::plain_ce;
 using test::replay_beta;
+using test::RigSetup;
+using test::StepView;
 
-Task step_task(const test::TempDir& dir) { return load_task(test::write_tiny_idx(dir.path(), 3, 12, 2), 0); }
+Task step_task(const test::TempDir& dir) {
+  return load_task(test::write_tiny_idx(dir.path(), 3, 12, 2), 0);
+}
 
 /// A frozen source model for `task`'s images: cnn4:width=4 with a "source" head over `names`, seeded.
 Model step_source_model(const Task& task, const std::vector<std::string>& names, uint64_t seed) {
@@ -85,7 +87,8 @@ TEST(Step, L2SPPullsTheBackboneToTheSourceAndDecaysTheHead) {
       const torch::Tensor head = step_sq_norm(v.model()->head("target")->parameters());
       return ce + 0.15 * step_sq_norm(diff) + 0.1 * head;
     });
-    for (const auto& g : checked.rig->groups()) EXPECT_EQ(g.weight_decay, std::optional<double>(0.0)) << g.name;
+    for (const auto& g : checked.rig->groups())
+      EXPECT_EQ(g.weight_decay, std::optional<double>(0.0)) << g.name;
     if (k > 0) {
       EXPECT_GT(checked.terms.parts.at("l2sp").item<double>(), 0.0) << "the backbone has moved";
     }
@@ -97,21 +100,22 @@ TEST(Step, BssShrinksTheSmallestSingularValuesOfTheBatchFeatures) {
   test::TempDir dir;
   const Task task = step_task(dir);
   for (int64_t k : {0, 2}) {
-    test::expect_step_matches(RigSetup("bss", task, 6, 10, {{"k", "2"}, {"eta", "0.5"}}), k,
-                              [](StepView& v) {
-                                const Batch b = v.next();
-                                const torch::Tensor f = v.model()->backbone->forward(b.x);
-                                // sigma_i^2 are the eigenvalues of F F^T (8 x 8 for 8 examples of 16 features).
-                                const torch::Tensor f64 = f.to(torch::kFloat64);
-                                const torch::Tensor ev = torch::linalg_eigvalsh(f64.mm(f64.t()));  // ascending
-                                const torch::Tensor bss = ev.slice(0, 0, 2).sum().to(torch::kFloat32);
-                                return plain_ce(v.model()->head("target")->forward(f), b.y) + 0.5 * bss;
-                              });
+    test::expect_step_matches(RigSetup("bss", task, 6, 10, {{"k", "2"}, {"eta", "0.5"}}), k, [](StepView& v) {
+      const Batch b = v.next();
+      const torch::Tensor f = v.model()->backbone->forward(b.x);
+      // sigma_i^2 are the eigenvalues of F F^T (8 x 8 for 8 examples of 16 features).
+      const torch::Tensor f64 = f.to(torch::kFloat64);
+      const torch::Tensor ev = torch::linalg_eigvalsh(f64.mm(f64.t()));  // ascending
+      const torch::Tensor bss = ev.slice(0, 0, 2).sum().to(torch::kFloat32);
+      return plain_ce(v.model()->head("target")->forward(f), b.y) + 0.5 * bss;
+    });
   }
 }
 
-/// RIFLE's seeded head: U(-1/sqrt(in), 1/sqrt(in)) for weight then bias, from generator (seed, "rifle", index).
-std::pair<torch::Tensor, torch::Tensor> rifle_draw(uint64_t seed, uint64_t index, const torch::nn::Linear& head) {
+/// RIFLE's seeded head: U(-1/sqrt(in), 1/sqrt(in)) for weight then bias, from generator (seed, "rifle",
+/// index).
+std::pair<torch::Tensor, torch::Tensor> rifle_draw(uint64_t seed, uint64_t index,
+                                                   const torch::nn::Linear& head) {
   at::Generator gen = make_generator(derive_seed(derive_seed(seed, "rifle"), index));
   const double bound = 1.0 / std::sqrt(static_cast<double>(head->weight.size(1)));
   const torch::Tensor w = torch::rand(head->weight.sizes(), gen) * (2 * bound) - bound;
@@ -130,7 +134,8 @@ TEST(Step, RifleTrainsWithCrossEntropyAndRedrawsTheHeadFromTheSeed) {
   auto backbone_only = [](const std::string& name) { return name.rfind("backbone.", 0) == 0; };
   for (int64_t k : {0, 1, 2, 3, 5, 6}) {
     const bool redraw = k == 2 || k == 5;
-    const auto checked = test::expect_step_matches(s, k, ce, redraw ? std::function<bool(const std::string&)>(backbone_only) : nullptr);
+    const auto checked = test::expect_step_matches(
+        s, k, ce, redraw ? std::function<bool(const std::string&)>(backbone_only) : nullptr);
     const torch::nn::Linear head = checked.rig->model()->head("target");
     const auto [w, b] = rifle_draw(4, k == 2 ? 0 : 1, head);
     EXPECT_EQ(torch::equal(head->weight, w) && torch::equal(head->bias, b), redraw)
@@ -153,7 +158,8 @@ TEST(Step, MixupMixesImagesAndLabelsWithTheSeededDraw) {
         const torch::Tensor perm = torch::randperm(8, v.rng(), torch::kInt64);
         EXPECT_TRUE(lam > 0 && lam < 1 && (!fold || lam >= 0.5)) << lam;
         EXPECT_TRUE(torch::equal(std::get<0>(perm.sort()), torch::arange(8))) << "a permutation";
-        const torch::Tensor z = v.model()->forward(lam * b.x + (1 - lam) * b.x.index_select(0, perm), "target");
+        const torch::Tensor z =
+            v.model()->forward(lam * b.x + (1 - lam) * b.x.index_select(0, perm), "target");
         return lam * plain_ce(z, b.y) + (1 - lam) * plain_ce(z, b.y.index_select(0, perm));
       });
     }
@@ -169,16 +175,17 @@ TEST(Step, ManifoldMixupMixesAtTheDrawnLayer) {
   for (int64_t k = 0; k < 6; ++k) {
     test::expect_step_matches(s, k, [&](StepView& v) {
       const Batch b = v.next();
-      const std::string layer = layers[static_cast<size_t>(torch::randint(3, {1}, v.rng(), torch::kInt64).item<int64_t>())];
+      const std::string layer =
+          layers[static_cast<size_t>(torch::randint(3, {1}, v.rng(), torch::kInt64).item<int64_t>())];
       drawn.insert(layer);
       const double lam = replay_beta(v.rng(), 2.0, 2.0);
       const torch::Tensor perm = torch::randperm(8, v.rng(), torch::kInt64);
       auto mixed = [&](const torch::Tensor& h) { return lam * h + (1 - lam) * h.index_select(0, perm); };
-      const Features f = layer == "input"
-                             ? v.model()->backbone->forward_features(mixed(b.x))
-                             : v.model()->backbone->forward_features(b.x, [&](const std::string& st, const torch::Tensor& out) {
-                                 return st == layer ? mixed(out) : out;
-                               });
+      const Features f = layer == "input" ? v.model()->backbone->forward_features(mixed(b.x))
+                                          : v.model()->backbone->forward_features(
+                                                b.x, [&](const std::string& st, const torch::Tensor& out) {
+                                                  return st == layer ? mixed(out) : out;
+                                                });
       const torch::Tensor z = v.model()->head("target")->forward(f.pooled);
       return lam * plain_ce(z, b.y) + (1 - lam) * plain_ce(z, b.y.index_select(0, perm));
     });
@@ -207,12 +214,15 @@ TEST(Step, CutMixPastesTheSeededBoxAndWeighsLabelsByItsArea) {
       const int64_t cx = torch::randint(8, {1}, v.rng(), torch::kInt64).item<int64_t>();
       // The reference code's box: side int(8 sqrt(1 - lambda)) around (cy, cx), clipped to the image.
       const int64_t cut = static_cast<int64_t>(8 * std::sqrt(1 - lam0));
-      const int64_t y1 = std::clamp<int64_t>(cy - cut / 2, 0, 8), y2 = std::clamp<int64_t>(cy + cut / 2, 0, 8);
-      const int64_t x1 = std::clamp<int64_t>(cx - cut / 2, 0, 8), x2 = std::clamp<int64_t>(cx + cut / 2, 0, 8);
+      const int64_t y1 = std::clamp<int64_t>(cy - cut / 2, 0, 8),
+                    y2 = std::clamp<int64_t>(cy + cut / 2, 0, 8);
+      const int64_t x1 = std::clamp<int64_t>(cx - cut / 2, 0, 8),
+                    x2 = std::clamp<int64_t>(cx + cut / 2, 0, 8);
       torch::Tensor x = b.x.clone();
       for (int64_t i = 0; i < 8; ++i)
         for (int64_t r = y1; r < y2; ++r)
-          for (int64_t c = x1; c < x2; ++c) x[i].select(1, r).select(1, c).copy_(b.x[perm[i].item<int64_t>()].select(1, r).select(1, c));
+          for (int64_t c = x1; c < x2; ++c)
+            x[i].select(1, r).select(1, c).copy_(b.x[perm[i].item<int64_t>()].select(1, r).select(1, c));
       const double lam = 1.0 - static_cast<double>((y2 - y1) * (x2 - x1)) / 64.0;
       const torch::Tensor z = v.model()->forward(x, "target");
       return lam * plain_ce(z, b.y) + (1 - lam) * plain_ce(z, b.y.index_select(0, perm));
@@ -228,8 +238,8 @@ TEST(Step, CoTrainSendsTargetAndAuxiliaryBatchesThroughOneBackboneIntoTwoHeads) 
   std::filesystem::create_directories(dir.file("src"));
   const Task source = load_task(test::write_tiny_idx(dir.file("src"), 4, 10, 2), 0);
   // The source head's classes in another order than --source's labels: rows are matched by name.
-  const std::vector<std::string> names = {source.class_names()[2], source.class_names()[0], source.class_names()[3],
-                                          source.class_names()[1]};
+  const std::vector<std::string> names = {source.class_names()[2], source.class_names()[0],
+                                          source.class_names()[3], source.class_names()[1]};
   const Model pretrained = step_source_model(task, names, 11);
   const RigSetup s("cotrain", task, 12, 10, {{"aux_weight", "0.7"}}, pretrained, &source);
   for (int64_t k : {0, 2}) {
@@ -243,7 +253,8 @@ TEST(Step, CoTrainSendsTargetAndAuxiliaryBatchesThroughOneBackboneIntoTwoHeads) 
         rows.push_back(std::find(names.begin(), names.end(), name) - names.begin());
       }
       const torch::Tensor ce_t = plain_ce(v.model()->head("target")->forward(f.slice(0, 0, n)), t.y);
-      const torch::Tensor ce_a = plain_ce(v.model()->head("source")->forward(f.slice(0, n)), torch::tensor(rows));
+      const torch::Tensor ce_a =
+          plain_ce(v.model()->head("source")->forward(f.slice(0, n)), torch::tensor(rows));
       return ce_t + 0.7 * ce_a;
     });
   }

@@ -48,7 +48,8 @@ struct XmixupRig {
   }
 };
 
-std::unique_ptr<XmixupRig> xmixup_rig(const std::string& name, const std::map<std::string, std::string>& options = {},
+std::unique_ptr<XmixupRig> xmixup_rig(const std::string& name,
+                                      const std::map<std::string, std::string>& options = {},
                                       const std::string& target_classes = "2,1",
                                       const std::string& source_classes = "") {
   auto rig = std::make_unique<XmixupRig>();
@@ -71,16 +72,19 @@ std::unique_ptr<XmixupRig> xmixup_rig(const std::string& name, const std::map<st
   config->fields(f);
   for (const auto& [key, value] : options) f.set(key, value);
   rig->method = config->build();
-  SetupContext ctx{rig->target, &rig->source, rig->pretrained, rig->batches, rig->loader, seed, torch::kCPU, "target",
-                   20};
+  SetupContext ctx{
+      rig->target, &rig->source, rig->pretrained, rig->batches, rig->loader, seed, torch::kCPU, "target", 20};
   rig->method->setup(rig->model, ctx);
   return rig;
 }
 
-int64_t source_label(const XmixupRig& rig, int64_t index) { return rig.source.train.labels[index].item<int64_t>(); }
+int64_t source_label(const XmixupRig& rig, int64_t index) {
+  return rig.source.train.labels[index].item<int64_t>();
+}
 
 /// -sum_k p_k log softmax(z)_k averaged over rows, with p built entry by entry.
-double xmixup_expected_soft_ce(const torch::Tensor& logits, const std::vector<std::map<int64_t, double>>& probs) {
+double xmixup_expected_soft_ce(const torch::Tensor& logits,
+                               const std::vector<std::map<int64_t, double>>& probs) {
   const torch::Tensor logp = torch::log_softmax(logits.detach(), 1);
   double sum = 0;
   for (size_t i = 0; i < probs.size(); ++i)
@@ -99,10 +103,12 @@ TEST(XMixup, LambdaMeanIsAlphaOverAlphaPlusOne) {
 }
 
 TEST(XMixup, JointLabelIsLambdaAndOneMinusLambda) {
-  const torch::Tensor y_t = torch::tensor({0, 1, 1}, torch::kInt64), y_s = torch::tensor({3, 2, 1}, torch::kInt64);
+  const torch::Tensor y_t = torch::tensor({0, 1, 1}, torch::kInt64),
+                      y_s = torch::tensor({3, 2, 1}, torch::kInt64);
   const torch::Tensor lam = torch::tensor({0.8, 0.25, 0.6}, torch::kFloat64);
   const torch::Tensor p = mixed_soft_labels(y_t, y_s, lam, 4);
-  const torch::Tensor expected = torch::tensor({{0.8, 0.0, 0.0, 0.2}, {0.0, 0.25, 0.75, 0.0}, {0.0, 1.0, 0.0, 0.0}});
+  const torch::Tensor expected =
+      torch::tensor({{0.8, 0.0, 0.0, 0.2}, {0.0, 0.25, 0.75, 0.0}, {0.0, 1.0, 0.0, 0.0}});
   EXPECT_TRUE(torch::allclose(p, expected)) << p;
 }
 
@@ -121,12 +127,14 @@ TEST(XMixup, MixesEachTargetExampleWithAnExampleOfItsPairedSourceClasses) {
     EXPECT_TRUE(torch::equal(m.y_target, t.y));
     EXPECT_TRUE(torch::equal(m.aux_index, s.index));
     const torch::Tensor l = lam.to(torch::kFloat32).view({6, 1, 1, 1});
-    EXPECT_TRUE(torch::allclose(m.x, l * t.x + (1 - l) * s.x, 1e-5, 1e-6)) << "x = lambda x_t + (1 - lambda) x_s";
+    EXPECT_TRUE(torch::allclose(m.x, l * t.x + (1 - l) * s.x, 1e-5, 1e-6))
+        << "x = lambda x_t + (1 - lambda) x_s";
     for (int64_t i = 0; i < 6; ++i) {
       const auto& allowed = by_target[m.y_target[i].item<int64_t>()];
       const int64_t sc = source_label(*a, m.aux_index[i].item<int64_t>());
       EXPECT_EQ(m.y_aux[i].item<int64_t>(), sc);
-      EXPECT_NE(std::find(allowed.begin(), allowed.end(), sc), allowed.end()) << "step " << step << " slot " << i;
+      EXPECT_NE(std::find(allowed.begin(), allowed.end(), sc), allowed.end())
+          << "step " << step << " slot " << i;
     }
   }
 }
@@ -167,7 +175,8 @@ TEST(XMixup, JointHeadCoversTargetThenPairedSourceClassesAndTheLossUsesSoftLabel
     probs[i][t.y[i].item<int64_t>()] += lam[i].item<double>();
     probs[i][column] += 1 - lam[i].item<double>();
   }
-  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(x, "target"), probs), 1e-5);
+  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(x, "target"), probs),
+              1e-5);
   EXPECT_NEAR(terms.parts.at("lambda").item<double>(), lam.mean().item<double>(), 1e-6);
 }
 
@@ -204,7 +213,8 @@ TEST(XMixup, NoAuxLabelKeepsTheMixedInputButTrainsOnTheTargetLabelOnly) {
   EXPECT_LT(m.lambda.max().item<double>(), 1.0);
   std::vector<std::map<int64_t, double>> probs(6);
   for (int64_t i = 0; i < 6; ++i) probs[i][m.y_target[i].item<int64_t>()] = 1.0;
-  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(m.x, "target"), probs), 1e-5);
+  EXPECT_NEAR(terms.total.item<double>(), xmixup_expected_soft_ce(b->model->forward(m.x, "target"), probs),
+              1e-5);
 }
 
 TEST(XMixup, TheInDomainAblationIsVanillaMixupOneDrawPerBatch) {
@@ -248,7 +258,8 @@ TEST(XMixup, RandomAndAllAuxiliarySetsIgnoreThePairing) {
     const MixedBatch m = random->as<XMixup>().mixed_batch(ctx);
     for (int64_t i = 0; i < 6; ++i) seen.insert(source_label(*random, m.aux_index[i].item<int64_t>()));
   }
-  EXPECT_EQ(seen.size(), 4u) << "random auxiliary examples come from every source class, not the two paired ones";
+  EXPECT_EQ(seen.size(), 4u)
+      << "random auxiliary examples come from every source class, not the two paired ones";
   EXPECT_EQ(random->model->arch().head("target")->class_names.size(), 2 + rp.source_classes.size());
 
   auto all = xmixup_rig("xmixup", {{"aux", "all"}});
@@ -264,7 +275,7 @@ TEST(XMixup, AnAuxiliarySetBelowOneRoundIsASeededRandomPartOfThePairedClasses) {
   for (const auto& p : full->as<XMixup>().aux().pairing().pairs) paired.insert(p.source);
   ASSERT_EQ(paired.size(), 2u);
   for (const auto& [size, counts] : std::vector<std::pair<int64_t, std::multiset<int64_t>>>{
-           {2, {1, 1}},  // ~10% of a round: one example of each paired class
+           {2, {1, 1}},     // ~10% of a round: one example of each paired class
            {5, {2, 3}}}) {  // 1 each, then 3 more in proportion (1.5 each, the remainder to the first class)
     auto rig = xmixup_rig("xmixup", {{"aux_size", std::to_string(size)}});
     const XMixup& xm = rig->as<XMixup>();
@@ -294,8 +305,11 @@ TEST(XMixup, AnAuxiliarySetBelowOneRoundIsASeededRandomPartOfThePairedClasses) {
         EXPECT_TRUE(std::binary_search(members.begin(), members.end(), m.aux_index[i].item<int64_t>()));
     }
   }
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"aux_size", "1"}}); },
-                         {"--aux-size 1 is smaller than the 2 paired source classes"});
+  test::expect_bad_input(
+      [&] {
+        xmixup_rig("xmixup", {{"aux_size", "1"}});
+      },
+      {"--aux-size 1 is smaller than the 2 paired source classes"});
   // --aux random keeps its meaning: as many examples, from the whole source.
   auto random = xmixup_rig("xmixup", {{"aux", "random"}, {"aux_size", "5"}});
   EXPECT_EQ(random->as<XMixup>().aux().pools().mode, AuxMode::random);
@@ -310,10 +324,14 @@ TEST(XMixup, BadOptionsAreOneLineErrors) {
   config->fields(f);
   test::expect_bad_input([&] { f.set("alpha", "0"); }, {"--alpha must be > 0, got 0"});
   test::expect_bad_input([&] { f.set("beta", "-1"); }, {"--beta must be > 0, got -1"});
-  test::expect_bad_input([&] { f.set("label_space", "both"); }, {"--label-space must be one of joint, two-heads"});
+  test::expect_bad_input([&] { f.set("label_space", "both"); },
+                         {"--label-space must be one of joint, two-heads"});
   test::expect_bad_input([&] { f.set("aux", "near"); }, {"--aux must be one of paired, random, all"});
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"aux_size", "49"}}); },
-                         {"--aux-size 49 is larger than the source (48 training examples); --aux all would use all 48"});
+  test::expect_bad_input(
+      [&] {
+        xmixup_rig("xmixup", {{"aux_size", "49"}});
+      },
+      {"--aux-size 49 is larger than the source (48 training examples); --aux all would use all 48"});
   // Three target classes cannot each pair with one of two source classes...
   test::expect_bad_input([&] { xmixup_rig("xmixup", {}, "0,1,2", "0,3"); }, {"one-to-one", "--aux all"});
   // ...but more target than source classes is fine with --aux all.
@@ -332,10 +350,16 @@ TEST(XMixup, APairingFileIsUsedAndCheckedAgainstTheTask) {
   ASSERT_EQ(used.size(), 2u);
   EXPECT_EQ(used[0].source, p.pairs[0].source);
   EXPECT_EQ(used[1].source, p.pairs[1].source);
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"pairing", dir.file("pairing.json")}}, "0,3"); },
-                         {"--pairing", "pairs the target classes [2, 1] but the task's are [0, 3]"});
-  test::expect_bad_input([&] { xmixup_rig("xmixup", {{"pairing", dir.file("pairing.json")}, {"aux_size", "30"}}); },
-                         {"--aux-size 30 differs"});
+  test::expect_bad_input(
+      [&] {
+        xmixup_rig("xmixup", {{"pairing", dir.file("pairing.json")}}, "0,3");
+      },
+      {"--pairing", "pairs the target classes [2, 1] but the task's are [0, 3]"});
+  test::expect_bad_input(
+      [&] {
+        xmixup_rig("xmixup", {{"pairing", dir.file("pairing.json")}, {"aux_size", "30"}});
+      },
+      {"--aux-size 30 differs"});
 }
 
 TEST(SeqTrain, MidTunesOnAuxiliaryBatchesThenTrainsTheTargetAsASecondTraining) {
@@ -348,7 +372,8 @@ TEST(SeqTrain, MidTunesOnAuxiliaryBatchesThenTrainsTheTargetAsASecondTraining) {
   EXPECT_FALSE(phases[0].validate) << "the target head is untrained while mid-tuning";
   EXPECT_EQ(phases[1].name, "target");
   EXPECT_EQ(phases[1].steps, 20) << "the target phase is a whole --iterations";
-  EXPECT_EQ(xmixup_rig("seqtrain")->method->phases(20)[0].steps, 20) << "--aux-iterations 0: as many as --iterations";
+  EXPECT_EQ(xmixup_rig("seqtrain")->method->phases(20)[0].steps, 20)
+      << "--aux-iterations 0: as many as --iterations";
   // Phase 0 draws auxiliary batches only, phase 1 target batches only.
   for (rig->step = 0; rig->step < 7; ++rig->step) {
     rig->phase = rig->step < 4 ? 0 : 1;
@@ -423,8 +448,9 @@ TEST(SeqTrain, TheTargetPhaseRunsExactlyIterationsStepsFromZeroMomentum) {
   };
   const auto after_aux = head_buffers(3), after_first_target = head_buffers(4);
   EXPECT_EQ(after_aux.size(), 2u) << "the source head's weight and bias";
-  EXPECT_EQ(after_first_target.size(), 2u) << "the target head's only: the optimizer is fresh, the source head's "
-                                              "momentum is gone";
+  EXPECT_EQ(after_first_target.size(), 2u)
+      << "the target head's only: the optimizer is fresh, the source head's "
+         "momentum is gone";
   for (const auto& k : after_first_target) EXPECT_EQ(after_aux.count(k), 0u) << k;
 
   const nlohmann::json r = run_finetune(o, *config);
@@ -445,7 +471,8 @@ TEST(CoTrain, LossIsTargetPlusWeightedAuxiliaryCrossEntropy) {
   StepContext ctx = rig->ctx();
   const LossTerms terms = rig->method->loss(ctx);
   EXPECT_NEAR(terms.total.item<double>(),
-              terms.parts.at("ce_target").item<double>() + 0.5 * terms.parts.at("ce_aux").item<double>(), 1e-6);
+              terms.parts.at("ce_target").item<double>() + 0.5 * terms.parts.at("ce_aux").item<double>(),
+              1e-6);
   EXPECT_EQ(rig->batches.positions().at("aux"), 1);
   EXPECT_EQ(rig->batches.positions().at("target"), 1);
 }
@@ -495,7 +522,8 @@ TEST(XMixup, RunsAreDeterministicAndResumeBitExactly) {
     for (const auto& other : {again.out, split.out}) {
       const auto v = xmixup_weights(other + "/checkpoints/last.pt");
       ASSERT_EQ(w.size(), v.size());
-      for (const auto& [name, t] : w) EXPECT_TRUE(torch::equal(t, v.at(name))) << method << " " << other << " " << name;
+      for (const auto& [name, t] : w)
+        EXPECT_TRUE(torch::equal(t, v.at(name))) << method << " " << other << " " << name;
     }
   }
 }

@@ -22,7 +22,8 @@ TEST(Accuracy, ConfusionMatrixOnAHandMadeCase) {
   const Evaluation e = m.evaluation();
   EXPECT_EQ(e.count, 9);
   const std::vector<std::vector<int64_t>> want = {{3, 1, 0, 0}, {0, 1, 2, 0}, {1, 0, 1, 0}, {0, 0, 0, 0}};
-  EXPECT_EQ(e.confusion, want) << "confusion[true][predicted]: two of class 1 were called 2, none of 2 called 1";
+  EXPECT_EQ(e.confusion, want)
+      << "confusion[true][predicted]: two of class 1 were called 2, none of 2 called 1";
   EXPECT_DOUBLE_EQ(e.top1, 5.0 / 9.0);
   ASSERT_EQ(e.per_class.size(), 4u);
   EXPECT_DOUBLE_EQ(e.per_class[0], 0.75);
@@ -47,7 +48,8 @@ TEST(Accuracy, LogitsGiveTheMeanCrossEntropyAndTopFive) {
   lse = std::log(lse);
   EXPECT_DOUBLE_EQ(e.top1, 0.0);
   EXPECT_DOUBLE_EQ(e.top5, 0.5);
-  EXPECT_NEAR(e.loss, ((lse - 0.0) + (lse - 1.0)) / 2.0, 1e-6) << "cross-entropy of row 0 at label 0, row 1 at 4";
+  EXPECT_NEAR(e.loss, ((lse - 0.0) + (lse - 1.0)) / 2.0, 1e-6)
+      << "cross-entropy of row 0 at label 0, row 1 at 4";
   EXPECT_EQ(e.confusion[0][5], 1);
   EXPECT_EQ(e.confusion[4][0], 1);
   EXPECT_DOUBLE_EQ(e.to_json()["top5"].get<double>(), 0.5);
@@ -67,24 +69,28 @@ TEST(Accuracy, LogitsGiveTheMeanCrossEntropyAndTopFive) {
 TEST(Accuracy, EvaluateCountsTheModelsArgmaxAgainstTheLabels) {
   test::TempDir dir;
   const Task task = load_task(test::write_tiny_idx(dir.path(), 3, 4, 7), 0);
-  Arch arch{"cnn4:width=4", 1, 8, 8, compute_normalization(task.train.images), {{"target", task.class_names()}}};
+  Arch arch{
+      "cnn4:width=4", 1, 8, 8, compute_normalization(task.train.images), {{"target", task.class_names()}}};
   torch::manual_seed(4);
   Model model(arch);
   model->eval();
   const Evaluation e = evaluate(model, task.test, "target", 5);
   // By hand: normalise, forward, argmax, count.
   torch::NoGradGuard no_grad;
-  const torch::Tensor x = (task.test.images.to(torch::kFloat32) / 255.0 - arch.input.mean[0]) / arch.input.std[0];
+  const torch::Tensor x =
+      (task.test.images.to(torch::kFloat32) / 255.0 - arch.input.mean[0]) / arch.input.std[0];
   const torch::Tensor pred = model->forward(x, "target").argmax(1);
   std::vector<std::vector<int64_t>> want(3, std::vector<int64_t>(3, 0));
   for (int64_t i = 0; i < pred.size(0); ++i)
-    ++want[static_cast<size_t>(task.test.labels[i].item<int64_t>())][static_cast<size_t>(pred[i].item<int64_t>())];
+    ++want[static_cast<size_t>(task.test.labels[i].item<int64_t>())]
+          [static_cast<size_t>(pred[i].item<int64_t>())];
   EXPECT_EQ(e.confusion, want);
   int64_t correct = 0;
   for (int c = 0; c < 3; ++c) correct += want[c][c];
   EXPECT_DOUBLE_EQ(e.top1, static_cast<double>(correct) / 21.0);
-  const double ce = torch::nn::functional::cross_entropy(model->forward(x, "target").to(torch::kFloat64),
-                                                         task.test.labels).item<double>();
+  const double ce =
+      torch::nn::functional::cross_entropy(model->forward(x, "target").to(torch::kFloat64), task.test.labels)
+          .item<double>();
   EXPECT_NEAR(e.loss, ce, 1e-5) << "the mean cross-entropy over the test set";
   EXPECT_FALSE(model->is_training());
 }

@@ -14,7 +14,8 @@ TEST(Analysis, InterpolationLossIsZeroForAnAffineFunctionAndPositiveForAReluNetw
   torch::manual_seed(0);
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   const torch::Tensor x = torch::randn({30, 1, 4, 4}, f64);
-  const torch::Tensor w1 = torch::randn({16, 8}, f64), b1 = torch::randn({8}, f64), w2 = torch::randn({8, 5}, f64);
+  const torch::Tensor w1 = torch::randn({16, 8}, f64), b1 = torch::randn({8}, f64),
+                      w2 = torch::randn({8, 5}, f64);
   InterpolationOptions o;
   o.pairs = 200;
   o.batch = 64;  // several batches
@@ -35,20 +36,30 @@ TEST(Analysis, InterpolationLossIsZeroForAnAffineFunctionAndPositiveForAReluNetw
   EXPECT_GT(relu[1].mean, 0.1);
   // Seeded: the same seed gives the same numbers, another seed other pairs.
   const auto again = interpolation_loss(
-      [&](const torch::Tensor& in) { return std::vector<torch::Tensor>{torch::relu(in.flatten(1).mm(w1) + b1)}; }, x,
-      o);
+      [&](const torch::Tensor& in) {
+        return std::vector<torch::Tensor>{torch::relu(in.flatten(1).mm(w1) + b1)};
+      },
+      x, o);
   EXPECT_EQ(again[0].mean, relu[0].mean);
   o.seed = 1;
   const auto other = interpolation_loss(
-      [&](const torch::Tensor& in) { return std::vector<torch::Tensor>{torch::relu(in.flatten(1).mm(w1) + b1)}; }, x,
-      o);
+      [&](const torch::Tensor& in) {
+        return std::vector<torch::Tensor>{torch::relu(in.flatten(1).mm(w1) + b1)};
+      },
+      x, o);
   EXPECT_NE(other[0].mean, relu[0].mean);
   o.alpha = 0;
-  test::expect_bad_input([&] { interpolation_loss([](const torch::Tensor& in) { return std::vector<torch::Tensor>{in}; }, x, o); },
-                         {"alpha must be > 0, got 0"});
+  test::expect_bad_input(
+      [&] {
+        interpolation_loss([](const torch::Tensor& in) { return std::vector<torch::Tensor>{in}; }, x, o);
+      },
+      {"alpha must be > 0, got 0"});
   o.alpha = 0.2;
   test::expect_bad_input(
-      [&] { interpolation_loss([](const torch::Tensor& in) { return std::vector<torch::Tensor>{in}; }, x.slice(0, 0, 1), o); },
+      [&] {
+        interpolation_loss([](const torch::Tensor& in) { return std::vector<torch::Tensor>{in}; },
+                           x.slice(0, 0, 1), o);
+      },
       {"at least 2 examples"});
 }
 
@@ -100,7 +111,8 @@ TEST(Analysis, LabelIlIsMeasuredOnLogitsUnlessAskedForSoftmax) {
   o.pairs = 50;
   const ModelInterpolation logits = model_interpolation_loss(m, x, "target", o);
   const ModelInterpolation softmax = model_interpolation_loss(m, x, "target", o, LabelOutput::softmax);
-  // Logits: the distance the head's raw outputs give, which may exceed sqrt(2) (SMILE Table 6 reports 1.65-2.00).
+  // Logits: the distance the head's raw outputs give, which may exceed sqrt(2) (SMILE Table 6
+  // reports 1.65-2.00).
   m->eval();
   const auto direct = interpolation_loss(
       [&](const torch::Tensor& in) {
@@ -195,7 +207,8 @@ TEST(Analysis, InterpolationLossMatchesTheGoldenValuesOfSmilesEq7) {
   // deltas and Beta draws; a nonlinear output (tanh squared) and an affine one (0 up to rounding).
   const nlohmann::json g =
       read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/semi_interpolation.json")["interpolation"];
-  const torch::Tensor w1 = test::json_tensor(g["w1"]), w2 = test::json_tensor(g["w2"]), b2 = test::json_tensor(g["b2"]);
+  const torch::Tensor w1 = test::json_tensor(g["w1"]), w2 = test::json_tensor(g["w2"]),
+                      b2 = test::json_tensor(g["b2"]);
   const BatchFunction f = [&](const torch::Tensor& z) {
     return std::vector<torch::Tensor>{torch::tanh(z.matmul(w1)).pow(2), z.matmul(w2) + b2};
   };

@@ -99,10 +99,10 @@ TEST(Pretrained, MismatchedNamesAreExplained) {
 }
 
 /// The files people have, each written by python3-torch's torch.save: a plain torch.save(model.state_dict())
-/// (an OrderedDict, as in the torch hub cache), timm's and the Transfer-Learning-Library's {'state_dict': ...}
-/// training checkpoints (with an optimizer and argparse arguments beside it), a {'model': ...} wrapper, DDP's
-/// "module." names and a LightningModule's "model." names. Each loads into the same weights as a plain dict,
-/// through xfer's reader and through scripts/export_torchvision.py --from.
+/// (an OrderedDict, as in the torch hub cache), timm's and the Transfer-Learning-Library's {'state_dict':
+/// ...} training checkpoints (with an optimizer and argparse arguments beside it), a {'model': ...} wrapper,
+/// DDP's "module." names and a LightningModule's "model." names. Each loads into the same weights as a plain
+/// dict, through xfer's reader and through scripts/export_torchvision.py --from.
 TEST(Pretrained, EveryStateDictShapeLoads) {
   XFER_REQUIRE_TORCHVISION();
   test::TempDir dir;
@@ -112,23 +112,32 @@ TEST(Pretrained, EveryStateDictShapeLoads) {
       "m = torchvision.models.resnet18(weights=None, num_classes=6)\n"
       "with torch.no_grad():\n"
       "    for b in m.modules():\n"
-      "        if isinstance(b, torch.nn.BatchNorm2d): b.running_mean.uniform_(-1, 1); b.running_var.uniform_(0.5, 2)\n"
+      "        if isinstance(b, torch.nn.BatchNorm2d): b.running_mean.uniform_(-1, 1); "
+      "b.running_var.uniform_(0.5, 2)\n"
       "opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)\n"
       "m(torch.randn(2, 3, 32, 32)).sum().backward(); opt.step()\n"
       "sd = m.state_dict()\n"
-      "d = '", dir.path(), "/'\n"
+      "d = '",
+      dir.path(),
+      "/'\n"
       "torch.save(dict(sd), d + 'plain.pt')\n"
       "torch.save(sd, d + 'ordered.pth')\n"
       "torch.save({'epoch': 3, 'arch': 'resnet18', 'state_dict': sd, 'optimizer': opt.state_dict(),\n"
-      "            'args': argparse.Namespace(lr=0.1, model='resnet18'), 'metric': 71.5}, d + 'timm.pth.tar')\n"
+      "            'args': argparse.Namespace(lr=0.1, model='resnet18'), 'metric': 71.5}, d + "
+      "'timm.pth.tar')\n"
       "torch.save({'model': sd, 'epoch': 1}, d + 'model.pth')\n"
-      "torch.save({'model': collections.OrderedDict(('module.' + k, v) for k, v in sd.items())}, d + 'ddp.pth')\n"
+      "torch.save({'model': collections.OrderedDict(('module.' + k, v) for k, v in sd.items())}, d + "
+      "'ddp.pth')\n"
       "torch.save({'state_dict': {'model.' + k: v for k, v in sd.items()}, 'global_step': 10,\n"
       "            'pytorch-lightning_version': '1.9.0'}, d + 'lightning.ckpt')\n");
-  ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 ", pre_python(), " ", dir.file("make.py")).c_str()), 0);
+  ASSERT_EQ(
+      std::system(
+          cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 ", pre_python(), " ", dir.file("make.py")).c_str()),
+      0);
   const auto plain = read_state_dict(dir.file("plain.pt"));
   ASSERT_EQ(plain.count("fc.weight"), 1u);
-  const Model want = load_external_model("state_dict:" + dir.file("plain.pt"), "", 3, 32, 32, imagenet_normalization());
+  const Model want =
+      load_external_model("state_dict:" + dir.file("plain.pt"), "", 3, 32, 32, imagenet_normalization());
   const auto same_model = [&](const Model& got, const std::string& what) {
     const auto a = want->named_parameters(), b = got->named_parameters();
     ASSERT_EQ(a.size(), b.size()) << what;
@@ -145,17 +154,20 @@ TEST(Pretrained, EveryStateDictShapeLoads) {
         EXPECT_TRUE(torch::equal(sd.at(name), t)) << file << ": " << name;
       }
     }
-    same_model(load_external_model(cat("state_dict:", dir.file(file)), "", 3, 32, 32, imagenet_normalization()), file);
+    same_model(
+        load_external_model(cat("state_dict:", dir.file(file)), "", 3, 32, 32, imagenet_normalization()),
+        file);
     // The offline converter reads the same shapes with its own restricted unpickler.
     const std::string prefix = dir.file(cat("converted-", file));
-    ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 ", pre_python(), " ", XFER_SOURCE_DIR,
-                              "/scripts/export_torchvision.py --from ", dir.file(file), " --out ", prefix,
-                              " >/dev/null")
+    ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1 ", pre_python(), " ",
+                              XFER_SOURCE_DIR, "/scripts/export_torchvision.py --from ", dir.file(file),
+                              " --out ", prefix, " >/dev/null")
                               .c_str()),
               0)
         << file;
-    same_model(load_external_model("state_dict:" + prefix + ".state_dict.pt", "", 3, 32, 32, imagenet_normalization()),
-                 cat(file, " converted"));
+    same_model(load_external_model("state_dict:" + prefix + ".state_dict.pt", "", 3, 32, 32,
+                                   imagenet_normalization()),
+               cat(file, " converted"));
   }
 }
 
@@ -168,23 +180,31 @@ TEST(Pretrained, HostileWrapperIsRefusedWithoutRunningIt) {
   std::ofstream(dir.file("make.py")) << cat(
       "import torch, torchvision\n"
       "class Payload:\n"
-      "    def __reduce__(self): return (open, ('", marker, "', 'w'))\n"
+      "    def __reduce__(self): return (open, ('",
+      marker,
+      "', 'w'))\n"
       "sd = torchvision.models.resnet18(weights=None).state_dict()\n"
-      "torch.save({'state_dict': sd, 'hook': Payload()}, '", dir.file("hostile.pth"), "')\n"
-      "torch.save({'model': {'conv1.weight': sd['conv1.weight'], 'x': Payload()}}, '", dir.file("inner.pth"), "')\n");
+      "torch.save({'state_dict': sd, 'hook': Payload()}, '",
+      dir.file("hostile.pth"),
+      "')\n"
+      "torch.save({'model': {'conv1.weight': sd['conv1.weight'], 'x': Payload()}}, '",
+      dir.file("inner.pth"), "')\n");
   ASSERT_EQ(std::system(cat("OMP_WAIT_POLICY=PASSIVE ", pre_python(), " ", dir.file("make.py")).c_str()), 0);
   ASSERT_FALSE(fs::exists(marker));
   const std::string spec = test::write_tiny_idx(dir.path(), 2, 4, 2);
   for (const char* file : {"hostile.pth", "inner.pth"}) {
-    test::expect_bad_input([&] { read_state_dict(dir.file(file)); }, {file, "open", "not one of the globals"});
-    const test::CliOutcome o = test::run_cli({"-q", "finetune", "--init", cat("state_dict:", dir.file(file)), "--target",
-                                              spec, "--iterations", "1", "--out", dir.file("run")});
+    test::expect_bad_input([&] { read_state_dict(dir.file(file)); },
+                           {file, "open", "not one of the globals"});
+    const test::CliOutcome o =
+        test::run_cli({"-q", "finetune", "--init", cat("state_dict:", dir.file(file)), "--target", spec,
+                       "--iterations", "1", "--out", dir.file("run")});
     EXPECT_EQ(o.code, 2) << o.err;
     EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
     EXPECT_NE(o.err.find("open"), std::string::npos) << o.err;
-    const int rc = std::system(cat(pre_python(), " ", XFER_SOURCE_DIR, "/scripts/export_torchvision.py --from ",
-                                   dir.file(file), " --out ", dir.file("converted"), " 2>/dev/null")
-                                   .c_str());
+    const int rc =
+        std::system(cat(pre_python(), " ", XFER_SOURCE_DIR, "/scripts/export_torchvision.py --from ",
+                        dir.file(file), " --out ", dir.file("converted"), " 2>/dev/null")
+                        .c_str());
     EXPECT_EQ(rc, 256 * 2) << file;
   }
   EXPECT_FALSE(fs::exists(marker)) << "the payload ran";

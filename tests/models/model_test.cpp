@@ -38,7 +38,8 @@ TEST(Backbone, ResNetShapesAndTorchvisionNames) {
   Backbone r20 = make_backbone("resnet20", 3);
   const Features f = r20->forward_features(torch::randn({2, 3, 32, 32}));
   EXPECT_EQ(f.pooled.sizes(), (std::vector<int64_t>{2, 64}));
-  EXPECT_EQ(map_shapes(f), (std::vector<std::vector<int64_t>>{{2, 16, 32, 32}, {2, 32, 16, 16}, {2, 64, 8, 8}}));
+  EXPECT_EQ(map_shapes(f),
+            (std::vector<std::vector<int64_t>>{{2, 16, 32, 32}, {2, 32, 16, 16}, {2, 64, 8, 8}}));
 
   Backbone r18 = make_backbone("resnet18:width=8", 3);
   EXPECT_EQ(r18->spec(), "resnet18:width=8:stem=imagenet");
@@ -50,17 +51,19 @@ TEST(Backbone, ResNetShapesAndTorchvisionNames) {
   EXPECT_TRUE(r18->named_buffers().contains("layer3.0.downsample.1.running_mean"));
   EXPECT_EQ(r18->forward(torch::randn({1, 3, 64, 64})).sizes(), (std::vector<int64_t>{1, 64}));
   // The CIFAR stem keeps small images large enough for four stages.
-  const Features c = make_backbone("resnet18:width=8:stem=cifar", 1)->forward_features(torch::randn({1, 1, 28, 28}));
+  const Features c =
+      make_backbone("resnet18:width=8:stem=cifar", 1)->forward_features(torch::randn({1, 1, 28, 28}));
   EXPECT_EQ(c.map("layer4").sizes(), (std::vector<int64_t>{1, 64, 4, 4}));
 }
 
 TEST(Backbone, StageHookCanReplaceAStageOutput) {
   Backbone b = make_backbone("cnn4:width=4", 1);
   std::vector<std::string> seen;
-  const Features f = b->forward_features(torch::randn({3, 1, 28, 28}), [&](const std::string& s, const torch::Tensor& x) {
-    seen.push_back(s);
-    return s == "layer3" ? torch::zeros_like(x) : x;
-  });
+  const Features f =
+      b->forward_features(torch::randn({3, 1, 28, 28}), [&](const std::string& s, const torch::Tensor& x) {
+        seen.push_back(s);
+        return s == "layer3" ? torch::zeros_like(x) : x;
+      });
   EXPECT_EQ(seen, b->stage_names());
   EXPECT_EQ(f.map("layer3").abs().sum().item<double>(), 0.0);
   test::expect_bad_input([&] { f.map("layer9"); }, {"no stage 'layer9'", "layer1, layer2, layer3, layer4"});
@@ -68,7 +71,8 @@ TEST(Backbone, StageHookCanReplaceAStageOutput) {
 
 TEST(Backbone, BadSpecsAreRejected) {
   test::expect_bad_input([] { make_backbone("vgg16", 1); }, {"unknown backbone 'vgg16'", "cnn4", "resnet18"});
-  test::expect_bad_input([] { make_backbone("cnn4:width=0", 1); }, {"width must be an integer in [1, 4096], got '0'"});
+  test::expect_bad_input([] { make_backbone("cnn4:width=0", 1); },
+                         {"width must be an integer in [1, 4096], got '0'"});
   test::expect_bad_input([] { make_backbone("cnn4:depth=3", 1); }, {"unknown option 'depth'"});
   test::expect_bad_input([] { make_backbone("resnet18:stem=big", 1); }, {"stem must be imagenet or cifar"});
 }
@@ -94,7 +98,8 @@ TEST(Model, MismatchesSayWhatDiffers) {
   const Arch a = small_arch("cnn4:width=16");
   Arch b = a;
   b.backbone = "resnet20:width=16";
-  EXPECT_EQ(a.mismatch(b, false), "the checkpoint's backbone is resnet20:width=16, this run uses cnn4:width=16");
+  EXPECT_EQ(a.mismatch(b, false),
+            "the checkpoint's backbone is resnet20:width=16, this run uses cnn4:width=16");
   b = a;
   b.in_channels = 3;
   EXPECT_NE(a.mismatch(b, false).find("3-channel"), std::string::npos);
@@ -122,7 +127,8 @@ TEST(Model, CloneIsDeepAndEqual) {
 
 TEST(Model, CopyStateListsMismatches) {
   Model a(small_arch("cnn4:width=4")), b(small_arch("cnn4:width=8"));
-  test::expect_bad_input([&] { copy_state(*a, *b); }, {"weights do not match the model", "has shape", "more"});
+  test::expect_bad_input([&] { copy_state(*a, *b); },
+                         {"weights do not match the model", "has shape", "more"});
   Model c(small_arch("cnn4:width=4"));
   {
     torch::NoGradGuard no_grad;  // statistics of its own, so that copying them shows

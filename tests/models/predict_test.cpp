@@ -64,18 +64,20 @@ TEST(Predict, StreamedBatchesCoverTheRangeAndTheModesRestoredWhenTheCallerThrows
   predict_each(model, task.train, range, [&](int64_t start, int64_t end, const Predictions& batch) {
     batches.emplace_back(start, end);
     EXPECT_FALSE(batch.features.defined()) << "features were not asked for";
-    EXPECT_TRUE(torch::allclose(batch.logits.at("target"), whole.logits.at("target").slice(0, start, end), 1e-5,
-                                1e-6));
+    EXPECT_TRUE(torch::allclose(batch.logits.at("target"), whole.logits.at("target").slice(0, start, end),
+                                1e-5, 1e-6));
   });
   EXPECT_EQ(batches, (std::vector<std::pair<int64_t, int64_t>>{{5, 9}, {9, 13}, {13, 16}}));
   EXPECT_TRUE(model->is_training());
-  EXPECT_THROW(predict_each(model, task.train, range, [](int64_t, int64_t, const Predictions&) {
-                 throw BadInput("stop");
-               }),
+  EXPECT_THROW(predict_each(model, task.train, range,
+                            [](int64_t, int64_t, const Predictions&) { throw BadInput("stop"); }),
                BadInput);
   EXPECT_TRUE(model->is_training()) << "the mode is restored when the caller's function throws";
-  test::expect_bad_input([&] { predict(model, task.train, {true, {}, 4, 3, 22}); },
-                         {"examples [3, 22) are not in a dataset of 21"});
+  test::expect_bad_input(
+      [&] {
+        predict(model, task.train, {true, {}, 4, 3, 22});
+      },
+      {"examples [3, 22) are not in a dataset of 21"});
 }
 
 TEST(Predict, RefusesMissingHeadsWrongShapesAndEmptyData) {

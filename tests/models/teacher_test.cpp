@@ -140,8 +140,10 @@ TEST(Teacher, FoldedBatchNormsGiveTheUnfoldedOutputs) {
   // Every built-in architecture, taps kept (DELTA) or not (SMILE), contiguous or channels-last weights,
   // and again after an EMA update, which must refold.
   torch::manual_seed(4);
-  for (const auto& [spec, size] : std::vector<std::pair<std::string, int64_t>>{
-           {"cnn4:width=4", 28}, {"resnet20:width=4", 16}, {"resnet18:width=4", 32}, {"resnet50:width=2", 32}}) {
+  for (const auto& [spec, size] : std::vector<std::pair<std::string, int64_t>>{{"cnn4:width=4", 28},
+                                                                               {"resnet20:width=4", 16},
+                                                                               {"resnet18:width=4", 32},
+                                                                               {"resnet50:width=2", 32}}) {
     for (const bool taps : {false, true}) {
       Model source = model_with_statistics(spec, size);
       Teacher teacher(source, taps);
@@ -164,7 +166,8 @@ TEST(Teacher, FoldedBatchNormsGiveTheUnfoldedOutputs) {
       if (taps) {
         ASSERT_EQ(folded.convs.size(), expected.convs.size());
         for (size_t i = 0; i < expected.convs.size(); ++i)
-          expect_close(folded.convs[i].second, expected.convs[i].second, what + " conv " + expected.convs[i].first);
+          expect_close(folded.convs[i].second, expected.convs[i].second,
+                       what + " conv " + expected.convs[i].first);
       }
       Model student = model_with_statistics(spec, size);
       teacher.ema_update(student, 0.5, /*with_statistics=*/true);

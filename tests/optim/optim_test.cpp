@@ -1,7 +1,7 @@
 // xfer's SGD steps on flat buffers; these tests hold it to torch::optim::SGD bit for bit.
+#include "xfer/optim/optim.h"
 #include "support.h"
 #include "xfer/models/model.h"
-#include "xfer/optim/optim.h"
 
 namespace xfer {
 namespace {
@@ -18,12 +18,14 @@ Model small_model() {
 
 /// Two groups as the methods make them: the backbone, and the heads with their own lr and weight decay.
 std::vector<ParamGroup> groups_of(Model& m) {
-  return {{"backbone", m->backbone_parameters(), 1.0, std::nullopt}, {"heads", m->head_parameters(), 3.0, 0.5}};
+  return {{"backbone", m->backbone_parameters(), 1.0, std::nullopt},
+          {"heads", m->head_parameters(), 3.0, 0.5}};
 }
 
 void expect_identical(Model& a, Model& b, const std::string& when) {
   const auto pa = a->named_parameters(), pb = b->named_parameters();
-  for (const auto& p : pa) EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key() << " differs " << when;
+  for (const auto& p : pa)
+    EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key() << " differs " << when;
 }
 
 struct Case {
@@ -33,7 +35,8 @@ struct Case {
 };
 
 TEST(Optimizer, FlatSgdStepsBitForBitAsTorchsSgd) {
-  for (const Case c : {Case{0.9, false, 1e-4}, Case{0.9, true, 1e-3}, Case{0.0, false, 1e-4}, Case{0.5, false, 0.0}}) {
+  for (const Case c :
+       {Case{0.9, false, 1e-4}, Case{0.9, true, 1e-3}, Case{0.0, false, 1e-4}, Case{0.5, false, 0.0}}) {
     torch::manual_seed(7);
     Model ours = small_model(), theirs = clone_model(ours);
     OptimizerOptions o;
@@ -67,8 +70,9 @@ TEST(Optimizer, FlatSgdStepsBitForBitAsTorchsSgd) {
       for (size_t i = 1; i < backbone.size(); ++i)
         ASSERT_EQ(static_cast<const float*>(backbone[i].data_ptr()),
                   static_cast<const float*>(backbone[i - 1].data_ptr()) + backbone[i - 1].numel());
-      expect_identical(ours, theirs, cat("after step ", step, " (momentum ", c.momentum, ", nesterov ", c.nesterov,
-                                         ", weight decay ", c.weight_decay, ")"));
+      expect_identical(ours, theirs,
+                       cat("after step ", step, " (momentum ", c.momentum, ", nesterov ", c.nesterov,
+                           ", weight decay ", c.weight_decay, ")"));
     }
     // The momentum buffers a checkpoint stores are torch's too.
     const Archive a = save_optimizer(*flat), b = save_optimizer(reference);

@@ -1,6 +1,6 @@
+#include "xfer/optim/schedule.h"
 #include "support.h"
 #include "xfer/core/fields.h"
-#include "xfer/optim/schedule.h"
 
 namespace xfer {
 namespace {
@@ -34,7 +34,7 @@ TEST(Schedule, CosineDecaysToTheFinalLrFloor) {
   const double half = 0.01 + 0.99 * 0.5 * (1 + std::cos(M_PI * 50.0 / 101.0));
   EXPECT_NEAR(lr_factor(s, 50, 101), half, 1e-15);
   EXPECT_NEAR(lr_factor(s, 100, 101), 0.01 + 0.99 * 0.5 * (1 + std::cos(M_PI * 100.0 / 101.0)), 1e-15);
-  EXPECT_GT(lr_factor(s, 100, 101), 0.01);   // never below the floor ...
+  EXPECT_GT(lr_factor(s, 100, 101), 0.01);    // never below the floor ...
   EXPECT_LT(lr_factor(s, 100, 101), 0.0103);  // ... and within 3% of it at the last step
   // The floor does not touch the other schedules.
   s.schedule = ScheduleKind::step;
@@ -47,8 +47,13 @@ TEST(Schedule, ConstantAndValidation) {
   ScheduleOptions s;
   s.schedule = ScheduleKind::constant;
   EXPECT_EQ(lr_factor(s, 77, 100), 1.0);
-  test::expect_bad_input([&] { Fields f; s.fields(f); f.set("schedule", "linear"); },
-                         {"--schedule must be one of constant, step, cosine; got 'linear'"});
+  test::expect_bad_input(
+      [&] {
+        Fields f;
+        s.fields(f);
+        f.set("schedule", "linear");
+      },
+      {"--schedule must be one of constant, step, cosine; got 'linear'"});
   s.schedule = ScheduleKind::step;
   s.milestone = 1.0;
   test::expect_bad_input([&] { check_options(s); }, {"--milestone must be < 1, got 1"});

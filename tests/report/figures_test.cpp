@@ -24,11 +24,26 @@ const Series& fig_series(const Plot& p, const std::string& name) {
 TEST(ReportFigures, LossPartsEnterTheTotalWithTheirWeights) {
   // SMILE-like step lines: fe enters as 0.01 x fe, fc with a weight that changes, ce with none (weight 1).
   const std::vector<nlohmann::json> lines = {
-      {{"step", 10}, {"lr", 0.1}, {"loss", 2.0}, {"ce", 1.5}, {"fe", 40.0}, {"fc", 2.0},
-       {"part_weights", {{"fe", 0.01}, {"fc", 0.5}}}, {"samples_per_s", 900.0}, {"gradmix/w1", 0.3}},
+      {{"step", 10},
+       {"lr", 0.1},
+       {"loss", 2.0},
+       {"ce", 1.5},
+       {"fe", 40.0},
+       {"fc", 2.0},
+       {"part_weights", {{"fe", 0.01}, {"fc", 0.5}}},
+       {"samples_per_s", 900.0},
+       {"gradmix/w1", 0.3}},
       {{"step", 10}, {"val_top1", 0.4}, {"val_mean_class", 0.4}, {"val_loss", 1.7}},
-      {{"step", 20}, {"lr", 0.05}, {"loss", 1.0}, {"ce", 0.6}, {"fe", 20.0}, {"fc", 1.0}, {"train_top1", 0.7},
-       {"part_weights", {{"fe", 0.01}, {"fc", 0.2}}}, {"samples_per_s", 950.0}, {"gradmix/w1", 0.4}},
+      {{"step", 20},
+       {"lr", 0.05},
+       {"loss", 1.0},
+       {"ce", 0.6},
+       {"fe", 20.0},
+       {"fc", 1.0},
+       {"train_top1", 0.7},
+       {"part_weights", {{"fe", 0.01}, {"fc", 0.2}}},
+       {"samples_per_s", 950.0},
+       {"gradmix/w1", 0.4}},
       {{"step", 20}, {"val_top1", 0.5}, {"val_mean_class", 0.5}, {"val_loss", 1.2}, {"val_top5", 0.9}}};
   const Plot loss = loss_plot(lines, "run");
   std::vector<std::string> names;
@@ -56,7 +71,8 @@ TEST(ReportFigures, LossPartsEnterTheTotalWithTheirWeights) {
   EXPECT_EQ(fig_series(acc, "validation top-1").y, (std::vector<double>{40, 50}));
   EXPECT_EQ(fig_series(acc, "validation top-5").x, (std::vector<double>{20}));
   // A lone part equal to the total is named by the total rather than drawn under it.
-  const Plot plain = loss_plot({{{"step", 1}, {"loss", 0.9}, {"ce", 0.9}}, {{"step", 2}, {"loss", 0.5}, {"ce", 0.5}}}, "");
+  const Plot plain =
+      loss_plot({{{"step", 1}, {"loss", 0.9}, {"ce", 0.9}}, {{"step", 2}, {"loss", 0.5}, {"ce", 0.5}}}, "");
   ASSERT_EQ(plain.series.size(), 1u);
   EXPECT_EQ(plain.series[0].name, "total (= ce)");
   // Nothing logged, nothing to draw.
@@ -67,8 +83,7 @@ TEST(ReportFigures, ConfusionHeatMapIsResultJsonsMatrix) {
   const nlohmann::json result = {
       {"classes", {"Pullover", "Coat", "Shirt"}},
       {"test_mean_class", 0.6},
-      {"test",
-       {{"confusion", {{5, 1, 0}, {2, 3, 1}, {0, 0, 6}}}, {"per_class", {0.8333, 0.5, nullptr}}}}};
+      {"test", {{"confusion", {{5, 1, 0}, {2, 3, 1}, {0, 0, 6}}}, {"per_class", {0.8333, 0.5, nullptr}}}}};
   const Heatmap h = confusion_heatmap(result, "c");
   EXPECT_EQ(h.values, (std::vector<std::vector<double>>{{5, 1, 0}, {2, 3, 1}, {0, 0, 6}}));
   EXPECT_EQ(h.values, result["test"]["confusion"].get<std::vector<std::vector<double>>>());
@@ -83,14 +98,22 @@ TEST(ReportFigures, ConfusionHeatMapIsResultJsonsMatrix) {
   EXPECT_EQ(pc.xtics, h.row_labels);
   // A result without a test evaluation draws nothing; a matrix of the wrong shape is bad input.
   EXPECT_TRUE(confusion_heatmap({{"test_top1", 0.5}}, "c").values.empty());
-  test::expect_bad_input([] { confusion_heatmap({{"test", {{"confusion", {{1, 2}, {3}}}}}}, "c"); }, {"2 x 2"});
-  test::expect_bad_input([] { confusion_heatmap({{"test", {{"confusion", {{1, -2}, {3, 4}}}}}}, "c"); },
-                         {"-2", "not a count"});
+  test::expect_bad_input(
+      [] {
+        confusion_heatmap({{"test", {{"confusion", {{1, 2}, {3}}}}}}, "c");
+      },
+      {"2 x 2"});
+  test::expect_bad_input(
+      [] {
+        confusion_heatmap({{"test", {{"confusion", {{1, -2}, {3, 4}}}}}}, "c");
+      },
+      {"-2", "not a count"});
 }
 
 TEST(ReportFigures, ErrorBarsAreTheStandardDeviationOverSeeds) {
-  const std::vector<LabelledRun> runs = {{"l2", 10, 0.5},     {"l2", 10, 0.6}, {"l2", 10, 0.7}, {"l2", 50, 0.8},
-                                         {"l2", 50, 0.9},     {"scratch", 10, 0.3},             {"smile", 50, 0.95}};
+  const std::vector<LabelledRun> runs = {{"l2", 10, 0.5},    {"l2", 10, 0.6}, {"l2", 10, 0.7},
+                                         {"l2", 50, 0.8},    {"l2", 50, 0.9}, {"scratch", 10, 0.3},
+                                         {"smile", 50, 0.95}};
   const Plot p = accuracy_vs_labels(runs, {"scratch", "l2", "bss"}, "t");
   ASSERT_EQ(p.series.size(), 3u);  // bss has no runs; smile is not listed but ran
   EXPECT_EQ(p.series[0].name, "scratch");
@@ -125,9 +148,9 @@ TEST(ReportOnDemo, WritesTheComparisonAndPerRunPlots) {
   XFER_REQUIRE_FMNIST();
   test::TempDir dir;
   const std::string out = dir.file("demo");
-  const auto demo = test::run_cli({"demo", "--methods", "l2,smile", "--sizes", "4,8", "--seeds", "2", "--iterations",
-                                   "12", "--pretrain-iterations", "10", "--threads", "1", "--cache", dir.file("cache"),
-                                   "--out", out});
+  const auto demo = test::run_cli({"demo", "--methods", "l2,smile", "--sizes", "4,8", "--seeds", "2",
+                                   "--iterations", "12", "--pretrain-iterations", "10", "--threads", "1",
+                                   "--cache", dir.file("cache"), "--out", out});
   ASSERT_EQ(demo.code, 0) << demo.out << demo.err;
   const auto report = test::run_cli({"report", out});
   ASSERT_EQ(report.code, 0) << report.out << report.err;

@@ -19,12 +19,9 @@ namespace {
 /// Names that each try another way out of a gnuplot string into a command; each would create marker k.
 std::vector<std::string> hrp_names(const test::TempDir& dir) {
   const auto marker = [&](int k) { return dir.file(cat("ran", k)); };
-  return {cat("a\nsystem(\"touch ", marker(1), "\")\n#"),
-          cat("b'\nsystem('touch ", marker(2), "')\n'"),
-          cat("c\\' . system(\"touch ", marker(3), "\") . '"),
-          cat("`touch ", marker(4), "`"),
-          cat("@x \" ; system('touch ", marker(5), "')"),
-          cat("d\r\n! touch ", marker(6), "\n"),
+  return {cat("a\nsystem(\"touch ", marker(1), "\")\n#"),      cat("b'\nsystem('touch ", marker(2), "')\n'"),
+          cat("c\\' . system(\"touch ", marker(3), "\") . '"), cat("`touch ", marker(4), "`"),
+          cat("@x \" ; system('touch ", marker(5), "')"),      cat("d\r\n! touch ", marker(6), "\n"),
           cat("e\\\nsystem(\"touch ", marker(7), "\")")};
 }
 
@@ -38,18 +35,19 @@ TEST(HostileReport, NamesCarryingCodeAreDrawnAndNothingRuns) {
   for (int step = 1; step <= 3; ++step) {
     nlohmann::json line = {{"step", step}, {"loss", 1.0 / step}, {"val_top1", 0.1 * step}};
     for (size_t k = 0; k < names.size(); ++k) {
-      line[names[k]] = 0.1 * static_cast<double>(k + step);                      // a loss part
+      line[names[k]] = 0.1 * static_cast<double>(k + step);                                // a loss part
       line["grp" + std::to_string(k) + "/" + names[k]] = 0.2 * static_cast<double>(step);  // a group's series
-      line[names[k] + "/part"] = 0.3;                                             // a group named by the name
+      line[names[k] + "/part"] = 0.3;  // a group named by the name
     }
     metrics << line.dump() << "\n";
   }
   metrics.close();
-  write_json_file(run + "/result.json", {{"method", names[0]},
-                                         {"target", names[1]},
-                                         {"test_top1", 0.5},
-                                         {"classes", {names[4], names[5]}},  // the confusion matrix's labels
-                                         {"test", {{"confusion", {{3, 1}, {0, 4}}}, {"per_class", {0.75, 1.0}}}}});
+  write_json_file(run + "/result.json",
+                  {{"method", names[0]},
+                   {"target", names[1]},
+                   {"test_top1", 0.5},
+                   {"classes", {names[4], names[5]}},  // the confusion matrix's labels
+                   {"test", {{"confusion", {{3, 1}, {0, 4}}}, {"per_class", {0.75, 1.0}}}}});
   write_json_file(run + "/pairing.json", {{"similarity", {{0.1, 0.2}, {0.3, 0.4}}},
                                           {"target_classes", {names[2], names[3]}},
                                           {"source_classes", {names[4], names[5]}}});
@@ -58,7 +56,8 @@ TEST(HostileReport, NamesCarryingCodeAreDrawnAndNothingRuns) {
   write_json_file(run + "/weights.json", {{"classes", classes}});
 
   const nlohmann::json r = write_report(run);
-  for (int k = 0; k <= 7; ++k) EXPECT_FALSE(fs::exists(dir.file(cat("ran", k)))) << "a name ran code: ran" << k;
+  for (int k = 0; k <= 7; ++k)
+    EXPECT_FALSE(fs::exists(dir.file(cat("ran", k)))) << "a name ran code: ran" << k;
   ASSERT_TRUE(fs::exists(run + "/report.md"));
   if (!have_gnuplot()) GTEST_SKIP() << "gnuplot is not installed: nothing was drawn";
   // loss, accuracy, one plot per group (7 grpK and 7 named by the names), confusion, per-class accuracy,

@@ -37,7 +37,8 @@ TEST(Plot, MalformedPlotsAreBadInput) {
   p.series = {{"a", {0, 1}, {1}, {}}};
   test::expect_bad_input([&] { write_plot(dir.file("p.png"), p); }, {"series 'a'", "as many x as y"});
   p.series = {{"a", {0, 1}, {1, 2}, {}}};
-  if (have_gnuplot()) test::expect_bad_input([&] { write_plot(dir.file("p.gif"), p); }, {".png or .svg", "p.gif"});
+  if (have_gnuplot())
+    test::expect_bad_input([&] { write_plot(dir.file("p.gif"), p); }, {".png or .svg", "p.gif"});
   p.style = "pie";
   if (have_gnuplot()) test::expect_bad_input([&] { write_plot(dir.file("p.png"), p); }, {"'pie'"});
   Heatmap h{"m", "", "", {{1, 2}, {3}}, {}, {}};

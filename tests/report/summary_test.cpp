@@ -1,5 +1,5 @@
-#include "support.h"
 #include "xfer/report/summary.h"
+#include "support.h"
 
 namespace xfer {
 namespace {
@@ -16,9 +16,9 @@ RunRecord summary_record(const std::string& task, const std::string& method, int
 }
 
 TEST(Summary, MeanStdAndTheBestOfEachColumnInBold) {
-  std::vector<RunRecord> rs = {summary_record("A", "l2", 0, 0.70), summary_record("A", "l2", 1, 0.72),
+  std::vector<RunRecord> rs = {summary_record("A", "l2", 0, 0.70),  summary_record("A", "l2", 1, 0.72),
                                summary_record("A", "mix", 0, 0.80), summary_record("A", "mix", 1, 0.84),
-                               summary_record("B", "l2", 0, 0.90), summary_record("B", "mix", 0, 0.50)};
+                               summary_record("B", "l2", 0, 0.90),  summary_record("B", "mix", 0, 0.50)};
   const std::string t = summary_table(rs, {"A", "B"}, {"l2", "mix"}, "test_top1");
   // l2 on A: mean 71.0, sample std 1.4142 -> "71.0 ± 1.4"; mix on A: 82.0 ± 2.8, the best of column A.
   EXPECT_EQ(t,

@@ -16,11 +16,11 @@
 
 #include "support.h"
 #include "xfer/cli.h"
-#include "xfer/core/io.h"
 #include "xfer/core/fields.h"
+#include "xfer/core/io.h"
 #include "xfer/search/search.h"
-#include "xfer/workflows/search_runs.h"
 #include "xfer/search/study.h"
+#include "xfer/workflows/search_runs.h"
 
 extern char** environ;
 
@@ -40,11 +40,28 @@ std::string search_test_binary() {
 class SearchCli : public ::testing::Test {
  protected:
   void SetUp() override { spec_ = test::write_tiny_idx(dir_.path(), 3, 20, 3); }
-  std::vector<std::string> args(const std::string& method, int64_t trials, std::vector<std::string> extra) const {
-    std::vector<std::string> a = {"-q", "search", "--method", method, "--target", spec_ + ":per_class=10:val=4",
-                                  "--backbone", "cnn4:width=4", "--iterations", "12", "--batch-size", "8",
-                                  "--threads", "1", "--trials", std::to_string(trials), "--startup-trials", "2",
-                                  "--out", dir_.file("search")};
+  std::vector<std::string> args(const std::string& method, int64_t trials,
+                                std::vector<std::string> extra) const {
+    std::vector<std::string> a = {"-q",
+                                  "search",
+                                  "--method",
+                                  method,
+                                  "--target",
+                                  spec_ + ":per_class=10:val=4",
+                                  "--backbone",
+                                  "cnn4:width=4",
+                                  "--iterations",
+                                  "12",
+                                  "--batch-size",
+                                  "8",
+                                  "--threads",
+                                  "1",
+                                  "--trials",
+                                  std::to_string(trials),
+                                  "--startup-trials",
+                                  "2",
+                                  "--out",
+                                  dir_.file("search")};
     if (method == "smooth") {
       a.push_back("--source");
       a.push_back(spec_ + ":shift=invert");
@@ -58,14 +75,15 @@ class SearchCli : public ::testing::Test {
 };
 
 TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
-  const std::vector<std::string> space = {"--param", "tau=log:1:100", "--param", "alpha=lin:-2:2", "--param",
-                                          "bn=cat:shared,per-domain"};
+  const std::vector<std::string> space = {"--param",        "tau=log:1:100", "--param",
+                                          "alpha=lin:-2:2", "--param",       "bn=cat:shared,per-domain"};
   std::vector<std::string> a = args("smooth", 3, space);
   test::CliOutcome o = test::run_cli(a);
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_NE(o.out.find("Best: trial"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("| trial"), std::string::npos) << o.out;
-  for (const char* f : {"study.sqlite", "trials.csv", "best.json", "trials/0000/result.json", "trials/0002/result.json"})
+  for (const char* f :
+       {"study.sqlite", "trials.csv", "best.json", "trials/0000/result.json", "trials/0002/result.json"})
     EXPECT_TRUE(fs::exists(dir_.file(std::string("search/") + f))) << f;
   const auto best = read_json_file(dir_.file("search/best.json"));
   EXPECT_GE(best["params"]["tau"].get<double>(), 1);
@@ -90,9 +108,11 @@ TEST_F(SearchCli, RunsTrialsReportsTheBestAndResumes) {
   ASSERT_EQ(trials.size(), 4u);
   for (size_t i = 0; i < before.size(); ++i) EXPECT_EQ(*trials[i].value, before[i]);
   EXPECT_EQ(trials[3].state, "COMPLETE");
-  EXPECT_EQ(trials[3].intermediate.size(), 12u) << "validation at every step of 12 (iterations / 10 rounds down to 1)";
+  EXPECT_EQ(trials[3].intermediate.size(), 12u)
+      << "validation at every step of 12 (iterations / 10 rounds down to 1)";
   // Another space on the same study is refused, naming the difference.
-  a = args("smooth", 5, {"--param", "tau=log:1:1000", "--param", "alpha=lin:-2:2", "--param", "bn=cat:shared,per-domain"});
+  a = args("smooth", 5,
+           {"--param", "tau=log:1:1000", "--param", "alpha=lin:-2:2", "--param", "bn=cat:shared,per-domain"});
   o = test::run_cli(a);
   EXPECT_EQ(o.code, 2);
   EXPECT_NE(o.err.find("tau is log:1:1000 now but log:1:100 in the study"), std::string::npos) << o.err;
@@ -105,7 +125,8 @@ TEST_F(SearchCli, ADivergingTrialIsMarkedFailedAndTheStudyGoesOn) {
   int64_t budget = 6, failed = 0, complete = 0;
   std::string out;
   for (; budget <= 30; budget += 4) {
-    const test::CliOutcome o = test::run_cli(args("scratch", budget, {"--param", "lr=cat:0.05,1e9", "--sampler", "random"}));
+    const test::CliOutcome o =
+        test::run_cli(args("scratch", budget, {"--param", "lr=cat:0.05,1e9", "--sampler", "random"}));
     ASSERT_EQ(o.code, 0) << o.err;
     out += o.out;
     Study s(study_path());
@@ -147,8 +168,8 @@ TEST_F(SearchCli, BadInputIsOneClearLine) {
 
 TEST_F(SearchCli, TwoWorkerProcessesShareOneStudy) {
   XFER_REQUIRE_BINARY();
-  const test::CliOutcome o =
-      test::run_cli(args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
+  const test::CliOutcome o = test::run_cli(args(
+      "scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   const auto trials = s.trials();
@@ -244,13 +265,15 @@ TEST(SearchPruner, MedianPrunerFollowsOptuna) {
   EXPECT_FALSE(median_should_prune(4, {0.5, 0.6, 0.7, 0.8}, {0.1}, 10, 5, 0)) << "fewer than 5 complete";
   EXPECT_TRUE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.1}, 10, 5, 0));
   EXPECT_FALSE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.1}, 10, 5, 20)) << "inside the warm-up";
-  EXPECT_FALSE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.7, 0.2}, 10, 5, 0)) << "its best, 0.7, is the median";
+  EXPECT_FALSE(median_should_prune(5, {0.5, 0.6, 0.7, 0.8, 0.9}, {0.7, 0.2}, 10, 5, 0))
+      << "its best, 0.7, is the median";
   EXPECT_TRUE(median_should_prune(6, {0.5, 0.6, 0.7, 0.8}, {0.64}, 10, 5, 0)) << "median of four: 0.65";
   EXPECT_FALSE(median_should_prune(6, {0.5, 0.6, 0.7, 0.8}, {0.65}, 10, 5, 0));
   EXPECT_FALSE(median_should_prune(6, {}, {0.1}, 10, 5, 0)) << "no complete trial reported at this step";
   const double nan = std::numeric_limits<double>::quiet_NaN();
   EXPECT_TRUE(median_should_prune(6, {0.5}, {nan}, 10, 5, 0)) << "only NaN so far";
-  EXPECT_FALSE(median_should_prune(6, {0.5, nan, 0.3}, {0.45}, 10, 5, 0)) << "NaN values are skipped: median 0.4";
+  EXPECT_FALSE(median_should_prune(6, {0.5, nan, 0.3}, {0.45}, 10, 5, 0))
+      << "NaN values are skipped: median 0.4";
 }
 
 TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
@@ -269,7 +292,9 @@ TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
   const Objective objective = [&](const ParamValues&, const TrialRecord& r, const ReportFn& report) {
     TrialOutcome outcome;
     for (int64_t step : {10, 20, 30}) {
-      const double v = r.number == 5 ? 0.1 : r.number == 6 ? 0.95 : 0.75 + 0.05 * static_cast<double>(step / 10);
+      const double v = r.number == 5   ? 0.1
+                       : r.number == 6 ? 0.95
+                                       : 0.75 + 0.05 * static_cast<double>(step / 10);
       ++reports[r.number];
       if (report(step, v)) throw TrialPruned("pruned");
       outcome.intermediate.emplace_back(step, v);
@@ -298,10 +323,13 @@ TEST(SearchPruner, APrunedTrialIsRecordedAndSkipped) {
   // A sampler sees the pruned trial too (as Optuna's TPE does), with its last value and step.
   std::vector<Observation> seen;
   Study::ClaimOptions more{8, 60, 1};
-  study.claim("w", more, [&](const std::vector<Observation>& done, int64_t) {
-    seen = done;
-    return ParamValues{{"x", 0.5}};
-  }, [&](int64_t n) { return dir.file(std::to_string(n)); });
+  study.claim(
+      "w", more,
+      [&](const std::vector<Observation>& done, int64_t) {
+        seen = done;
+        return ParamValues{{"x", 0.5}};
+      },
+      [&](int64_t n) { return dir.file(std::to_string(n)); });
   ASSERT_EQ(seen.size(), 7u);
   EXPECT_TRUE(seen[5].pruned);
   EXPECT_EQ(seen[5].pruned_step, 10);
@@ -315,7 +343,8 @@ TEST(SearchReadme, DocumentsEverySearchFlag) {
   Fields f;
   opts.fields(f);
   for (const auto& field : f.all())
-    EXPECT_NE(docs.find("`" + field.flag()), std::string::npos) << field.flag() << " is not in docs/search.md";
+    EXPECT_NE(docs.find("`" + field.flag()), std::string::npos)
+        << field.flag() << " is not in docs/search.md";
   EXPECT_NE(docs.find("`--param`"), std::string::npos);
 }
 

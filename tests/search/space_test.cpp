@@ -42,8 +42,9 @@ TEST(SearchSpace, StoredSpacesOfTheWrongTypesAreBadInput) {
   // BadInput naming the parameter, not nlohmann's type_error.
   for (const char* text : {R"([{"name": "lr", "range": false}])", R"([{"name": 3, "range": "log:1:10"}])",
                            R"([{"name": "lr"}])", R"({"name": "lr", "range": "log:1:10"})"})
-    test::expect_bad_input([&] { (void)SearchSpace::from_json(nlohmann::json::parse(text)); },
-                           {nlohmann::json::parse(text).is_array() ? "malformed stored parameter" : "must be a JSON array"});
+    test::expect_bad_input(
+        [&] { (void)SearchSpace::from_json(nlohmann::json::parse(text)); },
+        {nlohmann::json::parse(text).is_array() ? "malformed stored parameter" : "must be a JSON array"});
 }
 
 TEST(SearchSpace, BadParamTextsSayWhatIsWrong) {
@@ -80,7 +81,8 @@ TEST(SearchSpace, DifferenceNamesWhatChanged) {
   EXPECT_NE(wider.find("tau is log:1:100000 now but log:1:1000 in the study"), std::string::npos) << wider;
   const std::string fewer = SearchSpace::parse({"tau=log:1:1000"}).difference(stored);
   EXPECT_NE(fewer.find("also searches alpha=lin:-6:6"), std::string::npos) << fewer;
-  const std::string more = SearchSpace::parse({"tau=log:1:1000", "alpha=lin:-6:6", "t0=lin:-1:1"}).difference(stored);
+  const std::string more =
+      SearchSpace::parse({"tau=log:1:1000", "alpha=lin:-6:6", "t0=lin:-1:1"}).difference(stored);
   EXPECT_NE(more.find("t0 is new"), std::string::npos) << more;
   const std::string kind = SearchSpace::parse({"tau=lin:1:1000", "alpha=lin:-6:6"}).difference(stored);
   EXPECT_NE(kind.find("lin:1:1000"), std::string::npos) << kind;
@@ -94,9 +96,8 @@ TEST(SearchSpace, ChecksAndSetsOptionsOfARunAndItsMethod) {
   smooth.fields(mf);
   const std::vector<Fields*> both = {&rf, &mf};
   const std::vector<std::string> fixed = {"out", "method"};
-  const SearchSpace s =
-      SearchSpace::parse({"tau=log:1:1000", "lr=log:0.001:0.1", "batch_size=int:8:64", "bn=cat:shared,per-domain",
-                          "flip=cat:true,false"});
+  const SearchSpace s = SearchSpace::parse({"tau=log:1:1000", "lr=log:0.001:0.1", "batch_size=int:8:64",
+                                            "bn=cat:shared,per-domain", "flip=cat:true,false"});
   check_space(s, both, fixed);
   EXPECT_EQ(smooth.tau, 30) << "checking tries values but puts the option back";
   EXPECT_EQ(run.loader.batch_size, 64);

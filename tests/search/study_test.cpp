@@ -31,7 +31,8 @@ StudyInfo study_test_info() {
 
 Study::SampleFn study_test_sampler() {
   return [](const std::vector<Observation>& complete, int64_t number) {
-    return ParamValues{{"x", static_cast<double>(complete.size()) / 100}, {"c", static_cast<double>(number % 2)}};
+    return ParamValues{{"x", static_cast<double>(complete.size()) / 100},
+                       {"c", static_cast<double>(number % 2)}};
   };
 }
 
@@ -68,7 +69,8 @@ TEST(Study, ClaimsUpToTheBudgetAndResumes) {
   EXPECT_EQ(t->number, 3);
   s.fail(t->number, "the loss is nan at step 3", {});
   EXPECT_EQ(s.trials()[3].state, "FAILED");
-  EXPECT_FALSE(s.claim("w", {4, 60, 1}, study_test_sampler(), study_test_dirs())) << "a diverged trial counts";
+  EXPECT_FALSE(s.claim("w", {4, 60, 1}, study_test_sampler(), study_test_dirs()))
+      << "a diverged trial counts";
 }
 
 TEST(Study, RefusesAnotherSpaceOrConfigurationNamingTheDifference) {
@@ -77,7 +79,8 @@ TEST(Study, RefusesAnotherSpaceOrConfigurationNamingTheDifference) {
   { Study s(path, study_test_info()); }
   StudyInfo other = study_test_info();
   other.space = SearchSpace::parse({"x=lin:-2:1", "c=cat:a,b"});
-  test::expect_bad_input([&] { Study s(path, other); }, {"another space", "x is lin:-2:1 now but lin:-1:1 in the study"});
+  test::expect_bad_input([&] { Study s(path, other); },
+                         {"another space", "x is lin:-2:1 now but lin:-1:1 in the study"});
   other = study_test_info();
   other.space = SearchSpace::parse({"x=lin:-1:1"});
   test::expect_bad_input([&] { Study s(path, other); }, {"also searches c=cat:a,b"});
@@ -161,7 +164,8 @@ TEST(Study, ConcurrentWorkersNeverClaimTheSameTrial) {
   for (int w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {
       Study s(path, study_test_info());  // each worker has its own connection, as processes do
-      while (auto t = s.claim("w" + std::to_string(w), {budget, 60, 1}, study_test_sampler(), study_test_dirs())) {
+      while (auto t =
+                 s.claim("w" + std::to_string(w), {budget, 60, 1}, study_test_sampler(), study_test_dirs())) {
         ran[w].push_back(t->number);
         s.complete(t->number, static_cast<double>(t->number), {});
       }
@@ -188,7 +192,8 @@ TEST(Study, LockedCorruptAndForeignDatabasesAreClearErrors) {
   ASSERT_EQ(sqlite3_open(dir.file("foreign.sqlite").c_str(), &db), SQLITE_OK);
   sqlite3_exec(db, "CREATE TABLE users(name TEXT)", nullptr, nullptr, nullptr);
   sqlite3_close(db);
-  test::expect_bad_input([&] { Study s(dir.file("foreign.sqlite"), study_test_info()); }, {"not an xfer study"});
+  test::expect_bad_input([&] { Study s(dir.file("foreign.sqlite"), study_test_info()); },
+                         {"not an xfer study"});
   // Locked: another connection holds the write lock longer than the busy timeout.
   const std::string path = dir.file("study.sqlite");
   Study s(path, study_test_info(), 0.2);

@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "support.h"
+#include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
-#include "xfer/core/fields.h"
 #include "xfer/search/search.h"
 #include "xfer/search/tpe.h"
 
@@ -88,7 +88,8 @@ TEST(Tpe, NormalQuantileInvertsTheCdf) {
   EXPECT_NEAR(normal_quantile(0.975), 1.959963984540054, 1e-12);
   EXPECT_NEAR(normal_quantile(0.5), 0.0, 1e-15);
   // Far in the upper tail cdf(x) rounds towards 1 in double, so the inverse is checked up to x = 5 there.
-  for (double x : {-30.0, -8.0, -3.0, -0.5, 0.1, 2.0, 5.0}) EXPECT_NEAR(normal_quantile(normal_cdf(x)), x, 1e-9 * (1 + std::abs(x)));
+  for (double x : {-30.0, -8.0, -3.0, -0.5, 0.1, 2.0, 5.0})
+    EXPECT_NEAR(normal_quantile(normal_cdf(x)), x, 1e-9 * (1 + std::abs(x)));
   EXPECT_TRUE(std::isinf(normal_quantile(0)));
   EXPECT_TRUE(std::isinf(normal_quantile(1)));
 }
@@ -104,7 +105,8 @@ TEST(Tpe, BandwidthsAreNeighbourGapsWithTheMagicClip) {
   EXPECT_EQ(raw.sigmas(), (std::vector<double>{1, 2, 2, 10}));
   EXPECT_EQ(clipped.sigmas(), (std::vector<double>{2, 2, 2, 10}));
   EXPECT_EQ(clipped.mus(), (std::vector<double>{2, 3, 7, 5}));
-  EXPECT_EQ(clipped.weights(), (std::vector<double>{0.25, 0.25, 0.25, 0.25}));  // 3 observations + prior weight 1
+  EXPECT_EQ(clipped.weights(),
+            (std::vector<double>{0.25, 0.25, 0.25, 0.25}));  // 3 observations + prior weight 1
   // Log parameters live in log space.
   const ParzenEstimator lg(parse_param("tau=log:1:10000"), {10, 100}, TpeOptions{});
   EXPECT_NEAR(lg.mus()[0], std::log(10.0), 1e-12);
@@ -178,8 +180,8 @@ TEST(Tpe, DensitiesNormaliseAndSamplesStayInTheSpace) {
 }
 
 /// Minimises `f` (the samplers maximise -f) for `budget` trials; returns the best f found.
-double tpe_minimise(ParamSampler& sampler, const SearchSpace& space, const std::function<double(const ParamValues&)>& f,
-                    int budget, uint64_t seed) {
+double tpe_minimise(ParamSampler& sampler, const SearchSpace& space,
+                    const std::function<double(const ParamValues&)>& f, int budget, uint64_t seed) {
   std::vector<Observation> done;
   double best = std::numeric_limits<double>::infinity();
   for (int i = 0; i < budget; ++i) {
@@ -207,7 +209,8 @@ TEST(Tpe, BeatsRandomSearchOnBranin) {
   const int budget = 60;
   RandomParamSampler random;
   std::vector<double> random_best;
-  for (uint64_t seed = 0; seed < 9; ++seed) random_best.push_back(tpe_minimise(random, space, branin, budget, seed));
+  for (uint64_t seed = 0; seed < 9; ++seed)
+    random_best.push_back(tpe_minimise(random, space, branin, budget, seed));
   TpeSampler tpe;
   const double tpe_best = tpe_minimise(tpe, space, branin, budget, 7);
   EXPECT_LT(tpe_best, tpe_median(random_best)) << "random search's median best " << tpe_median(random_best);
@@ -225,7 +228,8 @@ TEST(Tpe, BeatsRandomSearchOnAMixedSpace) {
   const int budget = 50;
   RandomParamSampler random;
   std::vector<double> random_best;
-  for (uint64_t seed = 0; seed < 9; ++seed) random_best.push_back(tpe_minimise(random, space, f, budget, seed));
+  for (uint64_t seed = 0; seed < 9; ++seed)
+    random_best.push_back(tpe_minimise(random, space, f, budget, seed));
   TpeSampler tpe;
   EXPECT_LT(tpe_minimise(tpe, space, f, budget, 3), tpe_median(random_best));
 }
@@ -249,9 +253,17 @@ TEST(Tpe, IsDeterministicPerSeed) {
   TpeSampler tpe;
   RandomParamSampler random;
   std::vector<Observation> first(a.begin(), a.begin() + 10);
-  EXPECT_EQ(tpe.sample(space, std::vector<Observation>(a.begin(), a.begin() + 9), 5), random.sample(space, {}, 5));
+  EXPECT_EQ(tpe.sample(space, std::vector<Observation>(a.begin(), a.begin() + 9), 5),
+            random.sample(space, {}, 5));
   EXPECT_NE(tpe.sample(space, first, 5), random.sample(space, {}, 5));
-  test::expect_bad_input([] { SearchOptions o; Fields f; o.fields(f); f.set("sampler", "grid"); }, {"--sampler", "grid"});
+  test::expect_bad_input(
+      [] {
+        SearchOptions o;
+        Fields f;
+        o.fields(f);
+        f.set("sampler", "grid");
+      },
+      {"--sampler", "grid"});
 }
 
 }  // namespace

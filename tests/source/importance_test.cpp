@@ -59,7 +59,8 @@ TEST(Importance, AppendixExampleElasticMatcher) {
 }
 
 TEST(Importance, ElasticReDividesRecursively) {
-  // A (w=.5/.05=10) gives its 5, B (w=.3/.1=3) then cannot supply 55*.3/.5=33 and gives its 10, C the 45 left.
+  // A (w=.5/.05=10) gives its 5, B (w=.3/.1=3) then cannot supply 55*.3/.5=33 and gives its 10, C the 45
+  // left.
   const auto w = ImportanceWeights::from_target_distribution({"A", "B", "C"}, {5, 10, 85}, {0.5, 0.3, 0.2});
   EXPECT_EQ(elastic_counts(w, 60), (std::vector<int64_t>{5, 10, 45}));
   // Small N: every class can supply its share, so elastic equals same.
@@ -134,7 +135,8 @@ TEST(Importance, DrawsAreAPureFunctionOfTheSeed) {
   const auto w = datl_appendix_weights();
   const auto by_class = datl_by_class(w.examples);
   for (const std::string m : {"same", "elastic"}) {
-    const MatchedSet a = match_distribution(m, w, by_class, 30, 11), b = match_distribution(m, w, by_class, 30, 11);
+    const MatchedSet a = match_distribution(m, w, by_class, 30, 11),
+                     b = match_distribution(m, w, by_class, 30, 11);
     const MatchedSet c = match_distribution(m, w, by_class, 30, 12);
     EXPECT_EQ(a.indices, b.indices) << m;
     EXPECT_EQ(a.counts, c.counts) << m;  // counts are deterministic, only the examples move
@@ -163,22 +165,28 @@ TEST(Importance, BadSizesSayWhatIsWrong) {
 TEST(Importance, WeightsFileRoundTripsAndMustMatchTheSource) {
   ImportanceWeights w = datl_appendix_weights();
   w.provenance["target"] = "somewhere";
-  const ImportanceWeights back = ImportanceWeights::from_json(nlohmann::json::parse(w.to_json().dump()), "w.json");
+  const ImportanceWeights back =
+      ImportanceWeights::from_json(nlohmann::json::parse(w.to_json().dump()), "w.json");
   EXPECT_EQ(back.classes, w.classes);
   EXPECT_EQ(back.examples, w.examples);
   EXPECT_EQ(back.weight, w.weight);
   EXPECT_EQ(back.provenance["target"], "somewhere");
 
-  TensorDataset source{torch::zeros({4, 1, 2, 2}, torch::kUInt8), torch::tensor({0, 1, 1, 2}), {"A", "B", "C"}, nullptr};
+  TensorDataset source{
+      torch::zeros({4, 1, 2, 2}, torch::kUInt8), torch::tensor({0, 1, 1, 2}), {"A", "B", "C"}, nullptr};
   const ImportanceWeights rebased = weights_for_source(w, source, "w.json");
   EXPECT_EQ(rebased.examples, (std::vector<int64_t>{1, 2, 1}));
   EXPECT_NEAR(rebased.weight[0], 0.5 / 0.25, 1e-12);
   source.class_names = {"A", "X", "C"};
   test::expect_bad_input([&] { weights_for_source(w, source, "w.json"); }, {"w.json", "'B'", "'X'"});
   source.class_names = {"A", "B", "C", "D"};
-  test::expect_bad_input([&] { weights_for_source(w, source, "w.json"); }, {"w.json lists 3 classes", "has 4"});
-  test::expect_bad_input([&] { ImportanceWeights::from_json({{"classes", 3}}, "bad.json"); },
-                         {"bad.json", "not an importance-weights file"});
+  test::expect_bad_input([&] { weights_for_source(w, source, "w.json"); },
+                         {"w.json lists 3 classes", "has 4"});
+  test::expect_bad_input(
+      [&] {
+        ImportanceWeights::from_json({{"classes", 3}}, "bad.json");
+      },
+      {"bad.json", "not an importance-weights file"});
 }
 
 TEST(Importance, ClassWeightedCrossEntropyWeightsEachExample) {
@@ -189,8 +197,8 @@ TEST(Importance, ClassWeightedCrossEntropyWeightsEachExample) {
   const double expected = ((ce[0] * 2.0 + ce[1] * 3.0 + ce[2] * 0.5) / 3).item<double>();
   EXPECT_NEAR(class_weighted_cross_entropy(logits, labels, w).item<double>(), expected, 1e-6);
   // Unit weights: plain cross-entropy.
-  EXPECT_NEAR(class_weighted_cross_entropy(logits, labels, torch::ones({3})).item<double>(), ce.mean().item<double>(),
-              1e-6);
+  EXPECT_NEAR(class_weighted_cross_entropy(logits, labels, torch::ones({3})).item<double>(),
+              ce.mean().item<double>(), 1e-6);
 }
 
 /// write_tiny_idx into a new subdirectory of `dir`.
@@ -215,7 +223,8 @@ RunOptions datl_tiny_pretrain(const std::string& spec, const std::string& out) {
 TEST(Importance, PretrainOnTheResampledSource) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4);
-  ImportanceWeights w = ImportanceWeights::from_target_distribution({"0", "1", "2"}, {20, 20, 20}, {0.7, 0.2, 0.1});
+  ImportanceWeights w =
+      ImportanceWeights::from_target_distribution({"0", "1", "2"}, {20, 20, 20}, {0.7, 0.2, 0.1});
   write_json_file(dir.file("w.json"), w.to_json());
 
   RunOptions same = datl_tiny_pretrain(spec, dir.file("same"));
@@ -273,13 +282,15 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
                     encode_idx(labels.index_select(0, torch::randperm(labels.size(0), make_generator(5)))));
 
   auto weights = [&](const std::string& target_spec, const std::string& out) {
-    const test::CliOutcome o = test::run_cli({"-q", "weights", "--model", dir.file("classifier"), "--source", source, "--target",
-                                     target_spec, "--out", out, "--threads", "1"});
+    const test::CliOutcome o =
+        test::run_cli({"-q", "weights", "--model", dir.file("classifier"), "--source", source, "--target",
+                       target_spec, "--out", out, "--threads", "1"});
     EXPECT_EQ(o.code, 0) << o.err;
     EXPECT_NE(o.out.find("w = P_t/P_s"), std::string::npos) << o.out;
     return ImportanceWeights::from_json(read_json_file(out + "/weights.json"), out);
   };
-  const ImportanceWeights a = weights(target, dir.file("a")), b = weights("idx:dir=" + dir.file("shuffled"), dir.file("b"));
+  const ImportanceWeights a = weights(target, dir.file("a")),
+                          b = weights("idx:dir=" + dir.file("shuffled"), dir.file("b"));
   ASSERT_EQ(a.p_target.size(), 3u);
   for (size_t y = 0; y < 3; ++y) EXPECT_NEAR(a.p_target[y], b.p_target[y], 1e-9);
   EXPECT_NEAR(std::accumulate(a.p_target.begin(), a.p_target.end(), 0.0), 1.0, 1e-12);
@@ -292,7 +303,8 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
     const Task t = load_task(target, 0);
     const Normalization& norm = classifier->arch().input;
     const torch::Tensor x = (t.train.images.to(torch::kFloat32) / 255.0 - norm.mean[0]) / norm.std[0];
-    const torch::Tensor p = torch::softmax(classifier->forward(x, "source").to(torch::kFloat64) / 2.0, 1).mean(0);
+    const torch::Tensor p =
+        torch::softmax(classifier->forward(x, "source").to(torch::kFloat64) / 2.0, 1).mean(0);
     for (int64_t y = 0; y < 3; ++y) {
       EXPECT_NEAR(a.p_target[static_cast<size_t>(y)], p[y].item<double>(), 1e-6) << "P_t(" << y << ")";
       EXPECT_NEAR(a.p_source[static_cast<size_t>(y)], 20.0 / 60.0, 1e-12);
@@ -313,16 +325,19 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
   by_model.sampling.weights_target = target;
   const nlohmann::json rf = run_pretrain(by_file), rm = run_pretrain(by_model);
   EXPECT_EQ(rf["sampling"]["class_counts"], rm["sampling"]["class_counts"]);
-  for (size_t y = 0; y < 3; ++y) EXPECT_NEAR(rm["sampling"]["p_target"][y].get<double>(), a.p_target[y], 1e-9);
+  for (size_t y = 0; y < 3; ++y)
+    EXPECT_NEAR(rm["sampling"]["p_target"][y].get<double>(), a.p_target[y], 1e-9);
   EXPECT_EQ(rm["sampling"]["weights_from"], dir.file("classifier"));
   by_model.sampling.weights_target = "";
-  test::expect_bad_input([&] { run_pretrain(by_model); }, {"--weights-from MODEL and --weights-target SPEC go together"});
+  test::expect_bad_input([&] { run_pretrain(by_model); },
+                         {"--weights-from MODEL and --weights-target SPEC go together"});
   by_model.sampling.weights = dir.file("a/weights.json");
   test::expect_bad_input([&] { run_pretrain(by_model); }, {"not both"});
 
   // Bad input: one line, exit code 2.
-  const std::vector<std::string> base = {"weights", "--model", dir.file("classifier"), "--source", source, "--target",
-                                         target, "--out", dir.file("c")};
+  const std::vector<std::string> base = {"weights",  "--model", dir.file("classifier"),
+                                         "--source", source,    "--target",
+                                         target,     "--out",   dir.file("c")};
   auto expect_bad = [&](std::vector<std::string> extra, const std::string& piece) {
     std::vector<std::string> args = base;
     args.insert(args.end(), extra.begin(), extra.end());

@@ -22,9 +22,9 @@ std::pair<double, std::vector<double>> mixing_brute_force(const LayerGeometry& l
   std::vector<double> arg;
   for (int a = 0; a <= steps; ++a)
     for (int b = 0; b <= (l.k == 3 ? steps - a : 0); ++b) {
-      std::vector<double> w = l.k == 2 ? std::vector<double>{double(a) / steps, 1.0 - double(a) / steps}
-                                       : std::vector<double>{double(a) / steps, double(b) / steps,
-                                                             double(steps - a - b) / steps};
+      std::vector<double> w =
+          l.k == 2 ? std::vector<double>{double(a) / steps, 1.0 - double(a) / steps}
+                   : std::vector<double>{double(a) / steps, double(b) / steps, double(steps - a - b) / steps};
       const double c = l.cossim(w);
       if (c > best) best = c, arg = w;
     }
@@ -84,7 +84,8 @@ TEST(MixingWeights, MatchesBruteForceGridIn2And3Dimensions) {
       EXPECT_GE(s.cossim, best - 1e-4) << "k " << k << " trial " << trial;
       EXPECT_NEAR(s.cossim, l.cossim(s.weights), 1e-12);
       // Where the grid's optimum is clearly better than uniform, the weights agree with it.
-      for (int64_t i = 0; i < k; ++i) EXPECT_NEAR(s.weights[i], arg[i], k == 2 ? 2e-3 : 2e-2) << "k " << k << " trial " << trial;
+      for (int64_t i = 0; i < k; ++i)
+        EXPECT_NEAR(s.weights[i], arg[i], k == 2 ? 2e-3 : 2e-2) << "k " << k << " trial " << trial;
     }
   }
 }
@@ -104,16 +105,19 @@ TEST(MixingWeights, AnalyticGradientMatchesFiniteDifferences) {
 
 TEST(MixingWeights, DegenerateLayersKeepThePreviousWeights) {
   const std::vector<double> previous = {0.25, 0.75};
-  const MixingSolution zero_target = solve_mixing_weights(mixing_test_layer({{1, 0}, {0, 1}, {0, 0}}), previous);
+  const MixingSolution zero_target =
+      solve_mixing_weights(mixing_test_layer({{1, 0}, {0, 1}, {0, 0}}), previous);
   EXPECT_FALSE(zero_target.ok);
   EXPECT_EQ(zero_target.weights, previous);
   EXPECT_NE(zero_target.why.find("target gradient is zero"), std::string::npos);
-  const MixingSolution zero_sources = solve_mixing_weights(mixing_test_layer({{0, 0}, {0, 0}, {1, 0}}), previous);
+  const MixingSolution zero_sources =
+      solve_mixing_weights(mixing_test_layer({{0, 0}, {0, 0}, {1, 0}}), previous);
   EXPECT_FALSE(zero_sources.ok);
   EXPECT_EQ(zero_sources.weights, previous);
   // Every source opposed to gV: SLSQP cannot do better than a cosine of -1, but it still returns weights
   // summing to 1 without throwing.
-  const MixingSolution opposed = solve_mixing_weights(mixing_test_layer({{-1, 0}, {-2, 0}, {1, 0}}), previous);
+  const MixingSolution opposed =
+      solve_mixing_weights(mixing_test_layer({{-1, 0}, {-2, 0}, {1, 0}}), previous);
   double sum = 0;
   for (double w : opposed.weights) sum += w;
   EXPECT_NEAR(sum, 1.0, 1e-12);

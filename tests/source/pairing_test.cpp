@@ -26,7 +26,8 @@ TensorDataset pairing_dataset(const std::vector<int64_t>& counts, const std::str
 }
 
 TEST(Pairing, CentroidsAndCosinesOfAHandMadeFeatureSet) {
-  const torch::Tensor features = torch::tensor({{1.0, 0.0, 0.0}, {3.0, 0.0, 0.0}, {0.0, 2.0, 0.0}, {0.0, 4.0, 2.0}});
+  const torch::Tensor features =
+      torch::tensor({{1.0, 0.0, 0.0}, {3.0, 0.0, 0.0}, {0.0, 2.0, 0.0}, {0.0, 4.0, 2.0}});
   const torch::Tensor labels = torch::tensor({0, 0, 1, 1}, torch::kInt64);
   const torch::Tensor c = class_centroids(features, labels, 2);
   EXPECT_TRUE(torch::allclose(c, torch::tensor({{2.0, 0.0, 0.0}, {0.0, 3.0, 1.0}}, torch::kFloat64)));
@@ -37,8 +38,11 @@ TEST(Pairing, CentroidsAndCosinesOfAHandMadeFeatureSet) {
   EXPECT_NEAR(s[0][1].item<double>(), 0.0, 1e-12);
   EXPECT_NEAR(s[1][0].item<double>(), 3 / std::sqrt(20.0), 1e-12);
   EXPECT_NEAR(s[1][1].item<double>(), 1 / std::sqrt(10.0), 1e-12);
-  test::expect_bad_input([&] { class_centroids(features, labels, 3, {"a", "b", "coat"}); },
-                         {"class 'coat' has no training examples"});
+  test::expect_bad_input(
+      [&] {
+        class_centroids(features, labels, 3, {"a", "b", "coat"});
+      },
+      {"class 'coat' has no training examples"});
 }
 
 TEST(Pairing, GreedyTakesTheMostSimilarPairFirstEvenWhenTheOptimumDiffers) {
@@ -63,7 +67,8 @@ TEST(Pairing, GreedyTakesTheMostSimilarPairFirstEvenWhenTheOptimumDiffers) {
 }
 
 TEST(Pairing, RoundsRepeatUntilTheAuxiliarySetReachesTheThreshold) {
-  const torch::Tensor sim = torch::tensor({{0.9, 0.1, 0.5, 0.3, 0.2}, {0.2, 0.8, 0.4, 0.6, 0.7}}, torch::kFloat64);
+  const torch::Tensor sim =
+      torch::tensor({{0.9, 0.1, 0.5, 0.3, 0.2}, {0.2, 0.8, 0.4, 0.6, 0.7}}, torch::kFloat64);
   const std::vector<int64_t> counts = {10, 20, 30, 40, 50};
   // One round: 0->0, 1->1, 30 examples.
   auto one = pair_classes(sim, counts, 0);
@@ -95,11 +100,17 @@ TEST(Pairing, RoundsRepeatUntilTheAuxiliarySetReachesTheThreshold) {
 
 TEST(Pairing, BadSizesSayWhatWouldWork) {
   const torch::Tensor sim = torch::rand({3, 2}, torch::kFloat64);
-  test::expect_bad_input([&] { pair_classes(sim, {5, 5}, 0); },
-                         {"one-to-one", "the source has 2 classes and the target 3", "--aux all"});
+  test::expect_bad_input(
+      [&] {
+        pair_classes(sim, {5, 5}, 0);
+      },
+      {"one-to-one", "the source has 2 classes and the target 3", "--aux all"});
   const torch::Tensor ok = torch::rand({2, 3}, torch::kFloat64);
-  test::expect_bad_input([&] { pair_classes(ok, {5, 5, 5}, 16); },
-                         {"--aux-size 16 is larger than the source (15 training examples)", "--aux all would use all 15"});
+  test::expect_bad_input(
+      [&] {
+        pair_classes(ok, {5, 5, 5}, 16);
+      },
+      {"--aux-size 16 is larger than the source (15 training examples)", "--aux all would use all 15"});
 }
 
 TEST(Pairing, JsonRoundTripAndClassChecks) {
@@ -136,14 +147,16 @@ TEST(Pairing, PoolsOfEachAuxiliaryMode) {
   EXPECT_EQ(paired.pools[0].size(), 7u);
   EXPECT_EQ(paired.pools[1].size(), 13u);
   for (int64_t i : paired.pools[0]) EXPECT_EQ(source.labels[i].item<int64_t>(), 2);
-  for (int64_t i : paired.pools[1]) EXPECT_TRUE(source.labels[i].item<int64_t>() == 0 || source.labels[i].item<int64_t>() == 3);
+  for (int64_t i : paired.pools[1])
+    EXPECT_TRUE(source.labels[i].item<int64_t>() == 0 || source.labels[i].item<int64_t>() == 3);
   EXPECT_EQ(paired.source_classes, (std::vector<int64_t>{0, 2, 3}));
   EXPECT_EQ(paired.size(), p.samples());
 
   const AuxPools random = make_aux_pools(AuxMode::random, &p, source, 2, 1);
   ASSERT_EQ(random.pools.size(), 1u);
   EXPECT_EQ(random.size(), p.samples()) << "as many examples as the paired set";
-  EXPECT_EQ(std::set<int64_t>(random.pools[0].begin(), random.pools[0].end()).size(), 20u) << "without replacement";
+  EXPECT_EQ(std::set<int64_t>(random.pools[0].begin(), random.pools[0].end()).size(), 20u)
+      << "without replacement";
   EXPECT_EQ(make_aux_pools(AuxMode::random, &p, source, 2, 1).pools, random.pools) << "seeded";
   EXPECT_NE(make_aux_pools(AuxMode::random, &p, source, 2, 2).pools, random.pools);
 
@@ -154,7 +167,8 @@ TEST(Pairing, PoolsOfEachAuxiliaryMode) {
 }
 
 TEST(Pairing, AuxSamplerDrawsFromThePairedClassesSlotForSlotWithTheTargetStream) {
-  const TensorDataset target = pairing_dataset({7, 9, 5}, "t"), source = pairing_dataset({4, 6, 8, 3, 5}, "s");
+  const TensorDataset target = pairing_dataset({7, 9, 5}, "t"),
+                      source = pairing_dataset({4, 6, 8, 3, 5}, "s");
   Pairing p;
   p.target_classes = target.class_names;
   p.source_classes = source.class_names;
@@ -197,7 +211,8 @@ TEST(Pairing, SelectionPairsIdenticalClassesThroughTheBackbone) {
   Model model(arch);
   model->train();
   // Batching does not change the features, and the model's mode is restored.
-  const torch::Tensor f1 = extract_features(model, source.train, 7), f2 = extract_features(model, source.train, 500);
+  const torch::Tensor f1 = extract_features(model, source.train, 7),
+                      f2 = extract_features(model, source.train, 500);
   EXPECT_TRUE(torch::allclose(f1, f2, 1e-5, 1e-6));
   EXPECT_TRUE(model->is_training());
   // The target's classes are source classes 2 and 0, with the same images: their centroids coincide.

@@ -1,30 +1,31 @@
 // GradMix's ensemble pseudo-label rules (section 3.5) on hand-made probabilities.
+#include "xfer/source/pseudo_labels.h"
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
-#include "xfer/source/pseudo_labels.h"
 
 namespace xfer {
 namespace {
 
 /// Three models, four images, three classes.
 torch::Tensor pseudo_test_probs() {
-  return torch::tensor({// model 0
-                        0.90, 0.05, 0.05,   // image 0: class 0, confident
-                        0.10, 0.85, 0.05,   // image 1: class 1, confident
-                        0.70, 0.20, 0.10,   // image 2: class 0, not confident
-                        0.05, 0.05, 0.90,   // image 3: class 2
-                        // model 1
-                        0.95, 0.03, 0.02,   //
-                        0.05, 0.90, 0.05,   //
-                        0.85, 0.10, 0.05,   //
-                        0.90, 0.05, 0.05,   // image 3: model 1 disagrees
-                        // model 2
-                        0.81, 0.10, 0.09,   //
-                        0.02, 0.97, 0.01,   //
-                        0.90, 0.05, 0.05,   //
-                        0.05, 0.05, 0.90},
-                       torch::kFloat32)
+  return torch::tensor(
+             {                   // model 0
+              0.90, 0.05, 0.05,  // image 0: class 0, confident
+              0.10, 0.85, 0.05,  // image 1: class 1, confident
+              0.70, 0.20, 0.10,  // image 2: class 0, not confident
+              0.05, 0.05, 0.90,  // image 3: class 2
+                                 // model 1
+              0.95, 0.03, 0.02,  //
+              0.05, 0.90, 0.05,  //
+              0.85, 0.10, 0.05,  //
+              0.90, 0.05, 0.05,  // image 3: model 1 disagrees
+                                 // model 2
+              0.81, 0.10, 0.09,  //
+              0.02, 0.97, 0.01,  //
+              0.90, 0.05, 0.05,  //
+              0.05, 0.05, 0.90},
+             torch::kFloat32)
       .view({3, 4, 3});
 }
 
@@ -53,7 +54,8 @@ TEST(PseudoLabels, SoftRuleIsTheMeanProbability) {
 
 TEST(PseudoLabels, ThresholdOutsideTheOpenUnitIntervalIsRejected) {
   for (double t : {0.0, 1.0, -0.2, 1.5})
-    test::expect_bad_input([&] { hard_pseudo_labels(pseudo_test_probs(), t); }, {"--pseudo-threshold", "(0, 1)"});
+    test::expect_bad_input([&] { hard_pseudo_labels(pseudo_test_probs(), t); },
+                           {"--pseudo-threshold", "(0, 1)"});
 }
 
 TEST(PseudoLabels, EnlargingVFillsEachClassUpToTheTarget) {
@@ -66,9 +68,9 @@ TEST(PseudoLabels, EnlargingVFillsEachClassUpToTheTarget) {
   at::Generator gen = make_generator(1);
   const torch::Tensor pick = enlarge_per_class(v, h, 3, 3, gen);
   const torch::Tensor picked_labels = h.labels.index_select(0, pick);
-  EXPECT_EQ((picked_labels == 0).sum().item<int64_t>(), 2);  // 3 - 1
-  EXPECT_EQ((picked_labels == 1).sum().item<int64_t>(), 1);  // 3 - 2
-  EXPECT_EQ((picked_labels == 2).sum().item<int64_t>(), 1);  // wants 3, only 1 exists
+  EXPECT_EQ((picked_labels == 0).sum().item<int64_t>(), 2);         // 3 - 1
+  EXPECT_EQ((picked_labels == 1).sum().item<int64_t>(), 1);         // 3 - 2
+  EXPECT_EQ((picked_labels == 2).sum().item<int64_t>(), 1);         // wants 3, only 1 exists
   EXPECT_EQ(std::get<0>(at::_unique(pick)).numel(), pick.numel());  // no image twice
   // Seeded: the same generator seed picks the same images.
   at::Generator again = make_generator(1);
@@ -78,8 +80,10 @@ TEST(PseudoLabels, EnlargingVFillsEachClassUpToTheTarget) {
 TEST(PseudoLabels, EnsembleFileRoundTrips) {
   test::TempDir dir;
   EnsembleLabels e;
-  e.images = {torch::randint(0, 255, {4, 1, 8, 8}).to(torch::kUInt8), torch::tensor({0, 1, 2, 0}, torch::kInt64),
-              {"a", "b", "c"}, nullptr};
+  e.images = {torch::randint(0, 255, {4, 1, 8, 8}).to(torch::kUInt8),
+              torch::tensor({0, 1, 2, 0}, torch::kInt64),
+              {"a", "b", "c"},
+              nullptr};
   e.probs = pseudo_test_probs();
   save_ensemble_labels(dir.file("p.pt"), e);
   const EnsembleLabels back = load_ensemble_labels(dir.file("p.pt"));

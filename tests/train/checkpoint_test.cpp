@@ -3,8 +3,8 @@
 
 #include "support.h"
 #include "xfer/core/io.h"
-#include "xfer/train/checkpoint.h"
 #include "xfer/optim/optim.h"
+#include "xfer/train/checkpoint.h"
 #include "xfer/workflows/pretrained.h"
 
 namespace xfer {
@@ -50,7 +50,8 @@ TEST(Checkpoint, RoundTripIsBitExact) {
   const auto a = m->named_parameters(), b = back->named_parameters();
   ASSERT_EQ(a.size(), b.size());
   for (const auto& p : a) EXPECT_TRUE(torch::equal(p.value(), b[p.key()])) << p.key();
-  for (const auto& p : m->named_buffers()) EXPECT_TRUE(torch::equal(p.value(), back->named_buffers()[p.key()])) << p.key();
+  for (const auto& p : m->named_buffers())
+    EXPECT_TRUE(torch::equal(p.value(), back->named_buffers()[p.key()])) << p.key();
   EXPECT_EQ(back->arch().heads[0].name, "source");
 }
 
@@ -61,9 +62,11 @@ TEST(Checkpoint, CorruptTruncatedAndForeignFilesAreRejected) {
   std::string flipped = bytes;
   flipped[bytes.size() / 2] ^= 0x10;
   write_file_atomic(dir.file("flipped.pt"), flipped);
-  test::expect_bad_input([&] { CheckpointReader(dir.file("flipped.pt")); }, {"flipped.pt", "checksum mismatch"});
+  test::expect_bad_input([&] { CheckpointReader(dir.file("flipped.pt")); },
+                         {"flipped.pt", "checksum mismatch"});
   write_file_atomic(dir.file("short.pt"), bytes.substr(0, bytes.size() - 100));
-  test::expect_bad_input([&] { CheckpointReader(dir.file("short.pt")); }, {"short.pt", "truncated checkpoint"});
+  test::expect_bad_input([&] { CheckpointReader(dir.file("short.pt")); },
+                         {"short.pt", "truncated checkpoint"});
   write_file_atomic(dir.file("other.pt"), "PK\x03\x04 a zip from somewhere else");
   test::expect_bad_input([&] { CheckpointReader(dir.file("other.pt")); },
                          {"not an xfer checkpoint but a zip archive", "state_dict:FILE or torchscript:FILE"});
@@ -84,7 +87,8 @@ TEST(Checkpoint, CachedSourceModelsOfAnotherFormatAreTrainedAgain) {
   p.threads = 1;
   std::ostringstream first, again, reused;
   const std::string cached = cached_pretrain(p, dir.file("cache"), first);
-  // No validation split: the run keeps last.pt only (which a cache that looked for best.pt retrained each time).
+  // No validation split: the run keeps last.pt only (which a cache that looked for best.pt retrained each
+  // time).
   const std::string best = resolve_checkpoint(cached);
   EXPECT_EQ(best, cached + "/checkpoints/last.pt");
   ASSERT_EQ(checkpoint_format_of(best), kCheckpointFormat) << first.str();
@@ -161,7 +165,8 @@ TEST(Checkpoint, OptimizerStateRoundTripsExactly) {
   OptimizerOptions adam_opts;
   adam_opts.optimizer = OptimizerKind::adam;
   auto adam = make_optimizer(adam_opts, {group("all", m->parameters())});
-  test::expect_bad_input([&] { load_optimizer(*adam, save_optimizer(*opt)); }, {"optimizer is 'sgd'", "adam"});
+  test::expect_bad_input([&] { load_optimizer(*adam, save_optimizer(*opt)); },
+                         {"optimizer is 'sgd'", "adam"});
   auto two = make_optimizer(sgd, {group("w", {m->weight}), group("b", {m->bias})});
   test::expect_bad_input([&] { load_optimizer(*two, save_optimizer(*opt)); }, {"parameter groups (group 0)"});
 }

@@ -142,7 +142,8 @@ TEST(FitResult, JsonOfPhasesAndOfARunWithoutValidationOrTest) {
   EXPECT_TRUE(j["best_val_top1"].is_null());
   EXPECT_TRUE(j["best_val_step"].is_null());
   EXPECT_FALSE(j.contains("test_top1"));
-  EXPECT_EQ(j["phases"], nlohmann::json::parse(R"([{"name":"first","steps":3},{"name":"second","steps":4}])"));
+  EXPECT_EQ(j["phases"],
+            nlohmann::json::parse(R"([{"name":"first","steps":3},{"name":"second","steps":4}])"));
   EXPECT_EQ(j["allreduce_share"], 0.25);
   EXPECT_EQ(j["allreduce_wait_share"], 0.125);
 }
@@ -161,12 +162,14 @@ TEST(RunResult, ToJsonIsTheResultJsonWritten) {
   EXPECT_FALSE(r.stopped());
   const nlohmann::json saved = read_json_file(dir.file("run/result.json"));
   EXPECT_EQ(r.to_json(), saved);
-  EXPECT_EQ(keys(saved), (std::set<std::string>{
-                             "command", "out", "method", "target", "source", "init", "backbone", "seed", "threads",
-                             "world_size", "xfer_version", "train_size", "val_size", "test_size", "classes",
-                             "iterations", "selected", "selected_step", "best_val_top1", "best_val_step",
-                             "train_seconds", "step_ms", "step_ms_median", "skipped_steps", "samples_per_s",
-                             "test_top1", "test_mean_class", "test"}));
+  EXPECT_EQ(keys(saved),
+            (std::set<std::string>{"command",       "out",           "method",          "target",
+                                   "source",        "init",          "backbone",        "seed",
+                                   "threads",       "world_size",    "xfer_version",    "train_size",
+                                   "val_size",      "test_size",     "classes",         "iterations",
+                                   "selected",      "selected_step", "best_val_top1",   "best_val_step",
+                                   "train_seconds", "step_ms",       "step_ms_median",  "skipped_steps",
+                                   "samples_per_s", "test_top1",     "test_mean_class", "test"}));
   EXPECT_EQ(r.backbone, "cnn4:width=4");
   EXPECT_EQ(r.train_size, saved["train_size"]);
 

@@ -11,7 +11,8 @@ namespace xfer {
 namespace {
 
 const nlohmann::json& golden() {
-  static const nlohmann::json g = read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/foundation.json");
+  static const nlohmann::json g =
+      read_json_file(std::string(XFER_SOURCE_DIR) + "/tests/golden/foundation.json");
   return g;
 }
 
@@ -27,11 +28,14 @@ torch::Tensor loss_of(const std::vector<torch::Tensor>& p) {
          p[1].pow(4).sum() * 0.1 - (p[1] * torch::tensor({0.2, -0.4, 0.6}, opts)).sum();
 }
 
-void expect_steps_match(const OptimizerOptions& o, const std::string& key, std::vector<double> mults = {1.0}) {
+void expect_steps_match(const OptimizerOptions& o, const std::string& key,
+                        std::vector<double> mults = {1.0}) {
   auto params = quadratic_params();
   std::vector<ParamGroup> groups;
-  if (mults.size() == 1) groups = {{"all", params, mults[0], std::nullopt}};
-  else groups = {{"a", {params[0]}, mults[0], std::nullopt}, {"b", {params[1]}, mults[1], std::nullopt}};
+  if (mults.size() == 1)
+    groups = {{"all", params, mults[0], std::nullopt}};
+  else
+    groups = {{"a", {params[0]}, mults[0], std::nullopt}, {"b", {params[1]}, mults[1], std::nullopt}};
   auto opt = make_optimizer(o, groups);
   set_learning_rates(*opt, groups, o.lr);
   for (int step = 0; step < 3; ++step) {
@@ -43,7 +47,8 @@ void expect_steps_match(const OptimizerOptions& o, const std::string& key, std::
     const auto expected = golden()[key][i].get<std::vector<double>>();
     const torch::Tensor got = params[i].detach().flatten();
     for (size_t j = 0; j < expected.size(); ++j)
-      EXPECT_NEAR(got[j].item<double>(), expected[j], 1e-12 + 1e-9 * std::abs(expected[j])) << key << " " << i << "," << j;
+      EXPECT_NEAR(got[j].item<double>(), expected[j], 1e-12 + 1e-9 * std::abs(expected[j]))
+          << key << " " << i << "," << j;
   }
 }
 

@@ -76,18 +76,22 @@ TEST(HostileCheckpoint, DeclaredArchitectureMustFitTheTensorsHeld) {
   const Model tiny(hck_arch("cnn4:width=4"));
   nlohmann::json declared = tiny->arch().to_json();
   declared["backbone"] = "cnn4:width=4096";  // 2.4e9 parameters for a file of a few kB
-  test::expect_bad_input([&] { CheckpointReader(hck_forged(dir.file("wide.pt"), tiny, declared)).read_model(); },
-                         {"wide.pt", "declares cnn4:width=4096", "values) but holds"});
+  test::expect_bad_input(
+      [&] { CheckpointReader(hck_forged(dir.file("wide.pt"), tiny, declared)).read_model(); },
+      {"wide.pt", "declares cnn4:width=4096", "values) but holds"});
   declared = tiny->arch().to_json();
-  declared["heads"] = nlohmann::json::array({{{"name", "target"}, {"classes", std::vector<std::string>(100000, "c")}}});
-  test::expect_bad_input([&] { CheckpointReader(hck_forged(dir.file("heads.pt"), tiny, declared)).read_model(); },
-                         {"heads.pt", "declares"});
+  declared["heads"] =
+      nlohmann::json::array({{{"name", "target"}, {"classes", std::vector<std::string>(100000, "c")}}});
+  test::expect_bad_input(
+      [&] { CheckpointReader(hck_forged(dir.file("heads.pt"), tiny, declared)).read_model(); },
+      {"heads.pt", "declares"});
   for (const auto& bad : {nlohmann::json{{"in_channels", 1000000}}, nlohmann::json{{"height", -1}},
                           nlohmann::json{{"input_std", {0.0}}}}) {
     declared = tiny->arch().to_json();
     declared.update(bad);
-    test::expect_bad_input([&] { CheckpointReader(hck_forged(dir.file("bounds.pt"), tiny, declared)).read_model(); },
-                           {"bounds.pt"});
+    test::expect_bad_input(
+        [&] { CheckpointReader(hck_forged(dir.file("bounds.pt"), tiny, declared)).read_model(); },
+        {"bounds.pt"});
   }
 }
 
@@ -97,8 +101,9 @@ TEST(HostileCheckpoint, HeadNamesLibTorchCannotRegisterAreBadInput) {
   for (const std::string name : {"a.b", "", "x\ny"}) {
     nlohmann::json declared = tiny->arch().to_json();
     declared["heads"][0]["name"] = name;
-    test::expect_bad_input([&] { CheckpointReader(hck_forged(dir.file("h.pt"), tiny, declared)).read_model(); },
-                           {"h.pt", "a head name must be 1-64 letters"});
+    test::expect_bad_input(
+        [&] { CheckpointReader(hck_forged(dir.file("h.pt"), tiny, declared)).read_model(); },
+        {"h.pt", "a head name must be 1-64 letters"});
   }
 }
 
@@ -132,22 +137,25 @@ TEST(HostileCheckpoint, MalformedPicklesAreBadInputNotCrashes) {
   test::expect_bad_input([&] { read_state_dict(hck_state_dict_file(dir, "t.pt", "\x80\x02\x85.")); },
                          {"t.pt", "malformed pickle at byte 2", "needs 1 values, 0 there"});
   // A memo index never stored, a huge string length, SETITEMS on a list, trailing bytes, no STOP.
-  for (const std::string& p : {std::string("\x80\x02h\x05."), std::string("\x80\x02X\xff\xff\xff\x7f"),
-                               std::string("\x80\x02](NNu."), std::string("\x80\x02}.junk"), std::string("\x80\x02}")})
-    test::expect_bad_input([&] { read_state_dict(hck_state_dict_file(dir, "p.pt", p)); }, {"p.pt", "malformed pickle"});
+  for (const std::string& p :
+       {std::string("\x80\x02h\x05."), std::string("\x80\x02X\xff\xff\xff\x7f"),
+        std::string("\x80\x02](NNu."), std::string("\x80\x02}.junk"), std::string("\x80\x02}")})
+    test::expect_bad_input([&] { read_state_dict(hck_state_dict_file(dir, "p.pt", p)); },
+                           {"p.pt", "malformed pickle"});
   // Not a zip, and a raw pickle: refused with the hint.
   std::ofstream(dir.file("raw.pt"), std::ios::binary) << "\x80\x02}q\x00.";
   test::expect_bad_input([&] { read_state_dict(dir.file("raw.pt")); }, {"raw.pt", "not the zip archive"});
   // A tensor record whose sizes reach past its 16-float storage.
   // {'w': _rebuild_tensor_v2(storage '0' of 16 floats, offset 0, sizes (5, 4), strides (4, 1), False, ())}
-  const std::string tensor = "\x80\x02}(X\x01\x00\x00\x00w"s + "ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00"s +
+  const std::string tensor = "\x80\x02}(X\x01\x00\x00\x00w"s +
+                             "ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00"s +
                              "storagectorch\nFloatStorage\nX\x01\x00\x00\x00"s + "0X\x03\x00\x00\x00"s +
                              "cpuK\x10tQK\x00K\x05K\x04\x86K\x04K\x01\x86\x89)tRu."s;
   test::expect_bad_input([&] { read_state_dict(hck_state_dict_file(dir, "far.pt", tensor)); },
                          {"entry 'w'", "reach past its storage of 16 elements"});
   // The same record with sizes (4, 4) reads back, the 16 floats of the record.
   std::string fits = tensor;
-  fits[fits.find("K\x05K\x04")+1] = '\x04';
+  fits[fits.find("K\x05K\x04") + 1] = '\x04';
   std::string floats(64, '\0');
   for (int i = 0; i < 16; ++i) reinterpret_cast<float*>(floats.data())[i] = static_cast<float>(i);
   const auto sd = read_state_dict(hck_state_dict_file(dir, "fits.pt", fits, floats));
@@ -161,8 +169,9 @@ TEST(HostileCheckpoint, TorchScriptArchiveWithAOneOpcodePickleIsRefusedBeforeLib
   test::expect_bad_input([&] { load_external_model("torchscript:" + dir.file("s.pt"), "", 3, 8, 8, {}); },
                          {"s.pt", "data.pkl", "malformed pickle"});
   std::ofstream(dir.file("packed.pt"), std::ios::binary) << "PK\x03\x04 and nothing else";
-  test::expect_bad_input([&] { load_external_model("torchscript:" + dir.file("packed.pt"), "", 3, 8, 8, {}); },
-                         {"packed.pt", "zip"});
+  test::expect_bad_input(
+      [&] { load_external_model("torchscript:" + dir.file("packed.pt"), "", 3, 8, 8, {}); },
+      {"packed.pt", "zip"});
 }
 
 /// Real files from torch.save (Debian's python3-torch), read without LibTorch's unpickler: values, views
@@ -175,8 +184,10 @@ TEST(HostileCheckpoint, StateDictsFromTorchSaveReadBackExactly) {
       "import torch, collections\n"
       "w = torch.arange(6, dtype=torch.float32).reshape(2, 3)\n"
       "torch.save({'t': w.t(), 'row': w[1], 'half': torch.full((3,), 1.5, dtype=torch.float16),\n"
-      "            'mask': torch.tensor([True, False]), 'scalar': torch.tensor(7.0), 'n': torch.arange(3)}, '",
-      dir.file("sd.pt"), "')\n", "torch.save(torch.nn.Linear(2, 2).state_dict(), '", dir.file("od.pt"), "')\n");
+      "            'mask': torch.tensor([True, False]), 'scalar': torch.tensor(7.0), 'n': torch.arange(3)}, "
+      "'",
+      dir.file("sd.pt"), "')\n", "torch.save(torch.nn.Linear(2, 2).state_dict(), '", dir.file("od.pt"),
+      "')\n");
   ASSERT_EQ(std::system(cat("OMP_NUM_THREADS=1 /usr/bin/python3 ", dir.file("make.py")).c_str()), 0);
   const auto sd = read_state_dict(dir.file("sd.pt"));
   const torch::Tensor w = torch::arange(6, torch::kFloat32).view({2, 3});
@@ -200,7 +211,8 @@ std::string hck_idx_spec(const test::TempDir& dir, const std::string& stem, cons
   std::ofstream(dir.file(stem + "-i"), std::ios::binary) << encode_idx(images.to(torch::kUInt8));
   std::ofstream(dir.file(stem + "-l"), std::ios::binary)
       << encode_idx(torch::arange(n, torch::kInt64).remainder(2).to(torch::kUInt8));
-  return cat("idx:train_images=", dir.file(stem + "-i"), ":train_labels=", dir.file(stem + "-l"), ":test=none");
+  return cat("idx:train_images=", dir.file(stem + "-i"), ":train_labels=", dir.file(stem + "-l"),
+             ":test=none");
 }
 
 TEST(HostileCheckpoint, TinyImagesAndTheOtherChannelCountAreOneLineErrors) {
@@ -208,12 +220,13 @@ TEST(HostileCheckpoint, TinyImagesAndTheOtherChannelCountAreOneLineErrors) {
   std::ostringstream out, err;
   // 3x3 images: cnn4's second 2x2 pooling has nothing left ("Output size is too small" from LibTorch).
   const std::string tiny = hck_idx_spec(dir, "tiny", torch::zeros({8, 3, 3}));
-  EXPECT_EQ(cli::run({"-q", "finetune", "--method", "scratch", "--target", tiny, "--iterations", "1", "--threads", "1",
-                      "--out", dir.file("tiny-run")},
+  EXPECT_EQ(cli::run({"-q", "finetune", "--method", "scratch", "--target", tiny, "--iterations", "1",
+                      "--threads", "1", "--out", dir.file("tiny-run")},
                      out, err),
             2)
       << err.str();
-  EXPECT_NE(err.str().find("3x3 images are too small for backbone cnn4:width=16"), std::string::npos) << err.str();
+  EXPECT_NE(err.str().find("3x3 images are too small for backbone cnn4:width=16"), std::string::npos)
+      << err.str();
   // A 1-channel model evaluated on 3-channel images: the message says which side takes what.
   const std::string gray = hck_idx_spec(dir, "gray", torch::zeros({8, 8, 8}));
   ASSERT_EQ(cli::run({"-q", "pretrain", "--source", gray, "--backbone", "cnn4:width=2", "--iterations", "1",
@@ -222,11 +235,13 @@ TEST(HostileCheckpoint, TinyImagesAndTheOtherChannelCountAreOneLineErrors) {
             0)
       << err.str();
   std::ostringstream out2, err2;
-  EXPECT_EQ(cli::run({"eval", "--model", dir.file("gray-run"), "--data", hck_idx_spec(dir, "rgb", torch::zeros({4, 8, 8, 3})),
-                      "--split", "train", "--threads", "1"},
-                     out2, err2),
-            2);
-  EXPECT_NE(err2.str().find("the checkpoint takes 1-channel images, this data has 3"), std::string::npos) << err2.str();
+  EXPECT_EQ(
+      cli::run({"eval", "--model", dir.file("gray-run"), "--data",
+                hck_idx_spec(dir, "rgb", torch::zeros({4, 8, 8, 3})), "--split", "train", "--threads", "1"},
+               out2, err2),
+      2);
+  EXPECT_NE(err2.str().find("the checkpoint takes 1-channel images, this data has 3"), std::string::npos)
+      << err2.str();
 }
 
 }  // namespace

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "support.h"
-#include "xfer/core/io.h"
 #include "xfer/core/fields.h"
+#include "xfer/core/io.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
 #include "xfer/train/checkpoint.h"
@@ -79,7 +79,8 @@ TEST(Phases, EachPhaseRunsItsStepsWithAFreshOptimizer) {
     EXPECT_EQ(rig.method.seen[s][2], s < 3 ? s : s - 3);
   }
   EXPECT_EQ(result["iterations"], 7);
-  EXPECT_EQ(result["phases"], nlohmann::json::parse(R"([{"name":"first","steps":3},{"name":"second","steps":4}])"));
+  EXPECT_EQ(result["phases"],
+            nlohmann::json::parse(R"([{"name":"first","steps":3},{"name":"second","steps":4}])"));
 
   // SGD with momentum 0.9 on a constant gradient 1: the buffer is 1, 1.9, 2.71 in the first phase, and starts
   // again at 1 in the second (carried over it would be 3.439): the bias moves by lr * sum of the buffers.
@@ -107,7 +108,8 @@ TEST(Phases, EachPhaseRunsItsStepsWithAFreshOptimizer) {
 }
 
 TEST(Phases, ResumeIsExactInsideAPhaseAndAtTheSwitch) {
-  for (int64_t stop : {2, 3, 4}) {  // inside the first phase, at the switch, after the first step of the second
+  for (int64_t stop :
+       {2, 3, 4}) {  // inside the first phase, at the switch, after the first step of the second
     test::TempDir dir;
     PhaseRig straight(dir.path());
     straight.fit(dir.file("straight"));
@@ -116,7 +118,8 @@ TEST(Phases, ResumeIsExactInsideAPhaseAndAtTheSwitch) {
     split.opts.stop_after = stop;
     EXPECT_TRUE(split.fit(dir.file("split")).contains("stopped_at"));
     const auto meta = CheckpointReader(dir.file("split/checkpoints/last.pt")).meta();
-    EXPECT_EQ(meta["phase"], stop < 3 ? "first" : "second") << "the checkpoint knows the phase of its next step";
+    EXPECT_EQ(meta["phase"], stop < 3 ? "first" : "second")
+        << "the checkpoint knows the phase of its next step";
     PhaseRig resumed(dir.path());
     resumed.opts.stop_after = 0;
     resumed.fit(dir.file("split"), /*resume=*/true);
@@ -153,7 +156,11 @@ TEST(Phases, GradMixsFineTuneBaselineIsSourcesThenV) {
 }
 
 TEST(Phases, APhaseOfNoStepsIsRefused) {
-  test::expect_bad_input([] { phase_total_steps({{"a", 2}, {"b", 0}}); }, {"phase 'b'", "at least 1 step, got 0"});
+  test::expect_bad_input(
+      [] {
+        phase_total_steps({{"a", 2}, {"b", 0}});
+      },
+      {"phase 'b'", "at least 1 step, got 0"});
   test::expect_bad_input([] { phase_total_steps({}); }, {"at least one phase"});
   EXPECT_EQ(phase_total_steps({{"a", 2}, {"b", 5}}), 7);
 }

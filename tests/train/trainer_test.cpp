@@ -1,7 +1,7 @@
 #include <csignal>
 #include <filesystem>
-#include <functional>
 #include <fstream>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -53,8 +53,10 @@ TEST(Trainer, ResumeIsBitExact) {
   split.resume = true;
   const nlohmann::json b = finetune(split);
 
-  test::expect_same_checkpoint(dir.file("straight/checkpoints/last.pt"), dir.file("split/checkpoints/last.pt"), "last.pt");
-  test::expect_same_checkpoint(dir.file("straight/checkpoints/best.pt"), dir.file("split/checkpoints/best.pt"), "best.pt");
+  test::expect_same_checkpoint(dir.file("straight/checkpoints/last.pt"),
+                               dir.file("split/checkpoints/last.pt"), "last.pt");
+  test::expect_same_checkpoint(dir.file("straight/checkpoints/best.pt"),
+                               dir.file("split/checkpoints/best.pt"), "best.pt");
   EXPECT_EQ(a["test_top1"], b["test_top1"]);
   EXPECT_EQ(a["best_val_step"], b["best_val_step"]);
   // The resumed metrics.jsonl has each step once.
@@ -85,7 +87,8 @@ TEST(Trainer, WritesOutputsAndSelectsBestOnValidation) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4) + ":val=4";
   const nlohmann::json r = finetune(tiny_run(spec, dir.file("run")));
-  for (const char* f : {"config.json", "metrics.jsonl", "result.json", "checkpoints/last.pt", "checkpoints/best.pt"})
+  for (const char* f :
+       {"config.json", "metrics.jsonl", "result.json", "checkpoints/last.pt", "checkpoints/best.pt"})
     EXPECT_TRUE(fs::exists(dir.file("run/") + f)) << f;
   EXPECT_EQ(r["selected"], "best");
   EXPECT_EQ(r["selected_step"], r["best_val_step"]);
@@ -186,7 +189,8 @@ TEST(Trainer, OnNanSkipDropsTheBatchAndCountsIt) {
   opts.iterations = 12;
   opts.on_nan = OnNan::skip;
   FaultyMethod method = nan_at(7);
-  const nlohmann::json r = Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
+  const nlohmann::json r =
+      Trainer(opts, dir.path()).fit(f.model, method, f.batches, f.task, "target", 0, false);
   EXPECT_EQ(r["skipped_steps"], 1);
   for (const auto& p : f.model->parameters()) EXPECT_TRUE(p.isfinite().all().item<bool>());
   // The line of step 10 counts the skipped step, and its loss averages only the finite steps.
@@ -229,8 +233,9 @@ TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   NanFixture straight(dir.path() + "/a"), killed(dir.path() + "/b");
   make_dirs(dir.file("a")), make_dirs(dir.file("b"));
   CrossEntropyMethod plain;
-  const nlohmann::json ra = Trainer(opts, dir.file("a")).fit(straight.model, plain, straight.batches, straight.task,
-                                                              "target", 0, false);
+  const nlohmann::json ra =
+      Trainer(opts, dir.file("a"))
+          .fit(straight.model, plain, straight.batches, straight.task, "target", 0, false);
   // SIGTERM to this process during step 7, as `kill` would send it.
   FaultyMethod method([](StepContext& ctx, LossTerms&) {
     if (ctx.step == 7) std::raise(SIGTERM);
@@ -246,9 +251,11 @@ TEST(Trainer, SigtermFinishesTheStepCheckpointsAndResumesExactly) {
   clear_stop_signal();
   NanFixture resumed(dir.path() + "/b");
   CrossEntropyMethod plain_again;
-  const nlohmann::json rb = Trainer(opts, dir.file("b")).fit(resumed.model, plain_again, resumed.batches,
-                                                              resumed.task, "target", 0, true);
-  test::expect_same_checkpoint(dir.file("a/checkpoints/last.pt"), dir.file("b/checkpoints/last.pt"), "last.pt");
+  const nlohmann::json rb =
+      Trainer(opts, dir.file("b"))
+          .fit(resumed.model, plain_again, resumed.batches, resumed.task, "target", 0, true);
+  test::expect_same_checkpoint(dir.file("a/checkpoints/last.pt"), dir.file("b/checkpoints/last.pt"),
+                               "last.pt");
   EXPECT_EQ(ra["test_top1"], rb["test_top1"]);
 }
 
@@ -276,7 +283,8 @@ TEST(Trainer, FineTuningFromTheSourceModelBeatsTheSameRunFromScratch) {
   test::TempDir dir;
   test::pretrain_fmnist_source(dir.file("source"));
   auto run = [&](const std::string& method, int64_t seed) {
-    RunOptions ft = tiny_run("fmnist:classes=0,1,3:per_class=2:test_per_class=100", dir.file(cat(method, seed)));
+    RunOptions ft =
+        tiny_run("fmnist:classes=0,1,3:per_class=2:test_per_class=100", dir.file(cat(method, seed)));
     ft.method = method;
     ft.seed = seed;
     ft.backbone = "cnn4:width=8";
@@ -293,8 +301,8 @@ TEST(Trainer, FineTuningFromTheSourceModelBeatsTheSameRunFromScratch) {
   double gain = 0;
   for (int64_t seed = 1; seed <= 4; ++seed) {
     const double transfer = run("l2", seed), scratch = run("scratch", seed);
-    std::printf("[paired] seed %ld: l2 from the source model %.3f, scratch %.3f\n", static_cast<long>(seed), transfer,
-                scratch);
+    std::printf("[paired] seed %ld: l2 from the source model %.3f, scratch %.3f\n", static_cast<long>(seed),
+                transfer, scratch);
     EXPECT_GT(transfer, scratch) << "seed " << seed;
     gain += (transfer - scratch) / 4;
   }
@@ -309,7 +317,8 @@ TEST(Trainer, MethodsAndInitMustAgree) {
   test::expect_bad_input([&] { finetune(o); }, {"method l2 fine-tunes a pretrained model: pass --init"});
   o.method = "scratch";
   o.init = dir.path();
-  test::expect_bad_input([&] { finetune(o); }, {"method scratch trains from random initialisation; drop --init"});
+  test::expect_bad_input([&] { finetune(o); },
+                         {"method scratch trains from random initialisation; drop --init"});
   EXPECT_FALSE(fs::exists(dir.file("run"))) << "nothing is written for a run that cannot start";
 }
 
@@ -325,8 +334,9 @@ TEST(Trainer, InitFromAnotherArchitectureSaysWhatDiffers) {
   ft.method = "l2";
   ft.init = dir.file("source");
   ft.backbone = "cnn4:width=4";
-  test::expect_bad_input([&] { finetune(ft); },
-                         {"--init", "the checkpoint's backbone is resnet20:width=4, this run uses cnn4:width=4"});
+  test::expect_bad_input(
+      [&] { finetune(ft); },
+      {"--init", "the checkpoint's backbone is resnet20:width=4, this run uses cnn4:width=4"});
 }
 
 }  // namespace

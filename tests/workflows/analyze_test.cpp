@@ -63,7 +63,8 @@ TEST_F(Analyze, WritesBothSplitsAndTheDistanceToInit) {
   EXPECT_EQ(both["splits"]["test"]["examples"], 12);
   EXPECT_EQ(both, read_json_file(dir_.file("run/analysis.json")));
   const std::string table = analysis_table(both).markdown();
-  for (const char* piece : {" train |", " test |", "Feature-IL", "Label-IL", "sigma_min / sigma_max", "parameter distance"})
+  for (const char* piece :
+       {" train |", " test |", "Feature-IL", "Label-IL", "sigma_min / sigma_max", "parameter distance"})
     EXPECT_NE(table.find(piece), std::string::npos) << piece << "\n" << table;
 
   // Against itself, the distance is 0.
@@ -73,7 +74,8 @@ TEST_F(Analyze, WritesBothSplitsAndTheDistanceToInit) {
 }
 
 TEST_F(Analyze, ForgettingProbesTheRunAndThePretrainedModelOnTheSourceSubsets) {
-  // A run on two of the three classes: one pairing round makes two source classes auxiliary, the third is ABA.
+  // A run on two of the three classes: one pairing round makes two source classes auxiliary, the third is
+  // ABA.
   RunOptions o;
   o.threads = 1;
   o.loader.batch_size = 8;
@@ -86,7 +88,8 @@ TEST_F(Analyze, ForgettingProbesTheRunAndThePretrainedModelOnTheSourceSubsets) {
   AnalyzeOptions a = options("test");
   a.run = dir_.file("two");
   a.forgetting = true;
-  test::expect_bad_input([&] { analyze_run(a); }, {"--forgetting needs a source task", "--forgetting-source"});
+  test::expect_bad_input([&] { analyze_run(a); },
+                         {"--forgetting needs a source task", "--forgetting-source"});
   a.forgetting_source = spec_;
   a.forgetting_reference = true;
   a.probe_iterations = 30;
@@ -98,7 +101,8 @@ TEST_F(Analyze, ForgettingProbesTheRunAndThePretrainedModelOnTheSourceSubsets) {
     EXPECT_EQ(s["auxiliary_n"], 8) << who;
     EXPECT_EQ(s["aba_n"], 4) << who;
     EXPECT_EQ(s["all_n"], 12) << who;
-    EXPECT_NEAR(s["all"].get<double>(), (8 * s["auxiliary"].get<double>() + 4 * s["aba"].get<double>()) / 12, 1e-12);
+    EXPECT_NEAR(s["all"].get<double>(), (8 * s["auxiliary"].get<double>() + 4 * s["aba"].get<double>()) / 12,
+                1e-12);
   }
   EXPECT_EQ(analyze_run(a)["forgetting"], f) << "deterministic";
   // Another analysis of the same checkpoint keeps the entry.
@@ -134,7 +138,9 @@ TEST_F(Analyze, BadInputIsNamed) {
 
 TEST_F(Analyze, CommandPrintsTheTableAndFailsWithOneLine) {
   std::ostringstream out, err;
-  EXPECT_EQ(cli::run({"analyze", dir_.file("run"), "--on", "train", "--pairs", "20", "--threads", "1"}, out, err), 0)
+  EXPECT_EQ(
+      cli::run({"analyze", dir_.file("run"), "--on", "train", "--pairs", "20", "--threads", "1"}, out, err),
+      0)
       << err.str();
   EXPECT_NE(out.str().find("Feature-IL"), std::string::npos) << out.str();
   EXPECT_TRUE(fs::exists(dir_.file("run/analysis.json")));

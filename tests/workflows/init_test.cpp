@@ -26,7 +26,8 @@ TensorMap init_state_of(const Model& m) {
 /// Forwards every hook to the registered method; copies the model at the first step it trains.
 class InitSpy : public Method {
  public:
-  InitSpy(std::unique_ptr<Method> inner, TensorMap& seen, int64_t& step) : inner_(std::move(inner)), seen_(seen), step_(step) {}
+  InitSpy(std::unique_ptr<Method> inner, TensorMap& seen, int64_t& step)
+      : inner_(std::move(inner)), seen_(seen), step_(step) {}
   void setup(Model& model, SetupContext& ctx) override { inner_->setup(model, ctx); }
   std::vector<ParamGroup> param_groups(Model& model, double head_lr_mult) override {
     return inner_->param_groups(model, head_lr_mult);
@@ -56,7 +57,9 @@ class InitSpyConfig : public MethodConfig {
   InitSpyConfig(std::unique_ptr<MethodConfig> inner, TensorMap& seen, int64_t& step)
       : inner_(std::move(inner)), seen_(seen), step_(step) {}
   void fields(Fields& f) override { inner_->fields(f); }
-  std::unique_ptr<Method> build() override { return std::make_unique<InitSpy>(inner_->build(), seen_, step_); }
+  std::unique_ptr<Method> build() override {
+    return std::make_unique<InitSpy>(inner_->build(), seen_, step_);
+  }
 
  private:
   std::unique_ptr<MethodConfig> inner_;
@@ -70,14 +73,16 @@ struct InitRun {
 };
 
 /// Tiny data: seven classes; the target is three of them, the source (the source model's classes) the other
-/// four (XMixup pairs one-to-one), and GradMix's labelled sources a shifted copy of the target's classes and the source.
+/// four (XMixup pairs one-to-one), and GradMix's labelled sources a shifted copy of the target's classes and
+/// the source.
 struct InitData {
   std::string target, source, sources, init;
 };
 
 /// Runs `method` for three steps from the source model d.init, spying on its first step.
 
-InitRun init_spied_run(const test::TempDir& dir, const InitData& d, const std::string& method, uint64_t seed) {
+InitRun init_spied_run(const test::TempDir& dir, const InitData& d, const std::string& method,
+                       uint64_t seed) {
   RunOptions o;
   o.method = method;
   o.target = d.target;
@@ -135,7 +140,8 @@ TEST(Init, EveryFineTuningMethodStartsFromTheCheckpointsBackboneWithAFreshHead) 
     EXPECT_GT(backbone, 10);
     // The same fresh head as l2's, wherever the method's target head has the target's classes.
     if (r.first_step.count(head_w) && r.first_step.at(head_w).sizes() == l2.first_step.at(head_w).sizes()) {
-      EXPECT_TRUE(torch::equal(r.first_step.at(head_w), l2.first_step.at(head_w))) << "the target head is not fresh";
+      EXPECT_TRUE(torch::equal(r.first_step.at(head_w), l2.first_step.at(head_w)))
+          << "the target head is not fresh";
     }
     ++checked;
   }

@@ -31,7 +31,8 @@ void expect_paper_protocol(const Suite& s) {
   EXPECT_EQ(std::llround(s.run.at("milestone").get<double>() * 9000), 6000);
   EXPECT_DOUBLE_EQ(s.run.at("gamma").get<double>(), 0.1);
   EXPECT_EQ(s.seeds, (std::vector<int64_t>{0, 1, 2, 3, 4}));
-  EXPECT_TRUE(s.pretrain.is_null()) << "the source model is the torchvision ResNet-50, not trained by the suite";
+  EXPECT_TRUE(s.pretrain.is_null())
+      << "the source model is the torchvision ResNet-50, not trained by the suite";
   for (const auto& t : s.tasks) {
     const DatasetSpec spec = DatasetSpec::parse(t.target);
     EXPECT_EQ(spec.image.crop, "random") << t.name << ": resize 256, random 224 crop";
@@ -43,7 +44,9 @@ void expect_paper_protocol(const Suite& s) {
 TEST(PaperSuites, SmileOnCubAircraftAndCars) {
   const std::vector<std::tuple<std::string, std::string, int64_t, int64_t>> sets = {
       // source, classes of C:25%, images per class for N:400 and N:800
-      {"cub", "0-49", 8, 16}, {"aircraft", "0-24", 16, 32}, {"cars", "0-48", 8, 16}};
+      {"cub", "0-49", 8, 16},
+      {"aircraft", "0-24", 16, 32},
+      {"cars", "0-48", 8, 16}};
   for (const auto& [source, classes, n400, n800] : sets) {
     const Suite s = load_suite("smile-" + source);
     expect_paper_protocol(s);
@@ -55,9 +58,10 @@ TEST(PaperSuites, SmileOnCubAircraftAndCars) {
     EXPECT_EQ(*tasks.at("C25%/N400").per_class, n400);
     EXPECT_EQ(*tasks.at("C25%/N800").per_class, n800);
     EXPECT_DOUBLE_EQ(*tasks.at("15%").fraction, 0.15);
-    EXPECT_FALSE(tasks.at("100%").fraction || tasks.at("100%").per_class || !tasks.at("100%").classes.empty());
-    for (const char* label : {"l2", "mixup", "manifold mixup", "cutmix", "l2sp", "delta", "bss", "rifle", "cotuning",
-                              "smile"})
+    EXPECT_FALSE(tasks.at("100%").fraction || tasks.at("100%").per_class ||
+                 !tasks.at("100%").classes.empty());
+    for (const char* label :
+         {"l2", "mixup", "manifold mixup", "cutmix", "l2sp", "delta", "bss", "rifle", "cotuning", "smile"})
       EXPECT_NE(find_method(s, label), nullptr) << source << ": Table 2 row " << label;
     EXPECT_DOUBLE_EQ(find_method(s, "mixup")->options.at("alpha").get<double>(), 0.2);
     // DELTA's code alpha 0.01 over xfer's 0.5 C, C = 2048 channels of layer4.
@@ -91,7 +95,8 @@ TEST(PaperSuites, XMixupOnCubAircraftAndCars) {
     // "The value is 100,000 for Stanford Dogs and 200,000 for other datasets."
     for (const char* label : {"seqtrain", "cotrain", "xmixup"})
       EXPECT_EQ(find_method(s, label)->options.at("aux_size"), 200000) << label;
-    EXPECT_DOUBLE_EQ(find_method(s, "xmixup")->options.at("beta").get<double>(), 1.0) << "the paper fixes beta = 1";
+    EXPECT_DOUBLE_EQ(find_method(s, "xmixup")->options.at("beta").get<double>(), 1.0)
+        << "the paper fixes beta = 1";
     const double alpha = find_method(s, "xmixup")->options.at("alpha").get<double>();
     EXPECT_TRUE(alpha >= 1 && alpha <= 64) << "the paper's range for targets unlike ImageNet";
   }

@@ -52,61 +52,131 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
     edit(j);
     test::expect_bad_input([&] { parse_suite(j, "tiny"); }, pieces);
   };
-  bad([](auto& j) { j["methods"].push_back("no_such_method"); }, {"methods[2]", "unknown method 'no_such_method'"});
+  bad([](auto& j) { j["methods"].push_back("no_such_method"); },
+      {"methods[2]", "unknown method 'no_such_method'"});
   bad([](auto& j) { j["tasks"][0]["target"] = "fmnist:clases=1"; }, {"tasks[0]", "clases"});
-  bad([](auto& j) { j["tasks"].push_back({{"name", "tiny"}, {"target", "fmnist"}}); }, {"two tasks are named 'tiny'"});
-  bad([](auto& j) { j["methods"][1]["options"] = {{"alpha", 1}}; }, {"method 'l2 (ft)'", "unknown key 'alpha'"});
+  bad(
+      [](auto& j) {
+        j["tasks"].push_back({{"name", "tiny"}, {"target", "fmnist"}});
+      },
+      {"two tasks are named 'tiny'"});
+  bad(
+      [](auto& j) {
+        j["methods"][1]["options"] = {{"alpha", 1}};
+      },
+      {"method 'l2 (ft)'", "unknown key 'alpha'"});
   bad([](auto& j) { j["run"]["iterations"] = 0; }, {"--iterations must be >= 1, got 0"});
   bad([](auto& j) { j["seeds"] = 0; }, {"seeds must be >= 1"});
   bad([](auto& j) { j["colour"] = "red"; }, {"unknown key 'colour'"});
   // Each object's key table names the valid keys, in its order.
   bad([](auto& j) { j["tasks"][0]["colour"] = "red"; },
-      {"suite tiny.tasks[0]: unknown key 'colour'; valid keys: name, target, source, run, options, pretrain"});
-  bad([](auto& j) { j["timing"] = {{"stpes", 3}}; }, {"suite tiny.timing: unknown key 'stpes'; valid keys: task, steps"});
-  bad([](auto& j) { j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}}; },
-      {"tables[0]: unknown key 'pairs'; valid keys: title, kind, task, methods, source, reference, probe_iterations"});
+      {"suite tiny.tasks[0]: unknown key 'colour'; valid keys: name, target, source, run, options, "
+       "pretrain"});
+  bad(
+      [](auto& j) {
+        j["timing"] = {{"stpes", 3}};
+      },
+      {"suite tiny.timing: unknown key 'stpes'; valid keys: task, steps"});
+  bad(
+      [](auto& j) {
+        j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}};
+      },
+      {"tables[0]: unknown key 'pairs'; valid keys: title, kind, task, methods, source, reference, "
+       "probe_iterations"});
   bad([](auto& j) { j["tasks"][0].erase("target"); }, {"suite tiny.tasks[0] needs \"target\""});
   // Found by fuzzing: values of the wrong JSON type are refused by name, not thrown as json type errors.
-  bad([](auto& j) { j["description"] = {{"source", "fmnist"}}; }, {"suite tiny.description must be a non-empty string"});
+  bad(
+      [](auto& j) {
+        j["description"] = {{"source", "fmnist"}};
+      },
+      {"suite tiny.description must be a non-empty string"});
   bad([](auto& j) { j["methods"][1]["optional"] = "yes"; }, {"methods[1].optional must be true or false"});
   bad([](auto& j) { j["timing"] = {{"steps", "40"}}; }, {"timing.steps must be an integer"});
   bad([](auto& j) { j.erase("pretrain"); }, {"method l2 fine-tunes a source model"});
-  bad([](auto& j) { j["methods"].push_back({{"method", "scratch"}}); }, {"the label 'scratch' is used twice"});
+  bad(
+      [](auto& j) {
+        j["methods"].push_back({{"method", "scratch"}});
+      },
+      {"the label 'scratch' is used twice"});
   bad([](auto& j) { j["timing"] = {{"task", "nope"}}; }, {"no task named 'nope'"});
-  bad([](auto& j) { j["tasks"][0]["options"] = {{"alhpa", 1}}; }, {"no method of the suite has the option 'alhpa'"});
+  bad(
+      [](auto& j) {
+        j["tasks"][0]["options"] = {{"alhpa", 1}};
+      },
+      {"no method of the suite has the option 'alhpa'"});
   bad([](auto& j) { j["methods"][1]["search"] = {{"trials", 2}}; }, {"methods[1].search needs \"params\""});
-  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "lin:1"}}}}; }, {"methods[1].search", "lr"});
-  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"trails", 2}}; },
+  bad(
+      [](auto& j) {
+        j["methods"][1]["search"] = {{"params", {{"lr", "lin:1"}}}};
+      },
+      {"methods[1].search", "lr"});
+  bad(
+      [](auto& j) {
+        j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"trails", 2}};
+      },
       {"methods[1].search", "trails"});
-  bad([](auto& j) { j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"out", "x"}}; },
+  bad(
+      [](auto& j) {
+        j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}, {"out", "x"}};
+      },
       {"\"out\" is set by the suite"});
-  bad([](auto& j) { j["methods"][1]["sweep"] = {{"alpha", nlohmann::json::array()}}; },
+  bad(
+      [](auto& j) {
+        j["methods"][1]["sweep"] = {{"alpha", nlohmann::json::array()}};
+      },
       {"methods[1].sweep.alpha must be a list of 1 to 100 values"});
   bad([](auto& j) { j["methods"][1]["sweep"] = {{"lr", {0.1}}}; }, {"method 'l2 (ft)'", "unknown key 'lr'"});
-  bad([](auto& j) { j["methods"].push_back({{"label", "mx"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1}}}}}); },
+  bad(
+      [](auto& j) {
+        j["methods"].push_back({{"label", "mx"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1}}}}});
+      },
       {"method 'mx' sweeps", "task 'tiny'", "no validation split"});
-  bad([](auto& j) {
-    j["methods"][1]["sweep"] = {{"a", {1}}};
-    j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}};
-  }, {"\"search\" and \"sweep\" cannot be combined"});
-  bad([](auto& j) { j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}}; },
+  bad(
+      [](auto& j) {
+        j["methods"][1]["sweep"] = {{"a", {1}}};
+        j["methods"][1]["search"] = {{"params", {{"lr", "log:0.01:0.1"}}}};
+      },
+      {"\"search\" and \"sweep\" cannot be combined"});
+  bad(
+      [](auto& j) {
+        j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}};
+      },
       {"method 'l2 (ft)'", "(pretrain)", "needs --matcher same|elastic"});
-  bad([](auto& j) { j["methods"][1]["tasks"] = {"elsewhere"}; }, {"methods[1].tasks: no task named \"elsewhere\""});
-  bad([](auto& j) { j["tables"] = {{{"kind", "histogram"}, {"task", "tiny"}, {"methods", {"scratch"}}}}; },
+  bad([](auto& j) { j["methods"][1]["tasks"] = {"elsewhere"}; },
+      {"methods[1].tasks: no task named \"elsewhere\""});
+  bad(
+      [](auto& j) {
+        j["tables"] = {{{"kind", "histogram"}, {"task", "tiny"}, {"methods", {"scratch"}}}};
+      },
       {"tables[0].kind must be accuracy, forgetting or interpolation"});
-  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "nope"}, {"methods", {"scratch"}}}}; },
+  bad(
+      [](auto& j) {
+        j["tables"] = {{{"kind", "accuracy"}, {"task", "nope"}, {"methods", {"scratch"}}}};
+      },
       {"tables[0].task: no task named 'nope'"});
-  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"l2"}}}}; },
+  bad(
+      [](auto& j) {
+        j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"l2"}}}};
+      },
       {"tables[0].methods: no method labelled \"l2\""});
-  bad([](auto& j) { j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}}; },
+  bad(
+      [](auto& j) {
+        j["tables"] = {{{"kind", "accuracy"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"pairs", 3}}};
+      },
       {"tables[0]: unknown key 'pairs'"});
-  bad([](auto& j) { j["tables"] = {{{"kind", "interpolation"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"splits", {"val"}}}}; },
+  bad(
+      [](auto& j) {
+        j["tables"] = {
+            {{"kind", "interpolation"}, {"task", "tiny"}, {"methods", {"scratch"}}, {"splits", {"val"}}}};
+      },
       {"tables[0].splits", "\"val\""});
-  bad([](auto& j) {
-    j["tasks"].push_back({{"name", "other"}, {"target", j["tasks"][0]["target"]}});
-    j["methods"][1]["tasks"] = {"other"};
-    j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"l2 (ft)"}}}};
-  }, {"tables[0].methods: \"l2 (ft)\" does not run on task 'tiny'"});
+  bad(
+      [](auto& j) {
+        j["tasks"].push_back({{"name", "other"}, {"target", j["tasks"][0]["target"]}});
+        j["methods"][1]["tasks"] = {"other"};
+        j["tables"] = {{{"kind", "forgetting"}, {"task", "tiny"}, {"methods", {"l2 (ft)"}}}};
+      },
+      {"tables[0].methods: \"l2 (ft)\" does not run on task 'tiny'"});
   // A task's method options reach only the methods that have them (checked by planning every run).
   nlohmann::json with_options = suite_with_spec(spec);
   with_options["methods"].push_back("mixup");
@@ -137,9 +207,13 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
   j["timing"] = false;
   j["tasks"][0]["target"] = spec + ":per_class=4:val=2";
   j["methods"] = {
-      {{"label", "l2, tuned lr"}, {"method", "l2"}, {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
-      {{"label", "l2, same"}, {"method", "l2"},
-       {"pretrain", {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}},
+      {{"label", "l2, tuned lr"},
+       {"method", "l2"},
+       {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
+      {{"label", "l2, same"},
+       {"method", "l2"},
+       {"pretrain",
+        {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}},
       {{"label", "mixup, best alpha"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1.5}}}}}};
   BenchOptions o = bench_options(dir, j);
   std::ostringstream log;
@@ -155,16 +229,22 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
   EXPECT_EQ(searched["search"]["compute"]["steps"], 2 * 6);
   const std::string table = read_file(dir.file("bench/table.md"));
   EXPECT_NE(table.find("compute: 'l2, tuned lr' searched 1 cells: 2 trials (0 pruned), 12 training steps"),
-            std::string::npos) << table;
+            std::string::npos)
+      << table;
   // The sweep's cell is its point best on validation.
   double val[2];
   for (int i = 0; i < 2; ++i)
-    val[i] = read_json_file(dir.file(i == 0 ? "bench/runs/tiny/mixup__best_alpha/seed0/alpha_0.2/result.json"
-                                            : "bench/runs/tiny/mixup__best_alpha/seed0/alpha_1.5/result.json"))["best_val_top1"];
+    val[i] = read_json_file(
+        dir.file(i == 0 ? "bench/runs/tiny/mixup__best_alpha/seed0/alpha_0.2/result.json"
+                        : "bench/runs/tiny/mixup__best_alpha/seed0/alpha_1.5/result.json"))["best_val_top1"];
   const std::string chosen = val[1] > val[0] ? "alpha=1.5" : "alpha=0.2";
-  EXPECT_NE(table.find("'mixup, best alpha' reports per cell the sweep point best on validation: tiny seed 0: " + chosen),
-            std::string::npos) << table;
-  EXPECT_NE(read_file(dir.file("bench/results.csv")).find("mixup, best alpha [alpha=1.5]"), std::string::npos);
+  EXPECT_NE(
+      table.find("'mixup, best alpha' reports per cell the sweep point best on validation: tiny seed 0: " +
+                 chosen),
+      std::string::npos)
+      << table;
+  EXPECT_NE(read_file(dir.file("bench/results.csv")).find("mixup, best alpha [alpha=1.5]"),
+            std::string::npos);
   // The resampled source model was pre-trained after the suite's own, with that model's weights on the task.
   const nlohmann::json request = read_json_file(dir.file("bench/runs/tiny/l2__same/seed0/request.json"));
   const nlohmann::json source = read_json_file(request["init"].get<std::string>() + "/result.json");
@@ -181,13 +261,18 @@ TEST(Suite, TasksWithTheirOwnSourceModelMethodsOnSomeTasksAndAnalysisTables) {
   j["seeds"] = 1;
   j["timing"] = false;
   j["tasks"] = {{{"name", "two"}, {"target", spec + ":classes=0,1:per_class=4"}},
-                {{"name", "other source"}, {"target", spec + ":classes=0,1:per_class=4"},
+                {{"name", "other source"},
+                 {"target", spec + ":classes=0,1:per_class=4"},
                  {"pretrain", {{"iterations", 4}}}}};
   j["methods"] = {"l2", {{"label", "mixup, two only"}, {"method", "mixup"}, {"tasks", {"two"}}}};
   j["tables"] = {
       {{"title", "Forgetting"}, {"kind", "forgetting"}, {"task", "two"}, {"methods", {"l2"}}},
-      {{"title", "IL"}, {"kind", "interpolation"}, {"task", "two"}, {"methods", {"l2", "mixup, two only"}},
-       {"splits", {"test"}}, {"pairs", 20}},
+      {{"title", "IL"},
+       {"kind", "interpolation"},
+       {"task", "two"},
+       {"methods", {"l2", "mixup, two only"}},
+       {"splits", {"test"}},
+       {"pairs", 20}},
       {{"title", "Sizes"}, {"kind", "accuracy"}, {"task", "two"}, {"methods", {"mixup, two only", "l2"}}}};
   BenchOptions o = bench_options(dir, j);
   std::ostringstream log;
@@ -196,14 +281,15 @@ TEST(Suite, TasksWithTheirOwnSourceModelMethodsOnSomeTasksAndAnalysisTables) {
   for (const auto& r : b["runs"]) EXPECT_TRUE(r["ok"].get<bool>()) << r.dump() << log.str();
   // The task's own "pretrain" (4 iterations, not 6) is another cached source model.
   const auto init_of = [&](const std::string& task) {
-    return read_json_file(dir.file("bench/runs/" + task + "/l2/seed0/request.json"))["init"].get<std::string>();
+    return read_json_file(dir.file("bench/runs/" + task + "/l2/seed0/request.json"))["init"]
+        .get<std::string>();
   };
   EXPECT_NE(init_of("two"), init_of("other_source"));
   EXPECT_EQ(read_json_file(init_of("other_source") + "/result.json")["iterations"], 4);
 
   const std::string table = read_file(dir.file("bench/table.md"));
-  for (const char* piece : {"## Forgetting", "| pretrained (--init) ", "Auxiliary", "ABA", "## IL", "Label-IL test",
-                            "Feature-IL test", "## Sizes", "| mixup, two only "})
+  for (const char* piece : {"## Forgetting", "| pretrained (--init) ", "Auxiliary", "ABA", "## IL",
+                            "Label-IL test", "Feature-IL test", "## Sizes", "| mixup, two only "})
     EXPECT_NE(table.find(piece), std::string::npos) << piece << "\n" << table;
   // The forgetting probe ran on the l2 run (with the reference), the interpolation losses on both runs.
   const nlohmann::json a = read_json_file(dir.file("bench/runs/two/l2/seed0/analysis.json"));

@@ -51,7 +51,8 @@ class Archive {
 
   std::string encode() const;
   /// Tensors are placed on `device`. BadInput ("NAME: ...") on anything malformed.
-  static Archive decode(const std::string& bytes, const std::string& name, torch::Device device = torch::kCPU);
+  static Archive decode(const std::string& bytes, const std::string& name,
+                        torch::Device device = torch::kCPU);
 
  private:
   std::map<std::string, torch::Tensor> tensors_;

@@ -39,7 +39,8 @@ void append(std::ostringstream& os, const T& first, const Rest&... rest) {
 }
 }  // namespace detail
 
-/// Concatenates its arguments with operator<< (like c10::str; named apart from it so argument-dependent lookup never makes calls ambiguous).
+/// Concatenates its arguments with operator<< (like c10::str; named apart from it so argument-dependent
+/// lookup never makes calls ambiguous).
 template <class... Args>
 std::string cat(const Args&... args) {
   std::ostringstream os;
@@ -51,7 +52,7 @@ std::string cat(const Args&... args) {
 
 /// Throws xfer::BadInput with the concatenated message when `cond` is false; echo the bad value:
 /// XFER_CHECK(alpha > 0, "--alpha must be > 0, got ", alpha);
-#define XFER_CHECK(cond, ...)                         \
-  do {                                                \
+#define XFER_CHECK(cond, ...)                                      \
+  do {                                                             \
     if (!(cond)) throw ::xfer::BadInput(::xfer::cat(__VA_ARGS__)); \
   } while (0)

@@ -31,13 +31,13 @@ namespace xfer {
 ///
 ///   enum class BnMode { shared, per_domain };
 ///   XFER_ENUM_NAMES(BnMode, "shared", "per-domain")
-#define XFER_ENUM_NAMES(Enum, ...)                                                \
-  inline const std::vector<std::string>& enum_names(Enum) {                       \
-    static const std::vector<std::string> enum_names_ = {__VA_ARGS__};            \
-    return enum_names_;                                                           \
-  }                                                                               \
-  inline std::ostream& operator<<(std::ostream& os, Enum value) {                 \
-    return os << enum_names(Enum{}).at(static_cast<size_t>(value));               \
+#define XFER_ENUM_NAMES(Enum, ...)                                     \
+  inline const std::vector<std::string>& enum_names(Enum) {            \
+    static const std::vector<std::string> enum_names_ = {__VA_ARGS__}; \
+    return enum_names_;                                                \
+  }                                                                    \
+  inline std::ostream& operator<<(std::ostream& os, Enum value) {      \
+    return os << enum_names(Enum{}).at(static_cast<size_t>(value));    \
   }
 
 /// The name of a value of an enum declared with XFER_ENUM_NAMES: name_of(BnMode::per_domain) is "per-domain".
@@ -75,7 +75,7 @@ class Fields {
   enum class Role {
     result,     // changes what the run computes (the default)
     execution,  // how it runs, never what it computes: threads, device, prefetching
-    session,    // what this invocation does with the run directory: --out, --resume, --overwrite, --stop-after
+    session,  // what this invocation does with the run directory: --out, --resume, --overwrite, --stop-after
   };
 
   struct Field {
@@ -89,9 +89,9 @@ class Fields {
     PathKind path = PathKind::none;
     Role role = Role::result;
 
-    std::string flag() const;             // "--label-space"
-    std::string type_name() const;        // "float", "int", "bool", "string" (enums too)
-    std::string value_text() const;       // the current value as text
+    std::string flag() const;        // "--label-space"
+    std::string type_name() const;   // "float", "int", "bool", "string" (enums too)
+    std::string value_text() const;  // the current value as text
     bool is_numeric() const;
   };
 
@@ -99,16 +99,16 @@ class Fields {
   class Ref {
    public:
     Ref(Fields* owner, size_t index) : owner_(owner), index_(index) {}
-    Ref& positive();                         // > 0
-    Ref& non_negative();                     // >= 0
-    Ref& at_least(double v);                 // >= v
-    Ref& at_most(double v);                  // <= v
-    Ref& in_range(double lo, double hi);     // lo <= x <= hi
-    Ref& in_open_range(double lo, double hi);// lo < x < hi
+    Ref& positive();                           // > 0
+    Ref& non_negative();                       // >= 0
+    Ref& at_least(double v);                   // >= v
+    Ref& at_most(double v);                    // <= v
+    Ref& in_range(double lo, double hi);       // lo <= x <= hi
+    Ref& in_open_range(double lo, double hi);  // lo < x < hi
     Ref& choices(std::vector<std::string> valid);
-    Ref& path(PathKind kind);                // names files: see PathKind
-    Ref& execution();                        // Role::execution
-    Ref& session();                          // Role::session
+    Ref& path(PathKind kind);  // names files: see PathKind
+    Ref& execution();          // Role::execution
+    Ref& session();            // Role::session
 
    private:
     Field& field();
@@ -123,7 +123,8 @@ class Fields {
   /// A closed choice: an enum declared with XFER_ENUM_NAMES; its names are the field's choices.
   template <class Enum, std::enable_if_t<std::is_enum_v<Enum>, int> = 0>
   Ref add(const std::string& name, Enum& v, const std::string& help) {
-    EnumRef ref{&v, &enum_names(Enum{}), [](const void* p) { return static_cast<size_t>(*static_cast<const Enum*>(p)); },
+    EnumRef ref{&v, &enum_names(Enum{}),
+                [](const void* p) { return static_cast<size_t>(*static_cast<const Enum*>(p)); },
                 [](void* p, size_t i) { *static_cast<Enum*>(p) = static_cast<Enum>(i); }};
     Ref r = push(name, help, ref);
     r.choices(*ref.names);

@@ -50,7 +50,7 @@ bool benchmark_has_val(const std::string& source);
 /// Reads benchmark `source` from `dir`. `split`: "trainval" trains on the layout's training and
 /// validation sets together, "train" trains on its training set and validates on its validation set
 /// (aircraft, dtd, flowers; the others have one training set). `fold`: DTD's split, 1..10.
-BenchmarkData read_benchmark(const std::string& source, const std::string& dir, const std::string& split = "trainval",
-                             int64_t fold = 1);
+BenchmarkData read_benchmark(const std::string& source, const std::string& dir,
+                             const std::string& split = "trainval", int64_t fold = 1);
 
 }  // namespace xfer

@@ -15,7 +15,8 @@ struct Image {
   const uint8_t* pixel(int64_t y, int64_t x) const { return rgb.data() + (y * width + x) * 3; }
 };
 
-/// The largest image decoded, in pixels: PIL's limit (2 x Image.MAX_IMAGE_PIXELS), against decompression bombs.
+/// The largest image decoded, in pixels: PIL's limit (2 x Image.MAX_IMAGE_PIXELS), against decompression
+/// bombs.
 constexpr int64_t kMaxImagePixels = 178956970;
 
 /// Decodes a JPEG or PNG (recognised by its first bytes). With `min_side` > 0 a JPEG is decoded at the

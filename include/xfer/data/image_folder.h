@@ -86,8 +86,8 @@ class ImageFiles {
  public:
   /// `labels`, one per path, keep stand-ins for unreadable files within their class (empty: one class).
   ImageFiles(std::string root, std::vector<std::string> paths, ImageOptions opts,
-             std::shared_ptr<CorruptLog> corrupt = nullptr,
-             std::shared_ptr<const ImageCache> cache = nullptr, std::vector<int64_t> labels = {});
+             std::shared_ptr<CorruptLog> corrupt = nullptr, std::shared_ptr<const ImageCache> cache = nullptr,
+             std::vector<int64_t> labels = {});
 
   int64_t size() const { return static_cast<int64_t>(paths_.size()); }
   const std::string& root() const { return root_; }
@@ -107,7 +107,8 @@ class ImageFiles {
   /// uint8 (n, 3, size, size) for `indices`: example k with seed derive_seed(seed, positions[k]) (its
   /// position in the global batch; k itself without `positions`), on `workers` threads.
   torch::Tensor load_batch(const std::vector<int64_t>& indices, bool train, bool flip, uint64_t seed,
-                           int workers, bool pinned = false, const std::vector<int64_t>* positions = nullptr) const;
+                           int workers, bool pinned = false,
+                           const std::vector<int64_t>* positions = nullptr) const;
   /// Unreadable files met so far, and the examples replaced because of them.
   std::vector<std::string> corrupt_files() const;
   int64_t skipped() const { return corrupt_->skipped.load(); }

@@ -23,12 +23,13 @@ namespace xfer {
 struct MatArray {
   enum class Kind { kNumeric, kChar, kCell, kStruct };
   Kind kind = Kind::kNumeric;
-  std::string mclass;                // "double", "uint8", "logical", "char", "cell", "struct", ...
-  std::vector<int64_t> dims;         // at least 2
-  std::vector<double> values;        // numeric and logical arrays: the real part, column-major
-  std::string text;                  // char arrays: UTF-8, column-major (a 1xN row is the string)
-  std::vector<MatArray> elements;    // cells, column-major; structs: element i's field f at i * fields.size() + f
-  std::vector<std::string> fields;   // structs: the field names
+  std::string mclass;          // "double", "uint8", "logical", "char", "cell", "struct", ...
+  std::vector<int64_t> dims;   // at least 2
+  std::vector<double> values;  // numeric and logical arrays: the real part, column-major
+  std::string text;            // char arrays: UTF-8, column-major (a 1xN row is the string)
+  std::vector<MatArray>
+      elements;  // cells, column-major; structs: element i's field f at i * fields.size() + f
+  std::vector<std::string> fields;  // structs: the field names
 
   int64_t numel() const;
   /// Struct element i's field `name`; BadInput naming `what` when the array is not a struct, i is out of

@@ -62,8 +62,8 @@ struct DatasetSpec {
   std::vector<int64_t> classes;
   std::optional<int64_t> per_class;
   std::optional<double> fraction;  // 0 < F <= 1
-  int64_t val_count = 0;    // per class, when val_fraction is 0
-  double val_fraction = 0;  // 0 < f < 1, or 0 for a count
+  int64_t val_count = 0;           // per class, when val_fraction is 0
+  double val_fraction = 0;         // 0 < f < 1, or 0 for a count
   std::string test = "file";
   std::optional<int64_t> test_per_class;
   int64_t part_index = 0, part_count = 1;

@@ -39,7 +39,7 @@ bool is_distributed();
 int rank();
 int world_size();
 int local_rank();
-bool is_main();          // rank 0: the process that writes outputs
+bool is_main();            // rank 0: the process that writes outputs
 double timeout_seconds();  // XFER_DIST_TIMEOUT, default 300
 
 /// Copies rank `root`'s values of `tensors` into every rank's (in place).
@@ -77,8 +77,8 @@ void all_reduce_mean(const std::vector<torch::Tensor>& tensors);
 /// `running_mean`/`running_var` (if defined) move towards the global mean and unbiased variance by
 /// `momentum`, as torch::batch_norm does. In a single process: torch::batch_norm in training mode.
 torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                              const torch::Tensor& running_mean, const torch::Tensor& running_var, double momentum,
-                              double eps);
+                              const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                              double momentum, double eps);
 
 /// Checks that every rank holds the same `value` (a hash of the resolved configuration); BadInput on every
 /// rank listing the ranks that differ from rank 0's.

@@ -14,13 +14,13 @@ namespace xfer {
 class Fields;
 
 struct LaunchOptions {
-  int64_t nproc = 1;                     // processes on this machine
-  int64_t nnodes = 1;                    // machines
-  int64_t node_rank = 0;                 // this machine's index in [0, nnodes)
+  int64_t nproc = 1;                      // processes on this machine
+  int64_t nnodes = 1;                     // machines
+  int64_t node_rank = 0;                  // this machine's index in [0, nnodes)
   std::string master_addr = "127.0.0.1";  // the machine of rank 0 (it serves the rendezvous store)
   int64_t master_port = 29500;
-  int64_t timeout = 300;                 // seconds a rank waits for the master or a collective
-  double grace = 5;                      // seconds between SIGTERM and SIGKILL when stopping the ranks
+  int64_t timeout = 300;  // seconds a rank waits for the master or a collective
+  double grace = 5;       // seconds between SIGTERM and SIGKILL when stopping the ranks
 
   void fields(Fields& f);
 };

@@ -28,13 +28,13 @@ namespace xfer::dist {
 
 /// What one peer may make the server hold.
 struct StoreLimits {
-  size_t max_key = 4096;             // bytes of a key
-  size_t max_value = size_t(1) << 20;  // bytes of a value
-  size_t max_keys = 65536;           // keys held
+  size_t max_key = 4096;                // bytes of a key
+  size_t max_value = size_t(1) << 20;   // bytes of a value
+  size_t max_keys = 65536;              // keys held
   size_t max_bytes = size_t(64) << 20;  // bytes held, keys and values
-  size_t max_wait_keys = 4096;       // keys in one check or wait
-  size_t max_connections = 256;      // open at once; more are closed at once
-  double request_seconds = 30;       // to send a whole request after connecting
+  size_t max_wait_keys = 4096;          // keys in one check or wait
+  size_t max_connections = 256;         // open at once; more are closed at once
+  double request_seconds = 30;          // to send a whole request after connecting
 };
 
 class KeyValueStore {

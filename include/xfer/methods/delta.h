@@ -58,7 +58,8 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
                                                const std::vector<std::string>& stages, bool last_conv = true);
 /// The maps DELTA compares at `stages`: each stage's last convolution output with `last_conv`, else its
 /// output.
-std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages, bool last_conv);
+std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages,
+                                      bool last_conv);
 
 enum class DeltaFeatureMaps { last_conv, stage };
 XFER_ENUM_NAMES(DeltaFeatureMaps, "last-conv", "stage")
@@ -69,16 +70,18 @@ XFER_ENUM_NAMES(DeltaAttention, "on", "off")
 class DeltaMethod : public Method {
  public:
   struct Options {
-    double alpha = 0.01;               // weight of the feature-map distance
-    double beta = 0.01;                // weight of the head's L2 norm
-    std::string stages = "all";        // backbone stages compared: "all" or names, comma-separated
-    DeltaFeatureMaps feature_maps = DeltaFeatureMaps::last_conv;  // last-conv | stage: which map of each stage
-    HeadDecay decay = HeadDecay::beta;        // beta: optimizer decay off, beta/2 ||w_head||^2; optimizer: --weight-decay
-    DeltaAttention attention = DeltaAttention::on;      // on: channel attention; off: a_c = 1/C
-    int64_t attention_examples = 128;  // target training images the attention is measured on
-    double temperature = 5.0;          // softmax temperature of the attention
-    int64_t probe_iterations = 100;    // L-BFGS iterations of the attention's linear classifier
-    double probe_decay = 1e-4;         // its L2 weight
+    double alpha = 0.01;         // weight of the feature-map distance
+    double beta = 0.01;          // weight of the head's L2 norm
+    std::string stages = "all";  // backbone stages compared: "all" or names, comma-separated
+    DeltaFeatureMaps feature_maps =
+        DeltaFeatureMaps::last_conv;  // last-conv | stage: which map of each stage
+    HeadDecay decay =
+        HeadDecay::beta;  // beta: optimizer decay off, beta/2 ||w_head||^2; optimizer: --weight-decay
+    DeltaAttention attention = DeltaAttention::on;  // on: channel attention; off: a_c = 1/C
+    int64_t attention_examples = 128;               // target training images the attention is measured on
+    double temperature = 5.0;                       // softmax temperature of the attention
+    int64_t probe_iterations = 100;                 // L-BFGS iterations of the attention's linear classifier
+    double probe_decay = 1e-4;                      // its L2 weight
     void fields(Fields& f);
   };
   explicit DeltaMethod(Options opts) : opts_(std::move(opts)) {}

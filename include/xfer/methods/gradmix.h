@@ -14,7 +14,8 @@
 ///   g_V = grad of CE on a batch of V (head "target")                                     one backward
 ///   per layer l:  w^l = argmax_{w>=0} cossim(sum_i w_i g_i^l, g_V^l), normalised to sum 1  (Eq. 6, 7; SLSQP)
 ///   rho = sum_l cossim(sum_i w_i^l g_i^l, g_V^l),  eta = 1/(1+exp(-(beta rho - gamma)))   (Eq. 8, 9)
-///   backbone grad^l = eta * sum_i w_i^l g_i^l;  each head: the gradient of its own source(s), unscaled (Eq. 10)
+///   backbone grad^l = eta * sum_i w_i^l g_i^l;  each head: the gradient of its own source(s), unscaled (Eq.
+///   10)
 /// eta scales this batch's mixed backbone gradient before the optimizer step, so with momentum an
 /// unimportant batch enters the momentum buffer scaled by eta (not the learning rate, which would scale
 /// the whole buffer and the heads). A --ssl term's gradient is added after, unscaled.
@@ -71,24 +72,24 @@ class GradMixMethod : public Method {
   enum class Mode { gradmix, sgd, source_only, target_only, finetune };
 
   struct Options {
-    Mode mode = Mode::gradmix;  // set by the registry entry, not a flag
-    std::string sources;        // "SPEC;SPEC;..."; empty: --source
+    Mode mode = Mode::gradmix;            // set by the registry entry, not a flag
+    std::string sources;                  // "SPEC;SPEC;..."; empty: --source
     std::string shared_sources = "auto";  // "auto" (same class names as the target) or indices "0,2"
-    int64_t v_batch = 0;        // V batch size; 0: min(|V|, --batch-size)
+    int64_t v_batch = 0;                  // V batch size; 0: min(|V|, --batch-size)
     // gradmix, gradmix-sgd
     bool adalr = true;
-    double beta = 10, gamma = 0.6;    // Table 2's best
-    std::string layers = "layer";     // layer | module | tensor | global
+    double beta = 10, gamma = 0.6;            // Table 2's best
+    std::string layers = "layer";             // layer | module | tensor | global
     std::string meta_gradient = "lookahead";  // gradmix-sgd: lookahead | backbone
-    std::string unlabelled = "rest";  // "rest" (the target spec's unused training images) or a spec
-    std::string ssl = "none";         // none | vat | mixmatch
+    std::string unlabelled = "rest";          // "rest" (the target spec's unused training images) or a spec
+    std::string ssl = "none";                 // none | vat | mixmatch
     double vat_epsilon = 2.0, vat_xi = 1e-6, vat_weight = 1.0;
     double mixmatch_weight = 100, mixmatch_rampup = 1.0 / 64, mixmatch_t = 0.5, mixmatch_alpha = 0.75;
     int64_t mixmatch_k = 2;
-    std::string pseudo;               // ensemble file of `xfer gradmix-pseudo`
+    std::string pseudo;                // ensemble file of `xfer gradmix-pseudo`
     std::string pseudo_mode = "hard";  // hard | soft
     double pseudo_threshold = 0.8;
-    int64_t enlarge_v = 100;          // per class, with hard labels (0: off)
+    int64_t enlarge_v = 100;  // per class, with hard labels (0: off)
     // finetune
     double switch_at = 0.5, finetune_lr_scale = 0.1;
 
@@ -126,7 +127,8 @@ class GradMixMethod : public Method {
     std::string name;    // "s0", ..., "pseudo"
     std::string stream;  // batch stream
     std::string head;    // "target" or "s<i>"
-    torch::Tensor soft;  // soft pseudo-labels (N, K) indexed by the stream's positions; undefined: hard labels
+    torch::Tensor
+        soft;  // soft pseudo-labels (N, K) indexed by the stream's positions; undefined: hard labels
   };
   using Parts = std::map<std::string, torch::Tensor>;
   /// One step's gradients: per source its backbone (g) and head (h) gradients; V's batch, and its gradient
@@ -155,17 +157,17 @@ class GradMixMethod : public Method {
 
   Options opts_;
   std::vector<Source> sources_;
-  std::vector<torch::Tensor> shared_;              // backbone parameters that train
-  std::vector<std::vector<size_t>> layers_;        // indices into shared_, per layer
+  std::vector<torch::Tensor> shared_;        // backbone parameters that train
+  std::vector<std::vector<size_t>> layers_;  // indices into shared_, per layer
   std::vector<std::string> layer_names_;
-  std::vector<std::vector<double>> weights_;       // per layer, per source
-  std::vector<double> head_weights_;               // per source: its weight on the target head (0: other head)
+  std::vector<std::vector<double>> weights_;  // per layer, per source
+  std::vector<double> head_weights_;          // per source: its weight on the target head (0: other head)
   int64_t failures_ = 0;
   bool synchronised_ = false;
   double solver_seconds_ = 0;
   int64_t classes_ = 0;
-  TensorDataset unlabelled_;                        // U, for --ssl
-  uint64_t aug_seed_ = 0;                           // MixMatch's extra augmentations
+  TensorDataset unlabelled_;  // U, for --ssl
+  uint64_t aug_seed_ = 0;     // MixMatch's extra augmentations
   int64_t crop_pad_ = 0;
   bool flip_ = false;
 };
@@ -181,7 +183,8 @@ struct MixingLayer {
 /// vectors (a batch norm, a bias) joins the layer it normalises, by name: "P.bnK" joins "P.convK", "P.N"
 /// joins "P.(N-1)" (a Sequential's conv and batch norm, a downsample's), any other joins the layer before
 /// it. Parameters keep their order within a layer.
-std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names, const std::vector<int64_t>& dims);
+std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names,
+                                        const std::vector<int64_t>& dims);
 
 /// U for `--unlabelled OPTION`: "rest" gives the training images of the target spec that neither V nor its
 /// val split uses (the spec needs per_class=N); anything else is a spec whose train split is taken, labels

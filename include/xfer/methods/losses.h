@@ -18,11 +18,11 @@ torch::Tensor cross_entropy(const torch::Tensor& logits, const torch::Tensor& la
 torch::Tensor soft_cross_entropy(const torch::Tensor& logits, const torch::Tensor& target_probs);
 
 /// The mixup loss lambda * CE(logits, y_a) + (1 - lambda) * CE(logits, y_b) (Zhang et al. 2018).
-torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a, const torch::Tensor& y_b,
-                                  double lambda);
+torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a,
+                                  const torch::Tensor& y_b, double lambda);
 /// The same with one lambda per example (N): mean_i [lambda_i CE_i(y_a) + (1 - lambda_i) CE_i(y_b)].
-torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a, const torch::Tensor& y_b,
-                                  const torch::Tensor& lambda);
+torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a,
+                                  const torch::Tensor& y_b, const torch::Tensor& lambda);
 
 /// lambda * a + (1 - lambda) * b, with lambda a scalar or one value per example (broadcast over the
 /// trailing dimensions of a and b).

@@ -32,16 +32,16 @@ namespace xfer {
 
 /// What a method may use while setting up.
 struct SetupContext {
-  const Task& task;           // the task trained on (its train split feeds the "target" stream)
-  const Task* source;         // --source data, or nullptr when none was given
-  Model pretrained;           // the --init model, a frozen copy (empty holder when there is none)
-  Batches& batches;           // the trainer has added "target", seeded by derive_seed(seed, "target") like
-                              // add_stream's streams; methods may add streams ("source", ...)
+  const Task& task;    // the task trained on (its train split feeds the "target" stream)
+  const Task* source;  // --source data, or nullptr when none was given
+  Model pretrained;    // the --init model, a frozen copy (empty holder when there is none)
+  Batches& batches;    // the trainer has added "target", seeded by derive_seed(seed, "target") like
+                       // add_stream's streams; methods may add streams ("source", ...)
   const LoaderOptions& loader;
-  uint64_t seed;              // the run seed; derive stream seeds with derive_seed(seed, "name")
+  uint64_t seed;  // the run seed; derive stream seeds with derive_seed(seed, "name")
   torch::Device device;
-  std::string head;           // the head the task's labels index ("target"; "source" when pre-training)
-  int64_t total_steps;        // all phases together
+  std::string head;     // the head the task's labels index ("target"; "source" when pre-training)
+  int64_t total_steps;  // all phases together
 
   /// Adds the batch stream `name` over `data`, normalised as `model` expects, seeded by (seed, name).
   /// `batch_size` 0 means the run's --batch-size; `sampler` nullptr means seeded epoch shuffles. BadInput
@@ -59,9 +59,9 @@ struct SetupContext {
 /// momentum) and restarts the learning-rate schedule over the phase's own steps, as a second training would.
 struct Phase {
   std::string name;
-  int64_t steps = 0;      // >= 1
-  double lr_mult = 1.0;   // multiplies the run's learning rate in this phase
-  bool validate = true;   // evaluate on the validation split (and keep the best model) during this phase
+  int64_t steps = 0;     // >= 1
+  double lr_mult = 1.0;  // multiplies the run's learning rate in this phase
+  bool validate = true;  // evaluate on the validation split (and keep the best model) during this phase
 };
 
 /// What a method sees at each step.

@@ -36,8 +36,8 @@ class OptionsConfig : public MethodConfig {
 
 struct MethodInfo {
   std::string name;
-  std::string summary;  // one line
-  std::string paper;    // citation, "" for plain baselines
+  std::string summary;        // one line
+  std::string paper;          // citation, "" for plain baselines
   bool needs_init = false;    // fine-tunes a pretrained model: --init required
   bool allows_init = true;    // false: trains from random init, --init is an error
   bool needs_source = false;  // draws on source data: --source required

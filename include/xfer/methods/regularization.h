@@ -15,8 +15,8 @@
 ///               L = CE + eta sum_{i=1..k} sigma_{-i}(F)^2   (the k smallest singular values)
 ///             Defaults k 1, eta 0.001.
 ///   cotuning  You et al., "Co-Tuning for Transfer Learning", NeurIPS 2020. The source head is kept
-///             (copied from --init) and trained at --source-lr-mult (1) of the run's learning rate, i.e. at the
-///             backbone's, as Transfer-Learning-Library's Classifier.get_parameters does. Before
+///             (copied from --init) and trained at --source-lr-mult (1) of the run's learning rate, i.e. at
+///             the backbone's, as Transfer-Learning-Library's Classifier.get_parameters does. Before
 ///             training, p(y_s | y_t = c) is the mean of softmax(source logits) over the training images of
 ///             target class c (evaluation transform, the frozen source model):
 ///               L = CE(h_t(g(x)), y) + lambda softCE(h_s(g(x)), p(. | y))
@@ -38,8 +38,8 @@
 namespace xfer {
 
 /// alpha/2 sum_i ||w_i - w0_i||^2 over matching tensors (w0 is a constant).
-torch::Tensor l2sp_penalty(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& params0,
-                           double alpha);
+torch::Tensor l2sp_penalty(const std::vector<torch::Tensor>& params,
+                           const std::vector<torch::Tensor>& params0, double alpha);
 /// beta/2 sum_i ||w_i||^2.
 torch::Tensor l2_penalty(const std::vector<torch::Tensor>& params, double beta);
 /// sum_{i=1..k} sigma_{-i}^2 of features (N, D): the squares of its k smallest singular values (of the
@@ -95,8 +95,8 @@ class BssMethod : public Method {
 class CoTuningMethod : public Method {
  public:
   struct Options {
-    double lambda = 2.3;            // weight of the source-head term
-    double source_lr_mult = 1.0;    // learning-rate multiplier of the source head (1: the backbone's rate)
+    double lambda = 2.3;          // weight of the source-head term
+    double source_lr_mult = 1.0;  // learning-rate multiplier of the source head (1: the backbone's rate)
     std::string source_head = "source";  // the --init model's head to keep
     void fields(Fields& f);
   };

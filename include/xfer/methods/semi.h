@@ -37,7 +37,8 @@ torch::Tensor kl_divergence(const torch::Tensor& target_probs, const torch::Tens
 torch::Tensor vat_perturbation(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& clean_probs,
                                double epsilon, double xi, at::Generator& gen);
 /// The VAT loss: KL(p(x) || p(x + r_adv)) with p(x) fixed.
-torch::Tensor vat_loss(const LogitsFn& f, const torch::Tensor& x, double epsilon, double xi, at::Generator& gen);
+torch::Tensor vat_loss(const LogitsFn& f, const torch::Tensor& x, double epsilon, double xi,
+                       at::Generator& gen);
 
 /// p_c^(1/T) / sum_j p_j^(1/T), row-wise (T = 1: p unchanged; T -> 0: one-hot).
 torch::Tensor sharpen(const torch::Tensor& probs, double temperature);

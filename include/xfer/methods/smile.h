@@ -70,16 +70,16 @@ XFER_ENUM_NAMES(SmileTeacher, "ema", "frozen", "student-init")
 class SmileMethod : public Method {
  public:
   struct Options {
-    double alpha = 0.2;          // Beta(alpha, alpha) of the mixing weight
-    bool fold = true;            // lambda <- max(lambda, 1 - lambda), as the authors' mixup_data
-    double gamma_fe = 0.01;      // weight of L_FE
-    double gamma_fc = 0.1;       // weight of L_FC
-    bool fe = true;              // --no-fe drops L_FE
-    bool fc = true;              // --no-fc drops L_FC (and the aux head)
+    double alpha = 0.2;      // Beta(alpha, alpha) of the mixing weight
+    bool fold = true;        // lambda <- max(lambda, 1 - lambda), as the authors' mixup_data
+    double gamma_fe = 0.01;  // weight of L_FE
+    double gamma_fc = 0.1;   // weight of L_FC
+    bool fe = true;          // --no-fe drops L_FE
+    bool fc = true;          // --no-fc drops L_FC (and the aux head)
     FeatureLossForm fe_form = FeatureLossForm::code;
-    SmileTeacher teacher = SmileTeacher::ema;      // ema | frozen | student-init
+    SmileTeacher teacher = SmileTeacher::ema;  // ema | frozen | student-init
     double ema_decay = 0.999;
-    int64_t ema_period = 10;     // steps between mean-teacher updates
+    int64_t ema_period = 10;             // steps between mean-teacher updates
     std::string source_head = "source";  // the --init model's head over the source classes
 
     void fields(Fields& f);
@@ -102,7 +102,8 @@ class SmileMethod : public Method {
 
  private:
   Options opts_;
-  bool from_student_;  // the teacher starts from the student's random initialisation (student-init, no --init)
+  bool
+      from_student_;  // the teacher starts from the student's random initialisation (student-init, no --init)
   Teacher teacher_;
 };
 

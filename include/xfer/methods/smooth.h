@@ -62,13 +62,14 @@ enum class SmoothBatchNorm { shared, per_domain };
 XFER_ENUM_NAMES(SmoothBatchNorm, "shared", "per-domain")
 
 struct SmoothOptions {
-  LambdaSchedule lambda_schedule = LambdaSchedule::smooth;  // smooth | pretrain-finetune | multitask | target-only
-  double t0 = 0;                           // steps: the switch is at ORIGIN + t0
-  T0Origin t0_origin = T0Origin::automatic;          // half (T/2, Eq. 4) | start (step 0) | auto (start with --init)
-  double tau = 30;                         // steps: the width of the transition (0: a step)
-  double alpha = 0;                        // the weight offset: lambda(T/2 + t0) = 1 / (1 + e^alpha)
-  int64_t source_batch_size = 0;           // 0: the same as --batch-size
-  SmoothBatchNorm bn = SmoothBatchNorm::shared;               // shared | per-domain
+  LambdaSchedule lambda_schedule =
+      LambdaSchedule::smooth;                // smooth | pretrain-finetune | multitask | target-only
+  double t0 = 0;                             // steps: the switch is at ORIGIN + t0
+  T0Origin t0_origin = T0Origin::automatic;  // half (T/2, Eq. 4) | start (step 0) | auto (start with --init)
+  double tau = 30;                           // steps: the width of the transition (0: a step)
+  double alpha = 0;                          // the weight offset: lambda(T/2 + t0) = 1 / (1 + e^alpha)
+  int64_t source_batch_size = 0;             // 0: the same as --batch-size
+  SmoothBatchNorm bn = SmoothBatchNorm::shared;  // shared | per-domain
 
   void fields(Fields& f);
   /// lambda at the 0-based step `step` of `total_steps`, with the preset applied ("auto" counts as half).

@@ -12,7 +12,7 @@ namespace xfer {
 /// stage, in order. With `allow_input`, the name "input" (the image itself, before any stage) is valid
 /// too. BadInput naming `flag`, the bad name and the valid ones for an unknown or repeated name or an
 /// empty list.
-std::vector<std::string> parse_stages(const std::string& text, const BackboneImpl& backbone, const std::string& flag,
-                                      bool allow_input = false);
+std::vector<std::string> parse_stages(const std::string& text, const BackboneImpl& backbone,
+                                      const std::string& flag, bool allow_input = false);
 
 }  // namespace xfer

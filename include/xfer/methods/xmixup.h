@@ -74,33 +74,34 @@ XFER_ENUM_NAMES(LabelSpace, "joint", "two-heads")
 
 struct XMixupOptions {
   AuxOptions aux;
-  double alpha = 4.0;                 // lambda ~ Beta(alpha, beta); larger alpha weighs the target more
+  double alpha = 4.0;  // lambda ~ Beta(alpha, beta); larger alpha weighs the target more
   double beta = 1.0;
   LabelSpace label_space = LabelSpace::joint;  // joint | two-heads
-  bool aux_label = true;              // false: --no-aux-label, the target label only
+  bool aux_label = true;                       // false: --no-aux-label, the target label only
 
   void fields(Fields& f);
 };
 
 /// One step's mixed batch, before the loss (public so tests can check what each option changes).
 struct MixedBatch {
-  torch::Tensor x;          // float (B, C, H, W): lambda x_t + (1 - lambda) x_s
-  torch::Tensor y_target;   // int64 (B)
+  torch::Tensor x;             // float (B, C, H, W): lambda x_t + (1 - lambda) x_s
+  torch::Tensor y_target;      // int64 (B)
   torch::Tensor target_index;  // int64 (B), CPU: the target examples in the target train split
-  torch::Tensor y_aux;      // int64 (B): the auxiliary examples' source labels
-  torch::Tensor aux_index;  // int64 (B), CPU: the auxiliary examples in the source train split
-  torch::Tensor lambda;     // float64 (B), CPU
+  torch::Tensor y_aux;         // int64 (B): the auxiliary examples' source labels
+  torch::Tensor aux_index;     // int64 (B), CPU: the auxiliary examples in the source train split
+  torch::Tensor lambda;        // float64 (B), CPU
 };
 
 /// lambda ~ Beta(alpha, beta), one per example: float64 (n), from the method's generator.
 torch::Tensor xmixup_lambda(at::Generator& gen, double alpha, double beta, int64_t n);
 /// Soft labels (B, K): lambda_i at column y_a,i and 1 - lambda_i at column y_b,i (summed if equal).
-torch::Tensor mixed_soft_labels(const torch::Tensor& y_a, const torch::Tensor& y_b, const torch::Tensor& lambda,
-                                int64_t num_classes);
-/// The two-heads loss: mean_i [lambda_i CE(target_logits_i, y_t,i) + (1 - lambda_i) CE(source_logits_i, y_s,i)].
-torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits, const torch::Tensor& source_logits,
-                                            const torch::Tensor& y_target, const torch::Tensor& y_source,
-                                            const torch::Tensor& lambda);
+torch::Tensor mixed_soft_labels(const torch::Tensor& y_a, const torch::Tensor& y_b,
+                                const torch::Tensor& lambda, int64_t num_classes);
+/// The two-heads loss: mean_i [lambda_i CE(target_logits_i, y_t,i) + (1 - lambda_i) CE(source_logits_i,
+/// y_s,i)].
+torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits,
+                                            const torch::Tensor& source_logits, const torch::Tensor& y_target,
+                                            const torch::Tensor& y_source, const torch::Tensor& lambda);
 
 class XMixup : public Method {
  public:
@@ -126,7 +127,7 @@ class XMixup : public Method {
   AuxData aux_;
   int64_t target_classes_ = 0;
   torch::Tensor joint_columns_;
-  std::vector<std::vector<char>> allowed_;  // [target class][source class]: paired
+  std::vector<std::vector<char>> allowed_;       // [target class][source class]: paired
   torch::Tensor target_labels_, source_labels_;  // CPU, for check_paired
 };
 

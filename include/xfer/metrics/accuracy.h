@@ -1,20 +1,20 @@
 #pragma once
 /// Classification metrics from a confusion matrix.
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <torch/types.h>
+#include <nlohmann/json_fwd.hpp>
 
 namespace xfer {
 
 /// confusion[t][p] counts examples of true class t predicted as p.
 struct Evaluation {
   int64_t count = 0;
-  double top1 = 0;        // fraction correct
-  double mean_class = 0;  // mean over classes present of the per-class accuracy
-  std::vector<double> per_class;               // accuracy per class (NaN for classes absent)
+  double top1 = 0;                // fraction correct
+  double mean_class = 0;          // mean over classes present of the per-class accuracy
+  std::vector<double> per_class;  // accuracy per class (NaN for classes absent)
   std::vector<std::vector<int64_t>> confusion;
   double loss = NAN;  // mean cross-entropy of the logits; NaN when only predictions were counted
   double top5 = NAN;  // fraction with the true class among the 5 highest logits; NaN with 5 classes or fewer

@@ -12,9 +12,11 @@
 ///                                            channels w, 2w, 4w, 4w; features 4w
 ///   resnet20[:width=16]                      CIFAR ResNet-20: 3 stages of 3 basic blocks; features 4w
 ///   resnet18[:width=64][:stem=imagenet|cifar]  torchvision ResNet-18 (same parameter names); features 8w.
-///                                            stem=cifar: 3x3 stride-1 stem without max-pool, for small images
-///   resnet50[:width=64][:stem=imagenet|cifar]  torchvision ResNet-50 (bottleneck blocks, same names); features 32w
-///   script:path=FILE                         a TorchScript backbone (`--init torchscript:FILE`): its stages
+///                                            stem=cifar: 3x3 stride-1 stem without max-pool, for small
+///                                            images
+///   resnet50[:width=64][:stem=imagenet|cifar]  torchvision ResNet-50 (bottleneck blocks, same names);
+///   features 32w script:path=FILE                         a TorchScript backbone (`--init
+///   torchscript:FILE`): its stages
 ///                                            are conv1/bn1/relu/maxpool + layer1..4 for ResNets, else its
 ///                                            forward_features; see models/import.h
 #include <functional>
@@ -31,7 +33,7 @@ namespace xfer {
 
 /// Pooled features and the output of every stage, in order.
 struct Features {
-  torch::Tensor pooled;                                      // (N, feature_dim)
+  torch::Tensor pooled;                                     // (N, feature_dim)
   std::vector<std::pair<std::string, torch::Tensor>> maps;  // stage name -> (N, C, H, W)
   /// Stage name -> the output of the stage's last convolution (N, C, H, W), as the stage went on with it
   /// (after the conv hook). Empty for TorchScript backbones.
@@ -109,7 +111,8 @@ std::string normalise_backbone_spec(const std::string& spec);
 Backbone make_script_backbone(const std::string& path);
 /// TorchScript runs code, so make_backbone builds a script:path=FILE backbone only for a FILE the user named
 /// (--init torchscript:FILE, --backbone script:path=FILE): those entry points call trust_script(FILE). A spec
-/// that arrives any other way, such as a checkpoint's metadata, is refused (BadInput) before anything is read.
+/// that arrives any other way, such as a checkpoint's metadata, is refused (BadInput) before anything is
+/// read.
 void trust_script(const std::string& path);
 bool is_trusted_script(const std::string& path);
 

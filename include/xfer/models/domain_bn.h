@@ -53,7 +53,7 @@ class DomainBatchNorm {
     torch::Tensor* running_mean = nullptr;      // the layer's members that its forward reads
     torch::Tensor* running_var = nullptr;
     torch::Tensor* num_batches_tracked = nullptr;
-    torch::Tensor mean, var, count;             // the second set (while swapped in: the primary set)
+    torch::Tensor mean, var, count;  // the second set (while swapped in: the primary set)
   };
   void swap_all();
   std::vector<Layer> layers_;

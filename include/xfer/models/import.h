@@ -3,8 +3,8 @@
 /// going back out to PyTorch (`xfer export`).
 ///
 /// state_dict:FILE  the state dict of a torchvision ResNet-18 or ResNet-50 as torch.save writes it:
-///                  torch.save(model.state_dict(), FILE) (the torch hub cache holds such files), a plain dict,
-///                  or a training checkpoint holding one under 'state_dict' or 'model' (see
+///                  torch.save(model.state_dict(), FILE) (the torch hub cache holds such files), a plain
+///                  dict, or a training checkpoint holding one under 'state_dict' or 'model' (see
 ///                  read_torch_state_dict: parsed by xfer, never unpickled; "module." prefixes are dropped).
 ///                  Names are torchvision's: the backbone takes conv1 ... layer4, `fc` becomes the "source"
 ///                  head (kept for SMILE, XMixup's two heads, Co-Tuning). The architecture (resnet18/50,
@@ -33,8 +33,10 @@ std::map<std::string, torch::Tensor> read_state_dict(const std::string& path);
 /// "backbone." (built-in backbones use torchvision's names; a TorchScript backbone its own), and the head
 /// `head` is the classifier `classifier` (torchvision's `fc`). "" for entries outside it (other heads).
 /// Import reads a "source" head this way; export writes the chosen head.
-std::string pytorch_name(const std::string& xfer_name, const std::string& head, const std::string& classifier = "fc");
-std::string xfer_name(const std::string& pytorch_name, const std::string& head, const std::string& classifier = "fc");
+std::string pytorch_name(const std::string& xfer_name, const std::string& head,
+                         const std::string& classifier = "fc");
+std::string xfer_name(const std::string& pytorch_name, const std::string& head,
+                      const std::string& classifier = "fc");
 
 /// The classifier's attribute name of `model`'s backbone in PyTorch: the TorchScript model's own (fc, head or
 /// classifier), else "fc".
@@ -42,10 +44,11 @@ std::string pytorch_classifier(const Model& model);
 
 /// `model`'s backbone and head `head` under their PyTorch names (pytorch_name), contiguous CPU copies, in the
 /// model's order.
-std::vector<std::pair<std::string, torch::Tensor>> pytorch_state_dict(const Model& model, const std::string& head);
+std::vector<std::pair<std::string, torch::Tensor>> pytorch_state_dict(const Model& model,
+                                                                      const std::string& head);
 /// Writes pytorch_state_dict as torch.save writes a dict of tensors: torch.load reads it, and
-/// load_state_dict(strict=True) takes it into torchvision's ResNet-18/50 (for resnet18/50 at width 64 with the
-/// ImageNet stem on 3 channels) or into scripts/xfer_models.py's definition of the backbone.
+/// load_state_dict(strict=True) takes it into torchvision's ResNet-18/50 (for resnet18/50 at width 64 with
+/// the ImageNet stem on 3 channels) or into scripts/xfer_models.py's definition of the backbone.
 void save_pytorch_state_dict(const Model& model, const std::string& head, const std::string& path);
 /// Writes a TorchScript file of a model whose backbone came from one (--init torchscript:FILE): the script
 /// with the trained weights and head `head` in place of its classifier, in eval mode. BadInput for other

@@ -4,10 +4,10 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "xfer/data/dataset.h"
 #include "xfer/models/backbone.h"
@@ -20,7 +20,9 @@ struct HeadInfo {
   /// Predictions use only the first `predict_classes` classes (0: all). XMixup's joint head covers the
   /// target classes and then the paired source classes, but predicts only target classes.
   int64_t predict_classes = 0;
-  int64_t predicted() const { return predict_classes > 0 ? predict_classes : static_cast<int64_t>(class_names.size()); }
+  int64_t predicted() const {
+    return predict_classes > 0 ? predict_classes : static_cast<int64_t>(class_names.size());
+  }
 };
 
 /// Bounds on what a stored architecture record may declare (Arch::from_json).

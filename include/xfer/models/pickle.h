@@ -41,7 +41,7 @@ class TorchZip {
 
  private:
   struct Entry {
-    std::string_view data;  // as stored
+    std::string_view data;            // as stored
     uint64_t method = 0, length = 0;  // 0 stored, 8 deflated; the length once inflated
   };
   std::string name_, prefix_;
@@ -53,10 +53,10 @@ class TorchZip {
 void check_pickle(std::string_view pickle, const std::string& what);
 
 /// The tensors of a state dict written by torch.save (zip format): torch.save(model.state_dict()) (an
-/// OrderedDict) or a plain dict of tensors, directly or inside a checkpoint dict under 'state_dict', 'model' or
-/// 'model_state_dict' (timm, the Transfer-Learning-Library, Lightning; nested up to 3 deep; its other entries
-/// are parsed, never built). A "module." prefix on every name (DistributedDataParallel) is taken off, as is
-/// torch.compile's "_orig_mod.". BadInput naming `what` on anything else.
+/// OrderedDict) or a plain dict of tensors, directly or inside a checkpoint dict under 'state_dict', 'model'
+/// or 'model_state_dict' (timm, the Transfer-Learning-Library, Lightning; nested up to 3 deep; its other
+/// entries are parsed, never built). A "module." prefix on every name (DistributedDataParallel) is taken off,
+/// as is torch.compile's "_orig_mod.". BadInput naming `what` on anything else.
 std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what);
 
 /// The globals a pickle read by read_torch_state_dict may name: collections.OrderedDict, the tensor and

@@ -25,7 +25,7 @@ struct PredictOptions {
   bool features = true;            // the pooled backbone features g(x)
   std::vector<std::string> heads;  // the logits of these heads
   int64_t batch_size = 500;
-  int64_t first = 0, stop = -1;    // the examples [first, stop) (-1: to the end)
+  int64_t first = 0, stop = -1;  // the examples [first, stop) (-1: to the end)
 };
 
 struct Predictions {

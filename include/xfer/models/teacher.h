@@ -17,7 +17,6 @@
 /// The teacher's weights are method state: save/load them so --resume continues exactly.
 #include <string>
 
-
 #include "xfer/core/archive.h"
 #include "xfer/models/model.h"
 
@@ -50,8 +49,8 @@ class Teacher {
 
  private:
   Model model_{nullptr};
-  Backbone folded_;            // model_'s backbone with its batch norms folded, for forward passes
-  bool folded_stale_ = true;   // model_ changed since folded_ was computed
+  Backbone folded_;           // model_'s backbone with its batch norms folded, for forward passes
+  bool folded_stale_ = true;  // model_ changed since folded_ was computed
   bool keep_conv_taps_ = false;
 };
 

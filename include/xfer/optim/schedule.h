@@ -13,12 +13,14 @@ enum class ScheduleKind { constant, step, cosine };
 XFER_ENUM_NAMES(ScheduleKind, "constant", "step", "cosine")
 
 struct ScheduleOptions {
-  /// constant | step (x gamma at the milestone, the papers' default) | cosine (to final_lr_scale after warmup)
+  /// constant | step (x gamma at the milestone, the papers' default) | cosine (to final_lr_scale after
+  /// warmup)
   ScheduleKind schedule = ScheduleKind::step;
   double milestone = 2.0 / 3.0;  // step: fraction of the iterations where the lr drops
   double gamma = 0.1;            // step: the factor applied at the milestone
   double warmup = 0.0;           // fraction of the iterations with a linear warmup from 0 (all schedules)
-  double final_lr_scale = 0.0;   // cosine: the last step's lr as a fraction of the peak (Smooth TL: 1e-3 / 0.1)
+  double final_lr_scale =
+      0.0;  // cosine: the last step's lr as a fraction of the peak (Smooth TL: 1e-3 / 0.1)
 
   void fields(Fields& f);
 };

@@ -22,7 +22,7 @@ struct Plot {
   /// lines | points | linespoints | bars (bar charts: one bar per x per series; `xtics` label the bars)
   std::string style = "lines";
   bool logx = false, logy = false;
-  std::vector<std::string> xtics;  // labels at x = 0, 1, 2, ... (bar charts, categories)
+  std::vector<std::string> xtics;   // labels at x = 0, 1, 2, ... (bar charts, categories)
   std::vector<double> xtic_values;  // where the xtics go instead (same length), e.g. labels per class
   double xmin = NAN, xmax = NAN, ymin = NAN, ymax = NAN;  // axis range; NaN: gnuplot's autoscale
   /// Error-bar series k is drawn shifted by (k - (n-1)/2) x dodge along x (a factor on a log axis), so
@@ -38,8 +38,8 @@ struct Heatmap {
   std::vector<std::vector<double>> values;  // rows x columns
   std::vector<std::string> row_labels, column_labels;
   int width = 800, height = 600;
-  int decimals = 2;         // of the value written in each cell (cells are left blank beyond 30 x 30)
-  std::string value_label{};  // the colour bar's label
+  int decimals = 2;               // of the value written in each cell (cells are left blank beyond 30 x 30)
+  std::string value_label{};      // the colour bar's label
   double vmin = NAN, vmax = NAN;  // the colour bar's range; NaN: the data's
 };
 

@@ -12,11 +12,11 @@ struct RunRecord {
   std::string task, method;  // method: the label shown in tables
   int64_t seed = 0;
   bool ok = false;
-  std::string error;            // first line of the error, for failed runs
+  std::string error;  // first line of the error, for failed runs
   double test_top1 = 0, test_mean_class = 0;
-  double best_val_top1 = -1;    // -1: no validation split
-  double step_ms = 0;           // median time per step of the run (its own process)
-  std::string dir;              // the run's output directory
+  double best_val_top1 = -1;  // -1: no validation split
+  double step_ms = 0;         // median time per step of the run (its own process)
+  std::string dir;            // the run's output directory
 };
 
 /// The table of `metric` ("test_top1" or "test_mean_class") in percent: rows in `methods` order,
@@ -24,7 +24,8 @@ struct RunRecord {
 /// "(n/m)" when only n of m seeds succeeded), "failed: ERROR" when none did, "-" when none ran. The best
 /// mean of each column is bold (every cell equal to it at the shown precision).
 std::string summary_table(const std::vector<RunRecord>& records, const std::vector<std::string>& tasks,
-                          const std::vector<std::string>& methods, const std::string& metric, int precision = 1);
+                          const std::vector<std::string>& methods, const std::string& metric,
+                          int precision = 1);
 
 /// results.csv: one row per run.
 std::string records_csv(const std::vector<RunRecord>& records);

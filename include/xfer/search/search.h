@@ -38,20 +38,20 @@ enum class PrunerKind { none, median };
 XFER_ENUM_NAMES(PrunerKind, "none", "median")
 
 struct SearchOptions {
-  std::string out;                 // the search's directory
-  std::string storage;             // the study database; "" = OUT/study.sqlite
-  std::string study = "search";    // the study's name
-  int64_t trials = 20;             // trials in the study, not counting retries of crashed ones
+  std::string out;               // the search's directory
+  std::string storage;           // the study database; "" = OUT/study.sqlite
+  std::string study = "search";  // the study's name
+  int64_t trials = 20;           // trials in the study, not counting retries of crashed ones
   SamplerKind sampler = SamplerKind::tpe;
-  int64_t workers = 1;             // worker processes
-  int64_t startup_trials = 10;     // TPE: random trials first
-  int64_t ei_candidates = 24;      // TPE: candidates scored per parameter
-  double prior_weight = 1.0;       // TPE
-  double heartbeat = 10;           // seconds between a running trial's heartbeats
-  double stale_after = 60;         // seconds without a heartbeat before a running trial is failed
-  int64_t retries = 1;             // runs of a trial whose worker died, after the first
-  double busy_timeout = 60;        // seconds to wait for a locked database
-  int64_t plot_top = 5;            // trials in schedules.png
+  int64_t workers = 1;          // worker processes
+  int64_t startup_trials = 10;  // TPE: random trials first
+  int64_t ei_candidates = 24;   // TPE: candidates scored per parameter
+  double prior_weight = 1.0;    // TPE
+  double heartbeat = 10;        // seconds between a running trial's heartbeats
+  double stale_after = 60;      // seconds without a heartbeat before a running trial is failed
+  int64_t retries = 1;          // runs of a trial whose worker died, after the first
+  double busy_timeout = 60;     // seconds to wait for a locked database
+  int64_t plot_top = 5;         // trials in schedules.png
   PrunerKind pruner = PrunerKind::none;
   int64_t pruner_startup_trials = 5;  // median: complete trials before any pruning
   int64_t pruner_warmup_steps = 0;    // median: no pruning at steps below this

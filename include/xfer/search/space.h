@@ -66,7 +66,8 @@ struct SearchSpace {
 
 /// Sets every parameter's option in whichever of `fields_list` has it. BadInput if an option rejects the
 /// value.
-void apply_params(const SearchSpace& space, const ParamValues& values, const std::vector<Fields*>& fields_list);
+void apply_params(const SearchSpace& space, const ParamValues& values,
+                  const std::vector<Fields*>& fields_list);
 
 /// Checks that every parameter names an option of one of `fields_list` that a search may set, of a
 /// matching type (floats: lin/log/cat, integers: int/logint/cat, text and switches: cat), and that the

@@ -35,8 +35,8 @@ struct TrialRecord {
   std::optional<int64_t> retry_of;  // the trial this one repeats
   std::string worker, run_dir, error;
   double created = 0, started = 0, finished = 0, heartbeat = 0;  // seconds since the epoch; 0: not yet
-  double sample_seconds = 0;                                    // time the sampler took for it
-  std::vector<std::pair<int64_t, double>> intermediate;         // (step, validation value)
+  double sample_seconds = 0;                                     // time the sampler took for it
+  std::vector<std::pair<int64_t, double>> intermediate;          // (step, validation value)
 };
 
 /// What a study is: a second process or a resumed run must agree on all of it.
@@ -76,21 +76,22 @@ class Study {
   /// The run directory of trial `number`.
   using RunDirFn = std::function<std::string(int64_t number)>;
   struct ClaimOptions {
-    int64_t budget = 0;          // trials in the study, not counting retries
-    double stale_after = 60;     // seconds without a heartbeat before a RUNNING trial fails
-    int64_t retries = 1;         // how often a trial that went stale is run again
+    int64_t budget = 0;       // trials in the study, not counting retries
+    double stale_after = 60;  // seconds without a heartbeat before a RUNNING trial fails
+    int64_t retries = 1;      // how often a trial that went stale is run again
   };
   /// In one write transaction: fails stale trials (queueing retries), then claims a WAITING trial or, while
   /// the study has fewer than `budget` trials, creates one with `sample`. nullopt when there is nothing to
   /// start now (check `running()` to know whether to wait).
-  std::optional<TrialRecord> claim(const std::string& worker, const ClaimOptions& opts, const SampleFn& sample,
-                                   const RunDirFn& run_dir);
+  std::optional<TrialRecord> claim(const std::string& worker, const ClaimOptions& opts,
+                                   const SampleFn& sample, const RunDirFn& run_dir);
   /// Marks RUNNING trials stale now (as claim does); returns how many failed.
   int64_t fail_stale(double stale_after, int64_t retries);
   void heartbeat(int64_t number);
   /// Records a trial's result; a WAITING retry of it (queued because it was thought dead) is dropped.
   void complete(int64_t number, double value, const std::vector<std::pair<int64_t, double>>& intermediate);
-  void fail(int64_t number, const std::string& error, const std::vector<std::pair<int64_t, double>>& intermediate);
+  void fail(int64_t number, const std::string& error,
+            const std::vector<std::pair<int64_t, double>>& intermediate);
   /// Records one intermediate (validation) value of a running trial.
   void report(int64_t number, int64_t step, double value);
   /// Marks a trial PRUNED at its last reported step, keeping its intermediate values.

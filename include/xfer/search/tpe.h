@@ -61,13 +61,15 @@ class ParamSampler {
   virtual ~ParamSampler() = default;
   /// Values for every parameter of `space`, given the finished (complete and pruned) trials in the order
   /// they were created.
-  virtual ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete, uint64_t seed) = 0;
+  virtual ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete,
+                             uint64_t seed) = 0;
   virtual std::string name() const = 0;
 };
 
 class RandomParamSampler : public ParamSampler {
  public:
-  ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete, uint64_t seed) override;
+  ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete,
+                     uint64_t seed) override;
   std::string name() const override { return "random"; }
 };
 
@@ -83,7 +85,8 @@ struct TpeOptions {
 class TpeSampler : public ParamSampler {
  public:
   explicit TpeSampler(TpeOptions opts = {});
-  ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete, uint64_t seed) override;
+  ParamValues sample(const SearchSpace& space, const std::vector<Observation>& complete,
+                     uint64_t seed) override;
   std::string name() const override { return "tpe"; }
 
  private:
@@ -127,7 +130,7 @@ class ParzenEstimator {
   bool optuna31_kernels_ = true;
   std::vector<double> weights_;  // mixture weights, summing to 1, prior last
   std::vector<double> mus_, sigmas_;
-  double low_ = 0, high_ = 0;                   // truncation bounds in transformed space
+  double low_ = 0, high_ = 0;                      // truncation bounds in transformed space
   std::vector<std::vector<double>> choice_probs_;  // categorical: one row per kernel
 };
 

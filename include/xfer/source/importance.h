@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/data/dataset.h"
 #include "xfer/models/model.h"
@@ -49,7 +49,8 @@ struct ImportanceWeights {
 
   /// Builds P_s and w from P_t (renormalised to sum 1) and the source's class counts. BadInput if the
   /// sizes differ, a P_t is negative or not finite, or a class with P_t > 0 has no examples.
-  static ImportanceWeights from_target_distribution(std::vector<std::string> classes, std::vector<int64_t> examples,
+  static ImportanceWeights from_target_distribution(std::vector<std::string> classes,
+                                                    std::vector<int64_t> examples,
                                                     std::vector<double> p_target, double temperature = 2.0);
   int64_t source_size() const;
   int64_t num_classes() const { return static_cast<int64_t>(classes.size()); }
@@ -65,14 +66,15 @@ struct ImportanceWeights {
 
 /// P_t over the classes of `model`'s `head`: the mean of tempered_softmax over `images` (uint8,
 /// (N, C, H, W)), transformed as the model expects, in eval mode and without gradients, in batches.
-std::vector<double> estimate_target_distribution(Model& model, const std::string& head, const torch::Tensor& images,
-                                                 double temperature, int64_t batch_size = 500);
+std::vector<double> estimate_target_distribution(Model& model, const std::string& head,
+                                                 const torch::Tensor& images, double temperature,
+                                                 int64_t batch_size = 500);
 
 /// P_t from `model`'s `head` on the target images, P_s from `source`'s labels. BadInput if the head's size
 /// or class names differ from the source's, or the images do not fit the model.
-ImportanceWeights compute_importance_weights(Model& model, const std::string& head, const TensorDataset& source,
-                                             const torch::Tensor& target_images, double temperature,
-                                             int64_t batch_size = 500);
+ImportanceWeights compute_importance_weights(Model& model, const std::string& head,
+                                             const TensorDataset& source, const torch::Tensor& target_images,
+                                             double temperature, int64_t batch_size = 500);
 
 /// The weights re-based on `source`: its class names must be the file's, in order (BadInput naming
 /// `where` and both lists otherwise); P_s and w are recomputed from its counts.
@@ -105,7 +107,7 @@ MatchedSet match_distribution(const std::string& matcher, const ImportanceWeight
 
 /// How `xfer pretrain` uses importance weights (RunOptions::sampling).
 struct PretrainSampling {
-  std::string weights;           // weights.json of `xfer weights`; "" = plain pre-training
+  std::string weights;  // weights.json of `xfer weights`; "" = plain pre-training
   // Or computed in the run, as `xfer weights` does: a source classifier and the target images it sees.
   std::string weights_from, weights_target;
   double weights_temperature = 2.0;

@@ -29,10 +29,10 @@ namespace xfer {
 
 /// The inner products of one layer's gradients that the mixing objective needs.
 struct LayerGeometry {
-  int64_t k = 0;               // number of sources
-  std::vector<double> gram;    // k * k, row-major: g_i . g_j
-  std::vector<double> dots;    // k: g_i . g_V
-  double target_norm = 0;      // |g_V|
+  int64_t k = 0;             // number of sources
+  std::vector<double> gram;  // k * k, row-major: g_i . g_j
+  std::vector<double> dots;  // k: g_i . g_V
+  double target_norm = 0;    // |g_V|
 
   /// From `grads`: (k + 1, n) with the k source gradients in its first rows and g_V in its last.
   static LayerGeometry from_rows(const torch::Tensor& grads);
@@ -53,8 +53,8 @@ struct MixingSolution {
   std::vector<double> weights;  // normalised to sum 1 (Eq. 7)
   double cossim = 0;            // cossim of the mixed gradient with g_V under `weights`
   bool ok = false;
-  int evaluations = 0;          // objective evaluations SLSQP used
-  std::string why;              // "" when ok
+  int evaluations = 0;  // objective evaluations SLSQP used
+  std::string why;      // "" when ok
 };
 
 /// Solves Eq. 6 for one layer with SLSQP from uniform weights and normalises (Eq. 7). Never throws for

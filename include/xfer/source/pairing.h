@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
 #include <torch/types.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "xfer/data/dataset.h"
 #include "xfer/data/loader.h"
@@ -64,8 +64,8 @@ std::vector<ClassPair> greedy_pairing(const torch::Tensor& similarity, const std
 /// Greedy rounds until the paired source classes hold at least `min_samples` examples (at least one
 /// round). `source_counts`: examples per source class. BadInput if the source has fewer classes than the
 /// target (pairing is one-to-one) or fewer examples than `min_samples`.
-std::vector<ClassPair> pair_classes(const torch::Tensor& similarity, const std::vector<int64_t>& source_counts,
-                                    int64_t min_samples);
+std::vector<ClassPair> pair_classes(const torch::Tensor& similarity,
+                                    const std::vector<int64_t>& source_counts, int64_t min_samples);
 
 /// The result of auxiliary sample selection, as written to pairing.json.
 struct Pairing {
@@ -87,7 +87,8 @@ struct Pairing {
   /// BadInput naming `where` on a malformed file.
   static Pairing from_json(const nlohmann::json& j, const std::string& where);
   /// BadInput naming `where` unless the class names (and their order) are those of the tasks.
-  void check_matches(const TensorDataset& target, const TensorDataset& source, const std::string& where) const;
+  void check_matches(const TensorDataset& target, const TensorDataset& source,
+                     const std::string& where) const;
 };
 
 /// Selection from features: centroids, cosine similarities and greedy rounds.
@@ -109,8 +110,8 @@ XFER_ENUM_NAMES(AuxMode, "paired", "random", "all")
 /// The options of auxiliary sample selection shared by xmixup, seqtrain and cotrain.
 struct AuxOptions {
   AuxMode aux = AuxMode::paired;
-  int64_t aux_size = 0;        // minimum auxiliary examples; 0: one pairing round
-  std::string pairing;         // a pairing.json from `xfer select`; "" computes the pairing in setup
+  int64_t aux_size = 0;  // minimum auxiliary examples; 0: one pairing round
+  std::string pairing;   // a pairing.json from `xfer select`; "" computes the pairing in setup
 
   void fields(Fields& f);
 };
@@ -118,8 +119,8 @@ struct AuxOptions {
 /// Which source examples each target class draws its auxiliary examples from.
 struct AuxPools {
   AuxMode mode = AuxMode::paired;
-  std::vector<std::vector<int64_t>> pools;        // paired: one per target class; random/all: one shared
-  std::vector<int64_t> source_classes;            // source classes present in the auxiliary set, ascending
+  std::vector<std::vector<int64_t>> pools;  // paired: one per target class; random/all: one shared
+  std::vector<int64_t> source_classes;      // source classes present in the auxiliary set, ascending
 
   /// The source example indices target class `t` draws from.
   const std::vector<int64_t>& pool_of(int64_t t) const { return pools.size() == 1 ? pools[0] : pools[t]; }

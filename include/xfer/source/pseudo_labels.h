@@ -42,8 +42,8 @@ torch::Tensor enlarge_per_class(const torch::Tensor& v_labels, const HardLabels&
                                 int64_t per_class, at::Generator& gen);
 
 /// Softmax outputs of `head` of each model on `data` (eval mode, no grad): (R, N, K).
-torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDataset& data, const std::string& head,
-                                     int64_t batch_size = 500);
+torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDataset& data,
+                                     const std::string& head, int64_t batch_size = 500);
 
 /// The unlabelled images (uint8; their labels are kept only to report pseudo-label accuracy) and the
 /// ensemble's probabilities (R, N, K), with the class names they index.

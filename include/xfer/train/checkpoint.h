@@ -6,10 +6,10 @@
 ///   meta       a JSON text: format, xfer version, the model's Arch, the step, the method, trainer state
 ///   model      the model's parameters and buffers
 ///   optimizer, method, ...   nested archives written by their owners
-/// Format 1 (xfer 0.1.0 until November 2026) stored a TorchScript archive, which LibTorch parses without bounds checks;
-/// it is refused with the version numbers.
-/// Files are written to a temporary file, fsynced and renamed, so a crash leaves the previous file.
-/// Reading checks the magic, version, length and checksum, and names the file and the problem.
+/// Format 1 (xfer 0.1.0 until November 2026) stored a TorchScript archive, which LibTorch parses without
+/// bounds checks; it is refused with the version numbers. Files are written to a temporary file, fsynced and
+/// renamed, so a crash leaves the previous file. Reading checks the magic, version, length and checksum, and
+/// names the file and the problem.
 #include <string>
 
 #include <nlohmann/json.hpp>

@@ -4,8 +4,8 @@
 #include <cstdint>
 #include <string>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/methods/method.h"
 #include "xfer/models/model.h"

@@ -55,12 +55,13 @@ struct TrainerOptions {
   int64_t checkpoint_every = 0;  // 0: the same as eval_every
   int64_t log_every = 10;
   int64_t eval_batch = 500;
-  ModelSelection select = ModelSelection::automatic;   // the model tested at the end: best (on validation), last, auto
-  int64_t stop_after = 0;        // stop after this many steps in this session (0: run to the end)
-  OnNan on_nan = OnNan::stop;   // a non-finite loss or gradient: stop (the default), or skip the batch
-  BnStats bn_stats = BnStats::batch;  // batch norm in training: batch (statistics of each process's batch), sync
-                                   // (of the global batch), frozen (running statistics, as in eval mode); sync
-                                   // and frozen match one process at any world size
+  ModelSelection select =
+      ModelSelection::automatic;      // the model tested at the end: best (on validation), last, auto
+  int64_t stop_after = 0;             // stop after this many steps in this session (0: run to the end)
+  OnNan on_nan = OnNan::stop;         // a non-finite loss or gradient: stop (the default), or skip the batch
+  BnStats bn_stats = BnStats::batch;  // batch norm in training: batch (statistics of each process's batch),
+                                      // sync (of the global batch), frozen (running statistics, as in eval
+                                      // mode); sync and frozen match one process at any world size
   /// Called after each validation with the step and its top-1 (not an option: a search's pruner). An
   /// exception it throws ends the run there.
   std::function<void(int64_t step, double val_top1)> on_validation;
@@ -79,7 +80,7 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
 struct StepReport {
   double allreduce_seconds = 0;  // the step's all-reduces, waiting included
   double wait_seconds = 0;       // the part spent waiting for the slowest process
-  int stop_signal = 0;           // SIGINT/SIGTERM if any process had received one before this step's agreement
+  int stop_signal = 0;  // SIGINT/SIGTERM if any process had received one before this step's agreement
 };
 
 /// One training step, exactly as the Trainer runs it: set each group's learning rate from `lr`, zero the
@@ -90,8 +91,9 @@ struct StepReport {
 /// `after_step`. Data-parallel: one tiny all-reduce before the gradients' makes every process take the same
 /// decisions at the same step: a non-finite loss on any process is a NumericalError on all of them, and a
 /// stop signal received by any process is reported in `report` on all of them.
-LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, StepReport* report = nullptr);
+LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer,
+                        const std::vector<ParamGroup>& groups, double lr, StepContext& ctx,
+                        StepReport* report = nullptr);
 
 /// NumericalError naming the first parameter of `model` whose gradient holds a NaN or an infinity.
 void check_finite_gradients(Model& model, int64_t step);
@@ -99,8 +101,8 @@ void check_finite_gradients(Model& model, int64_t step);
 /// Evaluates `head` of `model` on a dataset (eval mode, no grad), in batches. In a data-parallel run each
 /// process evaluates a contiguous share and the confusion counts are summed over the processes. A
 /// `progress_label` shows the images done (rank 0) as `xfer eval` and the final test do.
-Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head, int64_t batch_size = 500,
-                    const std::string& progress_label = "");
+Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& head,
+                    int64_t batch_size = 500, const std::string& progress_label = "");
 
 /// What Trainer::fit did: a finished run's training record and test, or the step at which --stop-after
 /// stopped this session. to_json() is the training part of result.json.
@@ -109,17 +111,17 @@ struct FitResult {
   /// Nothing else is set then: the run is neither finished nor tested.
   std::optional<int64_t> stopped_at;
 
-  int64_t iterations = 0;       // the steps of all phases
-  bool selected_best = false;   // the model tested: best on validation, or the last
-  int64_t selected_step = 0;    // the step of the model tested
+  int64_t iterations = 0;               // the steps of all phases
+  bool selected_best = false;           // the model tested: best on validation, or the last
+  int64_t selected_step = 0;            // the step of the model tested
   std::optional<double> best_val_top1;  // the best validation and its step; unset if none ran
   std::optional<int64_t> best_val_step;
-  double train_seconds = 0;     // this session's steps
+  double train_seconds = 0;  // this session's steps
   double step_ms = 0, step_ms_median = 0;
   double samples_per_s = 0;
-  int64_t skipped_steps = 0;    // batches dropped by --on-nan skip, over the whole run
+  int64_t skipped_steps = 0;  // batches dropped by --on-nan skip, over the whole run
   int world_size = 1;
-  std::vector<Phase> phases;    // the method's phases when it has more than one; else empty
+  std::vector<Phase> phases;  // the method's phases when it has more than one; else empty
   std::optional<double> allreduce_share, allreduce_wait_share;  // data-parallel runs
   std::optional<Evaluation> test;  // the selected model on the test split, if the task has one
 
@@ -132,7 +134,9 @@ struct FitResult {
   nlohmann::json to_json() const;
 };
 /// nlohmann::json's conversion: `nlohmann::json j = result;` is result.to_json().
-inline void to_json(nlohmann::json& j, const FitResult& r) { j = r.to_json(); }
+inline void to_json(nlohmann::json& j, const FitResult& r) {
+  j = r.to_json();
+}
 
 class Trainer {
  public:
@@ -143,7 +147,7 @@ class Trainer {
   /// every checkpoint (method name, specs). With `stop_after`, a session that stops early returns
   /// after checkpointing, stopped at its last step.
   FitResult fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
-                     uint64_t seed, bool resume, const nlohmann::json& meta = {});
+                uint64_t seed, bool resume, const nlohmann::json& meta = {});
 
   const TrainerOptions& options() const { return opts_; }
   std::string last_checkpoint() const;

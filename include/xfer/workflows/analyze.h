@@ -33,21 +33,21 @@ enum class DataSplit { train, test };
 XFER_ENUM_NAMES(DataSplit, "train", "test")
 
 struct AnalyzeOptions {
-  std::string run;            // the run directory
+  std::string run;                 // the run directory
   DataSplit on = DataSplit::test;  // the split of the target spec
-  std::string data;           // dataset spec; "" = the run's --target
-  std::string init;           // pretrained model for the parameter distance; "" = the run's --init
+  std::string data;                // dataset spec; "" = the run's --target
+  std::string init;                // pretrained model for the parameter distance; "" = the run's --init
   std::string head = "target";
   LabelOutput label_output = LabelOutput::logits;  // what Label-IL measures
-  bool forgetting = false;               // XMixup's forgetting probe
-  std::string forgetting_source;         // its source task; "" = the run's --source
-  bool forgetting_reference = false;     // probe the --init model too
-  int64_t probe_iterations = 100;        // L-BFGS iterations of the probe's linear head
-  double probe_decay = 1e-4;             // its L2 weight
-  int64_t pairs = 1000;       // interpolation-loss pairs
-  double alpha = 0.2;         // lambda ~ Beta(alpha, alpha)
-  int64_t seed = 0;           // draws the pairs and mixing weights
-  int64_t spectrum = 10;      // smallest singular values reported
+  bool forgetting = false;                         // XMixup's forgetting probe
+  std::string forgetting_source;                   // its source task; "" = the run's --source
+  bool forgetting_reference = false;               // probe the --init model too
+  int64_t probe_iterations = 100;                  // L-BFGS iterations of the probe's linear head
+  double probe_decay = 1e-4;                       // its L2 weight
+  int64_t pairs = 1000;                            // interpolation-loss pairs
+  double alpha = 0.2;                              // lambda ~ Beta(alpha, alpha)
+  int64_t seed = 0;                                // draws the pairs and mixing weights
+  int64_t spectrum = 10;                           // smallest singular values reported
   int64_t batch = 500;
   int64_t threads = 0;
   std::string device = "cpu";

@@ -25,9 +25,9 @@ struct DemoOptions {
   std::string backbone = "cnn4";
   int64_t iterations = 300;
   int64_t pretrain_iterations = 2000;
-  double budget = 10;            // minutes: "auto" runs every method only if they fit
+  double budget = 10;  // minutes: "auto" runs every method only if they fit
   std::string out = "runs/demo";
-  std::string cache;             // pre-trained source models; "" = $XDG_CACHE_HOME/xfer or ~/.cache/xfer
+  std::string cache;  // pre-trained source models; "" = $XDG_CACHE_HOME/xfer or ~/.cache/xfer
   int64_t threads = 0;
 
   void fields(Fields& f);

@@ -14,7 +14,8 @@ std::string default_cache_dir();
 
 /// The recipe the demo pre-trains its source model with: SGD lr 0.05, cosine schedule with 2% warmup,
 /// batch 128, on `source` with `backbone` for `iterations` steps.
-RunOptions source_pretrain_options(const std::string& source, const std::string& backbone, int64_t iterations);
+RunOptions source_pretrain_options(const std::string& source, const std::string& backbone,
+                                   int64_t iterations);
 
 /// Where the model pre-trained with `opts` is (or would be) cached.
 std::string cached_pretrain_dir(RunOptions opts, const std::string& cache_dir);

@@ -25,15 +25,15 @@ namespace xfer {
 class Fields;
 
 struct RunOptions {
-  std::string target;     // dataset spec trained on by finetune
-  std::string source;     // dataset spec: pre-training data, or source data for methods that use it
-  std::string init;       // pretrained model: a run directory or a checkpoint file
-  std::string backbone;   // "" = the --init model's, else cnn4
+  std::string target;    // dataset spec trained on by finetune
+  std::string source;    // dataset spec: pre-training data, or source data for methods that use it
+  std::string init;      // pretrained model: a run directory or a checkpoint file
+  std::string backbone;  // "" = the --init model's, else cnn4
   std::string method = "l2";
   int64_t seed = 0;
-  int64_t threads = 0;    // 0 = all cores
+  int64_t threads = 0;  // 0 = all cores
   std::string device = "cpu";
-  std::string out;        // "" = runs/<command>-<method>-<time>
+  std::string out;  // "" = runs/<command>-<method>-<time>
   bool resume = false;
   bool overwrite = false;
   TrainerOptions trainer;
@@ -83,19 +83,22 @@ struct RunResult {
   nlohmann::json to_json() const;
 };
 /// nlohmann::json's conversion: `nlohmann::json j = result;` is result.to_json().
-inline void to_json(nlohmann::json& j, const RunResult& r) { j = r.to_json(); }
+inline void to_json(nlohmann::json& j, const RunResult& r) {
+  j = r.to_json();
+}
 
 /// Builds a run of `command` ("finetune" or "pretrain"). `when_valid`, if given, receives the resolved
 /// configuration once every input is validated and the method is set up (the run creates its output
 /// directory there, so bad input leaves no files behind).
-std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOptions& opts, const MethodInfo& info,
-                                         MethodConfig& config,
-                                         const std::function<void(const nlohmann::json&)>& when_valid = nullptr);
+std::unique_ptr<PreparedRun> prepare_run(
+    const std::string& command, const RunOptions& opts, const MethodInfo& info, MethodConfig& config,
+    const std::function<void(const nlohmann::json&)>& when_valid = nullptr);
 
-/// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns what result.json holds.
+/// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns what result.json
+/// holds.
 RunResult run_finetune(RunOptions opts, MethodConfig& method_config);
-/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns what result.json holds. With
-/// opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns what result.json holds.
+/// With opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
 /// result.json then holds "sampling": the matcher, the size and the number of unique examples.
 RunResult run_pretrain(RunOptions opts);
 
@@ -103,9 +106,10 @@ RunResult run_pretrain(RunOptions opts);
 /// mean tempered softmax of the classifier in `model` (a run directory or checkpoint; its `head`, or
 /// "source" when empty and it has one) over the training images of `target_spec`, never their labels.
 /// The weights' provenance names the model, `source_name` and the target.
-ImportanceWeights importance_weights_by_model(const std::string& model, std::string head, const TensorDataset& source,
-                                              const std::string& source_name, const std::string& target_spec,
-                                              double temperature, uint64_t seed, torch::Device device);
+ImportanceWeights importance_weights_by_model(const std::string& model, std::string head,
+                                              const TensorDataset& source, const std::string& source_name,
+                                              const std::string& target_spec, double temperature,
+                                              uint64_t seed, torch::Device device);
 
 /// The resolved configuration as written to config.json.
 nlohmann::json config_json(const std::string& command, RunOptions& opts, MethodConfig* method_config);

@@ -35,7 +35,8 @@
 ///                  "source" (default: the task's source, else the pre-training source), "reference" (true:
 ///                  a first row "pretrained", the --init model probed alike), "probe_iterations" (100);
 ///   interpolation  SMILE Table 6: `xfer analyze` on each of "splits" (default ["train", "test"]), columns
-///                  Label-IL (on logits, or "label_output": "softmax") and Feature-IL per split; "pairs" (1000).
+///                  Label-IL (on logits, or "label_output": "softmax") and Feature-IL per split; "pairs"
+///                  (1000).
 /// The analyses run in the bench process after the runs, write each run's analysis.json, and are redone
 /// on every invocation (they are deterministic).
 /// "all" and "core" expand to the registered methods. An unknown method is refused before anything runs,
@@ -83,7 +84,7 @@ constexpr int64_t kMaxSuiteRuns = 100000;
 
 struct SuiteTask {
   std::string name, target, source;
-  nlohmann::json pretrain;                            // null: the suite's; an object: merged over it
+  nlohmann::json pretrain;  // null: the suite's; an object: merged over it
   nlohmann::json run = nlohmann::json::object();
   nlohmann::json options = nlohmann::json::object();  // method options, for the methods that have them
 };
@@ -91,7 +92,7 @@ struct SuiteTask {
 /// One more table of a suite (see "tables" above).
 struct SuiteTable {
   std::string title, kind, task;
-  std::vector<std::string> methods;  // labels, in row order
+  std::vector<std::string> methods;                   // labels, in row order
   nlohmann::json options = nlohmann::json::object();  // the kind's own keys
 };
 
@@ -119,12 +120,12 @@ std::vector<std::pair<std::string, std::string>> builtin_suites();
 
 struct BenchOptions {
   std::string suite = "quick";
-  std::string out;          // "" = runs/bench-NAME
-  int64_t jobs = 1;         // runs at a time
-  int64_t threads = 0;      // threads per run; 0 = cores / jobs
-  std::string cache;        // source models; "" = the default cache
-  bool timing = true;       // measure time per step relative to l2 in one process (timing.md)
-  std::string executable;   // the xfer binary that runs each run; "" = this process's executable
+  std::string out;         // "" = runs/bench-NAME
+  int64_t jobs = 1;        // runs at a time
+  int64_t threads = 0;     // threads per run; 0 = cores / jobs
+  std::string cache;       // source models; "" = the default cache
+  bool timing = true;      // measure time per step relative to l2 in one process (timing.md)
+  std::string executable;  // the xfer binary that runs each run; "" = this process's executable
 
   void fields(Fields& f);
 };

@@ -36,8 +36,9 @@ struct RunProcesses {
 /// `jobs` at a time, and fills records[i]; `finished(i)` is called as each ends (a failed run's record
 /// says why). SIGINT/SIGTERM stops the runs in flight (they checkpoint) and throws Interrupted naming
 /// `what`, the count of finished runs and the plan's size; a re-run redoes them.
-void run_processes(const std::vector<RunRequest>& plan, const std::vector<size_t>& todo, const RunProcesses& how,
-                   std::vector<RunRecord>& records, const std::function<void(size_t)>& finished, int64_t done_before);
+void run_processes(const std::vector<RunRequest>& plan, const std::vector<size_t>& todo,
+                   const RunProcesses& how, std::vector<RunRecord>& records,
+                   const std::function<void(size_t)>& finished, int64_t done_before);
 
 /// Runs one planned fine-tuning run in this process, into q.dir (overwritten), with `threads` (0 = all
 /// cores). Returns its result.json.

@@ -75,7 +75,9 @@ void Archive::write(const std::string& key, const torch::Tensor& tensor) {
   tensors_[key] = tensor.detach().to(torch::kCPU).contiguous().clone();
 }
 
-void Archive::write_text(const std::string& key, const std::string& text) { texts_[key] = text; }
+void Archive::write_text(const std::string& key, const std::string& text) {
+  texts_[key] = text;
+}
 
 void Archive::write(const std::string& key, const Archive& nested) {
   const std::string prefix = key + "/";
@@ -136,8 +138,8 @@ void Archive::read_module(torch::nn::Module& module, const std::string& what) co
   for (const auto& [name, target] : state) {
     const auto it = tensors_.find(name);
     XFER_CHECK(it != tensors_.end(), what, " has no '", name, "'");
-    XFER_CHECK(it->second.sizes() == target.sizes(), what, ": '", name, "' is ", shape_text(it->second.sizes()),
-               ", the model's is ", shape_text(target.sizes()));
+    XFER_CHECK(it->second.sizes() == target.sizes(), what, ": '", name, "' is ",
+               shape_text(it->second.sizes()), ", the model's is ", shape_text(target.sizes()));
     target.copy_(it->second);
   }
 }
@@ -176,14 +178,15 @@ std::string Archive::encode() const {
 
 Archive Archive::decode(const std::string& bytes, const std::string& name, torch::Device device) {
   Cursor in(bytes, name);
-  XFER_CHECK(std::memcmp(in.take(sizeof kArchiveMagic, "magic"), kArchiveMagic, sizeof kArchiveMagic) == 0, name,
-             ": not an xfer archive (bad magic bytes)");
+  XFER_CHECK(std::memcmp(in.take(sizeof kArchiveMagic, "magic"), kArchiveMagic, sizeof kArchiveMagic) == 0,
+             name, ": not an xfer archive (bad magic bytes)");
   const auto version = in.get<uint32_t>("version");
   XFER_CHECK(version == kArchiveVersion, name, ": archive version ", version, ", this xfer reads version ",
              kArchiveVersion);
   const auto count = in.get<uint64_t>("record count");
   // Each record takes at least 6 bytes: a count beyond that is corrupt, not a reason to loop for long.
-  XFER_CHECK(count <= in.left() / 6, name, ": corrupt archive (", count, " records in ", in.left(), " bytes)");
+  XFER_CHECK(count <= in.left() / 6, name, ": corrupt archive (", count, " records in ", in.left(),
+             " bytes)");
   Archive a;
   for (uint64_t r = 0; r < count; ++r) {
     const auto kind = in.get<uint8_t>("record kind");
@@ -199,7 +202,8 @@ Archive Archive::decode(const std::string& bytes, const std::string& name, torch
     }
     XFER_CHECK(kind == kTensorRecord, name, ": corrupt archive (record kind ", int(kind), " at '", key, "')");
     const auto dtype = static_cast<torch::ScalarType>(in.get<uint8_t>("dtype"));
-    XFER_CHECK(stored_dtypes().count(dtype), name, ": corrupt archive (dtype code ", int(dtype), " at '", key, "')");
+    XFER_CHECK(stored_dtypes().count(dtype), name, ": corrupt archive (dtype code ", int(dtype), " at '", key,
+               "')");
     const auto rank = in.get<uint8_t>("rank");
     XFER_CHECK(rank <= kMaxRank, name, ": corrupt archive (rank ", int(rank), " at '", key, "')");
     std::vector<int64_t> sizes(rank);
@@ -214,7 +218,8 @@ Archive Archive::decode(const std::string& bytes, const std::string& name, torch
     }
     const char* data = in.take(bytes_needed, "tensor data");
     // A bool is one byte that must be 0 or 1; any other value is undefined behaviour once read.
-    XFER_CHECK(dtype != torch::kBool || std::all_of(data, data + bytes_needed, [](char c) { return c == 0 || c == 1; }),
+    XFER_CHECK(dtype != torch::kBool ||
+                   std::all_of(data, data + bytes_needed, [](char c) { return c == 0 || c == 1; }),
                name, ": corrupt archive (a bool that is neither 0 nor 1 at '", key, "')");
     torch::Tensor t = torch::empty(sizes, torch::TensorOptions().dtype(dtype));
     if (bytes_needed > 0) std::memcpy(t.data_ptr(), data, bytes_needed);

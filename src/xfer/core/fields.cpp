@@ -29,8 +29,8 @@ double parse_double(const std::string& flag, const std::string& text) {
   errno = 0;
   char* end = nullptr;
   double v = std::strtod(text.c_str(), &end);
-  XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE && std::isfinite(v),
-             flag, " expects a number, got '", printable(text), "'");
+  XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE && std::isfinite(v), flag,
+             " expects a number, got '", printable(text), "'");
   return v;
 }
 
@@ -38,8 +38,8 @@ int64_t parse_int(const std::string& flag, const std::string& text) {
   errno = 0;
   char* end = nullptr;
   long long v = std::strtoll(text.c_str(), &end, 10);
-  XFER_CHECK(!text.empty() && end == text.c_str() + text.size(), flag, " expects an integer, got '", printable(text),
-             "'");
+  XFER_CHECK(!text.empty() && end == text.c_str() + text.size(), flag, " expects an integer, got '",
+             printable(text), "'");
   XFER_CHECK(errno != ERANGE, flag, " is out of range for a 64-bit integer: '", text, "'");
   return v;
 }
@@ -61,36 +61,51 @@ std::string Fields::Field::flag() const {
 
 std::string Fields::Field::type_name() const {
   switch (target.index()) {
-    case 0: return "float";
-    case 1: return "int";
-    case 2: return "bool";
-    default: return "string";
+    case 0:
+      return "float";
+    case 1:
+      return "int";
+    case 2:
+      return "bool";
+    default:
+      return "string";
   }
 }
 
-bool Fields::Field::is_numeric() const { return target.index() <= 1; }
+bool Fields::Field::is_numeric() const {
+  return target.index() <= 1;
+}
 
 std::string Fields::Field::value_text() const {
   return std::visit(
       [](const auto& p) -> std::string {
         using T = std::decay_t<decltype(p)>;
-        if constexpr (std::is_same_v<T, Fields::EnumRef>) return p.text();
-        else if constexpr (std::is_same_v<T, double*>) return format_number(*p);
-        else if constexpr (std::is_same_v<T, int64_t*>) return std::to_string(*p);
-        else if constexpr (std::is_same_v<T, bool*>) return *p ? "true" : "false";
-        else return *p;
+        if constexpr (std::is_same_v<T, Fields::EnumRef>)
+          return p.text();
+        else if constexpr (std::is_same_v<T, double*>)
+          return format_number(*p);
+        else if constexpr (std::is_same_v<T, int64_t*>)
+          return std::to_string(*p);
+        else if constexpr (std::is_same_v<T, bool*>)
+          return *p ? "true" : "false";
+        else
+          return *p;
       },
       target);
 }
 
-Fields::Field& Fields::Ref::field() { return owner_->fields_[index_]; }
+Fields::Field& Fields::Ref::field() {
+  return owner_->fields_[index_];
+}
 
 Fields::Ref& Fields::Ref::positive() {
   field().min = 0;
   field().min_open = true;
   return *this;
 }
-Fields::Ref& Fields::Ref::non_negative() { return at_least(0); }
+Fields::Ref& Fields::Ref::non_negative() {
+  return at_least(0);
+}
 Fields::Ref& Fields::Ref::at_least(double v) {
   field().min = v;
   field().min_open = false;
@@ -142,10 +157,18 @@ Fields::Ref Fields::push(const std::string& name, const std::string& help, Targe
   return Ref(this, fields_.size() - 1);
 }
 
-Fields::Ref Fields::add(const std::string& name, double& v, const std::string& help) { return push(name, help, &v); }
-Fields::Ref Fields::add(const std::string& name, int64_t& v, const std::string& help) { return push(name, help, &v); }
-Fields::Ref Fields::add(const std::string& name, bool& v, const std::string& help) { return push(name, help, &v); }
-Fields::Ref Fields::add(const std::string& name, std::string& v, const std::string& help) { return push(name, help, &v); }
+Fields::Ref Fields::add(const std::string& name, double& v, const std::string& help) {
+  return push(name, help, &v);
+}
+Fields::Ref Fields::add(const std::string& name, int64_t& v, const std::string& help) {
+  return push(name, help, &v);
+}
+Fields::Ref Fields::add(const std::string& name, bool& v, const std::string& help) {
+  return push(name, help, &v);
+}
+Fields::Ref Fields::add(const std::string& name, std::string& v, const std::string& help) {
+  return push(name, help, &v);
+}
 
 Fields::Field* Fields::find(const std::string& name) {
   const std::string key = snake(name);
@@ -172,7 +195,8 @@ std::string choice_list(const std::vector<std::string>& choices) {
 void set_enum(const Fields::Field& f, const Fields::EnumRef& e, const std::string& text) {
   const auto& names = *e.names;
   const auto it = std::find(names.begin(), names.end(), text);
-  XFER_CHECK(it != names.end(), f.flag(), " must be one of ", choice_list(names), "; got '", printable(text), "'");
+  XFER_CHECK(it != names.end(), f.flag(), " must be one of ", choice_list(names), "; got '", printable(text),
+             "'");
   e.set(e.value, static_cast<size_t>(it - names.begin()));
 }
 
@@ -190,11 +214,16 @@ void set_field_text(const Fields::Field& f, const std::string& text) {
   std::visit(
       [&](const auto& p) {
         using T = std::decay_t<decltype(p)>;
-        if constexpr (std::is_same_v<T, Fields::EnumRef>) set_enum(f, p, text);
-        else if constexpr (std::is_same_v<T, double*>) *p = parse_double(flag, text);
-        else if constexpr (std::is_same_v<T, int64_t*>) *p = parse_int(flag, text);
-        else if constexpr (std::is_same_v<T, bool*>) *p = parse_bool(flag, text);
-        else *p = text;
+        if constexpr (std::is_same_v<T, Fields::EnumRef>)
+          set_enum(f, p, text);
+        else if constexpr (std::is_same_v<T, double*>)
+          *p = parse_double(flag, text);
+        else if constexpr (std::is_same_v<T, int64_t*>)
+          *p = parse_int(flag, text);
+        else if constexpr (std::is_same_v<T, bool*>)
+          *p = parse_bool(flag, text);
+        else
+          *p = text;
       },
       f.target);
   validate_field(f);
@@ -244,8 +273,10 @@ nlohmann::json Fields::to_json() const {
   for (const auto& f : fields_)
     std::visit(
         [&](const auto& p) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(p)>, EnumRef>) out[f.name] = p.text();
-          else out[f.name] = *p;
+          if constexpr (std::is_same_v<std::decay_t<decltype(p)>, EnumRef>)
+            out[f.name] = p.text();
+          else
+            out[f.name] = *p;
         },
         f.target);
   return out;
@@ -274,8 +305,8 @@ void validate_field(const Fields::Field& f) {
   if (f.target.index() == 3) check_utf8(*std::get<std::string*>(f.target), f.flag());
   if (!f.choices.empty() && f.target.index() == 3) {  // an enum holds one of its names by construction
     const std::string& v = *std::get<std::string*>(f.target);
-    XFER_CHECK(std::find(f.choices.begin(), f.choices.end(), v) != f.choices.end(), f.flag(), " must be one of ",
-               choice_list(f.choices), "; got '", v, "'");
+    XFER_CHECK(std::find(f.choices.begin(), f.choices.end(), v) != f.choices.end(), f.flag(),
+               " must be one of ", choice_list(f.choices), "; got '", v, "'");
   }
 }
 

@@ -35,8 +35,10 @@ pid_t spawn_process(const std::vector<std::string>& argv, const std::string& std
   if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
   // No O_CLOEXEC: the file is opened straight onto fd 1 or 2, which must survive the exec.
   const int flags = O_WRONLY | O_CREAT | O_APPEND;
-  if (!stdout_path.empty()) posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, stdout_path.c_str(), flags, 0644);
-  if (!stderr_path.empty()) posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(), flags, 0644);
+  if (!stdout_path.empty())
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, stdout_path.c_str(), flags, 0644);
+  if (!stderr_path.empty())
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(), flags, 0644);
 
   std::vector<std::string> env_text;
   for (char** e = environ; *e; ++e) {
@@ -67,7 +69,8 @@ std::string find_program(const std::string& name) {
     const std::string dir = end > start ? dirs.substr(start, end - start) : ".";
     const std::string candidate = dir + "/" + name;
     std::error_code ec;
-    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate, ec)) return candidate;
+    if (::access(candidate.c_str(), X_OK) == 0 && !std::filesystem::is_directory(candidate, ec))
+      return candidate;
     start = end + 1;
   }
   return "";
@@ -93,7 +96,8 @@ volatile sig_atomic_t forwarded_count = 0;
 pid_t forwarded_pids[ProcessGroup::kMaxForwarded];
 volatile sig_atomic_t last_forwarded = 0;
 const ProcessGroup* forwarding_group = nullptr;
-struct sigaction saved_int {}, saved_term {};
+struct sigaction saved_int {
+}, saved_term{};
 
 extern "C" void xfer_forward_signal(int sig) {
   last_forwarded = sig;
@@ -257,6 +261,8 @@ ProcessGroup::Forwarding::~Forwarding() {
   sigaction(SIGTERM, &saved_term, nullptr);
 }
 
-int ProcessGroup::forwarded_signal() { return last_forwarded; }
+int ProcessGroup::forwarded_signal() {
+  return last_forwarded;
+}
 
 }  // namespace xfer

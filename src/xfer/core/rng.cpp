@@ -20,11 +20,17 @@ uint64_t derive_seed(uint64_t seed, const std::string& name) {
   return mix64(mix64(seed) ^ h);
 }
 
-uint64_t derive_seed(uint64_t seed, uint64_t index) { return mix64(mix64(seed) ^ mix64(index + 1)); }
+uint64_t derive_seed(uint64_t seed, uint64_t index) {
+  return mix64(mix64(seed) ^ mix64(index + 1));
+}
 
-at::Generator make_generator(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+at::Generator make_generator(uint64_t seed) {
+  return at::make_generator<at::CPUGeneratorImpl>(seed);
+}
 
-void seed_global(uint64_t seed) { torch::manual_seed(seed); }
+void seed_global(uint64_t seed) {
+  torch::manual_seed(seed);
+}
 
 uint64_t uniform_index(std::mt19937_64& engine, uint64_t n) {
   if (n <= 1) return 0;
@@ -64,7 +70,9 @@ torch::Tensor sample_beta(at::Generator& gen, double a, double b, int64_t n) {
   return torch::where(sum > 0, x / sum.clamp_min(1e-300), fallback);
 }
 
-double sample_beta(at::Generator& gen, double a, double b) { return sample_beta(gen, a, b, 1).item<double>(); }
+double sample_beta(at::Generator& gen, double a, double b) {
+  return sample_beta(gen, a, b, 1).item<double>();
+}
 
 double sample_uniform(at::Generator& gen) {
   return torch::rand({1}, gen, torch::TensorOptions().dtype(torch::kFloat64)).item<double>();
@@ -75,6 +83,8 @@ int64_t sample_index(at::Generator& gen, int64_t n) {
   return torch::randint(n, {1}, gen, torch::kInt64).item<int64_t>();
 }
 
-torch::Tensor sample_permutation(at::Generator& gen, int64_t n) { return torch::randperm(n, gen, torch::kInt64); }
+torch::Tensor sample_permutation(at::Generator& gen, int64_t n) {
+  return torch::randperm(n, gen, torch::kInt64);
+}
 
 }  // namespace xfer

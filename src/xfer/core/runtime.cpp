@@ -1,9 +1,9 @@
 #include "xfer/core/runtime.h"
 
 #include <malloc.h>
-#include <csignal>
 #include <sched.h>
 #include <unistd.h>
+#include <csignal>
 
 #include <algorithm>
 #include <atomic>
@@ -38,7 +38,8 @@ std::string clock_text(double seconds) {
     std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
                   static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
   else
-    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", static_cast<long long>(s / 60),
+                  static_cast<long long>(s % 60));
   return buf;
 }
 }  // namespace
@@ -82,8 +83,12 @@ void install_stop_handlers() {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-int stop_signal() { return g_stop_signal; }
-void clear_stop_signal() { g_stop_signal = 0; }
+int stop_signal() {
+  return g_stop_signal;
+}
+void clear_stop_signal() {
+  g_stop_signal = 0;
+}
 
 std::string signal_name(int signal) {
   if (signal == SIGINT) return "SIGINT";
@@ -95,14 +100,20 @@ void throw_if_stop_requested(const std::string& what) {
   if (const int sig = stop_signal()) throw Interrupted(cat(what, " stopped by ", signal_name(sig)), sig);
 }
 
-void set_verbosity(int level) { g_verbosity = level; }
-int verbosity() { return g_verbosity; }
+void set_verbosity(int level) {
+  g_verbosity = level;
+}
+int verbosity() {
+  return g_verbosity;
+}
 
 void log_info(const std::string& line) {
   if (g_verbosity >= 1) std::cerr << line << std::endl;
 }
 
-void log_warn(const std::string& line) { std::cerr << "warning: " << line << std::endl; }
+void log_warn(const std::string& line) {
+  std::cerr << "warning: " << line << std::endl;
+}
 
 double now_seconds() {
   using namespace std::chrono;
@@ -127,7 +138,9 @@ void set_progress_interval(double seconds) {
   XFER_CHECK(seconds > 0 && seconds <= 86400, "--log-interval must be in (0, 86400] seconds, got ", seconds);
   g_progress_interval = seconds;
 }
-double progress_interval() { return g_progress_interval; }
+double progress_interval() {
+  return g_progress_interval;
+}
 
 Progress::Progress(std::string label, int64_t total, int64_t start)
     : label_(std::move(label)),
@@ -137,20 +150,24 @@ Progress::Progress(std::string label, int64_t total, int64_t start)
       last_draw_(start_time_),
       tty_(::isatty(STDERR_FILENO) == 1) {}
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::update(int64_t done, const std::string& status) {
   if (g_verbosity < 1) return;
   const double t = now_seconds();
   const bool last = done >= total_;
-  if (!last && t - last_draw_ < (tty_ ? 0.1 : progress_interval())) return;  // a TTY redraws 10 times a second
+  if (!last && t - last_draw_ < (tty_ ? 0.1 : progress_interval()))
+    return;  // a TTY redraws 10 times a second
   last_draw_ = t;
   const double elapsed = t - start_time_;
   const double rate = elapsed > 0 ? static_cast<double>(done - start_done_) / elapsed : 0.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : -1;
   char rate_buf[32];
   if (rate > 0)
-    std::snprintf(rate_buf, sizeof rate_buf, rate >= 1 ? "%.1f it/s" : "%.2f s/it", rate >= 1 ? rate : 1 / rate);
+    std::snprintf(rate_buf, sizeof rate_buf, rate >= 1 ? "%.1f it/s" : "%.2f s/it",
+                  rate >= 1 ? rate : 1 / rate);
   else
     std::snprintf(rate_buf, sizeof rate_buf, "-- it/s");
   const std::string tail = cat(done, "/", total_, status.empty() ? "" : "  ", status, "  ", rate_buf,

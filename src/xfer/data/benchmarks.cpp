@@ -37,7 +37,8 @@ std::vector<BmLine> bm_lines(const std::string& path) {
     std::string line = bytes.substr(start, end - start);
     start = end + 1;
     ++no;
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) line.pop_back();
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t'))
+      line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     check_utf8(line, cat(path, " line ", no));
     out.push_back({no, line});
@@ -46,7 +47,8 @@ std::vector<BmLine> bm_lines(const std::string& path) {
 }
 
 /// "FIRST REST": the line split at its first space; BadInput when there is no second field.
-std::pair<std::string, std::string> bm_two_fields(const BmLine& l, const std::string& path, const std::string& form) {
+std::pair<std::string, std::string> bm_two_fields(const BmLine& l, const std::string& path,
+                                                  const std::string& form) {
   const size_t sp = l.text.find(' ');
   XFER_CHECK(sp != std::string::npos && sp > 0 && sp + 1 < l.text.size(), path, " line ", l.no, ": '",
              printable(l.text), "' is not '", form, "'");
@@ -78,17 +80,19 @@ void bm_check_relative(const std::string& rel, const std::string& path, int64_t 
   const fs::path p(rel);
   XFER_CHECK(!rel.empty() && p.is_relative() &&
                  std::none_of(p.begin(), p.end(), [](const fs::path& c) { return c == ".."; }),
-             path, " line ", line, ": '", printable(rel), "' must be a path inside the dataset (no '..', not absolute)");
+             path, " line ", line, ": '", printable(rel),
+             "' must be a path inside the dataset (no '..', not absolute)");
 }
 
 /// A plain file name (an image id): no directory part.
 void bm_check_name(const std::string& name, const std::string& path, int64_t line) {
-  XFER_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..", path, " line ",
-             line, ": '", printable(name), "' must be a file name");
+  XFER_CHECK(!name.empty() && name.find('/') == std::string::npos && name != "." && name != "..", path,
+             " line ", line, ": '", printable(name), "' must be a file name");
 }
 
 std::string bm_need(const fs::path& p, const std::string& layout) {
-  XFER_CHECK(fs::exists(p), p.string(), " not found; the ", layout, " layout is described in docs/benchmarks.md");
+  XFER_CHECK(fs::exists(p), p.string(), " not found; the ", layout,
+             " layout is described in docs/benchmarks.md");
   return p.string();
 }
 
@@ -108,8 +112,9 @@ BenchmarkData read_cub(const fs::path& dir) {
   const std::string classes_txt = bm_need(dir / "classes.txt", layout);
   for (const auto& l : bm_lines(classes_txt)) {
     const auto [id, name] = bm_two_fields(l, classes_txt, "ID NAME");
-    XFER_CHECK(bm_int(id, classes_txt, l.no, "the class id") == static_cast<int64_t>(b.class_names.size()) + 1,
-               classes_txt, " line ", l.no, ": class ids must run 1, 2, ... in order, got ", id);
+    XFER_CHECK(
+        bm_int(id, classes_txt, l.no, "the class id") == static_cast<int64_t>(b.class_names.size()) + 1,
+        classes_txt, " line ", l.no, ": class ids must run 1, 2, ... in order, got ", id);
     b.class_names.push_back(name);
   }
   XFER_CHECK(!b.class_names.empty(), classes_txt, ": lists no classes");
@@ -122,15 +127,18 @@ BenchmarkData read_cub(const fs::path& dir) {
   for (const auto& l : bm_lines(labels_txt)) {
     const auto [id, lab] = bm_two_fields(l, labels_txt, "IMAGE_ID CLASS_ID");
     const int64_t i = bm_int(id, labels_txt, l.no, "the image id");
-    XFER_CHECK(label_of.emplace(i, bm_label(bm_int(lab, labels_txt, l.no, "the class id"), k, labels_txt, l.no)).second,
-               labels_txt, " line ", l.no, ": image ", i, " is listed twice");
+    XFER_CHECK(
+        label_of.emplace(i, bm_label(bm_int(lab, labels_txt, l.no, "the class id"), k, labels_txt, l.no))
+            .second,
+        labels_txt, " line ", l.no, ": image ", i, " is listed twice");
   }
   for (const auto& l : bm_lines(split_txt)) {
     const auto [id, flag] = bm_two_fields(l, split_txt, "IMAGE_ID IS_TRAINING_IMAGE");
     const int64_t i = bm_int(id, split_txt, l.no, "the image id");
-    XFER_CHECK(flag == "0" || flag == "1", split_txt, " line ", l.no, ": is_training_image must be 0 or 1, got '",
-               printable(flag), "'");
-    XFER_CHECK(train_of.emplace(i, flag == "1").second, split_txt, " line ", l.no, ": image ", i, " is listed twice");
+    XFER_CHECK(flag == "0" || flag == "1", split_txt, " line ", l.no,
+               ": is_training_image must be 0 or 1, got '", printable(flag), "'");
+    XFER_CHECK(train_of.emplace(i, flag == "1").second, split_txt, " line ", l.no, ": image ", i,
+               " is listed twice");
   }
   std::set<int64_t> seen;
   for (const auto& l : bm_lines(images_txt)) {
@@ -140,14 +148,15 @@ BenchmarkData read_cub(const fs::path& dir) {
     bm_check_relative(rel, images_txt, l.no);
     const auto lab = label_of.find(i);
     const auto tr = train_of.find(i);
-    XFER_CHECK(lab != label_of.end(), images_txt, " line ", l.no, ": image ", i, " has no label in ", labels_txt);
+    XFER_CHECK(lab != label_of.end(), images_txt, " line ", l.no, ": image ", i, " has no label in ",
+               labels_txt);
     XFER_CHECK(tr != train_of.end(), images_txt, " line ", l.no, ": image ", i, " is not in ", split_txt);
     BenchmarkSplit& s = tr->second ? b.train : b.test;
     s.files.push_back(rel);
     s.labels.push_back(lab->second);
   }
-  XFER_CHECK(seen.size() == label_of.size(), labels_txt, " labels ", label_of.size(), " images but ", images_txt,
-             " lists ", seen.size());
+  XFER_CHECK(seen.size() == label_of.size(), labels_txt, " labels ", label_of.size(), " images but ",
+             images_txt, " lists ", seen.size());
   return b;
 }
 
@@ -161,8 +170,8 @@ BenchmarkData read_aircraft(const fs::path& dir, const std::string& split) {
   const std::string variants = bm_need(data / "variants.txt", layout);
   std::map<std::string, int64_t> label_of;
   for (const auto& l : bm_lines(variants)) {
-    XFER_CHECK(label_of.emplace(l.text, static_cast<int64_t>(b.class_names.size())).second, variants, " line ", l.no,
-               ": variant '", printable(l.text), "' is listed twice");
+    XFER_CHECK(label_of.emplace(l.text, static_cast<int64_t>(b.class_names.size())).second, variants,
+               " line ", l.no, ": variant '", printable(l.text), "' is listed twice");
     b.class_names.push_back(l.text);
   }
   XFER_CHECK(!b.class_names.empty(), variants, ": lists no variants");
@@ -172,8 +181,8 @@ BenchmarkData read_aircraft(const fs::path& dir, const std::string& split) {
       const auto [id, variant] = bm_two_fields(l, list, "IMAGE_ID VARIANT");
       bm_check_name(id, list, l.no);
       const auto it = label_of.find(variant);
-      XFER_CHECK(it != label_of.end(), list, " line ", l.no, ": variant '", printable(variant), "' is not in ",
-                 variants);
+      XFER_CHECK(it != label_of.end(), list, " line ", l.no, ": variant '", printable(variant),
+                 "' is not in ", variants);
       s.files.push_back(id + ".jpg");
       s.labels.push_back(it->second);
     }
@@ -204,8 +213,8 @@ BenchmarkData read_pets(const fs::path& dir) {
       const size_t us = image.rfind('_');
       const std::string breed = us == std::string::npos || us == 0 ? image : image.substr(0, us);
       const auto [it, fresh] = name_of.emplace(label, breed);
-      XFER_CHECK(fresh || it->second == breed, list, " line ", l.no, ": class ", label + 1, " is '", it->second,
-                 "' elsewhere but '", printable(breed), "' here");
+      XFER_CHECK(fresh || it->second == breed, list, " line ", l.no, ": class ", label + 1, " is '",
+                 it->second, "' elsewhere but '", printable(breed), "' here");
       s.files.push_back(image + ".jpg");
       s.labels.push_back(label);
     }
@@ -216,8 +225,8 @@ BenchmarkData read_pets(const fs::path& dir) {
   const int64_t k = name_of.rbegin()->first + 1;
   for (int64_t c = 0; c < k; ++c) {
     const auto it = name_of.find(c);
-    XFER_CHECK(it != name_of.end(), (dir / "annotations").string(), ": class ", c + 1, " has no image (classes run 1..",
-               k, ")");
+    XFER_CHECK(it != name_of.end(), (dir / "annotations").string(), ": class ", c + 1,
+               " has no image (classes run 1..", k, ")");
     b.class_names.push_back(it->second);
   }
   return b;
@@ -262,13 +271,14 @@ std::vector<int64_t> bm_mat_ints(const std::map<std::string, MatArray>& vars, co
                                  const std::string& path, int64_t lo, int64_t hi) {
   const auto it = vars.find(var);
   XFER_CHECK(it != vars.end(), path, ": no variable '", var, "'");
-  XFER_CHECK(it->second.kind == MatArray::Kind::kNumeric, path, ": variable '", var, "' is ", it->second.mclass,
-             ", not numeric");
+  XFER_CHECK(it->second.kind == MatArray::Kind::kNumeric, path, ": variable '", var, "' is ",
+             it->second.mclass, ", not numeric");
   std::vector<int64_t> out;
   out.reserve(it->second.values.size());
   for (size_t i = 0; i < it->second.values.size(); ++i) {
     const double v = it->second.values[i];
-    XFER_CHECK(std::isfinite(v) && v == std::floor(v) && v >= static_cast<double>(lo) && v <= static_cast<double>(hi),
+    XFER_CHECK(std::isfinite(v) && v == std::floor(v) && v >= static_cast<double>(lo) &&
+                   v <= static_cast<double>(hi),
                path, ": ", var, "(", i + 1, ") = ", v, " is out of range ", lo, "..", hi);
     out.push_back(static_cast<int64_t>(v));
   }
@@ -318,7 +328,8 @@ BenchmarkData read_cars(const fs::path& dir) {
              ": no cell array 'class_names'");
   for (size_t i = 0; i < names->second.elements.size(); ++i) {
     const MatArray& e = names->second.elements[i];
-    XFER_CHECK(e.kind == MatArray::Kind::kChar, meta, ": class_names{", i + 1, "} is ", e.mclass, ", not text");
+    XFER_CHECK(e.kind == MatArray::Kind::kChar, meta, ": class_names{", i + 1, "} is ", e.mclass,
+               ", not text");
     b.class_names.push_back(e.text);
   }
   XFER_CHECK(!b.class_names.empty(), meta, ": class_names is empty");
@@ -336,8 +347,8 @@ BenchmarkData read_cars(const fs::path& dir) {
       XFER_CHECK(cls.kind == MatArray::Kind::kNumeric && cls.values.size() == 1, what,
                  ".class is not one number");
       const double c = cls.values[0];
-      XFER_CHECK(std::isfinite(c) && c == std::floor(c) && c >= 1 && c <= static_cast<double>(k), what, ".class = ", c,
-                 " is out of range 1..", k);
+      XFER_CHECK(std::isfinite(c) && c == std::floor(c) && c >= 1 && c <= static_cast<double>(k), what,
+                 ".class = ", c, " is out of range 1..", k);
       XFER_CHECK(!fname.text.empty() && fname.text.find('/') == std::string::npos && fname.text != "..", what,
                  ".fname '", printable(fname.text), "' must be a file name");
       s.files.push_back(folder + "/" + fname.text);
@@ -395,7 +406,8 @@ BenchmarkData read_cifar(const fs::path& dir, bool hundred) {
   } else {
     b.class_names = bm_names_file(bm_need(dir / "batches.meta.txt", layout), 10);
     for (int i = 1; i <= 5; ++i)
-      read_cifar_file(bm_need(dir / cat("data_batch_", i, ".bin"), layout), 1, {10}, train_images, b.train.labels);
+      read_cifar_file(bm_need(dir / cat("data_batch_", i, ".bin"), layout), 1, {10}, train_images,
+                      b.train.labels);
     read_cifar_file(bm_need(dir / "test_batch.bin", layout), 1, {10}, test_images, b.test.labels);
   }
   b.train.images = torch::cat(train_images);
@@ -406,7 +418,8 @@ BenchmarkData read_cifar(const fs::path& dir, bool hundred) {
 }  // namespace
 
 const std::vector<std::string>& benchmark_sources() {
-  static const std::vector<std::string> s = {"cub", "aircraft", "pets", "dtd", "flowers", "cars", "cifar10", "cifar100"};
+  static const std::vector<std::string> s = {"cub",     "aircraft", "pets",    "dtd",
+                                             "flowers", "cars",     "cifar10", "cifar100"};
   return s;
 }
 
@@ -415,7 +428,9 @@ bool is_benchmark_source(const std::string& source) {
   return std::find(s.begin(), s.end(), source) != s.end();
 }
 
-bool benchmark_in_memory(const std::string& source) { return source == "cifar10" || source == "cifar100"; }
+bool benchmark_in_memory(const std::string& source) {
+  return source == "cifar10" || source == "cifar100";
+}
 
 bool benchmark_has_val(const std::string& source) {
   return source == "aircraft" || source == "dtd" || source == "flowers";
@@ -424,7 +439,8 @@ bool benchmark_has_val(const std::string& source) {
 BenchmarkData read_benchmark(const std::string& source, const std::string& dir, const std::string& split,
                              int64_t fold) {
   XFER_CHECK(is_benchmark_source(source), "unknown benchmark '", source, "'");
-  XFER_CHECK(split == "train" || split == "trainval", source, ": split must be train or trainval, got '", split, "'");
+  XFER_CHECK(split == "train" || split == "trainval", source, ": split must be train or trainval, got '",
+             split, "'");
   XFER_CHECK(fold >= 1 && fold <= 10, source, ": fold must be 1..10, got ", fold);
   XFER_CHECK(fs::is_directory(dir), source, ": dir ", dir, " is not a directory");
   const fs::path d(dir);

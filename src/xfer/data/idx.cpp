@@ -60,7 +60,8 @@ IdxArray parse_idx(const std::string& raw, const std::string& name) {
   if (is_gzip(raw)) {
     // Inflate the header, then exactly what it declares (one byte more shows trailing data).
     const size_t declared = idx_declared_size(gunzip(raw, name, 4 + 4 * 255, /*prefix_only=*/true));
-    const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    const double memory =
+        static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
     XFER_CHECK(memory <= 0 || static_cast<double>(declared) <= memory / 2, name, ": the IDX header declares ",
                declared, " bytes, more than half of this machine's memory");
     bytes = declared == 0 ? gunzip(raw, name, 4 + 4 * 255, true) : gunzip(raw, name, declared + 1, true);
@@ -81,8 +82,8 @@ IdxArray parse_idx(const std::string& raw, const std::string& name) {
   const int ndims = p[3];
   XFER_CHECK(ndims >= 1, name, ": IDX header declares 0 dimensions");
   const size_t header = 4 + 4 * static_cast<size_t>(ndims);
-  XFER_CHECK(bytes.size() >= header, name, ": truncated IDX header (", bytes.size(), " bytes, needs ",
-             header, " for ", ndims, " dimensions)");
+  XFER_CHECK(bytes.size() >= header, name, ": truncated IDX header (", bytes.size(), " bytes, needs ", header,
+             " for ", ndims, " dimensions)");
 
   IdxArray out;
   size_t count = 1;
@@ -107,7 +108,9 @@ IdxArray parse_idx(const std::string& raw, const std::string& name) {
   return out;
 }
 
-IdxArray read_idx(const std::string& path) { return parse_idx(read_file(path), path); }
+IdxArray read_idx(const std::string& path) {
+  return parse_idx(read_file(path), path);
+}
 
 std::string encode_idx(const torch::Tensor& data) {
   const IdxType* type = nullptr;

@@ -40,8 +40,8 @@ TjHandle& tj_decompressor() {
 
 /// Refuses images larger than PIL does (a decompression bomb: a small file declaring a huge image).
 void check_pixels(int64_t w, int64_t h, const std::string& what) {
-  XFER_CHECK(w <= kMaxImagePixels / std::max<int64_t>(h, 1), what, ": a ", w, "x", h,
-             " image; at most ", kMaxImagePixels, " pixels are decoded");
+  XFER_CHECK(w <= kMaxImagePixels / std::max<int64_t>(h, 1), what, ": a ", w, "x", h, " image; at most ",
+             kMaxImagePixels, " pixels are decoded");
 }
 
 Image decode_jpeg(const uint8_t* data, size_t size, const std::string& what, int64_t min_side) {

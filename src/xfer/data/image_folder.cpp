@@ -8,8 +8,8 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <set>
 #include <random>
+#include <set>
 #include <thread>
 
 #include <fcntl.h>
@@ -41,7 +41,8 @@ bool is_image_name(const std::string& name) {
 /// A directory's identity, to see one reached twice through links.
 std::pair<dev_t, ino_t> dir_id(const fs::path& dir) {
   struct stat st {};
-  XFER_CHECK(::stat(dir.c_str(), &st) == 0, "image folder: cannot read ", dir.string(), " (", std::strerror(errno), ")");
+  XFER_CHECK(::stat(dir.c_str(), &st) == 0, "image folder: cannot read ", dir.string(), " (",
+             std::strerror(errno), ")");
   return {st.st_dev, st.st_ino};
 }
 
@@ -407,8 +408,9 @@ FolderScan scan_image_folder(const std::string& root) {
   }
   for (size_t a = 0; a < homes.size(); ++a)
     for (size_t b = 0; b < homes.size(); ++b)
-      XFER_CHECK(a == b || !path_within(homes[a], homes[b]), "image folder ", root, ": class folder ", classes[a],
-                 " lies inside class folder ", classes[b], " (through a link): its images would have two labels");
+      XFER_CHECK(a == b || !path_within(homes[a], homes[b]), "image folder ", root, ": class folder ",
+                 classes[a], " lies inside class folder ", classes[b],
+                 " (through a link): its images would have two labels");
   FolderScan scan;
   scan.class_names = classes;
   for (size_t c = 0; c < classes.size(); ++c) {
@@ -440,9 +442,10 @@ FolderScan read_split_list(const std::string& root, const std::string& list,
       line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     const fs::path rel(line);
-    XFER_CHECK(rel.is_relative() && std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }),
-               "split list ", list, " line ", line_no, ": '", printable(line), "' must be a path inside ", root,
-               " (no '..', not absolute)");
+    XFER_CHECK(rel.is_relative() &&
+                   std::none_of(rel.begin(), rel.end(), [](const fs::path& c) { return c == ".."; }),
+               "split list ", list, " line ", line_no, ": '", printable(line), "' must be a path inside ",
+               root, " (no '..', not absolute)");
     check_utf8(line, cat("split list ", list, " line ", line_no));
     const std::string cls = rel.begin()->string();
     auto it = label_of.find(cls);

@@ -14,11 +14,14 @@ namespace xfer {
 void LoaderOptions::fields(Fields& f) {
   f.add("batch_size", batch_size, "examples per batch (at most 65536, and what fits in half the memory)")
       .in_range(1, 65536);
-  f.add("crop_pad", crop_pad, "random-crop augmentation: zero padding per side in pixels (0 = off; less than the "
-        "image side)").non_negative();
+  f.add("crop_pad", crop_pad,
+        "random-crop augmentation: zero padding per side in pixels (0 = off; less than the "
+        "image side)")
+      .non_negative();
   f.add("flip", flip, "random horizontal flip augmentation");
   f.add("prefetch", prefetch, "assemble the next batch on a worker thread").execution();
-  f.add("loader_workers", workers, "image folders: decoding threads (0 = all cores minus the training threads)")
+  f.add("loader_workers", workers,
+        "image folders: decoding threads (0 = all cores minus the training threads)")
       .non_negative()
       .execution();
   f.add("channels_last", channels_last, "channels-last memory format for batches and convolution weights");
@@ -70,14 +73,18 @@ BatchShard& shard_setting() {
 }  // namespace
 
 void set_batch_shard(BatchShard shard) {
-  XFER_CHECK(shard.count >= 1 && shard.rank >= 0 && shard.rank < shard.count, "batch shard ", shard.rank, " of ",
-             shard.count, " is out of range");
+  XFER_CHECK(shard.count >= 1 && shard.rank >= 0 && shard.rank < shard.count, "batch shard ", shard.rank,
+             " of ", shard.count, " is out of range");
   shard_setting() = shard;
 }
 
-BatchShard batch_shard() { return shard_setting(); }
+BatchShard batch_shard() {
+  return shard_setting();
+}
 
-int64_t global_batch_size(const Batch& b) { return b.global_size > 0 ? b.global_size : b.x.size(0); }
+int64_t global_batch_size(const Batch& b) {
+  return b.global_size > 0 ? b.global_size : b.x.size(0);
+}
 
 torch::Tensor InputTransform::operator()(const torch::Tensor& images, const std::vector<int64_t>& indices,
                                          uint64_t seed, const std::vector<int64_t>* select) const {
@@ -145,18 +152,21 @@ BatchStream::BatchStream(TensorDataset data, const Normalization& norm, LoaderOp
       device_(device),
       shard_(batch_shard()) {
   check_options(opts_);
-  XFER_CHECK(opts_.batch_size % shard_.count == 0, "the batch size ", opts_.batch_size, " must be a multiple of ",
-             "the number of processes ", shard_.count, " (each process takes an equal share of every batch)");
+  XFER_CHECK(opts_.batch_size % shard_.count == 0, "the batch size ", opts_.batch_size,
+             " must be a multiple of ", "the number of processes ", shard_.count,
+             " (each process takes an equal share of every batch)");
   XFER_CHECK(data_.size() > 0, "cannot draw batches from an empty dataset");
   // A shift of a full side or more would leave nothing of the image: the batch would be all padding.
   const int64_t side = std::min(data_.height(), data_.width());
-  XFER_CHECK(data_.is_folder() || opts_.crop_pad < side, "--crop-pad ", opts_.crop_pad, " must be less than the image side (", side,
-             ")");
+  XFER_CHECK(data_.is_folder() || opts_.crop_pad < side, "--crop-pad ", opts_.crop_pad,
+             " must be less than the image side (", side, ")");
   // A batch of float images must fit in memory (with room for the model): a huge --batch-size is refused
   // here rather than swapping the machine to a halt.
-  const double batch_bytes = 4.0 * static_cast<double>(opts_.batch_size) * static_cast<double>(data_.channels()) *
-                             static_cast<double>(data_.height()) * static_cast<double>(data_.width());
-  const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+  const double batch_bytes = 4.0 * static_cast<double>(opts_.batch_size) *
+                             static_cast<double>(data_.channels()) * static_cast<double>(data_.height()) *
+                             static_cast<double>(data_.width());
+  const double memory =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
   XFER_CHECK(memory <= 0 || batch_bytes <= memory / 2, "--batch-size ", opts_.batch_size, ": a batch of ",
              data_.channels(), "x", data_.height(), "x", data_.width(), " images needs ",
              static_cast<int64_t>(batch_bytes / (1 << 20)), " MiB, more than half of this machine's ",
@@ -203,8 +213,8 @@ Batch BatchStream::make(int64_t b) {
 Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) const {
   const torch::Tensor pos = positions.to(torch::kCPU, torch::kInt64).contiguous();
   std::vector<int64_t> select(pos.data_ptr<int64_t>(), pos.data_ptr<int64_t>() + pos.numel());
-  XFER_CHECK(static_cast<int64_t>(batch.global_index.size()) == batch.global_size, "rows(): the batch carries no ",
-             "global indices");
+  XFER_CHECK(static_cast<int64_t>(batch.global_index.size()) == batch.global_size,
+             "rows(): the batch carries no ", "global indices");
   Batch out;
   out.number = batch.number;
   out.global_size = batch.global_size;
@@ -212,7 +222,8 @@ Batch BatchStream::rows(const Batch& batch, const torch::Tensor& positions) cons
   const uint64_t seed = derive_seed(seed_, static_cast<uint64_t>(batch.number));
   std::vector<int64_t> idx(select.size());
   for (size_t i = 0; i < select.size(); ++i) idx[i] = batch.global_index[static_cast<size_t>(select[i])];
-  out.x = data_.is_folder() ? folder_rows(idx, seed, &select) : transform_(data_.images, batch.global_index, seed, &select);
+  out.x = data_.is_folder() ? folder_rows(idx, seed, &select)
+                            : transform_(data_.images, batch.global_index, seed, &select);
   out.index = torch::tensor(idx, torch::kInt64);
   out.y = data_.labels.index_select(0, out.index);
   if (device_ != torch::kCPU) {

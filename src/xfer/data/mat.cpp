@@ -13,14 +13,38 @@ namespace {
 
 // Data types of MAT v5 elements.
 enum : uint32_t {
-  kMiInt8 = 1, kMiUint8 = 2, kMiInt16 = 3, kMiUint16 = 4, kMiInt32 = 5, kMiUint32 = 6, kMiSingle = 7,
-  kMiDouble = 9, kMiInt64 = 12, kMiUint64 = 13, kMiMatrix = 14, kMiCompressed = 15, kMiUtf8 = 16,
-  kMiUtf16 = 17, kMiUtf32 = 18,
+  kMiInt8 = 1,
+  kMiUint8 = 2,
+  kMiInt16 = 3,
+  kMiUint16 = 4,
+  kMiInt32 = 5,
+  kMiUint32 = 6,
+  kMiSingle = 7,
+  kMiDouble = 9,
+  kMiInt64 = 12,
+  kMiUint64 = 13,
+  kMiMatrix = 14,
+  kMiCompressed = 15,
+  kMiUtf8 = 16,
+  kMiUtf16 = 17,
+  kMiUtf32 = 18,
 };
 // Array classes (the low byte of the array flags).
 enum : uint32_t {
-  kMxCell = 1, kMxStruct = 2, kMxObject = 3, kMxChar = 4, kMxSparse = 5, kMxDouble = 6, kMxSingle = 7,
-  kMxInt8 = 8, kMxUint8 = 9, kMxInt16 = 10, kMxUint16 = 11, kMxInt32 = 12, kMxUint32 = 13, kMxInt64 = 14,
+  kMxCell = 1,
+  kMxStruct = 2,
+  kMxObject = 3,
+  kMxChar = 4,
+  kMxSparse = 5,
+  kMxDouble = 6,
+  kMxSingle = 7,
+  kMxInt8 = 8,
+  kMxUint8 = 9,
+  kMxInt16 = 10,
+  kMxUint16 = 11,
+  kMxInt32 = 12,
+  kMxUint32 = 13,
+  kMxInt64 = 14,
   kMxUint64 = 15,
 };
 constexpr int kMatMaxDepth = 32;
@@ -29,18 +53,32 @@ constexpr size_t kMatMaxInflateRatio = 1032;
 
 const char* mat_class_name(uint32_t c, bool logical) {
   if (logical) return "logical";
-  static const char* names[] = {"?",     "cell",  "struct", "object", "char",   "sparse", "double", "single",
-                                "int8",  "uint8", "int16",  "uint16", "int32",  "uint32", "int64",  "uint64"};
+  static const char* names[] = {"?",    "cell",  "struct", "object", "char",  "sparse", "double", "single",
+                                "int8", "uint8", "int16",  "uint16", "int32", "uint32", "int64",  "uint64"};
   return c < 16 ? names[c] : "?";
 }
 
 size_t mat_type_size(uint32_t type) {
   switch (type) {
-    case kMiInt8: case kMiUint8: case kMiUtf8: return 1;
-    case kMiInt16: case kMiUint16: case kMiUtf16: return 2;
-    case kMiInt32: case kMiUint32: case kMiSingle: case kMiUtf32: return 4;
-    case kMiDouble: case kMiInt64: case kMiUint64: return 8;
-    default: return 0;
+    case kMiInt8:
+    case kMiUint8:
+    case kMiUtf8:
+      return 1;
+    case kMiInt16:
+    case kMiUint16:
+    case kMiUtf16:
+      return 2;
+    case kMiInt32:
+    case kMiUint32:
+    case kMiSingle:
+    case kMiUtf32:
+      return 4;
+    case kMiDouble:
+    case kMiInt64:
+    case kMiUint64:
+      return 8;
+    default:
+      return 0;
   }
 }
 
@@ -169,7 +207,8 @@ std::string mat_text(const MatElement& e, size_t& count, const std::string& what
 }
 
 /// Appends the values of a numeric element, converted to double.
-void mat_numbers(const MatElement& e, std::vector<double>& out, const std::string& what, const std::string& name) {
+void mat_numbers(const MatElement& e, std::vector<double>& out, const std::string& what,
+                 const std::string& name) {
   const size_t w = mat_type_size(e.type);
   XFER_CHECK(w > 0 && e.type != kMiUtf8 && e.type != kMiUtf16 && e.type != kMiUtf32, name, ": ", what,
              " has numeric data of unknown type ", e.type);
@@ -181,16 +220,36 @@ void mat_numbers(const MatElement& e, std::vector<double>& out, const std::strin
     const uint8_t* p = e.data + i * w;
     double v = 0;
     switch (e.type) {
-      case kMiInt8: v = mat_load<int8_t>(p); break;
-      case kMiUint8: v = mat_load<uint8_t>(p); break;
-      case kMiInt16: v = mat_load<int16_t>(p); break;
-      case kMiUint16: v = mat_load<uint16_t>(p); break;
-      case kMiInt32: v = mat_load<int32_t>(p); break;
-      case kMiUint32: v = mat_load<uint32_t>(p); break;
-      case kMiSingle: v = mat_load<float>(p); break;
-      case kMiDouble: v = mat_load<double>(p); break;
-      case kMiInt64: v = static_cast<double>(mat_load<int64_t>(p)); break;
-      case kMiUint64: v = static_cast<double>(mat_load<uint64_t>(p)); break;
+      case kMiInt8:
+        v = mat_load<int8_t>(p);
+        break;
+      case kMiUint8:
+        v = mat_load<uint8_t>(p);
+        break;
+      case kMiInt16:
+        v = mat_load<int16_t>(p);
+        break;
+      case kMiUint16:
+        v = mat_load<uint16_t>(p);
+        break;
+      case kMiInt32:
+        v = mat_load<int32_t>(p);
+        break;
+      case kMiUint32:
+        v = mat_load<uint32_t>(p);
+        break;
+      case kMiSingle:
+        v = mat_load<float>(p);
+        break;
+      case kMiDouble:
+        v = mat_load<double>(p);
+        break;
+      case kMiInt64:
+        v = static_cast<double>(mat_load<int64_t>(p));
+        break;
+      case kMiUint64:
+        v = static_cast<double>(mat_load<uint64_t>(p));
+        break;
     }
     out.push_back(v);
   }
@@ -218,13 +277,14 @@ MatArray mat_parse_matrix(const MatElement& e, int depth, std::string* var_name,
   MatReader r(e.data, e.size, name);
   const MatElement flags = r.next(what + " (array flags)");
   XFER_CHECK(flags.type == kMiUint32 && flags.size == 8, name, ": ", what,
-             " has malformed array flags (type ", flags.type, ", ", flags.size, " bytes; expected uint32, 8)");
+             " has malformed array flags (type ", flags.type, ", ", flags.size,
+             " bytes; expected uint32, 8)");
   const uint32_t f = mat_load<uint32_t>(flags.data);
   const uint32_t cls = f & 0xff;
   const bool complex = (f & 0x800) != 0, logical = (f & 0x200) != 0;
   XFER_CHECK(cls >= kMxCell && cls <= kMxUint64 && cls != kMxObject && cls != kMxSparse, name, ": ", what,
-             " is of array class ", cls, " (", mat_class_name(cls, false), "); supported: numeric, logical, char, ",
-             "cell, struct");
+             " is of array class ", cls, " (", mat_class_name(cls, false),
+             "); supported: numeric, logical, char, ", "cell, struct");
   a.mclass = mat_class_name(cls, logical);
 
   const MatElement dims = r.next(what + " (dimensions)");
@@ -235,11 +295,13 @@ MatArray mat_parse_matrix(const MatElement& e, int depth, std::string* var_name,
     const int32_t d = mat_load<int32_t>(dims.data + 4 * i);
     XFER_CHECK(d >= 0, name, ": ", what, " has a negative dimension ", d);
     a.dims.push_back(d);
-    XFER_CHECK(d == 0 || numel <= (int64_t(1) << 40) / d, name, ": ", what, " has implausibly large dimensions");
+    XFER_CHECK(d == 0 || numel <= (int64_t(1) << 40) / d, name, ": ", what,
+               " has implausibly large dimensions");
     numel *= d;
   }
   const MatElement nm = r.next(what + " (name)");
-  XFER_CHECK(nm.type == kMiInt8 || nm.type == kMiUint8, name, ": ", what, " has a name of data type ", nm.type);
+  XFER_CHECK(nm.type == kMiInt8 || nm.type == kMiUint8, name, ": ", what, " has a name of data type ",
+             nm.type);
   const std::string array_name(reinterpret_cast<const char*>(nm.data), nm.size);
   if (var_name) {
     check_utf8(array_name, cat(name, ": a variable name"));
@@ -254,7 +316,8 @@ MatArray mat_parse_matrix(const MatElement& e, int depth, std::string* var_name,
                " cells but holds ", r.left(), " bytes");
     a.elements.reserve(static_cast<size_t>(numel));
     for (int64_t i = 0; i < numel; ++i)
-      a.elements.push_back(mat_parse_value(r.next(cat(me, " cell ", i)), depth + 1, cat(me, " cell ", i), name));
+      a.elements.push_back(
+          mat_parse_value(r.next(cat(me, " cell ", i)), depth + 1, cat(me, " cell ", i), name));
     return a;
   }
   if (cls == kMxStruct) {
@@ -272,8 +335,9 @@ MatArray mat_parse_matrix(const MatElement& e, int depth, std::string* var_name,
       check_utf8(a.fields.back(), cat(name, ": a field name of ", me));
     }
     const size_t total = static_cast<size_t>(numel) * a.fields.size();
-    XFER_CHECK(a.fields.empty() || static_cast<size_t>(numel) <= r.left() / 8 / a.fields.size(), name, ": ", me,
-               " declares ", numel, " elements of ", a.fields.size(), " fields but holds ", r.left(), " bytes");
+    XFER_CHECK(a.fields.empty() || static_cast<size_t>(numel) <= r.left() / 8 / a.fields.size(), name, ": ",
+               me, " declares ", numel, " elements of ", a.fields.size(), " fields but holds ", r.left(),
+               " bytes");
     a.elements.reserve(total);
     // A struct with no fields holds nothing per element, however many elements its dimensions declare.
     if (a.fields.empty()) return a;
@@ -325,8 +389,8 @@ std::map<std::string, MatArray> parse_mat(const std::string& bytes, const std::s
   XFER_CHECK(p[126] == 'I' && p[127] == 'M', name,
              p[126] == 'M' && p[127] == 'I' ? ": a big-endian MAT file, which is not supported"
                                             : ": not a MAT v5 file (no endian mark \"IM\" at byte 126)");
-  XFER_CHECK(mat_load<uint16_t>(p + 124) == 0x0100, name, ": MAT version 0x", std::hex, mat_load<uint16_t>(p + 124),
-             ", expected 0x100 (version 5)");
+  XFER_CHECK(mat_load<uint16_t>(p + 124) == 0x0100, name, ": MAT version 0x", std::hex,
+             mat_load<uint16_t>(p + 124), ", expected 0x100 (version 5)");
   std::map<std::string, MatArray> vars;
   MatReader top(p + 128, bytes.size() - 128, name);
   while (!top.done()) {
@@ -338,8 +402,8 @@ std::map<std::string, MatArray> parse_mat(const std::string& bytes, const std::s
       XFER_CHECK(head.size() == 8, name, ": a compressed variable inflates to ", head.size(),
                  " bytes, less than a tag");
       const uint64_t declared = mat_load<uint32_t>(reinterpret_cast<const uint8_t*>(head.data()) + 4);
-      XFER_CHECK(declared + 8 <= kMatMaxInflateRatio * e.size + 64, name, ": a compressed variable of ", e.size,
-                 " bytes declares ", declared, " bytes, more than deflate can expand it to");
+      XFER_CHECK(declared + 8 <= kMatMaxInflateRatio * e.size + 64, name, ": a compressed variable of ",
+                 e.size, " bytes declares ", declared, " bytes, more than deflate can expand it to");
       buf = mat_inflate(e.data, e.size, 8 + declared, name);
       XFER_CHECK(buf.size() == 8 + declared, name, ": a compressed variable inflates to ", buf.size(),
                  " bytes but its tag declares ", 8 + declared, " (truncated)");
@@ -354,6 +418,8 @@ std::map<std::string, MatArray> parse_mat(const std::string& bytes, const std::s
   return vars;
 }
 
-std::map<std::string, MatArray> read_mat(const std::string& path) { return parse_mat(read_file(path), path); }
+std::map<std::string, MatArray> read_mat(const std::string& path) {
+  return parse_mat(read_file(path), path);
+}
 
 }  // namespace xfer

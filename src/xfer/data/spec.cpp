@@ -22,7 +22,8 @@ namespace {
 
 constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
 constexpr const char* kValidKeys =
-    "classes, per_class, val, fraction, test, test_per_class, part, shift, seed, dir, train_images, train_labels, "
+    "classes, per_class, val, fraction, test, test_per_class, part, shift, seed, dir, train_images, "
+    "train_labels, "
     "test_images, test_labels, names; folder: test_dir, train_list, val_list, test_list, size, resize, crop, "
     "scale, ratio, mean, std, corrupt, cache; benchmarks: split, fold and the image keys";
 
@@ -45,8 +46,8 @@ int64_t parse_count(const std::string& spec, const std::string& key, const std::
   } catch (const std::exception&) {
     used = 0;
   }
-  XFER_CHECK(used == v.size() && !v.empty(), "dataset spec '", spec, "': ", key,
-             " expects an integer, got '", v, "'");
+  XFER_CHECK(used == v.size() && !v.empty(), "dataset spec '", spec, "': ", key, " expects an integer, got '",
+             v, "'");
   XFER_CHECK(n >= min, "dataset spec '", spec, "': ", key, " must be >= ", min, ", got ", n);
   return n;
 }
@@ -64,11 +65,12 @@ double parse_real(const std::string& spec, const std::string& key, const std::st
   return x;
 }
 
-std::vector<double> parse_reals(const std::string& spec, const std::string& key, const std::string& v, size_t n) {
+std::vector<double> parse_reals(const std::string& spec, const std::string& key, const std::string& v,
+                                size_t n) {
   std::vector<double> out;
   for (const auto& tok : split(v, ',')) out.push_back(parse_real(spec, key, tok));
-  XFER_CHECK(out.size() == n, "dataset spec '", spec, "': ", key, " expects ", n, " comma-separated numbers, got '",
-             v, "'");
+  XFER_CHECK(out.size() == n, "dataset spec '", spec, "': ", key, " expects ", n,
+             " comma-separated numbers, got '", v, "'");
   return out;
 }
 
@@ -89,8 +91,8 @@ std::string normalise_shift(const std::string& spec, const std::string& s) {
 
 /// One IDX image file + label file, decoded once per process.
 struct RawSplit {
-  torch::Tensor images;  // uint8 (N, C, H, W)
-  torch::Tensor labels;  // int64 (N)
+  torch::Tensor images;                     // uint8 (N, C, H, W)
+  torch::Tensor labels;                     // int64 (N)
   std::shared_ptr<const ImageFiles> files;  // image folders: the files instead of images
 };
 
@@ -153,16 +155,17 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   const auto parts = split(text, ':');
   s.source = parts[0];
   const bool bench = is_benchmark_source(s.source);
-  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder" || bench, "dataset spec '", text,
-             "': unknown dataset '", s.source,
-             "'; valid: fmnist, idx, folder, cub, aircraft, pets, dtd, flowers, cars, cifar10, cifar100 (see `xfer data --help`)");
+  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder" || bench, "dataset spec '",
+             text, "': unknown dataset '", s.source,
+             "'; valid: fmnist, idx, folder, cub, aircraft, pets, dtd, flowers, cars, cifar10, cifar100 (see "
+             "`xfer data --help`)");
   const bool folder = s.source == "folder";
   // Image benchmarks decode files as folders do, with the same transforms.
   const bool images = folder || (bench && !benchmark_in_memory(s.source));
   const std::set<std::string> list_keys = {"test_dir", "train_list", "val_list", "test_list"};
-  const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size", "resize",
-                                             "crop",     "scale",      "ratio",    "mean",      "std",  "corrupt",
-                                             "cache"};
+  const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size",
+                                             "resize",   "crop",       "scale",    "ratio",     "mean",
+                                             "std",      "corrupt",    "cache"};
   std::set<std::string> seen;
   for (size_t i = 1; i < parts.size(); ++i) {
     const size_t eq = parts[i].find('=');
@@ -181,7 +184,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
           const int64_t hi = parse_count(text, "classes", tok.substr(dash + 1), 0);
           XFER_CHECK(lo <= hi, "dataset spec '", text, "': empty class range '", tok, "'");
           // No dataset has a million classes; a larger range is a typo that would exhaust memory.
-          XFER_CHECK(hi - lo < 1000000, "dataset spec '", text, "': class range '", tok, "' is implausibly large");
+          XFER_CHECK(hi - lo < 1000000, "dataset spec '", text, "': class range '", tok,
+                     "' is implausibly large");
           for (int64_t c = lo; c <= hi; ++c) s.classes.push_back(c);
         }
       }
@@ -197,8 +201,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
     } else if (key == "split") {
       XFER_CHECK(benchmark_has_val(s.source), "dataset spec '", text,
                  "': split is only for aircraft, dtd and flowers (the layouts with a validation set)");
-      XFER_CHECK(v == "train" || v == "trainval", "dataset spec '", text, "': split must be train or trainval, got '",
-                 v, "'");
+      XFER_CHECK(v == "train" || v == "trainval", "dataset spec '", text,
+                 "': split must be train or trainval, got '", v, "'");
       s.layout_split = v;
     } else if (key == "fold") {
       XFER_CHECK(s.source == "dtd", "dataset spec '", text, "': fold is only for dtd");
@@ -230,7 +234,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
       s.seed = static_cast<uint64_t>(parse_count(text, key, v, 0));
     } else if (key == "dir") {
       s.dir = v;
-    } else if (key == "train_images" || key == "train_labels" || key == "test_images" || key == "test_labels") {
+    } else if (key == "train_images" || key == "train_labels" || key == "test_images" ||
+               key == "test_labels") {
       XFER_CHECK(s.source == "idx", "dataset spec '", text, "': ", key, " is only for idx datasets");
       (key == "train_images"   ? s.train_images
        : key == "train_labels" ? s.train_labels
@@ -259,14 +264,15 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
       if (key == "mean") s.image.norm.mean = parse_reals(text, key, v, 3);
       if (key == "std") s.image.norm.std = parse_reals(text, key, v, 3);
       if (key == "corrupt") {
-        XFER_CHECK(v == "skip" || v == "fail", "dataset spec '", text, "': corrupt must be skip or fail, got '", v,
-                   "'");
+        XFER_CHECK(v == "skip" || v == "fail", "dataset spec '", text,
+                   "': corrupt must be skip or fail, got '", v, "'");
         s.image.fail_on_corrupt = v == "fail";
       }
     } else if (key == "names") {
       XFER_CHECK(s.source == "idx", "dataset spec '", text, "': names is only for idx datasets");
       s.names = split(v, ',');
-      for (const auto& n : s.names) check_utf8(n, cat("dataset spec '", printable(text), "': the class name"));
+      for (const auto& n : s.names)
+        check_utf8(n, cat("dataset spec '", printable(text), "': the class name"));
     } else {
       throw BadInput(cat("dataset spec '", text, "': unknown key '", key, "'; valid keys: ", kValidKeys));
     }
@@ -274,7 +280,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
   if (s.source == "idx")
     XFER_CHECK(!s.dir.empty() || (!s.train_images.empty() && !s.train_labels.empty()), "dataset spec '", text,
                "': idx needs dir=PATH or train_images= and train_labels=");
-  XFER_CHECK(!(s.per_class && s.fraction), "dataset spec '", text, "': give per_class= or fraction=, not both");
+  XFER_CHECK(!(s.per_class && s.fraction), "dataset spec '", text,
+             "': give per_class= or fraction=, not both");
   if (bench) {
     XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': ", s.source,
                " needs dir=PATH, the folder it was unpacked to (docs/benchmarks.md)");
@@ -282,7 +289,8 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
                "': give val= or split=train (the layout's validation set), not both");
   }
   if (images) {
-    XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
+    XFER_CHECK(!s.dir.empty(), "dataset spec '", text,
+               "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
     XFER_CHECK(s.shifts.empty(), "dataset spec '", text, "': shift= is not supported on image folders yet");
     XFER_CHECK(s.test_dir.empty() || s.test_list.empty(), "dataset spec '", text,
                "': give test_dir= or test_list=, not both");
@@ -305,9 +313,9 @@ std::string absolute_spec_paths(const std::string& text) {
   } catch (const BadInput&) {
     return text;  // the run reports it where it reads it
   }
-  static const std::set<std::string> path_keys = {"dir",        "train_images", "train_labels", "test_images",
-                                                  "test_labels", "test_dir",     "train_list",   "val_list",
-                                                  "test_list",   "cache"};
+  static const std::set<std::string> path_keys = {
+      "dir",      "train_images", "train_labels", "test_images", "test_labels",
+      "test_dir", "train_list",   "val_list",     "test_list",   "cache"};
   std::string out;
   for (const auto& part : split(text, ':')) {
     const size_t eq = part.find('=');
@@ -377,7 +385,8 @@ torch::Tensor apply_shifts(const torch::Tensor& images, const std::vector<std::s
             torch::tensor({c, -sn, 0.0f, sn, c, 0.0f}).view({1, 2, 3}).expand({x.size(0), 2, 3});
         const torch::Tensor grid = torch::nn::functional::affine_grid(theta, x.sizes().vec(), false);
         x = torch::nn::functional::grid_sample(
-            x, grid, torch::nn::functional::GridSampleFuncOptions().mode(torch::kBilinear).align_corners(false));
+            x, grid,
+            torch::nn::functional::GridSampleFuncOptions().mode(torch::kBilinear).align_corners(false));
       }
     } else {  // noise
       const double sd = std::stod(s.substr(5)) * 255.0;
@@ -397,7 +406,9 @@ int64_t fraction_count(double fraction, int64_t n) {
   return std::clamp<int64_t>(k, 1, std::max<int64_t>(n, 1));
 }
 
-Task load_task(const std::string& spec, uint64_t run_seed) { return load_task(DatasetSpec::parse(spec), run_seed); }
+Task load_task(const std::string& spec, uint64_t run_seed) {
+  return load_task(DatasetSpec::parse(spec), run_seed);
+}
 
 namespace {
 
@@ -417,20 +428,23 @@ void load_folder_raw(const DatasetSpec& spec, RawSplit& train, RawSplit& val, Ra
     r.files = std::make_shared<ImageFiles>(root, std::move(full), spec.image, corrupt, nullptr, sc.labels);
     return r;
   };
-  train = to_raw(spec.dir, spec.train_list.empty() ? all : read_split_list(spec.dir, spec.train_list, class_names));
+  train = to_raw(spec.dir,
+                 spec.train_list.empty() ? all : read_split_list(spec.dir, spec.train_list, class_names));
   if (!spec.val_list.empty()) val = to_raw(spec.dir, read_split_list(spec.dir, spec.val_list, class_names));
   if (spec.test != "file") return;
-  XFER_CHECK(!spec.test_dir.empty() || !spec.test_list.empty(), "dataset spec '", spec.text,
-             "': the image folder has no test files; give test_dir= or test_list=, or test=rest, or test=none ",
-             "(with val= for model selection)");
+  XFER_CHECK(
+      !spec.test_dir.empty() || !spec.test_list.empty(), "dataset spec '", spec.text,
+      "': the image folder has no test files; give test_dir= or test_list=, or test=rest, or test=none ",
+      "(with val= for model selection)");
   if (!spec.test_list.empty()) {
     test = to_raw(spec.dir, read_split_list(spec.dir, spec.test_list, class_names));
     return;
   }
   const FolderScan t = scan_image_folder(spec.test_dir);
-  XFER_CHECK(t.class_names == class_names, "dataset spec '", spec.text, "': test_dir ", spec.test_dir, " has ",
-             t.class_names.size(), " class folders (", t.class_names.front(), " ...) but dir ", spec.dir, " has ",
-             class_names.size(), " (", class_names.front(), " ...); their class folders must be the same");
+  XFER_CHECK(t.class_names == class_names, "dataset spec '", spec.text, "': test_dir ", spec.test_dir,
+             " has ", t.class_names.size(), " class folders (", t.class_names.front(), " ...) but dir ",
+             spec.dir, " has ", class_names.size(), " (", class_names.front(),
+             " ...); their class folders must be the same");
   test = to_raw(spec.test_dir, t);
 }
 
@@ -526,8 +540,8 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   } else {
     file_classes = train_raw.labels.numel() > 0 ? train_raw.labels.max().item<int64_t>() + 1 : 0;
     // Classes are numbered by label: one label of 2^31 would name 2^31 classes.
-    XFER_CHECK(file_classes <= kMaxClasses, train_labels, ": label ", file_classes - 1, " implies ", file_classes,
-               " classes; at most ", kMaxClasses, " are supported");
+    XFER_CHECK(file_classes <= kMaxClasses, train_labels, ": label ", file_classes - 1, " implies ",
+               file_classes, " classes; at most ", kMaxClasses, " are supported");
     if (!spec.names.empty()) {
       XFER_CHECK(static_cast<int64_t>(spec.names.size()) >= file_classes, "dataset spec '", spec.text,
                  "': names lists ", spec.names.size(), " classes but the labels go up to ", file_classes - 1);
@@ -573,13 +587,17 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     const int64_t n = static_cast<int64_t>(pool.size());
     const int64_t n_val =
         spec.val_fraction > 0 ? static_cast<int64_t>(std::llround(spec.val_fraction * n)) : spec.val_count;
-    XFER_CHECK(n_val < n, "dataset spec '", spec.text, "': val=", n_val, " leaves no training examples for ",
-               cname, ", which has ", n, " in the training file", spec.part_count > 1 ? " part" : "");
+    XFER_CHECK(n_val<n, "dataset spec '", spec.text, "': val=", n_val, " leaves no training examples for ",
+                     cname, ", which has ", n, " in the training file", spec.part_count> 1
+                   ? " part"
+                   : "");
     const int64_t rest = n - n_val;
-    const int64_t n_train =
-        spec.per_class ? *spec.per_class : spec.fraction ? fraction_count(*spec.fraction, rest) : rest;
+    const int64_t n_train = spec.per_class  ? *spec.per_class
+                            : spec.fraction ? fraction_count(*spec.fraction, rest)
+                                            : rest;
     XFER_CHECK(n_train <= rest, "dataset spec '", spec.text, "': per_class=", n_train, " but ", cname,
-               " has only ", rest, " training examples", n_val > 0 ? cat(" after val=", n_val) : std::string());
+               " has only ", rest, " training examples",
+               n_val > 0 ? cat(" after val=", n_val) : std::string());
     for (int64_t i = 0; i < n_val; ++i) va_idx.push_back(pool[i]), va_lab.push_back(static_cast<int64_t>(j));
     if (val_file)
       for (int64_t i : val_by_class[c]) va_idx.push_back(i), va_lab.push_back(static_cast<int64_t>(j));
@@ -593,8 +611,9 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
       shuffle_in_place(test_pool, derive_seed(seed, "test/" + std::to_string(c)));
       test_pool.resize(*spec.test_per_class);
     }
-    XFER_CHECK(spec.test == "none" || !test_pool.empty(), "dataset spec '", spec.text, "': the test split has no ",
-               "examples of ", cname, spec.test == "rest" ? " (every training example is used; try test=file)" : "");
+    XFER_CHECK(spec.test == "none" || !test_pool.empty(), "dataset spec '", spec.text,
+               "': the test split has no ", "examples of ", cname,
+               spec.test == "rest" ? " (every training example is used; try test=file)" : "");
     for (int64_t i : test_pool) te_idx.push_back(i), te_lab.push_back(static_cast<int64_t>(j));
   }
 
@@ -611,8 +630,8 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
       return d;
     }
     if (idx.empty()) {
-      d.images = torch::empty({0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)},
-                              torch::kUInt8);
+      d.images = torch::empty(
+          {0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)}, torch::kUInt8);
       d.labels = torch::empty({0}, torch::kInt64);
       return d;
     }
@@ -624,7 +643,8 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
   task.spec = spec.text;
   task.train = build(train_raw, tr_idx, tr_lab, 0);
   task.val = build(val_file ? val_raw : train_raw, va_idx, va_lab, 0);
-  task.test = spec.test == "file" ? build(test_raw, te_idx, te_lab, test_id_offset) : build(train_raw, te_idx, te_lab, 0);
+  task.test = spec.test == "file" ? build(test_raw, te_idx, te_lab, test_id_offset)
+                                  : build(train_raw, te_idx, te_lab, 0);
   XFER_CHECK(task.train.size() > 0, "dataset spec '", spec.text, "': the training split is empty");
   return task;
 }

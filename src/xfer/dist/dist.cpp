@@ -51,7 +51,8 @@ int64_t env_int(const char* name, int64_t fallback) {
   } catch (const std::exception&) {
     used = 0;
   }
-  XFER_CHECK(used == text.size() && used > 0, "environment variable ", name, " must be an integer, got '", text, "'");
+  XFER_CHECK(used == text.size() && used > 0, "environment variable ", name, " must be an integer, got '",
+             text, "'");
   return value;
 }
 
@@ -68,7 +69,9 @@ void wait_for(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
   }
 }
 
-c10d::ProcessGroupGloo& group() { return *state().group; }
+c10d::ProcessGroupGloo& group() {
+  return *state().group;
+}
 
 /// xfer's rendezvous store (dist/store.h) as the c10d::Store ProcessGroupGloo takes: Gloo's pairs publish
 /// and read their addresses with set, get and wait.
@@ -89,7 +92,8 @@ class RendezvousStore : public c10d::Store {
   int64_t getNumKeys() override { return kv_->num_keys(); }
   void wait(const std::vector<std::string>& keys) override { wait(keys, timeout_); }
   void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override {
-    kv_->wait(keys, timeout == kNoTimeout ? kv_->timeout_seconds() : static_cast<double>(timeout.count()) / 1000.0);
+    kv_->wait(keys,
+              timeout == kNoTimeout ? kv_->timeout_seconds() : static_cast<double>(timeout.count()) / 1000.0);
   }
 
  private:
@@ -125,7 +129,8 @@ bool init_from_env() {
   if (world == 1) return false;
   const std::string addr = env_text("MASTER_ADDR");
   const int64_t port = env_int("MASTER_PORT", -1);
-  XFER_CHECK(!addr.empty(), "WORLD_SIZE=", world, " but MASTER_ADDR is not set (use `xfer launch` or torchrun)");
+  XFER_CHECK(!addr.empty(), "WORLD_SIZE=", world,
+             " but MASTER_ADDR is not set (use `xfer launch` or torchrun)");
   XFER_CHECK(port > 0 && port < 65536, "MASTER_PORT must be a TCP port, got ", env_text("MASTER_PORT"));
   s.world = static_cast<int>(world);
   s.rank = static_cast<int>(rank);
@@ -155,17 +160,30 @@ bool init_from_env() {
   log_info(cat("rank ", s.rank, " of ", s.world, " joined the Gloo process group at ", addr, ":", port));
   return true;
 #else
-  throw BadInput(cat("WORLD_SIZE=", world, " asks for distributed training, but this xfer was built without Gloo ",
+  throw BadInput(cat("WORLD_SIZE=", world,
+                     " asks for distributed training, but this xfer was built without Gloo ",
                      "(install libgloo-dev and configure with -DXFER_WITH_GLOO=ON)"));
 #endif
 }
 
-bool is_distributed() { return state().world > 1; }
-int rank() { return state().rank; }
-int world_size() { return state().world; }
-int local_rank() { return state().local_rank; }
-bool is_main() { return state().rank == 0; }
-double timeout_seconds() { return state().timeout; }
+bool is_distributed() {
+  return state().world > 1;
+}
+int rank() {
+  return state().rank;
+}
+int world_size() {
+  return state().world;
+}
+int local_rank() {
+  return state().local_rank;
+}
+bool is_main() {
+  return state().rank == 0;
+}
+double timeout_seconds() {
+  return state().timeout;
+}
 
 void broadcast(const std::vector<torch::Tensor>& tensors, int root) {
   if (!is_distributed() || tensors.empty()) return;
@@ -255,7 +273,8 @@ double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bu
       bytes += size;
       numel += grads[i].numel();
     }
-    if (!cache.ranges.empty()) cache.flats.push_back(torch::empty({numel}, grads[cache.ranges.back().first].options()));
+    if (!cache.ranges.empty())
+      cache.flats.push_back(torch::empty({numel}, grads[cache.ranges.back().first].options()));
   }
   torch::NoGradGuard no_grad;
   for (size_t b = 0; b < cache.ranges.size(); ++b) {
@@ -270,7 +289,8 @@ double all_reduce_gradients(const std::vector<torch::Tensor>& params, int64_t bu
     offset = 0;
     for (size_t i = cache.ranges[b].first; i < cache.ranges[b].second; ++i) {
       // The division fused into the copy out: one pass over the bucket instead of two.
-      torch::div_out(grads[i], flat.slice(0, offset, offset + grads[i].numel()).view_as(grads[i]), world_size());
+      torch::div_out(grads[i], flat.slice(0, offset, offset + grads[i].numel()).view_as(grads[i]),
+                     world_size());
       offset += grads[i].numel();
     }
   }
@@ -334,9 +354,10 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> channel_dims(const torch::
 
 class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
  public:
-  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
-                               const torch::Tensor& bias, const torch::Tensor& running_mean,
-                               const torch::Tensor& running_var, double momentum, double eps) {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                               double momentum, double eps) {
     const auto [reduce, shape] = channel_dims(x);
     const int64_t c = x.size(1);
     // Each rank's moments in a stable one-pass form, combined in double (sum x^2 - N mean^2 would lose the
@@ -344,11 +365,13 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     const auto [var, mean] = torch::var_mean(x, reduce, /*unbiased=*/false, /*keepdim=*/false);
     const double n = static_cast<double>(x.numel() / c);
     const torch::Tensor m = mean.to(torch::kDouble);
-    torch::Tensor stats = torch::cat({m * n, (var.to(torch::kDouble) + m * m) * n, torch::full({1}, n, torch::kDouble)});
+    torch::Tensor stats =
+        torch::cat({m * n, (var.to(torch::kDouble) + m * m) * n, torch::full({1}, n, torch::kDouble)});
     all_reduce_sum({stats});
     const double count = stats[2 * c].item<double>();
     const torch::Tensor global_mean = stats.slice(0, 0, c) / count;
-    const torch::Tensor global_var = (stats.slice(0, c, 2 * c) / count - global_mean * global_mean).clamp_min(0);
+    const torch::Tensor global_var =
+        (stats.slice(0, c, 2 * c) / count - global_mean * global_mean).clamp_min(0);
     if (running_mean.defined()) {
       running_mean.mul_(1 - momentum).add_(global_mean.to(running_mean.scalar_type()), momentum);
       running_var.mul_(1 - momentum)
@@ -373,18 +396,24 @@ class SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunc
     sums.div_(ctx->saved_data["count"].toDouble());
     const torch::Tensor scale = weight.defined() ? invstd * weight : invstd;
     const torch::Tensor grad_x =
-        (g - sums.slice(0, 0, c).view(shape) - xhat * sums.slice(0, c, 2 * c).view(shape)) * scale.view(shape);
+        (g - sums.slice(0, 0, c).view(shape) - xhat * sums.slice(0, c, 2 * c).view(shape)) *
+        scale.view(shape);
     // The affine parameters' gradients are this rank's share; the gradient all-reduce averages them.
-    return {grad_x, weight.defined() ? sum_g_xhat : torch::Tensor(), weight.defined() ? sum_g : torch::Tensor(),
-            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {grad_x,
+            weight.defined() ? sum_g_xhat : torch::Tensor(),
+            weight.defined() ? sum_g : torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
-                              const torch::Tensor& running_mean, const torch::Tensor& running_var, double momentum,
-                              double eps) {
+                              const torch::Tensor& running_mean, const torch::Tensor& running_var,
+                              double momentum, double eps) {
   if (!is_distributed())
     return torch::batch_norm(x, weight, bias, running_mean, running_var, /*training=*/true, momentum, eps,
                              at::globalContext().userEnabledCuDNN());
@@ -395,8 +424,8 @@ torch::Tensor sync_batch_norm(const torch::Tensor& x, const torch::Tensor& weigh
 void check_same(uint64_t value, const std::string& what) {
   if (!is_distributed()) return;
   // Rank 0's value to everyone, then the ranks that differ from it to everyone.
-  torch::Tensor mine = torch::tensor({static_cast<int64_t>(value >> 32), static_cast<int64_t>(value & 0xffffffffu)},
-                                     torch::kInt64);
+  torch::Tensor mine = torch::tensor(
+      {static_cast<int64_t>(value >> 32), static_cast<int64_t>(value & 0xffffffffu)}, torch::kInt64);
   torch::Tensor root = mine.clone();
   broadcast({root}, 0);
   torch::Tensor differs = torch::zeros({world_size()}, torch::kInt64);
@@ -405,15 +434,16 @@ void check_same(uint64_t value, const std::string& what) {
   std::string ranks;
   for (int r = 0; r < world_size(); ++r)
     if (differs.data_ptr<int64_t>()[r] != 0) ranks += cat(ranks.empty() ? "" : ", ", r);
-  XFER_CHECK(ranks.empty(), "the ", what, " differs between ranks: rank(s) ", ranks, " differ from rank 0 (every ",
-             "rank must be started with the same options and data)");
+  XFER_CHECK(ranks.empty(), "the ", what, " differs between ranks: rank(s) ", ranks,
+             " differ from rank 0 (every ", "rank must be started with the same options and data)");
 }
 
 std::vector<int64_t> all_reduce_min(const std::vector<int64_t>& values) {
   if (!is_distributed() || values.empty()) return values;
   std::vector<int64_t> out = values;
 #ifdef XFER_HAVE_GLOO
-  std::vector<torch::Tensor> one{torch::from_blob(out.data(), {static_cast<int64_t>(out.size())}, torch::kInt64)};
+  std::vector<torch::Tensor> one{
+      torch::from_blob(out.data(), {static_cast<int64_t>(out.size())}, torch::kInt64)};
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::MIN;
   wait_for(group().allreduce(one, o), "all-reduce");
@@ -444,7 +474,8 @@ bool fault_at(const char* name, int64_t step) {
 }
 
 void fault_point(int64_t step) {
-  for (const auto& [name, sig] : {std::pair{"XFER_DIST_KILL_AT", SIGKILL}, std::pair{"XFER_DIST_TERM_AT", SIGTERM}})
+  for (const auto& [name, sig] :
+       {std::pair{"XFER_DIST_KILL_AT", SIGKILL}, std::pair{"XFER_DIST_TERM_AT", SIGTERM}})
     if (fault_at(name, step)) {
       log_warn(cat("rank ", rank(), ": ", name, ": raising ", signal_name(sig), " at step ", step));
       std::raise(sig);

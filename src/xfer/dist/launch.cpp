@@ -49,10 +49,14 @@ std::string describe(const ExitStatus& s) {
 void LaunchOptions::fields(Fields& f) {
   f.add("nproc", nproc, "processes (ranks) to start on this machine").in_range(1, kMaxLocalRanks);
   f.add("nnodes", nnodes, "machines taking part; run one `xfer launch` on each").at_least(1);
-  f.add("node_rank", node_rank, "this machine's index, 0 .. nnodes-1 (machine 0 hosts rank 0)").non_negative();
-  f.add("master_addr", master_addr, "address of machine 0, where rank 0 serves the rendezvous store (bound to this address only; it must be reachable by the job's machines alone: docs/security.md)");
+  f.add("node_rank", node_rank, "this machine's index, 0 .. nnodes-1 (machine 0 hosts rank 0)")
+      .non_negative();
+  f.add("master_addr", master_addr,
+        "address of machine 0, where rank 0 serves the rendezvous store (bound to this address only; it must "
+        "be reachable by the job's machines alone: docs/security.md)");
   f.add("master_port", master_port, "TCP port of the rendezvous store on machine 0").in_range(1, 65535);
-  f.add("timeout", timeout, "seconds a rank waits for the master or for a collective before failing").at_least(1);
+  f.add("timeout", timeout, "seconds a rank waits for the master or for a collective before failing")
+      .at_least(1);
   f.add("grace", grace, "seconds between SIGTERM and SIGKILL when stopping the other ranks").non_negative();
 }
 
@@ -60,7 +64,8 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
   LaunchOptions o = opts;
   check_options(o);
   XFER_CHECK(o.node_rank < o.nnodes, "--node-rank must be < --nnodes ", o.nnodes, ", got ", o.node_rank);
-  XFER_CHECK(!command.empty(), "xfer launch: give the command after --, e.g. xfer launch --nproc 2 -- xfer finetune ...");
+  XFER_CHECK(!command.empty(),
+             "xfer launch: give the command after --, e.g. xfer launch --nproc 2 -- xfer finetune ...");
   std::vector<std::string> argv = command;
   argv[0] = resolve_program(command[0]);
   const int64_t world = o.nproc * o.nnodes;
@@ -75,19 +80,23 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
     try {
       for (int64_t local = 0; local < o.nproc; ++local) {
         const int64_t rank = o.node_rank * o.nproc + local;
-        const std::map<std::string, std::string> env = {
-            {"MASTER_ADDR", o.master_addr},       {"MASTER_PORT", cat(o.master_port)},
-            {"RANK", cat(rank)},                  {"WORLD_SIZE", cat(world)},
-            {"LOCAL_RANK", cat(local)},           {"LOCAL_WORLD_SIZE", cat(o.nproc)},
-            {"GROUP_RANK", cat(o.node_rank)},     {"XFER_DIST_TIMEOUT", cat(o.timeout)}};
+        const std::map<std::string, std::string> env = {{"MASTER_ADDR", o.master_addr},
+                                                        {"MASTER_PORT", cat(o.master_port)},
+                                                        {"RANK", cat(rank)},
+                                                        {"WORLD_SIZE", cat(world)},
+                                                        {"LOCAL_RANK", cat(local)},
+                                                        {"LOCAL_WORLD_SIZE", cat(o.nproc)},
+                                                        {"GROUP_RANK", cat(o.node_rank)},
+                                                        {"XFER_DIST_TIMEOUT", cat(o.timeout)}};
         ranks.start(argv, "", "", env);
       }
     } catch (...) {
       ranks.kill();
       throw;
     }
-    log_info(cat("xfer launch: started ranks ", o.node_rank * o.nproc, "..", o.node_rank * o.nproc + o.nproc - 1,
-                 " of ", world, " (master ", o.master_addr, ":", o.master_port, ")"));
+    log_info(cat("xfer launch: started ranks ", o.node_rank * o.nproc, "..",
+                 o.node_rank * o.nproc + o.nproc - 1, " of ", world, " (master ", o.master_addr, ":",
+                 o.master_port, ")"));
 
     // Poll the ranks; the first failure stops the others.
     double stop_deadline = -1;
@@ -129,9 +138,9 @@ void launch(const LaunchOptions& opts, const std::vector<std::string>& command) 
   if (sig != 0)
     throw Interrupted(cat("xfer launch: interrupted by ", strsignal(sig), "; the ranks were stopped"), sig);
   if (failed_rank < 0 && stopped_rank >= 0)
-    throw Interrupted(cat("xfer launch: the ranks stopped together on ", strsignal(stopped.code - 128), " (rank ",
-                          stopped_rank, " exited with code ", stopped.code, "); run the same command with --resume ",
-                          "to continue"),
+    throw Interrupted(cat("xfer launch: the ranks stopped together on ", strsignal(stopped.code - 128),
+                          " (rank ", stopped_rank, " exited with code ", stopped.code,
+                          "); run the same command with --resume ", "to continue"),
                       stopped.code - 128);
   if (failed_rank < 0) return;
   const std::string what = cat("xfer launch: rank ", failed_rank, " of ", world, " (pid ", failure.pid, ") ",

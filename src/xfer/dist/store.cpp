@@ -56,7 +56,8 @@ struct Decoder {
   uint64_t le(int n) {
     if (!have(static_cast<size_t>(n))) return 0;
     uint64_t v = 0;
-    for (int i = n - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(in[pos + static_cast<size_t>(i)]);
+    for (int i = n - 1; i >= 0; --i)
+      v = (v << 8) | static_cast<unsigned char>(in[pos + static_cast<size_t>(i)]);
     pos += static_cast<size_t>(n);
     return v;
   }
@@ -96,7 +97,9 @@ int parse_request(const std::string& in, const StoreLimits& limits, Request& r, 
       r.value = d.str(limits.max_value, "value");
       break;
     case 'G':
-    case 'D': r.keys.push_back(d.str(limits.max_key, "key")); break;
+    case 'D':
+      r.keys.push_back(d.str(limits.max_key, "key"));
+      break;
     case 'A':
       r.keys.push_back(d.str(limits.max_key, "key"));
       r.number = static_cast<int64_t>(d.le(8));
@@ -104,12 +107,15 @@ int parse_request(const std::string& in, const StoreLimits& limits, Request& r, 
     case 'C':
     case 'W': {
       const uint64_t n = d.le(4);
-      if (d.ok() && (n == 0 || n > limits.max_wait_keys)) d.error = cat(n, " keys in one request (1 to ", limits.max_wait_keys, ")");
+      if (d.ok() && (n == 0 || n > limits.max_wait_keys))
+        d.error = cat(n, " keys in one request (1 to ", limits.max_wait_keys, ")");
       for (uint64_t i = 0; d.ok() && i < n; ++i) r.keys.push_back(d.str(limits.max_key, "key"));
       if (r.op == 'W') r.timeout_ms = d.le(8);
     } break;
-    case 'N': break;
-    default: d.error = cat("unknown request 0x", std::hex, static_cast<int>(static_cast<unsigned char>(r.op)));
+    case 'N':
+      break;
+    default:
+      d.error = cat("unknown request 0x", std::hex, static_cast<int>(static_cast<unsigned char>(r.op)));
   }
   if (!d.error.empty()) {
     error = d.error;
@@ -132,8 +138,8 @@ struct Addresses {
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
     const int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
-    XFER_CHECK(rc == 0 && list != nullptr, "rendezvous: cannot resolve the master address '", printable(host), "' (",
-               ::gai_strerror(rc), ")");
+    XFER_CHECK(rc == 0 && list != nullptr, "rendezvous: cannot resolve the master address '", printable(host),
+               "' (", ::gai_strerror(rc), ")");
   }
   ~Addresses() {
     if (list) ::freeaddrinfo(list);
@@ -142,8 +148,10 @@ struct Addresses {
 
 std::string numeric_address(const sockaddr_storage& a) {
   char buf[INET6_ADDRSTRLEN] = {0};
-  if (a.ss_family == AF_INET) ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a).sin_addr, buf, sizeof buf);
-  if (a.ss_family == AF_INET6) ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(a).sin6_addr, buf, sizeof buf);
+  if (a.ss_family == AF_INET)
+    ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a).sin_addr, buf, sizeof buf);
+  if (a.ss_family == AF_INET6)
+    ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(a).sin6_addr, buf, sizeof buf);
   return buf;
 }
 
@@ -152,14 +160,15 @@ int socket_port(int fd) {
   socklen_t len = sizeof a;
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
   return ntohs(a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6&>(a).sin6_port
-                                        : reinterpret_cast<sockaddr_in&>(a).sin_port);
+                                       : reinterpret_cast<sockaddr_in&>(a).sin_port);
 }
 
 /// Rank 0's store: the keys in memory, served to the other ranks by one poll() thread, one request per
 /// connection.
 class StoreServer final : public KeyValueStore {
  public:
-  StoreServer(const std::string& host, int port, double timeout, const StoreLimits& limits) : limits_(limits) {
+  StoreServer(const std::string& host, int port, double timeout, const StoreLimits& limits)
+      : limits_(limits) {
     timeout_ = timeout;
     const Addresses addresses(host, port);
     int err = 0;
@@ -179,8 +188,8 @@ class StoreServer final : public KeyValueStore {
         ::close(fd);
       }
     }
-    XFER_CHECK(listen_fd_ >= 0, "rendezvous: cannot serve on ", printable(host), ":", port, " (", std::strerror(err),
-               ")");
+    XFER_CHECK(listen_fd_ >= 0, "rendezvous: cannot serve on ", printable(host), ":", port, " (",
+               std::strerror(err), ")");
     port_ = socket_port(listen_fd_);
     if (::pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
       ::close(listen_fd_);
@@ -232,7 +241,8 @@ class StoreServer final : public KeyValueStore {
   }
   void wait(const std::vector<std::string>& keys, double seconds) override {
     std::unique_lock<std::mutex> lock(mutex_);
-    const bool done = cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return all_set_locked(keys); });
+    const bool done =
+        cv_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return all_set_locked(keys); });
     XFER_CHECK(done, "rendezvous: no rank set ", missing_locked(keys), " within ", seconds,
                " s (XFER_DIST_TIMEOUT); a rank did not start or cannot reach the master");
   }
@@ -265,7 +275,8 @@ class StoreServer final : public KeyValueStore {
   std::string store_locked(const std::string& key, const std::string& value) {
     auto it = kv_.find(key);
     const size_t old = it == kv_.end() ? 0 : key.size() + it->second.size();
-    if (it == kv_.end() && kv_.size() >= limits_.max_keys) return cat("the store holds ", kv_.size(), " keys already");
+    if (it == kv_.end() && kv_.size() >= limits_.max_keys)
+      return cat("the store holds ", kv_.size(), " keys already");
     if (bytes_ - old + key.size() + value.size() > limits_.max_bytes)
       return cat("the store would hold more than ", limits_.max_bytes, " bytes");
     bytes_ = bytes_ - old + key.size() + value.size();
@@ -281,7 +292,8 @@ class StoreServer final : public KeyValueStore {
       if (it->second.empty() || end != it->second.c_str() + it->second.size() || errno == ERANGE)
         return cat("key '", printable(key), "' does not hold a counter");
     }
-    if (__builtin_add_overflow(current, delta, &result)) return cat("counter '", printable(key), "' overflows");
+    if (__builtin_add_overflow(current, delta, &result))
+      return cat("counter '", printable(key), "' overflows");
     return store_locked(key, std::to_string(result));
   }
   bool all_set_locked(const std::vector<std::string>& keys) const {
@@ -308,7 +320,9 @@ class StoreServer final : public KeyValueStore {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string error;
     switch (r.op) {
-      case 'S': error = store_locked(r.keys[0], r.value); break;
+      case 'S':
+        error = store_locked(r.keys[0], r.value);
+        break;
       case 'G': {
         auto it = kv_.find(r.keys[0]);
         return it == kv_.end() ? e.u8(kAbsent).str("").out : e.u8(kOk).str(it->second).out;
@@ -319,14 +333,16 @@ class StoreServer final : public KeyValueStore {
         if (error.empty()) return e.u8(kOk).str(std::to_string(result)).out;
       } break;
       case 'C':
-      case 'W': return e.u8(all_set_locked(r.keys) ? kOk : r.op == 'C' ? kAbsent : kTimedOut).str("").out;
+      case 'W':
+        return e.u8(all_set_locked(r.keys) ? kOk : r.op == 'C' ? kAbsent : kTimedOut).str("").out;
       case 'D': {
         auto it = kv_.find(r.keys[0]);
         if (it == kv_.end()) return e.u8(kAbsent).str("").out;
         bytes_ -= it->first.size() + it->second.size();
         kv_.erase(it);
       } break;
-      case 'N': return e.u8(kOk).str(std::to_string(kv_.size())).out;
+      case 'N':
+        return e.u8(kOk).str(std::to_string(kv_.size())).out;
     }
     return error.empty() ? e.u8(kOk).str("").out : e.u8(kRefused).str(error).out;
   }
@@ -335,7 +351,8 @@ class StoreServer final : public KeyValueStore {
     while (true) {
       const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) return;
-      if (conns_.size() >= limits_.max_connections) {  // a peer holding many connections cannot starve the rest
+      if (conns_.size() >=
+          limits_.max_connections) {  // a peer holding many connections cannot starve the rest
         ::close(fd);
         continue;
       }
@@ -372,7 +389,8 @@ class StoreServer final : public KeyValueStore {
         reply(c, Encoder().u8(kRefused).str(error).out);
       } else if (parsed > 0 && c.request.op == 'W') {
         c.state = Conn::kWait;
-        c.deadline = store_clock() + std::min<double>(static_cast<double>(c.request.timeout_ms) / 1000.0, timeout_);
+        c.deadline =
+            store_clock() + std::min<double>(static_cast<double>(c.request.timeout_ms) / 1000.0, timeout_);
       } else if (parsed > 0) {
         reply(c, answer(c.request));
         if (c.request.op == 'S' || c.request.op == 'A' || c.request.op == 'D') changed();  // wake the waiters
@@ -418,8 +436,10 @@ class StoreServer final : public KeyValueStore {
       const double now = store_clock();
       std::vector<Conn> kept;
       for (size_t i = 0; i < conns_.size(); ++i) {
-        if (advance(conns_[i], fds[i + 2].revents, now)) kept.push_back(std::move(conns_[i]));
-        else ::close(conns_[i].fd);
+        if (advance(conns_[i], fds[i + 2].revents, now))
+          kept.push_back(std::move(conns_[i]));
+        else
+          ::close(conns_[i].fd);
       }
       conns_ = std::move(kept);
       if (fds[1].revents & POLLIN) accept_all();
@@ -457,7 +477,8 @@ class StoreClient final : public KeyValueStore {
     return value;
   }
   int64_t add(const std::string& key, int64_t delta) override {
-    return number(expect_ok(call(Encoder().u8('A').str(key).le(static_cast<uint64_t>(delta), 8).out, timeout_), "add"));
+    return number(
+        expect_ok(call(Encoder().u8('A').str(key).le(static_cast<uint64_t>(delta), 8).out, timeout_), "add"));
   }
   bool check(const std::vector<std::string>& keys) override {
     return call(keys_request('C', keys).out, timeout_).first == kOk;
@@ -470,8 +491,12 @@ class StoreClient final : public KeyValueStore {
                keys.size() > 1 ? cat(" and ", keys.size() - 1, " more keys") : "", " within ", seconds,
                " s (XFER_DIST_TIMEOUT); a rank did not start or cannot reach the master");
   }
-  bool remove(const std::string& key) override { return call(Encoder().u8('D').str(key).out, timeout_).first == kOk; }
-  int64_t num_keys() override { return number(expect_ok(call(Encoder().u8('N').out, timeout_), "count keys")); }
+  bool remove(const std::string& key) override {
+    return call(Encoder().u8('D').str(key).out, timeout_).first == kOk;
+  }
+  int64_t num_keys() override {
+    return number(expect_ok(call(Encoder().u8('N').out, timeout_), "count keys"));
+  }
   int port() const override { return port_; }
   std::string bound_address() const override { return ""; }
 
@@ -508,14 +533,15 @@ class StoreClient final : public KeyValueStore {
           pollfd p{fd, POLLOUT, 0};
           const int ms = static_cast<int>(std::max(0.0, std::min(deadline - store_clock(), 5.0)) * 1000);
           socklen_t len = sizeof err;
-          err = ::poll(&p, 1, ms) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 ? err : ETIMEDOUT;
+          err = ::poll(&p, 1, ms) == 1 && ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 ? err
+                                                                                                  : ETIMEDOUT;
         }
         if (err == 0) return fd;
         last = std::strerror(err);
         ::close(fd);
       }
-      XFER_CHECK(store_clock() < deadline, "rendezvous: cannot reach the master at ", printable(host_), ":", port_,
-                 " within ", timeout_, " s (XFER_DIST_TIMEOUT): ", last);
+      XFER_CHECK(store_clock() < deadline, "rendezvous: cannot reach the master at ", printable(host_), ":",
+                 port_, " within ", timeout_, " s (XFER_DIST_TIMEOUT): ", last);
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   }
@@ -530,13 +556,14 @@ class StoreClient final : public KeyValueStore {
       while (true) {
         pollfd p{fd, static_cast<short>(sent ? POLLIN : POLLOUT), 0};
         const double left = deadline - store_clock();
-        XFER_CHECK(left > 0 && ::poll(&p, 1, static_cast<int>(left * 1000) + 1) >= 0, "rendezvous: the master at ",
-                   printable(host_), ":", port_, " did not answer within ", seconds, " s");
+        XFER_CHECK(left > 0 && ::poll(&p, 1, static_cast<int>(left * 1000) + 1) >= 0,
+                   "rendezvous: the master at ", printable(host_), ":", port_, " did not answer within ",
+                   seconds, " s");
         if (!p.revents) continue;
         if (!sent) {
           const ssize_t n = ::send(fd, request.data() + done, request.size() - done, MSG_NOSIGNAL);
-          XFER_CHECK(n >= 0 || errno == EAGAIN, "rendezvous: lost the master at ", printable(host_), ":", port_, " (",
-                     std::strerror(errno), ")");
+          XFER_CHECK(n >= 0 || errno == EAGAIN, "rendezvous: lost the master at ", printable(host_), ":",
+                     port_, " (", std::strerror(errno), ")");
           done += n > 0 ? static_cast<size_t>(n) : 0;
           sent = done == request.size();
           continue;
@@ -553,7 +580,8 @@ class StoreClient final : public KeyValueStore {
           ::close(fd);
           return {status, payload};
         }
-        XFER_CHECK(n > 0, "rendezvous: the master at ", printable(host_), ":", port_, " closed the connection");
+        XFER_CHECK(n > 0, "rendezvous: the master at ", printable(host_), ":", port_,
+                   " closed the connection");
       }
     } catch (...) {
       ::close(fd);
@@ -573,7 +601,8 @@ std::unique_ptr<KeyValueStore> KeyValueStore::serve(const std::string& host, int
   return std::make_unique<StoreServer>(host, port, timeout_seconds, limits);
 }
 
-std::unique_ptr<KeyValueStore> KeyValueStore::connect(const std::string& host, int port, double timeout_seconds) {
+std::unique_ptr<KeyValueStore> KeyValueStore::connect(const std::string& host, int port,
+                                                      double timeout_seconds) {
   XFER_CHECK(port > 0 && port < 65536, "rendezvous: port must be in [1, 65535], got ", port);
   return std::make_unique<StoreClient>(host, port, timeout_seconds);
 }

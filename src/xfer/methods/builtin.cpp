@@ -4,10 +4,10 @@
 #include "xfer/methods/gradmix.h"
 #include "xfer/methods/mixup.h"
 #include "xfer/methods/registry.h"
-#include "xfer/methods/xmixup.h"
-#include "xfer/methods/smooth.h"
 #include "xfer/methods/regularization.h"
 #include "xfer/methods/smile.h"
+#include "xfer/methods/smooth.h"
+#include "xfer/methods/xmixup.h"
 
 namespace xfer {
 

@@ -16,20 +16,20 @@ namespace F = torch::nn::functional;
 
 torch::Tensor delta_penalty(const std::vector<torch::Tensor>& maps, const std::vector<torch::Tensor>& maps0,
                             const std::vector<torch::Tensor>& attention) {
-  XFER_CHECK(maps.size() == maps0.size() && maps.size() == attention.size(), "DELTA: ", maps.size(), " maps, ",
-             maps0.size(), " source maps and ", attention.size(), " attention vectors");
+  XFER_CHECK(maps.size() == maps0.size() && maps.size() == attention.size(), "DELTA: ", maps.size(),
+             " maps, ", maps0.size(), " source maps and ", attention.size(), " attention vectors");
   XFER_CHECK(!maps.empty(), "DELTA: no feature maps to compare");
   torch::Tensor total;
   for (size_t l = 0; l < maps.size(); ++l) {
     const torch::Tensor& m = maps[l];
-    XFER_CHECK(m.dim() == 4 && m.sizes() == maps0[l].sizes(), "DELTA: feature maps of layer ", l, " have shapes ",
-               m.sizes(), " and ", maps0[l].sizes());
+    XFER_CHECK(m.dim() == 4 && m.sizes() == maps0[l].sizes(), "DELTA: feature maps of layer ", l,
+               " have shapes ", m.sizes(), " and ", maps0[l].sizes());
     const int64_t c = m.size(1), hw = m.size(2) * m.size(3);
-    XFER_CHECK(attention[l].numel() == c, "DELTA: layer ", l, " has ", c, " channels but ", attention[l].numel(),
-               " attention weights");
+    XFER_CHECK(attention[l].numel() == c, "DELTA: layer ", l, " has ", c, " channels but ",
+               attention[l].numel(), " attention weights");
     const torch::Tensor sq = (m - maps0[l].detach()).pow(2).sum({2, 3});  // (N, C)
-    const torch::Tensor term = (sq * attention[l].to(m.dtype()).view({1, c})).sum() * (0.5 * static_cast<double>(c) /
-                                                                                       static_cast<double>(hw));
+    const torch::Tensor term = (sq * attention[l].to(m.dtype()).view({1, c})).sum() *
+                               (0.5 * static_cast<double>(c) / static_cast<double>(hw));
     total = total.defined() ? total + term : term;
   }
   return total;
@@ -44,7 +44,8 @@ torch::Tensor delta_attention_weights(const torch::Tensor& rises, double tempera
   return torch::softmax(z / temperature, 0).to(torch::kFloat32);
 }
 
-std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages, bool last_conv) {
+std::vector<torch::Tensor> delta_maps(const Features& f, const std::vector<std::string>& stages,
+                                      bool last_conv) {
   std::vector<torch::Tensor> out;
   for (const auto& s : stages) out.push_back(last_conv ? f.conv(s) : f.map(s));
   return out;
@@ -92,7 +93,8 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
       };
       const torch::Tensor input = replicate_after.empty() ? replicate(x) : x;
       const torch::Tensor pooled = backbone.forward_features(input, stage_hook, conv_hook).pooled;
-      const torch::Tensor ce = F::cross_entropy(classifier->forward(pooled), y.repeat({g}), none).view({g, n});
+      const torch::Tensor ce =
+          F::cross_entropy(classifier->forward(pooled), y.repeat({g}), none).view({g, n});
       r.slice(0, g0, g0 + g).copy_(ce.mean(1).to(torch::kFloat64).cpu() - base);
     }
     rises.push_back(r);
@@ -103,16 +105,21 @@ std::vector<torch::Tensor> delta_channel_rises(BackboneImpl& backbone, torch::nn
 void DeltaMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "weight of the feature-map distance to the source network").non_negative();
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
-  f.add("stages", stages, "backbone stages whose feature maps are compared: all, or names like layer1,layer3");
-  f.add("feature_maps", feature_maps, "the map of each stage: last-conv (its last convolution's output, before the "
-                                      "batch norm and the residual add, as the authors' code) or stage (its output)");
-  f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the authors' code); "
-                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
+  f.add("stages", stages,
+        "backbone stages whose feature maps are compared: all, or names like layer1,layer3");
+  f.add("feature_maps", feature_maps,
+        "the map of each stage: last-conv (its last convolution's output, before the "
+        "batch norm and the residual add, as the authors' code) or stage (its output)");
+  f.add("decay", decay,
+        "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the authors' code); "
+        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
   f.add("attention", attention, "channel attention from the source network (on), or a_c = 1/C (off)");
-  f.add("attention_examples", attention_examples, "target training images the channel attention is measured on")
+  f.add("attention_examples", attention_examples,
+        "target training images the channel attention is measured on")
       .at_least(1);
   f.add("temperature", temperature, "softmax temperature of the channel attention").positive();
-  f.add("probe_iterations", probe_iterations, "L-BFGS iterations of the linear classifier used for the attention")
+  f.add("probe_iterations", probe_iterations,
+        "L-BFGS iterations of the linear classifier used for the attention")
       .at_least(1);
   f.add("probe_decay", probe_decay, "L2 weight of that classifier").non_negative();
 }
@@ -125,8 +132,9 @@ void DeltaMethod::setup(Model& model, SetupContext& ctx) {
     return;
   }
   attention_.clear();
-  const Features f = source_.features(torch::zeros({1, model->arch().in_channels, model->arch().height,
-                                                    model->arch().width}, torch::TensorOptions().device(ctx.device)));
+  const Features f =
+      source_.features(torch::zeros({1, model->arch().in_channels, model->arch().height, model->arch().width},
+                                    torch::TensorOptions().device(ctx.device)));
   for (const auto& m : delta_maps(f, stages_, last_conv())) {
     const int64_t c = m.size(1);
     attention_.push_back(torch::full({c}, 1.0 / static_cast<double>(c)));
@@ -147,8 +155,8 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
     const torch::Tensor idx = torch::arange(start, std::min(start + 500, train.size()), torch::kInt64);
     pooled.push_back(source_.features(input(idx)).pooled);
   }
-  torch::nn::Linear probe = fit_linear_probe(torch::cat(pooled), train.labels.to(ctx.device), train.num_classes(),
-                                             opts_.probe_iterations, opts_.probe_decay);
+  torch::nn::Linear probe = fit_linear_probe(torch::cat(pooled), train.labels.to(ctx.device),
+                                             train.num_classes(), opts_.probe_iterations, opts_.probe_decay);
 
   // The rises of the cross-entropy on a seeded draw of training images, in batches.
   std::vector<int64_t> order(static_cast<size_t>(train.size()));
@@ -161,22 +169,27 @@ std::vector<torch::Tensor> DeltaMethod::measure_attention(SetupContext& ctx) {
   std::vector<torch::Tensor> sums;
   for (int64_t start = 0; start < m; start += batch) {
     const torch::Tensor idx = chosen.slice(0, start, std::min(start + batch, m));
-    const auto r = delta_channel_rises(*source->backbone, probe, input(idx),
-                                       train.labels.index_select(0, idx).to(ctx.device), stages_, last_conv());
+    const auto r =
+        delta_channel_rises(*source->backbone, probe, input(idx),
+                            train.labels.index_select(0, idx).to(ctx.device), stages_, last_conv());
     for (size_t s = 0; s < r.size(); ++s) {
       const torch::Tensor weighted = r[s] * static_cast<double>(idx.size(0));
-      if (sums.size() <= s) sums.push_back(weighted);
-      else sums[s] += weighted;
+      if (sums.size() <= s)
+        sums.push_back(weighted);
+      else
+        sums[s] += weighted;
     }
   }
   std::vector<torch::Tensor> out;
-  for (const auto& s : sums) out.push_back(delta_attention_weights(s / static_cast<double>(m), opts_.temperature));
+  for (const auto& s : sums)
+    out.push_back(delta_attention_weights(s / static_cast<double>(m), opts_.temperature));
   return out;
 }
 
 std::vector<ParamGroup> DeltaMethod::param_groups(Model& model, double head_lr_mult) {
   if (opts_.decay == HeadDecay::optimizer) return Method::param_groups(model, head_lr_mult);
-  return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
+  return {{"backbone", model->backbone_parameters(), 1.0, 0.0},
+          {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
 LossTerms DeltaMethod::loss(StepContext& ctx) {
@@ -190,25 +203,29 @@ LossTerms DeltaMethod::loss(StepContext& ctx) {
   std::vector<torch::Tensor> attention;
   for (const auto& a : attention_) attention.push_back(a.to(b.x.device()));
   const torch::Tensor fm =
-      delta_penalty(delta_maps(f, stages_, last_conv()), delta_maps(f0, stages_, last_conv()), attention) * opts_.alpha;
+      delta_penalty(delta_maps(f, stages_, last_conv()), delta_maps(f0, stages_, last_conv()), attention) *
+      opts_.alpha;
   if (opts_.decay == HeadDecay::optimizer)
-    return LossTerms{ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}}.with_train_accuracy(logits, b.y);
+    return LossTerms{ce + fm, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}}}.with_train_accuracy(
+        logits, b.y);
   const torch::Tensor decay = l2_penalty(head->parameters(), opts_.beta);
-  return LossTerms{ce + fm + decay, {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}}
+  return LossTerms{ce + fm + decay,
+                   {{"ce", ce.detach()}, {"feature_maps", fm.detach()}, {"head_l2", decay.detach()}}}
       .with_train_accuracy(logits, b.y);
 }
 
 void DeltaMethod::save(Archive& out) const {
-  for (size_t i = 0; i < attention_.size(); ++i) out.write(cat("delta_attention_", stages_[i]), attention_[i]);
+  for (size_t i = 0; i < attention_.size(); ++i)
+    out.write(cat("delta_attention_", stages_[i]), attention_[i]);
 }
 
 void DeltaMethod::load(const Archive& in) {
   for (size_t i = 0; i < attention_.size(); ++i) {
     torch::Tensor t;
-    XFER_CHECK(in.try_read(cat("delta_attention_", stages_[i]), t), "the checkpoint holds no DELTA attention for ",
-               stages_[i]);
-    XFER_CHECK(t.sizes() == attention_[i].sizes(), "the checkpoint's DELTA attention for ", stages_[i], " has shape ",
-               t.sizes(), ", this run needs ", attention_[i].sizes());
+    XFER_CHECK(in.try_read(cat("delta_attention_", stages_[i]), t),
+               "the checkpoint holds no DELTA attention for ", stages_[i]);
+    XFER_CHECK(t.sizes() == attention_[i].sizes(), "the checkpoint's DELTA attention for ", stages_[i],
+               " has shape ", t.sizes(), ", this run needs ", attention_[i].sizes());
     attention_[i] = t.to(attention_[i].options());
   }
 }

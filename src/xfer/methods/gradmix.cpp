@@ -21,8 +21,12 @@ namespace {
 
 using Mode = GradMixMethod::Mode;
 
-bool gradmix_mixes(Mode m) { return m == Mode::gradmix || m == Mode::sgd; }
-bool gradmix_uses_sources(Mode m) { return m != Mode::target_only; }
+bool gradmix_mixes(Mode m) {
+  return m == Mode::gradmix || m == Mode::sgd;
+}
+bool gradmix_uses_sources(Mode m) {
+  return m != Mode::target_only;
+}
 
 std::string gradmix_trim(const std::string& s) {
   const size_t a = s.find_first_not_of(" \t\n"), b = s.find_last_not_of(" \t\n");
@@ -59,18 +63,22 @@ std::string gradmix_module_of(const std::string& param) {
 /// "" when the name says nothing.
 std::string gradmix_norm_partner(const std::string& m) {
   const size_t dot = m.rfind('.');
-  const std::string prefix = dot == std::string::npos ? "" : m.substr(0, dot + 1), last = m.substr(prefix.size());
+  const std::string prefix = dot == std::string::npos ? "" : m.substr(0, dot + 1),
+                    last = m.substr(prefix.size());
   if (last.rfind("bn", 0) == 0) return prefix + "conv" + last.substr(2);
   // (A TorchScript backbone names its own modules: at most 9 digits keep stoll in range.)
-  if (!last.empty() && last.size() <= 9 && last.find_first_not_of("0123456789") == std::string::npos && last != "0")
+  if (!last.empty() && last.size() <= 9 && last.find_first_not_of("0123456789") == std::string::npos &&
+      last != "0")
     return prefix + std::to_string(std::stoll(last) - 1);
   return "";
 }
 
 }  // namespace
 
-std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names, const std::vector<int64_t>& dims) {
-  XFER_CHECK(names.size() == dims.size(), "gradmix_layers: ", names.size(), " names for ", dims.size(), " dims");
+std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names,
+                                        const std::vector<int64_t>& dims) {
+  XFER_CHECK(names.size() == dims.size(), "gradmix_layers: ", names.size(), " names for ", dims.size(),
+             " dims");
   // Modules in order of their first parameter; a module with a parameter of 2+ dimensions is a layer.
   std::vector<std::string> modules;
   std::map<std::string, std::vector<size_t>> params_of;
@@ -88,7 +96,8 @@ std::vector<MixingLayer> gradmix_layers(const std::vector<std::string>& names, c
       layer_of[m] = layers.size();
       layers.push_back({m, {}});
     }
-  XFER_CHECK(!layers.empty() || modules.empty(), "GradMix --layers layer: the backbone has no convolution or linear "
+  XFER_CHECK(!layers.empty() || modules.empty(),
+             "GradMix --layers layer: the backbone has no convolution or linear "
              "layer (no parameter of 2 or more dimensions); use --layers module");
   std::string previous;  // the last layer met, for a normalisation whose name says nothing
   for (const auto& m : modules) {
@@ -110,8 +119,10 @@ TensorDataset unlabelled_target_images(const std::string& option, const Task& ta
   target.train.require_in_memory("GradMix's unlabelled target images");
   if (option != "rest") return load_task(option, seed).train;
   DatasetSpec spec = DatasetSpec::parse(target.spec);
-  XFER_CHECK(spec.per_class.has_value(), "--unlabelled rest takes the target's training images that V does not use, "
-             "but the target spec '", target.spec, "' uses all of them; add per_class=N, or pass --unlabelled SPEC");
+  XFER_CHECK(spec.per_class.has_value(),
+             "--unlabelled rest takes the target's training images that V does not use, "
+             "but the target spec '",
+             target.spec, "' uses all of them; add per_class=N, or pass --unlabelled SPEC");
   spec.test = "rest";
   spec.test_per_class.reset();
   return load_task(spec, seed).test;
@@ -119,58 +130,76 @@ TensorDataset unlabelled_target_images(const std::string& option, const Task& ta
 
 const char* GradMixMethod::mode_name(Mode mode) {
   switch (mode) {
-    case Mode::gradmix: return "gradmix";
-    case Mode::sgd: return "gradmix-sgd";
-    case Mode::source_only: return "source-only";
-    case Mode::target_only: return "target-only";
-    case Mode::finetune: return "finetune";
+    case Mode::gradmix:
+      return "gradmix";
+    case Mode::sgd:
+      return "gradmix-sgd";
+    case Mode::source_only:
+      return "source-only";
+    case Mode::target_only:
+      return "target-only";
+    case Mode::finetune:
+      return "finetune";
   }
   return "?";
 }
 
 void GradMixMethod::Options::fields(Fields& f) {
   if (gradmix_uses_sources(mode)) {
-    f.add("sources", sources, "labelled source specs separated by ';' (default: --source); a source whose "
-                              "class names equal the target's shares the target head")
+    f.add("sources", sources,
+          "labelled source specs separated by ';' (default: --source); a source whose "
+          "class names equal the target's shares the target head")
         .path(Fields::PathKind::specs);
-    f.add("shared_sources", shared_sources, "which sources share the target head: auto (same class names as the "
-                                            "target) or indices like 0,2");
+    f.add("shared_sources", shared_sources,
+          "which sources share the target head: auto (same class names as the "
+          "target) or indices like 0,2");
   }
-  f.add("v_batch", v_batch, "batch size on V, the labelled target set (0: min(|V|, --batch-size))").non_negative();
+  f.add("v_batch", v_batch, "batch size on V, the labelled target set (0: min(|V|, --batch-size))")
+      .non_negative();
   if (gradmix_mixes(mode)) {
-    f.add("adalr", adalr, "adaptive learning rate: scale the mixed backbone gradient by eta = "
-                          "1/(1+exp(-(beta*rho-gamma))) (Eq. 9, 10)");
+    f.add("adalr", adalr,
+          "adaptive learning rate: scale the mixed backbone gradient by eta = "
+          "1/(1+exp(-(beta*rho-gamma))) (Eq. 9, 10)");
     f.add("adalr_beta", beta, "adaptive lr: saturation rate beta (Eq. 9)").in_range(1e-6, 1e4);
-    f.add("adalr_gamma", gamma, "adaptive lr: shift gamma (eta = 0.5 where beta*rho = gamma)").in_range(0, 1e4);
+    f.add("adalr_gamma", gamma, "adaptive lr: shift gamma (eta = 0.5 where beta*rho = gamma)")
+        .in_range(0, 1e4);
     if (mode == Mode::gradmix)
-      f.add("layers", layers, "weight granularity: layer (each convolution or linear layer with its batch norm, "
-                              "the paper's), module (each module with parameters), tensor, or global (one weight "
-                              "per source)")
+      f.add("layers", layers,
+            "weight granularity: layer (each convolution or linear layer with its batch norm, "
+            "the paper's), module (each module with parameters), tensor, or global (one weight "
+            "per source)")
           .choices({"layer", "module", "tensor", "global"});
     if (mode == Mode::sgd)
-      f.add("meta_gradient", meta_gradient, "gradmix-sgd's weights: lookahead (Ren et al.'s one-step look-ahead "
-                                            "meta-gradient over the shared layers and the target head; the whole "
-                                            "update weighted) or backbone (backbone gradients' dot products only)")
+      f.add("meta_gradient", meta_gradient,
+            "gradmix-sgd's weights: lookahead (Ren et al.'s one-step look-ahead "
+            "meta-gradient over the shared layers and the target head; the whole "
+            "update weighted) or backbone (backbone gradients' dot products only)")
           .choices({"lookahead", "backbone"});
-    f.add("unlabelled", unlabelled, "unlabelled target images U for --ssl: rest (the target spec's training "
-                                    "images outside V and its val split) or a spec")
+    f.add("unlabelled", unlabelled,
+          "unlabelled target images U for --ssl: rest (the target spec's training "
+          "images outside V and its val split) or a spec")
         .path(Fields::PathKind::spec);
     f.add("ssl", ssl, "semi-supervised term on U").choices({"none", "vat", "mixmatch"});
-    f.add("vat_epsilon", vat_epsilon, "VAT: norm of the adversarial perturbation (normalised input units)").positive();
+    f.add("vat_epsilon", vat_epsilon, "VAT: norm of the adversarial perturbation (normalised input units)")
+        .positive();
     f.add("vat_xi", vat_xi, "VAT: finite-difference step of the power iteration").positive();
     f.add("vat_weight", vat_weight, "VAT: weight of the term").non_negative();
-    f.add("mixmatch_weight", mixmatch_weight, "MixMatch: weight lambda_u of the unlabelled term").non_negative();
-    f.add("mixmatch_rampup", mixmatch_rampup, "MixMatch: lambda_u ramps up linearly over this fraction of the run")
+    f.add("mixmatch_weight", mixmatch_weight, "MixMatch: weight lambda_u of the unlabelled term")
+        .non_negative();
+    f.add("mixmatch_rampup", mixmatch_rampup,
+          "MixMatch: lambda_u ramps up linearly over this fraction of the run")
         .in_range(0, 1);
     f.add("mixmatch_t", mixmatch_t, "MixMatch: sharpening temperature").in_open_range(0, 1e3);
     f.add("mixmatch_alpha", mixmatch_alpha, "MixMatch: mixup Beta(alpha, alpha)").positive();
     f.add("mixmatch_k", mixmatch_k, "MixMatch: augmentations per unlabelled image").at_least(1);
     f.add("pseudo", pseudo, "ensemble pseudo-label file of `xfer gradmix-pseudo` (adds the source S_u)")
         .path(Fields::PathKind::file);
-    f.add("pseudo_mode", pseudo_mode, "pseudo-labels: hard (all models agree above the threshold; CE) or soft "
-                                      "(mean probability; KL)")
+    f.add("pseudo_mode", pseudo_mode,
+          "pseudo-labels: hard (all models agree above the threshold; CE) or soft "
+          "(mean probability; KL)")
         .choices({"hard", "soft"});
-    f.add("pseudo_threshold", pseudo_threshold, "hard pseudo-labels: every model's probability must exceed this")
+    f.add("pseudo_threshold", pseudo_threshold,
+          "hard pseudo-labels: every model's probability must exceed this")
         .in_open_range(0, 1);
     f.add("enlarge_v", enlarge_v, "with --pseudo: enlarge V to this many per class with hard labels (0: off)")
         .non_negative();
@@ -178,7 +207,8 @@ void GradMixMethod::Options::fields(Fields& f) {
   if (mode == Mode::finetune) {
     f.add("switch_at", switch_at, "fraction of the run trained on the sources before fine-tuning on V")
         .in_open_range(0, 1);
-    f.add("finetune_lr_scale", finetune_lr_scale, "learning-rate multiplier while fine-tuning on V").positive();
+    f.add("finetune_lr_scale", finetune_lr_scale, "learning-rate multiplier while fine-tuning on V")
+        .positive();
   }
 }
 
@@ -193,7 +223,9 @@ void GradMixMethod::Options::check() const {
   XFER_CHECK(ssl == "none" || !unlabelled.empty(), "--ssl ", ssl, " needs --unlabelled (rest or a spec)");
 }
 
-GradMixMethod::GradMixMethod(Options options) : opts_(std::move(options)) { opts_.check(); }
+GradMixMethod::GradMixMethod(Options options) : opts_(std::move(options)) {
+  opts_.check();
+}
 
 std::vector<std::string> GradMixMethod::source_names() const {
   std::vector<std::string> out;
@@ -208,7 +240,9 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   XFER_CHECK(task.train.size() > 0, "method ", name,
              " needs labelled target examples V (the --target spec's train split), but it is empty");
   classes_ = task.num_classes();
-  const auto shape_of = [](const TensorDataset& d) { return cat(d.channels(), "x", d.height(), "x", d.width()); };
+  const auto shape_of = [](const TensorDataset& d) {
+    return cat(d.channels(), "x", d.height(), "x", d.width());
+  };
 
   // The labelled sources, and which of them share the target's head.
   if (gradmix_uses_sources(opts_.mode)) {
@@ -220,25 +254,29 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
     } else {
       for (const auto& spec : specs) tasks.push_back(load_task(spec, ctx.seed));
     }
-    XFER_CHECK(!tasks.empty(), "method ", name, " needs labelled sources: pass --sources \"SPEC1;SPEC2\" (or --source SPEC)");
+    XFER_CHECK(!tasks.empty(), "method ", name,
+               " needs labelled sources: pass --sources \"SPEC1;SPEC2\" (or --source SPEC)");
     std::vector<bool> shared(tasks.size(), false);
     if (opts_.shared_sources == "auto") {
       for (size_t i = 0; i < tasks.size(); ++i) shared[i] = tasks[i].class_names() == task.class_names();
     } else {
       for (const auto& s : gradmix_split(opts_.shared_sources, ',')) {
         const size_t i = std::stoul(s);
-        XFER_CHECK(i < tasks.size(), "--shared-sources ", opts_.shared_sources, ": there are only ", tasks.size(),
-                   " sources (indices 0-", tasks.size() - 1, ")");
-        XFER_CHECK(tasks[i].num_classes() == task.num_classes(), "--shared-sources: source ", i, " (", specs[i],
-                   ") has ", tasks[i].num_classes(), " classes, the target has ", task.num_classes());
+        XFER_CHECK(i < tasks.size(), "--shared-sources ", opts_.shared_sources, ": there are only ",
+                   tasks.size(), " sources (indices 0-", tasks.size() - 1, ")");
+        XFER_CHECK(tasks[i].num_classes() == task.num_classes(), "--shared-sources: source ", i, " (",
+                   specs[i], ") has ", tasks[i].num_classes(), " classes, the target has ",
+                   task.num_classes());
         shared[i] = true;
       }
     }
     if (std::find(shared.begin(), shared.end(), true) == shared.end()) {
       std::string listed;
-      for (size_t i = 0; i < tasks.size(); ++i) listed += cat("; source ", i, " (", specs[i], "): ", gradmix_join(tasks[i].class_names()));
-      throw BadInput(cat("method ", name, ": no source shares the target's label space (", gradmix_join(task.class_names()),
-                         ")", listed, ". A source shares the target head when its class names equal the target's, "
+      for (size_t i = 0; i < tasks.size(); ++i)
+        listed += cat("; source ", i, " (", specs[i], "): ", gradmix_join(tasks[i].class_names()));
+      throw BadInput(cat("method ", name, ": no source shares the target's label space (",
+                         gradmix_join(task.class_names()), ")", listed,
+                         ". A source shares the target head when its class names equal the target's, "
                          "in order; or name it with --shared-sources I"));
     }
     for (size_t i = 0; i < tasks.size(); ++i) {
@@ -268,18 +306,21 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   if (!opts_.pseudo.empty()) {
     const EnsembleLabels ens = load_ensemble_labels(opts_.pseudo);
     XFER_CHECK(ens.images.class_names == task.class_names(), opts_.pseudo, ": its classes (",
-               gradmix_join(ens.images.class_names), ") are not the target's (", gradmix_join(task.class_names()), ")");
+               gradmix_join(ens.images.class_names), ") are not the target's (",
+               gradmix_join(task.class_names()), ")");
     XFER_CHECK(ens.images.channels() == task.train.channels() && ens.images.height() == task.train.height() &&
                    ens.images.width() == task.train.width(),
-               opts_.pseudo, ": its images are ", shape_of(ens.images), ", the target's ", shape_of(task.train));
+               opts_.pseudo, ": its images are ", shape_of(ens.images), ", the target's ",
+               shape_of(task.train));
     const HardLabels hard = hard_pseudo_labels(ens.probs, opts_.pseudo_threshold);
     Source s;
     s.name = "pseudo";
     s.stream = "pseudo";
     s.head = ctx.head;
     if (opts_.pseudo_mode == "hard") {
-      XFER_CHECK(hard.index.numel() > 0, opts_.pseudo, ": no unlabelled image meets the hard rule at --pseudo-threshold ",
-                 opts_.pseudo_threshold, "; lower it or use --pseudo-mode soft");
+      XFER_CHECK(hard.index.numel() > 0, opts_.pseudo,
+                 ": no unlabelled image meets the hard rule at --pseudo-threshold ", opts_.pseudo_threshold,
+                 "; lower it or use --pseudo-mode soft");
       TensorDataset su = ens.images.subset(hard.index);
       su.labels = hard.labels.clone();  // the ensemble's labels, never the true ones
       ctx.add_stream(s.stream, su, model);
@@ -296,7 +337,8 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
       TensorDataset extra = ens.images.subset(hard.index.index_select(0, pick));
       extra.labels = hard.labels.index_select(0, pick).clone();
       v = gradmix_concat(v, extra);
-      log_info(cat(name, ": V enlarged from ", task.train.size(), " to ", v.size(), " images with hard pseudo-labels"));
+      log_info(cat(name, ": V enlarged from ", task.train.size(), " to ", v.size(),
+                   " images with hard pseudo-labels"));
     }
   }
   const int64_t v_batch = opts_.v_batch > 0 ? opts_.v_batch : std::min(v.size(), ctx.loader.batch_size);
@@ -331,7 +373,9 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
     }
   } else {
     for (size_t p = 0; p < names.size(); ++p) {
-      const std::string layer = granularity == "global" ? "all" : granularity == "tensor" ? names[p] : gradmix_module_of(names[p]);
+      const std::string layer = granularity == "global"   ? "all"
+                                : granularity == "tensor" ? names[p]
+                                                          : gradmix_module_of(names[p]);
       if (layer_names_.empty() || layer_names_.back() != layer) {
         layer_names_.push_back(layer);
         layers_.emplace_back();
@@ -339,7 +383,8 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
       layers_.back().push_back(p);
     }
   }
-  XFER_CHECK(!shared_.empty() || !gradmix_uses_sources(opts_.mode), "method ", name, ": the backbone has no trainable parameters");
+  XFER_CHECK(!shared_.empty() || !gradmix_uses_sources(opts_.mode), "method ", name,
+             ": the backbone has no trainable parameters");
   const size_t k = sources_.size();
   weights_.assign(layers_.size(), std::vector<double>(k, k > 0 ? 1.0 / static_cast<double>(k) : 0.0));
   size_t on_target = 0;
@@ -359,8 +404,8 @@ LossTerms GradMixMethod::loss(StepContext& ctx) {
 
 std::vector<Phase> GradMixMethod::phases(int64_t iterations) const {
   if (opts_.mode != Mode::finetune) return Method::phases(iterations);
-  const int64_t sources = std::clamp<int64_t>(std::llround(opts_.switch_at * static_cast<double>(iterations)), 1,
-                                              std::max<int64_t>(1, iterations - 1));
+  const int64_t sources = std::clamp<int64_t>(std::llround(opts_.switch_at * static_cast<double>(iterations)),
+                                              1, std::max<int64_t>(1, iterations - 1));
   return {{"sources", sources}, {"v", iterations - sources, opts_.finetune_lr_scale}};
 }
 
@@ -384,7 +429,8 @@ LossTerms GradMixMethod::compute_gradients(StepContext& ctx) {
   }
 }
 
-void GradMixMethod::source_gradients(StepContext& ctx, StepGradients& grads, Parts& parts, torch::Tensor& total) {
+void GradMixMethod::source_gradients(StepContext& ctx, StepGradients& grads, Parts& parts,
+                                     torch::Tensor& total) {
   const size_t k = sources_.size(), n_shared = shared_.size();
   grads.g.assign(k, {});
   grads.h.assign(k, {});
@@ -392,12 +438,14 @@ void GradMixMethod::source_gradients(StepContext& ctx, StepGradients& grads, Par
     const Source& s = sources_[i];
     const Batch b = ctx.batches.next(s.stream);
     const torch::Tensor logits = ctx.model->forward(b.x, s.head);
-    const torch::Tensor loss = s.soft.defined() ? kl_divergence(s.soft.index_select(0, b.index.to(s.soft.device())), logits)
-                                                : cross_entropy(logits, b.y);
+    const torch::Tensor loss =
+        s.soft.defined() ? kl_divergence(s.soft.index_select(0, b.index.to(s.soft.device())), logits)
+                         : cross_entropy(logits, b.y);
     const std::vector<torch::Tensor> head_params = ctx.model->head(s.head)->parameters();
     std::vector<torch::Tensor> inputs = shared_;
     inputs.insert(inputs.end(), head_params.begin(), head_params.end());
-    std::vector<torch::Tensor> all = torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
+    std::vector<torch::Tensor> all =
+        torch::autograd::grad({loss}, inputs, {}, false, false, /*allow_unused=*/true);
     for (size_t j = 0; j < all.size(); ++j)
       if (!all[j].defined()) all[j] = torch::zeros_like(inputs[j]);
     dist::all_reduce_mean(all);
@@ -411,7 +459,8 @@ void GradMixMethod::source_gradients(StepContext& ctx, StepGradients& grads, Par
 namespace {
 
 /// The gradients `which` (offset by `offset`) flattened into one vector.
-torch::Tensor gradmix_flat(const std::vector<torch::Tensor>& grads, const std::vector<size_t>& which, size_t offset) {
+torch::Tensor gradmix_flat(const std::vector<torch::Tensor>& grads, const std::vector<size_t>& which,
+                           size_t offset) {
   std::vector<torch::Tensor> pieces;
   for (size_t p : which) pieces.push_back(grads[offset + p].reshape(-1));
   return pieces.size() == 1 ? pieces[0] : torch::cat(pieces);
@@ -476,8 +525,10 @@ double GradMixMethod::solve_weights(StepContext& ctx, StepGradients& grads, Part
     std::vector<double> w = reweight_by_meta_gradient(dots);
     if (w.empty()) {
       parts["meta_all_zero"] = torch::tensor(1.0, torch::kFloat64);
-      if (lookahead()) w.assign(k, 0.0);  // Ren et al.: no source update from this batch
-      else ++failed;
+      if (lookahead())
+        w.assign(k, 0.0);  // Ren et al.: no source update from this batch
+      else
+        ++failed;
     }
     for (size_t l = 0; l < layers_.size(); ++l) {
       if (!w.empty()) weights_[l] = w;
@@ -554,12 +605,14 @@ void GradMixMethod::log_weights(StepContext& ctx, Parts& parts) const {
       parts[cat("w/", layer, "/", sources_[i].name)] = torch::tensor(weights_[l][i], torch::kFloat64);
     parts["vertex/" + layer] = torch::tensor(gradmix_at_vertex(weights_[l]) ? 1.0 : 0.0, torch::kFloat64);
   }
-  parts["vertex"] = torch::tensor(layers_.empty() ? 0.0 : vertices / static_cast<double>(layers_.size()), torch::kFloat64);
+  parts["vertex"] =
+      torch::tensor(layers_.empty() ? 0.0 : vertices / static_cast<double>(layers_.size()), torch::kFloat64);
   size_t on_target = 0;
   for (const auto& s : sources_) on_target += s.head == ctx.head;
   if (on_target > 1 || lookahead())
     for (size_t i = 0; i < sources_.size(); ++i)
-      if (sources_[i].head == ctx.head) parts[cat("w/head/", sources_[i].name)] = torch::tensor(head_weights_[i], torch::kFloat64);
+      if (sources_[i].head == ctx.head)
+        parts[cat("w/head/", sources_[i].name)] = torch::tensor(head_weights_[i], torch::kFloat64);
 }
 
 LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
@@ -646,7 +699,8 @@ torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, Parts& p
   const InputTransform transform(model->arch().input, crop_pad_, flip_);
   for (int64_t j = 1; j < opts_.mixmatch_k; ++j)
     augs.push_back(transform(unlabelled_.images, u.global_index,
-                             derive_seed(aug_seed_, static_cast<uint64_t>(ctx.step * opts_.mixmatch_k + j)), select)
+                             derive_seed(aug_seed_, static_cast<uint64_t>(ctx.step * opts_.mixmatch_k + j)),
+                             select)
                        .to(u.x.device()));
   const MixMatchShard shard{global_batch_size(v), v.offset, global_batch_size(u), u.offset};
   const MixMatchLoss mm =
@@ -678,17 +732,18 @@ void GradMixMethod::load(const Archive& in) {
   torch::Tensor w = in.read("weights"), head = in.read("head_weights"), failures = in.read("failures");
   XFER_CHECK(w.dim() == 2 && w.size(0) == static_cast<int64_t>(weights_.size()) &&
                  w.size(1) == static_cast<int64_t>(sources_.size()),
-             "cannot resume: the checkpoint holds mixing weights for ", w.sizes(), " (layers x sources), this run has ",
-             weights_.size(), " x ", sources_.size());
+             "cannot resume: the checkpoint holds mixing weights for ", w.sizes(),
+             " (layers x sources), this run has ", weights_.size(), " x ", sources_.size());
   w = w.to(torch::kCPU, torch::kFloat64).contiguous();
   for (size_t l = 0; l < weights_.size(); ++l)
     for (size_t i = 0; i < sources_.size(); ++i) weights_[l][i] = w[l][i].item<double>();
-  XFER_CHECK(head.numel() == static_cast<int64_t>(head_weights_.size()), "cannot resume: the checkpoint holds ",
-             head.numel(), " target-head weights, this run has ", head_weights_.size(), " sources");
+  XFER_CHECK(head.numel() == static_cast<int64_t>(head_weights_.size()),
+             "cannot resume: the checkpoint holds ", head.numel(), " target-head weights, this run has ",
+             head_weights_.size(), " sources");
   head = head.to(torch::kCPU, torch::kFloat64).contiguous();
   head_weights_.assign(head.data_ptr<double>(), head.data_ptr<double>() + head.numel());
-  XFER_CHECK(failures.numel() == 1, "cannot resume: the checkpoint's GradMix failure count has ", failures.numel(),
-             " values");
+  XFER_CHECK(failures.numel() == 1, "cannot resume: the checkpoint's GradMix failure count has ",
+             failures.numel(), " values");
   failures_ = failures.to(torch::kInt64).item<int64_t>();
 }
 
@@ -706,18 +761,21 @@ MethodInfo gradmix_info(Mode mode, std::string summary, bool core, double cost) 
   MethodInfo info;
   info.name = GradMixMethod::mode_name(mode);
   info.summary = std::move(summary);
-  info.paper = mode == Mode::gradmix ? "Li et al., GradMix: Multi-source Transfer across Domains and Tasks, WACV 2020"
-               : mode == Mode::sgd    ? "Li et al. 2020 (GradMix); Ren et al., Learning to Reweight Examples for Robust Deep Learning, ICML 2018"
-                                      : "";
+  info.paper = mode == Mode::gradmix
+                   ? "Li et al., GradMix: Multi-source Transfer across Domains and Tasks, WACV 2020"
+               : mode == Mode::sgd ? "Li et al. 2020 (GradMix); Ren et al., Learning to Reweight Examples "
+                                     "for Robust Deep Learning, ICML 2018"
+                                   : "";
   info.core = core;
   info.relative_cost = cost;
   info.make_config = [mode] { return std::make_unique<GradMixConfig>(mode); };
   // The demo's task has one source, with other classes than the target's: nothing to mix.
-  info.demo_command = cat("xfer finetune --method ", info.name, " --lr 0.05 --iterations 600 ",
-                          "--target fmnist:classes=5-9:part=1/2:per_class=3:val=200",
-                          gradmix_uses_sources(mode) ? " --sources \"fmnist:classes=5-9:part=0/2:shift=rot30+noise0.2;"
-                                                       "fmnist:classes=0-4\""
-                                                     : "");
+  info.demo_command =
+      cat("xfer finetune --method ", info.name, " --lr 0.05 --iterations 600 ",
+          "--target fmnist:classes=5-9:part=1/2:per_class=3:val=200",
+          gradmix_uses_sources(mode) ? " --sources \"fmnist:classes=5-9:part=0/2:shift=rot30+noise0.2;"
+                                       "fmnist:classes=0-4\""
+                                     : "");
   return info;
 }
 
@@ -726,13 +784,16 @@ MethodInfo gradmix_info(Mode mode, std::string summary, bool core, double cost) 
 void register_gradmix_methods(MethodRegistry& r) {
   // Costs relative to l2 at the default batch size with two sources: one forward-backward per source,
   // one on the (small) V batch, and the per-layer solves.
-  r.add(gradmix_info(Mode::gradmix, "GradMix: layer-wise mixing of source gradients towards V's (SLSQP), adaptive lr",
-                     true, 2.3));
+  r.add(gradmix_info(Mode::gradmix,
+                     "GradMix: layer-wise mixing of source gradients towards V's (SLSQP), adaptive lr", true,
+                     2.3));
   r.add(gradmix_info(Mode::sgd, "GradMix-SGD: per-source weights by learning to reweight on V", false, 2.3));
-  r.add(gradmix_info(Mode::source_only, "train on the sum of the sources' gradients (GradMix's source-only baseline)",
-                     false, 2.0));
+  r.add(gradmix_info(Mode::source_only,
+                     "train on the sum of the sources' gradients (GradMix's source-only baseline)", false,
+                     2.0));
   r.add(gradmix_info(Mode::target_only, "train on V only (GradMix's target-only baseline)", false, 1.0));
-  r.add(gradmix_info(Mode::finetune, "source-only, then fine-tune on V (GradMix's fine-tune baseline)", false, 1.6));
+  r.add(gradmix_info(Mode::finetune, "source-only, then fine-tune on V (GradMix's fine-tune baseline)", false,
+                     1.6));
 }
 
 }  // namespace xfer

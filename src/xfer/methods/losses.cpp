@@ -13,13 +13,13 @@ torch::Tensor soft_cross_entropy(const torch::Tensor& logits, const torch::Tenso
   return -(target_probs * torch::log_softmax(logits, 1)).sum(1).mean();
 }
 
-torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a, const torch::Tensor& y_b,
-                                  double lambda) {
+torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a,
+                                  const torch::Tensor& y_b, double lambda) {
   return lambda * F::cross_entropy(logits, y_a) + (1.0 - lambda) * F::cross_entropy(logits, y_b);
 }
 
-torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a, const torch::Tensor& y_b,
-                                  const torch::Tensor& lambda) {
+torch::Tensor mixed_cross_entropy(const torch::Tensor& logits, const torch::Tensor& y_a,
+                                  const torch::Tensor& y_b, const torch::Tensor& lambda) {
   const auto none = F::CrossEntropyFuncOptions().reduction(torch::kNone);
   const torch::Tensor lam = lambda.to(logits.dtype()).to(logits.device());
   return (lam * F::cross_entropy(logits, y_a, none) + (1 - lam) * F::cross_entropy(logits, y_b, none)).mean();

@@ -14,13 +14,14 @@ void SetupContext::add_stream(const std::string& name, const TensorDataset& data
                               std::unique_ptr<Sampler> sampler, int64_t batch_size) {
   const Arch& arch = model->arch();
   XFER_CHECK(data.size() > 0, "the '", name, "' data is empty");
-  XFER_CHECK(data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
-             "the '", name, "' images are ", data.channels(), "x", data.height(), "x", data.width(),
-             " but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
+  XFER_CHECK(
+      data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
+      "the '", name, "' images are ", data.channels(), "x", data.height(), "x", data.width(),
+      " but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
   LoaderOptions opts = loader;
   if (batch_size > 0) opts.batch_size = batch_size;
-  batches.add(name, std::make_unique<BatchStream>(data, arch.input, opts, derive_seed(seed, name), std::move(sampler),
-                                                  device));
+  batches.add(name, std::make_unique<BatchStream>(data, arch.input, opts, derive_seed(seed, name),
+                                                  std::move(sampler), device));
 }
 
 const Task& SetupContext::require_source(const std::string& method) const {
@@ -60,8 +61,10 @@ void check_finite(const LossTerms& terms, int64_t step) {
   const double total = terms.total.item<double>();
   if (std::isfinite(total)) return;
   std::string parts;
-  for (const auto& [name, t] : terms.parts) parts += cat(parts.empty() ? "" : ", ", name, "=", t.item<double>());
-  throw NumericalError(cat("the loss is ", total, " at step ", step, parts.empty() ? "" : " (" + parts + ")"));
+  for (const auto& [name, t] : terms.parts)
+    parts += cat(parts.empty() ? "" : ", ", name, "=", t.item<double>());
+  throw NumericalError(
+      cat("the loss is ", total, " at step ", step, parts.empty() ? "" : " (" + parts + ")"));
 }
 
 void MethodRegistry::add(MethodInfo info) {

@@ -26,7 +26,8 @@ torch::Tensor mix_with_partners(const torch::Tensor& x, const MixupDraw& draw) {
 }
 
 torch::Tensor mixup_loss(const torch::Tensor& logits, const torch::Tensor& labels, const MixupDraw& draw) {
-  return mixed_cross_entropy(logits, labels, labels.index_select(0, draw.perm.to(labels.device())), draw.lambda);
+  return mixed_cross_entropy(logits, labels, labels.index_select(0, draw.perm.to(labels.device())),
+                             draw.lambda);
 }
 
 MixupPartners mixup_partners(const BatchStream& stream, const Batch& b, const torch::Tensor& perm) {
@@ -89,8 +90,9 @@ LossTerms MixupMethod::loss(StepContext& ctx) {
 void ManifoldMixupMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "mixing weight lambda ~ Beta(alpha, alpha)").positive();
   f.add("fold", fold, "use max(lambda, 1 - lambda)");
-  f.add("layers", layers, "where to mix, one drawn uniformly per batch: input and/or backbone stage names, "
-                          "comma-separated");
+  f.add("layers", layers,
+        "where to mix, one drawn uniformly per batch: input and/or backbone stage names, "
+        "comma-separated");
 }
 
 void ManifoldMixupMethod::setup(Model& model, SetupContext&) {
@@ -100,26 +102,28 @@ void ManifoldMixupMethod::setup(Model& model, SetupContext&) {
 LossTerms ManifoldMixupMethod::loss(StepContext& ctx) {
   XFER_CHECK(!layers_.empty(), "manifold_mixup was not set up");
   const Batch b = ctx.batches.next("target");
-  const std::string& layer = layers_[static_cast<size_t>(sample_index(ctx.rng, static_cast<int64_t>(layers_.size())))];
+  const std::string& layer =
+      layers_[static_cast<size_t>(sample_index(ctx.rng, static_cast<int64_t>(layers_.size())))];
   // Drawn over the global batch, so that data-parallel ranks mix the pairs one process would.
   const MixupDraw d = draw_mixup(ctx.rng, global_batch_size(b), opts_.alpha, opts_.fold);
   Features f;
   if (layer == "input") {
-    f = ctx.model->backbone->forward_features(mix(b.x, mixup_partners(ctx.batches.stream("target"), b, d.perm).x,
-                                                  d.lambda));
+    f = ctx.model->backbone->forward_features(
+        mix(b.x, mixup_partners(ctx.batches.stream("target"), b, d.perm).x, d.lambda));
   } else {
     f = ctx.model->backbone->forward_features(b.x, [&](const std::string& stage, const torch::Tensor& out) {
       return stage == layer ? mix(out, partner_rows(out, b, d.perm), d.lambda) : out;
     });
   }
-  const torch::Tensor l =
-      mixed_cross_entropy(ctx.model->head(ctx.head)->forward(f.pooled), b.y, partner_rows(b.y, b, d.perm), d.lambda);
+  const torch::Tensor l = mixed_cross_entropy(ctx.model->head(ctx.head)->forward(f.pooled), b.y,
+                                              partner_rows(b.y, b, d.perm), d.lambda);
   return {l, {{"mixup_ce", l.detach()}}};
 }
 
 void CutMixMethod::Options::fields(Fields& f) {
   f.add("alpha", alpha, "lambda ~ Beta(alpha, alpha) before the box correction (1 = uniform)").positive();
-  f.add("prob", prob, "probability that a batch is cut and mixed (otherwise plain cross-entropy)").in_range(0, 1);
+  f.add("prob", prob, "probability that a batch is cut and mixed (otherwise plain cross-entropy)")
+      .in_range(0, 1);
 }
 
 LossTerms CutMixMethod::loss(StepContext& ctx) {
@@ -157,15 +161,17 @@ void register_mixup_methods(MethodRegistry& r) {
   MethodInfo manifold;
   manifold.name = "manifold_mixup";
   manifold.summary = "mixup of hidden feature maps at a layer drawn per batch";
-  manifold.paper = "Verma et al., Manifold Mixup: Better Representations by Interpolating Hidden States, ICML 2019";
+  manifold.paper =
+      "Verma et al., Manifold Mixup: Better Representations by Interpolating Hidden States, ICML 2019";
   manifold.make_config = [] { return std::make_unique<OptionsConfig<ManifoldMixupMethod>>(); };
   r.add(manifold);
 
   MethodInfo cutmix;
   cutmix.name = "cutmix";
   cutmix.summary = "paste a box from a partner image; labels mixed by the box's area";
-  cutmix.paper = "Yun et al., CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features, "
-                 "ICCV 2019";
+  cutmix.paper =
+      "Yun et al., CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features, "
+      "ICCV 2019";
   cutmix.make_config = [] { return std::make_unique<OptionsConfig<CutMixMethod>>(); };
   r.add(cutmix);
 }

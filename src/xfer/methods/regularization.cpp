@@ -13,15 +13,15 @@
 
 namespace xfer {
 
-torch::Tensor l2sp_penalty(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& params0,
-                           double alpha) {
+torch::Tensor l2sp_penalty(const std::vector<torch::Tensor>& params,
+                           const std::vector<torch::Tensor>& params0, double alpha) {
   XFER_CHECK(params.size() == params0.size(), "L2-SP: ", params.size(), " parameters but ", params0.size(),
              " starting points");
   XFER_CHECK(!params.empty(), "L2-SP: no parameters");
   torch::Tensor sum;
   for (size_t i = 0; i < params.size(); ++i) {
-    XFER_CHECK(params[i].sizes() == params0[i].sizes(), "L2-SP: parameter ", i, " has shape ", params[i].sizes(),
-               " but its starting point ", params0[i].sizes());
+    XFER_CHECK(params[i].sizes() == params0[i].sizes(), "L2-SP: parameter ", i, " has shape ",
+               params[i].sizes(), " but its starting point ", params0[i].sizes());
     const torch::Tensor d = (params[i] - params0[i].detach()).pow(2).sum();
     sum = sum.defined() ? sum + d : d;
   }
@@ -38,8 +38,8 @@ torch::Tensor l2_penalty(const std::vector<torch::Tensor>& params, double beta) 
 torch::Tensor bss_penalty(const torch::Tensor& features, int64_t k) {
   XFER_CHECK(features.dim() == 2, "BSS takes features (N, D), got shape ", features.sizes());
   const int64_t r = std::min(features.size(0), features.size(1));
-  XFER_CHECK(k >= 1 && k <= r, "BSS --k must be in [1, min(batch, feature dim)] = [1, ", r, "] for features of shape ",
-             features.sizes(), ", got ", k);
+  XFER_CHECK(k >= 1 && k <= r, "BSS --k must be in [1, min(batch, feature dim)] = [1, ", r,
+             "] for features of shape ", features.sizes(), ", got ", k);
   // Singular values come in descending order; the last k are the smallest.
   const torch::Tensor s = torch::linalg_svdvals(features);
   return s.slice(0, r - k, r).pow(2).sum();
@@ -65,7 +65,8 @@ torch::Tensor cotuning_penalty(const torch::Tensor& source_logits, const torch::
 }
 
 std::vector<int64_t> rifle_reinit_steps(int64_t total_steps, int64_t k) {
-  XFER_CHECK(k >= 1 && k <= total_steps, "RIFLE --k must be in [1, iterations] = [1, ", total_steps, "], got ", k);
+  XFER_CHECK(k >= 1 && k <= total_steps, "RIFLE --k must be in [1, iterations] = [1, ", total_steps,
+             "], got ", k);
   std::vector<int64_t> out;
   for (int64_t j = 1; j < k; ++j) out.push_back(j * total_steps / k);
   return out;
@@ -74,10 +75,12 @@ std::vector<int64_t> rifle_reinit_steps(int64_t total_steps, int64_t k) {
 // ---- L2-SP
 
 void L2SPMethod::Options::fields(Fields& f) {
-  f.add("alpha", alpha, "weight of the distance to the pretrained backbone (alpha/2 ||w - w0||^2)").non_negative();
+  f.add("alpha", alpha, "weight of the distance to the pretrained backbone (alpha/2 ||w - w0||^2)")
+      .non_negative();
   f.add("beta", beta, "weight of the head's L2 norm (beta/2 ||w||^2)").non_negative();
-  f.add("decay", decay, "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the paper); "
-                        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
+  f.add("decay", decay,
+        "beta: the optimizer's weight decay off, beta/2 ||w_head||^2 instead (the paper); "
+        "optimizer: the run's --weight-decay on every parameter, no beta term (SMILE's code)");
 }
 
 void L2SPMethod::setup(Model& model, SetupContext& ctx) {
@@ -95,7 +98,8 @@ void L2SPMethod::setup(Model& model, SetupContext& ctx) {
 
 std::vector<ParamGroup> L2SPMethod::param_groups(Model& model, double head_lr_mult) {
   if (opts_.decay == HeadDecay::optimizer) return Method::param_groups(model, head_lr_mult);
-  return {{"backbone", model->backbone_parameters(), 1.0, 0.0}, {"heads", model->head_parameters(), head_lr_mult, 0.0}};
+  return {{"backbone", model->backbone_parameters(), 1.0, 0.0},
+          {"heads", model->head_parameters(), head_lr_mult, 0.0}};
 }
 
 LossTerms L2SPMethod::loss(StepContext& ctx) {
@@ -138,9 +142,11 @@ LossTerms BssMethod::loss(StepContext& ctx) {
 // ---- Co-Tuning
 
 void CoTuningMethod::Options::fields(Fields& f) {
-  f.add("lambda", lambda, "weight of the source head's soft cross-entropy against p(y_s | y_t)").non_negative();
-  f.add("source_lr_mult", source_lr_mult, "learning-rate multiplier of the source head (1: the backbone's rate, as "
-                                          "Transfer-Learning-Library)")
+  f.add("lambda", lambda, "weight of the source head's soft cross-entropy against p(y_s | y_t)")
+      .non_negative();
+  f.add("source_lr_mult", source_lr_mult,
+        "learning-rate multiplier of the source head (1: the backbone's rate, as "
+        "Transfer-Learning-Library)")
       .non_negative();
   f.add("source_head", source_head, "the --init model's head that is kept and trained");
 }
@@ -148,13 +154,16 @@ void CoTuningMethod::Options::fields(Fields& f) {
 void CoTuningMethod::setup(Model& model, SetupContext& ctx) {
   Model source = ctx.require_pretrained("cotuning");
   head_ = ctx.head;
-  XFER_CHECK(opts_.source_head != head_, "cotuning --source-head must differ from the trained head '", head_, "'");
+  XFER_CHECK(opts_.source_head != head_, "cotuning --source-head must differ from the trained head '", head_,
+             "'");
   copy_head(source, opts_.source_head, model, opts_.source_head);
 
   // p(y_s | y_t) from the frozen source model on the target training images, evaluation transform.
   const TensorDataset& train = ctx.task.train;
-  const torch::Tensor logits = predict(source, train, {false, {opts_.source_head}}).logits.at(opts_.source_head);
-  relationship_ = cotuning_relationship(torch::softmax(logits, 1), train.labels, train.num_classes()).to(ctx.device);
+  const torch::Tensor logits =
+      predict(source, train, {false, {opts_.source_head}}).logits.at(opts_.source_head);
+  relationship_ =
+      cotuning_relationship(torch::softmax(logits, 1), train.labels, train.num_classes()).to(ctx.device);
 }
 
 std::vector<ParamGroup> CoTuningMethod::param_groups(Model& model, double head_lr_mult) {
@@ -170,8 +179,10 @@ LossTerms CoTuningMethod::loss(StepContext& ctx) {
   const torch::Tensor logits = ctx.model->head(ctx.head)->forward(features);
   const torch::Tensor ce = cross_entropy(logits, b.y);
   const torch::Tensor co =
-      cotuning_penalty(ctx.model->head(opts_.source_head)->forward(features), b.y, relationship_) * opts_.lambda;
-  return LossTerms{ce + co, {{"ce", ce.detach()}, {"cotuning", co.detach()}}}.with_train_accuracy(logits, b.y);
+      cotuning_penalty(ctx.model->head(opts_.source_head)->forward(features), b.y, relationship_) *
+      opts_.lambda;
+  return LossTerms{ce + co, {{"ce", ce.detach()}, {"cotuning", co.detach()}}}.with_train_accuracy(logits,
+                                                                                                  b.y);
 }
 
 void CoTuningMethod::save(Archive& out) const {
@@ -181,8 +192,8 @@ void CoTuningMethod::save(Archive& out) const {
 void CoTuningMethod::load(const Archive& in) {
   torch::Tensor t;
   XFER_CHECK(in.try_read("cotuning_relationship", t), "the checkpoint holds no Co-Tuning relationship");
-  XFER_CHECK(t.sizes() == relationship_.sizes(), "the checkpoint's Co-Tuning relationship has shape ", t.sizes(),
-             ", this run needs ", relationship_.sizes());
+  XFER_CHECK(t.sizes() == relationship_.sizes(), "the checkpoint's Co-Tuning relationship has shape ",
+             t.sizes(), ", this run needs ", relationship_.sizes());
   relationship_ = t.to(relationship_.options());
 }
 
@@ -226,7 +237,8 @@ void register_regularization_methods(MethodRegistry& r) {
   MethodInfo l2sp;
   l2sp.name = "l2sp";
   l2sp.summary = "fine-tune with an L2 penalty towards the pretrained weights instead of towards 0";
-  l2sp.paper = "Li et al., Explicit Inductive Bias for Transfer Learning with Convolutional Networks, ICML 2018";
+  l2sp.paper =
+      "Li et al., Explicit Inductive Bias for Transfer Learning with Convolutional Networks, ICML 2018";
   l2sp.needs_init = true;
   l2sp.make_config = [] { return std::make_unique<OptionsConfig<L2SPMethod>>(); };
   r.add(l2sp);
@@ -234,8 +246,9 @@ void register_regularization_methods(MethodRegistry& r) {
   MethodInfo delta;
   delta.name = "delta";
   delta.summary = "keep feature maps close to the source network's, weighted by channel attention";
-  delta.paper = "Li et al., DELTA: DEep Learning Transfer using Feature Map with Attention for Convolutional "
-                "Networks, ICLR 2019";
+  delta.paper =
+      "Li et al., DELTA: DEep Learning Transfer using Feature Map with Attention for Convolutional "
+      "Networks, ICLR 2019";
   delta.needs_init = true;
   delta.make_config = [] { return std::make_unique<OptionsConfig<DeltaMethod>>(); };
   r.add(delta);
@@ -243,8 +256,9 @@ void register_regularization_methods(MethodRegistry& r) {
   MethodInfo bss;
   bss.name = "bss";
   bss.summary = "batch spectral shrinkage: penalise the smallest singular values of the batch's features";
-  bss.paper = "Chen et al., Catastrophic Forgetting Meets Negative Transfer: Batch Spectral Shrinkage for Safe "
-              "Transfer Learning, NeurIPS 2019";
+  bss.paper =
+      "Chen et al., Catastrophic Forgetting Meets Negative Transfer: Batch Spectral Shrinkage for Safe "
+      "Transfer Learning, NeurIPS 2019";
   bss.make_config = [] { return std::make_unique<OptionsConfig<BssMethod>>(); };
   r.add(bss);
 
@@ -259,8 +273,9 @@ void register_regularization_methods(MethodRegistry& r) {
   MethodInfo rifle;
   rifle.name = "rifle";
   rifle.summary = "re-initialise the target head periodically, so gradients reach deeper layers";
-  rifle.paper = "Li et al., RIFLE: Backpropagation in Depth for Deep Transfer Learning through Re-Initializing "
-                "the Fully-connected LayEr, ICML 2020";
+  rifle.paper =
+      "Li et al., RIFLE: Backpropagation in Depth for Deep Transfer Learning through Re-Initializing "
+      "the Fully-connected LayEr, ICML 2020";
   rifle.make_config = [] { return std::make_unique<OptionsConfig<RifleMethod>>(); };
   r.add(rifle);
 }

@@ -28,7 +28,8 @@ torch::Tensor kl_divergence(const torch::Tensor& target_probs, const torch::Tens
 torch::Tensor vat_perturbation(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& clean_probs,
                                double epsilon, double xi, at::Generator& gen) {
   XFER_CHECK(epsilon > 0 && xi > 0, "VAT needs epsilon > 0 and xi > 0, got ", epsilon, " and ", xi);
-  torch::Tensor d = torch::randn(x.sizes(), gen, torch::TensorOptions().dtype(x.scalar_type())).to(x.device());
+  torch::Tensor d =
+      torch::randn(x.sizes(), gen, torch::TensorOptions().dtype(x.scalar_type())).to(x.device());
   d = d / semi_example_norms(d).clamp_min(1e-12);
   torch::Tensor r = (xi * d).detach().requires_grad_(true);
   const torch::Tensor kl = kl_divergence(clean_probs.detach(), f(x.detach() + r));
@@ -40,7 +41,8 @@ torch::Tensor vat_perturbation(const LogitsFn& f, const torch::Tensor& x, const 
   return (epsilon * g).detach();
 }
 
-torch::Tensor vat_loss(const LogitsFn& f, const torch::Tensor& x, double epsilon, double xi, at::Generator& gen) {
+torch::Tensor vat_loss(const LogitsFn& f, const torch::Tensor& x, double epsilon, double xi,
+                       at::Generator& gen) {
   torch::Tensor p;
   {
     torch::NoGradGuard no_grad;
@@ -59,7 +61,8 @@ torch::Tensor sharpen(const torch::Tensor& probs, double temperature) {
 MixMatchLoss mixmatch_loss(const LogitsFn& f, const torch::Tensor& x, const torch::Tensor& y, int64_t classes,
                            const std::vector<torch::Tensor>& unlabelled_augmentations, double temperature,
                            double alpha, at::Generator& gen, const MixMatchShard& shard) {
-  XFER_CHECK(!unlabelled_augmentations.empty(), "MixMatch needs at least one augmentation of the unlabelled batch");
+  XFER_CHECK(!unlabelled_augmentations.empty(),
+             "MixMatch needs at least one augmentation of the unlabelled batch");
   XFER_CHECK(alpha > 0, "MixMatch's mixup alpha must be > 0, got ", alpha);
   const int64_t nx = x.size(0);
   const auto k = static_cast<int64_t>(unlabelled_augmentations.size());
@@ -79,11 +82,12 @@ MixMatchLoss mixmatch_loss(const LogitsFn& f, const torch::Tensor& x, const torc
   const int64_t nu = unlabelled_augmentations.front().size(0);
   const int64_t bx = shard.x_global > 0 ? shard.x_global : nx, bu = shard.u_global > 0 ? shard.u_global : nu;
   std::vector<torch::Tensor> images = {dist::all_gather_rows(x, bx, shard.x_offset)},
-                             targets = {dist::all_gather_rows(torch::one_hot(y, classes).to(guess.scalar_type()), bx,
-                                                              shard.x_offset)};
+                             targets = {dist::all_gather_rows(
+                                 torch::one_hot(y, classes).to(guess.scalar_type()), bx, shard.x_offset)};
   std::vector<torch::Tensor> mine = {torch::arange(shard.x_offset, shard.x_offset + nx)};
   for (int64_t j = 0; j < k; ++j) {
-    images.push_back(dist::all_gather_rows(unlabelled_augmentations[static_cast<size_t>(j)], bu, shard.u_offset));
+    images.push_back(
+        dist::all_gather_rows(unlabelled_augmentations[static_cast<size_t>(j)], bu, shard.u_offset));
     targets.push_back(dist::all_gather_rows(guess, bu, shard.u_offset));
     mine.push_back(torch::arange(nu) + (bx + j * bu + shard.u_offset));
   }

@@ -34,10 +34,11 @@ std::string smile_head_names(const Model& m) {
 torch::Tensor smile_feature_loss(const torch::Tensor& student_map, const torch::Tensor& teacher_map,
                                  const torch::Tensor& teacher_partners, double lambda, FeatureLossForm form) {
   XFER_CHECK(student_map.dim() == 4 && student_map.sizes() == teacher_map.sizes(),
-             "smile: the student's and the teacher's feature maps differ in shape: ", student_map.sizes(), " vs ",
-             teacher_map.sizes());
+             "smile: the student's and the teacher's feature maps differ in shape: ", student_map.sizes(),
+             " vs ", teacher_map.sizes());
   const torch::Tensor target = mix(teacher_map, teacher_partners, lambda).detach();
-  if (form == FeatureLossForm::paper) return (student_map.mean({2, 3}) - target.mean({2, 3})).pow(2).sum(1).mean();
+  if (form == FeatureLossForm::paper)
+    return (student_map.mean({2, 3}) - target.mean({2, 3})).pow(2).sum(1).mean();
   const double hw = static_cast<double>(student_map.size(2) * student_map.size(3));
   const torch::Tensor diff = student_map - target;
   if (!dist::is_distributed()) return diff.norm() / hw;
@@ -56,31 +57,38 @@ void SmileMethod::Options::fields(Fields& f) {
   f.add("fold", fold, "fold lambda to max(lambda, 1 - lambda), as the authors' code");
   f.add("gamma_fe", gamma_fe, "weight of L_FE, the sample-to-feature mixup loss on the last stage's map")
       .non_negative();
-  f.add("gamma_fc", gamma_fc, "weight of L_FC, the aux head's mixup loss against the teacher's source-class "
-                              "probabilities")
+  f.add("gamma_fc", gamma_fc,
+        "weight of L_FC, the aux head's mixup loss against the teacher's source-class "
+        "probabilities")
       .non_negative();
   f.add("fe", fe, "use L_FE (off: the paper's 'w/o L_FE' ablation)");
   f.add("fc", fc, "use L_FC and the aux head (off: the paper's 'w/o L_FC' ablation)");
-  f.add("fe_form", fe_form, "L_FE as the authors' code (Frobenius norm of the batch's maps over h*w) or as the "
-                            "paper's Eq. 5 (squared distance of pooled features, batch mean)");
-  f.add("teacher", teacher, "ema: mean teacher from the --init model; frozen: the --init model, never updated "
-                            "('w/o Target'); student-init: starts from the random init of the student's "
-                            "architecture and tracks the student by EMA, BN statistics included, without L_FC "
-                            "('w/o Source'). Without --init, ema is student-init (SMILE from scratch)");
-  f.add("ema_decay", ema_decay, "mean-teacher decay: teacher <- decay teacher + (1 - decay) student").in_range(0, 1);
+  f.add("fe_form", fe_form,
+        "L_FE as the authors' code (Frobenius norm of the batch's maps over h*w) or as the "
+        "paper's Eq. 5 (squared distance of pooled features, batch mean)");
+  f.add("teacher", teacher,
+        "ema: mean teacher from the --init model; frozen: the --init model, never updated "
+        "('w/o Target'); student-init: starts from the random init of the student's "
+        "architecture and tracks the student by EMA, BN statistics included, without L_FC "
+        "('w/o Source'). Without --init, ema is student-init (SMILE from scratch)");
+  f.add("ema_decay", ema_decay, "mean-teacher decay: teacher <- decay teacher + (1 - decay) student")
+      .in_range(0, 1);
   f.add("ema_period", ema_period, "steps between mean-teacher updates").at_least(1);
-  f.add("source_head", source_head, "the --init model's head over the source classes (the teacher's head and "
-                                    "the aux head's initialisation)");
+  f.add("source_head", source_head,
+        "the --init model's head over the source classes (the teacher's head and "
+        "the aux head's initialisation)");
 }
 
-SmileMethod::SmileMethod(const Options& opts) : opts_(opts), from_student_(opts.teacher == SmileTeacher::student_init) {
+SmileMethod::SmileMethod(const Options& opts)
+    : opts_(opts), from_student_(opts.teacher == SmileTeacher::student_init) {
   check_options(opts_);
 }
 
 void SmileMethod::setup(Model& model, SetupContext& ctx) {
   const Model& pretrained = ctx.pretrained;
   if (!pretrained) {  // SMILE from scratch (Table 9): the teacher can only follow the student
-    XFER_CHECK(opts_.teacher != SmileTeacher::frozen, "smile --teacher frozen needs --init: a frozen teacher without a source ",
+    XFER_CHECK(opts_.teacher != SmileTeacher::frozen,
+               "smile --teacher frozen needs --init: a frozen teacher without a source ",
                "model is a random network; use --teacher ema (from scratch: the student's own mean teacher)");
     from_student_ = true;
   } else {
@@ -88,8 +96,8 @@ void SmileMethod::setup(Model& model, SetupContext& ctx) {
     XFER_CHECK(why.empty(), "smile: the teacher (the --init model) and the student differ: ", why);
     XFER_CHECK(pretrained->backbone->stage_names() == model->backbone->stage_names() &&
                    pretrained->backbone->feature_dim() == model->backbone->feature_dim(),
-               "smile: the teacher (", pretrained->arch().backbone, ") and the student (", model->arch().backbone,
-               ") have different stages or feature sizes");
+               "smile: the teacher (", pretrained->arch().backbone, ") and the student (",
+               model->arch().backbone, ") have different stages or feature sizes");
   }
   if (!uses_fe() && !uses_fc()) return;  // vanilla mixup: no teacher
   if (uses_fc()) {
@@ -129,8 +137,8 @@ LossTerms SmileMethod::loss(StepContext& ctx) {
   const Features teacher = teacher_.features(b.x);
   if (uses_fe()) {
     const torch::Tensor& map = teacher.maps.back().second;
-    const torch::Tensor fe =
-        smile_feature_loss(student.maps.back().second, map, partner_rows(map, b, d.perm), lambda, opts_.fe_form);
+    const torch::Tensor fe = smile_feature_loss(student.maps.back().second, map, partner_rows(map, b, d.perm),
+                                                lambda, opts_.fe_form);
     terms.total = terms.total + opts_.gamma_fe * fe;
     terms.parts["fe"] = fe.detach();
     terms.weights["fe"] = opts_.gamma_fe;
@@ -163,8 +171,10 @@ void SmileMethod::load(const Archive& in) {
 void register_smile_methods(MethodRegistry& r) {
   MethodInfo smile;
   smile.name = "smile";
-  smile.summary = "sample-to-feature mixup: mixup, plus mixed features and source-class outputs of a mean teacher";
-  smile.paper = "Li, Xiong, Dou, Xu. SMILE: Sample-to-feature Mixup for Efficient Transfer LEarning. TMLR 2023";
+  smile.summary =
+      "sample-to-feature mixup: mixup, plus mixed features and source-class outputs of a mean teacher";
+  smile.paper =
+      "Li, Xiong, Dou, Xu. SMILE: Sample-to-feature Mixup for Efficient Transfer LEarning. TMLR 2023";
   smile.needs_init = false;  // from scratch (Table 9): L_FE against the student's own mean teacher
   smile.core = true;
   smile.relative_cost = 1.35;

@@ -24,7 +24,9 @@ double smooth_lambda(double t, double total_steps, double t0, double tau, double
     z = alpha;  // multitask limit: the time term vanishes
   } else if (tau == 0) {
     // Step limit. Exactly at the switch the time term is 0 for every tau, so the limit is 1/(1+e^alpha).
-    z = d > 0 ? -std::numeric_limits<double>::infinity() : d < 0 ? std::numeric_limits<double>::infinity() : alpha;
+    z = d > 0   ? -std::numeric_limits<double>::infinity()
+        : d < 0 ? std::numeric_limits<double>::infinity()
+                : alpha;
   } else {
     z = -d / tau + alpha;  // may overflow to +-inf, which the logistic below handles
   }
@@ -41,16 +43,18 @@ void SmoothOptions::fields(Fields& f) {
         "source only, then target only from T/2 + t0), multitask (tau -> infinity: constant 1/(1+e^alpha)), "
         "target-only (lambda = 1)");
   f.add("t0", t0, "steps: lambda switches at ORIGIN + t0 (see --t0-origin)");
-  f.add("t0_origin", t0_origin,
-        "where t0 counts from: half (T/2, Eq. 4: from scratch, the first half pre-trains on the source), start "
-        "(the run's first step: the --init model stands for the pre-training half), auto (start with --init, "
-        "half without)");
+  f.add(
+      "t0_origin", t0_origin,
+      "where t0 counts from: half (T/2, Eq. 4: from scratch, the first half pre-trains on the source), start "
+      "(the run's first step: the --init model stands for the pre-training half), auto (start with --init, "
+      "half without)");
   f.add("tau", tau, "steps: the width of the switch (0: a step; search it in log space)").non_negative();
   f.add("alpha", alpha, "weight offset: lambda(T/2 + t0) = 1/(1 + e^alpha); multitask's constant weight");
   f.add("source_batch_size", source_batch_size, "source examples per step (0: the same as --batch-size)")
       .non_negative();
-  f.add("bn", bn, "BatchNorm statistics: shared (one batch through BN) or per-domain (separate batch and "
-                  "running statistics for the source sub-batch)");
+  f.add("bn", bn,
+        "BatchNorm statistics: shared (one batch through BN) or per-domain (separate batch and "
+        "running statistics for the source sub-batch)");
 }
 
 SmoothOptions SmoothOptions::resolved(bool from_pretrained) const {
@@ -65,7 +69,8 @@ double SmoothOptions::lambda(int64_t step, int64_t total_steps) const {
   const double offset = t0_origin == T0Origin::start ? t0 - T / 2 : t0;
   if (lambda_schedule == LambdaSchedule::target_only) return 1.0;
   if (lambda_schedule == LambdaSchedule::pretrain_finetune) return smooth_lambda(t, T, offset, 0.0, alpha);
-  if (lambda_schedule == LambdaSchedule::multitask) return smooth_lambda(t, T, offset, std::numeric_limits<double>::infinity(), alpha);
+  if (lambda_schedule == LambdaSchedule::multitask)
+    return smooth_lambda(t, T, offset, std::numeric_limits<double>::infinity(), alpha);
   return smooth_lambda(t, T, offset, tau, alpha);
 }
 
@@ -73,7 +78,8 @@ void SmoothMethod::setup(Model& model, SetupContext& ctx) {
   const Task& source = ctx.require_source("smooth");
   if (opts_.t0_origin == T0Origin::automatic) {
     opts_ = opts_.resolved(static_cast<bool>(ctx.pretrained));
-    log_info(cat("smooth: t0 counts from ", opts_.t0_origin == T0Origin::start ? "the first step (--init)" : "T/2 (no --init)"));
+    log_info(cat("smooth: t0 counts from ",
+                 opts_.t0_origin == T0Origin::start ? "the first step (--init)" : "T/2 (no --init)"));
   }
   XFER_CHECK(!model->has_head("source"), "smooth: the model already has a 'source' head");
   const HeadInfo* pretrained_head = ctx.pretrained ? ctx.pretrained->arch().head("source") : nullptr;
@@ -81,8 +87,9 @@ void SmoothMethod::setup(Model& model, SetupContext& ctx) {
     copy_head(ctx.pretrained, "source", model);
   } else {
     if (ctx.pretrained)
-      log_info("smooth: the --init model has no 'source' head over the --source classes; the source head starts "
-               "fresh");
+      log_info(
+          "smooth: the --init model has no 'source' head over the --source classes; the source head starts "
+          "fresh");
     seed_global(derive_seed(ctx.seed, "smooth/source-head"));
     model->add_head({"source", source.class_names()});
   }
@@ -150,8 +157,9 @@ void SmoothMethod::load(const Archive& in) {
 void register_smooth_methods(MethodRegistry& r) {
   MethodInfo m;
   m.name = "smooth";
-  m.summary = "Smooth Transfer Learning: target and source sub-batches, loss weight lambda(t) on a sigmoid "
-              "schedule (tune --t0 --tau --alpha with `xfer search`)";
+  m.summary =
+      "Smooth Transfer Learning: target and source sub-batches, loss weight lambda(t) on a sigmoid "
+      "schedule (tune --t0 --tau --alpha with `xfer search`)";
   m.paper = "Takayama et al. 2021, Smooth Transfer Learning for Source-to-Target Generalization";
   m.needs_source = true;
   m.core = true;

@@ -19,12 +19,14 @@ void AuxData::setup(const AuxOptions& opts, const std::string& method, SetupCont
   const TensorDataset& target = ctx.task.train;
   mode_ = opts.aux;
   pairing_ = resolve_pairing(opts, pretrained, target, source);
-  pools_ = std::make_shared<const AuxPools>(make_aux_pools(opts.aux, opts.aux == AuxMode::all ? nullptr : &pairing_, source,
-                                                           target.num_classes(), derive_seed(ctx.seed, "aux-random")));
+  pools_ = std::make_shared<const AuxPools>(
+      make_aux_pools(opts.aux, opts.aux == AuxMode::all ? nullptr : &pairing_, source, target.num_classes(),
+                     derive_seed(ctx.seed, "aux-random")));
 
   // Source labels index --source's classes; the copied head indexes the pretrained model's. Match by name.
   const HeadInfo* head = pretrained->arch().head("source");
-  XFER_CHECK(head != nullptr, "method ", method, " needs the 'source' head of the --init model (a run of `xfer ",
+  XFER_CHECK(head != nullptr, "method ", method,
+             " needs the 'source' head of the --init model (a run of `xfer ",
              "pretrain` on the --source data); this model has none");
   head_row_list_.assign(static_cast<size_t>(source.num_classes()), -1);
   for (int64_t c = 0; c < source.num_classes(); ++c) {
@@ -54,27 +56,28 @@ void AuxData::load(const Archive& in) {
   std::vector<int64_t> flat;
   for (const auto& p : pairing_.pairs) flat.insert(flat.end(), {p.target, p.source});
   // Features can differ in the last bits with another thread count; a near tie could then pair differently.
-  XFER_CHECK(pairs.scalar_type() == torch::kInt64 && size.numel() == 1 &&
-                 torch::equal(pairs.cpu(), torch::tensor(flat, torch::kInt64)) &&
-                 size.to(torch::kInt64).item<int64_t>() == (pools_ ? pools_->size() : 0),
-             "--resume: the auxiliary set selected now differs from the one the run was trained with; run `xfer "
-             "select` with the original --init and pass its pairing.json with --pairing");
+  XFER_CHECK(
+      pairs.scalar_type() == torch::kInt64 && size.numel() == 1 &&
+          torch::equal(pairs.cpu(), torch::tensor(flat, torch::kInt64)) &&
+          size.to(torch::kInt64).item<int64_t>() == (pools_ ? pools_->size() : 0),
+      "--resume: the auxiliary set selected now differs from the one the run was trained with; run `xfer "
+      "select` with the original --init and pass its pairing.json with --pairing");
 }
 
 torch::Tensor xmixup_lambda(at::Generator& gen, double alpha, double beta, int64_t n) {
   return sample_beta(gen, alpha, beta, n);
 }
 
-torch::Tensor mixed_soft_labels(const torch::Tensor& y_a, const torch::Tensor& y_b, const torch::Tensor& lambda,
-                                int64_t num_classes) {
+torch::Tensor mixed_soft_labels(const torch::Tensor& y_a, const torch::Tensor& y_b,
+                                const torch::Tensor& lambda, int64_t num_classes) {
   const torch::Tensor lam = lambda.to(torch::kFloat32).to(y_a.device()).unsqueeze(1);
   return lam * F::one_hot(y_a, num_classes).to(torch::kFloat32) +
          (1 - lam) * F::one_hot(y_b, num_classes).to(torch::kFloat32);
 }
 
-torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits, const torch::Tensor& source_logits,
-                                            const torch::Tensor& y_target, const torch::Tensor& y_source,
-                                            const torch::Tensor& lambda) {
+torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits,
+                                            const torch::Tensor& source_logits, const torch::Tensor& y_target,
+                                            const torch::Tensor& y_source, const torch::Tensor& lambda) {
   const auto none = F::CrossEntropyFuncOptions().reduction(torch::kNone);
   const torch::Tensor lam = lambda.to(target_logits.dtype()).to(target_logits.device());
   return (lam * F::cross_entropy(target_logits, y_target, none) +
@@ -83,15 +86,18 @@ torch::Tensor two_heads_mixed_cross_entropy(const torch::Tensor& target_logits, 
 }
 
 void XMixupOptions::fields(Fields& f) {
-  f.add("alpha", alpha, "lambda ~ Beta(alpha, beta): the target example's weight; the paper suggests 1-64, or "
-                        "0.125-0.5 when the source is very close to the target")
+  f.add("alpha", alpha,
+        "lambda ~ Beta(alpha, beta): the target example's weight; the paper suggests 1-64, or "
+        "0.125-0.5 when the source is very close to the target")
       .positive();
   f.add("beta", beta, "second shape of the Beta distribution (the paper fixes it at 1)").positive();
-  f.add("label_space", label_space, "joint: one head over the target then the auxiliary classes, soft label "
-                                    "lambda / 1-lambda; two-heads: lambda CE(target head) + (1-lambda) CE(source head)")
+  f.add("label_space", label_space,
+        "joint: one head over the target then the auxiliary classes, soft label "
+        "lambda / 1-lambda; two-heads: lambda CE(target head) + (1-lambda) CE(source head)")
       .choices({"joint", "two-heads"});
-  f.add("aux_label", aux_label, "train on the auxiliary examples' labels (--no-aux-label: mixed input, target "
-                                "label only; ablation)");
+  f.add("aux_label", aux_label,
+        "train on the auxiliary examples' labels (--no-aux-label: mixed input, target "
+        "label only; ablation)");
   aux.fields(f);
 }
 
@@ -159,8 +165,8 @@ void XMixup::check_paired(const Batch& target, const Batch& aux) const {
   for (int64_t i = 0; i < target.index.size(0); ++i)
     if (!allowed_[ty[ti[i]]][sy[ai[i]]])
       throw std::logic_error(cat("xmixup: auxiliary example ", ai[i], " (source class ", sy[ai[i]],
-                                 ") is not paired with target class ", ty[ti[i]], ": the aux stream is out of step ",
-                                 "with the target stream"));
+                                 ") is not paired with target class ", ty[ti[i]],
+                                 ": the aux stream is out of step ", "with the target stream"));
 }
 
 MixedBatch XMixup::mixed_batch(StepContext& ctx) {
@@ -187,24 +193,30 @@ LossTerms XMixup::loss(StepContext& ctx) {
     ce = cross_entropy(ctx.model->forward(m.x, ctx.head), m.y_target);
   } else if (opts_.label_space == LabelSpace::joint) {
     const torch::Tensor logits = ctx.model->forward(m.x, ctx.head);
-    ce = soft_cross_entropy(logits, mixed_soft_labels(m.y_target, joint_columns_.index_select(0, m.y_aux), m.lambda,
-                                                      logits.size(1)));
+    ce = soft_cross_entropy(logits, mixed_soft_labels(m.y_target, joint_columns_.index_select(0, m.y_aux),
+                                                      m.lambda, logits.size(1)));
   } else {
     const torch::Tensor f = ctx.model->backbone->forward(m.x);
-    ce = two_heads_mixed_cross_entropy(ctx.model->head(ctx.head)->forward(f), ctx.model->head("source")->forward(f),
-                                       m.y_target, aux_.head_rows().index_select(0, m.y_aux), m.lambda);
+    ce = two_heads_mixed_cross_entropy(ctx.model->head(ctx.head)->forward(f),
+                                       ctx.model->head("source")->forward(f), m.y_target,
+                                       aux_.head_rows().index_select(0, m.y_aux), m.lambda);
   }
   return {ce, {{"ce", ce.detach()}, {"lambda", m.lambda.mean()}}};
 }
 
-void XMixup::save(Archive& out) const { aux_.save(out); }
+void XMixup::save(Archive& out) const {
+  aux_.save(out);
+}
 
-void XMixup::load(const Archive& in) { aux_.load(in); }
+void XMixup::load(const Archive& in) {
+  aux_.load(in);
+}
 
 void SeqTrainOptions::fields(Fields& f) {
-  f.add("aux_iterations", aux_iterations, "steps of the first training, on the auxiliary set with source labels "
-                                          "(0: as many as --iterations); the target training then runs --iterations "
-                                          "steps with a fresh optimizer and schedule")
+  f.add("aux_iterations", aux_iterations,
+        "steps of the first training, on the auxiliary set with source labels "
+        "(0: as many as --iterations); the target training then runs --iterations "
+        "steps with a fresh optimizer and schedule")
       .non_negative();
   aux.fields(f);
 }
@@ -262,14 +274,20 @@ LossTerms CoTrain::loss(StepContext& ctx) {
   const torch::Tensor ce_aux =
       cross_entropy(ctx.model->head("source")->forward(f.slice(0, n)), aux_.head_rows().index_select(0, a.y));
   const torch::Tensor total = ce_target + opts_.aux_weight * ce_aux;
-  return {total, {{"ce_target", ce_target.detach()}, {"ce_aux", ce_aux.detach()}}, 1.0, {{"ce_aux", opts_.aux_weight}}};
+  return {total,
+          {{"ce_target", ce_target.detach()}, {"ce_aux", ce_aux.detach()}},
+          1.0,
+          {{"ce_aux", opts_.aux_weight}}};
 }
 
 void register_xmixup_methods(MethodRegistry& r) {
   MethodInfo x;
   x.name = "xmixup";
-  x.summary = "mix each target example with an auxiliary example of its paired source classes (cross-domain mixup)";
-  x.paper = "XMixup: Efficient Transfer Learning with Auxiliary Samples by Cross-domain Mixup (ICLR 2021 submission)";
+  x.summary =
+      "mix each target example with an auxiliary example of its paired source classes (cross-domain mixup)";
+  x.paper =
+      "XMixup: Efficient Transfer Learning with Auxiliary Samples by Cross-domain Mixup (ICLR 2021 "
+      "submission)";
   x.needs_init = true;
   x.needs_source = true;
   x.core = true;
@@ -280,7 +298,8 @@ void register_xmixup_methods(MethodRegistry& r) {
   MethodInfo s;
   s.name = "seqtrain";
   s.summary = "fine-tune on the auxiliary set with source labels, then on the target (Seq-Train)";
-  s.paper = "Cui et al., Large Scale Fine-Grained Categorization and Domain-Specific Transfer Learning (CVPR 2018)";
+  s.paper =
+      "Cui et al., Large Scale Fine-Grained Categorization and Domain-Specific Transfer Learning (CVPR 2018)";
   s.needs_init = true;
   s.needs_source = true;
   s.relative_cost = 2.1;  // the demo budgets runs with it: by default the auxiliary phase doubles the steps
@@ -289,9 +308,11 @@ void register_xmixup_methods(MethodRegistry& r) {
 
   MethodInfo c;
   c.name = "cotrain";
-  c.summary = "each step a target and an auxiliary batch through the shared backbone into two heads (Co-Train)";
-  c.paper = "Ge & Yu, Borrowing Treasures from the Wealthy: Deep Transfer Learning through Selective Joint "
-            "Fine-Tuning (CVPR 2017)";
+  c.summary =
+      "each step a target and an auxiliary batch through the shared backbone into two heads (Co-Train)";
+  c.paper =
+      "Ge & Yu, Borrowing Treasures from the Wealthy: Deep Transfer Learning through Selective Joint "
+      "Fine-Tuning (CVPR 2017)";
   c.needs_init = true;
   c.needs_source = true;
   c.relative_cost = 2.0;

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 
@@ -12,8 +12,11 @@ namespace xfer {
 nlohmann::json Evaluation::to_json() const {
   nlohmann::json pc = nlohmann::json::array();
   for (double a : per_class) pc.push_back(std::isnan(a) ? nlohmann::json(nullptr) : nlohmann::json(a));
-  nlohmann::json j = {
-      {"count", count}, {"top1", top1}, {"mean_class", mean_class}, {"per_class", pc}, {"confusion", confusion}};
+  nlohmann::json j = {{"count", count},
+                      {"top1", top1},
+                      {"mean_class", mean_class},
+                      {"per_class", pc},
+                      {"confusion", confusion}};
   if (!std::isnan(loss)) j["loss"] = loss;
   if (!std::isnan(top5)) j["top5"] = top5;
   return j;
@@ -27,19 +30,21 @@ ConfusionMatrix::ConfusionMatrix(int64_t classes)
 }
 
 void ConfusionMatrix::add(const torch::Tensor& predicted, const torch::Tensor& target) {
-  const torch::Tensor cell = (target.to(torch::kCPU) * classes_ + predicted.to(torch::kCPU)).to(torch::kInt64);
+  const torch::Tensor cell =
+      (target.to(torch::kCPU) * classes_ + predicted.to(torch::kCPU)).to(torch::kInt64);
   counts_ += torch::bincount(cell, {}, classes_ * classes_);
 }
 
 void ConfusionMatrix::add_logits(const torch::Tensor& logits, const torch::Tensor& target) {
-  XFER_CHECK(logits.dim() == 2 && logits.size(1) == classes_, "logits of shape ", logits.sizes(), " for ", classes_,
-             " classes");
+  XFER_CHECK(logits.dim() == 2 && logits.size(1) == classes_, "logits of shape ", logits.sizes(), " for ",
+             classes_, " classes");
   const torch::Tensor t = target.to(logits.device());
   add(logits.argmax(1), t);
   const torch::Tensor ce = torch::nn::functional::cross_entropy(
       logits.to(torch::kFloat64), t, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   torch::Tensor hits = torch::zeros({}, torch::kFloat64);
-  if (classes_ > 5) hits = (std::get<1>(logits.topk(5, 1)) == t.unsqueeze(1)).any(1).sum().to(torch::kFloat64);
+  if (classes_ > 5)
+    hits = (std::get<1>(logits.topk(5, 1)) == t.unsqueeze(1)).any(1).sum().to(torch::kFloat64);
   logit_sums_ += torch::stack({ce, hits}).to(torch::kCPU);
   saw_logits_ = true;
 }

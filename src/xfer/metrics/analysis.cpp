@@ -82,8 +82,9 @@ std::vector<MeanStd> interpolation_loss(const BatchFunction& f, const torch::Ten
   return result;
 }
 
-ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& inputs, const std::string& head,
-                                            const InterpolationOptions& opts, LabelOutput label_output) {
+ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& inputs,
+                                            const std::string& head, const InterpolationOptions& opts,
+                                            LabelOutput label_output) {
   const HeadInfo* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the model has no '", head, "' head");
   const int64_t k = info->predicted();
@@ -101,8 +102,9 @@ ModelInterpolation model_interpolation_loss(Model& model, const torch::Tensor& i
 }
 
 double parameter_distance(const Model& model, const Model& reference) {
-  XFER_CHECK(model->arch().backbone == reference->arch().backbone, "parameter distance: the backbones differ (",
-             model->arch().backbone, " vs ", reference->arch().backbone, ")");
+  XFER_CHECK(model->arch().backbone == reference->arch().backbone,
+             "parameter distance: the backbones differ (", model->arch().backbone, " vs ",
+             reference->arch().backbone, ")");
   torch::NoGradGuard no_grad;
   const auto theirs = reference->backbone->named_parameters();
   double total = 0;
@@ -110,7 +112,8 @@ double parameter_distance(const Model& model, const Model& reference) {
     const torch::Tensor* w0 = theirs.find(p.key());
     XFER_CHECK(w0 != nullptr && w0->sizes() == p.value().sizes(), "parameter distance: the models differ at ",
                p.key());
-    total += (p.value().to(torch::kFloat64) - w0->to(p.value().device(), torch::kFloat64)).norm().item<double>();
+    total +=
+        (p.value().to(torch::kFloat64) - w0->to(p.value().device(), torch::kFloat64)).norm().item<double>();
   }
   return total;
 }
@@ -120,18 +123,22 @@ torch::Tensor pooled_features(Model& model, const torch::Tensor& inputs, int64_t
   return analysis_in_eval(model, [&] {
     std::vector<torch::Tensor> parts;
     for (int64_t start = 0; start < inputs.size(0); start += batch)
-      parts.push_back(model->backbone->forward(inputs.slice(0, start, std::min(start + batch, inputs.size(0)))));
+      parts.push_back(
+          model->backbone->forward(inputs.slice(0, start, std::min(start + batch, inputs.size(0)))));
     XFER_CHECK(!parts.empty(), "no inputs to extract features from");
     return torch::cat(parts);
   });
 }
 
-torch::nn::Linear fit_linear_probe(const torch::Tensor& features, const torch::Tensor& labels, int64_t classes,
-                                   int64_t iterations, double decay, std::optional<uint64_t> seed) {
-  XFER_CHECK(features.dim() == 2 && labels.dim() == 1 && features.size(0) == labels.size(0) && features.size(0) > 0,
-             "a linear probe needs features (N, D) and labels (N), got ", features.sizes(), " and ", labels.sizes());
-  XFER_CHECK(classes >= 1 && iterations >= 1 && decay >= 0, "a linear probe needs classes >= 1, iterations >= 1 ",
-             "and decay >= 0, got ", classes, ", ", iterations, " and ", decay);
+torch::nn::Linear fit_linear_probe(const torch::Tensor& features, const torch::Tensor& labels,
+                                   int64_t classes, int64_t iterations, double decay,
+                                   std::optional<uint64_t> seed) {
+  XFER_CHECK(
+      features.dim() == 2 && labels.dim() == 1 && features.size(0) == labels.size(0) && features.size(0) > 0,
+      "a linear probe needs features (N, D) and labels (N), got ", features.sizes(), " and ", labels.sizes());
+  XFER_CHECK(classes >= 1 && iterations >= 1 && decay >= 0,
+             "a linear probe needs classes >= 1, iterations >= 1 ", "and decay >= 0, got ", classes, ", ",
+             iterations, " and ", decay);
   const int64_t d = features.size(1);
   torch::nn::Linear probe(d, classes);
   probe->to(features.device());
@@ -149,8 +156,9 @@ torch::nn::Linear fit_linear_probe(const torch::Tensor& features, const torch::T
   }
   const torch::Tensor x = features.detach().to(torch::kFloat32);
   const torch::Tensor y = labels.to(features.device(), torch::kInt64);
-  torch::optim::LBFGS lbfgs(probe->parameters(),
-                            torch::optim::LBFGSOptions(1.0).max_iter(iterations).line_search_fn("strong_wolfe"));
+  torch::optim::LBFGS lbfgs(
+      probe->parameters(),
+      torch::optim::LBFGSOptions(1.0).max_iter(iterations).line_search_fn("strong_wolfe"));
   lbfgs.step([&] {
     lbfgs.zero_grad();
     torch::Tensor loss = torch::nn::functional::cross_entropy(probe->forward(x), y) +
@@ -162,32 +170,39 @@ torch::nn::Linear fit_linear_probe(const torch::Tensor& features, const torch::T
 }
 
 SubsetAccuracy forgetting_probe(const torch::Tensor& train_features, const torch::Tensor& train_labels,
-                                const torch::Tensor& test_features, const torch::Tensor& test_labels, int64_t classes,
-                                const std::vector<int64_t>& auxiliary, int64_t iterations, double decay, uint64_t seed) {
-  XFER_CHECK(test_features.dim() == 2 && test_labels.dim() == 1 && test_features.size(0) == test_labels.size(0) &&
+                                const torch::Tensor& test_features, const torch::Tensor& test_labels,
+                                int64_t classes, const std::vector<int64_t>& auxiliary, int64_t iterations,
+                                double decay, uint64_t seed) {
+  XFER_CHECK(test_features.dim() == 2 && test_labels.dim() == 1 &&
+                 test_features.size(0) == test_labels.size(0) &&
                  test_features.size(1) == train_features.size(1),
-             "the forgetting probe's test features ", test_features.sizes(), " and labels ", test_labels.sizes(),
-             " do not match the training features ", train_features.sizes());
+             "the forgetting probe's test features ", test_features.sizes(), " and labels ",
+             test_labels.sizes(), " do not match the training features ", train_features.sizes());
   std::vector<bool> in_aux(static_cast<size_t>(classes), false);
   for (int64_t c : auxiliary) {
-    XFER_CHECK(c >= 0 && c < classes, "auxiliary class ", c, " is outside the source's ", classes, " classes");
+    XFER_CHECK(c >= 0 && c < classes, "auxiliary class ", c, " is outside the source's ", classes,
+               " classes");
     in_aux[static_cast<size_t>(c)] = true;
   }
   torch::nn::Linear head = fit_linear_probe(train_features, train_labels, classes, iterations, decay,
                                             derive_seed(seed, "forgetting-probe"));
   torch::NoGradGuard no_grad;
   const torch::Tensor y = test_labels.to(torch::kCPU, torch::kInt64).contiguous();
-  const torch::Tensor right = head->forward(test_features.to(torch::kFloat32)).argmax(1).cpu().eq(y).contiguous();
+  const torch::Tensor right =
+      head->forward(test_features.to(torch::kFloat32)).argmax(1).cpu().eq(y).contiguous();
   const int64_t* label = y.data_ptr<int64_t>();
   const bool* ok = right.data_ptr<bool>();
   int64_t hits[2] = {0, 0}, counts[2] = {0, 0};  // [ABA, auxiliary]
   for (int64_t i = 0; i < y.size(0); ++i) {
-    XFER_CHECK(label[i] >= 0 && label[i] < classes, "test label ", label[i], " is outside ", classes, " classes");
+    XFER_CHECK(label[i] >= 0 && label[i] < classes, "test label ", label[i], " is outside ", classes,
+               " classes");
     const int a = in_aux[static_cast<size_t>(label[i])] ? 1 : 0;
     counts[a] += 1;
     hits[a] += ok[i] ? 1 : 0;
   }
-  auto rate = [](int64_t h, int64_t n) { return n > 0 ? static_cast<double>(h) / static_cast<double>(n) : 0.0; };
+  auto rate = [](int64_t h, int64_t n) {
+    return n > 0 ? static_cast<double>(h) / static_cast<double>(n) : 0.0;
+  };
   SubsetAccuracy r;
   r.auxiliary_n = counts[1];
   r.aba_n = counts[0];
@@ -199,8 +214,8 @@ SubsetAccuracy forgetting_probe(const torch::Tensor& train_features, const torch
 }
 
 std::vector<double> feature_spectrum(const torch::Tensor& features, int64_t k) {
-  XFER_CHECK(features.dim() == 2 && features.numel() > 0, "the feature spectrum needs a non-empty (N, D) matrix, got ",
-             features.sizes());
+  XFER_CHECK(features.dim() == 2 && features.numel() > 0,
+             "the feature spectrum needs a non-empty (N, D) matrix, got ", features.sizes());
   XFER_CHECK(k >= 1, "the feature spectrum needs k >= 1, got ", k);
   // Singular values in float64, descending; relative to the largest.
   const torch::Tensor s = torch::linalg_svdvals(features.detach().to(torch::kCPU, torch::kFloat64));

@@ -96,15 +96,18 @@ torch::Tensor norm(torch::nn::BatchNorm2dImpl& bn, const torch::Tensor& x, bool 
     bn.num_batches_tracked += 1;
     if (!bn.options.momentum()) factor = 1.0 / bn.num_batches_tracked.item<double>();
   }
-  return dist::sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor, bn.options.eps());
+  return dist::sync_batch_norm(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, factor,
+                               bn.options.eps());
 }
 
 /// `seq`'s forward from its module `from` on, its batch norms through norm().
 torch::Tensor run(torch::nn::Sequential& seq, torch::Tensor x, bool sync, size_t from = 0) {
   for (auto it = seq->begin() + static_cast<std::ptrdiff_t>(from); it != seq->end(); ++it) {
     auto& m = *it;
-    if (auto* bn = m.ptr()->as<torch::nn::BatchNorm2d>()) x = norm(*bn, x, sync);
-    else x = m.forward(x);
+    if (auto* bn = m.ptr()->as<torch::nn::BatchNorm2d>())
+      x = norm(*bn, x, sync);
+    else
+      x = m.forward(x);
   }
   return x;
 }
@@ -141,8 +144,10 @@ void fold_batch_norms(BackboneImpl& folded, BackboneImpl& source, bool keep_taps
     const torch::Tensor bias = f.norm->bias - f.norm->running_mean * scale;
     // A bias-free convolution's registered "bias" stays undefined (the folded copy is never saved); its
     // forward reads the member.
-    if (t.conv->bias.defined()) t.conv->bias.set_data(bias);
-    else t.conv->bias = bias;
+    if (t.conv->bias.defined())
+      t.conv->bias.set_data(bias);
+    else
+      t.conv->bias = bias;
     t.norm->running_mean = torch::Tensor();  // the marker norm() skips on
   }
 }
@@ -172,7 +177,8 @@ const torch::Tensor& Features::conv(const std::string& stage) const {
   throw BadInput(cat("the backbone has no stage '", stage, "'"));
 }
 
-Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook& hook, const StageHook& conv_hook) {
+Features BackboneImpl::forward_features(const torch::Tensor& x, const StageHook& hook,
+                                        const StageHook& conv_hook) {
   Features f;
   // The stages report their last convolution through tap_last_conv while this call runs.
   struct Tap {
@@ -236,8 +242,8 @@ BasicBlockImpl::BasicBlockImpl(int64_t in, int64_t out, int64_t stride)
       bn1(register_module("bn1", torch::nn::BatchNorm2d(out))),
       bn2(register_module("bn2", torch::nn::BatchNorm2d(out))) {
   if (stride != 1 || in != out)
-    downsample = register_module("downsample", torch::nn::Sequential(conv(in, out, 1, stride, 0),
-                                                                     torch::nn::BatchNorm2d(out)));
+    downsample = register_module(
+        "downsample", torch::nn::Sequential(conv(in, out, 1, stride, 0), torch::nn::BatchNorm2d(out)));
 }
 
 std::vector<ConvNorm> BasicBlockImpl::conv_norms(bool last) {
@@ -288,8 +294,8 @@ ResNetImpl::ResNetImpl(std::string spec, int64_t in_channels, std::vector<int64_
                        std::vector<int64_t> widths, bool imagenet_stem, bool bottleneck)
     : imagenet_stem_(imagenet_stem) {
   spec_ = std::move(spec);
-  conv1 = register_module("conv1", imagenet_stem ? conv(in_channels, widths[0], 7, 2, 3)
-                                                 : conv(in_channels, widths[0], 3, 1, 1));
+  conv1 = register_module(
+      "conv1", imagenet_stem ? conv(in_channels, widths[0], 7, 2, 3) : conv(in_channels, widths[0], 3, 1, 1));
   bn1 = register_module("bn1", torch::nn::BatchNorm2d(widths[0]));
   int64_t in = widths[0];
   for (size_t s = 0; s < blocks.size(); ++s) {
@@ -343,7 +349,8 @@ torch::Tensor ResNetImpl::stage(size_t index, const torch::Tensor& x) {
 
 const char* backbone_help() {
   return "cnn4[:width=16] | resnet20[:width=16] | resnet18[:width=64][:stem=imagenet|cifar] | "
-         "resnet50[:width=64][:stem=imagenet|cifar] | script:path=FILE (a TorchScript file, as --init torchscript:FILE: "
+         "resnet50[:width=64][:stem=imagenet|cifar] | script:path=FILE (a TorchScript file, as --init "
+         "torchscript:FILE: "
          "loading it runs its code, so give only files you trust)";
 }
 
@@ -390,7 +397,9 @@ ResNetLayout resnet_layout(const Resolved& r) {
   const int64_t w = r.width;
   if (r.name == "resnet20") return {{3, 3, 3}, {w, 2 * w, 4 * w}, false, false};
   return {r.name == "resnet50" ? std::vector<int64_t>{3, 4, 6, 3} : std::vector<int64_t>{2, 2, 2, 2},
-          {w, 2 * w, 4 * w, 8 * w}, r.stem == "imagenet", r.name == "resnet50"};
+          {w, 2 * w, 4 * w, 8 * w},
+          r.stem == "imagenet",
+          r.name == "resnet50"};
 }
 
 /// Scripts loaded on the user's word (see trust_script).
@@ -423,7 +432,9 @@ bool is_trusted_script(const std::string& path) {
   return trusted_scripts().count(script_key(path)) > 0;
 }
 
-std::string normalise_backbone_spec(const std::string& text) { return resolve(text).spec; }
+std::string normalise_backbone_spec(const std::string& text) {
+  return resolve(text).spec;
+}
 
 BackboneSize backbone_size(const std::string& spec, int64_t in_channels) {
   const Resolved r = resolve(spec);
@@ -463,9 +474,10 @@ Backbone make_backbone(const std::string& text, int64_t in_channels) {
   const Resolved r = resolve(text);
   if (r.name == "cnn4") return std::make_shared<Cnn4Impl>(in_channels, r.width);
   if (r.name == "script") {
-    XFER_CHECK(is_trusted_script(r.stem), "backbone ", r.spec, ": a TorchScript file runs its own code, so xfer ",
-               "loads one only when you name it (--init torchscript:", r.stem, " or --backbone script:path=", r.stem,
-               "), never because a checkpoint or another file names it");
+    XFER_CHECK(
+        is_trusted_script(r.stem), "backbone ", r.spec, ": a TorchScript file runs its own code, so xfer ",
+        "loads one only when you name it (--init torchscript:", r.stem, " or --backbone script:path=", r.stem,
+        "), never because a checkpoint or another file names it");
     return make_script_backbone(r.stem);
   }
   const ResNetLayout l = resnet_layout(r);

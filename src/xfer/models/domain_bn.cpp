@@ -25,10 +25,12 @@ DomainBatchNorm::DomainBatchNorm(torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
   for (const auto& m : module.modules(/*include_self=*/true)) {
     Layer l;
-    const bool is_bn =
-        domain_bn_members<torch::nn::BatchNorm1dImpl>(m, l.running_mean, l.running_var, l.num_batches_tracked) ||
-        domain_bn_members<torch::nn::BatchNorm2dImpl>(m, l.running_mean, l.running_var, l.num_batches_tracked) ||
-        domain_bn_members<torch::nn::BatchNorm3dImpl>(m, l.running_mean, l.running_var, l.num_batches_tracked);
+    const bool is_bn = domain_bn_members<torch::nn::BatchNorm1dImpl>(m, l.running_mean, l.running_var,
+                                                                     l.num_batches_tracked) ||
+                       domain_bn_members<torch::nn::BatchNorm2dImpl>(m, l.running_mean, l.running_var,
+                                                                     l.num_batches_tracked) ||
+                       domain_bn_members<torch::nn::BatchNorm3dImpl>(m, l.running_mean, l.running_var,
+                                                                     l.num_batches_tracked);
     if (!is_bn || !l.running_mean->defined()) continue;  // no running statistics to keep apart
     l.module = m;
     l.mean = l.running_mean->clone();
@@ -52,7 +54,9 @@ DomainBatchNorm::Scope::Scope(DomainBatchNorm* owner) : owner_(owner) {
   owner_->swap_all();
 }
 
-DomainBatchNorm::Scope::~Scope() { owner_->swap_all(); }
+DomainBatchNorm::Scope::~Scope() {
+  owner_->swap_all();
+}
 
 void DomainBatchNorm::save(Archive& out, const std::string& key) const {
   Archive nested;

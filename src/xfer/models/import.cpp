@@ -4,16 +4,16 @@
 #include <fstream>
 #include <iterator>
 
-#include <torch/csrc/jit/ir/ir.h>
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/ir/ir.h>
 #include <torch/script.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
-#include "xfer/models/pickle.h"
 #include "xfer/core/runtime.h"
+#include "xfer/models/pickle.h"
 
 namespace xfer {
 namespace {
@@ -22,7 +22,9 @@ bool starts_with(const std::string& s, const std::string& prefix) {
   return s.rfind(prefix, 0) == 0;
 }
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
 
 /// A TorchScript module as a backbone. Its parameters and buffers are registered (the same tensors, not
 /// copies) on plain modules mirroring its submodule tree, so xfer's optimizers, checkpoints and copy_state
@@ -93,8 +95,8 @@ class ScriptBackboneImpl : public BackboneImpl {
   /// Saves the script, in eval mode, with `weight` and `bias` in its classifier's place; the module itself is
   /// left as it was. Its parameters and buffers are the backbone's, so they hold the trained values.
   void save_with_head(const std::string& path, const torch::Tensor& weight, const torch::Tensor& bias) {
-    XFER_CHECK(!head_name_.empty(), "the TorchScript model ", path_, " has no Linear fc, head or classifier for ",
-               "the trained head to take the place of");
+    XFER_CHECK(!head_name_.empty(), "the TorchScript model ", path_,
+               " has no Linear fc, head or classifier for ", "the trained head to take the place of");
     auto head = module_.attr(head_name_).toModule();
     XFER_CHECK(head.hasattr("bias") && head.attr("bias").isTensor(), "the TorchScript model's ", head_name_,
                " has no bias; xfer's heads have one");
@@ -140,7 +142,8 @@ class ScriptBackboneImpl : public BackboneImpl {
   static void check_script_archive(const std::string& path) {
     const std::string what = "--init torchscript:" + path;
     const std::string bytes = read_file(path);
-    XFER_CHECK(TorchZip::looks_like_zip(bytes), what, ": not a TorchScript file (torch.jit.save writes a zip archive)");
+    XFER_CHECK(TorchZip::looks_like_zip(bytes), what,
+               ": not a TorchScript file (torch.jit.save writes a zip archive)");
     const TorchZip zip(bytes, what);
     for (const auto& name : zip.names())
       if (name.size() > 4 && name.compare(name.size() - 4, 4, ".pkl") == 0)
@@ -206,7 +209,8 @@ std::vector<std::string> class_indices(int64_t n) {
 }  // namespace
 
 Backbone make_script_backbone(const std::string& path) {
-  return guarded("--init torchscript:" + path, [&]() -> Backbone { return std::make_shared<ScriptBackboneImpl>(path); });
+  return guarded("--init torchscript:" + path,
+                 [&]() -> Backbone { return std::make_shared<ScriptBackboneImpl>(path); });
 }
 
 bool is_external_init(const std::string& init) {
@@ -215,20 +219,25 @@ bool is_external_init(const std::string& init) {
 
 std::map<std::string, torch::Tensor> read_state_dict(const std::string& path) {
   std::error_code ec;
-  XFER_CHECK(std::filesystem::is_regular_file(path, ec), "--init state_dict:", path, ": cannot open the file");
+  XFER_CHECK(std::filesystem::is_regular_file(path, ec), "--init state_dict:", path,
+             ": cannot open the file");
   const std::string bytes = read_file(path);
-  return guarded("--init state_dict:" + path, [&] { return read_torch_state_dict(bytes, "--init state_dict:" + path); });
+  return guarded("--init state_dict:" + path,
+                 [&] { return read_torch_state_dict(bytes, "--init state_dict:" + path); });
 }
 
-std::string pytorch_name(const std::string& xfer_name, const std::string& head, const std::string& classifier) {
+std::string pytorch_name(const std::string& xfer_name, const std::string& head,
+                         const std::string& classifier) {
   if (starts_with(xfer_name, "backbone.")) return xfer_name.substr(9);
   const std::string mine = "heads." + head + ".";
   if (starts_with(xfer_name, mine)) return classifier + "." + xfer_name.substr(mine.size());
   return "";
 }
 
-std::string xfer_name(const std::string& pytorch_name, const std::string& head, const std::string& classifier) {
-  if (starts_with(pytorch_name, classifier + ".")) return "heads." + head + pytorch_name.substr(classifier.size());
+std::string xfer_name(const std::string& pytorch_name, const std::string& head,
+                      const std::string& classifier) {
+  if (starts_with(pytorch_name, classifier + "."))
+    return "heads." + head + pytorch_name.substr(classifier.size());
   return "backbone." + pytorch_name;
 }
 
@@ -237,7 +246,8 @@ std::string pytorch_classifier(const Model& model) {
   return script && !script->head_name().empty() ? script->head_name() : "fc";
 }
 
-std::vector<std::pair<std::string, torch::Tensor>> pytorch_state_dict(const Model& model, const std::string& head) {
+std::vector<std::pair<std::string, torch::Tensor>> pytorch_state_dict(const Model& model,
+                                                                      const std::string& head) {
   XFER_CHECK(model->has_head(head), "the model has no '", head, "' head to export");
   const std::string classifier = pytorch_classifier(model);
   std::vector<std::pair<std::string, torch::Tensor>> out;
@@ -281,17 +291,28 @@ void pickle_str(std::string& out, const std::string& s) {
 
 const char* storage_type(torch::ScalarType t) {
   switch (t) {
-    case torch::kFloat32: return "FloatStorage";
-    case torch::kFloat64: return "DoubleStorage";
-    case torch::kFloat16: return "HalfStorage";
-    case torch::kBFloat16: return "BFloat16Storage";
-    case torch::kInt64: return "LongStorage";
-    case torch::kInt32: return "IntStorage";
-    case torch::kInt16: return "ShortStorage";
-    case torch::kInt8: return "CharStorage";
-    case torch::kUInt8: return "ByteStorage";
-    case torch::kBool: return "BoolStorage";
-    default: throw BadInput(cat("cannot export a tensor of type ", t));
+    case torch::kFloat32:
+      return "FloatStorage";
+    case torch::kFloat64:
+      return "DoubleStorage";
+    case torch::kFloat16:
+      return "HalfStorage";
+    case torch::kBFloat16:
+      return "BFloat16Storage";
+    case torch::kInt64:
+      return "LongStorage";
+    case torch::kInt32:
+      return "IntStorage";
+    case torch::kInt16:
+      return "ShortStorage";
+    case torch::kInt8:
+      return "CharStorage";
+    case torch::kUInt8:
+      return "ByteStorage";
+    case torch::kBool:
+      return "BoolStorage";
+    default:
+      throw BadInput(cat("cannot export a tensor of type ", t));
   }
 }
 
@@ -318,7 +339,9 @@ void save_pytorch_state_dict(const Model& model, const std::string& head, const 
     for (int64_t s : t.sizes()) pickle_int(pickle, s);
     pickle += "t(";
     for (int64_t s : t.strides()) pickle_int(pickle, s);
-    pickle += "t\x89" "ccollections\nOrderedDict\n)RtR";  // False, OrderedDict()
+    pickle +=
+        "t\x89"
+        "ccollections\nOrderedDict\n)RtR";  // False, OrderedDict()
   }
   pickle += "u.";
   std::string bytes;
@@ -337,7 +360,8 @@ void save_pytorch_state_dict(const Model& model, const std::string& head, const 
 
 void save_torchscript(const Model& model, const std::string& head, const std::string& path) {
   auto script = std::dynamic_pointer_cast<ScriptBackboneImpl>(model->backbone);
-  XFER_CHECK(script, "--format torchscript exports models whose backbone came from a TorchScript file (--init ",
+  XFER_CHECK(script,
+             "--format torchscript exports models whose backbone came from a TorchScript file (--init ",
              "torchscript:FILE); this one is ", model->arch().backbone, ": export --format state_dict");
   XFER_CHECK(model->has_head(head), "the model has no '", head, "' head to export");
   const auto linear = model->head(head);
@@ -357,7 +381,8 @@ std::string pytorch_constructor(const Model& model, const std::string& head) {
       if (a.backbone == cat(name, ":width=64:stem=imagenet"))
         return cat("torchvision.models.", name, "(num_classes=", classes, ")");
   if (starts_with(a.backbone, "script:")) return "torch.jit.load(...) of the TorchScript model it came from";
-  return cat("xfer_models.build('", a.backbone, "', in_channels=", a.in_channels, ", num_classes=", classes, ")");
+  return cat("xfer_models.build('", a.backbone, "', in_channels=", a.in_channels, ", num_classes=", classes,
+             ")");
 }
 
 void load_torchvision_weights(Model& model, const std::map<std::string, torch::Tensor>& weights,
@@ -467,7 +492,8 @@ Model load_external(const std::string& init, const std::string& backbone, int64_
 
 Model load_external_model(const std::string& init, const std::string& backbone, int64_t in_channels,
                           int64_t height, int64_t width, const Normalization& input) {
-  return guarded("--init " + init, [&] { return load_external(init, backbone, in_channels, height, width, input); });
+  return guarded("--init " + init,
+                 [&] { return load_external(init, backbone, in_channels, height, width, input); });
 }
 
 }  // namespace xfer

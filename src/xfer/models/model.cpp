@@ -1,7 +1,7 @@
 #include "xfer/models/model.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cctype>
@@ -18,13 +18,8 @@ nlohmann::json Arch::to_json() const {
     heads_json.push_back({{"name", h.name}, {"classes", h.class_names}});
     if (h.predict_classes > 0) heads_json.back()["predict_classes"] = h.predict_classes;
   }
-  return {{"backbone", backbone},
-          {"in_channels", in_channels},
-          {"height", height},
-          {"width", width},
-          {"input_mean", input.mean},
-          {"input_std", input.std},
-          {"heads", heads_json}};
+  return {{"backbone", backbone},     {"in_channels", in_channels}, {"height", height},   {"width", width},
+          {"input_mean", input.mean}, {"input_std", input.std},     {"heads", heads_json}};
 }
 
 Arch Arch::from_json(const nlohmann::json& j) {
@@ -47,13 +42,16 @@ Arch Arch::from_json(const nlohmann::json& j) {
   XFER_CHECK(a.in_channels >= 1 && a.in_channels <= kMaxInChannels, "the model's in_channels must be in [1, ",
              kMaxInChannels, "], got ", a.in_channels);
   XFER_CHECK(a.height >= 0 && a.height <= kMaxImageSide && a.width >= 0 && a.width <= kMaxImageSide,
-             "the model's input size must be at most ", kMaxImageSide, " pixels a side, got ", a.height, "x", a.width);
+             "the model's input size must be at most ", kMaxImageSide, " pixels a side, got ", a.height, "x",
+             a.width);
   XFER_CHECK(a.input.mean.size() == a.input.std.size() &&
                  (a.input.mean.empty() || a.input.mean.size() == static_cast<size_t>(a.in_channels)),
              "the model's input normalisation has ", a.input.mean.size(), " means and ", a.input.std.size(),
              " standard deviations for ", a.in_channels, " channels");
-  for (const double v : a.input.std) XFER_CHECK(v > 0 && std::isfinite(v), "the model's input std must be > 0, got ", v);
-  for (const double v : a.input.mean) XFER_CHECK(std::isfinite(v), "the model's input mean must be finite, got ", v);
+  for (const double v : a.input.std)
+    XFER_CHECK(v > 0 && std::isfinite(v), "the model's input std must be > 0, got ", v);
+  for (const double v : a.input.mean)
+    XFER_CHECK(std::isfinite(v), "the model's input mean must be finite, got ", v);
   return a;
 }
 
@@ -81,8 +79,8 @@ std::string Arch::mismatch(const Arch& saved, bool with_heads) const {
     const HeadInfo* s = saved.head(h.name);
     if (!s) return cat("the checkpoint has no '", h.name, "' head");
     if (s->class_names.size() != h.class_names.size())
-      return cat("the checkpoint's '", h.name, "' head has ", s->class_names.size(), " classes, this run needs ",
-                 h.class_names.size());
+      return cat("the checkpoint's '", h.name, "' head has ", s->class_names.size(),
+                 " classes, this run needs ", h.class_names.size());
   }
   return "";
 }
@@ -100,7 +98,9 @@ torch::Tensor ModelImpl::forward(const torch::Tensor& x, const std::string& name
   return head(name)->forward(backbone->forward(x));
 }
 
-bool ModelImpl::has_head(const std::string& name) const { return heads_->named_children().contains(name); }
+bool ModelImpl::has_head(const std::string& name) const {
+  return heads_->named_children().contains(name);
+}
 
 torch::nn::Linear ModelImpl::head(const std::string& name) const {
   if (!has_head(name)) {
@@ -115,15 +115,19 @@ void check_head_name(const std::string& name) {
   // LibTorch's module names may not be empty or hold '.', the separator of parameter names.
   XFER_CHECK(!name.empty() && name.size() <= 64 && name.find('.') == std::string::npos &&
                  std::all_of(name.begin(), name.end(),
-                             [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; }),
+                             [](char c) {
+                               return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+                             }),
              "a head name must be 1-64 letters, digits, '_' or '-', got '", printable(name), "'");
 }
 
 void ModelImpl::add_head(const HeadInfo& info) {
   check_head_name(info.name);
   XFER_CHECK(!info.class_names.empty(), "head '", info.name, "' needs at least one class");
-  XFER_CHECK(info.predict_classes >= 0 && info.predict_classes <= static_cast<int64_t>(info.class_names.size()),
-             "head '", info.name, "' predicts ", info.predict_classes, " of its ", info.class_names.size(), " classes");
+  XFER_CHECK(
+      info.predict_classes >= 0 && info.predict_classes <= static_cast<int64_t>(info.class_names.size()),
+      "head '", info.name, "' predicts ", info.predict_classes, " of its ", info.class_names.size(),
+      " classes");
   XFER_CHECK(!has_head(info.name), "the model already has a '", info.name, "' head");
   torch::nn::Linear head(backbone->feature_dim(), static_cast<int64_t>(info.class_names.size()));
   head->to(backbone->parameters().front().device());
@@ -139,9 +143,13 @@ void ModelImpl::remove_head(const std::string& name) {
                     arch_.heads.end());
 }
 
-std::vector<torch::Tensor> ModelImpl::backbone_parameters() const { return backbone->parameters(); }
+std::vector<torch::Tensor> ModelImpl::backbone_parameters() const {
+  return backbone->parameters();
+}
 
-std::vector<torch::Tensor> ModelImpl::head_parameters() const { return heads_->parameters(); }
+std::vector<torch::Tensor> ModelImpl::head_parameters() const {
+  return heads_->parameters();
+}
 
 void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std::string& prefix) {
   torch::NoGradGuard no_grad;
@@ -177,11 +185,12 @@ void copy_state(const torch::nn::Module& src, torch::nn::Module& dst, const std:
 void check_input_fits(ModelImpl& model, int64_t height, int64_t width) {
   const bool training = model.is_training();
   const auto device = model.backbone->parameters().empty() ? torch::Device(torch::kCPU)
-                                                            : model.backbone->parameters().front().device();
+                                                           : model.backbone->parameters().front().device();
   torch::NoGradGuard no_grad;
   model.eval();
   try {
-    model.backbone->forward(torch::zeros({1, model.arch().in_channels, height, width}, torch::TensorOptions().device(device)));
+    model.backbone->forward(
+        torch::zeros({1, model.arch().in_channels, height, width}, torch::TensorOptions().device(device)));
   } catch (const c10::Error& e) {
     model.train(training);
     const std::string what = e.what_without_backtrace();
@@ -216,7 +225,8 @@ void copy_head(const Model& from, const std::string& name, Model& to, const std:
   const HeadInfo* info = from->arch().head(name);
   XFER_CHECK(info != nullptr, "the source model has no '", name, "' head");
   XFER_CHECK(from->backbone->feature_dim() == to->backbone->feature_dim(), "cannot copy head '", name,
-             "': feature dimensions differ (", from->backbone->feature_dim(), " vs ", to->backbone->feature_dim(), ")");
+             "': feature dimensions differ (", from->backbone->feature_dim(), " vs ",
+             to->backbone->feature_dim(), ")");
   HeadInfo copy = *info;
   copy.name = as.empty() ? name : as;
   to->add_head(copy);

@@ -22,11 +22,15 @@ uint64_t zip_le(const char* p, int bytes) {
 }
 
 /// Whether [offset, offset + length) lies inside `size` bytes, without overflow.
-bool zip_fits(uint64_t offset, uint64_t length, uint64_t size) { return offset <= size && length <= size - offset; }
+bool zip_fits(uint64_t offset, uint64_t length, uint64_t size) {
+  return offset <= size && length <= size - offset;
+}
 
 }  // namespace
 
-bool TorchZip::looks_like_zip(const std::string& bytes) { return bytes.rfind("PK\x03\x04", 0) == 0; }
+bool TorchZip::looks_like_zip(const std::string& bytes) {
+  return bytes.rfind("PK\x03\x04", 0) == 0;
+}
 
 TorchZip::TorchZip(const std::string& bytes, const std::string& name) : name_(name) {
   const uint64_t size = bytes.size();
@@ -36,7 +40,8 @@ TorchZip::TorchZip(const std::string& bytes, const std::string& name) : name_(na
   for (uint64_t back = 22; back <= std::min<uint64_t>(size, 22 + 65535) && eocd == size; ++back)
     if (zip_le(b + size - back, 4) == 0x06054b50) eocd = size - back;
   XFER_CHECK(eocd < size, name, ": not a zip archive (no end-of-directory record)");
-  uint64_t count = zip_le(b + eocd + 10, 2), cd_size = zip_le(b + eocd + 12, 4), cd_offset = zip_le(b + eocd + 16, 4);
+  uint64_t count = zip_le(b + eocd + 10, 2), cd_size = zip_le(b + eocd + 12, 4),
+           cd_offset = zip_le(b + eocd + 16, 4);
   if (count == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {  // zip64
     XFER_CHECK(eocd >= 20 && zip_le(b + eocd - 20, 4) == 0x07064b50, name, ": truncated zip64 directory");
     const uint64_t z = zip_le(b + eocd - 20 + 8, 8);
@@ -51,14 +56,16 @@ TorchZip::TorchZip(const std::string& bytes, const std::string& name) : name_(na
                ": zip directory entry ", i, " is malformed");
     const uint64_t method = zip_le(b + pos + 10, 2), name_len = zip_le(b + pos + 28, 2),
                    extra_len = zip_le(b + pos + 30, 2), comment_len = zip_le(b + pos + 32, 2);
-    uint64_t packed = zip_le(b + pos + 20, 4), length = zip_le(b + pos + 24, 4), local = zip_le(b + pos + 42, 4);
+    uint64_t packed = zip_le(b + pos + 20, 4), length = zip_le(b + pos + 24, 4),
+             local = zip_le(b + pos + 42, 4);
     XFER_CHECK(zip_fits(pos + 46, name_len + extra_len + comment_len, cd_offset + cd_size), name,
                ": zip directory entry ", i, " runs past the directory");
     const std::string entry(b + pos + 46, name_len);
     // zip64 sizes and offset, in this order, for the fields that hold 0xffffffff.
     for (uint64_t x = pos + 46 + name_len; x + 4 <= pos + 46 + name_len + extra_len;) {
       const uint64_t id = zip_le(b + x, 2), n = zip_le(b + x + 2, 2);
-      XFER_CHECK(x + 4 + n <= pos + 46 + name_len + extra_len, name, ": bad extra field in zip entry ", entry);
+      XFER_CHECK(x + 4 + n <= pos + 46 + name_len + extra_len, name, ": bad extra field in zip entry ",
+                 entry);
       uint64_t at = x + 4;
       for (uint64_t* field : {&length, &packed, &local})
         if (id == 0x0001 && *field == 0xffffffff) {
@@ -68,14 +75,15 @@ TorchZip::TorchZip(const std::string& bytes, const std::string& name) : name_(na
         }
       x += 4 + n;
     }
-    XFER_CHECK((method == 0 && packed == length) || method == 8, name, ": zip entry ", entry, " uses method ", method,
-               "; torch.save and torch.jit.save store entries or deflate them");
+    XFER_CHECK((method == 0 && packed == length) || method == 8, name, ": zip entry ", entry, " uses method ",
+               method, "; torch.save and torch.jit.save store entries or deflate them");
     XFER_CHECK(zip_fits(local, 30, size) && zip_le(b + local, 4) == 0x04034b50, name, ": zip entry ", entry,
                " points outside the file");
     const uint64_t data = local + 30 + zip_le(b + local + 26, 2) + zip_le(b + local + 28, 2);
-    XFER_CHECK(zip_fits(data, packed, size), name, ": zip entry ", entry, " (", packed, " bytes) runs past the file");
-    XFER_CHECK(entries_.emplace(entry, Entry{std::string_view(b + data, packed), method, length}).second, name,
-               ": zip entry ", entry, " appears twice");
+    XFER_CHECK(zip_fits(data, packed, size), name, ": zip entry ", entry, " (", packed,
+               " bytes) runs past the file");
+    XFER_CHECK(entries_.emplace(entry, Entry{std::string_view(b + data, packed), method, length}).second,
+               name, ": zip entry ", entry, " appears twice");
     if (i == 0) prefix_ = entry.substr(0, entry.find('/') + 1);
     pos += 46 + name_len + extra_len + comment_len;
   }
@@ -86,8 +94,8 @@ std::string TorchZip::read(const std::string& entry, size_t max_bytes) const {
   auto it = entries_.find(entry);
   XFER_CHECK(it != entries_.end(), name_, ": the archive has no ", entry);
   const Entry& e = it->second;
-  XFER_CHECK(e.length <= max_bytes, name_, ": zip entry ", entry, " declares ", e.length, " bytes; at most ", max_bytes,
-             " are read");
+  XFER_CHECK(e.length <= max_bytes, name_, ": zip entry ", entry, " declares ", e.length, " bytes; at most ",
+             max_bytes, " are read");
   if (e.method == 0) return std::string(e.data);
   // Deflate expands at most 1032-fold: a larger declared length is a lie, refused before it is allocated.
   XFER_CHECK(e.length <= e.data.size() * 1032 + 64, name_, ": zip entry ", entry, " declares ", e.length,
@@ -103,8 +111,8 @@ std::string TorchZip::read(const std::string& entry, size_t max_bytes) const {
   const int rc = inflate(&zs, Z_FINISH);
   const uint64_t produced = zs.total_out;
   inflateEnd(&zs);
-  XFER_CHECK(rc == Z_STREAM_END && produced == e.length, name_, ": zip entry ", entry, " does not inflate to the ",
-             e.length, " bytes it declares");
+  XFER_CHECK(rc == Z_STREAM_END && produced == e.length, name_, ": zip entry ", entry,
+             " does not inflate to the ", e.length, " bytes it declares");
   out.resize(static_cast<size_t>(produced));
   return out;
 }
@@ -122,23 +130,38 @@ namespace {
 /// into itself makes no reference cycle and nothing walks values recursively.
 class PickleMachine {
  public:
-  enum Kind : uint8_t { kNone, kBool, kInt, kFloat, kStr, kTuple, kList, kDict, kGlobal, kObject, kCall, kPersid };
+  enum Kind : uint8_t {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kStr,
+    kTuple,
+    kList,
+    kDict,
+    kGlobal,
+    kObject,
+    kCall,
+    kPersid
+  };
   struct Value {
     Kind kind = kNone;
     int64_t i = 0;
-    std::string s;               // a string; a global's "module.name"
-    std::vector<uint32_t> items;  // tuple/list elements; dict keys and values, alternating; call: {global, args}
+    std::string s;  // a string; a global's "module.name"
+    std::vector<uint32_t>
+        items;  // tuple/list elements; dict keys and values, alternating; call: {global, args}
   };
 
-  /// `allowed`: when given, the only globals the pickle may name (anything else is refused where it is named),
-  /// and the pickle is never handed to LibTorch, so opcodes LibTorch lacks but Python's pickler writes
-  /// (APPEND) are taken too.
+  /// `allowed`: when given, the only globals the pickle may name (anything else is refused where it is
+  /// named), and the pickle is never handed to LibTorch, so opcodes LibTorch lacks but Python's pickler
+  /// writes (APPEND) are taken too.
   PickleMachine(std::string_view in, std::string what, const std::set<std::string>* allowed = nullptr)
       : in_(in), what_(std::move(what)), allowed_(allowed) {}
 
   /// Runs to STOP; returns the one value left.
   uint32_t run() {
-    XFER_CHECK(in_.size() <= kMaxBytes, what_, ": a pickle of ", in_.size(), " bytes; at most ", kMaxBytes, " are read");
+    XFER_CHECK(in_.size() <= kMaxBytes, what_, ": a pickle of ", in_.size(), " bytes; at most ", kMaxBytes,
+               " are read");
     XFER_CHECK(byte() == 0x80 && byte() == 2, what_, ": not a pickle of protocol 2 (what torch.save writes)");
     while (true) {
       op_ = pos_;
@@ -146,8 +169,8 @@ class PickleMachine {
       if (op == '.') break;
       step(op);
     }
-    fail_if(stack_.size() != 1 || !marks_.empty(), "STOP leaves ", stack_.size(), " values and ", marks_.size(),
-            " marks; expected one value");
+    fail_if(stack_.size() != 1 || !marks_.empty(), "STOP leaves ", stack_.size(), " values and ",
+            marks_.size(), " marks; expected one value");
     fail_if(pos_ != in_.size(), in_.size() - pos_, " bytes after STOP");
     return stack_.back();
   }
@@ -156,7 +179,9 @@ class PickleMachine {
   /// The text of `v` when it is a string, a global or an int, for messages.
   std::string text(uint32_t v) const {
     const Value& x = values_[v];
-    return x.kind == kStr || x.kind == kGlobal ? printable(x.s.substr(0, 80)) : x.kind == kInt ? std::to_string(x.i) : "";
+    return x.kind == kStr || x.kind == kGlobal ? printable(x.s.substr(0, 80))
+           : x.kind == kInt                    ? std::to_string(x.i)
+                                               : "";
   }
 
  private:
@@ -188,8 +213,9 @@ class PickleMachine {
     fail_if(end == std::string_view::npos || end - pos_ > 256, "a GLOBAL name without its newline");
     std::string s(in_.substr(pos_, end - pos_));
     pos_ = end + 1;
-    for (char c : s) fail_if(static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e,
-                             "a GLOBAL name with a control or non-ASCII byte");
+    for (char c : s)
+      fail_if(static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e,
+              "a GLOBAL name with a control or non-ASCII byte");
     return s;
   }
   uint32_t make(Kind kind, int64_t i = 0, std::string s = {}, std::vector<uint32_t> items = {}) {
@@ -224,15 +250,17 @@ class PickleMachine {
     return items;
   }
   Value& top_container(Kind kind, char op) {
-    fail_if(stack_.empty() || values_[stack_.back()].kind != kind, "opcode ", name(op), " on a value that is not a ",
-            kind == kDict ? "dict" : "list");
+    fail_if(stack_.empty() || values_[stack_.back()].kind != kind, "opcode ", name(op),
+            " on a value that is not a ", kind == kDict ? "dict" : "list");
     return values_[stack_.back()];
   }
   void memo_put(uint64_t id) {
     fail_if(stack_.empty(), "BINPUT on an empty stack");
     fail_if(id > memo_.size(), "memo index ", id, " skips ", memo_.size());
-    if (id == memo_.size()) memo_.push_back(stack_.back());
-    else memo_[id] = stack_.back();
+    if (id == memo_.size())
+      memo_.push_back(stack_.back());
+    else
+      memo_[id] = stack_.back();
   }
   void memo_get(uint64_t id) {
     fail_if(id >= memo_.size(), "memo index ", id, " was never stored (", memo_.size(), " are)");
@@ -259,13 +287,27 @@ class PickleMachine {
 
 void PickleMachine::step(char op) {
   switch (op) {
-    case '(': marks_.push_back(stack_.size()); break;
-    case 'N': push(make(kNone)); break;
-    case '\x88': push(make(kBool, 1)); break;
-    case '\x89': push(make(kBool, 0)); break;
-    case 'K': push(make(kInt, static_cast<int64_t>(le(1)))); break;
-    case 'M': push(make(kInt, static_cast<int64_t>(le(2)))); break;
-    case 'J': push(make(kInt, static_cast<int32_t>(le(4)))); break;
+    case '(':
+      marks_.push_back(stack_.size());
+      break;
+    case 'N':
+      push(make(kNone));
+      break;
+    case '\x88':
+      push(make(kBool, 1));
+      break;
+    case '\x89':
+      push(make(kBool, 0));
+      break;
+    case 'K':
+      push(make(kInt, static_cast<int64_t>(le(1))));
+      break;
+    case 'M':
+      push(make(kInt, static_cast<int64_t>(le(2))));
+      break;
+    case 'J':
+      push(make(kInt, static_cast<int32_t>(le(4))));
+      break;
     case '\x8a': {  // LONG1: little-endian two's complement of n <= 8 bytes
       const int n = byte();
       fail_if(n > 8, "an integer of ", n, " bytes");
@@ -273,20 +315,48 @@ void PickleMachine::step(char op) {
       if (n && n < 8 && (v >> (8 * n - 1)) != 0) v |= ~uint64_t(0) << (8 * n);
       push(make(kInt, static_cast<int64_t>(v)));
     } break;
-    case 'G': le(8), push(make(kFloat)); break;  // the value itself matters to no check
-    case 'X': push(make(kStr, 0, bytes(le(4)))); break;
-    case ']': push(make(kList)); break;
-    case ')': push(make(kTuple)); break;
-    case '}': push(make(kDict)); break;
-    case 'q': memo_put(le(1)); break;
-    case 'r': memo_put(le(4)); break;
-    case 'h': memo_get(le(1)); break;
-    case 'j': memo_get(le(4)); break;
-    case 't': push(make(kTuple, 0, {}, pop_mark(op))); break;
-    case '\x85': tuple(1, op); break;
-    case '\x86': tuple(2, op); break;
-    case '\x87': tuple(3, op); break;
-    case 'l': push(make(kList, 0, {}, pop_mark(op))); break;
+    case 'G':
+      le(8), push(make(kFloat));
+      break;  // the value itself matters to no check
+    case 'X':
+      push(make(kStr, 0, bytes(le(4))));
+      break;
+    case ']':
+      push(make(kList));
+      break;
+    case ')':
+      push(make(kTuple));
+      break;
+    case '}':
+      push(make(kDict));
+      break;
+    case 'q':
+      memo_put(le(1));
+      break;
+    case 'r':
+      memo_put(le(4));
+      break;
+    case 'h':
+      memo_get(le(1));
+      break;
+    case 'j':
+      memo_get(le(4));
+      break;
+    case 't':
+      push(make(kTuple, 0, {}, pop_mark(op)));
+      break;
+    case '\x85':
+      tuple(1, op);
+      break;
+    case '\x86':
+      tuple(2, op);
+      break;
+    case '\x87':
+      tuple(3, op);
+      break;
+    case 'l':
+      push(make(kList, 0, {}, pop_mark(op)));
+      break;
     case 'e': {
       std::vector<uint32_t> items = pop_mark(op);
       Value& list = top_container(kList, op);
@@ -313,10 +383,11 @@ void PickleMachine::step(char op) {
       std::string module = line();
       std::string global = module + "." + line();
       if (allowed_ && !allowed_->count(global))
-        throw BadInput(cat(what_, ": the pickle names ", printable(global.substr(0, 80)), " (byte ", op_,
-                           "), which is not one of the globals a file of tensors needs; xfer runs no code from a "
-                           "pickle and reads only tensors, dicts, lists and numbers (save the state dict alone: "
-                           "torch.save(model.state_dict(), FILE))"));
+        throw BadInput(
+            cat(what_, ": the pickle names ", printable(global.substr(0, 80)), " (byte ", op_,
+                "), which is not one of the globals a file of tensors needs; xfer runs no code from a "
+                "pickle and reads only tensors, dicts, lists and numbers (save the state dict alone: "
+                "torch.save(model.state_dict(), FILE))"));
       push(make(kGlobal, 0, std::move(global)));
     } break;
     case 'a': {  // APPEND: Python's pickler writes it for a one-item batch
@@ -328,7 +399,8 @@ void PickleMachine::step(char op) {
     case '\x81': {  // NEWOBJ: LibTorch pops the arguments; the class stays as the object
       need(2, op);
       const uint32_t args = pop();
-      fail_if(values_[args].kind != kTuple || values_[stack_.back()].kind != kGlobal, "NEWOBJ needs a class and a tuple");
+      fail_if(values_[args].kind != kTuple || values_[stack_.back()].kind != kGlobal,
+              "NEWOBJ needs a class and a tuple");
       const uint32_t cls = pop();
       push(make(kObject, 0, {}, {cls}));
     } break;
@@ -337,8 +409,10 @@ void PickleMachine::step(char op) {
       const uint32_t args = pop(), global = pop();
       check_call(global, args);
       // LibTorch makes collections.OrderedDict() a dict that SETITEMS fills, as Python does.
-      if (values_[global].s == "collections.OrderedDict") push(make(kDict, 0, values_[global].s));
-      else push(make(kCall, 0, {}, {global, args}));
+      if (values_[global].s == "collections.OrderedDict")
+        push(make(kDict, 0, values_[global].s));
+      else
+        push(make(kCall, 0, {}, {global, args}));
     } break;
     case 'b': {  // BUILD: an object's state
       need(2, op);
@@ -374,8 +448,8 @@ void PickleMachine::check_call(uint32_t global, uint32_t args) {
     return true;
   };
   if (g == "torch._utils._rebuild_tensor_v2" || g == "torch._utils._rebuild_tensor")
-    fail_if(a.items.size() < 4 || kind_of(0) != kPersid || kind_of(1) != kInt || !ints(2) || !ints(3),
-            g, " needs (storage, offset, sizes, strides)");
+    fail_if(a.items.size() < 4 || kind_of(0) != kPersid || kind_of(1) != kInt || !ints(2) || !ints(3), g,
+            " needs (storage, offset, sizes, strides)");
   else if (g == "torch._utils._rebuild_parameter")
     fail_if(a.items.size() < 2 || kind_of(0) != kCall, g, " needs (tensor, requires_grad, ...)");
   else if (g.rfind("torch.jit._pickle.build_", 0) == 0 && g != "torch.jit._pickle.build_tensor_from_id")
@@ -389,23 +463,25 @@ void PickleMachine::check_call(uint32_t global, uint32_t args) {
 void PickleMachine::check_persid(uint32_t pid) {
   const Value& t = values_[pid];
   const auto kind_of = [&](size_t k) { return t.items.size() > k ? values_[t.items[k]].kind : kNone; };
-  fail_if(t.kind != kTuple || t.items.size() != 5 || kind_of(0) != kStr || values_[t.items[0]].s != "storage" ||
-              kind_of(1) != kGlobal || kind_of(2) != kStr || kind_of(3) != kStr || kind_of(4) != kInt ||
-              values_[t.items[4]].i < 0,
+  fail_if(t.kind != kTuple || t.items.size() != 5 || kind_of(0) != kStr ||
+              values_[t.items[0]].s != "storage" || kind_of(1) != kGlobal || kind_of(2) != kStr ||
+              kind_of(3) != kStr || kind_of(4) != kInt || values_[t.items[4]].i < 0,
           "a tensor's storage record is not ('storage', TYPE, KEY, DEVICE, NUMEL)");
 }
 
 }  // namespace
 
-void check_pickle(std::string_view pickle, const std::string& what) { PickleMachine(pickle, what).run(); }
+void check_pickle(std::string_view pickle, const std::string& what) {
+  PickleMachine(pickle, what).run();
+}
 
 namespace {
 
 using PV = PickleMachine::Kind;
 
 const char* pickle_kind_name(PV kind) {
-  static const char* names[] = {"None", "bool", "int", "float", "string", "tuple", "list", "dict", "global",
-                                "object", "call", "storage"};
+  static const char* names[] = {"None", "bool", "int",    "float",  "string", "tuple",
+                                "list", "dict", "global", "object", "call",   "storage"};
   return names[kind];
 }
 
@@ -441,7 +517,8 @@ constexpr StorageType kStorageTypes[] = {
 
 /// Reads the record `_rebuild_tensor_v2(storage, offset, sizes, strides, ...)` into a tensor of its own,
 /// with the storage's length and every element's position checked against the record's bytes.
-torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip& zip, const std::string& where) {
+torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip& zip,
+                             const std::string& where) {
   // nn.Parameter(tensor): _rebuild_parameter(_rebuild_tensor_v2(...), requires_grad, hooks).
   if (m.at(v).kind == PV::kCall && m.at(m.at(v).items[0]).s == "torch._utils._rebuild_parameter")
     v = m.at(m.at(v).items[1]).items[0];
@@ -460,14 +537,15 @@ torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip&
   const std::string record = zip.read(zip.prefix() + "data/" + m.at(pid[2]).s);
   XFER_CHECK(numel <= static_cast<int64_t>(record.size()) / itemsize &&
                  static_cast<int64_t>(record.size()) == numel * itemsize,
-             where, ": its storage declares ", numel, " elements of ", itemsize, " bytes but holds ", record.size(),
-             " bytes");
+             where, ": its storage declares ", numel, " elements of ", itemsize, " bytes but holds ",
+             record.size(), " bytes");
   const int64_t offset = m.at(args[1]).i;
   std::vector<int64_t> sizes, strides;
   for (uint32_t x : m.at(args[2]).items) sizes.push_back(m.at(x).i);
   for (uint32_t x : m.at(args[3]).items) strides.push_back(m.at(x).i);
   XFER_CHECK(sizes.size() == strides.size() && sizes.size() <= 64 && offset >= 0 && offset <= numel, where,
-             ": ", sizes.size(), " sizes, ", strides.size(), " strides and offset ", offset, " do not describe a tensor");
+             ": ", sizes.size(), " sizes, ", strides.size(), " strides and offset ", offset,
+             " do not describe a tensor");
   // Every element must lie in the storage, and the tensor may not hold more elements than it (a stride of 0
   // would otherwise let a few bytes declare terabytes).
   int64_t count = 1, last = offset;
@@ -482,7 +560,8 @@ torch::Tensor rebuild_tensor(const PickleMachine& m, uint32_t v, const TorchZip&
     count *= sizes[d];
     last += (sizes[d] - 1) * strides[d];
   }
-  XFER_CHECK(count == 0 || last < numel, where, ": its last element lies past its storage of ", numel, " elements");
+  XFER_CHECK(count == 0 || last < numel, where, ": its last element lies past its storage of ", numel,
+             " elements");
   const bool boolean = st->dtype == torch::kBool;  // bytes other than 0 and 1 are no valid bool
   torch::Tensor storage = torch::empty({numel}, boolean ? torch::kUInt8 : st->dtype);
   if (numel > 0) std::memcpy(storage.data_ptr(), record.data(), record.size());
@@ -499,18 +578,20 @@ static const std::vector<std::string>& state_dict_wrapper_keys() {
 
 const std::set<std::string>& state_dict_globals() {
   static const std::set<std::string> globals = [] {
-    std::set<std::string> g = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2",
-                               "torch._utils._rebuild_parameter",
-                               // timm's training checkpoints keep their arguments; a Namespace only holds data.
-                               "argparse.Namespace"};
+    std::set<std::string> g = {
+        "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
+        // timm's training checkpoints keep their arguments; a Namespace only holds data.
+        "argparse.Namespace"};
     for (const auto& t : kStorageTypes) g.insert(t.name);
     return g;
   }();
   return globals;
 }
 
-std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes, const std::string& what) {
-  XFER_CHECK(TorchZip::looks_like_zip(bytes), what, ": not the zip archive torch.save writes (files saved with ",
+std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& bytes,
+                                                           const std::string& what) {
+  XFER_CHECK(TorchZip::looks_like_zip(bytes), what,
+             ": not the zip archive torch.save writes (files saved with ",
              "_use_new_zipfile_serialization=False are not read; load and save it again with torch.save, or ",
              "convert it with scripts/export_torchvision.py --from FILE)");
   const TorchZip zip(bytes, what);
@@ -525,7 +606,8 @@ std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& by
   for (int depth = 0;; ++depth) {
     dict = as_dict(m, root);
     XFER_CHECK(dict, what, path, ": holds a ", pickle_kind_name(m.at(root).kind),
-               ", not a state dict (a dict of tensors, or a checkpoint dict with one under 'state_dict' or 'model')");
+               ", not a state dict (a dict of tensors, or a checkpoint dict with one under 'state_dict' or "
+               "'model')");
     bool found = false;
     for (const auto& key : state_dict_wrapper_keys())
       for (size_t i = 0; i + 1 < dict->items.size() && !found && depth < 3; i += 2)
@@ -554,7 +636,8 @@ std::map<std::string, torch::Tensor> read_torch_state_dict(const std::string& by
                dict->items.size() > 16 ? ", ..." : "", ")");
   // DistributedDataParallel's "module." (and torch.compile's "_orig_mod."), when every name has it.
   for (const std::string prefix : {"module.", "_orig_mod."})
-    while (std::all_of(entries.begin(), entries.end(), [&](const auto& e) { return e.first.rfind(prefix, 0) == 0; }))
+    while (std::all_of(entries.begin(), entries.end(),
+                       [&](const auto& e) { return e.first.rfind(prefix, 0) == 0; }))
       for (auto& e : entries) e.first.erase(0, prefix.size());
   std::map<std::string, torch::Tensor> out;
   for (const auto& [name, v] : entries) {

@@ -22,15 +22,16 @@ void predict_each(const Model& frozen, const TensorDataset& data, const PredictO
   XFER_CHECK(opts.features || !opts.heads.empty(), "predict: ask for the features or at least one head");
   XFER_CHECK(data.size() > 0, "cannot predict on an empty dataset");
   const int64_t stop = opts.stop < 0 ? data.size() : opts.stop;
-  XFER_CHECK(opts.first >= 0 && opts.first <= stop && stop <= data.size(), "predict: examples [", opts.first, ", ",
-             stop, ") are not in a dataset of ", data.size());
+  XFER_CHECK(opts.first >= 0 && opts.first <= stop && stop <= data.size(), "predict: examples [", opts.first,
+             ", ", stop, ") are not in a dataset of ", data.size());
   check_input_shape(frozen, data, "the data");
   Model model = frozen;  // the same module: only its mode changes, and is restored
   std::string heads;
   for (const auto& h : model->arch().heads) heads += (heads.empty() ? "" : ", ") + h.name;
   std::vector<torch::nn::Linear> classifiers;
   for (const auto& h : opts.heads) {
-    XFER_CHECK(model->has_head(h), "the model has no '", h, "' head (it has: ", heads.empty() ? "none" : heads, ")");
+    XFER_CHECK(model->has_head(h), "the model has no '", h,
+               "' head (it has: ", heads.empty() ? "none" : heads, ")");
     classifiers.push_back(model->head(h));
   }
 
@@ -46,7 +47,8 @@ void predict_each(const Model& frozen, const TensorDataset& data, const PredictO
       const torch::Tensor x = transform.normalise(data.eval_images(start, end)).to(device);
       Predictions batch;
       batch.features = backbone->forward(x);
-      for (size_t i = 0; i < classifiers.size(); ++i) batch.logits[opts.heads[i]] = classifiers[i]->forward(batch.features);
+      for (size_t i = 0; i < classifiers.size(); ++i)
+        batch.logits[opts.heads[i]] = classifiers[i]->forward(batch.features);
       if (!opts.features) batch.features = torch::Tensor();
       each(start, end, batch);
     }

@@ -14,7 +14,8 @@ Teacher::Teacher(const Model& source, bool keep_conv_taps)
 
 Features Teacher::features(const torch::Tensor& x) {
   XFER_CHECK(defined(), "the teacher network was not set up");
-  if (!folded_) folded_ = folded_backbone(model_, keep_conv_taps_);
+  if (!folded_)
+    folded_ = folded_backbone(model_, keep_conv_taps_);
   else if (folded_stale_ && folded_ != model_->backbone)  // TorchScript backbones run as they are
     fold_batch_norms(*folded_, *model_->backbone, keep_conv_taps_);
   folded_stale_ = false;
@@ -29,7 +30,8 @@ torch::Tensor Teacher::logits(const torch::Tensor& pooled, const std::string& he
 
 void Teacher::ema_update(const Model& student, double decay, bool with_statistics) {
   XFER_CHECK(decay >= 0 && decay <= 1, "the teacher's EMA decay must be in [0, 1], got ", decay);
-  const std::string why = student->arch().mismatch(model_->arch(), /*with_heads=*/false);  // the teacher is the saved side
+  const std::string why =
+      student->arch().mismatch(model_->arch(), /*with_heads=*/false);  // the teacher is the saved side
   XFER_CHECK(why.empty(), "teacher and student differ: ", why);
   folded_stale_ = true;
   torch::NoGradGuard no_grad;

@@ -8,7 +8,9 @@
 namespace xfer {
 namespace {
 
-std::string state_key(const at::Tensor& param) { return c10::guts::to_string(param.unsafeGetTensorImpl()); }
+std::string state_key(const at::Tensor& param) {
+  return c10::guts::to_string(param.unsafeGetTensorImpl());
+}
 
 /// SGD exactly as torch::optim::SGD computes it, bit for bit, but on one flat buffer per parameter group: the
 /// group's parameters and momentum buffers are views into two flat tensors, so a step is about five kernels
@@ -19,7 +21,8 @@ std::string state_key(const at::Tensor& param) { return c10::guts::to_string(par
 /// optimizer state, a parameter given new data) are gathered into the flat buffers again, values unchanged.
 class FlatSGD : public torch::optim::SGD {
  public:
-  FlatSGD(const std::vector<torch::optim::OptimizerParamGroup>& groups, const torch::optim::SGDOptions& defaults)
+  FlatSGD(const std::vector<torch::optim::OptimizerParamGroup>& groups,
+          const torch::optim::SGDOptions& defaults)
       : torch::optim::SGD(groups, defaults), flats_(param_groups().size()) {}
 
   torch::Tensor step(LossClosure closure = nullptr) override {
@@ -31,8 +34,10 @@ class FlatSGD : public torch::optim::SGD {
       const std::vector<torch::Tensor>& params = group.params();
       bool all_grads = !params.empty();
       for (const auto& p : params) all_grads = all_grads && p.grad().defined();
-      if (all_grads && flatten_params(g)) step_flat(g, o);
-      else step_tensors(params, o);
+      if (all_grads && flatten_params(g))
+        step_flat(g, o);
+      else
+        step_tensors(params, o);
     }
     return {};
   }
@@ -47,7 +52,8 @@ class FlatSGD : public torch::optim::SGD {
 
   static bool is_view_of(const torch::Tensor& t, const torch::Tensor& flat, int64_t offset) {
     return t.defined() && flat.defined() && t.is_contiguous() &&
-           t.data_ptr() == static_cast<char*>(flat.data_ptr()) + offset * static_cast<int64_t>(flat.element_size());
+           t.data_ptr() ==
+               static_cast<char*>(flat.data_ptr()) + offset * static_cast<int64_t>(flat.element_size());
   }
 
   /// Makes the group's parameters views of one flat buffer (values unchanged); false where they cannot share
@@ -114,11 +120,14 @@ class FlatSGD : public torch::optim::SGD {
       if (with_state == 0 || !views)
         for (size_t i = 0; i < params.size(); ++i) {
           auto s = std::make_unique<torch::optim::SGDParamState>();
-          s->momentum_buffer(f.momentum.slice(0, f.offsets[i], f.offsets[i] + params[i].numel()).view(params[i].sizes()));
+          s->momentum_buffer(
+              f.momentum.slice(0, f.offsets[i], f.offsets[i] + params[i].numel()).view(params[i].sizes()));
           state()[state_key(params[i])] = std::move(s);
         }
-      if (o.nesterov()) d.add_(f.momentum, o.momentum());
-      else d = f.momentum;
+      if (o.nesterov())
+        d.add_(f.momentum, o.momentum());
+      else
+        d = f.momentum;
     }
     f.params.add_(d, -1 * o.lr());
   }
@@ -153,11 +162,13 @@ class FlatSGD : public torch::optim::SGD {
 
 void OptimizerOptions::fields(Fields& f) {
   f.add("optimizer", optimizer, "sgd (with momentum) or adam");
-  // Bounded so that lr times its multipliers stays far inside float32 (1e308 overflowed inside the optimizer).
+  // Bounded so that lr times its multipliers stays far inside float32 (1e308 overflowed inside the
+  // optimizer).
   f.add("lr", lr, "base learning rate (at most 1e10)").positive().at_most(1e10);
   f.add("momentum", momentum, "sgd momentum").in_range(0, 0.999999);
   f.add("nesterov", nesterov, "sgd: Nesterov momentum");
-  f.add("weight_decay", weight_decay, "L2 weight decay (added to the gradient, as torch.optim)").non_negative();
+  f.add("weight_decay", weight_decay, "L2 weight decay (added to the gradient, as torch.optim)")
+      .non_negative();
   f.add("beta1", beta1, "adam: first-moment decay").in_open_range(0, 1);
   f.add("beta2", beta2, "adam: second-moment decay").in_open_range(0, 1);
   f.add("eps", eps, "adam: denominator epsilon").positive();
@@ -173,20 +184,21 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerOptions& 
     XFER_CHECK(g.lr_mult >= 0, "parameter group '", g.name, "' has a negative lr multiplier ", g.lr_mult);
     const double wd = g.weight_decay.value_or(opts.weight_decay);
     if (opts.optimizer == OptimizerKind::sgd) {
-      torch_groups.emplace_back(g.params, std::make_unique<torch::optim::SGDOptions>(
-                                              torch::optim::SGDOptions(opts.lr * g.lr_mult)
-                                                  .momentum(opts.momentum)
-                                                  .nesterov(opts.nesterov)
-                                                  .weight_decay(wd)));
+      torch_groups.emplace_back(
+          g.params, std::make_unique<torch::optim::SGDOptions>(torch::optim::SGDOptions(opts.lr * g.lr_mult)
+                                                                   .momentum(opts.momentum)
+                                                                   .nesterov(opts.nesterov)
+                                                                   .weight_decay(wd)));
     } else {
-      torch_groups.emplace_back(g.params, std::make_unique<torch::optim::AdamOptions>(
-                                              torch::optim::AdamOptions(opts.lr * g.lr_mult)
-                                                  .betas({opts.beta1, opts.beta2})
-                                                  .eps(opts.eps)
-                                                  .weight_decay(wd)));
+      torch_groups.emplace_back(
+          g.params, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(opts.lr * g.lr_mult)
+                                                                    .betas({opts.beta1, opts.beta2})
+                                                                    .eps(opts.eps)
+                                                                    .weight_decay(wd)));
     }
   }
-  if (opts.optimizer == OptimizerKind::sgd) return std::make_unique<FlatSGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
+  if (opts.optimizer == OptimizerKind::sgd)
+    return std::make_unique<FlatSGD>(torch_groups, torch::optim::SGDOptions(opts.lr));
   return std::make_unique<torch::optim::Adam>(torch_groups, torch::optim::AdamOptions(opts.lr));
 }
 
@@ -197,7 +209,9 @@ void set_learning_rates(torch::optim::Optimizer& opt, const std::vector<ParamGro
 }
 
 namespace {
-std::string slot(size_t group, size_t param) { return cat(group, ".", param, "."); }
+std::string slot(size_t group, size_t param) {
+  return cat(group, ".", param, ".");
+}
 }  // namespace
 
 Archive save_optimizer(const torch::optim::Optimizer& opt) {
@@ -257,13 +271,14 @@ void load_optimizer(torch::optim::Optimizer& opt, const Archive& in) {
         state->step(a.to(torch::kInt64).item<int64_t>());
         state->exp_avg(like(b, params[i], at + "exp_avg"));
         state->exp_avg_sq(like(c, params[i], at + "exp_avg_sq"));
-        if (in.try_read(at + "max_exp_avg_sq", a)) state->max_exp_avg_sq(like(a, params[i], at + "max_exp_avg_sq"));
+        if (in.try_read(at + "max_exp_avg_sq", a))
+          state->max_exp_avg_sq(like(a, params[i], at + "max_exp_avg_sq"));
         opt.state()[state_key(params[i])] = std::move(state);
       }
     }
   }
-  XFER_CHECK(!in.has(cat("group", groups.size(), ".size")), "the optimizer state has more parameter groups than ",
-             groups.size());
+  XFER_CHECK(!in.has(cat("group", groups.size(), ".size")),
+             "the optimizer state has more parameter groups than ", groups.size());
 }
 
 }  // namespace xfer

@@ -20,7 +20,9 @@ double lr_factor(const ScheduleOptions& opts, int64_t step, int64_t total) {
   const int64_t warm = static_cast<int64_t>(std::llround(opts.warmup * static_cast<double>(total)));
   if (step < warm) return static_cast<double>(step + 1) / static_cast<double>(warm);
   if (opts.schedule == ScheduleKind::step)
-    return step < static_cast<int64_t>(std::llround(opts.milestone * static_cast<double>(total))) ? 1.0 : opts.gamma;
+    return step < static_cast<int64_t>(std::llround(opts.milestone * static_cast<double>(total)))
+               ? 1.0
+               : opts.gamma;
   if (opts.schedule == ScheduleKind::cosine) {
     const double span = static_cast<double>(std::max<int64_t>(total - warm, 1));
     const double cosine = 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step - warm) / span));

@@ -17,8 +17,8 @@ namespace xfer {
 namespace {
 
 /// The series of `key` over steps, from the lines that have it as a number.
-Series metric_series(const std::vector<nlohmann::json>& lines, const std::string& key, const std::string& name,
-                     double scale = 1.0) {
+Series metric_series(const std::vector<nlohmann::json>& lines, const std::string& key,
+                     const std::string& name, double scale = 1.0) {
   Series s;
   s.name = name;
   for (const auto& l : lines)
@@ -32,9 +32,10 @@ Series metric_series(const std::vector<nlohmann::json>& lines, const std::string
 /// Keys of the logged loss parts: every number but the bookkeeping fields and the evaluations
 /// (val_*, train_*).
 std::vector<std::string> part_keys(const std::vector<nlohmann::json>& lines) {
-  static const std::set<std::string> bookkeeping = {"step",          "lr",           "loss",
-                                                    "samples_per_s", "elapsed_s",    "skipped_steps",
-                                                    "allreduce_ms",  "allreduce_wait_ms"};
+  static const std::set<std::string> bookkeeping = {"step",         "lr",
+                                                    "loss",         "samples_per_s",
+                                                    "elapsed_s",    "skipped_steps",
+                                                    "allreduce_ms", "allreduce_wait_ms"};
   std::set<std::string> keys;
   for (const auto& l : lines)
     for (const auto& [k, v] : l.items())
@@ -88,7 +89,8 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
   std::string line;
   while (std::getline(in, line)) {
     auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number()) lines.push_back(std::move(j));
+    if (!j.is_discarded() && j.is_object() && j.contains("step") && j["step"].is_number())
+      lines.push_back(std::move(j));
   }
   return lines;
 }
@@ -123,7 +125,8 @@ Plot loss_plot(const std::vector<nlohmann::json>& lines, const std::string& titl
   if (p.series.size() == 2 && p.series[1].x == p.series[0].x) {
     bool same = true;
     for (size_t i = 0; i < p.series[0].y.size(); ++i)
-      same = same && std::abs(p.series[1].y[i] - p.series[0].y[i]) <= 1e-9 * std::max(1.0, std::abs(p.series[0].y[i]));
+      same = same && std::abs(p.series[1].y[i] - p.series[0].y[i]) <=
+                         1e-9 * std::max(1.0, std::abs(p.series[0].y[i]));
     if (same) {
       p.series[0].name = "total (= " + p.series[1].name + ")";
       p.series.pop_back();
@@ -249,7 +252,8 @@ Heatmap per_class_by_method(const std::vector<std::pair<std::string, nlohmann::j
     h.values.push_back(std::move(row));
     h.row_labels.push_back(m);
   }
-  const int cols = static_cast<int>(std::min<size_t>(k, 100)), rows = static_cast<int>(std::min<size_t>(h.values.size(), 100));
+  const int cols = static_cast<int>(std::min<size_t>(k, 100)),
+            rows = static_cast<int>(std::min<size_t>(h.values.size(), 100));
   h.width = std::clamp(400 + 60 * cols, 640, 2400);
   h.height = std::clamp(260 + 28 * rows, 400, 2400);
   return h;

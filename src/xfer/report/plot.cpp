@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -25,9 +25,12 @@ std::string label_text(const std::string& s) {
   std::string out;
   for (size_t i = 0; i < s.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f) out += ' ';
-    else if (c == '"') out += '\'';
-    else out += s[i];
+    if (c < 0x20 || c == 0x7f)
+      out += ' ';
+    else if (c == '"')
+      out += '\'';
+    else
+      out += s[i];
   }
   try {
     check_utf8(out, "label");
@@ -69,9 +72,10 @@ std::string number(double v) {
 }
 
 std::string terminal(const std::string& ext, int width, int height) {
-  XFER_CHECK(width >= 16 && width <= 10000 && height >= 16 && height <= 10000, "plot size must be in [16, 10000], got ",
-             width, "x", height);
-  if (ext == ".png") return cat("set terminal pngcairo size ", width, ",", height, " font 'sans,10' noenhanced\n");
+  XFER_CHECK(width >= 16 && width <= 10000 && height >= 16 && height <= 10000,
+             "plot size must be in [16, 10000], got ", width, "x", height);
+  if (ext == ".png")
+    return cat("set terminal pngcairo size ", width, ",", height, " font 'sans,10' noenhanced\n");
   return cat("set terminal svg size ", width, ",", height, " dynamic font 'sans,10' noenhanced\n");
 }
 
@@ -99,10 +103,11 @@ void render(const std::string& path, const std::string& body, const Labels& labe
     const std::string out = "plot" + ext;
     write_file_atomic((work / "labels.tsv").string(), labels.file());
     write_file_atomic((work / "data.dat").string(), data);
-    write_file_atomic((work / "plot.gp").string(), terminal(ext, width, height) + "set output '" + out + "'\n" +
-                                                       labels.prologue() + "datafile = 'data.dat'\n" + body);
-    const ExitStatus status =
-        wait_process(spawn_process({find_program("gnuplot"), "plot.gp"}, "gnuplot.log", "gnuplot.log", {}, work.string()));
+    write_file_atomic((work / "plot.gp").string(), terminal(ext, width, height) + "set output '" + out +
+                                                       "'\n" + labels.prologue() + "datafile = 'data.dat'\n" +
+                                                       body);
+    const ExitStatus status = wait_process(
+        spawn_process({find_program("gnuplot"), "plot.gp"}, "gnuplot.log", "gnuplot.log", {}, work.string()));
     if (!status.ok() || !fs::exists(work / out)) {
       std::string log = fs::exists(work / "gnuplot.log") ? read_file((work / "gnuplot.log").string()) : "";
       while (!log.empty() && (log.front() == '\n' || log.front() == ' ')) log.erase(0, 1);
@@ -147,13 +152,14 @@ bool write_plot(const std::string& path, const Plot& plot) {
   std::ostringstream data;
   for (const auto& s : plot.series) {
     for (size_t i = 0; i < s.y.size(); ++i)
-      data << number(s.x[i]) << ' ' << number(s.y[i]) << ' ' << (s.err.empty() ? "0" : number(s.err[i])) << '\n';
+      data << number(s.x[i]) << ' ' << number(s.y[i]) << ' ' << (s.err.empty() ? "0" : number(s.err[i]))
+           << '\n';
     data << "\n\n";
   }
   Labels labels;
   std::ostringstream gp;
-  gp << "set title " << labels.add(plot.title) << "\nset xlabel " << labels.add(plot.xlabel) << "\nset ylabel "
-     << labels.add(plot.ylabel) << "\nset grid\nset key outside right top\n";
+  gp << "set title " << labels.add(plot.title) << "\nset xlabel " << labels.add(plot.xlabel)
+     << "\nset ylabel " << labels.add(plot.ylabel) << "\nset grid\nset key outside right top\n";
   if (plot.logx) gp << "set logscale x\n";
   if (plot.logy) gp << "set logscale y\n";
   if (!plot.xtics.empty()) {
@@ -163,7 +169,8 @@ bool write_plot(const std::string& path, const Plot& plot) {
     gp << "set xtics (";
     bool first = true;
     for (size_t i = 0; i < plot.xtics.size(); i += every) {
-      gp << (first ? "" : ", ") << labels.add(plot.xtics[i]) << ' ' << (at_values ? number(plot.xtic_values[i]) : number(i));
+      gp << (first ? "" : ", ") << labels.add(plot.xtics[i]) << ' '
+         << (at_values ? number(plot.xtic_values[i]) : number(i));
       first = false;
     }
     gp << ")" << (at_values ? "" : " rotate by -30") << "\n";
@@ -191,18 +198,21 @@ bool write_plot(const std::string& path, const Plot& plot) {
     const double offset = static_cast<double>(k) - (n - 1) / 2;
     std::string x = "1";
     if (plot.dodge > 0 && !s.err.empty())
-      x = plot.logx ? cat("($1*", number(std::pow(1 + plot.dodge, offset)), ")") : cat("($1+", number(offset * plot.dodge), ")");
+      x = plot.logx ? cat("($1*", number(std::pow(1 + plot.dodge, offset)), ")")
+                    : cat("($1+", number(offset * plot.dodge), ")");
     if (k) gp << ", \\\n     ";
     if (bars) {
       const double shift = offset * width;
-      gp << "datafile index " << k << " using ($1+" << number(shift) << "):2 with boxes lc " << k % 8 + 1 << ' ' << title;
+      gp << "datafile index " << k << " using ($1+" << number(shift) << "):2 with boxes lc " << k % 8 + 1
+         << ' ' << title;
       if (!s.err.empty())
-        gp << ", datafile index " << k << " using ($1+" << number(shift) << "):2:3 with yerrorbars lc black pt 7 ps 0.5 notitle";
+        gp << ", datafile index " << k << " using ($1+" << number(shift)
+           << "):2:3 with yerrorbars lc black pt 7 ps 0.5 notitle";
     } else if (!s.err.empty()) {
       gp << "datafile index " << k << " using " << x << ":2:3 with yerrorlines lw 2 " << look << ' ' << title;
     } else {
-      gp << "datafile index " << k << " using 1:2 with " << (s.style.empty() ? plot.style : s.style) << " lw 2 "
-         << look << ' ' << title;
+      gp << "datafile index " << k << " using 1:2 with " << (s.style.empty() ? plot.style : s.style)
+         << " lw 2 " << look << ' ' << title;
     }
   }
   gp << "\n";
@@ -215,14 +225,14 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
   const size_t rows = map.values.size(), cols = map.values[0].size();
   for (const auto& r : map.values)
     XFER_CHECK(r.size() == cols, "heatmap '", map.title, "': rows have different lengths");
-  XFER_CHECK(map.row_labels.empty() || map.row_labels.size() == rows, "heatmap '", map.title, "': ",
-             map.row_labels.size(), " row labels for ", rows, " rows");
-  XFER_CHECK(map.column_labels.empty() || map.column_labels.size() == cols, "heatmap '", map.title, "': ",
-             map.column_labels.size(), " column labels for ", cols, " columns");
+  XFER_CHECK(map.row_labels.empty() || map.row_labels.size() == rows, "heatmap '", map.title,
+             "': ", map.row_labels.size(), " row labels for ", rows, " rows");
+  XFER_CHECK(map.column_labels.empty() || map.column_labels.size() == cols, "heatmap '", map.title,
+             "': ", map.column_labels.size(), " column labels for ", cols, " columns");
   XFER_CHECK(!(map.vmin >= map.vmax), "heatmap '", map.title, "': colour range [", map.vmin, ", ", map.vmax,
              "] is empty");
-  XFER_CHECK(map.decimals >= 0 && map.decimals <= 6, "heatmap '", map.title, "': decimals must be in [0, 6], got ",
-             map.decimals);
+  XFER_CHECK(map.decimals >= 0 && map.decimals <= 6, "heatmap '", map.title,
+             "': decimals must be in [0, 6], got ", map.decimals);
   if (!have_gnuplot()) return false;
   std::ostringstream data;
   for (size_t r = 0; r < rows; ++r)
@@ -249,7 +259,8 @@ bool write_heatmap(const std::string& path, const Heatmap& map) {
   gp << "plot datafile using 1:2:3 with image";
   // The value in each cell while cells are large enough to hold one; the format is built here, not taken
   // from the data.
-  if (rows <= 30 && cols <= 30) gp << ", datafile using 1:2:(sprintf('%." << map.decimals << "f', $3)) with labels font ',8'";
+  if (rows <= 30 && cols <= 30)
+    gp << ", datafile using 1:2:(sprintf('%." << map.decimals << "f', $3)) with labels font ',8'";
   gp << "\n";
   render(path, gp.str(), labels, data.str(), map.width, map.height);
   return true;

@@ -124,13 +124,19 @@ std::string without_per_class(const std::string& spec) {
   return out;
 }
 
-std::string percent(const nlohmann::json& v) { return v.is_number() ? fixed(100 * v.get<double>(), 2) + "%" : "-"; }
+std::string percent(const nlohmann::json& v) {
+  return v.is_number() ? fixed(100 * v.get<double>(), 2) + "%" : "-";
+}
 
 /// The result of a run as a two-column table.
 void result_table(std::ostringstream& md, const nlohmann::json& r) {
   Table t({"field", "value"});
-  auto text = [&r](const char* key) { return r.contains(key) && r[key].is_string() ? r[key].get<std::string>() : ""; };
-  auto integer = [&r](const char* key) { return r.contains(key) && r[key].is_number() ? r[key].dump() : "-"; };
+  auto text = [&r](const char* key) {
+    return r.contains(key) && r[key].is_string() ? r[key].get<std::string>() : "";
+  };
+  auto integer = [&r](const char* key) {
+    return r.contains(key) && r[key].is_number() ? r[key].dump() : "-";
+  };
   auto value = [&r](const char* key) { return r.contains(key) ? r[key] : nlohmann::json(); };
   t.add_row({"method", text("method")});
   t.add_row({"target", text("target")});
@@ -141,13 +147,14 @@ void result_table(std::ostringstream& md, const nlohmann::json& r) {
   t.add_row({"test mean per-class accuracy", percent(value("test_mean_class"))});
   t.add_row({"best validation top-1", percent(value("best_val_top1"))});
   t.add_row({"iterations", integer("iterations")});
-  t.add_row({"time per step", value("step_ms").is_number() ? fixed(r["step_ms"].get<double>(), 2) + " ms" : "-"});
+  t.add_row(
+      {"time per step", value("step_ms").is_number() ? fixed(r["step_ms"].get<double>(), 2) + " ms" : "-"});
   md << t.markdown() << "\n";
 }
 
 /// The figures of one run: learning curves from metrics.jsonl, test results from result.json.
-void run_figures(ReportWriter& w, const fs::path& run, const nlohmann::json& result, const std::string& prefix,
-                 const std::string& title) {
+void run_figures(ReportWriter& w, const fs::path& run, const nlohmann::json& result,
+                 const std::string& prefix, const std::string& title) {
   const auto lines = read_metrics((run / "metrics.jsonl").string());
   auto& md = w.md();
   if (!lines.empty()) {
@@ -158,8 +165,9 @@ void run_figures(ReportWriter& w, const fs::path& run, const nlohmann::json& res
     w.plot(prefix + "accuracy", accuracy_plot(lines, title + ": accuracy during training"));
   }
   const Heatmap confusion = confusion_heatmap(result, title + ": test confusion matrix");
-  const Plot per_class = per_class_plot(
-      result, cat(title, ": test accuracy per class (mean ", percent(result.value("test_mean_class", nlohmann::json())), ")"));
+  const Plot per_class =
+      per_class_plot(result, cat(title, ": test accuracy per class (mean ",
+                                 percent(result.value("test_mean_class", nlohmann::json())), ")"));
   if (!confusion.values.empty() || !per_class.series.empty()) md << "## Test results\n\n";
   w.heatmap(prefix + "confusion", confusion);
   w.plot(prefix + "per_class", per_class);
@@ -196,7 +204,8 @@ void run_report(ReportWriter& w, const fs::path& dir) {
     if (j.contains("classes") && j["classes"].is_array()) {
       std::vector<std::pair<double, std::string>> ws;
       for (const auto& c : j["classes"])
-        if (c.contains("weight") && c.contains("name")) ws.emplace_back(c["weight"].get<double>(), c["name"].get<std::string>());
+        if (c.contains("weight") && c.contains("name"))
+          ws.emplace_back(c["weight"].get<double>(), c["name"].get<std::string>());
       std::sort(ws.rbegin(), ws.rend());
       Plot p;
       p.title = "importance weights w(y) = P_t(y) / P_s(y)";
@@ -250,19 +259,22 @@ void demo_report(ReportWriter& w, const fs::path& dir) {
   if (fs::is_regular_file(dir / "table.md")) md << read_file((dir / "table.md").string()) << "\n";
   std::vector<std::string> methods;
   for (const auto& e : demo.value("summary", nlohmann::json::array()))
-    if (e.is_object() && e.contains("method") && e["method"].is_string()) methods.push_back(e["method"].get<std::string>());
+    if (e.is_object() && e.contains("method") && e["method"].is_string())
+      methods.push_back(e["method"].get<std::string>());
   std::vector<std::pair<std::string, nlohmann::json>> results;
   std::map<int64_t, std::vector<std::pair<std::string, nlohmann::json>>> by_size;
   for (const auto& r : demo.value("runs", nlohmann::json::array())) {
     if (!r.is_object() || !r.contains("method") || !r["method"].is_string()) continue;
     results.emplace_back(r["method"].get<std::string>(), r);
-    if (const auto size = spec_per_class(r.value("target", nlohmann::json()))) by_size[*size].push_back(results.back());
+    if (const auto size = spec_per_class(r.value("target", nlohmann::json())))
+      by_size[*size].push_back(results.back());
   }
   comparison_figures(w, results, methods);
   if (!by_size.empty()) md << "## Test accuracy per class\n\n";
   for (const auto& [size, rs] : by_size)
-    w.heatmap(cat("per_class_n", size),
-              per_class_by_method(rs, methods, cat("test accuracy per class with ", size, " labels per class (mean over seeds)")));
+    w.heatmap(cat("per_class_n", size), per_class_by_method(rs, methods,
+                                                            cat("test accuracy per class with ", size,
+                                                                " labels per class (mean over seeds)")));
   md << "Each run is a directory METHOD/nSIZE-sSEED here; `xfer report` on one draws its learning curves and "
         "confusion matrix.\n";
 }
@@ -270,7 +282,8 @@ void demo_report(ReportWriter& w, const fs::path& dir) {
 void bench_report(ReportWriter& w, const fs::path& dir) {
   const auto bench = read_json_file((dir / "bench.json").string());
   auto& md = w.md();
-  md << "# Benchmark " << md_text(bench.value("suite", "")) << "\n\n" << bench.value("description", "") << "\n\n";
+  md << "# Benchmark " << md_text(bench.value("suite", "")) << "\n\n"
+     << bench.value("description", "") << "\n\n";
   if (fs::exists(dir / "table.md")) {
     std::string table = read_file((dir / "table.md").string());
     if (table.rfind("# ", 0) == 0) table = table.substr(table.find('\n') + 1);  // its own title
@@ -302,7 +315,8 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
     if (!s.y.empty()) acc.series.push_back(s);
   }
   w.plot("accuracy", acc);
-  if (fs::exists(dir / "timing.md")) md << "## Time per step\n\n" << read_file((dir / "timing.md").string()) << "\n";
+  if (fs::exists(dir / "timing.md"))
+    md << "## Time per step\n\n" << read_file((dir / "timing.md").string()) << "\n";
 
   // Each successful run's directory (runs/TASK/METHOD/seedN here) and result.json.
   struct Found {
@@ -314,7 +328,9 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
   for (const auto& r : runs) {
     if (!r.at("ok").get<bool>()) continue;
     const fs::path run = locate_run(dir, r.value("dir", nlohmann::json()), 4);
-    if (!run.empty()) found.push_back({r.at("task").get<std::string>(), r.at("method").get<std::string>(), run, read_result(run)});
+    if (!run.empty())
+      found.push_back(
+          {r.at("task").get<std::string>(), r.at("method").get<std::string>(), run, read_result(run)});
   }
   std::vector<std::pair<std::string, nlohmann::json>> results;
   for (const auto& f : found) results.emplace_back(f.label, f.result);
@@ -324,7 +340,8 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
     std::vector<std::pair<std::string, nlohmann::json>> rs;
     for (const auto& f : found)
       if (f.task == tasks[t]) rs.emplace_back(f.label, f.result);
-    const Heatmap h = per_class_by_method(rs, labels, "test accuracy per class on " + tasks[t] + " (mean over seeds)");
+    const Heatmap h =
+        per_class_by_method(rs, labels, "test accuracy per class on " + tasks[t] + " (mean over seeds)");
     if (h.values.empty()) continue;
     if (!heading) md << "## Test accuracy per class\n\n";
     heading = true;
@@ -357,14 +374,16 @@ void bench_report(ReportWriter& w, const fs::path& dir) {
   }
 }
 
-/// A search directory (xfer search --out): its best trial, the plots the search drew, the best trial's figures.
+/// A search directory (xfer search --out): its best trial, the plots the search drew, the best trial's
+/// figures.
 void search_report(ReportWriter& w, const fs::path& dir) {
   const auto best = read_json_file((dir / "best.json").string());
   auto& md = w.md();
   md << "# Search " << md_text(dir.filename().string()) << "\n\n";
   Table t({"field", "value"});
   auto value = [&best](const char* key) { return best.contains(key) ? best[key] : nlohmann::json(); };
-  t.add_row({"trials", cat(value("trials").dump(), " (", value("complete").dump(), " complete, ", value("failed").dump(), " failed)")});
+  t.add_row({"trials", cat(value("trials").dump(), " (", value("complete").dump(), " complete, ",
+                           value("failed").dump(), " failed)")});
   t.add_row({"best trial", value("trial").dump()});
   t.add_row({"its validation top-1", percent(value("val_top1"))});
   t.add_row({"its test top-1", percent(value("test_top1"))});
@@ -399,9 +418,11 @@ nlohmann::json write_report(const std::string& path) {
     else if (fs::exists(dir / "best.json"))
       search_report(w, dir);
     else
-      throw BadInput(cat("report: ", path, " is not a run (metrics.jsonl), bench (bench.json), demo (demo.json) ",
+      throw BadInput(cat("report: ", path,
+                         " is not a run (metrics.jsonl), bench (bench.json), demo (demo.json) ",
                          "or search (best.json) directory"));
-  } catch (const nlohmann::json::exception& e) {  // a file of the wrong shape: a value missing or of another type
+  } catch (
+      const nlohmann::json::exception& e) {  // a file of the wrong shape: a value missing or of another type
     throw BadInput(cat("report: ", path, ": a JSON file there is not what xfer writes (", e.what(), ")"));
   }
   return w.finish();

@@ -31,7 +31,8 @@ std::string summary_table(const std::vector<RunRecord>& records, const std::vect
     double top = -1;
     for (const auto& m : methods) {
       auto it = cells.find({m, t});
-      if (it != cells.end() && !it->second.values.empty()) top = std::max(top, mean_std(it->second.values).mean);
+      if (it != cells.end() && !it->second.values.empty())
+        top = std::max(top, mean_std(it->second.values).mean);
     }
     if (top >= 0) best[t] = fixed(100 * top, precision);
   }
@@ -55,7 +56,8 @@ std::string summary_table(const std::vector<RunRecord>& records, const std::vect
       const MeanStd ms = mean_std(c.values);
       std::string text = format_mean_std(ms, 100.0, precision);
       if (best.count(t) && fixed(100 * ms.mean, precision) == best[t]) text = "**" + text + "**";
-      if (static_cast<int64_t>(c.values.size()) < c.runs) text += cat(" (", c.values.size(), "/", c.runs, ")");
+      if (static_cast<int64_t>(c.values.size()) < c.runs)
+        text += cat(" (", c.values.size(), "/", c.runs, ")");
       row.push_back(text);
     }
     table.add_row(row);
@@ -64,12 +66,13 @@ std::string summary_table(const std::vector<RunRecord>& records, const std::vect
 }
 
 std::string records_csv(const std::vector<RunRecord>& records) {
-  Table t({"task", "method", "seed", "status", "test_top1", "test_mean_class", "best_val_top1", "step_ms", "error",
-           "dir"});
+  Table t({"task", "method", "seed", "status", "test_top1", "test_mean_class", "best_val_top1", "step_ms",
+           "error", "dir"});
   for (const auto& r : records)
-    t.add_row({r.task, r.method, std::to_string(r.seed), r.ok ? "ok" : "failed", r.ok ? fixed(r.test_top1, 4) : "",
-               r.ok ? fixed(r.test_mean_class, 4) : "", r.ok && r.best_val_top1 >= 0 ? fixed(r.best_val_top1, 4) : "",
-               r.ok ? fixed(r.step_ms, 3) : "", r.error, r.dir});
+    t.add_row({r.task, r.method, std::to_string(r.seed), r.ok ? "ok" : "failed",
+               r.ok ? fixed(r.test_top1, 4) : "", r.ok ? fixed(r.test_mean_class, 4) : "",
+               r.ok && r.best_val_top1 >= 0 ? fixed(r.best_val_top1, 4) : "", r.ok ? fixed(r.step_ms, 3) : "",
+               r.error, r.dir});
   return t.csv();
 }
 

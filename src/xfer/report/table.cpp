@@ -30,7 +30,9 @@ void Table::add_row(std::vector<std::string> row) {
   rows_.push_back(std::move(row));
 }
 
-void Table::align_right(size_t column) { right_.at(column) = true; }
+void Table::align_right(size_t column) {
+  right_.at(column) = true;
+}
 
 std::string Table::markdown() const {
   std::vector<size_t> widths(header_.size(), 3);

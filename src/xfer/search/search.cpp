@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
@@ -39,7 +39,9 @@ std::string search_trial_dir(const std::string& out, int64_t number) {
   return (fs::path(out) / "trials" / name).string();
 }
 
-std::string search_percent(double fraction, int precision = 1) { return fixed(100 * fraction, precision) + "%"; }
+std::string search_percent(double fraction, int precision = 1) {
+  return fixed(100 * fraction, precision) + "%";
+}
 
 /// Sends a running trial's heartbeat on its own connection, every `interval` seconds, until destroyed.
 class SearchHeartbeat {
@@ -78,23 +80,28 @@ class SearchHeartbeat {
 
 void SearchOptions::fields(Fields& f) {
   f.add("out", out, "the search's directory: study.sqlite, trials/NNNN run directories, trials.csv, plots");
-  f.add("storage", storage, "the study database (default OUT/study.sqlite); workers on one file share the study");
+  f.add("storage", storage,
+        "the study database (default OUT/study.sqlite); workers on one file share the study");
   f.add("study", study, "the study's name, checked when a study is resumed");
   f.add("trials", trials, "trials in the study, counting those already run (not retries of crashed ones)")
       .at_least(1);
   f.add("sampler", sampler, "tpe (Tree-structured Parzen Estimator) or random");
   f.add("workers", workers, "worker processes running trials in parallel on the study").at_least(1);
   f.add("startup_trials", startup_trials, "TPE: random trials before the model is used").non_negative();
-  f.add("ei_candidates", ei_candidates, "TPE: candidates drawn from l(x) and scored by l(x)/g(x)").at_least(1);
+  f.add("ei_candidates", ei_candidates, "TPE: candidates drawn from l(x) and scored by l(x)/g(x)")
+      .at_least(1);
   f.add("prior_weight", prior_weight, "TPE: weight of the prior kernel in the Parzen estimators").positive();
   f.add("heartbeat", heartbeat, "seconds between heartbeats of a running trial").positive();
-  f.add("stale_after", stale_after, "seconds without a heartbeat after which a running trial counts as crashed")
+  f.add("stale_after", stale_after,
+        "seconds without a heartbeat after which a running trial counts as crashed")
       .positive();
   f.add("retries", retries, "times a crashed trial is run again").non_negative();
-  f.add("busy_timeout", busy_timeout, "seconds to wait for a database locked by another process").non_negative();
+  f.add("busy_timeout", busy_timeout, "seconds to wait for a database locked by another process")
+      .non_negative();
   f.add("plot_top", plot_top, "best trials drawn in schedules.png (smooth)").at_least(1);
-  f.add("pruner", pruner, "stop losing trials early: none, or median (Optuna's MedianPruner on the trials' "
-                          "validation top-1; PRUNED trials stay in the study)");
+  f.add("pruner", pruner,
+        "stop losing trials early: none, or median (Optuna's MedianPruner on the trials' "
+        "validation top-1; PRUNED trials stay in the study)");
   f.add("pruner_startup_trials", pruner_startup_trials, "median pruner: complete trials before any pruning")
       .non_negative();
   f.add("pruner_warmup_steps", pruner_warmup_steps, "median pruner: no pruning at training steps below this")
@@ -134,7 +141,8 @@ bool median_should_prune(int64_t complete, const std::vector<double>& at_step, c
   std::sort(values.begin(), values.end());
   const double pos = 0.5 * static_cast<double>(values.size() - 1);
   const auto lo = static_cast<size_t>(std::floor(pos));
-  const double median = values[lo] + (pos - static_cast<double>(lo)) * (values[std::min(lo + 1, values.size() - 1)] - values[lo]);
+  const double median = values[lo] + (pos - static_cast<double>(lo)) *
+                                         (values[std::min(lo + 1, values.size() - 1)] - values[lo]);
   return best < median;
 }
 
@@ -221,17 +229,21 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
     ++stats.trials;
 
     const auto s0 = std::chrono::steady_clock::now();
-    if (pruned) study.prune(r.number);
-    else if (failure.empty()) study.complete(r.number, outcome.value, outcome.intermediate);
-    else study.fail(r.number, failure, validation_curve(r.run_dir));
+    if (pruned)
+      study.prune(r.number);
+    else if (failure.empty())
+      study.complete(r.number, outcome.value, outcome.intermediate);
+    else
+      study.fail(r.number, failure, validation_curve(r.run_dir));
     stats.storage_seconds += search_elapsed(s0);
 
     std::ostringstream line;
-    line << "trial " << r.number << (r.retry_of ? cat(" (retry of ", *r.retry_of, ")") : std::string()) << who << ": "
-         << space.values_text(r.params) << " -> "
-         << (pruned ? cat("PRUNED at step ", last_step, " (best val so far ",
-                          search_percent(own.empty() ? 0 : *std::max_element(own.begin(), own.end()), 2), ")")
-                    : failure.empty() ? "val " + search_percent(outcome.value, 2) : "FAILED: " + failure)
+    line << "trial " << r.number << (r.retry_of ? cat(" (retry of ", *r.retry_of, ")") : std::string()) << who
+         << ": " << space.values_text(r.params) << " -> "
+         << (pruned            ? cat("PRUNED at step ", last_step, " (best val so far ",
+                                     search_percent(own.empty() ? 0 : *std::max_element(own.begin(), own.end()), 2), ")")
+             : failure.empty() ? "val " + search_percent(outcome.value, 2)
+                               : "FAILED: " + failure)
          << " (" << fixed(seconds, 1) << " s)\n";
     out << line.str() << std::flush;
   }

@@ -48,11 +48,16 @@ std::vector<std::string> space_split(const std::string& text, char sep) {
 
 const char* kind_word(ParamSpec::Kind k) {
   switch (k) {
-    case ParamSpec::Kind::Linear: return "lin";
-    case ParamSpec::Kind::Log: return "log";
-    case ParamSpec::Kind::Int: return "int";
-    case ParamSpec::Kind::LogInt: return "logint";
-    default: return "cat";
+    case ParamSpec::Kind::Linear:
+      return "lin";
+    case ParamSpec::Kind::Log:
+      return "log";
+    case ParamSpec::Kind::Int:
+      return "int";
+    case ParamSpec::Kind::LogInt:
+      return "logint";
+    default:
+      return "cat";
   }
 }
 
@@ -67,8 +72,10 @@ using FieldValue = std::variant<double, int64_t, bool, std::string>;
 FieldValue space_get(const Fields::Field& f) {
   return std::visit(
       [](const auto& p) -> FieldValue {
-        if constexpr (std::is_same_v<std::decay_t<decltype(p)>, Fields::EnumRef>) return p.text();
-        else return *p;
+        if constexpr (std::is_same_v<std::decay_t<decltype(p)>, Fields::EnumRef>)
+          return p.text();
+        else
+          return *p;
       },
       f.target);
 }
@@ -76,8 +83,10 @@ void space_put(const Fields::Field& f, const FieldValue& v) {
   std::visit(
       [&](const auto& p) {
         using T = std::remove_pointer_t<std::decay_t<decltype(p)>>;
-        if constexpr (std::is_same_v<T, Fields::EnumRef>) set_field_text(f, std::get<std::string>(v));
-        else *p = std::get<T>(v);
+        if constexpr (std::is_same_v<T, Fields::EnumRef>)
+          set_field_text(f, std::get<std::string>(v));
+        else
+          *p = std::get<T>(v);
       },
       f.target);
 }
@@ -155,11 +164,16 @@ ParamSpec parse_param(const std::string& text) {
     XFER_CHECK(!p.choices.empty(), where, ": no choices");
     return p;
   }
-  if (kind == "lin") p.kind = ParamSpec::Kind::Linear;
-  else if (kind == "log") p.kind = ParamSpec::Kind::Log;
-  else if (kind == "int") p.kind = ParamSpec::Kind::Int;
-  else if (kind == "logint") p.kind = ParamSpec::Kind::LogInt;
-  else throw BadInput(cat(where, ": unknown kind '", kind, "'; expected ", kParamSyntax));
+  if (kind == "lin")
+    p.kind = ParamSpec::Kind::Linear;
+  else if (kind == "log")
+    p.kind = ParamSpec::Kind::Log;
+  else if (kind == "int")
+    p.kind = ParamSpec::Kind::Int;
+  else if (kind == "logint")
+    p.kind = ParamSpec::Kind::LogInt;
+  else
+    throw BadInput(cat(where, ": unknown kind '", kind, "'; expected ", kParamSyntax));
   const auto bounds = space_split(args, ':');
   XFER_CHECK(bounds.size() == 2, where, ": ", kind, " takes LO:HI, got '", args, "'");
   XFER_CHECK(space_parse_number(bounds[0], p.low), where, ": LO '", bounds[0], "' is not a number");
@@ -167,8 +181,10 @@ ParamSpec parse_param(const std::string& text) {
   if (p.integer())
     XFER_CHECK(p.low == std::floor(p.low) && p.high == std::floor(p.high), where, ": ", kind,
                " bounds must be integers, got ", bounds[0], " and ", bounds[1]);
-  XFER_CHECK(p.low < p.high, where, ": the range is empty (LO ", bounds[0], " must be below HI ", bounds[1], ")");
-  if (p.kind == ParamSpec::Kind::Log) XFER_CHECK(p.low > 0, where, ": a log range needs LO > 0, got ", bounds[0]);
+  XFER_CHECK(p.low < p.high, where, ": the range is empty (LO ", bounds[0], " must be below HI ", bounds[1],
+             ")");
+  if (p.kind == ParamSpec::Kind::Log)
+    XFER_CHECK(p.low > 0, where, ": a log range needs LO > 0, got ", bounds[0]);
   if (p.kind == ParamSpec::Kind::LogInt)
     XFER_CHECK(p.low >= 1, where, ": a logint range needs LO >= 1, got ", bounds[0]);
   return p;
@@ -213,9 +229,11 @@ std::string SearchSpace::difference(const SearchSpace& stored) const {
   std::vector<std::string> diffs;
   for (const auto& p : params) {
     const ParamSpec* s = stored.find(p.name);
-    if (!s) diffs.push_back(cat("--param ", p.name, " is new (the study has no ", p.name, ")"));
+    if (!s)
+      diffs.push_back(cat("--param ", p.name, " is new (the study has no ", p.name, ")"));
     else if (s->range_text() != p.range_text())
-      diffs.push_back(cat("--param ", p.name, " is ", p.range_text(), " now but ", s->range_text(), " in the study"));
+      diffs.push_back(
+          cat("--param ", p.name, " is ", p.range_text(), " now but ", s->range_text(), " in the study"));
   }
   for (const auto& s : stored.params)
     if (!find(s.name)) diffs.push_back(cat("the study also searches ", s.name, "=", s.range_text()));
@@ -236,9 +254,12 @@ nlohmann::json SearchSpace::values_json(const ParamValues& values) const {
   for (const auto& p : params) {
     auto it = values.find(p.name);
     if (it == values.end()) continue;
-    if (p.kind == ParamSpec::Kind::Categorical) out[p.name] = p.value_text(it->second);
-    else if (p.integer()) out[p.name] = std::llround(it->second);
-    else out[p.name] = it->second;
+    if (p.kind == ParamSpec::Kind::Categorical)
+      out[p.name] = p.value_text(it->second);
+    else if (p.integer())
+      out[p.name] = std::llround(it->second);
+    else
+      out[p.name] = it->second;
   }
   return out;
 }
@@ -249,8 +270,10 @@ ParamValues SearchSpace::values_from_json(const nlohmann::json& j) const {
   for (const auto& p : params) {
     XFER_CHECK(j.contains(p.name), "stored parameter values ", j.dump(), " lack ", p.name);
     const auto& v = j[p.name];
-    if (p.kind == ParamSpec::Kind::Categorical) out[p.name] = p.internal(v.get<std::string>());
-    else out[p.name] = v.get<double>();
+    if (p.kind == ParamSpec::Kind::Categorical)
+      out[p.name] = p.internal(v.get<std::string>());
+    else
+      out[p.name] = v.get<double>();
   }
   return out;
 }
@@ -266,7 +289,8 @@ std::string SearchSpace::values_text(const ParamValues& values) const {
   return out;
 }
 
-void apply_params(const SearchSpace& space, const ParamValues& values, const std::vector<Fields*>& fields_list) {
+void apply_params(const SearchSpace& space, const ParamValues& values,
+                  const std::vector<Fields*>& fields_list) {
   for (const auto& p : space.params) {
     auto it = values.find(p.name);
     XFER_CHECK(it != values.end(), "no value for parameter ", p.name);
@@ -280,8 +304,7 @@ void check_space(const SearchSpace& space, const std::vector<Fields*>& fields_li
                  const std::vector<std::string>& fixed) {
   for (const auto& p : space.params) {
     const std::string where = cat("--param ", p.name, "=", p.range_text());
-    for (const auto& f : fixed)
-      XFER_CHECK(space_snake(f) != p.name, where, ": a search cannot set --", f);
+    for (const auto& f : fixed) XFER_CHECK(space_snake(f) != p.name, where, ": a search cannot set --", f);
     Fields* owner = nullptr;
     Fields::Field* field = space_field(fields_list, p.name, &owner);
     if (!field) {
@@ -294,7 +317,8 @@ void check_space(const SearchSpace& space, const std::vector<Fields*>& fields_li
       XFER_CHECK(p.kind == ParamSpec::Kind::Linear || p.kind == ParamSpec::Kind::Log || !p.numeric(), where,
                  ": ", field->flag(), " is a float: use lin:, log: or cat:");
     else if (type == "int")
-      XFER_CHECK(p.integer() || !p.numeric(), where, ": ", field->flag(), " is an integer: use int:, logint: or cat:");
+      XFER_CHECK(p.integer() || !p.numeric(), where, ": ", field->flag(),
+                 " is an integer: use int:, logint: or cat:");
     else
       XFER_CHECK(!p.numeric(), where, ": ", field->flag(), " is a ", type == "bool" ? "switch" : "text",
                  " option: use cat:");

@@ -28,7 +28,8 @@ const char* const kStudyFormat = "xfer-study-1";
     throw std::runtime_error(cat("the study database ", path, " stayed locked while ", what, " (", msg,
                                  "): another process holds a write lock; raise --busy-timeout or retry"));
   if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT)
-    throw BadInput(cat(path, " is not a readable study database (", msg, "); it was left untouched: restore it "
+    throw BadInput(cat(path, " is not a readable study database (", msg,
+                       "); it was left untouched: restore it "
                        "from a copy or use another --out / --storage"));
   if (primary == SQLITE_CANTOPEN || primary == SQLITE_READONLY || primary == SQLITE_PERM)
     throw BadInput(cat("cannot write the study database ", path, " (", msg, ")"));
@@ -133,15 +134,17 @@ double Study::now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::string Study::worker_id() { return cat(study_host(), ":", getpid()); }
+std::string Study::worker_id() {
+  return cat(study_host(), ":", getpid());
+}
 
 void Study::open(double busy_timeout) {
   XFER_CHECK(busy_timeout >= 0, "--busy-timeout must be >= 0, got ", busy_timeout);
   const fs::path parent = fs::path(path_).parent_path();
   XFER_CHECK(parent.empty() || fs::is_directory(parent), "the directory of the study database ", path_,
              " does not exist");
-  int rc = sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                           nullptr);
+  int rc = sqlite3_open_v2(path_.c_str(), &db_,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
   if (rc != SQLITE_OK) study_fail(rc, db_, path_, "opening");
   sqlite3_busy_timeout(db_, static_cast<int>(busy_timeout * 1000));
   sqlite3_extended_result_codes(db_, 1);
@@ -150,8 +153,9 @@ void Study::open(double busy_timeout) {
     StudyStmt check(db_, path_, "PRAGMA quick_check");
     while (check.step()) {
       const std::string line = check.text(0);
-      XFER_CHECK(line == "ok", path_, " is a damaged SQLite database (", line, "); it was left untouched: restore "
-                                      "it from a copy or use another --out / --storage");
+      XFER_CHECK(line == "ok", path_, " is a damaged SQLite database (", line,
+                 "); it was left untouched: restore "
+                 "it from a copy or use another --out / --storage");
     }
   }
   study_exec(db_, path_, "PRAGMA journal_mode=WAL");
@@ -170,17 +174,19 @@ Study::Study(const std::string& path, const StudyInfo& info, double busy_timeout
         any = true;
         ours = ours || tables.text(0) == "study";
       }
-      XFER_CHECK(!any || ours, path_, " is an SQLite database but not an xfer study; use another --out / --storage");
+      XFER_CHECK(!any || ours, path_,
+                 " is an SQLite database but not an xfer study; use another --out / --storage");
     }
-    study_exec(db_, path_,
-               "CREATE TABLE IF NOT EXISTS study(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-               "CREATE TABLE IF NOT EXISTS trials(number INTEGER PRIMARY KEY, state TEXT NOT NULL, params TEXT NOT "
-               "NULL, value REAL, retry_of INTEGER, worker TEXT, run_dir TEXT, error TEXT, created REAL, started "
-               "REAL, finished REAL, heartbeat REAL, sample_seconds REAL);"
-               "CREATE TABLE IF NOT EXISTS intermediate(trial INTEGER NOT NULL, step INTEGER NOT NULL, value REAL "
-               "NOT NULL, PRIMARY KEY(trial, step));"
-               "CREATE TABLE IF NOT EXISTS workers(worker TEXT PRIMARY KEY, trials INTEGER, sample_seconds REAL, "
-               "storage_seconds REAL, run_seconds REAL, finished REAL);");
+    study_exec(
+        db_, path_,
+        "CREATE TABLE IF NOT EXISTS study(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE IF NOT EXISTS trials(number INTEGER PRIMARY KEY, state TEXT NOT NULL, params TEXT NOT "
+        "NULL, value REAL, retry_of INTEGER, worker TEXT, run_dir TEXT, error TEXT, created REAL, started "
+        "REAL, finished REAL, heartbeat REAL, sample_seconds REAL);"
+        "CREATE TABLE IF NOT EXISTS intermediate(trial INTEGER NOT NULL, step INTEGER NOT NULL, value REAL "
+        "NOT NULL, PRIMARY KEY(trial, step));"
+        "CREATE TABLE IF NOT EXISTS workers(worker TEXT PRIMARY KEY, trials INTEGER, sample_seconds REAL, "
+        "storage_seconds REAL, run_seconds REAL, finished REAL);");
     const std::string format = study_meta(db_, path_, "format");
     const std::map<std::string, std::string> mine = {{"name", info.name},
                                                      {"space", info.space.to_json().dump()},
@@ -197,11 +203,13 @@ Study::Study(const std::string& path, const StudyInfo& info, double busy_timeout
       insert("created", std::to_string(now()));
       for (const auto& [k, v] : mine) insert(k, v);
     } else {
-      XFER_CHECK(format == kStudyFormat, path_, " holds a study of format '", format, "'; this xfer reads ", kStudyFormat);
+      XFER_CHECK(format == kStudyFormat, path_, " holds a study of format '", format, "'; this xfer reads ",
+                 kStudyFormat);
       const std::string where = cat("the study in ", path_);
       const std::string name = study_meta(db_, path_, "name");
       XFER_CHECK(name == info.name, where, " is named '", name, "', not '", info.name, "'");
-      const std::string why = info.space.difference(SearchSpace::from_json(nlohmann::json::parse(study_meta(db_, path_, "space"))));
+      const std::string why = info.space.difference(
+          SearchSpace::from_json(nlohmann::json::parse(study_meta(db_, path_, "space"))));
       XFER_CHECK(why.empty(), where, " searches another space: ", why,
                  ". Search the study's space, or start a new study with another --out / --storage");
       const std::string sampler = study_meta(db_, path_, "sampler");
@@ -214,7 +222,8 @@ Study::Study(const std::string& path, const StudyInfo& info, double busy_timeout
         XFER_CHECK(before == v, where, " runs its trials with ", k, " = ", before.dump(), ", not ", v.dump());
       }
       for (const auto& [k, v] : stored.items())
-        XFER_CHECK(info.config.contains(k), where, " runs its trials with ", k, " = ", v.dump(), ", which is not set now");
+        XFER_CHECK(info.config.contains(k), where, " runs its trials with ", k, " = ", v.dump(),
+                   ", which is not set now");
     }
     tx.commit();
   } catch (...) {
@@ -259,7 +268,8 @@ int64_t Study::fail_stale_locked(double stale_after, int64_t retries) {
   std::vector<Stale> stale;
   const double t = now();
   {
-    StudyStmt s(db_, path_, "SELECT number, worker, heartbeat, params, retry_of FROM trials WHERE state = 'RUNNING'");
+    StudyStmt s(db_, path_,
+                "SELECT number, worker, heartbeat, params, retry_of FROM trials WHERE state = 'RUNNING'");
     while (s.step()) {
       Stale x{s.integer(0), s.text(1), s.text(3), std::nullopt, t - s.real(2)};
       if (!s.null(4)) x.retry_of = s.integer(4);
@@ -268,7 +278,8 @@ int64_t Study::fail_stale_locked(double stale_after, int64_t retries) {
   }
   for (const auto& x : stale) {
     StudyStmt f(db_, path_, "UPDATE trials SET state = 'FAILED', finished = ?, error = ? WHERE number = ?");
-    f.bind(1, t).bind(2, cat("worker ", x.worker, " stopped: no heartbeat for ", static_cast<int64_t>(x.age), " s"));
+    f.bind(1, t).bind(
+        2, cat("worker ", x.worker, " stopped: no heartbeat for ", static_cast<int64_t>(x.age), " s"));
     f.bind(3, x.number);
     f.step();
     const int64_t root = x.retry_of.value_or(x.number);
@@ -278,8 +289,9 @@ int64_t Study::fail_stale_locked(double stale_after, int64_t retries) {
     if (count.integer(0) >= retries) continue;
     StudyStmt next(db_, path_, "SELECT COALESCE(MAX(number), -1) + 1 FROM trials");
     next.step();
-    StudyStmt add(db_, path_,
-                  "INSERT INTO trials(number, state, params, retry_of, created) VALUES (?, 'WAITING', ?, ?, ?)");
+    StudyStmt add(
+        db_, path_,
+        "INSERT INTO trials(number, state, params, retry_of, created) VALUES (?, 'WAITING', ?, ?, ?)");
     add.bind(1, next.integer(0)).bind(2, x.params).bind(3, root).bind(4, t);
     add.step();
   }
@@ -293,8 +305,8 @@ int64_t Study::fail_stale(double stale_after, int64_t retries) {
   return n;
 }
 
-std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOptions& opts, const SampleFn& sample,
-                                        const RunDirFn& run_dir) {
+std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOptions& opts,
+                                        const SampleFn& sample, const RunDirFn& run_dir) {
   StudyTransaction tx(db_, path_);
   fail_stale_locked(opts.stale_after, opts.retries);
   const double t = now();
@@ -304,7 +316,9 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
   r.created = r.started = r.heartbeat = t;
   std::string params_json;
   {
-    StudyStmt waiting(db_, path_, "SELECT number, params, retry_of FROM trials WHERE state = 'WAITING' ORDER BY number LIMIT 1");
+    StudyStmt waiting(
+        db_, path_,
+        "SELECT number, params, retry_of FROM trials WHERE state = 'WAITING' ORDER BY number LIMIT 1");
     if (waiting.step()) {
       r.number = waiting.integer(0);
       params_json = waiting.text(1);
@@ -314,9 +328,10 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
   if (!params_json.empty()) {
     r.params = info_.space.values_from_json(nlohmann::json::parse(params_json));
     r.run_dir = run_dir(r.number);
-    StudyStmt take(db_, path_,
-                   "UPDATE trials SET state = 'RUNNING', worker = ?, run_dir = ?, started = ?, heartbeat = ? WHERE "
-                   "number = ?");
+    StudyStmt take(
+        db_, path_,
+        "UPDATE trials SET state = 'RUNNING', worker = ?, run_dir = ?, started = ?, heartbeat = ? WHERE "
+        "number = ?");
     take.bind(1, worker).bind(2, r.run_dir).bind(3, t).bind(4, t).bind(5, r.number);
     take.step();
     tx.commit();
@@ -333,11 +348,12 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
   std::vector<Observation> complete;
   {
     // Pruned trials with their last intermediate value, as Optuna's TPE sees them.
-    StudyStmt done(db_, path_,
-                   "SELECT t.params, t.value, t.state, (SELECT i.step FROM intermediate i WHERE i.trial = t.number "
-                   "ORDER BY i.step DESC LIMIT 1), (SELECT i.value FROM intermediate i WHERE i.trial = t.number "
-                   "ORDER BY i.step DESC LIMIT 1) FROM trials t WHERE t.state IN ('COMPLETE', 'PRUNED') ORDER BY "
-                   "t.number");
+    StudyStmt done(
+        db_, path_,
+        "SELECT t.params, t.value, t.state, (SELECT i.step FROM intermediate i WHERE i.trial = t.number "
+        "ORDER BY i.step DESC LIMIT 1), (SELECT i.value FROM intermediate i WHERE i.trial = t.number "
+        "ORDER BY i.step DESC LIMIT 1) FROM trials t WHERE t.state IN ('COMPLETE', 'PRUNED') ORDER BY "
+        "t.number");
     while (done.step()) {
       Observation o;
       o.params = info_.space.values_from_json(nlohmann::json::parse(done.text(0)));
@@ -387,27 +403,31 @@ void study_write_intermediate(sqlite3* db, const std::string& path, int64_t numb
 }
 }  // namespace
 
-void Study::complete(int64_t number, double value, const std::vector<std::pair<int64_t, double>>& intermediate) {
+void Study::complete(int64_t number, double value,
+                     const std::vector<std::pair<int64_t, double>>& intermediate) {
   StudyTransaction tx(db_, path_);
   {
-    StudyStmt s(db_, path_,
-                "UPDATE trials SET state = 'COMPLETE', value = ?, finished = ?, error = NULL WHERE number = ?");
+    StudyStmt s(
+        db_, path_,
+        "UPDATE trials SET state = 'COMPLETE', value = ?, finished = ?, error = NULL WHERE number = ?");
     s.bind(1, value).bind(2, now()).bind(3, number);
     s.step();
   }
   study_write_intermediate(db_, path_, number, intermediate);
   {
     // If this trial was given up for dead meanwhile, its queued retry is no longer needed.
-    StudyStmt s(db_, path_,
-                "DELETE FROM trials WHERE state = 'WAITING' AND retry_of = (SELECT COALESCE(retry_of, number) FROM "
-                "trials WHERE number = ?)");
+    StudyStmt s(
+        db_, path_,
+        "DELETE FROM trials WHERE state = 'WAITING' AND retry_of = (SELECT COALESCE(retry_of, number) FROM "
+        "trials WHERE number = ?)");
     s.bind(1, number);
     s.step();
   }
   tx.commit();
 }
 
-void Study::fail(int64_t number, const std::string& error, const std::vector<std::pair<int64_t, double>>& intermediate) {
+void Study::fail(int64_t number, const std::string& error,
+                 const std::vector<std::pair<int64_t, double>>& intermediate) {
   StudyTransaction tx(db_, path_);
   StudyStmt s(db_, path_, "UPDATE trials SET state = 'FAILED', finished = ?, error = ? WHERE number = ?");
   s.bind(1, now()).bind(2, error).bind(3, number);
@@ -435,9 +455,10 @@ int64_t Study::complete_count() {
 }
 
 std::vector<double> Study::complete_values_at(int64_t step) {
-  StudyStmt s(db_, path_,
-              "SELECT i.value FROM intermediate i JOIN trials t ON t.number = i.trial WHERE t.state = 'COMPLETE' AND "
-              "i.step = ? ORDER BY t.number");
+  StudyStmt s(
+      db_, path_,
+      "SELECT i.value FROM intermediate i JOIN trials t ON t.number = i.trial WHERE t.state = 'COMPLETE' AND "
+      "i.step = ? ORDER BY t.number");
   s.bind(1, step);
   std::vector<double> out;
   while (s.step()) out.push_back(s.real(0));
@@ -446,18 +467,24 @@ std::vector<double> Study::complete_values_at(int64_t step) {
 
 void Study::record_worker(const WorkerStats& w) {
   StudyStmt s(db_, path_,
-              "INSERT OR REPLACE INTO workers(worker, trials, sample_seconds, storage_seconds, run_seconds, finished) "
+              "INSERT OR REPLACE INTO workers(worker, trials, sample_seconds, storage_seconds, run_seconds, "
+              "finished) "
               "VALUES (?, ?, ?, ?, ?, ?)");
-  s.bind(1, w.worker).bind(2, w.trials).bind(3, w.sample_seconds).bind(4, w.storage_seconds).bind(5, w.run_seconds);
+  s.bind(1, w.worker)
+      .bind(2, w.trials)
+      .bind(3, w.sample_seconds)
+      .bind(4, w.storage_seconds)
+      .bind(5, w.run_seconds);
   s.bind(6, now());
   s.step();
 }
 
 std::vector<TrialRecord> Study::trials() {
   std::vector<TrialRecord> out;
-  StudyStmt s(db_, path_,
-              "SELECT number, state, params, value, retry_of, worker, run_dir, error, created, started, finished, "
-              "heartbeat, sample_seconds FROM trials ORDER BY number");
+  StudyStmt s(
+      db_, path_,
+      "SELECT number, state, params, value, retry_of, worker, run_dir, error, created, started, finished, "
+      "heartbeat, sample_seconds FROM trials ORDER BY number");
   while (s.step()) {
     TrialRecord r;
     r.number = s.integer(0);
@@ -486,8 +513,9 @@ std::vector<TrialRecord> Study::trials() {
 
 std::vector<WorkerStats> Study::workers() {
   std::vector<WorkerStats> out;
-  StudyStmt s(db_, path_,
-              "SELECT worker, trials, sample_seconds, storage_seconds, run_seconds FROM workers ORDER BY finished");
+  StudyStmt s(
+      db_, path_,
+      "SELECT worker, trials, sample_seconds, storage_seconds, run_seconds FROM workers ORDER BY finished");
   while (s.step()) out.push_back({s.text(0), s.integer(1), s.real(2), s.real(3), s.real(4)});
   return out;
 }

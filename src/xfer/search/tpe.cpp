@@ -17,9 +17,12 @@ const double kLogSqrt2Pi = 0.5 * std::log(2 * M_PI);
 /// log(Phi(zu) - Phi(zl)) for zl < zu, computed on the side of the tail where it does not cancel.
 double tpe_log_mass(double zl, double zu) {
   double diff;
-  if (zl >= 0) diff = 0.5 * (std::erfc(zl / kSqrt2) - std::erfc(zu / kSqrt2));
-  else if (zu <= 0) diff = 0.5 * (std::erfc(-zu / kSqrt2) - std::erfc(-zl / kSqrt2));
-  else diff = 1 - 0.5 * std::erfc(zu / kSqrt2) - 0.5 * std::erfc(-zl / kSqrt2);
+  if (zl >= 0)
+    diff = 0.5 * (std::erfc(zl / kSqrt2) - std::erfc(zu / kSqrt2));
+  else if (zu <= 0)
+    diff = 0.5 * (std::erfc(-zu / kSqrt2) - std::erfc(-zl / kSqrt2));
+  else
+    diff = 1 - 0.5 * std::erfc(zu / kSqrt2) - 0.5 * std::erfc(-zl / kSqrt2);
   if (diff > 0) return std::log(diff);
   // Both ends so far in one tail that erfc underflows: the density at the middle times the width.
   const double mid = 0.5 * (zl + zu);
@@ -63,19 +66,25 @@ double tpe_truncated_normal(double mu, double sigma, double lo, double hi, std::
   return mu + sigma * z;
 }
 
-double tpe_transform(const ParamSpec& spec, double v) { return spec.log() ? std::log(v) : v; }
+double tpe_transform(const ParamSpec& spec, double v) {
+  return spec.log() ? std::log(v) : v;
+}
 
 }  // namespace
 
-double tpe_uniform(std::mt19937_64& engine) { return static_cast<double>(engine() >> 11) * 0x1.0p-53; }
+double tpe_uniform(std::mt19937_64& engine) {
+  return static_cast<double>(engine() >> 11) * 0x1.0p-53;
+}
 
-double normal_cdf(double x) { return 0.5 * std::erfc(-x / kSqrt2); }
+double normal_cdf(double x) {
+  return 0.5 * std::erfc(-x / kSqrt2);
+}
 
 double normal_quantile(double p) {
   if (p <= 0) return -std::numeric_limits<double>::infinity();
   if (p >= 1) return std::numeric_limits<double>::infinity();
   // Acklam's rational approximation, then one Halley step on the erfc-based CDF.
-  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                              1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
   static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
                              6.680131188771972e+01, -1.328068155288572e+01};
@@ -107,7 +116,8 @@ std::vector<size_t> tpe_rank(const std::vector<Observation>& done) {
   // Optuna's key (-step, -value) ascending, a complete trial's step being +infinity.
   auto key = [&](size_t i) {
     const Observation& o = done[i];
-    const double step = o.pruned ? -static_cast<double>(o.pruned_step) : -std::numeric_limits<double>::infinity();
+    const double step =
+        o.pruned ? -static_cast<double>(o.pruned_step) : -std::numeric_limits<double>::infinity();
     return std::make_pair(step, o.pruned && o.pruned_step < 0 ? 0.0 : -o.value);
   };
   std::vector<size_t> order(done.size());
@@ -128,7 +138,8 @@ std::vector<double> tpe_weights(int64_t n) {
   const int64_t ramp = n - 25;
   const double start = 1.0 / static_cast<double>(n);
   for (int64_t i = 0; i < ramp; ++i)
-    w.push_back(ramp == 1 ? start : start + (1.0 - start) * static_cast<double>(i) / static_cast<double>(ramp - 1));
+    w.push_back(ramp == 1 ? start
+                          : start + (1.0 - start) * static_cast<double>(i) / static_cast<double>(ramp - 1));
   w.insert(w.end(), 25, 1.0);
   return w;
 }
@@ -138,8 +149,10 @@ ParzenEstimator::ParzenEstimator(const ParamSpec& spec, const std::vector<double
     : spec_(spec), optuna31_kernels_(opts.optuna31_kernels) {
   const size_t n = observations.size();
   weights_ = tpe_weights(static_cast<int64_t>(n));
-  if (n == 0) weights_ = {1.0};
-  else weights_.push_back(opts.prior_weight);
+  if (n == 0)
+    weights_ = {1.0};
+  else
+    weights_.push_back(opts.prior_weight);
   const double total = std::accumulate(weights_.begin(), weights_.end(), 0.0);
   for (double& w : weights_) w /= total;
 
@@ -181,7 +194,8 @@ ParzenEstimator::ParzenEstimator(const ParamSpec& spec, const std::vector<double
   with_prior.push_back(prior_mu);
   std::vector<size_t> order(with_prior.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return with_prior[x] < with_prior[y]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return with_prior[x] < with_prior[y]; });
   const size_t m = with_prior.size();
   std::vector<double> s(m + 2);
   s[0] = lo;
@@ -240,23 +254,35 @@ double ParzenEstimator::log_pdf(double value) const {
   return tpe_log_sum_exp(terms);
 }
 
-ParamValues RandomParamSampler::sample(const SearchSpace& space, const std::vector<Observation>&, uint64_t seed) {
+ParamValues RandomParamSampler::sample(const SearchSpace& space, const std::vector<Observation>&,
+                                       uint64_t seed) {
   std::mt19937_64 engine(seed);
   ParamValues out;
   for (const auto& p : space.params) {
     const double u = tpe_uniform(engine);
     double v;
     switch (p.kind) {
-      case ParamSpec::Kind::Linear: v = p.low + u * (p.high - p.low); break;
-      case ParamSpec::Kind::Log: v = std::exp(std::log(p.low) + u * (std::log(p.high) - std::log(p.low))); break;
-      case ParamSpec::Kind::Int: v = p.low + std::floor(u * (p.high - p.low + 1)); break;
-      case ParamSpec::Kind::LogInt:
-        v = std::round(std::exp(std::log(p.low - 0.5) + u * (std::log(p.high + 0.5) - std::log(p.low - 0.5))));
+      case ParamSpec::Kind::Linear:
+        v = p.low + u * (p.high - p.low);
         break;
-      default: v = std::floor(u * static_cast<double>(p.choices.size())); break;
+      case ParamSpec::Kind::Log:
+        v = std::exp(std::log(p.low) + u * (std::log(p.high) - std::log(p.low)));
+        break;
+      case ParamSpec::Kind::Int:
+        v = p.low + std::floor(u * (p.high - p.low + 1));
+        break;
+      case ParamSpec::Kind::LogInt:
+        v = std::round(
+            std::exp(std::log(p.low - 0.5) + u * (std::log(p.high + 0.5) - std::log(p.low - 0.5))));
+        break;
+      default:
+        v = std::floor(u * static_cast<double>(p.choices.size()));
+        break;
     }
-    if (p.numeric()) v = std::min(std::max(v, p.low), p.high);
-    else v = std::min(v, static_cast<double>(p.choices.size() - 1));
+    if (p.numeric())
+      v = std::min(std::max(v, p.low), p.high);
+    else
+      v = std::min(v, static_cast<double>(p.choices.size() - 1));
     out[p.name] = v;
   }
   return out;
@@ -268,7 +294,8 @@ TpeSampler::TpeSampler(TpeOptions opts) : opts_(opts) {
   XFER_CHECK(opts_.prior_weight > 0, "TPE: the prior weight must be > 0, got ", opts_.prior_weight);
 }
 
-ParamValues TpeSampler::sample(const SearchSpace& space, const std::vector<Observation>& complete, uint64_t seed) {
+ParamValues TpeSampler::sample(const SearchSpace& space, const std::vector<Observation>& complete,
+                               uint64_t seed) {
   const auto n = static_cast<int64_t>(complete.size());
   if (n < opts_.startup_trials || n == 0) return random_.sample(space, complete, seed);
   std::mt19937_64 engine(seed);
@@ -277,7 +304,8 @@ ParamValues TpeSampler::sample(const SearchSpace& space, const std::vector<Obser
   // over age).
   const std::vector<size_t> by_value = tpe_rank(complete);
   const auto n_below = static_cast<size_t>(tpe_gamma(n));
-  std::vector<size_t> below(by_value.begin(), by_value.begin() + n_below), above(by_value.begin() + n_below, by_value.end());
+  std::vector<size_t> below(by_value.begin(), by_value.begin() + n_below),
+      above(by_value.begin() + n_below, by_value.end());
   std::sort(below.begin(), below.end());
   std::sort(above.begin(), above.end());
 

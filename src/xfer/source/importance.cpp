@@ -25,7 +25,8 @@ std::string datl_join(const std::vector<std::string>& names) {
 }
 
 void datl_check_size(int64_t n, const std::string& matcher) {
-  XFER_CHECK(n > 0, "--size (the pre-training set's size N) must be > 0 for the ", matcher, " matcher, got ", n);
+  XFER_CHECK(n > 0, "--size (the pre-training set's size N) must be > 0 for the ", matcher, " matcher, got ",
+             n);
 }
 
 }  // namespace
@@ -37,7 +38,8 @@ torch::Tensor tempered_softmax(const torch::Tensor& logits, double temperature) 
 
 ImportanceWeights ImportanceWeights::from_target_distribution(std::vector<std::string> classes,
                                                               std::vector<int64_t> examples,
-                                                              std::vector<double> p_target, double temperature) {
+                                                              std::vector<double> p_target,
+                                                              double temperature) {
   const size_t k = classes.size();
   XFER_CHECK(k > 0, "importance weights need at least one source class");
   XFER_CHECK(examples.size() == k && p_target.size() == k, "importance weights: ", k, " classes but ",
@@ -70,7 +72,9 @@ ImportanceWeights ImportanceWeights::from_target_distribution(std::vector<std::s
   return w;
 }
 
-int64_t ImportanceWeights::source_size() const { return std::accumulate(examples.begin(), examples.end(), int64_t{0}); }
+int64_t ImportanceWeights::source_size() const {
+  return std::accumulate(examples.begin(), examples.end(), int64_t{0});
+}
 
 std::vector<int64_t> ImportanceWeights::order() const {
   std::vector<int64_t> idx(classes.size());
@@ -95,9 +99,10 @@ nlohmann::json ImportanceWeights::to_json() const {
 }
 
 ImportanceWeights ImportanceWeights::from_json(const nlohmann::json& j, const std::string& where) {
-  XFER_CHECK(j.is_object() && j.contains("classes") && j["classes"].is_array() && !j["classes"].empty(), where,
-             ": not an importance-weights file (expected an object with a \"classes\" array, as `xfer weights` "
-             "writes)");
+  XFER_CHECK(
+      j.is_object() && j.contains("classes") && j["classes"].is_array() && !j["classes"].empty(), where,
+      ": not an importance-weights file (expected an object with a \"classes\" array, as `xfer weights` "
+      "writes)");
   std::vector<std::string> names;
   std::vector<int64_t> examples;
   std::vector<double> p_target;
@@ -109,7 +114,8 @@ ImportanceWeights ImportanceWeights::from_json(const nlohmann::json& j, const st
     examples.push_back(c["examples"].get<int64_t>());
     p_target.push_back(c["p_target"].get<double>());
   }
-  const double t = j.contains("temperature") && j["temperature"].is_number() ? j["temperature"].get<double>() : 2.0;
+  const double t =
+      j.contains("temperature") && j["temperature"].is_number() ? j["temperature"].get<double>() : 2.0;
   try {
     ImportanceWeights w = from_target_distribution(names, examples, p_target, t);
     if (j.contains("provenance")) w.provenance = j["provenance"];
@@ -119,16 +125,18 @@ ImportanceWeights ImportanceWeights::from_json(const nlohmann::json& j, const st
   }
 }
 
-std::vector<double> estimate_target_distribution(Model& model, const std::string& head, const torch::Tensor& images,
-                                                 double temperature, int64_t batch_size) {
+std::vector<double> estimate_target_distribution(Model& model, const std::string& head,
+                                                 const torch::Tensor& images, double temperature,
+                                                 int64_t batch_size) {
   XFER_CHECK(std::isfinite(temperature) && temperature > 0, "--temperature must be > 0, got ", temperature);
   XFER_CHECK(batch_size >= 1, "batch size must be >= 1, got ", batch_size);
   XFER_CHECK(images.dim() == 4 && images.size(0) > 0, "the target has no images");
   const Arch& arch = model->arch();
   XFER_CHECK(arch.head(head) != nullptr, "the classifier has no '", head, "' head");
-  XFER_CHECK(images.size(1) == arch.in_channels && images.size(2) == arch.height && images.size(3) == arch.width,
-             "the target images are ", images.size(1), "x", images.size(2), "x", images.size(3),
-             " but the classifier takes ", arch.in_channels, "x", arch.height, "x", arch.width);
+  XFER_CHECK(
+      images.size(1) == arch.in_channels && images.size(2) == arch.height && images.size(3) == arch.width,
+      "the target images are ", images.size(1), "x", images.size(2), "x", images.size(3),
+      " but the classifier takes ", arch.in_channels, "x", arch.height, "x", arch.width);
   TensorDataset target;
   target.images = images;
   target.labels = torch::zeros({images.size(0)}, torch::kInt64);  // unread: predict needs only the images
@@ -137,22 +145,23 @@ std::vector<double> estimate_target_distribution(Model& model, const std::string
   return std::vector<double>(mean.data_ptr<double>(), mean.data_ptr<double>() + mean.numel());
 }
 
-ImportanceWeights compute_importance_weights(Model& model, const std::string& head, const TensorDataset& source,
-                                             const torch::Tensor& target_images, double temperature,
-                                             int64_t batch_size) {
+ImportanceWeights compute_importance_weights(Model& model, const std::string& head,
+                                             const TensorDataset& source, const torch::Tensor& target_images,
+                                             double temperature, int64_t batch_size) {
   XFER_CHECK(std::isfinite(temperature) && temperature > 0, "--temperature must be > 0, got ", temperature);
   const HeadInfo* info = model->arch().head(head);
   XFER_CHECK(info != nullptr, "the classifier has no '", head, "' head");
   const int64_t outputs = static_cast<int64_t>(info->class_names.size());
-  XFER_CHECK(outputs == source.num_classes(), "the classifier's '", head, "' head has ", outputs,
-             " outputs but the source has ", source.num_classes(),
-             " classes; train the classifier on the whole source label set (e.g. `xfer pretrain --source` with the "
-             "same spec)");
+  XFER_CHECK(
+      outputs == source.num_classes(), "the classifier's '", head, "' head has ", outputs,
+      " outputs but the source has ", source.num_classes(),
+      " classes; train the classifier on the whole source label set (e.g. `xfer pretrain --source` with the "
+      "same spec)");
   XFER_CHECK(info->class_names == source.class_names, "the classifier's '", head, "' classes (",
              datl_join(info->class_names), ") are not the source's (", datl_join(source.class_names), ")");
   std::vector<double> p_t = estimate_target_distribution(model, head, target_images, temperature, batch_size);
-  ImportanceWeights w =
-      ImportanceWeights::from_target_distribution(source.class_names, source.class_counts(), p_t, temperature);
+  ImportanceWeights w = ImportanceWeights::from_target_distribution(source.class_names, source.class_counts(),
+                                                                    p_t, temperature);
   w.provenance["target_images"] = target_images.size(0);
   w.provenance["head"] = head;
   return w;
@@ -161,12 +170,14 @@ ImportanceWeights compute_importance_weights(Model& model, const std::string& he
 ImportanceWeights weights_for_source(const ImportanceWeights& weights, const TensorDataset& source,
                                      const std::string& where) {
   XFER_CHECK(weights.classes.size() == source.class_names.size(), where, " lists ", weights.classes.size(),
-             " classes (", datl_join(weights.classes), ") but the source has ", source.class_names.size(), " (",
-             datl_join(source.class_names), ")");
+             " classes (", datl_join(weights.classes), ") but the source has ", source.class_names.size(),
+             " (", datl_join(source.class_names), ")");
   for (size_t y = 0; y < weights.classes.size(); ++y)
     XFER_CHECK(weights.classes[y] == source.class_names[y], where, ": class ", y, " is '", weights.classes[y],
-               "' there but '", source.class_names[y], "' in the source; the weights were computed for another "
-               "source (", datl_join(weights.classes), " vs ", datl_join(source.class_names), ")");
+               "' there but '", source.class_names[y],
+               "' in the source; the weights were computed for another "
+               "source (",
+               datl_join(weights.classes), " vs ", datl_join(source.class_names), ")");
   ImportanceWeights w = ImportanceWeights::from_target_distribution(weights.classes, source.class_counts(),
                                                                     weights.p_target, weights.temperature);
   w.provenance = weights.provenance;
@@ -177,7 +188,8 @@ std::vector<int64_t> largest_remainder(const std::vector<double>& shares, int64_
                                        const std::vector<int64_t>& caps) {
   const size_t k = shares.size();
   XFER_CHECK(total >= 0, "cannot divide a negative total ", total);
-  XFER_CHECK(caps.empty() || caps.size() == k, "largest_remainder: ", k, " shares but ", caps.size(), " caps");
+  XFER_CHECK(caps.empty() || caps.size() == k, "largest_remainder: ", k, " shares but ", caps.size(),
+             " caps");
   std::vector<int64_t> out(k, 0);
   const double sum = std::accumulate(shares.begin(), shares.end(), 0.0);
   if (total == 0 || k == 0) return out;
@@ -212,8 +224,10 @@ std::vector<int64_t> same_counts(const ImportanceWeights& w, int64_t n) {
 std::vector<int64_t> elastic_counts(const ImportanceWeights& w, int64_t n) {
   datl_check_size(n, "elastic");
   const int64_t unique = w.source_size();
-  XFER_CHECK(n <= unique, "--size ", n, " is larger than the source: the elastic matcher never repeats an example "
-             "and the source has ", unique, " unique examples (use --matcher same to repeat examples)");
+  XFER_CHECK(n <= unique, "--size ", n,
+             " is larger than the source: the elastic matcher never repeats an example "
+             "and the source has ",
+             unique, " unique examples (use --matcher same to repeat examples)");
   std::vector<int64_t> out(w.classes.size(), 0);
   std::vector<int64_t> active;  // classes still to divide among, by descending w
   for (int64_t y : w.order())
@@ -245,9 +259,10 @@ std::vector<int64_t> elastic_counts(const ImportanceWeights& w, int64_t n) {
 
 MatchedSet match_distribution(const std::string& matcher, const ImportanceWeights& w,
                               const std::vector<std::vector<int64_t>>& by_class, int64_t n, uint64_t seed) {
-  XFER_CHECK(matcher == "same" || matcher == "elastic", "--matcher must be same or elastic here, got '", matcher, "'");
-  XFER_CHECK(by_class.size() == w.classes.size(), "the source has ", by_class.size(), " classes but the weights ",
-             w.classes.size());
+  XFER_CHECK(matcher == "same" || matcher == "elastic", "--matcher must be same or elastic here, got '",
+             matcher, "'");
+  XFER_CHECK(by_class.size() == w.classes.size(), "the source has ", by_class.size(),
+             " classes but the weights ", w.classes.size());
   for (size_t y = 0; y < by_class.size(); ++y)
     XFER_CHECK(static_cast<int64_t>(by_class[y].size()) == w.examples[y], "class '", w.classes[y], "' has ",
                by_class[y].size(), " examples but the weights count ", w.examples[y]);
@@ -281,33 +296,42 @@ MatchedSet match_distribution(const std::string& matcher, const ImportanceWeight
 void PretrainSampling::fields(Fields& f) {
   f.add("weights", weights, "importance weights (weights.json of `xfer weights`) to pre-train by")
       .path(Fields::PathKind::file);
-  f.add("weights_from", weights_from, "instead of --weights: compute them with this source classifier (a run "
-                                      "directory or checkpoint), as `xfer weights` does")
+  f.add("weights_from", weights_from,
+        "instead of --weights: compute them with this source classifier (a run "
+        "directory or checkpoint), as `xfer weights` does")
       .path(Fields::PathKind::model);
-  f.add("weights_target", weights_target, "with --weights-from: the target spec whose training images (never "
-                                          "its labels) give P_t")
+  f.add("weights_target", weights_target,
+        "with --weights-from: the target spec whose training images (never "
+        "its labels) give P_t")
       .path(Fields::PathKind::spec);
-  f.add("weights_temperature", weights_temperature, "with --weights-from: softmax temperature T for P_t").positive();
-  f.add("matcher", matcher, "how the weights build the pre-training set: same (N draws with replacement, "
-                            "N*P_t(y) of class y), elastic (N distinct examples), or none (the whole source)")
+  f.add("weights_temperature", weights_temperature, "with --weights-from: softmax temperature T for P_t")
+      .positive();
+  f.add("matcher", matcher,
+        "how the weights build the pre-training set: same (N draws with replacement, "
+        "N*P_t(y) of class y), elastic (N distinct examples), or none (the whole source)")
       .choices({"none", "same", "elastic"});
   f.add("size", size, "N: examples in the pre-training set built by --matcher same|elastic");
-  f.add("loss_weights", loss_weights, "with --matcher none: multiply each example's cross-entropy by w(y) "
-                                      "(mean weight over the source = 1)");
+  f.add("loss_weights", loss_weights,
+        "with --matcher none: multiply each example's cross-entropy by w(y) "
+        "(mean weight over the source = 1)");
 }
 
 void PretrainSampling::check() const {
   if (!active()) return;
-  XFER_CHECK(weights.empty() || weights_from.empty(), "give --weights FILE or --weights-from MODEL, not both");
-  XFER_CHECK(!weights.empty() || !weights_from.empty(), "--matcher, --size and --loss-weights need --weights FILE "
+  XFER_CHECK(weights.empty() || weights_from.empty(),
+             "give --weights FILE or --weights-from MODEL, not both");
+  XFER_CHECK(!weights.empty() || !weights_from.empty(),
+             "--matcher, --size and --loss-weights need --weights FILE "
              "(the weights.json of `xfer weights`) or --weights-from MODEL --weights-target SPEC");
-  XFER_CHECK(weights_from.empty() == weights_target.empty(), "--weights-from MODEL and --weights-target SPEC go "
+  XFER_CHECK(weights_from.empty() == weights_target.empty(),
+             "--weights-from MODEL and --weights-target SPEC go "
              "together: the classifier and the target images it estimates P_t on");
   XFER_CHECK(matcher == "none" || matcher == "same" || matcher == "elastic",
              "--matcher must be one of none, same, elastic, got '", matcher, "'");
   if (matcher == "none") {
     XFER_CHECK(loss_weights, weights_name(), " needs --matcher same|elastic --size N, or --loss-weights");
-    XFER_CHECK(size == 0, "--size ", size, " is for --matcher same|elastic; --loss-weights uses the whole source");
+    XFER_CHECK(size == 0, "--size ", size,
+               " is for --matcher same|elastic; --loss-weights uses the whole source");
   } else {
     XFER_CHECK(!loss_weights, "--loss-weights is for --matcher none: the ", matcher,
                " matcher already applies the weights by sampling");
@@ -329,10 +353,13 @@ SampledSource sample_source(const TensorDataset& source, const PretrainSampling&
   const ImportanceWeights file =
       computed ? *computed : ImportanceWeights::from_json(read_json_file(opts.weights), opts.weights);
   if (file.examples != source.class_counts())
-    log_info(cat("note: ", opts.weights_name(), " were computed on a source with other class sizes; P_s and w are ",
+    log_info(cat("note: ", opts.weights_name(),
+                 " were computed on a source with other class sizes; P_s and w are ",
                  "recomputed from the pre-training source"));
   const ImportanceWeights w = weights_for_source(file, source, opts.weights_name());
-  out.summary = {{"weights", opts.weights}, {"matcher", opts.matcher}, {"loss_weights", opts.loss_weights},
+  out.summary = {{"weights", opts.weights},
+                 {"matcher", opts.matcher},
+                 {"loss_weights", opts.loss_weights},
                  {"source_size", source.size()}};
   if (computed) {
     out.summary["weights_from"] = opts.weights_from;

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <limits>
 
-#include <nlopt.hpp>
 #include <torch/torch.h>
+#include <nlopt.hpp>
 
 #include "xfer/core/error.h"
 
@@ -82,7 +82,9 @@ std::vector<double> normalise_weights(const std::vector<double>& w) {
   return out;
 }
 
-double adaptive_lr_scale(double rho, double beta, double gamma) { return 1.0 / (1.0 + std::exp(-(beta * rho - gamma))); }
+double adaptive_lr_scale(double rho, double beta, double gamma) {
+  return 1.0 / (1.0 + std::exp(-(beta * rho - gamma)));
+}
 
 std::vector<double> reweight_by_meta_gradient(const std::vector<double>& dots) {
   std::vector<double> w(dots.size());
@@ -125,7 +127,8 @@ MixingSolution solve_mixing_weights(const LayerGeometry& layer, const std::vecto
   };
   bool any_source = false;
   for (int64_t i = 0; i < k; ++i) any_source = any_source || layer.gram[i * k + i] > 0;
-  if (!(layer.target_norm > 0) || !std::isfinite(layer.target_norm)) return fail("the target gradient is zero");
+  if (!(layer.target_norm > 0) || !std::isfinite(layer.target_norm))
+    return fail("the target gradient is zero");
   if (!any_source) return fail("every source gradient is zero");
   if (k == 1) {
     out.weights = {1.0};
@@ -186,7 +189,8 @@ MixingSolution solve_mixing_weights(const LayerGeometry& layer, const std::vecto
     }
   }
   if (best_w.empty()) return fail(last_error);
-  if (best_value < start - 1e-9) return fail(cat("SLSQP ended below its start (", best_value, " < ", start, ")"));
+  if (best_value < start - 1e-9)
+    return fail(cat("SLSQP ended below its start (", best_value, " < ", start, ")"));
   out.weights = std::move(best_w);
   out.cossim = best_value;
   out.ok = true;

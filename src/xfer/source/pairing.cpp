@@ -7,14 +7,14 @@
 
 #include <zlib.h>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
-#include "xfer/data/image_folder.h"
 #include "xfer/core/rng.h"
+#include "xfer/data/image_folder.h"
 #include "xfer/data/loader.h"
 #include "xfer/models/predict.h"
 
@@ -29,7 +29,8 @@ std::string pairing_join(const std::vector<std::string>& names) {
 
 /// What pairing needs of the sizes: at least as many source classes as target classes, and a threshold
 /// the source can reach.
-void pairing_check_sizes(int64_t target_classes, int64_t source_classes, int64_t source_size, int64_t aux_size) {
+void pairing_check_sizes(int64_t target_classes, int64_t source_classes, int64_t source_size,
+                         int64_t aux_size) {
   XFER_CHECK(aux_size >= 0, "--aux-size must be >= 0, got ", aux_size);
   XFER_CHECK(source_classes >= target_classes, "pairing is one-to-one, but the source has ", source_classes,
              " classes and the target ", target_classes, "; use a source with at least ", target_classes,
@@ -47,8 +48,9 @@ torch::Tensor extract_features(const Model& frozen, const TensorDataset& data, i
 
 torch::Tensor class_centroids(const torch::Tensor& features, const torch::Tensor& labels, int64_t num_classes,
                               const std::vector<std::string>& class_names) {
-  XFER_CHECK(features.dim() == 2 && labels.dim() == 1 && features.size(0) == labels.size(0), "centroids need ",
-             "features (N, D) and labels (N), got ", features.sizes(), " and ", labels.sizes());
+  XFER_CHECK(features.dim() == 2 && labels.dim() == 1 && features.size(0) == labels.size(0),
+             "centroids need ", "features (N, D) and labels (N), got ", features.sizes(), " and ",
+             labels.sizes());
   const torch::Tensor f = features.to(torch::kFloat64).cpu();
   const torch::Tensor y = labels.to(torch::kInt64).cpu();
   torch::Tensor sums = torch::zeros({num_classes, f.size(1)}, f.options());
@@ -62,15 +64,16 @@ torch::Tensor class_centroids(const torch::Tensor& features, const torch::Tensor
 }
 
 torch::Tensor cosine_similarity_matrix(const torch::Tensor& a, const torch::Tensor& b) {
-  XFER_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1), "cosine similarity needs (A, D) and (B, D), got ",
-             a.sizes(), " and ", b.sizes());
+  XFER_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
+             "cosine similarity needs (A, D) and (B, D), got ", a.sizes(), " and ", b.sizes());
   const torch::Tensor x = a.to(torch::kFloat64), z = b.to(torch::kFloat64);
   // A zero centroid (all-zero features after ReLU) has no direction: its similarity is 0.
   const torch::Tensor na = x.norm(2, 1, true).clamp_min(1e-300), nb = z.norm(2, 1, true).clamp_min(1e-300);
   return torch::mm(x / na, (z / nb).t());
 }
 
-std::vector<ClassPair> greedy_pairing(const torch::Tensor& similarity, const std::vector<bool>& used, int64_t round) {
+std::vector<ClassPair> greedy_pairing(const torch::Tensor& similarity, const std::vector<bool>& used,
+                                      int64_t round) {
   const torch::Tensor s = similarity.to(torch::kFloat64).cpu().contiguous();
   const int64_t T = s.size(0), S = s.size(1);
   XFER_CHECK(static_cast<int64_t>(used.size()) == S, "greedy pairing: ", used.size(), " used flags for ", S,
@@ -93,12 +96,13 @@ std::vector<ClassPair> greedy_pairing(const torch::Tensor& similarity, const std
   return pairs;
 }
 
-std::vector<ClassPair> pair_classes(const torch::Tensor& similarity, const std::vector<int64_t>& source_counts,
-                                    int64_t min_samples) {
+std::vector<ClassPair> pair_classes(const torch::Tensor& similarity,
+                                    const std::vector<int64_t>& source_counts, int64_t min_samples) {
   const int64_t T = similarity.size(0), S = similarity.size(1);
   XFER_CHECK(static_cast<int64_t>(source_counts.size()) == S, "pairing: ", source_counts.size(),
              " source class counts for ", S, " classes");
-  pairing_check_sizes(T, S, std::accumulate(source_counts.begin(), source_counts.end(), int64_t{0}), min_samples);
+  pairing_check_sizes(T, S, std::accumulate(source_counts.begin(), source_counts.end(), int64_t{0}),
+                      min_samples);
   std::vector<bool> used(S, false);
   std::vector<ClassPair> pairs;
   int64_t samples = 0;
@@ -141,23 +145,18 @@ nlohmann::json Pairing::to_json() const {
                           {"similarity", p.similarity},
                           {"round", p.round},
                           {"samples", source_counts[p.source]}});
-  return {{"format", "xfer-pairing-1"},
-          {"target_classes", target_classes},
-          {"source_classes", source_classes},
-          {"target_counts", target_counts},
-          {"source_counts", source_counts},
-          {"aux_size", aux_size},
-          {"aux_samples", samples()},
-          {"aux_examples", aux_examples()},
-          {"similarity", similarity},
-          {"pairs", pairs_json}};
+  return {{"format", "xfer-pairing-1"},       {"target_classes", target_classes},
+          {"source_classes", source_classes}, {"target_counts", target_counts},
+          {"source_counts", source_counts},   {"aux_size", aux_size},
+          {"aux_samples", samples()},         {"aux_examples", aux_examples()},
+          {"similarity", similarity},         {"pairs", pairs_json}};
 }
 
 Pairing Pairing::from_json(const nlohmann::json& j, const std::string& where) {
   Pairing p;
   try {
-    XFER_CHECK(j.value("format", "") == "xfer-pairing-1", where, " is not a pairing file of `xfer select` (format '",
-               j.value("format", ""), "')");
+    XFER_CHECK(j.value("format", "") == "xfer-pairing-1", where,
+               " is not a pairing file of `xfer select` (format '", j.value("format", ""), "')");
     p.target_classes = j.at("target_classes").get<std::vector<std::string>>();
     p.source_classes = j.at("source_classes").get<std::vector<std::string>>();
     p.target_counts = j.at("target_counts").get<std::vector<int64_t>>();
@@ -170,9 +169,11 @@ Pairing Pairing::from_json(const nlohmann::json& j, const std::string& where) {
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(cat(where, ": malformed pairing file: ", e.what()));
   }
-  const int64_t T = static_cast<int64_t>(p.target_classes.size()), S = static_cast<int64_t>(p.source_classes.size());
-  XFER_CHECK(static_cast<int64_t>(p.source_counts.size()) == S && static_cast<int64_t>(p.target_counts.size()) == T,
-             where, ": class counts do not match the class lists");
+  const int64_t T = static_cast<int64_t>(p.target_classes.size()),
+                S = static_cast<int64_t>(p.source_classes.size());
+  XFER_CHECK(
+      static_cast<int64_t>(p.source_counts.size()) == S && static_cast<int64_t>(p.target_counts.size()) == T,
+      where, ": class counts do not match the class lists");
   std::vector<bool> seen(S, false);
   for (const auto& pr : p.pairs) {
     XFER_CHECK(pr.target >= 0 && pr.target < T && pr.source >= 0 && pr.source < S, where, ": pair (",
@@ -182,21 +183,26 @@ Pairing Pairing::from_json(const nlohmann::json& j, const std::string& where) {
   }
   const auto by_target = p.sources_by_target();
   for (int64_t t = 0; t < T; ++t)
-    XFER_CHECK(!by_target[t].empty(), where, ": target class '", p.target_classes[t], "' has no source class");
+    XFER_CHECK(!by_target[t].empty(), where, ": target class '", p.target_classes[t],
+               "' has no source class");
   return p;
 }
 
-void Pairing::check_matches(const TensorDataset& target, const TensorDataset& source, const std::string& where) const {
-  XFER_CHECK(target_classes == target.class_names, where, " pairs the target classes [", pairing_join(target_classes),
-             "] but the task's are [", pairing_join(target.class_names), "]; run `xfer select` for this task");
-  XFER_CHECK(source_classes == source.class_names, where, " pairs the source classes [", pairing_join(source_classes),
-             "] but --source has [", pairing_join(source.class_names), "]; run `xfer select` for this source");
+void Pairing::check_matches(const TensorDataset& target, const TensorDataset& source,
+                            const std::string& where) const {
+  XFER_CHECK(target_classes == target.class_names, where, " pairs the target classes [",
+             pairing_join(target_classes), "] but the task's are [", pairing_join(target.class_names),
+             "]; run `xfer select` for this task");
+  XFER_CHECK(source_classes == source.class_names, where, " pairs the source classes [",
+             pairing_join(source_classes), "] but --source has [", pairing_join(source.class_names),
+             "]; run `xfer select` for this source");
 }
 
 namespace {
 
 Pairing pairing_from_centroids(const torch::Tensor& target_centroids, const TensorDataset& target,
-                               const torch::Tensor& source_centroids, const TensorDataset& source, int64_t aux_size) {
+                               const torch::Tensor& source_centroids, const TensorDataset& source,
+                               int64_t aux_size) {
   Pairing p;
   p.target_classes = target.class_names;
   p.source_classes = source.class_names;
@@ -252,8 +258,8 @@ torch::Tensor pairing_source_centroids(const Model& pretrained, const TensorData
     for (const auto& [k, c] : cache)
       if (k == key) return c;
   }
-  const torch::Tensor c = class_centroids(extract_features(pretrained, source), source.labels, source.num_classes(),
-                                          source.class_names);
+  const torch::Tensor c = class_centroids(extract_features(pretrained, source), source.labels,
+                                          source.num_classes(), source.class_names);
   std::lock_guard<std::mutex> lock(mutex);
   if (cache.size() >= 4) cache.erase(cache.begin());
   cache.emplace_back(key, c);
@@ -263,10 +269,12 @@ torch::Tensor pairing_source_centroids(const Model& pretrained, const TensorData
 }  // namespace
 
 Pairing pair_by_features(const torch::Tensor& target_features, const TensorDataset& target,
-                         const torch::Tensor& source_features, const TensorDataset& source, int64_t aux_size) {
+                         const torch::Tensor& source_features, const TensorDataset& source,
+                         int64_t aux_size) {
   return pairing_from_centroids(
       class_centroids(target_features, target.labels, target.num_classes(), target.class_names), target,
-      class_centroids(source_features, source.labels, source.num_classes(), source.class_names), source, aux_size);
+      class_centroids(source_features, source.labels, source.num_classes(), source.class_names), source,
+      aux_size);
 }
 
 Pairing select_auxiliary(const Model& pretrained, const TensorDataset& target, const TensorDataset& source,
@@ -274,19 +282,21 @@ Pairing select_auxiliary(const Model& pretrained, const TensorDataset& target, c
   pairing_check_sizes(target.num_classes(), source.num_classes(), source.size(), aux_size);
   XFER_CHECK(target.channels() == source.channels() && target.height() == source.height() &&
                  target.width() == source.width(),
-             "target images are ", target.channels(), "x", target.height(), "x", target.width(), " but source images ",
-             source.channels(), "x", source.height(), "x", source.width());
-  return pairing_from_centroids(
-      class_centroids(extract_features(pretrained, target), target.labels, target.num_classes(), target.class_names),
-      target, pairing_source_centroids(pretrained, source), source, aux_size);
+             "target images are ", target.channels(), "x", target.height(), "x", target.width(),
+             " but source images ", source.channels(), "x", source.height(), "x", source.width());
+  return pairing_from_centroids(class_centroids(extract_features(pretrained, target), target.labels,
+                                                target.num_classes(), target.class_names),
+                                target, pairing_source_centroids(pretrained, source), source, aux_size);
 }
 
 void AuxOptions::fields(Fields& f) {
-  f.add("aux", aux, "auxiliary set: paired (the classes paired by feature similarity), random (as many "
-                    "examples, uniformly from the whole source) or all (the whole source)");
-  f.add("aux_size", aux_size, "repeat the class pairing until the auxiliary set holds at least this many "
-                              "examples (0: one round); below one round's examples, a seeded random subset of "
-                              "the paired classes of exactly this size")
+  f.add("aux", aux,
+        "auxiliary set: paired (the classes paired by feature similarity), random (as many "
+        "examples, uniformly from the whole source) or all (the whole source)");
+  f.add("aux_size", aux_size,
+        "repeat the class pairing until the auxiliary set holds at least this many "
+        "examples (0: one round); below one round's examples, a seeded random subset of "
+        "the paired classes of exactly this size")
       .non_negative();
   f.add("pairing", pairing, "a pairing.json written by `xfer select` (default: pair the classes in setup)")
       .path(Fields::PathKind::file);
@@ -314,8 +324,8 @@ namespace {
 std::vector<int64_t> pairing_class_quotas(const std::vector<int64_t>& sizes, int64_t keep) {
   const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
   const auto classes = static_cast<int64_t>(sizes.size());
-  XFER_CHECK(keep >= classes, "--aux-size ", keep, " is smaller than the ", classes, " paired source classes; ",
-             "a smaller auxiliary set keeps at least one example of each");
+  XFER_CHECK(keep >= classes, "--aux-size ", keep, " is smaller than the ", classes,
+             " paired source classes; ", "a smaller auxiliary set keeps at least one example of each");
   std::vector<int64_t> quota(sizes.size(), 1);
   std::vector<std::pair<double, size_t>> remainders;
   int64_t given = classes;
@@ -401,7 +411,8 @@ AuxSampler::AuxSampler(std::shared_ptr<const AuxPools> pools, std::unique_ptr<Sa
     : pools_(std::move(pools)), target_order_(std::move(target_order)), seed_(seed) {
   XFER_CHECK(pools_ && !pools_->pools.empty(), "the auxiliary set is empty");
   for (const auto& p : pools_->pools) XFER_CHECK(!p.empty(), "a target class has an empty auxiliary pool");
-  XFER_CHECK(pools_->pools.size() == 1 || target_order_, "paired auxiliary pools need the target stream's order");
+  XFER_CHECK(pools_->pools.size() == 1 || target_order_,
+             "paired auxiliary pools need the target stream's order");
   const torch::Tensor y = target_labels.to(torch::kInt64).contiguous();
   target_labels_.assign(y.data_ptr<int64_t>(), y.data_ptr<int64_t>() + y.numel());
 }
@@ -409,7 +420,8 @@ AuxSampler::AuxSampler(std::shared_ptr<const AuxPools> pools, std::unique_ptr<Sa
 std::vector<int64_t> AuxSampler::indices(int64_t batch, int64_t batch_size) {
   const bool paired = pools_->pools.size() > 1;
   std::vector<int64_t> out(static_cast<size_t>(batch_size));
-  const std::vector<int64_t> targets = paired ? target_order_->indices(batch, batch_size) : std::vector<int64_t>{};
+  const std::vector<int64_t> targets =
+      paired ? target_order_->indices(batch, batch_size) : std::vector<int64_t>{};
   std::mt19937_64 engine(derive_seed(seed_, static_cast<uint64_t>(batch)));
   for (int64_t i = 0; i < batch_size; ++i) {
     const std::vector<int64_t>& pool = pools_->pool_of(paired ? target_labels_.at(targets[i]) : 0);
@@ -434,8 +446,9 @@ Pairing resolve_pairing(const AuxOptions& opts, const Model& pretrained, const T
     const std::string where = "--pairing " + opts.pairing;
     Pairing p = Pairing::from_json(read_json_file(opts.pairing), where);
     p.check_matches(target, source, where);
-    XFER_CHECK(opts.aux_size == 0 || opts.aux_size == p.aux_size, "--aux-size ", opts.aux_size, " differs from the ",
-               "--aux-size ", p.aux_size, " that ", opts.pairing, " was selected with; drop one of them");
+    XFER_CHECK(opts.aux_size == 0 || opts.aux_size == p.aux_size, "--aux-size ", opts.aux_size,
+               " differs from the ", "--aux-size ", p.aux_size, " that ", opts.pairing,
+               " was selected with; drop one of them");
     // The sample counts come from this run's source spec, which may hold out another validation split.
     p.source_counts = source.class_counts();
     p.target_counts = target.class_counts();

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/archive.h"
 #include "xfer/core/error.h"
@@ -29,8 +29,8 @@ HardLabels hard_pseudo_labels(const torch::Tensor& probs, double threshold) {
   check_pseudo_threshold(threshold);
   check_probs(probs);
   const torch::Tensor p = probs.to(torch::kCPU, torch::kFloat32);
-  const torch::Tensor votes = p.argmax(2);             // (R, N)
-  const torch::Tensor first = votes[0];                // (N)
+  const torch::Tensor votes = p.argmax(2);  // (R, N)
+  const torch::Tensor first = votes[0];     // (N)
   const torch::Tensor agree = (votes == first.unsqueeze(0)).all(0);
   // Each model's probability for the agreed class: (R, N).
   const torch::Tensor chosen = p.gather(2, first.view({1, -1, 1}).expand({p.size(0), -1, 1})).squeeze(2);
@@ -62,8 +62,8 @@ torch::Tensor enlarge_per_class(const torch::Tensor& v_labels, const HardLabels&
   return picked.empty() ? torch::empty({0}, torch::kInt64) : torch::cat(picked);
 }
 
-torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDataset& data, const std::string& head,
-                                     int64_t batch_size) {
+torch::Tensor ensemble_probabilities(std::vector<Model>& models, const TensorDataset& data,
+                                     const std::string& head, int64_t batch_size) {
   XFER_CHECK(!models.empty(), "an ensemble needs at least one model");
   std::vector<torch::Tensor> per_model;
   for (auto& model : models)
@@ -91,9 +91,11 @@ EnsembleLabels load_ensemble_labels(const std::string& path) {
     out.images.images = archive.read("images");
     out.images.labels = archive.read("labels");
     out.probs = archive.read("probs");
-    out.images.class_names = nlohmann::json::parse(archive.read_text("class_names")).get<std::vector<std::string>>();
+    out.images.class_names =
+        nlohmann::json::parse(archive.read_text("class_names")).get<std::vector<std::string>>();
   } catch (const std::exception& e) {
-    throw BadInput(cat(path, ": not a pseudo-label file of `xfer gradmix-pseudo` (", std::string(e.what()).substr(0, 200), ")"));
+    throw BadInput(cat(path, ": not a pseudo-label file of `xfer gradmix-pseudo` (",
+                       std::string(e.what()).substr(0, 200), ")"));
   }
   const auto& images = out.images.images;
   const auto& labels = out.images.labels;

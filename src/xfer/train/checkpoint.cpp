@@ -61,9 +61,13 @@ void CheckpointWriter::write_model(const Model& model) {
   archive_.write("model", nested);
 }
 
-void CheckpointWriter::write(const std::string& key, const Archive& nested) { archive_.write(key, nested); }
+void CheckpointWriter::write(const std::string& key, const Archive& nested) {
+  archive_.write(key, nested);
+}
 
-void CheckpointWriter::write(const std::string& key, const torch::Tensor& tensor) { archive_.write(key, tensor); }
+void CheckpointWriter::write(const std::string& key, const torch::Tensor& tensor) {
+  archive_.write(key, tensor);
+}
 
 void CheckpointWriter::commit(const std::string& path) {
   XFER_CHECK(meta_.contains("arch"), "internal: a checkpoint needs a model");
@@ -72,9 +76,11 @@ void CheckpointWriter::commit(const std::string& path) {
   write_file_atomic(path, checkpoint_header(payload) + payload);
 }
 
-CheckpointReader::CheckpointReader(const std::string& path, torch::Device device) : path_(path), device_(device) {
+CheckpointReader::CheckpointReader(const std::string& path, torch::Device device)
+    : path_(path), device_(device) {
   const std::string file = read_file(path);
-  XFER_CHECK(file.rfind("PK\x03\x04", 0) != 0, path, ": not an xfer checkpoint but a zip archive, as torch.save and ",
+  XFER_CHECK(file.rfind("PK\x03\x04", 0) != 0, path,
+             ": not an xfer checkpoint but a zip archive, as torch.save and ",
              "TorchScript write: give it to --init as state_dict:FILE or torchscript:FILE");
   XFER_CHECK(file.size() >= kHeader && std::memcmp(file.data(), kMagic, sizeof kMagic) == 0, path,
              ": not an xfer checkpoint (bad magic bytes)");
@@ -82,8 +88,8 @@ CheckpointReader::CheckpointReader(const std::string& path, torch::Device device
   XFER_CHECK(format == kCheckpointFormat, path, ": checkpoint format ", format, ", this xfer ", kVersion,
              " reads format ", kCheckpointFormat);
   const auto size = get<uint64_t>(file, 12);
-  XFER_CHECK(file.size() - kHeader == size, path, ": truncated checkpoint (", file.size() - kHeader,
-             " of ", size, " payload bytes)");
+  XFER_CHECK(file.size() - kHeader == size, path, ": truncated checkpoint (", file.size() - kHeader, " of ",
+             size, " payload bytes)");
   const auto crc = get<uint32_t>(file, 20);
   const std::string payload = file.substr(kHeader);
   XFER_CHECK(crc32_of(payload) == crc, path, ": corrupt checkpoint (checksum mismatch)");
@@ -117,7 +123,9 @@ Model CheckpointReader::read_model() {
   }
 }
 
-bool CheckpointReader::has(const std::string& key) const { return archive_.has(key); }
+bool CheckpointReader::has(const std::string& key) const {
+  return archive_.has(key);
+}
 
 Archive CheckpointReader::read(const std::string& key) const {
   Archive nested;

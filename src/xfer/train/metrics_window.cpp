@@ -64,7 +64,9 @@ double StepTimes::samples_per_s(int64_t batch_size) const {
   return seconds_ > 0 ? steps() * batch_size / seconds_ : 0.0;
 }
 
-double StepTimes::mean_ms() const { return steps() > 0 ? 1000.0 * seconds_ / steps() : 0.0; }
+double StepTimes::mean_ms() const {
+  return steps() > 0 ? 1000.0 * seconds_ / steps() : 0.0;
+}
 
 double StepTimes::median_ms() const {
   if (times_.empty()) return 0.0;

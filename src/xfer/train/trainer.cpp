@@ -101,9 +101,11 @@ constexpr int64_t kMaxConsecutiveSkips = 25;
 /// --bn-stats frozen: batch-norm layers use (and keep) their running statistics while the rest trains.
 /// --bn-stats sync: the backbone's batch-norm layers normalise with the global batch's statistics.
 void apply_bn_mode(Model& model, BnStats bn) {
-  XFER_CHECK(bn != BnStats::sync || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
-             "--bn-stats sync needs a built-in backbone: a TorchScript backbone's batch norm cannot be synchronised; "
-             "use --bn-stats batch or frozen");
+  XFER_CHECK(
+      bn != BnStats::sync || !dist::is_distributed() || model->backbone->spec().rfind("script:", 0) != 0,
+      "--bn-stats sync needs a built-in backbone: a TorchScript backbone's batch norm cannot be "
+      "synchronised; "
+      "use --bn-stats batch or frozen");
   model->backbone->set_sync_batch_norm(bn == BnStats::sync);
   if (bn != BnStats::frozen) return;
   for (auto& m : model->modules(/*include_self=*/false))
@@ -171,15 +173,16 @@ int64_t epochs_to_iterations(double epochs, int64_t examples, int64_t batch_size
   XFER_CHECK(epochs > 0 && examples > 0 && batch_size > 0, "--epochs ", epochs, " over ", examples,
              " training examples at batch size ", batch_size, " gives no steps");
   const double steps = std::ceil(epochs * static_cast<double>(examples) / static_cast<double>(batch_size));
-  XFER_CHECK(steps <= 1e9, "--epochs ", epochs, " over ", examples, " examples at batch size ", batch_size, " is ",
-             steps, " steps; at most 10^9");
+  XFER_CHECK(steps <= 1e9, "--epochs ", epochs, " over ", examples, " examples at batch size ", batch_size,
+             " is ", steps, " steps; at most 10^9");
   return static_cast<int64_t>(steps);
 }
 
 void TrainerOptions::fields(Fields& f) {
   f.add("iterations", iterations, "training steps").at_least(1);
   f.add("epochs", epochs,
-        "passes over the training set; when > 0 it replaces --iterations with ceil(epochs x training examples / "
+        "passes over the training set; when > 0 it replaces --iterations with ceil(epochs x training "
+        "examples / "
         "batch size), e.g. --epochs 20 on 1000 images at -b 64 runs 313 steps")
       .non_negative()
       .at_most(1e6);
@@ -187,20 +190,25 @@ void TrainerOptions::fields(Fields& f) {
   schedule.fields(f);
   f.add("head_lr_mult", head_lr_mult, "learning-rate multiplier of the heads").non_negative();
   f.add("eval_every", eval_every, "steps between validation evaluations (0: iterations/10)").non_negative();
-  f.add("checkpoint_every", checkpoint_every, "steps between checkpoints (0: as --eval-every)").non_negative();
+  f.add("checkpoint_every", checkpoint_every, "steps between checkpoints (0: as --eval-every)")
+      .non_negative();
   f.add("log_every", log_every, "steps between metrics.jsonl lines").at_least(1);
   f.add("eval_batch", eval_batch, "batch size for evaluation").at_least(1);
-  f.add("select", select, "the model tested at the end: best (on validation), last, or auto (best if the task "
-                          "has a validation split)");
-  f.add("stop_after", stop_after, "checkpoint and stop after this many steps in this session; continue "
-                                  "later with --resume (0: run to the end)")
+  f.add("select", select,
+        "the model tested at the end: best (on validation), last, or auto (best if the task "
+        "has a validation split)");
+  f.add("stop_after", stop_after,
+        "checkpoint and stop after this many steps in this session; continue "
+        "later with --resume (0: run to the end)")
       .non_negative()
       .session();
-  f.add("on_nan", on_nan, "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
-                          "batch (no update; at most 25 in a row)");
-  f.add("bn_stats", bn_stats, "batch norm while training: batch (each process's batch statistics, as DDP without "
-                              "sync BN), sync (statistics of the global batch over all processes, as SyncBatchNorm; "
-                              "the same as batch in one process) or frozen (running statistics, as in eval mode)");
+  f.add("on_nan", on_nan,
+        "a NaN or infinite loss or gradient: stop with an error naming the step, or skip the "
+        "batch (no update; at most 25 in a row)");
+  f.add("bn_stats", bn_stats,
+        "batch norm while training: batch (each process's batch statistics, as DDP without "
+        "sync BN), sync (statistics of the global batch over all processes, as SyncBatchNorm; "
+        "the same as batch in one process) or frozen (running statistics, as in eval mode)");
 }
 
 std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, double head_lr_mult) {
@@ -215,8 +223,9 @@ std::vector<ParamGroup> trainable_param_groups(Method& method, Model& model, dou
   return groups;
 }
 
-LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, const std::vector<ParamGroup>& groups,
-                        double lr, StepContext& ctx, StepReport* report) {
+LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer,
+                        const std::vector<ParamGroup>& groups, double lr, StepContext& ctx,
+                        StepReport* report) {
   set_learning_rates(optimizer, groups, lr);
   clear_gradients(groups);
   LossTerms terms = method.compute_gradients(ctx);
@@ -231,7 +240,8 @@ LossTerms training_step(Method& method, torch::optim::Optimizer& optimizer, cons
     const int signal = stop_signal();
     const bool finite = std::isfinite(terms.total.item<double>());
     const double t0 = now_seconds();
-    const std::vector<int64_t> first = dist::all_reduce_min({signal ? signal : kNobody, finite ? kNobody : dist::rank()});
+    const std::vector<int64_t> first =
+        dist::all_reduce_min({signal ? signal : kNobody, finite ? kNobody : dist::rank()});
     r.wait_seconds = r.allreduce_seconds = now_seconds() - t0;
     r.stop_signal = first[0] == kNobody ? 0 : static_cast<int>(first[0]);
     if (!finite) check_finite(terms, ctx.step);
@@ -282,13 +292,13 @@ Evaluation evaluate(Model& model, const TensorDataset& data, const std::string& 
   if (first < stop)
     predict_each(model, data, {false, {head}, batch_size, first, stop},
                  [&](int64_t start, int64_t end, const Predictions& batch) {
-                   confusion.add_logits(batch.logits.at(head).slice(1, 0, k), data.labels.slice(0, start, end));
+                   confusion.add_logits(batch.logits.at(head).slice(1, 0, k),
+                                        data.labels.slice(0, start, end));
                    if (progress) progress->update(end - first, "images");
                  });
   dist::all_reduce_sum({confusion.counts(), confusion.logit_sums()});
   return confusion.evaluation();
 }
-
 
 namespace {
 
@@ -313,7 +323,8 @@ struct LoopState {
 /// Continues a fit from `saver`'s last.pt into `s` and the saver's record: the model (checked against the
 /// saved one), the optimizer (a fresh one at a phase's first step, as the phase starts with), the method,
 /// its RNG, the batch positions and the skips. Returns the step the checkpoint was written at.
-int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& plan, const OptimizerOptions& optim) {
+int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& plan,
+                         const OptimizerOptions& optim) {
   CheckpointReader ck(saver.last_path(), s.model->backbone->parameters().front().device());
   const Model saved = ck.read_model();
   const std::string why = s.model->arch().mismatch(saved->arch(), /*with_heads=*/true);
@@ -329,7 +340,8 @@ int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& 
   XFER_CHECK(saved_phases.is_null() ? plan.phases.size() == 1 : saved_phases == plan.to_json(), ck.path(),
              ": cannot resume: the run was trained in the phases ", saved_phases.dump(), ", this one has ",
              plan.to_json().dump());
-  if (start < plan.total && start == plan.starts[plan.of(start)]) s.optimizer = make_optimizer(optim, s.groups);
+  if (start < plan.total && start == plan.starts[plan.of(start)])
+    s.optimizer = make_optimizer(optim, s.groups);
   const double best_val = m.at("best_val").get<double>();
   const int64_t best_step = m.at("best_step").get<int64_t>();
   saver.resumed(start, best_val, best_step);
@@ -354,7 +366,8 @@ void save_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& plan, int6
   saver.save_last(step, state, s.model, *s.optimizer, s.method, s.rng);
 }
 
-/// Rank 0's metrics.jsonl (with checkpoints/ beside it), continued at a resumed run's `start`; none elsewhere.
+/// Rank 0's metrics.jsonl (with checkpoints/ beside it), continued at a resumed run's `start`; none
+/// elsewhere.
 std::unique_ptr<MetricsLog> open_metrics(const std::string& out_dir, int64_t start, bool writer) {
   if (!writer) return nullptr;
   make_dirs((fs::path(out_dir) / "checkpoints").string());
@@ -374,10 +387,10 @@ std::optional<LossTerms> step_or_skip(LoopState& s, OnNan on_nan, double lr, Ste
     if (on_nan != OnNan::skip || s.skips.in_a_row >= kMaxConsecutiveSkips) {
       progress.finish();
       const int64_t saved = saver.last_saved();
-      throw NumericalError(cat(e.what(), s.skips.in_a_row ? cat(" (after ", s.skips.in_a_row, " skipped in a row)") : "",
-                               "; ",
-                               saved >= 0 ? cat("the last good checkpoint is ", saver.last_path(), " (step ", saved, ")")
-                                          : std::string("no checkpoint was written yet")));
+      throw NumericalError(
+          cat(e.what(), s.skips.in_a_row ? cat(" (after ", s.skips.in_a_row, " skipped in a row)") : "", "; ",
+              saved >= 0 ? cat("the last good checkpoint is ", saver.last_path(), " (step ", saved, ")")
+                         : std::string("no checkpoint was written yet")));
     }
     clear_gradients(s.groups);  // the update is dropped; the batch was drawn, so replay stays exact
     ++s.skips.total;
@@ -406,8 +419,9 @@ double validate(Model& model, const TensorDataset& val, const std::string& head,
 
 /// metrics.jsonl's step line after `done` steps at learning rate `lr` in phase `ph`: the window's means, the
 /// run's skipped steps, this session's throughput and the seconds since the fit started.
-nlohmann::json step_line(int64_t done, double lr, const PhasePlan& plan, const Phase& ph, const MetricsWindow& window,
-                         int64_t skipped, const StepTimes& times, int64_t batch_size, double fit_start) {
+nlohmann::json step_line(int64_t done, double lr, const PhasePlan& plan, const Phase& ph,
+                         const MetricsWindow& window, int64_t skipped, const StepTimes& times,
+                         int64_t batch_size, double fit_start) {
   nlohmann::json line = {{"step", done}, {"lr", lr}};
   if (plan.phases.size() > 1) line["phase"] = ph.name;
   if (skipped) line["skipped_steps"] = skipped;
@@ -420,8 +434,8 @@ nlohmann::json step_line(int64_t done, double lr, const PhasePlan& plan, const P
 /// The end of a finished fit: the selected model tested (best.pt's if `select_best` and a validation ran,
 /// else the last), with the record of the run and the time of this session.
 FitResult test_selected(Model& model, const Task& task, const std::string& head, const TrainerOptions& opts,
-                        bool select_best, const CheckpointSaver& saver, const PhasePlan& plan, const StepTimes& times,
-                        int64_t skipped, int64_t batch_size, bool writer) {
+                        bool select_best, const CheckpointSaver& saver, const PhasePlan& plan,
+                        const StepTimes& times, int64_t skipped, int64_t batch_size, bool writer) {
   FitResult r;
   r.iterations = plan.total;
   r.selected_best = select_best;
@@ -464,9 +478,10 @@ Cadence cadence(const TrainerOptions& opts, const Task& task) {
   c.eval_every = opts.eval_every > 0 ? opts.eval_every : std::max<int64_t>(1, opts.iterations / 10);
   c.ckpt_every = opts.checkpoint_every > 0 ? opts.checkpoint_every : c.eval_every;
   c.has_val = task.val.size() > 0;
-  c.select_best = opts.select == ModelSelection::best || (opts.select == ModelSelection::automatic && c.has_val);
-  XFER_CHECK(!(opts.select == ModelSelection::best && !c.has_val), "--select best needs a validation split; add val=N to the ",
-             "dataset spec");
+  c.select_best =
+      opts.select == ModelSelection::best || (opts.select == ModelSelection::automatic && c.has_val);
+  XFER_CHECK(!(opts.select == ModelSelection::best && !c.has_val),
+             "--select best needs a validation split; add val=N to the ", "dataset spec");
   return c;
 }
 
@@ -515,21 +530,31 @@ nlohmann::json FitResult::to_json() const {
   return out;
 }
 
-Trainer::Trainer(TrainerOptions opts, std::string out_dir) : opts_(std::move(opts)), out_dir_(std::move(out_dir)) {
+Trainer::Trainer(TrainerOptions opts, std::string out_dir)
+    : opts_(std::move(opts)), out_dir_(std::move(out_dir)) {
   check_options(opts_);
 }
 
-std::string Trainer::last_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "last.pt").string(); }
-std::string Trainer::best_checkpoint() const { return (fs::path(out_dir_) / "checkpoints" / "best.pt").string(); }
+std::string Trainer::last_checkpoint() const {
+  return (fs::path(out_dir_) / "checkpoints" / "last.pt").string();
+}
+std::string Trainer::best_checkpoint() const {
+  return (fs::path(out_dir_) / "checkpoints" / "best.pt").string();
+}
 
-FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task, const std::string& head,
-                       uint64_t seed, bool resume, const nlohmann::json& meta) {
+FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Task& task,
+                       const std::string& head, uint64_t seed, bool resume, const nlohmann::json& meta) {
   const PhasePlan plan(method.phases(opts_.iterations));
   const int64_t total = plan.total;
   const Cadence every = cadence(opts_, task);
   std::vector<ParamGroup> groups = trainable_param_groups(method, model, opts_.head_lr_mult);
   std::unique_ptr<torch::optim::Optimizer> optimizer = make_optimizer(opts_.optim, groups);
-  LoopState s{model, method, batches, std::move(groups), std::move(optimizer), make_generator(derive_seed(seed, "method"))};
+  LoopState s{model,
+              method,
+              batches,
+              std::move(groups),
+              std::move(optimizer),
+              make_generator(derive_seed(seed, "method"))};
   const bool writer = dist::is_main();  // only rank 0 writes files
   CheckpointSaver saver(out_dir_, meta, writer);
   if (resume && !fs::exists(saver.last_path())) {
@@ -544,7 +569,8 @@ FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Tas
 
   const int64_t batch_size = batches.stream("target").options().batch_size;
   Progress progress(head == "source" ? "pretrain" : "train", total, start);
-  std::string status, val_text;  // the last logged window's loss and the last validation, shown until the next
+  std::string status,
+      val_text;  // the last logged window's loss and the last validation, shown until the next
   MetricsWindow window;
   StepTimes times;
   const double fit_start = now_seconds();
@@ -557,8 +583,9 @@ FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Tas
       ++phase;
       s.optimizer = make_optimizer(opts_.optim, s.groups);
       if (writer)
-        progress.message(cat("phase ", plan.phases[phase].name, ": ", plan.phases[phase].steps, " steps from step ",
-                             step, " with a fresh optimizer and learning-rate schedule"));
+        progress.message(cat("phase ", plan.phases[phase].name, ": ", plan.phases[phase].steps,
+                             " steps from step ", step,
+                             " with a fresh optimizer and learning-rate schedule"));
     }
     const Phase& ph = plan.phases[phase];
     const int64_t local = step - plan.starts[phase];
@@ -576,7 +603,8 @@ FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Tas
       val_text = "  val " + percent(validate(model, task.val, head, opts_, done, metrics.get(), saver));
     if (done % opts_.log_every == 0 || done == total) {
       window.average_over_processes();  // the losses of the whole global batch
-      if (writer) metrics->write(step_line(done, lr, plan, ph, window, s.skips.total, times, batch_size, fit_start));
+      if (writer)
+        metrics->write(step_line(done, lr, plan, ph, window, s.skips.total, times, batch_size, fit_start));
       status = window.steps() ? cat("loss ", std::round(window.loss() * 1000) / 1000, val_text)
                               : cat("skipped", val_text);
       window.reset();
@@ -591,7 +619,8 @@ FitResult Trainer::fit(Model& model, Method& method, Batches& batches, const Tas
     if (stopping) return stopped_after(start, done, progress);
   }
   progress.finish();
-  return test_selected(model, task, head, opts_, every.select_best, saver, plan, times, s.skips.total, batch_size, writer);
+  return test_selected(model, task, head, opts_, every.select_best, saver, plan, times, s.skips.total,
+                       batch_size, writer);
 }
 
 }  // namespace xfer

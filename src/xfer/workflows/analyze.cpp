@@ -23,7 +23,9 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-nlohmann::json analyze_stats_json(const MeanStd& m) { return {{"mean", m.mean}, {"std", m.std}, {"n", m.n}}; }
+nlohmann::json analyze_stats_json(const MeanStd& m) {
+  return {{"mean", m.mean}, {"std", m.std}, {"n", m.n}};
+}
 
 /// The checkpoint of the model the run tested: result.json's "selected" (best or last), else best.pt, else
 /// last.pt.
@@ -31,7 +33,8 @@ std::string analyze_checkpoint_of(const std::string& run) {
   const fs::path result = fs::path(run) / "result.json";
   if (fs::exists(result)) {
     const nlohmann::json r = read_json_file(result.string());
-    const fs::path chosen = fs::path(run) / "checkpoints" / (r.value("selected", "") == "last" ? "last.pt" : "best.pt");
+    const fs::path chosen =
+        fs::path(run) / "checkpoints" / (r.value("selected", "") == "last" ? "last.pt" : "best.pt");
     if (fs::exists(chosen)) return chosen.string();
   }
   return resolve_checkpoint(run);
@@ -45,8 +48,12 @@ std::string analyze_file_stamp(const std::string& path) {
 
 nlohmann::json analyze_subsets_json(const SubsetAccuracy& a) {
   auto rate = [](double r, int64_t n) { return n > 0 ? nlohmann::json(r) : nlohmann::json(nullptr); };
-  return {{"auxiliary", rate(a.auxiliary, a.auxiliary_n)}, {"aba", rate(a.aba, a.aba_n)}, {"all", rate(a.all, a.all_n)},
-          {"auxiliary_n", a.auxiliary_n},          {"aba_n", a.aba_n},          {"all_n", a.all_n}};
+  return {{"auxiliary", rate(a.auxiliary, a.auxiliary_n)},
+          {"aba", rate(a.aba, a.aba_n)},
+          {"all", rate(a.all, a.all_n)},
+          {"auxiliary_n", a.auxiliary_n},
+          {"aba_n", a.aba_n},
+          {"all_n", a.all_n}};
 }
 
 /// The source classes of the auxiliary set XMixup's selection makes for the run: its --pairing file, else the
@@ -58,13 +65,15 @@ std::vector<int64_t> analyze_auxiliary_classes(const nlohmann::json& config, con
   const nlohmann::json pairing_file = options.value("pairing", nlohmann::json(""));
   const nlohmann::json aux_size = options.value("aux_size", nlohmann::json(0));
   Pairing pairing;
-  XFER_CHECK(pairing_file.is_string(), "xfer analyze: the run's pairing is not a path: ", pairing_file.dump());
+  XFER_CHECK(pairing_file.is_string(),
+             "xfer analyze: the run's pairing is not a path: ", pairing_file.dump());
   if (!pairing_file.get<std::string>().empty()) {
     const std::string where = "the run's --pairing " + pairing_file.get<std::string>();
     pairing = Pairing::from_json(read_json_file(pairing_file.get<std::string>()), where);
     pairing.check_matches(target, source, where);
   } else {
-    XFER_CHECK(aux_size.is_number_integer(), "xfer analyze: the run's aux_size is not an integer: ", aux_size.dump());
+    XFER_CHECK(aux_size.is_number_integer(),
+               "xfer analyze: the run's aux_size is not an integer: ", aux_size.dump());
     pairing = select_auxiliary(init, target, source, aux_size.get<int64_t>());
   }
   std::vector<int64_t> classes;
@@ -74,30 +83,37 @@ std::vector<int64_t> analyze_auxiliary_classes(const nlohmann::json& config, con
 }
 
 /// The forgetting probe of the run's model (and of the --init model with --forgetting-reference).
-nlohmann::json analyze_forgetting(const AnalyzeOptions& opts, const nlohmann::json& config, const Model& model,
-                                  const Model& init, const Task& target) {
-  const std::string spec = !opts.forgetting_source.empty() ? opts.forgetting_source : config.value("source", "");
+nlohmann::json analyze_forgetting(const AnalyzeOptions& opts, const nlohmann::json& config,
+                                  const Model& model, const Model& init, const Task& target) {
+  const std::string spec =
+      !opts.forgetting_source.empty() ? opts.forgetting_source : config.value("source", "");
   XFER_CHECK(!spec.empty(), "xfer analyze --forgetting needs a source task: the run has no --source; pass ",
              "--forgetting-source SPEC");
-  XFER_CHECK(static_cast<bool>(init), "xfer analyze --forgetting pairs the source classes with the pretrained ",
+  XFER_CHECK(static_cast<bool>(init),
+             "xfer analyze --forgetting pairs the source classes with the pretrained ",
              "model, and the run has no --init; pass --init PATH");
   const uint64_t run_seed = config.value("seed", uint64_t{0});
   const Task source = load_task(spec, run_seed);
-  XFER_CHECK(source.train.size() > 0 && source.test.size() > 0, "xfer analyze --forgetting: the source task '",
-             spec, "' needs a training and a test split; it has ", source.train.size(), " and ", source.test.size(),
+  XFER_CHECK(source.train.size() > 0 && source.test.size() > 0,
+             "xfer analyze --forgetting: the source task '", spec,
+             "' needs a training and a test split; it has ", source.train.size(), " and ", source.test.size(),
              " examples");
   const std::vector<int64_t> aux = analyze_auxiliary_classes(config, init, target.train, source.train);
   const uint64_t seed = derive_seed(derive_seed(run_seed, "forgetting"), static_cast<uint64_t>(opts.seed));
   auto probe = [&](const Model& m) {
-    return analyze_subsets_json(forgetting_probe(extract_features(m, source.train, opts.batch), source.train.labels,
-                                                 extract_features(m, source.test, opts.batch), source.test.labels,
-                                                 source.train.num_classes(), aux, opts.probe_iterations,
-                                                 opts.probe_decay, seed));
+    return analyze_subsets_json(
+        forgetting_probe(extract_features(m, source.train, opts.batch), source.train.labels,
+                         extract_features(m, source.test, opts.batch), source.test.labels,
+                         source.train.num_classes(), aux, opts.probe_iterations, opts.probe_decay, seed));
   };
   std::vector<std::string> names;
   for (int64_t c : aux) names.push_back(source.train.class_names[c]);
-  nlohmann::json out = {{"source", spec},           {"auxiliary_classes", names}, {"seed", opts.seed},
-                        {"iterations", opts.probe_iterations}, {"decay", opts.probe_decay}, {"model", probe(model)}};
+  nlohmann::json out = {{"source", spec},
+                        {"auxiliary_classes", names},
+                        {"seed", opts.seed},
+                        {"iterations", opts.probe_iterations},
+                        {"decay", opts.probe_decay},
+                        {"model", probe(model)}};
   if (opts.forgetting_reference) out["pretrained"] = probe(init);
   return out;
 }
@@ -109,18 +125,23 @@ void AnalyzeOptions::fields(Fields& f) {
   f.add("data", data, "dataset spec to analyse (default: the run's --target)");
   f.add("init", init, "pretrained model for the parameter distance (default: the run's --init)");
   f.add("head", head, "the head whose outputs Label-IL measures");
-  f.add("label_output", label_output, "Label-IL on the head's logits (as SMILE's Table 6, whose values exceed the "
-                                      "sqrt(2) bound of probability vectors) or on its softmax");
+  f.add("label_output", label_output,
+        "Label-IL on the head's logits (as SMILE's Table 6, whose values exceed the "
+        "sqrt(2) bound of probability vectors) or on its softmax");
   f.add("pairs", pairs, "random pairs of examples for the interpolation losses").at_least(1);
   f.add("alpha", alpha, "lambda ~ Beta(alpha, alpha) in the interpolation losses").positive();
-  f.add("seed", seed, "seed of the pairs and mixing weights (and of the forgetting probe's head)").non_negative();
-  f.add("forgetting", forgetting, "XMixup's forgetting probe (Table 2): a fresh linear head on the frozen backbone, "
-                                  "trained on a source task, top-1 on its auxiliary classes, the others and all");
+  f.add("seed", seed, "seed of the pairs and mixing weights (and of the forgetting probe's head)")
+      .non_negative();
+  f.add("forgetting", forgetting,
+        "XMixup's forgetting probe (Table 2): a fresh linear head on the frozen backbone, "
+        "trained on a source task, top-1 on its auxiliary classes, the others and all");
   f.add("forgetting_source", forgetting_source, "the probe's source task spec (default: the run's --source)");
-  f.add("forgetting_reference", forgetting_reference, "probe the --init model too (the table's reference row)");
+  f.add("forgetting_reference", forgetting_reference,
+        "probe the --init model too (the table's reference row)");
   f.add("probe_iterations", probe_iterations, "L-BFGS iterations of the forgetting probe's head").at_least(1);
   f.add("probe_decay", probe_decay, "L2 weight of the forgetting probe's head").non_negative();
-  f.add("spectrum", spectrum, "how many of the smallest singular values of the feature matrix to report").at_least(1);
+  f.add("spectrum", spectrum, "how many of the smallest singular values of the feature matrix to report")
+      .at_least(1);
   f.add("batch", batch, "examples per forward pass").at_least(1);
   f.add("threads", threads, "CPU threads (0 = all cores)").non_negative();
   f.add("device", device, "cpu, cuda or cuda:N");
@@ -130,11 +151,13 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   AnalyzeOptions opts = given;
   check_options(opts);
   XFER_CHECK(!opts.run.empty(), "xfer analyze needs a run directory");
-  XFER_CHECK(fs::is_directory(opts.run), "xfer analyze: ", opts.run, " is not a directory (give the --out of a "
-                                                                     "finetune run)");
+  XFER_CHECK(fs::is_directory(opts.run), "xfer analyze: ", opts.run,
+             " is not a directory (give the --out of a "
+             "finetune run)");
   const fs::path config_path = fs::path(opts.run) / "config.json";
-  XFER_CHECK(fs::exists(config_path), "xfer analyze: ", opts.run, " holds no config.json; give the --out directory "
-                                                                  "of a finetune run");
+  XFER_CHECK(fs::exists(config_path), "xfer analyze: ", opts.run,
+             " holds no config.json; give the --out directory "
+             "of a finetune run");
   set_threads(opts.threads);
   const torch::Device device = parse_device(opts.device);
   const nlohmann::json config = read_json_file(config_path.string());
@@ -156,18 +179,22 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   XFER_CHECK(data.size() >= 2, "xfer analyze: the ", opts.on, " split of '", spec, "' has ", data.size(),
              " examples; the analyses need at least 2");
   const Arch& arch = model->arch();
-  XFER_CHECK(data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
-             "xfer analyze: '", spec, "' has ", data.channels(), "x", data.height(), "x", data.width(),
-             " images but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
-  const torch::Tensor inputs = InputTransform(arch.input).normalise(data.eval_images(0, data.size())).to(device);
+  XFER_CHECK(
+      data.channels() == arch.in_channels && data.height() == arch.height && data.width() == arch.width,
+      "xfer analyze: '", spec, "' has ", data.channels(), "x", data.height(), "x", data.width(),
+      " images but the model takes ", arch.in_channels, "x", arch.height, "x", arch.width);
+  const torch::Tensor inputs =
+      InputTransform(arch.input).normalise(data.eval_images(0, data.size())).to(device);
 
   InterpolationOptions il;
   il.pairs = opts.pairs;
   il.alpha = opts.alpha;
   il.seed = static_cast<uint64_t>(opts.seed);
   il.batch = opts.batch;
-  const ModelInterpolation interpolation = model_interpolation_loss(model, inputs, opts.head, il, opts.label_output);
-  const std::vector<double> spectrum = feature_spectrum(pooled_features(model, inputs, opts.batch), opts.spectrum);
+  const ModelInterpolation interpolation =
+      model_interpolation_loss(model, inputs, opts.head, il, opts.label_output);
+  const std::vector<double> spectrum =
+      feature_spectrum(pooled_features(model, inputs, opts.batch), opts.spectrum);
 
   // Parameter distance to the pretrained model, when the run had one.
   const std::string init = !opts.init.empty() ? opts.init : config.value("init", "");
@@ -200,15 +227,15 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
     }
   }
   splits[name_of(opts.on)] = {{"data", spec},
-                     {"examples", data.size()},
-                     {"pairs", opts.pairs},
-                     {"alpha", opts.alpha},
-                     {"seed", opts.seed},
-                     {"head", opts.head},
-                     {"label_output", name_of(opts.label_output)},
-                     {"feature_il", analyze_stats_json(interpolation.feature)},
-                     {"label_il", analyze_stats_json(interpolation.label)},
-                     {"spectrum", spectrum}};
+                              {"examples", data.size()},
+                              {"pairs", opts.pairs},
+                              {"alpha", opts.alpha},
+                              {"seed", opts.seed},
+                              {"head", opts.head},
+                              {"label_output", name_of(opts.label_output)},
+                              {"feature_il", analyze_stats_json(interpolation.feature)},
+                              {"label_il", analyze_stats_json(interpolation.label)},
+                              {"spectrum", spectrum}};
   nlohmann::json analysis = {{"run", opts.run},
                              {"checkpoint", checkpoint},
                              {"checkpoint_stamp", stamp},
@@ -217,8 +244,10 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
                              {"init", init.empty() ? nlohmann::json(nullptr) : nlohmann::json(init)},
                              {"parameter_distance", distance},
                              {"splits", splits}};
-  if (!forgetting.is_null()) analysis["forgetting"] = forgetting;
-  else if (!kept_forgetting.is_null()) analysis["forgetting"] = kept_forgetting;
+  if (!forgetting.is_null())
+    analysis["forgetting"] = forgetting;
+  else if (!kept_forgetting.is_null())
+    analysis["forgetting"] = kept_forgetting;
   write_json_file(out_path.string(), analysis);
   return analysis;
 }
@@ -242,16 +271,18 @@ Table analysis_table(const nlohmann::json& analysis) {
     t.add_row(r);
   };
   row("examples", [](const nlohmann::json& c) { return std::to_string(c.at("examples").get<int64_t>()); });
-  row("Feature-IL (mean ± std over pairs)", [&](const nlohmann::json& c) { return stats(c.at("feature_il")); });
+  row("Feature-IL (mean ± std over pairs)",
+      [&](const nlohmann::json& c) { return stats(c.at("feature_il")); });
   row("Label-IL (mean ± std over pairs)", [&](const nlohmann::json& c) {
     return cat(stats(c.at("label_il")), " (", c.value("label_output", "softmax"), ")");
   });
   size_t k = 0;
   for (const auto& c : columns) k = std::max(k, c.at("spectrum").size());
   for (size_t i = 0; i < k; ++i)
-    row(i == 0 ? "sigma_min / sigma_max" : cat("sigma_min+", i, " / sigma_max"), [&](const nlohmann::json& c) {
-      return i < c.at("spectrum").size() ? fixed(c["spectrum"][i].get<double>(), 5) : std::string("-");
-    });
+    row(i == 0 ? "sigma_min / sigma_max" : cat("sigma_min+", i, " / sigma_max"),
+        [&](const nlohmann::json& c) {
+          return i < c.at("spectrum").size() ? fixed(c["spectrum"][i].get<double>(), 5) : std::string("-");
+        });
   const nlohmann::json& d = analysis.at("parameter_distance");
   std::vector<std::string> r = {"parameter distance to --init (backbone)"};
   for (size_t c = 0; c < columns.size(); ++c) r.push_back(d.is_number() ? fixed(d.get<double>(), 4) : "-");
@@ -265,8 +296,9 @@ Table forgetting_table(const nlohmann::json& analysis) {
   if (!analysis.contains("forgetting")) return t;
   const nlohmann::json& f = analysis["forgetting"];
   auto cell = [](const nlohmann::json& s, const char* key) {
-    return s.at(key).is_number() ? cat(fixed(100 * s[key].get<double>(), 2), " (n=", s.at(cat(key, "_n")), ")")
-                                 : std::string("-");
+    return s.at(key).is_number()
+               ? cat(fixed(100 * s[key].get<double>(), 2), " (n=", s.at(cat(key, "_n")), ")")
+               : std::string("-");
   };
   for (const char* who : {"pretrained", "model"})
     if (f.contains(who))

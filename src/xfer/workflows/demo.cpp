@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <stdexcept>
-#include <tuple>
 #include <map>
 #include <set>
 #include <sstream>
+#include <stdexcept>
+#include <tuple>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -41,8 +41,8 @@ std::vector<int64_t> parse_sizes(const std::string& text) {
     } catch (const std::exception&) {
       used = 0;
     }
-    XFER_CHECK(used == tok.size() && !tok.empty() && v >= 1, "--sizes expects positive integers like 10,50, got '",
-               text, "'");
+    XFER_CHECK(used == tok.size() && !tok.empty() && v >= 1,
+               "--sizes expects positive integers like 10,50, got '", text, "'");
     out.push_back(v);
   }
   XFER_CHECK(!out.empty(), "--sizes is empty");
@@ -89,18 +89,19 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
   return chosen;
 }
 
-
 /// The demo as a suite: the source model pre-trained on opts.source, one task per size (the target with
 /// per_class=SIZE), `methods` x `seeds`, run one after another in this process.
 Suite demo_suite(const DemoOptions& opts, const std::vector<int64_t>& sizes, int64_t seeds,
                  const std::vector<std::string>& methods) {
   nlohmann::json tasks = nlohmann::json::array();
   for (int64_t size : sizes)
-    tasks.push_back({{"name", cat(size, "/class")}, {"target", cat(opts.target, ":per_class=", size)},
+    tasks.push_back({{"name", cat(size, "/class")},
+                     {"target", cat(opts.target, ":per_class=", size)},
                      {"source", opts.source}});
   const nlohmann::json suite = {
       {"description", "the Fashion-MNIST transfer task of `xfer demo`"},
-      {"pretrain", {{"source", opts.source}, {"backbone", opts.backbone}, {"iterations", opts.pretrain_iterations}}},
+      {"pretrain",
+       {{"source", opts.source}, {"backbone", opts.backbone}, {"iterations", opts.pretrain_iterations}}},
       {"run", {{"iterations", opts.iterations}}},
       {"seeds", seeds},
       {"tasks", tasks},
@@ -136,7 +137,9 @@ std::vector<RunRequest> demo_plan(const DemoOptions& opts, const std::vector<int
 class DemoRuns {
  public:
   DemoRuns(const DemoOptions& opts, std::ostream& out)
-      : opts_(opts), out_(out), table_({"method", "per_class", "seed", "test_top1", "test_mean_class", "step_ms", "out"}) {}
+      : opts_(opts),
+        out_(out),
+        table_({"method", "per_class", "seed", "test_top1", "test_mean_class", "step_ms", "out"}) {}
 
   /// Runs `q` (`index` of `count`; count 0: not known yet); returns its seconds.
   double run(const RunRequest& q, int64_t size, int64_t index, int64_t count) {
@@ -166,8 +169,8 @@ class DemoRuns {
                     fixed(r.test_mean_class, 4), fixed(res.value("step_ms", 0.0), 2), q.dir});
     results_.push_back(res);
     out_ << "[" << index << (count > 0 ? cat("/", count) : std::string()) << "] " << q.label << ", " << size
-         << "/class, seed " << q.seed << ": test top-1 " << fixed(100 * r.test_top1, 1) << "% (" << fixed(secs, 1)
-         << " s)" << std::endl;
+         << "/class, seed " << q.seed << ": test top-1 " << fixed(100 * r.test_top1, 1) << "% ("
+         << fixed(secs, 1) << " s)" << std::endl;
     return secs;
   }
   const std::vector<RunRecord>& records() const { return records_; }
@@ -237,8 +240,9 @@ void DemoOptions::fields(Fields& f) {
   f.add("target", target, "target dataset spec (per_class= comes from --sizes)");
   f.add("sizes", sizes, "labelled examples per target class, comma-separated");
   f.add("seeds", seeds, "seeds per method and size").at_least(1);
-  f.add("methods", methods, "auto (all registered methods if they fit in --budget, else scratch, l2 and each "
-                            "paper's method), all, core, or a comma-separated list");
+  f.add("methods", methods,
+        "auto (all registered methods if they fit in --budget, else scratch, l2 and each "
+        "paper's method), all, core, or a comma-separated list");
   f.add("backbone", backbone, "backbone of the source model");
   f.add("iterations", iterations, "fine-tuning steps per run").at_least(1);
   f.add("pretrain_iterations", pretrain_iterations, "source pre-training steps").at_least(1);
@@ -274,18 +278,19 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   for (const auto* m : chosen) names.push_back(m->name);
   int64_t total = static_cast<int64_t>(chosen.size()) * runs_per_method, index = 1;
   if (std::find(names.begin(), names.end(), "l2") == names.end()) total += 1;
-  out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds << " seeds ("
-      << total << " runs, " << opts.iterations << " steps each)" << std::endl;
+  out << "Running " << chosen.size() << " methods x " << sizes.size() << " sizes x " << opts.seeds
+      << " seeds (" << total << " runs, " << opts.iterations << " steps each)" << std::endl;
   if (!names.empty())
     for (const RunRequest& q : demo_plan(opts, sizes, opts.seeds, names))
-      if (!(q.label == "l2" && q.task == first.front().task && q.seed == 0)) runs.run(q, size_of(q, sizes), ++index, total);
+      if (!(q.label == "l2" && q.task == first.front().task && q.seed == 0))
+        runs.run(q, size_of(q, sizes), ++index, total);
 
   const DemoTable table = demo_table(runs.records(), names, sizes);
   std::ostringstream md;
   md << "Fashion-MNIST transfer: source " << opts.source << " -> target " << opts.target << "\n"
      << "Test top-1 (%), mean ± std over " << opts.seeds << " seeds; backbone "
-     << normalise_backbone_spec(opts.backbone) << ", "
-     << opts.iterations << " fine-tuning steps; time per step relative to l2 (same process)\n\n"
+     << normalise_backbone_spec(opts.backbone) << ", " << opts.iterations
+     << " fine-tuning steps; time per step relative to l2 (same process)\n\n"
      << table.markdown;
   if (!skipped.empty()) {
     std::string list;
@@ -299,12 +304,13 @@ nlohmann::json run_demo(const DemoOptions& opts, std::ostream& out) {
   }
   out << "\n" << md.str();
   const double elapsed = now_seconds() - start;
-  out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in " << (fs::path(opts.out) / "").string() << "\n";
+  out << "\nDone in " << fixed(elapsed / 60, 1) << " min. Tables and runs are in "
+      << (fs::path(opts.out) / "").string() << "\n";
 
   write_file_atomic((fs::path(opts.out) / "table.md").string(), md.str());
   write_file_atomic((fs::path(opts.out) / "results.csv").string(), runs.csv());
   nlohmann::json demo = {{"xfer_version", kVersion}, {"source_model", source_dir}, {"summary", table.summary},
-                         {"runs", runs.results()},   {"skipped", skipped},        {"seconds", elapsed}};
+                         {"runs", runs.results()},   {"skipped", skipped},         {"seconds", elapsed}};
   for (const auto* m : elsewhere) demo["not_fitting"].push_back(m->name);
   write_json_file((fs::path(opts.out) / "demo.json").string(), demo);
   return demo;

@@ -24,7 +24,8 @@ namespace xfer {
 void GradMixPseudoOptions::fields(Fields& f) {
   f.add("grid", grid, "stage 1: the (beta, gamma) pairs to train, as beta:gamma,beta:gamma,...");
   f.add("top", top, "stage 2: the ensemble size R (the best models on hyper-validation)").at_least(1);
-  f.add("modes", modes, "stage 3: the final models, comma-separated: hard or soft, optionally +vat or +mixmatch");
+  f.add("modes", modes,
+        "stage 3: the final models, comma-separated: hard or soft, optionally +vat or +mixmatch");
 }
 
 std::vector<std::pair<double, double>> parse_gradmix_grid(const std::string& grid) {
@@ -75,10 +76,11 @@ bool plot_gradmix_weights(const std::string& run_dir, const std::string& source,
       s.y.push_back(value.get<double>());
     }
   }
-  XFER_CHECK(!layers.empty(), metrics, " holds no mixing weights of source '", source,
-             "' (w/LAYER/", source, "); is it a gradmix run, and does the source exist?");
+  XFER_CHECK(!layers.empty(), metrics, " holds no mixing weights of source '", source, "' (w/LAYER/", source,
+             "); is it a gradmix run, and does the source exist?");
   Plot plot;
-  plot.title = cat("GradMix weight of source ", source, " per layer (", fs::path(run_dir).filename().string(), ")");
+  plot.title =
+      cat("GradMix weight of source ", source, " per layer (", fs::path(run_dir).filename().string(), ")");
   plot.xlabel = "step";
   plot.ylabel = cat("weight of ", source, " (the sources' weights sum to 1)");
   for (const auto& name : order) plot.series.push_back(layers[name]);
@@ -101,7 +103,8 @@ std::vector<PseudoMode> pseudo_parse_modes(const std::string& text) {
     const size_t plus = item.find('+');
     m.labels = item.substr(0, plus);
     m.ssl = plus == std::string::npos ? "none" : item.substr(plus + 1);
-    XFER_CHECK((m.labels == "hard" || m.labels == "soft") && (m.ssl == "none" || m.ssl == "vat" || m.ssl == "mixmatch"),
+    XFER_CHECK((m.labels == "hard" || m.labels == "soft") &&
+                   (m.ssl == "none" || m.ssl == "vat" || m.ssl == "mixmatch"),
                "--modes: '", item, "' is not hard or soft, optionally followed by +vat or +mixmatch");
     out.push_back(m);
   }
@@ -145,33 +148,38 @@ nlohmann::json pseudo_train(RunOptions r, const GradMixMethod::Options& method, 
   set_verbosity(saved);
   plot_gradmix_weights(r.out, "s0", (fs::path(r.out) / "weights_s0.png").string());
   out << label << ": val " << fixed(100 * result.fit.best_val_top1.value_or(0.0), 1) << "%, test "
-      << fixed(100 * (result.fit.test ? result.fit.test->top1 : 0.0), 1) << "% (" << fixed(now_seconds() - t0, 0)
-      << " s)" << std::endl;
+      << fixed(100 * (result.fit.test ? result.fit.test->top1 : 0.0), 1) << "% ("
+      << fixed(now_seconds() - t0, 0) << " s)" << std::endl;
   return result.to_json();
 }
 
 }  // namespace
 
-nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method, const GradMixPseudoOptions& opts,
-                                  std::ostream& out) {
+nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
+                                  const GradMixPseudoOptions& opts, std::ostream& out) {
   GradMixPseudoOptions checked = opts;
   check_options(checked);
   method.mode = GradMixMethod::Mode::gradmix;
   const auto grid = parse_gradmix_grid(opts.grid);
   const auto modes = pseudo_parse_modes(opts.modes);
-  XFER_CHECK(opts.top <= static_cast<int64_t>(grid.size()), "--top ", opts.top, " needs at least as many --grid "
-             "points, got ", grid.size());
+  XFER_CHECK(opts.top <= static_cast<int64_t>(grid.size()), "--top ", opts.top,
+             " needs at least as many --grid "
+             "points, got ",
+             grid.size());
   XFER_CHECK(!run.out.empty(), "gradmix-pseudo needs --out DIR");
-  XFER_CHECK(!run.target.empty(), "gradmix-pseudo needs --target SPEC (V in its train split, the hyper-validation "
+  XFER_CHECK(!run.target.empty(),
+             "gradmix-pseudo needs --target SPEC (V in its train split, the hyper-validation "
              "set in its val split)");
   const DatasetSpec spec = DatasetSpec::parse(run.target);
-  XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, "gradmix-pseudo picks models on the hyper-validation set: ",
-             "add val=N to the --target spec '", run.target, "'");
+  XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0,
+             "gradmix-pseudo picks models on the hyper-validation set: ", "add val=N to the --target spec '",
+             run.target, "'");
   check_pseudo_threshold(method.pseudo_threshold);
   const fs::path root(run.out);
-  XFER_CHECK(run.resume || run.overwrite || !fs::exists(root / "summary.json"), run.out,
-             " already holds a gradmix-pseudo run; pass --resume to reuse its finished runs, --overwrite to replace "
-             "it, or choose another --out");
+  XFER_CHECK(
+      run.resume || run.overwrite || !fs::exists(root / "summary.json"), run.out,
+      " already holds a gradmix-pseudo run; pass --resume to reuse its finished runs, --overwrite to replace "
+      "it, or choose another --out");
   make_dirs(run.out);
   const bool reuse = run.resume;
   if (!reuse && run.overwrite && fs::exists(root / "summary.json")) fs::remove(root / "summary.json");
@@ -197,7 +205,8 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
     stage1.gamma = gamma;
     const nlohmann::json res = pseudo_train(r, stage1, reuse, out, cat("  beta ", beta, ", gamma ", gamma));
     candidates.push_back({beta, gamma, res.value("best_val_top1", 0.0), r.out});
-    table.add_row({"1", "gradmix", pseudo_number(beta), pseudo_number(gamma), fixed(100 * res.value("best_val_top1", 0.0), 2),
+    table.add_row({"1", "gradmix", pseudo_number(beta), pseudo_number(gamma),
+                   fixed(100 * res.value("best_val_top1", 0.0), 2),
                    fixed(100 * res.value("test_top1", 0.0), 2), r.out});
     runs.push_back({{"stage", 1}, {"beta", beta}, {"gamma", gamma}, {"result", res}});
   }
@@ -205,13 +214,15 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
   // Stage 2: the top R on hyper-validation label U.
   std::vector<size_t> order(candidates.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return candidates[a].val > candidates[b].val; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return candidates[a].val > candidates[b].val; });
   order.resize(static_cast<size_t>(opts.top));
   std::vector<Model> ensemble;
   nlohmann::json chosen = nlohmann::json::array();
   for (size_t i : order) {
     ensemble.push_back(CheckpointReader(resolve_checkpoint(candidates[i].dir)).read_model());
-    chosen.push_back({{"beta", candidates[i].beta}, {"gamma", candidates[i].gamma}, {"val_top1", candidates[i].val}});
+    chosen.push_back(
+        {{"beta", candidates[i].beta}, {"gamma", candidates[i].gamma}, {"val_top1", candidates[i].val}});
   }
   const Task task = load_task(run.target, static_cast<uint64_t>(run.seed));
   EnsembleLabels labels;
@@ -221,12 +232,16 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
   save_ensemble_labels(pseudo_path, labels);
   const HardLabels hard = hard_pseudo_labels(labels.probs, method.pseudo_threshold);
   const torch::Tensor truth = labels.images.labels;
-  const double hard_acc = hard.index.numel() > 0
-                              ? (truth.index_select(0, hard.index) == hard.labels).to(torch::kFloat64).mean().item<double>()
-                              : 0.0;
-  const torch::Tensor counts = torch::bincount(hard.labels, {}, task.num_classes()).to(torch::kCPU).contiguous();
-  const std::vector<int64_t> per_class(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
-  const double soft_acc = (soft_pseudo_labels(labels.probs).argmax(1) == truth).to(torch::kFloat64).mean().item<double>();
+  const double hard_acc =
+      hard.index.numel() > 0
+          ? (truth.index_select(0, hard.index) == hard.labels).to(torch::kFloat64).mean().item<double>()
+          : 0.0;
+  const torch::Tensor counts =
+      torch::bincount(hard.labels, {}, task.num_classes()).to(torch::kCPU).contiguous();
+  const std::vector<int64_t> per_class(counts.data_ptr<int64_t>(),
+                                       counts.data_ptr<int64_t>() + counts.numel());
+  const double soft_acc =
+      (soft_pseudo_labels(labels.probs).argmax(1) == truth).to(torch::kFloat64).mean().item<double>();
   const nlohmann::json pseudo = {{"file", pseudo_path},
                                  {"unlabelled", labels.images.size()},
                                  {"ensemble", chosen},
@@ -235,13 +250,14 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
                                  {"hard_accuracy", hard_acc},
                                  {"hard_per_class", per_class},
                                  {"soft_accuracy", soft_acc}};
-  out << "Stage 2: ensemble of the top " << opts.top << " labels " << labels.images.size() << " unlabelled images: "
-      << hard.index.numel() << " hard labels (" << fixed(100 * hard_acc, 1) << "% correct), soft labels "
-      << fixed(100 * soft_acc, 1) << "% correct by argmax" << std::endl;
+  out << "Stage 2: ensemble of the top " << opts.top << " labels " << labels.images.size()
+      << " unlabelled images: " << hard.index.numel() << " hard labels (" << fixed(100 * hard_acc, 1)
+      << "% correct), soft labels " << fixed(100 * soft_acc, 1) << "% correct by argmax" << std::endl;
 
   // Stage 3: fresh models on the sources, S_u and the enlarged V, with the best (beta, gamma).
   const Candidate& best = candidates[order.front()];
-  out << "Stage 3: " << modes.size() << " final models with beta " << best.beta << ", gamma " << best.gamma << std::endl;
+  out << "Stage 3: " << modes.size() << " final models with beta " << best.beta << ", gamma " << best.gamma
+      << std::endl;
   for (const auto& m : modes) {
     GradMixMethod::Options final_opts = method;
     final_opts.beta = best.beta;
@@ -253,18 +269,23 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
     r.out = (root / cat("final-", m.name)).string();
     const nlohmann::json res = pseudo_train(r, final_opts, reuse, out, cat("  ", m.name));
     table.add_row({"3", "gradmix w/ " + m.name, pseudo_number(best.beta), pseudo_number(best.gamma),
-                   fixed(100 * res.value("best_val_top1", 0.0), 2), fixed(100 * res.value("test_top1", 0.0), 2), r.out});
+                   fixed(100 * res.value("best_val_top1", 0.0), 2),
+                   fixed(100 * res.value("test_top1", 0.0), 2), r.out});
     runs.push_back({{"stage", 3}, {"mode", m.name}, {"result", res}});
   }
 
-  const nlohmann::json summary = {{"target", run.target}, {"sources", method.sources}, {"seed", run.seed},
-                                  {"pseudo_labels", pseudo}, {"runs", runs}};
+  const nlohmann::json summary = {{"target", run.target},
+                                  {"sources", method.sources},
+                                  {"seed", run.seed},
+                                  {"pseudo_labels", pseudo},
+                                  {"runs", runs}};
   write_json_file((root / "summary.json").string(), summary);
   std::ostringstream md;
   md << "GradMix with ensemble pseudo-labels on " << run.target << "\n\n"
      << table.markdown() << "\nPseudo-labels: " << hard.index.numel() << " of " << labels.images.size()
-     << " unlabelled images hard-labelled at threshold " << method.pseudo_threshold << " (" << fixed(100 * hard_acc, 1)
-     << "% correct); soft labels " << fixed(100 * soft_acc, 1) << "% correct by argmax.\n";
+     << " unlabelled images hard-labelled at threshold " << method.pseudo_threshold << " ("
+     << fixed(100 * hard_acc, 1) << "% correct); soft labels " << fixed(100 * soft_acc, 1)
+     << "% correct by argmax.\n";
   write_file_atomic((root / "table.md").string(), md.str());
   out << "\n" << md.str();
   return summary;

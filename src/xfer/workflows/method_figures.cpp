@@ -15,8 +15,9 @@ Table importance_table(const ImportanceWeights& w, int64_t n) {
   t.align_right(0);
   int rank = 0;
   auto rate = [&](int64_t drawn, int64_t y) {
-    return w.examples[y] > 0 ? fixed(100.0 * static_cast<double>(drawn) / static_cast<double>(w.examples[y]), 1) + "%"
-                             : std::string("-");
+    return w.examples[y] > 0
+               ? fixed(100.0 * static_cast<double>(drawn) / static_cast<double>(w.examples[y]), 1) + "%"
+               : std::string("-");
   };
   for (int64_t y : w.order())
     t.add_row({std::to_string(++rank), w.classes[y], std::to_string(w.examples[y]), fixed(w.p_target[y], 4),

@@ -16,11 +16,13 @@ namespace xfer {
 
 std::string default_cache_dir() {
   if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return (fs::path(xdg) / "xfer").string();
-  if (const char* home = std::getenv("HOME"); home && *home) return (fs::path(home) / ".cache" / "xfer").string();
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return (fs::path(home) / ".cache" / "xfer").string();
   return ".cache/xfer";
 }
 
-RunOptions source_pretrain_options(const std::string& source, const std::string& backbone, int64_t iterations) {
+RunOptions source_pretrain_options(const std::string& source, const std::string& backbone,
+                                   int64_t iterations) {
   RunOptions p;
   p.source = source;
   p.backbone = backbone;
@@ -54,7 +56,8 @@ std::string cached_pretrain(RunOptions p, const std::string& cache_dir, std::ost
         << kCheckpointFormat << ": pre-training it again\n";
   if (fs::exists(fs::path(dir) / "result.json") && format == kCheckpointFormat) {
     const auto r = read_json_file((fs::path(dir) / "result.json").string());
-    log << "Source model: cached in " << dir << " (test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1) << "%)\n";
+    log << "Source model: cached in " << dir << " (test top-1 " << fixed(100 * r.value("test_top1", 0.0), 1)
+        << "%)\n";
     return dir;
   }
   log << "Pre-training the source model on " << p.source << " (" << p.trainer.iterations

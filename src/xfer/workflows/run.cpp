@@ -90,7 +90,9 @@ void make_paths_absolute(Fields& fields) {
     if (f.path == Kind::none || !text || (*text)->empty()) continue;
     std::string& v = **text;
     switch (f.path) {
-      case Kind::file: v = absolute_path(v); break;
+      case Kind::file:
+        v = absolute_path(v);
+        break;
       case Kind::model:
         for (const std::string prefix : {"state_dict:", "torchscript:", ""})
           if (v.rfind(prefix, 0) == 0) {
@@ -98,7 +100,9 @@ void make_paths_absolute(Fields& fields) {
             break;
           }
         break;
-      case Kind::spec: v = absolute_spec_paths(v); break;
+      case Kind::spec:
+        v = absolute_spec_paths(v);
+        break;
       case Kind::specs: {
         std::string out;
         size_t start = 0;
@@ -116,7 +120,8 @@ void make_paths_absolute(Fields& fields) {
           v = "script:path=" + absolute_path(spec.substr(12));
         }
         break;
-      case Kind::none: break;
+      case Kind::none:
+        break;
     }
   }
 }
@@ -130,7 +135,8 @@ std::string default_out(const std::string& command, const std::string& method) {
 
 /// A saved config.json with its paths made absolute as a new run's are: a run written before runs stored
 /// absolute paths resumes from the directory it was started in. Unchanged if it does not read back.
-nlohmann::json absolute_config(const nlohmann::json& saved, const std::string& command, const MethodInfo& info) {
+nlohmann::json absolute_config(const nlohmann::json& saved, const std::string& command,
+                               const MethodInfo& info) {
   try {
     RunOptions opts;
     auto method = info.make_config();
@@ -140,7 +146,8 @@ nlohmann::json absolute_config(const nlohmann::json& saved, const std::string& c
     method->fields(method_fields);
     make_paths_absolute(run_fields);
     make_paths_absolute(method_fields);
-    nlohmann::json out = config_json(command, opts, saved.contains("method_options") ? method.get() : nullptr);
+    nlohmann::json out =
+        config_json(command, opts, saved.contains("method_options") ? method.get() : nullptr);
     if (saved.contains("xfer_version")) out["xfer_version"] = saved["xfer_version"];
     return out;
   } catch (const BadInput&) {
@@ -186,11 +193,12 @@ RunResult run(const std::string& command, RunOptions opts, const MethodInfo& inf
   });
   PreparedRun& r = *prepared;
   const std::string& spec = r.task.spec;
-  log_info(cat(command, " ", info.name, " on ", spec, ": ", r.task.train.size(), " training examples, ",
-               r.task.val.size(), " validation, ", r.task.test.size(), " test; backbone ", r.opts.backbone, "; ",
-               r.threads, " threads", dist::is_distributed() ? cat("; rank ", dist::rank(), " of ", dist::world_size())
-                                                             : std::string(),
-               "; output in ", opts.out));
+  log_info(
+      cat(command, " ", info.name, " on ", spec, ": ", r.task.train.size(), " training examples, ",
+          r.task.val.size(), " validation, ", r.task.test.size(), " test; backbone ", r.opts.backbone, "; ",
+          r.threads, " threads",
+          dist::is_distributed() ? cat("; rank ", dist::rank(), " of ", dist::world_size()) : std::string(),
+          "; output in ", opts.out));
   Trainer trainer(r.opts.trainer, opts.out);  // r.opts: --epochs turned into iterations
   const nlohmann::json meta = {{"command", command}, {"method", info.name}, {"spec", spec}};
   RunResult result;
@@ -225,20 +233,13 @@ RunResult run(const std::string& command, RunOptions opts, const MethodInfo& inf
 
 nlohmann::json RunResult::to_json() const {
   if (fit.stopped()) return fit.to_json();
-  nlohmann::json result = {{"command", command},
-                           {"out", out},
-                           {"method", method},
-                           {"target", target},
-                           {"source", source},
-                           {"init", init},
-                           {"backbone", backbone},
-                           {"seed", seed},
-                           {"threads", threads},
-                           {"xfer_version", kVersion},
-                           {"train_size", train_size},
-                           {"val_size", val_size},
-                           {"test_size", test_size},
-                           {"classes", classes}};
+  nlohmann::json result = {{"command", command},       {"out", out},
+                           {"method", method},         {"target", target},
+                           {"source", source},         {"init", init},
+                           {"backbone", backbone},     {"seed", seed},
+                           {"threads", threads},       {"xfer_version", kVersion},
+                           {"train_size", train_size}, {"val_size", val_size},
+                           {"test_size", test_size},   {"classes", classes}};
   if (!sampling.is_null()) result["sampling"] = sampling;
   if (unreadable_images) {
     result["unreadable_images"] = *unreadable_images;
@@ -253,11 +254,14 @@ void RunOptions::fields(Fields& f) {
   f.add("target", target, "target dataset spec, e.g. fmnist:classes=2,4,6,7,9:per_class=10")
       .path(Fields::PathKind::spec);
   f.add("source", source, "source dataset spec, e.g. fmnist:classes=0,1,3,5,8").path(Fields::PathKind::spec);
-  f.add("init", init, "pretrained model: a run directory of `xfer pretrain`, a checkpoint file, "
-        "state_dict:FILE (torchvision ResNet-18/50 weights as torch.save(model.state_dict()) writes them, or a "
-        "checkpoint holding them under 'state_dict' or 'model'; a pickle, parsed by xfer and never unpickled; "
-        "docs/models.md) or torchscript:FILE (a scripted torchvision/timm model: loading it runs its "
-        "code, as torch.jit.load does, so give only files you trust; docs/security.md)")
+  f.add(
+       "init", init,
+       "pretrained model: a run directory of `xfer pretrain`, a checkpoint file, "
+       "state_dict:FILE (torchvision ResNet-18/50 weights as torch.save(model.state_dict()) writes them, or "
+       "a "
+       "checkpoint holding them under 'state_dict' or 'model'; a pickle, parsed by xfer and never unpickled; "
+       "docs/models.md) or torchscript:FILE (a scripted torchvision/timm model: loading it runs its "
+       "code, as torch.jit.load does, so give only files you trust; docs/security.md)")
       .path(Fields::PathKind::model);
   f.add("backbone", backbone, cat("backbone: ", backbone_help(), " (default: the --init model's, else cnn4)"))
       .path(Fields::PathKind::backbone);
@@ -283,13 +287,14 @@ void RunOptions::fields(Fields& f) {
 
 ImportanceWeights importance_weights_by_model(const std::string& model_path, std::string head,
                                               const TensorDataset& source, const std::string& source_name,
-                                              const std::string& target_spec, double temperature, uint64_t seed,
-                                              torch::Device device) {
+                                              const std::string& target_spec, double temperature,
+                                              uint64_t seed, torch::Device device) {
   CheckpointReader ck(resolve_checkpoint(model_path));
   Model model = ck.read_model();
   model->to(device);
   if (head.empty())
-    head = model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
+    head =
+        model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
   const Task target = load_task(target_spec, seed);
   const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
   ImportanceWeights w = compute_importance_weights(model, head, source, target_images, temperature);
@@ -381,8 +386,9 @@ Model frozen(Model model, torch::Device device) {
 void load_checkpoint_init(PreparedRun& r) {
   RunOptions& opts = r.opts;
   const MethodInfo& info = *r.info;
-  XFER_CHECK(!(info.needs_init && opts.init.empty()), "method ", info.name,
-             " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
+  XFER_CHECK(
+      !(info.needs_init && opts.init.empty()), "method ", info.name,
+      " fine-tunes a pretrained model: pass --init (a run directory of `xfer pretrain`, or a checkpoint)");
   XFER_CHECK(!(!info.allows_init && !opts.init.empty()), "method ", info.name,
              " trains from random initialisation; drop --init ", opts.init);
   // A TorchScript backbone the user names (--backbone script:path=FILE) may be loaded; one that only a
@@ -392,9 +398,11 @@ void load_checkpoint_init(PreparedRun& r) {
     if (spec.rfind("script:path=", 0) == 0) trust_script(spec.substr(12));
   }
   if (is_external_init(opts.init)) return;
-  if (!opts.init.empty()) r.pretrained = frozen(CheckpointReader(resolve_checkpoint(opts.init)).read_model(), r.device);
-  opts.backbone = normalise_backbone_spec(
-      !opts.backbone.empty() ? opts.backbone : r.pretrained ? r.pretrained->arch().backbone : "cnn4");
+  if (!opts.init.empty())
+    r.pretrained = frozen(CheckpointReader(resolve_checkpoint(opts.init)).read_model(), r.device);
+  opts.backbone = normalise_backbone_spec(!opts.backbone.empty() ? opts.backbone
+                                          : r.pretrained         ? r.pretrained->arch().backbone
+                                                                 : "cnn4");
 }
 
 /// torchvision / timm weights as --init (frozen), read for the training data's shape with ImageNet's
@@ -403,9 +411,10 @@ void load_external_init(PreparedRun& r) {
   RunOptions& opts = r.opts;
   const TensorDataset& t = r.task.train;
   const Normalization input = t.is_folder() ? t.files->options().norm : imagenet_normalization();
-  r.pretrained = frozen(load_external_model(opts.init, opts.backbone.empty() ? "" : normalise_backbone_spec(opts.backbone),
-                                            t.channels(), t.height(), t.width(), input),
-                        r.device);
+  r.pretrained = frozen(
+      load_external_model(opts.init, opts.backbone.empty() ? "" : normalise_backbone_spec(opts.backbone),
+                          t.channels(), t.height(), t.width(), input),
+      r.device);
   opts.backbone = r.pretrained->arch().backbone;
 }
 
@@ -414,7 +423,8 @@ void load_external_init(PreparedRun& r) {
 /// Replaces the training split with what to pre-train on and records how in r.sampling.
 SampledSource resample_source(PreparedRun& r, bool pretraining) {
   RunOptions& opts = r.opts;
-  XFER_CHECK(pretraining || !opts.sampling.active(), "--weights, --matcher, --size and --loss-weights are options "
+  XFER_CHECK(pretraining || !opts.sampling.active(),
+             "--weights, --matcher, --size and --loss-weights are options "
              "of `xfer pretrain`");
   std::optional<ImportanceWeights> computed;
   if (!opts.sampling.weights_from.empty()) {
@@ -440,7 +450,7 @@ void build_model(PreparedRun& r) {
   arch.in_channels = r.task.train.channels();
   arch.height = r.task.train.height();
   arch.width = r.task.train.width();
-  arch.input = r.pretrained            ? r.pretrained->arch().input
+  arch.input = r.pretrained               ? r.pretrained->arch().input
                : r.task.train.is_folder() ? r.task.train.files->options().norm
                                           : compute_normalization(r.task.train.images);
   arch.heads = {{r.head, r.task.class_names()}};
@@ -465,12 +475,14 @@ void build_model(PreparedRun& r) {
 /// `loss_weights`), set up on the model.
 void set_up_method(PreparedRun& r, MethodConfig& config, const std::vector<double>& loss_weights) {
   const RunOptions& opts = r.opts;
-  r.batches.add("target", std::make_unique<BatchStream>(r.task.train, r.model->arch().input, opts.loader,
-                                                        derive_seed(static_cast<uint64_t>(opts.seed), "target"),
-                                                        nullptr, r.device));
-  r.method = loss_weights.empty() ? config.build() : std::make_unique<ImportanceWeightedCrossEntropy>(loss_weights);
-  SetupContext ctx{r.task,   r.source.get(), r.pretrained, r.batches, opts.loader, static_cast<uint64_t>(opts.seed),
-                   r.device, r.head,         phase_total_steps(r.method->phases(opts.trainer.iterations))};
+  r.batches.add("target", std::make_unique<BatchStream>(
+                              r.task.train, r.model->arch().input, opts.loader,
+                              derive_seed(static_cast<uint64_t>(opts.seed), "target"), nullptr, r.device));
+  r.method =
+      loss_weights.empty() ? config.build() : std::make_unique<ImportanceWeightedCrossEntropy>(loss_weights);
+  SetupContext ctx{r.task,    r.source.get(), r.pretrained,
+                   r.batches, opts.loader,    static_cast<uint64_t>(opts.seed),
+                   r.device,  r.head,         phase_total_steps(r.method->phases(opts.trainer.iterations))};
   r.method->setup(r.model, ctx);
 }
 
@@ -496,7 +508,8 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   load_checkpoint_init(r);
   r.task = load_task(spec, static_cast<uint64_t>(opts.seed));
   if (opts.trainer.epochs > 0)
-    opts.trainer.iterations = epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
+    opts.trainer.iterations =
+        epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
   if (is_external_init(opts.init)) load_external_init(r);
   const SampledSource sampled = resample_source(r, pretraining);
   XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,

@@ -41,7 +41,9 @@ std::unique_ptr<MethodConfig> search_method_config(const std::string& method, co
   return config;
 }
 
-std::string search_percent(double fraction, int precision = 1) { return fixed(100 * fraction, precision) + "%"; }
+std::string search_percent(double fraction, int precision = 1) {
+  return fixed(100 * fraction, precision) + "%";
+}
 
 }  // namespace
 
@@ -60,8 +62,9 @@ void RunObjective::check() {
   if (const ParamSpec* p = space_.find("target")) targets = p->choices;
   for (const auto& t : targets) {
     const DatasetSpec spec = DatasetSpec::parse(t);
-    XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, "xfer search maximises the best validation top-1, but ",
-               "the target spec ", t, " has no validation split: add val=N (examples per class) or val=F");
+    XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0,
+               "xfer search maximises the best validation top-1, but ", "the target spec ", t,
+               " has no validation split: add val=N (examples per class) or val=F");
   }
 }
 
@@ -98,10 +101,12 @@ TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialReco
   run.resume = false;
   run.trainer.stop_after = 0;
   run.trainer.on_validation = [&report, &record](int64_t step, double value) {
-    if (report && report(step, value)) throw TrialPruned(cat("trial ", record.number, " pruned at step ", step));
+    if (report && report(step, value))
+      throw TrialPruned(cat("trial ", record.number, " pruned at step ", step));
   };
   const RunResult result = run_finetune(run, *config);
-  XFER_CHECK(result.fit.best_val_top1.has_value(), "trial ", record.number, " reported no validation accuracy");
+  XFER_CHECK(result.fit.best_val_top1.has_value(), "trial ", record.number,
+             " reported no validation accuracy");
   return {*result.fit.best_val_top1, validation_curve(record.run_dir)};
 }
 
@@ -112,8 +117,7 @@ nlohmann::json RunObjective::config() const {
   const nlohmann::json all = rf.to_json();
   nlohmann::json out = nlohmann::json::object();
   for (const auto& [k, v] : all.items())
-    if (!search_run_ignored(rf, k) && !space_.find(k))
-      out[k] = v;
+    if (!search_run_ignored(rf, k) && !space_.find(k)) out[k] = v;
   for (const auto& [k, v] : method_options_.items())
     if (!space_.find(k)) out["method." + k] = v;
   return out;
@@ -151,7 +155,8 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     for (const auto& p : space.params)
       row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
     row.push_back(r.contains("test_top1") ? accuracy(r["test_top1"].get<double>()) : none);
-    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump() : none);
+    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump()
+                                                                                : none);
     row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, exact ? 2 : 1) : none);
     row.push_back(t.run_dir);
     return row;
@@ -171,12 +176,15 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     if (!t.intermediate.empty()) steps += t.intermediate.back().first;
     if (t.finished > 0 && t.started > 0) run_seconds += t.finished - t.started;
   }
-  const nlohmann::json compute = {{"trials", trials.size()}, {"complete", complete}, {"pruned", pruned},
-                                  {"failed", failed}, {"steps", steps}, {"run_seconds", run_seconds}};
-  out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials (" << complete
-      << " complete, " << pruned << " pruned, " << failed << " failed), sampler " << study.info().sampler << "\n\n";
+  const nlohmann::json compute = {{"trials", trials.size()}, {"complete", complete},
+                                  {"pruned", pruned},        {"failed", failed},
+                                  {"steps", steps},          {"run_seconds", run_seconds}};
+  out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials ("
+      << complete << " complete, " << pruned << " pruned, " << failed << " failed), sampler "
+      << study.info().sampler << "\n\n";
   out << md.markdown();
-  if (shown < by_value.size()) out << "(the best " << shown << " of " << by_value.size() << " trials; all in trials.csv)\n";
+  if (shown < by_value.size())
+    out << "(the best " << shown << " of " << by_value.size() << " trials; all in trials.csv)\n";
 
   // Overhead: sampler and storage time against the trials' run time.
   double sample_s = 0, storage_s = 0, run_s = 0;
@@ -187,12 +195,13 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     run_s += w.run_seconds;
     counted += w.trials;
   }
-  out << "\nCompute: " << trials.size() << " trials (" << pruned << " pruned), " << steps << " training steps, "
-      << fixed(run_seconds, 1) << " s of trial run time\n";
+  out << "\nCompute: " << trials.size() << " trials (" << pruned << " pruned), " << steps
+      << " training steps, " << fixed(run_seconds, 1) << " s of trial run time\n";
   if (counted > 0 && run_s > 0)
     out << "Search overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
-        << fixed(1000 * storage_s / counted, 2) << " ms = " << search_percent((sample_s + storage_s) / run_s, 3)
-        << " of a trial's run time (" << fixed(run_s / counted, 1) << " s)\n";
+        << fixed(1000 * storage_s / counted, 2)
+        << " ms = " << search_percent((sample_s + storage_s) / run_s, 3) << " of a trial's run time ("
+        << fixed(run_s / counted, 1) << " s)\n";
 
   // The history plot: every trial's value and the best so far.
   Plot history;
@@ -223,15 +232,10 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     return nlohmann::json();
   }
   best_result = result_of(*best);
-  nlohmann::json summary = {{"trial", best->number},
-                            {"val_top1", *best->value},
-                            {"params", space.values_json(best->params)},
-                            {"run_dir", best->run_dir},
-                            {"study", study.path()},
-                            {"trials", trials.size()},
-                            {"complete", complete},
-                            {"failed", failed},
-                            {"compute", compute}};
+  nlohmann::json summary = {
+      {"trial", best->number},    {"val_top1", *best->value}, {"params", space.values_json(best->params)},
+      {"run_dir", best->run_dir}, {"study", study.path()},    {"trials", trials.size()},
+      {"complete", complete},     {"failed", failed},         {"compute", compute}};
   for (const char* k : {"test_top1", "test_mean_class", "best_val_step", "iterations"})
     if (best_result.contains(k)) summary[k] = best_result[k];
   write_json_file((fs::path(opts.out) / "best.json").string(), summary);

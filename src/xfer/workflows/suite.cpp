@@ -25,7 +25,8 @@ namespace {
 
 /// Runs every run of the plan not already finished with the same request, as processes, with a progress
 /// line per run. Returns a record per run.
-std::vector<RunRecord> run_plan(const std::vector<RunRequest>& plan, const RunProcesses& how, std::ostream& out) {
+std::vector<RunRecord> run_plan(const std::vector<RunRequest>& plan, const RunProcesses& how,
+                                std::ostream& out) {
   std::vector<RunRecord> records(plan.size());
   std::vector<size_t> todo;
   int64_t skipped = 0;
@@ -40,12 +41,16 @@ std::vector<RunRecord> run_plan(const std::vector<RunRequest>& plan, const RunPr
   if (skipped) out << skipped << " runs already finished with the same options: skipped\n";
   Progress progress("bench", static_cast<int64_t>(plan.size()));
   int64_t finished = skipped;
-  run_processes(plan, todo, how, records, [&](size_t i) {
-    const RunRecord& r = records[i];
-    progress.message(cat(r.method, " on ", r.task, ", seed ", r.seed, ": ",
-                         r.ok ? cat("test top-1 ", fixed(100 * r.test_top1, 1), "%") : "FAILED: " + r.error));
-    progress.update(++finished, "");
-  }, skipped);
+  run_processes(
+      plan, todo, how, records,
+      [&](size_t i) {
+        const RunRecord& r = records[i];
+        progress.message(
+            cat(r.method, " on ", r.task, ", seed ", r.seed, ": ",
+                r.ok ? cat("test top-1 ", fixed(100 * r.test_top1, 1), "%") : "FAILED: " + r.error));
+        progress.update(++finished, "");
+      },
+      skipped);
   progress.finish();
   return records;
 }
@@ -109,12 +114,13 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   RunProcesses how;
   how.executable = opts.executable.empty() ? self_executable() : opts.executable;
   how.jobs = opts.jobs;
-  how.threads = opts.threads > 0 ? opts.threads : std::max<int64_t>(1, available_cores() / std::max<int64_t>(1, opts.jobs));
+  how.threads = opts.threads > 0 ? opts.threads
+                                 : std::max<int64_t>(1, available_cores() / std::max<int64_t>(1, opts.jobs));
   make_dirs(dir);
   const double start = now_seconds();
   out << "Suite " << suite.name << ": " << suite.description << "\n"
-      << plan.size() << " runs (" << suite.methods.size() << " methods x " << suite.tasks.size() << " tasks x "
-      << suite.seeds.size() << " seeds), " << opts.jobs << " at a time with " << how.threads
+      << plan.size() << " runs (" << suite.methods.size() << " methods x " << suite.tasks.size()
+      << " tasks x " << suite.seeds.size() << " seeds), " << opts.jobs << " at a time with " << how.threads
       << " threads each; output in " << dir << "\n";
   for (const auto& n : suite.notes) out << "note: " << n << "\n";
   pretrain_sources(plan, opts.cache, 0, out);
@@ -145,8 +151,8 @@ nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   const nlohmann::json bench = bench_json(suite, all_runs, notes, now_seconds() - start);
   write_json_file((fs::path(dir) / "bench.json").string(), bench);
   const int64_t failed = bench["failed"].get<int64_t>();
-  out << "\nDone in " << fixed((now_seconds() - start) / 60, 1) << " min" << (failed ? cat(", ", failed, " runs failed") : "")
-      << ". Tables in " << table_path << "\n";
+  out << "\nDone in " << fixed((now_seconds() - start) / 60, 1) << " min"
+      << (failed ? cat(", ", failed, " runs failed") : "") << ". Tables in " << table_path << "\n";
   return bench;
 }
 

@@ -46,8 +46,8 @@ std::string string_value(const nlohmann::json* v, const std::string& where, cons
     XFER_CHECK(!required, where, " needs \"", key, "\"");
     return "";
   }
-  XFER_CHECK(v->is_string() && !v->get<std::string>().empty(), where, ".", key, " must be a non-empty string, got ",
-             v->dump());
+  XFER_CHECK(v->is_string() && !v->get<std::string>().empty(), where, ".", key,
+             " must be a non-empty string, got ", v->dump());
   return v->get<std::string>();
 }
 
@@ -64,7 +64,9 @@ nlohmann::json object_or_null(const nlohmann::json* v, const std::string& where,
 }
 
 SuiteKey string_key(const char* name, std::string& into, const std::string& where, bool required = false) {
-  return {name, [&into, name, where, required](const nlohmann::json* v) { into = string_value(v, where, name, required); }};
+  return {name, [&into, name, where, required](const nlohmann::json* v) {
+            into = string_value(v, where, name, required);
+          }};
 }
 SuiteKey object_key(const char* name, nlohmann::json& into, const std::string& where) {
   return {name, [&into, name, where](const nlohmann::json* v) { into = object_value(v, where, name); }};
@@ -74,9 +76,10 @@ SuiteKey object_or_null_key(const char* name, nlohmann::json& into, const std::s
 }
 
 /// Task names and method labels become folders (OUT/runs/TASK/LABEL/seedN): each must give a folder of its
-/// own, inside OUT. Names that suite_slug() maps to nothing but dots ("..") or to one folder ("a b", "a_b") are
-/// refused.
-void check_folder_names(const std::vector<std::string>& names, const std::string& what, const std::string& where) {
+/// own, inside OUT. Names that suite_slug() maps to nothing but dots ("..") or to one folder ("a b", "a_b")
+/// are refused.
+void check_folder_names(const std::vector<std::string>& names, const std::string& what,
+                        const std::string& where) {
   std::map<std::string, std::string> by_folder;
   for (const auto& n : names) {
     const std::string folder = suite_slug(n);
@@ -107,7 +110,8 @@ void check_search(const nlohmann::json& search, const std::string& where) {
              ".search needs \"params\": {\"NAME\": \"lin:LO:HI\", ...}");
   std::vector<std::string> texts;
   for (const auto& [name, spec] : search["params"].items()) {
-    XFER_CHECK(spec.is_string(), where, ".search.params.", name, " must be a string like \"lin:0:1\", got ", spec.dump());
+    XFER_CHECK(spec.is_string(), where, ".search.params.", name, " must be a string like \"lin:0:1\", got ",
+               spec.dump());
     texts.push_back(name + "=" + spec.get<std::string>());
   }
   nlohmann::json options = search;
@@ -134,18 +138,21 @@ std::vector<SuiteKey> table_keys(const Suite& s, SuiteTable& t, const std::strin
       {"task",
        [&s, &t, where](const nlohmann::json* v) {
          t.task = string_value(v, where, "task", true);
-         XFER_CHECK(std::any_of(s.tasks.begin(), s.tasks.end(), [&](const SuiteTask& x) { return x.name == t.task; }),
+         XFER_CHECK(std::any_of(s.tasks.begin(), s.tasks.end(),
+                                [&](const SuiteTask& x) { return x.name == t.task; }),
                     where, ".task: no task named '", t.task, "'");
        }},
       {"methods", [&s, &t, where](const nlohmann::json* v) {
-         XFER_CHECK(v && v->is_array() && !v->empty(), where, ".methods must be a non-empty list of method labels");
+         XFER_CHECK(v && v->is_array() && !v->empty(), where,
+                    ".methods must be a non-empty list of method labels");
          for (const auto& label : *v) {
            XFER_CHECK(label.is_string(), where, ".methods: expected labels, got ", label.dump());
-           const auto m = std::find_if(s.methods.begin(), s.methods.end(),
-                                       [&](const SuiteMethod& x) { return x.label == label.get<std::string>(); });
+           const auto m = std::find_if(s.methods.begin(), s.methods.end(), [&](const SuiteMethod& x) {
+             return x.label == label.get<std::string>();
+           });
            XFER_CHECK(m != s.methods.end(), where, ".methods: no method labelled ", label.dump());
-           XFER_CHECK(suite_runs_on(*m, t.task), where, ".methods: ", label.dump(), " does not run on task '", t.task,
-                      "'");
+           XFER_CHECK(suite_runs_on(*m, t.task), where, ".methods: ", label.dump(), " does not run on task '",
+                      t.task, "'");
            t.methods.push_back(label.get<std::string>());
          }
        }}};
@@ -170,13 +177,15 @@ std::vector<SuiteKey> table_keys(const Suite& s, SuiteTable& t, const std::strin
       XFER_CHECK(v.is_boolean(), where, ".reference must be true or false");
     }));
     keys.push_back(own("probe_iterations", [where](const nlohmann::json& v) {
-      XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1, where, ".probe_iterations must be an integer >= 1");
+      XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1, where,
+                 ".probe_iterations must be an integer >= 1");
     }));
   } else if (t.kind == "interpolation") {
     keys.push_back(own("splits", [where](const nlohmann::json& v) {
       XFER_CHECK(v.is_array() && !v.empty(), where, ".splits must be a non-empty list");
       for (const auto& sp : v)
-        XFER_CHECK(sp == "train" || sp == "test", where, ".splits: expected \"train\" or \"test\", got ", sp.dump());
+        XFER_CHECK(sp == "train" || sp == "test", where, ".splits: expected \"train\" or \"test\", got ",
+                   sp.dump());
     }));
     keys.push_back(own("pairs", [where](const nlohmann::json& v) {
       XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1, where, ".pairs must be an integer >= 1");
@@ -204,17 +213,18 @@ std::vector<int64_t> parse_seeds(const nlohmann::json& seeds, const std::string&
   std::vector<int64_t> out;
   if (seeds.is_number_integer()) {
     XFER_CHECK(seeds.get<int64_t>() >= 1, where, ".seeds must be >= 1, got ", seeds.dump());
-    XFER_CHECK(seeds.get<int64_t>() <= kMaxSuiteSeeds, where, ".seeds must be at most ", kMaxSuiteSeeds, ", got ",
-               seeds.dump());
+    XFER_CHECK(seeds.get<int64_t>() <= kMaxSuiteSeeds, where, ".seeds must be at most ", kMaxSuiteSeeds,
+               ", got ", seeds.dump());
     for (int64_t i = 0; i < seeds.get<int64_t>(); ++i) out.push_back(i);
     return out;
   }
   XFER_CHECK(seeds.is_array() && !seeds.empty() && seeds.size() <= static_cast<size_t>(kMaxSuiteSeeds), where,
-             ".seeds must be a count or a list of 1 to ", kMaxSuiteSeeds, " seeds, got ", seeds.dump().substr(0, 80));
+             ".seeds must be a count or a list of 1 to ", kMaxSuiteSeeds, " seeds, got ",
+             seeds.dump().substr(0, 80));
   std::set<int64_t> distinct;
   for (const auto& v : seeds) {
-    XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, where, ".seeds: expected non-negative integers, got ",
-               v.dump());
+    XFER_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, where,
+               ".seeds: expected non-negative integers, got ", v.dump());
     XFER_CHECK(distinct.insert(v.get<int64_t>()).second, where, ".seeds lists ", v.dump(), " twice");
     out.push_back(v.get<int64_t>());
   }
@@ -240,12 +250,14 @@ SuiteTask parse_task(const nlohmann::json& t, const std::string& tw) {
 }
 
 /// One entry of "methods" in its object form; sets `optional`.
-SuiteMethod parse_method(const nlohmann::json& m, const std::set<std::string>& task_names, const std::string& mw,
-                         bool& optional) {
+SuiteMethod parse_method(const nlohmann::json& m, const std::set<std::string>& task_names,
+                         const std::string& mw, bool& optional) {
   SuiteMethod entry;
   read_keys(m,
-            {string_key("label", entry.label, mw), string_key("method", entry.method, mw, true),
-             object_key("options", entry.options, mw), object_key("run", entry.run, mw),
+            {string_key("label", entry.label, mw),
+             string_key("method", entry.method, mw, true),
+             object_key("options", entry.options, mw),
+             object_key("run", entry.run, mw),
              object_or_null_key("pretrain", entry.pretrain, mw),
              {"search",
               [&](const nlohmann::json* v) {
@@ -262,15 +274,16 @@ SuiteMethod parse_method(const nlohmann::json& m, const std::set<std::string>& t
              {"tasks",
               [&](const nlohmann::json* v) {
                 if (!v) return;
-                XFER_CHECK(v->is_array() && !v->empty(), mw, ".tasks must be a non-empty list of task names, got ",
-                           v->dump());
+                XFER_CHECK(v->is_array() && !v->empty(), mw,
+                           ".tasks must be a non-empty list of task names, got ", v->dump());
                 for (const auto& name : *v) {
                   XFER_CHECK(name.is_string() && task_names.count(name.get<std::string>()), mw,
                              ".tasks: no task named ", name.dump());
                   entry.tasks.push_back(name.get<std::string>());
                 }
               }},
-             {"optional", [&](const nlohmann::json* v) {
+             {"optional",
+              [&](const nlohmann::json* v) {
                 XFER_CHECK(!v || v->is_boolean(), mw, ".optional must be true or false, got ",
                            (v ? *v : nlohmann::json()).dump());
                 optional = v && v->get<bool>();
@@ -313,8 +326,10 @@ void parse_methods(const nlohmann::json* list, const std::set<std::string>& task
     }
     SuiteMethod entry;
     bool optional = false;
-    if (m.is_string()) entry.method = entry.label = m.get<std::string>();
-    else entry = parse_method(m, task_names, mw, optional);
+    if (m.is_string())
+      entry.method = entry.label = m.get<std::string>();
+    else
+      entry = parse_method(m, task_names, mw, optional);
     if (!methods().has(entry.method)) {
       XFER_CHECK(optional, mw, ": unknown method '", entry.method, "'; valid methods: ", methods().names());
       s.notes.push_back(cat("'", entry.label, "' skipped: method ", entry.method, " is not in this build"));
@@ -361,7 +376,8 @@ void parse_timing(const nlohmann::json& t, const std::set<std::string>& task_nam
                 XFER_CHECK(s.timing_task.empty() || task_names.count(s.timing_task), where,
                            ".timing.task: no task named '", s.timing_task, "'");
               }},
-             {"steps", [&](const nlohmann::json* v) {
+             {"steps",
+              [&](const nlohmann::json* v) {
                 XFER_CHECK(!v || v->is_number_integer(), where, ".timing.steps must be an integer, got ",
                            (v ? *v : nlohmann::json()).dump());
                 s.timing_steps = v ? v->get<int64_t>() : int64_t{60};
@@ -413,7 +429,8 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
         [&](const nlohmann::json* v) {
           if (!v) return;
           XFER_CHECK(v->is_array(), where, ".tables must be a list, got ", v->dump());
-          for (size_t i = 0; i < v->size(); ++i) s.tables.push_back(parse_table(s, (*v)[i], cat(where, ".tables[", i, "]")));
+          for (size_t i = 0; i < v->size(); ++i)
+            s.tables.push_back(parse_table(s, (*v)[i], cat(where, ".tables[", i, "]")));
         }},
        {"timing",
         [&](const nlohmann::json* v) {
@@ -427,8 +444,9 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
     for (const auto& t : s.tasks)
       if (!m.sweep.is_null()) {
         const DatasetSpec spec = DatasetSpec::parse(t.target);
-        XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, where, ": method '", m.label, "' sweeps and keeps the ",
-                   "point best on validation, but task '", t.name, "' (", t.target, ") has no validation split: add val=N");
+        XFER_CHECK(spec.val_count > 0 || spec.val_fraction > 0, where, ": method '", m.label,
+                   "' sweeps and keeps the ", "point best on validation, but task '", t.name, "' (", t.target,
+                   ") has no validation split: add val=N");
       }
   return s;
 }

@@ -36,14 +36,16 @@ std::vector<nlohmann::json> sweep_points(const nlohmann::json& sweep) {
 std::string sweep_point_text(const nlohmann::json& point) {
   std::string out;
   for (const auto& [key, value] : point.items())
-    out += (out.empty() ? "" : ",") + key + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
+    out +=
+        (out.empty() ? "" : ",") + key + "=" + (value.is_string() ? value.get<std::string>() : value.dump());
   return out;
 }
 
 /// Resolves "weights_from": "@pretrain" and "weights_target": "@task" in a method's pre-training options
 /// and appends the source models it needs to `order`, the suite's own first.
-nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const SuiteTask& t, const std::string& cache,
-                                     const std::string& where, std::vector<nlohmann::json>& order) {
+nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const SuiteTask& t,
+                                     const std::string& cache, const std::string& where,
+                                     std::vector<nlohmann::json>& order) {
   if (p.contains("weights_from") && p["weights_from"] == "@pretrain") {
     XFER_CHECK(s.pretrain.is_object() && !(s.pretrain.contains("weights_from")), where,
                ": \"weights_from\": \"@pretrain\" needs the suite's own \"pretrain\" block, without weights");
@@ -58,7 +60,8 @@ nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const Sui
 /// The run options of method entry `m` on task `t` with `seed`: the suite's, the task's and the entry's
 /// "run" merged, the source data and the source model it needs (appended to `pretrains`, to train first).
 RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m, int64_t seed,
-                        const std::string& cache, const std::string& where, std::vector<nlohmann::json>& pretrains) {
+                        const std::string& cache, const std::string& where,
+                        std::vector<nlohmann::json>& pretrains) {
   const MethodInfo& info = methods().get(m.method);
   RunOptions r;
   Fields f;
@@ -68,10 +71,11 @@ RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m
   r.target = t.target;
   r.seed = seed;
   const nlohmann::json base = t.pretrain.is_object() ? suite_merged(s.pretrain, t.pretrain) : s.pretrain;
-  const nlohmann::json pretrain =
-      m.pretrain.is_object() ? suite_merged(base, m.pretrain) : m.pretrain.is_null() ? base : nlohmann::json();
+  const nlohmann::json pretrain = m.pretrain.is_object() ? suite_merged(base, m.pretrain)
+                                  : m.pretrain.is_null() ? base
+                                                         : nlohmann::json();
   if (info.needs_source && r.source.empty()) {
-    r.source = !t.source.empty() ? t.source
+    r.source = !t.source.empty()      ? t.source
                : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
                                       : "";
     XFER_CHECK(!r.source.empty(), where, ": method ", m.method, " draws on source data; give the task a ",
@@ -90,8 +94,8 @@ RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m
 
 /// The method options of one run: the task's options this method has, then the entry's own, then the
 /// sweep's point.
-std::unique_ptr<MethodConfig> point_config(const SuiteTask& t, const SuiteMethod& m, const nlohmann::json& point,
-                                           const std::string& where) {
+std::unique_ptr<MethodConfig> point_config(const SuiteTask& t, const SuiteMethod& m,
+                                           const nlohmann::json& point, const std::string& where) {
   auto config = methods().get(m.method).make_config();
   Fields mf;
   config->fields(mf);
@@ -155,7 +159,8 @@ std::set<std::string> method_option_names(const std::string& name) {
 
 std::vector<std::string> search_arguments(const nlohmann::json& search) {
   std::vector<std::string> args;
-  for (const auto& [name, spec] : search.at("params").items()) args.insert(args.end(), {"--param", name + "=" + spec.get<std::string>()});
+  for (const auto& [name, spec] : search.at("params").items())
+    args.insert(args.end(), {"--param", name + "=" + spec.get<std::string>()});
   for (const auto& [key, value] : search.items()) {
     if (key == "params") continue;
     std::string flag = "--" + key;
@@ -181,7 +186,8 @@ std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const 
         for (const nlohmann::json& point : sweep_points(m.sweep)) {
           RunRequest p = q;
           p.point = m.sweep.is_null() ? "" : sweep_point_text(point);
-          fs::path dir = fs::path(out) / "runs" / suite_slug(t.name) / suite_slug(m.label) / cat("seed", seed);
+          fs::path dir =
+              fs::path(out) / "runs" / suite_slug(t.name) / suite_slug(m.label) / cat("seed", seed);
           if (!p.point.empty()) dir /= suite_slug(p.point);
           p.dir = dir.string();
           r.out = p.dir;

@@ -56,10 +56,14 @@ std::vector<std::string> run_command(const RunRequest& q, const RunProcesses& ho
   fs::remove(fs::path(q.dir) / "result.json");
   write_json_file(request.string(), q.config);
   fs::remove(fs::path(q.dir) / "run.log");
-  std::vector<std::string> args = {how.executable, q.search.is_null() ? "finetune" : "search", "--config",
-                                   request.string(), "--out", q.dir, "--threads", std::to_string(how.threads)};
-  if (q.search.is_null()) args.push_back("--overwrite");
-  else for (const auto& a : search_arguments(q.search)) args.push_back(a);
+  std::vector<std::string> args = {how.executable, q.search.is_null() ? "finetune" : "search",
+                                   "--config",     request.string(),
+                                   "--out",        q.dir,
+                                   "--threads",    std::to_string(how.threads)};
+  if (q.search.is_null())
+    args.push_back("--overwrite");
+  else
+    for (const auto& a : search_arguments(q.search)) args.push_back(a);
   return args;
 }
 
@@ -100,13 +104,15 @@ RunRecord record_of(const RunRequest& q) {
   rec.ok = true;
   rec.test_top1 = r.value("test_top1", 0.0);
   rec.test_mean_class = r.value("test_mean_class", 0.0);
-  rec.best_val_top1 = r.value("best_val_top1", nlohmann::json()).is_number() ? r["best_val_top1"].get<double>() : -1;
+  rec.best_val_top1 =
+      r.value("best_val_top1", nlohmann::json()).is_number() ? r["best_val_top1"].get<double>() : -1;
   rec.step_ms = r.value("step_ms_median", 0.0);
   return rec;
 }
 
-void run_processes(const std::vector<RunRequest>& plan, const std::vector<size_t>& todo, const RunProcesses& how,
-                   std::vector<RunRecord>& records, const std::function<void(size_t)>& finished, int64_t done_before) {
+void run_processes(const std::vector<RunRequest>& plan, const std::vector<size_t>& todo,
+                   const RunProcesses& how, std::vector<RunRecord>& records,
+                   const std::function<void(size_t)>& finished, int64_t done_before) {
   std::deque<size_t> pending(todo.begin(), todo.end());
   ProcessGroup pool;
   std::map<size_t, size_t> run_of;  // the pool's index of a process -> its run

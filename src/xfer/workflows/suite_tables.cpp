@@ -33,7 +33,8 @@ struct SuiteRow {
 };
 
 /// "mean ± std" of a column over the seeds that gave it, "(n/m)" when some did not, "-" when none did.
-std::string suite_cell(const SuiteRow& row, const std::string& column, size_t seeds, double scale, int precision) {
+std::string suite_cell(const SuiteRow& row, const std::string& column, size_t seeds, double scale,
+                       int precision) {
   const auto it = row.values.find(column);
   if (it == row.values.end() || it->second.empty()) return "-";
   std::string cell = format_mean_std(mean_std(it->second), scale, precision);
@@ -44,22 +45,24 @@ std::string suite_cell(const SuiteRow& row, const std::string& column, size_t se
 /// The source task of a forgetting table: its "source", the task's, or the task's pre-training source.
 std::string suite_forgetting_source(const Suite& s, const SuiteTable& t) {
   if (t.options.contains("source")) return t.options["source"].get<std::string>();
-  const SuiteTask& task = *std::find_if(s.tasks.begin(), s.tasks.end(), [&](const SuiteTask& x) { return x.name == t.task; });
+  const SuiteTask& task =
+      *std::find_if(s.tasks.begin(), s.tasks.end(), [&](const SuiteTask& x) { return x.name == t.task; });
   if (!task.source.empty()) return task.source;
-  const nlohmann::json pretrain = task.pretrain.is_object() ? suite_merged(s.pretrain, task.pretrain) : s.pretrain;
-  XFER_CHECK(pretrain.is_object(), "suite ", s.name, ": the forgetting table of task '", t.task, "' needs a source: ",
-             "give it \"source\", or the task a source");
+  const nlohmann::json pretrain =
+      task.pretrain.is_object() ? suite_merged(s.pretrain, task.pretrain) : s.pretrain;
+  XFER_CHECK(pretrain.is_object(), "suite ", s.name, ": the forgetting table of task '", t.task,
+             "' needs a source: ", "give it \"source\", or the task a source");
   return suite_pretrain_options(pretrain, "suite " + s.name + " (pretrain)").source;
 }
 
 /// Runs `analyze` on every finished run of each of the table's methods, in this process; `collect` turns an
 /// analysis.json into the row's values.
-std::map<std::string, SuiteRow> suite_analyse(const SuiteTable& t, const std::vector<RunRequest>& plan,
-                                              const std::vector<RunRecord>& records,
-                                              const std::function<AnalyzeOptions(const std::string& label)>& options,
-                                              const std::function<void(const nlohmann::json&, const std::string& label,
-                                                                       std::map<std::string, SuiteRow>&)>& collect,
-                                              std::ostream& out) {
+std::map<std::string, SuiteRow> suite_analyse(
+    const SuiteTable& t, const std::vector<RunRequest>& plan, const std::vector<RunRecord>& records,
+    const std::function<AnalyzeOptions(const std::string& label)>& options,
+    const std::function<void(const nlohmann::json&, const std::string& label,
+                             std::map<std::string, SuiteRow>&)>& collect,
+    std::ostream& out) {
   std::map<std::string, SuiteRow> rows;
   for (const auto& label : t.methods)
     for (size_t i = 0; i < plan.size(); ++i) {
@@ -82,7 +85,8 @@ std::map<std::string, SuiteRow> suite_analyse(const SuiteTable& t, const std::ve
 
 /// XMixup Table 2: the forgetting probe of every run, and of the pretrained model.
 std::string suite_forgetting_table(const Suite& s, const SuiteTable& t, const std::vector<RunRequest>& plan,
-                                   const std::vector<RunRecord>& records, int64_t threads, std::ostream& out) {
+                                   const std::vector<RunRecord>& records, int64_t threads,
+                                   std::ostream& out) {
   const std::string source = suite_forgetting_source(s, t);
   const bool reference = t.options.value("reference", true);
   const int64_t iterations = t.options.value("probe_iterations", int64_t{100});
@@ -121,14 +125,18 @@ std::string suite_forgetting_table(const Suite& s, const SuiteTable& t, const st
     table.add_row(r);
     for (const auto& e : row.errors) notes += cat("\nNote: ", label, ", ", e, "\n");
   }
-  return cat("Test top-1 (%) of a fresh linear head on the frozen backbone, trained on the source task ", source,
-             " (XMixup Table 2): its classes in the auxiliary set (Auxiliary), the others (ABA) and all; mean ± std ",
+  return cat("Test top-1 (%) of a fresh linear head on the frozen backbone, trained on the source task ",
+             source,
+             " (XMixup Table 2): its classes in the auxiliary set (Auxiliary), the others (ABA) and all; "
+             "mean ± std ",
              "over ", s.seeds.size(), " seeds, task '", t.task, "'.\n\n", table.markdown(), notes);
 }
 
 /// SMILE Table 6: Label-IL and Feature-IL of every run on each split.
-std::string suite_interpolation_table(const Suite& s, const SuiteTable& t, const std::vector<RunRequest>& plan,
-                                      const std::vector<RunRecord>& records, int64_t threads, std::ostream& out) {
+std::string suite_interpolation_table(const Suite& s, const SuiteTable& t,
+                                      const std::vector<RunRequest>& plan,
+                                      const std::vector<RunRecord>& records, int64_t threads,
+                                      std::ostream& out) {
   std::vector<std::string> splits = {"train", "test"};
   if (t.options.contains("splits")) splits = t.options["splits"].get<std::vector<std::string>>();
   const std::string label_output = t.options.value("label_output", "logits");
@@ -171,19 +179,23 @@ std::string suite_interpolation_table(const Suite& s, const SuiteTable& t, const
     table.add_row(r);
     for (const auto& e : row.errors) notes += cat("\nNote: ", label, ", ", e, "\n");
   }
-  return cat("Interpolation losses (SMILE Eq. 7, Table 6; lower is more linear): Label-IL on the target head's ",
-             label_output, ", Feature-IL on the pooled features, each the mean over random pairs of a split's images; ",
-             "mean ± std over ", s.seeds.size(), " seeds, task '", t.task, "'.\n\n", table.markdown(), notes);
+  return cat(
+      "Interpolation losses (SMILE Eq. 7, Table 6; lower is more linear): Label-IL on the target head's ",
+      label_output,
+      ", Feature-IL on the pooled features, each the mean over random pairs of a split's images; ",
+      "mean ± std over ", s.seeds.size(), " seeds, task '", t.task, "'.\n\n", table.markdown(), notes);
 }
 
 }  // namespace
 
-std::vector<RunRecord> best_of_sweeps(const std::vector<RunRequest>& plan, const std::vector<RunRecord>& records,
+std::vector<RunRecord> best_of_sweeps(const std::vector<RunRequest>& plan,
+                                      const std::vector<RunRecord>& records,
                                       std::vector<std::string>& notes) {
   std::vector<RunRecord> out;
-  std::map<std::tuple<std::string, std::string, int64_t>, size_t> cell;  // (task, label, seed) -> index in out
-  std::map<std::string, std::string> chosen;                            // label -> "task seed: point; ..."
-  std::map<size_t, std::string> point_of;                                // index in out -> its point
+  std::map<std::tuple<std::string, std::string, int64_t>, size_t>
+      cell;                                   // (task, label, seed) -> index in out
+  std::map<std::string, std::string> chosen;  // label -> "task seed: point; ..."
+  std::map<size_t, std::string> point_of;     // index in out -> its point
   for (size_t i = 0; i < plan.size(); ++i) {
     if (plan[i].point.empty()) {
       out.push_back(records[i]);
@@ -205,7 +217,8 @@ std::vector<RunRecord> best_of_sweeps(const std::vector<RunRequest>& plan, const
   }
   for (const auto& [key, index] : cell) {
     std::string& text = chosen[std::get<1>(key)];
-    text += cat(text.empty() ? "" : "; ", std::get<0>(key), " seed ", std::get<2>(key), ": ", point_of[index]);
+    text +=
+        cat(text.empty() ? "" : "; ", std::get<0>(key), " seed ", std::get<2>(key), ": ", point_of[index]);
   }
   for (const auto& [label, text] : chosen)
     notes.push_back(cat("'", label, "' reports per cell the sweep point best on validation: ", text));
@@ -235,38 +248,44 @@ std::vector<std::string> search_compute(const std::vector<RunRequest>& plan) {
   std::vector<std::string> lines;
   for (const auto& label : order) {
     const Sum& s = by_label[label];
-    lines.push_back(cat("'", label, "' searched ", s.cells, " cells: ", s.trials, " trials (", s.pruned, " pruned), ",
-                        s.steps, " training steps, ", fixed(s.seconds / 3600, 2), " h of trial run time in all; per cell ",
-                        fixed(static_cast<double>(s.trials) / s.cells, 1), " trials, ", s.steps / s.cells, " steps, ",
-                        fixed(s.seconds / 60 / s.cells, 1), " min"));
+    lines.push_back(cat("'", label, "' searched ", s.cells, " cells: ", s.trials, " trials (", s.pruned,
+                        " pruned), ", s.steps, " training steps, ", fixed(s.seconds / 3600, 2),
+                        " h of trial run time in all; per cell ",
+                        fixed(static_cast<double>(s.trials) / s.cells, 1), " trials, ", s.steps / s.cells,
+                        " steps, ", fixed(s.seconds / 60 / s.cells, 1), " min"));
   }
   return lines;
 }
 
-std::string suite_main_tables(const Suite& s, const std::vector<RunRecord>& cells, const std::vector<std::string>& notes) {
+std::string suite_main_tables(const Suite& s, const std::vector<RunRecord>& cells,
+                              const std::vector<std::string>& notes) {
   std::vector<std::string> task_names, labels;
   for (const auto& t : s.tasks) task_names.push_back(t.name);
   for (const auto& m : s.methods) labels.push_back(m.label);
   std::ostringstream md;
-  md << "# " << s.name << "\n\n" << s.description << "\n\nTest top-1 (%), mean ± std over "
-     << s.seeds.size() << " seeds; best per column in bold.\n\n"
+  md << "# " << s.name << "\n\n"
+     << s.description << "\n\nTest top-1 (%), mean ± std over " << s.seeds.size()
+     << " seeds; best per column in bold.\n\n"
      << summary_table(cells, task_names, labels, "test_top1") << "\nMean per-class accuracy (%).\n\n"
      << summary_table(cells, task_names, labels, "test_mean_class");
   for (const auto& n : notes) md << "\nNote: " << n << "\n";
   return md.str();
 }
 
-std::string suite_tables(const Suite& s, const std::vector<RunRequest>& plan, const std::vector<RunRecord>& records,
-                         int64_t threads, std::ostream& out) {
+std::string suite_tables(const Suite& s, const std::vector<RunRequest>& plan,
+                         const std::vector<RunRecord>& records, int64_t threads, std::ostream& out) {
   std::string md;
   for (const auto& t : s.tables) {
-    out << "Table '" << (t.title.empty() ? t.kind : t.title) << "' (" << t.kind << ", task " << t.task << ") ..."
-        << std::endl;
+    out << "Table '" << (t.title.empty() ? t.kind : t.title) << "' (" << t.kind << ", task " << t.task
+        << ") ..." << std::endl;
     std::string body;
-    if (t.kind == "forgetting") body = suite_forgetting_table(s, t, plan, records, threads, out);
-    else if (t.kind == "interpolation") body = suite_interpolation_table(s, t, plan, records, threads, out);
-    else body = cat("Test top-1 (%), mean ± std over ", s.seeds.size(), " seeds.\n\n",
-                    summary_table(records, {t.task}, t.methods, "test_top1"));
+    if (t.kind == "forgetting")
+      body = suite_forgetting_table(s, t, plan, records, threads, out);
+    else if (t.kind == "interpolation")
+      body = suite_interpolation_table(s, t, plan, records, threads, out);
+    else
+      body = cat("Test top-1 (%), mean ± std over ", s.seeds.size(), " seeds.\n\n",
+                 summary_table(records, {t.task}, t.methods, "test_top1"));
     md += cat("\n## ", t.title.empty() ? t.kind : t.title, "\n\n", body);
   }
   return md;
@@ -281,7 +300,8 @@ std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, 
     if (q.task == task && q.seed == s.seeds.front() && timed.insert(q.label).second) chosen.push_back(&q);
   // l2 is the reference; time it even when the suite does not list it, if it can run here.
   RunRequest reference;
-  const bool has_l2 = std::any_of(chosen.begin(), chosen.end(), [](const RunRequest* q) { return q->config["method"] == "l2"; });
+  const bool has_l2 = std::any_of(chosen.begin(), chosen.end(),
+                                  [](const RunRequest* q) { return q->config["method"] == "l2"; });
   if (!has_l2 && !chosen.empty() && s.pretrain.is_object()) {
     const RunRequest& any = *chosen.front();
     reference = any;
@@ -327,12 +347,13 @@ std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, 
   table.align_right(2);
   for (size_t i = 0; i < runs.size(); ++i)
     table.add_row({labels[i], fixed(ms[i], 2), fixed(ms[i] / ms[ref], 2) + "x"});
-  return cat("Time per training step on task '", task, "' (", s.timing_steps, " steps each, interleaved in blocks ",
-             "of ", t.block, " in one process, median; ", runs.front()->threads, " threads)\n\n", table.markdown());
+  return cat("Time per training step on task '", task, "' (", s.timing_steps,
+             " steps each, interleaved in blocks ", "of ", t.block, " in one process, median; ",
+             runs.front()->threads, " threads)\n\n", table.markdown());
 }
 
-nlohmann::json bench_json(const Suite& s, const std::vector<RunRecord>& runs, const std::vector<std::string>& notes,
-                          double seconds) {
+nlohmann::json bench_json(const Suite& s, const std::vector<RunRecord>& runs,
+                          const std::vector<std::string>& notes, double seconds) {
   std::vector<std::string> task_names, labels;
   for (const auto& t : s.tasks) task_names.push_back(t.name);
   for (const auto& m : s.methods) labels.push_back(m.label);
@@ -340,14 +361,20 @@ nlohmann::json bench_json(const Suite& s, const std::vector<RunRecord>& runs, co
   nlohmann::json list = nlohmann::json::array();
   for (const auto& r : runs) {
     failed += r.ok ? 0 : 1;
-    list.push_back({{"task", r.task}, {"method", r.method}, {"seed", r.seed}, {"ok", r.ok}, {"error", r.error},
-                    {"test_top1", r.test_top1}, {"test_mean_class", r.test_mean_class}, {"dir", r.dir}});
+    list.push_back({{"task", r.task},
+                    {"method", r.method},
+                    {"seed", r.seed},
+                    {"ok", r.ok},
+                    {"error", r.error},
+                    {"test_top1", r.test_top1},
+                    {"test_mean_class", r.test_mean_class},
+                    {"dir", r.dir}});
   }
-  return {{"suite", s.name}, {"description", s.description},
+  return {{"suite", s.name},          {"description", s.description},
           {"xfer_version", kVersion}, {"tasks", task_names},
-          {"methods", labels}, {"seeds", s.seeds},
-          {"notes", notes}, {"runs", list},
-          {"failed", failed}, {"seconds", seconds}};
+          {"methods", labels},        {"seeds", s.seeds},
+          {"notes", notes},           {"runs", list},
+          {"failed", failed},         {"seconds", seconds}};
 }
 
 }  // namespace xfer

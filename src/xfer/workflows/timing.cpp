@@ -11,9 +11,10 @@
 
 namespace xfer {
 
-std::vector<double> interleaved_step_ms(const std::vector<PreparedRun*>& runs, const StepTimingOptions& opts) {
-  XFER_CHECK(opts.steps >= 1 && opts.block >= 1 && opts.warmup >= 0, "step timing needs steps >= 1 and block >= 1, got ",
-             opts.steps, " and ", opts.block);
+std::vector<double> interleaved_step_ms(const std::vector<PreparedRun*>& runs,
+                                        const StepTimingOptions& opts) {
+  XFER_CHECK(opts.steps >= 1 && opts.block >= 1 && opts.warmup >= 0,
+             "step timing needs steps >= 1 and block >= 1, got ", opts.steps, " and ", opts.block);
   struct Timed {
     PreparedRun* run;
     std::vector<ParamGroup> groups;
@@ -26,7 +27,9 @@ std::vector<double> interleaved_step_ms(const std::vector<PreparedRun*>& runs, c
   for (PreparedRun* r : runs) {
     auto groups = trainable_param_groups(*r->method, r->model, r->opts.trainer.head_lr_mult);
     auto optimizer = make_optimizer(r->opts.trainer.optim, groups);
-    Timed t{r, std::move(groups), std::move(optimizer), make_generator(derive_seed(r->opts.seed, "method")), 0, {}};
+    Timed t{
+        r, std::move(groups), std::move(optimizer), make_generator(derive_seed(r->opts.seed, "method")), 0,
+        {}};
     timed.push_back(std::move(t));
     r->model->train();
   }
