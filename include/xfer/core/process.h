@@ -101,6 +101,8 @@ class ProcessGroup {
 
  private:
   ExitStatus reap(size_t index, int status);
+  /// Sends `sig` to the running children and waits for each.
+  void signal_and_reap(int sig);
 
   std::vector<pid_t> pids_;  // -1 once reaped
   size_t running_ = 0;

@@ -1,7 +1,9 @@
 #pragma once
 /// The search over training runs: the objective that runs a trial as a fine-tuning run, and the report of a
 /// study's trials (trials.csv, best.json, history.png).
+#include <memory>
 #include <ostream>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +28,9 @@ class RunObjective {
   RunOptions run_options(const ParamValues& params) const;
 
  private:
+  /// The run options and the method's options with a trial's parameters set.
+  std::pair<RunOptions, std::unique_ptr<MethodConfig>> with_params(const ParamValues& params) const;
+
   RunOptions base_;
   nlohmann::json method_options_;
   SearchSpace space_;

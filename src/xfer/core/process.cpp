@@ -216,8 +216,8 @@ void ProcessGroup::signal(int sig) {
     if (p > 0) ::kill(p, sig);
 }
 
-void ProcessGroup::stop() {
-  signal(SIGTERM);
+void ProcessGroup::signal_and_reap(int sig) {
+  signal(sig);
   for (size_t i = 0; i < pids_.size(); ++i) {
     if (pids_[i] <= 0) continue;
     int status = 0;
@@ -228,16 +228,12 @@ void ProcessGroup::stop() {
   }
 }
 
+void ProcessGroup::stop() {
+  signal_and_reap(SIGTERM);
+}
+
 void ProcessGroup::kill() {
-  signal(SIGKILL);
-  for (size_t i = 0; i < pids_.size(); ++i) {
-    if (pids_[i] <= 0) continue;
-    int status = 0;
-    pid_t done;
-    while ((done = ::waitpid(pids_[i], &status, 0)) < 0 && errno == EINTR) {
-    }
-    reap(i, done > 0 ? status : 0);
-  }
+  signal_and_reap(SIGKILL);
 }
 
 ProcessGroup::Forwarding::Forwarding(ProcessGroup& group) {

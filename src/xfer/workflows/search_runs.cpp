@@ -68,34 +68,31 @@ void RunObjective::check() {
   }
 }
 
-RunOptions RunObjective::run_options(const ParamValues& params) const {
+std::pair<RunOptions, std::unique_ptr<MethodConfig>> RunObjective::with_params(
+    const ParamValues& params) const {
   RunOptions run = base_;
   auto config = search_method_config(run.method, method_options_);
   Fields rf, mf;
   run.fields(rf);
   config->fields(mf);
   apply_params(space_, params, {&rf, &mf});
-  return run;
+  return {std::move(run), std::move(config)};
+}
+
+RunOptions RunObjective::run_options(const ParamValues& params) const {
+  return with_params(params).first;
 }
 
 nlohmann::json RunObjective::method_options(const ParamValues& params) const {
-  RunOptions run = base_;
-  auto config = search_method_config(run.method, method_options_);
-  Fields rf, mf;
-  run.fields(rf);
+  const auto config = with_params(params).second;
+  Fields mf;
   config->fields(mf);
-  apply_params(space_, params, {&rf, &mf});
   return mf.to_json();
 }
 
 TrialOutcome RunObjective::operator()(const ParamValues& params, const TrialRecord& record,
                                       const ReportFn& report) const {
-  RunOptions run = base_;
-  auto config = search_method_config(run.method, method_options_);
-  Fields rf, mf;
-  run.fields(rf);
-  config->fields(mf);
-  apply_params(space_, params, {&rf, &mf});
+  auto [run, config] = with_params(params);
   run.out = record.run_dir;
   run.overwrite = true;
   run.resume = false;
