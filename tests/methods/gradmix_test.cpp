@@ -471,6 +471,12 @@ TEST(GradMix, RefusesBadInput) {
         gradmix_tiny_finetune(o, {{"sources", t.sources}, {"shared_sources", "5"}});
       },
       {"--shared-sources 5", "only 2 sources"});
+  // An index beyond 64 bits is refused as input, not an internal overflow.
+  test::expect_bad_input(
+      [&] {
+        gradmix_tiny_finetune(o, {{"sources", t.sources}, {"shared_sources", "0,99999999999999999999"}});
+      },
+      {"--shared-sources must be auto or source indices", "99999999999999999999"});
   // beta, gamma, the pseudo-label threshold.
   GradMixMethod::Options bad;
   bad.beta = 0;

@@ -217,7 +217,8 @@ void GradMixMethod::Options::check() const {
   check_options(copy);
   if (shared_sources != "auto")
     for (const auto& s : gradmix_split(shared_sources, ',')) {
-      XFER_CHECK(!s.empty() && s.find_first_not_of("0123456789") == std::string::npos,
+      // At most 9 digits: a longer index names no source and would overflow the conversion below.
+      XFER_CHECK(!s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos,
                  "--shared-sources must be auto or source indices like 0,2, got '", shared_sources, "'");
     }
   XFER_CHECK(ssl == "none" || !unlabelled.empty(), "--ssl ", ssl, " needs --unlabelled (rest or a spec)");
