@@ -177,6 +177,19 @@ std::string pretrain_fmnist_source(const std::string& out) {
   return out;
 }
 
+TinyTransferData::TinyTransferData() {
+  const std::string data = write_tiny_idx(dir.path(), 7, 20, 4);
+  target = data + ":classes=0-2:per_class=8:val=3";
+  source = data + ":classes=3-6";
+  sources = data + ":classes=0-2:shift=noise0.1;" + source;
+  init = pretrain_tiny_source(source, dir.file("source"));
+}
+
+const TinyTransferData& tiny_transfer_data() {
+  static const TinyTransferData d;
+  return d;
+}
+
 std::string pretrain_tiny_source(const std::string& source, const std::string& out) {
   RunOptions pre;
   pre.source = source;

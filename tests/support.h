@@ -48,6 +48,17 @@ std::string pretrain_fmnist_source(const std::string& out);
 /// 4 steps of batch 8 on `source` (a spec), one thread. Returns `out`.
 std::string pretrain_tiny_source(const std::string& source, const std::string& out);
 
+/// Tiny transfer data every method can run on, built once per test process: seven classes of 20 images;
+/// the target is three of them (8 per class, 3 for validation), the source (and the source model's
+/// classes, pretrain_tiny_source) the other four, so XMixup pairs one-to-one; GradMix's sources are a
+/// shifted copy of the target's classes and the source.
+struct TinyTransferData {
+  TempDir dir;
+  std::string target, source, sources, init;
+  TinyTransferData();
+};
+const TinyTransferData& tiny_transfer_data();
+
 /// A flat-colour image.
 Image flat_image(int64_t h, int64_t w, uint8_t r, uint8_t g, uint8_t b);
 /// Pixels that encode their position: (x * 7 + y) % 256, (y * 5) % 256, 200.

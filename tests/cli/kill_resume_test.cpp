@@ -33,29 +33,9 @@ namespace {
 
 constexpr int64_t kKillIterations = 24;
 
-/// Tiny data shared by a test process: seven classes; the target is three of them, the source (and the
-/// source model's classes) the other four (XMixup pairs one-to-one); GradMix's sources are a shifted copy of
-/// the target's classes and the source's.
-struct KillData {
-  test::TempDir dir;
-  std::string target, source, sources, init;
-  KillData() {
-    const std::string data = test::write_tiny_idx(dir.path(), 7, 20, 4);
-    target = data + ":classes=0-2:per_class=8:val=3";
-    source = data + ":classes=3-6";
-    sources = data + ":classes=0-2:shift=noise0.1;" + source;
-    init = test::pretrain_tiny_source(source, dir.file("source"));
-  }
-};
-
-const KillData& kill_data() {
-  static const KillData d;
-  return d;
-}
-
 /// The command line of one run of `method` into `out`.
 std::vector<std::string> kill_run_args(const std::string& method, const std::string& out) {
-  const KillData& d = kill_data();
+  const test::TinyTransferData& d = test::tiny_transfer_data();
   std::vector<std::string> a = {XFER_BINARY,
                                 "-q",
                                 "finetune",

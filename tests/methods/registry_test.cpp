@@ -16,28 +16,9 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// Seven tiny classes: the target is three of them, the source (and the source model's classes) the
-/// other four; GradMix's sources are a shifted copy of the target's classes and the source.
-struct RegistryData {
-  test::TempDir dir;
-  std::string target, source, sources, init;
-  RegistryData() {
-    const std::string data = test::write_tiny_idx(dir.path(), 7, 20, 4);
-    target = data + ":classes=0-2:per_class=8:val=3";
-    source = data + ":classes=3-6";
-    sources = data + ":classes=0-2:shift=noise0.1;" + source;
-    init = test::pretrain_tiny_source(source, dir.file("source"));
-  }
-};
-
-const RegistryData& registry_data() {
-  static const RegistryData d;
-  return d;
-}
-
 /// A 12-step run of `method` into `out` (validation every 4 steps, checkpoints every 4).
 RunOptions registry_run(const MethodInfo& info, const std::string& out) {
-  const RegistryData& d = registry_data();
+  const test::TinyTransferData& d = test::tiny_transfer_data();
   RunOptions o;
   o.method = info.name;
   o.target = d.target;
@@ -62,7 +43,7 @@ void registry_finetune(const MethodInfo& info, const RunOptions& o) {
   auto config = info.make_config();
   Fields f;
   config->fields(f);
-  if (f.has("sources")) f.set("sources", registry_data().sources);
+  if (f.has("sources")) f.set("sources", test::tiny_transfer_data().sources);
   run_finetune(o, *config);
 }
 
