@@ -46,6 +46,15 @@ const std::string& name_of(Enum value) {
   return enum_names(Enum{}).at(static_cast<size_t>(value));
 }
 
+/// The value of an enum declared with XFER_ENUM_NAMES whose name is `name`; nullopt for any other text.
+template <class Enum>
+std::optional<Enum> enum_from_name(const std::string& name) {
+  const std::vector<std::string>& names = enum_names(Enum{});
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == name) return static_cast<Enum>(i);
+  return std::nullopt;
+}
+
 class Fields {
  public:
   /// A field of an enum type: the value behind a type-erased pointer, read and written by its index in

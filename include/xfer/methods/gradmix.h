@@ -67,6 +67,20 @@
 
 namespace xfer {
 
+/// What one GradMix weight covers: a layer (the paper's), a module with parameters, a parameter tensor, or
+/// the whole backbone.
+enum class MixingGranularity { layer, module, tensor, global };
+XFER_ENUM_NAMES(MixingGranularity, "layer", "module", "tensor", "global")
+/// How gradmix-sgd finds its weights: Ren et al.'s look-ahead meta-gradient, or backbone dot products only.
+enum class MetaGradient { lookahead, backbone };
+XFER_ENUM_NAMES(MetaGradient, "lookahead", "backbone")
+/// The semi-supervised term on the unlabelled target images U.
+enum class SslTerm { none, vat, mixmatch };
+XFER_ENUM_NAMES(SslTerm, "none", "vat", "mixmatch")
+/// Ensemble pseudo-labels as hard labels (every model agrees; CE) or soft ones (mean probability; KL).
+enum class PseudoLabels { hard, soft };
+XFER_ENUM_NAMES(PseudoLabels, "hard", "soft")
+
 class GradMixMethod : public Method {
  public:
   enum class Mode { gradmix, sgd, source_only, target_only, finetune };
@@ -78,16 +92,16 @@ class GradMixMethod : public Method {
     int64_t v_batch = 0;                  // V batch size; 0: min(|V|, --batch-size)
     // gradmix, gradmix-sgd
     bool adalr = true;
-    double beta = 10, gamma = 0.6;            // Table 2's best
-    std::string layers = "layer";             // layer | module | tensor | global
-    std::string meta_gradient = "lookahead";  // gradmix-sgd: lookahead | backbone
-    std::string unlabelled = "rest";          // "rest" (the target spec's unused training images) or a spec
-    std::string ssl = "none";                 // none | vat | mixmatch
+    double beta = 10, gamma = 0.6;  // Table 2's best
+    MixingGranularity layers = MixingGranularity::layer;
+    MetaGradient meta_gradient = MetaGradient::lookahead;  // gradmix-sgd
+    std::string unlabelled = "rest";  // "rest" (the target spec's unused training images) or a spec
+    SslTerm ssl = SslTerm::none;
     double vat_epsilon = 2.0, vat_xi = 1e-6, vat_weight = 1.0;
     double mixmatch_weight = 100, mixmatch_rampup = 1.0 / 64, mixmatch_t = 0.5, mixmatch_alpha = 0.75;
     int64_t mixmatch_k = 2;
-    std::string pseudo;                // ensemble file of `xfer gradmix-pseudo`
-    std::string pseudo_mode = "hard";  // hard | soft
+    std::string pseudo;  // ensemble file of `xfer gradmix-pseudo`
+    PseudoLabels pseudo_mode = PseudoLabels::hard;
     double pseudo_threshold = 0.8;
     int64_t enlarge_v = 100;  // per class, with hard labels (0: off)
     // finetune
@@ -138,6 +152,12 @@ class GradMixMethod : public Method {
     Batch v;
     std::vector<torch::Tensor> gv;
   };
+  /// setup's parts: the labelled sources (streams, heads); S_u from --pseudo, returning V (enlarged by
+  /// --enlarge-v); the backbone's trainable parameters grouped into mixing layers; uniform weights.
+  void add_labelled_sources(Model& model, SetupContext& ctx);
+  TensorDataset add_pseudo_source(Model& model, SetupContext& ctx);
+  void group_shared_layers(Model& model);
+  void reset_weights(const std::string& target_head);
   LossTerms mixed_step(StepContext& ctx);
   /// One backward per source: fills grads.g and grads.h, logs the losses and adds them to `total`.
   void source_gradients(StepContext& ctx, StepGradients& grads, Parts& parts, torch::Tensor& total);
@@ -148,7 +168,7 @@ class GradMixMethod : public Method {
   /// each head's gradient of its sources.
   void set_gradients(StepContext& ctx, const StepGradients& grads, bool mixing, double eta);
   void log_weights(StepContext& ctx, Parts& parts) const;
-  bool lookahead() const { return opts_.mode == Mode::sgd && opts_.meta_gradient == "lookahead"; }
+  bool lookahead() const { return opts_.mode == Mode::sgd && opts_.meta_gradient == MetaGradient::lookahead; }
   LossTerms target_step(StepContext& ctx, double lr_scale);
   /// The --ssl term on a U batch (MixMatch also mixes in the V batch `v`).
   torch::Tensor ssl_loss(StepContext& ctx, const Batch& v, Parts& parts);

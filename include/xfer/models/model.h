@@ -81,6 +81,9 @@ TORCH_MODULE(Model);
 /// leave nothing): one forward of a zero image, without gradients, in eval mode (the mode is restored).
 void check_input_fits(ModelImpl& model, int64_t height, int64_t width);
 
+/// Stores every convolution weight (4-d parameter) of `module` in the channels-last (NHWC) layout, in place,
+/// as batches in that layout want: oneDNN then runs without layout conversions.
+void convolutions_channels_last(torch::nn::Module& module);
 /// A deep copy with the same weights, buffers and train/eval mode.
 Model clone_model(const Model& model);
 /// An eval-mode copy of `model`'s backbone with its batch norms folded into its convolutions

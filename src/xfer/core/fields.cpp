@@ -1,7 +1,6 @@
 #include "xfer/core/fields.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 
@@ -9,6 +8,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
+#include "xfer/core/text.h"
 
 namespace xfer {
 namespace {
@@ -19,29 +19,16 @@ std::string snake(std::string s) {
   return s;
 }
 
-std::string format_number(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
-
 double parse_double(const std::string& flag, const std::string& text) {
-  errno = 0;
-  char* end = nullptr;
-  double v = std::strtod(text.c_str(), &end);
-  XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE && std::isfinite(v), flag,
-             " expects a number, got '", printable(text), "'");
-  return v;
+  const std::optional<double> v = xfer::parse_double(text);
+  XFER_CHECK(v, flag, " expects a number, got '", printable(text), "'");
+  return *v;
 }
 
 int64_t parse_int(const std::string& flag, const std::string& text) {
-  errno = 0;
-  char* end = nullptr;
-  long long v = std::strtoll(text.c_str(), &end, 10);
-  XFER_CHECK(!text.empty() && end == text.c_str() + text.size(), flag, " expects an integer, got '",
-             printable(text), "'");
-  XFER_CHECK(errno != ERANGE, flag, " is out of range for a 64-bit integer: '", text, "'");
-  return v;
+  const std::optional<int64_t> v = parse_int64(text);
+  XFER_CHECK(v, flag, " expects an integer (64 bits), got '", printable(text), "'");
+  return *v;
 }
 
 bool parse_bool(const std::string& flag, const std::string& text) {
@@ -83,7 +70,7 @@ std::string Fields::Field::value_text() const {
         if constexpr (std::is_same_v<T, Fields::EnumRef>)
           return p.text();
         else if constexpr (std::is_same_v<T, double*>)
-          return format_number(*p);
+          return number_text(*p);
         else if constexpr (std::is_same_v<T, int64_t*>)
           return std::to_string(*p);
         else if constexpr (std::is_same_v<T, bool*>)
@@ -293,12 +280,12 @@ void validate_field(const Fields::Field& f) {
     XFER_CHECK(std::isfinite(v), f.flag(), " must be finite, got ", f.value_text());
     if (f.min) {
       const bool ok = f.min_open ? v > *f.min : v >= *f.min;
-      XFER_CHECK(ok, f.flag(), " must be ", f.min_open ? "> " : ">= ", format_number(*f.min), ", got ",
+      XFER_CHECK(ok, f.flag(), " must be ", f.min_open ? "> " : ">= ", number_text(*f.min), ", got ",
                  f.value_text());
     }
     if (f.max) {
       const bool ok = f.max_open ? v < *f.max : v <= *f.max;
-      XFER_CHECK(ok, f.flag(), " must be ", f.max_open ? "< " : "<= ", format_number(*f.max), ", got ",
+      XFER_CHECK(ok, f.flag(), " must be ", f.max_open ? "< " : "<= ", number_text(*f.max), ", got ",
                  f.value_text());
     }
   }

@@ -12,6 +12,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
+#include "xfer/core/text.h"
 #include "xfer/data/mat.h"
 
 namespace fs = std::filesystem;
@@ -56,16 +57,10 @@ std::pair<std::string, std::string> bm_two_fields(const BmLine& l, const std::st
 }
 
 int64_t bm_int(const std::string& tok, const std::string& path, int64_t line, const std::string& what) {
-  size_t used = 0;
-  int64_t v = -1;
-  try {
-    v = std::stoll(tok, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  XFER_CHECK(used == tok.size() && !tok.empty() && v >= 0, path, " line ", line, ": ", what,
-             " must be a non-negative integer, got '", printable(tok), "'");
-  return v;
+  const std::optional<int64_t> v = parse_int64(tok);
+  XFER_CHECK(v && *v >= 0, path, " line ", line, ": ", what, " must be a non-negative integer, got '",
+             printable(tok), "'");
+  return *v;
 }
 
 /// A label 1..classes of the layout as 0-based.

@@ -1,6 +1,8 @@
 #include "xfer/data/spec.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -11,6 +13,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/core/text.h"
 #include "xfer/data/benchmarks.h"
 #include "xfer/data/idx.h"
 #include "xfer/data/image_folder.h"
@@ -21,48 +24,17 @@ namespace xfer {
 namespace {
 
 constexpr const char* kFmnistDir = "/usr/share/datasets/fashion-mnist";
-constexpr const char* kValidKeys =
-    "classes, per_class, val, fraction, test, test_per_class, part, shift, seed, dir, train_images, "
-    "train_labels, "
-    "test_images, test_labels, names; folder: test_dir, train_list, val_list, test_list, size, resize, crop, "
-    "scale, ratio, mean, std, corrupt, cache; benchmarks: split, fold and the image keys";
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (true) {
-    const size_t pos = s.find(sep, start);
-    out.push_back(s.substr(start, pos - start));
-    if (pos == std::string::npos) return out;
-    start = pos + 1;
-  }
-}
-
 int64_t parse_count(const std::string& spec, const std::string& key, const std::string& v, int64_t min) {
-  size_t used = 0;
-  int64_t n = -1;
-  try {
-    n = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  XFER_CHECK(used == v.size() && !v.empty(), "dataset spec '", spec, "': ", key, " expects an integer, got '",
-             v, "'");
-  XFER_CHECK(n >= min, "dataset spec '", spec, "': ", key, " must be >= ", min, ", got ", n);
-  return n;
+  const std::optional<int64_t> n = parse_int64(v);
+  XFER_CHECK(n, "dataset spec '", spec, "': ", key, " expects an integer, got '", v, "'");
+  XFER_CHECK(*n >= min, "dataset spec '", spec, "': ", key, " must be >= ", min, ", got ", *n);
+  return *n;
 }
 
 double parse_real(const std::string& spec, const std::string& key, const std::string& v) {
-  size_t used = 0;
-  double x = NAN;
-  try {
-    x = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  XFER_CHECK(used == v.size() && !v.empty() && std::isfinite(x), "dataset spec '", spec, "': ", key,
-             " expects a number, got '", v, "'");
-  return x;
+  const std::optional<double> x = parse_double(v);
+  XFER_CHECK(x, "dataset spec '", spec, "': ", key, " expects a number, got '", v, "'");
+  return *x;
 }
 
 std::vector<double> parse_reals(const std::string& spec, const std::string& key, const std::string& v,
@@ -149,134 +121,190 @@ const std::vector<std::string>& fmnist_class_names() {
   return names;
 }
 
-DatasetSpec DatasetSpec::parse(const std::string& text) {
-  DatasetSpec s;
-  s.text = text;
-  const auto parts = split(text, ':');
-  s.source = parts[0];
-  const bool bench = is_benchmark_source(s.source);
-  XFER_CHECK(s.source == "fmnist" || s.source == "idx" || s.source == "folder" || bench, "dataset spec '",
-             text, "': unknown dataset '", s.source,
-             "'; valid: fmnist, idx, folder, cub, aircraft, pets, dtd, flowers, cars, cifar10, cifar100 (see "
-             "`xfer data --help`)");
-  const bool folder = s.source == "folder";
-  // Image benchmarks decode files as folders do, with the same transforms.
-  const bool images = folder || (bench && !benchmark_in_memory(s.source));
-  const std::set<std::string> list_keys = {"test_dir", "train_list", "val_list", "test_list"};
-  const std::set<std::string> folder_keys = {"test_dir", "train_list", "val_list", "test_list", "size",
-                                             "resize",   "crop",       "scale",    "ratio",     "mean",
-                                             "std",      "corrupt",    "cache"};
-  std::set<std::string> seen;
-  for (size_t i = 1; i < parts.size(); ++i) {
-    const size_t eq = parts[i].find('=');
-    XFER_CHECK(eq != std::string::npos && eq > 0, "dataset spec '", text, "': expected key=value, got '",
-               parts[i], "'");
-    const std::string key = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
-    XFER_CHECK(seen.insert(key).second, "dataset spec '", text, "': key '", key, "' given twice");
-    XFER_CHECK(!v.empty(), "dataset spec '", text, "': ", key, " has an empty value");
-    if (key == "classes") {
-      for (const auto& tok : split(v, ',')) {
-        const size_t dash = tok.find('-', 1);
-        if (dash == std::string::npos) {
-          s.classes.push_back(parse_count(text, "classes", tok, 0));
-        } else {
-          const int64_t lo = parse_count(text, "classes", tok.substr(0, dash), 0);
-          const int64_t hi = parse_count(text, "classes", tok.substr(dash + 1), 0);
-          XFER_CHECK(lo <= hi, "dataset spec '", text, "': empty class range '", tok, "'");
-          // No dataset has a million classes; a larger range is a typo that would exhaust memory.
-          XFER_CHECK(hi - lo < 1000000, "dataset spec '", text, "': class range '", tok,
-                     "' is implausibly large");
-          for (int64_t c = lo; c <= hi; ++c) s.classes.push_back(c);
-        }
-      }
-      std::set<int64_t> uniq(s.classes.begin(), s.classes.end());
-      XFER_CHECK(uniq.size() == s.classes.size(), "dataset spec '", text, "': a class is listed twice in '",
-                 v, "'");
-    } else if (key == "per_class") {
-      s.per_class = parse_count(text, key, v, 1);
-    } else if (key == "fraction") {
-      const double f = parse_real(text, key, v);
-      XFER_CHECK(f > 0 && f <= 1, "dataset spec '", text, "': fraction must be in (0, 1], got ", v);
-      s.fraction = f;
-    } else if (key == "split") {
-      XFER_CHECK(benchmark_has_val(s.source), "dataset spec '", text,
-                 "': split is only for aircraft, dtd and flowers (the layouts with a validation set)");
-      XFER_CHECK(v == "train" || v == "trainval", "dataset spec '", text,
-                 "': split must be train or trainval, got '", v, "'");
-      s.layout_split = v;
-    } else if (key == "fold") {
-      XFER_CHECK(s.source == "dtd", "dataset spec '", text, "': fold is only for dtd");
-      s.fold = parse_count(text, key, v, 1);
-      XFER_CHECK(s.fold <= 10, "dataset spec '", text, "': fold must be 1..10, got ", s.fold);
-    } else if (key == "val") {
-      const double x = parse_real(text, key, v);
-      if (x > 0 && x < 1) {
-        s.val_fraction = x;
-      } else {
-        s.val_count = parse_count(text, key, v, 0);
-      }
-    } else if (key == "test") {
-      XFER_CHECK(v == "file" || v == "rest" || v == "none", "dataset spec '", text,
-                 "': test must be file, rest or none, got '", v, "'");
-      s.test = v;
-    } else if (key == "test_per_class") {
-      s.test_per_class = parse_count(text, key, v, 1);
-    } else if (key == "part") {
-      const auto ab = split(v, '/');
-      XFER_CHECK(ab.size() == 2, "dataset spec '", text, "': part expects I/N, got '", v, "'");
-      s.part_index = parse_count(text, "part index", ab[0], 0);
-      s.part_count = parse_count(text, "part count", ab[1], 1);
-      XFER_CHECK(s.part_index < s.part_count, "dataset spec '", text, "': part ", v,
-                 " needs I < N (I counts from 0)");
-    } else if (key == "shift") {
-      for (const auto& sh : split(v, '+')) s.shifts.push_back(normalise_shift(text, sh));
-    } else if (key == "seed") {
-      s.seed = static_cast<uint64_t>(parse_count(text, key, v, 0));
-    } else if (key == "dir") {
-      s.dir = v;
-    } else if (key == "train_images" || key == "train_labels" || key == "test_images" ||
-               key == "test_labels") {
-      XFER_CHECK(s.source == "idx", "dataset spec '", text, "': ", key, " is only for idx datasets");
-      (key == "train_images"   ? s.train_images
-       : key == "train_labels" ? s.train_labels
-       : key == "test_images"  ? s.test_images
-                               : s.test_labels) = v;
-    } else if (folder_keys.count(key)) {
-      XFER_CHECK(folder || (images && !list_keys.count(key)), "dataset spec '", text, "': ", key,
-                 list_keys.count(key) ? " is only for image folders (folder:dir=ROOT)"
-                                      : " is only for image folders and image benchmarks");
-      if (key == "test_dir") s.test_dir = v;
-      if (key == "train_list") s.train_list = v;
-      if (key == "val_list") s.val_list = v;
-      if (key == "test_list") s.test_list = v;
-      if (key == "size") s.image.size = parse_count(text, key, v, 8);
-      if (key == "resize") s.image.resize = parse_count(text, key, v, 8);
-      if (key == "crop") s.image.crop = v;
-      if (key == "cache") s.cache = v;
-      if (key == "scale") {
-        const auto r = parse_reals(text, key, v, 2);
-        s.image.scale_min = r[0], s.image.scale_max = r[1];
-      }
-      if (key == "ratio") {
-        const auto r = parse_reals(text, key, v, 2);
-        s.image.ratio_min = r[0], s.image.ratio_max = r[1];
-      }
-      if (key == "mean") s.image.norm.mean = parse_reals(text, key, v, 3);
-      if (key == "std") s.image.norm.std = parse_reals(text, key, v, 3);
-      if (key == "corrupt") {
-        XFER_CHECK(v == "skip" || v == "fail", "dataset spec '", text,
-                   "': corrupt must be skip or fail, got '", v, "'");
-        s.image.fail_on_corrupt = v == "fail";
-      }
-    } else if (key == "names") {
-      XFER_CHECK(s.source == "idx", "dataset spec '", text, "': names is only for idx datasets");
-      s.names = split(v, ',');
-      for (const auto& n : s.names)
-        check_utf8(n, cat("dataset spec '", printable(text), "': the class name"));
-    } else {
-      throw BadInput(cat("dataset spec '", text, "': unknown key '", key, "'; valid keys: ", kValidKeys));
+namespace {
+
+/// Which datasets a spec key applies to.
+enum class KeyScope {
+  any,
+  idx,        // idx:
+  folder,     // folder: only (file lists)
+  images,     // folder: and the image benchmarks (decoding and transforms)
+  val_split,  // the benchmark layouts with a validation set
+  dtd,
+};
+
+/// One key of a dataset spec: where it applies, whether it names a path (made absolute in config.json),
+/// and how its value is read into the spec.
+struct SpecKey {
+  const char* name;
+  KeyScope scope;
+  bool path;
+  void (*read)(DatasetSpec& s, const std::string& text, const std::string& v);
+};
+
+void read_classes(DatasetSpec& s, const std::string& text, const std::string& v) {
+  for (const auto& tok : split(v, ',')) {
+    const size_t dash = tok.find('-', 1);
+    if (dash == std::string::npos) {
+      s.classes.push_back(parse_count(text, "classes", tok, 0));
+      continue;
     }
+    const int64_t lo = parse_count(text, "classes", tok.substr(0, dash), 0);
+    const int64_t hi = parse_count(text, "classes", tok.substr(dash + 1), 0);
+    XFER_CHECK(lo <= hi, "dataset spec '", text, "': empty class range '", tok, "'");
+    // No dataset has a million classes; a larger range is a typo that would exhaust memory.
+    XFER_CHECK(hi - lo < 1000000, "dataset spec '", text, "': class range '", tok, "' is implausibly large");
+    for (int64_t c = lo; c <= hi; ++c) s.classes.push_back(c);
   }
+  const std::set<int64_t> uniq(s.classes.begin(), s.classes.end());
+  XFER_CHECK(uniq.size() == s.classes.size(), "dataset spec '", text, "': a class is listed twice in '", v,
+             "'");
+}
+
+/// The keys in the order `xfer data --help` and the unknown-key error list them.
+const std::vector<SpecKey>& spec_keys() {
+  using S = DatasetSpec;
+  using T = const std::string&;
+  static const std::vector<SpecKey> keys = {
+      {"classes", KeyScope::any, false, read_classes},
+      {"per_class", KeyScope::any, false,
+       [](S& s, T t, T v) { s.per_class = parse_count(t, "per_class", v, 1); }},
+      {"val", KeyScope::any, false,
+       [](S& s, T t, T v) {
+         const double x = parse_real(t, "val", v);
+         if (x > 0 && x < 1)
+           s.val_fraction = x;
+         else
+           s.val_count = parse_count(t, "val", v, 0);
+       }},
+      {"fraction", KeyScope::any, false,
+       [](S& s, T t, T v) {
+         const double f = parse_real(t, "fraction", v);
+         XFER_CHECK(f > 0 && f <= 1, "dataset spec '", t, "': fraction must be in (0, 1], got ", v);
+         s.fraction = f;
+       }},
+      {"test", KeyScope::any, false,
+       [](S& s, T t, T v) {
+         XFER_CHECK(v == "file" || v == "rest" || v == "none", "dataset spec '", t,
+                    "': test must be file, rest or none, got '", v, "'");
+         s.test = v;
+       }},
+      {"test_per_class", KeyScope::any, false,
+       [](S& s, T t, T v) { s.test_per_class = parse_count(t, "test_per_class", v, 1); }},
+      {"part", KeyScope::any, false,
+       [](S& s, T t, T v) {
+         const auto ab = split(v, '/');
+         XFER_CHECK(ab.size() == 2, "dataset spec '", t, "': part expects I/N, got '", v, "'");
+         s.part_index = parse_count(t, "part index", ab[0], 0);
+         s.part_count = parse_count(t, "part count", ab[1], 1);
+         XFER_CHECK(s.part_index < s.part_count, "dataset spec '", t, "': part ", v,
+                    " needs I < N (I counts from 0)");
+       }},
+      {"shift", KeyScope::any, false,
+       [](S& s, T t, T v) {
+         for (const auto& sh : split(v, '+')) s.shifts.push_back(normalise_shift(t, sh));
+       }},
+      {"seed", KeyScope::any, false,
+       [](S& s, T t, T v) { s.seed = static_cast<uint64_t>(parse_count(t, "seed", v, 0)); }},
+      {"dir", KeyScope::any, true, [](S& s, T, T v) { s.dir = v; }},
+      {"train_images", KeyScope::idx, true, [](S& s, T, T v) { s.train_images = v; }},
+      {"train_labels", KeyScope::idx, true, [](S& s, T, T v) { s.train_labels = v; }},
+      {"test_images", KeyScope::idx, true, [](S& s, T, T v) { s.test_images = v; }},
+      {"test_labels", KeyScope::idx, true, [](S& s, T, T v) { s.test_labels = v; }},
+      {"names", KeyScope::idx, false,
+       [](S& s, T t, T v) {
+         s.names = split(v, ',');
+         for (const auto& n : s.names)
+           check_utf8(n, cat("dataset spec '", printable(t), "': the class name"));
+       }},
+      {"test_dir", KeyScope::folder, true, [](S& s, T, T v) { s.test_dir = v; }},
+      {"train_list", KeyScope::folder, true, [](S& s, T, T v) { s.train_list = v; }},
+      {"val_list", KeyScope::folder, true, [](S& s, T, T v) { s.val_list = v; }},
+      {"test_list", KeyScope::folder, true, [](S& s, T, T v) { s.test_list = v; }},
+      {"size", KeyScope::images, false, [](S& s, T t, T v) { s.image.size = parse_count(t, "size", v, 8); }},
+      {"resize", KeyScope::images, false,
+       [](S& s, T t, T v) { s.image.resize = parse_count(t, "resize", v, 8); }},
+      {"crop", KeyScope::images, false, [](S& s, T, T v) { s.image.crop = v; }},
+      {"scale", KeyScope::images, false,
+       [](S& s, T t, T v) {
+         const auto r = parse_reals(t, "scale", v, 2);
+         s.image.scale_min = r[0], s.image.scale_max = r[1];
+       }},
+      {"ratio", KeyScope::images, false,
+       [](S& s, T t, T v) {
+         const auto r = parse_reals(t, "ratio", v, 2);
+         s.image.ratio_min = r[0], s.image.ratio_max = r[1];
+       }},
+      {"mean", KeyScope::images, false,
+       [](S& s, T t, T v) { s.image.norm.mean = parse_reals(t, "mean", v, 3); }},
+      {"std", KeyScope::images, false,
+       [](S& s, T t, T v) { s.image.norm.std = parse_reals(t, "std", v, 3); }},
+      {"corrupt", KeyScope::images, false,
+       [](S& s, T t, T v) {
+         XFER_CHECK(v == "skip" || v == "fail", "dataset spec '", t, "': corrupt must be skip or fail, got '",
+                    v, "'");
+         s.image.fail_on_corrupt = v == "fail";
+       }},
+      {"cache", KeyScope::images, true, [](S& s, T, T v) { s.cache = v; }},
+      {"split", KeyScope::val_split, false,
+       [](S& s, T t, T v) {
+         XFER_CHECK(v == "train" || v == "trainval", "dataset spec '", t,
+                    "': split must be train or trainval, got '", v, "'");
+         s.layout_split = v;
+       }},
+      {"fold", KeyScope::dtd, false,
+       [](S& s, T t, T v) {
+         s.fold = parse_count(t, "fold", v, 1);
+         XFER_CHECK(s.fold <= 10, "dataset spec '", t, "': fold must be 1..10, got ", s.fold);
+       }},
+  };
+  return keys;
+}
+
+/// "classes, per_class, ...; folder: test_dir, ...; benchmarks: split, fold and the image keys".
+std::string valid_keys_text() {
+  std::string general, folder;
+  for (const auto& k : spec_keys()) {
+    if (k.scope == KeyScope::any || k.scope == KeyScope::idx)
+      general += cat(general.empty() ? "" : ", ", k.name);
+    if (k.scope == KeyScope::folder || k.scope == KeyScope::images)
+      folder += cat(folder.empty() ? "" : ", ", k.name);
+  }
+  return cat(general, "; folder: ", folder, "; benchmarks: split, fold and the image keys");
+}
+
+/// Refuses `key` where the spec's dataset does not use it.
+void check_scope(const DatasetSpec& s, const SpecKey& key, const std::string& text) {
+  const bool folder = s.source == "folder";
+  const bool images = folder || (is_benchmark_source(s.source) && !benchmark_in_memory(s.source));
+  const std::string where = cat("dataset spec '", text, "': ", key.name);
+  switch (key.scope) {
+    case KeyScope::any:
+      return;
+    case KeyScope::idx:
+      XFER_CHECK(s.source == "idx", where, " is only for idx datasets");
+      return;
+    case KeyScope::folder:
+      XFER_CHECK(folder, where, " is only for image folders (folder:dir=ROOT)");
+      return;
+    case KeyScope::images:
+      XFER_CHECK(images, where, " is only for image folders and image benchmarks");
+      return;
+    case KeyScope::val_split:
+      XFER_CHECK(benchmark_has_val(s.source), where,
+                 " is only for aircraft, dtd and flowers (the layouts with a validation set)");
+      return;
+    case KeyScope::dtd:
+      XFER_CHECK(s.source == "dtd", where, " is only for dtd");
+      return;
+  }
+}
+
+/// The cross-key rules, once every key is read.
+void check_combinations(DatasetSpec& s, const std::set<std::string>& seen) {
+  const std::string& text = s.text;
+  const bool bench = is_benchmark_source(s.source);
+  const bool images = s.source == "folder" || (bench && !benchmark_in_memory(s.source));
   if (s.source == "idx")
     XFER_CHECK(!s.dir.empty() || (!s.train_images.empty() && !s.train_labels.empty()), "dataset spec '", text,
                "': idx needs dir=PATH or train_images= and train_labels=");
@@ -288,22 +316,50 @@ DatasetSpec DatasetSpec::parse(const std::string& text) {
     XFER_CHECK(s.layout_split != "train" || (s.val_count == 0 && s.val_fraction == 0), "dataset spec '", text,
                "': give val= or split=train (the layout's validation set), not both");
   }
-  if (images) {
-    XFER_CHECK(!s.dir.empty(), "dataset spec '", text,
-               "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
-    XFER_CHECK(s.shifts.empty(), "dataset spec '", text, "': shift= is not supported on image folders yet");
-    XFER_CHECK(s.test_dir.empty() || s.test_list.empty(), "dataset spec '", text,
-               "': give test_dir= or test_list=, not both");
-    XFER_CHECK(s.val_list.empty() || (s.val_count == 0 && s.val_fraction == 0), "dataset spec '", text,
-               "': give val= or val_list=, not both");
-    if (!seen.count("resize") && seen.count("size"))
-      s.image.resize = static_cast<int64_t>(std::llround(s.image.size * 256.0 / 224.0));
-    try {
-      s.image.validate();
-    } catch (const BadInput& e) {
-      throw BadInput(cat("dataset spec '", text, "': ", e.what()));
-    }
+  if (!images) return;
+  XFER_CHECK(!s.dir.empty(), "dataset spec '", text, "': folder needs dir=ROOT (ROOT/CLASS_NAME/*.jpg|png)");
+  XFER_CHECK(s.shifts.empty(), "dataset spec '", text, "': shift= is not supported on image folders yet");
+  XFER_CHECK(s.test_dir.empty() || s.test_list.empty(), "dataset spec '", text,
+             "': give test_dir= or test_list=, not both");
+  XFER_CHECK(s.val_list.empty() || (s.val_count == 0 && s.val_fraction == 0), "dataset spec '", text,
+             "': give val= or val_list=, not both");
+  if (!seen.count("resize") && seen.count("size"))
+    s.image.resize = static_cast<int64_t>(std::llround(s.image.size * 256.0 / 224.0));
+  try {
+    s.image.validate();
+  } catch (const BadInput& e) {
+    throw BadInput(cat("dataset spec '", text, "': ", e.what()));
   }
+}
+
+}  // namespace
+
+DatasetSpec DatasetSpec::parse(const std::string& text) {
+  DatasetSpec s;
+  s.text = text;
+  const auto parts = split(text, ':');
+  s.source = parts[0];
+  XFER_CHECK(
+      s.source == "fmnist" || s.source == "idx" || s.source == "folder" || is_benchmark_source(s.source),
+      "dataset spec '", text, "': unknown dataset '", s.source,
+      "'; valid: fmnist, idx, folder, cub, aircraft, pets, dtd, flowers, cars, cifar10, cifar100 (see "
+      "`xfer data --help`)");
+  std::set<std::string> seen;
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const size_t eq = parts[i].find('=');
+    XFER_CHECK(eq != std::string::npos && eq > 0, "dataset spec '", text, "': expected key=value, got '",
+               parts[i], "'");
+    const std::string key = parts[i].substr(0, eq), v = parts[i].substr(eq + 1);
+    XFER_CHECK(seen.insert(key).second, "dataset spec '", text, "': key '", key, "' given twice");
+    XFER_CHECK(!v.empty(), "dataset spec '", text, "': ", key, " has an empty value");
+    const auto& keys = spec_keys();
+    const auto k = std::find_if(keys.begin(), keys.end(), [&](const SpecKey& sk) { return key == sk.name; });
+    XFER_CHECK(k != keys.end(), "dataset spec '", text, "': unknown key '", key,
+               "'; valid keys: ", valid_keys_text());
+    check_scope(s, *k, text);
+    k->read(s, text, v);
+  }
+  check_combinations(s, seen);
   return s;
 }
 
@@ -313,14 +369,15 @@ std::string absolute_spec_paths(const std::string& text) {
   } catch (const BadInput&) {
     return text;  // the run reports it where it reads it
   }
-  static const std::set<std::string> path_keys = {
-      "dir",      "train_images", "train_labels", "test_images", "test_labels",
-      "test_dir", "train_list",   "val_list",     "test_list",   "cache"};
   std::string out;
   for (const auto& part : split(text, ':')) {
     const size_t eq = part.find('=');
     std::string piece = part;
-    if (eq != std::string::npos && path_keys.count(part.substr(0, eq))) {
+    const auto& keys = spec_keys();
+    const bool path = eq != std::string::npos && std::any_of(keys.begin(), keys.end(), [&](const SpecKey& k) {
+                        return k.path && part.compare(0, eq, k.name) == 0 && std::strlen(k.name) == eq;
+                      });
+    if (path) {
       std::error_code ec;
       const auto absolute = std::filesystem::absolute(part.substr(eq + 1), ec);
       if (!ec) piece = part.substr(0, eq + 1) + absolute.lexically_normal().string();

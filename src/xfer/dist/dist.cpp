@@ -15,7 +15,9 @@
 #endif
 
 #include "xfer/core/error.h"
+#include "xfer/core/io.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/dist/store.h"
 
 namespace xfer::dist {
@@ -44,16 +46,9 @@ std::string env_text(const char* name) {
 int64_t env_int(const char* name, int64_t fallback) {
   const std::string text = env_text(name);
   if (text.empty()) return fallback;
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  XFER_CHECK(used == text.size() && used > 0, "environment variable ", name, " must be an integer, got '",
-             text, "'");
-  return value;
+  const std::optional<int64_t> value = parse_int64(text);
+  XFER_CHECK(value, "environment variable ", name, " must be an integer, got '", printable(text), "'");
+  return *value;
 }
 
 #ifdef XFER_HAVE_GLOO
@@ -459,18 +454,11 @@ void barrier() {
 bool fault_at(const char* name, int64_t step) {
   const std::string spec = env_text(name);
   if (spec.empty()) return false;
-  const size_t colon = spec.find(':');
-  size_t used_rank = 0, used_step = 0;
-  int64_t at_rank = -1, at_step = -1;
-  try {
-    at_rank = std::stoll(spec.substr(0, colon), &used_rank);
-    at_step = std::stoll(spec.substr(colon + 1), &used_step);
-  } catch (const std::exception&) {
-    used_rank = 0;
-  }
-  XFER_CHECK(colon != std::string::npos && used_rank == colon && used_step == spec.size() - colon - 1, name,
-             " must be RANK:STEP, got '", spec, "'");
-  return at_rank == rank() && at_step == step;
+  const std::vector<std::string> parts = split(spec, ':');
+  const std::optional<int64_t> at_rank = parts.size() == 2 ? parse_int64(parts[0]) : std::nullopt,
+                               at_step = parts.size() == 2 ? parse_int64(parts[1]) : std::nullopt;
+  XFER_CHECK(at_rank && at_step, name, " must be RANK:STEP, got '", printable(spec), "'");
+  return *at_rank == rank() && *at_step == step;
 }
 
 void fault_point(int64_t step) {

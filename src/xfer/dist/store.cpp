@@ -20,6 +20,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/io.h"
+#include "xfer/core/text.h"
 
 namespace xfer::dist {
 namespace {
@@ -286,11 +287,9 @@ class StoreServer final : public KeyValueStore {
   std::string add_locked(const std::string& key, int64_t delta, int64_t& result) {
     int64_t current = 0;
     if (auto it = kv_.find(key); it != kv_.end()) {
-      errno = 0;
-      char* end = nullptr;
-      current = std::strtoll(it->second.c_str(), &end, 10);
-      if (it->second.empty() || end != it->second.c_str() + it->second.size() || errno == ERANGE)
-        return cat("key '", printable(key), "' does not hold a counter");
+      const std::optional<int64_t> held = parse_int64(it->second);
+      if (!held) return cat("key '", printable(key), "' does not hold a counter");
+      current = *held;
     }
     if (__builtin_add_overflow(current, delta, &result))
       return cat("counter '", printable(key), "' overflows");
@@ -512,12 +511,9 @@ class StoreClient final : public KeyValueStore {
     return reply.second;
   }
   static int64_t number(const std::string& text) {
-    errno = 0;
-    char* end = nullptr;
-    const long long v = std::strtoll(text.c_str(), &end, 10);
-    XFER_CHECK(!text.empty() && end == text.c_str() + text.size() && errno != ERANGE,
-               "rendezvous: the master sent '", printable(text.substr(0, 32)), "' for a number");
-    return v;
+    const std::optional<int64_t> v = parse_int64(text);
+    XFER_CHECK(v, "rendezvous: the master sent '", printable(text.substr(0, 32)), "' for a number");
+    return *v;
   }
 
   /// Connects (retrying until `deadline`), sends `request` and reads the reply.

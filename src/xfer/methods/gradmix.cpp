@@ -10,6 +10,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/data/spec.h"
 #include "xfer/dist/dist.h"
 #include "xfer/methods/semi.h"
@@ -28,23 +29,17 @@ bool gradmix_uses_sources(Mode m) {
   return m != Mode::target_only;
 }
 
-std::string gradmix_trim(const std::string& s) {
-  const size_t a = s.find_first_not_of(" \t\n"), b = s.find_last_not_of(" \t\n");
-  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
-}
-
-std::vector<std::string> gradmix_split(const std::string& text, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, sep))
-    if (!gradmix_trim(item).empty()) out.push_back(gradmix_trim(item));
-  return out;
-}
-
-std::string gradmix_join(const std::vector<std::string>& v) {
-  std::string out;
-  for (const auto& s : v) out += (out.empty() ? "" : ",") + s;
+/// --shared-sources' indices ("0,2"); the caller handles "auto".
+std::vector<size_t> shared_source_indices(const std::string& text) {
+  std::vector<size_t> out;
+  for (const auto& s : split_nonempty(text, ',')) {
+    // Digits only and at most 9 of them: a longer index names no source.
+    const std::optional<int64_t> i =
+        s.find_first_not_of("0123456789") == std::string::npos ? parse_int64(s) : std::nullopt;
+    XFER_CHECK(i && *i < 1000000000, "--shared-sources must be auto or source indices like 0,2, got '", text,
+               "'");
+    out.push_back(static_cast<size_t>(*i));
+  }
   return out;
 }
 
@@ -167,19 +162,17 @@ void GradMixMethod::Options::fields(Fields& f) {
       f.add("layers", layers,
             "weight granularity: layer (each convolution or linear layer with its batch norm, "
             "the paper's), module (each module with parameters), tensor, or global (one weight "
-            "per source)")
-          .choices({"layer", "module", "tensor", "global"});
+            "per source)");
     if (mode == Mode::sgd)
       f.add("meta_gradient", meta_gradient,
             "gradmix-sgd's weights: lookahead (Ren et al.'s one-step look-ahead "
             "meta-gradient over the shared layers and the target head; the whole "
-            "update weighted) or backbone (backbone gradients' dot products only)")
-          .choices({"lookahead", "backbone"});
+            "update weighted) or backbone (backbone gradients' dot products only)");
     f.add("unlabelled", unlabelled,
           "unlabelled target images U for --ssl: rest (the target spec's training "
           "images outside V and its val split) or a spec")
         .path(Fields::PathKind::spec);
-    f.add("ssl", ssl, "semi-supervised term on U").choices({"none", "vat", "mixmatch"});
+    f.add("ssl", ssl, "semi-supervised term on U");
     f.add("vat_epsilon", vat_epsilon, "VAT: norm of the adversarial perturbation (normalised input units)")
         .positive();
     f.add("vat_xi", vat_xi, "VAT: finite-difference step of the power iteration").positive();
@@ -196,8 +189,7 @@ void GradMixMethod::Options::fields(Fields& f) {
         .path(Fields::PathKind::file);
     f.add("pseudo_mode", pseudo_mode,
           "pseudo-labels: hard (all models agree above the threshold; CE) or soft "
-          "(mean probability; KL)")
-        .choices({"hard", "soft"});
+          "(mean probability; KL)");
     f.add("pseudo_threshold", pseudo_threshold,
           "hard pseudo-labels: every model's probability must exceed this")
         .in_open_range(0, 1);
@@ -215,13 +207,9 @@ void GradMixMethod::Options::fields(Fields& f) {
 void GradMixMethod::Options::check() const {
   Options copy = *this;
   check_options(copy);
-  if (shared_sources != "auto")
-    for (const auto& s : gradmix_split(shared_sources, ',')) {
-      // At most 9 digits: a longer index names no source and would overflow the conversion below.
-      XFER_CHECK(!s.empty() && s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos,
-                 "--shared-sources must be auto or source indices like 0,2, got '", shared_sources, "'");
-    }
-  XFER_CHECK(ssl == "none" || !unlabelled.empty(), "--ssl ", ssl, " needs --unlabelled (rest or a spec)");
+  if (shared_sources != "auto") shared_source_indices(shared_sources);
+  XFER_CHECK(ssl == SslTerm::none || !unlabelled.empty(), "--ssl ", ssl,
+             " needs --unlabelled (rest or a spec)");
 }
 
 GradMixMethod::GradMixMethod(Options options) : opts_(std::move(options)) {
@@ -234,6 +222,14 @@ std::vector<std::string> GradMixMethod::source_names() const {
   return out;
 }
 
+namespace {
+
+std::string shape_of(const TensorDataset& d) {
+  return cat(d.channels(), "x", d.height(), "x", d.width());
+}
+
+}  // namespace
+
 void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   const std::string name = mode_name(opts_.mode);
   const Task& task = ctx.task;
@@ -241,119 +237,122 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
   XFER_CHECK(task.train.size() > 0, "method ", name,
              " needs labelled target examples V (the --target spec's train split), but it is empty");
   classes_ = task.num_classes();
-  const auto shape_of = [](const TensorDataset& d) {
-    return cat(d.channels(), "x", d.height(), "x", d.width());
-  };
-
-  // The labelled sources, and which of them share the target's head.
-  if (gradmix_uses_sources(opts_.mode)) {
-    std::vector<Task> tasks;
-    std::vector<std::string> specs = gradmix_split(opts_.sources, ';');
-    if (specs.empty() && ctx.source != nullptr) {
-      tasks.push_back(*ctx.source);
-      specs.push_back(ctx.source->spec);
-    } else {
-      for (const auto& spec : specs) tasks.push_back(load_task(spec, ctx.seed));
-    }
-    XFER_CHECK(!tasks.empty(), "method ", name,
-               " needs labelled sources: pass --sources \"SPEC1;SPEC2\" (or --source SPEC)");
-    std::vector<bool> shared(tasks.size(), false);
-    if (opts_.shared_sources == "auto") {
-      for (size_t i = 0; i < tasks.size(); ++i) shared[i] = tasks[i].class_names() == task.class_names();
-    } else {
-      for (const auto& s : gradmix_split(opts_.shared_sources, ',')) {
-        const size_t i = std::stoul(s);
-        XFER_CHECK(i < tasks.size(), "--shared-sources ", opts_.shared_sources, ": there are only ",
-                   tasks.size(), " sources (indices 0-", tasks.size() - 1, ")");
-        XFER_CHECK(tasks[i].num_classes() == task.num_classes(), "--shared-sources: source ", i, " (",
-                   specs[i], ") has ", tasks[i].num_classes(), " classes, the target has ",
-                   task.num_classes());
-        shared[i] = true;
-      }
-    }
-    if (std::find(shared.begin(), shared.end(), true) == shared.end()) {
-      std::string listed;
-      for (size_t i = 0; i < tasks.size(); ++i)
-        listed += cat("; source ", i, " (", specs[i], "): ", gradmix_join(tasks[i].class_names()));
-      throw BadInput(cat("method ", name, ": no source shares the target's label space (",
-                         gradmix_join(task.class_names()), ")", listed,
-                         ". A source shares the target head when its class names equal the target's, "
-                         "in order; or name it with --shared-sources I"));
-    }
-    for (size_t i = 0; i < tasks.size(); ++i) {
-      const TensorDataset& d = tasks[i].train;
-      XFER_CHECK(d.channels() == task.train.channels() && d.height() == task.train.height() &&
-                     d.width() == task.train.width(),
-                 "source ", i, " (", specs[i], ") has ", shape_of(d), " images but the target's are ",
-                 shape_of(task.train));
-      Source s;
-      s.name = cat("s", i);
-      s.stream = cat("source", i);
-      s.head = shared[i] ? ctx.head : s.name;
-      if (!shared[i]) {
-        const HeadInfo* pre = ctx.pretrained ? ctx.pretrained->arch().head("source") : nullptr;
-        if (pre != nullptr && pre->class_names == tasks[i].class_names())
-          copy_head(ctx.pretrained, "source", model, s.head);
-        else
-          model->add_head({s.head, tasks[i].class_names()});
-      }
-      ctx.add_stream(s.stream, d, model);
-      sources_.push_back(s);
-    }
-  }
-
-  // Pseudo-labelled target images: one more source on the target head, and a larger V.
-  TensorDataset v = task.train;
-  if (!opts_.pseudo.empty()) {
-    const EnsembleLabels ens = load_ensemble_labels(opts_.pseudo);
-    XFER_CHECK(ens.images.class_names == task.class_names(), opts_.pseudo, ": its classes (",
-               gradmix_join(ens.images.class_names), ") are not the target's (",
-               gradmix_join(task.class_names()), ")");
-    XFER_CHECK(ens.images.channels() == task.train.channels() && ens.images.height() == task.train.height() &&
-                   ens.images.width() == task.train.width(),
-               opts_.pseudo, ": its images are ", shape_of(ens.images), ", the target's ",
-               shape_of(task.train));
-    const HardLabels hard = hard_pseudo_labels(ens.probs, opts_.pseudo_threshold);
-    Source s;
-    s.name = "pseudo";
-    s.stream = "pseudo";
-    s.head = ctx.head;
-    if (opts_.pseudo_mode == "hard") {
-      XFER_CHECK(hard.index.numel() > 0, opts_.pseudo,
-                 ": no unlabelled image meets the hard rule at --pseudo-threshold ", opts_.pseudo_threshold,
-                 "; lower it or use --pseudo-mode soft");
-      TensorDataset su = ens.images.subset(hard.index);
-      su.labels = hard.labels.clone();  // the ensemble's labels, never the true ones
-      ctx.add_stream(s.stream, su, model);
-    } else {
-      TensorDataset su = ens.images;
-      su.labels = torch::zeros({su.size()}, torch::kInt64);  // unused: soft targets come from `soft`
-      s.soft = soft_pseudo_labels(ens.probs).to(ctx.device);
-      ctx.add_stream(s.stream, su, model);
-    }
-    sources_.push_back(s);
-    if (opts_.enlarge_v > 0) {
-      at::Generator gen = make_generator(derive_seed(ctx.seed, "enlarge_v"));
-      const torch::Tensor pick = enlarge_per_class(task.train.labels, hard, classes_, opts_.enlarge_v, gen);
-      TensorDataset extra = ens.images.subset(hard.index.index_select(0, pick));
-      extra.labels = hard.labels.index_select(0, pick).clone();
-      v = gradmix_concat(v, extra);
-      log_info(cat(name, ": V enlarged from ", task.train.size(), " to ", v.size(),
-                   " images with hard pseudo-labels"));
-    }
-  }
+  if (gradmix_uses_sources(opts_.mode)) add_labelled_sources(model, ctx);
+  const TensorDataset v = opts_.pseudo.empty() ? task.train : add_pseudo_source(model, ctx);
   const int64_t v_batch = opts_.v_batch > 0 ? opts_.v_batch : std::min(v.size(), ctx.loader.batch_size);
   ctx.add_stream("v", v, model, nullptr, v_batch);
-
-  if (opts_.ssl != "none") {
+  if (opts_.ssl != SslTerm::none) {
     unlabelled_ = unlabelled_target_images(opts_.unlabelled, task, ctx.seed);
     ctx.add_stream("u", unlabelled_, model);
     crop_pad_ = ctx.loader.crop_pad;
     flip_ = ctx.loader.flip;
     aug_seed_ = derive_seed(ctx.seed, "mixmatch");
   }
+  group_shared_layers(model);
+  XFER_CHECK(!shared_.empty() || !gradmix_uses_sources(opts_.mode), "method ", name,
+             ": the backbone has no trainable parameters");
+  reset_weights(ctx.head);
+}
 
-  // The shared parameters, grouped into mixing layers.
+void GradMixMethod::add_labelled_sources(Model& model, SetupContext& ctx) {
+  const std::string name = mode_name(opts_.mode);
+  const Task& task = ctx.task;
+  std::vector<Task> tasks;
+  std::vector<std::string> specs = split_nonempty(opts_.sources, ';');
+  if (specs.empty() && ctx.source != nullptr) {
+    tasks.push_back(*ctx.source);
+    specs.push_back(ctx.source->spec);
+  } else {
+    for (const auto& spec : specs) tasks.push_back(load_task(spec, ctx.seed));
+  }
+  XFER_CHECK(!tasks.empty(), "method ", name,
+             " needs labelled sources: pass --sources \"SPEC1;SPEC2\" (or --source SPEC)");
+  std::vector<bool> shared(tasks.size(), false);
+  if (opts_.shared_sources == "auto") {
+    for (size_t i = 0; i < tasks.size(); ++i) shared[i] = tasks[i].class_names() == task.class_names();
+  } else {
+    for (const size_t i : shared_source_indices(opts_.shared_sources)) {
+      XFER_CHECK(i < tasks.size(), "--shared-sources ", opts_.shared_sources, ": there are only ",
+                 tasks.size(), " sources (indices 0-", tasks.size() - 1, ")");
+      XFER_CHECK(tasks[i].num_classes() == task.num_classes(), "--shared-sources: source ", i, " (", specs[i],
+                 ") has ", tasks[i].num_classes(), " classes, the target has ", task.num_classes());
+      shared[i] = true;
+    }
+  }
+  if (std::find(shared.begin(), shared.end(), true) == shared.end()) {
+    std::string listed;
+    for (size_t i = 0; i < tasks.size(); ++i)
+      listed += cat("; source ", i, " (", specs[i], "): ", join(tasks[i].class_names(), ","));
+    throw BadInput(cat("method ", name, ": no source shares the target's label space (",
+                       join(task.class_names(), ","), ")", listed,
+                       ". A source shares the target head when its class names equal the target's, "
+                       "in order; or name it with --shared-sources I"));
+  }
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const TensorDataset& d = tasks[i].train;
+    XFER_CHECK(d.channels() == task.train.channels() && d.height() == task.train.height() &&
+                   d.width() == task.train.width(),
+               "source ", i, " (", specs[i], ") has ", shape_of(d), " images but the target's are ",
+               shape_of(task.train));
+    Source s;
+    s.name = cat("s", i);
+    s.stream = cat("source", i);
+    s.head = shared[i] ? ctx.head : s.name;
+    if (!shared[i]) {
+      const HeadInfo* pre = ctx.pretrained ? ctx.pretrained->arch().head("source") : nullptr;
+      if (pre != nullptr && pre->class_names == tasks[i].class_names())
+        copy_head(ctx.pretrained, "source", model, s.head);
+      else
+        model->add_head({s.head, tasks[i].class_names()});
+    }
+    ctx.add_stream(s.stream, d, model);
+    sources_.push_back(s);
+  }
+}
+
+TensorDataset GradMixMethod::add_pseudo_source(Model& model, SetupContext& ctx) {
+  const Task& task = ctx.task;
+  TensorDataset v = task.train;
+  const EnsembleLabels ens = load_ensemble_labels(opts_.pseudo);
+  XFER_CHECK(ens.images.class_names == task.class_names(), opts_.pseudo, ": its classes (",
+             join(ens.images.class_names, ","), ") are not the target's (", join(task.class_names(), ","),
+             ")");
+  XFER_CHECK(ens.images.channels() == task.train.channels() && ens.images.height() == task.train.height() &&
+                 ens.images.width() == task.train.width(),
+             opts_.pseudo, ": its images are ", shape_of(ens.images), ", the target's ",
+             shape_of(task.train));
+  const HardLabels hard = hard_pseudo_labels(ens.probs, opts_.pseudo_threshold);
+  Source s;
+  s.name = "pseudo";
+  s.stream = "pseudo";
+  s.head = ctx.head;
+  if (opts_.pseudo_mode == PseudoLabels::hard) {
+    XFER_CHECK(hard.index.numel() > 0, opts_.pseudo,
+               ": no unlabelled image meets the hard rule at --pseudo-threshold ", opts_.pseudo_threshold,
+               "; lower it or use --pseudo-mode soft");
+    TensorDataset su = ens.images.subset(hard.index);
+    su.labels = hard.labels.clone();  // the ensemble's labels, never the true ones
+    ctx.add_stream(s.stream, su, model);
+  } else {
+    TensorDataset su = ens.images;
+    su.labels = torch::zeros({su.size()}, torch::kInt64);  // unused: soft targets come from `soft`
+    s.soft = soft_pseudo_labels(ens.probs).to(ctx.device);
+    ctx.add_stream(s.stream, su, model);
+  }
+  sources_.push_back(s);
+  if (opts_.enlarge_v > 0) {
+    at::Generator gen = make_generator(derive_seed(ctx.seed, "enlarge_v"));
+    const torch::Tensor pick = enlarge_per_class(task.train.labels, hard, classes_, opts_.enlarge_v, gen);
+    TensorDataset extra = ens.images.subset(hard.index.index_select(0, pick));
+    extra.labels = hard.labels.index_select(0, pick).clone();
+    v = gradmix_concat(v, extra);
+    log_info(cat(mode_name(opts_.mode), ": V enlarged from ", task.train.size(), " to ", v.size(),
+                 " images with hard pseudo-labels"));
+  }
+  return v;
+}
+
+void GradMixMethod::group_shared_layers(Model& model) {
   shared_.clear();
   layers_.clear();
   layer_names_.clear();
@@ -366,17 +365,17 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
     shared_.push_back(p.value());
   }
   // sgd mixes with one weight per source; its layers only sum rho, as gradmix's do.
-  const std::string granularity = opts_.mode == Mode::gradmix ? opts_.layers : "layer";
-  if (granularity == "layer") {
+  const MixingGranularity granularity = opts_.mode == Mode::gradmix ? opts_.layers : MixingGranularity::layer;
+  if (granularity == MixingGranularity::layer) {
     for (auto& l : gradmix_layers(names, dims)) {
       layer_names_.push_back(l.name);
       layers_.push_back(std::move(l.params));
     }
   } else {
     for (size_t p = 0; p < names.size(); ++p) {
-      const std::string layer = granularity == "global"   ? "all"
-                                : granularity == "tensor" ? names[p]
-                                                          : gradmix_module_of(names[p]);
+      const std::string layer = granularity == MixingGranularity::global   ? "all"
+                                : granularity == MixingGranularity::tensor ? names[p]
+                                                                           : gradmix_module_of(names[p]);
       if (layer_names_.empty() || layer_names_.back() != layer) {
         layer_names_.push_back(layer);
         layers_.emplace_back();
@@ -384,15 +383,16 @@ void GradMixMethod::setup(Model& model, SetupContext& ctx) {
       layers_.back().push_back(p);
     }
   }
-  XFER_CHECK(!shared_.empty() || !gradmix_uses_sources(opts_.mode), "method ", name,
-             ": the backbone has no trainable parameters");
+}
+
+void GradMixMethod::reset_weights(const std::string& target_head) {
   const size_t k = sources_.size();
   weights_.assign(layers_.size(), std::vector<double>(k, k > 0 ? 1.0 / static_cast<double>(k) : 0.0));
   size_t on_target = 0;
-  for (const auto& s : sources_) on_target += s.head == ctx.head;
+  for (const auto& s : sources_) on_target += s.head == target_head;
   head_weights_.assign(k, 0.0);
   for (size_t i = 0; i < k; ++i)
-    if (sources_[i].head == ctx.head) head_weights_[i] = 1.0 / static_cast<double>(on_target);
+    if (sources_[i].head == target_head) head_weights_[i] = 1.0 / static_cast<double>(on_target);
   failures_ = 0;
   solver_seconds_ = 0;
 }
@@ -642,7 +642,7 @@ LossTerms GradMixMethod::mixed_step(StepContext& ctx) {
     log_weights(ctx, parts);
   }
   set_gradients(ctx, grads, mixing, eta);
-  if (opts_.ssl != "none") total = total + ssl_gradients(ctx, grads.v, parts);
+  if (opts_.ssl != SslTerm::none) total = total + ssl_gradients(ctx, grads.v, parts);
   LossTerms terms;
   terms.total = total;
   terms.parts = std::move(parts);
@@ -684,7 +684,7 @@ torch::Tensor GradMixMethod::ssl_loss(StepContext& ctx, const Batch& v, Parts& p
   Model& model = ctx.model;
   const std::string& head = ctx.head;
   const LogitsFn f = [&model, &head](const torch::Tensor& x) { return model->forward(x, head); };
-  if (opts_.ssl == "vat") {
+  if (opts_.ssl == SslTerm::vat) {
     const torch::Tensor l = vat_loss(f, u.x, opts_.vat_epsilon, opts_.vat_xi, ctx.rng);
     parts["vat"] = l.detach();
     return opts_.vat_weight * l;

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include "xfer/core/error.h"
+#include "xfer/core/text.h"
 #include "xfer/dist/dist.h"
 
 namespace xfer {
@@ -43,16 +44,10 @@ BackboneSpec parse_spec(const std::string& text) {
 int64_t int_option(const BackboneSpec& s, const std::string& text, const std::string& key, int64_t def) {
   auto it = s.options.find(key);
   if (it == s.options.end()) return def;
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  XFER_CHECK(used == it->second.size() && v >= 1 && v <= 4096, "backbone '", text, "': ", key,
+  const std::optional<int64_t> v = parse_int64(it->second);
+  XFER_CHECK(v && *v >= 1 && *v <= 4096, "backbone '", text, "': ", key,
              " must be an integer in [1, 4096], got '", it->second, "'");
-  return v;
+  return *v;
 }
 
 void check_keys(const BackboneSpec& s, const std::string& text, const std::vector<std::string>& valid) {

@@ -208,15 +208,17 @@ Model clone_model(const Model& model) {
   return copy;
 }
 
+void convolutions_channels_last(torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters())
+    if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+}
+
 Backbone folded_backbone(const Model& model, bool keep_taps) {
   if (model->backbone->conv_norms().empty()) return model->backbone;
   Backbone folded = clone_model(model)->backbone;
   folded->eval();
-  if (model->backbone->parameters().front().is_cpu()) {
-    torch::NoGradGuard no_grad;
-    for (auto& p : folded->parameters())
-      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
-  }
+  if (model->backbone->parameters().front().is_cpu()) convolutions_channels_last(*folded);
   fold_batch_norms(*folded, *model->backbone, keep_taps);
   return folded;
 }

@@ -39,10 +39,6 @@ std::string search_trial_dir(const std::string& out, int64_t number) {
   return (fs::path(out) / "trials" / name).string();
 }
 
-std::string search_percent(double fraction, int precision = 1) {
-  return fixed(100 * fraction, precision) + "%";
-}
-
 /// Sends a running trial's heartbeat on its own connection, every `interval` seconds, until destroyed.
 class SearchHeartbeat {
  public:
@@ -241,8 +237,8 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
     line << "trial " << r.number << (r.retry_of ? cat(" (retry of ", *r.retry_of, ")") : std::string()) << who
          << ": " << space.values_text(r.params) << " -> "
          << (pruned            ? cat("PRUNED at step ", last_step, " (best val so far ",
-                                     search_percent(own.empty() ? 0 : *std::max_element(own.begin(), own.end()), 2), ")")
-             : failure.empty() ? "val " + search_percent(outcome.value, 2)
+                                     percent(own.empty() ? 0 : *std::max_element(own.begin(), own.end()), 2), ")")
+             : failure.empty() ? "val " + percent(outcome.value, 2)
                                : "FAILED: " + failure)
          << " (" << fixed(seconds, 1) << " s)\n";
     out << line.str() << std::flush;

@@ -1,18 +1,17 @@
 #include "xfer/search/space.h"
 
 #include <cctype>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
-#include <sstream>
 #include <variant>
 
 #include <nlohmann/json.hpp>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
+#include "xfer/core/text.h"
 
 namespace xfer {
 namespace {
@@ -27,23 +26,6 @@ std::string space_shortest(double v) {
     if (std::strtod(buf, nullptr) == v) break;
   }
   return buf;
-}
-
-bool space_parse_number(const std::string& text, double& out) {
-  if (text.empty()) return false;
-  errno = 0;
-  char* end = nullptr;
-  out = std::strtod(text.c_str(), &end);
-  return end == text.c_str() + text.size() && errno != ERANGE && std::isfinite(out);
-}
-
-std::vector<std::string> space_split(const std::string& text, char sep) {
-  std::vector<std::string> out;
-  std::string piece;
-  std::stringstream ss(text);
-  while (std::getline(ss, piece, sep)) out.push_back(piece);
-  if (!text.empty() && text.back() == sep) out.push_back("");
-  return out;
 }
 
 const char* kind_word(ParamSpec::Kind k) {
@@ -135,7 +117,9 @@ double ParamSpec::internal(const std::string& text) const {
     throw BadInput(cat("parameter ", name, ": '", text, "' is not one of its choices ", range_text()));
   }
   double v = 0;
-  XFER_CHECK(space_parse_number(text, v), "parameter ", name, ": '", text, "' is not a number");
+  const std::optional<double> number = parse_double(text);
+  XFER_CHECK(number, "parameter ", name, ": '", text, "' is not a number");
+  v = *number;
   XFER_CHECK(v >= low && v <= high, "parameter ", name, ": ", text, " is outside ", range_text());
   return v;
 }
@@ -155,13 +139,13 @@ ParamSpec parse_param(const std::string& text) {
   const std::string kind = rest.substr(0, colon), args = rest.substr(colon + 1);
   if (kind == "cat") {
     p.kind = ParamSpec::Kind::Categorical;
-    p.choices = space_split(args, ',');
+    XFER_CHECK(!args.empty(), where, ": no choices");
+    p.choices = split(args, ',');
     std::set<std::string> seen;
     for (const auto& c : p.choices) {
       XFER_CHECK(!c.empty(), where, ": an empty choice");
       XFER_CHECK(seen.insert(c).second, where, ": the choice '", c, "' is listed twice");
     }
-    XFER_CHECK(!p.choices.empty(), where, ": no choices");
     return p;
   }
   if (kind == "lin")
@@ -174,10 +158,13 @@ ParamSpec parse_param(const std::string& text) {
     p.kind = ParamSpec::Kind::LogInt;
   else
     throw BadInput(cat(where, ": unknown kind '", kind, "'; expected ", kParamSyntax));
-  const auto bounds = space_split(args, ':');
+  const auto bounds = split(args, ':');
   XFER_CHECK(bounds.size() == 2, where, ": ", kind, " takes LO:HI, got '", args, "'");
-  XFER_CHECK(space_parse_number(bounds[0], p.low), where, ": LO '", bounds[0], "' is not a number");
-  XFER_CHECK(space_parse_number(bounds[1], p.high), where, ": HI '", bounds[1], "' is not a number");
+  const std::optional<double> low = parse_double(bounds[0]), high = parse_double(bounds[1]);
+  XFER_CHECK(low, where, ": LO '", bounds[0], "' is not a number");
+  XFER_CHECK(high, where, ": HI '", bounds[1], "' is not a number");
+  p.low = *low;
+  p.high = *high;
   if (p.integer())
     XFER_CHECK(p.low == std::floor(p.low) && p.high == std::floor(p.high), where, ": ", kind,
                " bounds must be integers, got ", bounds[0], " and ", bounds[1]);

@@ -12,17 +12,12 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/data/loader.h"
 #include "xfer/models/predict.h"
 
 namespace xfer {
 namespace {
-
-std::string datl_join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
 
 void datl_check_size(int64_t n, const std::string& matcher) {
   XFER_CHECK(n > 0, "--size (the pre-training set's size N) must be > 0 for the ", matcher, " matcher, got ",
@@ -158,7 +153,7 @@ ImportanceWeights compute_importance_weights(Model& model, const std::string& he
       " classes; train the classifier on the whole source label set (e.g. `xfer pretrain --source` with the "
       "same spec)");
   XFER_CHECK(info->class_names == source.class_names, "the classifier's '", head, "' classes (",
-             datl_join(info->class_names), ") are not the source's (", datl_join(source.class_names), ")");
+             join(info->class_names, ", "), ") are not the source's (", join(source.class_names, ", "), ")");
   std::vector<double> p_t = estimate_target_distribution(model, head, target_images, temperature, batch_size);
   ImportanceWeights w = ImportanceWeights::from_target_distribution(source.class_names, source.class_counts(),
                                                                     p_t, temperature);
@@ -170,14 +165,14 @@ ImportanceWeights compute_importance_weights(Model& model, const std::string& he
 ImportanceWeights weights_for_source(const ImportanceWeights& weights, const TensorDataset& source,
                                      const std::string& where) {
   XFER_CHECK(weights.classes.size() == source.class_names.size(), where, " lists ", weights.classes.size(),
-             " classes (", datl_join(weights.classes), ") but the source has ", source.class_names.size(),
-             " (", datl_join(source.class_names), ")");
+             " classes (", join(weights.classes, ", "), ") but the source has ", source.class_names.size(),
+             " (", join(source.class_names, ", "), ")");
   for (size_t y = 0; y < weights.classes.size(); ++y)
     XFER_CHECK(weights.classes[y] == source.class_names[y], where, ": class ", y, " is '", weights.classes[y],
                "' there but '", source.class_names[y],
                "' in the source; the weights were computed for another "
                "source (",
-               datl_join(weights.classes), " vs ", datl_join(source.class_names), ")");
+               join(weights.classes, ", "), " vs ", join(source.class_names, ", "), ")");
   ImportanceWeights w = ImportanceWeights::from_target_distribution(weights.classes, source.class_counts(),
                                                                     weights.p_target, weights.temperature);
   w.provenance = weights.provenance;

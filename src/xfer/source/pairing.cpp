@@ -14,18 +14,13 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
+#include "xfer/core/text.h"
 #include "xfer/data/image_folder.h"
 #include "xfer/data/loader.h"
 #include "xfer/models/predict.h"
 
 namespace xfer {
 namespace {
-
-std::string pairing_join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
 
 /// What pairing needs of the sizes: at least as many source classes as target classes, and a threshold
 /// the source can reach.
@@ -191,10 +186,10 @@ Pairing Pairing::from_json(const nlohmann::json& j, const std::string& where) {
 void Pairing::check_matches(const TensorDataset& target, const TensorDataset& source,
                             const std::string& where) const {
   XFER_CHECK(target_classes == target.class_names, where, " pairs the target classes [",
-             pairing_join(target_classes), "] but the task's are [", pairing_join(target.class_names),
+             join(target_classes, ", "), "] but the task's are [", join(target.class_names, ", "),
              "]; run `xfer select` for this task");
   XFER_CHECK(source_classes == source.class_names, where, " pairs the source classes [",
-             pairing_join(source_classes), "] but --source has [", pairing_join(source.class_names),
+             join(source_classes, ", "), "] but --source has [", join(source.class_names, ", "),
              "]; run `xfer select` for this source");
 }
 

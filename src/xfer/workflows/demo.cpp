@@ -13,6 +13,7 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/core/version.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
@@ -31,19 +32,10 @@ namespace {
 
 std::vector<int64_t> parse_sizes(const std::string& text) {
   std::vector<int64_t> out;
-  std::stringstream ss(text);
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(tok, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    XFER_CHECK(used == tok.size() && !tok.empty() && v >= 1,
-               "--sizes expects positive integers like 10,50, got '", text, "'");
-    out.push_back(v);
+  for (const auto& tok : split(text, ',')) {
+    const std::optional<int64_t> v = parse_int64(tok);
+    XFER_CHECK(v && *v >= 1, "--sizes expects positive integers like 10,50, got '", text, "'");
+    out.push_back(*v);
   }
   XFER_CHECK(!out.empty(), "--sizes is empty");
   return out;

@@ -11,6 +11,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/data/spec.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
@@ -30,25 +31,14 @@ void GradMixPseudoOptions::fields(Fields& f) {
 
 std::vector<std::pair<double, double>> parse_gradmix_grid(const std::string& grid) {
   std::vector<std::pair<double, double>> out;
-  std::stringstream ss(grid);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    const size_t colon = item.find(':');
-    double beta = 0, gamma = 0;
-    bool ok = colon != std::string::npos;
-    if (ok) {
-      try {
-        size_t a = 0, b = 0;
-        beta = std::stod(item.substr(0, colon), &a);
-        gamma = std::stod(item.substr(colon + 1), &b);
-        ok = a == colon && b == item.size() - colon - 1;
-      } catch (const std::exception&) {
-        ok = false;
-      }
-    }
-    XFER_CHECK(ok, "--grid expects beta:gamma pairs like 10:0.5,5:2, got '", item, "' in '", grid, "'");
-    XFER_CHECK(beta > 0 && gamma >= 0, "--grid: beta must be > 0 and gamma >= 0, got ", item);
-    out.emplace_back(beta, gamma);
+  for (const auto& item : split(grid, ',')) {
+    const std::vector<std::string> pair = split(item, ':');
+    const std::optional<double> beta = pair.size() == 2 ? parse_double(pair[0]) : std::nullopt,
+                                gamma = pair.size() == 2 ? parse_double(pair[1]) : std::nullopt;
+    XFER_CHECK(beta && gamma, "--grid expects beta:gamma pairs like 10:0.5,5:2, got '", item, "' in '", grid,
+               "'");
+    XFER_CHECK(*beta > 0 && *gamma >= 0, "--grid: beta must be > 0 and gamma >= 0, got ", item);
+    out.emplace_back(*beta, *gamma);
   }
   XFER_CHECK(!out.empty(), "--grid is empty");
   return out;
@@ -89,33 +79,25 @@ bool plot_gradmix_weights(const std::string& run_dir, const std::string& source,
 
 namespace {
 
+/// One final model of stage 3: "hard+vat" is hard pseudo-labels with the VAT term.
 struct PseudoMode {
-  std::string name, labels, ssl;  // "hard+vat", "hard", "vat"
+  std::string name;
+  PseudoLabels labels = PseudoLabels::hard;
+  SslTerm ssl = SslTerm::none;
 };
 
 std::vector<PseudoMode> pseudo_parse_modes(const std::string& text) {
   std::vector<PseudoMode> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    PseudoMode m;
-    m.name = item;
-    const size_t plus = item.find('+');
-    m.labels = item.substr(0, plus);
-    m.ssl = plus == std::string::npos ? "none" : item.substr(plus + 1);
-    XFER_CHECK((m.labels == "hard" || m.labels == "soft") &&
-                   (m.ssl == "none" || m.ssl == "vat" || m.ssl == "mixmatch"),
-               "--modes: '", item, "' is not hard or soft, optionally followed by +vat or +mixmatch");
-    out.push_back(m);
+  for (const auto& item : split(text, ',')) {
+    const std::vector<std::string> parts = split(item, '+');
+    const std::optional<PseudoLabels> labels = enum_from_name<PseudoLabels>(parts[0]);
+    const std::optional<SslTerm> ssl =
+        parts.size() == 1 ? SslTerm::none : enum_from_name<SslTerm>(parts.size() == 2 ? parts[1] : "");
+    XFER_CHECK(labels && ssl, "--modes: '", item,
+               "' is not hard or soft, optionally followed by +vat or +mixmatch");
+    out.push_back({item, *labels, *ssl});
   }
-  XFER_CHECK(!out.empty(), "--modes is empty");
   return out;
-}
-
-std::string pseudo_number(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
 }
 
 /// One gradmix run with these options; with `reuse`, a finished run in the directory is read back.
@@ -188,7 +170,7 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
   // Stage 1: a gradmix model per (beta, gamma), without U.
   GradMixMethod::Options stage1 = method;
   stage1.pseudo.clear();
-  stage1.ssl = "none";
+  stage1.ssl = SslTerm::none;
   Table table({"stage", "model", "beta", "gamma", "val top-1", "test top-1", "out"});
   for (size_t c = 4; c <= 5; ++c) table.align_right(c);
   nlohmann::json runs = nlohmann::json::array();
@@ -200,12 +182,12 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
   out << "Stage 1: " << grid.size() << " gradmix models, one per (beta, gamma)" << std::endl;
   for (const auto& [beta, gamma] : grid) {
     RunOptions r = run;
-    r.out = (root / "stage1" / cat("b", pseudo_number(beta), "-g", pseudo_number(gamma))).string();
+    r.out = (root / "stage1" / cat("b", number_text(beta), "-g", number_text(gamma))).string();
     stage1.beta = beta;
     stage1.gamma = gamma;
     const nlohmann::json res = pseudo_train(r, stage1, reuse, out, cat("  beta ", beta, ", gamma ", gamma));
     candidates.push_back({beta, gamma, res.value("best_val_top1", 0.0), r.out});
-    table.add_row({"1", "gradmix", pseudo_number(beta), pseudo_number(gamma),
+    table.add_row({"1", "gradmix", number_text(beta), number_text(gamma),
                    fixed(100 * res.value("best_val_top1", 0.0), 2),
                    fixed(100 * res.value("test_top1", 0.0), 2), r.out});
     runs.push_back({{"stage", 1}, {"beta", beta}, {"gamma", gamma}, {"result", res}});
@@ -268,7 +250,7 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
     RunOptions r = run;
     r.out = (root / cat("final-", m.name)).string();
     const nlohmann::json res = pseudo_train(r, final_opts, reuse, out, cat("  ", m.name));
-    table.add_row({"3", "gradmix w/ " + m.name, pseudo_number(best.beta), pseudo_number(best.gamma),
+    table.add_row({"3", "gradmix w/ " + m.name, number_text(best.beta), number_text(best.gamma),
                    fixed(100 * res.value("best_val_top1", 0.0), 2),
                    fixed(100 * res.value("test_top1", 0.0), 2), r.out});
     runs.push_back({{"stage", 3}, {"mode", m.name}, {"result", res}});

@@ -10,6 +10,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/data/image_folder.h"
 #include "xfer/data/spec.h"
 #include "xfer/models/import.h"
@@ -22,17 +23,6 @@ namespace fs = std::filesystem;
 
 namespace xfer {
 namespace {
-
-std::vector<std::string> rank_split(const std::string& text, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(text);
-  std::string item;
-  while (std::getline(ss, item, sep)) {
-    const size_t a = item.find_first_not_of(" \t"), b = item.find_last_not_of(" \t");
-    if (a != std::string::npos) out.push_back(item.substr(a, b - a + 1));
-  }
-  return out;
-}
 
 /// A candidate model for the target's images: an xfer run or checkpoint, or torchvision/timm weights
 /// (ImageNet's normalisation unless an image folder gives its own, as `finetune --init` does).
@@ -239,9 +229,9 @@ Ranking rank_candidates(const RankOptions& opts) {
   copy.fields(f);
   f.validate();
   XFER_CHECK(!opts.target.empty(), "xfer rank needs --target SPEC (the task to transfer to)");
-  const std::vector<std::string> models = rank_split(opts.models, ',');
+  const std::vector<std::string> models = split_nonempty(opts.models, ',');
   XFER_CHECK(!models.empty(), "xfer rank needs --models: the candidate models, comma-separated");
-  const std::vector<std::string> sources = rank_split(opts.sources, ';');
+  const std::vector<std::string> sources = split_nonempty(opts.sources, ';');
   const bool by_source = !opts.sources.empty();
   XFER_CHECK(!by_source || !sources.empty(), "--sources '", opts.sources, "' names no source spec");
   XFER_CHECK(!by_source || models.size() == 1,

@@ -463,12 +463,7 @@ void build_model(PreparedRun& r) {
   check_input_fits(*r.model, arch.height, arch.width);
   if (r.pretrained) copy_state(*r.pretrained, *r.model, "backbone.");
   r.model->to(r.device);
-  if (opts.loader.channels_last) {
-    // Convolution weights in NHWC, like the batches: oneDNN then runs without layout conversions.
-    torch::NoGradGuard no_grad;
-    for (auto& p : r.model->parameters())
-      if (p.dim() == 4) p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
-  }
+  if (opts.loader.channels_last) convolutions_channels_last(*r.model);
 }
 
 /// The target batch stream and the method (`config`'s, or DATL's importance-weighted loss with

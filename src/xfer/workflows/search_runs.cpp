@@ -9,6 +9,7 @@
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
+#include "xfer/core/text.h"
 #include "xfer/data/spec.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
@@ -39,10 +40,6 @@ std::unique_ptr<MethodConfig> search_method_config(const std::string& method, co
   config->fields(f);
   f.read_json(options, "method options");
   return config;
-}
-
-std::string search_percent(double fraction, int precision = 1) {
-  return fixed(100 * fraction, precision) + "%";
 }
 
 }  // namespace
@@ -147,7 +144,7 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
   auto trial_row = [&](const TrialRecord& t, bool exact) {
     const nlohmann::json r = t.state == "COMPLETE" ? result_of(t) : nlohmann::json::object();
     const std::string none = exact ? "" : "-";
-    auto accuracy = [&](double v) { return exact ? fixed(v, 6) : search_percent(v, 2); };
+    auto accuracy = [&](double v) { return exact ? fixed(v, 6) : percent(v, 2); };
     std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? accuracy(*t.value) : none};
     for (const auto& p : space.params)
       row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
@@ -196,9 +193,8 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
       << " training steps, " << fixed(run_seconds, 1) << " s of trial run time\n";
   if (counted > 0 && run_s > 0)
     out << "Search overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
-        << fixed(1000 * storage_s / counted, 2)
-        << " ms = " << search_percent((sample_s + storage_s) / run_s, 3) << " of a trial's run time ("
-        << fixed(run_s / counted, 1) << " s)\n";
+        << fixed(1000 * storage_s / counted, 2) << " ms = " << percent((sample_s + storage_s) / run_s, 3)
+        << " of a trial's run time (" << fixed(run_s / counted, 1) << " s)\n";
 
   // The history plot: every trial's value and the best so far.
   Plot history;
@@ -236,9 +232,9 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
   for (const char* k : {"test_top1", "test_mean_class", "best_val_step", "iterations"})
     if (best_result.contains(k)) summary[k] = best_result[k];
   write_json_file((fs::path(opts.out) / "best.json").string(), summary);
-  out << "\nBest: trial " << best->number << ", validation top-1 " << search_percent(*best->value, 2);
+  out << "\nBest: trial " << best->number << ", validation top-1 " << percent(*best->value, 2);
   if (best_result.contains("test_top1"))
-    out << " (test top-1 " << search_percent(best_result["test_top1"].get<double>(), 2) << " at step "
+    out << " (test top-1 " << percent(best_result["test_top1"].get<double>(), 2) << " at step "
         << best_result.value("selected_step", nlohmann::json()).dump() << ")";
   out << "\n  " << space.values_text(best->params) << "\n  run directory: " << best->run_dir << "\n";
   return summary;
