@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <set>
 
 #include "support.h"
@@ -31,6 +32,40 @@ TEST(Spec, ParsesEveryKey) {
   EXPECT_EQ(s.shifts, (std::vector<std::string>{"rot90", "invert", "noise0.1"}));
   EXPECT_EQ(*s.seed, 7u);
   EXPECT_EQ(DatasetSpec::parse("fmnist:val=25").val_count, 25);
+}
+
+TEST(Spec, KeysApplyWhereTheirDatasetUsesThem) {
+  // Each key's scope comes from the one key table; a key outside it is refused by name.
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:train_images=a.idx"); },
+                         {"train_images is only for idx datasets"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:train_list=l.txt"); },
+                         {"train_list is only for image folders (folder:dir=ROOT)"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:size=64"); },
+                         {"size is only for image folders and image benchmarks"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:split=train"); },
+                         {"split is only for aircraft, dtd and flowers"});
+  test::expect_bad_input([] { DatasetSpec::parse("cub:dir=x:fold=2"); }, {"fold is only for dtd"});
+  // The unknown-key message lists every key of the table, grouped as `xfer data --help` does.
+  test::expect_bad_input(
+      [] { DatasetSpec::parse("fmnist:colour=red"); },
+      {"valid keys: classes, per_class, val, fraction, test, test_per_class, part, shift, seed, "
+       "dir, train_images, train_labels, test_images, test_labels, names; folder: test_dir, "
+       "train_list, val_list, test_list, size, resize, crop, scale, ratio, mean, std, corrupt, "
+       "cache; benchmarks: split, fold and the image keys"});
+  // Numbers are whole: no leading or trailing space.
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:per_class= 5"); }, {"per_class expects an integer"});
+  test::expect_bad_input([] { DatasetSpec::parse("fmnist:fraction=inf"); }, {"fraction expects a number"});
+}
+
+TEST(Spec, AbsolutePathsOnlyForPathKeys) {
+  const std::string cwd = std::filesystem::current_path().lexically_normal().string();
+  const std::string out = absolute_spec_paths("folder:dir=imgs:train_list=l.txt:cache=c:size=64:crop=random");
+  EXPECT_EQ(out, "folder:dir=" + cwd + "/imgs:train_list=" + cwd + "/l.txt:cache=" + cwd +
+                     "/c:size=64:crop=random");
+  EXPECT_EQ(absolute_spec_paths("idx:train_images=a:train_labels=b:classes=1,2"),
+            "idx:train_images=" + cwd + "/a:train_labels=" + cwd + "/b:classes=1,2");
+  // A spec that does not parse is left as it is, for the run to report.
+  EXPECT_EQ(absolute_spec_paths("fmnist:colour=red:dir=x"), "fmnist:colour=red:dir=x");
 }
 
 TEST(Spec, ParseErrorsNameTheProblem) {

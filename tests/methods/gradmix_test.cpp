@@ -171,7 +171,7 @@ TEST(GradMix, Cnn4HasFourLayersEachAConvolutionWithItsBatchNorm) {
   EXPECT_EQ(layers[4].params, (std::vector<size_t>{12, 13}));  // a linear layer with its bias
   // --layers module keeps each batch norm apart: cnn4 then has 8.
   GradMixMethod::Options module;
-  module.layers = "module";
+  module.layers = MixingGranularity::module;
   GradMixStepRig rig8(t, module);
   EXPECT_EQ(rig8.method->layer_names().size(), 8u);
 }

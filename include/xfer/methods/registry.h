@@ -34,6 +34,12 @@ class OptionsConfig : public MethodConfig {
   typename M::Options options;
 };
 
+/// The shape of the task a method trains on: a target with at most one source (every paper but GradMix),
+/// or several labelled sources, one sharing the target's classes, with a small labelled target set V
+/// (GradMix's setting, its baselines included).
+enum class TaskShape { target_and_source, multi_source };
+XFER_ENUM_NAMES(TaskShape, "target-and-source", "multi-source")
+
 struct MethodInfo {
   std::string name;
   std::string summary;        // one line
@@ -46,8 +52,10 @@ struct MethodInfo {
   bool core = false;
   /// Expected time per step relative to l2 (co-training ~2), used to fit the demo in its budget.
   double relative_cost = 1.0;
-  /// Non-empty when the demo's task does not fit the method (GradMix needs labelled sources, one sharing
-  /// the target's classes): the demo skips it and prints this command, which runs it on a task that fits.
+  /// The task a method is evaluated on. The demo and a suite's "all" or "core" run only the
+  /// target-and-source methods; the others are listed with `demo_command`.
+  TaskShape task_shape = TaskShape::target_and_source;
+  /// For a method whose task is not the demo's: a command that runs it on a task that fits.
   std::string demo_command;
   std::function<std::unique_ptr<MethodConfig>()> make_config;
 };

@@ -27,8 +27,12 @@ double parse_double(const std::string& flag, const std::string& text) {
 
 int64_t parse_int(const std::string& flag, const std::string& text) {
   const std::optional<int64_t> v = parse_int64(text);
-  XFER_CHECK(v, flag, " expects an integer (64 bits), got '", printable(text), "'");
-  return *v;
+  if (v) return *v;
+  const size_t digits = text.find_first_not_of("+-") == 1 ? 1 : 0;
+  const bool integer =
+      text.size() > digits && text.find_first_not_of("0123456789", digits) == std::string::npos;
+  throw BadInput(integer ? cat(flag, " is out of range for a 64-bit integer: '", text, "'")
+                         : cat(flag, " expects an integer, got '", printable(text), "'"));
 }
 
 bool parse_bool(const std::string& flag, const std::string& text) {

@@ -771,6 +771,7 @@ MethodInfo gradmix_info(Mode mode, std::string summary, bool core, double cost) 
   info.relative_cost = cost;
   info.make_config = [mode] { return std::make_unique<GradMixConfig>(mode); };
   // The demo's task has one source, with other classes than the target's: nothing to mix.
+  info.task_shape = TaskShape::multi_source;
   info.demo_command =
       cat("xfer finetune --method ", info.name, " --lr 0.05 --iterations 600 ",
           "--target fmnist:classes=5-9:part=1/2:per_class=3:val=200",

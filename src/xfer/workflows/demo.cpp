@@ -42,7 +42,7 @@ std::vector<int64_t> parse_sizes(const std::string& text) {
 }
 
 /// Which methods to run, which were left out for time, and which do not fit the demo's task (`elsewhere`:
-/// they have a `demo_command`).
+/// another task shape: their `demo_command` is printed).
 std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seconds_per_l2_run, int64_t runs,
                                             double seconds_left, std::vector<std::string>& skipped,
                                             std::vector<const MethodInfo*>& elsewhere) {
@@ -50,7 +50,7 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
   elsewhere.clear();
   const bool listed = opts.methods != "all" && opts.methods != "core" && opts.methods != "auto";
   for (const auto& m : methods().all()) {
-    if (!m.demo_command.empty()) {
+    if (m.task_shape != TaskShape::target_and_source) {
       if (!listed && (m.core || opts.methods != "core")) elsewhere.push_back(&m);
       continue;
     }
@@ -68,11 +68,9 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
     return core;
   }
   std::vector<const MethodInfo*> chosen;
-  std::stringstream ss(opts.methods);
-  std::string name;
-  while (std::getline(ss, name, ',')) {
+  for (const auto& name : split_nonempty(opts.methods, ',')) {
     const MethodInfo& m = methods().get(name);
-    if (m.demo_command.empty())
+    if (m.task_shape == TaskShape::target_and_source)
       chosen.push_back(&m);
     else
       elsewhere.push_back(&m);

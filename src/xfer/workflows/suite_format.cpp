@@ -7,6 +7,7 @@
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
+#include "xfer/core/text.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
 #include "xfer/search/search.h"
@@ -306,10 +307,10 @@ void parse_methods(const nlohmann::json* list, const std::set<std::string>& task
     const auto& m = (*list)[i];
     const std::string mw = cat(where, ".methods[", i, "]");
     if (m.is_string() && (m == "all" || m == "core")) {
-      std::vector<std::string> unfit;  // methods needing data of another shape (GradMix: labelled sources)
+      std::vector<std::string> unfit;  // methods of another task shape (GradMix: labelled sources)
       for (const auto& info : methods().all()) {
         if (!(m == "all" || info.core) || labels.count(info.name)) continue;
-        if (!info.demo_command.empty()) {
+        if (info.task_shape != TaskShape::target_and_source) {
           unfit.push_back(info.name);
           continue;
         }
@@ -317,10 +318,9 @@ void parse_methods(const nlohmann::json* list, const std::set<std::string>& task
         entry.label = entry.method = info.name;
         add(std::move(entry), mw);
       }
-      std::string names;
-      for (const auto& u : unfit) names += (names.empty() ? "" : ", ") + u;
       if (!unfit.empty())
-        s.notes.push_back(cat(names, " need several labelled sources and are skipped here (the `gradmix` ",
+        s.notes.push_back(cat(join(unfit, ", "),
+                              " need several labelled sources and are skipped here (the `gradmix` ",
                               "suite runs them)"));
       continue;
     }
