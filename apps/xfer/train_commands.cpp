@@ -62,8 +62,7 @@ class TrainCommand : public Command {
     Fields fields;
     opts_.fields(fields);
     add_fields(*app, fields,
-               pretrain_ ? std::vector<std::string>{"target", "init", "method"}
-                         : std::vector<std::string>{"weights", "matcher", "size", "loss_weights"});
+               pretrain_ ? std::vector<std::string>{"target", "init", "method"} : pretrain_only_options());
     app->add_option("--config", config_path_,
                     "read options from a JSON file (e.g. a run's config.json); flags "
                     "given on the command line win")

@@ -16,6 +16,7 @@
 #include "xfer/data/idx.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/datl.h"
+#include "xfer/methods/registry.h"
 #include "xfer/source/importance.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/workflows/run.h"
@@ -265,6 +266,19 @@ TEST(Importance, PretrainOnTheResampledSource) {
   other.source = four;
   other.out = dir.file("other");
   test::expect_bad_input([&] { run_pretrain(other); }, {"w.json lists 3 classes", "the source has 4"});
+
+  // Pre-training data options in a fine-tuning run (a config file can carry them): refused, every one named
+  // from its declaration.
+  RunOptions finetune = same;
+  finetune.target = spec;
+  finetune.source.clear();
+  finetune.out = dir.file("finetune");
+  finetune.method = "scratch";
+  const auto scratch = methods().get("scratch").make_config();
+  test::expect_bad_input(
+      [&] { run_finetune(finetune, *scratch); },
+      {"--weights, --weights-from, --weights-target, --weights-temperature, --matcher, --size, "
+       "--loss-weights are options of `xfer pretrain`"});
 }
 
 TEST(Importance, WeightsCommandIgnoresTargetLabels) {

@@ -43,6 +43,10 @@ struct RunOptions {
   void fields(Fields& f);
 };
 
+/// The run options only `xfer pretrain` takes (RunOptions::sampling's), as declared: finetune neither lists
+/// nor accepts them.
+std::vector<std::string> pretrain_only_options();
+
 /// Everything a run trains with, built from its options: the task (and source data), the frozen --init
 /// model, the model to train (initialised from it), the batch streams, and the method, set up.
 struct PreparedRun {

@@ -544,98 +544,90 @@ void attach_image_cache(const DatasetSpec& spec, std::vector<RawSplit*> splits) 
   }
 }
 
-}  // namespace
+/// The IDX files of `spec` (fmnist's or the user's): the training split, and the test file unless the spec
+/// takes its test split elsewhere. Returns the labels file's path, for messages.
+std::string load_idx_raw(const DatasetSpec& spec, const std::string& dir, RawSplit& train_raw,
+                         RawSplit& test_raw) {
+  const std::string train_images =
+      !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");
+  const std::string train_labels =
+      !spec.train_labels.empty() ? spec.train_labels : find_idx(dir, "train-labels-idx1-ubyte");
+  check_exists(spec, train_images);
+  check_exists(spec, train_labels);
+  train_raw = load_raw(train_images, train_labels);
+  if (spec.test != "file") return train_labels;
+  const bool explicit_test = !spec.test_images.empty() || !spec.test_labels.empty();
+  XFER_CHECK(!explicit_test || (!spec.test_images.empty() && !spec.test_labels.empty()), "dataset spec '",
+             spec.text, "': give both test_images= and test_labels=");
+  XFER_CHECK(explicit_test || !dir.empty(), "dataset spec '", spec.text,
+             "': no test files; give test_images= and test_labels=, or test=rest or test=none");
+  const std::string ti = explicit_test ? spec.test_images : find_idx(dir, "t10k-images-idx3-ubyte");
+  const std::string tl = explicit_test ? spec.test_labels : find_idx(dir, "t10k-labels-idx1-ubyte");
+  check_exists(spec, ti);
+  check_exists(spec, tl);
+  test_raw = load_raw(ti, tl);
+  XFER_CHECK(test_raw.images.sizes().slice(1) == train_raw.images.sizes().slice(1), "dataset spec '",
+             spec.text, "': test images have shape ", test_raw.images.sizes().slice(1),
+             " but training images have ", train_raw.images.sizes().slice(1));
+  return train_labels;
+}
 
-Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
-  const uint64_t seed = spec.seed.value_or(run_seed);
-  const bool folder = spec.source == "folder";
-  const bool bench = is_benchmark_source(spec.source);
-  const std::string dir = !spec.dir.empty() ? spec.dir : spec.source == "fmnist" ? kFmnistDir : "";
-  RawSplit train_raw, test_raw, val_raw;
-  std::vector<std::string> folder_classes;
-  std::string train_labels = dir;
-  if (folder) {
-    load_folder_raw(spec, train_raw, val_raw, test_raw, folder_classes);
-    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
-  } else if (bench) {
-    load_benchmark_raw(spec, train_raw, val_raw, test_raw, folder_classes);
-    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
-  } else {
-    const std::string train_images =
-        !spec.train_images.empty() ? spec.train_images : find_idx(dir, "train-images-idx3-ubyte");
-    train_labels = !spec.train_labels.empty() ? spec.train_labels : find_idx(dir, "train-labels-idx1-ubyte");
-    check_exists(spec, train_images);
-    check_exists(spec, train_labels);
-    train_raw = load_raw(train_images, train_labels);
+/// The class names of the files' label space: the folder's or benchmark's, Fashion-MNIST's, names= or the
+/// label numbers of an IDX file.
+std::vector<std::string> file_class_names(const DatasetSpec& spec, const RawSplit& train_raw,
+                                          const std::vector<std::string>& folder_classes,
+                                          const std::string& train_labels) {
+  if (spec.source == "folder" || is_benchmark_source(spec.source)) return folder_classes;
+  if (spec.source == "fmnist") return fmnist_class_names();
+  const int64_t file_classes = train_raw.labels.numel() > 0 ? train_raw.labels.max().item<int64_t>() + 1 : 0;
+  // Classes are numbered by label: one label of 2^31 would name 2^31 classes.
+  XFER_CHECK(file_classes <= kMaxClasses, train_labels, ": label ", file_classes - 1, " implies ",
+             file_classes, " classes; at most ", kMaxClasses, " are supported");
+  if (!spec.names.empty()) {
+    XFER_CHECK(static_cast<int64_t>(spec.names.size()) >= file_classes, "dataset spec '", spec.text,
+               "': names lists ", spec.names.size(), " classes but the labels go up to ", file_classes - 1);
+    return spec.names;
   }
-
-  if (spec.test == "file" && !folder && !bench) {
-    const bool explicit_test = !spec.test_images.empty() || !spec.test_labels.empty();
-    XFER_CHECK(!explicit_test || (!spec.test_images.empty() && !spec.test_labels.empty()), "dataset spec '",
-               spec.text, "': give both test_images= and test_labels=");
-    XFER_CHECK(explicit_test || !dir.empty(), "dataset spec '", spec.text,
-               "': no test files; give test_images= and test_labels=, or test=rest or test=none");
-    const std::string ti = explicit_test ? spec.test_images : find_idx(dir, "t10k-images-idx3-ubyte");
-    const std::string tl = explicit_test ? spec.test_labels : find_idx(dir, "t10k-labels-idx1-ubyte");
-    check_exists(spec, ti);
-    check_exists(spec, tl);
-    test_raw = load_raw(ti, tl);
-    XFER_CHECK(test_raw.images.sizes().slice(1) == train_raw.images.sizes().slice(1), "dataset spec '",
-               spec.text, "': test images have shape ", test_raw.images.sizes().slice(1),
-               " but training images have ", train_raw.images.sizes().slice(1));
-  }
-
-  // The label space of the files.
-  int64_t file_classes = 0;
-  std::vector<std::string> file_names;
-  if (folder || bench) {
-    file_names = folder_classes;
-    file_classes = static_cast<int64_t>(file_names.size());
-  } else if (spec.source == "fmnist") {
-    file_names = fmnist_class_names();
-    file_classes = static_cast<int64_t>(file_names.size());
-  } else {
-    file_classes = train_raw.labels.numel() > 0 ? train_raw.labels.max().item<int64_t>() + 1 : 0;
-    // Classes are numbered by label: one label of 2^31 would name 2^31 classes.
-    XFER_CHECK(file_classes <= kMaxClasses, train_labels, ": label ", file_classes - 1, " implies ",
-               file_classes, " classes; at most ", kMaxClasses, " are supported");
-    if (!spec.names.empty()) {
-      XFER_CHECK(static_cast<int64_t>(spec.names.size()) >= file_classes, "dataset spec '", spec.text,
-                 "': names lists ", spec.names.size(), " classes but the labels go up to ", file_classes - 1);
-      file_classes = static_cast<int64_t>(spec.names.size());
-      file_names = spec.names;
-    } else {
-      for (int64_t c = 0; c < file_classes; ++c) file_names.push_back(std::to_string(c));
-    }
-  }
-  XFER_CHECK(train_raw.labels.numel() == 0 || train_raw.labels.max().item<int64_t>() < file_classes,
-             train_labels, ": label ", train_raw.labels.max().item<int64_t>(), " is out of range for ",
-             file_classes, " classes");
-  std::vector<int64_t> classes = spec.classes;
-  if (classes.empty())
-    for (int64_t c = 0; c < file_classes; ++c) classes.push_back(c);
-  for (int64_t c : classes)
-    XFER_CHECK(c < file_classes, "dataset spec '", spec.text, "': unknown class ", c, "; ", spec.source,
-               " has classes 0-", file_classes - 1);
-
-  auto by_class = [&](const RawSplit& raw) {
-    TensorDataset d;
-    d.labels = raw.labels;
-    d.class_names = file_names;
-    return d.indices_by_class();
-  };
-  const auto train_by_class = by_class(train_raw);
-  std::vector<std::vector<int64_t>> test_by_class(file_classes), val_by_class(file_classes);
-  if (spec.test == "file") test_by_class = by_class(test_raw);
-  const bool val_file = val_raw.labels.defined();
-  if (val_file) val_by_class = by_class(val_raw);
-
-  std::vector<int64_t> tr_idx, tr_lab, va_idx, va_lab, te_idx, te_lab;
   std::vector<std::string> names;
+  for (int64_t c = 0; c < file_classes; ++c) names.push_back(std::to_string(c));
+  return names;
+}
+
+/// Examples (indices into a split's file) and their new labels 0..k-1.
+struct Picked {
+  std::vector<int64_t> index, label;
+  void add(int64_t i, size_t j) {
+    index.push_back(i);
+    label.push_back(static_cast<int64_t>(j));
+  }
+};
+struct PickedSplits {
+  Picked train, val, test;
+};
+
+std::vector<std::vector<int64_t>> indices_by_class(const RawSplit& raw,
+                                                   const std::vector<std::string>& names) {
+  TensorDataset d;
+  d.labels = raw.labels;
+  d.class_names = names;
+  return d.indices_by_class();
+}
+
+/// Draws each class's examples, in the spec's class order: its part of the training file, shuffled by the
+/// seed, split into val (val=), train (per_class= or fraction=) and, with test=rest, the rest; the test
+/// file's (or the val file's) examples of the class.
+PickedSplits pick_examples(const DatasetSpec& spec, uint64_t seed, const std::vector<int64_t>& classes,
+                           const std::vector<std::string>& file_names, const RawSplit& train_raw,
+                           const RawSplit& val_raw, const RawSplit& test_raw) {
+  const auto train_by_class = indices_by_class(train_raw, file_names);
+  std::vector<std::vector<int64_t>> test_by_class(file_names.size()), val_by_class(file_names.size());
+  if (spec.test == "file") test_by_class = indices_by_class(test_raw, file_names);
+  const bool val_file = val_raw.labels.defined();
+  if (val_file) val_by_class = indices_by_class(val_raw, file_names);
+  PickedSplits out;
   for (size_t j = 0; j < classes.size(); ++j) {
     const int64_t c = classes[j];
     const std::string cname = cat("class ", c, " (", file_names[c], ")");
-    names.push_back(file_names[c]);
     const auto& all = train_by_class[c];
     const size_t lo = all.size() * spec.part_index / spec.part_count;
     const size_t hi = all.size() * (spec.part_index + 1) / spec.part_count;
@@ -644,10 +636,9 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     const int64_t n = static_cast<int64_t>(pool.size());
     const int64_t n_val =
         spec.val_fraction > 0 ? static_cast<int64_t>(std::llround(spec.val_fraction * n)) : spec.val_count;
-    XFER_CHECK(n_val<n, "dataset spec '", spec.text, "': val=", n_val, " leaves no training examples for ",
-                     cname, ", which has ", n, " in the training file", spec.part_count> 1
-                   ? " part"
-                   : "");
+    const char* part = spec.part_count > 1 ? " part" : "";
+    XFER_CHECK((n_val < n), "dataset spec '", spec.text, "': val=", n_val,
+               " leaves no training examples for ", cname, ", which has ", n, " in the training file", part);
     const int64_t rest = n - n_val;
     const int64_t n_train = spec.per_class  ? *spec.per_class
                             : spec.fraction ? fraction_count(*spec.fraction, rest)
@@ -655,11 +646,10 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     XFER_CHECK(n_train <= rest, "dataset spec '", spec.text, "': per_class=", n_train, " but ", cname,
                " has only ", rest, " training examples",
                n_val > 0 ? cat(" after val=", n_val) : std::string());
-    for (int64_t i = 0; i < n_val; ++i) va_idx.push_back(pool[i]), va_lab.push_back(static_cast<int64_t>(j));
+    for (int64_t i = 0; i < n_val; ++i) out.val.add(pool[i], j);
     if (val_file)
-      for (int64_t i : val_by_class[c]) va_idx.push_back(i), va_lab.push_back(static_cast<int64_t>(j));
-    for (int64_t i = n_val; i < n_val + n_train; ++i)
-      tr_idx.push_back(pool[i]), tr_lab.push_back(static_cast<int64_t>(j));
+      for (int64_t i : val_by_class[c]) out.val.add(i, j);
+    for (int64_t i = n_val; i < n_val + n_train; ++i) out.train.add(pool[i], j);
 
     std::vector<int64_t> test_pool;
     if (spec.test == "file") test_pool = test_by_class[c];
@@ -671,37 +661,78 @@ Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
     XFER_CHECK(spec.test == "none" || !test_pool.empty(), "dataset spec '", spec.text,
                "': the test split has no ", "examples of ", cname,
                spec.test == "rest" ? " (every training example is used; try test=file)" : "");
-    for (int64_t i : test_pool) te_idx.push_back(i), te_lab.push_back(static_cast<int64_t>(j));
+    for (int64_t i : test_pool) out.test.add(i, j);
+  }
+  return out;
+}
+
+/// One split of the task: the picked examples of `raw` (files, or images with the spec's shifts; a shifted
+/// image's noise is drawn by its id, its index plus `id_offset`).
+TensorDataset build_split(const DatasetSpec& spec, const RawSplit& raw, const Picked& picked,
+                          const std::vector<std::string>& names, uint64_t shift_seed, int64_t id_offset,
+                          const RawSplit& train_raw) {
+  const torch::Tensor index = torch::tensor(picked.index, torch::kInt64);
+  TensorDataset d;
+  d.class_names = names;
+  if (raw.files) {
+    d.labels = torch::tensor(picked.label, torch::kInt64);
+    d.files = raw.files->subset(picked.index);
+    return d;
+  }
+  if (picked.index.empty()) {
+    d.images = torch::empty({0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)},
+                            torch::kUInt8);
+    d.labels = torch::empty({0}, torch::kInt64);
+    return d;
+  }
+  d.images = apply_shifts(raw.images.index_select(0, index), spec.shifts, shift_seed, index + id_offset);
+  d.labels = torch::tensor(picked.label, torch::kInt64);
+  return d;
+}
+
+}  // namespace
+
+Task load_task(const DatasetSpec& spec, uint64_t run_seed) {
+  const uint64_t seed = spec.seed.value_or(run_seed);
+  const std::string dir = !spec.dir.empty() ? spec.dir : spec.source == "fmnist" ? kFmnistDir : "";
+  RawSplit train_raw, test_raw, val_raw;
+  std::vector<std::string> folder_classes;
+  std::string train_labels = dir;
+  if (spec.source == "folder") {
+    load_folder_raw(spec, train_raw, val_raw, test_raw, folder_classes);
+    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
+  } else if (is_benchmark_source(spec.source)) {
+    load_benchmark_raw(spec, train_raw, val_raw, test_raw, folder_classes);
+    attach_image_cache(spec, {&train_raw, &val_raw, &test_raw});
+  } else {
+    train_labels = load_idx_raw(spec, dir, train_raw, test_raw);
   }
 
+  const std::vector<std::string> file_names = file_class_names(spec, train_raw, folder_classes, train_labels);
+  const int64_t file_classes = static_cast<int64_t>(file_names.size());
+  XFER_CHECK(train_raw.labels.numel() == 0 || train_raw.labels.max().item<int64_t>() < file_classes,
+             train_labels, ": label ", train_raw.labels.max().item<int64_t>(), " is out of range for ",
+             file_classes, " classes");
+  std::vector<int64_t> classes = spec.classes;
+  if (classes.empty())
+    for (int64_t c = 0; c < file_classes; ++c) classes.push_back(c);
+  for (int64_t c : classes)
+    XFER_CHECK(c < file_classes, "dataset spec '", spec.text, "': unknown class ", c, "; ", spec.source,
+               " has classes 0-", file_classes - 1);
+  std::vector<std::string> names;
+  for (int64_t c : classes) names.push_back(file_names[c]);
+
+  const PickedSplits picked = pick_examples(spec, seed, classes, file_names, train_raw, val_raw, test_raw);
   const uint64_t shift_seed = derive_seed(seed, "shift");
-  const int64_t test_id_offset = train_raw.labels.size(0);
-  auto build = [&](const RawSplit& raw, const std::vector<int64_t>& idx, const std::vector<int64_t>& lab,
-                   int64_t id_offset) {
-    const torch::Tensor index = torch::tensor(idx, torch::kInt64);
-    TensorDataset d;
-    d.class_names = names;
-    if (raw.files) {
-      d.labels = torch::tensor(lab, torch::kInt64);
-      d.files = raw.files->subset(idx);
-      return d;
-    }
-    if (idx.empty()) {
-      d.images = torch::empty(
-          {0, train_raw.images.size(1), train_raw.images.size(2), train_raw.images.size(3)}, torch::kUInt8);
-      d.labels = torch::empty({0}, torch::kInt64);
-      return d;
-    }
-    d.images = apply_shifts(raw.images.index_select(0, index), spec.shifts, shift_seed, index + id_offset);
-    d.labels = torch::tensor(lab, torch::kInt64);
-    return d;
-  };
+  const bool val_file = val_raw.labels.defined();
   Task task;
   task.spec = spec.text;
-  task.train = build(train_raw, tr_idx, tr_lab, 0);
-  task.val = build(val_file ? val_raw : train_raw, va_idx, va_lab, 0);
-  task.test = spec.test == "file" ? build(test_raw, te_idx, te_lab, test_id_offset)
-                                  : build(train_raw, te_idx, te_lab, 0);
+  task.train = build_split(spec, train_raw, picked.train, names, shift_seed, 0, train_raw);
+  task.val = build_split(spec, val_file ? val_raw : train_raw, picked.val, names, shift_seed, 0, train_raw);
+  task.test =
+      spec.test == "file"
+          ? build_split(spec, test_raw, picked.test, names, shift_seed, train_raw.labels.size(0), train_raw)
+          : build_split(spec, train_raw, picked.test, names, shift_seed, 0, train_raw);
   XFER_CHECK(task.train.size() > 0, "dataset spec '", spec.text, "': the training split is empty");
   return task;
 }

@@ -135,19 +135,17 @@ nlohmann::json pseudo_train(RunOptions r, const GradMixMethod::Options& method, 
   return result.to_json();
 }
 
-}  // namespace
+struct Candidate {
+  double beta, gamma, val;
+  std::string dir;
+};
 
-nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
-                                  const GradMixPseudoOptions& opts, std::ostream& out) {
-  GradMixPseudoOptions checked = opts;
-  check_options(checked);
-  method.mode = GradMixMethod::Mode::gradmix;
-  const auto grid = parse_gradmix_grid(opts.grid);
-  const auto modes = pseudo_parse_modes(opts.modes);
-  XFER_CHECK(opts.top <= static_cast<int64_t>(grid.size()), "--top ", opts.top,
-             " needs at least as many --grid "
-             "points, got ",
-             grid.size());
+/// Refuses what would make the pipeline fail later: more top models than grid points, no --out, no
+/// hyper-validation split.
+void check_pseudo_run(const RunOptions& run, const GradMixMethod::Options& method,
+                      const GradMixPseudoOptions& opts, size_t grid_points) {
+  XFER_CHECK(opts.top <= static_cast<int64_t>(grid_points), "--top ", opts.top,
+             " needs at least as many --grid points, got ", grid_points);
   XFER_CHECK(!run.out.empty(), "gradmix-pseudo needs --out DIR");
   XFER_CHECK(!run.target.empty(),
              "gradmix-pseudo needs --target SPEC (V in its train split, the hyper-validation "
@@ -157,60 +155,26 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
              "gradmix-pseudo picks models on the hyper-validation set: ", "add val=N to the --target spec '",
              run.target, "'");
   check_pseudo_threshold(method.pseudo_threshold);
-  const fs::path root(run.out);
-  XFER_CHECK(
-      run.resume || run.overwrite || !fs::exists(root / "summary.json"), run.out,
-      " already holds a gradmix-pseudo run; pass --resume to reuse its finished runs, --overwrite to replace "
-      "it, or choose another --out");
-  make_dirs(run.out);
-  const bool reuse = run.resume;
-  if (!reuse && run.overwrite && fs::exists(root / "summary.json")) fs::remove(root / "summary.json");
-  run.resume = false;
+}
 
-  // Stage 1: a gradmix model per (beta, gamma), without U.
-  GradMixMethod::Options stage1 = method;
-  stage1.pseudo.clear();
-  stage1.ssl = SslTerm::none;
-  Table table({"stage", "model", "beta", "gamma", "val top-1", "test top-1", "out"});
-  for (size_t c = 4; c <= 5; ++c) table.align_right(c);
-  nlohmann::json runs = nlohmann::json::array();
-  struct Candidate {
-    double beta, gamma, val;
-    std::string dir;
-  };
-  std::vector<Candidate> candidates;
-  out << "Stage 1: " << grid.size() << " gradmix models, one per (beta, gamma)" << std::endl;
-  for (const auto& [beta, gamma] : grid) {
-    RunOptions r = run;
-    r.out = (root / "stage1" / cat("b", number_text(beta), "-g", number_text(gamma))).string();
-    stage1.beta = beta;
-    stage1.gamma = gamma;
-    const nlohmann::json res = pseudo_train(r, stage1, reuse, out, cat("  beta ", beta, ", gamma ", gamma));
-    candidates.push_back({beta, gamma, res.value("best_val_top1", 0.0), r.out});
-    table.add_row({"1", "gradmix", number_text(beta), number_text(gamma),
-                   fixed(100 * res.value("best_val_top1", 0.0), 2),
-                   fixed(100 * res.value("test_top1", 0.0), 2), r.out});
-    runs.push_back({{"stage", 1}, {"beta", beta}, {"gamma", gamma}, {"result", res}});
-  }
+/// Stage 2's labels and how good they are (the true labels of U are read only to report this).
+struct PseudoLabelStats {
+  int64_t unlabelled = 0, hard = 0;
+  double hard_accuracy = 0, soft_accuracy = 0;
+  nlohmann::json json;  // summary.json's "pseudo_labels"
+};
 
-  // Stage 2: the top R on hyper-validation label U.
-  std::vector<size_t> order(candidates.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return candidates[a].val > candidates[b].val; });
-  order.resize(static_cast<size_t>(opts.top));
+/// Stage 2: the ensemble of `chosen_dirs`' models labels U; the labels go to `pseudo_path`.
+PseudoLabelStats label_unlabelled(const RunOptions& run, const GradMixMethod::Options& method,
+                                  const std::vector<std::string>& chosen_dirs, const nlohmann::json& chosen,
+                                  const std::string& pseudo_path) {
   std::vector<Model> ensemble;
-  nlohmann::json chosen = nlohmann::json::array();
-  for (size_t i : order) {
-    ensemble.push_back(CheckpointReader(resolve_checkpoint(candidates[i].dir)).read_model());
-    chosen.push_back(
-        {{"beta", candidates[i].beta}, {"gamma", candidates[i].gamma}, {"val_top1", candidates[i].val}});
-  }
+  for (const auto& dir : chosen_dirs)
+    ensemble.push_back(CheckpointReader(resolve_checkpoint(dir)).read_model());
   const Task task = load_task(run.target, static_cast<uint64_t>(run.seed));
   EnsembleLabels labels;
   labels.images = unlabelled_target_images(method.unlabelled, task, static_cast<uint64_t>(run.seed));
   labels.probs = ensemble_probabilities(ensemble, labels.images, "target");
-  const std::string pseudo_path = (root / "pseudo_labels.pt").string();
   save_ensemble_labels(pseudo_path, labels);
   const HardLabels hard = hard_pseudo_labels(labels.probs, method.pseudo_threshold);
   const torch::Tensor truth = labels.images.labels;
@@ -232,9 +196,70 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
                                  {"hard_accuracy", hard_acc},
                                  {"hard_per_class", per_class},
                                  {"soft_accuracy", soft_acc}};
-  out << "Stage 2: ensemble of the top " << opts.top << " labels " << labels.images.size()
-      << " unlabelled images: " << hard.index.numel() << " hard labels (" << fixed(100 * hard_acc, 1)
-      << "% correct), soft labels " << fixed(100 * soft_acc, 1) << "% correct by argmax" << std::endl;
+  return {labels.images.size(), hard.index.numel(), hard_acc, soft_acc, pseudo};
+}
+
+}  // namespace
+
+nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
+                                  const GradMixPseudoOptions& opts, std::ostream& out) {
+  GradMixPseudoOptions checked = opts;
+  check_options(checked);
+  method.mode = GradMixMethod::Mode::gradmix;
+  const auto grid = parse_gradmix_grid(opts.grid);
+  const auto modes = pseudo_parse_modes(opts.modes);
+  check_pseudo_run(run, method, opts, grid.size());
+  const fs::path root(run.out);
+  XFER_CHECK(
+      run.resume || run.overwrite || !fs::exists(root / "summary.json"), run.out,
+      " already holds a gradmix-pseudo run; pass --resume to reuse its finished runs, --overwrite to replace "
+      "it, or choose another --out");
+  make_dirs(run.out);
+  const bool reuse = run.resume;
+  if (!reuse && run.overwrite && fs::exists(root / "summary.json")) fs::remove(root / "summary.json");
+  run.resume = false;
+
+  // Stage 1: a gradmix model per (beta, gamma), without U.
+  GradMixMethod::Options stage1 = method;
+  stage1.pseudo.clear();
+  stage1.ssl = SslTerm::none;
+  Table table({"stage", "model", "beta", "gamma", "val top-1", "test top-1", "out"});
+  for (size_t c = 4; c <= 5; ++c) table.align_right(c);
+  nlohmann::json runs = nlohmann::json::array();
+  std::vector<Candidate> candidates;
+  out << "Stage 1: " << grid.size() << " gradmix models, one per (beta, gamma)" << std::endl;
+  for (const auto& [beta, gamma] : grid) {
+    RunOptions r = run;
+    r.out = (root / "stage1" / cat("b", number_text(beta), "-g", number_text(gamma))).string();
+    stage1.beta = beta;
+    stage1.gamma = gamma;
+    const nlohmann::json res = pseudo_train(r, stage1, reuse, out, cat("  beta ", beta, ", gamma ", gamma));
+    candidates.push_back({beta, gamma, res.value("best_val_top1", 0.0), r.out});
+    table.add_row({"1", "gradmix", number_text(beta), number_text(gamma),
+                   fixed(100 * res.value("best_val_top1", 0.0), 2),
+                   fixed(100 * res.value("test_top1", 0.0), 2), r.out});
+    runs.push_back({{"stage", 1}, {"beta", beta}, {"gamma", gamma}, {"result", res}});
+  }
+
+  // Stage 2: the top R on hyper-validation label U.
+  std::vector<size_t> order(candidates.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return candidates[a].val > candidates[b].val; });
+  order.resize(static_cast<size_t>(opts.top));
+  std::vector<std::string> chosen_dirs;
+  nlohmann::json chosen = nlohmann::json::array();
+  for (size_t i : order) {
+    chosen_dirs.push_back(candidates[i].dir);
+    chosen.push_back(
+        {{"beta", candidates[i].beta}, {"gamma", candidates[i].gamma}, {"val_top1", candidates[i].val}});
+  }
+  const std::string pseudo_path = (root / "pseudo_labels.pt").string();
+  const PseudoLabelStats stats = label_unlabelled(run, method, chosen_dirs, chosen, pseudo_path);
+  out << "Stage 2: ensemble of the top " << opts.top << " labels " << stats.unlabelled
+      << " unlabelled images: " << stats.hard << " hard labels (" << fixed(100 * stats.hard_accuracy, 1)
+      << "% correct), soft labels " << fixed(100 * stats.soft_accuracy, 1) << "% correct by argmax"
+      << std::endl;
 
   // Stage 3: fresh models on the sources, S_u and the enlarged V, with the best (beta, gamma).
   const Candidate& best = candidates[order.front()];
@@ -259,15 +284,15 @@ nlohmann::json run_gradmix_pseudo(RunOptions run, GradMixMethod::Options method,
   const nlohmann::json summary = {{"target", run.target},
                                   {"sources", method.sources},
                                   {"seed", run.seed},
-                                  {"pseudo_labels", pseudo},
+                                  {"pseudo_labels", stats.json},
                                   {"runs", runs}};
   write_json_file((root / "summary.json").string(), summary);
   std::ostringstream md;
   md << "GradMix with ensemble pseudo-labels on " << run.target << "\n\n"
-     << table.markdown() << "\nPseudo-labels: " << hard.index.numel() << " of " << labels.images.size()
+     << table.markdown() << "\nPseudo-labels: " << stats.hard << " of " << stats.unlabelled
      << " unlabelled images hard-labelled at threshold " << method.pseudo_threshold << " ("
-     << fixed(100 * hard_acc, 1) << "% correct); soft labels " << fixed(100 * soft_acc, 1)
-     << "% correct by argmax.\n";
+     << fixed(100 * stats.hard_accuracy, 1) << "% correct); soft labels "
+     << fixed(100 * stats.soft_accuracy, 1) << "% correct by argmax.\n";
   write_file_atomic((root / "table.md").string(), md.str());
   out << "\n" << md.str();
   return summary;

@@ -12,6 +12,7 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/core/version.h"
 #include "xfer/data/image_folder.h"
 #include "xfer/data/spec.h"
@@ -285,6 +286,15 @@ void RunOptions::fields(Fields& f) {
   sampling.fields(f);
 }
 
+std::vector<std::string> pretrain_only_options() {
+  PretrainSampling sampling;
+  Fields f;
+  sampling.fields(f);
+  std::vector<std::string> names;
+  for (const auto& field : f.all()) names.push_back(field.name);
+  return names;
+}
+
 ImportanceWeights importance_weights_by_model(const std::string& model_path, std::string head,
                                               const TensorDataset& source, const std::string& source_name,
                                               const std::string& target_spec, double temperature,
@@ -423,9 +433,11 @@ void load_external_init(PreparedRun& r) {
 /// Replaces the training split with what to pre-train on and records how in r.sampling.
 SampledSource resample_source(PreparedRun& r, bool pretraining) {
   RunOptions& opts = r.opts;
-  XFER_CHECK(pretraining || !opts.sampling.active(),
-             "--weights, --matcher, --size and --loss-weights are options "
-             "of `xfer pretrain`");
+  if (!pretraining && opts.sampling.active()) {
+    std::vector<std::string> flags;
+    for (const auto& name : pretrain_only_options()) flags.push_back(Fields::Field{name}.flag());
+    throw BadInput(cat(join(flags, ", "), " are options of `xfer pretrain`"));
+  }
   std::optional<ImportanceWeights> computed;
   if (!opts.sampling.weights_from.empty()) {
     opts.sampling.check();
