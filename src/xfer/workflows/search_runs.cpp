@@ -117,70 +117,74 @@ nlohmann::json RunObjective::config() const {
   return out;
 }
 
-nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out) {
-  const auto trials = study.trials();
-  const SearchSpace& space = study.info().space;
+namespace {
+
+nlohmann::json trial_result(const TrialRecord& t) {
+  const fs::path p = fs::path(t.run_dir) / "result.json";
+  return !t.run_dir.empty() && fs::exists(p) ? read_json_file(p.string()) : nlohmann::json::object();
+}
+
+/// One row per trial: exact values for trials.csv (`exact`), readable ones for the printed table.
+std::vector<std::string> trial_row(const TrialRecord& t, const SearchSpace& space, bool exact) {
+  const nlohmann::json r = t.state == "COMPLETE" ? trial_result(t) : nlohmann::json::object();
+  const std::string none = exact ? "" : "-";
+  auto accuracy = [&](double v) { return exact ? fixed(v, 6) : percent(v, 2); };
+  std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? accuracy(*t.value) : none};
+  for (const auto& p : space.params)
+    row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
+  row.push_back(r.contains("test_top1") ? accuracy(r["test_top1"].get<double>()) : none);
+  row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump()
+                                                                              : none);
+  row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, exact ? 2 : 1) : none);
+  row.push_back(t.run_dir);
+  return row;
+}
+
+/// What the study's trials cost, for the report and best.json.
+struct SearchCompute {
+  int64_t trials = 0, complete = 0, failed = 0, pruned = 0, steps = 0;
+  double run_seconds = 0;
+  explicit SearchCompute(const std::vector<TrialRecord>& all) : trials(static_cast<int64_t>(all.size())) {
+    for (const auto& t : all) {
+      complete += t.state == "COMPLETE";
+      failed += t.state == "FAILED";
+      pruned += t.state == "PRUNED";
+      // Every run validates at its last step, so a trial's last intermediate step is the steps it trained.
+      if (!t.intermediate.empty()) steps += t.intermediate.back().first;
+      if (t.finished > 0 && t.started > 0) run_seconds += t.finished - t.started;
+    }
+  }
+  nlohmann::json to_json() const {
+    return {{"trials", trials}, {"complete", complete}, {"pruned", pruned},
+            {"failed", failed}, {"steps", steps},       {"run_seconds", run_seconds}};
+  }
+};
+
+/// trials.csv (every trial), and the best 20 trials printed as a table.
+void write_trial_tables(const std::vector<TrialRecord>& trials, const SearchSpace& space,
+                        const SearchOptions& opts, std::ostream& out) {
   std::vector<std::string> header = {"trial", "state", "val_top1"};
   for (const auto& p : space.params) header.push_back(p.name);
   for (const char* h : {"test_top1", "best_val_step", "seconds", "run_dir"}) header.push_back(h);
   Table csv(header), md(header);
   for (size_t i = 2; i < header.size() - 1; ++i) md.align_right(i);
+  for (const auto& t : trials) csv.add_row(trial_row(t, space, true));
+  write_file_atomic((fs::path(opts.out) / "trials.csv").string(), csv.csv());
 
-  const TrialRecord* best = nullptr;
-  nlohmann::json best_result;
   std::vector<const TrialRecord*> by_value;
-  for (const auto& t : trials) {
-    by_value.push_back(&t);
-    if (t.state == "COMPLETE" && t.value && (!best || *t.value > *best->value)) best = &t;
-  }
+  for (const auto& t : trials) by_value.push_back(&t);
   std::stable_sort(by_value.begin(), by_value.end(), [](const TrialRecord* a, const TrialRecord* b) {
     return a->value.value_or(-1) > b->value.value_or(-1);
   });
-  auto result_of = [](const TrialRecord& t) {
-    const fs::path p = fs::path(t.run_dir) / "result.json";
-    return !t.run_dir.empty() && fs::exists(p) ? read_json_file(p.string()) : nlohmann::json::object();
-  };
-  // One row per trial: exact values for trials.csv (`exact`), readable ones for the printed table.
-  auto trial_row = [&](const TrialRecord& t, bool exact) {
-    const nlohmann::json r = t.state == "COMPLETE" ? result_of(t) : nlohmann::json::object();
-    const std::string none = exact ? "" : "-";
-    auto accuracy = [&](double v) { return exact ? fixed(v, 6) : percent(v, 2); };
-    std::vector<std::string> row = {std::to_string(t.number), t.state, t.value ? accuracy(*t.value) : none};
-    for (const auto& p : space.params)
-      row.push_back(exact ? p.value_text(t.params.at(p.name)) : p.display_text(t.params.at(p.name)));
-    row.push_back(r.contains("test_top1") ? accuracy(r["test_top1"].get<double>()) : none);
-    row.push_back(r.contains("best_val_step") && r["best_val_step"].is_number() ? r["best_val_step"].dump()
-                                                                                : none);
-    row.push_back(t.finished > 0 && t.started > 0 ? fixed(t.finished - t.started, exact ? 2 : 1) : none);
-    row.push_back(t.run_dir);
-    return row;
-  };
-  for (const auto& t : trials) csv.add_row(trial_row(t, true));
-  write_file_atomic((fs::path(opts.out) / "trials.csv").string(), csv.csv());
-
   const size_t shown = std::min<size_t>(by_value.size(), 20);
-  for (size_t i = 0; i < shown; ++i) md.add_row(trial_row(*by_value[i], false));
-  int64_t complete = 0, failed = 0, pruned = 0, steps = 0;
-  double run_seconds = 0;
-  for (const auto& t : trials) {
-    complete += t.state == "COMPLETE";
-    failed += t.state == "FAILED";
-    pruned += t.state == "PRUNED";
-    // Every run validates at its last step, so a trial's last intermediate step is the steps it trained.
-    if (!t.intermediate.empty()) steps += t.intermediate.back().first;
-    if (t.finished > 0 && t.started > 0) run_seconds += t.finished - t.started;
-  }
-  const nlohmann::json compute = {{"trials", trials.size()}, {"complete", complete},
-                                  {"pruned", pruned},        {"failed", failed},
-                                  {"steps", steps},          {"run_seconds", run_seconds}};
-  out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials ("
-      << complete << " complete, " << pruned << " pruned, " << failed << " failed), sampler "
-      << study.info().sampler << "\n\n";
+  for (size_t i = 0; i < shown; ++i) md.add_row(trial_row(*by_value[i], space, false));
   out << md.markdown();
   if (shown < by_value.size())
     out << "(the best " << shown << " of " << by_value.size() << " trials; all in trials.csv)\n";
+}
 
-  // Overhead: sampler and storage time against the trials' run time.
+/// The compute the trials took, and the sampler's and storage's time against it.
+void print_compute(Study& study, const SearchCompute& c, std::ostream& out) {
   double sample_s = 0, storage_s = 0, run_s = 0;
   int64_t counted = 0;
   for (const auto& w : study.workers()) {
@@ -189,16 +193,19 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     run_s += w.run_seconds;
     counted += w.trials;
   }
-  out << "\nCompute: " << trials.size() << " trials (" << pruned << " pruned), " << steps
-      << " training steps, " << fixed(run_seconds, 1) << " s of trial run time\n";
+  out << "\nCompute: " << c.trials << " trials (" << c.pruned << " pruned), " << c.steps
+      << " training steps, " << fixed(c.run_seconds, 1) << " s of trial run time\n";
   if (counted > 0 && run_s > 0)
     out << "Search overhead per trial: sampler " << fixed(1000 * sample_s / counted, 2) << " ms + storage "
         << fixed(1000 * storage_s / counted, 2) << " ms = " << percent((sample_s + storage_s) / run_s, 3)
         << " of a trial's run time (" << fixed(run_s / counted, 1) << " s)\n";
+}
 
-  // The history plot: every trial's value and the best so far.
+/// history.png: every complete trial's value and the best so far.
+void plot_history(const std::vector<TrialRecord>& trials, const std::string& study_name,
+                  const SearchOptions& opts, std::ostream& out) {
   Plot history;
-  history.title = cat("xfer search: ", study.info().name);
+  history.title = cat("xfer search: ", study_name);
   history.xlabel = "trial";
   history.ylabel = "validation top-1 (%)";
   history.style = "linespoints";
@@ -214,21 +221,37 @@ nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostre
     best_so_far.x.push_back(static_cast<double>(t.number));
     best_so_far.y.push_back(100 * running_best);
   }
-  if (!values.x.empty()) {
-    history.series = {values, best_so_far};
-    if (!write_plot((fs::path(opts.out) / "history.png").string(), history))
-      out << "history.png skipped: install gnuplot-nox\n";
-  }
+  if (values.x.empty()) return;
+  history.series = {values, best_so_far};
+  if (!write_plot((fs::path(opts.out) / "history.png").string(), history))
+    out << "history.png skipped: install gnuplot-nox\n";
+}
 
+}  // namespace
+
+nlohmann::json report_search(Study& study, const SearchOptions& opts, std::ostream& out) {
+  const auto trials = study.trials();
+  const SearchSpace& space = study.info().space;
+  const SearchCompute compute(trials);
+  out << "Study '" << study.info().name << "' in " << study.path() << ": " << trials.size() << " trials ("
+      << compute.complete << " complete, " << compute.pruned << " pruned, " << compute.failed
+      << " failed), sampler " << study.info().sampler << "\n\n";
+  write_trial_tables(trials, space, opts, out);
+  print_compute(study, compute, out);
+  plot_history(trials, study.info().name, opts, out);
+
+  const TrialRecord* best = nullptr;
+  for (const auto& t : trials)
+    if (t.state == "COMPLETE" && t.value && (!best || *t.value > *best->value)) best = &t;
   if (!best) {
     out << "\nNo trial has completed yet.\n";
     return nlohmann::json();
   }
-  best_result = result_of(*best);
+  const nlohmann::json best_result = trial_result(*best);
   nlohmann::json summary = {
-      {"trial", best->number},    {"val_top1", *best->value}, {"params", space.values_json(best->params)},
-      {"run_dir", best->run_dir}, {"study", study.path()},    {"trials", trials.size()},
-      {"complete", complete},     {"failed", failed},         {"compute", compute}};
+      {"trial", best->number},        {"val_top1", *best->value}, {"params", space.values_json(best->params)},
+      {"run_dir", best->run_dir},     {"study", study.path()},    {"trials", trials.size()},
+      {"complete", compute.complete}, {"failed", compute.failed}, {"compute", compute.to_json()}};
   for (const char* k : {"test_top1", "test_mean_class", "best_val_step", "iterations"})
     if (best_result.contains(k)) summary[k] = best_result[k];
   write_json_file((fs::path(opts.out) / "best.json").string(), summary);
