@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -110,6 +111,10 @@ TEST(PostgresStudy, StudiesAreJoinedByNameInOneDatabase) {
   EXPECT_EQ(joined.info().name, "alpha");
   EXPECT_EQ(joined.trials().size(), 1u);
   test::expect_bad_input([&] { Study x(server.url(), 60, "gamma"); }, {"no study named 'gamma'"});
+  // Heartbeats are stamped on the server's clock; this machine's is the same one.
+  EXPECT_LT(std::abs(open_sql(server.url(), "study", 10)->clock_offset()), 0.5);
+  test::TempDir dir;
+  EXPECT_EQ(open_sql(dir.file("study.sqlite"), "study", 10)->clock_offset(), 0);
   test::expect_bad_input([&] { Study x(server.url(), pg_test_info("a b")); }, {"--study name", "'a b'"});
 }
 

@@ -69,6 +69,9 @@ class SqlDb {
   virtual void rollback() noexcept = 0;
   /// Connects again after SqlConnectionLost; throws SqlConnectionLost while the server is unreachable.
   virtual void reconnect() = 0;
+  /// Seconds to add to this machine's clock to get the database's (0 for a file): workers on several
+  /// machines stamp heartbeats on the server's clock, so a skewed machine clock is not a dead worker.
+  virtual double clock_offset() const { return 0; }
 };
 
 /// Opens `storage` (see above). `what` names the database in errors ("study", "queue"); `busy_timeout` is

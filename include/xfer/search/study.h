@@ -125,6 +125,8 @@ class Study {
 
  private:
   void open(const std::string& storage, const std::string& name, double busy_timeout);
+  /// now() on the database's clock: what heartbeats and timestamps are written and compared on.
+  double clock() const;
   int64_t fail_stale_locked(double stale_after, int64_t retries);
 
   std::string storage_, path_;  // path_: storage_ without a password

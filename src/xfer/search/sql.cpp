@@ -346,11 +346,20 @@ class PgDb : public SqlDb {
           cat("the ", what_, " database ", where_, " is unreachable: ", pg_one_line(PQerrorMessage(conn_))));
     configure();
   }
+  double clock_offset() const override { return clock_offset_; }
 
  private:
+  static double wall_now() {
+    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  }
   void configure() {
     PQsetNoticeProcessor(
         conn_, [](void*, const char*) {}, nullptr);  // "already exists" notices
+    // The server's clock against ours, at the middle of one round trip.
+    const double t0 = wall_now();
+    const auto rows = query("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8", {});
+    const double t1 = wall_now();
+    clock_offset_ = rows[0].real(0) - (t0 + t1) / 2;
     query("SELECT set_config('lock_timeout', ?, false)",
           {std::to_string(static_cast<int64_t>(busy_timeout_ * 1000))});
     if (!schema_.empty()) set_search_path();
@@ -378,6 +387,7 @@ class PgDb : public SqlDb {
 
   std::string url_, where_, what_, schema_;
   double busy_timeout_;
+  double clock_offset_ = 0;
   PGconn* conn_ = nullptr;
 };
 

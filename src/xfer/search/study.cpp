@@ -84,6 +84,10 @@ double Study::now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+double Study::clock() const {
+  return now() + db_->clock_offset();
+}
+
 std::string Study::worker_id() {
   return cat(study_host(), ":", getpid());
 }
@@ -127,7 +131,7 @@ Study::Study(const std::string& path, const StudyInfo& info, double busy_timeout
         db_->query("INSERT INTO study(key, value) VALUES (?, ?)", {k, v});
       };
       insert("format", kStudyFormat);
-      insert("created", std::to_string(now()));
+      insert("created", std::to_string(clock()));
       for (const auto& [k, v] : mine) insert(k, v);
     } else {
       XFER_CHECK(format == kStudyFormat, path_, " holds a study of format '", format, "'; this xfer reads ",
@@ -189,7 +193,7 @@ int64_t Study::fail_stale_locked(double stale_after, int64_t retries) {
     double age;
   };
   std::vector<Stale> stale;
-  const double t = now();
+  const double t = clock();
   for (const auto& row :
        db_->query("SELECT number, worker, heartbeat, params, retry_of FROM trials WHERE state = 'RUNNING'")) {
     Stale x{row.integer(0), row.text(1), row.text(3), std::nullopt, t - row.real(2)};
@@ -227,7 +231,7 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
     claimed.reset();
     SqlTransaction tx(*db_);
     fail_stale_locked(opts.stale_after, opts.retries);
-    const double t = now();
+    const double t = clock();
     TrialRecord r;
     r.state = "RUNNING";
     r.worker = worker;
@@ -286,7 +290,7 @@ std::optional<TrialRecord> Study::claim(const std::string& worker, const ClaimOp
 
 void Study::heartbeat(int64_t number) {
   sql_retrying(*db_, busy_timeout_, [&] {
-    db_->query("UPDATE trials SET heartbeat = ? WHERE number = ? AND state = 'RUNNING'", {now(), number});
+    db_->query("UPDATE trials SET heartbeat = ? WHERE number = ? AND state = 'RUNNING'", {clock(), number});
   });
 }
 
@@ -313,7 +317,7 @@ void Study::complete(int64_t number, double value,
   sql_retrying(*db_, busy_timeout_, [&] {
     SqlTransaction tx(*db_);
     db_->query("UPDATE trials SET state = 'COMPLETE', value = ?, finished = ?, error = NULL WHERE number = ?",
-               {value, now(), number});
+               {value, clock(), number});
     study_write_intermediate(*db_, number, intermediate);
     // If this trial was given up for dead meanwhile, its queued retry is no longer needed.
     db_->query(
@@ -329,7 +333,7 @@ void Study::fail(int64_t number, const std::string& error,
   sql_retrying(*db_, busy_timeout_, [&] {
     SqlTransaction tx(*db_);
     db_->query("UPDATE trials SET state = 'FAILED', finished = ?, error = ? WHERE number = ?",
-               {now(), error, number});
+               {clock(), error, number});
     study_write_intermediate(*db_, number, intermediate);
     tx.commit();
   });
@@ -343,7 +347,7 @@ void Study::report(int64_t number, int64_t step, double value) {
 void Study::prune(int64_t number) {
   sql_retrying(*db_, busy_timeout_, [&] {
     db_->query("UPDATE trials SET state = 'PRUNED', finished = ?, error = NULL WHERE number = ?",
-               {now(), number});
+               {clock(), number});
   });
 }
 
@@ -375,7 +379,7 @@ void Study::record_worker(const WorkerStats& w) {
         "?, ?, ?, ?, ?) ON CONFLICT(worker) DO UPDATE SET trials = excluded.trials, sample_seconds = "
         "excluded.sample_seconds, storage_seconds = excluded.storage_seconds, run_seconds = "
         "excluded.run_seconds, finished = excluded.finished",
-        {w.worker, w.trials, w.sample_seconds, w.storage_seconds, w.run_seconds, now()});
+        {w.worker, w.trials, w.sample_seconds, w.storage_seconds, w.run_seconds, clock()});
   });
 }
 

@@ -87,7 +87,7 @@ class QueueHeartbeat {
         try {
           sql_retrying(*db_, patience, [&] {
             db_->query("UPDATE runs SET heartbeat = ? WHERE key = ? AND worker = ? AND state = 'RUNNING'",
-                       {now_seconds_epoch(), key_, worker_});
+                       {Study::now() + db_->clock_offset(), key_, worker_});
           });
         } catch (const std::exception& e) {
           log_warn(cat("worker: run ", key_, ": heartbeat failed: ", e.what()));
@@ -103,7 +103,6 @@ class QueueHeartbeat {
     cv_.notify_all();
     thread_.join();
   }
-  static double now_seconds_epoch() { return Study::now(); }
 
  private:
   std::unique_ptr<SqlDb> db_;
@@ -117,7 +116,7 @@ class QueueHeartbeat {
 /// Puts the RUNNING runs whose heartbeat is older than `stale_after` (or whose worker on this host is gone)
 /// back in the queue, or FAILED once they ran `retries` + 1 times. Returns how many.
 int64_t queue_requeue_stale(SqlDb& db, double stale_after, int64_t retries) {
-  const double t = Study::now();
+  const double t = Study::now() + db.clock_offset();
   int64_t n = 0;
   for (const auto& row :
        db.query("SELECT key, worker, heartbeat, attempts FROM runs WHERE state = 'RUNNING'")) {
@@ -244,7 +243,7 @@ int64_t run_queue_worker(const QueueWorkerOptions& opts, std::ostream& out) {
     timed([&] {
       key.clear();
       queue_requeue_stale(*db, opts.stale_after, opts.retries);
-      const double t = Study::now();
+      const double t = Study::now() + db->clock_offset();
       const auto rows = db->query(claim_sql, {worker, t, t});
       if (!rows.empty()) key = rows[0].text(0);
     });
@@ -296,7 +295,8 @@ int64_t run_queue_worker(const QueueWorkerOptions& opts, std::ostream& out) {
                  "UPDATE runs SET state = ?, result = ?, error = ?, finished = ?, seconds = ?, worker = ? "
                  "WHERE key = ? AND ((state = 'RUNNING' AND worker = ?) OR state = 'WAITING') RETURNING key",
                  {state, result.empty() ? SqlValue() : SqlValue(result),
-                  error.empty() ? SqlValue() : SqlValue(error), Study::now(), seconds, worker, key, worker})
+                  error.empty() ? SqlValue() : SqlValue(error), Study::now() + db->clock_offset(), seconds,
+                  worker, key, worker})
                .empty();
     });
     ++ran;
