@@ -15,8 +15,8 @@
 /// SQLite runs in WAL mode with synchronous=FULL: a committed trial survives a crash of any process. A
 /// locked database is waited for (busy timeout); a corrupt or foreign file is a clear error. A PostgreSQL
 /// server that goes away is reconnected to with a bounded back-off, each operation redone whole, for up to
-/// the busy timeout; then a one-line error. Heartbeats are compared on the workers' clocks: keep machines'
-/// clocks in sync (NTP) well within --stale-after.
+/// the busy timeout; then a one-line error. On PostgreSQL, heartbeats and times are stamped on the
+/// server's clock (each connection measures its offset), so machines whose clocks disagree share a study.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -116,7 +116,7 @@ class Study {
   std::vector<WorkerStats> workers();
   int64_t running();
 
-  /// Seconds since the epoch (the clock heartbeats are compared on).
+  /// Seconds since the epoch on this machine's clock.
   static double now();
   /// "HOST:PID" of this process.
   static std::string worker_id();
