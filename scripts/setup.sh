@@ -11,7 +11,9 @@ packages=(
   libnlopt-cxx-dev                 # SLSQP for GradMix
   libcli11-dev                     # the command line
   nlohmann-json3-dev               # configs, results, metrics
-  libsqlite3-dev                   # search studies
+  libsqlite3-dev                   # search studies on one machine
+  libpq-dev                        # search studies and suite queues on PostgreSQL, shared by machines
+  postgresql                       # the throwaway server the PostgreSQL tests start (initdb, pg_ctl)
   libturbojpeg0-dev libpng-dev     # image folders, PNG output
   zlib1g-dev                       # gzip'd IDX files, checksums
   googletest libgtest-dev libbenchmark-dev   # tests and micro-benchmarks

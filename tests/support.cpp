@@ -1,5 +1,9 @@
 #include "support.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -52,6 +56,99 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   fs::remove_all(path_, ec);
+}
+
+namespace {
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+int support_free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw std::runtime_error("socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+                  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  close(fd);
+  if (!ok) throw std::runtime_error("cannot find a free port on 127.0.0.1");
+  return ntohs(addr.sin_port);
+}
+
+/// The newest Debian PostgreSQL server binaries (/usr/lib/postgresql/N/bin), or "".
+std::string support_postgres_bin() {
+  std::string best;
+  int best_version = -1;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/usr/lib/postgresql", ec)) {
+    const fs::path bin = e.path() / "bin";
+    const int version = std::atoi(e.path().filename().c_str());
+    if (version > best_version && fs::exists(bin / "initdb") && fs::exists(bin / "pg_ctl") &&
+        fs::exists(bin / "postgres")) {
+      best = bin.string();
+      best_version = version;
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+PostgresServer::PostgresServer() {
+  bin_ = support_postgres_bin();
+  if (bin_.empty()) {
+    missing_ =
+        "PostgreSQL's server binaries (initdb, pg_ctl, postgres in /usr/lib/postgresql/N/bin) are missing";
+    return;
+  }
+  if (geteuid() == 0) {
+    // initdb and postgres refuse to run as root: the server runs as the postgres system user.
+    const passwd* pw = getpwnam("postgres");
+    if (!pw || !fs::exists("/usr/sbin/runuser")) {
+      missing_ = "running as root needs the postgres system user and runuser to start a test server";
+      return;
+    }
+    if (chown(dir_.path().c_str(), pw->pw_uid, pw->pw_gid) != 0)
+      throw std::runtime_error("cannot hand " + dir_.path() + " to the postgres user");
+    as_user_ = "/usr/sbin/runuser -u postgres -- ";
+  }
+  data_ = dir_.file("data");
+  log_ = dir_.file("server.log");
+  if (run(bin_ + "/initdb -D " + data_ + " -U xfer -A trust --no-sync -E UTF8 --locale=C") != 0)
+    throw std::runtime_error("initdb failed: " + read_file(dir_.file("command.log")));
+  port_ = support_free_port();
+  start();
+  if (run(bin_ + "/createdb -h 127.0.0.1 -p " + std::to_string(port_) + " -U xfer xfer") != 0)
+    throw std::runtime_error("createdb failed: " + read_file(dir_.file("command.log")));
+}
+
+PostgresServer::~PostgresServer() {
+  if (running_) run(bin_ + "/pg_ctl -D " + data_ + " -m immediate -w stop");
+}
+
+std::string PostgresServer::url() const {
+  return "postgresql://xfer@127.0.0.1:" + std::to_string(port_) + "/xfer";
+}
+
+void PostgresServer::start() {
+  const std::string options = "-p " + std::to_string(port_) + " -k " + dir_.path() +
+                              " -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+                              " -c full_page_writes=off -c max_connections=60";
+  if (run(bin_ + "/pg_ctl -D " + data_ + " -l " + log_ + " -w -t 60 -o '" + options + "' start") != 0) {
+    throw std::runtime_error("the test PostgreSQL server did not start: " + read_file(log_));
+  }
+  running_ = true;
+}
+
+void PostgresServer::stop() {
+  if (run(bin_ + "/pg_ctl -D " + data_ + " -m fast -w stop") != 0)
+    throw std::runtime_error("pg_ctl stop failed: " + read_file(dir_.file("command.log")));
+  running_ = false;
+}
+
+int PostgresServer::run(const std::string& command) const {
+  // The command's output goes to a log in the server's directory (writable by the postgres user).
+  return std::system((as_user_ + command + " >" + dir_.file("command.log") + " 2>&1").c_str());
 }
 
 std::string write_tiny_idx(const std::string& dir, int classes, int per_class, int test_per_class) {

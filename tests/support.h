@@ -72,6 +72,35 @@ bool have_fmnist();
   if (!::xfer::test::have_fmnist()) \
   GTEST_SKIP() << "dataset-fashion-mnist is not installed (scripts/setup.sh)"
 
+/// A throwaway PostgreSQL server for tests (Debian's postgresql package): initdb into a temporary directory,
+/// `postgres` on a free loopback port with trust authentication, one database `xfer`; stopped and removed
+/// on destruction. Run as the `postgres` system user when the tests run as root (the server refuses root).
+/// missing() says what is not installed (the tests then skip, naming it).
+class PostgresServer {
+ public:
+  PostgresServer();
+  ~PostgresServer();
+  PostgresServer(const PostgresServer&) = delete;
+  PostgresServer& operator=(const PostgresServer&) = delete;
+  const std::string& missing() const { return missing_; }
+  /// postgresql://xfer@127.0.0.1:PORT/xfer
+  std::string url() const;
+  int port() const { return port_; }
+  /// Stops the server (fast shutdown, clients are disconnected) and starts it again on the same port.
+  void stop();
+  void start();
+
+ private:
+  int run(const std::string& command) const;
+  TempDir dir_;
+  std::string missing_, bin_, data_, log_, as_user_;
+  int port_ = 0;
+  bool running_ = false;
+};
+#define XFER_REQUIRE_POSTGRES(server) \
+  if (!(server).missing().empty())    \
+  GTEST_SKIP() << (server).missing() << " (scripts/setup.sh installs the postgresql package)"
+
 /// Sets the modification time of `path` a year back and returns its stamp (inode, size, modification
 /// time, content). A later file_stamp equal to it means nobody rewrote or replaced the file since: unlike a
 /// bare mtime comparison, this does not depend on the file system's time resolution.

@@ -5,6 +5,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/report/table.h"
 #include "xfer/workflows/suite.h"
+#include "xfer/workflows/suite_queue.h"
 
 namespace xfer::cli {
 namespace {
@@ -28,6 +29,9 @@ class BenchCommand : public Command {
         "  xfer bench --list\n"
         "  xfer bench --suite quick --jobs 2\n"
         "  xfer bench --suite my_suite.json --out runs/mine\n"
+        "  xfer bench --suite quick --storage postgresql://me@db:5432/xfer     (then xfer worker on each "
+        "machine)\n"
+        "  xfer bench --suite quick --storage postgresql://me@db:5432/xfer --collect\n"
         "Suites are JSON files (bench/suites/*.json): see docs/bench.md.");
   }
   void run(std::ostream& out) override {
@@ -37,7 +41,12 @@ class BenchCommand : public Command {
       out << t.markdown();
       return;
     }
-    run_bench(opts_, out);
+    if (opts_.storage.empty())
+      run_bench(opts_, out);
+    else if (opts_.collect)
+      collect_suite(opts_, out);
+    else
+      enqueue_suite(opts_, out);
   }
 
  private:

@@ -238,6 +238,7 @@ int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& e
   commands.push_back(make_data_command());
   commands.push_back(make_search_command());
   commands.push_back(make_bench_command());
+  commands.push_back(make_worker_command());
   commands.push_back(make_launch_command());
   commands.push_back(make_report_command());
   commands.push_back(make_gradmix_pseudo_command());

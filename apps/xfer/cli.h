@@ -46,6 +46,7 @@ std::unique_ptr<Command> make_gradmix_pseudo_command();
 std::unique_ptr<Command> make_gradmix_weights_command();
 std::unique_ptr<Command> make_search_command();
 std::unique_ptr<Command> make_bench_command();
+std::unique_ptr<Command> make_worker_command();
 std::unique_ptr<Command> make_report_command();
 std::unique_ptr<Command> make_weights_command();
 std::unique_ptr<Command> make_rank_command();

@@ -3,7 +3,8 @@
 /// validation top-1, with TPE or random search, in a study that survives crashes and is shared by
 /// parallel worker processes.
 ///
-///   OUT/study.sqlite     the study (or --storage PATH): space, trials, intermediate values, heartbeats
+///   OUT/study.sqlite     the study (or --storage FILE / postgresql://...): space, trials, intermediate
+///                        values, heartbeats
 ///   OUT/trials/NNNN/     each trial's run directory (config.json, metrics.jsonl, result.json, checkpoints)
 ///   OUT/trials.csv       one row per trial: number, state, value, parameters, run directory, seconds
 ///   OUT/best.json        the best trial: parameters, validation and test top-1, run directory

@@ -1,19 +1,25 @@
 #pragma once
-/// A search study in an SQLite file, shared by the worker processes that run its trials (as Optuna's RDB
-/// storage): the study's name, search space, sampler and base configuration; every trial with its
-/// parameters, state, value, run directory, timestamps and heartbeat; the trials' intermediate
-/// (validation) values; and each worker's time accounting.
+/// A search study in a relational database, shared by the worker processes that run its trials (as Optuna's
+/// RDB storage): an SQLite file for workers on one machine, or a PostgreSQL database for workers on many
+/// (search/sql.h; one database holds many studies, joined by name). It holds the study's name, search space,
+/// sampler and base configuration; every trial with its parameters, state, value, run directory, timestamps
+/// and heartbeat; the trials' intermediate (validation) values; and each worker's time accounting.
 ///
 /// Trial states: WAITING (a retry not yet started), RUNNING, COMPLETE, PRUNED (stopped by the pruner: its
 /// intermediate values are kept, it has no value), FAILED. A running trial's intermediate values are
 /// written as they are reported, so a pruner in another worker sees them. A worker claims a trial
-/// inside one write transaction (BEGIN IMMEDIATE), so two workers never run the same trial: first it
+/// inside one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the study's advisory lock), so two
+/// workers never run the same trial: first it
 /// fails the RUNNING trials whose heartbeat is older than the stale timeout (or whose worker process on
 /// this host is gone) and queues a retry of each, then it takes a WAITING trial or samples a new one.
-/// The database runs in WAL mode with synchronous=FULL: a committed trial survives a crash of any
-/// process. A locked database is waited for (busy timeout); a corrupt or foreign file is a clear error.
+/// SQLite runs in WAL mode with synchronous=FULL: a committed trial survives a crash of any process. A
+/// locked database is waited for (busy timeout); a corrupt or foreign file is a clear error. A PostgreSQL
+/// server that goes away is reconnected to with a bounded back-off, each operation redone whole, for up to
+/// the busy timeout; then a one-line error. On PostgreSQL, heartbeats and times are stamped on the
+/// server's clock (each connection measures its offset), so machines whose clocks disagree share a study.
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,9 +29,9 @@
 #include "xfer/search/space.h"
 #include "xfer/search/tpe.h"
 
-struct sqlite3;
-
 namespace xfer {
+
+class SqlDb;
 
 struct TrialRecord {
   int64_t number = 0;
@@ -57,18 +63,23 @@ struct WorkerStats {
 
 class Study {
  public:
-  /// Opens the study in `path`, creating the file and the study if needed. An existing study must have
+  /// Opens the study in `path` (a storage: FILE, sqlite:FILE or postgresql://...), creating the file and
+  /// the study if needed. An existing study must have
   /// the same name, space, sampler, seed and configuration: BadInput names the first difference.
   /// `busy_timeout` (seconds) is how long a locked database is waited for.
   Study(const std::string& path, const StudyInfo& info, double busy_timeout = 60);
-  /// Opens an existing study without checking it against a StudyInfo (reports, other threads).
-  explicit Study(const std::string& path, double busy_timeout = 60);
+  /// Opens an existing study without checking it against a StudyInfo (reports, other threads); `name`
+  /// picks the study in a PostgreSQL database (a file holds one).
+  explicit Study(const std::string& path, double busy_timeout = 60, const std::string& name = "search");
   ~Study();
   Study(const Study&) = delete;
   Study& operator=(const Study&) = delete;
 
   const StudyInfo& info() const { return info_; }
+  /// Where the study is, for reports: the file, or the URL without its password.
   const std::string& path() const { return path_; }
+  /// The same study on a connection of its own (a heartbeat thread's).
+  std::unique_ptr<Study> connect_again() const;
 
   /// Samples parameters for trial `number` from the finished trials, complete and pruned (in creation
   /// order; a pruned trial with its last intermediate value).
@@ -105,18 +116,23 @@ class Study {
   std::vector<WorkerStats> workers();
   int64_t running();
 
-  /// Seconds since the epoch (the clock heartbeats are compared on).
+  /// Seconds since the epoch on this machine's clock.
   static double now();
   /// "HOST:PID" of this process.
   static std::string worker_id();
+  /// Whether worker "HOST:PID" is certainly gone: on this host, and no such process.
+  static bool worker_gone(const std::string& worker);
 
  private:
-  void open(double busy_timeout);
+  void open(const std::string& storage, const std::string& name, double busy_timeout);
+  /// now() on the database's clock: what heartbeats and timestamps are written and compared on.
+  double clock() const;
   int64_t fail_stale_locked(double stale_after, int64_t retries);
 
-  std::string path_;
+  std::string storage_, path_;  // path_: storage_ without a password
+  double busy_timeout_ = 60;
   StudyInfo info_;
-  sqlite3* db_ = nullptr;
+  std::unique_ptr<SqlDb> db_;
 };
 
 }  // namespace xfer

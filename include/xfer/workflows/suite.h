@@ -126,6 +126,8 @@ struct BenchOptions {
   std::string cache;       // source models; "" = the default cache
   bool timing = true;      // measure time per step relative to l2 in one process (timing.md)
   std::string executable;  // the xfer binary that runs each run; "" = this process's executable
+  std::string storage;     // "": run here; else the database of the suite's run queue (suite_queue.h)
+  bool collect = false;    // with storage: build the tables from the queue's results
 
   void fields(Fields& f);
 };

@@ -24,6 +24,8 @@ bool already_done(const RunRequest& q);
 
 /// A run's record from its result.json; not ok when it has none.
 RunRecord record_of(const RunRequest& q);
+/// A run's record from the content of its result.json (a queue's stored result).
+RunRecord record_from_result(const RunRequest& q, const nlohmann::json& result);
 
 /// How run_processes starts each run.
 struct RunProcesses {

@@ -76,8 +76,10 @@ class SearchHeartbeat {
 
 void SearchOptions::fields(Fields& f) {
   f.add("out", out, "the search's directory: study.sqlite, trials/NNNN run directories, trials.csv, plots");
-  f.add("storage", storage,
-        "the study database (default OUT/study.sqlite); workers on one file share the study");
+  f.add(
+      "storage", storage,
+      "the study database: FILE or sqlite:FILE (default OUT/study.sqlite), shared by workers on one machine, "
+      "or postgresql://USER@HOST:PORT/DB, shared by machines (password: PGPASSWORD or ~/.pgpass)");
   f.add("study", study, "the study's name, checked when a study is resumed");
   f.add("trials", trials, "trials in the study, counting those already run (not retries of crashed ones)")
       .at_least(1);
@@ -92,7 +94,8 @@ void SearchOptions::fields(Fields& f) {
         "seconds without a heartbeat after which a running trial counts as crashed")
       .positive();
   f.add("retries", retries, "times a crashed trial is run again").non_negative();
-  f.add("busy_timeout", busy_timeout, "seconds to wait for a database locked by another process")
+  f.add("busy_timeout", busy_timeout,
+        "seconds to wait for a database locked by another process, or for a PostgreSQL server that went away")
       .non_negative();
   f.add("plot_top", plot_top, "best trials drawn in schedules.png (smooth)").at_least(1);
   f.add("pruner", pruner,
@@ -159,7 +162,7 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
   SearchOptions checked = opts;
   checked.validate();
   const std::string worker = Study::worker_id();
-  Study beats(study.path(), opts.busy_timeout);  // the heartbeat thread's own connection
+  const std::unique_ptr<Study> beats = study.connect_again();  // the heartbeat thread's own connection
   WorkerStats stats;
   stats.worker = worker;
   const Study::ClaimOptions claim_opts{opts.trials, opts.stale_after, opts.retries};
@@ -207,7 +210,7 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
       return stop;
     };
     try {
-      SearchHeartbeat beat(beats, r.number, opts.heartbeat);
+      SearchHeartbeat beat(*beats, r.number, opts.heartbeat);
       outcome = objective(r.params, r, report);
     } catch (const TrialPruned& e) {
       pruned = true;

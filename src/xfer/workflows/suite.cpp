@@ -65,6 +65,11 @@ void BenchOptions::fields(Fields& f) {
   f.add("cache", cache, "cache of pre-trained source models (default $XDG_CACHE_HOME/xfer or ~/.cache/xfer)");
   f.add("timing", timing, "measure each method's time per step relative to l2 in one process (timing.md)");
   f.add("executable", executable, "the xfer binary that runs each run (default: this one)");
+  f.add(
+      "storage", storage,
+      "queue the runs in this database instead of running them (postgresql://USER@HOST:PORT/DB or an SQLite "
+      "FILE); `xfer worker` runs them");
+  f.add("collect", collect, "with --storage: build the tables from the queue's results");
 }
 Suite load_suite(const std::string& name_or_path) {
   fs::path path(name_or_path);
@@ -108,6 +113,8 @@ std::vector<std::pair<std::string, std::string>> builtin_suites() {
 }
 nlohmann::json run_bench(const BenchOptions& opts, std::ostream& out) {
   check_options(const_cast<BenchOptions&>(opts));
+  XFER_CHECK(opts.storage.empty(), "run_bench runs a suite here; a --storage queue is enqueue_suite's");
+  XFER_CHECK(!opts.collect, "--collect needs --storage (the database the suite was queued in)");
   const Suite suite = load_suite(opts.suite);
   const std::string dir = opts.out.empty() ? (fs::path("runs") / ("bench-" + suite.name)).string() : opts.out;
   const std::vector<RunRequest> plan = plan_runs(suite, dir, opts.cache);

@@ -93,14 +93,24 @@ bool already_done(const RunRequest& q) {
 }
 
 RunRecord record_of(const RunRequest& q) {
+  const fs::path result = fs::path(q.dir) / "result.json";
+  if (!fs::exists(result)) {
+    RunRecord rec;
+    rec.task = q.task;
+    rec.method = q.label;
+    rec.seed = q.seed;
+    rec.dir = q.dir;
+    return rec;
+  }
+  return record_from_result(q, read_json_file(result.string()));
+}
+
+RunRecord record_from_result(const RunRequest& q, const nlohmann::json& r) {
   RunRecord rec;
   rec.task = q.task;
   rec.method = q.label;
   rec.seed = q.seed;
   rec.dir = q.dir;
-  const fs::path result = fs::path(q.dir) / "result.json";
-  if (!fs::exists(result)) return rec;
-  const nlohmann::json r = read_json_file(result.string());
   rec.ok = true;
   rec.test_top1 = r.value("test_top1", 0.0);
   rec.test_mean_class = r.value("test_mean_class", 0.0);
