@@ -10,6 +10,7 @@
 // spends on the layers' inner products and SLSQP (measured inside its step) as a fraction of its step.
 #include <algorithm>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include <torch/torch.h>
@@ -102,7 +103,14 @@ int main(int argc, char** argv) {
     loader.batch_size = a.batch;
     xfer::GradMixMethod::Options opts;
     opts.sources = "fmnist:classes=5-9:part=0/2:shift=rot30+noise0.2;fmnist:classes=0-4";
-    opts.layers = a.layers;
+    const std::optional<xfer::MixingGranularity> layers =
+        xfer::enum_from_name<xfer::MixingGranularity>(a.layers);
+    if (!layers) {
+      std::cerr << "xfer_gradmix_bench: --layers must be layer, module, tensor or global, got '" << a.layers
+                << "'\n";
+      return 2;
+    }
+    opts.layers = *layers;
     const int64_t total = a.warmup + a.steps;
     GradMixBenchRun gradmix(task, opts, loader, total);
     opts.mode = xfer::GradMixMethod::Mode::source_only;

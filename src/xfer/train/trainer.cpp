@@ -15,6 +15,7 @@
 #include "xfer/core/io.h"
 #include "xfer/core/rng.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/dist/dist.h"
 #include "xfer/models/predict.h"
 #include "xfer/train/checkpoint.h"
@@ -158,14 +159,6 @@ struct PhasePlan {
   int64_t end(size_t i) const { return starts[i] + phases[i].steps; }
   nlohmann::json to_json() const { return phases_json(phases); }
 };
-
-std::string percent(double fraction) {
-  std::ostringstream os;
-  os.setf(std::ios::fixed);
-  os.precision(1);
-  os << 100.0 * fraction << "%";
-  return os.str();
-}
 
 }  // namespace
 
