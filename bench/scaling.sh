@@ -6,7 +6,10 @@
 # the workers' "Queue overhead per run"), and the speed-up over one worker.
 # Goals: the database adds < 1% per trial; 2 workers with one core each take < 0.6x one worker's time.
 #
-#   bash bench/scaling.sh [TRIALS] [WORKERS...]       defaults: 24 1 2 4
+# THREADS=N gives every worker N threads instead: THREADS=1 compares one one-core worker with two, the goal's
+# terms (with the default split, one worker already uses every core).
+#
+#   [THREADS=N] bash bench/scaling.sh [TRIALS] [WORKERS...]       defaults: 24 1 2 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trials=${1:-24}
@@ -31,7 +34,10 @@ url="postgresql://xfer@127.0.0.1:$port/xfer"
 cheap=(--method scratch --target fmnist:classes=2,4,6,7,9:per_class=20:val=10 --backbone cnn4:width=8
        --iterations 150 --eval-every 50 --batch-size 32 --param lr=log:0.01:0.2 --param momentum=lin:0.5:0.95
        --trials "$trials" --startup-trials 4)
-threads_for() { local t=$((cores / $1)); ((t < 1)) && t=1; echo "$t"; }
+threads_for() {
+  if [ -n "${THREADS:-}" ]; then echo "$THREADS"; return; fi
+  local t=$((cores / $1)); ((t < 1)) && t=1; echo "$t"
+}
 seconds_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
 
 echo "cores: $cores; $(uptime)"
