@@ -1,8 +1,12 @@
 #pragma once
 /// Process-wide runtime: threads, log lines, a progress bar, a monotonic clock.
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 
 namespace xfer {
 
@@ -67,6 +71,22 @@ class Progress {
   int64_t total_, start_done_;
   double start_time_, last_draw_;
   bool tty_, open_ = false;
+};
+
+/// Calls `fn` every `interval` seconds on a thread of its own until destroyed (heartbeats of a running trial
+/// or run). The destructor wakes the thread and waits for a call in progress; `fn` handles its own errors.
+class Periodic {
+ public:
+  Periodic(double interval, std::function<void()> fn);
+  ~Periodic();
+  Periodic(const Periodic&) = delete;
+  Periodic& operator=(const Periodic&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
 };
 
 }  // namespace xfer

@@ -196,4 +196,20 @@ void Progress::finish() {
   open_ = false;
 }
 
+Periodic::Periodic(double interval, std::function<void()> fn) {
+  thread_ = std::thread([this, interval, fn = std::move(fn)] {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!cv_.wait_for(lock, std::chrono::duration<double>(interval), [this] { return stop_; })) fn();
+  });
+}
+
+Periodic::~Periodic() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
 }  // namespace xfer

@@ -7,14 +7,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <mutex>
 #include <sstream>
-#include <thread>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -38,39 +35,6 @@ std::string search_trial_dir(const std::string& out, int64_t number) {
   std::snprintf(name, sizeof name, "%04lld", static_cast<long long>(number));
   return (fs::path(out) / "trials" / name).string();
 }
-
-/// Sends a running trial's heartbeat on its own connection, every `interval` seconds, until destroyed.
-class SearchHeartbeat {
- public:
-  SearchHeartbeat(Study& study, int64_t number, double interval) : study_(study), number_(number) {
-    thread_ = std::thread([this, interval] {
-      std::unique_lock<std::mutex> lock(mutex_);
-      while (!cv_.wait_for(lock, std::chrono::duration<double>(interval), [this] { return stop_; })) {
-        try {
-          study_.heartbeat(number_);
-        } catch (const std::exception& e) {
-          log_warn(cat("search: trial ", number_, ": heartbeat failed: ", e.what()));
-        }
-      }
-    });
-  }
-  ~SearchHeartbeat() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  Study& study_;
-  int64_t number_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
 
 }  // namespace
 
@@ -210,7 +174,14 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
       return stop;
     };
     try {
-      SearchHeartbeat beat(*beats, r.number, opts.heartbeat);
+      // The trial's heartbeat, on its own connection.
+      const Periodic beat(opts.heartbeat, [&beats, number = r.number] {
+        try {
+          beats->heartbeat(number);
+        } catch (const std::exception& e) {
+          log_warn(cat("search: trial ", number, ": heartbeat failed: ", e.what()));
+        }
+      });
       outcome = objective(r.params, r, report);
     } catch (const TrialPruned& e) {
       pruned = true;

@@ -2,12 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <mutex>
-#include <thread>
 
 #include "xfer/core/error.h"
 #include "xfer/core/fields.h"
@@ -74,44 +71,6 @@ void queue_check_exists(SqlDb& db, const Suite& s) {
   XFER_CHECK(!rows.empty() && rows[0].text(0) == s.name, db.where(), " holds the queue of suite '",
              rows.empty() ? std::string() : rows[0].text(0), "', not '", s.name, "'");
 }
-
-/// Sends a claimed run's heartbeat on its own connection, every `interval` seconds, until destroyed.
-class QueueHeartbeat {
- public:
-  QueueHeartbeat(std::unique_ptr<SqlDb> db, std::string key, std::string worker, double interval,
-                 double patience)
-      : db_(std::move(db)), key_(std::move(key)), worker_(std::move(worker)) {
-    thread_ = std::thread([this, interval, patience] {
-      std::unique_lock<std::mutex> lock(mutex_);
-      while (!cv_.wait_for(lock, std::chrono::duration<double>(interval), [this] { return stop_; })) {
-        try {
-          sql_retrying(*db_, patience, [&] {
-            db_->query("UPDATE runs SET heartbeat = ? WHERE key = ? AND worker = ? AND state = 'RUNNING'",
-                       {Study::now() + db_->clock_offset(), key_, worker_});
-          });
-        } catch (const std::exception& e) {
-          log_warn(cat("worker: run ", key_, ": heartbeat failed: ", e.what()));
-        }
-      }
-    });
-  }
-  ~QueueHeartbeat() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::unique_ptr<SqlDb> db_;
-  std::string key_, worker_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
-};
 
 /// Puts the RUNNING runs whose heartbeat is older than `stale_after` (or whose worker on this host is gone)
 /// back in the queue, or FAILED once they ran `retries` + 1 times. Returns how many.
@@ -269,8 +228,19 @@ int64_t run_queue_worker(const QueueWorkerOptions& opts, std::ostream& out) {
         pretrain_sources({plan[i]}, opts.cache, how.threads, out);
         std::vector<RunRecord> records(plan.size());
         {
-          QueueHeartbeat beat(queue_open(opts.storage, suite, opts.busy_timeout), key, worker, opts.heartbeat,
-                              opts.busy_timeout);
+          // The run's heartbeat, on its own connection; only while this worker still holds the run.
+          std::shared_ptr<SqlDb> db = queue_open(opts.storage, suite, opts.busy_timeout);
+          const double patience = opts.busy_timeout;
+          const Periodic beat(opts.heartbeat, [db, key, worker, patience] {
+            try {
+              sql_retrying(*db, patience, [&] {
+                db->query("UPDATE runs SET heartbeat = ? WHERE key = ? AND worker = ? AND state = 'RUNNING'",
+                          {Study::now() + db->clock_offset(), key, worker});
+              });
+            } catch (const std::exception& e) {
+              log_warn(cat("worker: run ", key, ": heartbeat failed: ", e.what()));
+            }
+          });
           run_processes(
               plan, {i}, how, records, [](size_t) {}, 0);
         }
