@@ -24,7 +24,9 @@ TEST(Periodic, CallsUntilDestroyedAndNeverAfter) {
 TEST(Periodic, DestructionDoesNotWaitOutTheInterval) {
   int calls = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  { const Periodic beat(3600, [&] { ++calls; }); }
+  {
+    const Periodic beat(3600, [&] { ++calls; });
+  }
   EXPECT_EQ(calls, 0);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }

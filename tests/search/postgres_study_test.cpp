@@ -11,6 +11,7 @@
 #include <set>
 #include <thread>
 
+#include "study_fixture.h"
 #include "support.h"
 #include "xfer/core/io.h"
 #include "xfer/search/sql.h"
@@ -23,64 +24,44 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-StudyInfo pg_test_info(const std::string& name = "test") {
-  StudyInfo info;
-  info.name = name;
-  info.space = SearchSpace::parse({"x=lin:-1:1", "c=cat:a,b"});
-  info.seed = 3;
-  info.config = {{"iterations", 10}, {"method.tau", 5.0}};
-  return info;
-}
-
-Study::SampleFn pg_test_sampler() {
-  return [](const std::vector<Observation>& complete, int64_t number) {
-    return ParamValues{{"x", static_cast<double>(complete.size()) / 100},
-                       {"c", static_cast<double>(number % 2)}};
-  };
-}
-
-Study::RunDirFn pg_test_dirs() {
-  return [](int64_t n) { return "runs/" + std::to_string(n); };
-}
-
 TEST(PostgresStudy, ClaimsUpToTheBudgetResumesAndRefusesAnotherConfiguration) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
   const std::string url = server.url();
   {
-    Study s(url, pg_test_info());
+    Study s(url, test::study_info());
     for (int i = 0; i < 3; ++i) {
-      auto t = s.claim("w", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+      auto t = s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs());
       ASSERT_TRUE(t);
       EXPECT_EQ(t->number, i);
       EXPECT_EQ(t->params.at("x"), i / 100.0) << "the sampler sees the complete trials";
       s.report(t->number, 5, 0.1);
       s.complete(t->number, 0.5 + i + 1e-13, {{5, 0.1}, {10, 0.2 + i}});
     }
-    EXPECT_FALSE(s.claim("w", {3, 60, 1}, pg_test_sampler(), pg_test_dirs()));
+    EXPECT_FALSE(s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs()));
     EXPECT_EQ(s.running(), 0);
     EXPECT_EQ(s.complete_count(), 3);
     EXPECT_EQ(s.complete_values_at(10), (std::vector<double>{0.2 + 0, 0.2 + 1, 0.2 + 2}));
   }
-  Study s(url, pg_test_info());
+  Study s(url, test::study_info());
   auto trials = s.trials();
   ASSERT_EQ(trials.size(), 3u);
   EXPECT_EQ(trials[2].state, "COMPLETE");
   EXPECT_EQ(*trials[2].value, 2.5 + 1e-13) << "doubles round-trip exactly";
   EXPECT_EQ(trials[2].intermediate, (std::vector<std::pair<int64_t, double>>{{5, 0.1}, {10, 2.2}}));
   EXPECT_EQ(trials[1].params.at("c"), 1.0);
-  auto t = s.claim("w", {5, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  auto t = s.claim("w", {5, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t);
   EXPECT_EQ(t->number, 3);
   s.fail(t->number, "the loss is nan at step 3", {});
   EXPECT_EQ(s.trials()[3].state, "FAILED");
-  t = s.claim("w", {5, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  t = s.claim("w", {5, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t);
   s.report(t->number, 1, 0.3);
   s.prune(t->number);
   EXPECT_EQ(s.trials()[4].state, "PRUNED");
   EXPECT_EQ(s.trials()[4].intermediate, (std::vector<std::pair<int64_t, double>>{{1, 0.3}}));
-  EXPECT_FALSE(s.claim("w", {5, 60, 1}, pg_test_sampler(), pg_test_dirs()))
+  EXPECT_FALSE(s.claim("w", {5, 60, 1}, test::study_sampler(), test::study_dirs()))
       << "failed and pruned trials count";
   s.record_worker({"w", 5, 0.5, 0.25, 10});
   s.record_worker({"w", 6, 0.5, 0.25, 12});  // a worker's stats are replaced, not added
@@ -88,14 +69,14 @@ TEST(PostgresStudy, ClaimsUpToTheBudgetResumesAndRefusesAnotherConfiguration) {
   EXPECT_EQ(s.workers()[0].trials, 6);
   EXPECT_EQ(s.workers()[0].run_seconds, 12);
 
-  StudyInfo other = pg_test_info();
+  StudyInfo other = test::study_info();
   other.space = SearchSpace::parse({"x=lin:-2:1", "c=cat:a,b"});
   test::expect_bad_input([&] { Study x(url, other); },
                          {"another space", "x is lin:-2:1 now but lin:-1:1 in the study"});
-  other = pg_test_info();
+  other = test::study_info();
   other.config["iterations"] = 20;
   test::expect_bad_input([&] { Study x(url, other); }, {"iterations = 10, not 20"});
-  other = pg_test_info();
+  other = test::study_info();
   other.sampler = "random";
   test::expect_bad_input([&] { Study x(url, other); }, {"tpe sampler, not random"});
 }
@@ -103,8 +84,8 @@ TEST(PostgresStudy, ClaimsUpToTheBudgetResumesAndRefusesAnotherConfiguration) {
 TEST(PostgresStudy, StudiesAreJoinedByNameInOneDatabase) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  Study a(server.url(), pg_test_info("alpha")), b(server.url(), pg_test_info("beta"));
-  a.complete(a.claim("w", {3, 60, 1}, pg_test_sampler(), pg_test_dirs())->number, 0.5, {});
+  Study a(server.url(), test::study_info("alpha")), b(server.url(), test::study_info("beta"));
+  a.complete(a.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs())->number, 0.5, {});
   EXPECT_EQ(a.trials().size(), 1u);
   EXPECT_EQ(b.trials().size(), 0u) << "another study's trials are its own";
   Study joined(server.url(), 60, "alpha");  // a second worker joins by name
@@ -115,22 +96,22 @@ TEST(PostgresStudy, StudiesAreJoinedByNameInOneDatabase) {
   EXPECT_LT(std::abs(open_sql(server.url(), "study", 10)->clock_offset()), 0.5);
   test::TempDir dir;
   EXPECT_EQ(open_sql(dir.file("study.sqlite"), "study", 10)->clock_offset(), 0);
-  test::expect_bad_input([&] { Study x(server.url(), pg_test_info("a b")); }, {"--study name", "'a b'"});
+  test::expect_bad_input([&] { Study x(server.url(), test::study_info("a b")); }, {"--study name", "'a b'"});
 }
 
 TEST(PostgresStudy, StaleTrialsFailAndAreRetriedWithoutLosingCompletedOnes) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  Study a(server.url(), pg_test_info()), b(server.url(), pg_test_info());
-  auto t0 = a.claim("host-a:1", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  Study a(server.url(), test::study_info()), b(server.url(), test::study_info());
+  auto t0 = a.claim("host-a:1", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   a.complete(t0->number, 0.7, {});
-  auto t1 = a.claim("host-a:1", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  auto t1 = a.claim("host-a:1", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t1);
-  auto t2 = b.claim("host-b:2", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  auto t2 = b.claim("host-b:2", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t2);
   EXPECT_EQ(t2->number, 2);
   b.complete(t2->number, 0.9, {});
-  EXPECT_FALSE(b.claim("host-b:2", {3, 60, 1}, pg_test_sampler(), pg_test_dirs()));
+  EXPECT_FALSE(b.claim("host-b:2", {3, 60, 1}, test::study_sampler(), test::study_dirs()));
   EXPECT_EQ(b.running(), 1);
   // Heartbeats keep trial 1 alive; once they stop, b's next claim fails it and runs it again.
   for (int i = 0; i < 3; ++i) {
@@ -139,7 +120,7 @@ TEST(PostgresStudy, StaleTrialsFailAndAreRetriedWithoutLosingCompletedOnes) {
   }
   EXPECT_EQ(b.fail_stale(0.3, 1), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(350));
-  auto retry = b.claim("host-b:2", {3, 0.3, 1}, pg_test_sampler(), pg_test_dirs());
+  auto retry = b.claim("host-b:2", {3, 0.3, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(retry);
   EXPECT_EQ(retry->number, 3);
   EXPECT_EQ(*retry->retry_of, 1);
@@ -150,20 +131,22 @@ TEST(PostgresStudy, StaleTrialsFailAndAreRetriedWithoutLosingCompletedOnes) {
   EXPECT_EQ(trials[1].state, "FAILED");
   EXPECT_NE(trials[1].error.find("no heartbeat"), std::string::npos) << trials[1].error;
   for (int n : {0, 2, 3}) EXPECT_EQ(trials[n].state, "COMPLETE") << n;
-  EXPECT_FALSE(b.claim("host-b:2", {3, 0.3, 1}, pg_test_sampler(), pg_test_dirs())) << "one retry only";
+  EXPECT_FALSE(b.claim("host-b:2", {3, 0.3, 1}, test::study_sampler(), test::study_dirs()))
+      << "one retry only";
 }
 
 TEST(PostgresStudy, ConcurrentWorkersNeverClaimTheSameTrial) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  { Study s(server.url(), pg_test_info()); }
+  { Study s(server.url(), test::study_info()); }
   const int budget = 40, workers = 4;
   std::vector<std::vector<int64_t>> ran(workers);
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {
-      Study s(server.url(), pg_test_info());  // each worker has its own connection, as processes do
-      while (auto t = s.claim("w" + std::to_string(w), {budget, 60, 1}, pg_test_sampler(), pg_test_dirs())) {
+      Study s(server.url(), test::study_info());  // each worker has its own connection, as processes do
+      while (auto t = s.claim("w" + std::to_string(w), {budget, 60, 1}, test::study_sampler(),
+                              test::study_dirs())) {
         ran[w].push_back(t->number);
         s.complete(t->number, static_cast<double>(t->number), {});
       }
@@ -173,7 +156,7 @@ TEST(PostgresStudy, ConcurrentWorkersNeverClaimTheSameTrial) {
   for (const auto& r : ran) all.insert(r.begin(), r.end());
   EXPECT_EQ(all.size(), static_cast<size_t>(budget));
   for (int64_t n = 0; n < budget; ++n) EXPECT_EQ(all.count(n), 1u) << "trial " << n;
-  Study s(server.url(), pg_test_info());
+  Study s(server.url(), test::study_info());
   for (const auto& t : s.trials()) EXPECT_EQ(t.state, "COMPLETE");
 }
 
@@ -187,10 +170,10 @@ TEST(PostgresStudy, PasswordsAreNeverShown) {
   XFER_REQUIRE_POSTGRES(server);
   // Trust authentication ignores the password; the study must not repeat it.
   const std::string url = "postgresql://xfer:s3cret@127.0.0.1:" + std::to_string(server.port()) + "/xfer";
-  Study s(url, pg_test_info());
+  Study s(url, test::study_info());
   EXPECT_EQ(s.path(), server.url());
   try {
-    Study x("postgresql://xfer:s3cret@127.0.0.1:1/xfer", pg_test_info());
+    Study x("postgresql://xfer:s3cret@127.0.0.1:1/xfer", test::study_info());
     ADD_FAILURE() << "expected an unreachable server";
   } catch (const std::exception& e) {
     EXPECT_EQ(std::string(e.what()).find("s3cret"), std::string::npos) << e.what();
@@ -202,8 +185,8 @@ TEST(PostgresStudy, PasswordsAreNeverShown) {
 TEST(PostgresStudy, AServerThatGoesAwayIsWaitedForThenAOneLineError) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  Study s(server.url(), pg_test_info(), /*busy_timeout=*/30);
-  auto t = s.claim("w", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+  Study s(server.url(), test::study_info(), /*busy_timeout=*/30);
+  auto t = s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t);
   // Down for a second: the worker reconnects and its operation goes through once.
   server.stop();
@@ -216,11 +199,11 @@ TEST(PostgresStudy, AServerThatGoesAwayIsWaitedForThenAOneLineError) {
   EXPECT_EQ(s.trials().size(), 1u);
   EXPECT_EQ(s.trials()[0].state, "COMPLETE");
   // Down for good: bounded retries, then one line naming the database.
-  Study impatient(server.url(), pg_test_info(), /*busy_timeout=*/1.5);
+  Study impatient(server.url(), test::study_info(), /*busy_timeout=*/1.5);
   server.stop();
   const auto t0 = std::chrono::steady_clock::now();
   try {
-    impatient.claim("w", {3, 60, 1}, pg_test_sampler(), pg_test_dirs());
+    impatient.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs());
     ADD_FAILURE() << "expected the server to stay away";
   } catch (const std::runtime_error& e) {
     const std::string what = e.what();
@@ -232,16 +215,11 @@ TEST(PostgresStudy, AServerThatGoesAwayIsWaitedForThenAOneLineError) {
   EXPECT_GE(waited, 1.4);
   EXPECT_LT(waited, 10);
   server.start();
-  Study again(server.url(), pg_test_info());
+  Study again(server.url(), test::study_info());
   EXPECT_EQ(again.trials().size(), 1u) << "nothing half-written";
 }
 
 // ---- `xfer search` on the server -----------------------------------------------------------------------
-
-std::string pg_test_binary() {
-  const fs::path p = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "xfer";
-  return fs::exists(p) ? p.string() : std::string();
-}
 
 class PostgresSearchCli : public ::testing::Test {
  protected:
@@ -282,10 +260,9 @@ class PostgresSearchCli : public ::testing::Test {
 TEST_F(PostgresSearchCli, TwoWorkerProcessesNeverRunTheSameTrialAndNoPasswordIsWritten) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  ASSERT_FALSE(pg_test_binary().empty()) << "the xfer binary is not built next to the tests";
   const std::string url = "postgresql://xfer:s3cret@127.0.0.1:" + std::to_string(server.port()) + "/xfer";
   const test::CliOutcome o =
-      test::run_cli(args(url, 6, 12, {"--workers", "2", "--worker-exe", pg_test_binary(), "--json"}));
+      test::run_cli(args(url, 6, 12, {"--workers", "2", "--worker-exe", std::string(XFER_BINARY), "--json"}));
   ASSERT_EQ(o.code, 0) << o.err;
   EXPECT_EQ(o.out.find("s3cret"), std::string::npos) << o.out;
   Study s(server.url(), 60, "search");
@@ -312,7 +289,7 @@ TEST_F(PostgresSearchCli, TwoWorkerProcessesNeverRunTheSameTrialAndNoPasswordIsW
 TEST_F(PostgresSearchCli, AKilledWorkersTrialIsRetriedAndTheBudgetIsKept) {
   test::PostgresServer server;
   XFER_REQUIRE_POSTGRES(server);
-  const std::string binary = pg_test_binary();
+  const std::string binary = std::string(XFER_BINARY);
   ASSERT_FALSE(binary.empty()) << "the xfer binary is not built next to the tests";
   std::vector<std::string> a = args(server.url(), 4, 150, {"--worker"});
   std::vector<std::string> argv_text = {binary};

@@ -29,14 +29,6 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// The xfer binary the build puts beside the tests' directory (build/xfer for build/tests/xfer_tests).
-std::string search_test_binary() {
-  const fs::path p = fs::read_symlink("/proc/self/exe").parent_path().parent_path() / "xfer";
-  return fs::exists(p) ? p.string() : std::string();
-}
-#define XFER_REQUIRE_BINARY() \
-  if (search_test_binary().empty()) GTEST_SKIP() << "the xfer binary is not built next to the tests"
-
 class SearchCli : public ::testing::Test {
  protected:
   void SetUp() override { spec_ = test::write_tiny_idx(dir_.path(), 3, 20, 3); }
@@ -167,9 +159,9 @@ TEST_F(SearchCli, BadInputIsOneClearLine) {
 }
 
 TEST_F(SearchCli, TwoWorkerProcessesShareOneStudy) {
-  XFER_REQUIRE_BINARY();
-  const test::CliOutcome o = test::run_cli(args(
-      "scratch", 4, {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", search_test_binary()}));
+  const test::CliOutcome o = test::run_cli(
+      args("scratch", 4,
+           {"--param", "lr=log:0.001:0.1", "--workers", "2", "--worker-exe", std::string(XFER_BINARY)}));
   ASSERT_EQ(o.code, 0) << o.err;
   Study s(study_path());
   const auto trials = s.trials();
@@ -188,8 +180,7 @@ TEST_F(SearchCli, TwoWorkerProcessesShareOneStudy) {
 }
 
 TEST_F(SearchCli, AKilledWorkersTrialIsRetriedAndCompletedTrialsAreKept) {
-  XFER_REQUIRE_BINARY();
-  const std::string binary = search_test_binary();
+  const std::string binary = std::string(XFER_BINARY);
   // A worker process runs the study alone; it is killed (SIGKILL) in the middle of a trial.
   std::vector<std::string> a = args("scratch", 4, {"--param", "lr=log:0.001:0.1", "--worker"});
   a[9] = "150";  // --iterations: long enough to be caught running

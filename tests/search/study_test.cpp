@@ -12,6 +12,7 @@
 
 #include <sqlite3.h>
 
+#include "study_fixture.h"
 #include "support.h"
 #include "xfer/search/study.h"
 
@@ -20,77 +21,57 @@ extern char** environ;
 namespace xfer {
 namespace {
 
-StudyInfo study_test_info() {
-  StudyInfo info;
-  info.name = "test";
-  info.space = SearchSpace::parse({"x=lin:-1:1", "c=cat:a,b"});
-  info.seed = 3;
-  info.config = {{"iterations", 10}, {"method.tau", 5.0}};
-  return info;
-}
-
-Study::SampleFn study_test_sampler() {
-  return [](const std::vector<Observation>& complete, int64_t number) {
-    return ParamValues{{"x", static_cast<double>(complete.size()) / 100},
-                       {"c", static_cast<double>(number % 2)}};
-  };
-}
-
-Study::RunDirFn study_test_dirs() {
-  return [](int64_t n) { return "runs/" + std::to_string(n); };
-}
-
 TEST(Study, ClaimsUpToTheBudgetAndResumes) {
   test::TempDir dir;
   const std::string path = dir.file("study.sqlite");
   {
-    Study s(path, study_test_info());
+    Study s(path, test::study_info());
     for (int i = 0; i < 3; ++i) {
-      auto t = s.claim("w", {3, 60, 1}, study_test_sampler(), study_test_dirs());
+      auto t = s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs());
       ASSERT_TRUE(t);
       EXPECT_EQ(t->number, i);
       EXPECT_EQ(t->run_dir, "runs/" + std::to_string(i));
       EXPECT_EQ(t->params.at("x"), i / 100.0) << "the sampler sees the complete trials";
       s.complete(t->number, 0.5 + i, {{5, 0.1}, {10, 0.2 + i}});
     }
-    EXPECT_FALSE(s.claim("w", {3, 60, 1}, study_test_sampler(), study_test_dirs()));
+    EXPECT_FALSE(s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs()));
     EXPECT_EQ(s.running(), 0);
   }
   // Reopened (a new process would do the same): the trials are there; a larger budget extends the study.
-  Study s(path, study_test_info());
+  Study s(path, test::study_info());
   auto trials = s.trials();
   ASSERT_EQ(trials.size(), 3u);
   EXPECT_EQ(trials[2].state, "COMPLETE");
   EXPECT_EQ(*trials[2].value, 2.5);
   EXPECT_EQ(trials[2].intermediate, (std::vector<std::pair<int64_t, double>>{{5, 0.1}, {10, 2.2}}));
   EXPECT_EQ(trials[1].params.at("c"), 1.0);
-  auto t = s.claim("w", {4, 60, 1}, study_test_sampler(), study_test_dirs());
+  auto t = s.claim("w", {4, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t);
   EXPECT_EQ(t->number, 3);
   s.fail(t->number, "the loss is nan at step 3", {});
   EXPECT_EQ(s.trials()[3].state, "FAILED");
-  EXPECT_FALSE(s.claim("w", {4, 60, 1}, study_test_sampler(), study_test_dirs()))
+  EXPECT_FALSE(s.claim("w", {4, 60, 1}, test::study_sampler(), test::study_dirs()))
       << "a diverged trial counts";
 }
 
 TEST(Study, RefusesAnotherSpaceOrConfigurationNamingTheDifference) {
   test::TempDir dir;
   const std::string path = dir.file("study.sqlite");
-  { Study s(path, study_test_info()); }
-  StudyInfo other = study_test_info();
+  { Study s(path, test::study_info()); }
+  StudyInfo other = test::study_info();
   other.space = SearchSpace::parse({"x=lin:-2:1", "c=cat:a,b"});
   test::expect_bad_input([&] { Study s(path, other); },
                          {"another space", "x is lin:-2:1 now but lin:-1:1 in the study"});
-  other = study_test_info();
+  other = test::study_info();
   other.space = SearchSpace::parse({"x=lin:-1:1"});
   test::expect_bad_input([&] { Study s(path, other); }, {"also searches c=cat:a,b"});
-  other = study_test_info();
+  other = test::study_info();
   other.config["iterations"] = 20;
   test::expect_bad_input([&] { Study s(path, other); }, {"iterations = 10, not 20"});
-  other = study_test_info();
+  other = test::study_info();
   other.name = "other";
   test::expect_bad_input([&] { Study s(path, other); }, {"named 'test'", "'other'"});
-  other = study_test_info();
+  other = test::study_info();
   other.sampler = "random";
   test::expect_bad_input([&] { Study s(path, other); }, {"tpe sampler, not random"});
 }
@@ -98,21 +79,21 @@ TEST(Study, RefusesAnotherSpaceOrConfigurationNamingTheDifference) {
 TEST(Study, StaleTrialsFailAndAreRetriedWithoutLosingCompletedOnes) {
   test::TempDir dir;
   const std::string path = dir.file("study.sqlite");
-  Study a(path, study_test_info()), b(path, study_test_info());
-  auto t0 = a.claim("host-a:1", {3, 60, 1}, study_test_sampler(), study_test_dirs());
+  Study a(path, test::study_info()), b(path, test::study_info());
+  auto t0 = a.claim("host-a:1", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   a.complete(t0->number, 0.7, {});
-  auto t1 = a.claim("host-a:1", {3, 60, 1}, study_test_sampler(), study_test_dirs());
+  auto t1 = a.claim("host-a:1", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t1);
   // Worker a stops sending heartbeats. With a generous timeout, b leaves its trial alone.
-  auto t2 = b.claim("host-b:2", {3, 60, 1}, study_test_sampler(), study_test_dirs());
+  auto t2 = b.claim("host-b:2", {3, 60, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(t2);
   EXPECT_EQ(t2->number, 2);
   b.complete(t2->number, 0.9, {});
-  EXPECT_FALSE(b.claim("host-b:2", {3, 60, 1}, study_test_sampler(), study_test_dirs()));
+  EXPECT_FALSE(b.claim("host-b:2", {3, 60, 1}, test::study_sampler(), test::study_dirs()));
   EXPECT_EQ(b.running(), 1);
   // Past the timeout, b's next claim fails trial 1 and runs it again with the same parameters.
   std::this_thread::sleep_for(std::chrono::milliseconds(250));
-  auto retry = b.claim("host-b:2", {3, 0.2, 1}, study_test_sampler(), study_test_dirs());
+  auto retry = b.claim("host-b:2", {3, 0.2, 1}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(retry);
   EXPECT_EQ(retry->number, 3);
   EXPECT_EQ(*retry->retry_of, 1);
@@ -127,14 +108,14 @@ TEST(Study, StaleTrialsFailAndAreRetriedWithoutLosingCompletedOnes) {
   EXPECT_EQ(trials[2].state, "COMPLETE");
   EXPECT_EQ(trials[3].state, "COMPLETE");
   // One retry only: a retry that goes stale too is failed for good.
-  EXPECT_FALSE(b.claim("host-b:2", {3, 0.2, 1}, study_test_sampler(), study_test_dirs()));
+  EXPECT_FALSE(b.claim("host-b:2", {3, 0.2, 1}, test::study_sampler(), test::study_dirs()));
 }
 
 TEST(Study, HeartbeatsKeepATrialAliveAndADeadLocalWorkerFailsAtOnce) {
   test::TempDir dir;
   const std::string path = dir.file("study.sqlite");
-  Study a(path, study_test_info()), b(path, study_test_info());
-  auto t = a.claim(Study::worker_id(), {2, 0.3, 0}, study_test_sampler(), study_test_dirs());
+  Study a(path, test::study_info()), b(path, test::study_info());
+  auto t = a.claim(Study::worker_id(), {2, 0.3, 0}, test::study_sampler(), test::study_dirs());
   for (int i = 0; i < 4; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     a.heartbeat(t->number);
@@ -147,7 +128,7 @@ TEST(Study, HeartbeatsKeepATrialAliveAndADeadLocalWorkerFailsAtOnce) {
   ASSERT_EQ(posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ), 0);
   waitpid(pid, nullptr, 0);
   auto dead = b.claim(Study::worker_id().substr(0, Study::worker_id().rfind(':') + 1) + std::to_string(pid),
-                      {2, 3600, 0}, study_test_sampler(), study_test_dirs());
+                      {2, 3600, 0}, test::study_sampler(), test::study_dirs());
   ASSERT_TRUE(dead);
   EXPECT_EQ(a.fail_stale(3600, 0), 1);
   EXPECT_EQ(a.trials()[dead->number].state, "FAILED");
@@ -157,15 +138,15 @@ TEST(Study, HeartbeatsKeepATrialAliveAndADeadLocalWorkerFailsAtOnce) {
 TEST(Study, ConcurrentWorkersNeverClaimTheSameTrial) {
   test::TempDir dir;
   const std::string path = dir.file("study.sqlite");
-  { Study s(path, study_test_info()); }
+  { Study s(path, test::study_info()); }
   const int budget = 40, workers = 4;
   std::vector<std::vector<int64_t>> ran(workers);
   std::vector<std::thread> threads;
   for (int w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {
-      Study s(path, study_test_info());  // each worker has its own connection, as processes do
-      while (auto t =
-                 s.claim("w" + std::to_string(w), {budget, 60, 1}, study_test_sampler(), study_test_dirs())) {
+      Study s(path, test::study_info());  // each worker has its own connection, as processes do
+      while (auto t = s.claim("w" + std::to_string(w), {budget, 60, 1}, test::study_sampler(),
+                              test::study_dirs())) {
         ran[w].push_back(t->number);
         s.complete(t->number, static_cast<double>(t->number), {});
       }
@@ -175,7 +156,7 @@ TEST(Study, ConcurrentWorkersNeverClaimTheSameTrial) {
   for (const auto& r : ran) all.insert(r.begin(), r.end());
   EXPECT_EQ(all.size(), static_cast<size_t>(budget));
   for (int64_t n = 0; n < budget; ++n) EXPECT_EQ(all.count(n), 1u) << "trial " << n;
-  Study s(path, study_test_info());
+  Study s(path, test::study_info());
   for (const auto& t : s.trials()) EXPECT_EQ(t.state, "COMPLETE");
 }
 
@@ -184,7 +165,7 @@ TEST(Study, LockedCorruptAndForeignDatabasesAreClearErrors) {
   // Corrupt: not a database. The file is left as it was.
   const std::string garbage(4096, 'x');
   { std::ofstream(dir.file("corrupt.sqlite")) << garbage; }
-  test::expect_bad_input([&] { Study s(dir.file("corrupt.sqlite"), study_test_info()); },
+  test::expect_bad_input([&] { Study s(dir.file("corrupt.sqlite"), test::study_info()); },
                          {"corrupt.sqlite", "not a readable study database"});
   EXPECT_EQ(std::filesystem::file_size(dir.file("corrupt.sqlite")), garbage.size());
   // Another program's database: not written into.
@@ -192,15 +173,15 @@ TEST(Study, LockedCorruptAndForeignDatabasesAreClearErrors) {
   ASSERT_EQ(sqlite3_open(dir.file("foreign.sqlite").c_str(), &db), SQLITE_OK);
   sqlite3_exec(db, "CREATE TABLE users(name TEXT)", nullptr, nullptr, nullptr);
   sqlite3_close(db);
-  test::expect_bad_input([&] { Study s(dir.file("foreign.sqlite"), study_test_info()); },
+  test::expect_bad_input([&] { Study s(dir.file("foreign.sqlite"), test::study_info()); },
                          {"not an xfer study"});
   // Locked: another connection holds the write lock longer than the busy timeout.
   const std::string path = dir.file("study.sqlite");
-  Study s(path, study_test_info(), 0.2);
+  Study s(path, test::study_info(), 0.2);
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
   try {
-    s.claim("w", {3, 60, 1}, study_test_sampler(), study_test_dirs());
+    s.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs());
     ADD_FAILURE() << "expected a locked-database error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("stayed locked"), std::string::npos) << e.what();
@@ -210,9 +191,9 @@ TEST(Study, LockedCorruptAndForeignDatabasesAreClearErrors) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
   });
-  Study patient(path, study_test_info(), 5);
+  Study patient(path, test::study_info(), 5);
   release.join();
-  EXPECT_TRUE(patient.claim("w", {3, 60, 1}, study_test_sampler(), study_test_dirs()));
+  EXPECT_TRUE(patient.claim("w", {3, 60, 1}, test::study_sampler(), test::study_dirs()));
   sqlite3_close(db);
 }
 
