@@ -294,38 +294,10 @@ TEST_F(PostgresSearchCli, AKilledWorkersTrialIsRetriedAndTheBudgetIsKept) {
   std::vector<std::string> a = args(server.url(), 4, 150, {"--worker"});
   std::vector<std::string> argv_text = {binary};
   argv_text.insert(argv_text.end(), a.begin(), a.end());
-  std::vector<char*> argv;
-  for (auto& s : argv_text) argv.push_back(s.data());
-  argv.push_back(nullptr);
   fs::create_directories(dir_.file("search"));
-  pid_t pid = 0;
-  ASSERT_EQ(posix_spawn(&pid, binary.c_str(), nullptr, nullptr, argv.data(), environ), 0);
   std::map<int64_t, double> completed;
-  auto running_trial = [&]() -> int64_t {
-    try {
-      Study s(server.url(), 60, "search");
-      const auto trials = s.trials();
-      completed.clear();
-      for (const auto& t : trials)
-        if (t.state == "COMPLETE") completed[t.number] = *t.value;
-      if (completed.empty()) return -1;
-      for (const auto& t : trials)
-        if (t.state == "RUNNING") return t.number;
-    } catch (const std::exception&) {
-      // the worker may be creating the study right now
-    }
-    return -1;
-  };
-  int64_t killed = -1;
-  for (int i = 0; i < 3000 && killed < 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (running_trial() < 0) continue;
-    kill(pid, SIGSTOP);  // stopped, it cannot finish the trial between this look and the kill
-    killed = running_trial();
-    if (killed < 0) kill(pid, SIGCONT);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
+  const int64_t killed = test::kill_worker_mid_trial(
+      argv_text, [&] { return std::make_unique<Study>(server.url(), 60, "search"); }, completed);
   ASSERT_GE(killed, 1) << "the worker never had a running trial after a completed one";
 
   // Another worker takes over: the dead worker's trial fails and runs again; nothing is lost or doubled.
