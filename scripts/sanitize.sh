@@ -48,6 +48,12 @@ for target in idx spec json checkpoint pickle image_cache image_folder mat; do
       -artifact_prefix="$build/fuzz/$target-" -print_final_stats=1 "$work" "tests/fuzz/corpus/$target" \
       >"$build/fuzz/$target.log" 2>&1; then
     echo "  $target: FAILED, see $build/fuzz/$target.log"; status=1
+    # CI keeps only what is printed: the report and the input, so the crash can be reproduced elsewhere.
+    sed -n '/^==[0-9]*==ERROR\|runtime error\|deadly signal\|uncaught exception\|^terminate called/,$p' \
+      "$build/fuzz/$target.log" | grep -v '^"' | head -60 | sed "s/^/    /"
+    for crash in "$build/fuzz/$target"-*; do
+      [ -f "$crash" ] && echo "    input $(basename "$crash") (base64): $(base64 -w0 "$crash" | head -c 4000)"
+    done
   fi
   grep -E "stat::number_of_executed_units|stat::new_units_added" "$build/fuzz/$target.log" | sed "s/^/  $target /"
 done

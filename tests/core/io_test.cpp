@@ -62,5 +62,24 @@ TEST(Io, Crc32MatchesTheStandardCheckValue) {
   EXPECT_EQ(crc32_of("123456789"), 0xCBF43926u);
 }
 
+TEST(Io, JsonIntegersFromOutsideAreWholeNumbersThatFit) {
+  EXPECT_EQ(json_int(nlohmann::json(42), "n"), 42);
+  EXPECT_EQ(json_int(nlohmann::json(-7), "n"), -7);
+  EXPECT_EQ(json_int(nlohmann::json::parse("9223372036854775807"), "n"), INT64_MAX);
+  test::expect_bad_input([] { json_int(nlohmann::json::parse("9223372036854775808"), "n"); },
+                         {"n must be an integer, got 9223372036854775808"});
+  test::expect_bad_input([] { json_int(nlohmann::json(1e300), "n"); }, {"n must be an integer"});
+  test::expect_bad_input([] { json_int(nlohmann::json(2.0), "n"); }, {"n must be an integer, got 2.0"});
+  test::expect_bad_input([] { json_int(nlohmann::json("3"), "n"); }, {"n must be an integer, got \"3\""});
+  EXPECT_EQ(json_ints(nlohmann::json::parse("[1, 2, 3]"), "v"), (std::vector<int64_t>{1, 2, 3}));
+  test::expect_bad_input([] { json_ints(nlohmann::json(1), "v"); }, {"v must be a list of integers"});
+  test::expect_bad_input([] { json_ints(nlohmann::json::parse("[1, -1e30]"), "v"); },
+                         {"v must be an integer"});
+  const nlohmann::json object = {{"a", 5}, {"b", 0.5}};
+  EXPECT_EQ(json_int_or(object, "a", 1, "a"), 5);
+  EXPECT_EQ(json_int_or(object, "missing", 1, "m"), 1);
+  test::expect_bad_input([&] { json_int_or(object, "b", 1, "b"); }, {"b must be an integer"});
+}
+
 }  // namespace
 }  // namespace xfer

@@ -132,6 +132,14 @@ TEST(Pairing, JsonRoundTripAndClassChecks) {
   broken["pairs"][0]["source_label"] = 7;
   test::expect_bad_input([&] { Pairing::from_json(broken, "p.json"); }, {"p.json", "out of range"});
   test::expect_bad_input([&] { Pairing::from_json({{"format", "x"}}, "p.json"); }, {"not a pairing file"});
+  // Found by the JSON fuzzer: a count too large for int64 was cast (undefined behaviour), not refused.
+  broken = p.to_json();
+  broken["source_counts"][0] = 2.3e119;
+  test::expect_bad_input([&] { Pairing::from_json(broken, "p.json"); },
+                         {"p.json: source_counts must be an integer, got 2.3e+119"});
+  broken = p.to_json();
+  broken["pairs"][0]["round"] = 1.5;
+  test::expect_bad_input([&] { Pairing::from_json(broken, "p.json"); }, {"p.json: round must be an integer"});
 }
 
 TEST(Pairing, PoolsOfEachAuxiliaryMode) {

@@ -1,5 +1,6 @@
 #pragma once
 /// Files: whole-file reads with clear errors, atomic writes, gzip, JSON.
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,14 @@ std::string gunzip(const std::string& bytes, const std::string& name, size_t max
 
 /// Parses a JSON file; BadInput naming the path and the parser's position on malformed input.
 nlohmann::json read_json_file(const std::string& path);
+/// A whole number of a JSON document from outside, as int64: a float, a string or a number out of range
+/// is BadInput naming `what` (nlohmann's get<int64_t> casts a float, undefined behaviour out of range).
+int64_t json_int(const nlohmann::json& value, const std::string& what);
+/// json_int of every element of an array.
+std::vector<int64_t> json_ints(const nlohmann::json& array, const std::string& what);
+/// json_int of `object[key]`, or `fallback` when the object has no such key.
+int64_t json_int_or(const nlohmann::json& object, const std::string& key, int64_t fallback,
+                    const std::string& what);
 /// Writes pretty JSON atomically.
 void write_json_file(const std::string& path, const nlohmann::json& value);
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <sstream>
 
@@ -179,6 +180,28 @@ nlohmann::json read_json_file(const std::string& path) {
   } catch (const nlohmann::json::parse_error& e) {
     throw BadInput(cat(path, ": not valid JSON (byte ", e.byte, ")"));
   }
+}
+
+int64_t json_int(const nlohmann::json& value, const std::string& what) {
+  XFER_CHECK(value.is_number_integer() &&
+                 (!value.is_number_unsigned() ||
+                  value.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())),
+             what, " must be an integer, got ", value.dump());
+  return value.get<int64_t>();
+}
+
+std::vector<int64_t> json_ints(const nlohmann::json& array, const std::string& what) {
+  XFER_CHECK(array.is_array(), what, " must be a list of integers, got ", array.dump());
+  std::vector<int64_t> out;
+  out.reserve(array.size());
+  for (const auto& v : array) out.push_back(json_int(v, what));
+  return out;
+}
+
+int64_t json_int_or(const nlohmann::json& object, const std::string& key, int64_t fallback,
+                    const std::string& what) {
+  if (!object.is_object() || !object.contains(key)) return fallback;
+  return json_int(object[key], what);
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& value) {

@@ -26,14 +26,14 @@ Arch Arch::from_json(const nlohmann::json& j) {
   Arch a;
   try {
     a.backbone = j.at("backbone").get<std::string>();
-    a.in_channels = j.at("in_channels").get<int64_t>();
-    a.height = j.at("height").get<int64_t>();
-    a.width = j.at("width").get<int64_t>();
+    a.in_channels = json_int(j.at("in_channels"), "model architecture: in_channels");
+    a.height = json_int(j.at("height"), "model architecture: height");
+    a.width = json_int(j.at("width"), "model architecture: width");
     a.input.mean = j.at("input_mean").get<std::vector<double>>();
     a.input.std = j.at("input_std").get<std::vector<double>>();
     for (const auto& h : j.at("heads"))
       a.heads.push_back({h.at("name").get<std::string>(), h.at("classes").get<std::vector<std::string>>(),
-                         h.value("predict_classes", int64_t{0})});
+                         json_int_or(h, "predict_classes", 0, "model architecture: predict_classes")});
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(cat("malformed model architecture record: ", e.what()));
   }

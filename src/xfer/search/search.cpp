@@ -115,7 +115,8 @@ std::vector<std::pair<int64_t, double>> validation_curve(const std::string& run_
   std::string line;
   while (std::getline(in, line)) {
     const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("val_top1") && j.contains("step"))
+    if (j.is_object() && j.contains("val_top1") && j["val_top1"].is_number() && j.contains("step") &&
+        j["step"].is_number_integer())
       out.emplace_back(j["step"].get<int64_t>(), j["val_top1"].get<double>());
   }
   return out;

@@ -154,13 +154,14 @@ Pairing Pairing::from_json(const nlohmann::json& j, const std::string& where) {
                " is not a pairing file of `xfer select` (format '", j.value("format", ""), "')");
     p.target_classes = j.at("target_classes").get<std::vector<std::string>>();
     p.source_classes = j.at("source_classes").get<std::vector<std::string>>();
-    p.target_counts = j.at("target_counts").get<std::vector<int64_t>>();
-    p.source_counts = j.at("source_counts").get<std::vector<int64_t>>();
+    p.target_counts = json_ints(j.at("target_counts"), where + ": target_counts");
+    p.source_counts = json_ints(j.at("source_counts"), where + ": source_counts");
     p.similarity = j.at("similarity").get<std::vector<std::vector<double>>>();
-    p.aux_size = j.at("aux_size").get<int64_t>();
+    p.aux_size = json_int(j.at("aux_size"), where + ": aux_size");
     for (const auto& e : j.at("pairs"))
-      p.pairs.push_back({e.at("target_label").get<int64_t>(), e.at("source_label").get<int64_t>(),
-                         e.at("similarity").get<double>(), e.at("round").get<int64_t>()});
+      p.pairs.push_back({json_int(e.at("target_label"), where + ": target_label"),
+                         json_int(e.at("source_label"), where + ": source_label"),
+                         e.at("similarity").get<double>(), json_int(e.at("round"), where + ": round")});
   } catch (const nlohmann::json::exception& e) {
     throw BadInput(cat(where, ": malformed pairing file: ", e.what()));
   }

@@ -327,7 +327,7 @@ int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& 
   s.method.load(ck.read("method"));
   s.rng.set_state(ck.read_tensor("rng").to(torch::kCPU));
   const auto& m = ck.meta();
-  const int64_t start = m.at("step").get<int64_t>();
+  const int64_t start = json_int(m.at("step"), ck.path() + ": step");
   // Checkpoints older than phases hold none: they were single-phase runs.
   const nlohmann::json saved_phases = m.value("phases", nlohmann::json());
   XFER_CHECK(saved_phases.is_null() ? plan.phases.size() == 1 : saved_phases == plan.to_json(), ck.path(),
@@ -336,10 +336,10 @@ int64_t resume_from_last(LoopState& s, CheckpointSaver& saver, const PhasePlan& 
   if (start < plan.total && start == plan.starts[plan.of(start)])
     s.optimizer = make_optimizer(optim, s.groups);
   const double best_val = m.at("best_val").get<double>();
-  const int64_t best_step = m.at("best_step").get<int64_t>();
+  const int64_t best_step = json_int(m.at("best_step"), ck.path() + ": best_step");
   saver.resumed(start, best_val, best_step);
-  s.skips.total = m.value("skipped_steps", int64_t{0});
-  s.skips.in_a_row = m.value("skips_in_a_row", int64_t{0});
+  s.skips.total = json_int_or(m, "skipped_steps", 0, ck.path() + ": skipped_steps");
+  s.skips.in_a_row = json_int_or(m, "skips_in_a_row", 0, ck.path() + ": skips_in_a_row");
   s.batches.seek(m.at("positions").get<std::map<std::string, int64_t>>());
   XFER_CHECK(start <= plan.total, ck.path(), ": the checkpoint is at step ", start, ", past --iterations ",
              plan.total);

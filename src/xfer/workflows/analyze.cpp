@@ -174,7 +174,7 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   // The data: the run's target spec and seed, unless --data says otherwise.
   const std::string spec = !opts.data.empty() ? opts.data : config.value("target", "");
   XFER_CHECK(!spec.empty(), "xfer analyze: ", config_path.string(), " has no target spec; pass --data SPEC");
-  const Task task = load_task(spec, config.value("seed", int64_t{0}));
+  const Task task = load_task(spec, json_int_or(config, "seed", 0, "config.json: seed"));
   const TensorDataset& data = opts.on == DataSplit::train ? task.train : task.test;
   XFER_CHECK(data.size() >= 2, "xfer analyze: the ", opts.on, " split of '", spec, "' has ", data.size(),
              " examples; the analyses need at least 2");
@@ -239,7 +239,7 @@ nlohmann::json analyze_run(const AnalyzeOptions& given) {
   nlohmann::json analysis = {{"run", opts.run},
                              {"checkpoint", checkpoint},
                              {"checkpoint_stamp", stamp},
-                             {"step", reader.meta().value("step", int64_t{0})},
+                             {"step", json_int_or(reader.meta(), "step", 0, "checkpoint: step")},
                              {"method", config.value("method", "")},
                              {"init", init.empty() ? nlohmann::json(nullptr) : nlohmann::json(init)},
                              {"parameter_distance", distance},

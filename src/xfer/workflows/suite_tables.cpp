@@ -236,14 +236,20 @@ std::vector<std::string> search_compute(const std::vector<RunRequest>& plan) {
     if (q.search.is_null()) continue;
     const fs::path best = fs::path(q.dir) / "best.json";
     if (!fs::exists(best)) continue;
-    const nlohmann::json c = read_json_file(best.string()).value("compute", nlohmann::json::object());
+    const nlohmann::json doc = read_json_file(best.string());
+    const nlohmann::json c =
+        doc.is_object() ? doc.value("compute", nlohmann::json::object()) : nlohmann::json();
+    XFER_CHECK(c.is_object(), best.string(), ": not a search result (no \"compute\" object)");
     if (!by_label.count(q.label)) order.push_back(q.label);
     Sum& s = by_label[q.label];
     ++s.cells;
-    s.trials += c.value("trials", int64_t{0});
-    s.pruned += c.value("pruned", int64_t{0});
-    s.steps += c.value("steps", int64_t{0});
-    s.seconds += c.value("run_seconds", 0.0);
+    const std::string where = best.string() + ": compute.";
+    s.trials += json_int_or(c, "trials", 0, where + "trials");
+    s.pruned += json_int_or(c, "pruned", 0, where + "pruned");
+    s.steps += json_int_or(c, "steps", 0, where + "steps");
+    const nlohmann::json seconds = c.value("run_seconds", nlohmann::json(0.0));
+    XFER_CHECK(seconds.is_number(), where, "run_seconds must be a number, got ", seconds.dump());
+    s.seconds += seconds.get<double>();
   }
   std::vector<std::string> lines;
   for (const auto& label : order) {
