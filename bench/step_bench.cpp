@@ -168,7 +168,7 @@ double method_step(const Args& a) {
   const std::string source = "fmnist:classes=0,1,3,5,8";
   xfer::RunOptions o;
   o.init = xfer::cached_pretrain(
-      xfer::source_pretrain_options(source + ":val=200", a.backbone, a.pretrain_steps), "", log);
+      {xfer::source_pretrain_options(source + ":val=200", a.backbone, a.pretrain_steps)}, "", log);
   const xfer::MethodInfo& info = xfer::methods().get(a.method);
   o.method = a.method;
   o.target = "fmnist:classes=2,4,6,7,9:per_class=50";

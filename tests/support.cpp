@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include <cstdlib>
@@ -18,8 +19,10 @@
 #include <nlohmann/json.hpp>
 
 #include "xfer/cli.h"
+#include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/data/idx.h"
+#include "xfer/methods/registry.h"
 #include "xfer/train/checkpoint.h"
 #include "xfer/workflows/run.h"
 
@@ -285,6 +288,42 @@ TinyTransferData::TinyTransferData() {
 const TinyTransferData& tiny_transfer_data() {
   static const TinyTransferData d;
   return d;
+}
+
+TinyMethodRun tiny_method_run(const std::string& method) {
+  const TinyTransferData& d = tiny_transfer_data();
+  const MethodInfo& info = methods().get(method);
+  TinyMethodRun r;
+  r.command = info.finetunes ? "finetune" : "pretrain";
+  r.options.push_back({"method", method});
+  if (info.finetunes)
+    r.options.push_back({"target", d.target});
+  else
+    r.options.push_back({"source", d.source});
+  if (info.allows_init)
+    r.options.push_back({"init", d.init});
+  else
+    r.options.push_back({"backbone", "cnn4:width=4"});
+  if (info.finetunes && info.needs_source) r.options.push_back({"source", d.source});
+  const auto config = info.make_config();
+  Fields f;
+  config->fields(f);
+  if (f.has("sources")) r.options.push_back({"sources", d.sources});
+  if (f.has("weights_from"))
+    r.options.insert(
+        r.options.end(),
+        {{"weights_from", d.init}, {"weights_target", d.target}, {"matcher", "same"}, {"size", "40"}});
+  return r;
+}
+
+std::vector<std::string> TinyMethodRun::flags() const {
+  std::vector<std::string> out;
+  for (const auto& [name, value] : options) {
+    std::string flag = "--" + name;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    out.insert(out.end(), {flag, value});
+  }
+  return out;
 }
 
 std::string pretrain_tiny_source(const std::string& source, const std::string& out) {

@@ -59,6 +59,19 @@ struct TinyTransferData {
 };
 const TinyTransferData& tiny_transfer_data();
 
+/// How a test that covers every registered method runs `method` on the tiny data: the command (finetune,
+/// or pretrain for a method that only pre-trains) and the options beyond the schedule's, by name (run
+/// options and method options alike): the data, --init or a small backbone, and what the method cannot
+/// run without, chosen by option name so a method added tomorrow is covered (GradMix's `sources`; datl's
+/// importance weights, computed in the run by the tiny source model on the target).
+struct TinyMethodRun {
+  std::string command;
+  std::vector<std::pair<std::string, std::string>> options;
+  /// The options as command-line flags: --name value (underscores as dashes).
+  std::vector<std::string> flags() const;
+};
+TinyMethodRun tiny_method_run(const std::string& method);
+
 /// A flat-colour image.
 Image flat_image(int64_t h, int64_t w, uint8_t r, uint8_t g, uint8_t b);
 /// Pixels that encode their position: (x * 7 + y) % 256, (y * 5) % 256, 200.

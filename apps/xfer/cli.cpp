@@ -12,6 +12,7 @@
 #include "xfer/core/fields.h"
 #include "xfer/core/io.h"
 #include "xfer/core/runtime.h"
+#include "xfer/core/text.h"
 #include "xfer/core/version.h"
 #include "xfer/methods/registry.h"
 #include "xfer/workflows/run.h"
@@ -193,6 +194,18 @@ std::string did_you_mean(const CLI::App& root, const CLI::App& app, const std::v
       if (distance < best_distance) best_distance = distance, best = k;
     }
     if (!best.empty()) return cat(" (did you mean ", best, "?)");
+    // An option of another method (`xfer pretrain --weights` without --method datl).
+    std::vector<std::string> owners;
+    for (const auto& m : methods().all()) {
+      const auto config = m.make_config();
+      Fields f;
+      config->fields(f);
+      for (const auto& field : f.all())
+        if (field.flag() == flag) owners.push_back(m.name);
+    }
+    if (owners.size() == 1)
+      return cat(" (", flag, " is an option of method ", owners[0], ": add --method ", owners[0], ")");
+    if (!owners.empty()) return cat(" (", flag, " is an option of the methods ", join(owners, ", "), ")");
   }
   return "";
 }

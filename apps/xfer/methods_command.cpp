@@ -22,6 +22,7 @@ class MethodsCommand : public Command {
       std::string needs;
       if (m.needs_init) needs += " [needs --init]";
       if (m.needs_source) needs += " [needs --source]";
+      if (!m.finetunes) needs += " [xfer pretrain]";
       out << m.name << std::string(width + 2 - m.name.size(), ' ') << m.summary << needs
           << (m.paper.empty() ? "" : " (" + m.paper + ")") << "\n";
       if (!options_) continue;

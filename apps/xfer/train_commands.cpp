@@ -43,10 +43,16 @@ class TrainCommand : public Command {
   void add(CLI::App& parent, const std::vector<std::string>& args) override {
     if (pretrain_) {
       app = parent.add_subcommand("pretrain", "Train a backbone and a source head on a source dataset spec");
-      app->footer(
-          cat("Example:\n  xfer pretrain --source fmnist:classes=0,1,3,5,8:val=200 --iterations 2000 "
-              "--schedule cosine --lr 0.05 --out runs/source\n\n",
-              spec_help()));
+      app->footer(cat(
+          "Examples:\n  xfer pretrain --source fmnist:classes=0,1,3,5,8:val=200 --iterations 2000 "
+          "--schedule cosine --lr 0.05 --out runs/source\n"
+          "  xfer pretrain --method datl --weights runs/w/weights.json --matcher elastic --size 12000 "
+          "--source fmnist:part=0/2 --out runs/elastic\n"
+          "--method scratch (the default) trains on the source labels; --method datl on the source "
+          "resampled by importance weights (Domain Adaptive Transfer Learning; `xfer pretrain --method datl "
+          "--help` shows its options).\n\n",
+          spec_help()));
+      opts_.method = "scratch";
     } else {
       app = parent.add_subcommand("finetune", "Fine-tune on a target dataset spec with a transfer method");
       app->footer(cat(
@@ -57,12 +63,12 @@ class TrainCommand : public Command {
           "options.\n\n",
           spec_help()));
     }
-    method_ = read_method_and_config(app->get_name(), args, opts_, !pretrain_);
+    method_ = read_method_and_config(app->get_name(), args, opts_, /*with_method=*/true);
 
     Fields fields;
     opts_.fields(fields);
     add_fields(*app, fields,
-               pretrain_ ? std::vector<std::string>{"target", "init", "method"} : pretrain_only_options());
+               pretrain_ ? std::vector<std::string>{"target", "init"} : std::vector<std::string>{});
     app->add_option("--config", config_path_,
                     "read options from a JSON file (e.g. a run's config.json); flags "
                     "given on the command line win")
@@ -80,7 +86,7 @@ class TrainCommand : public Command {
     Fields fields;
     opts_.fields(fields);
     fields.validate();
-    const RunResult result = pretrain_ ? run_pretrain(opts_) : run_finetune(opts_, *method_);
+    const RunResult result = pretrain_ ? run_pretrain(opts_, *method_) : run_finetune(opts_, *method_);
     if (!dist::is_main()) return;  // data-parallel: rank 0 reports for all
     if (result.stopped()) {
       out << "Stopped at step " << *result.fit.stopped_at

@@ -103,6 +103,10 @@ TEST_F(Cli, EpochsShortFlagsAndDidYouMean) {
   expect_bad(finetune({"--epochs", "-1"}), {"--epochs"});
   const test::CliOutcome far = test::run_cli(finetune({"--zzzzzzzz"}));
   EXPECT_EQ(far.err.find("did you mean"), std::string::npos) << "nothing close: no guess";
+  // A flag of another method says which.
+  expect_bad({"pretrain", "--source", spec_, "--weights", "w.json"},
+             {"--weights is an option of method datl: add --method datl"});
+  expect_bad(finetune({"--gamma-fe", "1"}), {"--gamma-fe is an option of method smile: add --method smile"});
 }
 
 TEST_F(Cli, MetricsCarryTrainAccuracyValidationLossAndACsvCopy) {

@@ -35,14 +35,10 @@ constexpr int64_t kKillIterations = 24;
 
 /// The command line of one run of `method` into `out`.
 std::vector<std::string> kill_run_args(const std::string& method, const std::string& out) {
-  const test::TinyTransferData& d = test::tiny_transfer_data();
+  const test::TinyMethodRun run = test::tiny_method_run(method);
   std::vector<std::string> a = {XFER_BINARY,
                                 "-q",
-                                "finetune",
-                                "--method",
-                                method,
-                                "--target",
-                                d.target,
+                                run.command,
                                 "--iterations",
                                 std::to_string(kKillIterations),
                                 "--batch-size",
@@ -57,15 +53,8 @@ std::vector<std::string> kill_run_args(const std::string& method, const std::str
                                 "3",
                                 "--out",
                                 out};
-  const MethodInfo& info = methods().get(method);
-  if (info.allows_init)
-    a.insert(a.end(), {"--init", d.init});
-  else
-    a.insert(a.end(), {"--backbone", "cnn4:width=4"});
-  if (info.needs_source) a.insert(a.end(), {"--source", d.source});
-  Fields f;
-  info.make_config()->fields(f);
-  if (f.has("sources")) a.insert(a.end(), {"--sources", d.sources});
+  const std::vector<std::string> flags = run.flags();
+  a.insert(a.end(), flags.begin(), flags.end());
   return a;
 }
 

@@ -16,12 +16,10 @@ namespace fs = std::filesystem;
 namespace xfer {
 namespace {
 
-/// A 12-step run of `method` into `out` (validation every 4 steps, checkpoints every 4).
-RunOptions registry_run(const MethodInfo& info, const std::string& out) {
-  const test::TinyTransferData& d = test::tiny_transfer_data();
+/// A 12-step run of `method` into `out` (validation every 4 steps, checkpoints every 4); the data, model and
+/// run options tiny_method_run gives are set by registry_train.
+RunOptions registry_run(const std::string& out) {
   RunOptions o;
-  o.method = info.name;
-  o.target = d.target;
   o.seed = 3;
   o.threads = 1;
   o.out = out;
@@ -31,20 +29,22 @@ RunOptions registry_run(const MethodInfo& info, const std::string& out) {
   o.trainer.checkpoint_every = 4;
   o.trainer.log_every = 2;
   o.loader.batch_size = 8;
-  if (info.allows_init)
-    o.init = d.init;
-  else
-    o.backbone = "cnn4:width=4";
-  if (info.needs_source) o.source = d.source;
   return o;
 }
 
-void registry_finetune(const MethodInfo& info, const RunOptions& o) {
+/// Runs `info` with `o` and the options tiny_method_run gives it.
+void registry_train(const MethodInfo& info, RunOptions o) {
+  const test::TinyMethodRun run = test::tiny_method_run(info.name);
   auto config = info.make_config();
-  Fields f;
-  config->fields(f);
-  if (f.has("sources")) f.set("sources", test::tiny_transfer_data().sources);
-  run_finetune(o, *config);
+  Fields run_fields, method_fields;
+  o.fields(run_fields);
+  config->fields(method_fields);
+  for (const auto& [name, value] : run.options)
+    (run_fields.has(name) ? run_fields : method_fields).set(name, value);
+  if (run.command == "pretrain")
+    run_pretrain(o, *config);
+  else
+    run_finetune(o, *config);
 }
 
 int64_t registry_checkpoint_step(const std::string& out) {
@@ -56,25 +56,25 @@ class EveryMethod : public ::testing::TestWithParam<std::string> {};
 TEST_P(EveryMethod, SameSeedSameBitsAndResumeIsBitExact) {
   const MethodInfo& info = methods().get(GetParam());
   const test::TempDir dir;
-  const RunOptions first = registry_run(info, dir.file("first"));
-  registry_finetune(info, first);
+  const RunOptions first = registry_run(dir.file("first"));
+  registry_train(info, first);
 
   RunOptions again = first;
   again.out = dir.file("again");
-  registry_finetune(info, again);
+  registry_train(info, again);
   test::expect_same_checkpoint(first.out + "/checkpoints/last.pt", again.out + "/checkpoints/last.pt",
                                info.name + ": same seed, last.pt");
 
   RunOptions split = first;
   split.out = dir.file("split");
   split.trainer.stop_after = 6;  // between two checkpoints and two validations
-  registry_finetune(info, split);
+  registry_train(info, split);
   EXPECT_FALSE(fs::exists(split.out + "/result.json")) << info.name << ": a stopped run has no result yet";
   EXPECT_EQ(registry_checkpoint_step(split.out), 6) << info.name;
   split.resume = true;
   split.overwrite = false;
   split.trainer.stop_after = 0;
-  registry_finetune(info, split);
+  registry_train(info, split);
   test::expect_same_checkpoint(first.out + "/checkpoints/last.pt", split.out + "/checkpoints/last.pt",
                                info.name + ": resumed, last.pt");
   ASSERT_EQ(fs::exists(first.out + "/checkpoints/best.pt"), fs::exists(split.out + "/checkpoints/best.pt"));

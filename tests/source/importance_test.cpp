@@ -160,7 +160,7 @@ TEST(Importance, BadSizesSayWhatIsWrong) {
   s.weights.clear();
   s.matcher = "elastic";
   s.size = 5;
-  test::expect_bad_input([&] { s.check(); }, {"need --weights"});
+  test::expect_bad_input([&] { s.check(); }, {"give --weights FILE", "or --weights-from MODEL"});
 }
 
 TEST(Importance, WeightsFileRoundTripsAndMustMatchTheSource) {
@@ -221,6 +221,14 @@ RunOptions datl_tiny_pretrain(const std::string& spec, const std::string& out) {
   return o;
 }
 
+/// `xfer pretrain --method datl` of `o` with `sampling` as the method's options.
+RunResult datl_pretrain(RunOptions o, const PretrainSampling& sampling) {
+  o.method = "datl";
+  DatlConfig config;
+  config.options = sampling;
+  return run_pretrain(o, config);
+}
+
 TEST(Importance, PretrainOnTheResampledSource) {
   test::TempDir dir;
   const std::string spec = test::write_tiny_idx(dir.path(), 3, 20, 4);
@@ -228,34 +236,38 @@ TEST(Importance, PretrainOnTheResampledSource) {
       ImportanceWeights::from_target_distribution({"0", "1", "2"}, {20, 20, 20}, {0.7, 0.2, 0.1});
   write_json_file(dir.file("w.json"), w.to_json());
 
-  RunOptions same = datl_tiny_pretrain(spec, dir.file("same"));
-  same.sampling.weights = dir.file("w.json");
-  same.sampling.matcher = "same";
-  same.sampling.size = 50;
-  const nlohmann::json r = run_pretrain(same);
+  const RunOptions same = datl_tiny_pretrain(spec, dir.file("same"));
+  PretrainSampling by_same;
+  by_same.weights = dir.file("w.json");
+  by_same.matcher = "same";
+  by_same.size = 50;
+  const nlohmann::json r = datl_pretrain(same, by_same);
   EXPECT_EQ(r["train_size"], 50);
   EXPECT_EQ(r["sampling"]["matcher"], "same");
   EXPECT_EQ(r["sampling"]["size"], 50);
   EXPECT_EQ(r["sampling"]["class_counts"], nlohmann::json({35, 10, 5}));
   EXPECT_LE(r["sampling"]["unique"].get<int64_t>(), 20 + 10 + 5);
   EXPECT_TRUE(std::isfinite(r["test_top1"].get<double>()));
-  EXPECT_EQ(read_json_file(dir.file("same/config.json"))["matcher"], "same");
+  const nlohmann::json config = read_json_file(dir.file("same/config.json"));
+  EXPECT_EQ(config["method"], "datl");
+  EXPECT_EQ(config["method_options"]["matcher"], "same");
 
   RunOptions elastic = same;
   elastic.out = dir.file("elastic");
-  elastic.sampling.matcher = "elastic";
-  elastic.sampling.size = 40;
-  const nlohmann::json e = run_pretrain(elastic);
+  PretrainSampling by_elastic = by_same;
+  by_elastic.matcher = "elastic";
+  by_elastic.size = 40;
+  const nlohmann::json e = datl_pretrain(elastic, by_elastic);
   EXPECT_EQ(e["sampling"]["unique"], 40);
   EXPECT_EQ(e["sampling"]["class_counts"], nlohmann::json({20, 13, 7}));  // A exhausted, 20 re-divided 2:1
-  elastic.sampling.size = 61;
+  by_elastic.size = 61;
   elastic.out = dir.file("too-big");
-  test::expect_bad_input([&] { run_pretrain(elastic); }, {"--size 61", "60 unique examples"});
+  test::expect_bad_input([&] { datl_pretrain(elastic, by_elastic); }, {"--size 61", "60 unique examples"});
 
-  RunOptions weighted = datl_tiny_pretrain(spec, dir.file("weighted"));
-  weighted.sampling.weights = dir.file("w.json");
-  weighted.sampling.loss_weights = true;
-  const nlohmann::json lw = run_pretrain(weighted);
+  PretrainSampling by_loss;
+  by_loss.weights = dir.file("w.json");
+  by_loss.loss_weights = true;
+  const nlohmann::json lw = datl_pretrain(datl_tiny_pretrain(spec, dir.file("weighted")), by_loss);
   EXPECT_EQ(lw["train_size"], 60);
   EXPECT_EQ(lw["sampling"]["loss_weights"], true);
   EXPECT_NEAR(lw["sampling"]["class_weights"][0].get<double>(), 2.1, 1e-12);
@@ -265,20 +277,31 @@ TEST(Importance, PretrainOnTheResampledSource) {
   RunOptions other = same;
   other.source = four;
   other.out = dir.file("other");
-  test::expect_bad_input([&] { run_pretrain(other); }, {"w.json lists 3 classes", "the source has 4"});
+  test::expect_bad_input([&] { datl_pretrain(other, by_same); },
+                         {"w.json lists 3 classes", "the source has 4"});
 
-  // Pre-training data options in a fine-tuning run (a config file can carry them): refused, every one named
-  // from its declaration.
+  // datl is a method of `xfer pretrain` only; `xfer pretrain` takes only pre-training methods.
   RunOptions finetune = same;
   finetune.target = spec;
   finetune.source.clear();
   finetune.out = dir.file("finetune");
-  finetune.method = "scratch";
-  const auto scratch = methods().get("scratch").make_config();
+  finetune.method = "datl";
+  DatlConfig datl;
+  datl.options = by_same;
   test::expect_bad_input(
-      [&] { run_finetune(finetune, *scratch); },
-      {"--weights, --weights-from, --weights-target, --weights-temperature, --matcher, --size, "
-       "--loss-weights are options of `xfer pretrain`"});
+      [&] { run_finetune(finetune, datl); },
+      {"method datl pre-trains a source model: run it with `xfer pretrain --method datl`"});
+  RunOptions l2 = same;
+  l2.method = "l2";
+  l2.out = dir.file("l2");
+  const auto l2_config = methods().get("l2").make_config();
+  test::expect_bad_input([&] { run_pretrain(l2, *l2_config); },
+                         {"method l2 fine-tunes", "`xfer pretrain --method` takes scratch or datl"});
+  EXPECT_FALSE(fs::exists(dir.file("finetune")));
+  EXPECT_FALSE(fs::exists(dir.file("l2")));
+  // Without weights, datl has nothing to pre-train by.
+  test::expect_bad_input([&] { datl_pretrain(same, PretrainSampling{}); },
+                         {"method datl pre-trains by importance weights: give --weights FILE"});
 }
 
 TEST(Importance, WeightsCommandIgnoresTargetLabels) {
@@ -328,25 +351,26 @@ TEST(Importance, WeightsCommandIgnoresTargetLabels) {
   EXPECT_TRUE(fs::exists(dir.file("a/weights.md")));
 
   // `xfer pretrain --weights-from` computes the same weights in the run, and resamples alike.
-  RunOptions by_file = datl_tiny_pretrain(source, dir.file("by-file"));
-  by_file.sampling.weights = dir.file("a/weights.json");
-  by_file.sampling.matcher = "same";
-  by_file.sampling.size = 30;
-  RunOptions by_model = by_file;
-  by_model.out = dir.file("by-model");
-  by_model.sampling.weights = "";
-  by_model.sampling.weights_from = dir.file("classifier");
-  by_model.sampling.weights_target = target;
-  const nlohmann::json rf = run_pretrain(by_file), rm = run_pretrain(by_model);
+  PretrainSampling file_weights;
+  file_weights.weights = dir.file("a/weights.json");
+  file_weights.matcher = "same";
+  file_weights.size = 30;
+  PretrainSampling model_weights = file_weights;
+  model_weights.weights = "";
+  model_weights.weights_from = dir.file("classifier");
+  model_weights.weights_target = target;
+  const RunOptions by_model = datl_tiny_pretrain(source, dir.file("by-model"));
+  const nlohmann::json rf = datl_pretrain(datl_tiny_pretrain(source, dir.file("by-file")), file_weights),
+                       rm = datl_pretrain(by_model, model_weights);
   EXPECT_EQ(rf["sampling"]["class_counts"], rm["sampling"]["class_counts"]);
   for (size_t y = 0; y < 3; ++y)
     EXPECT_NEAR(rm["sampling"]["p_target"][y].get<double>(), a.p_target[y], 1e-9);
   EXPECT_EQ(rm["sampling"]["weights_from"], dir.file("classifier"));
-  by_model.sampling.weights_target = "";
-  test::expect_bad_input([&] { run_pretrain(by_model); },
+  model_weights.weights_target = "";
+  test::expect_bad_input([&] { datl_pretrain(by_model, model_weights); },
                          {"--weights-from MODEL and --weights-target SPEC go together"});
-  by_model.sampling.weights = dir.file("a/weights.json");
-  test::expect_bad_input([&] { run_pretrain(by_model); }, {"not both"});
+  model_weights.weights = dir.file("a/weights.json");
+  test::expect_bad_input([&] { datl_pretrain(by_model, model_weights); }, {"not both"});
 
   // Bad input: one line, exit code 2.
   const std::vector<std::string> base = {"weights",  "--model", dir.file("classifier"),

@@ -86,7 +86,7 @@ TEST(Checkpoint, CachedSourceModelsOfAnotherFormatAreTrainedAgain) {
   p.loader.batch_size = 8;
   p.threads = 1;
   std::ostringstream first, again, reused;
-  const std::string cached = cached_pretrain(p, dir.file("cache"), first);
+  const std::string cached = cached_pretrain({p}, dir.file("cache"), first);
   // No validation split: the run keeps last.pt only (which a cache that looked for best.pt retrained each
   // time).
   const std::string best = resolve_checkpoint(cached);
@@ -95,10 +95,10 @@ TEST(Checkpoint, CachedSourceModelsOfAnotherFormatAreTrainedAgain) {
   std::string bytes = read_file(best);
   bytes[8] = 1;  // as written before format 2
   write_file_atomic(best, bytes);
-  EXPECT_EQ(cached_pretrain(p, dir.file("cache"), again), cached);
+  EXPECT_EQ(cached_pretrain({p}, dir.file("cache"), again), cached);
   EXPECT_NE(again.str().find("has checkpoint format 1"), std::string::npos) << again.str();
   EXPECT_EQ(checkpoint_format_of(best), kCheckpointFormat);
-  cached_pretrain(p, dir.file("cache"), reused);
+  cached_pretrain({p}, dir.file("cache"), reused);
   EXPECT_NE(reused.str().find("cached in"), std::string::npos) << reused.str();
 }
 

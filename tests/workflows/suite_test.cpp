@@ -139,9 +139,21 @@ TEST(Suite, ParsesAndRefusesBadEntriesByName) {
       {"\"search\" and \"sweep\" cannot be combined"});
   bad(
       [](auto& j) {
-        j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}};
+        j["methods"][1]["pretrain"] = {
+            {"method", "datl"}, {"weights_from", "@pretrain"}, {"weights_target", "@task"}};
       },
       {"method 'l2 (ft)'", "(pretrain)", "needs --matcher same|elastic"});
+  bad(
+      [](auto& j) {
+        j["methods"][1]["pretrain"] = {{"weights_from", "@pretrain"}, {"weights_target", "@task"}};
+      },
+      {"method 'l2 (ft)'", "(pretrain)",
+       "\"weights_from\" is an option of method datl: add \"method\": \"datl\""});
+  bad(
+      [](auto& j) {
+        j["methods"][1]["pretrain"] = {{"method", "l2"}};
+      },
+      {"method 'l2 (ft)'", "(pretrain): method l2 does not pre-train (scratch or datl do)"});
   bad([](auto& j) { j["methods"][1]["tasks"] = {"elsewhere"}; },
       {"methods[1].tasks: no task named \"elsewhere\""});
   bad(
@@ -206,15 +218,18 @@ TEST(Suite, SearchEntriesAndSourceModelsResampledForTheTaskRun) {
   j["seeds"] = 1;
   j["timing"] = false;
   j["tasks"][0]["target"] = spec + ":per_class=4:val=2";
-  j["methods"] = {
-      {{"label", "l2, tuned lr"},
-       {"method", "l2"},
-       {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
-      {{"label", "l2, same"},
-       {"method", "l2"},
-       {"pretrain",
-        {{"weights_from", "@pretrain"}, {"weights_target", "@task"}, {"matcher", "same"}, {"size", 20}}}},
-      {{"label", "mixup, best alpha"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1.5}}}}}};
+  j["methods"] = {{{"label", "l2, tuned lr"},
+                   {"method", "l2"},
+                   {"search", {{"params", {{"lr", "log:0.001:0.1"}}}, {"trials", 2}}}},
+                  {{"label", "l2, same"},
+                   {"method", "l2"},
+                   {"pretrain",
+                    {{"method", "datl"},
+                     {"weights_from", "@pretrain"},
+                     {"weights_target", "@task"},
+                     {"matcher", "same"},
+                     {"size", 20}}}},
+                  {{"label", "mixup, best alpha"}, {"method", "mixup"}, {"sweep", {{"alpha", {0.2, 1.5}}}}}};
   BenchOptions o = bench_options(dir, j);
   std::ostringstream log;
   const nlohmann::json b = run_bench(o, log);

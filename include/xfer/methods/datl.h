@@ -9,13 +9,19 @@
 ///
 /// Over the source, the mean of w(y) is sum_y P_s(y) w(y) = sum_y P_t(y) = 1, so L has the scale of plain
 /// cross-entropy. Section 4.1 prefers resampling (`--matcher same|elastic`) because w varies so much that
-/// most examples contribute little; this loss is the comparison (`xfer pretrain --matcher none
-/// --loss-weights`). Not a registered fine-tuning method: `run_pretrain` builds it.
+/// most examples contribute little; this loss is the comparison (`--matcher none --loss-weights`).
+///
+/// Registered as `datl`, a method of `xfer pretrain` (not of `xfer finetune`): its options choose the
+/// pre-training data (xfer/source/importance.h's PretrainSampling), which it builds before the model is.
+#include <memory>
 #include <vector>
 
 #include <torch/types.h>
+#include <nlohmann/json.hpp>
 
 #include "xfer/methods/method.h"
+#include "xfer/methods/registry.h"
+#include "xfer/source/importance.h"
 
 namespace xfer {
 
@@ -32,5 +38,24 @@ class ImportanceWeightedCrossEntropy : public Method {
  private:
   torch::Tensor weights_;  // float (K)
 };
+
+/// `xfer pretrain --method datl`: prepare_data resamples the source by the importance weights (or, with
+/// --loss-weights, keeps it whole and builds the class-weighted loss); the method is then cross-entropy on
+/// the source head.
+class DatlConfig : public MethodConfig {
+ public:
+  PretrainSampling options;
+
+  void fields(Fields& f) override { options.fields(f); }
+  void check() override;
+  nlohmann::json prepare_data(DataContext& ctx) override;
+  std::unique_ptr<Method> build() override;
+
+ private:
+  std::vector<double> loss_weights_;  // set by prepare_data with --loss-weights
+};
+
+/// Registers datl.
+void register_datl_methods(MethodRegistry& registry);
 
 }  // namespace xfer

@@ -3,21 +3,46 @@
 ///
 /// Built-in methods are registered in `register_builtin_methods` (explicitly: static self-registration
 /// is dropped by static linking). An unknown name throws and lists the valid ones.
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "xfer/core/fields.h"
 #include "xfer/methods/method.h"
 
 namespace xfer {
 
+/// What a method may do to the data before the model is built (MethodConfig::prepare_data).
+struct DataContext {
+  Task& task;               // its train split is what the run trains on; a method may replace it
+  const std::string& spec;  // the spec `task` was loaded from
+  uint64_t seed;            // the run seed
+  torch::Device device;
+  /// A trained model (a run directory or a checkpoint), frozen on `device`, and the checkpoint file read.
+  /// Checkpoints are read above methods/, so the run supplies this.
+  std::function<std::pair<Model, std::string>(const std::string& path)> load_model;
+};
+
 /// A method's options before it is built: bound to CLI flags, JSON and search parameters via `fields`.
 class MethodConfig {
  public:
   virtual ~MethodConfig() = default;
   virtual void fields(Fields& f) = 0;
+  /// BadInput on an option out of range, or a combination that means nothing.
+  virtual void check() {
+    Fields f;
+    fields(f);
+    f.validate();
+  }
+  /// Before the model is built: a method that chooses its training data (datl: the source resampled by
+  /// importance weights) replaces ctx.task.train. Returns what result.json records of it as "sampling"
+  /// (null: nothing).
+  virtual nlohmann::json prepare_data(DataContext& ctx);
   /// Validates the options and builds the method.
   virtual std::unique_ptr<Method> build() = 0;
 };
@@ -28,7 +53,7 @@ class OptionsConfig : public MethodConfig {
  public:
   void fields(Fields& f) override { options.fields(f); }
   std::unique_ptr<Method> build() override {
-    check_options(options);
+    check();
     return std::make_unique<M>(options);
   }
   typename M::Options options;
@@ -55,6 +80,10 @@ struct MethodInfo {
   /// The task a method is evaluated on. The demo and a suite's "all" or "core" run only the
   /// target-and-source methods; the others are listed with `demo_command`.
   TaskShape task_shape = TaskShape::target_and_source;
+  /// The commands that run it: `xfer finetune` (every method but datl) and `xfer pretrain` (scratch, which
+  /// is plain pre-training there, and datl, which chooses what to pre-train on).
+  bool finetunes = true;
+  bool pretrains = false;
   /// For a method whose task is not the demo's: a command that runs it on a task that fits.
   std::string demo_command;
   std::function<std::unique_ptr<MethodConfig>()> make_config;

@@ -76,6 +76,15 @@ ImportanceWeights compute_importance_weights(Model& model, const std::string& he
                                              const TensorDataset& source, const torch::Tensor& target_images,
                                              double temperature, int64_t batch_size = 500);
 
+/// The weights `model` gives `source`'s classes for the target `target_spec`: P_t from its `head` ("" = the
+/// "source" head, or its only head) on the training images of that spec, loaded with `seed` (their labels
+/// are never read). The provenance names the source, the target and the image count; the caller adds the
+/// model's file.
+ImportanceWeights importance_weights_for_target(Model& model, std::string head, const TensorDataset& source,
+                                                const std::string& source_name,
+                                                const std::string& target_spec, double temperature,
+                                                uint64_t seed);
+
 /// The weights re-based on `source`: its class names must be the file's, in order (BadInput naming
 /// `where` and both lists otherwise); P_s and w are recomputed from its counts.
 ImportanceWeights weights_for_source(const ImportanceWeights& weights, const TensorDataset& source,
@@ -105,9 +114,9 @@ struct MatchedSet {
 MatchedSet match_distribution(const std::string& matcher, const ImportanceWeights& w,
                               const std::vector<std::vector<int64_t>>& by_class, int64_t n, uint64_t seed);
 
-/// How `xfer pretrain` uses importance weights (RunOptions::sampling).
+/// How `xfer pretrain --method datl` uses importance weights (the options of method datl).
 struct PretrainSampling {
-  std::string weights;  // weights.json of `xfer weights`; "" = plain pre-training
+  std::string weights;  // weights.json of `xfer weights`
   // Or computed in the run, as `xfer weights` does: a source classifier and the target images it sees.
   std::string weights_from, weights_target;
   double weights_temperature = 2.0;
@@ -115,13 +124,10 @@ struct PretrainSampling {
   int64_t size = 0;              // N, for same and elastic
   bool loss_weights = false;     // matcher none: the whole source, each example's loss times w(y)
 
-  bool active() const {
-    return !weights.empty() || !weights_from.empty() || matcher != "none" || size != 0 || loss_weights;
-  }
   /// The weights' origin, for messages: the file, or "the weights of MODEL".
   std::string weights_name() const;
   void fields(Fields& f);
-  /// BadInput on a combination that means nothing (a matcher without weights, N <= 0, ...).
+  /// BadInput on a combination that means nothing (no weights, a matcher without N, N <= 0, ...).
   void check() const;
 };
 

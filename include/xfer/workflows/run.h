@@ -38,14 +38,9 @@ struct RunOptions {
   bool overwrite = false;
   TrainerOptions trainer;
   LoaderOptions loader;
-  PretrainSampling sampling;  // pretrain only: importance weights (Domain Adaptive Transfer Learning)
 
   void fields(Fields& f);
 };
-
-/// The run options only `xfer pretrain` takes (RunOptions::sampling's), as declared: finetune neither lists
-/// nor accepts them.
-std::vector<std::string> pretrain_only_options();
 
 /// Everything a run trains with, built from its options: the task (and source data), the frozen --init
 /// model, the model to train (initialised from it), the batch streams, and the method, set up.
@@ -61,7 +56,7 @@ struct PreparedRun {
   std::unique_ptr<Method> method;
   torch::Device device = torch::kCPU;
   int threads = 1;
-  nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
+  nlohmann::json sampling;  // what the method's prepare_data did to the data (datl), else null
 };
 
 /// What a run did: result.json, typed. A session stopped by --stop-after has `fit.stopped_at` set and
@@ -73,7 +68,7 @@ struct RunResult {
   int threads = 1;
   int64_t train_size = 0, val_size = 0, test_size = 0;
   std::vector<std::string> classes;
-  nlohmann::json sampling;  // pretrain with importance weights: how the source was resampled (else null)
+  nlohmann::json sampling;  // what the method's prepare_data did to the data (datl), else null
   /// Image-folder data: the unreadable images met in any split, skipped or fatal as the spec says.
   std::optional<std::vector<std::string>> unreadable_images;
   int64_t skipped_examples = 0;  // image-folder data: the examples skipped for them
@@ -101,9 +96,12 @@ std::unique_ptr<PreparedRun> prepare_run(
 /// Fine-tunes: trains `method_config`'s method on opts.target (head "target"). Returns what result.json
 /// holds.
 RunResult run_finetune(RunOptions opts, MethodConfig& method_config);
-/// Pre-trains a backbone and a "source" head on opts.source, from scratch. Returns what result.json holds.
-/// With opts.sampling, on the source resampled by importance weights (or with importance-weighted loss);
-/// result.json then holds "sampling": the matcher, the size and the number of unique examples.
+/// Pre-trains a backbone and a "source" head on opts.source, from scratch, with method opts.method: scratch
+/// (plain cross-entropy on the source labels) or datl (on the source resampled by importance weights, or
+/// with importance-weighted loss; result.json then holds "sampling": the matcher, the size and the number of
+/// unique examples). Returns what result.json holds.
+RunResult run_pretrain(RunOptions opts, MethodConfig& method_config);
+/// Plain pre-training: run_pretrain with method scratch.
 RunResult run_pretrain(RunOptions opts);
 
 /// Domain Adaptive Transfer Learning's importance weights of `source`'s classes (section 3.1): P_t is the

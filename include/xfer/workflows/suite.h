@@ -7,7 +7,8 @@
 ///   {
 ///     "description": "what it reproduces",
 ///     "pretrain": {"source": SPEC, "backbone": "cnn4", "iterations": 2000},  // the source model (cached);
-///                                   // any `xfer pretrain` option; null: no source model
+///                                   // any `xfer pretrain` option, "method" (scratch
+///                                   // or datl) and its options; null: no source model
 ///     "run": {"iterations": 300},   // `xfer finetune` options for every run
 ///     "seeds": 3,                   // or a list: [0, 1, 2]
 ///     "tasks": [{"name": "10/class", "target": SPEC, "source": SPEC, "run": {...}, "pretrain": {...}}, ...],
@@ -51,7 +52,8 @@
 /// run per point and reports, per task and seed, the point best on validation (again the target needs a
 /// validation split); the points it chose are noted under the tables.
 ///
-/// Domain Adaptive Transfer Learning: in a method's "pretrain", "weights_from": "@pretrain" is the suite's
+/// Domain Adaptive Transfer Learning: in a method's "pretrain" with "method": "datl" (a pretrain object holds
+/// `xfer pretrain`'s options and its method's side by side), "weights_from": "@pretrain" is the suite's
 /// own source model and "weights_target": "@task" the task's target spec, so the method's source model is
 /// pre-trained on the source resampled by the importance weights that model computes on the task's images.
 #include <cstdint>

@@ -29,9 +29,6 @@ struct RunRequest {
 /// do not fit.
 std::vector<RunRequest> plan_runs(const Suite& s, const std::string& out, const std::string& cache);
 
-/// The pre-training options of a source model: the demo's recipe, then `json`'s options.
-RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string& where);
-
 /// `a` with `b`'s keys laid over it.
 nlohmann::json suite_merged(nlohmann::json a, const nlohmann::json& b);
 

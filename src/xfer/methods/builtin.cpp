@@ -1,5 +1,6 @@
 /// The one place where built-in methods are registered: each family registers its own methods, in the
 /// order `xfer methods` lists them.
+#include "xfer/methods/datl.h"
 #include "xfer/methods/finetune.h"
 #include "xfer/methods/gradmix.h"
 #include "xfer/methods/mixup.h"
@@ -19,6 +20,7 @@ void register_builtin_methods(MethodRegistry& r) {
   register_smile_methods(r);
   register_smooth_methods(r);
   register_gradmix_methods(r);
+  register_datl_methods(r);
 }
 
 }  // namespace xfer

@@ -16,6 +16,7 @@ void register_finetune_methods(MethodRegistry& r) {
   scratch.name = "scratch";
   scratch.summary = "train on the target only, from random initialisation";
   scratch.allows_init = false;
+  scratch.pretrains = true;  // `xfer pretrain`'s default: plain pre-training on the source labels
   scratch.core = true;
   scratch.make_config = [] { return std::make_unique<OptionsConfig<CrossEntropyMethod>>(); };
   r.add(scratch);

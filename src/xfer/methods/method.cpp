@@ -67,6 +67,10 @@ void check_finite(const LossTerms& terms, int64_t step) {
       cat("the loss is ", total, " at step ", step, parts.empty() ? "" : " (" + parts + ")"));
 }
 
+nlohmann::json MethodConfig::prepare_data(DataContext&) {
+  return nullptr;
+}
+
 void MethodRegistry::add(MethodInfo info) {
   XFER_CHECK(!has(info.name), "method '", info.name, "' is registered twice");
   methods_.push_back(std::move(info));

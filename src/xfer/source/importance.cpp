@@ -14,6 +14,7 @@
 #include "xfer/core/runtime.h"
 #include "xfer/core/text.h"
 #include "xfer/data/loader.h"
+#include "xfer/data/spec.h"
 #include "xfer/models/predict.h"
 
 namespace xfer {
@@ -312,11 +313,10 @@ void PretrainSampling::fields(Fields& f) {
 }
 
 void PretrainSampling::check() const {
-  if (!active()) return;
   XFER_CHECK(weights.empty() || weights_from.empty(),
              "give --weights FILE or --weights-from MODEL, not both");
   XFER_CHECK(!weights.empty() || !weights_from.empty(),
-             "--matcher, --size and --loss-weights need --weights FILE "
+             "method datl pre-trains by importance weights: give --weights FILE "
              "(the weights.json of `xfer weights`) or --weights-from MODEL --weights-target SPEC");
   XFER_CHECK(weights_from.empty() == weights_target.empty(),
              "--weights-from MODEL and --weights-target SPEC go "
@@ -338,12 +338,27 @@ std::string PretrainSampling::weights_name() const {
   return weights_from.empty() ? cat("--weights ", weights) : cat("the weights of ", weights_from);
 }
 
+ImportanceWeights importance_weights_for_target(Model& model, std::string head, const TensorDataset& source,
+                                                const std::string& source_name,
+                                                const std::string& target_spec, double temperature,
+                                                uint64_t seed) {
+  if (head.empty())
+    head =
+        model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
+  const Task target = load_task(target_spec, seed);
+  const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
+  ImportanceWeights w = compute_importance_weights(model, head, source, target_images, temperature);
+  w.provenance["source"] = source_name;
+  w.provenance["target"] = target_spec;
+  w.provenance["target_images"] = target.train.size();
+  return w;
+}
+
 SampledSource sample_source(const TensorDataset& source, const PretrainSampling& opts, uint64_t seed,
                             const ImportanceWeights* computed) {
   opts.check();
   SampledSource out;
   out.data = source;
-  if (!opts.active()) return out;
   XFER_CHECK(opts.weights_from.empty() || computed, "internal: --weights-from without computed weights");
   const ImportanceWeights file =
       computed ? *computed : ImportanceWeights::from_json(read_json_file(opts.weights), opts.weights);

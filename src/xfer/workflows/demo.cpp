@@ -50,6 +50,7 @@ std::vector<const MethodInfo*> pick_methods(const DemoOptions& opts, double seco
   elsewhere.clear();
   const bool listed = opts.methods != "all" && opts.methods != "core" && opts.methods != "auto";
   for (const auto& m : methods().all()) {
+    if (!m.finetunes) continue;  // datl: it chooses the source model's data; the `datl` suite runs it
     if (m.task_shape != TaskShape::target_and_source) {
       if (!listed && (m.core || opts.methods != "core")) elsewhere.push_back(&m);
       continue;

@@ -282,17 +282,6 @@ void RunOptions::fields(Fields& f) {
   trainer.fields(f);
   f.group("Batches");
   loader.fields(f);
-  f.group("Pre-training data (Domain Adaptive Transfer Learning)");
-  sampling.fields(f);
-}
-
-std::vector<std::string> pretrain_only_options() {
-  PretrainSampling sampling;
-  Fields f;
-  sampling.fields(f);
-  std::vector<std::string> names;
-  for (const auto& field : f.all()) names.push_back(field.name);
-  return names;
 }
 
 ImportanceWeights importance_weights_by_model(const std::string& model_path, std::string head,
@@ -302,16 +291,9 @@ ImportanceWeights importance_weights_by_model(const std::string& model_path, std
   CheckpointReader ck(resolve_checkpoint(model_path));
   Model model = ck.read_model();
   model->to(device);
-  if (head.empty())
-    head =
-        model->has_head("source") || model->arch().heads.size() != 1 ? "source" : model->arch().heads[0].name;
-  const Task target = load_task(target_spec, seed);
-  const torch::Tensor target_images = target.train.eval_images(0, target.train.size());
-  ImportanceWeights w = compute_importance_weights(model, head, source, target_images, temperature);
+  ImportanceWeights w = importance_weights_for_target(model, std::move(head), source, source_name,
+                                                      target_spec, temperature, seed);
   w.provenance["model"] = ck.path();
-  w.provenance["source"] = source_name;
-  w.provenance["target"] = target_spec;
-  w.provenance["target_images"] = target.train.size();
   return w;
 }
 
@@ -428,28 +410,30 @@ void load_external_init(PreparedRun& r) {
   opts.backbone = r.pretrained->arch().backbone;
 }
 
-/// Domain Adaptive Transfer Learning (pretrain only): the source resampled by importance weights, from
-/// --weights or computed with --weights-from, or with --loss-weights the per-class weights of the loss.
-/// Replaces the training split with what to pre-train on and records how in r.sampling.
-SampledSource resample_source(PreparedRun& r, bool pretraining) {
-  RunOptions& opts = r.opts;
-  if (!pretraining && opts.sampling.active()) {
-    std::vector<std::string> flags;
-    for (const auto& name : pretrain_only_options()) flags.push_back(Fields::Field{name}.flag());
-    throw BadInput(cat(join(flags, ", "), " are options of `xfer pretrain`"));
+/// BadInput when `info` is not a method of the command: datl only pre-trains, most methods only fine-tune.
+void check_command_runs(const MethodInfo& info, bool pretraining) {
+  if (pretraining) {
+    std::vector<std::string> pretrainers;
+    for (const auto& m : methods().all())
+      if (m.pretrains) pretrainers.push_back(m.name);
+    XFER_CHECK(info.pretrains, "method ", info.name, " fine-tunes (`xfer finetune --method ", info.name,
+               "`); `xfer pretrain --method` takes ", join(pretrainers, " or "));
+  } else {
+    XFER_CHECK(info.finetunes, "method ", info.name,
+               " pre-trains a source model: run it with `xfer pretrain ", "--method ", info.name,
+               "`, then fine-tune that model");
   }
-  std::optional<ImportanceWeights> computed;
-  if (!opts.sampling.weights_from.empty()) {
-    opts.sampling.check();
-    computed = importance_weights_by_model(opts.sampling.weights_from, "", r.task.train, opts.source,
-                                           opts.sampling.weights_target, opts.sampling.weights_temperature,
-                                           static_cast<uint64_t>(opts.seed), r.device);
-  }
-  SampledSource sampled = sample_source(r.task.train, opts.sampling, static_cast<uint64_t>(opts.seed),
-                                        computed ? &*computed : nullptr);
-  r.task.train = sampled.data;
-  r.sampling = sampled.summary;
-  return sampled;
+}
+
+/// The method's choice of training data (datl: the source resampled by importance weights), made before
+/// the model is built; what it did goes to result.json as "sampling".
+void prepare_data(PreparedRun& r, MethodConfig& config) {
+  const std::string& spec = r.command == "pretrain" ? r.opts.source : r.opts.target;
+  DataContext ctx{r.task, spec, static_cast<uint64_t>(r.opts.seed), r.device, [&](const std::string& path) {
+                    CheckpointReader ck(resolve_checkpoint(path));
+                    return std::make_pair(frozen(ck.read_model(), r.device), ck.path());
+                  }};
+  r.sampling = config.prepare_data(ctx);
 }
 
 /// The model to train: the backbone and one head for the task's classes, sized for its images and
@@ -478,15 +462,13 @@ void build_model(PreparedRun& r) {
   if (opts.loader.channels_last) convolutions_channels_last(*r.model);
 }
 
-/// The target batch stream and the method (`config`'s, or DATL's importance-weighted loss with
-/// `loss_weights`), set up on the model.
-void set_up_method(PreparedRun& r, MethodConfig& config, const std::vector<double>& loss_weights) {
+/// The target batch stream and `config`'s method, set up on the model.
+void set_up_method(PreparedRun& r, MethodConfig& config) {
   const RunOptions& opts = r.opts;
   r.batches.add("target", std::make_unique<BatchStream>(
                               r.task.train, r.model->arch().input, opts.loader,
                               derive_seed(static_cast<uint64_t>(opts.seed), "target"), nullptr, r.device));
-  r.method =
-      loss_weights.empty() ? config.build() : std::make_unique<ImportanceWeightedCrossEntropy>(loss_weights);
+  r.method = config.build();
   SetupContext ctx{r.task,    r.source.get(), r.pretrained,
                    r.batches, opts.loader,    static_cast<uint64_t>(opts.seed),
                    r.device,  r.head,         phase_total_steps(r.method->phases(opts.trainer.iterations))};
@@ -505,8 +487,9 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
   make_option_paths_absolute(opts, config);
   r.info = &info;
   r.command = command;
-  join_run(r);
   const bool pretraining = command == "pretrain";
+  check_command_runs(info, pretraining);
+  join_run(r);
   r.head = pretraining ? "source" : "target";
   const std::string& spec = pretraining ? opts.source : opts.target;
   XFER_CHECK(!spec.empty(), pretraining ? "pretrain needs --source SPEC" : "finetune needs --target SPEC",
@@ -518,14 +501,14 @@ std::unique_ptr<PreparedRun> prepare_run(const std::string& command, const RunOp
     opts.trainer.iterations =
         epochs_to_iterations(opts.trainer.epochs, r.task.train.size(), opts.loader.batch_size);
   if (is_external_init(opts.init)) load_external_init(r);
-  const SampledSource sampled = resample_source(r, pretraining);
+  prepare_data(r, config);
   XFER_CHECK(!(info.needs_source && opts.source.empty()), "method ", info.name,
              " draws on source data: pass --source SPEC");
   if (!pretraining && !opts.source.empty())
     r.source = std::make_unique<Task>(load_task(opts.source, static_cast<uint64_t>(opts.seed)));
 
   build_model(r);
-  set_up_method(r, config, sampled.loss_weights);
+  set_up_method(r, config);
   if (when_valid) when_valid(config_json(command, opts, &config));
   return prepared;
 }
@@ -535,13 +518,17 @@ RunResult run_finetune(RunOptions opts, MethodConfig& method_config) {
   return run("finetune", std::move(opts), info, method_config);
 }
 
-RunResult run_pretrain(RunOptions opts) {
-  opts.method = "scratch";
+RunResult run_pretrain(RunOptions opts, MethodConfig& method_config) {
   opts.target.clear();
   XFER_CHECK(opts.init.empty(), "pretrain trains from random initialisation; drop --init ", opts.init);
-  const MethodInfo& info = methods().get("scratch");
-  auto config = info.make_config();
-  return run("pretrain", std::move(opts), info, *config);
+  const MethodInfo& info = methods().get(opts.method);
+  return run("pretrain", std::move(opts), info, method_config);
+}
+
+RunResult run_pretrain(RunOptions opts) {
+  opts.method = "scratch";
+  auto config = methods().get("scratch").make_config();
+  return run_pretrain(std::move(opts), *config);
 }
 
 }  // namespace xfer

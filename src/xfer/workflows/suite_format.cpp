@@ -12,6 +12,7 @@
 #include "xfer/methods/registry.h"
 #include "xfer/search/search.h"
 #include "xfer/search/space.h"
+#include "xfer/workflows/pretrained.h"
 #include "xfer/workflows/suite.h"
 #include "xfer/workflows/suite_plan.h"
 
@@ -309,7 +310,7 @@ void parse_methods(const nlohmann::json* list, const std::set<std::string>& task
     if (m.is_string() && (m == "all" || m == "core")) {
       std::vector<std::string> unfit;  // methods of another task shape (GradMix: labelled sources)
       for (const auto& info : methods().all()) {
-        if (!(m == "all" || info.core) || labels.count(info.name)) continue;
+        if (!(m == "all" || info.core) || labels.count(info.name) || !info.finetunes) continue;
         if (info.task_shape != TaskShape::target_and_source) {
           unfit.push_back(info.name);
           continue;
@@ -400,7 +401,7 @@ Suite parse_suite(const nlohmann::json& j, const std::string& name) {
        {"pretrain",
         [&](const nlohmann::json* v) {
           s.pretrain = object_or_null(v, where, "pretrain");
-          if (!s.pretrain.is_null()) suite_pretrain_options(s.pretrain, where + ".pretrain");
+          if (!s.pretrain.is_null()) PretrainPlan::from_json(s.pretrain, where + ".pretrain");
         }},
        {"run",
         [&](const nlohmann::json* v) {

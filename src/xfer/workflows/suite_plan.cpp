@@ -50,7 +50,8 @@ nlohmann::json resolve_pretrain_refs(nlohmann::json p, const Suite& s, const Sui
     XFER_CHECK(s.pretrain.is_object() && !(s.pretrain.contains("weights_from")), where,
                ": \"weights_from\": \"@pretrain\" needs the suite's own \"pretrain\" block, without weights");
     order.push_back(s.pretrain);
-    p["weights_from"] = cached_pretrain_dir(suite_pretrain_options(s.pretrain, where + " (pretrain)"), cache);
+    p["weights_from"] =
+        cached_pretrain_dir(PretrainPlan::from_json(s.pretrain, where + " (pretrain)"), cache);
   }
   if (p.contains("weights_target") && p["weights_target"] == "@task") p["weights_target"] = t.target;
   order.push_back(p);
@@ -63,6 +64,8 @@ RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m
                         const std::string& cache, const std::string& where,
                         std::vector<nlohmann::json>& pretrains) {
   const MethodInfo& info = methods().get(m.method);
+  XFER_CHECK(info.finetunes, where, ": method ", m.method, " pre-trains a source model; fine-tune with a ",
+             "method whose \"pretrain\" object has \"method\": \"", m.method, "\"");
   RunOptions r;
   Fields f;
   r.fields(f);
@@ -76,17 +79,17 @@ RunOptions cell_options(const Suite& s, const SuiteTask& t, const SuiteMethod& m
                                                          : nlohmann::json();
   if (info.needs_source && r.source.empty()) {
     r.source = !t.source.empty()      ? t.source
-               : pretrain.is_object() ? suite_pretrain_options(pretrain, where + " (pretrain)").source
+               : pretrain.is_object() ? PretrainPlan::from_json(pretrain, where + " (pretrain)").opts.source
                                       : "";
     XFER_CHECK(!r.source.empty(), where, ": method ", m.method, " draws on source data; give the task a ",
                "\"source\" or the suite a \"pretrain\"");
   }
   if (info.allows_init && r.init.empty() && pretrain.is_object()) {
     const nlohmann::json resolved = resolve_pretrain_refs(pretrain, s, t, cache, where, pretrains);
-    r.init = cached_pretrain_dir(suite_pretrain_options(resolved, where + " (pretrain)"), cache);
+    r.init = cached_pretrain_dir(PretrainPlan::from_json(resolved, where + " (pretrain)"), cache);
   }
   if (!info.allows_init && r.backbone.empty() && pretrain.is_object())
-    r.backbone = suite_pretrain_options(pretrain, where + " (pretrain)").backbone;
+    r.backbone = PretrainPlan::from_json(pretrain, where + " (pretrain)").opts.backbone;
   XFER_CHECK(!(info.needs_init && r.init.empty()), where, ": method ", m.method,
              " fine-tunes a source model; give the suite a \"pretrain\" block or the run an \"init\"");
   return r;
@@ -121,20 +124,6 @@ nlohmann::json suite_merged(nlohmann::json a, const nlohmann::json& b) {
   if (a.is_null()) a = nlohmann::json::object();
   if (!b.is_null()) a.update(b);
   return a;
-}
-
-RunOptions suite_pretrain_options(const nlohmann::json& json, const std::string& where) {
-  RunOptions p = source_pretrain_options("", "cnn4", 2000);
-  Fields f;
-  p.fields(f);
-  f.read_json(json, where);
-  XFER_CHECK(!p.source.empty(), where, " needs \"source\": the dataset spec the source model is trained on");
-  try {
-    p.sampling.check();
-  } catch (const BadInput& e) {
-    throw BadInput(cat(where, ": ", e.what()));
-  }
-  return p;
 }
 
 std::string suite_slug(const std::string& s) {

@@ -75,8 +75,8 @@ void pretrain_sources(const std::vector<RunRequest>& plan, const std::string& ca
   for (const auto& q : plan)
     for (const auto& recipe : q.pretrains)
       if (pretrained.insert(recipe.dump()).second) {
-        RunOptions p = suite_pretrain_options(recipe, "pretrain");
-        p.threads = threads;
+        PretrainPlan p = PretrainPlan::from_json(recipe, "pretrain");
+        p.opts.threads = threads;
         cached_pretrain(p, cache, out);
       }
 }

@@ -52,7 +52,7 @@ std::string suite_forgetting_source(const Suite& s, const SuiteTable& t) {
       task.pretrain.is_object() ? suite_merged(s.pretrain, task.pretrain) : s.pretrain;
   XFER_CHECK(pretrain.is_object(), "suite ", s.name, ": the forgetting table of task '", t.task,
              "' needs a source: ", "give it \"source\", or the task a source");
-  return suite_pretrain_options(pretrain, "suite " + s.name + " (pretrain)").source;
+  return PretrainPlan::from_json(pretrain, "suite " + s.name + " (pretrain)").opts.source;
 }
 
 /// Runs `analyze` on every finished run of each of the table's methods, in this process; `collect` turns an
@@ -314,7 +314,7 @@ std::string measure_timing(const Suite& s, const std::vector<RunRequest>& plan, 
     reference.label = "l2 (reference)";
     reference.config["method"] = "l2";
     reference.config["method_options"] = nlohmann::json::object();
-    reference.config["init"] = cached_pretrain_dir(suite_pretrain_options(s.pretrain, "timing"), cache);
+    reference.config["init"] = cached_pretrain_dir(PretrainPlan::from_json(s.pretrain, "timing"), cache);
     chosen.insert(chosen.begin(), &reference);
   }
   std::vector<std::unique_ptr<PreparedRun>> prepared;
