@@ -1,6 +1,7 @@
 /// `xfer search`: tunes options of a run against validation accuracy, in a study shared by workers.
 #include <algorithm>
 #include <filesystem>
+#include <tuple>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -12,7 +13,6 @@
 #include "xfer/core/runtime.h"
 #include "xfer/data/spec.h"
 #include "xfer/methods/registry.h"
-#include "xfer/methods/smooth.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
 #include "xfer/search/search.h"
@@ -25,9 +25,12 @@ namespace fs = std::filesystem;
 namespace xfer::cli {
 namespace {
 
-/// schedules.png: lambda(t) of the best smooth trials, as the paper's Fig. 2.
-void plot_smooth_schedules(Study& study, const RunObjective& objective, const SearchOptions& opts,
-                           std::ostream& out) {
+/// The curve the method draws of its best trials' options (MethodInfo::search_curve; Smooth TL: lambda(t),
+/// as the paper's Fig. 2), if it draws one.
+void plot_search_curves(const MethodInfo& info, Study& study, const RunObjective& objective,
+                        const SearchOptions& opts, std::ostream& out) {
+  const OptionCurve& curve = info.search_curve;
+  if (!curve.points) return;
   std::vector<TrialRecord> done;
   for (auto& t : study.trials())
     if (t.state == "COMPLETE" && t.value) done.push_back(t);
@@ -35,28 +38,25 @@ void plot_smooth_schedules(Study& study, const RunObjective& objective, const Se
   std::stable_sort(done.begin(), done.end(),
                    [](const TrialRecord& a, const TrialRecord& b) { return *a.value > *b.value; });
   done.resize(std::min<size_t>(done.size(), static_cast<size_t>(opts.plot_top)));
-  std::vector<SmoothSchedule> schedules;
+  std::vector<TrialCurve> trials;
   for (const auto& t : done) {
-    SmoothSchedule s;
-    Fields f;
-    s.options.fields(f);
-    f.read_json(objective.method_options(t.params), "smooth options");
     const RunOptions run = objective.run_options(t.params);
-    s.options = s.options.resolved(!run.init.empty());
-    s.total_steps = run.trainer.iterations;
+    TrialCurve c;
+    std::tie(c.x, c.y) =
+        curve.points(objective.method_options(t.params), run.trainer.iterations, !run.init.empty());
     const fs::path result = fs::path(t.run_dir) / "result.json";
     if (fs::exists(result))
-      s.selected_step = read_json_file(result.string()).value("selected_step", int64_t{-1});
-    s.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1),
+      c.selected_step = json_int_or(read_json_file(result.string()), "selected_step", -1, result.string());
+    c.label = cat("#", t.number, " val ", fixed(100 * *t.value, 1),
                   "%: ", study.info().space.values_text(t.params));
-    schedules.push_back(std::move(s));
+    trials.push_back(std::move(c));
   }
-  const std::string path = (fs::path(opts.out) / "schedules.png").string();
-  if (write_plot(path,
-                 smooth_schedule_plot(schedules, cat("lambda(t) of the best ", schedules.size(), " trials"))))
-    out << "Schedules of the best " << schedules.size() << " trials: " << path << "\n";
+  const std::string path = (fs::path(opts.out) / curve.file).string();
+  if (write_plot(path, option_curve_plot(curve, trials,
+                                         cat(curve.title, " of the best ", trials.size(), " trials"))))
+    out << curve.title << " of the best " << trials.size() << " trials: " << path << "\n";
   else
-    out << "schedules.png skipped: install gnuplot-nox\n";
+    out << curve.file << " skipped: install gnuplot-nox\n";
 }
 
 class SearchCommand : public Command {
@@ -153,7 +153,7 @@ class SearchCommand : public Command {
       }
     }
     const nlohmann::json best = report_search(study, search_, out);
-    if (run_.method == "smooth") plot_smooth_schedules(study, objective, search_, out);
+    plot_search_curves(methods().get(run_.method), study, objective, search_, out);
     if (json_) out << best.dump(2) << "\n";
   }
 

@@ -52,7 +52,7 @@ class TrainCommand : public Command {
           "resampled by importance weights (Domain Adaptive Transfer Learning; `xfer pretrain --method datl "
           "--help` shows its options).\n\n",
           spec_help()));
-      opts_.method = "scratch";
+      opts_.method = kDefaultPretrainMethod;
     } else {
       app = parent.add_subcommand("finetune", "Fine-tune on a target dataset spec with a transfer method");
       app->footer(cat(

@@ -9,8 +9,10 @@
 #include "support.h"
 #include "xfer/core/rng.h"
 #include "xfer/data/spec.h"
+#include "xfer/methods/registry.h"
 #include "xfer/methods/smooth.h"
 #include "xfer/train/checkpoint.h"
+#include "xfer/workflows/method_figures.h"
 #include "xfer/workflows/run.h"
 
 namespace fs = std::filesystem;
@@ -31,6 +33,44 @@ TEST(Smooth, LambdaMatchesTheIssueValues) {
       for (double t0 : {-20.0, 0.0, 17.0})
         EXPECT_DOUBLE_EQ(smooth_lambda(50 + t0, 100, t0, tau, alpha), 1 / (1 + std::exp(alpha)))
             << "alpha " << alpha << " tau " << tau << " t0 " << t0;
+}
+
+TEST(Smooth, SearchDrawsLambdaOfTheTrialsOptions) {
+  // The registry's curve for `xfer search` (the paper's Fig. 2): lambda(t) at steps 1..T of a trial's
+  // options.
+  const OptionCurve& curve = methods().get("smooth").search_curve;
+  ASSERT_TRUE(curve.points);
+  EXPECT_EQ(curve.file, "schedules.png");
+  const nlohmann::json options = {{"t0", 5.0}, {"tau", 10.0}, {"alpha", 0.5}, {"t0_origin", "half"}};
+  const auto [x, y] = curve.points(options, 100, /*from_init=*/false);
+  ASSERT_EQ(x.size(), 100u);
+  ASSERT_EQ(y.size(), 100u);
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_EQ(x[i], static_cast<double>(i + 1));
+    EXPECT_DOUBLE_EQ(y[i], smooth_lambda(x[i], 100, 5, 10, 0.5)) << i;  // the weight after step x
+  }
+  // A long run is drawn with 400 points from the first step to the last.
+  const auto [long_x, long_y] = curve.points(options, 10000, false);
+  ASSERT_EQ(long_x.size(), 400u);
+  EXPECT_EQ(long_x.front(), 1.0);
+  EXPECT_EQ(long_x.back(), 10000.0);
+  // t0 "auto" counts from the first step for a run from a pretrained model, from T/2 otherwise.
+  const nlohmann::json automatic = {{"t0", 0.0}, {"tau", 10.0}, {"t0_origin", "auto"}};
+  EXPECT_NEAR(curve.points(automatic, 100, true).second[0], 1 / (1 + std::exp(-0.1)), 1e-12);
+  EXPECT_LT(curve.points(automatic, 100, false).second[0], 0.01);
+  test::expect_bad_input([&] { curve.points(nlohmann::json{{"tau", -1.0}}, 100, false); }, {"--tau"});
+
+  // The plot: one line per trial and a vertical mark at its selected step spanning [0, 1].
+  TrialCurve a{"#3", x, y, 40}, b{"#7", x, y, -1};
+  const Plot plot = option_curve_plot(curve, {a, b}, "lambda(t) of the best 2 trials");
+  ASSERT_EQ(plot.series.size(), 3u);
+  EXPECT_EQ(plot.series[0].name, "#3");
+  EXPECT_EQ(plot.series[1].name, "#3: selected step");
+  EXPECT_EQ(plot.series[1].x, (std::vector<double>{40, 40}));
+  EXPECT_EQ(plot.series[1].y, (std::vector<double>{0, 1}));
+  EXPECT_EQ(plot.series[2].name, "#7");
+  EXPECT_EQ(plot.ylabel, "lambda(t) (target weight)");
+  EXPECT_FALSE(methods().get("l2").search_curve.points) << "l2 draws nothing";
 }
 
 TEST(Smooth, LambdaLimitsAreAStepAndAConstant) {

@@ -65,6 +65,19 @@ class OptionsConfig : public MethodConfig {
 enum class TaskShape { target_and_source, multi_source };
 XFER_ENUM_NAMES(TaskShape, "target-and-source", "multi-source")
 
+/// A curve a method's options describe over a run (Smooth TL's loss weight lambda(t)), which `xfer search`
+/// draws for its best trials.
+struct OptionCurve {
+  std::string file;   // in the search's --out, e.g. "schedules.png"
+  std::string title;  // what the curves are, e.g. "lambda(t)"
+  std::string xlabel, ylabel;
+  /// The points of the curve of `method_options` (a trial's, as config.json holds them) over a run of
+  /// `total_steps` steps that starts from a pretrained model or not.
+  std::function<std::pair<std::vector<double>, std::vector<double>>(const nlohmann::json& method_options,
+                                                                    int64_t total_steps, bool from_init)>
+      points;
+};
+
 struct MethodInfo {
   std::string name;
   std::string summary;        // one line
@@ -84,10 +97,17 @@ struct MethodInfo {
   /// is plain pre-training there, and datl, which chooses what to pre-train on).
   bool finetunes = true;
   bool pretrains = false;
+  /// What `xfer search` draws of its best trials' options (no `points`: nothing).
+  OptionCurve search_curve;
   /// For a method whose task is not the demo's: a command that runs it on a task that fits.
   std::string demo_command;
   std::function<std::unique_ptr<MethodConfig>()> make_config;
 };
+
+/// The method a command runs when none is named: `xfer finetune` l2; `xfer pretrain` scratch, which is plain
+/// pre-training on the source labels there.
+inline constexpr const char* kDefaultFinetuneMethod = "l2";
+inline constexpr const char* kDefaultPretrainMethod = "scratch";
 
 class MethodRegistry {
  public:

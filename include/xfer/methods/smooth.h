@@ -95,13 +95,11 @@ class SmoothMethod : public Method {
   DomainBatchNorm source_bn_;
 };
 
-/// One schedule to draw: its options, the run's length, and the step early stopping selected (-1: none).
-struct SmoothSchedule {
-  std::string label;
-  SmoothOptions options;
-  int64_t total_steps = 0;
-  int64_t selected_step = -1;
-};
+/// lambda(t) of `opts` over a run of `total_steps` steps, at most `points` points (steps 1..T, evenly
+/// spaced): the curve `xfer search` draws for smooth's best trials (the paper's Fig. 2). BadInput if
+/// total_steps < 1.
+std::pair<std::vector<double>, std::vector<double>> lambda_curve(const SmoothOptions& opts,
+                                                                 int64_t total_steps, int64_t points = 400);
 
 /// Registers smooth.
 void register_smooth_methods(MethodRegistry& registry);

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "xfer/methods/smooth.h"
+#include "xfer/methods/registry.h"
 #include "xfer/report/plot.h"
 #include "xfer/report/table.h"
 #include "xfer/source/importance.h"
@@ -18,8 +18,15 @@ Table importance_table(const ImportanceWeights& w, int64_t n);
 /// The sorted weights as bars (Fig. 1).
 Plot importance_plot(const ImportanceWeights& w);
 
-/// lambda(t) of each schedule over its run, with a vertical mark at its selected (early-stopped) step:
-/// the paper's Fig. 2.
-Plot smooth_schedule_plot(const std::vector<SmoothSchedule>& schedules, const std::string& title);
+/// One trial's curve of a method's options (OptionCurve), with the step early stopping selected (-1: none).
+struct TrialCurve {
+  std::string label;
+  std::vector<double> x, y;
+  int64_t selected_step = -1;
+};
+/// The curves of `trials` on one plot with `curve`'s labels, each with a vertical mark at its selected
+/// step spanning the curves' range (Smooth TL: lambda(t) of the best trials, as the paper's Fig. 2).
+Plot option_curve_plot(const OptionCurve& curve, const std::vector<TrialCurve>& trials,
+                       const std::string& title);
 
 }  // namespace xfer

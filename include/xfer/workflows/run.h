@@ -29,7 +29,7 @@ struct RunOptions {
   std::string source;    // dataset spec: pre-training data, or source data for methods that use it
   std::string init;      // pretrained model: a run directory or a checkpoint file
   std::string backbone;  // "" = the --init model's, else cnn4
-  std::string method = "l2";
+  std::string method = kDefaultFinetuneMethod;
   int64_t seed = 0;
   int64_t threads = 0;  // 0 = all cores
   std::string device = "cpu";

@@ -154,6 +154,19 @@ void SmoothMethod::load(const Archive& in) {
   if (opts_.bn == SmoothBatchNorm::per_domain) source_bn_.load(in, "source_bn");
 }
 
+std::pair<std::vector<double>, std::vector<double>> lambda_curve(const SmoothOptions& opts,
+                                                                 int64_t total_steps, int64_t points) {
+  XFER_CHECK(total_steps > 0, "a schedule to plot needs a positive number of steps, got ", total_steps);
+  points = std::min(total_steps, points);
+  std::vector<double> x, y;
+  for (int64_t i = 0; i < points; ++i) {
+    const int64_t step = i * (total_steps - 1) / std::max<int64_t>(points - 1, 1);
+    x.push_back(static_cast<double>(step + 1));
+    y.push_back(opts.lambda(step, total_steps));
+  }
+  return {x, y};
+}
+
 void register_smooth_methods(MethodRegistry& r) {
   MethodInfo m;
   m.name = "smooth";
@@ -165,6 +178,14 @@ void register_smooth_methods(MethodRegistry& r) {
   m.core = true;
   m.relative_cost = 2.0;  // two sub-batches per step
   m.make_config = [] { return std::make_unique<OptionsConfig<SmoothMethod>>(); };
+  m.search_curve = {"schedules.png", "lambda(t)", "step t", "lambda(t) (target weight)",
+                    [](const nlohmann::json& method_options, int64_t total_steps, bool from_init) {
+                      SmoothOptions opts;
+                      Fields f;
+                      opts.fields(f);
+                      f.read_json(method_options, "smooth options");
+                      return lambda_curve(opts.resolved(from_init), total_steps);
+                    }};
   r.add(m);
 }
 

@@ -44,27 +44,26 @@ Plot importance_plot(const ImportanceWeights& w) {
   return p;
 }
 
-Plot smooth_schedule_plot(const std::vector<SmoothSchedule>& schedules, const std::string& title) {
+Plot option_curve_plot(const OptionCurve& curve, const std::vector<TrialCurve>& trials,
+                       const std::string& title) {
   Plot plot;
   plot.title = title;
-  plot.xlabel = "step t";
-  plot.ylabel = "lambda(t) (target weight)";
-  for (const auto& s : schedules) {
-    XFER_CHECK(s.total_steps > 0, "a schedule to plot needs a positive number of steps, got ", s.total_steps);
+  plot.xlabel = curve.xlabel;
+  plot.ylabel = curve.ylabel;
+  double low = 0, high = 1;  // the marks span the curves' range (lambda: [0, 1])
+  for (const auto& t : trials)
+    for (double v : t.y) low = std::min(low, v), high = std::max(high, v);
+  for (const auto& t : trials) {
     Series line;
-    line.name = s.label;
-    const int64_t points = std::min<int64_t>(s.total_steps, 400);
-    for (int64_t i = 0; i < points; ++i) {
-      const int64_t step = i * (s.total_steps - 1) / std::max<int64_t>(points - 1, 1);
-      line.x.push_back(static_cast<double>(step + 1));
-      line.y.push_back(s.options.lambda(step, s.total_steps));
-    }
+    line.name = t.label;
+    line.x = t.x;
+    line.y = t.y;
     plot.series.push_back(std::move(line));
-    if (s.selected_step > 0) {
+    if (t.selected_step > 0) {
       Series mark;
-      mark.name = s.label + ": selected step";
-      mark.x = {static_cast<double>(s.selected_step), static_cast<double>(s.selected_step)};
-      mark.y = {0.0, 1.0};
+      mark.name = t.label + ": selected step";
+      mark.x = {static_cast<double>(t.selected_step), static_cast<double>(t.selected_step)};
+      mark.y = {low, high};
       plot.series.push_back(std::move(mark));
     }
   }

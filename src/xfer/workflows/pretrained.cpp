@@ -28,7 +28,7 @@ RunOptions source_pretrain_options(const std::string& source, const std::string&
   RunOptions p;
   p.source = source;
   p.backbone = backbone;
-  p.method = "scratch";
+  p.method = kDefaultPretrainMethod;
   p.trainer.iterations = iterations;
   p.trainer.optim.lr = 0.05;
   p.trainer.schedule.schedule = ScheduleKind::cosine;
@@ -41,7 +41,7 @@ PretrainPlan PretrainPlan::from_json(const nlohmann::json& json, const std::stri
   XFER_CHECK(json.is_object(), where, " must be an object of `xfer pretrain` options, got ", json.dump());
   PretrainPlan plan;
   plan.opts = source_pretrain_options("", "cnn4", 2000);
-  const nlohmann::json method = json.value("method", nlohmann::json("scratch"));
+  const nlohmann::json method = json.value("method", nlohmann::json(kDefaultPretrainMethod));
   XFER_CHECK(method.is_string(), where, ".method must be a string, got ", method.dump());
   const MethodInfo& info = methods().get(method.get<std::string>());
   XFER_CHECK(info.pretrains, where, ": method ", info.name, " does not pre-train (scratch or datl do)");

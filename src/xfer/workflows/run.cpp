@@ -526,8 +526,8 @@ RunResult run_pretrain(RunOptions opts, MethodConfig& method_config) {
 }
 
 RunResult run_pretrain(RunOptions opts) {
-  opts.method = "scratch";
-  auto config = methods().get("scratch").make_config();
+  opts.method = kDefaultPretrainMethod;
+  auto config = methods().get(opts.method).make_config();
   return run_pretrain(std::move(opts), *config);
 }
 
