@@ -31,5 +31,17 @@ TEST(Periodic, DestructionDoesNotWaitOutTheInterval) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }
 
+TEST(WaitUntil, ReturnsAsSoonAsTheConditionHoldsAndFalseWhenTimeRunsOut) {
+  int checks = 0;
+  EXPECT_TRUE(wait_until(
+      60, [&] { return ++checks == 3; }, 0.001));
+  EXPECT_EQ(checks, 3) << "checked until it held, then returned (a 60 s wait would have timed the test out)";
+  checks = 0;
+  EXPECT_TRUE(wait_until(0, [&] { return ++checks > 0; }))
+      << "a condition that holds already is not waited for";
+  EXPECT_FALSE(wait_until(
+      0.02, [] { return false; }, 0.005));
+}
+
 }  // namespace
 }  // namespace xfer

@@ -73,6 +73,10 @@ class Progress {
   bool tty_, open_ = false;
 };
 
+/// Waits up to `seconds`, checking `done` every `step` seconds; returns as soon as it holds (whether it did).
+/// For workers that wait on others' trials or runs: a plain sleep kept them idle after the work had ended.
+bool wait_until(double seconds, const std::function<bool()>& done, double step = 0.1);
+
 /// Calls `fn` every `interval` seconds on a thread of its own until destroyed (heartbeats of a running trial
 /// or run). The destructor wakes the thread and waits for a call in progress; `fn` handles its own errors.
 class Periodic {

@@ -196,6 +196,17 @@ void Progress::finish() {
   open_ = false;
 }
 
+bool wait_until(double seconds, const std::function<bool()>& done, double step) {
+  const auto start = std::chrono::steady_clock::now();
+  while (!done()) {
+    const double left =
+        seconds - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (left <= 0) return false;
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(step, left)));
+  }
+  return true;
+}
+
 Periodic::Periodic(double interval, std::function<void()> fn) {
   thread_ = std::thread([this, interval, fn = std::move(fn)] {
     std::unique_lock<std::mutex> lock(mutex_);

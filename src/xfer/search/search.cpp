@@ -146,9 +146,12 @@ int64_t run_worker(Study& study, const SearchOptions& opts, ParamSampler& sample
     const auto c0 = std::chrono::steady_clock::now();
     std::optional<TrialRecord> claimed = study.claim(worker, claim_opts, sample, run_dir);
     if (!claimed) {
-      if (study.running() == 0) break;
-      // Others' trials are running: wait, in case their workers die and the trials need a retry.
-      std::this_thread::sleep_for(std::chrono::duration<double>(poll));
+      const int64_t others = study.running();
+      if (others == 0) break;
+      // Others' trials are running: wait, in case their workers die and the trials need a retry. Leave the
+      // wait as soon as one of them ends: a plain sleep of `poll` kept this worker, and the search, waiting
+      // for up to `poll` after the last trial.
+      wait_until(poll, [&] { return study.running() < others; });
       continue;
     }
     const TrialRecord& r = *claimed;

@@ -207,13 +207,18 @@ int64_t run_queue_worker(const QueueWorkerOptions& opts, std::ostream& out) {
       if (!rows.empty()) key = rows[0].text(0);
     });
     if (key.empty()) {
-      int64_t running = 0;
-      sql_retrying(*db, opts.busy_timeout, [&] {
-        running = db->query("SELECT COUNT(*) FROM runs WHERE state IN ('RUNNING', 'WAITING')")[0].integer(0);
-      });
-      if (running == 0) break;
-      // Others' runs are going on: wait, in case their workers stop and the runs come back.
-      std::this_thread::sleep_for(std::chrono::duration<double>(poll));
+      auto unfinished = [&] {
+        int64_t n = 0;
+        sql_retrying(*db, opts.busy_timeout, [&] {
+          n = db->query("SELECT COUNT(*) FROM runs WHERE state IN ('RUNNING', 'WAITING')")[0].integer(0);
+        });
+        return n;
+      };
+      const int64_t others = unfinished();
+      if (others == 0) break;
+      // Others' runs are going on: wait, in case their workers stop and the runs come back; leave as soon as
+      // one ends (a plain sleep of `poll` kept this worker waiting for up to `poll` after the suite).
+      wait_until(poll, [&] { return unfinished() < others; });
       continue;
     }
     const auto it = index.find(key);
